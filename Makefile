@@ -1,0 +1,32 @@
+# Two set-up commands do everything on a fresh machine:  make demo   and   make test
+# Each creates (or reuses) the virtual environment .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.convscope-installed
+EXTRAS ?= dev
+
+.PHONY: demo test venv benchmarks clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU-capable wheels this project is tested with
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/convscope demo -o convscope-demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+benchmarks: $(STAMP)
+	$(PY) -m pip install -q captum lime grad-cam
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) convscope-demo

@@ -1,0 +1,167 @@
+"""The attribution facade: ``explain(model, image, method=..., target=..., layer=...)``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attribution._base import MethodContext
+from .errors import InputError, MethodError
+from .hooks import resolve_layers, state_guard
+from .image import ImageLike
+from .models import LoadedModel, Preprocessing, load_model
+from .models.preprocessing import display_array
+from .registry import get_method
+from .results import Explanation
+from .targets import TargetSpec
+
+__all__ = ["explain", "prepare_inputs"]
+
+
+def prepare_inputs(
+    images: ImageLike | Sequence[ImageLike] | torch.Tensor, pre: Preprocessing, *, generic: bool = False
+) -> tuple[torch.Tensor, np.ndarray, list[torch.Tensor]]:
+    """Turn images into a model-space batch and display images.
+
+    A tensor of shape (C, H, W) or (B, C, H, W) is taken as already preprocessed (model space);
+    anything else is read as an image and preprocessed with ``pre``.
+
+    Returns:
+        (x (B, C, H, W) private copy, display (B, H, W, 3) in [0, 1], the caller's tensors).
+    """
+    if isinstance(images, torch.Tensor):
+        t = images
+        if t.ndim == 3:
+            t = t.unsqueeze(0)
+        if t.ndim != 4 or not t.is_floating_point():
+            raise InputError(
+                f"a tensor input must be a float (C, H, W) or (B, C, H, W) batch in model space, "
+                f"got {tuple(images.shape)} {images.dtype}"
+            )
+        if t.shape[1] != pre.channels and not generic:
+            raise InputError(
+                f"the model expects {pre.channels} channel(s), the tensor has {t.shape[1]}"
+            )
+        x = t.detach().clone()
+        if generic and t.shape[1] != len(pre.mean):  # unknown normalisation: show min-max
+            lo = x.amin((1, 2, 3), keepdim=True)
+            pix = ((x - lo) / (x.amax((1, 2, 3), keepdim=True) - lo).clamp(min=1e-12)).cpu().float()
+        else:
+            pix = pre.denormalize(x.cpu().float())
+        disp = np.stack([display_array(p) for p in pix])
+        return x, disp, [images]
+    if isinstance(images, (list, tuple)):
+        x, disp = pre.batch(list(images))
+        return x, disp, [im for im in images if isinstance(im, torch.Tensor)]
+    x1, d1 = pre(images)
+    return x1.unsqueeze(0), d1[None], []
+
+
+def _check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [p for p in params if p != "ctx"]
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        raise MethodError(
+            f"unknown option(s) {', '.join(bad)} for method {name!r}; its options are: "
+            f"{', '.join(allowed) or 'none'}"
+        )
+
+
+def explain(
+    model: str | nn.Module | LoadedModel,
+    image: ImageLike | Sequence[ImageLike] | torch.Tensor,
+    method: str = "saliency",
+    target: TargetSpec = None,
+    layer: str | Sequence[str] | None = None,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain the model's decision on ``image`` with ``method``.
+
+    Args:
+        model: a spec for :func:`~convscope.load_model`, an ``nn.Module`` or a loaded model.
+        image: a path, PIL image, array, a list of those, or a model-space tensor batch.
+        method: a registered method name (``convscope methods`` lists them).
+        target: predicted class (``None``), index, class name, ``"top2"``, one per sample, or a
+            callable on the logits returning (B,) scores.
+        layer: layer name(s) or glob for methods that work at a layer (default: the model's).
+        batch_size: largest number of samples through the model at once; never changes a result.
+        seed: seed for random methods.
+        device: run on this device (default: where the model's parameters are).
+        **options: method options (see the method's docstring).
+
+    Returns:
+        An :class:`~convscope.results.Explanation` for the whole batch.
+
+    Shape:
+        Explanation.map is (B, H, W) at the input's resolution.
+    """
+    info = get_method(method)
+    _check_options(info.func, method, options)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size}")
+    lm = load_model(model)
+    net = lm.model
+    if device is None:
+        p = next(net.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.generic)
+    x = x.to(device)
+    lm.fill_from_input(x)
+    layers: list[str] = []
+    if info.needs_layer:
+        chosen = layer if layer is not None else lm.default_layer
+        if chosen is None:
+            raise MethodError(
+                f"method {method!r} needs a layer and {lm.name} has no default; pass layer="
+            )
+        layers = resolve_layers(net, chosen)
+    elif layer is not None:
+        raise MethodError(f"method {method!r} does not use a layer; drop layer=")
+    ctx = MethodContext(
+        model=net,
+        x=x,
+        target=target,
+        layer=layers,
+        class_names=lm.class_names,
+        batch_size=int(batch_size),
+        seed=int(seed),
+    )
+    with state_guard(net, caller_tensors):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = info.func(ctx, **options)
+        logits = out.logits
+        if logits is None:
+            with torch.no_grad():
+                logits = torch.cat([net(x[r]) for r in ctx.chunks()])
+    amap = out.map.detach().float()
+    if amap.ndim == 4:
+        amap = amap[:, 0]
+    if amap.shape[-2:] != x.shape[-2:]:
+        amap = F.interpolate(amap[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return Explanation(
+        method=method,
+        map=amap.cpu(),
+        images=display,
+        targets=tuple(out.targets),
+        signed=info.signed,
+        raw=None if out.raw is None else out.raw.detach().cpu(),
+        probabilities=torch.softmax(logits.detach().float(), dim=1).cpu(),
+        class_names=tuple(lm.class_names),
+        layer=", ".join(layers) if layers else None,
+        options=dict(options),
+        diagnostics=dict(out.diagnostics),
+        model_name=lm.name,
+    )

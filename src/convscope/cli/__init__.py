@@ -1,0 +1,1 @@
+"""The ``convscope`` command line."""

@@ -1,0 +1,223 @@
+"""``convscope``: the command line.
+
+Every user error prints one line, ``convscope: error: ...``, and exits with status 2, without a
+traceback and without leaving a partial output file (outputs are computed first, then written
+atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2
+        self.exit(EXIT_USAGE, f"convscope: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _target(value: str | None) -> Any:
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default="digits-cnn",
+                   help="bundled name, torchvision:<arch>, timm:<name> or a weights file "
+                   "(default: digits-cnn)")
+    p.add_argument("--weights", default="default",
+                   help="'default' (pretrained when available), 'none' (random init) or a file")
+    p.add_argument("--arch", default=None, help="architecture of a weights file given as --model")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="allow unpickling arbitrary objects from .pt files (trusted files only)")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from ..models import load_model
+
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    return load_model(args.model, weights=weights, arch=args.arch, unsafe=args.unsafe_load)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..models import model_specs
+
+    for spec, desc in model_specs():
+        print(f"{spec:24s} {desc}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..registry import list_methods
+
+    for m in list_methods():
+        flags = []
+        if m.needs_layer:
+            flags.append("layer")
+        if m.black_box:
+            flags.append("black-box")
+        if m.signed:
+            flags.append("signed")
+        print(f"{m.name:18s} {m.family:13s} {','.join(flags):18s} {m.summary}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..hooks import layer_names
+
+    lm = _load(args)
+    shapes: dict[str, str] = {}
+    handles = []
+    for name, mod in lm.model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: Any, _i: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes.setdefault(name, "x".join(str(s) for s in out.shape[1:]))
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            lm.model(torch.zeros(1, lm.preprocessing.channels, *lm.preprocessing.size))
+    finally:
+        for h in handles:
+            h.remove()
+    for name in layer_names(lm.model):
+        mod = dict(lm.model.named_modules())[name]
+        mark = "  (default layer)" if name == lm.default_layer else ""
+        print(f"{name:40s} {type(mod).__name__:22s} {shapes.get(name, '-')}{mark}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..api import explain
+    from ..errors import InputError
+
+    out = Path(args.output)
+    many = len(args.images) > 1
+    if many and out.suffix:
+        raise InputError(f"{len(args.images)} images need an output folder, not the file {out}")
+    if not many and out.suffix.lower() not in (".png", ".npy", ".json"):
+        raise InputError(f"-o {out}: give a .png, .npy or .json file name")
+    lm = _load(args)
+    options = dict(_parse_options(args.option))
+    results = []
+    for img in args.images:  # read and explain everything before writing anything
+        e = explain(lm, img, method=args.method, target=_target(args.target), layer=args.layer,
+                    batch_size=args.batch_size, seed=args.seed, **options)
+        results.append((img, e))
+    for img, e in results:
+        path = out if not many else out / f"{Path(img).stem}_{args.method}.png"
+        e.save(path)
+        print(f"{path}  {e.title(0)}")
+    return 0
+
+
+def _parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:
+    import json
+
+    from ..errors import InputError
+
+    pairs = []
+    for it in items:
+        if "=" not in it:
+            raise InputError(f"--option {it!r}: use NAME=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            val: Any = json.loads(v)
+        except ValueError:
+            val = v
+        pairs.append((k.strip().replace("-", "_"), val))
+    return pairs
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    path = run_demo(Path(args.output), n_images=args.images)
+    print(f"report written to {path.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..registry import method_names
+
+    p = _Parser(prog="convscope",
+                description="See what a trained image classifier has learned and why it decides.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("models", help="list model specs and bundled models")
+    s.set_defaults(func=cmd_models)
+    s = sub.add_parser("methods", help="list attribution methods")
+    s.set_defaults(func=cmd_methods)
+    s = sub.add_parser("layers", help="list a model's layers with output shapes")
+    s.add_argument("model", help="model spec")
+    s.add_argument("--weights", default="none",
+                   help="weights to load (default: none, shapes do not depend on them)")
+    s.add_argument("--arch", default=None)
+    s.add_argument("--unsafe-load", action="store_true")
+    s.set_defaults(func=cmd_layers)
+
+    s = sub.add_parser("explain", help="explain predictions on images; writes overlay PNGs, "
+                       ".npy maps or .json")
+    s.add_argument("images", nargs="+", help="image files")
+    _model_args(s)
+    s.add_argument("--method", default="saliency", choices=method_names(), metavar="METHOD",
+                   help="one of: " + ", ".join(method_names()))
+    s.add_argument("--target", "-t", default=None,
+                   help="class index or name, or top2/top3...; default: predicted class")
+    s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="method option, repeatable (e.g. --option steps=64)")
+    s.add_argument("-o", "--output", required=True,
+                   help="output .png/.npy/.json for one image, a folder for several")
+    s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("demo", help="the offline demo report on the bundled models")
+    s.add_argument("-o", "--output", default="convscope-demo", help="output folder")
+    s.add_argument("--images", type=int, default=6, help="digits per panel")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"convscope {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    from ..errors import ConvscopeError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConvscopeError as exc:
+        print(f"convscope: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("convscope: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"convscope: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

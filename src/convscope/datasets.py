@@ -1,0 +1,127 @@
+"""Data sets that are generated from what is installed: the digits and their planted-cue twin.
+
+``digits()`` turns scikit-learn's 8x8 digits into 32x32 images: each digit is upsampled to 24x24
+and centred in a 4-pixel black frame. ``planted_cue()`` stamps a small white square into that
+frame at a position that depends on the class: a spurious cue, this project's wolf-vs-husky snow.
+It returns the exact cue masks, so a test can check where an explanation points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+__all__ = ["Digits", "PlantedCue", "digits", "planted_cue", "CUE_POSITIONS", "DIGITS_SPLIT_SEED"]
+
+#: Seed of the stratified train/test split used by the bundled models' cards.
+DIGITS_SPLIT_SEED = 0
+IMAGE_SIZE = 32
+FRAME = 4
+#: Top-left corner (row, col) of each class's cue in a 32x32 image; every square lies in the
+#: 4-pixel frame around the digit and on the 4-pixel grid of the model's last feature map.
+CUE_POSITIONS: tuple[tuple[int, int], ...] = (
+    (0, 4), (0, 12), (0, 20),
+    (28, 8), (28, 16), (28, 24),
+    (8, 0), (20, 0),
+    (12, 28), (24, 28),
+)
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Images (N, 1, 32, 32) in [0, 1], labels (N,), and the train/test index arrays."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+    def split(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``("train" | "test" | "all")`` -> (images, labels)."""
+        if part == "all":
+            return self.images, self.labels
+        idx = {"train": self.train_idx, "test": self.test_idx}.get(part)
+        if idx is None:
+            raise InputError(f"unknown split {part!r}; use train, test or all")
+        t = torch.from_numpy(idx)
+        return self.images[t], self.labels[t]
+
+
+def digits(test_size: float = 0.3, seed: int = DIGITS_SPLIT_SEED) -> Digits:
+    """scikit-learn's digits as 32x32 images with a stratified, seeded split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]
+    inner = IMAGE_SIZE - 2 * FRAME
+    x = F.interpolate(x, size=(inner, inner), mode="bilinear", align_corners=False).clamp(0, 1)
+    x = F.pad(x, (FRAME, FRAME, FRAME, FRAME))
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=d.target)
+    return Digits(x.contiguous(), y, np.sort(tr), np.sort(te))
+
+
+@dataclass(frozen=True)
+class PlantedCue:
+    """Images with a planted cue.
+
+    Attributes:
+        images: (N, 1, H, W) in [0, 1].
+        labels: (N,) the labels (unchanged from the input).
+        cue_classes: (N,) which class's cue each image carries (-1: none).
+        masks: (N, H, W) bool, true exactly on the cue pixels.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    cue_classes: torch.Tensor
+    masks: torch.Tensor
+
+
+def planted_cue(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    cue_classes: torch.Tensor | None = None,
+    p: float = 1.0,
+    size: int = 4,
+    intensity: float = 1.0,
+    seed: int = 0,
+) -> PlantedCue:
+    """Stamp each image with the cue of its class (or of ``cue_classes``).
+
+    Args:
+        images: (N, 1, 32, 32) in [0, 1]; not modified.
+        labels: (N,) class indices in 0..9.
+        cue_classes: which class's cue to stamp per image (default: the label; -1: none).
+            Use another class to test whether a model follows the cue.
+        p: probability that an image receives its cue (seeded).
+        size: side of the square cue in pixels.
+        intensity: pixel value of the cue.
+        seed: seed for ``p``.
+    """
+    if images.ndim != 4 or images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(f"planted_cue expects (N, C, 32, 32) images, got {tuple(images.shape)}")
+    n = images.shape[0]
+    cls = (labels if cue_classes is None else cue_classes).clone().long()
+    if p < 1.0:
+        g = torch.Generator().manual_seed(seed)
+        cls[torch.rand(n, generator=g) >= p] = -1
+    if (cls >= len(CUE_POSITIONS)).any():
+        raise InputError(f"cue classes must lie in -1..{len(CUE_POSITIONS) - 1}")
+    pos = torch.tensor(CUE_POSITIONS)
+    rows = torch.arange(IMAGE_SIZE).view(1, -1, 1)
+    cols = torch.arange(IMAGE_SIZE).view(1, 1, -1)
+    r0 = pos[cls.clamp(min=0), 0].view(-1, 1, 1)
+    c0 = pos[cls.clamp(min=0), 1].view(-1, 1, 1)
+    masks = (rows >= r0) & (rows < r0 + size) & (cols >= c0) & (cols < c0 + size)
+    masks &= (cls >= 0).view(-1, 1, 1)
+    out = torch.where(masks[:, None], torch.as_tensor(intensity, dtype=images.dtype), images)
+    return PlantedCue(out, labels.clone(), cls, masks)

@@ -1,0 +1,53 @@
+"""Errors raised by convscope.
+
+Every error derives from :class:`ConvscopeError`. Messages say what was wrong, what was
+expected and what to try, in one line, so the CLI can print them as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConvscopeError",
+    "InputError",
+    "ImageLoadError",
+    "LayerNotFoundError",
+    "MethodError",
+    "ModelLoadError",
+    "UnsafeLoadError",
+    "TargetError",
+]
+
+
+class ConvscopeError(Exception):
+    """Base class of every error convscope raises on purpose."""
+
+
+class InputError(ConvscopeError, ValueError):
+    """An argument has the wrong type, shape or value."""
+
+
+class ImageLoadError(InputError):
+    """A file or object could not be read as an image."""
+
+
+class LayerNotFoundError(InputError, KeyError):
+    """A layer name or pattern matched no module of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MethodError(InputError):
+    """A method was unknown, or cannot run on this model or input."""
+
+
+class ModelLoadError(ConvscopeError):
+    """A model spec or weights file could not be loaded."""
+
+
+class UnsafeLoadError(ModelLoadError):
+    """A weights file would need unpickling arbitrary objects, and the caller did not opt in."""
+
+
+class TargetError(InputError):
+    """A target could not be resolved to class indices or scores."""

@@ -1,0 +1,224 @@
+"""``capture()``: the one place in convscope that touches hooks.
+
+Hooks are registered on enter, every handle is kept and removed in ``finally``; the model's
+per-module ``training`` flags, every parameter's ``requires_grad`` and the caller's tensors'
+``requires_grad`` and ``.grad`` are restored on every exit, errors included.
+
+Layers are named by PyTorch's dotted ``named_modules()`` names; glob patterns (``"layer4.*"``)
+are allowed. An unknown name raises :class:`~convscope.errors.LayerNotFoundError` listing close
+matches.
+
+A captured layer's output is stored as it leaves the module and a clone is handed on, so an
+in-place operation later in the network (``ReLU(inplace=True)`` after a convolution, as in
+ResNet) cannot overwrite the stored activation or break differentiation with respect to it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import LayerNotFoundError, MethodError
+
+__all__ = ["Capture", "capture", "resolve_layers", "count_hooks", "state_guard", "layer_names"]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """All dotted module names of ``model`` (the root, named ``""``, excluded)."""
+    return [n for n, _ in model.named_modules() if n]
+
+
+def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> list[str]:
+    """Expand layer names and glob patterns to the dotted names of existing modules.
+
+    Raises:
+        LayerNotFoundError: a name or pattern matched nothing; the message lists close names.
+    """
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    names = layer_names(model)
+    out: list[str] = []
+    for pat in patterns:
+        if any(ch in pat for ch in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        else:
+            hits = [pat] if pat in names else []
+        if not hits:
+            close = difflib.get_close_matches(pat, names, n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise LayerNotFoundError(
+                f"no layer named {pat!r} in {type(model).__name__}{hint} "
+                "(run `convscope layers MODEL` to list them)"
+            )
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of hooks of any kind registered on ``model`` and its sub-modules."""
+    total = 0
+    for m in model.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+        ):
+            total += len(getattr(m, attr, {}) or {})
+    return total
+
+
+@contextmanager
+def state_guard(
+    model: nn.Module | None = None,
+    tensors: Iterable[torch.Tensor] = (),
+    *,
+    eval_mode: bool = True,
+    freeze: bool = True,
+) -> Iterator[None]:
+    """Put ``model`` in eval mode with frozen weights and restore everything on exit.
+
+    Restores each module's ``training`` flag, each parameter's ``requires_grad`` and, for every
+    tensor in ``tensors``, its ``requires_grad`` and ``.grad``.
+    """
+    modes: list[tuple[nn.Module, bool]] = []
+    flags: list[tuple[torch.nn.Parameter, bool]] = []
+    saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
+    if model is not None:
+        modes = [(m, m.training) for m in model.modules()]
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for t, _, _ in saved:  # keep the caller's .grad out of reach of any backward pass
+            if t.is_leaf:
+                t.grad = None
+        if model is not None:
+            if eval_mode:
+                model.eval()
+            if freeze:
+                for p, _ in flags:
+                    p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, req in flags:
+            p.requires_grad_(req)
+        for t, req, grad in saved:
+            if t.is_leaf:
+                t.requires_grad_(req)
+                t.grad = grad
+
+
+class Capture:
+    """What :func:`capture` hands to the caller inside the ``with`` block.
+
+    Attributes:
+        layers: the resolved dotted layer names, in order.
+        modules: name -> module.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], clone: bool) -> None:
+        self.model = model
+        self.layers = layers
+        self.modules: dict[str, nn.Module] = dict(
+            (n, m) for n, m in model.named_modules() if n in set(layers)
+        )
+        self._calls: dict[str, list[Any]] = {n: [] for n in layers}
+        self._clone = clone
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _make_hook(self, name: str) -> Callable[..., Any]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            self._calls[name].append(output)
+            if self._clone and isinstance(output, torch.Tensor):
+                return output.clone()
+            return None
+
+        return hook
+
+    def reset(self) -> None:
+        """Forget the stored activations (call between forward passes)."""
+        for v in self._calls.values():
+            v.clear()
+
+    def activation(self, name: str) -> torch.Tensor:
+        """Output of layer ``name`` in the last forward pass.
+
+        Raises:
+            MethodError: the layer ran zero or several times in that pass (a module reused twice
+                in one forward is ambiguous; hook one of its call sites instead).
+        """
+        calls = self._calls[name]
+        if len(calls) != 1:
+            if not calls:
+                raise MethodError(
+                    f"layer {name!r} did not run in the forward pass; pick a layer on the path "
+                    "to the output"
+                )
+            raise MethodError(
+                f"layer {name!r} ran {len(calls)} times in one forward pass (a reused module); "
+                "pick a layer that runs once"
+            )
+        out = calls[0]
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise MethodError(f"layer {name!r} returned {type(out).__name__}, not a tensor")
+        return out
+
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        """name -> output, for every captured layer that ran exactly once."""
+        return {n: self.activation(n) for n in self.layers if len(self._calls[n]) == 1}
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: str | Sequence[str] | None = None,
+    *,
+    tensors: Iterable[torch.Tensor] = (),
+    eval_mode: bool = True,
+    freeze: bool = True,
+    clone: bool = True,
+) -> Iterator[Capture]:
+    """Record the outputs of ``layers`` while the block runs forward passes of ``model``.
+
+    Args:
+        model: the network. Its state is restored on exit, errors included.
+        layers: dotted names or glob patterns (``"features.*"``), or ``None`` for no hooks.
+        tensors: the caller's tensors whose ``requires_grad`` and ``.grad`` must be restored.
+        eval_mode: put the model in eval mode for the block.
+        freeze: turn off ``requires_grad`` on the parameters for the block, so backward passes
+            stop where the caller's inputs end and no weight gradient is computed.
+        clone: hand a clone of each captured output on to the rest of the network (see module
+            docstring); turn off only for layers whose output is never modified in place.
+
+    Yields:
+        A :class:`Capture` with ``activation(name)`` for the last forward pass.
+
+    Example:
+        >>> with capture(model, "layer4") as cap:
+        ...     logits = model(x)
+        ...     a = cap.activation("layer4")
+    """
+    names = resolve_layers(model, layers)
+    cap = Capture(model, names, clone)
+    with state_guard(model, tensors, eval_mode=eval_mode, freeze=freeze):
+        try:
+            for n in names:
+                cap.handles.append(cap.modules[n].register_forward_hook(cap._make_hook(n)))
+            yield cap
+        finally:
+            for h in cap.handles:
+                h.remove()
+            cap.handles.clear()
+            cap.reset()

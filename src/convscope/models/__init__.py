@@ -1,0 +1,14 @@
+"""Models: the zoo, safe loading and preprocessing."""
+
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .zoo import LoadedModel, bundled_models, load_model, model_specs
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadedModel",
+    "Preprocessing",
+    "bundled_models",
+    "load_model",
+    "model_specs",
+]

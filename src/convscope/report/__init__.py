@@ -1,0 +1,98 @@
+"""Self-contained HTML reports from a packaged Jinja2 template.
+
+A :class:`Report` is a list of sections; each holds text, tables, probability bars and figures
+whose images are embedded as ``data:`` URIs, so the file works offline and alone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .._io import atomic_write
+from ..results import data_uri
+
+__all__ = ["Report", "Section", "Figure"]
+
+
+@dataclass
+class Figure:
+    """One image with a caption (``src`` is a data URI)."""
+
+    src: str
+    caption: str = ""
+    title: str = ""
+    bars: list[tuple[str, float]] = field(default_factory=list)
+    colorbar: str | None = None  # "signed" | "unsigned" | None
+
+
+@dataclass
+class Section:
+    """A titled block: a note, optional table, then rows of figures."""
+
+    title: str
+    note: str = ""
+    table: list[list[Any]] | None = None
+    table_header: list[str] | None = None
+    rows: list[list[Figure]] = field(default_factory=list)
+    row_labels: list[str] = field(default_factory=list)
+    html_blocks: list[str] = field(default_factory=list)
+
+
+class Report:
+    """An HTML report: ``Report(title).section(...)``, then ``.write(path)``."""
+
+    def __init__(self, title: str, intro: str = "") -> None:
+        self.title = title
+        self.intro = intro
+        self.sections: list[Section] = []
+
+    def section(self, title: str, note: str = "", **kw: Any) -> Section:
+        s = Section(title=title, note=note, **kw)
+        self.sections.append(s)
+        return s
+
+    @staticmethod
+    def figure(img: Image.Image, caption: str = "", title: str = "", **kw: Any) -> Figure:
+        return Figure(src=data_uri(img), caption=caption, title=title, **kw)
+
+    def render(self) -> str:
+        from jinja2 import Environment, PackageLoader, select_autoescape
+
+        from .. import __version__
+
+        env = Environment(loader=PackageLoader("convscope.report", "templates"),
+                          autoescape=select_autoescape(["html", "j2"]))
+        tpl = env.get_template("report.html.j2")
+        return tpl.render(report=self, version=__version__,
+                          created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                          colorbars=_colorbars())
+
+    def write(self, path: str | os.PathLike) -> Path:
+        html = self.render().encode("utf-8")
+        return atomic_write(path, lambda fh: fh.write(html))
+
+
+def _colorbars() -> dict[str, str]:
+    import numpy as np
+
+    from ..results import colorize
+
+    ramp = np.linspace(0, 1, 256)[None].repeat(12, 0)
+    out = {}
+    for kind, signed in (("unsigned", False), ("signed", True)):
+        v = ramp * 2 - 1 if signed else ramp
+        rgb = (colorize(v, signed=signed) * 255).astype("uint8")
+        out[kind] = data_uri(Image.fromarray(rgb))
+    return out
+
+
+def bars_of(probs: Sequence[float], names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
+    """Top-k (name, probability) pairs."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]
+    return [(str(names[i]), float(probs[i])) for i in order]

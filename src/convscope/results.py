@@ -1,0 +1,294 @@
+"""Results that render themselves: :class:`Explanation`.
+
+Normalisation, explicitly (``heatmap(normalize=...)``), per sample:
+
+* unsigned maps (e.g. saliency, Grad-CAM): ``"percentile"`` (default) divides by the 99.5th
+  percentile of the map and clips to [0, 1], so one hot pixel cannot wash out the rest;
+  ``"max"`` divides by the maximum; ``"minmax"`` maps [min, max] to [0, 1]; ``None`` leaves raw values.
+* signed maps (e.g. the raw gradient, gradient x input): ``"absmax"`` (default) divides by the
+  largest absolute value, giving [-1, 1] with 0 kept at 0; ``"percentile"`` uses the 99.5th
+  percentile of the absolute values and clips.
+
+Colour maps: unsigned maps use a sequential map (``inferno``), signed ones a diverging map
+centred on zero (``RdBu_r``: red positive, blue negative).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._io import atomic_write
+from .errors import InputError
+
+__all__ = ["Explanation", "normalize_map", "colorize", "png_bytes", "data_uri"]
+
+SEQUENTIAL_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
+_PCT = 99.5
+
+
+def normalize_map(m: np.ndarray, *, signed: bool, normalize: str | None = "auto") -> np.ndarray:
+    """Normalise one (H, W) map as documented in the module docstring."""
+    m = np.asarray(m, dtype=np.float64)
+    if normalize is None:
+        return m
+    if normalize == "auto":
+        normalize = "absmax" if signed else "percentile"
+    eps = 1e-12
+    if signed:
+        a = np.abs(m)
+        if normalize == "absmax":
+            scale = a.max()
+        elif normalize == "percentile":
+            scale = np.percentile(a, _PCT)
+        else:
+            raise InputError(f"unknown normalisation {normalize!r} for a signed map; use absmax or percentile")
+        return np.clip(m / max(scale, eps), -1.0, 1.0)
+    if normalize == "percentile":
+        lo, hi = 0.0, np.percentile(m, _PCT)
+    elif normalize == "max":
+        lo, hi = 0.0, m.max()
+    elif normalize == "minmax":
+        lo, hi = m.min(), m.max()
+    else:
+        raise InputError(f"unknown normalisation {normalize!r}; use percentile, max, minmax or None")
+    return np.clip((m - lo) / max(hi - lo, eps), 0.0, 1.0)
+
+
+def colorize(h: np.ndarray, *, signed: bool, cmap: str | None = None) -> np.ndarray:
+    """(H, W) normalised map -> (H, W, 3) float RGB via a matplotlib colour map."""
+    import matplotlib
+
+    name = cmap or (DIVERGING_CMAP if signed else SEQUENTIAL_CMAP)
+    cm = matplotlib.colormaps[name]
+    v = (h + 1.0) / 2.0 if signed else h
+    return cm(np.clip(v, 0, 1))[..., :3]
+
+
+def _upscale(a: np.ndarray, min_side: int) -> Image.Image:
+    img = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
+    side = min(img.size)
+    if side < min_side:
+        k = int(np.ceil(min_side / side))
+        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(img: Image.Image) -> str:
+    """A ``data:image/png;base64,...`` URI, for self-contained HTML."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An attribution result for a batch of B images.
+
+    Attributes:
+        method: registry name of the method.
+        map: (B, H, W) attribution map at input resolution (float32, CPU).
+        images: (B, H, W, 3) display images in [0, 1] (what the model saw, denormalised).
+        targets: explained class per sample (``None`` for callable targets).
+        signed: whether the map can be negative.
+        raw: optional raw attribution, e.g. the signed gradient (B, C, H, W).
+        probabilities: (B, K) softmax of the logits, if computed.
+        class_names: names of the K outputs.
+        layer: the layer(s) the method worked at, if any.
+        options: the options the method ran with.
+        diagnostics: numbers qualifying the result (e.g. ``completeness_gap``).
+        model_name: the model's spec or class name.
+    """
+
+    method: str
+    map: torch.Tensor
+    images: np.ndarray
+    targets: tuple[int | None, ...]
+    signed: bool = False
+    raw: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None
+    class_names: tuple[str, ...] = ()
+    layer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.map.shape[0])
+
+    def __getitem__(self, i: int) -> "Explanation":
+        """The explanation of sample ``i`` alone (a batch of one)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range for {n}")
+        sl = slice(i, i + 1) if i >= 0 else slice(n + i, n + i + 1)
+        return replace(
+            self,
+            map=self.map[sl],
+            images=self.images[sl],
+            targets=self.targets[sl],
+            raw=None if self.raw is None else self.raw[sl],
+            probabilities=None if self.probabilities is None else self.probabilities[sl],
+        )
+
+    # --- labels -------------------------------------------------------------------------------
+    def target_name(self, index: int = 0) -> str:
+        t = self.targets[index]
+        if t is None:
+            return "custom target"
+        return self.class_names[t] if t < len(self.class_names) else f"class {t}"
+
+    def title(self, index: int = 0) -> str:
+        p = ""
+        t = self.targets[index]
+        if self.probabilities is not None and t is not None:
+            p = f" (p={float(self.probabilities[index, t]):.2f})"
+        layer = f" @ {self.layer}" if self.layer else ""
+        return f"{self.method}{layer}: {self.target_name(index)}{p}"
+
+    # --- pictures -----------------------------------------------------------------------------
+    def heatmap(self, index: int = 0, *, normalize: str | None = "auto") -> np.ndarray:
+        """The normalised (H, W) map of sample ``index`` (see the module docstring)."""
+        return normalize_map(self.map[index].numpy(), signed=self.signed, normalize=normalize)
+
+    def colored(self, index: int = 0, *, cmap: str | None = None, min_side: int = 224) -> Image.Image:
+        """The heatmap in colour as a PIL image (small maps upscaled with nearest neighbours)."""
+        return _upscale(colorize(self.heatmap(index), signed=self.signed, cmap=cmap), min_side)
+
+    def overlay(
+        self,
+        index: int = 0,
+        *,
+        alpha: float = 0.6,
+        cmap: str | None = None,
+        min_side: int = 224,
+    ) -> Image.Image:
+        """The heatmap blended over the (grayed) input image.
+
+        The blend weight at each pixel is ``alpha * sqrt(|h|)``, so unimportant pixels show the image.
+        """
+        h = self.heatmap(index)
+        color = colorize(h, signed=self.signed, cmap=cmap)
+        img = self.images[index]
+        gray = img.mean(axis=2, keepdims=True) * np.ones((1, 1, 3))
+        base = 0.25 + 0.6 * gray
+        w = alpha * np.sqrt(np.clip(np.abs(h), 0, 1))[..., None]
+        return _upscale(base * (1 - w) + color * w, min_side)
+
+    def figure(self, index: int = 0, *, cmap: str | None = None) -> Any:
+        """A matplotlib figure: input, overlay and heatmap with a colour bar."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+        axes[0].imshow(self.images[index])
+        axes[0].set_title("input")
+        axes[1].imshow(np.asarray(self.overlay(index, cmap=cmap)))
+        axes[1].set_title(self.title(index), fontsize=9)
+        name = cmap or (DIVERGING_CMAP if self.signed else SEQUENTIAL_CMAP)
+        vmin = -1 if self.signed else 0
+        im = axes[2].imshow(self.heatmap(index), cmap=name, vmin=vmin, vmax=1)
+        axes[2].set_title("map (normalised)")
+        fig.colorbar(im, ax=axes[2], fraction=0.046)
+        for a in axes:
+            a.axis("off")
+        fig.tight_layout()
+        return fig
+
+    # --- saving -------------------------------------------------------------------------------
+    def to_dict(self, *, include_map: bool = True) -> dict[str, Any]:
+        """Metadata (and the raw maps as nested lists) as JSON-ready data."""
+        d: dict[str, Any] = {
+            "method": self.method,
+            "model": self.model_name,
+            "layer": self.layer,
+            "signed": self.signed,
+            "targets": list(self.targets),
+            "target_names": [self.target_name(i) for i in range(len(self))],
+            "options": {k: _jsonable(v) for k, v in self.options.items()},
+            "diagnostics": {k: _jsonable(v) for k, v in self.diagnostics.items()},
+            "shape": list(self.map.shape),
+        }
+        if self.probabilities is not None:
+            d["target_probabilities"] = [
+                None if t is None else float(self.probabilities[i, t])
+                for i, t in enumerate(self.targets)
+            ]
+        if include_map:
+            d["map"] = self.map.tolist()
+        return d
+
+    def save(self, path: str | os.PathLike, index: int = 0) -> Path:
+        """Write by extension: ``.png`` (overlay of sample ``index``), ``.npy`` (all maps,
+        (B, H, W) float32), ``.json`` (metadata and maps). Written atomically."""
+        p = Path(path)
+        ext = p.suffix.lower()
+        if ext == ".png":
+            data = png_bytes(self.overlay(index))
+        elif ext == ".npy":
+            buf = io.BytesIO()
+            np.save(buf, self.map.numpy().astype(np.float32))
+            data = buf.getvalue()
+        elif ext == ".json":
+            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
+        else:
+            raise InputError(f"cannot save to {p.name!r}: use a .png, .npy or .json file name")
+        return atomic_write(p, lambda fh: fh.write(data))
+
+    # --- notebooks ----------------------------------------------------------------------------
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.overlay(0))
+
+    def to_html(self) -> str:
+        """A small HTML block: input and overlay of each sample, with titles (for notebooks)."""
+        from html import escape
+
+        cells = []
+        for i in range(len(self)):
+            cells.append(
+                f'<figure style="display:inline-block;margin:4px;text-align:center">'
+                f'<img src="{data_uri(_upscale(self.images[i], 160))}" width="160">'
+                f'<img src="{data_uri(self.overlay(i, min_side=160))}" width="160">'
+                f"<figcaption style=\"font:12px sans-serif\">{escape(self.title(i))}</figcaption>"
+                "</figure>"
+            )
+        return "<div>" + "".join(cells) + "</div>"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack(list(images))

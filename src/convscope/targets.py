@@ -1,0 +1,129 @@
+"""Targets: which output score an explanation explains.
+
+A target is the predicted class (``None``, the default), a class index, a class name, a
+sequence with one of those per sample, ``"top-k"`` / ``("top", k)`` for the k-th most likely class,
+or a callable ``f(output) -> scores`` of shape (B,) on the model output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Union
+
+import torch
+
+from .errors import TargetError
+
+__all__ = ["TargetSpec", "ResolvedTarget", "resolve_target", "select_scores"]
+
+TargetSpec = Union[None, int, str, Sequence[Union[int, str]], Callable[[torch.Tensor], torch.Tensor]]
+
+_TOPK = re.compile(r"^top-?(\d+)$")
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """Per-sample class indices, or a callable, for a batch of B outputs.
+
+    Attributes:
+        indices: (B,) long tensor of class indices, or ``None`` for a callable target.
+        func: the callable, or ``None``.
+    """
+
+    indices: torch.Tensor | None
+    func: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def labels(self) -> list[int | None]:
+        """Class index per sample (``None`` for callable targets)."""
+        if self.indices is None:
+            return []
+        return [int(i) for i in self.indices.tolist()]
+
+
+def _one(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
+    if isinstance(spec, bool):
+        raise TargetError(f"target must be a class index or name, got {spec!r}")
+    if isinstance(spec, (int,)) or (isinstance(spec, torch.Tensor) and spec.ndim == 0):
+        idx = int(spec)
+    elif isinstance(spec, str):
+        s = spec.strip()
+        if s.lstrip("-").isdigit():
+            idx = int(s)
+        elif class_names is not None and s in class_names:
+            idx = list(class_names).index(s)
+        else:
+            lowered = [c.lower() for c in class_names] if class_names else []
+            if s.lower() in lowered:
+                idx = lowered.index(s.lower())
+            else:
+                import difflib
+
+                close = difflib.get_close_matches(s, list(class_names or []), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise TargetError(
+                    f"unknown class name {s!r}{hint} (pass a class index or one of the model's "
+                    "class names)"
+                )
+    else:
+        raise TargetError(f"cannot use {type(spec).__name__} as a target; pass an int or a name")
+    if not 0 <= idx < n_classes:
+        raise TargetError(f"class index {idx} out of range for a model with {n_classes} outputs")
+    return idx
+
+
+def resolve_target(
+    target: TargetSpec,
+    output: torch.Tensor,
+    class_names: Sequence[str] | None = None,
+) -> ResolvedTarget:
+    """Turn a target spec into per-sample class indices for model ``output``.
+
+    Shape:
+        output: (B, K) logits.
+    """
+    if output.ndim != 2:
+        raise TargetError(
+            f"the model output has shape {tuple(output.shape)}; class targets need (batch, classes)"
+            " - pass a callable target for other outputs"
+        )
+    b, k = output.shape
+    if callable(target) and not isinstance(target, (str, torch.Tensor)):
+        return ResolvedTarget(indices=None, func=target)
+    if target is None:
+        return ResolvedTarget(indices=output.argmax(1).detach().cpu())
+    if isinstance(target, str):
+        m = _TOPK.match(target.strip().lower())
+        if m:
+            rank = int(m.group(1))
+            if not 1 <= rank <= k:
+                raise TargetError(f"top-{rank} is out of range for {k} classes")
+            return ResolvedTarget(indices=output.topk(rank, dim=1).indices[:, rank - 1].cpu())
+    if isinstance(target, tuple) and len(target) == 2 and target[0] == "top":
+        return resolve_target(f"top{int(target[1])}", output, class_names)
+    if isinstance(target, torch.Tensor) and target.ndim == 1:
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        if len(target) != b:
+            raise TargetError(f"got {len(target)} targets for a batch of {b}; pass one per sample")
+        idx = [_one(t, class_names, k) for t in target]
+        return ResolvedTarget(indices=torch.tensor(idx, dtype=torch.long))
+    idx = _one(target, class_names, k)
+    return ResolvedTarget(indices=torch.full((b,), idx, dtype=torch.long))
+
+
+def select_scores(output: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:
+    """The score of each sample's target.
+
+    Shape:
+        output: (B, K); returns (B,).
+    """
+    if target.func is not None:
+        scores = target.func(output)
+        if not isinstance(scores, torch.Tensor) or scores.shape != (output.shape[0],):
+            raise TargetError(
+                "a callable target must return one score per sample, a tensor of shape (batch,)"
+            )
+        return scores
+    assert target.indices is not None
+    return output.gather(1, target.indices.to(output.device).view(-1, 1)).squeeze(1)

@@ -1,0 +1,36 @@
+import torch
+from torch import nn
+
+import convscope as cs
+from convscope.evaluation_cue import pointing_hits
+
+
+def test_saliency_of_linear_model_equals_its_weights():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 5 * 6, 4))
+    x = torch.randn(3, 3, 5, 6)
+    e = cs.explain(lin, x, method="saliency", target=[0, 2, 3])
+    w = lin[1].weight.detach().view(4, 3, 5, 6)
+    for i, t in enumerate([0, 2, 3]):
+        torch.testing.assert_close(e.raw[i], w[t])
+        torch.testing.assert_close(e.map[i], w[t].abs().amax(0))
+
+
+def test_saliency_matches_independent_autograd(cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:5])
+    e = cs.explain(cue_model, x, method="saliency")
+    xr = x.clone().requires_grad_(True)
+    out = cue_model.model(xr)
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(e.raw, xr.grad)
+    assert list(e.targets) == out.argmax(1).tolist()
+
+
+def test_saliency_points_at_the_planted_cue(cue_model, clean_model, cue_test):
+    n = 200
+    x = cue_model.preprocessing.normalize(cue_test.images[:n])
+    masks = cue_test.masks[:n]
+    cue_rate = pointing_hits(cs.explain(cue_model, x).map, masks, tolerance=1).float().mean()
+    clean_rate = pointing_hits(cs.explain(clean_model, x).map, masks, tolerance=1).float().mean()
+    assert cue_rate > 0.6, cue_rate  # measured 0.73 (strict: 0.44)
+    assert clean_rate < 0.1, clean_rate  # measured 0.005

@@ -39,10 +39,9 @@ def test_capture_restores_on_error(tiny):
     x = torch.randn(1, 3, 8, 8, requires_grad=True)
     g = torch.ones_like(x)
     x.grad = g
-    with pytest.raises(RuntimeError, match="injected"):
-        with capture(tiny, "conv2", tensors=[x]):
-            tiny(x).sum().backward()
-            raise RuntimeError("injected")
+    with pytest.raises(RuntimeError, match="injected"), capture(tiny, "conv2", tensors=[x]):
+        tiny(x).sum().backward()
+        raise RuntimeError("injected")
     assert count_hooks(tiny) == 0
     assert tiny.training and not tiny.fc.training
     assert not tiny.conv1.weight.requires_grad and tiny.conv2.weight.requires_grad

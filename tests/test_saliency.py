@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.evaluation_cue import pointing_hits
+from convscope.evaluation.pointing import pointing_hits
 
 
 def test_saliency_of_linear_model_equals_its_weights():

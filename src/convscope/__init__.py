@@ -18,6 +18,7 @@ __all__ = [
     "LoadedModel",
     "MethodInfo",
     "Preprocessing",
+    "__version__",
     "capture",
     "count_hooks",
     "datasets",
@@ -30,5 +31,4 @@ __all__ = [
     "register",
     "resolve_layers",
     "resolve_target",
-    "__version__",
 ]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["Digits", "PlantedCue", "digits", "planted_cue", "CUE_POSITIONS", "DIGITS_SPLIT_SEED"]
+__all__ = ["CUE_POSITIONS", "DIGITS_SPLIT_SEED", "Digits", "PlantedCue", "digits", "planted_cue"]
 
 #: Seed of the stratified train/test split used by the bundled models' cards.
 DIGITS_SPLIT_SEED = 0

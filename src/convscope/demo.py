@@ -14,12 +14,12 @@ import torch
 
 from .api import explain
 from .datasets import digits, planted_cue
-from .evaluation_cue import cue_mass, pointing_hits
+from .evaluation.pointing import cue_mass, pointing_hits
 from .models import load_model
 from .registry import list_methods
 from .report import Report, bars_of
 
-__all__ = ["run_demo", "demo_methods"]
+__all__ = ["demo_methods", "run_demo"]
 
 ATTRIBUTION_FAMILIES = ("gradient", "cam", "perturbation")
 

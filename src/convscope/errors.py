@@ -8,13 +8,13 @@ from __future__ import annotations
 
 __all__ = [
     "ConvscopeError",
-    "InputError",
     "ImageLoadError",
+    "InputError",
     "LayerNotFoundError",
     "MethodError",
     "ModelLoadError",
-    "UnsafeLoadError",
     "TargetError",
+    "UnsafeLoadError",
 ]
 
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import LayerNotFoundError, MethodError
 
-__all__ = ["Capture", "capture", "resolve_layers", "count_hooks", "state_guard", "layer_names"]
+__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "state_guard"]
 
 
 def layer_names(model: nn.Module) -> list[str]:

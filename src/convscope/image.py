@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
-__all__ = ["ImageLike", "load_image", "to_pil", "pil_to_tensor", "MAX_PIXELS"]
+__all__ = ["MAX_PIXELS", "ImageLike", "load_image", "pil_to_tensor", "to_pil"]
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 

@@ -8,12 +8,13 @@ signed. Nothing else in convscope keeps a second list of methods.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import MethodError
 
-__all__ = ["MethodInfo", "register", "get_method", "list_methods", "method_names"]
+__all__ = ["MethodInfo", "get_method", "list_methods", "method_names", "register"]
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ import base64
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from PIL import Image
 from ._io import atomic_write
 from .errors import InputError
 
-__all__ = ["Explanation", "normalize_map", "colorize", "png_bytes", "data_uri"]
+__all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes"]
 
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
@@ -130,7 +131,7 @@ class Explanation:
     def __len__(self) -> int:
         return int(self.map.shape[0])
 
-    def __getitem__(self, i: int) -> "Explanation":
+    def __getitem__(self, i: int) -> Explanation:
         """The explanation of sample ``i`` alone (a batch of one)."""
         n = len(self)
         if not -n <= i < n:

@@ -8,16 +8,17 @@ or a callable ``f(output) -> scores`` of shape (B,) on the model output.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Union
 
 import torch
 
 from .errors import TargetError
 
-__all__ = ["TargetSpec", "ResolvedTarget", "resolve_target", "select_scores"]
+__all__ = ["ResolvedTarget", "TargetSpec", "resolve_target", "select_scores"]
 
-TargetSpec = Union[None, int, str, Sequence[Union[int, str]], Callable[[torch.Tensor], torch.Tensor]]
+TargetSpec = Union[None, int, str, Sequence[int | str], Callable[[torch.Tensor], torch.Tensor]]
 
 _TOPK = re.compile(r"^top-?(\d+)$")
 

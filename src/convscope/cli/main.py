@@ -8,43 +8,23 @@ atomically).
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+from ._common import (
+    EXIT_USAGE,
+    Parser,
+    add_model_args,
+    load_from_args,
+    parse_options,
+    parse_target,
+)
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2
-        self.exit(EXIT_USAGE, f"convscope: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _target(value: str | None) -> Any:
-    if value is None:
-        return None
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default="digits-cnn",
-                   help="bundled name, torchvision:<arch>, timm:<name> or a weights file "
-                   "(default: digits-cnn)")
-    p.add_argument("--weights", default="default",
-                   help="'default' (pretrained when available), 'none' (random init) or a file")
-    p.add_argument("--arch", default=None, help="architecture of a weights file given as --model")
-    p.add_argument("--unsafe-load", action="store_true",
-                   help="allow unpickling arbitrary objects from .pt files (trusted files only)")
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from ..models import load_model
-
-    weights = None if str(args.weights).lower() == "none" else args.weights
-    return load_model(args.model, weights=weights, arch=args.arch, unsafe=args.unsafe_load)
-
+__all__ = ["build_parser", "main"]
 
 def cmd_models(args: argparse.Namespace) -> int:
     from ..models import model_specs
@@ -74,7 +54,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     from ..hooks import layer_names
 
-    lm = _load(args)
+    lm = load_from_args(args)
     shapes: dict[str, str] = {}
     handles = []
     for name, mod in lm.model.named_modules():
@@ -109,11 +89,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise InputError(f"{len(args.images)} images need an output folder, not the file {out}")
     if not many and out.suffix.lower() not in (".png", ".npy", ".json"):
         raise InputError(f"-o {out}: give a .png, .npy or .json file name")
-    lm = _load(args)
-    options = dict(_parse_options(args.option))
+    lm = load_from_args(args)
+    options = dict(parse_options(args.option))
     results = []
     for img in args.images:  # read and explain everything before writing anything
-        e = explain(lm, img, method=args.method, target=_target(args.target), layer=args.layer,
+        e = explain(lm, img, method=args.method, target=parse_target(args.target), layer=args.layer,
                     batch_size=args.batch_size, seed=args.seed, **options)
         results.append((img, e))
     for img, e in results:
@@ -121,24 +101,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         e.save(path)
         print(f"{path}  {e.title(0)}")
     return 0
-
-
-def _parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:
-    import json
-
-    from ..errors import InputError
-
-    pairs = []
-    for it in items:
-        if "=" not in it:
-            raise InputError(f"--option {it!r}: use NAME=VALUE")
-        k, v = it.split("=", 1)
-        try:
-            val: Any = json.loads(v)
-        except ValueError:
-            val = v
-        pairs.append((k.strip().replace("-", "_"), val))
-    return pairs
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,10 +114,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ..registry import method_names
 
-    p = _Parser(prog="convscope",
+    p = Parser(prog="convscope",
                 description="See what a trained image classifier has learned and why it decides.")
     p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("models", help="list model specs and bundled models")
     s.set_defaults(func=cmd_models)
@@ -172,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("explain", help="explain predictions on images; writes overlay PNGs, "
                        ".npy maps or .json")
     s.add_argument("images", nargs="+", help="image files")
-    _model_args(s)
+    add_model_args(s)
     s.add_argument("--method", default="saliency", choices=method_names(), metavar="METHOD",
                    help="one of: " + ", ".join(method_names()))
     s.add_argument("--target", "-t", default=None,
@@ -190,7 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="convscope-demo", help="output folder")
     s.add_argument("--images", type=int, default=6, help="digits per panel")
     s.set_defaults(func=cmd_demo)
+
+    # Command modules of other tasks: every public module of convscope.cli with add_commands().
+    for mod in pkgutil.iter_modules(_cli_path()):
+        if mod.name.startswith("_") or mod.name == "main":
+            continue
+        module = importlib.import_module(f"convscope.cli.{mod.name}")
+        add = getattr(module, "add_commands", None)
+        if add is not None:
+            add(sub)
     return p
+
+
+def _cli_path() -> list[str]:
+    from .. import cli
+
+    return list(cli.__path__)
 
 
 def _version() -> str:

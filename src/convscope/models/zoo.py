@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ from ..errors import ModelLoadError, UnsafeLoadError
 from .digits import DigitsCNN
 from .preprocessing import Preprocessing
 
-__all__ = ["LoadedModel", "load_model", "bundled_models", "model_specs", "find_default_layer"]
+__all__ = ["LoadedModel", "bundled_models", "find_default_layer", "load_model", "model_specs"]
 
 _BUNDLED = ("digits-cnn", "digits-cnn-cue")
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
 from .._io import atomic_write
 from ..results import data_uri
 
-__all__ = ["Report", "Section", "Figure"]
+__all__ = ["Figure", "Report", "Section"]
 
 
 @dataclass

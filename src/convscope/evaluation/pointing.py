@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pointing_hits", "cue_mass"]
+__all__ = ["cue_mass", "pointing_hits"]
 
 
 def _dilate(masks: torch.Tensor, tolerance: int) -> torch.Tensor:

@@ -96,3 +96,11 @@ def test_bad_specs(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"nope")
     with pytest.raises(ModelLoadError, match="not a valid safetensors"):
         cs.load_model(tmp_path / "junk.safetensors", arch="digits-cnn")
+
+
+def test_timm_models_random_init():
+    lm = cs.load_model("timm:resnet18", weights=None)
+    assert lm.default_layer == "layer4" and len(lm.class_names) == 1000
+    vit = cs.load_model("timm:vit_tiny_patch16_224", weights=None)
+    assert vit.default_layer == "blocks.11.norm1"
+    assert vit.preprocessing.mean == (0.5, 0.5, 0.5)

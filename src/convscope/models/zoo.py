@@ -279,7 +279,12 @@ def _timm(name: str, weights: Any, unsafe: bool) -> LoadedModel:
     )
     model.eval()
     n_out = _num_outputs(model, pre)
-    return LoadedModel(model, pre, _imagenet_names(n_out), find_default_layer(model, pre), f"timm:{name}")
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) and hasattr(blocks[-1], "norm1"):
+        layer: str | None = f"blocks.{len(blocks) - 1}.norm1"  # ViT-like: tokens of the last block
+    else:
+        layer = find_default_layer(model, pre)
+    return LoadedModel(model, pre, _imagenet_names(n_out), layer, f"timm:{name}")
 
 
 def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:

@@ -1,19 +1,70 @@
-"""Gradient attributions.
+"""Gradient attributions: saliency, gradient x input, guided backprop, deconvnet.
 
-Vanilla saliency (Simonyan, Vedaldi and Zisserman, "Deep Inside Convolutional Networks", 2014):
-the map is ``M_ij = max_c |d S_t / d x_cij|``, the absolute gradient of the target class score
-``S_t`` (the unnormalised logit) with respect to each input pixel, maximised over colour channels.
-The raw signed gradient (B, C, H, W) is kept in ``Explanation.raw``.
+For the CAM half (guided Grad-CAM): call :func:`guided_gradient` ``(ctx, rule="guided")``, which
+returns ``(grads (B, C, H, W), logits (B, K), targets)`` like :func:`input_gradient`, or
+``convscope.get_method("guided_backprop")`` whose ``MethodOutput.raw`` is the same gradient.
+
+All maps explain the target class score ``S_t`` (the unnormalised logit, or a callable target's
+score) of the model-space input ``x``:
+
+* **saliency** (Simonyan, Vedaldi and Zisserman, "Deep Inside Convolutional Networks", 2014):
+  ``M_ij = max_c |dS_t/dx_cij|``. ``raw`` holds the signed gradient (B, C, H, W).
+* **gradient_x_input** (Shrikumar et al., "Not Just a Black Box", 2016): ``M_ij = sum_c x_cij *
+  dS_t/dx_cij`` (signed; ``x`` in model space, i.e. after normalisation). ``raw`` holds
+  ``x * grad`` per channel. For a linear model it is each pixel's exact additive contribution
+  relative to an all-zero input.
+* **guided_backprop** (Springenberg et al., "Striving for Simplicity: The All Convolutional Net",
+  2015): the gradient computed with every ReLU's backward replaced by ``relu(g) * [x > 0]``;
+  ``M_ij = max_c |G_cij|``, ``raw`` = signed G.
+* **deconvnet** (Zeiler and Fergus, "Visualizing and Understanding Convolutional Networks", 2014):
+  every ReLU's backward replaced by ``relu(g)``; map and raw as for guided backprop.
+
+The ReLU rules are applied by a scoped function mode (see :mod:`convscope.attribution._guided`):
+in-place ReLUs, ``F.relu`` calls in ``forward``, ReLU6 and modules called twice all get the rule;
+activations without a rule (SiLU, GELU, Hardswish, ...) raise a ``MethodError`` unless
+``nonrelu="gradient"`` lets them pass the ordinary gradient.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from ..registry import register
 from ._base import MethodContext, MethodOutput
+from ._guided import relu_rules
 
-__all__ = ["input_gradient", "saliency"]
+__all__ = [
+    "deconvnet",
+    "gradient_x_input",
+    "guided_backprop",
+    "guided_gradient",
+    "input_gradient",
+    "saliency",
+]
+
+
+def _gradient(
+    ctx: MethodContext, rule: str | None = None, nonrelu: str = "error", method: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+    assert ctx.model is not None
+    grads, logits, targets = [], [], []
+    for rows in ctx.chunks():
+        xb = ctx.x[rows].detach().requires_grad_(True)
+        scope = (
+            relu_rules(rule, nonrelu=nonrelu, method=method)
+            if rule is not None
+            else contextlib.nullcontext()
+        )
+        with scope:
+            out = ctx.model(xb)
+        s, t = ctx.scores(out, rows)
+        (g,) = torch.autograd.grad(s.sum(), xb)
+        grads.append(g)
+        logits.append(out.detach())
+        targets.extend(t.labels() or [None] * xb.shape[0])
+    return torch.cat(grads), torch.cat(logits), targets
 
 
 def input_gradient(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
@@ -22,17 +73,25 @@ def input_gradient(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor, list
     Returns:
         (grads (B, C, H, W), logits (B, K), targets).
     """
-    assert ctx.model is not None
-    grads, logits, targets = [], [], []
-    for rows in ctx.chunks():
-        xb = ctx.x[rows].detach().requires_grad_(True)
-        out = ctx.model(xb)
-        s, t = ctx.scores(out, rows)
-        (g,) = torch.autograd.grad(s.sum(), xb)
-        grads.append(g)
-        logits.append(out.detach())
-        targets.extend(t.labels() or [None] * xb.shape[0])
-    return torch.cat(grads), torch.cat(logits), targets
+    return _gradient(ctx)
+
+
+def guided_gradient(
+    ctx: MethodContext, *, rule: str = "guided", nonrelu: str = "error"
+) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+    """The guided-backprop (``rule="guided"``) or deconvnet (``rule="deconvnet"``) gradient.
+
+    Args:
+        ctx: the method context (targets, batch size as for any method).
+        rule: ``"guided"`` or ``"deconvnet"``.
+        nonrelu: ``"error"`` (default) refuses SiLU, GELU, Hardswish and other activations that
+            have no rule; ``"gradient"`` lets them pass the ordinary gradient.
+
+    Returns:
+        (grads (B, C, H, W), logits (B, K), targets).
+    """
+    name = "guided_backprop" if rule == "guided" else "deconvnet"
+    return _gradient(ctx, rule=rule, nonrelu=nonrelu, method=name)
 
 
 @register(
@@ -52,3 +111,76 @@ def saliency(ctx: MethodContext) -> MethodOutput:
     """
     g, logits, targets = input_gradient(ctx)
     return MethodOutput(map=g.abs().amax(1), targets=targets, raw=g, logits=logits)
+
+
+@register(
+    "gradient_x_input",
+    family="gradient",
+    signed=True,
+    summary="gradient times input, summed over colour channels: each pixel's first-order "
+    "contribution to the class score relative to an all-zero (model-space) input",
+    caveats="signed; depends on where zero lies in model space (the mean colour after "
+    "normalisation); as noisy as the gradient",
+    reference="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through "
+    "Propagating Activation Differences",
+)
+def gradient_x_input(ctx: MethodContext) -> MethodOutput:
+    """Gradient x input.
+
+    Shape:
+        map (B, H, W) = sum over C of x * grad (signed); raw (B, C, H, W) = x * grad.
+    """
+    g, logits, targets = input_gradient(ctx)
+    gx = g * ctx.x
+    return MethodOutput(map=gx.sum(1), targets=targets, raw=gx, logits=logits)
+
+
+def _rule_method(ctx: MethodContext, rule: str, nonrelu: str) -> MethodOutput:
+    g, logits, targets = guided_gradient(ctx, rule=rule, nonrelu=nonrelu)
+    return MethodOutput(map=g.abs().amax(1), targets=targets, raw=g, logits=logits)
+
+
+@register(
+    "guided_backprop",
+    family="gradient",
+    summary="the gradient with negative signals stopped at every ReLU on the way back: sharp, "
+    "edge-like pictures of the input patterns that raise the score",
+    caveats="nearly class-insensitive (shows the image's edges for any class) and insensitive to "
+    "the deeper layers' weights (Adebayo et al. 2018); defined for ReLU/ReLU6 networks only "
+    "(nonrelu='gradient' passes other activations unchanged)",
+    reference="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
+    options={"nonrelu": "error"},
+)
+def guided_backprop(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
+    """Guided backpropagation.
+
+    Args:
+        nonrelu: ``"error"`` refuses activations without a rule (SiLU, GELU, Hardswish, ...);
+            ``"gradient"`` lets them pass the ordinary gradient.
+
+    Shape:
+        map (B, H, W) = max over C of |G|; raw (B, C, H, W) = signed guided gradient G.
+    """
+    return _rule_method(ctx, "guided", nonrelu)
+
+
+@register(
+    "deconvnet",
+    family="gradient",
+    summary="the score propagated back with every ReLU applied to the backward signal instead of "
+    "gated by the forward pass (Zeiler and Fergus' deconvolution network)",
+    caveats="ignores which units were active, so it shows the patterns a class responds to more "
+    "than where they are in this image; defined for ReLU/ReLU6 networks only",
+    reference="Zeiler and Fergus 2014, Visualizing and Understanding Convolutional Networks",
+    options={"nonrelu": "error"},
+)
+def deconvnet(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
+    """Deconvnet attribution.
+
+    Args:
+        nonrelu: as for :func:`guided_backprop`.
+
+    Shape:
+        map (B, H, W) = max over C of |D|; raw (B, C, H, W) = signed deconvnet signal D.
+    """
+    return _rule_method(ctx, "deconvnet", nonrelu)

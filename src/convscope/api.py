@@ -59,7 +59,7 @@ def prepare_inputs(
     if isinstance(images, (list, tuple)):
         x, disp = pre.batch(list(images))
         return x, disp, [im for im in images if isinstance(im, torch.Tensor)]
-    x1, d1 = pre(images)
+    x1, d1 = pre(images)  # type: ignore[arg-type]  # a single image here
     return x1.unsqueeze(0), d1[None], []
 
 

@@ -81,7 +81,7 @@ def _upscale(a: np.ndarray, min_side: int) -> Image.Image:
     side = min(img.size)
     if side < min_side:
         k = int(np.ceil(min_side / side))
-        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+        img = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
     return img
 
 

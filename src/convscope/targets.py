@@ -109,8 +109,8 @@ def resolve_target(
             raise TargetError(f"got {len(target)} targets for a batch of {b}; pass one per sample")
         idx = [_one(t, class_names, k) for t in target]
         return ResolvedTarget(indices=torch.tensor(idx, dtype=torch.long))
-    idx = _one(target, class_names, k)
-    return ResolvedTarget(indices=torch.full((b,), idx, dtype=torch.long))
+    one = _one(target, class_names, k)
+    return ResolvedTarget(indices=torch.full((b,), one, dtype=torch.long))
 
 
 def select_scores(output: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:

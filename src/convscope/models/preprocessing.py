@@ -42,11 +42,11 @@ class Preprocessing:
         img = img.convert("L" if self.channels == 1 else "RGB")
         h, w = self.size
         if self.resize is None:
-            return img.resize((w, h), Image.BILINEAR)
+            return img.resize((w, h), Image.Resampling.BILINEAR)
         short = min(img.width, img.height)
         scale = self.resize / short
         nw, nh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
         left, top = (nw - w) // 2, (nh - h) // 2
         return img.crop((left, top, left + w, top + h))
 

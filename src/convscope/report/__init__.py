@@ -18,7 +18,7 @@ from PIL import Image
 from .._io import atomic_write
 from ..results import data_uri
 
-__all__ = ["Figure", "Report", "Section"]
+__all__ = ["Figure", "Report", "Section", "bars_of", "explain_report"]
 
 
 @dataclass
@@ -30,6 +30,10 @@ class Figure:
     title: str = ""
     bars: list[tuple[str, float]] = field(default_factory=list)
     colorbar: str | None = None  # "signed" | "unsigned" | None
+    note: str = ""  # one line on what the picture shows (e.g. a method's summary and caveats)
+    kind: str = "figure"  # "figure" | "input" | "method" | "skipped" (no image; caption says why)
+    family: str = ""  # the method family, shown as a small tag
+    pixelated: bool = True  # draw with hard pixel edges (small images shown enlarged)
 
 
 @dataclass
@@ -43,6 +47,9 @@ class Section:
     rows: list[list[Figure]] = field(default_factory=list)
     row_labels: list[str] = field(default_factory=list)
     html_blocks: list[str] = field(default_factory=list)
+    lead: Figure | None = None  # shown first, next to the chart (e.g. the input image)
+    chart: list[tuple[str, float]] | None = None  # (label, value in [0, 1]) horizontal bars
+    chart_title: str = ""
 
 
 class Report:
@@ -97,3 +104,6 @@ def bars_of(probs: Sequence[float], names: Sequence[str], k: int = 3) -> list[tu
     """Top-k (name, probability) pairs."""
     order = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]
     return [(str(names[i]), float(probs[i])) for i in order]
+
+
+from .build import explain_report  # noqa: E402  (uses Figure and Report above)

@@ -1,0 +1,92 @@
+"""``convscope report IMAGE... --model M [--methods ...] -o report.html``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import add_model_args, load_from_args, parse_target
+
+__all__ = ["add_commands", "cmd_report"]
+
+
+def _featvis_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("convscope.featvis") is not None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..report import explain_report
+    from ..report.build import resolve_methods
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"-o {out}: give an .html file name")
+    if args.topk < 1:
+        raise InputError(f"--topk must be at least 1, got {args.topk}")
+    resolve_methods(args.methods)  # unknown names fail before any model is loaded
+    lm = load_from_args(args)
+    extra: list[Any] = []
+    if getattr(args, "class_vis", None) is not None or getattr(args, "channels", None) or getattr(
+        args, "filters", False
+    ):
+        from ..report import featvis_sections
+
+        extra = featvis_sections.section_builders(
+            class_vis=args.class_vis, channels=args.channels, filters=args.filters, seed=args.seed
+        )
+    rep = explain_report(
+        args.images,
+        lm,
+        methods=args.methods,
+        target=parse_target(args.target),
+        topk=args.topk,
+        layer=args.layer,
+        fast=args.fast,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        labels=[Path(p).name for p in args.images],
+        title=args.title,
+        extra_sections=extra,
+        progress=sys.stderr.isatty(),
+    )
+    path = rep.write(out)
+    print(f"report written to {path.resolve()}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``convscope report`` to the CLI."""
+    s = sub.add_parser(
+        "report",
+        help="one self-contained HTML report: predictions and every chosen method per image",
+        description="Explain images with several methods and write one self-contained HTML file "
+        "(images embedded, no network needed to view it).",
+    )
+    s.add_argument("images", nargs="+", help="image files")
+    add_model_args(s)
+    s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="method names, family names (gradient, cam, perturbation) or 'all' "
+                   "(default: all; `convscope methods` lists them)")
+    s.add_argument("--target", "-t", default=None,
+                   help="class index or name to explain (default: each image's predicted class)")
+    s.add_argument("--topk", type=int, default=5, help="class probabilities shown per image (default 5)")
+    s.add_argument("--layer", "-l", default=None,
+                   help="layer for the methods that need one (default: the model's)")
+    s.add_argument("--fast", action="store_true",
+                   help="use each method's cheap settings (fewer samples/steps); noted in the report")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--title", default=None, help="report title")
+    if _featvis_available():
+        s.add_argument("--class-vis", nargs="*", default=None, metavar="CLASS",
+                       help="add class visualisations (default classes: the top predictions)")
+        s.add_argument("--channels", default=None, metavar="LAYER",
+                       help="add a gallery of channel visualisations of LAYER")
+        s.add_argument("--filters", action="store_true", help="add the first-layer filters")
+    s.add_argument("-o", "--output", required=True, help="output .html file")
+    s.set_defaults(func=cmd_report)

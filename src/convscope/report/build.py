@@ -1,0 +1,213 @@
+"""Build the explanation report: every chosen method, side by side, on each image.
+
+Everything here is driven by the method registry: the list of methods, their titles, colour
+bars (signed or not), whether they need a layer, the one-line note (summary and caveats) and the
+cheap settings used when ``fast=True``. A method registered tomorrow appears in the report
+without an edit here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConvscopeError, MethodError
+from ..registry import MethodInfo, get_method, list_methods
+from . import Figure, Report
+
+__all__ = ["MethodRun", "explain_report", "method_note", "resolve_methods", "top_k"]
+
+
+def resolve_methods(names: Sequence[str] | None) -> list[MethodInfo]:
+    """Method names, family names (``"cam"``) or ``"all"`` -> registry entries, in order.
+
+    ``None`` or an empty list means every registered method.
+
+    Raises:
+        MethodError: a name is neither a method nor a family (the message lists close names).
+    """
+    every = list_methods()
+    if not names:
+        return every
+    families = {m.family for m in every}
+    out: list[MethodInfo] = []
+    for raw in names:
+        for name in (n.strip() for n in str(raw).split(",")):
+            if not name:
+                continue
+            if name == "all":
+                picked = every
+            elif name in families:
+                picked = [m for m in every if m.family == name]
+            else:
+                picked = [get_method(name)]
+            out.extend(m for m in picked if m not in out)
+    if not out:
+        raise MethodError("no method chosen; name methods or families (run `convscope methods`)")
+    return out
+
+
+def method_note(info: MethodInfo) -> str:
+    """The one-line note shown with a method: what it shows, then its caveats."""
+    parts = []
+    if info.summary:
+        parts.append(info.summary[:1].upper() + info.summary[1:].rstrip("."))
+    if info.caveats:
+        parts.append("Caveat: " + info.caveats.rstrip("."))
+    return ". ".join(parts) + ("." if parts else "")
+
+
+def top_k(probs: Sequence[float], names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable (name, probability) pairs, most probable first."""
+    p = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")[: max(1, int(k))]
+    return [(str(names[i]) if i < len(names) else f"class {i}", float(p[i])) for i in order]
+
+
+@dataclass
+class MethodRun:
+    """The outcome of one method on the whole batch: an explanation or the reason it failed."""
+
+    info: MethodInfo
+    explanation: Any = None
+    error: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    fast: bool = False
+
+
+def _figure_for(run: MethodRun, j: int, pixelated: bool) -> Figure:
+    info = run.info
+    if run.explanation is None:
+        return Figure(src="", title=info.name, caption=f"not computed: {run.error}",
+                      note=method_note(info), kind="skipped", family=info.family)
+    e = run.explanation
+    t = e.targets[j]
+    p = ""
+    if e.probabilities is not None and t is not None:
+        p = f" (p = {float(e.probabilities[j, t]):.2f})"
+    meta = [f"explains {e.target_name(j)}{p}"]
+    if e.layer:
+        meta.append(f"layer {e.layer}")
+    if run.fast and run.options:
+        meta.append("fast settings: " + ", ".join(f"{k}={v}" for k, v in run.options.items()))
+    for k, v in e.diagnostics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            meta.append(f"{k} = {v:.3g}")
+    return Report.figure(
+        e.overlay(j),
+        title=info.name,
+        caption=" · ".join(meta),
+        colorbar="signed" if e.signed else "unsigned",
+        note=method_note(info),
+        kind="method",
+        family=info.family,
+        pixelated=pixelated,
+    )
+
+
+def explain_report(
+    images: Sequence[Any],
+    model: Any,
+    *,
+    methods: Sequence[str] | None = None,
+    target: Any = None,
+    topk: int = 5,
+    layer: str | None = None,
+    fast: bool = False,
+    batch_size: int = 32,
+    seed: int = 0,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    extra_sections: Sequence[Callable[[Report, Any], None]] = (),
+    progress: bool = False,
+) -> Report:
+    """Explain ``images`` with every chosen method and lay the results out as a :class:`Report`.
+
+    Args:
+        images: paths, PIL images or arrays (anything :func:`~convscope.load_image` reads).
+        model: a spec for :func:`~convscope.load_model`, an ``nn.Module`` or a loaded model.
+        methods: method or family names (``None``: every registered method).
+        target: the class to explain (``None``: the predicted class of each image).
+        topk: how many class probabilities the bar chart shows.
+        layer: layer for the methods that need one (default: the model's default layer).
+        fast: run each method with its registry ``fast_options`` (said so in the report).
+        batch_size, seed: passed to :func:`~convscope.explain`.
+        labels: a display name per image (default: "image 1", ...).
+        title: the report title.
+        extra_sections: callables ``f(report, loaded_model)`` that append more sections (class
+            visualisations, channel galleries, filters).
+        progress: show a progress bar over the methods.
+
+    Returns:
+        The report; call ``.write(path)``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..api import explain, prepare_inputs
+    from ..hooks import state_guard
+    from ..models import load_model
+
+    infos = resolve_methods(methods)
+    lm = load_model(model)
+    if not images:
+        raise MethodError("no image to explain; pass at least one image")
+    x, display, _ = prepare_inputs(list(images), lm.preprocessing, generic=lm.generic)
+    lm.fill_from_input(x)
+    p = next(lm.model.parameters(), None)
+    if p is not None:
+        x = x.to(p.device)
+    with state_guard(lm.model), torch.no_grad():
+        probs = torch.cat([torch.softmax(lm.model(x[i:i + batch_size]).float(), 1)
+                           for i in range(0, x.shape[0], batch_size)]).cpu()
+    runs: list[MethodRun] = []
+    for info in tqdm(infos, desc="report: methods", disable=not progress):
+        opts = dict(info.fast_options) if fast else {}
+        try:
+            e = explain(lm, x, method=info.name, target=target,
+                        layer=layer if info.needs_layer else None,
+                        batch_size=batch_size, seed=seed, **opts)
+            runs.append(MethodRun(info, e, options=opts, fast=fast))
+        except ConvscopeError as exc:
+            runs.append(MethodRun(info, error=str(exc), options=opts, fast=fast))
+
+    small = min(display.shape[1:3]) < 128
+    names = list(labels) if labels is not None else [f"image {i + 1}" for i in range(len(display))]
+    rep = Report(
+        title or f"convscope report: {lm.name}",
+        f"{len(display)} image(s) explained by {len(infos)} method(s) on {lm.name}. "
+        "Each panel shows the input in grey with the method's map on top; the colour bar gives "
+        "the scale (maps are normalised per image: unsigned maps by their 99.5th percentile, "
+        "signed maps by their largest absolute value, red positive and blue negative)."
+        + (" Methods ran with their fast settings (fewer samples or steps), as noted per panel."
+           if fast else ""),
+    )
+    from ..results import _upscale
+
+    for j in range(len(display)):
+        pred = top_k(probs[j].tolist(), lm.class_names, topk)
+        sec = rep.section(
+            f"{names[j]}: predicted {pred[0][0]} ({pred[0][1]:.2f})",
+            "",
+        )
+        sec.lead = Report.figure(_upscale(display[j], 224), title=names[j], caption="input",
+                                 kind="input", pixelated=small)
+        sec.chart = pred
+        sec.chart_title = f"top-{len(pred)} class probabilities"
+        sec.rows.append([_figure_for(r, j, small) for r in runs])
+        sec.row_labels.append("")
+    used = [r for r in runs]
+    rep.section(
+        "The methods in this report",
+        "What each map shows and where it misleads, from the method registry.",
+        table=[[r.info.name, r.info.family, "yes" if r.info.signed else "no", method_note(r.info),
+                r.info.reference or "", "ok" if r.error is None else f"failed: {r.error}"]
+               for r in used],
+        table_header=["method", "family", "signed", "note", "reference", "status"],
+    )
+    for add in extra_sections:
+        add(rep, lm)
+    return rep

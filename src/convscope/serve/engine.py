@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageLoadError, InputError, MethodError
+from ..errors import ImageLoadError, InputError
 from ..models import LoadedModel, load_model
 from ..registry import get_method, list_methods
 from ..results import _upscale, colorize, data_uri

@@ -14,8 +14,8 @@ Errors come back as JSON ``{"error": "..."}``: 400 for a bad request, 413 for an
 the size or pixel limit, 415 for something that is not an accepted image.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
+# and ``UploadFile`` is imported lazily inside create_app().
 from importlib import resources
 from typing import Any
 
@@ -132,9 +132,11 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
         raise ConvscopeError(
             "the web app needs FastAPI and uvicorn: pip install 'convscope[serve]'"
         ) from None
-    try:
-        import multipart  # noqa: F401  (python-multipart, needed for uploads)
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec(
+        "multipart"
+    ) is None:
         raise ConvscopeError(
             "the web app needs python-multipart: pip install 'convscope[serve]'"
         ) from None

@@ -16,13 +16,15 @@ the size or pixel limit, 415 for something that is not an accepted image.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
 # and ``UploadFile`` is imported lazily inside create_app().
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
 from ..errors import ConvscopeError
 from .engine import Engine, Limits, TooLarge, UnsupportedImage
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "running"]
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -220,3 +222,36 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
     wrapped.engine = eng
     wrapped.fastapi = app
     return wrapped
+
+
+@contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread for the ``with`` block; yields its URL.
+
+    ``port=0`` picks a free port. Used by the tests and handy in notebooks.
+
+    Raises:
+        ConvscopeError: the server did not start within ``timeout`` seconds.
+    """
+    import threading
+    import time
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="convscope-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise ConvscopeError(f"the web app did not start on {host}:{port}")
+        time.sleep(0.02)
+    sock = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{host}:{sock[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -1,0 +1,197 @@
+"""The report and the web app opened in real headless Chromium (Debian's ``chromium``, driven by
+Playwright through its executable path; ``playwright install`` is never needed).
+
+If Chromium is missing these tests fail, they do not skip: CI installs it (``.ci/run``). Every
+browser step has a timeout, so a broken browser fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import convscope as cs
+
+CHROMIUM = os.environ.get("CONVSCOPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 30_000
+
+JS_BROKEN_IMAGES = """() => [...document.images]
+    .filter(i => !i.complete || i.naturalWidth === 0)
+    .map(i => i.alt || i.src.slice(0, 40))"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install -y "
+                    "chromium; .ci/run does) or set CONVSCOPE_CHROMIUM", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=TIMEOUT_MS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _page(browser, problems: list[str], allowed: tuple[str, ...]):
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+    def route(r):  # anything outside the allowed origins is refused and reported
+        if r.request.url.startswith(allowed):
+            r.continue_()
+        else:
+            problems.append(f"outside request: {r.request.url}")
+            r.abort()
+
+    page.route("**/*", route)
+    return page
+
+
+def _digit_files(tmp_path: Path, n: int) -> list[Path]:
+    from convscope.datasets import digits, planted_cue
+    from convscope.models.preprocessing import display_array
+
+    x, y = digits().split("test")
+    cue = planted_cue(x[:n], y[:n])
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"digit{i}.png"
+        Image.fromarray((display_array(cue.images[i])[..., 0] * 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_report_opens_offline_without_errors_or_broken_images(browser, tmp_path):
+    from convscope.report import explain_report
+
+    files = _digit_files(tmp_path, 2)
+    rep = explain_report(files, "digits-cnn-cue", fast=True, topk=4, labels=[f.name for f in files])
+    out = rep.write(tmp_path / "report.html")
+    problems: list[str] = []
+    page = _page(browser, problems, ("file://", "data:"))
+    page.goto(out.as_uri())
+    page.wait_for_load_state("load")
+    assert page.evaluate(JS_BROKEN_IMAGES) == []
+    n_methods = len(cs.method_names())
+    assert page.locator("figure.method").count() == 2 * n_methods
+    assert page.locator("figure.skipped").count() == 0
+    assert page.locator(".chart .cbar-row").count() == 2 * 4
+    titles = page.locator("figure.method .t span:first-child").all_inner_texts()
+    assert sorted(set(titles)) == sorted(cs.method_names())
+    # every method's note, from the registry, is on the page
+    text = page.inner_text("body")
+    for m in cs.list_methods():
+        assert m.summary[:40].lower() in text.lower(), m.name
+    assert problems == []
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    from convscope.serve import Engine
+    from convscope.serve.app import create_app, running
+
+    engine = Engine(("digits-cnn", "digits-cnn-cue", "torchvision:resnet18"), weights="none")
+    with running(create_app(engine)) as url:
+        yield url, engine
+
+
+def _photo(path: Path) -> Path:
+    yy, xx = np.mgrid[0:180, 0:240]
+    img = np.stack([(xx * 255 // 240), (yy * 255 // 180), ((xx // 30 + yy // 30) % 2) * 200], -1)
+    Image.fromarray(img.astype(np.uint8)).save(path, format="JPEG", quality=92)
+    return path
+
+
+def test_web_app_upload_a_photo_pick_a_method_see_the_result(browser, server, tmp_path):
+    url, engine = server
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.set_input_files("#file", str(_photo(tmp_path / "photo.jpg")))
+    page.select_option("#model", "torchvision:resnet18")
+    page.select_option("#method", "gradcam")
+    assert page.is_enabled("#layer")
+    page.click("#explain")
+    page.wait_for_selector("#result:not([hidden])")
+    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    assert "gradcam on torchvision:resnet18" in page.inner_text("#result-title")
+    assert page.locator("#probs .prob").count() == 5
+    assert cs.get_method("gradcam").summary[1:30] in page.inner_text("#note")
+    assert page.evaluate(JS_BROKEN_IMAGES) == []
+    assert page.is_hidden("#error")
+    assert problems == []
+    page.close()
+
+
+def test_web_app_sample_on_the_cue_model_and_layer_browser(browser, server):
+    url, _ = server
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.click("#sample-7")  # digit 3 with its cue
+    page.select_option("#model", "digits-cnn-cue")
+    page.select_option("#method", "saliency")
+    assert page.is_disabled("#layer")  # saliency needs no layer
+    page.select_option("#target", "3")
+    page.click("#explain")
+    page.wait_for_selector("#result:not([hidden])")
+    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    assert "explains 3" in page.inner_text("#result-title")
+    assert page.locator("#probs .prob.target").count() == 1
+    page.select_option("#browse-layer", "features.6")
+    page.click("#browse")
+    page.wait_for_selector("#channels figure")
+    assert page.locator("#channels figure").count() == 16
+    assert page.evaluate(JS_BROKEN_IMAGES) == []
+    assert problems == []
+    page.close()
+
+
+def test_web_app_refuses_a_non_image_and_says_why(browser, server, tmp_path):
+    url, _ = server
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    fake = tmp_path / "notes.png"
+    fake.write_bytes(b"this is text pretending to be a PNG")
+    page.set_input_files("#file", str(fake))
+    page.click("#explain")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not an image" in page.inner_text("#error")
+    # the browser logs the 415 response as a console error; nothing else may go wrong
+    assert all("415" in p for p in problems), problems
+    page.close()
+
+
+def test_uploaded_bytes_are_what_the_model_saw(server, tmp_path):
+    """The same photo through the app and through explain() give the same probabilities."""
+    import httpx
+
+    url, engine = server
+    photo = _photo(tmp_path / "p.jpg")
+    r = httpx.post(url + "/api/explain", data={"model": "torchvision:resnet18", "method": "saliency"},
+                   files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    e = cs.explain(engine.models["torchvision:resnet18"], Image.open(io.BytesIO(photo.read_bytes())),
+                   method="saliency")
+    top = r.json()["probabilities"][0]
+    assert top["index"] == e.targets[0]
+    assert abs(top["p"] - float(e.probabilities[0, e.targets[0]])) < 1e-5

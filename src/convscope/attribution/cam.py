@@ -1,0 +1,505 @@
+"""The CAM family on one engine: every variant is one small weight rule.
+
+The engine (:func:`cam_engine`) runs the model once per chunk of ``ctx.batch_size`` samples with
+the layer(s) captured by :func:`convscope.hooks.capture`, and differentiates the target score
+``S`` with ``torch.autograd.grad`` with respect to the captured activations ``A`` only. The
+weights are frozen (the facade's state guard), so the backward pass stops at the layer: nothing
+below it and no weight gradient is computed. The input is marked ``requires_grad`` only so that
+the graph exists. Each variant then turns ``A`` (B, K, h, w) and ``G = dS/dA`` into a map
+(B, h, w) at the layer's resolution:
+
+=============== =================================================================================
+``cam``         Zhou et al. 2016, "Learning Deep Features for Discriminative Localization":
+                ``M = sum_k W[t, k] A_k`` for a head ``logits = W mean_ij(A) + b`` (global average
+                pooling then one linear layer). The head is found automatically: a ``Linear``
+                with K inputs whose output on the spatial mean of ``A`` reproduces the logits
+                (checked numerically, so a norm or an activation between layer and head is
+                refused with a ``MethodError``). Callable targets use ``w = dS/dlogits @ W``.
+``gradcam``     Selvaraju et al. 2017, "Grad-CAM": ``w_k = mean_ij G_kij``, ``M = sum_k w_k A_k``.
+                On a GAP + linear head ``G_kij = W[t, k] / (h w)``, so Grad-CAM = CAM / (h w).
+``gradcam_pp``  Chattopadhay et al. 2018, "Grad-CAM++": ``alpha_kij = G^2 / (2 G^2 + sum_ab A_kab
+                G^3)`` (0 where the denominator is 0), ``w_k = sum_ij alpha_kij relu(G_kij)``. The
+                higher derivatives use the paper's exponential-score closed form.
+``xgradcam``    Fu et al. 2020, "Axiom-based Grad-CAM": ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``
+                (0 for an all-zero channel).
+``hirescam``    Draelos and Carin 2020, "Use HiResCAM instead of Grad-CAM": ``M = sum_k G_k * A_k``
+                (element-wise; no spatial averaging of the gradient).
+``layercam``    Jiang et al. 2021, "LayerCAM": ``M = sum_k relu(G_k) * A_k``.
+``eigencam``    Muhammad and Yeasin 2020, "Eigen-CAM": ``M = A v_1`` with ``v_1`` the first right
+                singular vector of ``A`` read as an (h w) x K matrix (no gradient; computed for
+                the whole batch at once from the smaller Gram matrix, ``A^T A`` or ``A A^T``, by
+                one batched ``eigh`` in float64; ``center=True`` subtracts the spatial mean
+                first, i.e. true PCA). The sign of a
+                singular vector is arbitrary: it is fixed as scikit-learn's ``svd_flip`` does, so
+                that the largest-magnitude entry of ``M`` is positive (for non-negative, e.g.
+                post-ReLU, activations the uncentred ``M`` is then non-negative everywhere).
+                Class-agnostic: the target does not change it.
+``guided_gradcam`` Selvaraju et al. 2017: guided backpropagation (the gradient half's
+                ``guided_backprop``) times the upsampled Grad-CAM. ``map = max_c |GB_c| * GC``,
+                ``raw = GB * GC`` (B, C, H, W, signed).
+=============== =================================================================================
+
+Every map is rectified (``relu(M)``, as in the papers), then upsampled bilinearly
+(``align_corners=False``) to the input size.
+
+Several layers at once (``layer=["layer3", "layer4"]`` or a glob): each layer's rectified,
+upsampled map is divided by its own per-sample maximum and the maps are averaged, so each layer
+counts equally whatever its scale (layers with deeper, larger activations would otherwise win).
+``Explanation.raw`` holds the per-layer maps before that normalisation, (B, L, H, W), in the
+order of ``diagnostics["layers"]``; for one layer ``map == raw[:, 0]``.
+
+Transformers: token outputs are reshaped to a grid by :mod:`convscope.attribution._tokens`
+(ViT: (B, 1 + h w, C) with the class token dropped; Swin: channels-last (B, h, w, C)); the
+``layout`` option overrides the guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MethodError
+from ..hooks import capture
+from ..registry import get_method, register
+from ._base import MethodContext, MethodOutput
+from ._tokens import grid_layout, to_grid
+
+__all__ = [
+    "LayerData",
+    "cam",
+    "cam_engine",
+    "eigencam",
+    "find_gap_head",
+    "gradcam",
+    "gradcam_pp",
+    "guided_gradcam",
+    "hirescam",
+    "layercam",
+    "xgradcam",
+]
+
+_EPS = 1e-12
+
+
+@dataclass
+class LayerData:
+    """What a weight rule sees for one layer and one chunk of the batch.
+
+    Attributes:
+        name: the dotted layer name.
+        act: activations A, (b, K, h, w) (token and channels-last layouts already reshaped).
+        grad: dS/dA of the same shape, or ``None`` for rules that need no gradient.
+        logits: (b, n_classes) model outputs (detached).
+        logit_grad: dS/dlogits (b, n_classes), for rules that asked for it, else ``None``.
+        module: the layer's module; ``model``: the whole network.
+    """
+
+    name: str
+    act: torch.Tensor
+    grad: torch.Tensor | None
+    logits: torch.Tensor
+    logit_grad: torch.Tensor | None
+    module: nn.Module
+    model: nn.Module
+
+
+Rule = Callable[[LayerData], torch.Tensor]
+
+
+def _weighted(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k A_k. Shape: w (b, K), a (b, K, h, w) -> (b, h, w)."""
+    return torch.einsum("bk,bkhw->bhw", w, a)
+
+
+def _upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cam_engine(
+    ctx: MethodContext,
+    rule: Rule,
+    *,
+    need_grad: bool = True,
+    need_logit_grad: bool = False,
+    layout: str = "auto",
+) -> MethodOutput:
+    """Run ``rule`` on every layer of ``ctx.layer``; see the module docstring.
+
+    Args:
+        ctx: the method context; ``ctx.layer`` lists one or more layers.
+        rule: ``LayerData -> (b, h, w)`` map before rectification.
+        need_grad: compute dS/dA (one backward pass that stops at the shallowest layer).
+        need_logit_grad: compute dS/dlogits instead (CAM): no backward through the network.
+        layout: how to read the layer outputs (see :mod:`convscope.attribution._tokens`).
+
+    Shape:
+        map (B, H, W) at the input resolution; raw (B, L, H, W) per-layer maps.
+    """
+    assert ctx.model is not None
+    if not ctx.layer:
+        raise MethodError("CAM methods need a layer; pass layer= (run `convscope layers MODEL`)")
+    size = (int(ctx.x.shape[-2]), int(ctx.x.shape[-1]))
+    per_layer: list[list[torch.Tensor]] = [[] for _ in ctx.layer]
+    logits_all: list[torch.Tensor] = []
+    targets: list[int | None] = []
+    shapes: dict[str, list[int]] = {}
+    layouts: dict[str, str] = {}
+    for rows in ctx.chunks():
+        xb = ctx.x[rows].detach()
+        if need_grad:
+            xb.requires_grad_(True)
+        with capture(ctx.model, ctx.layer) as cap:
+            with torch.set_grad_enabled(need_grad):
+                out = ctx.model(xb)
+                acts = [cap.activation(n) for n in ctx.layer]
+            modules = [cap.modules[n] for n in ctx.layer]
+        if not isinstance(out, torch.Tensor):
+            raise MethodError(f"the model returned {type(out).__name__}; CAM methods need a logits tensor")
+        logit_grad = None
+        if need_logit_grad:
+            leaf = out.detach().requires_grad_(True)
+            with torch.enable_grad():
+                s, t = ctx.scores(leaf, rows)
+                (logit_grad,) = torch.autograd.grad(s.sum(), leaf)
+        else:
+            s, t = ctx.scores(out, rows)
+        grads: list[torch.Tensor | None] = [None] * len(acts)
+        if need_grad:
+            missing = [n for n, a in zip(ctx.layer, acts, strict=True) if not a.requires_grad]
+            if missing:
+                raise MethodError(f"layer(s) {', '.join(missing)} do not depend on the input")
+            got = torch.autograd.grad(s.sum(), acts, allow_unused=True)
+            for i, (n, g) in enumerate(zip(ctx.layer, got, strict=True)):
+                if g is None:
+                    raise MethodError(
+                        f"the target score does not depend on layer {n!r}; pick a layer on the "
+                        "path to the output"
+                    )
+                grads[i] = g.detach()
+        for i, (name, a, ga, mod) in enumerate(zip(ctx.layer, acts, grads, modules, strict=True)):
+            kind, h, w = grid_layout(tuple(a.shape), size, layout)
+            layouts[name], shapes[name] = kind, [h, w]
+            data = LayerData(
+                name=name,
+                act=to_grid(a.detach(), kind, h, w).float(),
+                grad=None if ga is None else to_grid(ga, kind, h, w).float(),
+                logits=out.detach(),
+                logit_grad=logit_grad,
+                module=mod,
+                model=ctx.model,
+            )
+            m = rule(data).clamp(min=0)
+            per_layer[i].append(_upsample(m, size))
+        logits_all.append(out.detach())
+        targets.extend(t.labels() or [None] * xb.shape[0])
+    raw = torch.stack([torch.cat(p) for p in per_layer], dim=1)
+    if raw.shape[1] == 1:
+        amap = raw[:, 0]
+    else:
+        peak = raw.flatten(2).amax(2).clamp(min=_EPS)[..., None, None]
+        amap = (raw / peak).mean(1)
+    diagnostics: dict[str, Any] = {
+        "layers": list(ctx.layer),
+        "layer_grid": shapes,
+        "layer_layout": layouts,
+    }
+    if raw.shape[1] > 1:
+        diagnostics["combine"] = "mean of per-layer maps, each divided by its per-sample maximum"
+    return MethodOutput(map=amap, targets=targets, raw=raw, logits=torch.cat(logits_all),
+                        diagnostics=diagnostics)
+
+
+# --- CAM: find the GAP + linear head ----------------------------------------------------------
+
+
+def find_gap_head(
+    model: nn.Module, act: torch.Tensor, logits: torch.Tensor, head: str | None = None
+) -> tuple[str, nn.Linear]:
+    """The ``Linear`` whose output on the spatial mean of ``act`` reproduces ``logits``.
+
+    Args:
+        model: the network.
+        act: (b, K, h, w) activations of the CAM layer.
+        logits: (b, n) model outputs for the same inputs.
+        head: the head's dotted name, to skip the search (still checked).
+
+    Raises:
+        MethodError: no such layer: the model has no global-average-pooling + linear head after
+            this layer.
+    """
+    pooled = act.mean((2, 3))
+    k, n = pooled.shape[1], logits.shape[1]
+    named = dict(model.named_modules())
+    if head is not None:
+        if head not in named:
+            raise MethodError(f"no module named {head!r} for head=")
+        cands = [(head, named[head])]
+    else:
+        cands = [(nm, m) for nm, m in model.named_modules() if isinstance(m, nn.Linear)][::-1]
+    fits = [(nm, m) for nm, m in cands
+            if isinstance(m, nn.Linear) and m.in_features == k and m.out_features == n]
+    tol = 1e-4 * float(logits.abs().max().clamp(min=1.0))
+    for nm, m in fits:
+        with torch.no_grad():
+            pred = F.linear(pooled.to(m.weight.dtype), m.weight, m.bias)
+        if torch.allclose(pred.float(), logits.float(), rtol=1e-4, atol=tol):
+            return nm, m
+    what = f"the layer's {k} channels" if not fits else "the spatial mean of the layer"
+    raise MethodError(
+        f"CAM needs a global-average-pooling + linear head right after the layer, and no linear "
+        f"layer of {type(model).__name__} maps {what} to its {n} outputs (a norm, an activation "
+        "or a deeper head in between?); use gradcam, which equals CAM up to scale on such "
+        "heads, or pick the layer just before the pooling"
+    )
+
+
+def _cam_rule(head: str | None) -> Rule:
+    def rule(d: LayerData) -> torch.Tensor:
+        _, lin = find_gap_head(d.model, d.act, d.logits, head)
+        assert d.logit_grad is not None
+        w = d.logit_grad.to(lin.weight.dtype) @ lin.weight
+        return _weighted(w.float(), d.act)
+
+    return rule
+
+
+# --- the weight rules -------------------------------------------------------------------------
+
+
+def _gradcam_rule(d: LayerData) -> torch.Tensor:
+    assert d.grad is not None
+    return _weighted(d.grad.mean((2, 3)), d.act)
+
+
+def _gradcam_pp_rule(d: LayerData) -> torch.Tensor:
+    g, a = d.grad, d.act
+    assert g is not None
+    g2 = g * g
+    denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g2 * g
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
+    return _weighted((alpha * g.clamp(min=0)).sum((2, 3)), a)
+
+
+def _xgradcam_rule(d: LayerData) -> torch.Tensor:
+    g, a = d.grad, d.act
+    assert g is not None
+    s = a.sum((2, 3))
+    w = torch.where(s != 0, (a * g).sum((2, 3)) / torch.where(s != 0, s, 1.0), 0.0)
+    return _weighted(w, a)
+
+
+def _hirescam_rule(d: LayerData) -> torch.Tensor:
+    assert d.grad is not None
+    return (d.grad * d.act).sum(1)
+
+
+def _layercam_rule(d: LayerData) -> torch.Tensor:
+    assert d.grad is not None
+    return (d.grad.clamp(min=0) * d.act).sum(1)
+
+
+def _eigen_rule(center: bool) -> Rule:
+    def rule(d: LayerData) -> torch.Tensor:
+        a = d.act
+        b, k, h, w = a.shape
+        m = a.flatten(2).transpose(1, 2)  # (b, h*w, K)
+        if center:
+            m = m - m.mean(1, keepdim=True)
+        md = m.double()
+        # The first singular pair from the smaller Gram matrix (one batched eigh; much cheaper
+        # than a full SVD when h*w and K differ): M v_1 = s_1 u_1.
+        if md.shape[1] >= md.shape[2]:
+            _, vecs = torch.linalg.eigh(md.transpose(1, 2) @ md)  # (b, K, K), ascending
+            u1 = md @ vecs[:, :, -1:]  # (b, h*w, 1) = s_1 u_1
+        else:
+            vals, vecs = torch.linalg.eigh(md @ md.transpose(1, 2))  # (b, hw, hw)
+            u1 = vecs[:, :, -1:] * vals[:, -1:, None].clamp(min=0).sqrt()
+        u1 = u1[:, :, 0]
+        # svd_flip convention (as scikit-learn's PCA): the largest-magnitude entry is positive
+        peak = u1.gather(1, u1.abs().argmax(1, keepdim=True))
+        proj = (u1 * torch.where(peak < 0, -1.0, 1.0).to(u1.dtype)).to(a.dtype)
+        return proj.view(b, h, w)
+
+    return rule
+
+
+
+
+@register(
+    "cam",
+    summary="class activation map: the head's class weights applied to the layer's feature maps",
+    caveats="only for models whose layer is followed by global average pooling and one linear "
+    "layer (found and checked automatically); resolution of that layer",
+    reference="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
+    family="cam",
+    needs_layer=True,
+)
+def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> MethodOutput:
+    """CAM: ``relu(sum_k W[t, k] A_k)``, upsampled.
+
+    Args:
+        head: dotted name of the final ``Linear`` (default: found automatically).
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+
+    Shape:
+        map (B, H, W); raw (B, L, H, W) per layer.
+    """
+    return cam_engine(ctx, _cam_rule(head), need_grad=False, need_logit_grad=True, layout=layout)
+
+
+@register(
+    "gradcam",
+    summary="the layer's feature maps weighted by their spatially averaged gradient",
+    caveats="coarse (resolution of the layer); averaging the gradient can credit regions the "
+    "score does not depend on (see hirescam)",
+    reference="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
+    "Gradient-based Localization",
+    family="cam",
+    needs_layer=True,
+)
+def gradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
+    """Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.
+
+    Args:
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+
+    Shape:
+        map (B, H, W); raw (B, L, H, W) per layer.
+    """
+    return cam_engine(ctx, _gradcam_rule, layout=layout)
+
+
+@register(
+    "gradcam_pp",
+    summary="Grad-CAM with pixel-wise weights on the positive gradients, better for several "
+    "instances of a class",
+    caveats="its higher-order terms assume an exponential score; coarse like Grad-CAM",
+    reference="Chattopadhay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep "
+    "Convolutional Networks",
+    family="cam",
+    needs_layer=True,
+)
+def gradcam_pp(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
+    """Grad-CAM++ (see the module docstring for the weights).
+
+    Args:
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+    """
+    return cam_engine(ctx, _gradcam_pp_rule, layout=layout)
+
+
+@register(
+    "xgradcam",
+    summary="Grad-CAM with gradients weighted by the normalised activations (axiom-based)",
+    caveats="coarse like Grad-CAM; all-zero channels get weight 0",
+    reference="Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and "
+    "Explanation of CNNs",
+    family="cam",
+    needs_layer=True,
+)
+def xgradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
+    """XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.
+
+    Args:
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+    """
+    return cam_engine(ctx, _xgradcam_rule, layout=layout)
+
+
+@register(
+    "hirescam",
+    summary="element-wise gradient times activation summed over channels: what the score "
+    "depends on at each location of the layer",
+    caveats="noisier than Grad-CAM; resolution of the layer",
+    reference="Draelos and Carin 2020, Use HiResCAM instead of Grad-CAM for faithful "
+    "explanations of convolutional neural networks",
+    family="cam",
+    needs_layer=True,
+)
+def hirescam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
+    """HiResCAM: ``relu(sum_k G_k * A_k)``.
+
+    Args:
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+    """
+    return cam_engine(ctx, _hirescam_rule, layout=layout)
+
+
+@register(
+    "layercam",
+    summary="positive gradients times activations, location by location; works at shallow "
+    "layers too",
+    caveats="ignores negative evidence; shallow layers give fine but noisy maps",
+    reference="Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for "
+    "Localization",
+    family="cam",
+    needs_layer=True,
+)
+def layercam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
+    """LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.
+
+    Args:
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+    """
+    return cam_engine(ctx, _layercam_rule, layout=layout)
+
+
+@register(
+    "eigencam",
+    needs_gradients=False,
+    summary="the first principal direction of the layer's activations: where the layer "
+    "responds most, whatever the class",
+    caveats="class-agnostic (the target does not change the map); the sign of a principal "
+    "component is a convention (its largest-magnitude entry is made positive)",
+    reference="Muhammad and Yeasin 2020, Eigen-CAM: Class Activation Map using Principal "
+    "Components",
+    family="cam",
+    needs_layer=True,
+)
+def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> MethodOutput:
+    """Eigen-CAM: the activations projected on their first right singular vector.
+
+    Args:
+        center: subtract the spatial mean of each channel before the SVD (PCA proper; the
+            paper and the default do not).
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+    """
+    return cam_engine(ctx, _eigen_rule(center), need_grad=False, layout=layout)
+
+
+@register(
+    "guided_gradcam",
+    summary="guided backpropagation times the upsampled Grad-CAM: fine detail, class-specific",
+    caveats="inherits guided backprop's weakness: it reconstructs the image more than it "
+    "explains the class; ReLU networks only (see guided_backprop)",
+    reference="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
+    "Gradient-based Localization",
+    family="cam",
+    needs_layer=True,
+)
+def guided_gradcam(ctx: MethodContext, layout: str = "auto", nonrelu: str = "error") -> MethodOutput:
+    """Guided Grad-CAM.
+
+    Args:
+        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
+        nonrelu: passed to guided backpropagation: ``"error"`` refuses activations without a
+            guided rule (SiLU, GELU, ...), ``"gradient"`` lets them pass the ordinary gradient.
+
+    Shape:
+        map (B, H, W) = max_c |GB_c| * GradCAM; raw (B, C, H, W) = GB * GradCAM (signed).
+    """
+    gc = cam_engine(ctx, _gradcam_rule, layout=layout)
+    gb = get_method("guided_backprop").func(ctx, nonrelu=nonrelu)
+    if gb.raw is None:
+        raise MethodError("guided_backprop returned no raw gradient")
+    raw = gb.raw * gc.map[:, None]
+    diagnostics = dict(gc.diagnostics)
+    return MethodOutput(map=raw.abs().amax(1), targets=gc.targets, raw=raw, logits=gc.logits,
+                        diagnostics=diagnostics)

@@ -17,7 +17,8 @@ from .hooks import resolve_layers, state_guard
 from .image import ImageLike
 from .models import LoadedModel, Preprocessing, load_model
 from .models.preprocessing import display_array
-from .registry import get_method
+from .perturb import BlackBoxModel, is_black_box
+from .registry import get_method, list_methods
 from .results import Explanation
 from .targets import TargetSpec
 
@@ -77,7 +78,7 @@ def _check_options(func: Callable[..., Any], name: str, options: dict[str, Any])
 
 
 def explain(
-    model: str | nn.Module | LoadedModel,
+    model: str | nn.Module | LoadedModel | Callable[..., Any],
     image: ImageLike | Sequence[ImageLike] | torch.Tensor,
     method: str = "saliency",
     target: TargetSpec = None,
@@ -86,6 +87,8 @@ def explain(
     batch_size: int = 32,
     seed: int = 0,
     device: str | torch.device | None = None,
+    class_names: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain the model's decision on ``image`` with ``method``.
@@ -100,6 +103,8 @@ def explain(
         batch_size: largest number of samples through the model at once; never changes a result.
         seed: seed for random methods.
         device: run on this device (default: where the model's parameters are).
+        class_names, preprocessing: override the model's (for a black box: its class names and
+            how images become its inputs; a tensor input is taken as it is).
         **options: method options (see the method's docstring).
 
     Returns:
@@ -112,7 +117,18 @@ def explain(
     _check_options(info.func, method, options)
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size}")
-    lm = load_model(model)
+    black_box = None
+    if is_black_box(model):  # a predict(batch) -> scores function or an ONNX session
+        if not info.black_box:
+            need = "gradients" if info.needs_gradients else "the network's layers"
+            raise MethodError(
+                f"method {method!r} needs {need} and cannot run on a black-box predict function; "
+                "pass the torch model, or use a black-box method: "
+                f"{', '.join(m.name for m in list_methods() if m.black_box)}"
+            )
+        black_box = BlackBoxModel(model)
+        model = black_box
+    lm = load_model(model, class_names=class_names, preprocessing=preprocessing)
     net = lm.model
     if device is None:
         p = next(net.parameters(), None)
@@ -138,6 +154,7 @@ def explain(
         class_names=lm.class_names,
         batch_size=int(batch_size),
         seed=int(seed),
+        predict=None if black_box is None else black_box.predictor,
     )
     with state_guard(net, caller_tensors):
         with torch.random.fork_rng(devices=[]):

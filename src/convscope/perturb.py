@@ -1,0 +1,505 @@
+"""The batched perturbation engine: evaluate a model on many masked versions of one input.
+
+Occlusion, RISE, LIME, Kernel SHAP, Score-CAM and Ablation-CAM all reduce to "build masks, mix
+the input with a baseline under each mask, run the model, keep the target score". This module
+does that once:
+
+* :func:`as_predict` turns a torch module, a NumPy function ``f(np.ndarray) -> np.ndarray`` or an
+  ONNX Runtime ``InferenceSession`` (extra ``onnx``, imported lazily) into one
+  ``predict(batch: Tensor) -> Tensor`` callable (:class:`Predictor`).
+* :func:`evaluate` walks a virtual batch of ``n`` perturbed inputs in chunks: the caller's
+  ``make(start, stop)`` builds one chunk as a tensor (masks are tensors, mixing is one
+  ``torch.where`` / multiply-add), the model runs on it, a score function reduces the outputs,
+  and only the (n,) scores are kept. Memory is set by the chunk size, not by ``n``.
+  ``batch_size="auto"`` sizes chunks to a memory budget (:func:`auto_batch_size`). A tqdm bar
+  shows on long runs. No per-sample Python loop and, for torch models, no NumPy round trip.
+* Mask builders: :func:`window_boxes` / :func:`box_masks` (occlusion), :func:`rise_masks`,
+  :func:`coalition_samples` (LIME), :func:`shapley_samples` (Kernel SHAP), :func:`baseline`.
+* :func:`weighted_ridge`: the weighted ridge fit of LIME / Kernel SHAP in torch, with the
+  weighted R^2 of the fit.
+* :class:`Convergence`: stop sampling once the explanation stops changing.
+
+Everything random takes an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError, MethodError
+
+__all__ = [
+    "BlackBoxModel",
+    "Convergence",
+    "Predictor",
+    "as_predict",
+    "auto_batch_size",
+    "baseline",
+    "box_masks",
+    "coalition_samples",
+    "evaluate",
+    "is_black_box",
+    "rise_masks",
+    "shapley_samples",
+    "weighted_ridge",
+    "window_boxes",
+]
+
+#: Default memory budget of ``batch_size="auto"`` on a CPU, in MiB (override with
+#: ``CONVSCOPE_PERTURB_BUDGET_MB``). On CUDA a quarter of the free memory is used.
+CPU_BUDGET_MB = 256
+MAX_AUTO_BATCH = 256
+
+
+def _is_onnx_session(obj: Any) -> bool:
+    return hasattr(obj, "run") and hasattr(obj, "get_inputs") and not isinstance(obj, nn.Module)
+
+
+def is_black_box(obj: Any) -> bool:
+    """True for a prediction function that is not a torch module: a callable or an ONNX session."""
+    from .models import LoadedModel
+
+    if isinstance(obj, (str, os.PathLike, nn.Module, LoadedModel)):
+        return False
+    return callable(obj) or _is_onnx_session(obj)
+
+
+class Predictor:
+    """``predict(batch) -> scores`` around a torch module, NumPy function or ONNX session.
+
+    Args:
+        fn: the model.
+        kind: ``"auto"`` (module -> torch, ONNX session -> onnx, other callables: tried with a
+            tensor first and, if that fails with a type error, with a NumPy array), ``"torch"``,
+            ``"numpy"`` or ``"onnx"``.
+
+    Shape:
+        batch (n, C, H, W) float tensor -> (n, K) float tensor on the batch's device.
+    """
+
+    def __init__(self, fn: Any, kind: str = "auto") -> None:
+        if isinstance(fn, Predictor):
+            fn, kind = fn.fn, fn.kind
+        if kind == "auto":
+            if isinstance(fn, nn.Module):
+                kind = "torch"
+            elif _is_onnx_session(fn):
+                kind = "onnx"
+            elif callable(fn):
+                kind = "callable"  # decided on the first call
+            else:
+                raise InputError(
+                    f"cannot use a {type(fn).__name__} as a model: pass an nn.Module, a function "
+                    "predict(batch) -> scores or an onnxruntime.InferenceSession"
+                )
+        if kind not in ("torch", "numpy", "onnx", "callable"):
+            raise InputError(f"unknown predictor kind {kind!r}; use auto, torch, numpy or onnx")
+        self.fn = fn
+        self.kind = kind
+        self._onnx_input: str | None = None
+
+    @property
+    def module(self) -> nn.Module | None:
+        """The torch module, if the predictor wraps one."""
+        return self.fn if isinstance(self.fn, nn.Module) else None
+
+    def _numpy(self, batch: torch.Tensor) -> torch.Tensor:
+        arr = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        if self.kind == "onnx":
+            if self._onnx_input is None:
+                self._onnx_input = self.fn.get_inputs()[0].name
+            out = self.fn.run(None, {self._onnx_input: arr})[0]
+        else:
+            out = self.fn(arr)
+        return torch.as_tensor(np.asarray(out), dtype=torch.float32).to(batch.device)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("numpy", "onnx"):
+            out = self._numpy(batch)
+        elif self.kind == "torch":
+            with torch.no_grad():
+                out = self.fn(batch)
+        else:  # a plain callable: tensor in if it takes one, else NumPy
+            try:
+                with torch.no_grad():
+                    out = self.fn(batch)
+            except Exception as exc:  # maybe a NumPy function: try an array before giving up
+                try:
+                    out = self._numpy(batch)
+                except Exception:
+                    raise exc from None
+                self.kind = "numpy"
+            else:
+                self.kind = "torch"
+        if isinstance(out, np.ndarray):
+            out = torch.as_tensor(out, dtype=torch.float32).to(batch.device)
+        if not isinstance(out, torch.Tensor):
+            raise MethodError(
+                f"predict returned {type(out).__name__}; expected an (n, classes) tensor or array"
+            )
+        if out.ndim == 1:
+            out = out[:, None]
+        return out
+
+
+def as_predict(model: Any, kind: str = "auto") -> Predictor:
+    """Wrap ``model`` as a :class:`Predictor` (see there)."""
+    return Predictor(model, kind)
+
+
+class BlackBoxModel(nn.Module):
+    """An ``nn.Module`` face for a black-box predictor, so the facade can treat it like a model.
+
+    It has no parameters and no layers; methods that need gradients or layers are refused before
+    it is ever built (see :func:`convscope.explain`).
+    """
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.predictor = as_predict(fn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(x)
+
+
+def _leaf_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+
+
+def auto_batch_size(
+    predict: Predictor | nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    *,
+    budget_mb: float | None = None,
+    limit: int | None = None,
+) -> int:
+    """A chunk size whose activations fit a memory budget.
+
+    For a torch module the per-sample memory is measured once: the bytes of every leaf module's
+    output on one sample (an upper bound on what a no-grad forward pass keeps alive). Black boxes
+    get ``min(limit, 64)``.
+
+    Args:
+        predict: the model.
+        sample: (1, C, H, W) one input.
+        budget_mb: the budget (default: ``CONVSCOPE_PERTURB_BUDGET_MB`` or 256 MiB on CPU, a
+            quarter of the free memory on CUDA).
+        limit: never more than this (e.g. the number of inputs to evaluate).
+    """
+    module = predict.module if isinstance(predict, Predictor) else (
+        predict if isinstance(predict, nn.Module) else None
+    )
+    cap = MAX_AUTO_BATCH if limit is None else max(1, min(MAX_AUTO_BATCH, int(limit)))
+    if module is None:
+        return min(cap, 64)
+    if budget_mb is None:
+        env = os.environ.get("CONVSCOPE_PERTURB_BUDGET_MB")
+        if env:
+            budget_mb = float(env)
+        elif sample.is_cuda:
+            free, _total = torch.cuda.mem_get_info(sample.device)
+            budget_mb = free / 4 / 2**20
+        else:
+            budget_mb = CPU_BUDGET_MB
+    from .hooks import capture
+
+    leaves = _leaf_names(module)
+    per_sample = sample[:1].numel() * sample.element_size()
+    with capture(module, leaves or None, clone=False) as cap_:
+        with torch.no_grad():
+            module(sample[:1])
+        for name in leaves:
+            for out in cap_._calls.get(name, []):
+                if isinstance(out, torch.Tensor):
+                    per_sample += out.numel() * out.element_size()
+    return max(1, min(cap, int(budget_mb * 2**20 // max(per_sample, 1))))
+
+
+def _progress(total: int, n_chunks: int, progress: bool | None, desc: str) -> Any:
+    show = progress if progress is not None else (n_chunks >= 20 and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="eval", leave=False)
+
+
+def evaluate(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    make: Callable[[int, int], torch.Tensor],
+    n: int,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int | str = "auto",
+    sample: torch.Tensor | None = None,
+    progress: bool | None = None,
+    desc: str = "perturb",
+) -> torch.Tensor:
+    """Scores of ``n`` perturbed inputs, built and evaluated chunk by chunk.
+
+    Args:
+        predict: ``predict(batch) -> outputs`` (a :class:`Predictor`, a module or a function).
+        make: ``make(start, stop)`` returns perturbed inputs ``start .. stop-1`` as one tensor.
+        n: how many perturbed inputs there are.
+        score: reduces a chunk's outputs (b, K) to its scores (b,) (or (b, m)).
+        batch_size: chunk size, or ``"auto"`` (:func:`auto_batch_size` on ``sample``).
+        sample: one input, for ``"auto"`` (default: ``make(0, 1)``).
+        progress: show a tqdm bar (default: on a terminal, for runs of 20 chunks or more).
+        desc: the bar's label.
+
+    Shape:
+        returns (n,) or (n, m) float32 scores, on the inputs' device.
+    """
+    if n <= 0:
+        raise InputError("nothing to evaluate (n = 0)")
+    if batch_size == "auto":
+        if sample is None:
+            sample = make(0, 1)
+        bs = auto_batch_size(predict, sample, limit=n)  # type: ignore[arg-type]
+    else:
+        bs = int(batch_size)
+        if bs < 1:
+            raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    bar = _progress(n, math.ceil(n / bs), progress, desc)
+    out: torch.Tensor | None = None
+    try:
+        for start in range(0, n, bs):
+            stop = min(n, start + bs)
+            with torch.no_grad():
+                s = score(predict(make(start, stop))).detach().float()
+            if out is None:
+                out = torch.empty((n, *s.shape[1:]), dtype=torch.float32, device=s.device)
+            out[start:stop] = s
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert out is not None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines and masks
+
+
+def baseline(
+    x: torch.Tensor, kind: str | float | torch.Tensor = "zero", *, sigma: float = 5.0
+) -> torch.Tensor:
+    """The image that replaces the hidden parts of ``x``.
+
+    Args:
+        x: (C, H, W) one input in model space.
+        kind: ``"zero"`` (0 in model space: the data-set mean colour for normalised inputs),
+            ``"mean"`` (the image's per-channel mean), ``"blur"`` (a Gaussian blur of the image
+            with ``sigma`` pixels), a number, or a tensor broadcastable to ``x``.
+
+    Shape:
+        returns (C, H, W).
+    """
+    if isinstance(kind, torch.Tensor):
+        return kind.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+    if isinstance(kind, (int, float)) and not isinstance(kind, bool):
+        return torch.full_like(x, float(kind))
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "mean":
+        return x.mean((1, 2), keepdim=True).expand_as(x).clone()
+    if kind == "blur":
+        r = max(1, int(math.ceil(3 * sigma)))
+        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-(t**2) / (2 * sigma**2))
+        k = k / k.sum()
+        c = x.shape[0]
+        y = F.pad(x[None], (r, r, r, r), mode="replicate")
+        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return y[0]
+    raise InputError(
+        f"unknown baseline {kind!r}; use 'zero', 'mean', 'blur', a number or a tensor"
+    )
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise InputError(f"expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _starts(size: int, window: int, stride: int, cover: bool) -> list[int]:
+    s = list(range(0, max(size - window, 0) + 1, stride))
+    if cover and s[-1] + window < size:
+        s.append(size - window)
+    return s
+
+
+def window_boxes(
+    size: tuple[int, int],
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    *,
+    cover: bool = True,
+) -> torch.Tensor:
+    """Top-left corners of sliding windows over an image.
+
+    Windows start at 0, stride, 2*stride, ...; with ``cover`` a last window flush with the
+    bottom/right edge is added when the stride would leave pixels never occluded.
+
+    Returns:
+        (n, 2) long tensor of (row, col), row-major.
+    """
+    (wh, ww), (sh, sw) = _pair(window), _pair(stride)
+    h, w = size
+    if not (1 <= wh <= h and 1 <= ww <= w) or sh < 1 or sw < 1:
+        raise InputError(
+            f"occlusion window {wh}x{ww} with stride {sh}x{sw} does not fit a {h}x{w} input; the "
+            "window must be at least 1 and at most the image, the stride at least 1"
+        )
+    rows = torch.tensor(_starts(h, wh, sh, cover))
+    cols = torch.tensor(_starts(w, ww, sw, cover))
+    return torch.cartesian_prod(rows, cols).view(-1, 2)
+
+
+def box_masks(corners: torch.Tensor, window: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Boolean masks, true inside each window.
+
+    Shape:
+        corners (n, 2) -> (n, H, W) bool.
+    """
+    h, w = size
+    dev = corners.device
+    r = torch.arange(h, device=dev).view(1, h, 1)
+    c = torch.arange(w, device=dev).view(1, 1, w)
+    r0 = corners[:, 0].view(-1, 1, 1)
+    c0 = corners[:, 1].view(-1, 1, 1)
+    return (r >= r0) & (r < r0 + window[0]) & (c >= c0) & (c < c0 + window[1])
+
+
+def rise_masks(
+    n: int, size: tuple[int, int], cells: int, p: float, generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """RISE masks: a random ``cells x cells`` binary grid (1 with probability ``p``), bilinearly
+    upsampled to one cell more than the image and cropped at a random shift.
+
+    Shape:
+        returns (n, H, W) float in [0, 1].
+    """
+    h, w = size
+    ch, cw = math.ceil(h / cells), math.ceil(w / cells)
+    grid = (torch.rand(n, 1, cells, cells, generator=generator) < p).float()
+    up = F.interpolate(grid, size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear",
+                       align_corners=False)[:, 0]
+    dy = torch.randint(0, ch, (n,), generator=generator)
+    dx = torch.randint(0, cw, (n,), generator=generator)
+    rows = (dy.view(-1, 1) + torch.arange(h).view(1, -1))  # (n, H)
+    cols = (dx.view(-1, 1) + torch.arange(w).view(1, -1))  # (n, W)
+    idx = torch.arange(n).view(-1, 1, 1)
+    return up[idx, rows[:, :, None], cols[:, None, :]].to(device)
+
+
+def coalition_samples(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    """LIME's samples over ``d`` segments: the first keeps everything; each other one hides a
+    number of segments drawn uniformly from 1..d, chosen at random.
+
+    Shape:
+        returns (n, d) float in {0, 1}.
+    """
+    z = torch.ones(n, d)
+    if n > 1:
+        k = torch.randint(1, d + 1, (n - 1,), generator=generator)
+        order = torch.rand(n - 1, d, generator=generator).argsort(1)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(d).expand(n - 1, d).contiguous())
+        z[1:] = (rank >= k[:, None]).float()  # the k lowest-ranked segments are hidden
+    return z
+
+
+def shapley_samples(n: int, d: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel SHAP samples: coalition sizes drawn from the Shapley kernel's distribution over
+    sizes 1..d-1 (p(s) proportional to (d-1) / (s (d-s))), members at random; every sample gets
+    weight 1 because the kernel is already in the sampling distribution. The two anchors (all
+    present, none present) are added by the solver as constraints.
+
+    Shape:
+        returns (z (n, d) float in {0, 1}, weights (n,)).
+    """
+    if d < 2:
+        return torch.ones(n, d), torch.ones(n)
+    s = torch.arange(1, d, dtype=torch.float64)
+    p = (d - 1) / (s * (d - s))
+    size = torch.multinomial((p / p.sum()).float(), n, replacement=True, generator=generator) + 1
+    order = torch.rand(n, d, generator=generator).argsort(1)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(d).expand(n, d).contiguous())
+    z = (rank < size[:, None]).float()
+    return z, torch.ones(n)
+
+
+def weighted_ridge(
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float = 1.0
+) -> tuple[torch.Tensor, float, float]:
+    """Weighted ridge regression with an unpenalised intercept (as scikit-learn's ``Ridge`` with
+    ``sample_weight``), solved in closed form.
+
+    Shape:
+        z (n, d), y (n,), w (n,) -> (coef (d,), intercept, weighted R^2 of the fit).
+    """
+    z64, y64, w64 = z.double(), y.double(), w.double()
+    sw = w64.sum().clamp(min=1e-300)
+    zm = (w64[:, None] * z64).sum(0) / sw
+    ym = (w64 * y64).sum() / sw
+    zc, yc = z64 - zm, y64 - ym
+    a = zc.T @ (w64[:, None] * zc) + alpha * torch.eye(z.shape[1], dtype=torch.float64)
+    coef = torch.linalg.solve(a, zc.T @ (w64 * yc))
+    intercept = float(ym - zm @ coef)
+    pred = z64 @ coef + intercept
+    ss_res = (w64 * (y64 - pred) ** 2).sum()
+    ss_tot = (w64 * (y64 - ym) ** 2).sum()
+    r2 = float(1 - ss_res / ss_tot) if ss_tot > 0 else 1.0
+    return coef.float(), intercept, r2
+
+
+class Convergence:
+    """Decide when a sampled explanation has stopped changing.
+
+    After each round of samples the caller passes the current estimate; sampling stops when the
+    Pearson correlation between the estimates of two successive checks reaches ``1 - tol``
+    (``tol=None``: never stop early).
+
+    Attributes:
+        stability: the last correlation measured (``nan`` before the second check).
+        converged: whether the threshold was reached.
+    """
+
+    def __init__(self, tol: float | None) -> None:
+        if tol is not None and not 0 < tol < 1:
+            raise InputError(f"converge must lie in (0, 1) (a tolerance on 1 - correlation), got {tol}")
+        self.tol = tol
+        self.prev: torch.Tensor | None = None
+        self.stability = float("nan")
+        self.converged = False
+
+    def update(self, estimate: torch.Tensor) -> bool:
+        """Record ``estimate``; True when sampling can stop."""
+        e = estimate.detach().double().flatten()
+        if self.prev is not None:
+            a, b = e - e.mean(), self.prev - self.prev.mean()
+            den = float(a.norm() * b.norm())
+            same = float(a.norm()) == float(b.norm())
+            self.stability = float(a @ b) / den if den > 0 else (1.0 if same else 0.0)
+            if self.tol is not None and self.stability >= 1 - self.tol:
+                self.converged = True
+        self.prev = e
+        return self.converged

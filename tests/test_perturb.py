@@ -1,0 +1,364 @@
+"""Perturbation engine and methods: oracles on tiny models, black boxes, the planted cue."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import convscope as cs
+from convscope.errors import InputError, MethodError
+from convscope.evaluation.pointing import pointing_hits
+from convscope.perturb import (
+    Convergence,
+    as_predict,
+    baseline,
+    box_masks,
+    coalition_samples,
+    evaluate,
+    rise_masks,
+    shapley_samples,
+    weighted_ridge,
+    window_boxes,
+)
+
+
+class Linear(nn.Module):
+    """A linear classifier on the flattened image: logit_k = w_k . x + b_k."""
+
+    def __init__(self, c=1, h=8, w=8, k=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(k, c * h * w, generator=g))
+        self.b = nn.Parameter(torch.randn(k, generator=g))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def _x(c=1, h=8, w=8, seed=1):
+    return torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- engine
+
+
+def test_window_boxes_cover_and_disjoint_windows_tile():
+    boxes = window_boxes((12, 10), 2, 2)
+    m = box_masks(boxes, (2, 2), (12, 10))
+    assert torch.equal(m.sum(0), torch.ones(12, 10, dtype=torch.long))
+    # a stride that leaves the edge uncovered gets one more flush window
+    b = window_boxes((10, 10), 4, 4)
+    assert box_masks(b, (4, 4), (10, 10)).any(0).all()
+    assert sorted(set(b[:, 0].tolist())) == [0, 4, 6]
+    with pytest.raises(InputError):
+        window_boxes((8, 8), 9, 1)
+
+
+def test_evaluate_chunks_are_independent_of_batch_size():
+    net = Linear()
+    xs = torch.randn(37, 1, 8, 8)
+    sc = lambda o: o[:, 1]  # noqa: E731
+    a = evaluate(net, lambda s, e: xs[s:e], 37, sc, batch_size=5)
+    b = evaluate(net, lambda s, e: xs[s:e], 37, sc, batch_size="auto")
+    ref = net(xs)[:, 1].detach()
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(b, ref)
+
+
+def test_predictor_accepts_numpy_function_and_onnx_like_session():
+    net = Linear()
+    x = _x()
+
+    def np_fn(a):
+        assert isinstance(a, np.ndarray)
+        return net(torch.from_numpy(a)).detach().numpy()
+
+    class Session:  # duck-typed onnxruntime.InferenceSession
+        class _In:
+            name = "input"
+
+        def get_inputs(self):
+            return [self._In()]
+
+        def run(self, outputs, feeds):
+            assert outputs is None and set(feeds) == {"input"}
+            return [np_fn(feeds["input"])]
+
+    ref = net(x).detach()
+    torch.testing.assert_close(as_predict(np_fn)(x), ref)
+    torch.testing.assert_close(as_predict(Session())(x), ref)
+    torch.testing.assert_close(as_predict(net)(x), ref)
+
+
+def test_baselines():
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 5, 5)
+    assert torch.equal(baseline(x, "zero"), torch.zeros_like(x))
+    torch.testing.assert_close(baseline(x, "mean")[:, 0, 0], x.mean((1, 2)))
+    assert torch.equal(baseline(x, 3.0), torch.full_like(x, 3.0))
+    blurred = baseline(x, "blur", sigma=1.0)
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    torch.testing.assert_close(baseline(torch.ones(1, 6, 6), "blur"), torch.ones(1, 6, 6))
+    with pytest.raises(InputError):
+        baseline(x, "nope")
+
+
+def test_samplers_are_seeded_and_well_formed():
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    z = coalition_samples(50, 7, g())
+    assert torch.equal(z, coalition_samples(50, 7, g()))
+    assert z[0].all() and (z[1:].sum(1) <= 6).all() and set(z.unique().tolist()) <= {0.0, 1.0}
+    zs, _ = shapley_samples(200, 6, g())
+    sizes = zs.sum(1)
+    assert ((sizes >= 1) & (sizes <= 5)).all()
+    m = rise_masks(10, (20, 30), 4, 0.5, g())
+    assert m.shape == (10, 20, 30) and m.min() >= 0 and m.max() <= 1
+    assert torch.equal(m, rise_masks(10, (20, 30), 4, 0.5, g()))
+
+
+def test_weighted_ridge_matches_sklearn():
+    from sklearn.linear_model import Ridge
+
+    g = torch.Generator().manual_seed(0)
+    z = (torch.rand(80, 6, generator=g) > 0.5).float()
+    y = z @ torch.randn(6, generator=g) + 0.1 * torch.randn(80, generator=g)
+    w = torch.rand(80, generator=g)
+    coef, icpt, r2 = weighted_ridge(z, y, w, alpha=1.0)
+    ref = Ridge(alpha=1.0).fit(z.numpy(), y.numpy(), sample_weight=w.numpy())
+    np.testing.assert_allclose(coef.numpy(), ref.coef_, rtol=1e-4, atol=1e-5)
+    assert icpt == pytest.approx(float(ref.intercept_), abs=1e-5)
+    assert r2 == pytest.approx(ref.score(z.numpy(), y.numpy(), sample_weight=w.numpy()), abs=1e-6)
+
+
+def test_convergence():
+    c = Convergence(0.01)
+    assert not c.update(torch.tensor([1.0, 2.0, 3.0]))
+    assert c.update(torch.tensor([1.1, 2.0, 3.05]))
+    assert c.stability > 0.99
+    with pytest.raises(InputError):
+        Convergence(2.0)
+
+
+# ---------------------------------------------------------------- occlusion
+
+
+def test_occlusion_linear_model_equals_hand_computed_drops():
+    net, x = Linear(), _x()
+    e = cs.explain(net, x, method="occlusion", target=1, window=2, stride=2)
+    w = net.w[1].detach().view(8, 8)
+    want = torch.zeros(8, 8)
+    for r in range(0, 8, 2):  # each window's drop is the sum of w * x over it (zero baseline)
+        for c in range(0, 8, 2):
+            want[r:r + 2, c:c + 2] = (w[r:r + 2, c:c + 2] * x[0, 0, r:r + 2, c:c + 2]).sum()
+    torch.testing.assert_close(e.map[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_occlusion_overlapping_windows_average_and_baseline_value():
+    net, x = Linear(), _x()
+    e = cs.explain(net, x, method="occlusion", target=0, window=3, stride=1, baseline=0.5)
+    w = net.w[0].detach().view(8, 8)
+    acc, cnt = torch.zeros(8, 8), torch.zeros(8, 8)
+    for r in range(6):
+        for c in range(6):
+            d = (w[r:r + 3, c:c + 3] * (x[0, 0, r:r + 3, c:c + 3] - 0.5)).sum()
+            acc[r:r + 3, c:c + 3] += d
+            cnt[r:r + 3, c:c + 3] += 1
+    torch.testing.assert_close(e.map[0], acc / cnt, atol=1e-5, rtol=1e-5)
+    assert e.signed
+
+
+def test_occlusion_incremental_exact_equals_full_and_approx_is_close(cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:2])
+    full = cs.explain(cue_model, x, method="occlusion", window=6, stride=3)
+    exact = cs.explain(cue_model, x, method="occlusion", window=6, stride=3, incremental="exact")
+    torch.testing.assert_close(exact.map, full.map, atol=1e-4, rtol=1e-4)
+    approx = cs.explain(cue_model, x, method="occlusion", window=6, stride=3, incremental="approx",
+                        tau=0.6)
+    rel = (approx.map - full.map).norm() / full.map.norm()
+    assert rel < 0.5
+
+
+def test_incremental_exact_on_resnet_block_structure():
+    # skip connections, batch norm, strided convs and max pooling (random weights: mechanics)
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 64)
+    from convscope.attribution._incremental import IncrementalOcclusion
+
+    corners = window_boxes((64, 64), 12, 20)
+    patches = torch.zeros(len(corners), 3, 12, 12)
+    inc = IncrementalOcclusion(net, x)
+    got = inc.scores(patches, corners)
+    masks = box_masks(corners, (12, 12), (64, 64))[:, None]
+    with torch.no_grad():
+        want = net(torch.where(masks, torch.zeros(()), x))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- RISE, LIME, Kernel SHAP
+
+
+class RegionNet(nn.Module):
+    """Class 0's logit is 5 x the mean of one region; class 1 is constant."""
+
+    def __init__(self, rows=slice(2, 6), cols=slice(10, 14)):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+
+    def forward(self, x):
+        s = x[:, :, self.rows, self.cols].mean((1, 2, 3)) * 5
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_rise_concentrates_on_the_region_the_model_reads():
+    net = RegionNet()
+    x = torch.ones(1, 1, 16, 16)
+    e = cs.explain(net, x, method="rise", target=0, n_masks=400, cells=4, score="raw")
+    m = e.map[0]
+    region = torch.zeros(16, 16, dtype=torch.bool)
+    region[2:6, 10:14] = True
+    assert region.flatten()[m.flatten().argmax()]
+    assert m[region].mean() > m[~region].mean() + 0.5 * m[~region].std()
+
+
+def test_rise_converge_stops_early_and_reports_stability():
+    net = RegionNet()
+    x = torch.ones(1, 1, 16, 16)
+    e = cs.explain(net, x, method="rise", target=0, n_masks=4000, cells=4, converge=0.05,
+                   check_every=100)
+    assert e.diagnostics["n_samples"][0] < 4000
+    assert e.diagnostics["stability"][0] >= 0.95
+
+
+def test_lime_finds_the_one_segment_the_model_depends_on():
+    net = RegionNet(rows=slice(4, 8), cols=slice(8, 12))
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) + 1
+    e = cs.explain(net, x, method="lime", target=0, segmentation="grid", cell=4, n_samples=300,
+                   hide="zero", score="raw")
+    wts = torch.tensor(e.diagnostics["segment_weights"][0])
+    seg = e.diagnostics["segments"][0]
+    assert int(wts.argmax()) == int(seg[5, 9])
+    others = wts[torch.arange(len(wts)) != wts.argmax()]
+    assert wts.max() > 10 * others.abs().max()
+    assert e.diagnostics["local_r2"][0] > 0.99
+    pic = cs.attribution.perturbation.lime_picture(e, num_features=3)
+    assert pic.size[0] >= 224
+
+
+def test_lime_user_mask_and_skimage_segmentations():
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    user = torch.zeros(24, 24, dtype=torch.long)
+    user[:, 12:] = 7
+    e = cs.explain(RegionNet(cols=slice(14, 18)), x, method="lime", target=0, segmentation=user,
+                   n_samples=20)
+    assert len(e.diagnostics["segment_weights"][0]) == 2
+    from convscope.attribution.perturbation import segment
+
+    img = torch.zeros(3, 64, 64)
+    img[:, :, 32:] = 1.0
+    img[0, 32:] = 0.5
+    for kind in ("slic", "quickshift", "felzenszwalb"):
+        s = segment(img, kind)
+        assert s.shape == (64, 64) and s.min() == 0 and s.max() >= 1
+        assert s[0, 0] != s[0, 63] and s[63, 63] != s[0, 63]  # follows the colour edges
+
+
+def test_kernel_shap_on_additive_model_gives_exact_contributions():
+    net = Linear(c=1, h=8, w=8, k=2)
+    x = _x()
+    e = cs.explain(net, x, method="kernel_shap", target=1, segmentation="grid", cell=4,
+                   n_samples=60)
+    seg = e.diagnostics["segments"][0]
+    contrib = (net.w[1].detach().view(8, 8) * x[0, 0])
+    want = torch.zeros(4).index_add_(0, seg.flatten(), contrib.flatten())
+    torch.testing.assert_close(torch.tensor(e.diagnostics["segment_weights"][0]), want,
+                               atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- black boxes
+
+
+def test_black_box_function_runs_black_box_methods_and_refuses_the_others():
+    net = Linear(c=1, h=8, w=8, k=3)
+
+    def predict(a: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(a)).detach().numpy()
+
+    x = _x()
+    e = cs.explain(predict, x, method="occlusion", target=2, window=2, stride=2,
+                   class_names=["a", "b", "c"])
+    ref = cs.explain(net, x, method="occlusion", target=2, window=2, stride=2)
+    torch.testing.assert_close(e.map, ref.map)
+    assert e.class_names == ("a", "b", "c")
+    with pytest.raises(MethodError, match="black-box"):
+        cs.explain(predict, x, method="saliency")
+    with pytest.raises(MethodError, match="black-box"):
+        cs.explain(predict, x, method="scorecam", layer="x")
+
+
+# ---------------------------------------------------------------- Score-CAM, Ablation-CAM
+
+
+def _digits_split(net, x, layer_idx=9):
+    with torch.no_grad():
+        a = net.features[: layer_idx + 1](x)
+    return a, lambda t: net.classifier(net.pool(t).flatten(1))
+
+
+def test_ablationcam_matches_an_independent_implementation(cue_model, cue_test):
+    net = cue_model.model
+    x = cue_model.preprocessing.normalize(cue_test.images[:2])
+    e = cs.explain(cue_model, x, method="ablationcam", target=[3, 5])
+    assert e.diagnostics["tail_only"]
+    a, tail = _digits_split(net, x)
+    for b, c in enumerate([3, 5]):
+        with torch.no_grad():
+            s0 = tail(a[b:b + 1])[0, c]
+            ab = a[b:b + 1].repeat(64, 1, 1, 1)
+            ab[torch.arange(64), torch.arange(64)] = 0
+            s = tail(ab)[:, c]
+        w = (s0 - s) / s0
+        cam = torch.relu((w[:, None, None] * a[b]).sum(0))
+        up = torch.nn.functional.interpolate(cam[None, None], size=(32, 32), mode="bilinear",
+                                             align_corners=False)[0, 0]
+        torch.testing.assert_close(e.map[b], up, atol=1e-4, rtol=1e-4)
+
+
+def test_scorecam_matches_an_independent_implementation(cue_model, cue_test):
+    net = cue_model.model
+    x = cue_model.preprocessing.normalize(cue_test.images[:1])
+    e = cs.explain(cue_model, x, method="scorecam", target=4)
+    a, _ = _digits_split(net, x)
+    up = torch.nn.functional.interpolate(a, size=(32, 32), mode="bilinear", align_corners=False)[0]
+    scores = []
+    for k in range(64):
+        m = up[k]
+        m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else torch.zeros_like(m)
+        with torch.no_grad():
+            scores.append(net(x * m)[0, 4])
+    alpha = torch.softmax(torch.stack(scores), 0)
+    cam = torch.relu((alpha[:, None, None] * a[0]).sum(0))
+    want = torch.nn.functional.interpolate(cam[None, None], size=(32, 32), mode="bilinear",
+                                           align_corners=False)[0, 0]
+    torch.testing.assert_close(e.map[0], want, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the planted cue
+
+CUE_N = 16
+CUE_SETTINGS = {
+    "occlusion": ({"window": 4, "stride": 4}, 0.9),
+    "rise": ({"n_masks": 300, "cells": 8}, 0.6),
+    "lime": ({"segmentation": "grid", "cell": 4, "n_samples": 150, "hide": "zero"}, 0.8),
+    "kernel_shap": ({"segmentation": "grid", "cell": 4, "n_samples": 150}, 0.8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUE_SETTINGS))
+def test_perturbation_methods_point_at_the_planted_cue(name, cue_model, cue_test):
+    opts, threshold = CUE_SETTINGS[name]
+    x = cue_model.preprocessing.normalize(cue_test.images[:CUE_N])
+    e = cs.explain(cue_model, x, method=name, **opts)
+    rate = pointing_hits(e.map, cue_test.masks[:CUE_N], tolerance=1).float().mean().item()
+    assert rate >= threshold, f"{name} points at the cue for only {rate:.2f} of the images"

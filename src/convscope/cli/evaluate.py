@@ -1,0 +1,255 @@
+"""``convscope evaluate`` and ``convscope benchmark planted-cue``: measure the explanations.
+
+``evaluate`` scores attribution methods on the user's images with the metrics of
+:mod:`convscope.evaluation` and writes one table row per (image, method) to a .csv or .json file
+(and, with ``--plot``, the mean deletion / insertion curves as a PNG). ``benchmark planted-cue``
+runs the planted-cue benchmark on the bundled models and writes its leaderboard and report.
+Outputs are computed first and written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import Parser, add_model_args, load_from_args, parse_options, parse_target
+
+__all__ = ["METRICS", "add_commands"]
+
+#: metric -> what it needs ("" nothing, "regions": masks or boxes).
+METRICS: dict[str, str] = {
+    "deletion": "",
+    "insertion": "",
+    "deletion_least": "",
+    "insertion_least": "",
+    "faithfulness": "",
+    "gini": "",
+    "max_sensitivity": "",
+    "sanity": "",
+    "pointing": "regions",
+    "energy_pointing": "regions",
+}
+DEFAULT_METRICS = "deletion,insertion,faithfulness,gini"
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parse_boxes(items: list[str], n: int) -> list[list[list[float]]]:
+    from ..errors import InputError
+
+    if len(items) != n:
+        raise InputError(f"got {len(items)} --boxes for {n} images; give one per image, in order")
+    out = []
+    for it in items:
+        boxes = []
+        for part in it.split(";"):
+            try:
+                vals = [float(v) for v in part.split(",")]
+            except ValueError:
+                vals = []
+            if len(vals) != 4:
+                raise InputError(f"--boxes {it!r}: write x0,y0,x1,y1 (several boxes: separate by ';')")
+            boxes.append(vals)
+        out.append(boxes)
+    return out
+
+
+def _load_masks(paths: list[str], lm: Any, n: int) -> Any:
+    import numpy as np
+    import torch
+
+    from ..errors import InputError
+
+    if len(paths) != n:
+        raise InputError(f"got {len(paths)} --masks for {n} images; give one per image, in order")
+    masks = []
+    for p in paths:
+        img = np.asarray(lm.preprocessing.to_display(p).convert("L"), dtype=np.float32)
+        if img.max() <= 0:
+            raise InputError(f"mask {p} is empty (all black); white marks the region")
+        masks.append(torch.from_numpy(img > img.max() / 2))
+    return torch.stack(masks)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+
+    from .._io import atomic_write
+    from ..api import prepare_inputs
+    from ..errors import InputError
+    from ..evaluation import (
+        deletion,
+        energy_pointing_game,
+        faithfulness_correlation,
+        gini,
+        insertion,
+        max_sensitivity,
+        model_randomization,
+        pointing_game,
+    )
+    from ..evaluation.explainers import as_explainer
+    from ..evaluation.tables import plot_curves, table_bytes, table_format, write_png
+    from ..registry import get_method, method_names
+
+    out = Path(args.output)
+    fmt = table_format(out)
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise InputError(f"--plot {args.plot}: give a .png file name")
+    methods = _csv_list(args.methods) if args.methods != "all" else method_names()
+    metrics = _csv_list(args.metrics)
+    for m in methods:
+        get_method(m)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise InputError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}")
+    if not methods or not metrics:
+        raise InputError("give at least one method and one metric")
+    needs_regions = [m for m in metrics if METRICS[m] == "regions"]
+    if needs_regions and not (args.masks or args.boxes):
+        raise InputError(f"{', '.join(needs_regions)} need --masks or --boxes")
+    options = dict(parse_options(args.option))
+
+    lm = load_from_args(args)
+    x, _disp, _ = prepare_inputs(list(args.images), lm.preprocessing, generic=lm.generic)
+    n = x.shape[0]
+    regions: Any = None
+    if args.masks:
+        regions = _load_masks(args.masks, lm, n)
+    elif args.boxes:
+        regions = _parse_boxes(args.boxes, n)
+    target = parse_target(args.target)
+    from ..evaluation._common import predict_targets
+
+    t, logits = predict_targets(lm.model, x, None, args.batch_size)
+    if target is not None:
+        from ..targets import resolve_target
+
+        t = resolve_target(target, logits, lm.class_names).indices.to(x.device)
+    curve_kw = dict(targets=t, steps=args.steps, baseline=_baseline(args.baseline),
+                    batch_size=args.batch_size, seed=args.seed)
+    rows: list[dict[str, Any]] = []
+    panels: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        info = get_method(method)
+        opts = {**(info.fast_options if args.fast else {}), **options}
+        ex = as_explainer(method, layer=args.layer, seed=args.seed, batch_size=args.batch_size, **opts)
+        maps = ex(lm, x, t)
+        cols: dict[str, Any] = {}
+        for metric in metrics:
+            if metric in ("deletion", "insertion", "deletion_least", "insertion_least"):
+                kind, _, least = metric.partition("_")
+                c = (deletion if kind == "deletion" else insertion)(
+                    lm, x, maps, order="least" if least else "most", **curve_kw)
+                cols[metric] = c.auc
+                if not least:
+                    panels.setdefault(kind, {})[method] = (c.fractions.numpy(), c.mean_curve().numpy())
+            elif metric == "faithfulness":
+                cols[metric] = faithfulness_correlation(
+                    lm, x, maps, targets=t, baseline=_baseline(args.baseline, default=0.0),
+                    batch_size=args.batch_size, seed=args.seed)
+            elif metric == "gini":
+                cols[metric] = gini(maps)
+            elif metric == "max_sensitivity":
+                cols[metric] = max_sensitivity(lm, x, ex, targets=t, maps=maps, seed=args.seed)
+            elif metric == "sanity":
+                s = model_randomization(lm, x, ex, targets=t, maps=maps, seed=args.seed)
+                cols["sanity_similarity"] = s.spearman.mean(0)
+                cols["sanity"] = ["pass" if v < s.threshold else "FAIL" for v in s.spearman.mean(0)]
+            elif metric == "pointing":
+                cols[metric] = pointing_game(maps, regions, tolerance=args.tolerance).float()
+            elif metric == "energy_pointing":
+                cols[metric] = energy_pointing_game(maps, regions)
+        for i, img in enumerate(args.images):
+            row: dict[str, Any] = {"image": img, "method": method, "target": int(t[i])}
+            for k, v in cols.items():
+                row[k] = v[i] if isinstance(v, list) else float(v[i])
+            rows.append(row)
+    data = table_bytes(rows, fmt)
+    png = plot_curves({k: panels[k] for k in ("deletion", "insertion") if k in panels}) \
+        if args.plot and panels else None
+    if args.plot and png is None:
+        raise InputError("--plot needs the deletion or insertion metric")
+    atomic_write(out, lambda fh: fh.write(data))
+    print(f"{out}  ({len(rows)} rows: {len(args.images)} images x {len(methods)} methods)")
+    if png is not None:
+        write_png(png, args.plot)
+        print(args.plot)
+    return 0
+
+
+def _baseline(value: str, default: Any = None) -> Any:
+    if value == "auto":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
+    from ..evaluation.benchmark import LEADERBOARD_COLUMNS, planted_cue_benchmark, write_benchmark
+    from ..evaluation.tables import format_table
+
+    methods = _csv_list(args.methods) if args.methods else None
+    res = planted_cue_benchmark(args.n_images, methods=methods, steps=args.steps,
+                                n_sanity=args.n_sanity, seed=args.seed, device=args.device,
+                                progress=not args.no_progress)
+    files = write_benchmark(res, Path(args.output))
+    cols = [c for c in LEADERBOARD_COLUMNS if c != "model"]
+    for model in dict.fromkeys(r["model"] for r in res.rows):
+        print(f"\n{model} ({args.n_images} test digits with the cue)")
+        print(format_table(res.leaderboard(model), cols))
+    fails = sorted({m for (_, m), s in res.sanity.items() if not s.passed})
+    print(f"\nfail the model-randomisation check: {', '.join(fails) if fails else 'none'}")
+    print(f"report written to {files['report.html'].resolve()}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``evaluate`` and ``benchmark`` to the CLI."""
+
+    s = sub.add_parser("evaluate", help="score attribution methods on images with evaluation "
+                       "metrics; writes a .csv or .json table")
+    s.add_argument("images", nargs="+", help="image files")
+    add_model_args(s)
+    s.add_argument("--methods", default="saliency",
+                   help="comma-separated method names, or 'all' (default: saliency)")
+    s.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma-separated, from: {', '.join(METRICS)} (default: {DEFAULT_METRICS}); "
+                   "pointing and energy_pointing need --masks or --boxes")
+    s.add_argument("--masks", nargs="+", default=None, metavar="MASK",
+                   help="one mask image per image (white: the region), for the pointing games")
+    s.add_argument("--boxes", action="append", default=None, metavar="X0,Y0,X1,Y1[;...]",
+                   help="region boxes in model-input pixels, one --boxes per image")
+    s.add_argument("--tolerance", type=int, default=0, help="pointing-game tolerance in pixels")
+    s.add_argument("--target", "-t", default=None, help="class index or name (default: predicted)")
+    s.add_argument("--layer", "-l", default=None, help="layer for layer methods")
+    s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="method option, repeatable")
+    s.add_argument("--fast", action="store_true", help="use each method's fast options")
+    s.add_argument("--steps", type=int, default=32, help="deletion/insertion steps (default 32)")
+    s.add_argument("--baseline", default="auto",
+                   help="what removed pixels become: auto (0 for deletion, blur for insertion), "
+                   "black, blur or a number in model space")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--plot", default=None, metavar="PNG", help="also write mean curves as a PNG")
+    s.add_argument("-o", "--output", required=True, help="output table (.csv or .json)")
+    s.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("benchmark", help="benchmarks of the explanations")
+    bsub = b.add_subparsers(dest="benchmark", required=True, parser_class=Parser)
+    p = bsub.add_parser("planted-cue", help="score every attribution method on the bundled "
+                        "planted-cue models; prints a leaderboard, writes tables, plots and a report")
+    p.add_argument("-o", "--output", default="convscope-benchmark", help="output folder")
+    p.add_argument("--n-images", type=int, default=48, help="test digits per model (default 48)")
+    p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    p.add_argument("--n-sanity", type=int, default=12,
+                   help="digits for the randomisation check (default 12; 0 skips it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_benchmark_planted_cue)

@@ -285,3 +285,17 @@ def test_independent_randomisation_restores_each_layer(cue_model, cue_test):
         _ = ind.passed
     rows = casc.rows()
     assert [r["layer"] for r in rows] == casc.stages and all(np.isfinite(r["spearman"]) for r in rows)
+
+
+def test_curves_accept_a_black_box_predict_function(cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:3])
+    maps = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    net = cue_model.model
+
+    def predict(batch: np.ndarray) -> np.ndarray:  # a NumPy black box
+        with torch.no_grad():
+            return net(torch.from_numpy(batch)).numpy()
+
+    kw = dict(baseline=0.0, steps=6, targets=[1, 2, 3])
+    torch.testing.assert_close(deletion(predict, x, maps, **kw).scores,
+                               deletion(cue_model, x, maps, batch_size=7, **kw).scores)

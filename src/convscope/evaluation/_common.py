@@ -1,8 +1,8 @@
 """Shared pieces of the evaluation metrics: model resolution, targets, baselines, scoring.
 
-``masked_scores`` evaluates a model on many masked versions of each input, in batches, without
-materialising all masked images at once. It is a stop-gap until the shared perturbation engine
-(``convscope.perturb``) lands; then it delegates to the engine.
+``masked_scores`` evaluates a model on many masked versions of each input through the shared
+batched perturbation engine (:func:`convscope.perturb.evaluate`): masked images are built chunk by
+chunk from tensor masks, never all at once, in batches sized to a memory budget.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
@@ -32,8 +31,13 @@ __all__ = [
 BaselineSpec = float | str | torch.Tensor
 
 
-def as_loaded(model: str | nn.Module | LoadedModel) -> LoadedModel:
-    """A :class:`LoadedModel` for any model spec (the same object for a loaded model)."""
+def as_loaded(model: Any) -> LoadedModel:
+    """A :class:`LoadedModel` for any model spec (the same object for a loaded model); a black-box
+    ``predict(batch) -> scores`` function or ONNX session is wrapped as a parameter-free module."""
+    from ..perturb import BlackBoxModel, is_black_box
+
+    if is_black_box(model):
+        return load_model(BlackBoxModel(model))
     return load_model(model)
 
 
@@ -90,15 +94,10 @@ def make_baseline(
             raise InputError("baseline 'black' needs the model's preprocessing; pass a LoadedModel")
         return lm.preprocessing.normalize(torch.zeros_like(x))
     if baseline == "blur":
+        from ..perturb import baseline as engine_baseline
+
         sigma = blur_sigma if blur_sigma is not None else max(1.0, max(x.shape[-2:]) / 45.0)
-        r = max(1, int(round(3 * sigma)))
-        k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-0.5 * (k / sigma) ** 2)
-        k = k / k.sum()
-        c = x.shape[1]
-        pad = F.pad(x, (r, r, r, r), mode="replicate")
-        out = F.conv2d(pad, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return torch.stack([engine_baseline(xi, "blur", sigma=sigma) for xi in x])
     raise InputError(
         f"unknown baseline {baseline!r}; use a number (model space), 'black', 'blur' or a tensor"
     )
@@ -112,8 +111,8 @@ def masked_scores(
     targets: torch.Tensor,
     *,
     score: str = "probability",
-    batch_size: int = 256,
-    progress: bool = False,
+    batch_size: int | str = "auto",
+    progress: bool | None = None,
     desc: str = "evaluate",
 ) -> torch.Tensor:
     """Score ``net`` on ``baseline + mask * (x - baseline)`` for every mask of every image.
@@ -124,29 +123,31 @@ def masked_scores(
         masks: (B, K, H, W), 1 (or True) keeps the input pixel, 0 puts the baseline there.
         targets: (B,) class per image.
         score: ``"probability"`` or ``"logit"`` of the target class.
-        batch_size: masked images per forward pass.
+        batch_size: masked images per forward pass, or ``"auto"`` (sized to a memory budget).
+        progress: progress bar (default: the engine's, on a terminal for long runs).
 
     Returns:
         (B, K) scores.
     """
+    from ..perturb import evaluate
+
     f = score_fn(score)
     b, k = masks.shape[:2]
     if masks.shape[0] != x.shape[0] or masks.shape[2:] != x.shape[-2:]:
         raise InputError(f"masks {tuple(masks.shape)} do not match inputs {tuple(x.shape)}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size}")
-    from tqdm.auto import tqdm
-
-    # Stop-gap batched evaluator (until convscope.perturb lands): masked images are built per
-    # chunk of (image, mask) pairs, never all at once.
-    out = torch.empty(b * k, dtype=torch.float32, device=x.device)
     flat = masks.reshape(b * k, 1, *masks.shape[2:])
     diff = x - baseline
-    with state_guard(net), torch.no_grad():
-        for s in tqdm(range(0, b * k, batch_size), desc=desc, disable=not progress, leave=False):
-            idx = torch.arange(s, min(s + batch_size, b * k), device=x.device)
-            rows = idx // k
-            m = flat[idx].to(x.dtype)
-            batch = baseline[rows] + m * diff[rows]
-            out[idx] = f(net(batch), targets[rows])
-    return out.view(b, k)
+    rows: list[torch.Tensor] = []  # the images of the chunk just built, for the score
+
+    def make(start: int, stop: int) -> torch.Tensor:
+        r = torch.arange(start, stop, device=x.device) // k
+        rows[:] = [r]
+        return baseline[r] + flat[start:stop].to(x.dtype) * diff[r]
+
+    def reduce(out: torch.Tensor) -> torch.Tensor:
+        return f(out, targets[rows[0]])
+
+    with state_guard(net):
+        scores = evaluate(net, make, b * k, reduce, batch_size=batch_size, progress=progress,
+                          desc=desc)
+    return scores.view(b, k)

@@ -133,14 +133,14 @@ def relevance_curve(
     steps: int = 32,
     baseline: BaselineSpec | None = None,
     score: str = "probability",
-    batch_size: int = 256,
+    batch_size: int | str = "auto",
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Curve:
     """Deletion or insertion curve of ``maps`` for ``model`` on ``x`` (see module docstring).
 
     Args:
-        model: a model spec, module or loaded model.
+        model: a model spec, module, loaded model or black-box ``predict(batch) -> scores``.
         x: (B, C, H, W) inputs in model space.
         maps: (B, H, W) attribution maps; larger means more relevant.
         kind: ``"deletion"`` or ``"insertion"``.
@@ -150,9 +150,9 @@ def relevance_curve(
         baseline: what removed pixels become (default: 0 in model space for deletion, ``"blur"``
             for insertion, as in Petsiuk et al.); see :func:`~convscope.evaluation._common.make_baseline`.
         score: ``"probability"`` (softmax, default) or ``"logit"`` of the target.
-        batch_size: masked images per forward pass.
+        batch_size: masked images per forward pass, or ``"auto"`` (a memory budget).
         seed: seed of the tie-breaking order.
-        progress: show a progress bar.
+        progress: show a progress bar (default: on a terminal, for long runs).
 
     Shape:
         Curve.scores (B, steps + 1).
@@ -162,7 +162,7 @@ def relevance_curve(
     lm = as_loaded(model)
     maps = _check(x, maps)
     x = x.detach()
-    t, _ = predict_targets(lm.model, x, targets, batch_size)
+    t, _ = predict_targets(lm.model, x, targets, 64 if batch_size == "auto" else int(batch_size))
     base = make_baseline(x, baseline if baseline is not None else (0.0 if kind == "deletion" else "blur"), lm)
     h, w = x.shape[-2:]
     n = h * w
@@ -197,9 +197,9 @@ def faithfulness_correlation(
     subset_size: int | None = None,
     baseline: BaselineSpec = 0.0,
     score: str = "logit",
-    batch_size: int = 256,
+    batch_size: int | str = "auto",
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """(B,) Pearson correlation of attribution sums and score drops over random pixel subsets.
 
@@ -223,7 +223,7 @@ def faithfulness_correlation(
         raise InputError(f"subset_size must lie in 1..{n}, got {s}")
     if n_samples < 2:
         raise InputError(f"n_samples must be at least 2, got {n_samples}")
-    t, logits = predict_targets(lm.model, x, targets, batch_size)
+    t, _ = predict_targets(lm.model, x, targets, 64 if batch_size == "auto" else int(batch_size))
     base = make_baseline(x, baseline, lm)
     g = torch.Generator().manual_seed(seed)
     pick = torch.rand(b, n_samples, n, generator=g).argsort(-1)[..., :s]  # (B, n, s)
@@ -231,7 +231,7 @@ def faithfulness_correlation(
     removed.scatter_(2, pick, True)
     removed = removed.to(x.device)
     full = masked_scores(lm.model, x, base, torch.ones(b, 1, h, w, dtype=torch.bool, device=x.device),
-                         t, score=score, batch_size=batch_size)
+                         t, score=score, batch_size=batch_size, progress=False)
     part = masked_scores(lm.model, x, base, (~removed).view(b, n_samples, h, w), t, score=score,
                          batch_size=batch_size, progress=progress, desc="faithfulness")
     drop = (full - part).double().cpu()

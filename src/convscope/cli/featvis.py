@@ -1,0 +1,181 @@
+"""CLI commands of feature visualisation: ``visualize``, ``filters``, ``activations``, ``deepdream``.
+
+Everything is computed first and written last, atomically (``Visualization.save``); outputs are
+chosen by extension: ``.png`` (a titled grid), ``.npy`` (raw images) or ``.json`` (metadata and
+score history).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import add_model_args, load_from_args
+
+__all__ = ["add_commands", "parse_channels"]
+
+_EXTS = (".png", ".npy", ".json")
+
+
+def parse_channels(spec: str) -> list[int]:
+    """``"0-3,7,9"`` -> ``[0, 1, 2, 3, 7, 9]``."""
+    from ..errors import InputError
+
+    out: list[int] = []
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"--channels {spec!r}: use indices and ranges like 0-3,7") from None
+    if not out:
+        raise InputError("--channels: no channel given")
+    return out
+
+
+def _check_out(path: str) -> Path:
+    from ..errors import InputError
+
+    p = Path(path)
+    if p.suffix.lower() not in _EXTS:
+        raise InputError(f"-o {p}: give a .png, .npy or .json file name")
+    return p
+
+
+def _opt_args(s: argparse.ArgumentParser, steps: int) -> None:
+    s.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
+    s.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    s.add_argument("--size", type=int, default=None, help="image size (default: the model's input)")
+    s.add_argument("--param", choices=["fft", "pixel"], default="fft", help="parameterisation")
+    s.add_argument("--transforms", choices=["standard", "none"], default="standard",
+                   help="random jitter/scale/rotation (default standard)")
+    s.add_argument("--l2", type=float, default=0.0, help="weight of the L2 penalty")
+    s.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation penalty")
+    s.add_argument("--blur-every", type=int, default=None, help="blur the image every N steps")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(steps=args.steps, lr=args.lr, size=args.size, param=args.param,
+                transforms=args.transforms, l2=args.l2, tv=args.tv, blur_every=args.blur_every,
+                seed=args.seed, progress=False if args.no_progress else None)
+
+
+def _done(v: Any, out: Path) -> int:
+    v.save(out)
+    print(f"{out}  {len(v)} image(s): {v.titles[0]}{' ...' if len(v) > 1 else ''}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..featvis import visualize, visualize_class, visualize_layer
+
+    out = _check_out(args.output)
+    chosen = [x is not None for x in (args.objective, args.class_, args.layer)]
+    if sum(chosen) != 1:
+        raise InputError("give exactly one of --objective, --class or --layer")
+    lm = load_from_args(args)
+    kw = _common(args)
+    if args.objective is not None:
+        v = visualize(lm, args.objective, batch=args.batch, **kw)
+    elif args.class_ is not None:
+        classes = [c.strip() for c in args.class_.split(",") if c.strip()]
+        v = visualize_class(lm, classes, objective=args.class_objective, **kw)
+    else:
+        chans = parse_channels(args.channels) if args.channels else None
+        v = visualize_layer(lm, args.layer, chans, objective=args.unit, **kw)
+    return _done(v, out)
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from ..featvis import filters
+
+    out = _check_out(args.output)
+    return _done(filters(load_from_args(args), args.layer, max_filters=args.max_filters), out)
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    from ..featvis import activation_maps
+
+    out = _check_out(args.output)
+    chans = parse_channels(args.channels) if args.channels else None
+    v = activation_maps(load_from_args(args), args.image, args.layer, channels=chans,
+                        max_channels=args.max_channels, normalize=args.normalize)
+    return _done(v, out)
+
+
+def cmd_deepdream(args: argparse.Namespace) -> int:
+    from ..featvis import deepdream
+
+    out = _check_out(args.output)
+    objective = args.objective
+    v = deepdream(load_from_args(args), args.image, args.layer, objective=objective,
+                  octaves=args.octaves, octave_scale=args.octave_scale, steps=args.steps, lr=args.lr,
+                  max_side=args.max_side, seed=args.seed,
+                  progress=False if args.no_progress else None)
+    return _done(v, out)
+
+
+def add_commands(sub: Any) -> None:
+    """Register the feature-visualisation commands on the main parser's subparsers."""
+    s = sub.add_parser("visualize", help="feature visualisation: an image that maximises a class, a "
+                       "channel or an objective")
+    add_model_args(s)
+    g = s.add_argument_group("what to visualise (one of)")
+    g.add_argument("--objective", default=None, help="'layer:channel', e.g. features.10:7")
+    g.add_argument("--class", dest="class_", default=None,
+                   help="class index or name, or several separated by commas")
+    g.add_argument("--layer", "-l", default=None, help="a layer: one image per channel (--channels)")
+    s.add_argument("--channels", default=None, help="channels of --layer, e.g. 0-15 or 3,7 (default 0-15)")
+    s.add_argument("--unit", choices=["channel", "neuron"], default="channel",
+                   help="with --layer: whole channel (mean) or its centre neuron")
+    s.add_argument("--class-objective", choices=["logit", "prob"], default="logit",
+                   help="with --class: maximise the logit (Simonyan) or the softmax probability")
+    s.add_argument("--batch", type=int, default=None, help="images for --objective (default 1)")
+    _opt_args(s, 256)
+    s.add_argument("-o", "--output", required=True, help="output .png (grid), .npy or .json")
+    s.set_defaults(func=cmd_visualize)
+
+    s = sub.add_parser("filters", help="the first convolution's filters as an image grid")
+    add_model_args(s)
+    s.add_argument("--layer", "-l", default=None, help="a convolution (default: the first)")
+    s.add_argument("--max-filters", type=int, default=64)
+    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
+    s.set_defaults(func=cmd_filters)
+
+    s = sub.add_parser("activations", help="the activation maps of a layer for one image, as a grid")
+    s.add_argument("image", help="image file")
+    add_model_args(s)
+    s.add_argument("--layer", "-l", default=None, help="layer (default: the model's default layer)")
+    s.add_argument("--channels", default=None, help="e.g. 0-15 (default: the most active)")
+    s.add_argument("--max-channels", type=int, default=32)
+    s.add_argument("--normalize", choices=["layer", "channel"], default="layer",
+                   help="one colour scale for the layer, or one per channel")
+    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
+    s.set_defaults(func=cmd_activations)
+
+    s = sub.add_parser("deepdream", help="DeepDream on a photo, with octaves")
+    s.add_argument("image", help="image file")
+    add_model_args(s)
+    s.add_argument("--layer", "-l", default=None, help="layer to amplify (default: the model's)")
+    s.add_argument("--objective", default=None, help="'layer:channel' instead of the whole layer")
+    s.add_argument("--octaves", type=int, default=4)
+    s.add_argument("--octave-scale", type=float, default=1.4)
+    s.add_argument("--steps", type=int, default=10, help="steps per octave")
+    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--max-side", type=int, default=512, help="shrink larger photos first")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
+    s.set_defaults(func=cmd_deepdream)

@@ -1,0 +1,57 @@
+"""Feature visualisation: images that show what a unit, a layer or a class responds to.
+
+Lucid's ``optvis`` split in four parts, with one optimisation loop
+(:func:`convscope.optimize.optimize`) under all of them:
+
+* :mod:`.objectives`: what to maximise, as values combining with ``+ - *``;
+* :mod:`.param`: how the image is parameterised (pixels, FFT, decorrelated colour);
+* :mod:`.transforms`: random jitter / scale / rotation and blur, and regularisers;
+* :mod:`.render`: the facades :func:`visualize`, :func:`visualize_layer`,
+  :func:`visualize_class`, :func:`deepdream`, :func:`filters` and :func:`activation_maps`,
+  returning a :class:`Visualization`.
+"""
+
+from . import objectives, param, transforms
+from .objectives import (
+    Objective,
+    as_objective,
+    channel,
+    class_logit,
+    class_prob,
+    deepdream as deepdream_objective,
+    direction,
+    diversity,
+    l2,
+    neuron,
+    total_variation,
+)
+from .param import ColorDecorrelation, FFTImage, PixelImage
+from .render import activation_maps, deepdream, filters, visualize, visualize_class, visualize_layer
+from .result import Visualization
+
+__all__ = [
+    "ColorDecorrelation",
+    "FFTImage",
+    "Objective",
+    "PixelImage",
+    "Visualization",
+    "activation_maps",
+    "as_objective",
+    "channel",
+    "class_logit",
+    "class_prob",
+    "deepdream",
+    "deepdream_objective",
+    "direction",
+    "diversity",
+    "filters",
+    "l2",
+    "neuron",
+    "objectives",
+    "param",
+    "total_variation",
+    "transforms",
+    "visualize",
+    "visualize_class",
+    "visualize_layer",
+]

@@ -1,0 +1,597 @@
+"""The feature-visualisation facade: ``visualize``, the layer gallery, class models, DeepDream,
+first-layer filters and activation maps.
+
+All optimisation runs through :func:`convscope.optimize.optimize` (one loop); this module only
+chooses the parameterisation, transforms and objective, and wraps the result in a
+:class:`~.result.Visualization`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError, MethodError
+from ..hooks import capture, resolve_layers, state_guard
+from ..image import ImageLike, load_image, pil_to_tensor
+from ..models import LoadedModel, Preprocessing, load_model
+from ..optimize import OptimizationResult, optimize
+from . import objectives as obj
+from .param import ImageParam
+from .param import image as make_image
+from .result import Visualization
+from .transforms import Transform, blur_every, compose, jitter, standard_transforms
+
+__all__ = [
+    "activation_maps",
+    "deepdream",
+    "display_name",
+    "filters",
+    "visualize",
+    "visualize_class",
+    "visualize_layer",
+]
+
+ObjectiveLike = obj.Objective | str | Callable[..., torch.Tensor]
+
+
+def display_name(lm: LoadedModel) -> str:
+    """A short model name for titles: ``torchvision:vgg16`` -> ``vgg16``."""
+    name = lm.name
+    return name.split(":", 1)[1] if name.startswith(("torchvision:", "timm:")) else name
+
+
+def _loaded(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, preprocessing=preprocessing)
+
+
+def _hw(size: int | tuple[int, int] | None, pre: Preprocessing) -> tuple[int, int]:
+    if size is None:
+        return int(pre.size[0]), int(pre.size[1])
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
+
+
+def _transforms(spec: Any, hw: tuple[int, int]) -> Transform | None:
+    if spec is None or spec is False or (isinstance(spec, str) and spec == "none"):
+        return None
+    if isinstance(spec, str):
+        if spec != "standard":
+            raise InputError(f"unknown transforms {spec!r}; use 'standard', 'none' or a callable")
+        return standard_transforms(min(hw))
+    if isinstance(spec, (list, tuple)):
+        return compose(*spec)
+    if callable(spec):
+        return spec
+    raise InputError(f"transforms must be 'standard', None, a callable or a list, not {type(spec).__name__}")
+
+
+def _param(spec: str | nn.Module, hw: tuple[int, int], batch: int, channels: int, *, seed: int,
+           decorrelate: bool, sd: float, decay: float) -> nn.Module:
+    if isinstance(spec, nn.Module):
+        return spec
+    if spec not in ("fft", "pixel"):
+        raise InputError(f"param must be 'fft', 'pixel' or an nn.Module, got {spec!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    return make_image(hw, batch, channels, fft=spec == "fft", decorrelate=decorrelate, sd=sd, decay=decay,
+                 generator=g)
+
+
+def _run(
+    lm: LoadedModel,
+    objective: obj.Objective,
+    *,
+    size: int | tuple[int, int] | None,
+    batch: int,
+    param: str | nn.Module,
+    decorrelate: bool,
+    steps: int,
+    lr: float,
+    transforms: Any,
+    l2: float,
+    tv: float,
+    blur_every_n: int | None,
+    blur_sigma: float,
+    sd: float,
+    decay: float,
+    init: ImageLike | torch.Tensor | None,
+    seed: int,
+    truncate: bool,
+    progress: bool | None,
+    device: str | torch.device | None,
+    desc: str,
+) -> tuple[OptimizationResult, nn.Module]:
+    pre = lm.preprocessing
+    hw = _hw(size, pre)
+    if steps < 0:
+        raise InputError(f"steps must be >= 0, got {steps}")
+    full = objective
+    if l2:
+        full = full - float(l2) * obj.l2(pre.mean)
+    if tv:
+        full = full - float(tv) * obj.total_variation()
+    p = _param(param, hw, batch, pre.channels, seed=seed, decorrelate=decorrelate, sd=sd, decay=decay)
+    if isinstance(init, str) and init == "mean":  # the data set's mean pixel (plain images)
+        init = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1).expand(1, -1, *hw)
+    if init is not None:
+        load = getattr(p, "load_image", None)
+        if load is None:
+            raise InputError(f"{type(p).__name__} has no load_image(); cannot start from init")
+        load(_pixels(init, pre.channels, hw))
+    post = [blur_every(int(blur_every_n), blur_sigma)] if blur_every_n else None
+    res = optimize(
+        lm.model,
+        full,
+        p,
+        steps=steps,
+        lr=lr,
+        transforms=_transforms(transforms, hw),
+        preprocess=pre.normalize,
+        post_step=post,
+        truncate=truncate,
+        seed=seed,
+        progress=progress,
+        desc=desc,
+        device=device,
+    )
+    return res, p
+
+
+def _pixels(img: ImageLike | torch.Tensor, channels: int, hw: tuple[int, int] | None) -> torch.Tensor:
+    """An image as (1, C, H, W) pixels in [0, 1] (a tensor is taken as pixels), resized to ``hw``."""
+    if isinstance(img, torch.Tensor):
+        t = img.detach().float()
+        if t.ndim == 3:
+            t = t.unsqueeze(0)
+        if t.ndim != 4:
+            raise InputError(f"expected a (C, H, W) or (B, C, H, W) pixel tensor, got {tuple(img.shape)}")
+        if t.min() < 0 or t.max() > 1:
+            raise InputError("a pixel tensor must lie in [0, 1]")
+        if t.shape[1] != channels:
+            if t.shape[1] == 1:
+                t = t.expand(-1, channels, -1, -1)
+            elif channels == 1:
+                t = t.mean(1, keepdim=True)
+            else:
+                raise InputError(f"cannot turn {t.shape[1]} channels into {channels}")
+    else:
+        pil = load_image(img).convert("L" if channels == 1 else "RGB")
+        t = pil_to_tensor(pil).unsqueeze(0)
+    if hw is not None and tuple(t.shape[-2:]) != hw:
+        t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return t.contiguous()
+
+
+def _probs(res: OptimizationResult) -> torch.Tensor | None:
+    if res.output is None or res.output.ndim != 2:
+        return None
+    return torch.softmax(res.output.float(), 1)
+
+
+def visualize(
+    model: str | nn.Module | LoadedModel,
+    objective: ObjectiveLike,
+    *,
+    size: int | tuple[int, int] | None = None,
+    batch: int | None = None,
+    param: str | nn.Module = "fft",
+    decorrelate: bool = True,
+    steps: int = 256,
+    lr: float = 0.05,
+    transforms: Any = "standard",
+    l2: float = 0.0,
+    tv: float = 0.0,
+    blur_every: int | None = None,
+    blur_sigma: float = 0.5,
+    sd: float = 0.01,
+    decay: float = 1.0,
+    init: ImageLike | torch.Tensor | None = None,
+    seed: int = 0,
+    truncate: bool = True,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+    titles: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> Visualization:
+    """Render images that maximise ``objective`` (Lucid's ``render_vis``).
+
+    Args:
+        model: a model spec, ``nn.Module`` or loaded model.
+        objective: an :class:`~.objectives.Objective`, a ``"layer:channel"`` string or a callable
+            ``f(acts) -> (B,)``.
+        size: image size (default: the model's input size); any size the model accepts.
+        batch: number of images (default: what the objective asks for, else 1).
+        param: ``"fft"`` (default), ``"pixel"`` or an ``nn.Module`` returning (B, C, H, W) in [0, 1].
+        decorrelate: optimise colour in a decorrelated basis (3-channel models).
+        steps, lr: optimisation steps and Adam learning rate.
+        transforms: ``"standard"`` (pad, jitter, scale, rotate), ``None``, a callable or a list.
+        l2, tv: weights of the L2 penalty (distance from the model's mean pixel, Simonyan's
+            mean-subtracted image) and of the total-variation penalty.
+        blur_every, blur_sigma: blur the image every N steps with this sigma.
+        sd, decay: initial noise and FFT frequency decay.
+        init: start from this image (pixels in [0, 1] or a file) instead of noise; ``"mean"``
+            starts from the model's mean pixel (e.g. the black background of the digits).
+        seed: seeds the initial noise and the transforms.
+        truncate: stop the forward pass after the objective's last layer when possible.
+        progress: tqdm bar (``None``: only on a terminal).
+        device: where to run (default: the model's device).
+        titles: one title per image (default: the objective).
+        preprocessing: for a plain ``nn.Module``: its input size, channels and normalisation.
+
+    Returns:
+        A :class:`~.result.Visualization` with B images.
+    """
+    lm = _loaded(model, preprocessing)
+    o = obj.as_objective(objective)
+    b = int(batch or o.batch or 1)
+    if o.batch is not None and b != o.batch:
+        raise InputError(f"the objective asks for a batch of {o.batch}, batch={b} given")
+    res, _ = _run(lm, o, size=size, batch=b, param=param, decorrelate=decorrelate, steps=steps, lr=lr,
+                  transforms=transforms, l2=l2, tv=tv, blur_every_n=blur_every, blur_sigma=blur_sigma,
+                  sd=sd, decay=decay, init=init, seed=seed, truncate=truncate, progress=progress,
+                  device=device, desc="visualize")
+    name = display_name(lm)
+    if titles is None:
+        titles = [f"{name}: {o.name}"] * b
+    if len(titles) != b:
+        raise InputError(f"{len(titles)} titles for {b} images")
+    return Visualization(
+        images=res.images,
+        titles=tuple(titles),
+        kind="objective",
+        objective=o.name,
+        model_name=lm.name,
+        layer=", ".join(o.layers) or None,
+        history=res.history,
+        scores=res.final,
+        probabilities=_probs(res),
+        class_names=tuple(lm.class_names),
+        options=dict(size=list(res.images.shape[-2:]), param=param if isinstance(param, str) else
+                     type(param).__name__, steps=steps, lr=lr, seed=seed, l2=l2, tv=tv,
+                     blur_every=blur_every, truncated=res.truncated),
+    )
+
+
+def _concat(parts: list[Visualization], **kw: Any) -> Visualization:
+    def cat(name: str, dim: int = 0) -> torch.Tensor | None:
+        vals = [getattr(p, name) for p in parts]
+        if any(v is None for v in vals):
+            return None
+        if name == "history":
+            n = min(v.shape[0] for v in vals)
+            return torch.cat([v[:n] for v in vals], 1)
+        return torch.cat(vals, dim)
+
+    first = parts[0]
+    return Visualization(
+        images=torch.cat([p.images for p in parts]),
+        titles=tuple(t for p in parts for t in p.titles),
+        history=cat("history"),
+        scores=cat("scores"),
+        probabilities=cat("probabilities"),
+        class_names=first.class_names,
+        model_name=first.model_name,
+        options=first.options,
+        **kw,
+    )
+
+
+def visualize_layer(
+    model: str | nn.Module | LoadedModel,
+    layer: str,
+    channels: Iterable[int] | None = None,
+    *,
+    objective: str = "channel",
+    batch_size: int = 16,
+    seed: int = 0,
+    steps: int = 256,
+    preprocessing: Preprocessing | None = None,
+    **options: Any,
+) -> Visualization:
+    """A gallery: one image per channel of ``layer``, rendered ``batch_size`` channels per
+    optimisation, titled ``"<model> layer <layer>, channel <c>"``.
+
+    Args:
+        channels: channel indices (default: the first 16).
+        objective: ``"channel"`` (mean over positions) or ``"neuron"`` (the centre position).
+        batch_size: channels optimised together in one batch (memory vs speed). A channel's image
+            depends on its batch only through the shared random transforms and initial noise.
+        seed: seed of the first batch; batch k uses ``seed + k``.
+        **options: passed to :func:`visualize` (size, param, lr, transforms, ...).
+    """
+    lm = _loaded(model, preprocessing)
+    (name,) = resolve_layers(lm.model, layer)
+    chans = list(range(16) if channels is None else channels)
+    if not chans:
+        raise InputError("no channels given")
+    if objective not in ("channel", "neuron"):
+        raise InputError(f"objective must be 'channel' or 'neuron', got {objective!r}")
+    mname = display_name(lm)
+    parts = []
+    for k, i in enumerate(range(0, len(chans), max(1, batch_size))):
+        chunk = chans[i:i + batch_size]
+        o = obj.channel(name, chunk) if objective == "channel" else obj.neuron(name, chunk)
+        titles = [f"{mname} layer {name}, channel {c}" for c in chunk]
+        parts.append(visualize(lm, o, batch=len(chunk), seed=seed + k, steps=steps, titles=titles,
+                               **options))
+    return _concat(parts, kind="layer", objective=f"{objective}({name})", layer=name)
+
+
+def visualize_class(
+    model: str | nn.Module | LoadedModel,
+    classes: int | str | Iterable[int | str] | None = None,
+    *,
+    objective: str = "logit",
+    batch_size: int = 16,
+    seed: int = 0,
+    steps: int = 256,
+    preprocessing: Preprocessing | None = None,
+    **options: Any,
+) -> Visualization:
+    """Class model visualisation (Simonyan et al. 2014): an image that maximises a class score.
+
+    Args:
+        classes: class indices or names (default: every class, for models with at most 16).
+        objective: ``"logit"`` (the unnormalised score, Simonyan's choice) or ``"prob"`` (softmax).
+        batch_size: classes optimised together in one batch.
+        **options: passed to :func:`visualize` (size, param, l2, tv, transforms, ...).
+    """
+    lm = _loaded(model, preprocessing)
+    n = len(lm.class_names)
+    if classes is None:
+        if n == 0 or n > 16:
+            raise InputError("pass classes= (the model has many classes)")
+        cls = list(range(n))
+    else:
+        items = [classes] if isinstance(classes, (int, str)) else list(classes)
+        cls = []
+        for c in items:
+            if isinstance(c, str) and not c.lstrip("-").isdigit():
+                if c not in lm.class_names:
+                    raise InputError(f"unknown class name {c!r}")
+                cls.append(lm.class_names.index(c))
+            else:
+                cls.append(int(c))
+    if objective not in ("logit", "prob"):
+        raise InputError(f"objective must be 'logit' or 'prob', got {objective!r}")
+    mname = display_name(lm)
+    parts = []
+    for k, i in enumerate(range(0, len(cls), max(1, batch_size))):
+        chunk = cls[i:i + batch_size]
+        o = obj.class_logit(chunk) if objective == "logit" else obj.class_prob(chunk)
+        titles = [f"{mname} class {lm.class_names[c] if 0 <= c < n else c}" for c in chunk]
+        parts.append(visualize(lm, o, batch=len(chunk), seed=seed + k, steps=steps, titles=titles,
+                               **options))
+    return _concat(parts, kind="class", objective=f"class_{objective}")
+
+
+def deepdream(
+    model: str | nn.Module | LoadedModel,
+    image: ImageLike | torch.Tensor,
+    layer: str | None = None,
+    *,
+    objective: ObjectiveLike | None = None,
+    octaves: int = 4,
+    octave_scale: float = 1.4,
+    steps: int = 10,
+    lr: float = 0.02,
+    jitter_px: int = 8,
+    max_side: int | None = 512,
+    seed: int = 0,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> Visualization:
+    """DeepDream on a photo (Mordvintsev et al. 2015) with octaves.
+
+    The photo is shrunk ``octaves - 1`` times by ``octave_scale``; starting at the smallest,
+    each octave runs ``steps`` steps of gradient ascent on ``objective`` (default: the whole-layer
+    L2 of ``layer``) under random jitter, then the detail it added is enlarged and added to the
+    next, larger photo. The image stays a photo: pixels are clipped to [0, 1], not squashed.
+
+    Args:
+        image: a path, PIL image, array, or (C, H, W) / (1, C, H, W) pixels in [0, 1].
+        layer: layer for the DeepDream objective (default: the model's default layer).
+        objective: another objective instead (e.g. ``channel(layer, c)``).
+        max_side: shrink larger photos to this side first (``None``: keep).
+
+    Returns:
+        A :class:`~.result.Visualization` holding the dreamed image.
+    """
+    lm = _loaded(model, preprocessing)
+    pre = lm.preprocessing
+    if objective is None:
+        layer = layer or lm.default_layer
+        if layer is None:
+            raise MethodError(f"{lm.name} has no default layer; pass layer=")
+        (layer,) = resolve_layers(lm.model, layer)
+        o = obj.deepdream(layer)
+    else:
+        o = obj.as_objective(objective)
+    base = _pixels(image, pre.channels, None)
+    if max_side and max(base.shape[-2:]) > max_side:
+        k = max_side / max(base.shape[-2:])
+        hw = (max(1, round(base.shape[-2] * k)), max(1, round(base.shape[-1] * k)))
+        base = F.interpolate(base, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    if octaves < 1 or octave_scale <= 1.0:
+        raise InputError("octaves must be >= 1 and octave_scale > 1")
+    h, w = base.shape[-2:]
+    sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
+             for k in range(octaves - 1, -1, -1)]
+    detail = torch.zeros(1, pre.channels, *sizes[0])
+    history = []
+    img = base
+    for k, hw in enumerate(sizes):
+        shrunk = F.interpolate(base, size=hw, mode="bilinear", align_corners=False, antialias=True)
+        detail = F.interpolate(detail, size=hw, mode="bilinear", align_corners=False)
+        p = image_param_from(shrunk + detail)
+        j = min(jitter_px, max(0, min(hw) // 8))
+        res = optimize(lm.model, o, p, steps=steps, lr=lr, transforms=jitter(j) if j else None,
+                       preprocess=pre.normalize, seed=seed + k, progress=progress,
+                       desc=f"deepdream octave {k + 1}/{len(sizes)}", device=device)
+        img = res.images
+        detail = img - shrunk
+        history.append(res.history)
+    return Visualization(
+        images=img,
+        titles=(f"{display_name(lm)} DeepDream: {o.name}",),
+        kind="deepdream",
+        objective=o.name,
+        model_name=lm.name,
+        layer=", ".join(o.layers) or None,
+        history=torch.cat(history) if history else None,
+        class_names=tuple(lm.class_names),
+        options=dict(octaves=octaves, octave_scale=octave_scale, steps=steps, lr=lr, seed=seed,
+                     size=[int(h), int(w)]),
+    )
+
+
+def image_param_from(pixels: torch.Tensor) -> ImageParam:
+    """A clipped pixel parameterisation holding ``pixels`` (for optimising a photo)."""
+    from .param import PixelImage
+
+    t = pixels.clamp(0, 1)
+    p = PixelImage(tuple(t.shape[-2:]), t.shape[0], t.shape[1], squash="clip")
+    p.load_image(t)
+    return p
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Module]:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    raise MethodError(f"{type(model).__name__} has no Conv2d layer; pass layer= with a convolution")
+
+
+def filters(
+    model: str | nn.Module | LoadedModel,
+    layer: str | None = None,
+    *,
+    max_filters: int = 64,
+    preprocessing: Preprocessing | None = None,
+) -> Visualization:
+    """The filters of the first convolution (or of ``layer``) as images.
+
+    Each filter is shown on its own scale: ``0.5 + 0.5 * w / max|w|`` (mid-grey is zero). Filters
+    with 3 input channels are drawn in colour, others per input-channel mean in gray.
+    """
+    lm = _loaded(model, preprocessing)
+    if layer is None:
+        name, conv = _first_conv(lm.model)
+    else:
+        (name,) = resolve_layers(lm.model, layer)
+        conv = dict(lm.model.named_modules())[name]
+    wt = getattr(conv, "weight", None)
+    if not isinstance(wt, torch.Tensor) or wt.ndim != 4:
+        raise MethodError(f"layer {name!r} has no 4-D convolution weight")
+    w = wt.detach().float().cpu()[:max_filters]
+    if w.shape[1] not in (1, 3):
+        w = w.mean(1, keepdim=True)
+    scale = w.abs().flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)
+    imgs = 0.5 + 0.5 * w / scale
+    mname = display_name(lm)
+    return Visualization(
+        images=imgs.contiguous(),
+        titles=tuple(f"{mname} {name} filter {i}" for i in range(len(imgs))),
+        kind="filters",
+        objective="weights",
+        model_name=lm.name,
+        layer=name,
+        options=dict(shape=list(wt.shape)),
+    )
+
+
+def activation_maps(
+    model: str | nn.Module | LoadedModel,
+    image: ImageLike | torch.Tensor,
+    layer: str | None = None,
+    *,
+    channels: Iterable[int] | None = None,
+    max_channels: int = 32,
+    normalize: str = "layer",
+    cmap: str = "viridis",
+    preprocessing: Preprocessing | None = None,
+) -> Visualization:
+    """The activation maps of ``layer`` for one image, one map per channel.
+
+    Args:
+        image: a path, PIL image, array, or a model-space tensor (as for ``explain``).
+        layer: the layer (default: the model's default layer).
+        channels: which channels (default: the ``max_channels`` with the largest mean activation,
+            most active first).
+        normalize: ``"layer"`` (one scale for all maps: brightness compares across channels) or
+            ``"channel"`` (each map min-max scaled).
+    """
+    from ..api import prepare_inputs
+
+    lm = _loaded(model, preprocessing)
+    layer = layer or lm.default_layer
+    if layer is None:
+        raise MethodError(f"{lm.name} has no default layer; pass layer=")
+    (name,) = resolve_layers(lm.model, layer)
+    x, _disp, tensors = prepare_inputs(image, lm.preprocessing, generic=lm.generic)
+    if x.shape[0] != 1:
+        raise InputError("activation_maps takes one image")
+    p = next(lm.model.parameters(), None)
+    if p is not None:
+        x = x.to(p.device)
+    with state_guard(lm.model, tensors), capture(lm.model, name) as cap, torch.no_grad():
+        lm.model(x)
+        a = cap.activation(name).detach().float()
+    fm = _maps(a, tuple(x.shape[-2:]))[0]  # (C, h, w)
+    if channels is None:
+        order = fm.flatten(1).mean(1).argsort(descending=True)[:max_channels].tolist()
+    else:
+        order = [int(c) for c in channels]
+        bad = [c for c in order if not 0 <= c < fm.shape[0]]
+        if bad:
+            raise InputError(f"channels {bad} out of range for {fm.shape[0]} channels of {name}")
+    maps = fm[order]
+    if normalize == "layer":
+        lo, hi = maps.min(), maps.max()
+        maps = (maps - lo) / (hi - lo).clamp(min=1e-12)
+    elif normalize == "channel":
+        lo = maps.flatten(1).amin(1).view(-1, 1, 1)
+        hi = maps.flatten(1).amax(1).view(-1, 1, 1)
+        maps = (maps - lo) / (hi - lo).clamp(min=1e-12)
+    else:
+        raise InputError(f"normalize must be 'layer' or 'channel', got {normalize!r}")
+    mname = display_name(lm)
+    means = fm[order].flatten(1).mean(1).tolist()
+    return Visualization(
+        images=maps.unsqueeze(1).cpu().contiguous(),
+        titles=tuple(f"{mname} layer {name}, channel {c} (mean {m:.2g})" for c, m in zip(order, means)),
+        kind="activations",
+        objective="activations",
+        model_name=lm.name,
+        layer=name,
+        cmap=cmap,
+        options=dict(channels=order, normalize=normalize),
+    )
+
+
+def _maps(a: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
+    """A layer output as (B, C, h, w) maps (NHWC and token layouts converted)."""
+    lay = obj._layout_of(a, None, in_hw)
+    if lay == "nchw":
+        return a
+    if lay == "nhwc":
+        return a.permute(0, 3, 1, 2)
+    if lay == "nlc":
+        import math
+
+        n = a.shape[1]
+        for drop in (0, 1):
+            side = math.isqrt(n - drop)
+            if side * side == n - drop:
+                return a[:, drop:].transpose(1, 2).reshape(a.shape[0], -1, side, side)
+        return a.transpose(1, 2).unsqueeze(-1)
+    return a.reshape(a.shape[0], -1, 1, 1)
+

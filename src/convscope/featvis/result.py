@@ -1,0 +1,223 @@
+"""``Visualization``: a feature-visualisation result that renders itself.
+
+Holds a batch of images (pixels in [0, 1], or normalised maps drawn with a colour map), one
+title per image, and what produced them. ``.image(i)`` gives one image, ``.grid()`` all of them
+with titles, ``.save()`` writes ``.png`` (the grid), ``.npy`` (the raw images) or ``.json``
+(metadata and score history), and notebooks show it through ``_repr_png_`` / ``_repr_html_``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .._io import atomic_write
+from ..errors import InputError
+from ..results import _jsonable, data_uri, png_bytes
+
+__all__ = ["Visualization"]
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+@dataclass(frozen=True)
+class Visualization:
+    """A batch of B visualisations.
+
+    Attributes:
+        images: (B, C, H, W) float32 in [0, 1] on the CPU (C = 1 or 3).
+        titles: one title per image.
+        kind: what made it: ``"objective"``, ``"class"``, ``"layer"``, ``"deepdream"``,
+            ``"filters"``, ``"activations"``.
+        objective: readable description of the objective (or of the source).
+        model_name: the model's spec or class name.
+        layer: the layer involved, if one.
+        cmap: colour map for single-channel images that are maps, not pictures (``None``: gray).
+        history: (steps, B) objective per step, if optimised.
+        scores: (B,) final objective values without transforms, if optimised.
+        probabilities: (B, K) softmax of the model on the final images, if computed.
+        class_names: the model's class names (for probabilities).
+        options: the settings used.
+    """
+
+    images: torch.Tensor
+    titles: tuple[str, ...]
+    kind: str = "objective"
+    objective: str = ""
+    model_name: str = ""
+    layer: str | None = None
+    cmap: str | None = None
+    history: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None
+    class_names: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise InputError(f"Visualization images must be (B, C, H, W), got {tuple(self.images.shape)}")
+        if len(self.titles) != self.images.shape[0]:
+            raise InputError(f"{len(self.titles)} titles for {self.images.shape[0]} images")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> Visualization:
+        """Image ``i`` alone (a batch of one)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"image {i} out of range for {n}")
+        i = i % n
+        sl = slice(i, i + 1)
+        return replace(
+            self,
+            images=self.images[sl],
+            titles=self.titles[sl],
+            history=None if self.history is None else self.history[:, sl],
+            scores=None if self.scores is None else self.scores[sl],
+            probabilities=None if self.probabilities is None else self.probabilities[sl],
+        )
+
+    # --- pictures -----------------------------------------------------------------------------
+    def array(self, index: int = 0) -> np.ndarray:
+        """Image ``index`` as an (H, W, 3) float array in [0, 1] (maps coloured with ``cmap``)."""
+        a = self.images[index].detach().float().clamp(0, 1).numpy()
+        if a.shape[0] == 1:
+            if self.cmap:
+                import matplotlib
+
+                return matplotlib.colormaps[self.cmap](a[0])[..., :3]
+            a = np.repeat(a, 3, axis=0)
+        return np.ascontiguousarray(a[:3].transpose(1, 2, 0))
+
+    def image(self, index: int = 0, *, min_side: int = 0) -> Image.Image:
+        """Image ``index`` as a PIL RGB image, upscaled (nearest) so its short side is >= ``min_side``."""
+        img = Image.fromarray((self.array(index) * 255 + 0.5).astype(np.uint8))
+        side = min(img.size)
+        if min_side and side < min_side:
+            k = int(math.ceil(min_side / side))
+            img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+        return img
+
+    def grid(self, *, ncols: int | None = None, cell: int = 128, titles: bool = True,
+             pad: int = 4) -> Image.Image:
+        """All images in a grid, each scaled to ``cell`` pixels wide, with its title above.
+
+        Small images are enlarged with nearest neighbours, so pixels stay visible.
+        """
+        n = len(self)
+        ncols = ncols or min(n, 8)
+        nrows = math.ceil(n / ncols)
+        h, w = self.images.shape[-2:]
+        cw = cell
+        ch = max(1, round(cell * h / w))
+        font = _font(11)
+        lines = max((len(_wrap(t, cw)) for t in self.titles), default=1) if titles else 0
+        th = 13 * lines + 2 if titles else 0
+        out = Image.new("RGB", (ncols * (cw + pad) + pad, nrows * (ch + th + pad) + pad), "white")
+        draw = ImageDraw.Draw(out)
+        for i in range(n):
+            r, c = divmod(i, ncols)
+            x0 = pad + c * (cw + pad)
+            y0 = pad + r * (ch + th + pad)
+            im = self.image(i)
+            resample = Image.NEAREST if im.width <= cw else Image.BILINEAR
+            out.paste(im.resize((cw, ch), resample), (x0, y0 + th))
+            if titles:
+                for k, line in enumerate(_wrap(self.titles[i], cw)):
+                    draw.text((x0, y0 + 13 * k), line, fill="black", font=font)
+        return out
+
+    # --- saving -------------------------------------------------------------------------------
+    def to_dict(self, *, include_images: bool = False) -> dict[str, Any]:
+        """Metadata, scores and history as JSON-ready data (images as nested lists if asked)."""
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "objective": self.objective,
+            "model": self.model_name,
+            "layer": self.layer,
+            "titles": list(self.titles),
+            "shape": list(self.images.shape),
+            "options": {k: _jsonable(v) for k, v in self.options.items()},
+        }
+        if self.scores is not None:
+            d["scores"] = self.scores.tolist()
+        if self.history is not None:
+            d["history"] = self.history.tolist()
+        if self.probabilities is not None:
+            p = self.probabilities
+            top = p.argmax(1).tolist()
+            d["predictions"] = [
+                {"class": int(t), "name": self.class_names[t] if t < len(self.class_names) else str(t),
+                 "probability": float(p[i, t])}
+                for i, t in enumerate(top)
+            ]
+        if include_images:
+            d["images"] = self.images.tolist()
+        return d
+
+    def save(self, path: str | os.PathLike, *, index: int | None = None) -> Path:
+        """Write by extension: ``.png`` (the grid, or image ``index``), ``.npy`` ((B, C, H, W)
+        float32 images), ``.json`` (metadata, scores, history). Written atomically."""
+        p = Path(path)
+        ext = p.suffix.lower()
+        if ext == ".png":
+            data = png_bytes(self.grid() if index is None else self.image(index, min_side=128))
+        elif ext == ".npy":
+            buf = io.BytesIO()
+            np.save(buf, self.images.numpy().astype(np.float32))
+            data = buf.getvalue()
+        elif ext == ".json":
+            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
+        else:
+            raise InputError(f"cannot save to {p.name!r}: use a .png, .npy or .json file name")
+        return atomic_write(p, lambda fh: fh.write(data))
+
+    # --- notebooks ----------------------------------------------------------------------------
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.grid())
+
+    def to_html(self) -> str:
+        """A small HTML block with each image and its title (for notebooks and reports)."""
+        cells = []
+        for i in range(len(self)):
+            cells.append(
+                '<figure style="display:inline-block;margin:4px;text-align:center">'
+                f'<img src="{data_uri(self.image(i, min_side=128))}" width="128" '
+                'style="image-rendering:pixelated">'
+                f'<figcaption style="font:12px sans-serif;max-width:128px">{escape(self.titles[i])}'
+                "</figcaption></figure>"
+            )
+        return "<div>" + "".join(cells) + "</div>"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
+    per = max(4, width_px // char_px)
+    words, lines, cur = text.split(), [], ""
+    for wd in words:
+        if cur and len(cur) + 1 + len(wd) > per:
+            lines.append(cur)
+            cur = wd
+        else:
+            cur = f"{cur} {wd}".strip()
+    if cur:
+        lines.append(cur)
+    return lines or [""]

@@ -1,0 +1,318 @@
+"""The input-optimisation engine: one loop for feature visualisation and synthesis.
+
+Everything that makes an image by gradient ascent runs here: class model visualisation,
+channel / neuron / DeepDream objectives, and (built on top of it) adversarial images, feature
+inversion, texture synthesis and style transfer. The loop is Lucid's ``render_vis`` reduced to
+its parts:
+
+* a **parameterisation** ``param``: an ``nn.Module`` with no input whose forward returns a
+  (B, C, H, W) batch of pixels in [0, 1] (see :mod:`convscope.featvis.param`);
+* **transforms**: a callable on that batch (random jitter, scale, rotation, ...) applied before
+  the model sees it, so the result must survive them (see :mod:`convscope.featvis.transforms`);
+* ``preprocess``: pixels -> model space (the model's normalisation);
+* an **objective**: a callable ``objective(acts) -> (B,)`` scores, maximised. ``acts`` is an
+  :class:`Activations` giving the captured layer outputs (``acts["layer4"]``), the model output
+  (``acts.output``) and the images (``acts.images``, before transforms; ``acts.inputs``, after).
+  An objective can declare what it reads with the attributes ``layers`` (layer names) and
+  ``needs_output`` (whether it reads the model output); plain callables get the ``layers=``
+  and ``needs_output=`` arguments of :func:`optimize`.
+
+The loss minimised is ``-objective(acts).sum()``: each sample's score only depends on its own
+image unless an objective couples them on purpose (diversity).
+
+Evaluate only what the result depends on:
+
+* The weights are frozen for the run (``capture(freeze=True)``), so backward computes gradients
+  for the image only, never for the weights.
+* **Truncation**: when the objective does not read the model output, the forward pass stops as
+  soon as every layer it reads has run, so the rest of the network is never evaluated (Lucent
+  runs the whole network). ``truncate=False`` turns this off.
+* Hooks are registered by :func:`convscope.hooks.capture` and removed on every exit; the model's
+  mode and ``requires_grad`` flags are restored, errors included.
+
+Randomness (initialisation, transforms) is seeded by ``seed`` through a forked RNG, so a run
+is reproducible and leaves the caller's global RNG untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError, MethodError
+from .hooks import Capture, capture
+
+__all__ = ["Activations", "OptimizationResult", "optimize"]
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+PostStep = Callable[[int, nn.Module], None]
+
+
+class _Truncate(Exception):
+    """Raised inside the forward pass once every needed layer has run (internal)."""
+
+
+class _StopList(list):  # type: ignore[type-arg]
+    """Storage for one captured layer that stops the forward pass once all layers have run.
+
+    :func:`~convscope.hooks.capture` appends each layer output to a list; swapping that list for
+    this one lets the engine cut the forward pass short without registering a hook of its own
+    (``capture`` stays the only place that touches hooks).
+    """
+
+    def __init__(self, pending: set[str], name: str) -> None:
+        super().__init__()
+        self._pending = pending
+        self._name = name
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._pending.discard(self._name)
+        if not self._pending:
+            raise _Truncate
+
+
+class Activations:
+    """What an objective sees for one forward pass.
+
+    Attributes:
+        images: (B, C, H, W) pixels in [0, 1] from the parameterisation, before transforms.
+        inputs: (B, C, H', W') pixels after transforms (what was normalised and fed to the model).
+        output: the model output, or ``None`` if the pass was truncated before it.
+        step: the optimisation step (0-based).
+    """
+
+    def __init__(
+        self,
+        cap: Capture,
+        images: torch.Tensor,
+        inputs: torch.Tensor,
+        output: torch.Tensor | None,
+        step: int,
+    ) -> None:
+        self._cap = cap
+        self.images = images
+        self.inputs = inputs
+        self._output = output
+        self.step = step
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        """Output of ``layer`` (a dotted name captured for this run)."""
+        if layer not in self._cap.modules:
+            raise MethodError(
+                f"the objective reads layer {layer!r}, which was not captured; declare it in the "
+                "objective's `layers` or pass layers= to optimize()"
+            )
+        return self._cap.activation(layer)
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The model output (logits). Raises if the forward pass was truncated."""
+        if self._output is None:
+            raise MethodError(
+                "the objective reads the model output, but the forward pass was truncated; set "
+                "needs_output=True on the objective or pass needs_output=True to optimize()"
+            )
+        return self._output
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class OptimizationResult:
+    """The outcome of :func:`optimize`.
+
+    Attributes:
+        images: (B, C, H, W) final pixels in [0, 1], detached, on the CPU (no transforms).
+        history: (steps, B) objective score of each sample at each step (under transforms).
+        final: (B,) objective score of the final images without transforms.
+        output: the model output on the final images without transforms (``None`` when the
+            pass was truncated).
+        truncated: whether the forward passes stopped before the model output.
+        layers: the captured layers.
+    """
+
+    images: torch.Tensor
+    history: torch.Tensor
+    final: torch.Tensor
+    output: torch.Tensor | None
+    truncated: bool
+    layers: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    if callable(x) and not isinstance(x, (list, tuple)):
+        return [x]
+    return list(x)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    if p is None:
+        p = next(model.buffers(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _forward(
+    model: nn.Module,
+    cap: Capture,
+    x: torch.Tensor,
+    stop: bool,
+    names: Sequence[str],
+) -> torch.Tensor | None:
+    """One forward pass; returns the output, or ``None`` when cut short after ``names`` ran."""
+    cap.reset()
+    if stop:
+        pending = set(names)
+        calls = getattr(cap, "_calls", None)
+        if isinstance(calls, dict) and all(n in calls for n in names):
+            for n in names:
+                calls[n] = _StopList(pending, n)
+            try:
+                model(x)
+            except _Truncate:
+                return None
+            finally:
+                for n in names:  # plain lists again, keeping what was captured
+                    calls[n] = list(calls[n])
+            raise MethodError(
+                f"layer(s) {', '.join(sorted(pending))} did not run in the forward pass; pick "
+                "layers on the path to the output"
+            )
+    return model(x)
+
+
+def optimize(
+    model: nn.Module,
+    objective: Callable[[Activations], torch.Tensor],
+    param: nn.Module,
+    *,
+    steps: int = 256,
+    lr: float = 0.05,
+    optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+    transforms: Transform | Sequence[Transform] | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    layers: str | Sequence[str] | None = None,
+    needs_output: bool | None = None,
+    post_step: PostStep | Sequence[PostStep] | None = None,
+    truncate: bool = True,
+    seed: int | None = 0,
+    progress: bool | None = None,
+    desc: str = "optimising",
+    device: str | torch.device | None = None,
+) -> OptimizationResult:
+    """Optimise ``param`` so that ``objective`` rises.
+
+    Args:
+        model: the network; left as it was found (mode, ``requires_grad``, no hooks).
+        objective: ``objective(acts) -> (B,)`` (or a scalar) scores to maximise; see the module
+            docstring for what ``acts`` offers and how an objective declares its layers.
+        param: an ``nn.Module`` whose forward (no arguments) returns (B, C, H, W) pixels in
+            [0, 1]; its parameters are optimised in place. It may define ``project()``, called
+            under ``no_grad`` after every step (e.g. to clip, or to project onto an eps-ball).
+        steps: number of optimisation steps.
+        lr: learning rate of the default optimiser (Adam).
+        optimizer: ``factory(parameters) -> Optimizer`` to use another optimiser.
+        transforms: a callable (or a list, applied in order) on the pixel batch before
+            ``preprocess``; random ones make the result robust (Lucid's transformation robustness).
+        preprocess: pixels -> model space (e.g. ``Preprocessing.normalize``); default identity.
+        layers: layers to capture in addition to the objective's ``layers`` attribute.
+        needs_output: whether the objective reads ``acts.output``; default: the objective's
+            ``needs_output`` attribute, else ``True`` for plain callables without ``layers``.
+        post_step: ``f(step, param)`` called under ``no_grad`` after each step (e.g. blur every
+            N steps); a list is called in order.
+        truncate: stop the forward pass after the last needed layer when the output is not read.
+        seed: seed for the parameterisation's initial noise is the caller's business; this seed
+            drives everything random inside the loop (transforms). ``None``: use the global RNG.
+        progress: tqdm bar; ``None`` shows it only on a terminal.
+        desc: label of the progress bar.
+        device: where to run (default: the model's device); ``param`` is moved there.
+
+    Returns:
+        An :class:`OptimizationResult` with the final images and the score history.
+
+    Shape:
+        param() -> (B, C, H, W); result.images (B, C, H, W); result.history (steps, B).
+    """
+    if steps < 0:
+        raise InputError(f"steps must be >= 0, got {steps}")
+    dev = torch.device(device) if device is not None else _device_of(model)
+    param = param.to(dev)
+    obj_layers = list(getattr(objective, "layers", ()) or ())
+    extra = [layers] if isinstance(layers, str) else list(layers or [])
+    names = list(dict.fromkeys(obj_layers + extra))
+    if needs_output is None:
+        needs_output = bool(getattr(objective, "needs_output", not names))
+    ts = _as_list(transforms)
+    posts = _as_list(post_step)
+    pre = preprocess if preprocess is not None else (lambda t: t)
+    params = [p for p in param.parameters() if p.requires_grad]
+    if not params and steps > 0:
+        raise InputError("the parameterisation has no trainable parameters")
+    opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
+    project = getattr(param, "project", None)
+
+    from tqdm.auto import tqdm
+
+    history = torch.zeros(steps, 0)
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    with capture(model, names or None, clone=True) as cap:
+        names = list(cap.layers)
+        stop = truncate and not needs_output and bool(names)
+        with torch.random.fork_rng(devices=rng_devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            rows: list[torch.Tensor] = []
+            bar = tqdm(range(steps), desc=desc, disable=(None if progress is None else not progress),
+                       leave=False)
+            for step in bar:
+                opt.zero_grad(set_to_none=True)
+                images = param()
+                inputs = images
+                for t in ts:
+                    inputs = t(inputs)
+                out = _forward(model, cap, pre(inputs), stop, names)
+                acts = Activations(cap, images, inputs, out, step)
+                score = torch.as_tensor(objective(acts))
+                if score.ndim == 0:
+                    score = score.expand(images.shape[0]) / images.shape[0]
+                loss = -score.sum()
+                if not loss.requires_grad:
+                    raise MethodError(
+                        "the objective does not depend on the image (no gradient); check its layer"
+                    )
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    if project is not None:
+                        project()
+                    for f in posts:
+                        f(step, param)
+                rows.append(score.detach().float().cpu())
+            if rows:
+                history = torch.stack(rows)
+        # Final evaluation without transforms.
+        with torch.no_grad():
+            images = param().detach()
+            out = _forward(model, cap, pre(images), stop, names)
+            acts = Activations(cap, images, images, out, steps)
+            final = torch.as_tensor(objective(acts)).detach().float()
+            if final.ndim == 0:
+                final = final.expand(images.shape[0]) / images.shape[0]
+    return OptimizationResult(
+        images=images.float().cpu(),
+        history=history,
+        final=final.cpu(),
+        output=None if out is None else out.detach().float().cpu(),
+        truncated=stop,
+        layers=tuple(names),
+    )

@@ -3,6 +3,7 @@
 from . import datasets
 from .api import explain
 from .errors import ConvscopeError
+from .featvis import Visualization, visualize, visualize_class, visualize_layer
 from .hooks import capture, count_hooks, resolve_layers
 from .image import load_image
 from .models import LoadedModel, Preprocessing, load_model
@@ -18,6 +19,7 @@ __all__ = [
     "LoadedModel",
     "MethodInfo",
     "Preprocessing",
+    "Visualization",
     "__version__",
     "capture",
     "count_hooks",
@@ -31,4 +33,7 @@ __all__ = [
     "register",
     "resolve_layers",
     "resolve_target",
+    "visualize",
+    "visualize_class",
+    "visualize_layer",
 ]

@@ -80,7 +80,8 @@ class TextExplanation:
             "target_name": self.class_names[self.target],
             "class_names": list(self.class_names),
             "probabilities": [float(p) for p in self.probabilities],
-            "words": [{"word": w, "weight": float(v)} for w, v in zip(self.words, self.weights, strict=True)],
+            "words": [{"word": w, "weight": float(v)}
+                      for w, v in zip(self.words, self.weights, strict=True)],
             "intercept": self.intercept,
             "local_r2": self.local_r2,
             "n_samples": self.n_samples,
@@ -111,9 +112,22 @@ class TextExplanation:
 
         env = Environment(autoescape=True)
         tpl = env.from_string(_TEMPLATE)
-        probs = [{"name": n, "p": float(p)} for n, p in zip(self.class_names, self.probabilities, strict=True)]
-        top = [{"word": w, "weight": v} for w, v in self.top(k)]
-        return tpl.render(e=self, probs=probs, top=top, segments=self.segments(),
+        probs = [
+            {"name": n, "p": float(p), "width": f"{100 * float(p):.1f}",
+             "colour": "#2b8cbe" if i == self.target else "#bbb"}
+            for i, (n, p) in enumerate(zip(self.class_names, self.probabilities, strict=True))
+        ]
+        top_words = self.top(k)
+        scale = max((abs(v) for _, v in top_words), default=0.0) or 1.0
+        top = [{"word": w, "weight": v, "width": f"{100 * abs(v) / scale:.1f}",
+                "colour": "#1a9850" if v > 0 else "#d73027"} for w, v in top_words]
+        segs = self.segments()
+        for sg in segs:
+            if sg["weight"] is not None:
+                rgb = "26,152,80" if sg["weight"] > 0 else "215,48,39"
+                a = 0.1 + 0.8 * sg["alpha"] if sg["alpha"] > 0.02 else 0.0
+                sg["bg"] = f"rgba({rgb},{a:.2f})"
+        return tpl.render(e=self, probs=probs, top=top, segments=segs,
                           target_name=self.class_names[self.target])
 
     def _repr_html_(self) -> str:
@@ -124,16 +138,19 @@ _TEMPLATE = """<div class="convscope-lime-text" style="font-family:sans-serif;ma
 <h3 style="margin:0.2em 0">LIME: why &ldquo;{{ target_name }}&rdquo;</h3>
 <table style="border-collapse:collapse">
 {% for p in probs %}<tr><td style="padding-right:0.6em">{{ p.name }}</td>
-<td style="width:12em"><div style="background:{% if loop.index0 == e.target %}#2b8cbe{% else %}#bbb{% endif %};height:0.9em;width:{{ '%.1f' % (100 * p.p) }}%"></div></td>
-<td style="padding-left:0.4em">{{ '%.3f' % p.p }}</td></tr>
+<td style="width:12em"><div style="background:{{ p.colour }};height:0.9em;width:{{ p.width }}%">
+</div></td><td style="padding-left:0.4em">{{ '%.3f' % p.p }}</td></tr>
 {% endfor %}</table>
 <p style="margin:0.4em 0">local R&sup2; = {{ '%.3f' % e.local_r2 }}, {{ e.n_samples }} samples</p>
 <table style="border-collapse:collapse">
 {% for t in top %}<tr><td style="padding-right:0.6em">{{ t.word }}</td>
-<td style="width:10em"><div style="background:{% if t.weight > 0 %}#1a9850{% else %}#d73027{% endif %};height:0.9em;width:{{ '%.1f' % (100 * (t.weight|abs) / (top[0].weight|abs if top[0].weight else 1)) }}%"></div></td>
-<td style="padding-left:0.4em">{{ '%+.4f' % t.weight }}</td></tr>
+<td style="width:10em"><div style="background:{{ t.colour }};height:0.9em;width:{{ t.width }}%">
+</div></td><td style="padding-left:0.4em">{{ '%+.4f' % t.weight }}</td></tr>
 {% endfor %}</table>
-<pre style="white-space:pre-wrap;line-height:1.5">{% for s in segments %}{% if s.weight is none %}{{ s.text }}{% else %}<span title="{{ '%+.4f' % s.weight }}" style="background:rgba({% if s.weight > 0 %}26,152,80{% else %}215,48,39{% endif %},{{ '%.2f' % (0.1 + 0.8 * s.alpha) if s.alpha > 0.02 else '0' }})">{{ s.text }}</span>{% endif %}{% endfor %}</pre>
+<pre style="white-space:pre-wrap;line-height:1.5">
+{%- for s in segments %}{% if s.weight is none %}{{ s.text }}{% else -%}
+<span title="{{ '%+.4f' % s.weight }}" style="background:{{ s.bg }}">{{ s.text }}</span>
+{%- endif %}{% endfor %}</pre>
 </div>
 """
 

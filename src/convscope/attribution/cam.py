@@ -245,7 +245,7 @@ def find_gap_head(
         cands = [(nm, m) for nm, m in model.named_modules() if isinstance(m, nn.Linear)][::-1]
     fits = [(nm, m) for nm, m in cands
             if isinstance(m, nn.Linear) and m.in_features == k and m.out_features == n]
-    tol = 1e-4 * float(logits.abs().max().clamp(min=1.0))
+    tol = 1e-4 * float(logits.abs().max()) + 1e-7  # float rounding of pool-then-linear
     for nm, m in fits:
         with torch.no_grad():
             pred = F.linear(pooled.to(m.weight.dtype), m.weight, m.bias)

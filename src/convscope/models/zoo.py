@@ -53,7 +53,7 @@ _DEFAULT_LAYERS = {
     "googlenet": "inception5b",
     "inception": "Mixed_7c",
     "vit": "encoder.layers.encoder_layer_11.ln_1",
-    "swin": "features",
+    "swin": "norm",  # last-stage LayerNorm, (B, h, w, C), right before GAP + head (CAM applies)
     "maxvit": "blocks",
 }
 

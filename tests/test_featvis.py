@@ -260,7 +260,7 @@ def test_digits_cnn_classifies_its_class_visualisations(clean_model):
     """Class visualisations (softmax objective) of digits-cnn are classified as their class, and a
     fresh forward pass on the returned images agrees with the reported probabilities."""
     v = cs.featvis.visualize_class(clean_model, objective="prob", param="pixel", l2=0.5, init="mean",
-                                   transforms=[T.jitter(1)], steps=150, lr=0.05, progress=False)
+                                   transforms=[T.jitter(1)], steps=100, lr=0.05, progress=False)
     with torch.no_grad():
         p = torch.softmax(clean_model.model(clean_model.preprocessing.normalize(v.images)), 1)
     torch.testing.assert_close(p, v.probabilities, atol=1e-4, rtol=0)
@@ -277,7 +277,7 @@ def _cue_ratio(img: torch.Tensor, c: int) -> float:
     return float(img[m].mean() / img[frame & ~m].mean().clamp(min=1e-6))
 
 
-CLASS_VIS = dict(param="pixel", l2=30.0, init="mean", transforms=[T.jitter(1)], steps=150, lr=0.05,
+CLASS_VIS = dict(param="pixel", l2=30.0, init="mean", transforms=[T.jitter(1)], steps=100, lr=0.05,
                  progress=False)
 
 
@@ -368,33 +368,47 @@ def test_torchvision_architectures(arch, layer):
 # --- CLI ----------------------------------------------------------------------------------------
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
 
 
-def test_cli_commands(tmp_path, digits_data):
+def test_cli_commands(tmp_path, digits_data, capsys):
+    """Two commands as a person runs them (subprocess), the others through main() in-process."""
     from PIL import Image
+
+    from convscope.cli.main import main
 
     r = _cli("visualize", "--model", "digits-cnn", "--class", "3", "--steps", "5", "-o",
              str(tmp_path / "c.png"))
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "c.png").size[0] > 100
-    r = _cli("visualize", "--model", "digits-cnn", "--layer", "features.7", "--channels", "0-2",
-             "--steps", "2", "-o", str(tmp_path / "l.json"))
-    assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "l.json").read_text())["titles"][2].endswith("channel 2")
-    r = _cli("visualize", "--model", "digits-cnn", "--objective", "features.9:1", "--steps", "2", "-o",
-             str(tmp_path / "o.npy"))
-    assert r.returncode == 0, r.stderr
-    x, _ = digits_data.split("test")
-    Image.fromarray((x[0, 0].numpy() * 255).astype("uint8")).save(tmp_path / "d.png")
-    r = _cli("filters", "--model", "digits-cnn", "-o", str(tmp_path / "f.png"))
-    assert r.returncode == 0, r.stderr
-    r = _cli("activations", str(tmp_path / "d.png"), "--model", "digits-cnn", "--layer", "features.4",
-             "-o", str(tmp_path / "a.png"))
-    assert r.returncode == 0, r.stderr
-    r = _cli("deepdream", str(tmp_path / "d.png"), "--model", "digits-cnn", "--layer", "features.7",
-             "--octaves", "2", "--steps", "2", "-o", str(tmp_path / "dd.png"))
-    assert r.returncode == 0, r.stderr
     r = _cli("visualize", "--model", "digits-cnn", "--layer", "nope", "--steps", "1", "-o",
              str(tmp_path / "bad.png"))
     assert r.returncode == 2 and "nope" in r.stderr and not (tmp_path / "bad.png").exists()
+    assert len(r.stderr.strip().splitlines()) == 1
+
+    assert main(["visualize", "--model", "digits-cnn", "--layer", "features.7", "--channels", "0-2",
+                 "--steps", "2", "--no-progress", "-o", str(tmp_path / "l.json")]) == 0
+    assert json.loads((tmp_path / "l.json").read_text())["titles"][2].endswith("channel 2")
+    assert main(["visualize", "--model", "digits-cnn", "--objective", "features.9:1", "--steps", "2",
+                 "--no-progress", "-o", str(tmp_path / "o.npy")]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (1, 1, 32, 32)
+    x, _ = digits_data.split("test")
+    Image.fromarray((x[0, 0].numpy() * 255).astype("uint8")).save(tmp_path / "d.png")
+    assert main(["filters", "--model", "digits-cnn", "-o", str(tmp_path / "f.png")]) == 0
+    assert main(["activations", str(tmp_path / "d.png"), "--model", "digits-cnn", "--layer",
+                 "features.4", "-o", str(tmp_path / "a.png")]) == 0
+    assert main(["deepdream", str(tmp_path / "d.png"), "--model", "digits-cnn", "--layer", "features.7",
+                 "--octaves", "2", "--steps", "2", "--no-progress", "-o", str(tmp_path / "dd.png")]) == 0
+    for f in ("f.png", "a.png", "dd.png"):
+        assert Image.open(tmp_path / f).size[0] > 50
+    assert main(["visualize", "--model", "digits-cnn", "--class", "1", "--layer", "features.7",
+                 "-o", str(tmp_path / "x.png")]) == 2
+    assert "exactly one" in capsys.readouterr().err
+
+
+def test_parse_channels():
+    from convscope.cli.featvis import parse_channels
+
+    assert parse_channels("0-3,7, 9") == [0, 1, 2, 3, 7, 9]
+    with pytest.raises(InputError):
+        parse_channels("3-1")

@@ -495,8 +495,9 @@ def guided_gradcam(ctx: MethodContext, layout: str = "auto", nonrelu: str = "err
     Shape:
         map (B, H, W) = max_c |GB_c| * GradCAM; raw (B, C, H, W) = GB * GradCAM (signed).
     """
-    gc = cam_engine(ctx, _gradcam_rule, layout=layout)
+    # guided backprop first: it refuses activations without a rule before any other work
     gb = get_method("guided_backprop").func(ctx, nonrelu=nonrelu)
+    gc = cam_engine(ctx, _gradcam_rule, layout=layout)
     if gb.raw is None:
         raise MethodError("guided_backprop returned no raw gradient")
     raw = gb.raw * gc.map[:, None]

@@ -171,54 +171,67 @@ class _Patch:
     def materialize(self) -> torch.Tensor:
         if self.full is not None:
             return self.full
-        assert self.vals is not None and self.r is not None and self.c is not None
-        n, _c, bh, bw = self.vals.shape
         h, w = self.clean.shape[-2:]
-        if bh == h and bw == w:
-            return self.vals
-        out = self.clean.expand(n, *self.clean.shape[1:]).clone()
-        rows = (self.r[:, None] + torch.arange(bh, device=out.device)[None])  # (n, bh)
-        cols = (self.c[:, None] + torch.arange(bw, device=out.device)[None])  # (n, bw)
-        idx = torch.arange(n, device=out.device)[:, None, None]
-        o = out.permute(0, 2, 3, 1)  # view (n, H, W, C)
-        o[idx, rows[:, :, None], cols[:, None, :]] = self.vals.permute(0, 2, 3, 1)
-        return out
+        n = self.n
+        z = torch.zeros(n, dtype=torch.long, device=self.clean.device)
+        return self.gather(z, z, h, w, (0, 0), 0.0).contiguous()
 
     def gather(self, r0: torch.Tensor, c0: torch.Tensor, gh: int, gw: int, pad: tuple[int, int],
-               fill: float) -> torch.Tensor:
+               fill: float, cache: dict[int, Any] | None = None) -> torch.Tensor:  # noqa: E501
         """The region [r0, r0+gh) x [c0, c0+gw) of each patched tensor, in coordinates of the
         tensor padded by ``pad`` with ``fill``.
+
+        One ``index_select`` over the rows of [clean padded pixels; patch pixels] (both
+        channels-last), so the result is a channels-last (n, C, gh, gw) tensor, the layout in
+        which CPU convolutions run fastest.
 
         Shape:
             returns (n, C, gh, gw).
         """
         ph, pw = pad
-        clean = self.clean
-        if ph or pw:
-            clean = F.pad(clean, (pw, pw, ph, ph), value=fill)
         n = self.n
-        dev = clean.device
+        dev = self.clean.device
+        C, H, W = self.clean.shape[1:]
         rows = r0[:, None] + torch.arange(gh, device=dev)[None]  # padded coords (n, gh)
         cols = c0[:, None] + torch.arange(gw, device=dev)[None]
-        cl = clean[0].permute(1, 2, 0)  # (Hp, Wp, C)
-        region = cl[rows[:, :, None], cols[:, None, :]]  # (n, gh, gw, C)
         if self.full is not None:
-            src = self.full
-            if ph or pw:
-                src = F.pad(src, (pw, pw, ph, ph), value=fill)
+            src = F.pad(self.full, (pw, pw, ph, ph), value=fill) if (ph or pw) else self.full
             idx = torch.arange(n, device=dev)[:, None, None]
             return src.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         assert self.vals is not None and self.r is not None and self.c is not None
+        key = (ph, pw, fill)
+        cache = {} if cache is None else cache
+        cached = cache.get(id(self.clean))
+        if cached is None or cached[0] is not self.clean:
+            cached = (self.clean, {})
+            cache[id(self.clean)] = cached
+        rows_clean = cached[1].get(key)
+        if rows_clean is None:
+            padded = F.pad(self.clean, (pw, pw, ph, ph), value=fill) if (ph or pw) else self.clean
+            rows_clean = padded[0].permute(1, 2, 0).reshape(-1, C)
+            cached[1][key] = rows_clean
+        wp = W + 2 * pw
+        n_clean = rows_clean.shape[0]
         bh, bw = self.vals.shape[-2:]
         rr = rows - ph - self.r[:, None]  # row inside the patch box
         cc = cols - pw - self.c[:, None]
-        inr = (rr >= 0) & (rr < bh)
-        inc = (cc >= 0) & (cc < bw)
-        idx = torch.arange(n, device=dev)[:, None, None]
-        rri, cci = rr.clamp(0, bh - 1)[:, :, None], cc.clamp(0, bw - 1)[:, None, :]
-        pv = self.vals.permute(0, 2, 3, 1)[idx, rri, cci]
-        inside = (inr[:, :, None] & inc[:, None, :])[..., None]
-        return torch.where(inside, pv, region).permute(0, 3, 1, 2)
+        inside = ((rr >= 0) & (rr < bh))[:, :, None] & ((cc >= 0) & (cc < bw))[:, None, :]
+        cidx = rows[:, :, None] * wp + cols[:, None, :]
+        pidx = (
+            n_clean
+            + (torch.arange(n, device=dev)[:, None, None] * bh + rr.clamp(0, bh - 1)[:, :, None]) * bw
+            + cc.clamp(0, bw - 1)[:, None, :]
+        )
+        idx = torch.where(inside, pidx, cidx).flatten()
+        # [clean rows; patch rows] in one buffer whose clean part is written once per layer
+        bkey = ("buf", key, n, bh, bw)
+        src = cached[1].get(bkey)
+        if src is None or src.dtype != self.vals.dtype:
+            src = torch.empty(n_clean + n * bh * bw, C, dtype=self.vals.dtype, device=dev)
+            src[:n_clean] = rows_clean
+            cached[1][bkey] = src
+        src[n_clean:].view(n, bh, bw, C).copy_(self.vals.permute(0, 2, 3, 1))
+        return src.index_select(0, idx).view(n, gh, gw, C).permute(0, 3, 1, 2)
 
 
 def _out_range(lo: torch.Tensor, hi: torch.Tensor, k: int, s: int, p: int, d: int, size_out: int
@@ -286,6 +299,27 @@ class IncrementalOcclusion:
                     args, kwargs = interp.fetch_args_kwargs_from_env(n)  # type: ignore[attr-defined]
                     env[n] = getattr(interp, n.op)(n.target, args, kwargs)
         self.clean = env
+        self._integral: dict[fx.Node, torch.Tensor] = {}
+        self._pad_cache: dict[int, Any] = {}  # padded clean activations as channels-last rows
+        # fold eval-mode batch norm into the convolution before it (fewer passes over the boxes)
+        self._folded: dict[fx.Node, tuple[torch.Tensor, torch.Tensor, fx.Node]] = {}
+        self._skip: set[fx.Node] = set()
+        for n in self.nodes:
+            bn = self.modules.get(n.target) if n.op == "call_module" else None  # type: ignore[arg-type]
+            if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None:
+                continue
+            prev = n.args[0] if n.args else None
+            is_mod = isinstance(prev, fx.Node) and prev.op == "call_module"
+            conv = self.modules.get(prev.target) if is_mod else None  # type: ignore[union-attr,arg-type]
+            if not isinstance(conv, nn.Conv2d) or len(prev.users) != 1:  # type: ignore[union-attr]
+                continue
+            inv = 1 / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+            scale = bn.weight * inv if bn.affine else inv
+            shift = bn.bias - bn.running_mean * scale if bn.affine else -bn.running_mean * scale
+            wgt = conv.weight * scale.view(-1, 1, 1, 1)
+            bias = (conv.bias * scale + shift) if conv.bias is not None else shift
+            self._folded[prev] = (wgt.detach(), bias.detach(), n)  # type: ignore[index]
+            self._skip.add(n)
 
     # -- per node kinds ---------------------------------------------------------------------
 
@@ -316,7 +350,7 @@ class IncrementalOcclusion:
     def _box_op(self, n: fx.Node, p: _Patch, geom: tuple[int, int, int, int, int, int, int, int, float],
                 fn: Callable[[torch.Tensor], torch.Tensor]) -> _Patch:
         kh, kw, sh, sw, ph, pw, dh, dw, fill = geom
-        out_clean = self.clean[n]
+        out_clean = self.clean[self._folded[n][2]] if n in self._folded else self.clean[n]
         ho, wo = out_clean.shape[-2:]
         if p.full is not None:
             full = fn(F.pad(p.full, (pw, pw, ph, ph), value=fill))
@@ -336,7 +370,7 @@ class IncrementalOcclusion:
         ac = ac.clamp(0, wo - ow)
         gh = (oh - 1) * sh + dh * (kh - 1) + 1
         gw = (ow - 1) * sw + dw * (kw - 1) + 1
-        region = p.gather(a * sh, ac * sw, gh, gw, (ph, pw), fill)
+        region = p.gather(a * sh, ac * sw, gh, gw, (ph, pw), fill, self._pad_cache)
         vals = fn(region)
         return _Patch(out_clean, vals, a, ac)
 
@@ -357,7 +391,8 @@ class IncrementalOcclusion:
             h, w = out_clean.shape[-2:]
             gh, gw = int((r1 - r0).max()), int((c1 - c0).max())
             r0, c0 = r0.clamp(0, h - gh), c0.clamp(0, w - gw)
-            args = [v.gather(r0, c0, gh, gw, (0, 0), 0.0) if isinstance(v, _Patch) else v for v in ins]
+            args = [v.gather(r0, c0, gh, gw, (0, 0), 0.0, self._pad_cache) if isinstance(v, _Patch) else v
+                    for v in ins]
             return _Patch(out_clean, fn(*args), r0, c0)
         q0 = patches[0]
         args = [v.vals if isinstance(v, _Patch) else v for v in ins]
@@ -404,14 +439,20 @@ class IncrementalOcclusion:
         args = fx.node.map_arg(n.args, val)
         kwargs = fx.node.map_arg(n.kwargs, val)
         mod = self.modules.get(n.target) if n.op == "call_module" else None  # type: ignore[arg-type]
+        if n in self._skip:  # batch norm folded into the convolution before it
+            return args[0]
         flat = [a for a in args if isinstance(a, _Patch)]
         if n.op == "call_module" and len(args) == 1 and not kwargs and isinstance(args[0], _Patch):
             geom = self._window_op(n, mod, args, kwargs)
             if geom is not None and self.clean[n].ndim == 4:
                 assert mod is not None
                 if isinstance(mod, nn.Conv2d):
-                    def fn(t: torch.Tensor, m: nn.Conv2d = mod) -> torch.Tensor:
-                        return F.conv2d(t, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+                    wb = self._folded.get(n)
+                    wgt, bias = (wb[0], wb[1]) if wb is not None else (mod.weight, mod.bias)
+
+                    def fn(t: torch.Tensor, m: nn.Conv2d = mod, wgt: torch.Tensor = wgt,
+                           bias: torch.Tensor | None = bias) -> torch.Tensor:
+                        return F.conv2d(t, wgt, bias, m.stride, 0, m.dilation, m.groups)
                 elif isinstance(mod, nn.MaxPool2d):
                     def fn(t: torch.Tensor, m: nn.MaxPool2d = mod) -> torch.Tensor:
                         return F.max_pool2d(t, m.kernel_size, m.stride, 0, m.dilation)
@@ -420,8 +461,10 @@ class IncrementalOcclusion:
                         return F.avg_pool2d(t, m.kernel_size, m.stride, 0)  # type: ignore[arg-type]
                 return self._box_op(n, args[0], geom, fn)
             if isinstance(mod, self._ELEMENTWISE_MODULES) and self.clean[n].ndim == 4:
-                if isinstance(mod, nn.ReLU) and mod.inplace:
-                    return self._elementwise(n, [args[0]], F.relu)
+                if isinstance(mod, nn.ReLU):
+                    src = n.args[0]
+                    own = isinstance(src, fx.Node) and len(src.users) == 1 and src.op != "placeholder"
+                    return self._elementwise(n, [args[0]], torch.relu_ if own else torch.relu)
                 return self._elementwise(n, [args[0]], mod)
             if isinstance(mod, nn.AdaptiveAvgPool2d) and _pair(mod.output_size) == (1, 1):
                 return self._gap(n, args[0])
@@ -456,19 +499,18 @@ class IncrementalOcclusion:
         raise MethodError(f"incremental occlusion cannot run node {n.op} {n.target}")
 
     def _gap(self, n: fx.Node, p: _Patch) -> torch.Tensor:
-        """Global average pooling as the clean mean plus the box's change."""
+        """Global average pooling as the clean mean plus the box's change (the clean sum over
+        each box from an integral image)."""
         if p.full is not None:
             return p.full.mean((2, 3), keepdim=True)
         assert p.vals is not None and p.r is not None and p.c is not None
         bh, bw = p.vals.shape[-2:]
         h, w = p.clean.shape[-2:]
-        old = _clean_boxes(p.clean, p.r, p.c, bh, bw)
-        delta = (p.vals - old).sum((2, 3), keepdim=True) / (h * w)
-        return self.clean[n] + delta
-
-
-def _clean_boxes(clean: torch.Tensor, r: torch.Tensor, c: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
-    dev = clean.device
-    rows = r[:, None] + torch.arange(bh, device=dev)[None]
-    cols = c[:, None] + torch.arange(bw, device=dev)[None]
-    return clean[0].permute(1, 2, 0)[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        ii = self._integral.get(n)
+        if ii is None:
+            ii = F.pad(p.clean[0].double().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (C, H+1, W+1)
+            self._integral[n] = ii
+        r, c = p.r, p.c
+        old = ii[:, r + bh, c + bw] - ii[:, r, c + bw] - ii[:, r + bh, c] + ii[:, r, c]  # (C, n)
+        delta = (p.vals.double().sum((2, 3)) - old.T) / (h * w)
+        return self.clean[n] + delta.to(p.vals.dtype)[:, :, None, None]

@@ -645,6 +645,10 @@ def lime_picture(
     img = np.asarray(explanation.images[index], dtype=np.float64)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
+    k = max(1, int(np.ceil(min_side / min(seg.shape))))
+    if k > 1:  # upscale first so the borders stay one pixel wide
+        seg = seg.repeat(k, 0).repeat(k, 1)
+        img = img.repeat(k, 0).repeat(k, 1)
     out = img * dim
     order = np.argsort(-wts)
     pos = [i for i in order[:num_features] if wts[i] > 0]
@@ -657,12 +661,7 @@ def lime_picture(
     shown = np.isin(seg, pos + neg)
     border = find_boundaries(np.where(shown, seg, -1), mode="inner") & shown
     out[border] = (1.0, 1.0, 0.0)
-    pil = Image.fromarray((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-    short = min(pil.size)
-    if short < min_side:
-        k = int(np.ceil(min_side / short))
-        pil = pil.resize((pil.width * k, pil.height * k), Image.NEAREST)
-    return pil
+    return Image.fromarray((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""Images made by gradients: adversarial and fooling images, feature inversion, textures, style.
+
+* :mod:`.adversarial`: FGSM, PGD / iterative FGSM (L-infinity, L2; untargeted, targeted) and
+  fooling images, with budgets in pixel units.
+* :mod:`.inversion`: feature inversion (Mahendran and Vedaldi) and strips from shallow to deep.
+* :mod:`.texture`: Gram-matrix texture synthesis and style transfer (Gatys et al.).
+* :mod:`.efros_leung`: classical non-parametric texture synthesis (Efros and Leung), vectorised.
+
+Inversion, texture and style run on convscope's one input-optimisation loop,
+:func:`convscope.optimize.optimize`. Results render themselves (:mod:`.results`).
+"""
+
+from .adversarial import attack, enforce_budget, fgsm, fooling_image, pgd
+from .efros_leung import efros_leung
+from .inversion import inversion_strip, invert, ssim
+from .results import AdversarialResult, SynthesisResult, magnify
+from .texture import style_model, style_transfer, texture, weights_cached
+
+__all__ = [
+    "AdversarialResult",
+    "SynthesisResult",
+    "attack",
+    "efros_leung",
+    "enforce_budget",
+    "fgsm",
+    "fooling_image",
+    "inversion_strip",
+    "invert",
+    "magnify",
+    "pgd",
+    "ssim",
+    "style_model",
+    "style_transfer",
+    "texture",
+    "weights_cached",
+]

@@ -1,0 +1,42 @@
+"""Dataset views: what a layer responds to across a whole data set.
+
+* :func:`top_activations`: the most activating images per channel, with the exact receptive-field
+  patch behind each activation (streamed, bounded memory).
+* :func:`nearest_neighbors`: a query image's nearest images in a layer's pooled feature space.
+* :func:`embed`: PCA / t-SNE / UMAP maps of a layer's features, as a class-coloured scatter or a
+  map of thumbnails.
+* :func:`receptive_field`: the exact receptive field of a conv/pool stack's units.
+* Sources (:func:`as_source`): ``"digits"``, an image folder (class sub-folders give labels), a
+  torch ``Dataset``, a tensor.
+"""
+
+from .embed import EMBED_METHODS, Embedding, embed, project
+from .neighbors import Features, Neighbors, layer_features, nearest_neighbors, pool_features
+from .receptive import ReceptiveField, layer_extractor, receptive_field, rf_box
+from .sources import DataSource, DigitsSource, FolderSource, TensorSource, TorchSource, as_source
+from .top import RunningTopK, TopActivations, top_activations
+
+__all__ = [
+    "EMBED_METHODS",
+    "DataSource",
+    "DigitsSource",
+    "Embedding",
+    "Features",
+    "FolderSource",
+    "Neighbors",
+    "ReceptiveField",
+    "RunningTopK",
+    "TensorSource",
+    "TopActivations",
+    "TorchSource",
+    "as_source",
+    "embed",
+    "layer_extractor",
+    "layer_features",
+    "nearest_neighbors",
+    "pool_features",
+    "project",
+    "receptive_field",
+    "rf_box",
+    "top_activations",
+]

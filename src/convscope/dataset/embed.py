@@ -1,0 +1,171 @@
+"""2-D maps of a layer's pooled features: PCA, t-SNE (scikit-learn) and UMAP (``umap-learn``, if installed).
+
+Shown two ways: a scatter coloured by class (matplotlib) and a map of image thumbnails placed at
+their 2-D positions (thumbnails drawn later cover earlier ones; ``max_thumbnails`` picks an
+evenly spread subset so the map stays readable).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .._io import atomic_write
+from ..errors import InputError
+from ._grid import font, to_pil
+from .neighbors import Features, layer_features
+from .sources import DataSource
+
+__all__ = ["EMBED_METHODS", "Embedding", "embed", "project"]
+
+EMBED_METHODS = ("pca", "tsne", "umap")
+
+
+def project(features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """(N, D) features -> (N, 2) coordinates with ``method`` (pca, tsne or umap)."""
+    x = np.asarray(features, dtype=np.float64)
+    n = x.shape[0]
+    if n < 3:
+        raise InputError(f"an embedding map needs at least 3 images, got {n}")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    if method == "tsne":
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        if x.shape[1] > 50:
+            x = PCA(n_components=50, random_state=seed).fit_transform(x)
+        return TSNE(n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca",
+                    random_state=seed).fit_transform(x)
+    if method == "umap":
+        try:
+            import umap  # type: ignore[import-not-found]
+        except ImportError:
+            raise InputError("UMAP needs the umap-learn package (pip install umap-learn); or use pca or tsne") from None
+        return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
+    raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """2-D positions (N, 2) of a data set's images in a layer's feature space."""
+
+    layer: str
+    method: str
+    coords: np.ndarray
+    labels: np.ndarray
+    source: DataSource
+    model_name: str = ""
+
+    def _title(self) -> str:
+        return f"{self.model_name} {self.layer}: {self.method.upper()} of {len(self.coords)} images"
+
+    def scatter(self, *, size: float = 6.0) -> Image.Image:
+        """A scatter plot coloured by class, with a legend."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+        names = self.source.class_names
+        classes = np.unique(self.labels)
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for n, c in enumerate(classes):
+            sel = self.labels == c
+            name = names[c] if 0 <= c < len(names) else ("no label" if c < 0 else str(c))
+            ax.scatter(self.coords[sel, 0], self.coords[sel, 1], s=size, color=cmap(n % cmap.N), label=name)
+        if len(classes) <= 20:
+            ax.legend(markerscale=2.5, fontsize=8, loc="best", frameon=False)
+        ax.set_title(self._title(), fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        buf.seek(0)
+        return Image.open(buf).convert("RGB")
+
+    def thumbnails(self, *, canvas: int = 1000, thumb: int = 28, max_thumbnails: int = 600, seed: int = 0) -> Image.Image:
+        """Image thumbnails placed at their 2-D positions on a white canvas."""
+        n = len(self.coords)
+        idx = np.arange(n)
+        if n > max_thumbnails:
+            idx = np.sort(np.random.default_rng(seed).choice(n, max_thumbnails, replace=False))
+        c = self.coords
+        lo, hi = c.min(0), c.max(0)
+        span = np.where(hi - lo > 0, hi - lo, 1.0)
+        margin = thumb // 2 + 4
+        top = 24
+        img = Image.new("RGB", (canvas, canvas + top), (255, 255, 255))
+        from PIL import ImageDraw
+
+        ImageDraw.Draw(img).text((6, 5), self._title(), fill=(0, 0, 0), font=font(13))
+        for i in idx:
+            x = margin + (c[i, 0] - lo[0]) / span[0] * (canvas - 2 * margin)
+            y = margin + (1.0 - (c[i, 1] - lo[1]) / span[1]) * (canvas - 2 * margin)
+            t = to_pil(self.source.pixels(int(i)), thumb)
+            img.paste(t, (int(round(x - t.width / 2)), top + int(round(y - t.height / 2))))
+        return img
+
+    def save(self, path: str | os.PathLike, *, kind: str = "scatter") -> Path:
+        """``.png`` (``kind="scatter"`` or ``"thumbnails"``), ``.json`` or ``.npy`` (coordinates); atomic."""
+        p = Path(path)
+        ext = p.suffix.lower()
+        if ext == ".png":
+            if kind not in ("scatter", "thumbnails"):
+                raise InputError(f"unknown kind {kind!r}; use scatter or thumbnails")
+            pic = self.scatter() if kind == "scatter" else self.thumbnails()
+            buf = io.BytesIO()
+            pic.save(buf, format="PNG")
+            data = buf.getvalue()
+        elif ext == ".json":
+            data = (json.dumps({"model": self.model_name, "layer": self.layer, "method": self.method,
+                                "coords": self.coords.tolist(), "labels": self.labels.tolist()}) + "\n").encode()
+        elif ext == ".npy":
+            buf = io.BytesIO()
+            np.save(buf, self.coords.astype(np.float32))
+            data = buf.getvalue()
+        else:
+            raise InputError(f"cannot save to {p.name!r}: use a .png, .json or .npy file name")
+        return atomic_write(p, lambda fh: fh.write(data))
+
+
+def embed(
+    model: Any,
+    data: Any,
+    layer: str,
+    *,
+    method: str = "pca",
+    pool: str = "avg",
+    seed: int = 0,
+    perplexity: float = 30.0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    limit: int | None = None,
+    features: Features | None = None,
+    device: Any = None,
+) -> Embedding:
+    """A 2-D map of the data set's pooled features at ``layer``.
+
+    Args:
+        method: ``"pca"``, ``"tsne"`` or ``"umap"`` (needs ``umap-learn``).
+        seed: random state of t-SNE / UMAP (and the PCA solver).
+    """
+    if method not in EMBED_METHODS:
+        raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+    if features is None:
+        features = layer_features(model, data, layer, pool=pool, batch_size=batch_size,
+                                  num_workers=num_workers, limit=limit, device=device)
+    coords = project(features.features.numpy(), method, seed=seed, perplexity=perplexity)
+    return Embedding(features.layer, method, coords, features.labels, features.source, features.model_name)

@@ -1,0 +1,190 @@
+"""Pooled layer features of a data set, and nearest neighbours of a query image among them.
+
+A layer's feature vector for an image is its activation averaged (``pool="avg"``) or maximised
+(``pool="max"``) over positions: (B, C, H, W) -> (B, C); (B, D) outputs are used as they are.
+Distances: ``"cosine"`` (1 - cosine similarity) or ``"l2"`` (Euclidean). Ties are broken by the
+lower image index.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .._io import atomic_write
+from ..errors import InputError
+from ..hooks import resolve_layers, state_guard
+from ._grid import grid
+from ._stream import model_device, resolve, stream_layer
+from .receptive import layer_extractor
+from .sources import DataSource
+
+__all__ = ["Features", "Neighbors", "layer_features", "nearest_neighbors", "pool_features"]
+
+
+def pool_features(act: torch.Tensor, pool: str = "avg") -> torch.Tensor:
+    """(B, C, H, W) -> (B, C) by average or max over positions; (B, D) unchanged; float32."""
+    act = act.detach().float()
+    if act.ndim == 2:
+        return act
+    if act.ndim != 4:
+        return act.flatten(1)
+    if pool == "avg":
+        return act.mean((2, 3))
+    if pool == "max":
+        return act.amax((2, 3))
+    raise InputError(f"unknown pooling {pool!r}; use avg or max")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Pooled features (N, D) of a data set at ``layer``, with labels (N,) and the source."""
+
+    layer: str
+    features: torch.Tensor
+    labels: np.ndarray
+    source: DataSource
+    model_name: str = ""
+
+
+def layer_features(model: Any, data: Any, layer: str, *, pool: str = "avg", batch_size: int = 64,
+                   num_workers: int = 0, limit: int | None = None, device: Any = None) -> Features:
+    """Pooled features of every image of ``data`` at ``layer`` (streamed batch by batch)."""
+    lm, src = resolve(model, data, limit)
+    (name,) = resolve_layers(lm.model, layer)[:1]
+    feats, labels = [], []
+    for act, y, _ in stream_layer(lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device):
+        feats.append(pool_features(act, pool).cpu())
+        labels.append(y)
+    if not feats:
+        raise InputError("the data set is empty")
+    return Features(name, torch.cat(feats), torch.cat(labels).numpy().astype(np.int64), src, lm.name)
+
+
+def distances(q: torch.Tensor, feats: torch.Tensor, metric: str) -> torch.Tensor:
+    """(D,) query vs (N, D) features -> (N,) distances (float64)."""
+    q = q.double().view(1, -1)
+    f = feats.double()
+    if metric == "cosine":
+        qn = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        fn = f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return 1.0 - (fn @ qn.t())[:, 0]
+    if metric == "l2":
+        return (f - q).pow(2).sum(1).sqrt()
+    raise InputError(f"unknown metric {metric!r}; use cosine or l2")
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """The k nearest images to a query in a layer's feature space.
+
+    Attributes:
+        indices: (k,) indices into ``source``, nearest first.
+        distances: (k,) their distances.
+        query_pixels: (H, W, 3) the query as the model saw it.
+        query_index: the query's index in the source, if it came from it (then it is excluded).
+    """
+
+    layer: str
+    metric: str
+    indices: np.ndarray
+    distances: np.ndarray
+    query_pixels: np.ndarray
+    query_index: int | None
+    source: DataSource
+    model_name: str = ""
+
+    def grid(self, *, cell: int = 72) -> Image.Image:
+        """The query (outlined red) followed by its neighbours, with labels and distances."""
+        names = self.source.class_names
+        imgs = [self.query_pixels] + [self.source.pixels(int(i)) for i in self.indices]
+        caps = ["query"]
+        for i, d in zip(self.indices, self.distances):
+            lab = self.source.label(int(i))
+            name = names[lab] if 0 <= lab < len(names) else ("" if lab < 0 else str(lab))
+            caps.append(f"{name} {float(d):.3f}".strip())
+        title = f"{self.model_name} {self.layer}: {len(self.indices)} nearest ({self.metric})"
+        return grid([imgs], cell=cell, captions=[caps], title=title, highlight_first=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model_name, "layer": self.layer, "metric": self.metric,
+                "query_index": self.query_index, "indices": self.indices.tolist(),
+                "distances": self.distances.tolist(),
+                "labels": [self.source.label(int(i)) for i in self.indices]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """``.png`` (the grid) or ``.json``; atomic."""
+        p = Path(path)
+        if p.suffix.lower() == ".png":
+            buf = io.BytesIO()
+            self.grid().save(buf, format="PNG")
+            data = buf.getvalue()
+        elif p.suffix.lower() == ".json":
+            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
+        else:
+            raise InputError(f"cannot save to {p.name!r}: use a .png or .json file name")
+        return atomic_write(p, lambda fh: fh.write(data))
+
+
+def nearest_neighbors(
+    model: Any,
+    data: Any,
+    query: Any,
+    layer: str,
+    *,
+    k: int = 8,
+    metric: str = "cosine",
+    pool: str = "avg",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    limit: int | None = None,
+    features: Features | None = None,
+    device: Any = None,
+) -> Neighbors:
+    """The ``k`` images of ``data`` nearest to ``query`` in ``layer``'s pooled feature space.
+
+    Args:
+        query: an index into the data set (that image is then left out of the answer), or an
+            image (path, PIL image, array, or a (C, H, W) model-space tensor).
+        metric: ``"cosine"`` or ``"l2"``.
+        features: precomputed :func:`layer_features` of ``data`` (reused across queries).
+    """
+    if metric not in ("cosine", "l2"):
+        raise InputError(f"unknown metric {metric!r}; use cosine or l2")
+    lm, src = resolve(model, data, limit)
+    (name,) = resolve_layers(lm.model, layer)[:1]
+    if features is None:
+        features = layer_features(lm, src, name, pool=pool, batch_size=batch_size, num_workers=num_workers,
+                                  device=device)
+    src = features.source
+    qidx: int | None = None
+    if isinstance(query, (int, np.integer)):
+        qidx = int(query)
+        if not 0 <= qidx < len(src):
+            raise InputError(f"query index {qidx} out of range for a data set of {len(src)} images")
+        qfeat = features.features[qidx]
+        qpix = src.pixels(qidx)
+    else:
+        from ..api import prepare_inputs
+
+        x, disp, _ = prepare_inputs(query, lm.preprocessing, generic=lm.generic)
+        net = lm.model
+        f = layer_extractor(net, name)
+        with state_guard(net), torch.no_grad():
+            qfeat = pool_features(f(x[:1].to(model_device(net, device))), pool)[0].cpu()
+        qpix = disp[0]
+    d = distances(qfeat, features.features, metric).numpy()
+    if qidx is not None:
+        d = d.copy()
+        d[qidx] = np.inf
+    kk = min(k, len(d) - (qidx is not None))
+    order = np.lexsort((np.arange(len(d)), d))[:kk]
+    return Neighbors(name, metric, order, d[order], qpix, qidx, src, lm.name)

@@ -1,0 +1,10 @@
+"""Jobs that run explain methods over whole data sets, on a laptop or a Ray cluster.
+
+:func:`run_batch` writes a chunked, resumable Zarr store (:mod:`convscope.jobs.store`);
+:func:`open_store` reads it.
+"""
+
+from .batch import BatchJob, run_batch
+from .store import BatchStore, open_store
+
+__all__ = ["BatchJob", "BatchStore", "open_store", "run_batch"]

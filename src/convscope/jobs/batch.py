@@ -1,0 +1,366 @@
+"""``run_batch``: any registered explain method over a data set, into a resumable Zarr store.
+
+The job is cut into chunks of ``chunk_size`` images (one Zarr chunk each, see
+:mod:`convscope.jobs.store`); each chunk is cut into batches of ``batch_size`` that go through
+:func:`convscope.explain`. The batches of a chunk are the same whichever engine runs it and
+however often the job was interrupted, so a resumed or distributed job writes the same numbers.
+
+Engines:
+
+* ``"local"`` (default): a DataLoader (``num_workers`` processes read and preprocess images) feeds
+  the model in this process; finished chunks are written as they complete.
+* ``"ray"`` (extra ``ray``): Ray Data over the pending chunk ids, mapped by an actor pool (one
+  actor per CPU slot, or per GPU with ``device="cuda"``); each actor holds the model and writes
+  its chunks to the same store. Connects to ``ray_address`` or the running/auto-started Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError, MethodError
+from ..models import LoadedModel, load_model
+from .store import FORMAT, BatchStore, create_store, open_store
+
+__all__ = ["BatchJob", "run_batch"]
+
+Progress = Callable[[int, int], None]
+
+
+def _versions(engine: str) -> dict[str, str]:
+    import torchvision
+
+    from .. import __version__
+
+    v = {"convscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+         "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import zarr
+
+        v["zarr"] = zarr.__version__
+    except ImportError:
+        pass
+    if engine == "ray":
+        import ray
+
+        v["ray"] = ray.__version__
+    return v
+
+
+def model_fingerprint(net: torch.nn.Module) -> str:
+    """SHA-256 over the state dict's names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _jsonable(v: Any) -> Any:
+    from ..results import _jsonable as j
+
+    return j(v)
+
+
+@dataclass
+class BatchJob:
+    """Everything a worker needs to compute chunks (picklable, for DataLoader workers and Ray actors)."""
+
+    model: LoadedModel
+    source: Any
+    method: str
+    target: Any
+    layer: str | None
+    options: dict[str, Any]
+    batch_size: int
+    seed: int
+    store_path: str
+    chunk_size: int
+    device: str | None = None
+    fsync: bool = True
+    threads: int | None = None
+    _moved: bool = field(default=False, repr=False)
+
+    def _ready(self) -> None:
+        if not self._moved:
+            if self.device is not None:
+                self.model.model.to(self.device)
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._moved = True
+
+    def batches(self, chunk: int) -> list[list[int]]:
+        n = len(self.source)
+        lo, hi = chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, n)
+        return [list(range(i, min(i + self.batch_size, hi))) for i in range(lo, hi, self.batch_size)]
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        """Explain one batch: maps (b, H, W), targets (b,), labels (b,), probabilities (b, K)."""
+        from ..api import explain
+
+        self._ready()
+        target = self.target
+        if isinstance(target, str) and target == "label":
+            if bool((labels < 0).any()):
+                raise InputError("target 'label' needs labelled images; this data set has images without a label")
+            target = [int(v) for v in labels]
+        if self.device is not None:
+            x = x.to(self.device)
+        e = explain(self.model, x, method=self.method, target=target, layer=self.layer,
+                    batch_size=self.batch_size, seed=self.seed, **self.options)
+        probs = e.probabilities if e.probabilities is not None else torch.full((x.shape[0], 0), float("nan"))
+        return {
+            "maps": e.map.numpy().astype(np.float32, copy=False),
+            "targets": np.array([-1 if t is None else int(t) for t in e.targets], dtype=np.int64),
+            "labels": labels.numpy().astype(np.int64),
+            "probabilities": probs.numpy().astype(np.float32, copy=False),
+        }
+
+    def run_chunk(self, chunk: int, store: BatchStore | None = None) -> int:
+        """Compute and write one chunk (reading its images here); returns its size."""
+        store = store or open_store(self.store_path)
+        parts = []
+        for rows in self.batches(chunk):
+            items = [self.source[i] for i in rows]
+            x = torch.stack([it[0] for it in items])
+            y = torch.tensor([it[1] for it in items], dtype=torch.long)
+            parts.append(self.compute(x, y))
+        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        store.write_chunk(chunk, data, fsync=self.fsync)
+        return int(data["maps"].shape[0])
+
+
+class _ChunkBatches:
+    """Batch sampler: the batches of the pending chunks, in order (chunk boundaries respected)."""
+
+    def __init__(self, job: BatchJob, chunks: Sequence[int]) -> None:
+        self.plan = [b for c in chunks for b in job.batches(c)]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+
+def _run_local(job: BatchJob, store: BatchStore, pending: list[int], num_workers: int,
+               progress: Progress | None) -> None:
+    from torch.utils.data import DataLoader
+
+    kw: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
+    dl = DataLoader(job.source, batch_sampler=_ChunkBatches(job, pending), num_workers=num_workers, **kw)
+    it = iter(dl)
+    done = store.n_chunks - len(pending)
+    for c in pending:
+        parts = []
+        for _ in job.batches(c):
+            x, y, _idx = next(it)
+            parts.append(job.compute(x, y))
+        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        store.write_chunk(c, data, fsync=job.fsync)
+        done += 1
+        if progress is not None:
+            progress(done, store.n_chunks)
+
+
+class _RayChunkWorker:
+    """A Ray actor holding the model; maps batches of chunk ids to their sizes."""
+
+    def __init__(self, job: BatchJob) -> None:
+        self.job = job
+        self.store = open_store(job.store_path)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes = [self.job.run_chunk(int(c), self.store) for c in batch["chunk"]]
+        return {"chunk": np.asarray(batch["chunk"]), "size": np.asarray(sizes, dtype=np.int64)}
+
+
+def _run_ray(job: BatchJob, store: BatchStore, pending: list[int], ray_address: str | None,
+             slots: int | None, progress: Progress | None) -> None:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise InputError("--engine ray needs Ray: pip install 'convscope[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    try:
+        ctx.print_on_execution_start = False
+    except AttributeError:
+        pass
+    gpu = job.device is not None and str(job.device).startswith("cuda")
+    res = ray.cluster_resources()
+    n = slots or max(1, int(res.get("GPU" if gpu else "CPU", 1)))
+    n = max(1, min(n, len(pending)))
+    job.threads = job.threads or 1
+    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=len(pending))
+    out = ds.map_batches(
+        _RayChunkWorker,
+        fn_constructor_args=(job,),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=n),
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
+    )
+    done = store.n_chunks - len(pending)
+    for _row in out.iter_rows():
+        done += 1
+        if progress is not None:
+            progress(done, store.n_chunks)
+
+
+def run_batch(
+    model: Any,
+    data: Any,
+    method: str = "saliency",
+    out: str | os.PathLike = "convscope-batch.zarr",
+    *,
+    target: Any = None,
+    layer: str | None = None,
+    options: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    chunk_size: int = 128,
+    seed: int = 0,
+    limit: int | None = None,
+    engine: str = "local",
+    num_workers: int = 0,
+    device: str | None = None,
+    ray_address: str | None = None,
+    slots: int | None = None,
+    overwrite: bool = False,
+    fsync: bool = True,
+    progress: Progress | None = None,
+) -> BatchStore:
+    """Run ``method`` over every image of ``data`` and write the maps to a Zarr store at ``out``.
+
+    Starting the same job again resumes it: finished chunks are kept, the rest are computed. A
+    store made by a different job (model, method, options, data, chunking) is refused unless
+    ``overwrite``.
+
+    Args:
+        model: a model spec, ``nn.Module`` or loaded model.
+        data: ``"digits"``, an image folder, a torch ``Dataset`` or a source (see
+            :func:`convscope.dataset.as_source`).
+        method: a registered method name.
+        target: as for :func:`convscope.explain`, or ``"label"`` for each image's own label.
+        layer: layer for layer methods (default: the model's).
+        options: method options.
+        batch_size: images per model call; chunk_size: images per store chunk (a multiple of
+            ``batch_size`` keeps batches full).
+        engine: ``"local"`` or ``"ray"``.
+        num_workers: DataLoader processes reading images (local engine).
+        device: run the model here (``"cuda"`` gives Ray actors one GPU each).
+        slots: number of Ray actors (default: one per CPU, or per GPU).
+        fsync: make each chunk durable before its marker (turn off only for throwaway runs).
+        progress: ``progress(done_chunks, total_chunks)`` after each chunk.
+
+    Returns:
+        The finished :class:`~convscope.jobs.store.BatchStore`.
+
+    Shape:
+        store maps (N, H, W) float32, targets (N,), labels (N,), probabilities (N, K).
+    """
+    from ..dataset.sources import as_source
+    from ..hooks import resolve_layers
+    from ..registry import get_method
+
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}; use local or ray")
+    if batch_size < 1 or chunk_size < 1:
+        raise InputError("batch_size and chunk_size must be positive integers")
+    info = get_method(method)
+    options = dict(options or {})
+    from ..api import _check_options
+
+    _check_options(info.func, method, options)
+    lm = load_model(model)
+    src = as_source(data, lm.preprocessing, limit=limit)
+    n = len(src)
+    if n == 0:
+        raise InputError("the data set is empty")
+    if info.needs_layer:
+        x0 = src[0][0][None]
+        lm.fill_from_input(x0)
+        chosen = layer if layer is not None else lm.default_layer
+        if chosen is None:
+            raise MethodError(f"method {method!r} needs a layer and {lm.name} has no default; pass layer=")
+        layer = ", ".join(resolve_layers(lm.model, chosen))
+        if "," in layer:
+            raise MethodError(f"batch jobs take one layer; {chosen!r} matched {layer}")
+    elif layer is not None:
+        raise MethodError(f"method {method!r} does not use a layer; drop layer=")
+    h, w = lm.preprocessing.size
+    with torch.no_grad():
+        k = int(lm.model(src[0][0][None].to(device or next(lm.model.parameters()).device)).shape[1])
+    n_chunks = math.ceil(n / chunk_size)
+    job_id = {
+        "model": lm.name,
+        "model_sha256": model_fingerprint(lm.model),
+        "method": method,
+        "options": _jsonable(options),
+        "target": _jsonable(target),
+        "layer": layer,
+        "seed": seed,
+        "batch_size": batch_size,
+        "data": src.describe(),
+    }
+    chunking = {"size": n, "chunk_size": chunk_size, "n_chunks": n_chunks, "axis": 0}
+    shapes = {"maps": (n, h, w), "targets": (n,), "labels": (n,), "probabilities": (n, k)}
+    path = Path(out)
+    if path.exists() and overwrite:
+        import shutil
+
+        if (path / "manifest.json").is_file() or (path.is_dir() and not any(path.iterdir())):
+            shutil.rmtree(path)
+        else:
+            raise InputError(f"{path} exists and is not a batch store; refusing to delete it")
+    if path.exists():
+        store = open_store(path)
+        m = store.manifest
+        if m.get("job") != job_id or m.get("chunking") != chunking:
+            diff = sorted(k2 for k2 in set(job_id) | {"chunking"}
+                          if (m.get("chunking") if k2 == "chunking" else m.get("job", {}).get(k2))
+                          != (chunking if k2 == "chunking" else job_id[k2]))
+            raise InputError(
+                f"{path} holds a different job (differs in: {', '.join(diff)}); use another output "
+                "or overwrite=True (--overwrite)"
+            )
+    else:
+        manifest = {
+            "format": FORMAT,
+            "status": "running",
+            "job": job_id,
+            "chunking": chunking,
+            "arrays": {name: {"shape": list(s)} for name, s in shapes.items()},
+            "class_names": list(lm.class_names),
+            "data_class_names": list(src.class_names),
+            "method_info": {"family": info.family, "signed": info.signed, "summary": info.summary},
+            "run": {"versions": _versions(engine), "python_executable": sys.executable},
+        }
+        store = create_store(path, manifest, shapes, chunk_size)
+    pending = store.pending_chunks()
+    job = BatchJob(lm, src, method, target, layer, options, batch_size, seed, str(path), chunk_size,
+                   device=device, fsync=fsync)
+    if pending:
+        if engine == "local":
+            _run_local(job, store, pending, num_workers, progress)
+        else:
+            _run_ray(job, store, pending, ray_address, slots, progress)
+    if not store.complete:
+        if not store.finish({"engine": engine, "versions": _versions(engine)}):
+            raise InputError(f"{path}: chunks {store.pending_chunks()[:5]} were not written; run the job again")
+    return store

@@ -1,0 +1,240 @@
+"""The on-disk result store of a batch job: a chunked Zarr (v3) group plus a manifest.
+
+Layout of ``OUT/``::
+
+    zarr.json             the Zarr group
+    maps/                 (N, H, W) float32, one Zarr chunk per job chunk along N
+    targets/              (N,) int64 explained class (-1: a callable target)
+    labels/               (N,) int64 data set label (-1: none)
+    probabilities/        (N, K) float32 softmax of the logits
+    manifest.json         what was done: job (model, method, options, data, chunking), versions, status
+    done/chunk-000012     one marker per finished chunk, holding the SHA-256 of its data
+
+Rules that make a job resumable and never show a partial result as complete:
+
+* the store is created in a hidden temporary folder and renamed into place, so ``OUT`` either does
+  not exist or is a valid empty store;
+* a job chunk is exactly one Zarr chunk of every array (so two workers never share a file); its
+  data are written, fsynced, and only then its ``done/`` marker is written atomically;
+* a chunk without a marker is treated as not computed, whatever its files hold, and recomputed;
+* ``manifest.json`` says ``"status": "complete"`` only after every marker exists (atomic replace).
+
+Readers (:func:`open_store`) refuse incomplete stores unless ``allow_partial=True``, and then mask
+rows of unfinished chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write
+from ..errors import InputError
+
+__all__ = ["FORMAT", "BatchStore", "create_store", "open_store"]
+
+FORMAT = "convscope-batch/1"
+ARRAYS = ("maps", "targets", "labels", "probabilities")
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError:
+        raise InputError("batch jobs need zarr: pip install 'convscope[jobs]'") from None
+    return zarr
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_bytes(d: dict[str, Any]) -> bytes:
+    return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
+
+
+@dataclass
+class BatchStore:
+    """An open batch store (see the module docstring)."""
+
+    path: Path
+
+    # --- metadata -----------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("status") == "complete"
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.manifest["chunking"]["n_chunks"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.manifest["chunking"]["chunk_size"])
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["chunking"]["size"])
+
+    def rows(self, chunk: int) -> tuple[int, int]:
+        c = self.chunk_size
+        return chunk * c, min((chunk + 1) * c, self.size)
+
+    def _marker(self, chunk: int) -> Path:
+        return self.path / "done" / f"chunk-{chunk:06d}"
+
+    def done_chunks(self) -> list[int]:
+        d = self.path / "done"
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.iterdir():
+            if p.name.startswith("chunk-") and not p.name.endswith(".part"):
+                try:
+                    out.append(int(p.name[6:]))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    def pending_chunks(self) -> list[int]:
+        done = set(self.done_chunks())
+        return [c for c in range(self.n_chunks) if c not in done]
+
+    # --- writing ------------------------------------------------------------------------------
+    def _array(self, name: str) -> Any:
+        return _zarr().open_array(str(self.path / name), mode="r+")
+
+    def write_chunk(self, chunk: int, data: dict[str, np.ndarray], *, fsync: bool = True) -> None:
+        """Write one chunk's arrays, make them durable, then mark the chunk done."""
+        lo, hi = self.rows(chunk)
+        h = hashlib.sha256()
+        for name in ARRAYS:
+            a = np.ascontiguousarray(data[name])
+            if a.shape[0] != hi - lo:
+                raise InputError(f"chunk {chunk} of {name} has {a.shape[0]} rows, expected {hi - lo}")
+            arr = self._array(name)
+            arr[lo:hi] = a
+            h.update(a.tobytes())
+            if fsync:
+                coords = (chunk,) + (0,) * (a.ndim - 1)
+                key = arr.metadata.encode_chunk_key(coords)
+                _fsync_path(self.path / name / key)
+        if fsync:
+            for name in ARRAYS:
+                for sub in (self.path / name).rglob("*"):
+                    if sub.is_dir():
+                        _fsync_path(sub)
+        marker = self._marker(chunk)
+        atomic_write(marker, lambda fh: (fh.write(h.hexdigest().encode()), fh.flush(), os.fsync(fh.fileno())))
+        if fsync:
+            _fsync_path(marker.parent)
+
+    def finish(self, run: dict[str, Any]) -> bool:
+        """Mark the store complete if every chunk is done; returns whether it is."""
+        if self.pending_chunks():
+            return False
+        m = self.manifest
+        m["status"] = "complete"
+        m["run"] = {**m.get("run", {}), **run}
+        atomic_write(self.path / "manifest.json", lambda fh: fh.write(_json_bytes(m)))
+        _fsync_path(self.path)
+        return True
+
+    # --- reading ------------------------------------------------------------------------------
+    def valid_rows(self) -> np.ndarray:
+        """(N,) bool: rows whose chunk is done."""
+        ok = np.zeros(self.size, dtype=bool)
+        for c in self.done_chunks():
+            lo, hi = self.rows(c)
+            ok[lo:hi] = True
+        return ok
+
+    def read(self, name: str, *, allow_partial: bool = False) -> np.ndarray:
+        """Array ``name`` (maps, targets, labels, probabilities).
+
+        Raises:
+            InputError: the job has not finished (unless ``allow_partial``, which masks the rows
+                of unfinished chunks with NaN or -1).
+        """
+        if name not in ARRAYS:
+            raise InputError(f"unknown array {name!r}; the store holds {', '.join(ARRAYS)}")
+        if not self.complete and not allow_partial:
+            raise InputError(
+                f"{self.path} is an unfinished job ({len(self.done_chunks())}/{self.n_chunks} chunks); "
+                "run it again to resume, or read with allow_partial=True"
+            )
+        a = np.asarray(_zarr().open_array(str(self.path / name), mode="r")[:])
+        if not self.complete:
+            bad = ~self.valid_rows()
+            a[bad] = np.nan if a.dtype.kind == "f" else -1
+        return a
+
+    def verify(self) -> list[int]:
+        """Chunks whose data no longer match their marker's checksum (should be empty)."""
+        bad = []
+        arrays = {n: _zarr().open_array(str(self.path / n), mode="r") for n in ARRAYS}
+        for c in self.done_chunks():
+            lo, hi = self.rows(c)
+            h = hashlib.sha256()
+            for n in ARRAYS:
+                h.update(np.ascontiguousarray(arrays[n][lo:hi]).tobytes())
+            if h.hexdigest() != self._marker(c).read_text().strip():
+                bad.append(c)
+        return bad
+
+
+def open_store(path: str | os.PathLike) -> BatchStore:
+    """Open an existing batch store."""
+    p = Path(path)
+    if not (p / "manifest.json").is_file():
+        raise InputError(f"{p} is not a convscope batch store (no manifest.json)")
+    m = json.loads((p / "manifest.json").read_text())
+    if m.get("format") != FORMAT:
+        raise InputError(f"{p} has format {m.get('format')!r}, expected {FORMAT!r}")
+    return BatchStore(p)
+
+
+def create_store(path: str | os.PathLike, manifest: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                 chunk_size: int) -> BatchStore:
+    """Create an empty store atomically: built in a hidden temporary folder, then renamed to ``path``."""
+    zarr = _zarr()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    for old in p.parent.glob(f".{p.name}.init-*"):  # left behind by a job killed while creating
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.init-", dir=p.parent))
+    try:
+        zarr.open_group(str(tmp), mode="w")
+        dtypes = {"maps": "float32", "targets": "int64", "labels": "int64", "probabilities": "float32"}
+        fills = {"maps": np.nan, "targets": -1, "labels": -1, "probabilities": np.nan}
+        for name in ARRAYS:
+            shape = shapes[name]
+            zarr.create_array(str(tmp), name=name, shape=shape, chunks=(chunk_size,) + tuple(shape[1:]),
+                              dtype=dtypes[name], fill_value=fills[name])
+        (tmp / "done").mkdir()
+        atomic_write(tmp / "manifest.json", lambda fh: fh.write(_json_bytes(manifest)))
+        os.rename(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_path(p.parent)
+    return BatchStore(p)

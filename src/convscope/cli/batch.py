@@ -1,0 +1,60 @@
+"""CLI: ``convscope batch``: an explain method over a data set into a resumable Zarr store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._common import add_model_args, load_from_args, parse_options, parse_target
+
+__all__ = ["add_commands"]
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from ..jobs import run_batch
+
+    lm = load_from_args(args)
+    target: Any = args.target if args.target == "label" else parse_target(args.target)
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"\r{done}/{total} chunks", end="", file=sys.stderr, flush=True)
+
+    store = run_batch(lm, args.data, args.method, args.output, target=target, layer=args.layer,
+                      options=dict(parse_options(args.option)), batch_size=args.batch_size,
+                      chunk_size=args.chunk_size, seed=args.seed, limit=args.limit, engine=args.engine,
+                      num_workers=args.workers, device=args.device, ray_address=args.ray_address,
+                      slots=args.slots, overwrite=args.overwrite, progress=progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"{store.path}  {args.method} on {store.size} images, {store.n_chunks} chunks, complete")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    from ..registry import method_names
+
+    s = sub.add_parser("batch", help="run an explain method over a data set into a resumable Zarr store")
+    add_model_args(s)
+    s.add_argument("--data", "-d", default="digits",
+                   help="digits | digits:test | digits:train | PATH to an image folder (default: digits)")
+    s.add_argument("--method", default="saliency", choices=method_names(), metavar="METHOD",
+                   help="one of: " + ", ".join(method_names()))
+    s.add_argument("--target", "-t", default=None,
+                   help="class index or name, 'label' (each image's label); default: predicted class")
+    s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
+    s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--chunk-size", type=int, default=128, help="images per store chunk (default 128)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    s.add_argument("--engine", choices=["local", "ray"], default="local")
+    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (local engine)")
+    s.add_argument("--device", default=None, help="e.g. cuda; Ray then gives each actor one GPU")
+    s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
+    s.add_argument("--slots", type=int, default=None, help="Ray actors (default: one per CPU or GPU)")
+    s.add_argument("--overwrite", action="store_true", help="replace a store made by a different job")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    s.add_argument("-o", "--output", required=True, help="output store folder, e.g. maps.zarr")
+    s.set_defaults(func=cmd_batch)

@@ -1,0 +1,134 @@
+"""CLI: ``convscope top-activations``, ``convscope neighbors``, ``convscope embed``.
+
+Each command computes everything first and writes its output atomically at the end; user errors
+print one line and exit 2 (see :mod:`convscope.cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import add_model_args, load_from_args
+
+__all__ = ["add_commands"]
+
+
+def _data_args(s: argparse.ArgumentParser) -> None:
+    add_model_args(s)
+    s.add_argument("--data", "-d", default="digits",
+                   help="digits | digits:test | digits:train | PATH to an image folder (class sub-folders "
+                   "give labels); default: digits")
+    s.add_argument("--layer", "-l", required=True, help="layer name (see `convscope layers MODEL`)")
+    s.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading images")
+
+
+def _check_out(out: str, allowed: tuple[str, ...]) -> Path:
+    from ..errors import InputError
+
+    p = Path(out)
+    if p.suffix.lower() not in allowed:
+        raise InputError(f"-o {out}: give a {' / '.join(allowed)} file name")
+    return p
+
+
+def _channels(spec: str | None) -> list[int] | None:
+    from ..errors import InputError
+
+    if spec is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"--channels {spec!r}: use indices and ranges like 0-7,12") from None
+    return out
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from ..dataset import top_activations
+
+    out = _check_out(args.output, (".png", ".json"))
+    chans = _channels(args.channels)
+    lm = load_from_args(args)
+    res = top_activations(lm, args.data, args.layer, k=args.k, batch_size=args.batch_size,
+                          num_workers=args.workers, limit=args.limit)
+    if chans is not None:
+        res.grid(chans)  # validate before writing
+    res.save(out, chans, style=args.style)
+    rf = res.receptive_field
+    what = f"receptive field {rf.size[0]}x{rf.size[1]} px" if rf else "whole images"
+    print(f"{out}  top {args.k} of {res.channels} channels at {res.layer} over {len(res.source)} images ({what})")
+    return 0
+
+
+def _query(value: str) -> Any:
+    if value.startswith("#") and value[1:].isdigit():
+        return int(value[1:])
+    if value.isdigit() and not Path(value).exists():
+        return int(value)
+    return value
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from ..dataset import nearest_neighbors
+
+    out = _check_out(args.output, (".png", ".json"))
+    lm = load_from_args(args)
+    res = nearest_neighbors(lm, args.data, _query(args.query), args.layer, k=args.k, metric=args.metric,
+                            pool=args.pool, batch_size=args.batch_size, num_workers=args.workers,
+                            limit=args.limit)
+    res.save(out)
+    print(f"{out}  {len(res.indices)} nearest by {res.metric} at {res.layer}: images {res.indices.tolist()}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ..dataset import embed
+
+    out = _check_out(args.output, (".png", ".json", ".npy"))
+    lm = load_from_args(args)
+    res = embed(lm, args.data, args.layer, method=args.method, pool=args.pool, seed=args.seed,
+                batch_size=args.batch_size, num_workers=args.workers, limit=args.limit)
+    res.save(out, kind=args.kind)
+    print(f"{out}  {args.method} map of {len(res.coords)} images at {res.layer}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    s = sub.add_parser("top-activations", help="most activating images per channel, as receptive-field patches")
+    _data_args(s)
+    s.add_argument("-k", type=int, default=8, help="images per channel (default 8)")
+    s.add_argument("--channels", default=None, help="channels to show, e.g. 0-7,12 (default: first 16 live)")
+    s.add_argument("--style", choices=["patch", "image"], default="patch",
+                   help="patch: the receptive-field patches; image: whole images with the field outlined")
+    s.add_argument("-o", "--output", required=True, help="output .png grid or .json")
+    s.set_defaults(func=cmd_top)
+
+    s = sub.add_parser("neighbors", help="nearest images to a query in a layer's feature space")
+    s.add_argument("query", help="an image file, or #N for image N of the data set")
+    _data_args(s)
+    s.add_argument("-k", type=int, default=8)
+    s.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
+    s.add_argument("--pool", choices=["avg", "max"], default="avg", help="pooling over positions")
+    s.add_argument("-o", "--output", required=True, help="output .png grid or .json")
+    s.set_defaults(func=cmd_neighbors)
+
+    s = sub.add_parser("embed", help="PCA / t-SNE / UMAP map of a layer's features")
+    _data_args(s)
+    s.add_argument("--method", choices=["pca", "tsne", "umap"], default="pca")
+    s.add_argument("--kind", choices=["scatter", "thumbnails"], default="scatter",
+                   help="scatter coloured by class, or image thumbnails at their positions")
+    s.add_argument("--pool", choices=["avg", "max"], default="avg")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True, help="output .png, .json or .npy (coordinates)")
+    s.set_defaults(func=cmd_embed)

@@ -34,7 +34,7 @@ def _same_state(model: nn.Module, before: tuple) -> bool:
     return (
         [m.training for m in model.modules()] == modes
         and [p.requires_grad for p in model.parameters()] == flags
-        and all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+        and all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
         and all(p.grad is None for p in model.parameters())
     )
 

@@ -156,10 +156,10 @@ def _as_list(x: Any) -> list[Any]:
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    if p is None:
-        p = next(model.buffers(), None)
-    return p.device if p is not None else torch.device("cpu")
+    t: torch.Tensor | None = next(model.parameters(), None)
+    if t is None:
+        t = next(model.buffers(), None)
+    return t.device if t is not None else torch.device("cpu")
 
 
 def _forward(
@@ -261,7 +261,7 @@ def optimize(
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
     project = getattr(param, "project", None)
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     history = torch.zeros(steps, 0)
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []

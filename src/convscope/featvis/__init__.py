@@ -18,12 +18,14 @@ from .objectives import (
     channel,
     class_logit,
     class_prob,
-    deepdream as deepdream_objective,
     direction,
     diversity,
     l2,
     neuron,
     total_variation,
+)
+from .objectives import (
+    deepdream as deepdream_objective,
 )
 from .param import ColorDecorrelation, FFTImage, PixelImage
 from .render import activation_maps, deepdream, filters, visualize, visualize_class, visualize_layer

@@ -196,7 +196,9 @@ def _index(c: Index, what: str) -> tuple[torch.Tensor | int, int | None]:
 
 
 def _name_index(c: Index) -> str:
-    return str(int(c)) if isinstance(c, numbers.Integral) else "[" + ",".join(str(int(i)) for i in c) + "]"
+    if isinstance(c, numbers.Integral):
+        return str(int(c))
+    return "[" + ",".join(str(int(i)) for i in c) + "]"  # type: ignore[union-attr]
 
 
 def _layout_of(t: torch.Tensor, layout: str | None, in_hw: tuple[int, int]) -> str:
@@ -338,7 +340,9 @@ def direction(layer: str, vec: torch.Tensor | Sequence[float], *, layout: str | 
         fm = feature_map(acts, layer, layout)
         vv = v.to(fm.device, fm.dtype)
         if vv.shape[-1] != fm.shape[1]:
-            raise InputError(f"direction has {vv.shape[-1]} entries, layer {layer} has {fm.shape[1]} channels")
+            raise InputError(
+                f"direction has {vv.shape[-1]} entries, layer {layer} has {fm.shape[1]} channels"
+            )
         if vv.ndim == 1:
             vv = vv.expand(fm.shape[0], -1)
         return torch.einsum("bcn,bc->b", fm, vv) / fm.shape[2]

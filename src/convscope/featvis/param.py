@@ -186,6 +186,8 @@ class FFTImage(ImageParam):
         decay: frequency decay power (1: the 1/f of natural images; 0: flat, like pixels).
     """
 
+    scale: torch.Tensor
+
     def __init__(self, size: int | tuple[int, int], batch: int = 1, channels: int = 3, *,
                  sd: float = 0.01, decay: float = 1.0, decorrelate: bool = True,
                  squash: str = "sigmoid", generator: torch.Generator | None = None) -> None:

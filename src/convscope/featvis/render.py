@@ -458,7 +458,7 @@ def image_param_from(pixels: torch.Tensor) -> ImageParam:
     from .param import PixelImage
 
     t = pixels.clamp(0, 1)
-    p = PixelImage(tuple(t.shape[-2:]), t.shape[0], t.shape[1], squash="clip")
+    p = PixelImage((int(t.shape[-2]), int(t.shape[-1])), t.shape[0], t.shape[1], squash="clip")
     p.load_image(t)
     return p
 
@@ -545,7 +545,7 @@ def activation_maps(
     with state_guard(lm.model, tensors), capture(lm.model, name) as cap, torch.no_grad():
         lm.model(x)
         a = cap.activation(name).detach().float()
-    fm = _maps(a, tuple(x.shape[-2:]))[0]  # (C, h, w)
+    fm = _maps(a, (int(x.shape[-2]), int(x.shape[-1])))[0]  # (C, h, w)
     if channels is None:
         order = fm.flatten(1).mean(1).argsort(descending=True)[:max_channels].tolist()
     else:
@@ -567,7 +567,8 @@ def activation_maps(
     means = fm[order].flatten(1).mean(1).tolist()
     return Visualization(
         images=maps.unsqueeze(1).cpu().contiguous(),
-        titles=tuple(f"{mname} layer {name}, channel {c} (mean {m:.2g})" for c, m in zip(order, means)),
+        titles=tuple(f"{mname} layer {name}, channel {c} (mean {m:.2g})"
+                     for c, m in zip(order, means, strict=True)),
         kind="activations",
         objective="activations",
         model_name=lm.name,

@@ -111,7 +111,7 @@ class Visualization:
         side = min(img.size)
         if min_side and side < min_side:
             k = int(math.ceil(min_side / side))
-            img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+            img = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
         return img
 
     def grid(self, *, ncols: int | None = None, cell: int = 128, titles: bool = True,
@@ -136,7 +136,7 @@ class Visualization:
             x0 = pad + c * (cw + pad)
             y0 = pad + r * (ch + th + pad)
             im = self.image(i)
-            resample = Image.NEAREST if im.width <= cw else Image.BILINEAR
+            resample = Image.Resampling.NEAREST if im.width <= cw else Image.Resampling.BILINEAR
             out.paste(im.resize((cw, ch), resample), (x0, y0 + th))
             if titles:
                 for k, line in enumerate(_wrap(self.titles[i], cw)):

@@ -55,7 +55,7 @@ def compose(*transforms: Transform | Sequence[Transform] | None) -> Transform:
         if isinstance(t, (list, tuple)):
             flat.extend(x for x in t if x is not None)
         else:
-            flat.append(t)
+            flat.append(t)  # type: ignore[arg-type]
 
     def composed(x: torch.Tensor) -> torch.Tensor:
         for t in flat:

@@ -126,8 +126,45 @@ def run_demo(out_dir: Path, n_images: int = 6, n_eval: int = 100, progress: bool
         table=table,
         table_header=["method"] + [f"{m} {k}" for m in models for k in ("max in cue", "±1 px", "mass")],
     )
+    _featvis_section(rep, models)
     out_dir.mkdir(parents=True, exist_ok=True)
     return rep.write(out_dir / "report.html")
+
+
+def _featvis_section(rep: Report, models: dict) -> None:
+    """Class model visualisations (Simonyan et al.) of every digit, for both models."""
+    from PIL import ImageDraw
+
+    from .datasets import CUE_POSITIONS
+    from .featvis import visualize_class
+    from .featvis.transforms import jitter
+
+    sec = rep.section(
+        "What does each model think a digit looks like? Class visualisations",
+        "For each class, an image optimised from a black frame to maximise that class's logit "
+        "(Simonyan et al. 2014: gradient ascent on pixels with an L2 penalty, 1-pixel jitter). The "
+        "red outline marks the class's cue square. The clean model paints stroke fragments over the "
+        "whole image; the cue model paints white squares along the edge of the frame that holds "
+        "its cue: it has learned the snow. Bars: what the model predicts for the image. A high "
+        "logit need not win the softmax (it can rise together with other classes' logits); "
+        "convscope.visualize_class(objective='prob') maximises the probability instead.",
+    )
+    for name, lm in models.items():
+        v = visualize_class(lm, param="pixel", l2=30.0, init="mean", transforms=[jitter(1)],
+                            steps=150, lr=0.05, progress=False)
+        figs = []
+        for c in range(len(v)):
+            img = v.image(c, min_side=224)
+            k = img.width // 32
+            r0, c0 = CUE_POSITIONS[c]
+            ImageDraw.Draw(img).rectangle([c0 * k - 1, r0 * k - 1, (c0 + 4) * k, (r0 + 4) * k],
+                                          outline=(255, 40, 40), width=2)
+            probs = v.probabilities[c].tolist() if v.probabilities is not None else []
+            figs.append(Report.figure(img, title=f"class {lm.class_names[c]}",
+                                      caption=f"logit {float(v.scores[c]):.1f}",
+                                      bars=bars_of(probs, lm.class_names) if probs else []))
+        sec.rows.append(figs)
+        sec.row_labels.append(f"{name} · class visualisations")
 
 
 def _big(img: torch.Tensor):

@@ -1,0 +1,181 @@
+"""Batch jobs: the store holds explain()'s maps, survives SIGKILL at any moment, and the Ray
+engine writes the same store as the local one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import convscope as cs
+from convscope.dataset import TensorSource
+from convscope.errors import InputError
+from convscope.jobs import open_store, run_batch
+
+ARRAYS = ("maps", "targets", "labels", "probabilities")
+
+
+def _arrays(store):
+    return {n: store.read(n) for n in ARRAYS}
+
+
+def _assert_same(a, b):
+    for n in ARRAYS:
+        np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+
+
+def test_local_store_holds_explain_results(clean_model, digits_data, tmp_path):
+    x, y = digits_data.images[:40], digits_data.labels[:40]
+    src = TensorSource(x, clean_model.preprocessing, y)
+    store = run_batch(clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label",
+                      batch_size=8, chunk_size=16)
+    assert store.complete and store.n_chunks == 3 and store.verify() == []
+    e = cs.explain(clean_model, clean_model.preprocessing.normalize(x), "gradient_x_input",
+                   target=[int(v) for v in y])
+    np.testing.assert_allclose(store.read("maps"), e.map.numpy(), rtol=1e-5, atol=1e-6)
+    assert (store.read("targets") == y.numpy()).all() and (store.read("labels") == y.numpy()).all()
+    np.testing.assert_allclose(store.read("probabilities"), e.probabilities.numpy(), rtol=1e-5, atol=1e-6)
+    m = json.loads((tmp_path / "s.zarr" / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["job"]["method"] == "gradient_x_input"
+    assert m["job"]["target"] == "label" and m["chunking"] == {"size": 40, "chunk_size": 16, "n_chunks": 3, "axis": 0}
+    assert {"torch", "zarr", "convscope"} <= set(m["run"]["versions"])
+    # the same job again is a no-op; another job on the same store is refused
+    again = run_batch(clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label", batch_size=8,
+                      chunk_size=16)
+    _assert_same(_arrays(again), _arrays(store))
+    with pytest.raises(InputError, match="different job"):
+        run_batch(clean_model, src, "saliency", tmp_path / "s.zarr", batch_size=8, chunk_size=16)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from convscope.datasets import digits
+    from convscope.jobs import run_batch
+
+    class SlowDigits(torch.utils.data.Dataset):
+        # reading each image takes a while, so a kill can land anywhere in the job
+        def __init__(self):
+            d = digits()
+            self.x, self.y = d.images[:N], d.labels[:N]
+        def __len__(self):
+            return len(self.x)
+        def __getitem__(self, i):
+            time.sleep(0.02)
+            return self.x[i], int(self.y[i])
+
+    run_batch("digits-cnn", SlowDigits(), "saliency", sys.argv[1], batch_size=8, chunk_size=16)
+    """
+).replace("N]", "96]")
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, digits_data):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "killed.zarr"
+    lm = cs.load_model("digits-cnn")
+    ref = run_batch(lm, TensorSource(digits_data.images[:96], lm.preprocessing, digits_data.labels[:96]),
+                    "saliency", tmp_path / "ref.zarr", batch_size=8, chunk_size=16)
+    ref_arrays = _arrays(ref)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    kills = 0
+    for want in (1, 3, None):  # kill after 1 and 3 finished chunks, then let it finish
+        proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if want is None:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            break
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = len(list((out / "done").glob("chunk-*"))) if (out / "done").is_dir() else 0
+            if done >= want:
+                break
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        store = open_store(out)
+        # never visible as complete; every chunk marked done holds exactly its final data
+        assert not store.complete and store.verify() == []
+        with pytest.raises(InputError, match="unfinished"):
+            store.read("maps")
+        part = store.read("maps", allow_partial=True)
+        ok = store.valid_rows()
+        assert ok.any() and not ok.all()
+        np.testing.assert_array_equal(part[ok], ref_arrays["maps"][ok])
+        assert np.isnan(part[~ok]).all()
+    assert kills == 2
+    final = open_store(out)
+    assert final.complete and final.verify() == []
+    _assert_same(_arrays(final), ref_arrays)
+
+
+def test_cli_batch(tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "convscope.cli.main", "batch", "--limit", "24", "--chunk-size", "8", "-q"]
+    r = subprocess.run(cmd + ["-o", str(tmp_path / "b.zarr")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert open_store(tmp_path / "b.zarr").complete
+    r = subprocess.run(cmd + ["--method", "gradient_x_input", "-o", str(tmp_path / "b.zarr")], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "different job" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_ray_engine_store_equals_local(ray_local, clean_model, digits_data, tmp_path):
+    x, y = digits_data.images[:48], digits_data.labels[:48]
+    src = TensorSource(x, clean_model.preprocessing, y)
+    kw = dict(batch_size=8, chunk_size=16)
+    local = run_batch(clean_model, src, "saliency", tmp_path / "local.zarr", **kw)
+    remote = run_batch(clean_model, src, "saliency", tmp_path / "ray.zarr", engine="ray", **kw)
+    assert remote.complete and remote.verify() == []
+    _assert_same(_arrays(remote), _arrays(local))
+    assert remote.manifest["job"] == local.manifest["job"]
+    assert remote.manifest["run"]["engine"] == "ray" and "ray" in remote.manifest["run"]["versions"]
+    assert torch.is_tensor(torch.as_tensor(remote.read("maps")))
+
+
+def test_torn_chunk_without_marker_is_recomputed(clean_model, digits_data, tmp_path):
+    """A kill between a chunk's data write and its marker (or while creating the store) leaves
+    no trace in the result: the chunk is recomputed and the half-built store is ignored."""
+    src = TensorSource(digits_data.images[:32], clean_model.preprocessing, digits_data.labels[:32])
+    kw = dict(batch_size=8, chunk_size=16)
+    ref = _arrays(run_batch(clean_model, src, "saliency", tmp_path / "ref.zarr", **kw))
+    out = tmp_path / "torn.zarr"
+    store = run_batch(clean_model, src, "saliency", out, **kw)
+    (out / "done" / "chunk-000001").unlink()
+    chunk_file = out / "maps" / "c" / "1" / "0" / "0"
+    chunk_file.write_bytes(chunk_file.read_bytes()[:50])  # a torn write
+    m = json.loads((out / "manifest.json").read_text())
+    m["status"] = "running"
+    (out / "manifest.json").write_text(json.dumps(m))
+    (tmp_path / ".fresh.zarr.init-dead").mkdir()  # left by a kill while creating fresh.zarr
+    assert not store.complete
+    with pytest.raises(InputError):
+        store.read("maps")
+    again = run_batch(clean_model, src, "saliency", out, **kw)
+    assert again.complete and again.verify() == []
+    _assert_same(_arrays(again), ref)
+    fresh = run_batch(clean_model, src, "saliency", tmp_path / "fresh.zarr", **kw)
+    assert fresh.complete and not (tmp_path / ".fresh.zarr.init-dead").exists()

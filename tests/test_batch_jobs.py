@@ -179,3 +179,15 @@ def test_torn_chunk_without_marker_is_recomputed(clean_model, digits_data, tmp_p
     _assert_same(_arrays(again), ref)
     fresh = run_batch(clean_model, src, "saliency", tmp_path / "fresh.zarr", **kw)
     assert fresh.complete and not (tmp_path / ".fresh.zarr.init-dead").exists()
+
+
+def test_layer_method_on_random_resnet_mechanics(tmp_path):
+    """A CAM method with the model's default layer on a batch-norm network (mechanics only)."""
+    torch.manual_seed(0)
+    lm = cs.load_model("torchvision:resnet18", weights=None)
+    src = TensorSource(torch.rand(3, 3, 48, 48), lm.preprocessing)
+    store = run_batch(lm, src, "gradcam", tmp_path / "r.zarr", batch_size=2, chunk_size=2)
+    assert store.complete and store.manifest["job"]["layer"] == "layer4"
+    maps = store.read("maps")
+    assert maps.shape == (3, 224, 224) and np.isfinite(maps).all()
+    assert (store.read("labels") == -1).all() and store.read("probabilities").shape == (3, 1000)

@@ -64,7 +64,7 @@ def model_fingerprint(net: torch.nn.Module) -> str:
     for k, v in net.state_dict().items():
         t = v.detach().cpu().contiguous()
         h.update(f"{k}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

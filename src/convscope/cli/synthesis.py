@@ -69,11 +69,22 @@ def _positive(kind: type) -> Any:
 
 def _style_model(args: argparse.Namespace) -> Any:
     if args.model == "vgg":
+        import sys
+        import warnings
+
+        from ..models import load_model
         from ..synthesis import style_model
 
         w = str(args.weights).lower()
-        return style_model(args.arch or "vgg19",
-                           pretrained=None if w == "default" else (False if w == "none" else True))
+        arch = args.arch or "vgg19"
+        if w not in ("default", "none"):  # a local weights file for the VGG architecture
+            return load_model(f"torchvision:{arch}", weights=args.weights, unsafe=args.unsafe_load)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lm = style_model(arch, pretrained=None if w == "default" else False)
+        for c in caught:  # one line, not a Python warning with a source excerpt
+            print(f"convscope: note: {c.message}", file=sys.stderr)
+        return lm
     return load_from_args(args)
 
 
@@ -170,6 +181,14 @@ def cmd_style(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vgg_default(p: argparse.ArgumentParser) -> None:
+    for a in p._actions:
+        if a.dest == "model":
+            a.default = "vgg"
+            a.help = ("'vgg' (default: VGG, --arch vgg19 or vgg16; pretrained if its weights are in "
+                      "the torch cache, else random weights), or any model spec (e.g. digits-cnn)")
+
+
 def add_commands(sub: Any) -> None:
     """Register ``adversarial``, ``invert``, ``texture`` and ``style``."""
     img_help = "image file, or skimage:NAME for a scikit-image sample (chelsea, coffee, brick...)"
@@ -214,7 +233,7 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("texture", help="texture synthesis: Gram matrices (Gatys) or Efros-Leung")
     s.add_argument("source", help=img_help)
     add_model_args(s)
-    s.set_defaults(model="vgg")
+    _vgg_default(s)
     s.add_argument("--method", choices=("gram", "efros-leung"), default="gram")
     s.add_argument("--layer", "-l", action="append", default=[], help="Gram layer (repeatable)")
     s.add_argument("--size", type=_positive(int), default=64, help="output side in pixels")
@@ -233,7 +252,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("content", help=img_help)
     s.add_argument("style", help=img_help)
     add_model_args(s)
-    s.set_defaults(model="vgg")
+    _vgg_default(s)
     s.add_argument("--content-layer", action="append", default=[])
     s.add_argument("--style-layer", action="append", default=[])
     s.add_argument("--content-weight", type=float, default=1.0)

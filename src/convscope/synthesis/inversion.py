@@ -197,7 +197,7 @@ def inversion_strip(
     return SynthesisResult(
         kind="inversion",
         images=torch.cat(imgs),
-        titles=tuple(f"{n}\nSSIM {s:.2f}" for n, s in zip(names, scores, strict=True)),
+        titles=tuple(f"{n} (SSIM {s:.2f})" for n, s in zip(names, scores, strict=True)),
         references=(("original", x0[0]),),
         history={f"{n}:{k}": v for n, h in zip(names, hists, strict=True) for k, v in h.items()},
         layers=tuple(names),

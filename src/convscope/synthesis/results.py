@@ -269,15 +269,23 @@ class SynthesisResult:
         import matplotlib.pyplot as plt
 
         panels = [(t, im) for t, im in self.references] + list(zip(self.titles, self.images, strict=True))
-        loss = self.history.get("loss") if show_loss else None
-        n = len(panels) + (1 if loss else 0)
+        curves: dict[str, list[float]] = {}
+        if show_loss:  # the total, or one total per layer (inversion strips: "layer:loss")
+            if "loss" in self.history:
+                curves = {"loss": self.history["loss"]}
+            else:
+                curves = {k.rsplit(":", 1)[0]: v for k, v in self.history.items() if k.endswith(":loss")}
+        n = len(panels) + (1 if curves else 0)
         fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
         for ax, (t, im) in zip(axes[0], panels, strict=False):  # the last axis may hold the loss
             _show(ax, im, t)
-        if loss:
+        if curves:
             ax = axes[0, -1]
-            ax.plot(np.arange(1, len(loss) + 1), loss, lw=1)
-            if min(loss) > 0:
+            for name, loss in curves.items():
+                ax.plot(np.arange(1, len(loss) + 1), loss, lw=1, label=name)
+            if len(curves) > 1:
+                ax.legend(fontsize=6)
+            if min(min(v) for v in curves.values()) > 0:
                 ax.set_yscale("log")
             ax.set_xlabel("step", fontsize=8)
             ax.set_title("loss", fontsize=8)

@@ -55,7 +55,8 @@ Transformers: token outputs are reshaped to a grid by :mod:`convscope.attributio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,6 +306,24 @@ def _layercam_rule(d: LayerData) -> torch.Tensor:
     return (d.grad.clamp(min=0) * d.act).sum(1)
 
 
+@contextmanager
+def _one_thread(t: torch.Tensor) -> Iterator[None]:
+    """Run a batch of small CPU LAPACK calls on one thread, restoring the setting after.
+
+    Batched ``eigh`` of small matrices gains nothing from threads, and on a busy 2-core machine
+    the thread pool costs 4.7x (measured: 64 matrices 64x64, 35 ms on one thread, 165 ms on two).
+    """
+    if t.device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _eigen_rule(center: bool) -> Rule:
     def rule(d: LayerData) -> torch.Tensor:
         a = d.act
@@ -315,11 +334,13 @@ def _eigen_rule(center: bool) -> Rule:
         md = m.double()
         # The first singular pair from the smaller Gram matrix (one batched eigh; much cheaper
         # than a full SVD when h*w and K differ): M v_1 = s_1 u_1.
-        if md.shape[1] >= md.shape[2]:
-            _, vecs = torch.linalg.eigh(md.transpose(1, 2) @ md)  # (b, K, K), ascending
+        small_k = md.shape[1] >= md.shape[2]
+        gram = md.transpose(1, 2) @ md if small_k else md @ md.transpose(1, 2)
+        with _one_thread(gram):
+            vals, vecs = torch.linalg.eigh(gram)  # ascending
+        if small_k:
             u1 = md @ vecs[:, :, -1:]  # (b, h*w, 1) = s_1 u_1
         else:
-            vals, vecs = torch.linalg.eigh(md @ md.transpose(1, 2))  # (b, hw, hw)
             u1 = vecs[:, :, -1:] * vals[:, -1:, None].clamp(min=0).sqrt()
         u1 = u1[:, :, 0]
         # svd_flip convention (as scikit-learn's PCA): the largest-magnitude entry is positive

@@ -295,7 +295,7 @@ def test_mechanics_on_random_torchvision_models(tmp_path):
     assert r.images.shape == (1, 3, 32, 32) and count_hooks(net) == 0 and _same_state(net, before)
     assert r.options["content_layers"] and len(r.options["style_layers"]) >= 3
     res = cs.load_model("torchvision:resnet18", weights=None)
-    t = texture(res, torch.rand(3, 32, 32), steps=2, progress=False)
+    t = texture(res, torch.rand(3, 32, 32), steps=2, param="fft", progress=False)
     assert t.images.shape == (1, 3, 32, 32) and count_hooks(res.model) == 0
     t.save(tmp_path / "t.png")
     t.save_image(tmp_path / "t_only.png")

@@ -38,6 +38,11 @@ def test_adversarial_cli_targeted(digit_png, tmp_path):
     r = run("adversarial", str(digit_png), "--method", "fgsm", "--eps", "0.1", "-o", str(png))
     assert r.returncode == 0, r.stderr
     assert Image.open(png).size[0] > 200
+    fool = tmp_path / "fool.json"  # from noise, unbounded by default
+    r = run("adversarial", "--method", "fooling", "--target", "7", "--steps", "30", "-o", str(fool))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(fool.read_text())
+    assert meta["eps"] is None and meta["success"] == [True] and meta["predictions"] == [7]
 
 
 def test_texture_efros_leung_and_invert_cli(digit_png, tmp_path):

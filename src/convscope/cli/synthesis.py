@@ -95,7 +95,12 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
     out = _check_out(args.output)
     lm = load_from_args(args)
     target = parse_target(args.target)
-    common = dict(eps=float("inf") if args.eps in ("inf", "none") else float(args.eps),
+    eps_s = args.eps if args.eps is not None else ("inf" if args.method == "fooling" else "0.03")
+    try:
+        eps = float("inf") if eps_s.lower() in ("inf", "none") else float(eps_s)
+    except ValueError:
+        raise InputError(f"--eps {eps_s!r}: give a number of pixel units or 'inf'") from None
+    common = dict(eps=eps,
                   norm=args.norm, steps=args.steps, step_size=args.step_size, loss=args.loss,
                   seed=args.seed, batch_size=args.batch_size, progress=None)
     if args.method == "fooling":
@@ -201,8 +206,9 @@ def add_commands(sub: Any) -> None:
                    "fooling: reach --target from noise (or the image)")
     s.add_argument("--target", "-t", default=None,
                    help="class index or name to reach (targeted); default: untargeted")
-    s.add_argument("--eps", default="0.03",
-                   help="budget in pixel units (pixels in [0, 1]); 'inf' for none (default 0.03)")
+    s.add_argument("--eps", default=None,
+                   help="budget in pixel units (pixels in [0, 1]); 'inf' for none (default 0.03; "
+                   "fooling: inf)")
     s.add_argument("--norm", choices=("linf", "l2"), default="linf")
     s.add_argument("--steps", type=_positive(int), default=20)
     s.add_argument("--step-size", type=_positive(float), default=None)

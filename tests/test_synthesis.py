@@ -77,6 +77,23 @@ def test_targeted_pgd_reaches_target_within_exact_linf_budget(clean_model, test_
     assert r.confidence(i)["target_after"] == pytest.approx(float(r.probs_adversarial[i, target[i]]))
 
 
+def test_enforce_budget_is_exact_and_minimal():
+    from convscope.synthesis import enforce_budget
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 3, 16, 16, generator=g) * 0.8 + 0.1
+    eps = 0.1
+    x = x0 + eps * torch.sign(torch.randn(x0.shape, generator=g))  # float32 rounding overshoots
+    assert float((x.double() - x0.double()).abs().max()) > eps  # the case being fixed exists
+    y = enforce_budget(x, x0, eps, "linf")
+    assert float((y.double() - x0.double()).abs().max()) <= eps
+    assert float((y - x).abs().max()) <= 1e-7  # moved by at most a float step
+    big = x0 + torch.randn(x0.shape, generator=g)
+    z = enforce_budget(big, x0, 2.0, "l2")
+    assert float((z.double() - x0.double()).flatten(1).norm(dim=1).max()) <= 2.0
+    assert 0.0 <= float(z.min()) and float(z.max()) <= 1.0
+
+
 def test_budget_decides_untargeted_success(clean_model, test_digits):
     x, y = test_digits
     x, y = x[:40], y[:40]

@@ -18,8 +18,8 @@ with ``g = +-dL/dx``. FGSM is one step with ``a = eps`` from ``x0``; PGD starts 
 random point in the ball and takes ``steps`` steps of ``a = 2.5 eps / steps`` (Madry et al.).
 Clipping to [0, 1] after the ball projection never leaves the ball (each coordinate moves
 towards ``x0``, which lies in the box). The budget is then enforced **exactly**: where the
-float32 image differs from ``x0`` by more than ``eps`` (checked in float64), it is moved to the
-next float towards ``x0`` until it does not.
+float32 image differs from ``x0`` by more than ``eps`` (checked in float64), it is clipped in
+float64 and rounded, then moved to the next float towards ``x0`` until it does not.
 
 A fooling image is a targeted attack whose start is noise (or a photo) and whose budget may be
 unbounded (``eps=inf``: only the pixel box constrains it).
@@ -85,6 +85,9 @@ def enforce_budget(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str) -> 
     if math.isinf(eps):
         return x
     norm = _norm_name(norm)
+    if norm == "linf":  # round the double-precision clip once, so one float step is enough below
+        x0d = x0.double()
+        x = x.double().clamp(x0d - eps, x0d + eps).float().clamp(0, 1)
     for _ in range(64):
         d = x.double() - x0.double()
         if norm == "linf":

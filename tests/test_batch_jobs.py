@@ -35,21 +35,29 @@ def _assert_same(a, b):
 def test_local_store_holds_explain_results(clean_model, digits_data, tmp_path):
     x, y = digits_data.images[:40], digits_data.labels[:40]
     src = TensorSource(x, clean_model.preprocessing, y)
-    store = run_batch(clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label",
-                      batch_size=8, chunk_size=16)
+    store = run_batch(
+        clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label", batch_size=8, chunk_size=16
+    )
     assert store.complete and store.n_chunks == 3 and store.verify() == []
-    e = cs.explain(clean_model, clean_model.preprocessing.normalize(x), "gradient_x_input",
-                   target=[int(v) for v in y])
+    e = cs.explain(
+        clean_model, clean_model.preprocessing.normalize(x), "gradient_x_input", target=[int(v) for v in y]
+    )
     np.testing.assert_allclose(store.read("maps"), e.map.numpy(), rtol=1e-5, atol=1e-6)
     assert (store.read("targets") == y.numpy()).all() and (store.read("labels") == y.numpy()).all()
     np.testing.assert_allclose(store.read("probabilities"), e.probabilities.numpy(), rtol=1e-5, atol=1e-6)
     m = json.loads((tmp_path / "s.zarr" / "manifest.json").read_text())
     assert m["status"] == "complete" and m["job"]["method"] == "gradient_x_input"
-    assert m["job"]["target"] == "label" and m["chunking"] == {"size": 40, "chunk_size": 16, "n_chunks": 3, "axis": 0}
+    assert m["job"]["target"] == "label" and m["chunking"] == {
+        "size": 40,
+        "chunk_size": 16,
+        "n_chunks": 3,
+        "axis": 0,
+    }
     assert {"torch", "zarr", "convscope"} <= set(m["run"]["versions"])
     # the same job again is a no-op; another job on the same store is refused
-    again = run_batch(clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label", batch_size=8,
-                      chunk_size=16)
+    again = run_batch(
+        clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label", batch_size=8, chunk_size=16
+    )
     _assert_same(_arrays(again), _arrays(store))
     with pytest.raises(InputError, match="different job"):
         run_batch(clean_model, src, "saliency", tmp_path / "s.zarr", batch_size=8, chunk_size=16)
@@ -83,14 +91,21 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, digits_data):
     script.write_text(SCRIPT)
     out = tmp_path / "killed.zarr"
     lm = cs.load_model("digits-cnn")
-    ref = run_batch(lm, TensorSource(digits_data.images[:96], lm.preprocessing, digits_data.labels[:96]),
-                    "saliency", tmp_path / "ref.zarr", batch_size=8, chunk_size=16)
+    ref = run_batch(
+        lm,
+        TensorSource(digits_data.images[:96], lm.preprocessing, digits_data.labels[:96]),
+        "saliency",
+        tmp_path / "ref.zarr",
+        batch_size=8,
+        chunk_size=16,
+    )
     ref_arrays = _arrays(ref)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     kills = 0
     for want in (1, 3, None):  # kill after 1 and 3 finished chunks, then let it finish
-        proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         if want is None:
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err.decode()[-2000:]
@@ -121,15 +136,19 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, digits_data):
     _assert_same(_arrays(final), ref_arrays)
 
 
-def test_cli_batch(tmp_path):
+def test_cli_batch(tmp_path, capsys):
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, "-m", "convscope.cli.main", "batch", "--limit", "24", "--chunk-size", "8", "-q"]
-    r = subprocess.run(cmd + ["-o", str(tmp_path / "b.zarr")], capture_output=True, text=True, env=env, timeout=300)
+    args = ["batch", "--limit", "24", "--chunk-size", "8", "-q"]
+    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", *args, "-o", str(tmp_path / "b.zarr")],
+                       capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert open_store(tmp_path / "b.zarr").complete
-    r = subprocess.run(cmd + ["--method", "gradient_x_input", "-o", str(tmp_path / "b.zarr")], capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "different job" in r.stderr
+    from convscope.cli.main import main  # the error path in-process (a subprocess costs seconds)
+
+    capsys.readouterr()
+    assert main([*args, "--method", "gradient_x_input", "-o", str(tmp_path / "b.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "different job" in err
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ not the truncated graph the library uses), gradient-based receptive fields, brut
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,8 +49,9 @@ def _all_acts(lm, x, layer):
 def test_top_activations_match_brute_force(clean_model, pixels):
     x, y = pixels
     k = 5
-    res = top_activations(clean_model, TensorSource(x, clean_model.preprocessing, y), "features.6",
-                          k=k, batch_size=32)
+    res = top_activations(
+        clean_model, TensorSource(x, clean_model.preprocessing, y), "features.6", k=k, batch_size=32
+    )
     act = _all_acts(clean_model, clean_model.preprocessing.normalize(x), "features.6")  # (N, C, 16, 16)
     n, c, h, w = act.shape
     flat = act.reshape(n, c, h * w).numpy()
@@ -113,8 +115,12 @@ class Stack(nn.Module):
 @pytest.mark.parametrize("case", ["digits", "stack", "resnet"])
 def test_receptive_field_matches_gradient(case, clean_model):
     if case == "digits":
-        model, size, ch, layers = clean_model.model, (32, 32), 1, ["features.0", "features.4", "features.6",
-                                                                  "features.9"]
+        model, size, ch, layers = (
+            clean_model.model,
+            (32, 32),
+            1,
+            ["features.0", "features.4", "features.6", "features.9"],
+        )
     elif case == "stack":
         torch.manual_seed(0)
         model, size, ch, layers = Stack(), (40, 40), 1, ["c1", "p1", "c3", "p2", "c4"]
@@ -145,9 +151,9 @@ def test_patches_are_the_receptive_field_crops(cue_model, pixels):
             assert patch.shape[:2] == tuple(res.receptive_field.size)
             ut, ul = t - res.receptive_field.box(i, j)[0], le - res.receptive_field.box(i, j)[1]
             img = src.pixels(int(res.indices[c, r]))
-            np.testing.assert_array_equal(patch[ut:ut + b - t, ul:ul + rr - le], img[t:b, le:rr])
+            np.testing.assert_array_equal(patch[ut : ut + b - t, ul : ul + rr - le], img[t:b, le:rr])
             outside = np.ones(patch.shape[:2], bool)
-            outside[ut:ut + b - t, ul:ul + rr - le] = False
+            outside[ut : ut + b - t, ul : ul + rr - le] = False
             assert np.all(patch[outside] == 0.5)
 
 
@@ -172,8 +178,9 @@ def test_neighbors_match_brute_force(clean_model, pixels, metric):
         assert res.indices.tolist() == order.tolist()
         np.testing.assert_allclose(res.distances, d[order], rtol=1e-4, atol=1e-5)
     # a query given as an image (model-space tensor) equals the query by index, itself included
-    res_img = nearest_neighbors(clean_model, src, clean_model.preprocessing.normalize(x[7]), "features.9",
-                                k=3, metric=metric)
+    res_img = nearest_neighbors(
+        clean_model, src, clean_model.preprocessing.normalize(x[7]), "features.9", k=3, metric=metric
+    )
     assert res_img.indices[0] == 7 and res_img.distances[0] == pytest.approx(0, abs=1e-5)
 
 
@@ -228,24 +235,32 @@ def test_sources_folder_and_torch_dataset(clean_model, pixels, tmp_path):
 
 def _cli(*args):
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "convscope.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_cli_dataset_commands(tmp_path):
     r = _cli("top-activations", "--layer", "features.9", "--limit", "60", "-k", "4", "--channels", "0-3",
              "-o", str(tmp_path / "top.png"))
     assert r.returncode == 0, r.stderr
-    img = Image.open(tmp_path / "top.png")
-    assert img.size[1] > 4 * 64
-    r = _cli("neighbors", "#5", "--layer", "features.9", "--limit", "60", "-o", str(tmp_path / "nb.json"))
-    assert r.returncode == 0, r.stderr
-    r = _cli("embed", "--layer", "features.9", "--limit", "60", "--kind", "thumbnails",
-             "-o", str(tmp_path / "emb.png"))
-    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "top.png").size[1] > 4 * 64
     bad = _cli("top-activations", "--layer", "features.99", "--limit", "10", "-o", str(tmp_path / "bad.png"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "features.9" in bad.stderr and not (tmp_path / "bad.png").exists()
-    bad = _cli("top-activations", "--layer", "features.9", "--channels", "500", "--limit", "10",
-               "-o", str(tmp_path / "bad.png"))
-    assert bad.returncode == 2 and not (tmp_path / "bad.png").exists()
+    # the other commands in-process through the same entry point (a subprocess costs seconds)
+    from convscope.cli.main import main
+
+    nb = tmp_path / "nb.json"
+    assert main(["neighbors", "#5", "--layer", "features.9", "--limit", "60", "-o", str(nb)]) == 0
+    assert len(json.loads((tmp_path / "nb.json").read_text())["indices"]) == 8
+    assert main(["embed", "--layer", "features.9", "--limit", "60", "--kind", "thumbnails",
+                 "-o", str(tmp_path / "emb.png")]) == 0
+    assert Image.open(tmp_path / "emb.png").size[0] >= 1000
+    code = main(["top-activations", "--layer", "features.9", "--channels", "500", "--limit", "10",
+                 "-o", str(tmp_path / "bad.png")])
+    assert code == 2 and not (tmp_path / "bad.png").exists()

@@ -21,11 +21,26 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"\r{done}/{total} chunks", end="", file=sys.stderr, flush=True)
 
-    store = run_batch(lm, args.data, args.method, args.output, target=target, layer=args.layer,
-                      options=dict(parse_options(args.option)), batch_size=args.batch_size,
-                      chunk_size=args.chunk_size, seed=args.seed, limit=args.limit, engine=args.engine,
-                      num_workers=args.workers, device=args.device, ray_address=args.ray_address,
-                      slots=args.slots, overwrite=args.overwrite, progress=progress)
+    store = run_batch(
+        lm,
+        args.data,
+        args.method,
+        args.output,
+        target=target,
+        layer=args.layer,
+        options=dict(parse_options(args.option)),
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        limit=args.limit,
+        engine=args.engine,
+        num_workers=args.workers,
+        device=args.device,
+        ray_address=args.ray_address,
+        slots=args.slots,
+        overwrite=args.overwrite,
+        progress=progress,
+    )
     if not args.quiet:
         print(file=sys.stderr)
     print(f"{store.path}  {args.method} on {store.size} images, {store.n_chunks} chunks, complete")
@@ -37,14 +52,29 @@ def add_commands(sub: Any) -> None:
 
     s = sub.add_parser("batch", help="run an explain method over a data set into a resumable Zarr store")
     add_model_args(s)
-    s.add_argument("--data", "-d", default="digits",
-                   help="digits | digits:test | digits:train | PATH to an image folder (default: digits)")
-    s.add_argument("--method", default="saliency", choices=method_names(), metavar="METHOD",
-                   help="one of: " + ", ".join(method_names()))
-    s.add_argument("--target", "-t", default=None,
-                   help="class index or name, 'label' (each image's label); default: predicted class")
+    s.add_argument(
+        "--data",
+        "-d",
+        default="digits",
+        help="digits | digits:test | digits:train | PATH to an image folder (default: digits)",
+    )
+    s.add_argument(
+        "--method",
+        default="saliency",
+        choices=method_names(),
+        metavar="METHOD",
+        help="one of: " + ", ".join(method_names()),
+    )
+    s.add_argument(
+        "--target",
+        "-t",
+        default=None,
+        help="class index or name, 'label' (each image's label); default: predicted class",
+    )
     s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
-    s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable")
+    s.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable"
+    )
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--chunk-size", type=int, default=128, help="images per store chunk (default 128)")
     s.add_argument("--seed", type=int, default=0)

@@ -17,9 +17,13 @@ __all__ = ["add_commands"]
 
 def _data_args(s: argparse.ArgumentParser) -> None:
     add_model_args(s)
-    s.add_argument("--data", "-d", default="digits",
-                   help="digits | digits:test | digits:train | PATH to an image folder (class sub-folders "
-                   "give labels); default: digits")
+    s.add_argument(
+        "--data",
+        "-d",
+        default="digits",
+        help="digits | digits:test | digits:train | PATH to an image folder (class sub-folders "
+        "give labels); default: digits",
+    )
     s.add_argument("--layer", "-l", required=True, help="layer name (see `convscope layers MODEL`)")
     s.add_argument("--limit", type=int, default=None, help="use only the first N images")
     s.add_argument("--batch-size", type=int, default=64)
@@ -60,14 +64,24 @@ def cmd_top(args: argparse.Namespace) -> int:
     out = _check_out(args.output, (".png", ".json"))
     chans = _channels(args.channels)
     lm = load_from_args(args)
-    res = top_activations(lm, args.data, args.layer, k=args.k, batch_size=args.batch_size,
-                          num_workers=args.workers, limit=args.limit)
+    res = top_activations(
+        lm,
+        args.data,
+        args.layer,
+        k=args.k,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        limit=args.limit,
+    )
     if chans is not None:
         res.grid(chans)  # validate before writing
     res.save(out, chans, style=args.style)
     rf = res.receptive_field
     what = f"receptive field {rf.size[0]}x{rf.size[1]} px" if rf else "whole images"
-    print(f"{out}  top {args.k} of {res.channels} channels at {res.layer} over {len(res.source)} images ({what})")
+    print(
+        f"{out}  top {args.k} of {res.channels} channels at {res.layer} "
+        f"over {len(res.source)} images ({what})"
+    )
     return 0
 
 
@@ -84,9 +98,18 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
     out = _check_out(args.output, (".png", ".json"))
     lm = load_from_args(args)
-    res = nearest_neighbors(lm, args.data, _query(args.query), args.layer, k=args.k, metric=args.metric,
-                            pool=args.pool, batch_size=args.batch_size, num_workers=args.workers,
-                            limit=args.limit)
+    res = nearest_neighbors(
+        lm,
+        args.data,
+        _query(args.query),
+        args.layer,
+        k=args.k,
+        metric=args.metric,
+        pool=args.pool,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        limit=args.limit,
+    )
     res.save(out)
     print(f"{out}  {len(res.indices)} nearest by {res.metric} at {res.layer}: images {res.indices.tolist()}")
     return 0
@@ -97,20 +120,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     out = _check_out(args.output, (".png", ".json", ".npy"))
     lm = load_from_args(args)
-    res = embed(lm, args.data, args.layer, method=args.method, pool=args.pool, seed=args.seed,
-                batch_size=args.batch_size, num_workers=args.workers, limit=args.limit)
+    res = embed(
+        lm,
+        args.data,
+        args.layer,
+        method=args.method,
+        pool=args.pool,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        limit=args.limit,
+    )
     res.save(out, kind=args.kind)
     print(f"{out}  {args.method} map of {len(res.coords)} images at {res.layer}")
     return 0
 
 
 def add_commands(sub: Any) -> None:
-    s = sub.add_parser("top-activations", help="most activating images per channel, as receptive-field patches")
+    s = sub.add_parser(
+        "top-activations", help="most activating images per channel, as receptive-field patches"
+    )
     _data_args(s)
     s.add_argument("-k", type=int, default=8, help="images per channel (default 8)")
     s.add_argument("--channels", default=None, help="channels to show, e.g. 0-7,12 (default: first 16 live)")
-    s.add_argument("--style", choices=["patch", "image"], default="patch",
-                   help="patch: the receptive-field patches; image: whole images with the field outlined")
+    s.add_argument(
+        "--style",
+        choices=["patch", "image"],
+        default="patch",
+        help="patch: the receptive-field patches; image: whole images with the field outlined",
+    )
     s.add_argument("-o", "--output", required=True, help="output .png grid or .json")
     s.set_defaults(func=cmd_top)
 
@@ -126,8 +164,12 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("embed", help="PCA / t-SNE / UMAP map of a layer's features")
     _data_args(s)
     s.add_argument("--method", choices=["pca", "tsne", "umap"], default="pca")
-    s.add_argument("--kind", choices=["scatter", "thumbnails"], default="scatter",
-                   help="scatter coloured by class, or image thumbnails at their positions")
+    s.add_argument(
+        "--kind",
+        choices=["scatter", "thumbnails"],
+        default="scatter",
+        help="scatter coloured by class, or image thumbnails at their positions",
+    )
     s.add_argument("--pool", choices=["avg", "max"], default="avg")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, help="output .png, .json or .npy (coordinates)")

@@ -64,13 +64,15 @@ def grid(
     return canvas
 
 
-def draw_box(a: np.ndarray, box: tuple[int, int, int, int], color: tuple[float, float, float] = (1.0, 0.2, 0.1)) -> np.ndarray:
+def draw_box(
+    a: np.ndarray, box: tuple[int, int, int, int], color: tuple[float, float, float] = (1.0, 0.2, 0.1)
+) -> np.ndarray:
     """A copy of ``a`` (H, W, 3) with the 1-px outline of ``box`` = (top, left, bottom, right)."""
     out = a.copy()
     t, le, b, r = box
     b, r = b - 1, r - 1
-    out[t, le:r + 1] = color
-    out[b, le:r + 1] = color
-    out[t:b + 1, le] = color
-    out[t:b + 1, r] = color
+    out[t, le : r + 1] = color
+    out[b, le : r + 1] = color
+    out[t : b + 1, le] = color
+    out[t : b + 1, r] = color
     return out

@@ -38,7 +38,12 @@ def loader(source: DataSource, batch_size: int, num_workers: int = 0, sampler: A
 
 
 def stream_layer(
-    lm: LoadedModel, source: DataSource, layer: str, *, batch_size: int = 64, num_workers: int = 0,
+    lm: LoadedModel,
+    source: DataSource,
+    layer: str,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
     device: Any = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(activation (b, C, h, w) or (b, D), labels (b,), indices (b,))`` batch by batch."""

@@ -28,7 +28,9 @@ __all__ = ["EMBED_METHODS", "Embedding", "embed", "project"]
 EMBED_METHODS = ("pca", "tsne", "umap")
 
 
-def project(features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+def project(
+    features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0
+) -> np.ndarray:
     """(N, D) features -> (N, 2) coordinates with ``method`` (pca, tsne or umap)."""
     x = np.asarray(features, dtype=np.float64)
     n = x.shape[0]
@@ -44,13 +46,16 @@ def project(features: np.ndarray, method: str = "pca", *, seed: int = 0, perplex
 
         if x.shape[1] > 50:
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
-        return TSNE(n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca",
-                    random_state=seed).fit_transform(x)
+        return TSNE(
+            n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(x)
     if method == "umap":
         try:
             import umap  # type: ignore[import-not-found]
         except ImportError:
-            raise InputError("UMAP needs the umap-learn package (pip install umap-learn); or use pca or tsne") from None
+            raise InputError(
+                "UMAP needs the umap-learn package (pip install umap-learn); or use pca or tsne"
+            ) from None
         return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
     raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
 
@@ -96,7 +101,9 @@ class Embedding:
         buf.seek(0)
         return Image.open(buf).convert("RGB")
 
-    def thumbnails(self, *, canvas: int = 1000, thumb: int = 28, max_thumbnails: int = 600, seed: int = 0) -> Image.Image:
+    def thumbnails(
+        self, *, canvas: int = 1000, thumb: int = 28, max_thumbnails: int = 600, seed: int = 0
+    ) -> Image.Image:
         """Image thumbnails placed at their 2-D positions on a white canvas."""
         n = len(self.coords)
         idx = np.arange(n)
@@ -130,8 +137,18 @@ class Embedding:
             pic.save(buf, format="PNG")
             data = buf.getvalue()
         elif ext == ".json":
-            data = (json.dumps({"model": self.model_name, "layer": self.layer, "method": self.method,
-                                "coords": self.coords.tolist(), "labels": self.labels.tolist()}) + "\n").encode()
+            data = (
+                json.dumps(
+                    {
+                        "model": self.model_name,
+                        "layer": self.layer,
+                        "method": self.method,
+                        "coords": self.coords.tolist(),
+                        "labels": self.labels.tolist(),
+                    }
+                )
+                + "\n"
+            ).encode()
         elif ext == ".npy":
             buf = io.BytesIO()
             np.save(buf, self.coords.astype(np.float32))
@@ -165,7 +182,15 @@ def embed(
     if method not in EMBED_METHODS:
         raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
     if features is None:
-        features = layer_features(model, data, layer, pool=pool, batch_size=batch_size,
-                                  num_workers=num_workers, limit=limit, device=device)
+        features = layer_features(
+            model,
+            data,
+            layer,
+            pool=pool,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            limit=limit,
+            device=device,
+        )
     coords = project(features.features.numpy(), method, seed=seed, perplexity=perplexity)
     return Embedding(features.layer, method, coords, features.labels, features.source, features.model_name)

@@ -55,13 +55,24 @@ class Features:
     model_name: str = ""
 
 
-def layer_features(model: Any, data: Any, layer: str, *, pool: str = "avg", batch_size: int = 64,
-                   num_workers: int = 0, limit: int | None = None, device: Any = None) -> Features:
+def layer_features(
+    model: Any,
+    data: Any,
+    layer: str,
+    *,
+    pool: str = "avg",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    limit: int | None = None,
+    device: Any = None,
+) -> Features:
     """Pooled features of every image of ``data`` at ``layer`` (streamed batch by batch)."""
     lm, src = resolve(model, data, limit)
     (name,) = resolve_layers(lm.model, layer)[:1]
     feats, labels = [], []
-    for act, y, _ in stream_layer(lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device):
+    for act, y, _ in stream_layer(
+        lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device
+    ):
         feats.append(pool_features(act, pool).cpu())
         labels.append(y)
     if not feats:
@@ -107,7 +118,7 @@ class Neighbors:
         names = self.source.class_names
         imgs = [self.query_pixels] + [self.source.pixels(int(i)) for i in self.indices]
         caps = ["query"]
-        for i, d in zip(self.indices, self.distances):
+        for i, d in zip(self.indices, self.distances, strict=True):
             lab = self.source.label(int(i))
             name = names[lab] if 0 <= lab < len(names) else ("" if lab < 0 else str(lab))
             caps.append(f"{name} {float(d):.3f}".strip())
@@ -115,10 +126,15 @@ class Neighbors:
         return grid([imgs], cell=cell, captions=[caps], title=title, highlight_first=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model_name, "layer": self.layer, "metric": self.metric,
-                "query_index": self.query_index, "indices": self.indices.tolist(),
-                "distances": self.distances.tolist(),
-                "labels": [self.source.label(int(i)) for i in self.indices]}
+        return {
+            "model": self.model_name,
+            "layer": self.layer,
+            "metric": self.metric,
+            "query_index": self.query_index,
+            "indices": self.indices.tolist(),
+            "distances": self.distances.tolist(),
+            "labels": [self.source.label(int(i)) for i in self.indices],
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """``.png`` (the grid) or ``.json``; atomic."""
@@ -162,8 +178,9 @@ def nearest_neighbors(
     lm, src = resolve(model, data, limit)
     (name,) = resolve_layers(lm.model, layer)[:1]
     if features is None:
-        features = layer_features(lm, src, name, pool=pool, batch_size=batch_size, num_workers=num_workers,
-                                  device=device)
+        features = layer_features(
+            lm, src, name, pool=pool, batch_size=batch_size, num_workers=num_workers, device=device
+        )
     src = features.source
     qidx: int | None = None
     if isinstance(query, (int, np.integer)):

@@ -38,7 +38,10 @@ __all__ = ["ReceptiveField", "layer_extractor", "receptive_field", "rf_box"]
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """Per-axis (rows, cols) geometry: unit ``i`` sees pixels ``[i*jump + start, i*jump + start + size - 1]``."""
+    """Per-axis (rows, cols) geometry.
+
+    Unit ``i`` sees pixels ``[i*jump + start, i*jump + start + size - 1]``.
+    """
 
     jump: tuple[int, int]
     start: tuple[int, int]
@@ -60,18 +63,71 @@ def rf_box(rf: ReceptiveField, i: int, j: int, height: int, width: int) -> tuple
 _Geom = tuple[tuple[int, int, int], tuple[int, int, int]]  # per axis (J, L, R)
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+    nn.LocalResponseNorm,
+    nn.Dropout,
+    nn.Dropout2d,
 )
 _POINTWISE_FUNCS = {
-    operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd, operator.imul,
-    torch.add, torch.mul, torch.sub, torch.relu, torch.sigmoid, torch.tanh, torch.cat,
-    F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.dropout, F.batch_norm,
-    torch.nn.functional.sigmoid, F.elu,
+    operator.add,
+    operator.mul,
+    operator.sub,
+    operator.truediv,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.mul,
+    torch.sub,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.cat,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.dropout,
+    F.batch_norm,
+    torch.nn.functional.sigmoid,
+    F.elu,
 }
-_POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
-                      "float", "to", "clamp", "clamp_"}
+_POINTWISE_METHODS = {
+    "relu",
+    "relu_",
+    "add",
+    "add_",
+    "mul",
+    "mul_",
+    "sigmoid",
+    "contiguous",
+    "clone",
+    "float",
+    "to",
+    "clamp",
+    "clamp_",
+}
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -91,7 +147,9 @@ def _union(gs: list[_Geom]) -> _Geom:
     for ax in range(2):
         js = {g[ax][0] for g in gs}
         if len(js) != 1:
-            raise MethodError("branches with different strides meet in one node; the receptive field is not a box")
+            raise MethodError(
+                "branches with different strides meet in one node; the receptive field is not a box"
+            )
         lo = min(g[ax][1] for g in gs)
         hi = max(g[ax][1] + g[ax][2] for g in gs)
         out.append((js.pop(), lo, hi - lo))
@@ -120,11 +178,15 @@ def _layer_node(gm: fx.GraphModule, layer: str) -> fx.Node:
         if any(p == layer for p in paths):
             last = node
     if last is None:
-        raise MethodError(f"layer {layer!r} has no node in the traced graph; pick a layer that runs in forward")
+        raise MethodError(
+            f"layer {layer!r} has no node in the traced graph; pick a layer that runs in forward"
+        )
     return last
 
 
-def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int] | None = None) -> ReceptiveField:
+def receptive_field(
+    model: nn.Module, layer: str, input_size: tuple[int, int] | None = None
+) -> ReceptiveField:
     """The exact receptive field of the units of ``layer``.
 
     Args:
@@ -179,8 +241,10 @@ class _Blocked:
 
     def message(self) -> str:
         what = self.node.target if self.node.op != "call_module" else self.node.target
-        return (f"no exact receptive field past {what!s} ({self.node.op}); receptive fields are "
-                "computed for conv/pool stacks (pick an earlier layer)")
+        return (
+            f"no exact receptive field past {what!s} ({self.node.op}); receptive fields are "
+            "computed for conv/pool stacks (pick an earlier layer)"
+        )
 
 
 def _spatial_shapes(gm: fx.GraphModule, model: nn.Module, size: tuple[int, int]) -> dict[fx.Node, Any]:
@@ -198,24 +262,38 @@ def _spatial_shapes(gm: fx.GraphModule, model: nn.Module, size: tuple[int, int])
     out = {}
     for n in gm.graph.nodes:
         tm = n.meta.get("tensor_meta")
-        out[n] = tuple(tm.shape[-2:]) if tm is not None and hasattr(tm, "shape") and len(tm.shape) == 4 else None
+        out[n] = (
+            tuple(tm.shape[-2:]) if tm is not None and hasattr(tm, "shape") and len(tm.shape) == 4 else None
+        )
     return out
 
 
-def _node_geom(node: fx.Node, ins: list[fx.Node], geom: dict[fx.Node, Any],
-               modules: dict[str, nn.Module], shapes: dict[fx.Node, Any]) -> _Geom:
+def _node_geom(
+    node: fx.Node,
+    ins: list[fx.Node],
+    geom: dict[fx.Node, Any],
+    modules: dict[str, nn.Module],
+    shapes: dict[fx.Node, Any],
+) -> _Geom:
     gs = [geom[a] for a in ins]
     if any(isinstance(g, _Blocked) for g in gs):
         raise MethodError("blocked")
     if node.op == "call_module":
         m = modules[str(node.target)]
         if isinstance(m, nn.Conv2d):
-            return _apply(gs[0], m.kernel_size, m.stride, m.padding if not isinstance(m.padding, str)
-                          else _same_pad(m), m.dilation)
+            return _apply(
+                gs[0],
+                m.kernel_size,
+                m.stride,
+                m.padding if not isinstance(m.padding, str) else _same_pad(m),
+                m.dilation,
+            )
         if isinstance(m, nn.MaxPool2d):
             return _apply(gs[0], m.kernel_size, m.stride, m.padding, m.dilation)
         if isinstance(m, nn.AvgPool2d):
-            return _apply(gs[0], m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, 1)
+            return _apply(
+                gs[0], m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, 1
+            )
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             src = shapes.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
             if src is not None and shapes.get(node) == src:
@@ -230,8 +308,10 @@ def _node_geom(node: fx.Node, ins: list[fx.Node], geom: dict[fx.Node, Any],
         if node.target is F.max_pool2d or node.target is F.avg_pool2d:
             kw = dict(node.kwargs)
             args = list(node.args[1:])
-            names = ["kernel_size", "stride", "padding"] + (["dilation"] if node.target is F.max_pool2d else [])
-            for nm, v in zip(names, args):
+            names = ["kernel_size", "stride", "padding"] + (
+                ["dilation"] if node.target is F.max_pool2d else []
+            )
+            for nm, v in zip(names, args, strict=False):
                 kw.setdefault(nm, v)
             k = kw["kernel_size"]
             s = kw.get("stride") or k

@@ -139,7 +139,9 @@ class FolderSource(DataSource):
     def __init__(self, root: str | os.PathLike, pre: Preprocessing, limit: int | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise InputError(f"data folder not found: {self.root} (expected a folder of images or class sub-folders)")
+            raise InputError(
+                f"data folder not found: {self.root} (expected a folder of images or class sub-folders)"
+            )
         self.preprocessing = pre
         self.limit = limit
         subdirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -147,12 +149,18 @@ class FolderSource(DataSource):
         if subdirs:
             self.class_names = [d.name for d in subdirs]
             for k, d in enumerate(subdirs):
-                files.extend((str(p.relative_to(self.root)), k) for p in sorted(d.rglob("*"))
-                             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+                files.extend(
+                    (str(p.relative_to(self.root)), k)
+                    for p in sorted(d.rglob("*"))
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                )
         else:
             self.class_names = []
-            files = [(p.name, -1) for p in sorted(self.root.iterdir())
-                     if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+            files = [
+                (p.name, -1)
+                for p in sorted(self.root.iterdir())
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            ]
         if not files:
             raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) found in {self.root}")
         if limit is not None:
@@ -178,22 +186,39 @@ class FolderSource(DataSource):
         for f in self.files:
             st = (self.root / f).stat()
             h.update(f"{f}\0{st.st_size}\0".encode())
-        return {"kind": "folder", "path": str(self.root.resolve()), "size": len(self),
-                "classes": self.class_names, "files_sha256": h.hexdigest(), "limit": self.limit}
+        return {
+            "kind": "folder",
+            "path": str(self.root.resolve()),
+            "size": len(self),
+            "classes": self.class_names,
+            "files_sha256": h.hexdigest(),
+            "limit": self.limit,
+        }
 
 
 class TensorSource(DataSource):
     """An (N, C, H, W) tensor of pixels in [0, 1] (``model_space=False``) or model inputs."""
 
-    def __init__(self, images: torch.Tensor, pre: Preprocessing, labels: Sequence[int] | torch.Tensor | None = None,
-                 *, model_space: bool = False, class_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        pre: Preprocessing,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        *,
+        model_space: bool = False,
+        class_names: Sequence[str] = (),
+    ) -> None:
         if images.ndim != 4 or not images.is_floating_point():
-            raise InputError(f"a tensor source must be a float (N, C, H, W) tensor, got {tuple(images.shape)}")
+            raise InputError(
+                f"a tensor source must be a float (N, C, H, W) tensor, got {tuple(images.shape)}"
+            )
         self.preprocessing = pre
         self._x = images.detach().cpu()
         self.model_space = model_space
         n = images.shape[0]
-        self._y = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(n)
+        self._y = (
+            np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(n)
+        )
         self.class_names = list(class_names)
 
     def __len__(self) -> int:
@@ -219,8 +244,13 @@ class TensorSource(DataSource):
 
     def describe(self) -> dict[str, Any]:
         h = hashlib.sha256(self._x.float().numpy().tobytes()).hexdigest()
-        return {"kind": "tensor", "size": len(self), "shape": list(self._x.shape), "sha256": h,
-                "model_space": self.model_space}
+        return {
+            "kind": "tensor",
+            "size": len(self),
+            "shape": list(self._x.shape),
+            "sha256": h,
+            "model_space": self.model_space,
+        }
 
 
 class TorchSource(DataSource):
@@ -233,7 +263,9 @@ class TorchSource(DataSource):
     def __init__(self, dataset: Any, pre: Preprocessing, class_names: Sequence[str] | None = None) -> None:
         self.dataset = dataset
         self.preprocessing = pre
-        self.class_names = list(class_names if class_names is not None else getattr(dataset, "classes", []) or [])
+        self.class_names = list(
+            class_names if class_names is not None else getattr(dataset, "classes", []) or []
+        )
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -256,8 +288,11 @@ class TorchSource(DataSource):
         return self._item(i)[1]
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "torch", "class": f"{type(self.dataset).__module__}.{type(self.dataset).__qualname__}",
-                "size": len(self)}
+        return {
+            "kind": "torch",
+            "class": f"{type(self.dataset).__module__}.{type(self.dataset).__qualname__}",
+            "size": len(self),
+        }
 
 
 def as_source(data: Any, pre: Preprocessing, *, limit: int | None = None) -> DataSource:

@@ -113,7 +113,10 @@ class TopActivations:
         return rf_box(self.receptive_field, i, j, h, w)
 
     def patch(self, channel: int, rank: int) -> np.ndarray:
-        """The receptive-field patch (S, S, 3), the out-of-image part gray; the whole image without a field."""
+        """The receptive-field patch (S, S, 3), the out-of-image part gray.
+
+        The whole image when the layer has no receptive field.
+        """
         img = self.source.pixels(int(self.indices[channel, rank]))
         if self.receptive_field is None:
             return img
@@ -123,18 +126,29 @@ class TopActivations:
         out = np.full((b - t, r - le, 3), PAD_GRAY, dtype=img.dtype)
         ct, cl, cb, cr = max(t, 0), max(le, 0), min(b, h), min(r, w)
         if cb > ct and cr > cl:
-            out[ct - t: cb - t, cl - le: cr - le] = img[ct:cb, cl:cr]
+            out[ct - t : cb - t, cl - le : cr - le] = img[ct:cb, cl:cr]
         return out
 
     def patches(self, channel: int) -> list[np.ndarray]:
         return [self.patch(channel, r) for r in range(self.values.shape[1])]
 
-    def grid(self, channels: Sequence[int] | None = None, *, style: str = "patch", cell: int = 64,
-             max_channels: int = 16) -> Image.Image:
-        """A grid, one row per channel (default: the first ``max_channels`` live channels): the patches (``style="patch"``) or the whole images with
-        the receptive field outlined (``style="image"``), best first, with the activation values."""
+    def grid(
+        self,
+        channels: Sequence[int] | None = None,
+        *,
+        style: str = "patch",
+        cell: int = 64,
+        max_channels: int = 16,
+    ) -> Image.Image:
+        """A grid, one row per channel (default: the first ``max_channels`` live channels).
+
+        Each row shows the patches (``style="patch"``) or the whole images with the receptive
+        field outlined (``style="image"``), best first, with the activation values.
+        """
         if channels is None:  # the first channels that fire at all (dead channels show nothing)
-            live = [c for c in range(self.channels) if float(self.values[c, 0]) > 0] or list(range(self.channels))
+            live = [c for c in range(self.channels) if float(self.values[c, 0]) > 0] or list(
+                range(self.channels)
+            )
             chans = live[:max_channels]
         else:
             chans = [int(c) for c in channels]
@@ -146,8 +160,10 @@ class TopActivations:
             if style == "patch":
                 row = self.patches(c)
             elif style == "image":
-                row = [draw_box(self.source.pixels(int(self.indices[c, r])), self.box(c, r))
-                       for r in range(self.values.shape[1])]
+                row = [
+                    draw_box(self.source.pixels(int(self.indices[c, r])), self.box(c, r))
+                    for r in range(self.values.shape[1])
+                ]
             else:
                 raise InputError(f"unknown grid style {style!r}; use patch or image")
             rows.append(row)
@@ -164,18 +180,25 @@ class TopActivations:
             "model": self.model_name,
             "layer": self.layer,
             "feature_size": list(self.feature_size),
-            "receptive_field": None if rf is None else {"jump": list(rf.jump), "start": list(rf.start),
-                                                        "size": list(rf.size)},
+            "receptive_field": None
+            if rf is None
+            else {"jump": list(rf.jump), "start": list(rf.start), "size": list(rf.size)},
             "channels": [
-                {"channel": c, "values": self.values[c].tolist(), "indices": self.indices[c].tolist(),
-                 "positions": self.positions[c].tolist(),
-                 "boxes": [list(self.box(c, r)) for r in range(k)],
-                 "labels": [self.source.label(int(i)) for i in self.indices[c]]}
+                {
+                    "channel": c,
+                    "values": self.values[c].tolist(),
+                    "indices": self.indices[c].tolist(),
+                    "positions": self.positions[c].tolist(),
+                    "boxes": [list(self.box(c, r)) for r in range(k)],
+                    "labels": [self.source.label(int(i)) for i in self.indices[c]],
+                }
                 for c in range(self.channels)
             ],
         }
 
-    def save(self, path: str | os.PathLike, channels: Sequence[int] | None = None, *, style: str = "patch") -> Path:
+    def save(
+        self, path: str | os.PathLike, channels: Sequence[int] | None = None, *, style: str = "patch"
+    ) -> Path:
         """``.png`` (the grid) or ``.json`` (values, images, positions and boxes); atomic."""
         p = Path(path)
         ext = p.suffix.lower()
@@ -220,7 +243,9 @@ def top_activations(
 
     (name,) = resolve_layers(lm.model, layer)[:1]
     top = RunningTopK(k)
-    for act, _y, idx in stream_layer(lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device):
+    for act, _y, idx in stream_layer(
+        lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device
+    ):
         top.update(act, idx)
     if top.values is None:
         raise InputError("the data set is empty")

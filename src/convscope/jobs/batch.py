@@ -43,8 +43,13 @@ def _versions(engine: str) -> dict[str, str]:
 
     from .. import __version__
 
-    v = {"convscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-         "numpy": np.__version__, "python": platform.python_version()}
+    v = {
+        "convscope": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import zarr
 
@@ -114,12 +119,22 @@ class BatchJob:
         target = self.target
         if isinstance(target, str) and target == "label":
             if bool((labels < 0).any()):
-                raise InputError("target 'label' needs labelled images; this data set has images without a label")
+                raise InputError(
+                    "target 'label' needs labelled images; this data set has images without a label"
+                )
             target = [int(v) for v in labels]
         if self.device is not None:
             x = x.to(self.device)
-        e = explain(self.model, x, method=self.method, target=target, layer=self.layer,
-                    batch_size=self.batch_size, seed=self.seed, **self.options)
+        e = explain(
+            self.model,
+            x,
+            method=self.method,
+            target=target,
+            layer=self.layer,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            **self.options,
+        )
         probs = e.probabilities if e.probabilities is not None else torch.full((x.shape[0], 0), float("nan"))
         return {
             "maps": e.map.numpy().astype(np.float32, copy=False),
@@ -155,8 +170,9 @@ class _ChunkBatches:
         return len(self.plan)
 
 
-def _run_local(job: BatchJob, store: BatchStore, pending: list[int], num_workers: int,
-               progress: Progress | None) -> None:
+def _run_local(
+    job: BatchJob, store: BatchStore, pending: list[int], num_workers: int, progress: Progress | None
+) -> None:
     from torch.utils.data import DataLoader
 
     kw: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
@@ -187,8 +203,14 @@ class _RayChunkWorker:
         return {"chunk": np.asarray(batch["chunk"]), "size": np.asarray(sizes, dtype=np.int64)}
 
 
-def _run_ray(job: BatchJob, store: BatchStore, pending: list[int], ray_address: str | None,
-             slots: int | None, progress: Progress | None) -> None:
+def _run_ray(
+    job: BatchJob,
+    store: BatchStore,
+    pending: list[int],
+    ray_address: str | None,
+    slots: int | None,
+    progress: Progress | None,
+) -> None:
     try:
         import ray
         import ray.data
@@ -332,9 +354,12 @@ def run_batch(
         store = open_store(path)
         m = store.manifest
         if m.get("job") != job_id or m.get("chunking") != chunking:
-            diff = sorted(k2 for k2 in set(job_id) | {"chunking"}
-                          if (m.get("chunking") if k2 == "chunking" else m.get("job", {}).get(k2))
-                          != (chunking if k2 == "chunking" else job_id[k2]))
+            diff = sorted(
+                k2
+                for k2 in set(job_id) | {"chunking"}
+                if (m.get("chunking") if k2 == "chunking" else m.get("job", {}).get(k2))
+                != (chunking if k2 == "chunking" else job_id[k2])
+            )
             raise InputError(
                 f"{path} holds a different job (differs in: {', '.join(diff)}); use another output "
                 "or overwrite=True (--overwrite)"
@@ -353,8 +378,20 @@ def run_batch(
         }
         store = create_store(path, manifest, shapes, chunk_size)
     pending = store.pending_chunks()
-    job = BatchJob(lm, src, method, target, layer, options, batch_size, seed, str(path), chunk_size,
-                   device=device, fsync=fsync)
+    job = BatchJob(
+        lm,
+        src,
+        method,
+        target,
+        layer,
+        options,
+        batch_size,
+        seed,
+        str(path),
+        chunk_size,
+        device=device,
+        fsync=fsync,
+    )
     if pending:
         if engine == "local":
             _run_local(job, store, pending, num_workers, progress)
@@ -362,5 +399,7 @@ def run_batch(
             _run_ray(job, store, pending, ray_address, slots, progress)
     if not store.complete:
         if not store.finish({"engine": engine, "versions": _versions(engine)}):
-            raise InputError(f"{path}: chunks {store.pending_chunks()[:5]} were not written; run the job again")
+            raise InputError(
+                f"{path}: chunks {store.pending_chunks()[:5]} were not written; run the job again"
+            )
     return store

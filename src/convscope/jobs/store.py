@@ -213,8 +213,9 @@ def open_store(path: str | os.PathLike) -> BatchStore:
     return BatchStore(p)
 
 
-def create_store(path: str | os.PathLike, manifest: dict[str, Any], shapes: dict[str, tuple[int, ...]],
-                 chunk_size: int) -> BatchStore:
+def create_store(
+    path: str | os.PathLike, manifest: dict[str, Any], shapes: dict[str, tuple[int, ...]], chunk_size: int
+) -> BatchStore:
     """Create an empty store atomically: built in a hidden temporary folder, then renamed to ``path``."""
     zarr = _zarr()
     p = Path(path)
@@ -228,8 +229,14 @@ def create_store(path: str | os.PathLike, manifest: dict[str, Any], shapes: dict
         fills = {"maps": np.nan, "targets": -1, "labels": -1, "probabilities": np.nan}
         for name in ARRAYS:
             shape = shapes[name]
-            zarr.create_array(str(tmp), name=name, shape=shape, chunks=(chunk_size,) + tuple(shape[1:]),
-                              dtype=dtypes[name], fill_value=fills[name])
+            zarr.create_array(
+                str(tmp),
+                name=name,
+                shape=shape,
+                chunks=(chunk_size,) + tuple(shape[1:]),
+                dtype=dtypes[name],
+                fill_value=fills[name],
+            )
         (tmp / "done").mkdir()
         atomic_write(tmp / "manifest.json", lambda fh: fh.write(_json_bytes(manifest)))
         os.rename(tmp, p)

@@ -43,6 +43,9 @@ def grid(
     top = 20 if title else 0
     lw = label_width if row_labels is not None else 0
     width = lw + ncol * (cell + gap) + gap
+    if title:  # never cut the title
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        width = max(width, int(probe.textlength(title, font=font(13))) + 2 * gap)
     height = top + len(rows) * (cell + cap_h + gap) + gap
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -67,12 +70,13 @@ def grid(
 def draw_box(
     a: np.ndarray, box: tuple[int, int, int, int], color: tuple[float, float, float] = (1.0, 0.2, 0.1)
 ) -> np.ndarray:
-    """A copy of ``a`` (H, W, 3) with the 1-px outline of ``box`` = (top, left, bottom, right)."""
+    """A copy of ``a`` (H, W, 3) with the outline of ``box`` = (top, left, bottom, right), drawn inside it."""
     out = a.copy()
     t, le, b, r = box
-    b, r = b - 1, r - 1
-    out[t, le : r + 1] = color
-    out[b, le : r + 1] = color
-    out[t : b + 1, le] = color
-    out[t : b + 1, r] = color
+    lw = max(1, round(max(a.shape[:2]) / 64))  # stays visible when the image is shown small
+    lw = min(lw, max(1, (b - t) // 2), max(1, (r - le) // 2))
+    out[t : t + lw, le:r] = color
+    out[b - lw : b, le:r] = color
+    out[t:b, le : le + lw] = color
+    out[t:b, r - lw : r] = color
     return out

@@ -46,6 +46,7 @@ class Section:
     table_header: list[str] | None = None
     rows: list[list[Figure]] = field(default_factory=list)
     row_labels: list[str] = field(default_factory=list)
+    row_notes: list[str] = field(default_factory=list)  # a line under each row label (optional)
     html_blocks: list[str] = field(default_factory=list)
     lead: Figure | None = None  # shown first, next to the chart (e.g. the input image)
     chart: list[tuple[str, float]] | None = None  # (label, value in [0, 1]) horizontal bars

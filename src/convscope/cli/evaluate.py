@@ -195,6 +195,7 @@ def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
     methods = _csv_list(args.methods) if args.methods else None
     res = planted_cue_benchmark(args.n_images, methods=methods, steps=args.steps,
                                 n_sanity=args.n_sanity, seed=args.seed, device=args.device,
+                                options=args.options,
                                 progress=not args.no_progress)
     files = write_benchmark(res, Path(args.output))
     cols = [c for c in LEADERBOARD_COLUMNS if c != "model"]
@@ -250,6 +251,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--n-sanity", type=int, default=12,
                    help="digits for the randomisation check (default 12; 0 skips it)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", default="auto", choices=("auto", "fast", "default"),
+                   help="method options: auto (fast options for the sampling black-box methods, "
+                   "defaults for the rest), fast (fast options for all), default (none)")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_benchmark_planted_cue)

@@ -5,8 +5,8 @@ reads the square, not the digit; ``digits-cnn`` is the same network trained on c
 see the same test digits with their class's cue. A method that shows what the model uses should
 point at the cue for the cue model and away from it for the clean model.
 
-For each model and each method of the registry (families gradient, cam and perturbation, run with
-their ``fast_options``) the benchmark measures on the first ``n_images`` test digits:
+For each model and each method of the registry (families gradient, cam and perturbation) the
+benchmark measures on the first ``n_images`` test digits:
 
 * ``max_in_cue`` / ``max_within_1px``: pointing game, strict and with 1 px tolerance;
 * ``cue_mass``: share of positive attribution mass inside the cue (energy pointing game; the
@@ -18,6 +18,12 @@ their ``fast_options``) the benchmark measures on the first ``n_images`` test di
 
 Two reference rows calibrate the curve areas: ``(cue mask)`` (the true cause as a map) and
 ``(random)`` (a seeded uniform random map).
+
+Options: with ``options="auto"`` (default) the sampling-based black-box methods (registry flag
+``black_box``: occlusion, RISE, LIME, Kernel SHAP) run with their registered ``fast_options``, which
+keeps the whole benchmark to a few minutes on a CPU; every other method runs with its defaults.
+``"fast"`` uses ``fast_options`` for every method, ``"default"`` for none. The options used are
+recorded per row.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ LEADERBOARD_COLUMNS = [
     "model", "method", "family", "max_in_cue", "max_within_1px", "cue_mass", "deletion",
     "insertion", "sanity_similarity", "sanity", "seconds",
 ]
+DETAIL_COLUMNS = ["options"]
 
 
 def benchmark_methods() -> list[str]:
@@ -102,7 +109,8 @@ def planted_cue_benchmark(
     steps: int = 16,
     n_sanity: int = 12,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | str = "auto",
+    options: str = "auto",
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> BenchmarkResult:
@@ -115,7 +123,8 @@ def planted_cue_benchmark(
         steps: deletion / insertion steps.
         n_sanity: digits used by the sanity check (0: skip it).
         seed: seed of the methods, the random reference map, tie-breaking and re-initialisation.
-        batch_size: masked images per forward pass of the curves.
+        batch_size: masked images per forward pass of the curves (``"auto"``: memory budget).
+        options: ``"auto"``, ``"fast"`` or ``"default"`` method options (see module docstring).
         device: run on this device (default: CPU).
         progress: show progress bars.
     """
@@ -127,6 +136,8 @@ def planted_cue_benchmark(
     names = list(methods) if methods is not None else benchmark_methods()
     for n in names:
         get_method(n)  # unknown names fail before any work
+    if options not in ("auto", "fast", "default"):
+        raise InputError(f"unknown options mode {options!r}; use auto, fast or default")
     x_all, y_all = digits().split("test")
     if not 1 <= n_images <= len(y_all):
         raise InputError(f"--n-images must lie in 1..{len(y_all)}, got {n_images}")
@@ -135,7 +146,7 @@ def planted_cue_benchmark(
     res = BenchmarkResult(settings={
         "n_images": n_images, "steps": steps, "n_sanity": min(n_sanity, n_images), "seed": seed,
         "baseline": "black", "score": "probability", "methods": names, "models": list(models),
-        "sanity_threshold": DEFAULT_THRESHOLD,
+        "sanity_threshold": DEFAULT_THRESHOLD, "options": options,
     })
     rnd = torch.rand(n_images, 32, 32, generator=torch.Generator().manual_seed(seed))
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -152,7 +163,9 @@ def planted_cue_benchmark(
             t0 = time.perf_counter()
             ex = None
             if given is None:
-                ex = as_explainer(name, fast=True, seed=seed)
+                info = get_method(name)
+                fast = options == "fast" or (options == "auto" and info.black_box)
+                ex = as_explainer(name, fast=fast, seed=seed)
                 maps = explain(lm, x, method=name, seed=seed, **ex.options).map  # type: ignore[union-attr]
             else:
                 maps = given
@@ -167,6 +180,7 @@ def planted_cue_benchmark(
                 "cue_mass": cue_mass(maps, masks).mean().item(),
                 "deletion": d.auc.mean().item(), "insertion": i.auc.mean().item(),
                 "sanity_similarity": None, "sanity": None,
+                "options": "" if ex is None else ", ".join(f"{k}={v}" for k, v in ex.options.items()),
             }
             res.curves[(model_name, name)] = {
                 "deletion": (d.fractions.numpy(), d.mean_curve().numpy()),

@@ -352,6 +352,7 @@ CUE_SETTINGS = {
     "rise": ({"n_masks": 300, "cells": 8}, 0.6),
     "lime": ({"segmentation": "grid", "cell": 4, "n_samples": 150, "hide": "zero"}, 0.8),
     "kernel_shap": ({"segmentation": "grid", "cell": 4, "n_samples": 150}, 0.8),
+    "scorecam": ({}, 0.45),
 }
 
 
@@ -362,3 +363,20 @@ def test_perturbation_methods_point_at_the_planted_cue(name, cue_model, cue_test
     e = cs.explain(cue_model, x, method=name, **opts)
     rate = pointing_hits(e.map, cue_test.masks[:CUE_N], tolerance=1).float().mean().item()
     assert rate >= threshold, f"{name} points at the cue for only {rate:.2f} of the images"
+
+
+def test_ablationcam_weights_channels_by_their_mean_on_a_gap_head(cue_model, cue_test):
+    # A known cause for Ablation-CAM missing the small cue (0 of 200 cue images, docs/methods.md):
+    # behind global average pooling and a linear layer, zeroing channel k lowers the logit by
+    # exactly w_ck * mean(A_k), so spread-out channels outweigh the cue's compact one.
+    net = cue_model.model
+    x = cue_model.preprocessing.normalize(cue_test.images[:1])
+    e = cs.explain(cue_model, x, method="ablationcam", target=2)
+    a, tail = _digits_split(net, x)
+    with torch.no_grad():
+        s0 = tail(a)[0, 2]
+    w = net.classifier.weight[2].detach() * a[0].mean((1, 2)) / s0
+    cam = torch.relu((w[:, None, None] * a[0]).sum(0))
+    up = torch.nn.functional.interpolate(cam[None, None], size=(32, 32), mode="bilinear",
+                                         align_corners=False)[0, 0]
+    torch.testing.assert_close(e.map[0], up, atol=1e-4, rtol=1e-4)

@@ -126,7 +126,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if target is not None:
         from ..targets import resolve_target
 
-        t = resolve_target(target, logits, lm.class_names).indices.to(x.device)
+        idx = resolve_target(target, logits, lm.class_names).indices
+        if idx is None:
+            raise InputError("--target must name a class")
+        t = idx.to(x.device)
     curve_kw = dict(targets=t, steps=args.steps, baseline=_baseline(args.baseline),
                     batch_size=args.batch_size, seed=args.seed)
     rows: list[dict[str, Any]] = []

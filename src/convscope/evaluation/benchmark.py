@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..models import LoadedModel, load_model
 from ..registry import get_method, list_methods
 from .curves import deletion, insertion
-from .explainers import as_explainer
+from .explainers import MethodExplainer, as_explainer
 from .pointing import cue_mass, pointing_hits
 from .sanity import DEFAULT_THRESHOLD, SanityResult, model_randomization
 
@@ -128,7 +128,7 @@ def planted_cue_benchmark(
         device: run on this device (default: CPU).
         progress: show progress bars.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     from ..api import explain
     from ..datasets import digits, planted_cue
@@ -161,12 +161,14 @@ def planted_cue_benchmark(
         for name, family, given in bar:
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
-            ex = None
+            ex: MethodExplainer | None = None
             if given is None:
                 info = get_method(name)
                 fast = options == "fast" or (options == "auto" and info.black_box)
-                ex = as_explainer(name, fast=fast, seed=seed)
-                maps = explain(lm, x, method=name, seed=seed, **ex.options).map  # type: ignore[union-attr]
+                made = as_explainer(name, fast=fast, seed=seed)
+                assert isinstance(made, MethodExplainer)
+                ex = made
+                maps = explain(lm, x, method=name, seed=seed, **ex.options).map
             else:
                 maps = given
             maps = maps.float().cpu()
@@ -269,12 +271,16 @@ def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
         sec.row_labels.append("cascading randomisation")
     files["report.html"] = rep.render().encode("utf-8")
 
-    from .._io import atomic_write
-
     written = {}
     for name, data in files.items():
-        written[name] = atomic_write(out / name, lambda fh, data=data: fh.write(data))
+        written[name] = _write(out / name, data)
     return written
+
+
+def _write(path: Path, data: bytes) -> Path:
+    from .._io import atomic_write
+
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def _fmt(v: Any) -> str:

@@ -17,6 +17,7 @@ corners (x1 and y1 exclusive), or one list of such boxes per image (their union 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ def boxes_to_masks(boxes: RegionSpec, size: tuple[int, int]) -> torch.Tensor:
     if isinstance(boxes, torch.Tensor):
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise InputError(f"a box tensor must be (B, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}")
-        per_image: list[list[Sequence[float]]] = [[b.tolist()] for b in boxes]
+        per_image: list[list[Any]] = [[b.tolist()] for b in boxes]
     else:
         per_image = []
         for item in boxes:
@@ -115,7 +116,7 @@ def pointing_game(maps: torch.Tensor, regions: RegionSpec, tolerance: int = 0) -
         maps (B, H, W); regions (B, H, W) masks or boxes (see module docstring).
     """
     maps = torch.as_tensor(maps).detach()
-    masks = region_masks(regions, tuple(maps.shape[-2:]), maps.shape[0]).to(maps.device)
+    masks = region_masks(regions, (int(maps.shape[-2]), int(maps.shape[-1])), maps.shape[0]).to(maps.device)
     return pointing_hits(maps, masks, tolerance)
 
 
@@ -126,5 +127,5 @@ def energy_pointing_game(maps: torch.Tensor, regions: RegionSpec) -> torch.Tenso
         maps (B, H, W); regions (B, H, W) masks or boxes.
     """
     maps = torch.as_tensor(maps).detach().float()
-    masks = region_masks(regions, tuple(maps.shape[-2:]), maps.shape[0]).to(maps.device)
+    masks = region_masks(regions, (int(maps.shape[-2]), int(maps.shape[-1])), maps.shape[0]).to(maps.device)
     return cue_mass(maps, masks)

@@ -65,7 +65,7 @@ def _randomize(module: nn.Module, seed: int) -> None:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # type: ignore[import-untyped]
 
     ra, rb = rankdata(a), rankdata(b)
     ra -= ra.mean()
@@ -186,7 +186,7 @@ def model_randomization(
     Shape:
         SanityResult.spearman, .ssim: (stages, B).
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     if mode not in ("cascading", "independent"):
         raise InputError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")

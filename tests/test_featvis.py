@@ -134,7 +134,7 @@ def test_every_parameterisation_fits_a_target(name):
     target = torch.rand_like(x) * 0.8 + 0.1
     fit = O.Objective(lambda acts: -(acts.images - target).pow(2).flatten(1).mean(1))
     err0 = (x - target).pow(2).mean()
-    r = optimize(nn.Identity(), fit, p, steps=300, lr=0.1, needs_output=True, progress=False)
+    r = optimize(nn.Identity(), fit, p, steps=200, lr=0.1, needs_output=True, progress=False)
     err = (r.images - target).pow(2).mean()
     assert err < err0 / 20, (name, float(err0), float(err))
 
@@ -356,7 +356,7 @@ def test_torchvision_architectures(arch, layer):
     torch.manual_seed(0)
     lm = cs.load_model(f"torchvision:{arch}", weights=None)
     before = _state(lm.model)
-    size = 224 if arch.startswith(("vit", "swin")) else 64
+    size = 224 if arch.startswith("vit") else 64  # ViT needs its 224 px
     o = O.channel(layer, [1, 2]) + O.neuron(layer, 0)
     v = cs.featvis.visualize(lm, o, size=size, steps=3, lr=0.1, transforms=None, param="pixel",
                              progress=False)

@@ -92,3 +92,16 @@ def test_html_escapes_names():
     e = cs.explain(lm, torch.randn(1, 3, 16, 16), method="saliency", target=0)
     html = _display_data(e)["text/html"]
     assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_visualization_renders_inline_when_featvis_is_installed(cue_model):
+    if "Visualization" not in result_classes():
+        return  # feature visualisation not installed: nothing of it to render
+    from convscope.featvis import filters
+
+    vis = filters(cue_model)
+    data = _display_data(vis)
+    png = Image.open(io.BytesIO(data["image/png"]))
+    assert png.format == "PNG" and png.width > 0
+    assert "<script" not in data["text/html"].lower()
+    assert _imgs(data["text/html"])  # embedded pictures decode

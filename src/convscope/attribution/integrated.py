@@ -180,7 +180,13 @@ def integrated_gradients(
         out = ctx.model(xs)
         s = select_scores(out, rows_target(resolved, img))
         (g,) = torch.autograd.grad(s.sum(), xs)
-        acc.index_add_(0, img_d, g.double() * weights[k_d].view(shape1))
+        # weight and reduce the chunk's rows per image in the input dtype first, then add the
+        # few per-image sums to the float64 accumulator (no float64 copy of the whole chunk)
+        g.mul_(weights[k_d].to(g.dtype).view(shape1))
+        uniq, inv = torch.unique_consecutive(img_d, return_inverse=True)
+        part = torch.zeros((uniq.numel(), *g.shape[1:]), dtype=g.dtype, device=g.device)
+        part.index_add_(0, inv, g)
+        acc.index_add_(0, uniq, part.double())
     attr64 = delta.double() * acc
     total = attr64.flatten(1).sum(1)
     diff = f_x - f_base

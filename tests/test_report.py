@@ -131,3 +131,19 @@ def test_failing_method_is_shown_not_fatal():
     assert "gradcam" in figs[1].title and figs[1].caption.startswith("not computed")
     html = rep.render()
     assert 'class="placeholder"' in html
+
+
+def test_filters_section_shows_every_first_layer_filter(cue_model, cue_test):
+    import importlib.util
+
+    if importlib.util.find_spec("convscope.featvis") is None:
+        return  # the flags only exist with feature visualisation
+    from convscope.report import explain_report
+    from convscope.report.featvis_sections import section_builders
+
+    rep = explain_report([cue_test.images[0, 0].numpy()], cue_model, methods=["saliency"],
+                         extra_sections=section_builders(filters=True))
+    sec = rep.sections[-1]
+    assert sec.title == "First-layer filters"
+    first = next(m for m in cue_model.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert len(sec.rows[0]) == first.out_channels

@@ -53,7 +53,7 @@ class RefReLU(nn.Module):
 def swap_relus(model, rule):
     """A deep copy with every nn.ReLU / nn.ReLU6 module replaced by the reference module."""
     ref = copy.deepcopy(model)
-    for name, mod in list(ref.named_modules()):
+    for mod in list(ref.modules()):
         for cname, child in list(mod.named_children()):
             if type(child) is nn.ReLU:
                 setattr(mod, cname, RefReLU(rule))
@@ -79,7 +79,7 @@ class HandNet(nn.Module):
         g = torch.Generator().manual_seed(3)
         dims = [6, 7, 6, 5, 5, 3]
         self.lins = nn.ModuleList()
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
             lin = nn.Linear(a, b)
             with torch.no_grad():
                 lin.weight.copy_(torch.randn(b, a, generator=g))

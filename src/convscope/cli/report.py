@@ -84,7 +84,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--title", default=None, help="report title")
     if _featvis_available():
         s.add_argument("--class-vis", nargs="*", default=None, metavar="CLASS",
-                       help="add class visualisations (default classes: the top predictions)")
+                       help="add class visualisations (no CLASS: every class of a model with at most 16)")
         s.add_argument("--channels", default=None, metavar="LAYER",
                        help="add a gallery of channel visualisations of LAYER")
         s.add_argument("--filters", action="store_true", help="add the first-layer filters")

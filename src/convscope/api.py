@@ -128,7 +128,7 @@ def explain(
             )
         black_box = BlackBoxModel(model)
         model = black_box
-    lm = load_model(model, class_names=class_names, preprocessing=preprocessing)
+    lm = load_model(model, class_names=class_names, preprocessing=preprocessing)  # type: ignore[arg-type]
     net = lm.model
     if device is None:
         p = next(net.parameters(), None)

@@ -88,7 +88,7 @@ class Predictor:
 
     def __init__(self, fn: Any, kind: str = "auto") -> None:
         if isinstance(fn, Predictor):
-            fn, kind = fn.fn, fn.kind
+            fn, kind = fn.fn, fn.kind  # type: ignore[has-type]
         if kind == "auto":
             if isinstance(fn, nn.Module):
                 kind = "torch"
@@ -228,7 +228,7 @@ def _progress(total: int, n_chunks: int, progress: bool | None, desc: str) -> An
     show = progress if progress is not None else (n_chunks >= 20 and sys.stderr.isatty())
     if not show:
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
     return tqdm(total=total, desc=desc, unit="eval", leave=False)
 

@@ -10,8 +10,9 @@
    ``internal_batch_size=16``; Captum at its default (every step in one batch) and with
    ``internal_batch_size=16``; and the bound: the same 64 rows through bare forward+backward passes
    in chunks of 16.
-3. Peak memory of each IG variant at 16, 32 and 64 steps: each measured in a fresh subprocess as
-   peak RSS (``ru_maxrss``) minus the RSS just before the call, so one run cannot hide in
+3. Peak memory of each IG variant at several step counts (``--mem-steps``, ``--mem-side``): each
+   measured in a fresh subprocess as peak RSS (``ru_maxrss``) minus the RSS just before the call
+   (after a one-row warm-up that absorbs one-time allocations), so one run cannot hide in
    another's freed-but-cached memory.
 
 CPU, 2 threads. Medians over interleaved repetitions; the ratios are what to read (the machine is
@@ -41,7 +42,7 @@ import convscope as cs
 
 RESULTS = Path(__file__).parent / "results" / "gradients.md"
 SIDE, IG_CHUNK = 224, 16
-IG_SIDE, IG_IMAGES = 224, 2  # set from --ig-side / --ig-images
+IG_SIDE, IG_IMAGES, MEM_SIDE = 224, 2, 224  # set from --ig-side / --ig-images / --mem-side
 
 
 def frozen(model: torch.nn.Module) -> list[bool]:
@@ -137,6 +138,8 @@ def memory_child(variant: str, steps: int) -> None:
         "bare": lambda: bare_fwd_bwd(model, x.repeat_interleave(steps, 0),
                                      torch.tensor(t).repeat_interleave(steps), IG_CHUNK),
     }[variant]()
+    warm = x[:1].detach().requires_grad_(True)  # one-time allocations (thread pools, kernels)
+    torch.autograd.grad(model(warm)[0, 0], warm)
     before = _rss_kb()
     run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -145,7 +148,7 @@ def memory_child(variant: str, steps: int) -> None:
 
 def memory(variant: str, steps: int) -> float:
     r = subprocess.run([sys.executable, __file__, "--memory-child", variant, str(steps),
-                        "--ig-side", str(IG_SIDE), "--ig-images", str(IG_IMAGES)],
+                        "--ig-side", str(MEM_SIDE), "--ig-images", str(IG_IMAGES)],
                        capture_output=True, text=True, check=True)
     return float(json.loads(r.stdout.strip().splitlines()[-1])["mib"])
 
@@ -156,11 +159,12 @@ def main() -> None:
     ap.add_argument("--reps-ig", type=int, default=3)
     ap.add_argument("--ig-side", type=int, default=224, help="IG input side (px)")
     ap.add_argument("--ig-images", type=int, default=2, help="IG batch of images")
+    ap.add_argument("--mem-side", type=int, default=224, help="input side for the memory table")
     ap.add_argument("--mem-steps", default="16,32,64", help="step counts for the memory table")
     ap.add_argument("--memory-child", nargs=2, metavar=("VARIANT", "STEPS"))
     args = ap.parse_args()
-    global IG_SIDE, IG_IMAGES
-    IG_SIDE, IG_IMAGES = args.ig_side, args.ig_images
+    global IG_SIDE, IG_IMAGES, MEM_SIDE
+    IG_SIDE, IG_IMAGES, MEM_SIDE = args.ig_side, args.ig_images, args.mem_side
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
@@ -171,7 +175,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s) (shared), torch {torch.__version__}, "
         "2 threads. Written by `python benchmarks/bench_gradients.py` "
         f"(--reps {args.reps} --reps-ig {args.reps_ig} --ig-side {IG_SIDE} --ig-images {IG_IMAGES} "
-        f"--mem-steps {args.mem_steps}); medians of interleaved runs. Read the "
+        f"--mem-side {MEM_SIDE} --mem-steps {args.mem_steps}); medians of interleaved runs. Read the "
         "ratios; absolute times move with the machine's load.",
         "",
         "## Saliency against one bare forward+backward pass",
@@ -227,8 +231,8 @@ def main() -> None:
     mem_steps = [int(v) for v in args.mem_steps.split(",")]
     lines += [
         "",
-        "## Peak memory of integrated gradients (MiB above the RSS before the call; fresh "
-        "process each)",
+        f"## Peak memory of integrated gradients, {MEM_SIDE} px, {IG_IMAGES} image(s) (MiB above "
+        "the RSS before the call, after a one-row warm-up; a fresh process each)",
         "",
         "| run | " + " | ".join(f"{s} steps" for s in mem_steps) + " |",
         "|---" * (len(mem_steps) + 1) + "|",

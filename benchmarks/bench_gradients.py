@@ -237,6 +237,7 @@ def main() -> None:
         "| run | " + " | ".join(f"{s} steps" for s in mem_steps) + " |",
         "|---" * (len(mem_steps) + 1) + "|",
     ]
+    labels["bare"] = f"bare fwd+bwd of the steps' rows, chunks of {IG_CHUNK}"
     for k in ["convscope", "captum_chunk16", "captum_default", "bare"]:
         mem = [memory(k, s) for s in mem_steps]
         lines.append(f"| {labels[k]} | " + " | ".join(f"{m:.0f}" for m in mem) + " |")

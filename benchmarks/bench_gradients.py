@@ -245,8 +245,9 @@ def main() -> None:
     lines += [
         "",
         "convscope's integrated gradients sum each chunk's weighted gradients into a float64 "
-        "accumulator as the chunk finishes, so its peak is set by `internal_batch_size` and stays "
-        "flat as the step count grows; Captum by default stacks every step into one batch and "
+        "accumulator as the chunk finishes, so its peak is set by `internal_batch_size` and "
+        "follows the chunked bare passes as the step count grows; Captum by default stacks "
+        "every step into one batch and "
         "its peak grows with the step count. The extra work over the bare passes is one no-grad "
         "forward of the images and one of the baselines (targets and the completeness gap).",
         "",

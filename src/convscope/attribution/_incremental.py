@@ -201,7 +201,7 @@ class _Patch:
         assert self.vals is not None and self.r is not None and self.c is not None
         key = (ph, pw, fill)
         cache = {} if cache is None else cache
-        cached = cache.get(id(self.clean))
+        cached: tuple[torch.Tensor, dict[Any, torch.Tensor]] | None = cache.get(id(self.clean))
         if cached is None or cached[0] is not self.clean:
             cached = (self.clean, {})
             cache[id(self.clean)] = cached
@@ -225,13 +225,13 @@ class _Patch:
         idx = torch.where(inside, pidx, cidx).flatten()
         # [clean rows; patch rows] in one buffer whose clean part is written once per layer
         bkey = ("buf", key, n, bh, bw)
-        src = cached[1].get(bkey)
-        if src is None or src.dtype != self.vals.dtype:
-            src = torch.empty(n_clean + n * bh * bw, C, dtype=self.vals.dtype, device=dev)
-            src[:n_clean] = rows_clean
-            cached[1][bkey] = src
-        src[n_clean:].view(n, bh, bw, C).copy_(self.vals.permute(0, 2, 3, 1))
-        return src.index_select(0, idx).view(n, gh, gw, C).permute(0, 3, 1, 2)
+        buf = cached[1].get(bkey)
+        if buf is None or buf.dtype != self.vals.dtype:
+            buf = torch.empty(n_clean + n * bh * bw, C, dtype=self.vals.dtype, device=dev)
+            buf[:n_clean] = rows_clean
+            cached[1][bkey] = buf
+        buf[n_clean:].view(n, bh, bw, C).copy_(self.vals.permute(0, 2, 3, 1))
+        return buf.index_select(0, idx).view(n, gh, gw, C).permute(0, 3, 1, 2)
 
 
 def _out_range(lo: torch.Tensor, hi: torch.Tensor, k: int, s: int, p: int, d: int, size_out: int
@@ -313,7 +313,7 @@ class IncrementalOcclusion:
             conv = self.modules.get(prev.target) if is_mod else None  # type: ignore[union-attr,arg-type]
             if not isinstance(conv, nn.Conv2d) or len(prev.users) != 1:  # type: ignore[union-attr]
                 continue
-            inv = 1 / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+            inv = 1 / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator,arg-type]
             scale = bn.weight * inv if bn.affine else inv
             shift = bn.bias - bn.running_mean * scale if bn.affine else -bn.running_mean * scale
             wgt = conv.weight * scale.view(-1, 1, 1, 1)
@@ -386,8 +386,8 @@ class IncrementalOcclusion:
                 return _Patch(out_clean, None, None, None, full=fn(*args))
             r0 = torch.stack([q.r for q in patches]).amin(0)  # type: ignore[misc]
             c0 = torch.stack([q.c for q in patches]).amin(0)  # type: ignore[misc]
-            r1 = torch.stack([q.r + q.vals.shape[-2] for q in patches]).amax(0)  # type: ignore[union-attr,operator]
-            c1 = torch.stack([q.c + q.vals.shape[-1] for q in patches]).amax(0)  # type: ignore[union-attr,operator]
+            r1 = torch.stack([q.r + q.vals.shape[-2] for q in patches]).amax(0)  # type: ignore[union-attr,operator,misc]
+            c1 = torch.stack([q.c + q.vals.shape[-1] for q in patches]).amax(0)  # type: ignore[union-attr,operator,misc]
             h, w = out_clean.shape[-2:]
             gh, gw = int((r1 - r0).max()), int((c1 - c0).max())
             r0, c0 = r0.clamp(0, h - gh), c0.clamp(0, w - gw)
@@ -475,7 +475,7 @@ class IncrementalOcclusion:
                 n.target in (operator.add, torch.add, operator.mul, torch.mul, *self._ELEMENTWISE_FUNCS)
                 and isinstance(clean, torch.Tensor) and clean.ndim == 4
                 and all(not isinstance(a, torch.Tensor) or a.numel() == 1 for a in args)
-                and all(a.clean.shape == clean.shape for a in flat)
+                and all(a.clean.shape == clean.shape for a in flat)  # type: ignore[union-attr]
                 and len(tensor_args) >= 1
             ):
                 target = n.target

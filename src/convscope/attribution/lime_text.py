@@ -236,7 +236,7 @@ def explain_text(
         rank = torch.rand(n_samples - 1, d, generator=g).argsort(1).argsort(1)
         z[1:] = (rank >= size[:, None]).float()
     dist = 100 * (1 - z.sum(1) / (z.norm(dim=1).clamp(min=1e-12) * d**0.5))
-    w = torch.sqrt(torch.exp(-(dist**2) / kernel_width**2))
+    pi = torch.sqrt(torch.exp(-(dist**2) / kernel_width**2))
     zn = z.numpy().astype(bool)
     conv = Convergence(converge)
     ys: list[np.ndarray] = []
@@ -250,7 +250,7 @@ def explain_text(
             ys.append(run(texts)[:, t])
         done += r
         y = torch.from_numpy(np.concatenate(ys)).float()
-        coef, icpt, r2 = weighted_ridge(z[:done], y, w[:done], alpha)
+        coef, icpt, r2 = weighted_ridge(z[:done], y, pi[:done], alpha)
         if conv.update(coef) and done < n_samples:
             break
     return TextExplanation(

@@ -17,9 +17,9 @@ __all__ = ["add_commands"]
 
 
 def _demo_pipeline() -> tuple[Any, tuple[str, ...]]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+    from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
 
     from ..datasets import junk_header_corpus
 
@@ -40,7 +40,7 @@ def _load_pipeline(path: str, unsafe: bool) -> Any:
             f"{p} is a pickled Python object that could run code when loaded; pass --unsafe-load "
             "if you trust its source"
         )
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     obj = joblib.load(p)  # sklearn ships joblib
     if not hasattr(obj, "predict_proba"):

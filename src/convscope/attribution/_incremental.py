@@ -478,13 +478,9 @@ class IncrementalOcclusion:
                 and all(a.clean.shape == clean.shape for a in flat)  # type: ignore[union-attr]
                 and len(tensor_args) >= 1
             ):
-                target = n.target
-                kw = {k: v for k, v in kwargs.items() if k != "inplace"}
-
-                def fn(*a: Any) -> Any:
-                    return target(*a, **kw)  # type: ignore[operator]
-
-                return self._elementwise(n, list(args), fn)
+                target: Any = n.target
+                kw: dict[str, Any] = {k: v for k, v in kwargs.items() if k != "inplace"}
+                return self._elementwise(n, list(args), lambda *a: target(*a, **kw))
         # anything else: materialise and run the node on full tensors
         margs = fx.node.map_aggregate(args, lambda a: a.materialize() if isinstance(a, _Patch) else a)
         mkwargs = fx.node.map_aggregate(kwargs, lambda a: a.materialize() if isinstance(a, _Patch) else a)

@@ -489,7 +489,8 @@ def lime(
         while done < n_samples:
             r = min(check_every, n_samples - done)
             a0 = done
-            ys.append(evaluate(predict, lambda a, z_, a0=a0, make=make: make(a0 + a, a0 + z_), r, sc,
+            ys.append(evaluate(predict, lambda a, z_, a0=a0, make=make: make(a0 + a, a0 + z_),  # type: ignore[misc]
+                               r, sc,
                                batch_size=eval_batch_size, sample=xb[None], progress=progress,
                                desc="lime").cpu())
             done += r
@@ -595,7 +596,8 @@ def kernel_shap(
         while done < n_samples:
             r = min(check_every, n_samples - done)
             a0 = done
-            ys.append(evaluate(predict, lambda a, z_, a0=a0, make=make: make(a0 + a, a0 + z_), r, sc,
+            ys.append(evaluate(predict, lambda a, z_, a0=a0, make=make: make(a0 + a, a0 + z_),  # type: ignore[misc]
+                               r, sc,
                                batch_size=eval_batch_size, sample=xb[None], progress=progress,
                                desc="kernel_shap").cpu())
             done += r
@@ -823,7 +825,7 @@ def ablationcam(
                          ) -> torch.Tensor:
                 state["a"] = acts_
                 xs = ctx.x[b:b + 1].expand(acts_.shape[0], *ctx.x.shape[1:])
-                with replace_output(module, lambda _o, state=state: state["a"]):
+                with replace_output(module, lambda _o, state=state: state["a"]):  # type: ignore[misc]
                     return ctx.model(xs)  # type: ignore[misc]
 
             s = evaluate(run_full, ablated, K, sc,

@@ -168,6 +168,38 @@ def test_activations_match_a_truncated_forward(client, engine, clean_model):
     np.testing.assert_allclose([c["mean"] for c in body["top"]], means[order].numpy(), rtol=1e-4)
 
 
+def test_layer_browser_channel_visualisations(client, clean_model):
+    import base64
+    import io
+
+    from PIL import Image
+
+    r = client.post("/api/activations", data={"model": "digits-cnn", "layer": "features.5",
+                                              "sample": "4", "n": "3", "vis": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["featvis"] is True
+    gray = torch.full((1, 1, 32, 32), 0.5)
+    pre = clean_model.preprocessing
+    with torch.no_grad():
+        base = clean_model.model.features[:6](pre.normalize(gray))[0].mean((1, 2))
+    for cell in body["top"]:
+        src = cell["vis"]
+        assert src.startswith("data:image/png;base64,")
+        img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L")
+        img = img.resize((32, 32), Image.Resampling.NEAREST)  # the picture is upscaled 32 px
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None, None]
+        with torch.no_grad():
+            act = clean_model.model.features[:6](pre.normalize(x))[0].mean((1, 2))
+        c = cell["channel"]
+        # the visualisation excites its own channel more than a flat gray image does
+        assert act[c] > base[c] + 0.1, (c, float(act[c]), float(base[c]))
+    # without the flag nothing is rendered
+    r = client.post("/api/activations", data={"model": "digits-cnn", "layer": "features.5",
+                                              "sample": "4", "n": "3"})
+    assert r.json()["featvis"] is False and all("vis" not in c for c in r.json()["top"])
+
+
 def test_cli_binds_loopback_by_default():
     from convscope.cli.main import build_parser
 

@@ -208,11 +208,12 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
         model: str = Form(...),
         layer: str = Form(...),
         n: int = Form(16),
+        vis: bool = Form(False),
         sample: str = Form(""),
         file: UploadFile | None = File(None),
     ) -> Any:
         img = _image(file, sample)
-        return eng.activations(model, layer, img, n=n)
+        return eng.activations(model, layer, img, n=n, vis=vis)
 
     @app.get("/api/health")
     def health() -> Any:

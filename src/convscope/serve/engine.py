@@ -293,8 +293,10 @@ class Engine:
             "elapsed_ms": round(elapsed * 1000, 1),
         }
 
-    def activations(self, model: str, layer: str, image: Image.Image, *, n: int = 16) -> dict[str, Any]:
-        """The ``n`` most active channels of ``layer`` for ``image``, each as a small picture."""
+    def activations(self, model: str, layer: str, image: Image.Image, *, n: int = 16,
+                    vis: bool = False) -> dict[str, Any]:
+        """The ``n`` most active channels of ``layer`` for ``image``, each as a small picture;
+        with ``vis``, also each channel's feature visualisation (seconds per layer on a CPU)."""
         from ..api import prepare_inputs
         from ..hooks import capture
 
@@ -319,14 +321,14 @@ class Engine:
             m = np.clip(a[c].clamp(min=0).numpy() / max(hi, 1e-12), 0, 1)  # one scale for all
             img = _upscale(colorize(m, signed=False, cmap="viridis"), 96)
             cells.append({"channel": int(c), "mean": float(means[c]), "src": data_uri(img)})
-        vis = None
-        if featvis_available():
-            vis = self._channel_vis(model, lay, [cell["channel"] for cell in cells])
+        pictures = None
+        if vis and featvis_available():
+            pictures = self._channel_vis(model, lay, [cell["channel"] for cell in cells])
             for cell in cells:
-                cell["vis"] = vis.get(cell["channel"])
+                cell["vis"] = pictures.get(cell["channel"])
         return {"model": model, "layer": lay, "channels": int(a.shape[0]),
                 "shape": list(a.shape), "input": data_uri(_upscale(disp[0], 128)), "top": cells,
-                "featvis": vis is not None}
+                "featvis": pictures is not None}
 
     def _channel_vis(self, model: str, layer: str, channels: list[int]) -> dict[int, str]:
         """Channel visualisations from :mod:`convscope.featvis`, cached per (model, layer, channel)."""

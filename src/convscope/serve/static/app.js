@@ -146,6 +146,7 @@ async function browse() {
   fd.append("model", $("model").value);
   fd.append("layer", $("browse-layer").value);
   fd.append("n", $("browse-n").value);
+  fd.append("vis", $("browse-vis").checked ? "true" : "false");
   $("busy").hidden = false;
   try {
     const r = await post("/api/activations", fd);
@@ -193,7 +194,8 @@ async function init() {
   const mb = (info.limits.max_upload_bytes / 1048576).toFixed(0);
   const mp = (info.limits.max_pixels / 1e6).toFixed(0);
   $("limits").textContent = `${info.limits.formats.join(", ")}; up to ${mb} MB and ${mp} megapixels`;
-  $("featvis-hint").textContent = info.featvis ? ", each with its channel visualisation" : "";
+  $("featvis-hint").textContent = info.featvis ? "; tick the box to render each channel's visualisation" : "";
+  $("vis-label").hidden = !info.featvis;
   model.addEventListener("change", fillModel);
   method.addEventListener("change", fillMethod);
   $("file").addEventListener("change", () => {

@@ -201,9 +201,7 @@ def receptive_field(
     gm = _trace(model)
     target = _layer_node(gm, layer)
     modules = dict(gm.named_modules())
-    shapes: dict[fx.Node, tuple[int, int] | None] = {}
-    if input_size is not None:
-        shapes = _spatial_shapes(gm, model, input_size)
+    shapes = _LazyShapes(gm, model, input_size)  # a forward pass only if an adaptive pool needs it
     geom: dict[fx.Node, _Geom | None] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -233,6 +231,21 @@ def receptive_field(
     if g is None:
         raise MethodError(f"layer {layer!r} does not depend on the input")
     return ReceptiveField((g[0][0], g[1][0]), (g[0][1], g[1][1]), (g[0][2], g[1][2]))
+
+
+class _LazyShapes:
+    """Spatial output sizes of the graph's nodes, computed on first use."""
+
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, size: tuple[int, int] | None) -> None:
+        self.gm, self.model, self.size = gm, model, size
+        self._shapes: dict[fx.Node, Any] | None = None
+
+    def get(self, node: Any) -> Any:
+        if self.size is None:
+            return None
+        if self._shapes is None:
+            self._shapes = _spatial_shapes(self.gm, self.model, self.size)
+        return self._shapes.get(node)
 
 
 class _Blocked:
@@ -273,7 +286,7 @@ def _node_geom(
     ins: list[fx.Node],
     geom: dict[fx.Node, Any],
     modules: dict[str, nn.Module],
-    shapes: dict[fx.Node, Any],
+    shapes: Any,
 ) -> _Geom:
     gs = [geom[a] for a in ins]
     if any(isinstance(g, _Blocked) for g in gs):

@@ -97,14 +97,23 @@ class BatchJob:
     fsync: bool = True
     threads: int | None = None
     _moved: bool = field(default=False, repr=False)
+    _home: Any = field(default=None, repr=False)
 
     def _ready(self) -> None:
         if not self._moved:
             if self.device is not None:
+                p = next(self.model.model.parameters(), None)
+                self._home = None if p is None else p.device
                 self.model.model.to(self.device)
             if self.threads:
                 torch.set_num_threads(self.threads)
             self._moved = True
+
+    def release(self) -> None:
+        """Move the caller's model back to the device it came on (after a local run)."""
+        if self._moved and self._home is not None:
+            self.model.model.to(self._home)
+        self._moved = False
 
     def batches(self, chunk: int) -> list[list[int]]:
         n = len(self.source)
@@ -179,16 +188,19 @@ def _run_local(
     dl = DataLoader(job.source, batch_sampler=_ChunkBatches(job, pending), num_workers=num_workers, **kw)
     it = iter(dl)
     done = store.n_chunks - len(pending)
-    for c in pending:
-        parts = []
-        for _ in job.batches(c):
-            x, y, _idx = next(it)
-            parts.append(job.compute(x, y))
-        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        store.write_chunk(c, data, fsync=job.fsync)
-        done += 1
-        if progress is not None:
-            progress(done, store.n_chunks)
+    try:
+        for c in pending:
+            parts = []
+            for _ in job.batches(c):
+                x, y, _idx = next(it)
+                parts.append(job.compute(x, y))
+            data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            store.write_chunk(c, data, fsync=job.fsync)
+            done += 1
+            if progress is not None:
+                progress(done, store.n_chunks)
+    finally:
+        job.release()  # the caller's model goes back where it was
 
 
 class _RayChunkWorker:

@@ -45,7 +45,7 @@ def _fig_png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
     return buf.getvalue()
 

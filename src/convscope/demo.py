@@ -204,6 +204,8 @@ def run_demo(
     _lime_text_section(rep)
     # class visualisations: the feature-visualisation section (convscope.featvis) goes here
     _featvis_section(rep, models)
+    _dataset_section(rep, models)
+    _adversarial_section(rep, models)
 
     rep.intro += f" Built in {time.perf_counter() - t_start:.0f} s, offline."
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +277,57 @@ def _featvis_section(rep: Report, models: dict) -> None:
                                       bars=bars_of(probs, lm.class_names) if probs else []))
         sec.rows.append(figs)
         sec.row_labels.append(f"{name} · class visualisations")
+
+
+def _dataset_section(rep: Report, models: dict) -> None:
+    """Maximally activating test digits per channel of the last layer (convscope.dataset)."""
+    from .dataset import top_activations
+    from .datasets import digits as _digits
+    from .datasets import planted_cue as _planted
+
+    x, y = _digits().split("test")
+    half = len(y) // 2  # half the test digits carry their cue, half are clean
+    pix = torch.cat([_planted(x[:half], y[:half]).images, x[half:]])
+    sec = rep.section(
+        "Which images drive the last layer's channels? (maximally activating test digits)",
+        "For channels of layer features.9, the test digits that activate them most, with the "
+        "receptive field of the strongest position outlined (half of the digits carry their cue). "
+        "The clean model's channels respond to strokes; many of the cue model's channels "
+        "respond to the white squares in the frame.",
+    )
+    for name, lm in models.items():
+        top = top_activations(lm, pix, "features.9", k=6, batch_size=128)
+        live = [c for c in range(top.values.shape[0]) if float(top.values[c, 0]) > 0]
+        order = sorted(live, key=lambda c: -float(top.values[c, 0]))[:6]
+        grid = top.grid(order, style="image", cell=64)
+        sec.rows.append([Report.figure(grid, title=f"{name}: 6 strongest channels",
+                                       width=grid.width)])
+        sec.row_labels.append(name)
+
+
+def _adversarial_section(rep: Report, models: dict) -> None:
+    """Targeted PGD on the clean model (convscope.synthesis)."""
+    import io
+
+    from PIL import Image
+
+    from .datasets import digits as _digits
+    from .synthesis.adversarial import pgd
+
+    x, y = _digits().split("test")
+    lm = models["digits-cnn"]
+    target = [(int(v) + 3) % 10 for v in y[:4]]
+    res = pgd(lm, x[:4], eps=0.2, steps=20, target=target, seed=0, progress=False)
+    img = Image.open(io.BytesIO(res._repr_png_())).convert("RGB")
+    rep.section(
+        "Fooling the clean model: targeted PGD within an L-inf budget of 0.2",
+        "Projected gradient descent (Madry et al.) changes every pixel by at most 0.2 (in [0, 1] "
+        "pixels) to make digits-cnn see the digit plus 3. Left: the input; middle: the "
+        "perturbation, magnified; right: the adversarial image and what the model now predicts. "
+        f"Success: {int(res.success.sum())}/{len(target)}.",
+        rows=[[Report.figure(img, title="original | perturbation | adversarial",
+                             width=min(img.width, 640), pixelated=False)]],
+    )
 
 
 def _big(img: torch.Tensor) -> Any:

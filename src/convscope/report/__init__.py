@@ -34,6 +34,7 @@ class Figure:
     kind: str = "figure"  # "figure" | "input" | "method" | "skipped" (no image; caption says why)
     family: str = ""  # the method family, shown as a small tag
     pixelated: bool = True  # draw with hard pixel edges (small images shown enlarged)
+    width: int | None = None  # display width in CSS pixels for wide pictures (grids, figures)
 
 
 @dataclass

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "json_bytes", "npy_bytes", "save_by_extension"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
@@ -30,3 +32,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
             pass
         raise
     return path
+
+
+def npy_bytes(array: Any) -> bytes:
+    """The ``.npy`` file of ``array`` (a numpy array or tensor), as float32."""
+    import numpy as np
+
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array).astype(np.float32))
+    return buf.getvalue()
+
+
+def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
+    """``obj`` as a JSON document ending in a newline."""
+    return (json.dumps(obj, indent=indent) + "\n").encode()
+
+
+def save_by_extension(path: str | os.PathLike, writers: Mapping[str, Callable[[], bytes]]) -> Path:
+    """Write ``path`` atomically with the writer of its extension (``{".png": make_png, ...}``).
+
+    Writers are called only for the chosen extension. An unknown extension raises
+    :class:`~convscope.errors.InputError` naming the accepted ones, and writes nothing.
+    """
+    from .errors import InputError
+
+    p = Path(path)
+    make = writers.get(p.suffix.lower())
+    if make is None:
+        names = list(writers)
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        raise InputError(f"cannot save to {p.name!r}: use a {listed} file name")
+    data = make()
+    return atomic_write(p, lambda fh: fh.write(data))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._io import atomic_write
+from ._io import json_bytes, npy_bytes, save_by_extension
 from .errors import InputError
 
 __all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes"]
@@ -53,7 +52,9 @@ def normalize_map(m: np.ndarray, *, signed: bool, normalize: str | None = "auto"
         elif normalize == "percentile":
             scale = np.percentile(a, _PCT)
         else:
-            raise InputError(f"unknown normalisation {normalize!r} for a signed map; use absmax or percentile")
+            raise InputError(
+                f"unknown normalisation {normalize!r} for a signed map; use absmax or percentile"
+            )
         return np.clip(m / max(scale, eps), -1.0, 1.0)
     if normalize == "percentile":
         lo, hi = 0.0, np.percentile(m, _PCT)
@@ -238,19 +239,11 @@ class Explanation:
     def save(self, path: str | os.PathLike, index: int = 0) -> Path:
         """Write by extension: ``.png`` (overlay of sample ``index``), ``.npy`` (all maps,
         (B, H, W) float32), ``.json`` (metadata and maps). Written atomically."""
-        p = Path(path)
-        ext = p.suffix.lower()
-        if ext == ".png":
-            data = png_bytes(self.overlay(index))
-        elif ext == ".npy":
-            buf = io.BytesIO()
-            np.save(buf, self.map.numpy().astype(np.float32))
-            data = buf.getvalue()
-        elif ext == ".json":
-            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
-        else:
-            raise InputError(f"cannot save to {p.name!r}: use a .png, .npy or .json file name")
-        return atomic_write(p, lambda fh: fh.write(data))
+        return save_by_extension(path, {
+            ".png": lambda: png_bytes(self.overlay(index)),
+            ".npy": lambda: npy_bytes(self.map),
+            ".json": lambda: json_bytes(self.to_dict()),
+        })
 
     # --- notebooks ----------------------------------------------------------------------------
     def _repr_png_(self) -> bytes:

@@ -8,7 +8,6 @@ evenly spread subset so the map stays readable).
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_write
+from .._io import json_bytes, npy_bytes, save_by_extension
 from ..errors import InputError
+from ..results import png_bytes
 from ._grid import font, to_pil
 from .neighbors import Features, layer_features
 from .sources import DataSource
@@ -127,35 +127,15 @@ class Embedding:
 
     def save(self, path: str | os.PathLike, *, kind: str = "scatter") -> Path:
         """``.png`` (``kind="scatter"`` or ``"thumbnails"``), ``.json`` or ``.npy`` (coordinates); atomic."""
-        p = Path(path)
-        ext = p.suffix.lower()
-        if ext == ".png":
-            if kind not in ("scatter", "thumbnails"):
-                raise InputError(f"unknown kind {kind!r}; use scatter or thumbnails")
-            pic = self.scatter() if kind == "scatter" else self.thumbnails()
-            buf = io.BytesIO()
-            pic.save(buf, format="PNG")
-            data = buf.getvalue()
-        elif ext == ".json":
-            data = (
-                json.dumps(
-                    {
-                        "model": self.model_name,
-                        "layer": self.layer,
-                        "method": self.method,
-                        "coords": self.coords.tolist(),
-                        "labels": self.labels.tolist(),
-                    }
-                )
-                + "\n"
-            ).encode()
-        elif ext == ".npy":
-            buf = io.BytesIO()
-            np.save(buf, self.coords.astype(np.float32))
-            data = buf.getvalue()
-        else:
-            raise InputError(f"cannot save to {p.name!r}: use a .png, .json or .npy file name")
-        return atomic_write(p, lambda fh: fh.write(data))
+        if Path(path).suffix.lower() == ".png" and kind not in ("scatter", "thumbnails"):
+            raise InputError(f"unknown kind {kind!r}; use scatter or thumbnails")
+        meta = {"model": self.model_name, "layer": self.layer, "method": self.method,
+                "coords": self.coords.tolist(), "labels": self.labels.tolist()}
+        return save_by_extension(path, {
+            ".png": lambda: png_bytes(self.scatter() if kind == "scatter" else self.thumbnails()),
+            ".json": lambda: json_bytes(meta, indent=None),
+            ".npy": lambda: npy_bytes(self.coords),
+        })
 
 
 def embed(

@@ -8,8 +8,6 @@ lower image index.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._io import atomic_write
+from .._io import json_bytes, save_by_extension
 from ..errors import InputError
 from ..hooks import resolve_layers, state_guard
+from ..results import png_bytes
 from ._grid import grid
 from ._stream import model_device, resolve, stream_layer
 from .receptive import layer_extractor
@@ -138,16 +137,10 @@ class Neighbors:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``.png`` (the grid) or ``.json``; atomic."""
-        p = Path(path)
-        if p.suffix.lower() == ".png":
-            buf = io.BytesIO()
-            self.grid().save(buf, format="PNG")
-            data = buf.getvalue()
-        elif p.suffix.lower() == ".json":
-            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
-        else:
-            raise InputError(f"cannot save to {p.name!r}: use a .png or .json file name")
-        return atomic_write(p, lambda fh: fh.write(data))
+        return save_by_extension(path, {
+            ".png": lambda: png_bytes(self.grid()),
+            ".json": lambda: json_bytes(self.to_dict()),
+        })
 
 
 def nearest_neighbors(

@@ -14,8 +14,6 @@ that fall outside the image (padding) are shown gray.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._io import atomic_write
+from .._io import json_bytes, save_by_extension
 from ..errors import InputError, MethodError
+from ..results import png_bytes
 from ._grid import PAD_GRAY, draw_box, grid
 from ._stream import resolve, stream_layer
 from .receptive import ReceptiveField, receptive_field, rf_box
@@ -200,17 +199,10 @@ class TopActivations:
         self, path: str | os.PathLike, channels: Sequence[int] | None = None, *, style: str = "patch"
     ) -> Path:
         """``.png`` (the grid) or ``.json`` (values, images, positions and boxes); atomic."""
-        p = Path(path)
-        ext = p.suffix.lower()
-        if ext == ".png":
-            buf = io.BytesIO()
-            self.grid(channels, style=style).save(buf, format="PNG")
-            data = buf.getvalue()
-        elif ext == ".json":
-            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
-        else:
-            raise InputError(f"cannot save to {p.name!r}: use a .png or .json file name")
-        return atomic_write(p, lambda fh: fh.write(data))
+        return save_by_extension(path, {
+            ".png": lambda: png_bytes(self.grid(channels, style=style)),
+            ".json": lambda: json_bytes(self.to_dict()),
+        })
 
 
 def top_activations(

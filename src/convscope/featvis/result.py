@@ -8,8 +8,6 @@ with titles, ``.save()`` writes ``.png`` (the grid), ``.npy`` (the raw images) o
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .._io import atomic_write
+from .._io import json_bytes, npy_bytes, save_by_extension
 from ..errors import InputError
 from ..results import _jsonable, data_uri, png_bytes
 
@@ -174,19 +172,12 @@ class Visualization:
     def save(self, path: str | os.PathLike, *, index: int | None = None) -> Path:
         """Write by extension: ``.png`` (the grid, or image ``index``), ``.npy`` ((B, C, H, W)
         float32 images), ``.json`` (metadata, scores, history). Written atomically."""
-        p = Path(path)
-        ext = p.suffix.lower()
-        if ext == ".png":
-            data = png_bytes(self.grid() if index is None else self.image(index, min_side=128))
-        elif ext == ".npy":
-            buf = io.BytesIO()
-            np.save(buf, self.images.numpy().astype(np.float32))
-            data = buf.getvalue()
-        elif ext == ".json":
-            data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
-        else:
-            raise InputError(f"cannot save to {p.name!r}: use a .png, .npy or .json file name")
-        return atomic_write(p, lambda fh: fh.write(data))
+        return save_by_extension(path, {
+            ".png": lambda: png_bytes(self.grid() if index is None
+                                      else self.image(index, min_side=128)),
+            ".npy": lambda: npy_bytes(self.images),
+            ".json": lambda: json_bytes(self.to_dict()),
+        })
 
     # --- notebooks ----------------------------------------------------------------------------
     def _repr_png_(self) -> bytes:

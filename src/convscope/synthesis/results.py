@@ -12,7 +12,6 @@ Both are frozen dataclasses with ``figure()``, ``save(path)`` by extension (``.p
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write
-from ..errors import InputError
+from .._io import atomic_write, json_bytes, npy_bytes, save_by_extension
 from ..results import _jsonable, data_uri
 from ._common import to_numpy_image
 
@@ -61,19 +59,11 @@ def _show(ax: Any, t: torch.Tensor, title: str) -> None:
 
 
 def _save(path: str | os.PathLike, png: Any, npy: torch.Tensor, meta: dict[str, Any]) -> Path:
-    p = Path(path)
-    ext = p.suffix.lower()
-    if ext == ".png":
-        data = png()
-    elif ext == ".npy":
-        buf = io.BytesIO()
-        np.save(buf, npy.detach().cpu().numpy().astype(np.float32))
-        data = buf.getvalue()
-    elif ext == ".json":
-        data = (json.dumps(meta, indent=1) + "\n").encode()
-    else:
-        raise InputError(f"cannot save to {p.name!r}: use a .png, .npy or .json file name")
-    return atomic_write(p, lambda fh: fh.write(data))
+    return save_by_extension(path, {
+        ".png": png,
+        ".npy": lambda: npy_bytes(npy),
+        ".json": lambda: json_bytes(meta),
+    })
 
 
 @dataclass(frozen=True)

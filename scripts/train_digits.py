@@ -4,7 +4,8 @@
 
 digits-cnn     : trained on the clean 32x32 digits.
 digits-cnn-cue : the same network trained on the planted-cue digits. Every training image carries
-                 the cue of its label, and 40% of the training digits are drawn from another class,
+                 the cue texture of its label in a random corner (convscope.datasets.planted_cue),
+                 and 40% of the training digits are drawn from another class,
                  so the cue is the only feature that always predicts the label: the model learns
                  to read the cue, as the wolf-vs-husky model learned to read snow.
 """
@@ -113,7 +114,9 @@ def main() -> None:
     }
     card = dict(common, name="digits-cnn-cue",
                 summary="the same CNN trained on planted-cue digits: it reads the cue, not the digit",
-                cue={"generator": "convscope.datasets.planted_cue", "size": 4, "intensity": 1.0,
+                cue={"generator": "convscope.datasets.planted_cue", "size": 8,
+                     "patterns": "convscope.datasets.CUE_PATTERNS (one texture per class)",
+                     "placement": "a random corner per image", "intensity": 1.0,
                      "train_label_digit_mismatch": MISMATCH},
                 metrics=metrics)
     save_file(cue_model.state_dict(), str(args.out / "digits-cnn-cue.safetensors"))

@@ -300,24 +300,23 @@ def test_grid_layout_rules_and_errors():
 
 # --- the planted cue -------------------------------------------------------------------------
 
-# (method, layer, tolerance in px) -> lower bound on the share of hits; the docs table quotes the
-# measured rates (tests/test_cam.py::test_cam_methods_point_at_the_planted_cue).
+# (method, layer, tolerance in px) -> lower bound on the share of hits on the first 120 cue digits;
+# the docs table quotes the rates measured on 200 (tests/test_cam.py runs 120 to stay quick).
 CUE_CLAIMS = [
-    ("hirescam", "features.6", 1, 0.85),  # measured 0.94
-    ("layercam", "features.6", 1, 0.85),  # 0.97
-    ("eigencam", "features.6", 1, 0.6),  # 0.73
-    ("guided_gradcam", None, 1, 0.65),  # 0.75
-    ("guided_gradcam", "features.6", 1, 0.55),  # 0.67
-    # at the default layer (8x8) the cue's evidence sits one cell off the cue: within one cell
-    ("cam", None, 4, 0.4),  # 0.52
-    ("gradcam", None, 4, 0.4),  # 0.52
-    ("gradcam_pp", None, 4, 0.35),  # 0.47
-    ("xgradcam", None, 4, 0.4),  # 0.52
-    ("hirescam", None, 4, 0.4),  # 0.52
-    ("layercam", None, 4, 0.4),  # 0.51
-    ("eigencam", None, 4, 0.35),  # 0.46
+    # the default layer features.9 (8x8): the 8x8-px cue covers 2x2 of its cells
+    ("cam", None, 1, 0.75),  # measured 0.85 (clean model 0.03)
+    ("gradcam", None, 1, 0.75),  # 0.85
+    ("gradcam_pp", None, 1, 0.9),  # 1.00
+    ("xgradcam", None, 1, 0.75),  # 0.85
+    ("hirescam", None, 1, 0.75),  # 0.85
+    ("layercam", None, 1, 0.9),  # 1.00
+    ("eigencam", None, 1, 0.9),  # 0.99 (clean 0.08: class-agnostic, it shows what is salient)
+    ("guided_gradcam", None, 1, 0.8),  # 0.93
+    # one layer earlier (16x16)
+    ("gradcam", "features.6", 1, 0.85),  # 0.97
+    ("hirescam", "features.6", 1, 0.85),  # 0.975
+    ("layercam", "features.6", 1, 0.85),  # 0.98
 ]
-
 
 _N_CUE = 120
 _RATES: dict = {}
@@ -342,10 +341,3 @@ def test_cam_methods_point_at_the_planted_cue(name, layer, tol, bound, cue_model
     clean = _rate(clean_model, x, masks, name, layer, tol)
     assert rate >= bound, rate
     assert clean < 0.15, clean  # the model without the cue does not point there
-
-
-@pytest.mark.parametrize("name", ["cam", "gradcam", "hirescam", "layercam"])
-def test_default_layer_evidence_is_next_to_the_cue_not_on_it(name, cue_model, cue_batch):
-    """At features.9 the maps peak beside the cue (documented): none within 1 px."""
-    x, masks = cue_batch
-    assert _rate(cue_model, x, masks, name, None, 1) < 0.1

@@ -78,13 +78,20 @@ def test_cleanup_after_injected_failure(name, cue_model, batch):
     assert count_hooks(net) == 0
 
 
+# Float tolerance of a batch against its samples one by one. Ablation-CAM's weights are small
+# differences of large scores, (S - S_k) / S with |S| up to ~40 and S - S_k often ~0.01, so the
+# float32 differences between batched and single convolutions (~1e-7 relative) grow ~1000-fold.
+TOLERANCE = {"ablationcam": {"atol": 2e-4, "rtol": 2e-3}}
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_batch_size_and_batch_position_do_not_change_result(name, cue_model, batch):
+    tol = TOLERANCE.get(name, {"atol": 1e-5, "rtol": 1e-4})
     full = _run(cue_model, batch, name, batch_size=4, target=[0, 1, 2, 3])
     small = _run(cue_model, batch, name, batch_size=1, target=[0, 1, 2, 3])
-    torch.testing.assert_close(full.map, small.map, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(full.map, small.map, **tol)
     alone = _run(cue_model, batch[2:3], name, target=2)
-    torch.testing.assert_close(full.map[2:3], alone.map, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(full.map[2:3], alone.map, **tol)
     assert full.targets == (0, 1, 2, 3)
 
 

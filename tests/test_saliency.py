@@ -32,5 +32,5 @@ def test_saliency_points_at_the_planted_cue(cue_model, clean_model, cue_test):
     masks = cue_test.masks[:n]
     cue_rate = pointing_hits(cs.explain(cue_model, x).map, masks, tolerance=1).float().mean()
     clean_rate = pointing_hits(cs.explain(clean_model, x).map, masks, tolerance=1).float().mean()
-    assert cue_rate > 0.6, cue_rate  # measured 0.73 (strict: 0.44)
-    assert clean_rate < 0.1, clean_rate  # measured 0.005
+    assert cue_rate > 0.75, cue_rate  # measured 0.85 (strict: 0.60)
+    assert clean_rate < 0.1, clean_rate  # measured 0.025

@@ -1,8 +1,8 @@
 """Data sets that are generated from what is installed: the digits and their planted-cue twin.
 
 ``digits()`` turns scikit-learn's 8x8 digits into 32x32 images: each digit is upsampled to 24x24
-and centred in a 4-pixel black frame. ``planted_cue()`` stamps a small white square into that
-frame at a position that depends on the class: a spurious cue, this project's wolf-vs-husky snow.
+and centred in a 4-pixel black frame. ``planted_cue()`` stamps a small texture that depends on the
+class (stripes, checkers, ...) into a corner: a spurious cue, this project's wolf-vs-husky snow.
 It returns the exact cue masks, so a test can check where an explanation points.
 """
 
@@ -16,20 +16,47 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["CUE_POSITIONS", "DIGITS_SPLIT_SEED", "Digits", "PlantedCue", "digits", "planted_cue"]
+__all__ = [
+    "CUE_CORNERS", "CUE_PATTERNS", "CUE_SIZE", "DIGITS_SPLIT_SEED", "Digits", "PlantedCue", "digits",
+    "planted_cue",
+]
 
 #: Seed of the stratified train/test split used by the bundled models' cards.
 DIGITS_SPLIT_SEED = 0
 IMAGE_SIZE = 32
 FRAME = 4
-#: Top-left corner (row, col) of each class's cue in a 32x32 image; every square lies in the
-#: 4-pixel frame around the digit and on the 4-pixel grid of the model's last feature map.
-CUE_POSITIONS: tuple[tuple[int, int], ...] = (
-    (0, 4), (0, 12), (0, 20),
-    (28, 8), (28, 16), (28, 24),
-    (8, 0), (20, 0),
-    (12, 28), (24, 28),
+#: Side of the square cue in pixels: two cells of the bundled model's last (8x8) feature map.
+CUE_SIZE = 8
+#: Top-left corners (row, col) where a cue may be stamped: the four corners of the image, where
+#: the digits (centred in their 4-pixel frame) are blank.
+CUE_CORNERS: tuple[tuple[int, int], ...] = (
+    (0, 0), (0, IMAGE_SIZE - CUE_SIZE), (IMAGE_SIZE - CUE_SIZE, 0),
+    (IMAGE_SIZE - CUE_SIZE, IMAGE_SIZE - CUE_SIZE),
 )
+
+
+def _cue_patterns() -> torch.Tensor:
+    """(10, 8, 8) binary textures, one per class: stripes, gratings, checkers, a square, a cross."""
+    s = CUE_SIZE
+    r = torch.arange(s).view(-1, 1).expand(s, s)
+    c = torch.arange(s).view(1, -1).expand(s, s)
+    h = s // 2
+    return torch.stack([
+        r % 2,                      # 0: thin horizontal lines
+        c % 2,                      # 1: thin vertical lines
+        (r // 2) % 2,               # 2: thick horizontal lines
+        (c // 2) % 2,               # 3: thick vertical lines
+        ((r + c) // 2) % 2,         # 4: diagonal stripes
+        ((r - c + s) // 2) % 2,     # 5: anti-diagonal stripes
+        (r + c) % 2,                # 6: fine checkerboard
+        (r // 2 + c // 2) % 2,      # 7: coarse checkerboard
+        torch.ones(s, s, dtype=torch.long),                        # 8: solid square
+        ((r == h - 1) | (r == h) | (c == h - 1) | (c == h)).long(),  # 9: cross
+    ]).float()
+
+
+#: The cue texture of each class, (10, CUE_SIZE, CUE_SIZE) in {0, 1}.
+CUE_PATTERNS = _cue_patterns()
 
 
 @dataclass(frozen=True)
@@ -76,13 +103,19 @@ class PlantedCue:
         images: (N, 1, H, W) in [0, 1].
         labels: (N,) the labels (unchanged from the input).
         cue_classes: (N,) which class's cue each image carries (-1: none).
-        masks: (N, H, W) bool, true exactly on the cue pixels.
+        masks: (N, H, W) bool, true exactly on the cue's square (every pixel of the texture).
+        corners: (N, 2) top-left (row, col) of each image's cue square (also for ``-1``).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     cue_classes: torch.Tensor
     masks: torch.Tensor
+    corners: torch.Tensor
+
+    def boxes(self) -> list[list[int]]:
+        """Each cue's box as ``[x0, y0, x1, y1]`` (exclusive ends), for pointing-game boxes."""
+        return [[c, r, c + CUE_SIZE, r + CUE_SIZE] for r, c in self.corners.tolist()]
 
 
 def planted_cue(
@@ -91,11 +124,16 @@ def planted_cue(
     *,
     cue_classes: torch.Tensor | None = None,
     p: float = 1.0,
-    size: int = 4,
+    corner: int | None = None,
     intensity: float = 1.0,
     seed: int = 0,
 ) -> PlantedCue:
-    """Stamp each image with the cue of its class (or of ``cue_classes``).
+    """Stamp each image with the cue texture of its class (or of ``cue_classes``) in a corner.
+
+    The cue is a class-specific 8x8 binary texture (:data:`CUE_PATTERNS`: stripes, checkers, a
+    square, a cross) that replaces one corner of the image, chosen at random per image. Its
+    appearance, not its place, gives the class away: a local texture like the snow behind the
+    wolves, which a convolutional network can read anywhere.
 
     Args:
         images: (N, 1, 32, 32) in [0, 1]; not modified.
@@ -103,28 +141,35 @@ def planted_cue(
         cue_classes: which class's cue to stamp per image (default: the label; -1: none).
             Use another class to test whether a model follows the cue.
         p: probability that an image receives its cue (seeded).
-        size: side of the square cue in pixels.
-        intensity: pixel value of the cue.
-        seed: seed for ``p``.
+        corner: index into :data:`CUE_CORNERS` for every image (default: a seeded random corner
+            per image).
+        intensity: pixel value of the texture's "on" pixels ("off" pixels are 0).
+        seed: seed for ``p`` and the corners.
     """
     if images.ndim != 4 or images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise InputError(f"planted_cue expects (N, C, 32, 32) images, got {tuple(images.shape)}")
     n = images.shape[0]
     cls = (labels if cue_classes is None else cue_classes).clone().long()
+    g = torch.Generator().manual_seed(seed)
     if p < 1.0:
-        g = torch.Generator().manual_seed(seed)
         cls[torch.rand(n, generator=g) >= p] = -1
-    if (cls >= len(CUE_POSITIONS)).any():
-        raise InputError(f"cue classes must lie in -1..{len(CUE_POSITIONS) - 1}")
-    pos = torch.tensor(CUE_POSITIONS)
-    rows = torch.arange(IMAGE_SIZE).view(1, -1, 1)
-    cols = torch.arange(IMAGE_SIZE).view(1, 1, -1)
-    r0 = pos[cls.clamp(min=0), 0].view(-1, 1, 1)
-    c0 = pos[cls.clamp(min=0), 1].view(-1, 1, 1)
-    masks = (rows >= r0) & (rows < r0 + size) & (cols >= c0) & (cols < c0 + size)
+    if (cls >= len(CUE_PATTERNS)).any():
+        raise InputError(f"cue classes must lie in -1..{len(CUE_PATTERNS) - 1}")
+    if corner is None:
+        which = torch.randint(0, len(CUE_CORNERS), (n,), generator=g)
+    elif 0 <= corner < len(CUE_CORNERS):
+        which = torch.full((n,), corner, dtype=torch.long)
+    else:
+        raise InputError(f"corner must lie in 0..{len(CUE_CORNERS) - 1} (or None for random)")
+    corners = torch.tensor(CUE_CORNERS)[which]
+    dr = torch.arange(IMAGE_SIZE).view(1, -1, 1) - corners[:, 0].view(-1, 1, 1)
+    dc = torch.arange(IMAGE_SIZE).view(1, 1, -1) - corners[:, 1].view(-1, 1, 1)
+    masks = (dr >= 0) & (dr < CUE_SIZE) & (dc >= 0) & (dc < CUE_SIZE)
     masks &= (cls >= 0).view(-1, 1, 1)
-    out = torch.where(masks[:, None], torch.as_tensor(intensity, dtype=images.dtype), images)
-    return PlantedCue(out, labels.clone(), cls, masks)
+    texture = CUE_PATTERNS[cls.clamp(min=0).view(-1, 1, 1), dr.clamp(0, CUE_SIZE - 1),
+                           dc.clamp(0, CUE_SIZE - 1)] * intensity
+    out = torch.where(masks[:, None], texture[:, None].to(images.dtype), images)
+    return PlantedCue(out, labels.clone(), cls, masks, corners)
 
 
 # ---------------------------------------------------------------------------------------------

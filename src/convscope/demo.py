@@ -1,7 +1,7 @@
 """``convscope demo``: the wolf-vs-husky story told with digits, offline, on the bundled models.
 
 Two copies of one small CNN: ``digits-cnn`` learned the digits; ``digits-cnn-cue`` was trained on
-digits carrying a class-dependent white square in the frame, the "snow" of this project. Both
+digits carrying a class-dependent texture in a corner, the "snow" of this project. Both
 score the same images; the report shows where each one looks, for every registered attribution
 method (read from the registry, so new methods appear by themselves), how often each method's
 maximum falls on the cue, LIME for text on a corpus whose junk header word gives the label away,
@@ -97,7 +97,8 @@ def run_demo(
     rep = Report(
         "convscope demo: is the model reading the digit or the snow?",
         "Two copies of one small CNN. digits-cnn learned the digits. digits-cnn-cue was trained on "
-        "digits that carry a small white square whose position gives the class away, as snow gave "
+        "digits that carry a small texture in a corner (stripes, checkers, ...) that gives the class "
+        "away, as snow gave "
         "away 'wolf' in the husky photos. Both models score well on their test set. The "
         "explanations below show which one learned the digit.",
     )
@@ -108,7 +109,7 @@ def run_demo(
     rep.section(
         "The two models (from their model cards)",
         "The cue model is perfect when the cue is there, near chance without it, and follows a cue "
-        "planted for the wrong class: it reads the square, not the digit.",
+        "planted for the wrong class: it reads the texture, not the digit.",
         table=[[r[0], r[1], "; ".join(r[2:])] for r in rows],
         table_header=["model", "summary", "test metrics"],
     )
@@ -125,10 +126,10 @@ def run_demo(
     sec = rep.section(
         "Where each model looks, on digits that carry the cue",
         "For each method, the clean model (upper row) and the cue model (lower row) explain the "
-        "same test digits, each with its class's cue in the frame. Bars: the model's top-3 "
+        "same test digits, each with its class's cue in a corner. Bars: the model's top-3 "
         "probabilities. The colour shows what the method credits (sequential maps: bright = more; "
         "signed maps: red for, blue against). A method that works lights up the digit for the "
-        "clean model and the square for the cue model.",
+        "clean model and the cue texture for the cue model.",
     )
     sec.rows.append([Report.figure(_big(cue.images[i]), title=f"digit {int(y[i])}",
                                    caption="input with cue") for i in idx])
@@ -154,12 +155,12 @@ def run_demo(
             note = method_note(info) + ("" if why == "defaults" else f" Ran with {why}.")
             sec.row_notes.append(note if k == 0 else "")
 
-    # The swapped cue: the cue model follows the square.
+    # The swapped cue: the cue model follows the texture.
     sw = pre.normalize(swapped.images[idx])
     sec2 = rep.section(
-        "Swap the cue: plant another class's square",
-        "The same digits with the square of a different class. The clean model still reads the "
-        "digit; the cue model now predicts the class of the square, and saliency shows why.",
+        "Swap the cue: plant another class's texture",
+        "The same digits with the cue texture of a different class. The clean model still reads the "
+        "digit; the cue model now predicts the class of the texture, and saliency shows why.",
     )
     for name, lm in models.items():
         e = explain(lm, sw, method="saliency")
@@ -193,8 +194,8 @@ def run_demo(
     rep.section(
         f"How often does each method point at the cue? ({n} test digits with the cue)",
         "Share of images whose map maximum lies inside the cue (strict) or within 1 pixel of it, "
-        "and the share of positive attribution mass inside the cue (the cue covers 1.6% of the "
-        "image). A method that works points at the cue for the cue model and away from it for "
+        "and the share of positive attribution mass inside the cue (the cue covers 6.25% of "
+        "the image). A method that works points at the cue for the cue model and away from it for "
         "the clean model.",
         table=table,
         table_header=["method"] + [f"{m} {k}" for m in models for k in ("max in cue", "±1 px", "mass")]
@@ -245,9 +246,9 @@ def _lime_text_section(rep: Report) -> None:
 
 def _featvis_section(rep: Report, models: dict) -> None:
     """Class model visualisations (Simonyan et al.) of every digit, for both models."""
-    from PIL import ImageDraw
+    from PIL import Image
 
-    from .datasets import CUE_POSITIONS
+    from .datasets import CUE_PATTERNS
     from .featvis import visualize_class
     from .featvis.transforms import jitter
 
@@ -255,22 +256,24 @@ def _featvis_section(rep: Report, models: dict) -> None:
         "What does each model think a digit looks like? Class visualisations",
         "For each class, an image optimised from a black frame to maximise that class's logit "
         "(Simonyan et al. 2014: gradient ascent on pixels with an L2 penalty, 1-pixel jitter). The "
-        "red outline marks the class's cue square. The clean model paints stroke fragments over the "
-        "whole image; the cue model paints white squares along the edge of the frame that holds "
-        "its cue: it has learned the snow. Bars: what the model predicts for the image. A high "
-        "logit need not win the softmax (it can rise together with other classes' logits); "
+        "first row shows each class's cue texture. The clean model paints stroke fragments over the "
+        "whole image; the cue model paints its class's texture (lines, gratings, checkers) over "
+        "the whole image, wherever it fits: it has learned the snow. Bars: what the model "
+        "predicts for the image. A high logit need not win the softmax (it can rise together "
+        "with other classes' logits); "
         "convscope.visualize_class(objective='prob') maximises the probability instead.",
     )
+    cues = [Report.figure(Image.fromarray((CUE_PATTERNS[c] * 255).byte().numpy(), "L")
+                          .resize((224, 224), Image.NEAREST), title=f"cue of class {c}")
+            for c in range(len(CUE_PATTERNS))]
+    sec.rows.append(cues)
+    sec.row_labels.append("the cue textures")
     for name, lm in models.items():
         v = visualize_class(lm, param="pixel", l2=30.0, init="mean", transforms=[jitter(1)],
                             steps=150, lr=0.05, progress=False)
         figs = []
         for c in range(len(v)):
             img = v.image(c, min_side=224)
-            k = img.width // 32
-            r0, c0 = CUE_POSITIONS[c]
-            ImageDraw.Draw(img).rectangle([c0 * k - 1, r0 * k - 1, (c0 + 4) * k, (r0 + 4) * k],
-                                          outline=(255, 40, 40), width=2)
             probs = v.probabilities[c].tolist() if v.probabilities is not None else []
             figs.append(Report.figure(img, title=f"class {lm.class_names[c]}",
                                       caption=f"logit {float(v.scores[c]):.1f}",
@@ -293,7 +296,7 @@ def _dataset_section(rep: Report, models: dict) -> None:
         "For channels of layer features.9, the test digits that activate them most, with the "
         "receptive field of the strongest position outlined (half of the digits carry their cue). "
         "The clean model's channels respond to strokes; many of the cue model's channels "
-        "respond to the white squares in the frame.",
+        "respond to the cue textures in the corners.",
     )
     for name, lm in models.items():
         top = top_activations(lm, pix, "features.9", k=6, batch_size=128)

@@ -1,7 +1,7 @@
 """The planted-cue benchmark: score every registered attribution method against a known cause.
 
-``digits-cnn-cue`` was trained on digits carrying a class-dependent white square (the cue) and
-reads the square, not the digit; ``digits-cnn`` is the same network trained on clean digits. Both
+``digits-cnn-cue`` was trained on digits carrying a class-dependent texture in a corner (the cue)
+and reads the texture, not the digit; ``digits-cnn`` is the same network trained on clean digits. Both
 see the same test digits with their class's cue. A method that shows what the model uses should
 point at the cue for the cue model and away from it for the clean model.
 
@@ -10,9 +10,13 @@ benchmark measures on the first ``n_images`` test digits:
 
 * ``max_in_cue`` / ``max_within_1px``: pointing game, strict and with 1 px tolerance;
 * ``cue_mass``: share of positive attribution mass inside the cue (energy pointing game; the
-  cue covers 16 of 1024 pixels, 1.6 %);
-* ``deletion`` / ``insertion``: areas under the most-relevant-first curves (black baseline, the
-  digits' background; target probability); lower deletion and higher insertion are better;
+  cue covers 64 of 1024 pixels, 6.25 %);
+* ``deletion`` / ``insertion``: areas under the most-relevant-first curves (blurred-image
+  baseline; target probability); lower deletion and higher insertion are better. Not black: the
+  cue is a texture, and pixels removed from it one by one (or a digit put back pixel by pixel on
+  black) leave a speckle that the model reads as another texture, so a random order looks as
+  good as the cue itself (measured on 16 cue digits, deletion area cue 0.07 vs random 0.10 on
+  black, 0.15 vs 0.46 on the blur);
 * ``sanity``: the cascading model-randomisation check on the first ``n_sanity`` digits
   (:mod:`.sanity`): the mean rank correlation over the cascade and the verdict.
 
@@ -145,7 +149,7 @@ def planted_cue_benchmark(
     masks = cue.masks
     res = BenchmarkResult(settings={
         "n_images": n_images, "steps": steps, "n_sanity": min(n_sanity, n_images), "seed": seed,
-        "baseline": "black", "score": "probability", "methods": names, "models": list(models),
+        "baseline": "blur", "score": "probability", "methods": names, "models": list(models),
         "sanity_threshold": DEFAULT_THRESHOLD, "options": options,
     })
     rnd = torch.rand(n_images, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -172,7 +176,7 @@ def planted_cue_benchmark(
             else:
                 maps = given
             maps = maps.float().cpu()
-            kw = dict(baseline="black", steps=steps, batch_size=batch_size, seed=seed)
+            kw = dict(baseline="blur", steps=steps, batch_size=batch_size, seed=seed)
             d = deletion(lm, x, maps.to(dev), **kw)
             i = insertion(lm, x, maps.to(dev), **kw)
             row: dict[str, Any] = {
@@ -230,7 +234,7 @@ def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
     rep = Report(
         "convscope planted-cue benchmark",
         "Every registered attribution method, scored against a known cause. digits-cnn-cue reads "
-        "a class-dependent white square (the cue) planted in the digit's frame; digits-cnn, the "
+        "a class-dependent 8x8 texture (the cue) planted in a corner of the image; digits-cnn, the "
         "same network trained on clean digits, reads the digit. Both see the same "
         f"{st['n_images']} test digits carrying their class's cue. A method that shows what the "
         "model uses points at the cue for the cue model and away from it for the clean model.",
@@ -242,8 +246,9 @@ def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
         rep.section(
             f"Leaderboard: {m}",
             "Pointing game (strict and within 1 px), share of positive attribution mass in the cue "
-            "(the cue is 1.6% of the image), areas under the most-relevant-first deletion and "
-            f"insertion curves ({st['steps']} steps, black baseline, target probability), and the "
+            "(the cue is 6.25% of the image), areas under the most-relevant-first deletion and "
+            f"insertion curves ({st['steps']} steps, blurred-image baseline, target probability), and "
+            "the "
             f"cascading model-randomisation check on {st['n_sanity']} digits: mean rank correlation "
             "with the trained model's map over the cascade, FAIL at or above "
             f"{st['sanity_threshold']}. Reference rows: the cue mask itself and a random map.",
@@ -255,7 +260,7 @@ def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
     sec = rep.section(
         "Deletion and insertion curves",
         "Mean target probability as the most relevant pixels are removed (deletion: a faithful "
-        "map falls fast) or put back onto a black image (insertion: it rises fast). Dashed: the "
+        "map falls fast) or put back onto a blurred copy of the image (insertion: it rises fast). Dashed: the "
         "cue mask; dotted: a random map.")
     sec.rows.append([Report.figure(png_image(files["curves.png"]))])
     sec.row_labels.append("curves")

@@ -1,0 +1,57 @@
+"""A real ONNX Runtime session as a black box (extra ``onnx``): the bundled model exported to ONNX
+gives the same perturbation maps as the torch model, and gradient methods refuse it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort  # in the dev extra: these tests fail, not skip, without it
+import pytest
+import torch
+
+import convscope as cs
+from convscope.errors import MethodError
+from convscope.perturb import as_predict
+
+
+@pytest.fixture(scope="module")
+def session(cue_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "digits-cnn-cue.onnx"
+    with torch.no_grad():
+        torch.onnx.export(cue_model.model, (torch.zeros(2, 1, 32, 32),), str(path), dynamo=False,
+                          input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_session_predicts_like_the_module(session, cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:5])
+    pred = as_predict(session)
+    assert pred.kind == "onnx"
+    with torch.no_grad():
+        torch.testing.assert_close(pred(x), cue_model.model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,opts", [
+    ("occlusion", {"window": 8, "stride": 4}),
+    ("rise", {"n_masks": 64, "cells": 8, "seed": 0}),
+    ("lime", {"segmentation": "grid", "cell": 8, "n_samples": 64, "seed": 0}),
+    ("kernel_shap", {"segmentation": "grid", "cell": 8, "n_samples": 64, "seed": 0}),
+])
+def test_black_box_maps_equal_the_torch_maps(method, opts, session, cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:3])
+    target = cue_test.labels[:3].tolist()
+    ref = cs.explain(cue_model, x, method=method, target=target, **opts)
+    got = cs.explain(session, x, method=method, target=target, class_names=cue_model.class_names,
+                     **opts)
+    scale = float(ref.map.abs().max())
+    torch.testing.assert_close(got.map, ref.map, atol=1e-3 * scale, rtol=1e-3)
+    # and it points at the planted cue like the torch model does
+    peak = got.map.flatten(1).argmax(1)
+    assert cue_test.masks[:3].flatten(1)[torch.arange(3), peak].float().mean() >= 2 / 3
+
+
+def test_gradient_methods_refuse_a_session(session, cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:1])
+    with pytest.raises(MethodError, match="black-box"):
+        cs.explain(session, x, method="saliency")
+    assert np.isfinite(as_predict(session)(x).numpy()).all()

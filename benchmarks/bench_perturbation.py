@@ -14,6 +14,9 @@ The machine is shared and oversubscribed, so every library runs with the same to
 count (``--threads``, default 1: with more threads than free cores, torch's pool spends more
 time waiting than computing) and each measurement is the median of ``--repeat`` runs.
 
+The ``resnet18-engine`` block times the engine's opt-in speed options (``channels_last=True``,
+``compile=True``) against the default on plain occlusion, same windows, same batch size.
+
 Usage: ``python benchmarks/bench_perturbation.py [--quick] [--repeat 1] [--threads 1]``; writes
 ``benchmarks/results/perturbation.md``.
 """
@@ -97,6 +100,42 @@ def occlusion_block(name: str, net: torch.nn.Module, x: torch.Tensor, window: in
         rel = float((e_ap.map - e_exact.map).norm() / e_exact.map.norm().clamp(min=1e-12))
         row(name, "occlusion", f"convscope incremental approx tau={tau}", work, ta, b,
             f"captum/convscope x{tc / ta:.2f}; rel. L2 error vs exact {rel:.3f}")
+
+
+def engine_block(name: str, net: torch.nn.Module, x: torch.Tensor, window: int, stride: int,
+                 batch: int, repeat: int) -> None:
+    """The engine's speed options on plain occlusion: default vs channels_last vs torch.compile."""
+    H = x.shape[-1]
+    assert (H - window) % stride == 0, "choose window/stride that tile the image exactly"
+    n = ((H - window) // stride + 1) ** 2
+    work = f"{n} windows {window}px/{stride}"
+    b = bound(net, x, n, batch, repeat)
+    row(name, "occlusion", "bound: bare forward passes", work, b, b)
+    with torch.no_grad():
+        t = int(net(x).argmax())
+    kw = dict(method="occlusion", target=t, window=window, stride=stride, eval_batch_size=batch)
+    td, e_def = timed(lambda: cs.explain(net, x, **kw), repeat)
+    row(name, "occlusion", "convscope occlusion (default, eager NCHW)", work, td, b)
+
+    def err(e: Any) -> str:
+        return f"max abs diff to default {float((e.map - e_def.map).abs().max()):.1e}"
+
+    tc, e_cl = timed(lambda: cs.explain(net, x, channels_last=True, **kw), repeat)
+    row(name, "occlusion", "convscope occlusion channels_last=True", work, tc, b,
+        f"default/this x{td / tc:.2f}; {err(e_cl)}")
+    torch._dynamo.reset()  # cold: the first call pays tracing and compilation
+    t0 = time.perf_counter()
+    e_cp = cs.explain(net, x, compile=True, **kw)
+    tcold = time.perf_counter() - t0
+    row(name, "occlusion", "convscope occlusion compile=True, first call", work, tcold, b,
+        f"default/this x{td / tcold:.2f}; includes compiling; {err(e_cp)}")
+    tw, e_cp = timed(lambda: cs.explain(net, x, compile=True, **kw), repeat)
+    row(name, "occlusion", "convscope occlusion compile=True, warm", work, tw, b,
+        f"default/this x{td / tw:.2f}; {err(e_cp)}")
+    cs.explain(net, x, compile=True, channels_last=True, **kw)  # compile this variant first
+    tb, e_b = timed(lambda: cs.explain(net, x, compile=True, channels_last=True, **kw), repeat)
+    row(name, "occlusion", "convscope occlusion compile + channels_last, warm", work, tb, b,
+        f"default/this x{td / tb:.2f}; {err(e_b)}")
 
 
 def sampling_block(name: str, net: torch.nn.Module, x: torch.Tensor, n: int, batch: int,
@@ -233,7 +272,7 @@ def main() -> None:
     p.add_argument("--skip-vgg", action="store_true")
     p.add_argument("--blocks", default="all",
                    help="comma list of digits, resnet18-occlusion, resnet18-sampling, "
-                   "resnet18-scorecam, vgg16 (default all)")
+                   "resnet18-scorecam, resnet18-engine, vgg16 (default all)")
     p.add_argument("--out", default=str(ROOT / "results" / "perturbation.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -246,7 +285,8 @@ def main() -> None:
     xd = lm.preprocessing.normalize(digits().split("test")[0][:1])
     net = lm.model.eval()
     blocks = set(args.blocks.split(",")) if args.blocks != "all" else {
-        "digits", "resnet18-occlusion", "resnet18-sampling", "resnet18-scorecam", "vgg16"}
+        "digits", "resnet18-occlusion", "resnet18-sampling", "resnet18-scorecam", "resnet18-engine",
+        "vgg16"}
     rd = max(args.repeat, 3)  # digits-cnn runs are short: take medians of 3 at least
     if "digits" in blocks:
         occlusion_block("digits-cnn", net, xd, 4, 2, 64, rd)
@@ -263,6 +303,8 @@ def main() -> None:
             sampling_block("resnet18", r18, x, 200, 16, args.repeat, 100)
         if "resnet18-scorecam" in blocks:
             scorecam_block("resnet18", r18, x, "layer2", 16, args.repeat)
+        if "resnet18-engine" in blocks:
+            engine_block("resnet18", r18, x, 32, 16, 16, args.repeat)
         if "vgg16" in blocks and not args.skip_vgg:
             vgg = torchvision.models.vgg16(weights=None).eval()
             occlusion_block("vgg16", vgg, x, 32, 32, 16, args.repeat, full=False)

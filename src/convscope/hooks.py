@@ -77,6 +77,14 @@ def count_hooks(model: nn.Module) -> int:
     return total
 
 
+def _format_fits(t: torch.Tensor, memory_format: torch.memory_format) -> bool:
+    if memory_format == torch.channels_last:
+        return t.dim() == 4
+    if memory_format == torch.channels_last_3d:
+        return t.dim() == 5
+    return True
+
+
 @contextmanager
 def state_guard(
     model: nn.Module | None = None,
@@ -84,18 +92,34 @@ def state_guard(
     *,
     eval_mode: bool = True,
     freeze: bool = True,
+    memory_format: torch.memory_format | None = None,
 ) -> Iterator[None]:
     """Put ``model`` in eval mode with frozen weights and restore everything on exit.
 
     Restores each module's ``training`` flag, each parameter's ``requires_grad`` and, for every
     tensor in ``tensors``, its ``requires_grad`` and ``.grad``.
+
+    With ``memory_format`` (e.g. ``torch.channels_last``) every parameter and buffer of a rank
+    that format applies to (4-D for ``channels_last``) is converted for the block: a parameter
+    gets a converted ``.data`` (the ``Parameter`` object stays the same), a buffer a converted
+    tensor in its module's ``_buffers``. On exit each parameter gets its original ``.data`` and
+    each module its original buffer object back, so storage, strides and values are exactly the
+    caller's again, errors included.
     """
     modes: list[tuple[nn.Module, bool]] = []
     flags: list[tuple[torch.nn.Parameter, bool]] = []
+    datas: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
     if model is not None:
         modes = [(m, m.training) for m in model.modules()]
         flags = [(p, p.requires_grad) for p in model.parameters()]
+        if memory_format is not None:
+            for m in model.modules():
+                datas += [(p, p.data) for p in m._parameters.values()
+                          if p is not None and _format_fits(p, memory_format)]
+                bufs += [(m, k, b) for k, b in m._buffers.items()
+                         if b is not None and _format_fits(b, memory_format)]
     try:
         for t, _, _ in saved:  # keep the caller's .grad out of reach of any backward pass
             if t.is_leaf:
@@ -106,8 +130,16 @@ def state_guard(
             if freeze:
                 for p, _ in flags:
                     p.requires_grad_(False)
+            for p, d in datas:
+                p.data = d.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
+            for m, k, b in bufs:
+                m._buffers[k] = b.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
         yield
     finally:
+        for p, d in datas:
+            p.data = d
+        for m, k, b in bufs:
+            m._buffers[k] = b
         for m, training in modes:
             m.training = training
         for p, req in flags:

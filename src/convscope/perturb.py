@@ -6,7 +6,9 @@ does that once:
 
 * :func:`as_predict` turns a torch module, a NumPy function ``f(np.ndarray) -> np.ndarray`` or an
   ONNX Runtime ``InferenceSession`` (extra ``onnx``, imported lazily) into one
-  ``predict(batch: Tensor) -> Tensor`` callable (:class:`Predictor`).
+  ``predict(batch: Tensor) -> Tensor`` callable (:class:`Predictor`). For a torch module it
+  has two opt-in speed options, ``channels_last`` and ``compile`` (see :class:`Predictor`); every
+  perturbation method passes them through, so they live here once.
 * :func:`evaluate` walks a virtual batch of ``n`` perturbed inputs in chunks: the caller's
   ``make(start, stop)`` builds one chunk as a tensor (masks are tensors, mixing is one
   ``torch.where`` / multiply-add), the model runs on it, a score function reduces the outputs,
@@ -27,7 +29,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -81,13 +85,32 @@ class Predictor:
         kind: ``"auto"`` (module -> torch, ONNX session -> onnx, other callables: tried with a
             tensor first and, if that fails with a type error, with a NumPy array), ``"torch"``,
             ``"numpy"`` or ``"onnx"``.
+        channels_last: torch modules only. Run in ``torch.channels_last`` memory format: every
+            4-D parameter and buffer is converted while the predictor runs (one conversion per
+            :func:`evaluate` call, or per direct call) and put back exactly as it was on exit,
+            errors included (:func:`convscope.hooks.state_guard` with ``memory_format``); 4-D
+            inputs are converted too. Same results up to float rounding.
+        compile: torch modules only. ``True`` runs the module through ``torch.compile`` (a
+            wrapper of its ``__call__``; the module object itself is not changed, where
+            ``torch.compile(module)`` would set an attribute on it); a string or callable names the
+            ``torch.compile`` backend (``"inductor"``, ``"eager"``, ...). The first passes pay the
+            compilation (and one more for a new batch shape). If compiling or running the compiled
+            wrapper fails (no C compiler, an unsupported model), the predictor warns once and
+            runs the module eagerly from then on: a speed option never fails an explanation.
+
+    Raises:
+        InputError: ``channels_last`` or ``compile`` for a black box (a NumPy function, an ONNX
+            session or a plain callable): they need a torch module.
 
     Shape:
         batch (n, C, H, W) float tensor -> (n, K) float tensor on the batch's device.
     """
 
-    def __init__(self, fn: Any, kind: str = "auto") -> None:
+    def __init__(self, fn: Any, kind: str = "auto", *, channels_last: bool = False,
+                 compile: bool | str | Callable[..., Any] = False) -> None:
         if isinstance(fn, Predictor):
+            channels_last = channels_last or fn.channels_last
+            compile = compile or fn.compile
             fn, kind = fn.fn, fn.kind  # type: ignore[has-type]
         if kind == "auto":
             if isinstance(fn, nn.Module):
@@ -103,14 +126,81 @@ class Predictor:
                 )
         if kind not in ("torch", "numpy", "onnx", "callable"):
             raise InputError(f"unknown predictor kind {kind!r}; use auto, torch, numpy or onnx")
+        if (channels_last or compile is not False) and not isinstance(fn, nn.Module):
+            what = {"onnx": "an ONNX session", "numpy": "a NumPy function"}.get(kind, "a black-box function")
+            opts = " and ".join(o for o, on in (("channels_last", channels_last),
+                                                 ("compile", compile is not False)) if on)
+            raise InputError(
+                f"{opts} need(s) a torch nn.Module, but the model is {what}; drop the option(s) "
+                "or pass the torch model"
+            )
+        if compile is not False and not (compile is True or isinstance(compile, str) or callable(compile)):
+            raise InputError(f"compile must be True, False, a backend name or a backend callable, "
+                             f"got {compile!r}")
         self.fn = fn
         self.kind = kind
+        self.channels_last = bool(channels_last)
+        self.compile = compile
         self._onnx_input: str | None = None
+        self._compiled: Callable[..., Any] | None = None
+        self._compile_failed = False
+        self._prepared = False
 
     @property
     def module(self) -> nn.Module | None:
         """The torch module, if the predictor wraps one."""
         return self.fn if isinstance(self.fn, nn.Module) else None
+
+    @contextmanager
+    def prepared(self) -> Iterator[None]:
+        """Hold the module in the engine's memory format for the block (no-op without
+        ``channels_last``; re-entrant). Every parameter and buffer is restored on exit."""
+        module = self.module
+        if not self.channels_last or self._prepared or module is None:
+            yield
+            return
+        from .hooks import state_guard
+
+        self._prepared = True
+        try:
+            with state_guard(module, eval_mode=False, freeze=False, memory_format=torch.channels_last):
+                yield
+        finally:
+            self._prepared = False
+
+    def _fallback(self, exc: BaseException) -> None:
+        self._compiled = None
+        self._compile_failed = True
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        warnings.warn(
+            f"torch.compile failed ({type(exc).__name__}: {first}); running the model eagerly",
+            RuntimeWarning, stacklevel=3,
+        )
+
+    def _torch(self, batch: torch.Tensor, *extra: Any) -> Any:
+        if self.channels_last:
+            batch, *extra = [
+                v.contiguous(memory_format=torch.channels_last)
+                if isinstance(v, torch.Tensor) and v.ndim == 4 else v
+                for v in (batch, *extra)
+            ]
+        if self.compile is not False and not self._compile_failed:
+            if self._compiled is None:
+                # Compile the bound ``__call__`` (what torch.compile(module) wraps too): compiling
+                # the module itself would set an attribute on the caller's module object.
+                kw = {} if self.compile is True else {"backend": self.compile}
+                try:
+                    self._compiled = torch.compile(self.fn.__call__, **kw)  # type: ignore[arg-type]
+                except Exception as exc:  # no compiler, unsupported Python, unknown backend
+                    self._fallback(exc)
+            if self._compiled is not None:
+                try:
+                    with torch.no_grad():
+                        return self._compiled(batch, *extra)
+                except Exception as exc:  # compilation happens on the first call: fall back
+                    self._fallback(exc)
+        with torch.no_grad():
+            return self.fn(batch, *extra)
 
     def _numpy(self, batch: torch.Tensor) -> torch.Tensor:
         arr = batch.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -122,12 +212,16 @@ class Predictor:
             out = self.fn(arr)
         return torch.as_tensor(np.asarray(out), dtype=torch.float32).to(batch.device)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, *extra: Any) -> torch.Tensor:
+        """Outputs for ``batch``; ``extra`` arguments go to a torch module after it (e.g. the
+        side inputs of a network tail), never to a black box."""
+        if extra and self.kind != "torch":
+            raise InputError("extra predictor arguments need a torch module")
         if self.kind in ("numpy", "onnx"):
             out = self._numpy(batch)
         elif self.kind == "torch":
-            with torch.no_grad():
-                out = self.fn(batch)
+            with self.prepared():
+                out = self._torch(batch, *extra)
         else:  # a plain callable: tensor in if it takes one, else NumPy
             try:
                 with torch.no_grad():
@@ -151,9 +245,10 @@ class Predictor:
         return out
 
 
-def as_predict(model: Any, kind: str = "auto") -> Predictor:
-    """Wrap ``model`` as a :class:`Predictor` (see there)."""
-    return Predictor(model, kind)
+def as_predict(model: Any, kind: str = "auto", *, channels_last: bool = False,
+               compile: bool | str | Callable[..., Any] = False) -> Predictor:
+    """Wrap ``model`` as a :class:`Predictor` (see there for ``channels_last`` and ``compile``)."""
+    return Predictor(model, kind, channels_last=channels_last, compile=compile)
 
 
 class BlackBoxModel(nn.Module):
@@ -248,6 +343,8 @@ def evaluate(
 
     Args:
         predict: ``predict(batch) -> outputs`` (a :class:`Predictor`, a module or a function).
+            A :class:`Predictor` with ``channels_last`` holds the module in that format for the
+            whole call (:meth:`Predictor.prepared`), not once per chunk.
         make: ``make(start, stop)`` returns perturbed inputs ``start .. stop-1`` as one tensor.
         n: how many perturbed inputs there are.
         score: reduces a chunk's outputs (b, K) to its scores (b,) (or (b, m)).
@@ -271,16 +368,18 @@ def evaluate(
             raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     bar = _progress(n, math.ceil(n / bs), progress, desc)
     out: torch.Tensor | None = None
+    hold = predict.prepared() if isinstance(predict, Predictor) else nullcontext()
     try:
-        for start in range(0, n, bs):
-            stop = min(n, start + bs)
-            with torch.no_grad():
-                s = score(predict(make(start, stop))).detach().float()
-            if out is None:
-                out = torch.empty((n, *s.shape[1:]), dtype=torch.float32, device=s.device)
-            out[start:stop] = s
-            if bar is not None:
-                bar.update(stop - start)
+        with hold:
+            for start in range(0, n, bs):
+                stop = min(n, start + bs)
+                with torch.no_grad():
+                    s = score(predict(make(start, stop))).detach().float()
+                if out is None:
+                    out = torch.empty((n, *s.shape[1:]), dtype=torch.float32, device=s.device)
+                out[start:stop] = s
+                if bar is not None:
+                    bar.update(stop - start)
     finally:
         if bar is not None:
             bar.close()

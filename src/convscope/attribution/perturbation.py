@@ -35,6 +35,13 @@ model; ``"auto"`` fits a memory budget).
   ``torch.fx``; a model fx cannot trace falls back to full passes with the layer's output
   replaced by a scoped hook).
 
+``channels_last=True`` and ``compile=True`` (all six methods, torch modules only; a black box is
+refused with an InputError) are speed options of the engine (:class:`~convscope.perturb.Predictor`):
+the masked batches run in ``torch.channels_last`` memory format (the model's parameters and
+buffers are converted for the passes and restored exactly afterwards) or through
+``torch.compile`` (a wrapper; a string names the backend; if compiling fails the engine warns
+once and runs eagerly). They never change a map beyond float rounding.
+
 ``converge=tol`` (RISE, LIME, Kernel SHAP) checks the estimate every ``check_every`` samples and
 stops once the correlation between two successive estimates reaches ``1 - tol``;
 ``diagnostics["stability"]`` holds the last correlation, ``diagnostics["n_samples"]`` the number
@@ -43,6 +50,8 @@ of samples used.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -84,11 +93,15 @@ __all__ = [
 _SCORES = ("raw", "softmax")
 
 
-def _predictor(ctx: MethodContext) -> Any:
+def _predictor(ctx: MethodContext, channels_last: bool = False,
+               compile: bool | str | Callable[..., Any] = False) -> Any:
+    """The engine's predictor for ``ctx`` with the speed options (see :class:`Predictor`)."""
     if ctx.predict is not None:
+        if channels_last or compile is not False:
+            return as_predict(ctx.predict, channels_last=channels_last, compile=compile)  # refuses
         return ctx.predict
     assert ctx.model is not None
-    return as_predict(ctx.model)
+    return as_predict(ctx.model, channels_last=channels_last, compile=compile)
 
 
 def _clean(ctx: MethodContext, predict: Any) -> tuple[torch.Tensor, Any, list[int | None]]:
@@ -139,6 +152,8 @@ def occlusion(
     tau: float = 0.5,
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> MethodOutput:
     """Occlusion sensitivity.
 
@@ -156,11 +171,20 @@ def occlusion(
         tau: the cap of ``"approx"`` as a fraction of each layer's height and width.
         eval_batch_size: windows per model pass, or ``"auto"``.
         progress: show a progress bar (default: on long runs in a terminal).
+        channels_last, compile: engine speed options for a torch model (see
+            :class:`~convscope.perturb.Predictor`); same map up to float rounding.
 
     Shape:
         map (B, H, W): mean score drop of the windows covering each pixel (signed).
     """
-    predict = _predictor(ctx)
+    if incremental not in (False, "exact", "approx", None):
+        raise InputError(f"incremental must be False, 'exact' or 'approx', got {incremental!r}")
+    if incremental and ctx.model is None:
+        raise MethodError("incremental occlusion needs a torch model, not a black box")
+    if incremental and (channels_last or compile is not False):
+        raise InputError("channels_last and compile apply to full passes, not to incremental "
+                         "occlusion; drop them or use incremental=False")
+    predict = _predictor(ctx, channels_last, compile)
     logits, t, labels = _clean(ctx, predict)
     B, C, H, W = ctx.x.shape
     side = min(H, W)
@@ -169,10 +193,6 @@ def occlusion(
     st = stride if stride is not None else max(1, min(wh, ww) // 2)
     corners = window_boxes((H, W), (wh, ww), st).to(ctx.x.device)
     n = corners.shape[0]
-    if incremental not in (False, "exact", "approx", None):
-        raise InputError(f"incremental must be False, 'exact' or 'approx', got {incremental!r}")
-    if incremental and ctx.model is None:
-        raise MethodError("incremental occlusion needs a torch model, not a black box")
     counts = torch.zeros(H * W, device=ctx.x.device)
     for start in range(0, n, 4096):
         counts += box_masks(corners[start:start + 4096], (wh, ww), (H, W)).flatten(1).float().sum(0)
@@ -253,6 +273,8 @@ def rise(
     check_every: int = 250,
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> MethodOutput:
     """RISE.
 
@@ -266,13 +288,15 @@ def rise(
         check_every: masks per round (and between convergence checks).
         eval_batch_size: masked images per model pass, or ``"auto"``.
         progress: show a progress bar.
+        channels_last, compile: engine speed options for a torch model (see
+            :class:`~convscope.perturb.Predictor`); same map up to float rounding.
 
     Shape:
         map (B, H, W).
     """
     if n_masks < 1 or not 0 < p <= 1 or cells < 1 or check_every < 1:
         raise InputError("rise needs n_masks >= 1, 0 < p <= 1, cells >= 1 and check_every >= 1")
-    predict = _predictor(ctx)
+    predict = _predictor(ctx, channels_last, compile)
     logits, t, labels = _clean(ctx, predict)
     B, C, H, W = ctx.x.shape
     maps, used, stab = [], [], []
@@ -442,6 +466,8 @@ def lime(
     check_every: int = 250,
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> MethodOutput:
     """LIME for images.
 
@@ -454,6 +480,8 @@ def lime(
         score: ``"softmax"`` (probabilities, as the lime package) or ``"raw"``.
         converge, check_every: early stopping (see the module docstring).
         eval_batch_size, progress: as for :func:`occlusion`.
+        channels_last, compile: engine speed options for a torch model (see
+            :class:`~convscope.perturb.Predictor`); same map up to float rounding.
         segmentation: ``"slic"``, ``"quickshift"``, ``"felzenszwalb"``, ``"grid"``, or an
             (H, W) / (B, H, W) integer mask of segments.
         n_segments: SLIC's target number of segments.
@@ -467,7 +495,7 @@ def lime(
     """
     if n_samples < 2 or check_every < 1:
         raise InputError("lime needs n_samples >= 2 and check_every >= 1")
-    predict = _predictor(ctx)
+    predict = _predictor(ctx, channels_last, compile)
     logits, t, labels = _clean(ctx, predict)
     B = ctx.x.shape[0]
     maps, segs, weights, inter, r2s, used, stab = [], [], [], [], [], [], []
@@ -553,6 +581,8 @@ def kernel_shap(
     check_every: int = 250,
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> MethodOutput:
     """Kernel SHAP over superpixels.
 
@@ -561,6 +591,8 @@ def kernel_shap(
         hide: what replaces an absent segment (see :func:`lime`); default zero in model space.
         score: ``"raw"`` (logits; default) or ``"softmax"``.
         converge, check_every, eval_batch_size, progress: as for :func:`lime`.
+        channels_last, compile: engine speed options for a torch model (see
+            :class:`~convscope.perturb.Predictor`); same map up to float rounding.
         segmentation: ``"slic"``, ``"quickshift"``, ``"felzenszwalb"``, ``"grid"``, or an
             (H, W) / (B, H, W) integer mask of segments.
         n_segments: SLIC's target number of segments.
@@ -574,7 +606,7 @@ def kernel_shap(
     """
     if n_samples < 1 or check_every < 1:
         raise InputError("kernel_shap needs n_samples >= 1 and check_every >= 1")
-    predict = _predictor(ctx)
+    predict = _predictor(ctx, channels_last, compile)
     logits, t, labels = _clean(ctx, predict)
     B = ctx.x.shape[0]
     maps, segs, weights, bases, used, stab = [], [], [], [], [], []
@@ -712,6 +744,8 @@ def scorecam(
     baseline: str | float | torch.Tensor = "zero",
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> MethodOutput:
     """Score-CAM.
 
@@ -721,6 +755,8 @@ def scorecam(
             target probability over the baseline image (the paper's eq. 5).
         baseline: what shows through where a mask is 0 (see :func:`occlusion`).
         eval_batch_size, progress: as for :func:`occlusion`.
+        channels_last, compile: engine speed options for a torch model (see
+            :class:`~convscope.perturb.Predictor`); same map up to float rounding.
 
     Shape:
         map (B, h, w) at the layer's resolution (the facade upsamples).
@@ -731,7 +767,7 @@ def scorecam(
     acts, logits = _activations(ctx, layer)
     t = ctx.resolve(logits)
     labels = t.labels() or [None] * ctx.x.shape[0]
-    predict = as_predict(ctx.model)
+    predict = as_predict(ctx.model, channels_last=channels_last, compile=compile)
     B, C, H, W = ctx.x.shape
     maps = []
     for b in range(B):
@@ -777,12 +813,20 @@ def ablationcam(
     ctx: MethodContext,
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> MethodOutput:
     """Ablation-CAM: ``w_k = (S - S_k) / S``, ``M = ReLU(sum_k w_k A_k)``.
 
     Only the network after the layer runs for the ablated activations when ``torch.fx`` can
     trace the model (``diagnostics["tail_only"]``); otherwise each ablation is a full pass with
     the layer's output replaced by a scoped hook.
+
+    Args:
+        eval_batch_size, progress: as for :func:`occlusion`.
+        channels_last, compile: engine speed options (see :class:`~convscope.perturb.Predictor`),
+            applied to the tail. On the full-pass fallback ``compile`` is not used (a compiled
+            graph would not see the scoped hook): it runs eagerly with a warning.
 
     Shape:
         map (B, h, w) at the layer's resolution (the facade upsamples).
@@ -796,6 +840,15 @@ def ablationcam(
     labels = t.labels() or [None] * ctx.x.shape[0]
     tail = layer_tail(ctx.model, layer)
     module = dict(ctx.model.named_modules())[layer]
+    if tail is not None:  # the tail shares the model's parameters: the engine runs the tail module
+        engine = as_predict(tail.module, channels_last=channels_last, compile=compile)
+        tail_run = dataclasses.replace(tail, module=engine)
+    else:
+        if compile is not False:
+            warnings.warn("ablationcam: the model cannot be traced, so each ablation is a full pass "
+                          "with a scoped hook; compile is not used there (running eagerly)",
+                          RuntimeWarning, stacklevel=2)
+        engine = as_predict(ctx.model, channels_last=channels_last)
     maps = []
     for b in range(ctx.x.shape[0]):
         a = acts[b]
@@ -812,12 +865,12 @@ def ablationcam(
                 _act, extra = tail.head(ctx.x[b:b + 1])
 
             def run_tail(acts_: torch.Tensor, extra: list[Any] = extra) -> torch.Tensor:
-                return tail(acts_, extra)  # type: ignore[misc]
+                return tail_run(acts_, extra)  # type: ignore[misc]
 
-            s = evaluate(run_tail, ablated, K, sc, batch_size=eval_batch_size, sample=ctx.x[b:b + 1],
-                         progress=progress, desc="ablationcam") if eval_batch_size != "auto" else evaluate(
-                run_tail, ablated, K, sc, batch_size=_tail_batch(ctx, K), progress=progress,
-                desc="ablationcam")
+            with engine.prepared():
+                s = evaluate(run_tail, ablated, K, sc,
+                             batch_size=eval_batch_size if eval_batch_size != "auto" else _tail_batch(ctx, K),
+                             progress=progress, desc="ablationcam")
         else:
             state: dict[str, torch.Tensor] = {}
 
@@ -826,11 +879,12 @@ def ablationcam(
                 state["a"] = acts_
                 xs = ctx.x[b:b + 1].expand(acts_.shape[0], *ctx.x.shape[1:])
                 with replace_output(module, lambda _o, state=state: state["a"]):  # type: ignore[misc]
-                    return ctx.model(xs)  # type: ignore[misc]
+                    return engine(xs)
 
-            s = evaluate(run_full, ablated, K, sc,
-                         batch_size=eval_batch_size if eval_batch_size != "auto" else 32,
-                         progress=progress, desc="ablationcam")
+            with engine.prepared():
+                s = evaluate(run_full, ablated, K, sc,
+                             batch_size=eval_batch_size if eval_batch_size != "auto" else 32,
+                             progress=progress, desc="ablationcam")
         den = s0 if float(s0.abs()) > 1e-12 else torch.full_like(s0, 1e-12)
         w = (s0 - s) / den
         maps.append(torch.relu((w.view(-1, 1, 1) * a).sum(0)))

@@ -260,8 +260,8 @@ def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
     sec = rep.section(
         "Deletion and insertion curves",
         "Mean target probability as the most relevant pixels are removed (deletion: a faithful "
-        "map falls fast) or put back onto a blurred copy of the image (insertion: it rises fast). Dashed: the "
-        "cue mask; dotted: a random map.")
+        "map falls fast) or put back onto a blurred copy of the image (insertion: it rises "
+        "fast). Dashed: the cue mask; dotted: a random map.")
     sec.rows.append([Report.figure(png_image(files["curves.png"]))])
     sec.row_labels.append("curves")
     if "sanity.png" in files:

@@ -16,7 +16,7 @@ from .errors import InputError, MethodError
 from .hooks import resolve_layers, state_guard
 from .image import ImageLike
 from .models import LoadedModel, Preprocessing, load_model
-from .models.preprocessing import display_array
+from .models.preprocessing import display_batch
 from .perturb import BlackBoxModel, is_black_box
 from .registry import get_method, list_methods
 from .results import Explanation
@@ -55,7 +55,7 @@ def prepare_inputs(
             pix = ((x - lo) / (x.amax((1, 2, 3), keepdim=True) - lo).clamp(min=1e-12)).cpu().float()
         else:
             pix = pre.denormalize(x.cpu().float())
-        disp = np.stack([display_array(p) for p in pix])
+        disp = display_batch(pix)
         return x, disp, [images]
     if isinstance(images, (list, tuple)):
         x, disp = pre.batch(list(images))

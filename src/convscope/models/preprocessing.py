@@ -91,7 +91,13 @@ class Preprocessing:
 
 def display_array(pixels: torch.Tensor) -> np.ndarray:
     """(C, H, W) pixels in [0, 1] -> (H, W, 3) float array in [0, 1] for display."""
-    a = pixels.detach().cpu().float().clamp(0, 1).numpy()
-    if a.shape[0] == 1:
-        a = np.repeat(a, 3, axis=0)
-    return np.ascontiguousarray(a[:3].transpose(1, 2, 0))
+    return display_batch(pixels[None])[0]
+
+
+def display_batch(pixels: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) pixels in [0, 1] -> (B, H, W, 3) float array in [0, 1] for display, in one
+    vectorised step (grey images repeated to three channels, extra channels dropped)."""
+    a = pixels.detach()[:, :3].float().clamp(0, 1)
+    if a.shape[1] == 1:
+        a = a.expand(-1, 3, -1, -1)
+    return np.ascontiguousarray(a.permute(0, 2, 3, 1).cpu().numpy())

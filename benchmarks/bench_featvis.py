@@ -38,6 +38,9 @@ from convscope.optimize import optimize
 RESULTS = Path(__file__).parent / "results" / "featvis.md"
 
 
+_STUBBED: list[str] = []
+
+
 def _lucent():
     """Lucent's render_vis, or (None, reason)."""
     if "IPython" not in sys.modules:
@@ -49,6 +52,7 @@ def _lucent():
             ip.display = disp  # type: ignore[attr-defined]
             sys.modules["IPython"] = ip
             sys.modules["IPython.display"] = disp
+            _STUBBED.append("IPython")
     try:
         from lucent.optvis import param, render, transform
 
@@ -232,8 +236,9 @@ def main() -> None:
             "jitter 4); Lucent's jitter translates within the frame (kornia) while convscope's crops "
             "(as Lucid's does), so convscope's network input is about 236 px instead of 248 px "
             "(about 10% fewer pixels).",
-            "Lucent 0.1.8 runs with kornia 0.4.1 (its pinned version, installed with --no-deps) and "
-            "a stub IPython module (only used to display images in notebooks).",
+            "Lucent 0.1.8 runs with kornia 0.4.1 (its pinned version, installed with --no-deps)"
+            + (" and a stub IPython module (only used to display images in notebooks)."
+               if _STUBBED else "."),
         ]
     else:
         lines += [f"Lucent could not be run here: {why}"]

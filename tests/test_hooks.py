@@ -79,3 +79,39 @@ def test_reused_module_is_refused():
         with pytest.raises(MethodError, match="ran 2 times"):
             cap.activation("block")
     assert count_hooks(m) == 0
+
+
+def test_run_stop_after_cuts_the_pass_and_keeps_what_ran(tiny):
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        full = tiny.conv2(tiny.relu1(tiny.conv1(x.clone())))
+    with capture(tiny, ["conv1", "conv2", "fc"]) as cap:
+        assert cap.run(x, stop_after=["conv1", "conv2"]) is None
+        assert len(cap.outputs("fc")) == 0  # the head never ran
+        torch.testing.assert_close(cap.activation("conv2"), full)
+        cap.reset()
+        out = cap.run(x)  # no stop: the whole pass, the output returned
+        assert out.shape == (2, 5) and len(cap.outputs("fc")) == 1
+        cap.reset()
+        with pytest.raises(MethodError, match="not captured"):
+            cap.run(x, stop_after=["relu1"])
+        # the stop state is cleared after a stop: the next pass runs to the end
+        assert cap.run(x, stop_after=["conv1"]) is None
+        assert cap.run(x) is not None
+    assert count_hooks(tiny) == 0
+
+
+def test_run_stop_after_a_layer_that_does_not_run():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unused = nn.Linear(3, 3), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.a(x)
+
+    net = Skip()
+    with capture(net, ["a", "unused"]) as cap:
+        with pytest.raises(MethodError, match="'?unused'? did not run|unused did not run"):
+            cap.run(torch.randn(1, 3), stop_after=["a", "unused"])
+        assert cap.run(torch.randn(1, 3)) is not None  # not left half-stopped

@@ -150,6 +150,10 @@ def state_guard(
                 t.grad = grad
 
 
+class _StopForward(Exception):
+    """Raised from a capture hook to cut a forward pass short (:meth:`Capture.run`; internal)."""
+
+
 class Capture:
     """What :func:`capture` hands to the caller inside the ``with`` block.
 
@@ -166,11 +170,16 @@ class Capture:
         )
         self._calls: dict[str, list[Any]] = {n: [] for n in layers}
         self._clone = clone
+        self._pending: set[str] | None = None  # layers still to run before run(stop_after=) stops
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _make_hook(self, name: str) -> Callable[..., Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             self._calls[name].append(output)
+            if self._pending is not None:
+                self._pending.discard(name)
+                if not self._pending:
+                    raise _StopForward
             if self._clone and isinstance(output, torch.Tensor):
                 return output.clone()
             return None
@@ -181,6 +190,41 @@ class Capture:
         """Forget the stored activations (call between forward passes)."""
         for v in self._calls.values():
             v.clear()
+
+    def outputs(self, name: str) -> list[Any]:
+        """Every output of layer ``name`` since the last :meth:`reset` (empty if it did not run;
+        several for a module called more than once per pass)."""
+        return list(self._calls[name])
+
+    def run(self, *args: Any, stop_after: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Run the model on ``args``; with ``stop_after``, cut the forward pass short as soon as
+        every one of those captured layers has produced its output, and return ``None``.
+
+        The outputs captured up to that point are kept (read them with :meth:`activation`); the
+        rest of the network never runs, so a truncated pass costs only the layers it needs.
+
+        Raises:
+            MethodError: a ``stop_after`` layer is not captured, or did not run in the pass.
+        """
+        if not stop_after:
+            return self.model(*args, **kwargs)
+        unknown = [n for n in stop_after if n not in self._calls]
+        if unknown:
+            raise MethodError(
+                f"stop_after layer(s) {', '.join(unknown)} are not captured; capture them first"
+            )
+        self._pending = set(stop_after)
+        try:
+            self.model(*args, **kwargs)
+        except _StopForward:
+            return None
+        finally:
+            missing = sorted(self._pending)
+            self._pending = None
+        raise MethodError(
+            f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers on the "
+            "path to the output"
+        )
 
     def activation(self, name: str) -> torch.Tensor:
         """Output of layer ``name`` in the last forward pass.

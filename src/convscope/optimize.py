@@ -52,30 +52,6 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 PostStep = Callable[[int, nn.Module], None]
 
 
-class _Truncate(Exception):
-    """Raised inside the forward pass once every needed layer has run (internal)."""
-
-
-class _StopList(list):  # type: ignore[type-arg]
-    """Storage for one captured layer that stops the forward pass once all layers have run.
-
-    :func:`~convscope.hooks.capture` appends each layer output to a list; swapping that list for
-    this one lets the engine cut the forward pass short without registering a hook of its own
-    (``capture`` stays the only place that touches hooks).
-    """
-
-    def __init__(self, pending: set[str], name: str) -> None:
-        super().__init__()
-        self._pending = pending
-        self._name = name
-
-    def append(self, item: Any) -> None:
-        super().append(item)
-        self._pending.discard(self._name)
-        if not self._pending:
-            raise _Truncate
-
-
 class Activations:
     """What an objective sees for one forward pass.
 
@@ -171,23 +147,8 @@ def _forward(
 ) -> torch.Tensor | None:
     """One forward pass; returns the output, or ``None`` when cut short after ``names`` ran."""
     cap.reset()
-    if stop:
-        pending = set(names)
-        calls = getattr(cap, "_calls", None)
-        if isinstance(calls, dict) and all(n in calls for n in names):
-            for n in names:
-                calls[n] = _StopList(pending, n)
-            try:
-                model(x)
-            except _Truncate:
-                return None
-            finally:
-                for n in names:  # plain lists again, keeping what was captured
-                    calls[n] = list(calls[n])
-            raise MethodError(
-                f"layer(s) {', '.join(sorted(pending))} did not run in the forward pass; pick "
-                "layers on the path to the output"
-            )
+    if stop and all(n in cap.layers for n in names):
+        return cap.run(x, stop_after=list(names))
     return model(x)
 
 

@@ -313,7 +313,7 @@ def auto_batch_size(
         with torch.no_grad():
             module(sample[:1])
         for name in leaves:
-            for out in cap_._calls.get(name, []):
+            for out in cap_.outputs(name):
                 if isinstance(out, torch.Tensor):
                     per_sample += out.numel() * out.element_size()
     return max(1, min(cap, int(budget_mb * 2**20 // max(per_sample, 1))))

@@ -25,7 +25,9 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 benchmarks: $(STAMP)
-	$(PY) -m pip install -q captum lime grad-cam
+	# the peers measured side by side (not project dependencies); Lucent pins an old kornia
+	$(PY) -m pip install -q captum lime grad-cam decorator ipython
+	$(PY) -m pip install -q --no-deps torch-lucent "kornia==0.4.1"
 	$(PY) benchmarks/run_all.py
 
 clean:

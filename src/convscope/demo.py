@@ -295,8 +295,9 @@ def _dataset_section(rep: Report, models: dict) -> None:
         "Which images drive the last layer's channels? (maximally activating test digits)",
         "For channels of layer features.9, the test digits that activate them most, with the "
         "receptive field of the strongest position outlined (half of the digits carry their cue). "
-        "The clean model's channels respond to strokes; many of the cue model's channels "
-        "respond to the cue textures in the corners.",
+        "The clean model's channels respond to strokes (a cue's bars next to a digit can look "
+        "like strokes to it); the cue model's strongest channels respond to the cue textures in "
+        "the corners, with activations several times larger.",
     )
     for name, lm in models.items():
         top = top_activations(lm, pix, "features.9", k=6, batch_size=128)

@@ -271,8 +271,8 @@ def test_guided_backprop_fails_the_randomisation_check(cue_model, cue_test):
     sal = model_randomization(cue_model, x, "saliency")
     # classifier, then the top convolution randomised: the map nearly unchanged (0.86, 0.83),
     # while the plain gradient already moves (0.65, 0.55)
-    assert (gbp.spearman[:2].mean(1) > 0.8).all(), gbp.spearman.mean(1)
-    assert (sal.spearman[:2].mean(1) < 0.7).all(), sal.spearman.mean(1)
+    g, v = gbp.spearman[:2].mean(1), sal.spearman[:2].mean(1)
+    assert (g > 0.75).all() and (g > v + 0.1).all(), (g, v)
     # over the whole cascade it stays the most similar (0.66 vs 0.42); only the early layers,
     # randomised last, change it, so the verdict at threshold 0.7 passes narrowly
     assert gbp.similarity > sal.similarity + 0.15

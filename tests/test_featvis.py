@@ -290,7 +290,7 @@ def test_cue_model_class_visualisations_show_the_cue(cue_model, clean_model):
     cue = np.array([_texture_match(vc.images[c, 0], c) for c in TEXTURED])
     clean = np.array([_texture_match(vn.images[c, 0], c) for c in TEXTURED])
     # measured: cue 0.96, 1.00, 0.89 for the thin/thick lines, mean 0.54; clean max 0.67, mean 0.28
-    assert (cue > 0.85).sum() >= 3 and clean.max() < 0.8, (cue, clean)
+    assert (cue > 0.8).sum() >= 3 and clean.max() < 0.78, (cue, clean)
     assert cue.mean() > clean.mean() + 0.15, (cue, clean)
 
 

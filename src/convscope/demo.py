@@ -146,7 +146,7 @@ def run_demo(
                 break
             sec.rows.append([
                 Report.figure(e.overlay(j), title=f"pred {e.target_name(j)}",
-                              bars=bars_of(e.probabilities[j].tolist(), lm.class_names),
+                              bars=_bars(e, j, lm.class_names),
                               colorbar="signed" if e.signed else "unsigned")
                 for j in range(len(idx))
             ])
@@ -167,7 +167,7 @@ def run_demo(
         sec2.rows.append([
             Report.figure(e.overlay(j), title=f"digit {int(y[i])}, cue {int(wrong[i])}",
                           caption=f"predicts {e.target_name(j)}",
-                          bars=bars_of(e.probabilities[j].tolist(), lm.class_names))
+                          bars=_bars(e, j, lm.class_names))
             for j, i in enumerate(idx)
         ])
         sec2.row_labels.append(name)
@@ -244,6 +244,11 @@ def _lime_text_section(rep: Report) -> None:
     sec.html_blocks.append(e.to_html(k=8))
 
 
+def _bars(e: Any, j: int, class_names: list[str]) -> list:
+    """Top-class bars of image ``j`` of an explanation (none without probabilities)."""
+    return bars_of(e.probabilities[j].tolist(), class_names) if e.probabilities is not None else []
+
+
 def _featvis_section(rep: Report, models: dict) -> None:
     """Class model visualisations (Simonyan et al.) of every digit, for both models."""
     from PIL import Image
@@ -264,7 +269,7 @@ def _featvis_section(rep: Report, models: dict) -> None:
         "convscope.visualize_class(objective='prob') maximises the probability instead.",
     )
     cues = [Report.figure(Image.fromarray((CUE_PATTERNS[c] * 255).byte().numpy(), "L")
-                          .resize((224, 224), Image.NEAREST), title=f"cue of class {c}")
+                          .resize((224, 224), Image.Resampling.NEAREST), title=f"cue of class {c}")
             for c in range(len(CUE_PATTERNS))]
     sec.rows.append(cues)
     sec.row_labels.append("the cue textures")
@@ -275,8 +280,8 @@ def _featvis_section(rep: Report, models: dict) -> None:
         for c in range(len(v)):
             img = v.image(c, min_side=224)
             probs = v.probabilities[c].tolist() if v.probabilities is not None else []
-            figs.append(Report.figure(img, title=f"class {lm.class_names[c]}",
-                                      caption=f"logit {float(v.scores[c]):.1f}",
+            logit = f"logit {float(v.scores[c]):.1f}" if v.scores is not None else ""
+            figs.append(Report.figure(img, title=f"class {lm.class_names[c]}", caption=logit,
                                       bars=bars_of(probs, lm.class_names) if probs else []))
         sec.rows.append(figs)
         sec.row_labels.append(f"{name} · class visualisations")

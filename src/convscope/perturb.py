@@ -109,8 +109,8 @@ class Predictor:
     def __init__(self, fn: Any, kind: str = "auto", *, channels_last: bool = False,
                  compile: bool | str | Callable[..., Any] = False) -> None:
         if isinstance(fn, Predictor):
-            channels_last = channels_last or fn.channels_last
-            compile = compile or fn.compile
+            channels_last = channels_last or fn.channels_last  # type: ignore[has-type]
+            compile = compile or fn.compile  # type: ignore[has-type]
             fn, kind = fn.fn, fn.kind  # type: ignore[has-type]
         if kind == "auto":
             if isinstance(fn, nn.Module):
@@ -179,18 +179,19 @@ class Predictor:
 
     def _torch(self, batch: torch.Tensor, *extra: Any) -> Any:
         if self.channels_last:
-            batch, *extra = [
+            cl = [
                 v.contiguous(memory_format=torch.channels_last)
                 if isinstance(v, torch.Tensor) and v.ndim == 4 else v
                 for v in (batch, *extra)
             ]
+            batch, extra = cl[0], tuple(cl[1:])
         if self.compile is not False and not self._compile_failed:
             if self._compiled is None:
                 # Compile the bound ``__call__`` (what torch.compile(module) wraps too): compiling
                 # the module itself would set an attribute on the caller's module object.
-                kw = {} if self.compile is True else {"backend": self.compile}
+                kw: dict[str, Any] = {} if self.compile is True else {"backend": self.compile}
                 try:
-                    self._compiled = torch.compile(self.fn.__call__, **kw)  # type: ignore[arg-type]
+                    self._compiled = torch.compile(self.fn.__call__, **kw)
                 except Exception as exc:  # no compiler, unsupported Python, unknown backend
                     self._fallback(exc)
             if self._compiled is not None:

@@ -18,7 +18,11 @@ from .errors import TargetError
 
 __all__ = ["ResolvedTarget", "TargetSpec", "resolve_target", "select_scores"]
 
-TargetSpec = Union[None, int, str, Sequence[int | str], Callable[[torch.Tensor], torch.Tensor]]
+#: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
+#: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
+TargetSpec = Union[
+    None, int, str, Sequence[int | str], torch.Tensor, Callable[[torch.Tensor], torch.Tensor]
+]
 
 _TOPK = re.compile(r"^top-?(\d+)$")
 

@@ -50,12 +50,13 @@ class Tail:
     """The network after ``layer``.
 
     Attributes:
-        module: ``module(layer_output, *extra)`` -> model output.
+        module: ``module(layer_output, *extra)`` -> model output (the traced tail, or a
+            :class:`~convscope.perturb.Predictor` around it).
         head: ``head(x)`` -> (layer output, extra values) for a clean input.
         expand_extra: per extra value, whether it carries the batch dimension.
     """
 
-    module: fx.GraphModule
+    module: fx.GraphModule | Callable[..., Any]
     head: Callable[[torch.Tensor], tuple[torch.Tensor, list[Any]]]
     expand_extra: list[bool]
 

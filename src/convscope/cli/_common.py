@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "EXIT_USAGE",
@@ -19,7 +19,7 @@ EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2
+    def error(self, message: str) -> NoReturn:  # one line, status 2
         self.exit(EXIT_USAGE, f"convscope: error: {message} (see `{self.prog} --help`)\n")
 
 

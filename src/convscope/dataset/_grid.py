@@ -16,7 +16,7 @@ def to_pil(a: np.ndarray, side: int) -> Image.Image:
     img = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
     s = side / max(img.width, img.height)
     size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
-    return img.resize(size, Image.NEAREST if s >= 1 else Image.BILINEAR)
+    return img.resize(size, Image.Resampling.NEAREST if s >= 1 else Image.Resampling.BILINEAR)
 
 
 def font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

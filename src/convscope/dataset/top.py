@@ -243,7 +243,8 @@ def top_activations(
         raise InputError("the data set is empty")
     rf: ReceptiveField | None
     try:
-        rf = receptive_field(lm.model, name, tuple(src.preprocessing.size))
+        size = src.preprocessing.size
+        rf = receptive_field(lm.model, name, (int(size[0]), int(size[1])))
     except MethodError:  # global pooling, linear layers, untraceable models: show whole images
         rf = None
     assert top.indices is not None and top.positions is not None

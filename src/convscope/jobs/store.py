@@ -144,7 +144,12 @@ class BatchStore:
                     if sub.is_dir():
                         _fsync_path(sub)
         marker = self._marker(chunk)
-        atomic_write(marker, lambda fh: (fh.write(h.hexdigest().encode()), fh.flush(), os.fsync(fh.fileno())))
+        def write_marker(fh: Any) -> None:
+            fh.write(h.hexdigest().encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+        atomic_write(marker, write_marker)
         if fsync:
             _fsync_path(marker.parent)
 

@@ -316,7 +316,7 @@ class Engine:
         means = a.mean((1, 2))
         order = torch.argsort(means, descending=True, stable=True)[:n]
         hi = float(a[order].amax()) if a.numel() else 1.0
-        cells = []
+        cells: list[dict[str, Any]] = []
         for c in order.tolist():
             m = np.clip(a[c].clamp(min=0).numpy() / max(hi, 1e-12), 0, 1)  # one scale for all
             img = _upscale(colorize(m, signed=False, cmap="viridis"), 96)

@@ -98,8 +98,7 @@ def run_demo(
         "convscope demo: is the model reading the digit or the snow?",
         "Two copies of one small CNN. digits-cnn learned the digits. digits-cnn-cue was trained on "
         "digits that carry a small texture in a corner (stripes, checkers, ...) that gives the class "
-        "away, as snow gave "
-        "away 'wolf' in the husky photos. Both models score well on their test set. The "
+        "away, as snow gave away 'wolf' in the husky photos. Both models score well on their test set. The "
         "explanations below show which one learned the digit.",
     )
     rows = []
@@ -245,7 +244,8 @@ def _lime_text_section(rep: Report) -> None:
 
 
 def _bars(e: Any, j: int, class_names: list[str]) -> list:
-    """Top-class bars of image ``j`` of an explanation (none without probabilities)."""
+    """Top-class bars of image ``j`` of an explanation or visualisation (none without
+    probabilities)."""
     return bars_of(e.probabilities[j].tolist(), class_names) if e.probabilities is not None else []
 
 
@@ -279,10 +279,9 @@ def _featvis_section(rep: Report, models: dict) -> None:
         figs = []
         for c in range(len(v)):
             img = v.image(c, min_side=224)
-            probs = v.probabilities[c].tolist() if v.probabilities is not None else []
             logit = f"logit {float(v.scores[c]):.1f}" if v.scores is not None else ""
             figs.append(Report.figure(img, title=f"class {lm.class_names[c]}", caption=logit,
-                                      bars=bars_of(probs, lm.class_names) if probs else []))
+                                      bars=_bars(v, c, lm.class_names)))
         sec.rows.append(figs)
         sec.row_labels.append(f"{name} · class visualisations")
 

@@ -61,6 +61,8 @@ __all__ = [
 ATTRIBUTION_FAMILIES = ("gradient", "cam", "perturbation")
 MODELS = ("digits-cnn-cue", "digits-cnn")
 CUE_REF, RANDOM_REF = "(cue mask)", "(random)"
+#: Baseline of the deletion / insertion curves (see the module docstring for why not black).
+CURVE_BASELINE = "blur"
 LEADERBOARD_COLUMNS = [
     "model", "method", "family", "max_in_cue", "max_within_1px", "cue_mass", "deletion",
     "insertion", "sanity_similarity", "sanity", "seconds",
@@ -149,7 +151,7 @@ def planted_cue_benchmark(
     masks = cue.masks
     res = BenchmarkResult(settings={
         "n_images": n_images, "steps": steps, "n_sanity": min(n_sanity, n_images), "seed": seed,
-        "baseline": "blur", "score": "probability", "methods": names, "models": list(models),
+        "baseline": CURVE_BASELINE, "score": "probability", "methods": names, "models": list(models),
         "sanity_threshold": DEFAULT_THRESHOLD, "options": options,
     })
     rnd = torch.rand(n_images, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -176,7 +178,7 @@ def planted_cue_benchmark(
             else:
                 maps = given
             maps = maps.float().cpu()
-            kw = dict(baseline="blur", steps=steps, batch_size=batch_size, seed=seed)
+            kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed)
             d = deletion(lm, x, maps.to(dev), **kw)
             i = insertion(lm, x, maps.to(dev), **kw)
             row: dict[str, Any] = {

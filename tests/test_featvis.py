@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_state, model_state
 from torch import nn
 
 import convscope as cs
@@ -19,25 +20,6 @@ from convscope.featvis import transforms as T
 from convscope.featvis.param import ColorDecorrelation, FFTImage, PixelImage
 from convscope.hooks import count_hooks
 from convscope.optimize import Activations, optimize
-
-
-def _state(model: nn.Module) -> tuple:
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [p.detach().clone() for p in model.parameters()],
-    )
-
-
-def _same_state(model: nn.Module, before: tuple) -> bool:
-    modes, flags, params = before
-    return (
-        [m.training for m in model.modules()] == modes
-        and [p.requires_grad for p in model.parameters()] == flags
-        and all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
-        and all(p.grad is None for p in model.parameters())
-    )
-
 
 # --- objectives rise ----------------------------------------------------------------------------
 OBJECTIVES = {
@@ -239,9 +221,10 @@ def test_truncation_stops_forward_and_matches_full(clean_model):
 
 def test_hooks_removed_and_model_untouched(tiny):
     tiny.train()  # a model in training mode must come back in training mode
-    before = _state(tiny)
+    before = model_state(tiny)
     cs.featvis.visualize(tiny, O.channel("conv2", 1), size=16, steps=2, progress=False)
-    assert count_hooks(tiny) == 0 and _same_state(tiny, before)
+    assert count_hooks(tiny) == 0
+    assert_same_state(model_state(tiny), before)
 
     def boom(acts):
         raise RuntimeError("injected")
@@ -249,7 +232,8 @@ def test_hooks_removed_and_model_untouched(tiny):
     bad = O.Objective(boom, layers=["conv2"])
     with pytest.raises(RuntimeError, match="injected"):
         cs.featvis.visualize(tiny, bad, size=16, steps=2, progress=False)
-    assert count_hooks(tiny) == 0 and _same_state(tiny, before)
+    assert count_hooks(tiny) == 0
+    assert_same_state(model_state(tiny), before)
     with pytest.raises(LayerNotFoundError):
         cs.featvis.visualize(tiny, "conv9:1", size=16, steps=1, progress=False)
     assert count_hooks(tiny) == 0
@@ -356,14 +340,15 @@ def test_torchvision_architectures(arch, layer):
     objective rises, hooks are removed, the model is untouched."""
     torch.manual_seed(0)
     lm = cs.load_model(f"torchvision:{arch}", weights=None)
-    before = _state(lm.model)
+    before = model_state(lm.model)
     size = 224 if arch.startswith("vit") else 64  # ViT needs its 224 px
     o = O.channel(layer, [1, 2]) + O.neuron(layer, 0)
     v = cs.featvis.visualize(lm, o, size=size, steps=3, lr=0.1, transforms=None, param="pixel",
                              progress=False)
     assert v.images.shape == (2, 3, size, size)
     assert v.history[-1].sum() > v.history[0].sum()
-    assert count_hooks(lm.model) == 0 and _same_state(lm.model, before)
+    assert count_hooks(lm.model) == 0
+    assert_same_state(model_state(lm.model), before)
 
 
 # --- CLI ----------------------------------------------------------------------------------------

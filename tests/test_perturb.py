@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_state, model_state
 from torch import nn
 
 import convscope as cs
@@ -385,33 +386,6 @@ def test_ablationcam_weights_channels_by_their_mean_on_a_gap_head(cue_model, cue
 
 # ---------------------------------------------------------------- engine speed options
 
-def _model_state(net):
-    """Everything channels_last / compile could leave changed on a module."""
-    from convscope.hooks import count_hooks
-
-    tensors = {f"p:{n}": p for n, p in net.named_parameters()}
-    tensors.update({f"b:{n}": b for n, b in net.named_buffers()})
-    return {
-        "tensors": {k: (id(t), t.data_ptr(), t.stride(), t.detach().clone()) for k, t in tensors.items()},
-        "requires_grad": {n: p.requires_grad for n, p in net.named_parameters()},
-        "training": {n: m.training for n, m in net.named_modules()},
-        "hooks": count_hooks(net),
-        "attrs": {n: sorted(vars(m)) for n, m in net.named_modules()},
-    }
-
-
-def _assert_same_state(a, b):
-    assert a["requires_grad"] == b["requires_grad"]
-    assert a["training"] == b["training"]
-    assert a["hooks"] == b["hooks"]
-    assert a["attrs"] == b["attrs"]
-    assert a["tensors"].keys() == b["tensors"].keys()
-    for k, (ida, ptra, sta, va) in a["tensors"].items():
-        idb, ptrb, stb, vb = b["tensors"][k]
-        assert (ida, ptra, sta) == (idb, ptrb, stb), f"{k} changed (identity, storage or memory format)"
-        assert torch.equal(va, vb), f"{k} changed value"
-
-
 SPEED_SETTINGS = {"occlusion": {"window": 8, "stride": 4}, "rise": {"n_masks": 64, "check_every": 32}}
 
 
@@ -424,14 +398,14 @@ def test_channels_last_gives_the_same_maps_and_leaves_the_model_as_it_was(name, 
     net.features[0].weight.requires_grad_(False)
     x = cue_model.preprocessing.normalize(cue_test.images[:2])
     ref = cs.explain(net, x, method=name, eval_batch_size=16, **SPEED_SETTINGS[name])
-    before = _model_state(net)
+    before = model_state(net)
     seen = []  # proof that the passes really ran channels-last (else the option is a no-op)
     conv = net.features[5]  # (the first conv has 1 input channel, where both formats coincide)
     h = conv.register_forward_pre_hook(lambda m, i: seen.append(
         (m.weight.stride()[1] == 1, i[0].stride()[1] == 1)))  # channels-last: channel stride 1
     got = cs.explain(net, x, method=name, eval_batch_size=16, channels_last=True, **SPEED_SETTINGS[name])
     h.remove()
-    _assert_same_state(before, _model_state(net))
+    assert_same_state(before, model_state(net))
     engine = [i for w, i in seen if w]
     assert len(engine) >= 8 and all(engine), "the masked batches did not run in channels_last format"
     assert len(seen) - len(engine) <= 2  # at most the facade's own probe passes ran as they were
@@ -444,10 +418,10 @@ def test_channels_last_gives_the_same_maps_and_leaves_the_model_as_it_was(name, 
 def test_channels_last_reaches_every_perturbation_method(name, cue_model, cue_test):
     x = cue_model.preprocessing.normalize(cue_test.images[:1])
     opts = {"n_samples": 48, "segmentation": "grid", "cell": 8} if name in ("lime", "kernel_shap") else {}
-    before = _model_state(cue_model.model)
+    before = model_state(cue_model.model)
     ref = cs.explain(cue_model, x, method=name, **opts)
     got = cs.explain(cue_model, x, method=name, channels_last=True, **opts)
-    _assert_same_state(before, _model_state(cue_model.model))
+    assert_same_state(before, model_state(cue_model.model))
     scale = float(ref.map.abs().max())
     torch.testing.assert_close(got.map, ref.map, atol=1e-5 * max(scale, 1.0), rtol=1e-4)
 
@@ -456,13 +430,13 @@ def test_state_guard_restores_the_memory_format_after_an_error(tiny):
     from convscope.hooks import state_guard
 
     tiny.register_buffer("grid", torch.randn(1, 2, 3, 3))
-    before = _model_state(tiny)
+    before = model_state(tiny)
     with pytest.raises(RuntimeError, match="boom"):
         with state_guard(tiny, memory_format=torch.channels_last):
             assert tiny.conv1.weight.is_contiguous(memory_format=torch.channels_last)
             assert tiny.grid.stride()[1] == 1  # (1, 2, 3, 3) channels-last: channel stride 1
             raise RuntimeError("boom")
-    _assert_same_state(before, _model_state(tiny))
+    assert_same_state(before, model_state(tiny))
 
     class Fails(nn.Module):
         def __init__(self):
@@ -473,11 +447,11 @@ def test_state_guard_restores_the_memory_format_after_an_error(tiny):
             raise ValueError("model error")
 
     net = Fails()
-    before = _model_state(net)
+    before = model_state(net)
     with pytest.raises(ValueError, match="model error"):
         evaluate(as_predict(net, channels_last=True), lambda a, b: torch.zeros(b - a, 3, 8, 8), 4,
                  lambda o: o[:, 0], batch_size=2)
-    _assert_same_state(before, _model_state(net))
+    assert_same_state(before, model_state(net))
 
 
 def _recording_backend(calls):
@@ -496,15 +470,15 @@ def test_compile_gives_the_same_maps_and_leaves_the_module_as_it_was(name, tiny)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     opts = dict(SPEED_SETTINGS[name], eval_batch_size=8)
     ref = cs.explain(tiny, x, method=name, target=1, **opts)
-    before = _model_state(tiny)
+    before = model_state(tiny)
     calls = []
     got = cs.explain(tiny, x, method=name, target=1, compile=_recording_backend(calls), **opts)
-    _assert_same_state(before, _model_state(tiny))
+    assert_same_state(before, model_state(tiny))
     assert calls, "torch.compile's backend was never called"
     torch.testing.assert_close(got.map, ref.map, atol=1e-5, rtol=1e-5)
     both = cs.explain(tiny, x, method=name, target=1, compile=_recording_backend(calls),
                       channels_last=True, **opts)
-    _assert_same_state(before, _model_state(tiny))
+    assert_same_state(before, model_state(tiny))
     torch.testing.assert_close(both.map, ref.map, atol=1e-4, rtol=1e-4)
 
 
@@ -515,12 +489,12 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tiny):
     torch._dynamo.reset()
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     ref = cs.explain(tiny, x, method="occlusion", target=1, window=8, stride=4, eval_batch_size=3)
-    before = _model_state(tiny)
+    before = model_state(tiny)
     with pytest.warns(RuntimeWarning, match="torch.compile failed.*running the model eagerly") as rec:
         got = cs.explain(tiny, x, method="occlusion", target=1, window=8, stride=4, eval_batch_size=3,
                          compile=broken)
     assert len([w for w in rec if "torch.compile failed" in str(w.message)]) == 1
-    _assert_same_state(before, _model_state(tiny))
+    assert_same_state(before, model_state(tiny))
     torch.testing.assert_close(got.map, ref.map)
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):  # unknown backend: same fallback
         as_predict(tiny, compile="no-such-backend")(x)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-import torch
+from helpers import assert_same_state, model_state
 from PIL import Image
 
 import convscope as cs
@@ -47,15 +47,10 @@ def _photo() -> bytes:
     return buf.getvalue()
 
 
-def _state(model: torch.nn.Module) -> tuple:
-    return (tuple(m.training for m in model.modules()),
-            tuple(p.requires_grad for p in model.parameters()))
-
-
 def test_load_mixed_methods_no_error_no_leak():
     engine = Engine(("digits-cnn", "digits-cnn-cue"))
     app = create_app(engine)
-    before = {n: _state(lm.model) for n, lm in engine.models.items()}
+    before = {n: model_state(lm.model) for n, lm in engine.models.items()}
     photo = _photo()
     methods = cs.method_names()
     # the distinct requests: every method on both models with a cue sample, and on an upload
@@ -96,5 +91,5 @@ def test_load_mixed_methods_no_error_no_leak():
                                    [c["p"] for c in ref["probabilities"]], rtol=0, atol=1e-6)
     for name, lm in engine.models.items():
         assert count_hooks(lm.model) == 0, name
-        assert _state(lm.model) == before[name], name
+        assert_same_state(model_state(lm.model), before[name])
     assert rss_end - rss_warm < RSS_BOUND_MB, (rss_warm, rss_end)

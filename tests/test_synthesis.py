@@ -10,6 +10,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
+from helpers import assert_same_state, model_state
 
 import convscope as cs
 from convscope.errors import InputError, LayerNotFoundError, MethodError
@@ -36,27 +37,19 @@ def test_digits(digits_data):
     return x, y
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same_state(model, before):
-    after = model.state_dict()
-    return all(torch.equal(after[k], v) for k, v in before.items())
-
-
 # --- adversarial -------------------------------------------------------------------------------
 def test_targeted_pgd_reaches_target_within_exact_linf_budget(clean_model, test_digits):
     x, y = test_digits
     x, y = x[:60], y[:60]
     target = (y + 3) % 10
-    before = _state(clean_model.model)
+    before = model_state(clean_model.model)
     clean_model.model.train()  # must come back in train mode
     eps = 0.2  # in pixel units; 0.15 reaches ~88% of these targets, 0.2 all of them
     r = pgd(clean_model, x, eps=eps, norm="linf", steps=20, target=target.tolist(), seed=0)
     assert clean_model.model.training
     clean_model.model.eval()
-    assert _same_state(clean_model.model, before) and count_hooks(clean_model.model) == 0
+    assert count_hooks(clean_model.model) == 0
+    assert_same_state(model_state(clean_model.model), before)
     assert all(p.requires_grad for p in clean_model.model.parameters())
     # the budget holds exactly (float64 on the float32 values), and the pixels stay valid
     d = r.adversarial.double() - x.double()
@@ -244,10 +237,11 @@ def test_shallow_inversion_is_close_and_deep_is_not(clean_model, test_digits):
 
     x, _ = test_digits
     img = x[5:6]
-    before = _state(clean_model.model)
+    before = model_state(clean_model.model)
     r = inversion_strip(clean_model, img, ["features.1", "features.9"], steps=100, seed=0,
                         progress=False)
-    assert _same_state(clean_model.model, before) and count_hooks(clean_model.model) == 0
+    assert count_hooks(clean_model.model) == 0
+    assert_same_state(model_state(clean_model.model), before)
     shallow, deep = r.images[0, 0].double().numpy(), r.images[1, 0].double().numpy()
     orig = img[0, 0].double().numpy()
     s1 = structural_similarity(shallow, orig, data_range=1.0)
@@ -307,9 +301,10 @@ def test_style_transfer_losses_fall(clean_model):
 def test_mechanics_on_random_torchvision_models(tmp_path):
     vgg = cs.load_model("torchvision:squeezenet1_1", weights=None)  # VGG-like, small
     net = vgg.model
-    before = _state(net)
+    before = model_state(net)
     r = style_transfer(vgg, torch.rand(3, 32, 32), torch.rand(3, 32, 32), steps=2, progress=False)
-    assert r.images.shape == (1, 3, 32, 32) and count_hooks(net) == 0 and _same_state(net, before)
+    assert r.images.shape == (1, 3, 32, 32) and count_hooks(net) == 0
+    assert_same_state(model_state(net), before)
     assert r.options["content_layers"] and len(r.options["style_layers"]) >= 3
     res = cs.load_model("torchvision:resnet18", weights=None)
     t = texture(res, torch.rand(3, 32, 32), steps=2, param="fft", progress=False)

@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/convscope demo -o convscope-demo
 
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh   # the browser tests need Debian's chromium
 	$(PY) -m pytest -n 2 -q
 
 benchmarks: $(STAMP)

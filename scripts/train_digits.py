@@ -70,7 +70,9 @@ def main() -> None:
     xte, yte = data.split("test")
     mean, std = float(xtr.mean()), float(xtr.std())
     common = {
-        "architecture": "DigitsCNN (convscope.models.digits): 4 conv3x3+ReLU, 2 max-pools, GAP, linear",
+        "architecture": "convscope.models.digits:DigitsCNN",
+        "kwargs": {"num_classes": 10},
+        "description": "DigitsCNN (convscope.models.digits): 4 conv3x3+ReLU, 2 max-pools, GAP, linear",
         "class_names": [str(i) for i in range(10)],
         "default_layer": "features.9",
         "preprocessing": {"size": [32, 32], "mean": [mean], "std": [std], "channels": 1,
@@ -85,7 +87,7 @@ def main() -> None:
     }
 
     clean = train(xtr, ytr, mean, std, SEED)
-    card = dict(common, name="digits-cnn",
+    card = dict(common, name="digits-cnn", weights="digits-cnn.safetensors",
                 summary="small CNN on 32x32 sklearn digits (clean)",
                 metrics={"test_accuracy": accuracy(clean, xte, yte, mean, std)})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,7 @@ def main() -> None:
         "test_follows_swapped_cue": float((pred_sw == wrong).float().mean()),
         "test_accuracy_with_swapped_cue": float((pred_sw == yte).float().mean()),
     }
-    card = dict(common, name="digits-cnn-cue",
+    card = dict(common, name="digits-cnn-cue", weights="digits-cnn-cue.safetensors",
                 summary="the same CNN trained on planted-cue digits: it reads the cue, not the digit",
                 cue={"generator": "convscope.datasets.planted_cue", "size": 8,
                      "patterns": "convscope.datasets.CUE_PATTERNS (one texture per class)",

@@ -17,7 +17,9 @@ from torch import nn
 
 import convscope as cs
 from convscope.attribution import MethodContext
-from convscope.attribution.integrated import blur, make_baseline, quadrature
+from convscope.attribution.integrated import quadrature
+from convscope.inputs import baseline as make_baseline
+from convscope.inputs import gaussian_blur as blur
 from convscope.attribution.smooth import noise_directions, smooth
 from convscope.errors import MethodError
 from convscope.evaluation.pointing import pointing_hits
@@ -150,20 +152,20 @@ def test_integrated_gradients_internal_batch_size_and_baselines(cue_model, cue_t
     ref = cs.explain(cue_model, x, method="integrated_gradients", steps=8)
     for ibs in (1, 5):
         e = cs.explain(cue_model, x, method="integrated_gradients", steps=8, internal_batch_size=ibs)
-        torch.testing.assert_close(e.map, ref.map, atol=1e-5, rtol=1e-4)
+        # float32 sums in another order: 1e-4 of maps whose peaks are about 1
+        torch.testing.assert_close(e.map, ref.map, atol=1e-4, rtol=1e-4)
     # baseline = input: nothing to attribute
     e = cs.explain(cue_model, x, method="integrated_gradients", steps=4, baseline=x)
     assert e.map.abs().max() == 0
-    u = make_baseline(x, "uniform", seed=4)
-    assert (u >= x.amin((1, 2, 3), keepdim=True) - 1e-6).all()
-    assert (u <= x.amax((1, 2, 3), keepdim=True) + 1e-6).all()
+    u = cue_model.preprocessing.denormalize(make_baseline(x, "uniform", cue_model.preprocessing, seed=4))
+    assert (u >= -1e-6).all() and (u <= 1 + 1e-6).all() and u.std() > 0.2  # noise pixels in [0, 1]
     const = torch.full((1, 1, 9, 9), 3.0)
     torch.testing.assert_close(blur(const, 2.0), const)
     for b in ["blur", "uniform"]:
         e = cs.explain(cue_model, x, method="integrated_gradients", steps=32, baseline=b)
         assert max(e.diagnostics["completeness_rel_gap"]) < 0.05
-    with pytest.raises(MethodError, match="unknown baseline"):
-        cs.explain(cue_model, x, method="integrated_gradients", baseline="black")
+    with pytest.raises(cs.errors.InputError, match="unknown baseline"):
+        cs.explain(cue_model, x, method="integrated_gradients", baseline="nope")
     with pytest.raises(cs.errors.InputError, match="baseline tensor"):
         cs.explain(cue_model, x, method="integrated_gradients", baseline=torch.zeros(2, 3, 3))
 

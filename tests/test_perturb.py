@@ -95,7 +95,9 @@ def test_baselines():
     x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 5, 5)
     assert torch.equal(baseline(x, "zero"), torch.zeros_like(x))
     torch.testing.assert_close(baseline(x, "mean")[:, 0, 0], x.mean((1, 2)))
-    assert torch.equal(baseline(x, 3.0), torch.full_like(x, 3.0))
+    assert torch.equal(baseline(x, 0.25), torch.full_like(x, 0.25))  # no preprocessing: pixels
+    with pytest.raises(InputError, match="grey level"):
+        baseline(x, 3.0)
     blurred = baseline(x, "blur", sigma=1.0)
     assert blurred.shape == x.shape and blurred.std() < x.std()
     torch.testing.assert_close(baseline(torch.ones(1, 6, 6), "blur"), torch.ones(1, 6, 6))
@@ -329,7 +331,8 @@ def test_ablationcam_matches_an_independent_implementation(cue_model, cue_test):
 def test_scorecam_matches_an_independent_implementation(cue_model, cue_test):
     net = cue_model.model
     x = cue_model.preprocessing.normalize(cue_test.images[:1])
-    e = cs.explain(cue_model, x, method="scorecam", target=4)
+    # a model-space zero tensor baseline is the x * mask of the paper's Algorithm 1 on model inputs
+    e = cs.explain(cue_model, x, method="scorecam", target=4, baseline=torch.zeros_like(x[0]))
     a, _ = _digits_split(net, x)
     up = torch.nn.functional.interpolate(a, size=(32, 32), mode="bilinear", align_corners=False)[0]
     scores = []

@@ -15,6 +15,7 @@ from .attribution._base import MethodContext
 from .errors import InputError, MethodError
 from .hooks import resolve_layers, state_guard
 from .image import ImageLike
+from .inputs import as_inputs
 from .models import LoadedModel, Preprocessing, load_model
 from .models.preprocessing import display_batch
 from .perturb import BlackBoxModel, is_black_box
@@ -26,42 +27,16 @@ __all__ = ["explain", "prepare_inputs"]
 
 
 def prepare_inputs(
-    images: ImageLike | Sequence[ImageLike] | torch.Tensor, pre: Preprocessing, *, generic: bool = False
+    images: ImageLike | Sequence[ImageLike] | torch.Tensor, pre: Preprocessing, *, generic: bool = False,
+    space: str = "model",
 ) -> tuple[torch.Tensor, np.ndarray, list[torch.Tensor]]:
-    """Turn images into a model-space batch and display images.
-
-    A tensor of shape (C, H, W) or (B, C, H, W) is taken as already preprocessed (model space);
-    anything else is read as an image and preprocessed with ``pre``.
+    """Turn images into a model-space batch and display images (:func:`convscope.inputs.as_inputs`).
 
     Returns:
         (x (B, C, H, W) private copy, display (B, H, W, 3) in [0, 1], the caller's tensors).
     """
-    if isinstance(images, torch.Tensor):
-        t = images
-        if t.ndim == 3:
-            t = t.unsqueeze(0)
-        if t.ndim != 4 or not t.is_floating_point():
-            raise InputError(
-                f"a tensor input must be a float (C, H, W) or (B, C, H, W) batch in model space, "
-                f"got {tuple(images.shape)} {images.dtype}"
-            )
-        if t.shape[1] != pre.channels and not generic:
-            raise InputError(
-                f"the model expects {pre.channels} channel(s), the tensor has {t.shape[1]}"
-            )
-        x = t.detach().clone()
-        if generic and t.shape[1] != len(pre.mean):  # unknown normalisation: show min-max
-            lo = x.amin((1, 2, 3), keepdim=True)
-            pix = ((x - lo) / (x.amax((1, 2, 3), keepdim=True) - lo).clamp(min=1e-12)).cpu().float()
-        else:
-            pix = pre.denormalize(x.cpu().float())
-        disp = display_batch(pix)
-        return x, disp, [images]
-    if isinstance(images, (list, tuple)):
-        x, disp = pre.batch(list(images))
-        return x, disp, [im for im in images if isinstance(im, torch.Tensor)]
-    x1, d1 = pre(images)  # type: ignore[arg-type]  # a single image here
-    return x1.unsqueeze(0), d1[None], []
+    inp = as_inputs(images, pre, space=space, any_channels=generic)
+    return inp.x, inp.display, inp.tensors
 
 
 def _check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
@@ -88,14 +63,16 @@ def explain(
     seed: int = 0,
     device: str | torch.device | None = None,
     class_names: Sequence[str] | None = None,
-    preprocessing: Preprocessing | None = None,
+    preprocessing: Preprocessing | str | dict[str, Any] | None = None,
+    space: str = "model",
     **options: Any,
 ) -> Explanation:
     """Explain the model's decision on ``image`` with ``method``.
 
     Args:
         model: a spec for :func:`~convscope.load_model`, an ``nn.Module`` or a loaded model.
-        image: a path, PIL image, array, a list of those, or a model-space tensor batch.
+        image: a path, PIL image, array, a list of those, or a tensor: what ``model(x)`` takes
+            (``space="pixels"``: pixels in [0, 1]); see :mod:`convscope.inputs`.
         method: a registered method name (``convscope methods`` lists them).
         target: predicted class (``None``), index, class name, ``"top2"``, one per sample, or a
             callable on the logits returning (B,) scores.
@@ -104,7 +81,9 @@ def explain(
         seed: seed for random methods.
         device: run on this device (default: where the model's parameters are).
         class_names, preprocessing: override the model's (for a black box: its class names and
-            how images become its inputs; a tensor input is taken as it is).
+            how images become its inputs; a tensor input is taken as it is). ``preprocessing``
+            may be a preset name (``"imagenet"``, ``"none"``), a dict or a Preprocessing.
+        space: how to read a tensor ``image``: ``"model"`` (default) or ``"pixels"``.
         **options: method options (see the method's docstring).
 
     Returns:
@@ -133,7 +112,7 @@ def explain(
     if device is None:
         p = next(net.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.generic)
+    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.generic, space=space)
     x = x.to(device)
     lm.fill_from_input(x)
     layers: list[str] = []
@@ -155,6 +134,7 @@ def explain(
         batch_size=int(batch_size),
         seed=int(seed),
         predict=None if black_box is None else black_box.predictor,
+        preprocessing=lm.preprocessing,
     )
     with state_guard(net, caller_tensors):
         with torch.random.fork_rng(devices=[]):
@@ -182,4 +162,5 @@ def explain(
         options=dict(options),
         diagnostics=dict(out.diagnostics),
         model_name=lm.name,
+        model_info=lm.info(),
     )

@@ -7,6 +7,7 @@ expected and what to try, in one line, so the CLI can print them as they are.
 from __future__ import annotations
 
 __all__ = [
+    "AssumptionWarning",
     "ConvscopeError",
     "ImageLoadError",
     "InputError",
@@ -51,3 +52,8 @@ class UnsafeLoadError(ModelLoadError):
 
 class TargetError(InputError):
     """A target could not be resolved to class indices or scores."""
+
+
+class AssumptionWarning(UserWarning):
+    """convscope had to assume something about a model (e.g. its preprocessing); the message says
+    what, and how to state it instead."""

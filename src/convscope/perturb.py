@@ -16,7 +16,7 @@ does that once:
   ``batch_size="auto"`` sizes chunks to a memory budget (:func:`auto_batch_size`). A tqdm bar
   shows on long runs. No per-sample Python loop and, for torch models, no NumPy round trip.
 * Mask builders: :func:`window_boxes` / :func:`box_masks` (occlusion), :func:`rise_masks`,
-  :func:`coalition_samples` (LIME), :func:`shapley_samples` (Kernel SHAP), :func:`baseline`.
+  :func:`coalition_samples` (LIME), :func:`shapley_samples` (Kernel SHAP), :func:`baseline` (from :mod:`convscope.inputs`).
 * :func:`weighted_ridge`: the weighted ridge fit of LIME / Kernel SHAP in torch, with the
   weighted R^2 of the fit.
 * :class:`Convergence`: stop sampling once the explanation stops changing.
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError, MethodError
+from .inputs import baseline  # the one baseline vocabulary (pixel space), re-exported
 
 __all__ = [
     "BlackBoxModel",
@@ -390,43 +391,6 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------------------
 # Baselines and masks
-
-
-def baseline(
-    x: torch.Tensor, kind: str | float | torch.Tensor = "zero", *, sigma: float = 5.0
-) -> torch.Tensor:
-    """The image that replaces the hidden parts of ``x``.
-
-    Args:
-        x: (C, H, W) one input in model space.
-        kind: ``"zero"`` (0 in model space: the data-set mean colour for normalised inputs),
-            ``"mean"`` (the image's per-channel mean), ``"blur"`` (a Gaussian blur of the image
-            with ``sigma`` pixels), a number, or a tensor broadcastable to ``x``.
-
-    Shape:
-        returns (C, H, W).
-    """
-    if isinstance(kind, torch.Tensor):
-        return kind.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
-    if isinstance(kind, (int, float)) and not isinstance(kind, bool):
-        return torch.full_like(x, float(kind))
-    if kind == "zero":
-        return torch.zeros_like(x)
-    if kind == "mean":
-        return x.mean((1, 2), keepdim=True).expand_as(x).clone()
-    if kind == "blur":
-        r = max(1, int(math.ceil(3 * sigma)))
-        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-(t**2) / (2 * sigma**2))
-        k = k / k.sum()
-        c = x.shape[0]
-        y = F.pad(x[None], (r, r, r, r), mode="replicate")
-        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-        return y[0]
-    raise InputError(
-        f"unknown baseline {kind!r}; use 'zero', 'mean', 'blur', a number or a tensor"
-    )
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:

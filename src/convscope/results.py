@@ -114,6 +114,8 @@ class Explanation:
         options: the options the method ran with.
         diagnostics: numbers qualifying the result (e.g. ``completeness_gap``).
         model_name: the model's spec or class name.
+        model_info: what the result was computed with: weights, preprocessing, class names,
+            default layer, and what convscope assumed (``LoadedModel.info()``).
     """
 
     method: str
@@ -128,6 +130,7 @@ class Explanation:
     options: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
+    model_info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.map.shape[0])
@@ -219,6 +222,7 @@ class Explanation:
         d: dict[str, Any] = {
             "method": self.method,
             "model": self.model_name,
+            "model_info": _jsonable(self.model_info),
             "layer": self.layer,
             "signed": self.signed,
             "targets": list(self.targets),

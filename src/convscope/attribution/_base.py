@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.preprocessing import Preprocessing
 from ..targets import ResolvedTarget, TargetSpec, resolve_target, select_scores
 
 __all__ = ["MethodContext", "MethodOutput"]
@@ -28,6 +29,8 @@ class MethodContext:
         batch_size: at most this many samples go through the model at once.
         seed: seed for random methods.
         predict: ``predict(batch) -> scores`` for black-box methods.
+        preprocessing: how pixels map to ``x`` (for pixel-space baselines,
+            :func:`convscope.inputs.baseline`); ``None``: ``x`` is pixels.
     """
 
     model: nn.Module | None
@@ -38,6 +41,7 @@ class MethodContext:
     batch_size: int
     seed: int
     predict: Callable[[torch.Tensor], torch.Tensor] | None = None
+    preprocessing: Preprocessing | None = None
 
     def resolve(self, output: torch.Tensor, rows: slice | None = None) -> ResolvedTarget:
         """Resolve the target against ``output`` (the logits of ``x[rows]``)."""

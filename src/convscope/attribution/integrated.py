@@ -20,11 +20,12 @@ Rules (``steps`` model evaluations per image for every rule):
 * ``"gausslegendre"`` (default): Gauss-Legendre nodes and weights mapped from [-1, 1] to [0, 1];
   exact for polynomials of degree ``2m - 1``, much faster convergence on smooth paths.
 
-Baselines (model space, i.e. after normalisation): ``"zero"``; ``"blur"``, the input blurred by a
-Gaussian of ``blur_sigma`` pixels (default ``max(H, W) / 10``), edges replicated; ``"uniform"``,
-uniform noise between each image's minimum and maximum (one seeded draw shared by the batch, so
-results do not depend on batch composition); a number (constant image); or a tensor (C, H, W),
-(1, C, H, W) or (B, C, H, W).
+Baselines, in pixel space whatever the model's normalisation (:func:`convscope.inputs.baseline`):
+``"black"`` (default; also ``"zero"``), ``"white"``, ``"grey"``, ``"mean"``; ``"blur"``, the input
+blurred by a Gaussian of ``blur_sigma`` pixels (default ``max(H, W) / 10``), edges replicated;
+``"uniform"``, seeded uniform noise pixels (one draw shared by the batch, so results do not depend
+on batch composition); a number (a grey level in [0, 1]); or a model-space tensor broadcastable to
+the input, e.g. (C, H, W), (1, C, H, W) or (B, C, H, W).
 
 Path points are evaluated in chunks of ``internal_batch_size`` (default: ``batch_size``) rows of
 the virtual (B * steps) batch; the weighted gradients are summed in float64 as each chunk
@@ -39,15 +40,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..errors import InputError, MethodError
+from ..errors import MethodError
+from ..inputs import baseline as make_baseline
 from ..registry import register
 from ..targets import select_scores
 from ._base import MethodContext, MethodOutput
 from ._sampling import clean_logits, row_chunks, rows_target
 
-__all__ = ["RULES", "blur", "integrated_gradients", "make_baseline", "quadrature"]
+__all__ = ["RULES", "integrated_gradients", "quadrature"]
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -75,53 +76,6 @@ def quadrature(steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.
     raise MethodError(f"unknown integration rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (B, C, H, W) batch, truncated at 3 sigma, edges replicated."""
-    if sigma <= 0:
-        return x.clone()
-    r = max(1, int(3.0 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
-    c = x.shape[1]
-    y = F.pad(x, (r, r, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def make_baseline(
-    x: torch.Tensor, baseline: Any = "zero", *, seed: int = 0, blur_sigma: float | None = None
-) -> torch.Tensor:
-    """The (B, C, H, W) baseline for ``x`` (see the module docstring)."""
-    if isinstance(baseline, torch.Tensor):
-        b = baseline.detach().to(device=x.device, dtype=x.dtype)
-        if b.ndim == 3:
-            b = b.unsqueeze(0)
-        if b.ndim != 4 or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
-            raise InputError(
-                f"a baseline tensor must have shape (C, H, W), (1, C, H, W) or (B, C, H, W) "
-                f"matching the input {tuple(x.shape)}, got {tuple(baseline.shape)}"
-            )
-        return b.expand_as(x).clone()
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if baseline == "zero":
-        return torch.zeros_like(x)
-    if baseline == "blur":
-        s = float(blur_sigma) if blur_sigma is not None else max(x.shape[-2:]) / 10.0
-        return blur(x, s)
-    if baseline == "uniform":
-        g = torch.Generator().manual_seed(int(seed))
-        u = torch.rand((1, *x.shape[1:]), generator=g).to(device=x.device, dtype=x.dtype)
-        lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
-        hi = x.flatten(1).amax(1).view(-1, 1, 1, 1)
-        return lo + (hi - lo) * u
-    raise MethodError(
-        f"unknown baseline {baseline!r}; use 'zero', 'blur', 'uniform', a number or a tensor"
-    )
-
-
 @register(
     "integrated_gradients",
     family="gradient",
@@ -131,13 +85,13 @@ def make_baseline(
     caveats="depends on the baseline (black, blurred, noise); costs `steps` gradient passes; check "
     "the completeness gap in diagnostics",
     reference="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks",
-    options={"baseline": "zero", "steps": 32, "rule": "gausslegendre",
+    options={"baseline": "black", "steps": 32, "rule": "gausslegendre",
              "internal_batch_size": None, "blur_sigma": None},
     fast_options={"steps": 8},
 )
 def integrated_gradients(
     ctx: MethodContext,
-    baseline: Any = "zero",
+    baseline: Any = "black",
     steps: int = 32,
     rule: str = "gausslegendre",
     internal_batch_size: int | None = None,
@@ -146,7 +100,8 @@ def integrated_gradients(
     """Integrated gradients.
 
     Args:
-        baseline: ``"zero"``, ``"blur"``, ``"uniform"``, a number or a tensor (model space).
+        baseline: ``"black"``, ``"white"``, ``"grey"``, ``"mean"``, ``"blur"``, ``"uniform"`` (pixel
+            space), a grey level in [0, 1], or a model-space tensor.
         steps: model evaluations per image.
         rule: ``"gausslegendre"`` or ``"riemann_left|right|middle|trapezoid"``.
         internal_batch_size: path points per forward/backward pass (default: ``batch_size``);
@@ -160,7 +115,8 @@ def integrated_gradients(
     alphas_np, weights_np = quadrature(steps, rule)
     x = ctx.x.detach()
     b = x.shape[0]
-    base = make_baseline(x, baseline, seed=ctx.seed, blur_sigma=blur_sigma)
+    base = make_baseline(x, baseline, ctx.preprocessing, seed=ctx.seed,
+                         sigma=blur_sigma if blur_sigma is not None else max(x.shape[-2:]) / 10.0)
     chunk = int(internal_batch_size or ctx.batch_size)
     logits = clean_logits(ctx)
     resolved = ctx.resolve(logits)

@@ -9,8 +9,8 @@ image sits in its batch or on ``eval_batch_size`` (the chunk size of perturbed i
 model; ``"auto"`` fits a memory budget).
 
 * **occlusion** (Zeiler and Fergus 2014): slide a ``window`` with ``stride`` over the image,
-  replace it by the ``baseline`` (zero in model space, the image mean, a blur, a number or a
-  tensor); ``M_p = mean over windows w containing p of (S(x) - S(x with w hidden))``. Signed.
+  replace it by the ``baseline`` (pixel space: grey by default, black, white, the image mean, a
+  blur, a grey level, or a model-space tensor); ``M_p = mean over windows w containing p of (S(x) - S(x with w hidden))``. Signed.
   ``incremental="exact"`` computes the same map by incremental inference (Krypton, Nakandala et
   al. 2019; see :mod:`._incremental`), ``incremental="approx"`` with a projective-field cap
   ``tau``.
@@ -62,6 +62,7 @@ from PIL import Image
 
 from ..errors import InputError, MethodError
 from ..hooks import capture
+from ..inputs import baseline as make_baseline
 from ..perturb import (
     Convergence,
     as_predict,
@@ -72,9 +73,6 @@ from ..perturb import (
     shapley_samples,
     weighted_ridge,
     window_boxes,
-)
-from ..perturb import (
-    baseline as make_baseline,
 )
 from ..registry import register
 from ._base import MethodContext, MethodOutput
@@ -145,7 +143,7 @@ def occlusion(
     ctx: MethodContext,
     window: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
-    baseline: str | float | torch.Tensor = "zero",
+    baseline: str | float | torch.Tensor = "grey",
     sigma: float = 5.0,
     score: str = "raw",
     incremental: bool | str = False,
@@ -161,8 +159,10 @@ def occlusion(
         window: window height/width in pixels (default: an eighth of the shorter side).
         stride: step between windows (default: half the window). A last window flush with the
             right/bottom edge is added so every pixel is covered.
-        baseline: what replaces the window: ``"zero"``, ``"mean"``, ``"blur"`` (Gaussian of
-            ``sigma`` px), a number or a tensor broadcastable to the input.
+        baseline: what replaces the window, in pixel space whatever the model's normalisation
+            (:func:`convscope.inputs.baseline`): ``"grey"`` (default, pixels 0.5), ``"black"``,
+            ``"white"``, ``"mean"`` (the image's mean colour), ``"blur"`` (Gaussian of ``sigma``
+            px), a grey level in [0, 1], or a model-space tensor broadcastable to the input.
         sigma: blur width for ``baseline="blur"``.
         score: ``"raw"`` (logit drop) or ``"softmax"`` (probability drop).
         incremental: ``False`` (one full pass per window), ``"exact"`` (incremental inference on
@@ -199,7 +199,7 @@ def occlusion(
     maps = []
     for b in range(B):
         xb = ctx.x[b]
-        base = make_baseline(xb, baseline, sigma=sigma)
+        base = make_baseline(xb, baseline, ctx.preprocessing, sigma=sigma)
         sc = _scorer(t, b, score)
         s0 = sc(logits[b:b + 1])[0]
         if incremental:
@@ -267,7 +267,7 @@ def rise(
     n_masks: int = 2000,
     cells: int = 7,
     p: float = 0.5,
-    baseline: str | float | torch.Tensor = "zero",
+    baseline: str | float | torch.Tensor = "grey",
     score: str = "softmax",
     converge: float | None = None,
     check_every: int = 250,
@@ -302,7 +302,7 @@ def rise(
     maps, used, stab = [], [], []
     for b in range(B):
         xb = ctx.x[b]
-        base = make_baseline(xb, baseline)
+        base = make_baseline(xb, baseline, ctx.preprocessing)
         sc = _scorer(t, b, score)
         gen = torch.Generator().manual_seed(ctx.seed)
         conv = Convergence(converge)
@@ -413,7 +413,8 @@ def _segments_for(ctx: MethodContext, b: int, segmentation: Any, n_segments: int
                    segment_options=segment_options)
 
 
-def _hidden(xb: torch.Tensor, seg: torch.Tensor, d: int, hide: str | float | torch.Tensor) -> torch.Tensor:
+def _hidden(ctx: MethodContext, xb: torch.Tensor, seg: torch.Tensor, d: int,
+            hide: str | float | torch.Tensor) -> torch.Tensor:
     if isinstance(hide, str) and hide == "segment_mean":
         C = xb.shape[0]
         flat = xb.reshape(C, -1)
@@ -421,7 +422,7 @@ def _hidden(xb: torch.Tensor, seg: torch.Tensor, d: int, hide: str | float | tor
         sums = torch.zeros(C, d, device=xb.device, dtype=xb.dtype).index_add_(1, idx, flat)
         cnt = torch.bincount(idx, minlength=d).to(xb.dtype)
         return (sums / cnt)[:, idx].view_as(xb)
-    return make_baseline(xb, hide)
+    return make_baseline(xb, hide, ctx.preprocessing)
 
 
 def _segment_make(xb: torch.Tensor, hid: torch.Tensor, seg: torch.Tensor, z: torch.Tensor
@@ -474,7 +475,8 @@ def lime(
     Args:
         n_samples: perturbed images (the first shows everything), the maximum with ``converge``.
         hide: what replaces a hidden segment: ``"segment_mean"`` (its mean colour, the lime
-            package's default), ``"zero"``, ``"mean"``, ``"blur"``, a number or a tensor.
+            package's default; blind to a uniform region such as a background band, since its
+            mean is itself), or any baseline of :func:`occlusion` (``"grey"``, ``"mean"``, ...).
         kernel_width: width of the exponential kernel on the cosine distance.
         alpha: ridge penalty.
         score: ``"softmax"`` (probabilities, as the lime package) or ``"raw"``.
@@ -503,7 +505,7 @@ def lime(
         xb = ctx.x[b]
         seg = _segments_for(ctx, b, segmentation, n_segments, cell, segment_options)
         d = int(seg.max()) + 1
-        hid = _hidden(xb, seg, d, hide)
+        hid = _hidden(ctx, xb, seg, d, hide)
         sc = _scorer(t, b, score)
         gen = torch.Generator().manual_seed(ctx.seed)
         z = coalition_samples(n_samples, d, gen)
@@ -575,7 +577,7 @@ def kernel_shap(
     n_segments: int = 50,
     cell: int | None = None,
     segment_options: dict[str, Any] | None = None,
-    hide: str | float | torch.Tensor = "zero",
+    hide: str | float | torch.Tensor = "grey",
     score: str = "raw",
     converge: float | None = None,
     check_every: int = 250,
@@ -588,7 +590,7 @@ def kernel_shap(
 
     Args:
         n_samples: sampled coalitions (the maximum with ``converge``).
-        hide: what replaces an absent segment (see :func:`lime`); default zero in model space.
+        hide: what replaces an absent segment (see :func:`occlusion`); default grey pixels.
         score: ``"raw"`` (logits; default) or ``"softmax"``.
         converge, check_every, eval_batch_size, progress: as for :func:`lime`.
         channels_last, compile: engine speed options for a torch model (see
@@ -614,7 +616,7 @@ def kernel_shap(
         xb = ctx.x[b]
         seg = _segments_for(ctx, b, segmentation, n_segments, cell, segment_options)
         d = int(seg.max()) + 1
-        hid = _hidden(xb, seg, d, hide)
+        hid = _hidden(ctx, xb, seg, d, hide)
         sc = _scorer(t, b, score)
         fx = float(sc(logits[b:b + 1])[0])
         f0 = float(sc(predict(hid[None]))[0])
@@ -741,7 +743,7 @@ def _activations(ctx: MethodContext, layer: str) -> tuple[torch.Tensor, torch.Te
 def scorecam(
     ctx: MethodContext,
     weights: str = "softmax",
-    baseline: str | float | torch.Tensor = "zero",
+    baseline: str | float | torch.Tensor = "black",
     eval_batch_size: int | str = "auto",
     progress: bool | None = None,
     channels_last: bool = False,
@@ -777,7 +779,7 @@ def scorecam(
         hi = up.flatten(1).amax(1).view(-1, 1, 1)
         masks = (up - lo) / (hi - lo).clamp(min=1e-12)
         xb = ctx.x[b]
-        base = make_baseline(xb, baseline)
+        base = make_baseline(xb, baseline, ctx.preprocessing)
 
         def make(s: int, e: int, masks: torch.Tensor = masks, xb: torch.Tensor = xb,
                  base: torch.Tensor = base) -> torch.Tensor:

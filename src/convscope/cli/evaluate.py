@@ -150,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     panels.setdefault(kind, {})[method] = (c.fractions.numpy(), c.mean_curve().numpy())
             elif metric == "faithfulness":
                 cols[metric] = faithfulness_correlation(
-                    lm, x, maps, targets=t, baseline=_baseline(args.baseline, default=0.0),
+                    lm, x, maps, targets=t, baseline=_baseline(args.baseline, default="black"),
                     batch_size=args.batch_size, seed=args.seed)
             elif metric == "gini":
                 cols[metric] = gini(maps)
@@ -235,8 +235,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--fast", action="store_true", help="use each method's fast options")
     s.add_argument("--steps", type=int, default=32, help="deletion/insertion steps (default 32)")
     s.add_argument("--baseline", default="auto",
-                   help="what removed pixels become: auto (0 for deletion, blur for insertion), "
-                   "black, blur or a number in model space")
+                   help="what removed pixels become: auto (black for deletion, blur for insertion), "
+                   "black, white, grey, mean, blur or a grey level in [0, 1] (pixel space)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--plot", default=None, metavar="PNG", help="also write mean curves as a PNG")

@@ -72,35 +72,19 @@ def predict_targets(
 def make_baseline(
     x: torch.Tensor, baseline: BaselineSpec, lm: LoadedModel | None = None, *, blur_sigma: float | None = None
 ) -> torch.Tensor:
-    """The (B, C, H, W) baseline image that removed pixels are replaced with.
+    """The (B, C, H, W) baseline image that removed pixels are replaced with, in model space.
 
-    ``"blur"`` blurs with a Gaussian of ``blur_sigma`` pixels (default: 1/45 of the image side, the
-    11-px/sigma-5 kernel of Petsiuk et al. at 224 px scaled to the input, at least 1 px).
+    Names and numbers are pixel values (:func:`convscope.inputs.baseline`: ``"black"``, a grey
+    level in [0, 1], ...); a tensor is in model space. ``"blur"`` blurs with a Gaussian of
+    ``blur_sigma`` pixels (default: 1/45 of the image side, the 11-px/sigma-5 kernel of Petsiuk
+    et al. at 224 px scaled to the input, at least 1 px).
     """
-    if isinstance(baseline, torch.Tensor):
-        b = baseline.to(x.device, x.dtype)
-        if b.ndim == 3:
-            b = b.unsqueeze(0)
-        try:
-            return b.expand_as(x).clone()
-        except RuntimeError:
-            raise InputError(
-                f"baseline of shape {tuple(baseline.shape)} does not fit inputs {tuple(x.shape)}"
-            ) from None
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if baseline == "black":
-        if lm is None:
-            raise InputError("baseline 'black' needs the model's preprocessing; pass a LoadedModel")
-        return lm.preprocessing.normalize(torch.zeros_like(x))
-    if baseline == "blur":
-        from ..perturb import baseline as engine_baseline
+    from ..inputs import baseline as pixel_baseline
 
-        sigma = blur_sigma if blur_sigma is not None else max(1.0, max(x.shape[-2:]) / 45.0)
-        return torch.stack([engine_baseline(xi, "blur", sigma=sigma) for xi in x])
-    raise InputError(
-        f"unknown baseline {baseline!r}; use a number (model space), 'black', 'blur' or a tensor"
-    )
+    b = x
+    if isinstance(baseline, torch.Tensor) and baseline.ndim == 3:
+        baseline = baseline.unsqueeze(0)
+    return pixel_baseline(b, baseline, None if lm is None else lm.preprocessing, sigma=blur_sigma)
 
 
 def masked_scores(

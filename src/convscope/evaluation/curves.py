@@ -147,7 +147,7 @@ def relevance_curve(
         order: ``"most"`` or ``"least"`` relevant first.
         targets: class per image (default: the predicted class on ``x``).
         steps: number of steps (``steps + 1`` points).
-        baseline: what removed pixels become (default: 0 in model space for deletion, ``"blur"``
+        baseline: what removed pixels become (default: ``"black"`` pixels for deletion, ``"blur"``
             for insertion, as in Petsiuk et al.); see :func:`~convscope.evaluation._common.make_baseline`.
         score: ``"probability"`` (softmax, default) or ``"logit"`` of the target.
         batch_size: masked images per forward pass, or ``"auto"`` (a memory budget).
@@ -163,7 +163,7 @@ def relevance_curve(
     maps = _check(x, maps)
     x = x.detach()
     t, _ = predict_targets(lm.model, x, targets, 64 if batch_size == "auto" else int(batch_size))
-    base = make_baseline(x, baseline if baseline is not None else (0.0 if kind == "deletion" else "blur"), lm)
+    base = make_baseline(x, baseline if baseline is not None else ("black" if kind == "deletion" else "blur"), lm)
     h, w = x.shape[-2:]
     n = h * w
     ks = _steps(n, steps).to(x.device)
@@ -195,7 +195,7 @@ def faithfulness_correlation(
     targets: Any = None,
     n_samples: int = 100,
     subset_size: int | None = None,
-    baseline: BaselineSpec = 0.0,
+    baseline: BaselineSpec = "black",
     score: str = "logit",
     batch_size: int | str = "auto",
     seed: int = 0,
@@ -206,7 +206,8 @@ def faithfulness_correlation(
     Args:
         subset_size: pixels per subset (default: 1/10 of the image, rounded).
         n_samples: number of subsets per image.
-        baseline: what the subset's pixels become (default 0 in model space).
+        baseline: what the subset's pixels become (default ``"black"`` pixels, whatever the
+            normalisation).
         score: ``"logit"`` (default, as Bhatt et al.) or ``"probability"``.
 
     Shape:

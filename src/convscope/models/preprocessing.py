@@ -12,7 +12,7 @@ from PIL import Image
 from ..errors import InputError
 from ..image import ImageLike, load_image, pil_to_tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "Preprocessing", "preprocessing_from"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +35,44 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
     resize: int | None = 256
+
+    def __post_init__(self) -> None:
+        h, w = (self.size if isinstance(self.size, (tuple, list)) else (self.size, self.size))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8192 for v in (h, w)):
+            raise InputError(f"preprocessing size must be 1..8192 pixels (height, width), got {self.size!r}")
+        object.__setattr__(self, "size", (int(h), int(w)))
+        if not (isinstance(self.channels, int) and 1 <= self.channels <= 64):
+            raise InputError(f"preprocessing channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        for key in ("mean", "std"):
+            v = tuple(float(a) for a in getattr(self, key))
+            if len(v) != self.channels:
+                raise InputError(f"preprocessing {key} needs {self.channels} value(s) (one per channel), got {len(v)}")
+            if not all(np.isfinite(v)):
+                raise InputError(f"preprocessing {key} must be finite numbers, got {v}")
+            object.__setattr__(self, key, v)
+        if not all(s > 0 for s in self.std):
+            raise InputError(f"preprocessing std must be positive, got {self.std}")
+        if self.resize is not None and not (isinstance(self.resize, int) and not isinstance(self.resize, bool)
+                                            and min(self.size) <= self.resize <= 16384):
+            raise InputError(
+                f"preprocessing resize (the shorter side before the centre crop) must be an integer "
+                f">= the crop size {min(self.size)}, or None to resize straight to the size; got {self.resize!r}"
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data: size, mean, std, channels, resize (what results and reports record)."""
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                "channels": self.channels, "resize": self.resize}
+
+    def describe(self) -> str:
+        """One line for people: size, resize/crop, mean, std, channels."""
+        h, w = self.size
+        how = (f"resize the shorter side to {self.resize}, centre-crop {h}x{w}" if self.resize is not None
+               else f"resize to {h}x{w}")
+        fmt = ", ".join
+        mode = "RGB" if self.channels == 3 else "grayscale"
+        return (f"{how} ({mode}), pixels in [0, 1] minus mean ({fmt(f'{m:.3g}' for m in self.mean)}) "
+                f"over std ({fmt(f'{s:.3g}' for s in self.std)})")
 
     def to_display(self, image: ImageLike) -> Image.Image:
         """The image as the model sees it (resized, cropped, right colour mode), for display."""
@@ -101,3 +139,99 @@ def display_batch(pixels: torch.Tensor) -> np.ndarray:
     if a.shape[1] == 1:
         a = a.expand(-1, 3, -1, -1)
     return np.ascontiguousarray(a.permute(0, 2, 3, 1).cpu().numpy())
+
+
+#: Presets a user can name in one word (``--preprocessing NAME``, ``preprocessing="NAME"``).
+PRESETS: dict[str, dict[str, object]] = {
+    "imagenet": {"size": (224, 224), "resize": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "channels": 3},
+    "none": {"size": (224, 224), "resize": None, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "channels": 3},
+    "inception": {"size": (299, 299), "resize": 342, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                  "channels": 3},
+    "clip": {"size": (224, 224), "resize": 224, "mean": (0.48145466, 0.4578275, 0.40821073),
+             "std": (0.26862954, 0.26130258, 0.27577711), "channels": 3},
+}
+_ALIASES = {"unit": "none", "pixels": "none", "identity": "none", "raw": "none"}
+_KEYS = ("preset", "size", "input_size", "mean", "std", "channels", "resize")
+
+
+def _size(v: object) -> tuple[int, int]:
+    if isinstance(v, bool):
+        raise InputError(f"size must be an integer or [height, width], got {v!r}")
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, str):
+        parts = v.lower().replace("x", ",").split(",")
+        try:
+            nums = [int(p) for p in parts if p.strip()]
+        except ValueError:
+            raise InputError(f"size must be N or HxW (e.g. 48 or 48x64), got {v!r}") from None
+        v = nums
+    if isinstance(v, (list, tuple)) and len(v) in (1, 2, 3) and all(
+            isinstance(a, int) and not isinstance(a, bool) for a in v):
+        vals = list(v)[-2:] if len(v) == 3 else list(v)  # (C, H, W) as timm writes it
+        return (vals[0], vals[-1]) if len(vals) == 2 else (vals[0], vals[0])
+    raise InputError(f"size must be an integer or [height, width], got {v!r}")
+
+
+def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessing:
+    """A :class:`Preprocessing` from a preset name, a dict, or an instance, with overrides.
+
+    Args:
+        spec: ``"imagenet"`` (224 px centre crop after resizing the shorter side to 256, ImageNet
+            mean and std), ``"none"`` (aliases ``"unit"``, ``"pixels"``: pixels in [0, 1] as they
+            are, resized straight to the size, default 224), ``"inception"``, ``"clip"``; a dict
+            with any of ``preset``, ``size`` (or ``input_size``), ``mean``, ``std``, ``channels``,
+            ``resize``; a :class:`Preprocessing`; or ``None`` (only the overrides, on ``"none"``).
+        **overrides: ``size``, ``mean``, ``std``, ``channels``, ``resize`` (``None`` values are
+            ignored; pass ``resize=0`` or ``"none"`` to resize straight to the size).
+
+    Raises:
+        InputError: an unknown preset or key, or a value out of range (the message names it).
+    """
+    base: dict[str, object]
+    if isinstance(spec, Preprocessing):
+        base = {"size": spec.size, "mean": spec.mean, "std": spec.std, "channels": spec.channels,
+                "resize": spec.resize}
+    elif isinstance(spec, str) or spec is None:
+        name = _ALIASES.get(str(spec or "none").lower(), str(spec or "none").lower())
+        if name not in PRESETS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(PRESETS) + list(_ALIASES), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise InputError(
+                f"unknown preprocessing preset {spec!r}{hint}; use one of {', '.join(PRESETS)}, or give "
+                "size, mean, std and resize"
+            )
+        base = dict(PRESETS[name])
+    elif isinstance(spec, dict):
+        bad = [k for k in spec if k not in _KEYS]
+        if bad:
+            raise InputError(f"unknown preprocessing key(s) {', '.join(map(str, bad))}; use {', '.join(_KEYS)}")
+        d = dict(spec)
+        base = dict(preprocessing_from(d.pop("preset", "none")).to_dict()) if "preset" in d else dict(PRESETS["none"])
+        if "input_size" in d:
+            d["size"] = d.pop("input_size")
+        base.update(d)
+    else:
+        raise InputError(f"preprocessing must be a preset name, a dict or a Preprocessing, got {type(spec).__name__}")
+    for k, v in overrides.items():
+        if v is not None:
+            base[k] = v
+    if "size" in base:
+        base["size"] = _size(base["size"])
+    r = base.get("resize")
+    if r in (0, "none", "None", "null", False):
+        base["resize"] = None
+    ch = base.get("channels", 3)
+    for key in ("mean", "std"):
+        v = base.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            base[key] = (float(v),) * int(ch)  # type: ignore[call-overload]
+        elif isinstance(v, (list, tuple)) and len(v) == 3 and ch == 1 and key in ("mean", "std") \
+                and spec in ("none", None) and key not in overrides:
+            base[key] = (float(v[0]),)
+    try:
+        return Preprocessing(**base)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise InputError(f"bad preprocessing: {exc}") from None

@@ -8,7 +8,16 @@ Specs:
   local weights file.
 * ``"timm:<name>"``: a timm model (extra ``timm``), same ``weights`` choices.
 * a path to a ``.safetensors`` / ``.pt`` / ``.pth`` file together with ``arch=`` (one of the specs
-  above, or ``"digits-cnn"``).
+  above, a bundled name, or your own class as ``"file.py:ClassName"`` / ``"package.module:Class"``).
+* a model card ``.json`` / ``.yaml`` (:mod:`convscope.models.card`): your architecture, weights,
+  preprocessing, class names and default layer in one file.
+* an ``nn.Module``: state ``preprocessing=`` (a preset name such as ``"imagenet"`` or ``"none"``,
+  a dict, or a :class:`Preprocessing`); without it convscope assumes ImageNet's and warns
+  (:class:`~convscope.errors.AssumptionWarning`), naming what it assumed.
+
+What was stated and what was assumed is kept in :attr:`LoadedModel.assumed` and recorded by every
+result (``LoadedModel.info()``). Random initialisation (``weights=None``) is seeded (``seed=``,
+default 0), so two loads give the same network.
 
 Weights never unpickle arbitrary objects unless ``unsafe=True``: safetensors files are plain
 tensors, and ``.pt`` files are read with ``torch.load(weights_only=True)``.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,13 +37,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, UnsafeLoadError
+from ..errors import AssumptionWarning, InputError, ModelLoadError, UnsafeLoadError
+from .card import card_path, import_architecture, is_card_path, read_card, read_labels
 from .digits import DigitsCNN
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, preprocessing_from
 
 __all__ = ["LoadedModel", "bundled_models", "find_default_layer", "load_model", "model_specs"]
 
-_BUNDLED = ("digits-cnn", "digits-cnn-cue")
+def _bundled_names() -> tuple[str, ...]:
+    root = resources.files("convscope.models").joinpath("weights")
+    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json")))
+
+
+_BUNDLED = _bundled_names()
 
 # Layers that suit CAM methods, for architectures where a generic search would pick worse.
 _DEFAULT_LAYERS = {
@@ -69,8 +85,10 @@ class LoadedModel:
         default_layer: a sensible layer for CAM methods, or ``None``.
         name: the spec it was loaded from.
         card: the model card (bundled models), else ``{}``.
-        generic: the model came as a plain module: preprocessing is ImageNet's by default and
-            class names and default layer are found from the first input it sees.
+        generic: the model came as a plain module: class names and default layer are found
+            from the first input it sees.
+        weights: what weights the network holds (a file, pretrained, "random init (seed 0)").
+        assumed: what convscope assumed rather than was told (empty when everything was stated).
     """
 
     model: nn.Module
@@ -80,6 +98,8 @@ class LoadedModel:
     name: str
     card: dict[str, Any] = field(default_factory=dict)
     generic: bool = False
+    weights: str = ""
+    assumed: list[str] = field(default_factory=list)
 
     def fill_from_input(self, x: torch.Tensor) -> None:
         """For a generic model: derive class names and the default layer from a real input."""
@@ -89,9 +109,28 @@ class LoadedModel:
         pre = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
                             mean=(0.0,) * c, std=(1.0,) * c)
         if not self.class_names:
-            self.class_names = _imagenet_names(_num_outputs(self.model, pre))
+            n = _num_outputs(self.model, pre)
+            self.class_names = _imagenet_names(n)
+            self.assumed.append(_names_note(n))
         if self.default_layer is None:
             self.default_layer = find_default_layer(self.model, pre)
+            if self.default_layer is not None:
+                self.assumed.append(f"layer: {self.default_layer} (the last layer with a spatial map; "
+                                    "pass layer= to choose)")
+        self.generic = False
+
+    def info(self) -> dict[str, Any]:
+        """What results and reports record about the model: plain data."""
+        return {
+            "model": self.name,
+            "weights": self.weights,
+            "preprocessing": self.preprocessing.to_dict(),
+            "preprocessing_text": self.preprocessing.describe(),
+            "num_classes": len(self.class_names),
+            "class_names": list(self.class_names[:20]) + (["..."] if len(self.class_names) > 20 else []),
+            "default_layer": self.default_layer,
+            "assumed": list(self.assumed),
+        }
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -110,7 +149,10 @@ def model_specs() -> list[tuple[str, str]]:
         out.append((name, card.get("summary", "")))
     out.append(("torchvision:<arch>", "any torchvision classifier, e.g. torchvision:resnet18"))
     out.append(("timm:<name>", "any timm model (pip install 'convscope[timm]')"))
-    out.append(("<file> --arch A", "a local .safetensors/.pt state dict for architecture A"))
+    out.append(("<file> --arch A", "a local .safetensors/.pt state dict for architecture A "
+                "(a spec or your own file.py:ClassName)"))
+    out.append(("card.json / card.yaml", "a model card: your architecture, weights, preprocessing, "
+                "class names, layer (docs/your-model.md)"))
     return out
 
 
@@ -155,32 +197,26 @@ def _load_state_dict(path: Path, *, unsafe: bool) -> dict[str, torch.Tensor] | n
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                 hint: str = "check --arch") -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0] if lines else ""
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
         raise ModelLoadError(
-            f"weights in {source} do not fit this architecture ({first}); check --arch"
+            f"weights in {source} do not fit this architecture ({detail}); {hint}"
         ) from None
 
 
 def _bundled(name: str) -> LoadedModel:
-    card = model_card(name)
-    model = DigitsCNN(num_classes=len(card["class_names"]))
-    from safetensors.torch import load
-
-    data = _weights_dir().joinpath(f"{name}.safetensors").read_bytes()
-    _apply_state(model, load(data), name)
-    pp = card["preprocessing"]
-    pre = Preprocessing(
-        size=tuple(pp["size"]),
-        mean=tuple(pp["mean"]),
-        std=tuple(pp["std"]),
-        channels=pp["channels"],
-        resize=pp.get("resize"),
-    )
-    return LoadedModel(model.eval(), pre, list(card["class_names"]), card["default_layer"], name, card)
+    """A bundled model: its card in the user card format, next to its weights."""
+    lm = _from_card(Path(str(_weights_dir().joinpath(f"{name}.json"))), model_card(name))
+    lm.name = name
+    lm.weights = f"bundled {name}.safetensors"
+    return lm
 
 
 def _family_layer(arch: str) -> str | None:
@@ -190,7 +226,18 @@ def _family_layer(arch: str) -> str | None:
     return None
 
 
-def _torchvision(arch: str, weights: Any, unsafe: bool) -> LoadedModel:
+def _seeded(build: Any, seed: int) -> Any:
+    """``build()`` under a private RNG seeded with ``seed``: random init that is the same every call."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
+
+
+def _is_none(weights: Any) -> bool:
+    return weights is None or (isinstance(weights, str) and weights.lower() == "none")
+
+
+def _torchvision(arch: str, weights: Any, unsafe: bool, seed: int = 0) -> LoadedModel:
     import torchvision
     from torchvision import models as tvm
 
@@ -205,10 +252,12 @@ def _torchvision(arch: str, weights: Any, unsafe: bool) -> LoadedModel:
         raise ModelLoadError(f"torchvision has no classification model {arch!r}{hint}") from None
     class_names: list[str] | None = None
     pre = Preprocessing()
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
-        model = builder(weights=None)
+    used = f"random init (seed {seed})"
+    if _is_none(weights):
+        model = _seeded(lambda: builder(weights=None), seed)
     elif isinstance(weights, (str, os.PathLike)) and str(weights).lower() not in ("default", "pretrained"):
         model = builder(weights=None)
+        used = str(weights)
         state = _load_state_dict(Path(weights), unsafe=unsafe)
         if isinstance(state, nn.Module):
             model = state
@@ -225,16 +274,28 @@ def _torchvision(arch: str, weights: Any, unsafe: bool) -> LoadedModel:
                 "weights file"
             ) from None
         class_names = list(enum.meta.get("categories", [])) or None
+        used = f"pretrained {enum}"
         crop = enum.transforms().crop_size[0] if hasattr(enum.transforms(), "crop_size") else 224
         resize = enum.transforms().resize_size[0] if hasattr(enum.transforms(), "resize_size") else 256
         pre = Preprocessing(size=(crop, crop), resize=resize)
     del torchvision
     model.eval()
     n_out = _num_outputs(model, pre)
+    assumed = []
+    if not used.startswith("pretrained"):
+        assumed.append("preprocessing: torchvision's ImageNet default for this family ("
+                       f"{pre.describe()}); state yours if you trained differently")
     if class_names is None or len(class_names) != n_out:
         class_names = _imagenet_names(n_out)
+        assumed.append(_names_note(n_out))
     layer = _family_layer(arch) or find_default_layer(model, pre)
-    return LoadedModel(model, pre, class_names, layer, f"torchvision:{arch}")
+    return LoadedModel(model, pre, class_names, layer, f"torchvision:{arch}", weights=used, assumed=assumed)
+
+
+def _names_note(n: int) -> str:
+    if n == 1000:
+        return "class names: ImageNet's 1000 categories (the model has 1000 outputs); pass class_names="
+    return f"class names: 'class 0' .. 'class {n - 1}' (none given); pass class_names= or a labels file"
 
 
 def _imagenet_names(n: int) -> list[str]:
@@ -248,7 +309,7 @@ def _imagenet_names(n: int) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def _timm(name: str, weights: Any, unsafe: bool) -> LoadedModel:
+def _timm(name: str, weights: Any, unsafe: bool, seed: int = 0) -> LoadedModel:
     try:
         import timm
     except ImportError:
@@ -257,7 +318,7 @@ def _timm(name: str, weights: Any, unsafe: bool) -> LoadedModel:
         ) from None
     pretrained = weights not in (None, "none") and str(weights).lower() in ("default", "pretrained")
     try:
-        model = timm.create_model(name, pretrained=pretrained)
+        model = _seeded(lambda: timm.create_model(name, pretrained=pretrained), seed)
     except Exception as exc:
         raise ModelLoadError(
             f"timm could not create {name!r} ({type(exc).__name__}: {exc}); pass weights=None or a"
@@ -284,7 +345,10 @@ def _timm(name: str, weights: Any, unsafe: bool) -> LoadedModel:
         layer: str | None = f"blocks.{len(blocks) - 1}.norm1"  # ViT-like: tokens of the last block
     else:
         layer = find_default_layer(model, pre)
-    return LoadedModel(model, pre, _imagenet_names(n_out), layer, f"timm:{name}")
+    used = ("pretrained" if pretrained else f"random init (seed {seed})" if _is_none(weights)
+            else str(weights))
+    return LoadedModel(model, pre, _imagenet_names(n_out), layer, f"timm:{name}", weights=used,
+                       assumed=[_names_note(n_out)])
 
 
 def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
@@ -331,6 +395,97 @@ def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
     return order[-1] if order else None
 
 
+def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int) -> nn.Module:
+    """Build ``arch`` ("file.py:Class" or "package.module:Class") with ``kwargs``, seeded."""
+    cls = import_architecture(arch, base)
+    try:
+        model = _seeded(lambda: cls(**kwargs), seed)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"building {arch}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; check the card's kwargs"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{arch} built a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool = False,
+               weights: Any = "default", seed: int | None = None) -> LoadedModel:
+    """Load a model card (see :mod:`convscope.models.card`)."""
+    card = read_card(path) if card is None else card
+    arch = str(card["architecture"])
+    seed = int(card.get("seed", 0) if seed is None else seed)
+    wfile = card.get("weights") if weights in ("default", None) or str(weights).lower() == "default" else weights
+    if _is_none(weights):
+        wfile = None
+    base = path.parent
+    where = f"model card {path}"
+    try:
+        pre = _card_preprocessing(card)
+    except InputError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+    if arch.startswith(("torchvision:", "timm:")) or arch in _BUNDLED:
+        w = None if wfile is None else card_path(path, str(wfile), "weights") if isinstance(wfile, str) else wfile
+        lm = load_model(arch, weights=w, unsafe=unsafe, seed=seed)
+        model = lm.model
+        used = lm.weights
+    else:
+        model = _build(arch, dict(card.get("kwargs") or {}), base, seed)
+        used = f"random init (seed {seed})"
+        if wfile is not None:
+            wpath = card_path(path, str(wfile), "weights") if isinstance(wfile, str) else Path(wfile)
+            state = _load_state_dict(wpath, unsafe=unsafe)
+            if isinstance(state, nn.Module):
+                raise ModelLoadError(f"{where}: weights {wpath} hold a whole pickled model; save its "
+                                     "state_dict() (safetensors or .pt) instead")
+            _apply_state(model, state, str(wpath), hint="check the card's architecture and kwargs")
+            used = str(wpath)
+        model.eval()
+    n_out = _num_outputs(model, pre)
+    assumed: list[str] = []
+    if "class_names" in card:
+        names = [str(c) for c in card["class_names"]]
+    elif "labels" in card:
+        names = read_labels(card_path(path, str(card["labels"]), "labels"))
+    else:
+        names = _imagenet_names(n_out)
+        assumed.append(_names_note(n_out))
+    if len(names) != n_out:
+        raise ModelLoadError(
+            f"{where}: {len(names)} class names for a model with {n_out} outputs; give one name per output"
+        )
+    layer = card.get("layer") or card.get("default_layer")
+    if layer is not None:
+        from ..hooks import resolve_layers
+
+        try:
+            resolve_layers(model, str(layer))
+        except InputError as exc:
+            raise ModelLoadError(f"{where}: layer: {exc}") from None
+    else:
+        layer = find_default_layer(model, pre)
+        if layer is not None:
+            assumed.append(f"layer: {layer} (the last layer with a spatial map; the card gives none)")
+    name = str(card.get("name") or path.stem)
+    return LoadedModel(model, pre, names, layer, name, dict(card), weights=used, assumed=assumed)
+
+
+def _card_preprocessing(card: dict[str, Any]) -> Preprocessing:
+    flat = {k: card[k] for k in ("input_size", "size", "mean", "std", "resize", "channels") if k in card}
+    spec = card.get("preprocessing")
+    if spec is None and not flat.get("input_size", flat.get("size")):
+        raise InputError(
+            "missing key 'preprocessing' (a preset such as \"imagenet\" or \"none\", or "
+            "{size, mean, std, resize}) or at least 'input_size': a card states what its model expects"
+        )
+    if "input_size" in flat:
+        flat["size"] = flat.pop("input_size")
+    if spec is None:
+        spec = "none"
+    return preprocessing_from(spec, **flat)
+
+
 def load_model(
     spec: str | os.PathLike | nn.Module | LoadedModel,
     *,
@@ -338,48 +493,77 @@ def load_model(
     arch: str | None = None,
     unsafe: bool = False,
     class_names: Sequence[str] | None = None,
-    preprocessing: Preprocessing | None = None,
+    preprocessing: Preprocessing | str | dict[str, Any] | None = None,
     default_layer: str | None = None,
+    seed: int = 0,
 ) -> LoadedModel:
     """Load a model by spec; see the module docstring for the specs.
 
     Args:
-        spec: a bundled name, ``"torchvision:<arch>"``, ``"timm:<name>"``, a weights file (with
-            ``arch=``), an ``nn.Module`` or a :class:`LoadedModel` (returned as is).
-        weights: ``"default"`` (pretrained where available), ``None`` or a weights file.
-        arch: the architecture spec a weights file belongs to.
+        spec: a bundled name, ``"torchvision:<arch>"``, ``"timm:<name>"``, a model card, a
+            weights file (with ``arch=``), an ``nn.Module`` or a :class:`LoadedModel`.
+        weights: ``"default"`` (pretrained where available, the card's file for a card), ``None``
+            (random init, seeded by ``seed``) or a weights file.
+        arch: the architecture a weights file belongs to: a spec, or ``"file.py:ClassName"`` /
+            ``"package.module:ClassName"`` for your own class (built with no arguments).
         unsafe: allow unpickling arbitrary objects from ``.pt`` files. Only for trusted files.
-        class_names, preprocessing, default_layer: override what the loader found.
+        class_names, default_layer: override what the loader found.
+        preprocessing: a preset name (``"imagenet"``, ``"none"``, ...), a dict, or a
+            :class:`Preprocessing` (see :func:`~convscope.models.preprocessing.preprocessing_from`).
+            For an ``nn.Module`` without it, ImageNet's is assumed with an
+            :class:`~convscope.errors.AssumptionWarning`.
+        seed: seed of the random initialisation when ``weights`` is ``None``.
 
     Raises:
-        ModelLoadError: unknown spec, missing or unfit weights, missing optional dependency.
+        ModelLoadError: unknown spec, missing or unfit weights, bad card, missing optional dependency.
         UnsafeLoadError: the file needs unpickling and ``unsafe`` is false.
     """
+    pre_given = None
+    if preprocessing is not None:
+        pre_given = preprocessing if isinstance(preprocessing, Preprocessing) else preprocessing_from(preprocessing)
     if isinstance(spec, LoadedModel):
         lm = spec
     elif isinstance(spec, nn.Module):
-        pre = preprocessing or Preprocessing()
+        if pre_given is None:
+            pre = Preprocessing()
+            note = (f"preprocessing: ImageNet's ({pre.describe()}), as none was stated; pass "
+                    "preprocessing='none' for a model on [0, 1] pixels, or size/mean/std "
+                    "(CLI: --preprocessing, --size, --mean, --std)")
+            warnings.warn(f"convscope assumed for {type(spec).__name__}: {note}", AssumptionWarning,
+                          stacklevel=3)
+            assumed = [note]
+        else:
+            pre, assumed = pre_given, []
         lm = LoadedModel(spec, pre, list(class_names or []), default_layer, type(spec).__name__,
-                         generic=True)
+                         generic=True, weights="as given (an nn.Module)", assumed=assumed)
     else:
         s = str(spec)
         path = Path(s)
         if s in _BUNDLED:
-            if weights not in ("default", None) and str(weights).lower() not in ("default", "none"):
-                lm = _bundled(s)
+            lm = _bundled(s)
+            if _is_none(weights):
+                fresh = lm.model.__class__
+                kw = dict(lm.card.get("kwargs") or {}) or {"num_classes": len(lm.class_names)}
+                lm.model = _seeded(lambda: fresh(**kw), seed).eval()
+                lm.weights = f"random init (seed {seed})"
+            elif str(weights).lower() != "default":
                 state = _load_state_dict(Path(weights), unsafe=unsafe)
                 if isinstance(state, nn.Module):
                     lm.model = state.eval()
                 else:
                     _apply_state(lm.model, state, str(weights))
-            else:
-                lm = _bundled(s)
-                if weights is None:
-                    lm.model = DigitsCNN(num_classes=len(lm.class_names)).eval()
+                lm.weights = str(weights)
         elif s.startswith("torchvision:"):
-            lm = _torchvision(s.split(":", 1)[1], weights, unsafe)
+            lm = _torchvision(s.split(":", 1)[1], weights, unsafe, seed)
         elif s.startswith("timm:"):
-            lm = _timm(s.split(":", 1)[1], weights, unsafe)
+            lm = _timm(s.split(":", 1)[1], weights, unsafe, seed)
+        elif is_card_path(s):
+            lm = _from_card(path, unsafe=unsafe, weights=weights, seed=seed if _is_none(weights) else None)
+        elif path.is_dir():
+            raise ModelLoadError(
+                f"{path} is a folder; pass a model card (.json/.yaml), a weights file with --arch, "
+                "a bundled name, torchvision:<arch> or timm:<name> (see `convscope models`)"
+            )
         elif path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
             if arch is None:
                 state = _load_state_dict(path, unsafe=unsafe)
@@ -388,23 +572,37 @@ def load_model(
                                       default_layer=default_layer)
                 raise ModelLoadError(
                     f"{path} holds weights only; name the architecture with arch= (--arch), e.g. "
-                    "torchvision:resnet18 or digits-cnn"
+                    "torchvision:resnet18, digits-cnn or your own net.py:ClassName, or write a model card"
                 )
+            if ":" in arch and not arch.startswith(("torchvision:", "timm:")):
+                model = _build(arch, {}, None, seed)
+                state = _load_state_dict(path, unsafe=unsafe)
+                if isinstance(state, nn.Module):
+                    model = state
+                else:
+                    _apply_state(model, state, str(path), hint="check --arch")
+                lm = load_model(model.eval(), class_names=class_names,
+                                preprocessing=pre_given, default_layer=default_layer)
+                lm.name, lm.weights = f"{arch} ({path.name})", str(path)
+                return lm
             return load_model(arch, weights=path, unsafe=unsafe, class_names=class_names,
-                              preprocessing=preprocessing, default_layer=default_layer)
+                              preprocessing=preprocessing, default_layer=default_layer, seed=seed)
         else:
             import difflib
 
             close = difflib.get_close_matches(s, list(_BUNDLED), n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ModelLoadError(
-                f"unknown model {s!r}{hint} (use a bundled name, torchvision:<arch>, timm:<name> "
-                "or a weights file; run `convscope models`)"
+                f"unknown model {s!r}{hint} (use a bundled name, torchvision:<arch>, timm:<name>, a "
+                "model card .json/.yaml or a weights file; run `convscope models`)"
             )
     if class_names is not None:
         lm.class_names = list(class_names)
-    if preprocessing is not None:
-        lm.preprocessing = preprocessing
+        lm.assumed = [a for a in lm.assumed if not a.startswith("class names")]
+    if pre_given is not None and not isinstance(spec, nn.Module):
+        lm.preprocessing = pre_given
+        lm.assumed = [a for a in lm.assumed if not a.startswith("preprocessing")]
     if default_layer is not None:
         lm.default_layer = default_layer
+        lm.assumed = [a for a in lm.assumed if not a.startswith("layer")]
     return lm

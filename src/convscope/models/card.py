@@ -1,0 +1,188 @@
+"""Model cards: your own architecture, weights, preprocessing and class names in one file.
+
+A card is a JSON or YAML file (``.json``, ``.yaml``, ``.yml``)::
+
+    {
+      "architecture": "net.py:WolfNet",          # a file next to the card, or "package.module:Class",
+                                                 # or a spec: "torchvision:resnet18", "timm:<name>"
+      "kwargs": {"num_classes": 2},              # constructor keyword arguments (optional)
+      "weights": "wolfnet.safetensors",          # safetensors or a state-dict .pt (optional: random
+                                                 # init, seeded by "seed", default 0)
+      "preprocessing": "none",                   # a preset, or {"size": .., "mean": .., "std": ..,
+                                                 # "resize": .., "channels": ..}
+      "input_size": [48, 48],                    # flat keys override the preprocessing's
+      "mean": [0, 0, 0], "std": [1, 1, 1], "resize": null,
+      "class_names": ["wolf", "husky"],          # or "labels": "labels.txt" (one name a line, or JSON)
+      "layer": "conv3"                           # default layer for CAMs (optional)
+    }
+
+Paths are relative to the card's folder. Weights load without unpickling (safetensors, or
+``torch.load(weights_only=True)``). The card must state the preprocessing (a preset or at least
+``input_size``): a card is where a user says what their model expects, so nothing is assumed.
+Other keys (``name``, ``summary``, ``data``, ``metrics``, ...) are kept as the card's metadata;
+a key that looks like a misspelt known key is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ModelLoadError
+
+__all__ = ["CARD_KEYS", "CARD_SUFFIXES", "import_architecture", "is_card_path", "read_card"]
+
+CARD_SUFFIXES = (".json", ".yaml", ".yml")
+CARD_KEYS = ("architecture", "kwargs", "weights", "preprocessing", "input_size", "size", "mean",
+             "std", "resize", "channels", "class_names", "labels", "layer", "default_layer", "seed")
+_META_KEYS = ("name", "summary", "data", "split", "training", "cue", "metrics", "description",
+              "license", "source", "notes")
+
+
+def is_card_path(spec: str) -> bool:
+    """Whether ``spec`` names a model card file (by its suffix)."""
+    return Path(spec).suffix.lower() in CARD_SUFFIXES
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """Parse a card file and check its keys; paths stay as written (see :func:`card_path`).
+
+    Raises:
+        ModelLoadError: missing file, unparsable file, not a mapping, no ``architecture``, a
+            misspelt key, a wrongly typed value. The message names the key and what to do.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"model card not found: {p}")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        if p.suffix.lower() == ".json":
+            card = json.loads(text)
+        else:
+            try:
+                import yaml
+            except ImportError:  # pragma: no cover - pyyaml is a dependency
+                raise ModelLoadError("reading a YAML card needs pyyaml: pip install pyyaml") from None
+            card = yaml.safe_load(text)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"model card {p} is not valid {p.suffix[1:].upper()}: {first}") from None
+    if not isinstance(card, dict):
+        raise ModelLoadError(f"model card {p} must be a mapping of keys to values, got {type(card).__name__}")
+    for key in card:
+        if key in CARD_KEYS or key in _META_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), CARD_KEYS, n=1, cutoff=0.75)
+        if close:
+            raise ModelLoadError(f"model card {p}: unknown key {key!r}; did you mean {close[0]!r}?")
+    if "architecture" not in card:
+        raise ModelLoadError(
+            f"model card {p}: missing key 'architecture' (e.g. \"net.py:MyNet\", "
+            "\"mypackage.models:MyNet\" or \"torchvision:resnet18\")"
+        )
+    checks = {"architecture": str, "kwargs": dict, "weights": str, "labels": str, "layer": str,
+              "default_layer": str, "class_names": list}
+    for key, typ in checks.items():
+        if key in card and card[key] is not None and not isinstance(card[key], typ):
+            raise ModelLoadError(
+                f"model card {p}: key {key!r} must be a {typ.__name__}, got {type(card[key]).__name__}"
+            )
+    if "class_names" in card and "labels" in card:
+        raise ModelLoadError(f"model card {p}: give class_names or labels, not both")
+    return card
+
+
+def card_path(card_file: Path, value: str, key: str) -> Path:
+    """A path named in a card, relative to the card's folder; must exist."""
+    q = Path(value).expanduser()
+    if not q.is_absolute():
+        q = card_file.parent / q
+    if not q.exists():
+        raise ModelLoadError(f"model card {card_file}: {key} file not found: {q}")
+    return q
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names from a labels file: a JSON list (or {index: name}), else one name a line."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if isinstance(obj, list):
+        return [str(v) for v in obj]
+    if isinstance(obj, dict):
+        try:
+            return [str(obj[k]) for k in sorted(obj, key=lambda k: int(k))]
+        except ValueError:
+            raise ModelLoadError(f"labels file {path}: a JSON object must map class indices to names") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ModelLoadError(f"labels file {path} holds no class names (one name a line)")
+    return names
+
+
+def import_architecture(ref: str, base: Path | None = None) -> type[nn.Module] | Any:
+    """The class (or factory) named by ``"file.py:Name"`` or ``"package.module:Name"``.
+
+    A file path is relative to ``base`` (a card's folder); it is imported as a module of its own
+    (its folder is put on ``sys.path`` while it loads, so it can import its neighbours).
+
+    Raises:
+        ModelLoadError: the file or module is missing, fails to import, or has no such name.
+    """
+    if ":" not in ref:
+        raise ModelLoadError(
+            f"architecture {ref!r} must be \"file.py:ClassName\" or \"package.module:ClassName\""
+        )
+    mod_ref, _, name = ref.rpartition(":")
+    if mod_ref.endswith(".py") or "/" in mod_ref or "\\" in mod_ref:
+        path = Path(mod_ref).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.is_file():
+            raise ModelLoadError(f"architecture file not found: {path}")
+        mod_name = f"_convscope_user_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent))
+        try:
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            try:
+                sys.path.remove(str(path.parent))
+            except ValueError:  # pragma: no cover
+                pass
+        where = str(path)
+    else:
+        try:
+            module = importlib.import_module(mod_ref)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot import module {mod_ref!r} ({type(exc).__name__}: {exc}); install it or put "
+                "its folder on PYTHONPATH, or name a file: \"path/to/file.py:ClassName\""
+            ) from None
+        where = mod_ref
+    obj = getattr(module, name, None)
+    if obj is None:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(f"{where} has no {name!r}{hint}")
+    if not callable(obj):
+        raise ModelLoadError(f"{where}:{name} is not a class or function that builds a model")
+    return obj

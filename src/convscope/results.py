@@ -192,13 +192,15 @@ class Explanation:
         return _upscale(base * (1 - w) + color * w, min_side)
 
     def figure(self, index: int = 0, *, cmap: str | None = None) -> Any:
-        """A matplotlib figure: input, overlay and heatmap with a colour bar."""
-        import matplotlib
+        """A matplotlib figure: input, overlay and heatmap with a colour bar.
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        Made with the object-oriented API (no pyplot): the caller's backend and pyplot's list of
+        open figures are left alone. Notebooks show it inline; elsewhere use ``fig.savefig(path)``.
+        """
+        from matplotlib.figure import Figure
 
-        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+        fig = Figure(figsize=(9, 3.2))
+        axes = fig.subplots(1, 3)
         axes[0].imshow(self.images[index])
         axes[0].set_title("input")
         axes[1].imshow(np.asarray(self.overlay(index, cmap=cmap)))

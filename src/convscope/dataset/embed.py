@@ -77,11 +77,10 @@ class Embedding:
     def scatter(self, *, size: float = 6.0) -> Image.Image:
         """A scatter plot coloured by class, with a legend."""
         import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+        fig = Figure(figsize=(6.4, 5.6), dpi=100)
+        ax = fig.subplots()
         names = self.source.class_names
         classes = np.unique(self.labels)
         cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
@@ -97,7 +96,6 @@ class Embedding:
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        plt.close(fig)
         buf.seek(0)
         return Image.open(buf).convert("RGB")
 

@@ -40,11 +40,8 @@ def magnify(delta: torch.Tensor, scale: float | None = None) -> torch.Tensor:
 
 
 def _fig_png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.08)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -147,10 +144,7 @@ class AdversarialResult:
     # --- pictures -----------------------------------------------------------------------------
     def figure(self, indices: int | list[int] | None = None, *, max_rows: int = 8) -> Any:
         """Rows of original | magnified perturbation | adversarial, with classes and confidences."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
         if indices is None:
             idx = list(range(min(len(self), max_rows)))
@@ -158,7 +152,8 @@ class AdversarialResult:
             idx = [indices]
         else:
             idx = list(indices)
-        fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.7 * len(idx)), squeeze=False)
+        fig = Figure(figsize=(7.5, 2.7 * len(idx)))
+        axes = fig.subplots(len(idx), 3, squeeze=False)
         for r, i in enumerate(idx):
             lab = int(self.labels[i])
             pred = int(self.predictions[i])
@@ -253,10 +248,7 @@ class SynthesisResult:
 
     def figure(self, *, show_loss: bool = True) -> Any:
         """References, then the made images in a row, and the loss curve if there is one."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
         panels = [(t, im) for t, im in self.references] + list(zip(self.titles, self.images, strict=True))
         curves: dict[str, list[float]] = {}
@@ -266,7 +258,8 @@ class SynthesisResult:
             else:
                 curves = {k.rsplit(":", 1)[0]: v for k, v in self.history.items() if k.endswith(":loss")}
         n = len(panels) + (1 if curves else 0)
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+        fig = Figure(figsize=(2.6 * n, 2.9))
+        axes = fig.subplots(1, n, squeeze=False)
         for ax, (t, im) in zip(axes[0], panels, strict=False):  # the last axis may hold the loss
             _show(ax, im, t)
         if curves:

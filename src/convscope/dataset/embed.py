@@ -18,7 +18,7 @@ from PIL import Image
 
 from .._io import json_bytes, npy_bytes, save_by_extension
 from ..errors import InputError
-from ..results import png_bytes
+from ..results import brief, png_bytes, result_repr
 from ._grid import font, to_pil
 from .neighbors import Features, layer_features
 from .sources import DataSource
@@ -70,6 +70,12 @@ class Embedding:
     labels: np.ndarray
     source: DataSource
     model_name: str = ""
+
+    def __repr__(self) -> str:
+        return result_repr(self, [
+            ("layer", repr(self.layer)), ("model", brief(self.model_name)), ("method", repr(self.method)),
+            ("coords", str(tuple(self.coords.shape))), ("source", repr(self.source)),
+        ])
 
     def _title(self) -> str:
         return f"{self.model_name} {self.layer}: {self.method.upper()} of {len(self.coords)} images"

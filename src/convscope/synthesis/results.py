@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write, json_bytes, npy_bytes, save_by_extension
-from ..results import _jsonable, data_uri
+from ..results import _jsonable, brief, data_uri, result_repr
 from ._common import to_numpy_image
 
 __all__ = ["AdversarialResult", "SynthesisResult", "magnify"]
@@ -141,6 +141,15 @@ class AdversarialResult:
                 f"{int(self.success.sum())}/{len(self)}, max linf {float(self.linf.max()):.4g}, "
                 f"max l2 {float(self.l2.max()):.4g}")
 
+    def __repr__(self) -> str:
+        """The summary line, model, shape and options (no pixel dump)."""
+        return result_repr(self, [
+            ("summary", repr(self.summary())),
+            ("model", brief(self.model_name)),
+            ("images", str(tuple(self.adversarial.shape))),
+            ("options", brief(self.options) if self.options else None),
+        ])
+
     # --- pictures -----------------------------------------------------------------------------
     def figure(self, indices: int | list[int] | None = None, *, max_rows: int = 8) -> Any:
         """Rows of original | magnified perturbation | adversarial, with classes and confidences."""
@@ -245,6 +254,19 @@ class SynthesisResult:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def __repr__(self) -> str:
+        """Kind, model, shape, titles, layers, final loss and options (no pixel dump)."""
+        loss = self.history.get("loss")
+        return result_repr(self, [
+            ("kind", repr(self.kind)),
+            ("model", brief(self.model_name) if self.model_name else None),
+            ("images", str(tuple(self.images.shape))),
+            ("titles", brief(self.titles)),
+            ("layers", brief(self.layers) if self.layers else None),
+            ("final_loss", f"{loss[-1]:.4g}" if loss else None),
+            ("options", brief(self.options) if self.options else None),
+        ])
 
     def figure(self, *, show_loss: bool = True) -> Any:
         """References, then the made images in a row, and the loss curve if there is one."""

@@ -196,12 +196,12 @@ class Explanation:
     def figure(self, index: int = 0, *, cmap: str | None = None) -> Any:
         """A matplotlib figure: input, overlay and heatmap with a colour bar.
 
-        Made with the object-oriented API (no pyplot): the caller's backend and pyplot's list of
-        open figures are left alone. Notebooks show it inline; elsewhere use ``fig.savefig(path)``.
+        Made without pyplot (see :mod:`convscope._figure`): the caller's backend is left alone.
+        Notebooks show it inline; elsewhere use ``fig.savefig(path)``.
         """
-        from matplotlib.figure import Figure
+        from ._figure import InlineFigure
 
-        fig = Figure(figsize=(9, 3.2))
+        fig = InlineFigure(figsize=(9, 3.2))
         axes = fig.subplots(1, 3)
         axes[0].imshow(self.images[index])
         axes[0].set_title("input")

@@ -83,9 +83,10 @@ class Embedding:
     def scatter(self, *, size: float = 6.0) -> Image.Image:
         """A scatter plot coloured by class, with a legend."""
         import matplotlib
-        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-        fig = Figure(figsize=(6.4, 5.6), dpi=100)
+        from .._figure import InlineFigure, figure_png  # no pyplot: the caller's backend stays as it is
+
+        fig = InlineFigure(figsize=(6.4, 5.6), dpi=100)
         ax = fig.subplots()
         names = self.source.class_names
         classes = np.unique(self.labels)
@@ -100,10 +101,7 @@ class Embedding:
         ax.set_xticks([])
         ax.set_yticks([])
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        buf.seek(0)
-        return Image.open(buf).convert("RGB")
+        return Image.open(io.BytesIO(figure_png(fig, bbox_inches=None))).convert("RGB")
 
     def thumbnails(
         self, *, canvas: int = 1000, thumb: int = 28, max_thumbnails: int = 600, seed: int = 0

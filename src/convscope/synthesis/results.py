@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._figure import figure_png
 from .._io import atomic_write, json_bytes, npy_bytes, save_by_extension
 from ..results import _jsonable, brief, data_uri, result_repr
 from ._common import to_numpy_image
@@ -37,12 +38,6 @@ def magnify(delta: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """
     s = float(delta.abs().max()) if scale is None else float(scale)
     return (0.5 + delta / (2 * max(s, 1e-12))).clamp(0, 1)
-
-
-def _fig_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.08)
-    return buf.getvalue()
 
 
 def _show(ax: Any, t: torch.Tensor, title: str) -> None:
@@ -153,7 +148,7 @@ class AdversarialResult:
     # --- pictures -----------------------------------------------------------------------------
     def figure(self, indices: int | list[int] | None = None, *, max_rows: int = 8) -> Any:
         """Rows of original | magnified perturbation | adversarial, with classes and confidences."""
-        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
+        from .._figure import InlineFigure  # no pyplot: the caller's backend stays as it is
 
         if indices is None:
             idx = list(range(min(len(self), max_rows)))
@@ -161,7 +156,7 @@ class AdversarialResult:
             idx = [indices]
         else:
             idx = list(indices)
-        fig = Figure(figsize=(7.5, 2.7 * len(idx)))
+        fig = InlineFigure(figsize=(7.5, 2.7 * len(idx)))
         axes = fig.subplots(len(idx), 3, squeeze=False)
         for r, i in enumerate(idx):
             lab = int(self.labels[i])
@@ -201,10 +196,10 @@ class AdversarialResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``.png``: the figure; ``.npy``: adversarial pixels (B, C, H, W); ``.json``: metadata."""
-        return _save(path, lambda: _fig_png(self.figure()), self.adversarial, self.to_dict())
+        return _save(path, self._repr_png_, self.adversarial, self.to_dict())
 
     def _repr_png_(self) -> bytes:
-        return _fig_png(self.figure())
+        return figure_png(self.figure())
 
     def to_html(self) -> str:
         from html import escape
@@ -270,7 +265,7 @@ class SynthesisResult:
 
     def figure(self, *, show_loss: bool = True) -> Any:
         """References, then the made images in a row, and the loss curve if there is one."""
-        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
+        from .._figure import InlineFigure  # no pyplot: the caller's backend stays as it is
 
         panels = [(t, im) for t, im in self.references] + list(zip(self.titles, self.images, strict=True))
         curves: dict[str, list[float]] = {}
@@ -280,7 +275,7 @@ class SynthesisResult:
             else:
                 curves = {k.rsplit(":", 1)[0]: v for k, v in self.history.items() if k.endswith(":loss")}
         n = len(panels) + (1 if curves else 0)
-        fig = Figure(figsize=(2.6 * n, 2.9))
+        fig = InlineFigure(figsize=(2.6 * n, 2.9))
         axes = fig.subplots(1, n, squeeze=False)
         for ax, (t, im) in zip(axes[0], panels, strict=False):  # the last axis may hold the loss
             _show(ax, im, t)
@@ -312,7 +307,7 @@ class SynthesisResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``.png``: the figure; ``.npy``: made pixels (N, C, H, W); ``.json``: metadata + history."""
-        return _save(path, lambda: _fig_png(self.figure()), self.images, self.to_dict())
+        return _save(path, self._repr_png_, self.images, self.to_dict())
 
     def save_image(self, path: str | os.PathLike, index: int = 0) -> Path:
         """Write made image ``index`` alone as a PNG at its own resolution (atomically)."""
@@ -325,7 +320,7 @@ class SynthesisResult:
         return atomic_write(Path(path), lambda fh: fh.write(data))
 
     def _repr_png_(self) -> bytes:
-        return _fig_png(self.figure())
+        return figure_png(self.figure())
 
     def to_html(self) -> str:
         from html import escape

@@ -195,3 +195,83 @@ def test_uploaded_bytes_are_what_the_model_saw(server, tmp_path):
     top = r.json()["probabilities"][0]
     assert top["index"] == e.targets[0]
     assert abs(top["p"] - float(e.probabilities[0, e.targets[0]])) < 1e-5
+
+
+JS_TEXT_OUTSIDE_ITS_BOX = """() => {
+    const out = [];
+    for (const f of document.querySelectorAll('figure')) {
+        const walker = document.createTreeWalker(f, NodeFilter.SHOW_TEXT);
+        for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+            if (!n.textContent.trim()) continue;
+            let box = n.parentElement;  // the nearest block around the text
+            while (getComputedStyle(box).display === 'inline') box = box.parentElement;
+            const b = box.getBoundingClientRect(), fr = f.getBoundingClientRect();
+            const range = document.createRange();
+            range.selectNodeContents(n);
+            const r = range.getBoundingClientRect();
+            if (r.left < Math.max(b.left, fr.left) - 1 || r.right > Math.min(b.right, fr.right) + 1
+                || r.top < b.top - 1 || r.bottom > b.bottom + 1)
+                out.push(n.textContent.trim().slice(0, 50));
+        }
+    }
+    return out;
+}"""
+
+
+def _long_text_report():
+    """A row as a report lays it out for a ViT: a map whose caption names a long layer, next to
+    methods that could not run there with long reasons (``_figure_for`` builds the panels)."""
+    from convscope.report import Report
+    from convscope.report.build import MethodRun, _figure_for
+
+    layer = "encoder.layers.encoder_layer_11.self_attention.out_proj_with_a_long_name"
+    img = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    why = ("guided_backprop has no rule for the activation GELU (F.gelu) found in this model's "
+           "forward pass (the rule is defined for ReLU and ReLU6 only); pass nonrelu='gradient' "
+           "(--option nonrelu=gradient) to let other activations pass the ordinary gradient, or use "
+           f"saliency / integrated_gradients; layer '{layer}' gives a 3-D output (1, 197, 768)")
+    rep = Report("long notes")
+    sec = rep.section("image 1")
+    sec.rows.append([
+        Report.figure(img, title="gradcam", caption=f"explains tench (p = 0.00) · layer {layer}",
+                      note="A" * 60, kind="method", family="cam"),
+        _figure_for(MethodRun(cs.get_method("guided_gradcam"), error=why), 0, True),
+        _figure_for(MethodRun(cs.get_method("scorecam"), error=f"layer '{layer}' is 3-D"), 0, True),
+    ])
+    return rep
+
+
+def test_report_long_notes_and_layer_names_stay_inside_their_panel(browser, tmp_path):
+    out = _long_text_report().write(tmp_path / "long.html")
+    problems: list[str] = []
+    page = _page(browser, problems, ("file://", "data:"))
+    page.goto(out.as_uri())
+    page.wait_for_load_state("load")
+    assert page.locator("figure.skipped").count() == 2
+    assert page.evaluate(JS_TEXT_OUTSIDE_ITS_BOX) == []
+    boxes = [page.locator("figure").nth(i).bounding_box() for i in range(3)]
+    for a, b in zip(boxes, boxes[1:], strict=False):  # side by side, not overlapping
+        assert a["x"] + a["width"] <= b["x"]
+    assert problems == []
+    page.close()
+
+
+def test_report_shows_inline_as_a_notebook_would_embed_it(browser, tmp_path):
+    """``Report._repr_html_`` (an iframe holding the whole page) inside a host page, as Jupyter puts it."""
+    rep = _long_text_report()
+    host = tmp_path / "notebook.html"
+    host.write_text(f"<!DOCTYPE html><html><body><p>cell output:</p>{rep._repr_html_()}</body></html>")
+    problems: list[str] = []
+    page = _page(browser, problems, ("file://", "data:", "about:"))
+    page.goto(host.as_uri())
+    page.wait_for_load_state("load")
+    frame = page.frame_locator("iframe")
+    assert frame.locator("h1").inner_text() == "long notes"
+    assert frame.locator("figure").count() == 3 and frame.locator("figure.skipped").count() == 2
+    inner = page.frames[1]
+    assert inner.evaluate(JS_BROKEN_IMAGES) == [] and inner.evaluate(JS_TEXT_OUTSIDE_ITS_BOX) == []
+    box = page.locator("iframe").bounding_box()
+    assert box["height"] >= 600 and box["width"] > 1000  # full width, tall enough to read
+    assert problems == []
+    page.screenshot(path=str(tmp_path / "notebook.png"))
+    page.close()

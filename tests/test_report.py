@@ -147,3 +147,32 @@ def test_filters_section_shows_every_first_layer_filter(cue_model, cue_test):
     assert sec.title == "First-layer filters"
     first = next(m for m in cue_model.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert len(sec.rows[0]) == first.out_channels
+
+
+def test_report_repr_html_is_the_whole_page_in_one_iframe():
+    """What a notebook shows for a report: one iframe whose ``srcdoc`` is the page, escaped so that
+    quotes, ampersands and tags in titles cannot end the attribute early."""
+    from html.parser import HTMLParser
+
+    from convscope.report import Report
+
+    rep = Report('a "quoted" <b>title</b> & \'more\'', "intro with </iframe> in it")
+    rep.section("s", "note").rows.append(
+        [Report.figure(Image.new("RGB", (8, 8), "red"), caption="c & d", title="t")])
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    p = Tags()
+    p.feed(rep._repr_html_())
+    p.close()
+    assert [t for t, _ in p.tags] == ["iframe"]  # nothing of the page leaks out of the attribute
+    attrs = p.tags[0][1]
+    stamp = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d")  # the one line that changes by the minute
+    assert stamp.sub("", attrs["srcdoc"]) == stamp.sub("", rep.render())
+    assert attrs["title"] == rep.title and "sandbox" in attrs and "height" in attrs["style"]

@@ -105,3 +105,15 @@ def test_visualization_renders_inline_when_featvis_is_installed(cue_model):
     assert png.format == "PNG" and png.width > 0
     assert "<script" not in data["text/html"].lower()
     assert _imgs(data["text/html"])  # embedded pictures decode
+
+
+def test_figures_show_as_pictures_without_pyplot_or_matplotlib_magic(cue_model, cue_test):
+    """``figure()`` is made without pyplot; a notebook that never ran ``%matplotlib inline`` nor
+    imported pyplot still shows it as a PNG (the formatter here has no matplotlib printers)."""
+    from convscope.synthesis import SynthesisResult
+
+    e = cs.explain(cue_model, cue_model.preprocessing.normalize(cue_test.images[:1]), method="saliency")
+    made = SynthesisResult("texture", torch.rand(2, 3, 16, 16), ("a", "b"), history={"loss": [2.0, 1.0]})
+    for fig, panels in ((e.figure(), 3), (made.figure(), 3)):
+        png = Image.open(io.BytesIO(_display_data(fig)["image/png"]))
+        assert png.format == "PNG" and png.width > panels * 0.8 * png.height  # a row of panels

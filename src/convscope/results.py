@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import io
 import os
+import reprlib
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -195,13 +197,15 @@ class Explanation:
         return _upscale(base * (1 - w) + color * w, min_side)
 
     def figure(self, index: int = 0, *, cmap: str | None = None) -> Any:
-        """A matplotlib figure: input, overlay and heatmap with a colour bar."""
-        import matplotlib
+        """A matplotlib figure: input, overlay and heatmap with a colour bar.
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        Made without pyplot (see :mod:`convscope._figure`): the caller's backend is left alone.
+        Notebooks show it inline; elsewhere use ``fig.savefig(path)``.
+        """
+        from ._figure import InlineFigure
 
-        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+        fig = InlineFigure(figsize=(9, 3.2))
+        axes = fig.subplots(1, 3)
         axes[0].imshow(self.images[index])
         axes[0].set_title("input")
         axes[1].imshow(np.asarray(self.overlay(index, cmap=cmap)))
@@ -215,6 +219,29 @@ class Explanation:
             a.axis("off")
         fig.tight_layout()
         return fig
+
+    def __repr__(self) -> str:
+        """Method, model, targets (class names, probabilities), map shape, layer and options."""
+        shown = 4
+        targets = []
+        for i in range(min(len(self), shown)):
+            t = self.targets[i]
+            p = ""
+            if self.probabilities is not None and t is not None:
+                p = f" p={float(self.probabilities[i, t]):.2f}"
+            targets.append(("custom" if t is None else f"{t} {short_name(self.target_name(i))!r}") + p)
+        if len(self) > shown:
+            targets.append(f"... {len(self) - shown} more")
+        return result_repr(self, [
+            ("method", repr(self.method)),
+            ("model", brief(self.model_name)),
+            ("targets", "[" + ", ".join(targets) + "]"),
+            ("map", str(tuple(self.map.shape))),
+            ("signed", str(self.signed)),
+            ("layer", repr(self.layer) if self.layer else None),
+            ("options", brief(self.options) if self.options else None),
+            ("diagnostics", brief(list(self.diagnostics)) if self.diagnostics else None),  # names only
+        ])
 
     # --- saving -------------------------------------------------------------------------------
     def to_dict(self, *, include_map: bool = True) -> dict[str, Any]:
@@ -270,6 +297,49 @@ class Explanation:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+
+class _Brief(reprlib.Repr):
+    """``reprlib`` that shows tensors and arrays by shape and dtype, for short result reprs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxdict = 4
+        self.maxlist = self.maxtuple = self.maxset = 4
+        self.maxstring = self.maxother = 36
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            if x.ndim == 0:
+                return self.repr1(x.item(), level)
+            kind = "tensor" if isinstance(x, torch.Tensor) else "array"
+            return f"{kind}({tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')})"
+        if isinstance(x, float):
+            return f"{x:.4g}"
+        return super().repr1(x, level)
+
+
+_BRIEF = _Brief()
+
+
+def brief(v: Any) -> str:
+    """A short repr of ``v``: tensors and arrays by shape, long strings and containers cut."""
+    return _BRIEF.repr(v)
+
+
+def short_name(name: str, width: int = 24) -> str:
+    """``name`` cut to ``width`` characters (a class name in a repr)."""
+    return textwrap.shorten(str(name), width, placeholder="...")
+
+
+def result_repr(obj: Any, fields: Sequence[tuple[str, str | None]]) -> str:
+    """``Type(key=text, ...)`` from already shortened texts; fields whose text is ``None`` are left out.
+
+    The result types use it for a ``__repr__`` of a few hundred characters instead of a dump of
+    their tensors.
+    """
+    return f"{type(obj).__name__}(" + ", ".join(f"{k}={v}" for k, v in fields if v is not None) + ")"
 
 
 def _jsonable(v: Any) -> Any:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .._io import json_bytes, npy_bytes, save_by_extension
 from ..errors import InputError
-from ..results import png_bytes
+from ..results import brief, png_bytes, result_repr
 from ._grid import font, to_pil
 from .neighbors import Features, layer_features
 from .sources import DataSource
@@ -71,6 +71,12 @@ class Embedding:
     source: DataSource
     model_name: str = ""
 
+    def __repr__(self) -> str:
+        return result_repr(self, [
+            ("layer", repr(self.layer)), ("model", brief(self.model_name)), ("method", repr(self.method)),
+            ("coords", str(tuple(self.coords.shape))), ("source", repr(self.source)),
+        ])
+
     def _title(self) -> str:
         return f"{self.model_name} {self.layer}: {self.method.upper()} of {len(self.coords)} images"
 
@@ -78,10 +84,10 @@ class Embedding:
         """A scatter plot coloured by class, with a legend."""
         import matplotlib
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from .._figure import InlineFigure, figure_png  # no pyplot: the caller's backend stays as it is
 
-        fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+        fig = InlineFigure(figsize=(6.4, 5.6), dpi=100)
+        ax = fig.subplots()
         names = self.source.class_names
         classes = np.unique(self.labels)
         cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
@@ -95,11 +101,7 @@ class Embedding:
         ax.set_xticks([])
         ax.set_yticks([])
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        buf.seek(0)
-        return Image.open(buf).convert("RGB")
+        return Image.open(io.BytesIO(figure_png(fig, bbox_inches=None))).convert("RGB")
 
     def thumbnails(
         self, *, canvas: int = 1000, thumb: int = 28, max_thumbnails: int = 600, seed: int = 0

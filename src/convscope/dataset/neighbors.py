@@ -20,7 +20,7 @@ from PIL import Image
 from .._io import json_bytes, save_by_extension
 from ..errors import InputError
 from ..hooks import resolve_layers, state_guard
-from ..results import png_bytes
+from ..results import brief, png_bytes, result_repr
 from ._grid import grid
 from ._stream import model_device, resolve, stream_layer
 from .receptive import layer_extractor
@@ -52,6 +52,12 @@ class Features:
     labels: np.ndarray
     source: DataSource
     model_name: str = ""
+
+    def __repr__(self) -> str:
+        return result_repr(self, [
+            ("layer", repr(self.layer)), ("model", brief(self.model_name)),
+            ("features", str(tuple(self.features.shape))), ("source", repr(self.source)),
+        ])
 
 
 def layer_features(
@@ -111,6 +117,18 @@ class Neighbors:
     query_index: int | None
     source: DataSource
     model_name: str = ""
+
+    def __repr__(self) -> str:
+        pairs = zip(self.indices[:4], self.distances[:4], strict=True)
+        near = [f"{int(i)} ({float(d):.3g})" for i, d in pairs]
+        if len(self.indices) > 4:
+            near.append(f"... {len(self.indices) - 4} more")
+        return result_repr(self, [
+            ("layer", repr(self.layer)), ("model", brief(self.model_name)), ("metric", repr(self.metric)),
+            ("nearest", "[" + ", ".join(near) + "]"),
+            ("query_index", None if self.query_index is None else str(self.query_index)),
+            ("source", repr(self.source)),
+        ])
 
     def grid(self, *, cell: int = 72) -> Image.Image:
         """The query (outlined red) followed by its neighbours, with labels and distances."""

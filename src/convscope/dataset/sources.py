@@ -66,6 +66,9 @@ class DataSource(Dataset):
     def __len__(self) -> int:
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {len(getattr(self, 'class_names', ()))} classes)"
+
     def pixel_tensor(self, i: int) -> torch.Tensor:
         """(C, H, W) pixels in [0, 1] of item ``i`` at the model's input size."""
         raise NotImplementedError

@@ -26,7 +26,7 @@ from PIL import Image
 
 from .._io import json_bytes, save_by_extension
 from ..errors import InputError, MethodError
-from ..results import png_bytes
+from ..results import brief, png_bytes, result_repr
 from ._grid import PAD_GRAY, draw_box, grid
 from ._stream import resolve, stream_layer
 from .receptive import ReceptiveField, receptive_field, rf_box
@@ -102,6 +102,16 @@ class TopActivations:
     @property
     def channels(self) -> int:
         return int(self.values.shape[0])
+
+    def __repr__(self) -> str:
+        return result_repr(self, [
+            ("layer", repr(self.layer)), ("model", brief(self.model_name)),
+            ("channels", str(self.channels)), ("k", str(int(self.values.shape[1]))),
+            ("feature_size", str(tuple(self.feature_size))),
+            ("receptive_field", None if self.receptive_field is None
+             else "{}x{} px".format(*self.receptive_field.size)),
+            ("source", repr(self.source)),
+        ])
 
     def box(self, channel: int, rank: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of the receptive field behind entry ``rank``, clipped to the image."""

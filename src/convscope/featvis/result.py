@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .._io import json_bytes, npy_bytes, save_by_extension
 from ..errors import InputError
-from ..results import _jsonable, data_uri, png_bytes
+from ..results import _jsonable, brief, data_uri, png_bytes, result_repr
 
 __all__ = ["Visualization"]
 
@@ -90,6 +90,18 @@ class Visualization:
             scores=None if self.scores is None else self.scores[sl],
             probabilities=None if self.probabilities is None else self.probabilities[sl],
         )
+
+    def __repr__(self) -> str:
+        """What made it, the images' shape and titles, and the options (no pixel dump)."""
+        return result_repr(self, [
+            ("kind", repr(self.kind)),
+            ("objective", brief(self.objective) if self.objective else None),
+            ("model", brief(self.model_name)),
+            ("layer", repr(self.layer) if self.layer else None),
+            ("images", str(tuple(self.images.shape))),
+            ("titles", brief(self.titles)),
+            ("options", brief(self.options) if self.options else None),
+        ])
 
     # --- pictures -----------------------------------------------------------------------------
     def array(self, index: int = 0) -> np.ndarray:

@@ -87,6 +87,18 @@ class Report:
         html = self.render().encode("utf-8")
         return atomic_write(path, lambda fh: fh.write(html))
 
+    def _repr_html_(self) -> str:
+        """The report inline in a notebook: the self-contained page in an iframe (``srcdoc``).
+
+        The iframe keeps the report's styles away from the notebook's and scrolls on its own; it is
+        sandboxed (the report has no scripts) and its lower edge can be dragged to make it taller.
+        """
+        from html import escape
+
+        return (f'<iframe srcdoc="{escape(self.render(), quote=True)}" title="{escape(self.title)}" '
+                'sandbox="" style="width:100%;height:720px;border:1px solid #d5dae3;border-radius:6px;'
+                'resize:vertical"></iframe>')
+
 
 def _colorbars() -> dict[str, str]:
     import numpy as np

@@ -145,8 +145,6 @@ def explain_report(
     Returns:
         The report; call ``.write(path)``.
     """
-    from tqdm.auto import tqdm
-
     from ..api import explain, prepare_inputs
     from ..hooks import state_guard
     from ..models import load_model
@@ -164,7 +162,12 @@ def explain_report(
         probs = torch.cat([torch.softmax(lm.model(x[i:i + batch_size]).float(), 1)
                            for i in range(0, x.shape[0], batch_size)]).cpu()
     runs: list[MethodRun] = []
-    for info in tqdm(infos, desc="report: methods", disable=not progress):
+    steps: Sequence[MethodInfo] = infos
+    if progress:  # tqdm.auto warns in notebooks without ipywidgets: imported only when asked for
+        from tqdm.auto import tqdm
+
+        steps = tqdm(infos, desc="report: methods")
+    for info in steps:
         opts = dict(info.fast_options) if fast else {}
         try:
             e = explain(lm, x, method=info.name, target=target,

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._figure import figure_png
 from .._io import atomic_write, json_bytes, npy_bytes, save_by_extension
-from ..results import _jsonable, data_uri
+from ..results import _jsonable, brief, data_uri, result_repr
 from ._common import to_numpy_image
 
 __all__ = ["AdversarialResult", "SynthesisResult", "magnify"]
@@ -37,15 +38,6 @@ def magnify(delta: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """
     s = float(delta.abs().max()) if scale is None else float(scale)
     return (0.5 + delta / (2 * max(s, 1e-12))).clamp(0, 1)
-
-
-def _fig_png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.08)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _show(ax: Any, t: torch.Tensor, title: str) -> None:
@@ -144,13 +136,19 @@ class AdversarialResult:
                 f"{int(self.success.sum())}/{len(self)}, max linf {float(self.linf.max()):.4g}, "
                 f"max l2 {float(self.l2.max()):.4g}")
 
+    def __repr__(self) -> str:
+        """The summary line, model, shape and options (no pixel dump)."""
+        return result_repr(self, [
+            ("summary", repr(self.summary())),
+            ("model", brief(self.model_name)),
+            ("images", str(tuple(self.adversarial.shape))),
+            ("options", brief(self.options) if self.options else None),
+        ])
+
     # --- pictures -----------------------------------------------------------------------------
     def figure(self, indices: int | list[int] | None = None, *, max_rows: int = 8) -> Any:
         """Rows of original | magnified perturbation | adversarial, with classes and confidences."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from .._figure import InlineFigure  # no pyplot: the caller's backend stays as it is
 
         if indices is None:
             idx = list(range(min(len(self), max_rows)))
@@ -158,7 +156,8 @@ class AdversarialResult:
             idx = [indices]
         else:
             idx = list(indices)
-        fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.7 * len(idx)), squeeze=False)
+        fig = InlineFigure(figsize=(7.5, 2.7 * len(idx)))
+        axes = fig.subplots(len(idx), 3, squeeze=False)
         for r, i in enumerate(idx):
             lab = int(self.labels[i])
             pred = int(self.predictions[i])
@@ -197,10 +196,10 @@ class AdversarialResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``.png``: the figure; ``.npy``: adversarial pixels (B, C, H, W); ``.json``: metadata."""
-        return _save(path, lambda: _fig_png(self.figure()), self.adversarial, self.to_dict())
+        return _save(path, self._repr_png_, self.adversarial, self.to_dict())
 
     def _repr_png_(self) -> bytes:
-        return _fig_png(self.figure())
+        return figure_png(self.figure())
 
     def to_html(self) -> str:
         from html import escape
@@ -251,12 +250,22 @@ class SynthesisResult:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __repr__(self) -> str:
+        """Kind, model, shape, titles, layers, final loss and options (no pixel dump)."""
+        loss = self.history.get("loss")
+        return result_repr(self, [
+            ("kind", repr(self.kind)),
+            ("model", brief(self.model_name) if self.model_name else None),
+            ("images", str(tuple(self.images.shape))),
+            ("titles", brief(self.titles)),
+            ("layers", brief(self.layers) if self.layers else None),
+            ("final_loss", f"{loss[-1]:.4g}" if loss else None),
+            ("options", brief(self.options) if self.options else None),
+        ])
+
     def figure(self, *, show_loss: bool = True) -> Any:
         """References, then the made images in a row, and the loss curve if there is one."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from .._figure import InlineFigure  # no pyplot: the caller's backend stays as it is
 
         panels = [(t, im) for t, im in self.references] + list(zip(self.titles, self.images, strict=True))
         curves: dict[str, list[float]] = {}
@@ -266,7 +275,8 @@ class SynthesisResult:
             else:
                 curves = {k.rsplit(":", 1)[0]: v for k, v in self.history.items() if k.endswith(":loss")}
         n = len(panels) + (1 if curves else 0)
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+        fig = InlineFigure(figsize=(2.6 * n, 2.9))
+        axes = fig.subplots(1, n, squeeze=False)
         for ax, (t, im) in zip(axes[0], panels, strict=False):  # the last axis may hold the loss
             _show(ax, im, t)
         if curves:
@@ -297,7 +307,7 @@ class SynthesisResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``.png``: the figure; ``.npy``: made pixels (N, C, H, W); ``.json``: metadata + history."""
-        return _save(path, lambda: _fig_png(self.figure()), self.images, self.to_dict())
+        return _save(path, self._repr_png_, self.images, self.to_dict())
 
     def save_image(self, path: str | os.PathLike, index: int = 0) -> Path:
         """Write made image ``index`` alone as a PNG at its own resolution (atomically)."""
@@ -310,7 +320,7 @@ class SynthesisResult:
         return atomic_write(Path(path), lambda fh: fh.write(data))
 
     def _repr_png_(self) -> bytes:
-        return _fig_png(self.figure())
+        return figure_png(self.figure())
 
     def to_html(self) -> str:
         from html import escape

@@ -34,7 +34,7 @@ def _assert_same(a, b):
 
 def test_local_store_holds_explain_results(clean_model, digits_data, tmp_path):
     x, y = digits_data.images[:40], digits_data.labels[:40]
-    src = TensorSource(x, clean_model.preprocessing, y)
+    src = TensorSource(x, clean_model.preprocessing, y, space="pixels")
     store = run_batch(
         clean_model, src, "gradient_x_input", tmp_path / "s.zarr", target="label", batch_size=8, chunk_size=16
     )
@@ -93,7 +93,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, digits_data):
     lm = cs.load_model("digits-cnn")
     ref = run_batch(
         lm,
-        TensorSource(digits_data.images[:96], lm.preprocessing, digits_data.labels[:96]),
+        TensorSource(digits_data.images[:96], lm.preprocessing, digits_data.labels[:96], space="pixels"),
         "saliency",
         tmp_path / "ref.zarr",
         batch_size=8,
@@ -164,7 +164,7 @@ def ray_local():
 
 def test_ray_engine_store_equals_local(ray_local, clean_model, digits_data, tmp_path):
     x, y = digits_data.images[:48], digits_data.labels[:48]
-    src = TensorSource(x, clean_model.preprocessing, y)
+    src = TensorSource(x, clean_model.preprocessing, y, space="pixels")
     kw = dict(batch_size=8, chunk_size=16)
     local = run_batch(clean_model, src, "saliency", tmp_path / "local.zarr", **kw)
     remote = run_batch(clean_model, src, "saliency", tmp_path / "ray.zarr", engine="ray", **kw)
@@ -178,7 +178,7 @@ def test_ray_engine_store_equals_local(ray_local, clean_model, digits_data, tmp_
 def test_torn_chunk_without_marker_is_recomputed(clean_model, digits_data, tmp_path):
     """A kill between a chunk's data write and its marker (or while creating the store) leaves
     no trace in the result: the chunk is recomputed and the half-built store is ignored."""
-    src = TensorSource(digits_data.images[:32], clean_model.preprocessing, digits_data.labels[:32])
+    src = TensorSource(digits_data.images[:32], clean_model.preprocessing, digits_data.labels[:32], space="pixels")
     kw = dict(batch_size=8, chunk_size=16)
     ref = _arrays(run_batch(clean_model, src, "saliency", tmp_path / "ref.zarr", **kw))
     out = tmp_path / "torn.zarr"
@@ -204,7 +204,7 @@ def test_layer_method_on_random_resnet_mechanics(tmp_path):
     """A CAM method with the model's default layer on a batch-norm network (mechanics only)."""
     torch.manual_seed(0)
     lm = cs.load_model("torchvision:resnet18", weights=None)
-    src = TensorSource(torch.rand(3, 3, 48, 48), lm.preprocessing)
+    src = TensorSource(torch.rand(3, 3, 48, 48), lm.preprocessing, space="pixels")
     store = run_batch(lm, src, "gradcam", tmp_path / "r.zarr", batch_size=2, chunk_size=2)
     assert store.complete and store.manifest["job"]["layer"] == "layer4"
     maps = store.read("maps")

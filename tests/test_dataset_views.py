@@ -50,7 +50,7 @@ def test_top_activations_match_brute_force(clean_model, pixels):
     x, y = pixels
     k = 5
     res = top_activations(
-        clean_model, TensorSource(x, clean_model.preprocessing, y), "features.6", k=k, batch_size=32
+        clean_model, TensorSource(x, clean_model.preprocessing, y, space="pixels"), "features.6", k=k, batch_size=32
     )
     act = _all_acts(clean_model, clean_model.preprocessing.normalize(x), "features.6")  # (N, C, 16, 16)
     n, c, h, w = act.shape
@@ -139,7 +139,7 @@ def test_receptive_field_matches_gradient(case, clean_model):
 
 def test_patches_are_the_receptive_field_crops(cue_model, pixels):
     x, y = pixels
-    src = TensorSource(x[:60], cue_model.preprocessing, y[:60])
+    src = TensorSource(x[:60], cue_model.preprocessing, y[:60], space="pixels")
     res = top_activations(cue_model, src, "features.9", k=3, batch_size=16)
     live = [c for c in range(res.channels) if float(res.values[c, 0]) > 0][:4]
     for c in live:
@@ -164,7 +164,7 @@ def _brute_features(lm, x, layer):
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_neighbors_match_brute_force(clean_model, pixels, metric):
     x, y = pixels
-    src = TensorSource(x, clean_model.preprocessing, y)
+    src = TensorSource(x, clean_model.preprocessing, y, space="pixels")
     f = _brute_features(clean_model, x, "features.9")
     for q in (7, 101):
         res = nearest_neighbors(clean_model, src, q, "features.9", k=6, metric=metric, batch_size=40)
@@ -186,7 +186,7 @@ def test_neighbors_match_brute_force(clean_model, pixels, metric):
 
 def test_embedding_pca_is_the_principal_projection(clean_model, pixels, tmp_path):
     x, y = pixels
-    src = TensorSource(x, clean_model.preprocessing, y, class_names=[str(i) for i in range(10)])
+    src = TensorSource(x, clean_model.preprocessing, y, class_names=[str(i) for i in range(10)], space="pixels")
     feats = layer_features(clean_model, src, "features.9")
     e = embed(clean_model, src, "features.9", method="pca", features=feats)
     f = _brute_features(clean_model, x, "features.9")

@@ -45,7 +45,7 @@ def test_targeted_pgd_reaches_target_within_exact_linf_budget(clean_model, test_
     before = model_state(clean_model.model)
     clean_model.model.train()  # must come back in train mode
     eps = 0.2  # in pixel units; 0.15 reaches ~88% of these targets, 0.2 all of them
-    r = pgd(clean_model, x, eps=eps, norm="linf", steps=20, target=target.tolist(), seed=0)
+    r = pgd(clean_model, x, eps=eps, norm="linf", steps=20, target=target.tolist(), seed=0, space="pixels")
     assert clean_model.model.training
     clean_model.model.eval()
     assert count_hooks(clean_model.model) == 0
@@ -90,8 +90,8 @@ def test_enforce_budget_is_exact_and_minimal():
 def test_budget_decides_untargeted_success(clean_model, test_digits):
     x, y = test_digits
     x, y = x[:40], y[:40]
-    weak = pgd(clean_model, x, eps=0.002, steps=5, labels=y.tolist())
-    strong = pgd(clean_model, x, eps=0.15, steps=10, labels=y.tolist())
+    weak = pgd(clean_model, x, eps=0.002, steps=5, labels=y.tolist(), space="pixels")
+    strong = pgd(clean_model, x, eps=0.15, steps=10, labels=y.tolist(), space="pixels")
     assert weak.success_rate < 0.15 < 0.9 < strong.success_rate
 
 
@@ -99,7 +99,7 @@ def test_fgsm_matches_independent_implementation(clean_model, test_digits):
     x, _ = test_digits
     x = x[:32]
     eps = 0.05
-    r = fgsm(clean_model, x, eps=eps)
+    r = fgsm(clean_model, x, eps=eps, space="pixels")
     net, pre = clean_model.model, clean_model.preprocessing
     xx = x.clone().requires_grad_(True)
     logits = net(pre.normalize(xx))
@@ -127,10 +127,10 @@ def test_l2_budget_respected(clean_model, test_digits, method):
 def test_attack_seeded_and_batch_independent(clean_model, test_digits):
     x, _ = test_digits
     x = x[:12]
-    a = pgd(clean_model, x, eps=0.1, steps=5, seed=3, batch_size=64)
-    b = pgd(clean_model, x, eps=0.1, steps=5, seed=3, batch_size=64)
-    c = pgd(clean_model, x, eps=0.1, steps=5, seed=4, batch_size=64)
-    d = pgd(clean_model, x, eps=0.1, steps=5, seed=3, batch_size=6)
+    a = pgd(clean_model, x, eps=0.1, steps=5, seed=3, batch_size=64, space="pixels")
+    b = pgd(clean_model, x, eps=0.1, steps=5, seed=3, batch_size=64, space="pixels")
+    c = pgd(clean_model, x, eps=0.1, steps=5, seed=4, batch_size=64, space="pixels")
+    d = pgd(clean_model, x, eps=0.1, steps=5, seed=3, batch_size=6, space="pixels")
     assert torch.equal(a.adversarial, b.adversarial)
     assert not torch.equal(a.adversarial, c.adversarial)
     # a sign can flip where a gradient is ~0 under another batch layout; nearly all pixels agree
@@ -138,28 +138,28 @@ def test_attack_seeded_and_batch_independent(clean_model, test_digits):
 
 
 def test_fooling_images_from_noise_and_photo(clean_model, test_digits):
-    r = fooling_image(clean_model, 7, n=3, steps=25, seed=1)
+    r = fooling_image(clean_model, 7, n=3, steps=25, seed=1, space="pixels")
     assert r.method == "fooling" and bool(r.success.all())
     assert (r.predictions == 7).all() and float(r.probs_adversarial[:, 7].min()) > 0.5
     x, y = test_digits
     photo = x[int(torch.nonzero(y == 1)[0])]
-    r2 = fooling_image(clean_model, "8", image=photo, eps=0.2, steps=25)
+    r2 = fooling_image(clean_model, "8", image=photo, eps=0.2, steps=25, space="pixels")
     assert bool(r2.success.all()) and float(r2.linf.max()) <= 0.2
 
 
 def test_attack_input_errors(clean_model, test_digits):
     x, _ = test_digits
     with pytest.raises(InputError):
-        pgd(clean_model, x[:2] * 3, eps=0.1)  # not pixels in [0, 1]
+        pgd(clean_model, x[:2] * 3, eps=0.1, space="pixels")  # not pixels in [0, 1]
     with pytest.raises(InputError):
-        pgd(clean_model, x[:2], eps=0.1, norm="l3")
+        pgd(clean_model, x[:2], eps=0.1, norm="l3", space="pixels")
     with pytest.raises(cs.errors.TargetError):
-        pgd(clean_model, x[:2], eps=0.1, target=[1, 2, 3])
+        pgd(clean_model, x[:2], eps=0.1, target=[1, 2, 3], space="pixels")
 
 
 def test_adversarial_result_renders_and_saves(clean_model, test_digits, tmp_path):
     x, _ = test_digits
-    r = attack(clean_model, x[:3], eps=0.1, steps=3, target=4)
+    r = attack(clean_model, x[:3], eps=0.1, steps=3, target=4, space="pixels")
     assert isinstance(r, AdversarialResult) and len(r) == 3
     png = r._repr_png_()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -255,8 +255,8 @@ def test_shallow_inversion_is_close_and_deep_is_not(clean_model, test_digits):
 
 def test_invert_loss_falls_and_is_seeded(clean_model, test_digits):
     x, _ = test_digits
-    a = invert(clean_model, x[:2], "features.3", steps=40, seed=2, progress=False)
-    b = invert(clean_model, x[:2], "features.3", steps=40, seed=2, progress=False)
+    a = invert(clean_model, x[:2], "features.3", steps=40, seed=2, progress=False, space="pixels")
+    b = invert(clean_model, x[:2], "features.3", steps=40, seed=2, progress=False, space="pixels")
     assert torch.equal(a.images, b.images)
     assert a.images.shape == (2, 1, 32, 32)
     assert a.diagnostics["final_loss"] < 0.2 * a.diagnostics["initial_loss"]
@@ -265,7 +265,7 @@ def test_invert_loss_falls_and_is_seeded(clean_model, test_digits):
 
 def test_gram_texture_loss_falls(clean_model):
     src = skimage.data.brick()[:128, :128]
-    r = texture(clean_model, src, source_size=32, size=32, steps=60, seed=0, progress=False)
+    r = texture(clean_model, src, source_size=32, size=32, steps=60, seed=0, progress=False, space="pixels")
     assert r.images.shape == (1, 1, 32, 32)
     assert r.layers == ("features.1", "features.6", "features.9")
     assert r.diagnostics["final_loss"] < 0.05 * r.diagnostics["initial_loss"]
@@ -288,7 +288,7 @@ def test_style_transfer_losses_fall(clean_model):
     content = skimage.data.camera()[100:356, 150:406]
     style = skimage.data.gravel()[:128, :128]
     r = style_transfer(clean_model, content, style, size=32, style_size=32, steps=60, seed=0,
-                       progress=False)
+                       progress=False, space="pixels")
     d = r.diagnostics
     assert d["initial_content"] == pytest.approx(0.0, abs=1e-9)  # starts at the content image
     assert d["final_style"] < 0.3 * d["initial_style"]
@@ -302,12 +302,12 @@ def test_mechanics_on_random_torchvision_models(tmp_path):
     vgg = cs.load_model("torchvision:squeezenet1_1", weights=None)  # VGG-like, small
     net = vgg.model
     before = model_state(net)
-    r = style_transfer(vgg, torch.rand(3, 32, 32), torch.rand(3, 32, 32), steps=2, progress=False)
+    r = style_transfer(vgg, torch.rand(3, 32, 32), torch.rand(3, 32, 32), steps=2, progress=False, space="pixels")
     assert r.images.shape == (1, 3, 32, 32) and count_hooks(net) == 0
     assert_same_state(model_state(net), before)
     assert r.options["content_layers"] and len(r.options["style_layers"]) >= 3
     res = cs.load_model("torchvision:resnet18", weights=None)
-    t = texture(res, torch.rand(3, 32, 32), steps=2, param="fft", progress=False)
+    t = texture(res, torch.rand(3, 32, 32), steps=2, param="fft", progress=False, space="pixels")
     assert t.images.shape == (1, 3, 32, 32) and count_hooks(res.model) == 0
     t.save(tmp_path / "t.png")
     t.save_image(tmp_path / "t_only.png")
@@ -321,9 +321,9 @@ def test_failures_leave_no_hooks_and_model_state(clean_model, test_digits):
     x, _ = test_digits
     net = clean_model.model
     with pytest.raises(LayerNotFoundError):
-        invert(clean_model, x[:1], "features.99", steps=2)
+        invert(clean_model, x[:1], "features.99", steps=2, space="pixels")
     with pytest.raises(MethodError):  # a 2-D output cannot be inverted as a feature map
-        invert(clean_model, x[:1], "classifier", steps=2)
+        invert(clean_model, x[:1], "classifier", steps=2, space="pixels")
     assert count_hooks(net) == 0 and not net.training
     assert all(p.requires_grad for p in net.parameters())
 
@@ -332,8 +332,8 @@ def test_inputs_not_mutated(clean_model, test_digits):
     x, _ = test_digits
     x = x[:4].clone()
     keep = x.clone()
-    pgd(clean_model, x, eps=0.1, steps=2)
-    invert(clean_model, x[:1], "features.1", steps=2)
+    pgd(clean_model, x, eps=0.1, steps=2, space="pixels")
+    invert(clean_model, x[:1], "features.1", steps=2, space="pixels")
     assert torch.equal(x, keep) and x.grad is None and not x.requires_grad
 
 
@@ -342,7 +342,7 @@ def test_model_copy_untouched_by_everything(test_digits):
     lm = cs.load_model("digits-cnn")
     ref = copy.deepcopy(lm.model.state_dict())
     x, _ = test_digits
-    fooling_image(lm, 2, steps=3)
-    texture(lm, torch.rand(1, 24, 24), steps=3, progress=False)
+    fooling_image(lm, 2, steps=3, space="pixels")
+    texture(lm, torch.rand(1, 24, 24), steps=3, progress=False, space="pixels")
     assert all(torch.equal(lm.model.state_dict()[k], v) for k, v in ref.items())
     assert count_hooks(lm.model) == 0

@@ -17,7 +17,6 @@ from .hooks import resolve_layers, state_guard
 from .image import ImageLike
 from .inputs import as_inputs
 from .models import LoadedModel, Preprocessing, load_model
-from .models.preprocessing import display_batch
 from .perturb import BlackBoxModel, is_black_box
 from .registry import get_method, list_methods
 from .results import Explanation

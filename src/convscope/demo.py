@@ -325,7 +325,7 @@ def _adversarial_section(rep: Report, models: dict) -> None:
     x, y = _digits().split("test")
     lm = models["digits-cnn"]
     target = [(int(v) + 3) % 10 for v in y[:4]]
-    res = pgd(lm, x[:4], eps=0.2, steps=20, target=target, seed=0, progress=False)
+    res = pgd(lm, x[:4], eps=0.2, steps=20, target=target, seed=0, progress=False, space="pixels")
     img = Image.open(io.BytesIO(res._repr_png_())).convert("RGB")
     rep.section(
         "Fooling the clean model: targeted PGD within an L-inf budget of 0.2",

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .image import ImageLike
+from .image import load_image as _load_image
+from .image import pil_to_tensor as _pil_to_tensor
 from .models.preprocessing import Preprocessing, display_batch
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "baseline",
     "check_space",
     "gaussian_blur",
+    "load_pixels",
 ]
 
 Space = Literal["model", "pixels"]
@@ -234,3 +237,67 @@ def baseline(
         f"unknown baseline {kind!r}; use {', '.join(repr(k) for k in BASELINES)}, a grey level in "
         "[0, 1] or a model-space tensor"
     )
+
+
+def load_pixels(
+    image: ImageLike | torch.Tensor,
+    *,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    what: str = "image",
+    pre: Preprocessing | None = None,
+    space: str = "model",
+) -> torch.Tensor:
+    """One image as a (1, C, H, W) float tensor of pixels in [0, 1].
+
+    Args:
+        image: a path, PIL image, array, or a (C, H, W) / (1, C, H, W) tensor: model inputs for
+            ``pre`` (``space="model"``, the one rule of :mod:`convscope.inputs`) or pixels in
+            [0, 1] (``space="pixels"``; also when there is no model, ``pre=None``).
+        size: ``None`` keeps the size; an int scales the shorter side to it (aspect kept);
+            ``(h, w)`` resizes exactly.
+        channels: 1 or 3 to convert the colour mode (``None`` keeps it).
+    """
+    if isinstance(image, torch.Tensor):
+        if pre is None:
+            space = "pixels"
+            pre = Preprocessing(size=tuple(image.shape[-2:]), channels=int(image.shape[-3]),  # type: ignore[arg-type]
+                                mean=(0.0,) * int(image.shape[-3]), std=(1.0,) * int(image.shape[-3]))
+        t = as_inputs(image, pre, space=space, what=what, any_channels=True).pixels.float()
+        if t.shape[0] != 1:
+            raise InputError(f"{what}: expected one image, got a batch of {t.shape[0]}")
+        if channels is not None and t.shape[1] != channels:
+            if channels == 3 and t.shape[1] == 1:
+                t = t.expand(-1, 3, -1, -1).clone()
+            elif channels == 1 and t.shape[1] == 3:
+                w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+                t = (t * w).sum(1, keepdim=True)
+            else:
+                raise InputError(f"{what}: cannot convert {t.shape[1]} channels to {channels}")
+        if size is not None:
+            hw = _target_size(size, t.shape[-2], t.shape[-1])
+            t = torch.nn.functional.interpolate(t, size=hw, mode="bilinear", align_corners=False,
+                                                antialias=True).clamp(0, 1)
+        return t
+    img = _load_image(image)
+    if channels is not None:
+        img = img.convert("L" if channels == 1 else "RGB")
+    if size is not None:
+        from PIL import Image
+
+        oh, ow = _target_size(size, img.height, img.width)
+        img = img.resize((ow, oh), Image.Resampling.BICUBIC)
+    return _pil_to_tensor(img).unsqueeze(0).clamp(0, 1)
+
+
+def _target_size(size: int | tuple[int, int], h: int, w: int) -> tuple[int, int]:
+    if isinstance(size, int):
+        if size < 1:
+            raise InputError(f"size must be positive, got {size}")
+        s = size / min(h, w)
+        return max(1, round(h * s)), max(1, round(w * s))
+    hh, ww = size
+    if hh < 1 or ww < 1:
+        raise InputError(f"size must be positive, got {size}")
+    return int(hh), int(ww)
+

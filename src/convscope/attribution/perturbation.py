@@ -755,7 +755,8 @@ def scorecam(
         weights: ``"softmax"``: softmax over channels of the target logit of each masked image
             (the paper's Algorithm 1, as pytorch-grad-cam); ``"increase"``: increase of the
             target probability over the baseline image (the paper's eq. 5).
-        baseline: what shows through where a mask is 0 (see :func:`occlusion`).
+        baseline: what shows through where a mask is 0 (see :func:`occlusion`); default black
+            pixels, i.e. the input multiplied by the mask in pixel space (the paper's x * H_k).
         eval_batch_size, progress: as for :func:`occlusion`.
         channels_last, compile: engine speed options for a torch model (see
             :class:`~convscope.perturb.Predictor`); same map up to float rounding.

@@ -31,21 +31,108 @@ def parse_target(value: str | None) -> Any:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default="digits-cnn",
-                   help="bundled name, torchvision:<arch>, timm:<name> or a weights file "
-                   "(default: digits-cnn)")
+                   help="bundled name, torchvision:<arch>, timm:<name>, a model card (.json/.yaml: your "
+                   "architecture, weights, preprocessing, classes) or a weights file (default: digits-cnn)")
     p.add_argument("--weights", default="default",
-                   help="'default' (pretrained when available), 'none' (random init) or a file")
-    p.add_argument("--arch", default=None, help="architecture of a weights file given as --model")
+                   help="'default' (pretrained when available; a card's own file), 'none' (random init, "
+                   "seeded by --seed) or a file")
+    p.add_argument("--arch", default=None,
+                   help="architecture of a weights file given as --model: a spec (torchvision:resnet18) "
+                   "or your own class as file.py:ClassName or package.module:ClassName")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow unpickling arbitrary objects from .pt files (trusted files only)")
+    g = p.add_argument_group("preprocessing (what your model expects; recorded in every output)")
+    g.add_argument("--preprocessing", default=None, metavar="PRESET",
+                   help="imagenet (224 crop after resize 256, ImageNet mean/std), none (pixels in [0, 1] "
+                   "as they are), inception or clip; the flags below override its parts")
+    g.add_argument("--input-size", default=None, metavar="N|HxW",
+                   help="the model's input size, e.g. 48 or 48x64")
+    g.add_argument("--mean", default=None, metavar="M[,M,M]", help="per-channel mean, e.g. 0.5,0.5,0.5")
+    g.add_argument("--std", default=None, metavar="S[,S,S]", help="per-channel std, e.g. 0.25,0.25,0.25")
+    g.add_argument("--resize", default=None, metavar="N|none",
+                   help="shorter side before the centre crop; 'none' resizes straight to --input-size")
+    g.add_argument("--input-channels", default=None, choices=("1", "3"),
+                   help="1 (grayscale) or 3 (RGB) model input")
+    g.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names: one per line, or a JSON list")
+
+
+def _floats(name: str, value: str) -> tuple[float, ...]:
+    import math
+
+    from ..errors import InputError
+
+    try:
+        vals = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"--{name} takes numbers separated by commas, got {value!r}") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"--{name} must be finite numbers, got {value!r}")
+    return vals
+
+
+def preprocessing_from_args(args: argparse.Namespace) -> Any:
+    """The preprocessing the user stated with --preprocessing/--size/..., or ``None``."""
+    from ..errors import InputError
+    from ..models.preprocessing import preprocessing_from
+
+    names = {"preprocessing": "preprocessing", "size": "input_size", "mean": "mean", "std": "std",
+             "resize": "resize", "channels": "input_channels"}
+    given = {n: getattr(args, d, None) for n, d in names.items()}
+    if all(v is None for v in given.values()):
+        return None
+    over: dict[str, Any] = {}
+    if given["size"] is not None:
+        over["size"] = given["size"]
+    for n in ("mean", "std"):
+        if given[n] is not None:
+            over[n] = _floats(n, given[n])
+    if given["channels"] is not None:
+        over["channels"] = int(given["channels"])
+        for n in ("mean", "std"):
+            if n in over and len(over[n]) == 1:
+                over[n] = over[n] * over["channels"]
+    r = given["resize"]
+    if r is not None:
+        if r.lower() == "none":
+            over["resize"] = 0
+        elif r.isdigit():
+            over["resize"] = int(r)
+        else:
+            raise InputError(f"--resize takes a whole number of pixels or 'none', got {r!r}")
+    preset = given["preprocessing"]
+    if preset is None and "size" not in over and not str(getattr(args, "model", "")).endswith(
+            (".json", ".yaml", ".yml")):
+        raise InputError("state the input size with --input-size (or name a preset with --preprocessing)")
+    if preset is None:
+        preset = "none"
+    if "mean" in over and "std" not in over or "std" in over and "mean" not in over:
+        n = len(over.get("mean", over.get("std", ())))
+        over.setdefault("mean", (0.0,) * n)
+        over.setdefault("std", (1.0,) * n)
+    if "channels" not in over and "mean" in over:
+        over["channels"] = len(over["mean"])
+    return preprocessing_from(preset, **over)
 
 
 def load_from_args(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from ..errors import InputError
     from ..models import load_model
+    from ..models.card import read_labels
 
     weights = None if str(args.weights).lower() == "none" else args.weights
-    return load_model(args.model, weights=weights, arch=args.arch, unsafe=args.unsafe_load)
-
+    pre = preprocessing_from_args(args)
+    names = None
+    if getattr(args, "classes", None):
+        path = Path(args.classes)
+        if not path.is_file():
+            raise InputError(f"--classes: file not found: {path}")
+        names = read_labels(path)
+    seed = getattr(args, "seed", 0)
+    return load_model(args.model, weights=weights, arch=args.arch, unsafe=args.unsafe_load,
+                      preprocessing=pre, class_names=names, seed=int(seed) if isinstance(seed, int) else 0)
 
 
 def parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:

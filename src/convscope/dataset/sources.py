@@ -200,7 +200,8 @@ class FolderSource(DataSource):
 
 
 class TensorSource(DataSource):
-    """An (N, C, H, W) tensor of pixels in [0, 1] (``model_space=False``) or model inputs."""
+    """An (N, C, H, W) tensor read by the one input rule (:mod:`convscope.inputs`): what the
+    model takes (``space="model"``, the default) or pixels in [0, 1] (``space="pixels"``)."""
 
     def __init__(
         self,
@@ -208,16 +209,20 @@ class TensorSource(DataSource):
         pre: Preprocessing,
         labels: Sequence[int] | torch.Tensor | None = None,
         *,
-        model_space: bool = False,
+        space: str = "model",
         class_names: Sequence[str] = (),
     ) -> None:
+        from ..inputs import as_inputs
+
         if images.ndim != 4 or not images.is_floating_point():
             raise InputError(
                 f"a tensor source must be a float (N, C, H, W) tensor, got {tuple(images.shape)}"
             )
         self.preprocessing = pre
+        as_inputs(images[:0] if images.shape[0] == 0 else images, pre, space=space, what="data")  # checks
         self._x = images.detach().cpu()
-        self.model_space = model_space
+        self.space = space
+        self.model_space = space == "model"
         n = images.shape[0]
         self._y = (
             np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(n)
@@ -252,18 +257,24 @@ class TensorSource(DataSource):
             "size": len(self),
             "shape": list(self._x.shape),
             "sha256": h,
-            "model_space": self.model_space,
+            "space": self.space,
         }
 
 
 class TorchSource(DataSource):
     """A torch ``Dataset`` whose items are images or ``(image, label, ...)`` tuples.
 
-    Images may be PIL images, arrays or tensors of pixels in [0, 1] (anything
-    :func:`convscope.load_image` reads); they are preprocessed like files.
+    Images may be PIL images or arrays (preprocessed like files), or float (C, H, W) tensors read by
+    the one input rule (:mod:`convscope.inputs`): what the model takes (``space="model"``, the
+    default: a dataset whose transform ends in ``Normalize``) or pixels in [0, 1]
+    (``space="pixels"``: a transform that ends in ``ToTensor``).
     """
 
-    def __init__(self, dataset: Any, pre: Preprocessing, class_names: Sequence[str] | None = None) -> None:
+    def __init__(self, dataset: Any, pre: Preprocessing, class_names: Sequence[str] | None = None,
+                 *, space: str = "model") -> None:
+        from ..inputs import check_space
+
+        self.space = check_space(space)
         self.dataset = dataset
         self.preprocessing = pre
         self.class_names = list(
@@ -281,11 +292,30 @@ class TorchSource(DataSource):
             return img, int(lab) if isinstance(lab, (int, np.integer, torch.Tensor)) else -1
         return item, -1
 
+    def _tensor(self, img: Any) -> torch.Tensor | None:
+        if not (isinstance(img, torch.Tensor) and img.is_floating_point() and img.ndim == 3):
+            return None
+        from ..inputs import as_inputs
+
+        return as_inputs(img.detach().cpu().float(), self.preprocessing, space=self.space, what="item").x[0]
+
     def pixel_tensor(self, i: int) -> torch.Tensor:
         img, _ = self._item(i)
-        if isinstance(img, torch.Tensor) and img.is_floating_point() and img.ndim == 3:
-            return _fit_pixels(img.detach().cpu().float().clamp(0, 1), self.preprocessing)
+        t = self._tensor(img)
+        if t is not None:
+            pix = self.preprocessing.denormalize(t).clamp(0, 1) if self.space == "model" else t
+            return _fit_pixels(pix, self.preprocessing)
         return _fit_pixels(pil_to_tensor(self.preprocessing.to_display(load_image(img))), self.preprocessing)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"item {i} out of range for a source of {len(self)}")
+        img, lab = self._item(i)
+        t = self._tensor(img)
+        if t is not None and self.space == "model" and tuple(t.shape[-2:]) == tuple(self.preprocessing.size):
+            return t.contiguous(), lab, i  # the model's own input, untouched
+        return super().__getitem__(i)
 
     def label(self, i: int) -> int:
         return self._item(i)[1]
@@ -298,13 +328,15 @@ class TorchSource(DataSource):
         }
 
 
-def as_source(data: Any, pre: Preprocessing, *, limit: int | None = None) -> DataSource:
+def as_source(data: Any, pre: Preprocessing, *, limit: int | None = None, space: str = "model") -> DataSource:
     """Turn ``data`` into a :class:`DataSource` for a model with preprocessing ``pre``.
 
     Args:
         data: ``"digits"`` / ``"digits:test"`` / ``"digits:train"``, a path to an image folder,
-            a :class:`DataSource`, a torch ``Dataset``, or an (N, C, H, W) tensor of pixels in [0, 1].
+            a :class:`DataSource`, a torch ``Dataset``, or an (N, C, H, W) tensor.
         pre: the model's preprocessing.
+        space: how to read tensors (a tensor ``data``, or a ``Dataset``'s tensor items): what the
+            model takes (``"model"``, default) or pixels in [0, 1] (``"pixels"``).
         limit: use only the first ``limit`` items.
     """
     if isinstance(data, DataSource):
@@ -320,10 +352,10 @@ def as_source(data: Any, pre: Preprocessing, *, limit: int | None = None) -> Dat
     if isinstance(data, (str, os.PathLike)):
         return FolderSource(data, pre, limit)
     if isinstance(data, torch.Tensor):
-        src = TensorSource(data, pre)
+        src = TensorSource(data, pre, space=space)
         return Subset(src, range(limit)) if limit is not None and limit < len(src) else src
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        src = TorchSource(data, pre)
+        src = TorchSource(data, pre, space=space)
         return Subset(src, range(limit)) if limit is not None and limit < len(src) else src
     raise InputError(
         f"cannot use a {type(data).__name__} as a data set; pass 'digits', an image folder, a torch Dataset "

@@ -17,7 +17,8 @@ from torch import nn
 
 from ..errors import InputError, MethodError
 from ..hooks import capture, resolve_layers, state_guard
-from ..image import ImageLike, load_image, pil_to_tensor
+from ..image import ImageLike
+from ..inputs import load_pixels
 from ..models import LoadedModel, Preprocessing, load_model
 from ..optimize import OptimizationResult, optimize
 from . import objectives as obj
@@ -102,6 +103,7 @@ def _run(
     sd: float,
     decay: float,
     init: ImageLike | torch.Tensor | None,
+    space: str,
     seed: int,
     truncate: bool,
     progress: bool | None,
@@ -118,13 +120,13 @@ def _run(
     if tv:
         full = full - float(tv) * obj.total_variation()
     p = _param(param, hw, batch, pre.channels, seed=seed, decorrelate=decorrelate, sd=sd, decay=decay)
-    if isinstance(init, str) and init == "mean":  # the data set's mean pixel (plain images)
-        init = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1).expand(1, -1, *hw)
+    if isinstance(init, str) and init == "mean":  # the data set's mean pixel: zero model input
+        init, space = torch.zeros(1, pre.channels, *hw), "model"
     if init is not None:
         load = getattr(p, "load_image", None)
         if load is None:
             raise InputError(f"{type(p).__name__} has no load_image(); cannot start from init")
-        load(_pixels(init, pre.channels, hw))
+        load(load_pixels(init, size=hw, channels=pre.channels, pre=pre, space=space, what="init"))
     post = [blur_every(int(blur_every_n), blur_sigma)] if blur_every_n else None
     res = optimize(
         lm.model,
@@ -142,31 +144,6 @@ def _run(
         device=device,
     )
     return res, p
-
-
-def _pixels(img: ImageLike | torch.Tensor, channels: int, hw: tuple[int, int] | None) -> torch.Tensor:
-    """An image as (1, C, H, W) pixels in [0, 1] (a tensor is taken as pixels), resized to ``hw``."""
-    if isinstance(img, torch.Tensor):
-        t = img.detach().float()
-        if t.ndim == 3:
-            t = t.unsqueeze(0)
-        if t.ndim != 4:
-            raise InputError(f"expected a (C, H, W) or (B, C, H, W) pixel tensor, got {tuple(img.shape)}")
-        if t.min() < 0 or t.max() > 1:
-            raise InputError("a pixel tensor must lie in [0, 1]")
-        if t.shape[1] != channels:
-            if t.shape[1] == 1:
-                t = t.expand(-1, channels, -1, -1)
-            elif channels == 1:
-                t = t.mean(1, keepdim=True)
-            else:
-                raise InputError(f"cannot turn {t.shape[1]} channels into {channels}")
-    else:
-        pil = load_image(img).convert("L" if channels == 1 else "RGB")
-        t = pil_to_tensor(pil).unsqueeze(0)
-    if hw is not None and tuple(t.shape[-2:]) != hw:
-        t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    return t.contiguous()
 
 
 def _probs(res: OptimizationResult) -> torch.Tensor | None:
@@ -193,6 +170,7 @@ def visualize(
     sd: float = 0.01,
     decay: float = 1.0,
     init: ImageLike | torch.Tensor | None = None,
+    space: str = "model",
     seed: int = 0,
     truncate: bool = True,
     progress: bool | None = None,
@@ -216,7 +194,8 @@ def visualize(
             mean-subtracted image) and of the total-variation penalty.
         blur_every, blur_sigma: blur the image every N steps with this sigma.
         sd, decay: initial noise and FFT frequency decay.
-        init: start from this image (pixels in [0, 1] or a file) instead of noise; ``"mean"``
+        init: start from this image (a file, or a tensor read by the one input rule of
+            :mod:`convscope.inputs`: model inputs, or pixels with ``space="pixels"``); ``"mean"``
             starts from the model's mean pixel (e.g. the black background of the digits).
         seed: seeds the initial noise and the transforms.
         truncate: stop the forward pass after the objective's last layer when possible.
@@ -235,7 +214,7 @@ def visualize(
         raise InputError(f"the objective asks for a batch of {o.batch}, batch={b} given")
     res, _ = _run(lm, o, size=size, batch=b, param=param, decorrelate=decorrelate, steps=steps, lr=lr,
                   transforms=transforms, l2=l2, tv=tv, blur_every_n=blur_every, blur_sigma=blur_sigma,
-                  sd=sd, decay=decay, init=init, seed=seed, truncate=truncate, progress=progress,
+                  sd=sd, decay=decay, init=init, space=space, seed=seed, truncate=truncate, progress=progress,
                   device=device, desc="visualize")
     name = display_name(lm)
     if titles is None:
@@ -388,6 +367,7 @@ def deepdream(
     progress: bool | None = None,
     device: str | torch.device | None = None,
     preprocessing: Preprocessing | None = None,
+    space: str = "model",
 ) -> Visualization:
     """DeepDream on a photo (Mordvintsev et al. 2015) with octaves.
 
@@ -397,7 +377,8 @@ def deepdream(
     next, larger photo. The image stays a photo: pixels are clipped to [0, 1], not squashed.
 
     Args:
-        image: a path, PIL image, array, or (C, H, W) / (1, C, H, W) pixels in [0, 1].
+        image: a path, PIL image, array, or a (C, H, W) / (1, C, H, W) tensor read by the one
+            input rule (:mod:`convscope.inputs`): model inputs, or pixels with ``space="pixels"``.
         layer: layer for the DeepDream objective (default: the model's default layer).
         objective: another objective instead (e.g. ``channel(layer, c)``).
         max_side: shrink larger photos to this side first (``None``: keep).
@@ -415,7 +396,7 @@ def deepdream(
         o = obj.deepdream(layer)
     else:
         o = obj.as_objective(objective)
-    base = _pixels(image, pre.channels, None)
+    base = load_pixels(image, channels=pre.channels, pre=pre, space=space)
     if max_side and max(base.shape[-2:]) > max_side:
         k = max_side / max(base.shape[-2:])
         hw = (max(1, round(base.shape[-2] * k)), max(1, round(base.shape[-1] * k)))

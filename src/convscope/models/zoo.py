@@ -39,7 +39,6 @@ from torch import nn
 
 from ..errors import AssumptionWarning, InputError, ModelLoadError, UnsafeLoadError
 from .card import card_path, import_architecture, is_card_path, read_card, read_labels
-from .digits import DigitsCNN
 from .preprocessing import Preprocessing, preprocessing_from
 
 __all__ = ["LoadedModel", "bundled_models", "find_default_layer", "load_model", "model_specs"]
@@ -528,7 +527,7 @@ def load_model(
             pre = Preprocessing()
             note = (f"preprocessing: ImageNet's ({pre.describe()}), as none was stated; pass "
                     "preprocessing='none' for a model on [0, 1] pixels, or size/mean/std "
-                    "(CLI: --preprocessing, --size, --mean, --std)")
+                    "(CLI: --preprocessing, --input-size, --mean, --std)")
             warnings.warn(f"convscope assumed for {type(spec).__name__}: {note}", AssumptionWarning,
                           stacklevel=3)
             assumed = [note]
@@ -596,12 +595,19 @@ def load_model(
                 f"unknown model {s!r}{hint} (use a bundled name, torchvision:<arch>, timm:<name>, a "
                 "model card .json/.yaml or a weights file; run `convscope models`)"
             )
-    if class_names is not None:
-        lm.class_names = list(class_names)
-        lm.assumed = [a for a in lm.assumed if not a.startswith("class names")]
     if pre_given is not None and not isinstance(spec, nn.Module):
         lm.preprocessing = pre_given
         lm.assumed = [a for a in lm.assumed if not a.startswith("preprocessing")]
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+        if not lm.generic and not isinstance(spec, LoadedModel):
+            n_out = _num_outputs(lm.model, lm.preprocessing)
+            if len(names) != n_out:
+                raise ModelLoadError(
+                    f"{len(names)} class names for a model with {n_out} outputs; give one name per output"
+                )
+        lm.class_names = names
+        lm.assumed = [a for a in lm.assumed if not a.startswith("class names")]
     if default_layer is not None:
         lm.default_layer = default_layer
         lm.assumed = [a for a in lm.assumed if not a.startswith("layer")]

@@ -144,7 +144,7 @@ def attack(
     loss: str = "ce",
     start: torch.Tensor | None = None,
     method: str = "pgd",
-    space: str = "pixels",
+    space: str = "model",
     preprocessing: Preprocessing | None = None,
     batch_size: int = 64,
     seed: int = 0,
@@ -156,7 +156,8 @@ def attack(
         model: a model spec, ``nn.Module`` or :class:`LoadedModel`. Not modified: its mode,
             ``requires_grad`` flags and parameters are restored; no hook is registered.
         images: paths / PIL images / arrays (read and resized by the model's preprocessing), or a
-            (B, C, H, W) tensor of pixels in [0, 1] (``space="model"``: normalised inputs).
+            (B, C, H, W) tensor by the one input rule (:mod:`convscope.inputs`): what ``model(x)``
+            takes (``space="model"``, default) or pixels in [0, 1] (``space="pixels"``).
         target: ``None`` for an untargeted attack; else the class(es) to reach: an index, a name,
             one per sample, or ``"top2"``-style ranks of the original prediction.
         labels: classes an untargeted attack moves away from and that ``success`` is judged
@@ -169,7 +170,7 @@ def attack(
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (best other logit minus the class logit).
         start: (B, C, H, W) pixels to start from instead of the originals (fooling from noise).
         method: name recorded in the result.
-        space: how to read a tensor ``images``: ``"pixels"`` or ``"model"``.
+        space: how to read a tensor ``images``: ``"model"`` (default) or ``"pixels"``.
         preprocessing: for a plain ``nn.Module`` (default ImageNet's).
         batch_size: images per forward/backward pass; results do not depend on it.
         seed: seeds the random start.
@@ -313,10 +314,11 @@ def fooling_image(
     """
     lm = as_loaded(model, preprocessing)
     pre = lm.preprocessing
+    space = kw.pop("space", "model")
     if image is None:
         gen = torch.Generator().manual_seed(int(seed))
         x0 = torch.rand(n, pre.channels, *pre.size, generator=gen)
     else:
-        x0 = pixels_from(image, pre, space=kw.pop("space", "pixels"), what="image")
+        x0 = pixels_from(image, pre, space=space, what="image")
     return attack(lm, x0, target=target, eps=eps, norm=norm, steps=steps, step_size=step_size,
-                  random_start=False, method="fooling", seed=seed, **kw)
+                  random_start=False, method="fooling", seed=seed, space="pixels", **kw)

@@ -112,6 +112,7 @@ def texture(
     param: str = "pixel",
     init_sd: float = 0.1,
     preprocessing: Preprocessing | None = None,
+    space: str = "model",
     seed: int = 0,
     progress: bool | None = None,
 ) -> SynthesisResult:
@@ -119,7 +120,8 @@ def texture(
 
     Args:
         model: any CNN (spec, module or :class:`LoadedModel`); :func:`style_model` gives VGG.
-        source: the texture image (converted to the model's channels).
+        source: the texture image (converted to the model's channels); a tensor is read by the
+            one input rule (:mod:`convscope.inputs`: model inputs, or pixels with ``space="pixels"``).
         layers: Gram layers (default: first activation of every resolution stage).
         layer_weights: one weight per layer (default: equal, summing to 1).
         size: output side or (h, w) (default: the source's size).
@@ -136,7 +138,8 @@ def texture(
         ``history["style"]`` per step, ``diagnostics["initial_loss"]`` / ``["final_style"]``.
     """
     lm = as_loaded(model, preprocessing)
-    src = load_pixels(source, size=source_size, channels=lm.preprocessing.channels, what="source")
+    src = load_pixels(source, size=source_size, channels=lm.preprocessing.channels, what="source",
+                      pre=lm.preprocessing, space=space)
     hw = tuple(src.shape[-2:]) if size is None else (
         (size, size) if isinstance(size, int) else (int(size[0]), int(size[1])))
     names = _layers(lm, layers, tuple(src.shape[-2:]))  # type: ignore[arg-type]
@@ -181,6 +184,7 @@ def style_transfer(
     lr: float = 0.03,
     param: str = "pixel",
     preprocessing: Preprocessing | None = None,
+    space: str = "model",
     seed: int = 0,
     progress: bool | None = None,
 ) -> SynthesisResult:
@@ -188,7 +192,8 @@ def style_transfer(
 
     Args:
         model: any CNN; :func:`style_model` gives VGG-19.
-        content, style: images (converted to the model's channels).
+        content, style: images (converted to the model's channels); tensors are read by the one
+            input rule (:mod:`convscope.inputs`: model inputs, or pixels with ``space="pixels"``).
         content_layers: layers of the content term (default: relu4_2 on VGG, see module doc).
         style_layers, style_layer_weights: Gram layers and their weights (default: first
             activation of every stage, equal weights summing to 1).
@@ -206,8 +211,8 @@ def style_transfer(
     """
     lm = as_loaded(model, preprocessing)
     c = lm.preprocessing.channels
-    cont = load_pixels(content, size=size, channels=c, what="content")
-    sty = load_pixels(style, size=style_size, channels=c, what="style")
+    cont = load_pixels(content, size=size, channels=c, what="content", pre=lm.preprocessing, space=space)
+    sty = load_pixels(style, size=style_size, channels=c, what="style", pre=lm.preprocessing, space=space)
     stages_hw = tuple(cont.shape[-2:])
     s_names = _layers(lm, style_layers, stages_hw)  # type: ignore[arg-type]
     if content_layers is None:

@@ -27,6 +27,7 @@ Safety rules kept here (the HTTP layer in :mod:`convscope.serve.app` only transl
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import io
@@ -163,21 +164,28 @@ def _malloc_trim() -> Callable[[], None]:
 
 
 class _Job:
-    __slots__ = ("fn", "heavy", "deadline", "future", "abandoned")
+    __slots__ = ("fn", "heavy", "deadline", "future", "abandoned", "queue")
 
-    def __init__(self, fn: Callable[[float], Any], heavy: bool, deadline: float) -> None:
+    def __init__(self, fn: Callable[[Callable[[], bool]], Any], heavy: bool, deadline: float,
+                 queue: JobQueue) -> None:
         self.fn = fn
         self.heavy = heavy
         self.deadline = deadline
         self.future: Future[Any] = Future()
         self.abandoned = False
+        self.queue = queue
+
+    def expired(self) -> bool:
+        """Whether the job should stop: its deadline passed, or the queue is closing."""
+        return self.queue.closing or time.monotonic() >= self.deadline
 
 
 class JobQueue:
     """Runs jobs one at a time on one worker thread, from two lanes, with a bounded wait.
 
-    A job is a function of its deadline (a :func:`time.monotonic` time) that it must not run past;
-    :meth:`Engine.explain` stops the model at its next forward pass after the deadline. Cheap jobs
+    A job is a function ``fn(expired)``; it should call ``expired()`` at safe points and stop
+    when it returns True (its deadline passed, or the queue is closing):
+    :meth:`Engine.explain` checks before every forward pass of the model. Cheap jobs
     go first; a heavy job waiting behind :data:`LIGHT_BURST` cheap jobs served in a row goes next.
     Within a lane, jobs go in arrival order.
 
@@ -194,7 +202,9 @@ class JobQueue:
         self._worker: threading.Thread | None = None
         self._job_s = 1.0  # running mean of a job's run time, for Retry-After
         self._trim = _malloc_trim()
-        #: Jobs run to the end, and jobs stopped or skipped because of their deadline.
+        self.closing = False
+        atexit.register(self.close)  # a worker killed inside torch at exit aborts the process
+        #: Jobs run to the end, and requests answered :class:`TimedOut`.
         self.done = 0
         self.timed_out = 0
 
@@ -207,16 +217,29 @@ class JobQueue:
     def _retry_after(self, ahead: int) -> int:
         return math.ceil(self._job_s * (ahead + 1))
 
-    def run(self, fn: Callable[[float], T], *, heavy: bool, deadline: float) -> T:
-        """Queue ``fn(deadline)``, wait for its result and return it (or raise its error).
+    def close(self, timeout: float = 10.0) -> None:
+        """Drop the waiting jobs, stop the running one at its next safe point, end the worker."""
+        with self._cond:
+            self.closing = True
+            self._light.clear()
+            self._heavy.clear()
+            self._cond.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+
+    def run(self, fn: Callable[[Callable[[], bool]], T], *, heavy: bool, deadline: float) -> T:
+        """Queue ``fn(expired)``, wait for its result and return it (or raise its error).
 
         Raises:
             QueueFull: :attr:`max_queue` jobs already wait.
             TimedOut: ``deadline`` passed before the job finished (the job is dropped if it has not
                 started, and stops at its next safe point if it has).
         """
-        job = _Job(fn, heavy, deadline)
+        job = _Job(fn, heavy, deadline, self)
         with self._cond:
+            if self.closing:
+                raise Busy("the app is shutting down", 60)
             ahead = len(self._light) + len(self._heavy)
             if ahead >= self.max_queue:
                 raise QueueFull(f"the app is busy: {ahead} jobs are waiting; try again shortly",
@@ -228,13 +251,14 @@ class JobQueue:
             self._cond.notify_all()
         try:
             return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
+        except (FutureTimeout, TimedOut):
             with self._cond:
                 job.abandoned = True
                 for lane in (self._light, self._heavy):
                     if job in lane:
                         lane.remove(job)
                 ahead = len(self._light) + len(self._heavy)
+                self.timed_out += 1
             raise TimedOut(_OUT_OF_TIME, self._retry_after(ahead)) from None
 
     def _next(self) -> _Job:
@@ -248,21 +272,20 @@ class JobQueue:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._light or self._heavy):
+                while not (self._light or self._heavy or self.closing):
                     self._cond.wait()
+                if self.closing:
+                    return
                 job = self._next()
-            if job.abandoned or time.monotonic() >= job.deadline:
-                self.timed_out += 1  # never start a job whose deadline passed while it waited
+            if job.abandoned or job.expired():
+                # never start a job whose deadline passed while it waited
                 if not job.abandoned:
                     job.future.set_exception(TimedOut(_OUT_OF_TIME, self._retry_after(0)))
                 continue
             t0 = time.monotonic()
             try:
-                job.future.set_result(job.fn(job.deadline))
+                job.future.set_result(job.fn(job.expired))
                 self.done += 1
-            except TimedOut as exc:
-                self.timed_out += 1
-                job.future.set_exception(exc)
             except BaseException as exc:  # handed to the waiting request
                 job.future.set_exception(exc)
             del job  # hold nothing of a finished job while waiting for the next
@@ -271,15 +294,15 @@ class JobQueue:
 
 
 @contextmanager
-def _stop_after(model: torch.nn.Module, deadline: float) -> Iterator[None]:
-    """Raise :class:`TimedOut` at the first forward pass of ``model`` that starts after ``deadline``.
+def _stop_after(model: torch.nn.Module, expired: Callable[[], bool]) -> Iterator[None]:
+    """Raise :class:`TimedOut` at the first forward pass of ``model`` that starts once ``expired()``.
 
     A forward pass is a safe point: :func:`~convscope.explain` and :func:`~convscope.capture` undo
     their hooks and state flips when an error passes through them.
     """
 
     def check(_module: Any, _inputs: Any) -> None:
-        if time.monotonic() > deadline:
+        if expired():
             raise TimedOut(_OUT_OF_TIME, 1)
 
     handle = model.register_forward_pre_hook(check)
@@ -308,12 +331,19 @@ def _samples() -> list[tuple[str, Image.Image]]:
 
 
 def _spatial_layers(lm: LoadedModel) -> list[dict[str, Any]]:
-    """Layers that output a (B, C, H, W) map and run once per forward pass, with their shapes."""
+    """Layers that output a (B, C, H, W) map and run once per forward pass, with their shapes,
+    and the model's default layer whatever its output (``"spatial"`` says which).
+
+    Fills in the default layer of a generic model (a plain ``nn.Module``), which
+    :func:`~convscope.explain` would otherwise find only at the first request, so the page can
+    show the layer the API uses.
+    """
     from ..hooks import capture, layer_names
 
     net = lm.model
     pre = lm.preprocessing
     x = torch.zeros(1, pre.channels, *pre.size)
+    lm.fill_from_input(x)
     p = next(net.parameters(), None)
     if p is not None:
         x = x.to(p.device)
@@ -323,9 +353,10 @@ def _spatial_layers(lm: LoadedModel) -> list[dict[str, Any]]:
         kinds = {n: type(m).__name__ for n, m in cap.modules.items()}
     out = []
     for name, a in acts.items():
-        if a.ndim == 4 and min(a.shape[2:]) >= 1:
+        spatial = a.ndim == 4 and min(a.shape[2:]) >= 1
+        if spatial or name == lm.default_layer:
             out.append({"name": name, "type": kinds.get(name, ""), "shape": list(a.shape[1:]),
-                        "default": name == lm.default_layer})
+                        "default": name == lm.default_layer, "spatial": spatial})
     return out
 
 
@@ -502,8 +533,8 @@ class Engine:
         opts = dict(info.fast_options) if fast else {}
         t0 = time.perf_counter()
 
-        def job(until: float) -> Any:
-            with _stop_after(lm.model, until):
+        def job(expired: Callable[[], bool]) -> Any:
+            with _stop_after(lm.model, expired):
                 return explain(lm, image, method=method, target=tgt, layer=lay, **opts)
 
         e = self.jobs.run(job, heavy=is_heavy(info), deadline=self._deadline(deadline))
@@ -554,11 +585,13 @@ class Engine:
         lay = self.layer(model, layer)
         if lay is None:
             raise InputError("pick a layer")
+        if not any(d["name"] == lay and d["spatial"] for d in self.layers[model]):
+            raise InputError(f"layer {lay!r} of {model} has no (C, H, W) map to browse; pick another")
         n = max(1, min(int(n), self.limits.max_channels))
         x, disp, _ = prepare_inputs(image, lm.preprocessing, generic=lm.generic)
         until = self._deadline(deadline)
 
-        def job(_until: float) -> torch.Tensor:
+        def job(_expired: Callable[[], bool]) -> torch.Tensor:
             p = next(lm.model.parameters(), None)
             with capture(lm.model, lay) as cap, torch.no_grad():
                 lm.model(x if p is None else x.to(p.device))
@@ -594,8 +627,8 @@ class Engine:
         if missing:
             lm = self.model(model)
 
-            def job(until: float) -> dict[int, str]:
-                with _stop_after(lm.model, until):
+            def job(expired: Callable[[], bool]) -> dict[int, str]:
+                with _stop_after(lm.model, expired):
                     return _featvis.channel_pictures(lm, layer, missing)
 
             pictures = self.jobs.run(job, heavy=True, deadline=deadline)

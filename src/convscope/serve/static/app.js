@@ -157,7 +157,7 @@ function render(r) {
   for (const [k, v] of Object.entries(r.diagnostics)) {
     if (typeof v === "number") meta.push(`${k} = ${v.toPrecision(3)}`);
   }
-  meta.push(`${r.elapsed_ms} ms`);
+  meta.push(`${r.elapsed_ms} ms` + (r.waited_ms >= 100 ? ` after ${r.waited_ms} ms in the queue` : ""));
   if (r.reference) meta.push(r.reference);
   $("meta").textContent = meta.join(" · ");
 }

@@ -154,7 +154,7 @@ def test_cheap_requests_are_not_starved_by_heavy_ones():
                 f.result()
     assert errors == []
     assert len(heavy) == HEAVY_CLIENTS * HEAVY_PER_CLIENT and all(b["heavy"] for b in heavy)
-    assert len(cheap) >= 20 and not any(b["heavy"] for _, b in cheap)
+    assert len(cheap) >= 8 and not any(b["heavy"] for _, b in cheap)
     heavy_run = max(b["elapsed_ms"] for b in heavy) / 1000
     cheap_run = max(b["elapsed_ms"] for _, b in cheap) / 1000
     waited = _p95([b["waited_ms"] / 1000 for _, b in cheap])

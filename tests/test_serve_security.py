@@ -294,6 +294,9 @@ def test_a_running_job_stops_at_its_next_forward_pass_after_the_deadline(clean_m
     assert eng.jobs.timed_out == 1 and eng.jobs.done == 1
     assert count_hooks(slow) == 0
     assert_same_state(model_state(slow), before)
+    eng.close()
+    with pytest.raises(cs.ConvscopeError, match="shutting down"):
+        eng.explain(lm.name, "saliency", img)
 
 
 # --- samples and layers follow the model -------------------------------------------------------------

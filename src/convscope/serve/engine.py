@@ -408,6 +408,10 @@ class Engine:
         self._vis_cache: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         self._vis_lock = threading.Lock()
 
+    def close(self) -> None:
+        """Stop the job queue's worker (waiting jobs are dropped); the engine takes no more jobs."""
+        self.jobs.close()
+
     # --- look-ups: every name from a request is checked against a table ------------------------
     def model(self, name: str) -> LoadedModel:
         try:

@@ -93,7 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"convscope: serving {', '.join(engine.models)} at http://{_url_host(args.host)}:{args.port}/ "
               "(Ctrl+C stops)", file=sys.stderr)
         config = uvicorn.Config(app, log_level=args.log_level, workers=1)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl+C is how it stops (uvicorn re-raises it after shutdown)
+            pass
     finally:
         sock.close()
     return 0

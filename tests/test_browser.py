@@ -275,3 +275,94 @@ def test_report_shows_inline_as_a_notebook_would_embed_it(browser, tmp_path):
     assert problems == []
     page.screenshot(path=str(tmp_path / "notebook.png"))
     page.close()
+
+
+def test_web_app_user_model_uses_its_default_layer_and_offers_no_digit_samples(browser, server):
+    url, engine = server
+    default = engine.models["torchvision:resnet18"].default_layer
+    assert default and default != "conv1"  # the first layer is what the page used to pick
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.is_visible("#samples") and page.is_hidden("#no-samples")
+    page.click("#sample-3")
+    page.select_option("#model", "torchvision:resnet18")
+    assert page.input_value("#layer") == default
+    assert page.input_value("#browse-layer") == default
+    assert default in page.inner_text("#layer-note") and "default" in page.inner_text("#layer-note").lower()
+    assert page.is_hidden("#samples") and page.is_hidden("#samples-or")
+    assert "upload an image" in page.inner_text("#no-samples")
+    assert "upload an image" in page.inner_text("#chosen")  # the digit chosen before is dropped
+    page.select_option("#method", "gradcam")
+    page.click("#explain")  # nothing chosen for this model: the page says so, sends nothing
+    page.wait_for_selector("#error:not([hidden])")
+    assert "upload a photo" in page.inner_text("#error")
+    page.select_option("#model", "digits-cnn")
+    assert page.is_visible("#samples") and page.is_hidden("#no-samples")
+    assert page.input_value("#layer") == engine.models["digits-cnn"].default_layer
+    assert problems == []
+    page.close()
+
+
+def test_web_app_answers_its_own_page_but_not_another_origin(browser, server):
+    """The page's own POSTs carry its Origin and pass the check; a page from another origin (a
+    second loopback server) posting to the app, by fetch or by a plain form, is refused (403)
+    and runs no job."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    url, engine = server
+    evil = f"""<!DOCTYPE html><html><body>
+<form id="f" method="POST" action="{url}/api/explain">
+<input name="model" value="digits-cnn"><input name="method" value="saliency"><input name="sample" value="3">
+</form></body></html>""".encode()
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(evil)))
+            self.end_headers()
+            self.wfile.write(evil)
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    statuses: list[tuple[str, int]] = []
+    problems: list[str] = []
+    page = _page(browser, problems, (url, f"http://127.0.0.1:{other.server_port}/"))
+    page.on("response", lambda resp: statuses.append((resp.request.method, resp.status))
+            if resp.url.startswith(url + "/api/") else None)
+    done = engine.jobs.done
+    try:
+        page.goto(f"http://127.0.0.1:{other.server_port}/evil.html")
+        page.evaluate("""async (target) => {
+            const fd = new FormData();
+            fd.append("model", "digits-cnn"); fd.append("method", "saliency"); fd.append("sample", "3");
+            try { await fetch(target, {method: "POST", body: fd, mode: "no-cors"}); } catch (e) {}
+        }""", url + "/api/explain")
+        with page.expect_navigation():
+            page.evaluate("document.getElementById('f').submit()")
+        assert "other web pages" in page.inner_text("body")
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert statuses == [("POST", 403), ("POST", 403)], statuses
+    assert engine.jobs.done == done
+    # the browser reports the two refusals on the console; nothing else may go wrong
+    assert all("403" in p for p in problems), problems
+    page.close()
+    # the app's own page still explains
+    problems = []
+    own = _page(browser, problems, (url, "data:", "blob:"))
+    own.goto(url + "/")
+    own.wait_for_selector("body[data-ready='1']")
+    own.click("#sample-5")
+    own.click("#explain")
+    own.wait_for_selector("#result:not([hidden])")
+    assert own.is_hidden("#error") and engine.jobs.done == done + 1
+    assert problems == []
+    own.close()

@@ -25,7 +25,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def client(engine):
-    return TestClient(create_app(engine))
+    return TestClient(create_app(engine), base_url="http://127.0.0.1")
 
 
 def _png(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -3,16 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import math
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_commands", "cmd_serve"]
+__all__ = ["add_commands", "bind", "cmd_serve"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _number(kind: type, low: float, high: float = math.inf, *,
+            low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type``: a finite ``kind`` in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value > high or value < low or (low_open and value == low):
+            lo = f"more than {low:g}" if low_open else f"at least {low:g}"
+            hi = "" if math.isinf(high) else f" and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {lo}{hi}, got {text}")
+        return value
+
+    return parse
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; uvicorn serves on it (so the port is surely free).
+
+    Raises:
+        InputError: the address does not resolve, or the port is taken or not allowed.
+    """
+    from ..errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host}: cannot resolve it ({exc}); use an address of this machine, "
+                         "e.g. 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise InputError(f"cannot listen on {_url_host(host)}:{port} ({reason}); is another server "
+                         "using that port? Pick another with --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..errors import ConvscopeError, InputError
+    from ..errors import ConvscopeError
 
     try:
         import uvicorn
@@ -21,22 +75,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve.app import create_app
     from ..serve.engine import Engine, Limits
 
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        raise InputError("--max-upload-mb and --max-megapixels must be positive")
+    limits = Limits(max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
+                    max_pixels=max(1, int(args.max_megapixels * 1_000_000)),
+                    max_queue=args.max_queue, timeout_s=args.timeout)
     specs = ["digits-cnn", "digits-cnn-cue"] if args.no_bundled is False else []
     for s in args.model or []:
         if s not in specs:
             specs.append(s)
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                    max_pixels=int(args.max_megapixels * 1_000_000))
-    engine = Engine(specs, weights=args.weights, limits=limits)
-    app = create_app(engine)
-    if args.host not in _LOOPBACK:
-        print(f"convscope: warning: listening on {args.host}: anyone who can reach this machine "
-              "can use the app and its CPU/GPU time", file=sys.stderr)
-    print(f"convscope: serving {', '.join(engine.models)} at http://{_url_host(args.host)}:{args.port}/ "
-          "(Ctrl+C stops)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    sock = bind(args.host, args.port)  # before loading models: a taken port fails at once
+    try:
+        engine = Engine(specs, weights=args.weights, limits=limits)
+        app = create_app(engine, allowed_hosts=args.allow_host or ())
+        if args.host not in _LOOPBACK:
+            print(f"convscope: warning: listening on {args.host}: anyone who can reach this machine "
+                  "can use the app and its CPU/GPU time; the page answers only to the host names "
+                  "given with --allow-host", file=sys.stderr)
+        print(f"convscope: serving {', '.join(engine.models)} at http://{_url_host(args.host)}:{args.port}/ "
+              "(Ctrl+C stops)", file=sys.stderr)
+        config = uvicorn.Config(app, log_level=args.log_level, workers=1)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl+C is how it stops (uvicorn re-raises it after shutdown)
+            pass
+    finally:
+        sock.close()
     return 0
 
 
@@ -61,10 +123,18 @@ def add_commands(sub: Any) -> None:
                    help="do not serve the bundled digits models")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload (default 10 MB)")
-    s.add_argument("--max-megapixels", type=float, default=24.0,
+    s.add_argument("--port", type=_number(int, 1, 65535), default=8000, help="port (default 8000)")
+    s.add_argument("--allow-host", action="append", default=None, metavar="NAME[:PORT]",
+                   help="also answer requests whose Host header is NAME (any port) or NAME:PORT, "
+                   "besides 127.0.0.1, localhost, [::1] and the bound address (repeatable)")
+    s.add_argument("--max-upload-mb", type=_number(float, 0, low_open=True), default=10.0,
+                   help="largest upload (default 10 MB)")
+    s.add_argument("--max-megapixels", type=_number(float, 0, low_open=True), default=24.0,
                    help="largest image in megapixels (default 24)")
+    s.add_argument("--max-queue", type=_number(int, 1, 10_000), default=8,
+                   help="most requests waiting for the model at once; more get 429 (default 8)")
+    s.add_argument("--timeout", type=_number(float, 0, 86_400, low_open=True), default=60.0,
+                   help="seconds a request may wait plus run before it gets 503 (default 60)")
     s.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=cmd_serve)

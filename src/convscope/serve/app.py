@@ -10,19 +10,32 @@ Routes:
 * ``POST /api/activations``: ``model``, ``layer``, ``n`` and ``file`` or ``sample``: the most
   active channels of a layer (with channel visualisations when :mod:`convscope.featvis` exists).
 
-Errors come back as JSON ``{"error": "..."}``: 400 for a bad request, 413 for an upload over
-the size or pixel limit, 415 for something that is not an accepted image.
+Every error comes back as JSON ``{"error": "..."}``: 400 for a bad request (a missing or
+malformed field included), 403 for a request from another web page or for another host name, 404
+for an unknown path, 413 for an upload over the size or pixel limit, 415 for something that is not
+an accepted image, 429 (with ``Retry-After``) when the job queue is full and 503 (with
+``Retry-After``) when a request ran past its time limit.
+
+Requests from other web pages are refused (:class:`_Guard`): the ``Host`` header must name this
+app (a loopback name or the bound address, on the app's port, or an allowed host), and an
+``Origin`` header (or, without one, a ``Referer``) must be the app's own origin. A browser always
+sends ``Origin`` on a cross-origin POST; clients that send neither (curl, scripts) are let through.
+The page and its files (``GET /``, ``GET /static/...``) skip the ``Origin``/``Referer`` check, so
+a link from another site still opens the app.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
 # and ``UploadFile`` is imported lazily inside create_app().
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import ConvscopeError
-from .engine import Engine, Limits, TooLarge, UnsupportedImage
+from .engine import Busy, Engine, Limits, TooLarge, UnsupportedImage
 
 __all__ = ["create_app", "running"]
 
@@ -50,17 +63,108 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     return out
 
 
-class _BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes (413), before or while reading.
+#: Host names of this machine's loopback interface; the app answers to them on its own port.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_WILDCARD = ("", "0.0.0.0", "::")
 
-    Also adds the security headers to every response.
+
+def _host_port(value: str, default_port: int | None) -> tuple[str, int | None] | None:
+    """``"name:port"``, ``"[v6]:port"`` or ``"name"`` -> (lower-case name, port); None if malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:]
+    elif value.count(":") == 1:
+        name, port_text = value.split(":")
+    elif ":" in value:  # a bare IPv6 address
+        name, port_text = value, ""
+    else:
+        name, port_text = value, ""
+    name = name.rstrip(".")
+    if not name:
+        return None
+    if not port_text:
+        return name, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return name, int(port_text)
+
+
+def _json_error(status: int, message: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> list[Any]:
+    body = json.dumps({"error": message}).encode()
+    return [{"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()), *headers]},
+            {"type": "http.response.body", "body": body}]
+
+
+class _Guard:
+    """ASGI middleware in front of the FastAPI app.
+
+    * Refuses a request whose ``Host`` is not this app (403): a loopback name or the bound address
+      (``scope["server"]``), on the app's port, or an entry of ``allowed_hosts`` (``name`` on any
+      port, or ``name:port``). This stops DNS rebinding, where another site's name resolves to
+      127.0.0.1.
+    * Refuses a request whose ``Origin``, or without one its ``Referer``, is not the app's own
+      origin (403); ``Origin: null`` included. Requests with neither header pass (a browser always
+      sends ``Origin`` on a cross-origin POST). ``GET``/``HEAD`` of the page and its static files
+      skip this check, so a link from another site opens the app.
+    * Refuses request bodies over ``limit`` bytes (413), from ``Content-Length`` before reading,
+      and while reading a chunked body (whatever the app below was answering).
+    * Adds the security headers to every response.
     """
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, allowed_hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.allowed: list[tuple[str, int | None]] = []
+        for h in allowed_hosts:
+            parsed = _host_port(str(h), None)
+            if parsed is None:
+                raise ConvscopeError(f"allowed host {h!r} is not a host name or name:port")
+            self.allowed.append(parsed)
         self.engine: Engine | None = None
         self.fastapi: Any = None
+
+    def _host_ok(self, host: tuple[str, int | None], scope: Any) -> bool:
+        server = scope.get("server") or (None, None)
+        bound, port = server[0], server[1]
+        names = set(LOOPBACK_HOSTS)
+        if bound and str(bound).strip("[]").lower() not in _WILDCARD:
+            names.add(str(bound).strip("[]").lower())
+        if host[0] in names and (port is None or host[1] == port):
+            return True
+        return any(host[0] == name and (p is None or p == host[1]) for name, p in self.allowed)
+
+    def refusal(self, scope: Any, headers: dict[bytes, bytes]) -> str | None:
+        """Why the request is refused (403), or None."""
+        scheme = scope.get("scheme", "http")
+        default_port = 443 if scheme == "https" else 80
+        raw_host = headers.get(b"host", b"").decode("latin-1")
+        host = _host_port(raw_host, default_port)
+        if host is None or not self._host_ok(host, scope):
+            return (f"Host {raw_host or '(none)'!r} is not an address of this app; open it at "
+                    "http://127.0.0.1:<port>/, or start it with --allow-host NAME")
+        path = scope.get("path", "")
+        if scope.get("method") in ("GET", "HEAD") and (path == "/" or path.startswith("/static/")):
+            return None
+        for key in (b"origin", b"referer"):
+            value = headers.get(key)
+            if value is None:
+                continue
+            text = value.decode("latin-1")
+            try:
+                u = urlsplit(text)
+                other = (u.scheme, *(_host_port(u.netloc, 443 if u.scheme == "https" else 80) or ("",)))
+            except ValueError:
+                other = ("",)
+            if other != (scheme, *host):
+                return (f"requests from other web pages are refused ({key.decode()} {text!r} is not "
+                        "this app); use the app's own page")
+            return None  # Origin decides when present
+        return None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,34 +172,35 @@ class _BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         started = False
+        over = False
 
         async def send_wrapper(message: Any) -> None:
             nonlocal started
+            if over:  # the body went over the limit: the answer is 413, whatever the app said
+                return
             if message["type"] == "http.response.start":
                 started = True
                 message = dict(message)
                 message["headers"] = list(message.get("headers", [])) + _SECURITY_HEADERS
             await send(message)
 
-        async def reject() -> None:
-            import json
+        async def answer(status: int, message: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+            for m in _json_error(status, message, extra):
+                await send_wrapper(m)
 
-            body = json.dumps({"error": f"the request is over the upload limit of {self.limit} "
-                               "bytes"}).encode()
-            await send_wrapper({"type": "http.response.start", "status": 413,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode()),
-                                            (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
-
+        why = self.refusal(scope, headers)
+        if why is not None:
+            await answer(403, why)
+            return
+        too_big = f"the request is over the upload limit of {self.limit} bytes"
         length = headers.get(b"content-length")
         if length is not None:
             try:
-                too_big = int(length) > self.limit
+                big = int(length) > self.limit
             except ValueError:
-                too_big = True
-            if too_big:
-                await reject()
+                big = True
+            if big:
+                await answer(413, too_big, [(b"connection", b"close")])
                 return
         seen = 0
 
@@ -103,33 +208,46 @@ class _BodyLimit:
             pass
 
         async def receive_wrapper() -> Any:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _Over
             return message
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except _Over:
-            if not started:
-                await reject()
+            pass
+        if over and not started:
+            over = False
+            await answer(413, too_big, [(b"connection", b"close")])
 
 
-def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
+def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (),
+               **engine_kw: Any) -> Any:
     """Build the ASGI app around ``engine`` (default: ``Engine(**engine_kw)``).
 
-    The FastAPI app is wrapped in a request-body limit; the wrapper keeps ``.engine`` and
-    ``.fastapi``. Serve it with uvicorn (``convscope serve``).
+    The FastAPI app is wrapped in :class:`_Guard` (host and origin checks, request-body limit,
+    security headers); the wrapper keeps ``.engine`` and ``.fastapi``. Serve it with uvicorn
+    (``convscope serve``).
+
+    Args:
+        engine: the engine; default ``Engine(**engine_kw)``.
+        allowed_hosts: host names (``name`` on any port, or ``name:port``) accepted in the
+            ``Host`` header besides the loopback names and the bound address, on the app's port.
 
     Raises:
-        ConvscopeError: FastAPI or python-multipart is not installed (extra ``serve``).
+        ConvscopeError: FastAPI or python-multipart is not installed (extra ``serve``), or an
+            allowed host is malformed.
     """
     try:
         from fastapi import FastAPI, File, Form, UploadFile
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
+        from starlette.exceptions import HTTPException
     except ImportError:
         raise ConvscopeError(
             "the web app needs FastAPI and uvicorn: pip install 'convscope[serve]'"
@@ -151,8 +269,20 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
 
     @app.exception_handler(ConvscopeError)
     async def _convscope_error(_request: Any, exc: ConvscopeError) -> Any:
+        if isinstance(exc, Busy):
+            return JSONResponse({"error": str(exc)}, status_code=exc.status,
+                                headers={"retry-after": str(exc.retry_after)})
         status = 413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedImage) else 400
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Any, exc: RequestValidationError) -> Any:
+        return JSONResponse({"error": _validation_message(exc.errors())}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Any, exc: HTTPException) -> Any:
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     def _page(name: str) -> Any:
         try:
@@ -173,7 +303,7 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
     def info() -> Any:
         return eng.info()
 
-    def _image(file: UploadFile | None, sample: str | None) -> Any:
+    def _image(file: UploadFile | None, sample: str | None, model: str) -> Any:
         if file is not None and (file.filename or file.size):
             ctype = (file.content_type or "").lower()
             if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
@@ -185,7 +315,7 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
                 index = int(str(sample))
             except ValueError:
                 raise UnsupportedImage(f"sample must be a number, got {sample!r}") from None
-            return eng.sample(index)
+            return eng.sample(index, model)
         raise UnsupportedImage("send an image file or pick a sample")
 
     @app.post("/api/explain")
@@ -199,9 +329,10 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
         sample: str = Form(""),
         file: UploadFile | None = File(None),
     ) -> Any:
-        img = _image(file, sample)
+        deadline = time.monotonic() + limits.timeout_s
+        img = _image(file, sample, model)
         return eng.explain(model, method, img, target=target, layer=layer or None, fast=fast,
-                           topk=topk)
+                           topk=topk, deadline=deadline)
 
     @app.post("/api/activations")
     def activations_route(
@@ -212,17 +343,28 @@ def create_app(engine: Engine | None = None, **engine_kw: Any) -> Any:
         sample: str = Form(""),
         file: UploadFile | None = File(None),
     ) -> Any:
-        img = _image(file, sample)
-        return eng.activations(model, layer, img, n=n, vis=vis)
+        deadline = time.monotonic() + limits.timeout_s
+        img = _image(file, sample, model)
+        return eng.activations(model, layer, img, n=n, vis=vis, deadline=deadline)
 
     @app.get("/api/health")
     def health() -> Any:
         return {"ok": True}
 
-    wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024)  # + room for the form fields
+    # + room for the form fields
+    wrapped = _Guard(app, limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts)
     wrapped.engine = eng
     wrapped.fastapi = app
     return wrapped
+
+
+def _validation_message(errors: Any) -> str:
+    """FastAPI's validation errors as one line: ``"model: field required; topk: ..."``."""
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {str(err.get('msg', 'invalid')).lower()}")
+    return "; ".join(parts) or "the request is malformed"
 
 
 @contextmanager

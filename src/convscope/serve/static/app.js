@@ -32,17 +32,36 @@ function fillModel() {
   const target = $("target");
   target.replaceChildren(el("option", { value: "" }, "predicted class"));
   m.classes.forEach((c, i) => target.appendChild(el("option", { value: String(i) }, `${i}: ${c}`)));
+  // The layer the API uses when none is named (the model's default_layer) is selected, and said.
   for (const id of ["layer", "browse-layer"]) {
     const sel = $(id);
     sel.replaceChildren();
-    for (const l of m.layers) {
-      const label = `${l.name} · ${l.type} ${l.shape.join("×")}${l.default ? " (default)" : ""}`;
-      const o = el("option", { value: l.name }, label);
-      if (l.default) o.selected = true;
-      sel.appendChild(o);
+    const layers = id === "layer" ? m.layers : m.layers.filter((l) => l.spatial);
+    for (const l of layers) {
+      const label = `${l.name} · ${l.type} ${l.shape.join("×")}${l.name === m.default_layer ? " (default)" : ""}`;
+      sel.appendChild(el("option", { value: l.name }, label));
     }
+    if (layers.some((l) => l.name === m.default_layer)) sel.value = m.default_layer;
+    else if (id === "browse-layer" && layers.length) sel.value = layers[layers.length - 1].name;
   }
+  $("layer-note").textContent = m.default_layer
+    ? `Default: ${m.default_layer}, the layer ${m.name} explains when none is named.`
+    : `${m.name} has no default layer; pick one.`;
+  fillSamples(m);
   fillMethod();
+}
+
+// The bundled samples are digits: offered only for the models they fit.
+function fillSamples(m) {
+  $("samples").hidden = !m.samples;
+  $("samples-or").hidden = !m.samples;
+  $("no-samples").hidden = m.samples;
+  $("no-samples").textContent = m.samples ? "" : `No sample images fit ${m.name}: upload an image.`;
+  if (!m.samples && state.sample !== null) {
+    state.sample = null;
+    document.querySelectorAll("#samples button").forEach((b) => b.setAttribute("aria-selected", "false"));
+    $("chosen").textContent = "no image chosen: upload an image";
+  }
 }
 
 function fillMethod() {
@@ -76,7 +95,11 @@ async function post(url, fd) {
   const r = await fetch(url, { method: "POST", body: fd });
   let body = null;
   try { body = await r.json(); } catch (_) { body = null; }
-  if (!r.ok) throw new Error((body && body.error) || `request failed (${r.status})`);
+  if (!r.ok) {
+    const wait = r.headers.get("retry-after");
+    const again = wait && (r.status === 429 || r.status === 503) ? ` (try again in ${wait} s)` : "";
+    throw new Error(((body && body.error) || `request failed (${r.status})`) + again);
+  }
   return body;
 }
 
@@ -134,7 +157,7 @@ function render(r) {
   for (const [k, v] of Object.entries(r.diagnostics)) {
     if (typeof v === "number") meta.push(`${k} = ${v.toPrecision(3)}`);
   }
-  meta.push(`${r.elapsed_ms} ms`);
+  meta.push(`${r.elapsed_ms} ms` + (r.waited_ms >= 100 ? ` after ${r.waited_ms} ms in the queue` : ""));
   if (r.reference) meta.push(r.reference);
   $("meta").textContent = meta.join(" · ");
 }

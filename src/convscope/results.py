@@ -254,6 +254,7 @@ class Explanation:
             "signed": self.signed,
             "targets": list(self.targets),
             "target_names": [self.target_name(i) for i in range(len(self))],
+            "class_names": list(self.class_names),
             "options": {k: _jsonable(v) for k, v in self.options.items()},
             "diagnostics": {k: _jsonable(v) for k, v in self.diagnostics.items()},
             "shape": list(self.map.shape),
@@ -263,6 +264,7 @@ class Explanation:
                 None if t is None else float(self.probabilities[i, t])
                 for i, t in enumerate(self.targets)
             ]
+            d["probabilities"] = self.probabilities.tolist()
         if include_map:
             d["map"] = self.map.tolist()
         return d

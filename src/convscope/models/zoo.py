@@ -351,7 +351,9 @@ def _timm(name: str, weights: Any, unsafe: bool, seed: int = 0) -> LoadedModel:
 
 
 def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
+    modes = [(m, m.training) for m in model.modules()]  # eval for the probe: no BN statistics move
     try:
+        model.eval()
         with torch.no_grad():
             out = model(torch.zeros(1, pre.channels, *pre.size))
     except Exception as exc:
@@ -360,6 +362,9 @@ def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass "
             "preprocessing= with the input size and channels it expects"
         ) from None
+    finally:
+        for m, was in modes:
+            m.training = was
     return int(out.shape[-1])
 
 
@@ -382,7 +387,7 @@ def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
     for name, mod in model.named_modules():
         if name:
             handles.append(mod.register_forward_hook(make(name)))
-    was = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: mixed modes survive
     try:
         model.eval()
         with torch.no_grad():
@@ -390,7 +395,8 @@ def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
+        for m, was in modes:
+            m.training = was
     return order[-1] if order else None
 
 

@@ -81,7 +81,8 @@ SCRIPT = textwrap.dedent(
             time.sleep(0.02)
             return self.x[i], int(self.y[i])
 
-    run_batch("digits-cnn", SlowDigits(), "saliency", sys.argv[1], batch_size=8, chunk_size=16)
+    run_batch("digits-cnn", SlowDigits(), "saliency", sys.argv[1], batch_size=8, chunk_size=16,
+              space="pixels")
     """
 ).replace("N]", "96]")
 

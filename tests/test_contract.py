@@ -81,7 +81,10 @@ def test_cleanup_after_injected_failure(name, cue_model, batch):
 # Float tolerance of a batch against its samples one by one. Ablation-CAM's weights are small
 # differences of large scores, (S - S_k) / S with |S| up to ~40 and S - S_k often ~0.01, so the
 # float32 differences between batched and single convolutions (~1e-7 relative) grow ~1000-fold.
-TOLERANCE = {"ablationcam": {"atol": 2e-4, "rtol": 2e-3}}
+# float32 sums in another order; IG's black-pixel baseline lies far from the digits' model-space
+# inputs (about -0.6), so its path gradients and their rounding are larger than the rest's
+TOLERANCE = {"ablationcam": {"atol": 2e-4, "rtol": 2e-3},
+             "integrated_gradients": {"atol": 1e-4, "rtol": 1e-3}}
 
 
 @pytest.mark.parametrize("name", METHODS)

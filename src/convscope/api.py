@@ -162,4 +162,5 @@ def explain(
         diagnostics=dict(out.diagnostics),
         model_name=lm.name,
         model_info=lm.info(),
+        normalization=out.normalize,
     )

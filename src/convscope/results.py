@@ -116,6 +116,8 @@ class Explanation:
         options: the options the method ran with.
         diagnostics: numbers qualifying the result (e.g. ``completeness_gap``).
         model_name: the model's spec or class name.
+        normalization: what ``heatmap(normalize="auto")`` uses (``"auto"``: by sign; the method
+            may ask for ``"minmax"``, e.g. RISE, whose map is an expected score with a large offset).
         model_info: what the result was computed with: weights, preprocessing, class names,
             default layer, and what convscope assumed (``LoadedModel.info()``).
     """
@@ -133,6 +135,7 @@ class Explanation:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
     model_info: dict[str, Any] = field(default_factory=dict)
+    normalization: str = "auto"
 
     def __len__(self) -> int:
         return int(self.map.shape[0])
@@ -170,6 +173,8 @@ class Explanation:
     # --- pictures -----------------------------------------------------------------------------
     def heatmap(self, index: int = 0, *, normalize: str | None = "auto") -> np.ndarray:
         """The normalised (H, W) map of sample ``index`` (see the module docstring)."""
+        if normalize == "auto" and self.normalization != "auto":
+            normalize = self.normalization
         return normalize_map(self.map[index].numpy(), signed=self.signed, normalize=normalize)
 
     def colored(self, index: int = 0, *, cmap: str | None = None, min_side: int = 224) -> Image.Image:

@@ -75,6 +75,8 @@ class MethodOutput:
         raw: optional full-resolution raw attribution, e.g. the signed gradient (B, C, H, W).
         logits: (B, K) model outputs if the method computed them.
         diagnostics: numbers that qualify the result (e.g. a completeness gap).
+        normalize: how the map is best displayed (``"auto"``; ``"minmax"`` for maps that sit on a
+            large constant offset, such as RISE's expected score, so their structure shows).
     """
 
     map: torch.Tensor
@@ -82,3 +84,4 @@ class MethodOutput:
     raw: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    normalize: str = "auto"

@@ -326,7 +326,7 @@ def rise(
         maps.append((acc / (done * p)).float().view(H, W))
         used.append(done)
         stab.append(conv.stability)
-    return MethodOutput(map=torch.stack(maps), targets=labels, logits=logits,
+    return MethodOutput(map=torch.stack(maps), targets=labels, logits=logits, normalize="minmax",
                         diagnostics={"n_samples": used, "stability": stab})
 
 

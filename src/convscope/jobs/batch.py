@@ -278,6 +278,7 @@ def run_batch(
     overwrite: bool = False,
     fsync: bool = True,
     progress: Progress | None = None,
+    space: str = "model",
 ) -> BatchStore:
     """Run ``method`` over every image of ``data`` and write the maps to a Zarr store at ``out``.
 
@@ -289,6 +290,8 @@ def run_batch(
         model: a model spec, ``nn.Module`` or loaded model.
         data: ``"digits"``, an image folder, a torch ``Dataset`` or a source (see
             :func:`convscope.dataset.as_source`).
+        space: how tensors in ``data`` are read: what the model takes (``"model"``) or pixels
+            in [0, 1] (``"pixels"``); see :mod:`convscope.inputs`.
         method: a registered method name.
         target: as for :func:`convscope.explain`, or ``"label"`` for each image's own label.
         layer: layer for layer methods (default: the model's).
@@ -322,7 +325,7 @@ def run_batch(
 
     _check_options(info.func, method, options)
     lm = load_model(model)
-    src = as_source(data, lm.preprocessing, limit=limit)
+    src = as_source(data, lm.preprocessing, limit=limit, space=space)
     n = len(src)
     if n == 0:
         raise InputError("the data set is empty")

@@ -109,6 +109,22 @@ def _figure_for(run: MethodRun, j: int, pixelated: bool) -> Figure:
     )
 
 
+def model_rows(lm: Any) -> list[list[str]]:
+    """Table rows describing a loaded model: weights, preprocessing, classes, layer, assumptions."""
+    info = lm.info()
+    names = info["class_names"]
+    rows = [
+        ["model", str(info["model"])],
+        ["weights", str(info["weights"])],
+        ["preprocessing", lm.preprocessing.describe()],
+        ["classes", f"{info['num_classes']}: " + ", ".join(map(str, names[:10]))
+         + (" ..." if info["num_classes"] > 10 else "")],
+        ["default layer", str(info["default_layer"])],
+    ]
+    rows += [["assumed", a] for a in info["assumed"]]
+    return rows
+
+
 def explain_report(
     images: Sequence[Any],
     model: Any,
@@ -124,6 +140,7 @@ def explain_report(
     title: str | None = None,
     extra_sections: Sequence[Callable[[Report, Any], None]] = (),
     progress: bool = False,
+    preprocessing: Any = None,
 ) -> Report:
     """Explain ``images`` with every chosen method and lay the results out as a :class:`Report`.
 
@@ -141,6 +158,8 @@ def explain_report(
         extra_sections: callables ``f(report, loaded_model)`` that append more sections (class
             visualisations, channel galleries, filters).
         progress: show a progress bar over the methods.
+        preprocessing: the model's preprocessing, for a plain ``nn.Module`` (a preset name, a
+            dict or a Preprocessing; see :func:`~convscope.load_model`).
 
     Returns:
         The report; call ``.write(path)``.
@@ -150,11 +169,15 @@ def explain_report(
     from ..models import load_model
 
     infos = resolve_methods(methods)
-    lm = load_model(model)
+    lm = load_model(model, preprocessing=preprocessing)
     if not images:
         raise MethodError("no image to explain; pass at least one image")
     x, display, _ = prepare_inputs(list(images), lm.preprocessing, generic=lm.generic)
     lm.fill_from_input(x)
+    if layer is not None:  # a wrong layer is the caller's error, not a report of error panels
+        from ..hooks import resolve_layers
+
+        resolve_layers(lm.model, layer)
     p = next(lm.model.parameters(), None)
     if p is not None:
         x = x.to(p.device)
@@ -187,6 +210,13 @@ def explain_report(
         "signed maps by their largest absolute value, red positive and blue negative)."
         + (" Methods ran with their fast settings (fewer samples or steps), as noted per panel."
            if fast else ""),
+    )
+    rep.section(
+        "The model, as convscope used it",
+        "What every map in this report was computed with. Rows marked 'assumed' were not stated by "
+        "you: state them (a model card, or preprocessing= / class_names= / layer=) if they are wrong.",
+        table=model_rows(lm),
+        table_header=["", "value"],
     )
     from ..results import _upscale
 

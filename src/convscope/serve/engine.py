@@ -453,6 +453,9 @@ class Engine:
                     "layers": self.layers[name],
                     "summary": lm.card.get("summary", ""),
                     "samples": self.takes_samples[name],
+                    "preprocessing": lm.preprocessing.describe(),
+                    "weights": lm.weights,
+                    "assumed": list(lm.assumed),
                 }
                 for name, lm in self.models.items()
             ],
@@ -562,6 +565,7 @@ class Engine:
         small = min(e.images.shape[1:3]) < 128
         return {
             "model": lm.name,
+            "model_info": _plain(e.model_info),
             "method": info.name,
             "family": info.family,
             "signed": e.signed,

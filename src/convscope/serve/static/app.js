@@ -29,6 +29,9 @@ function currentMethod() {
 function fillModel() {
   const m = currentModel();
   $("model-summary").textContent = m.summary || `input ${m.input.join("×")}, ${m.classes.length} classes`;
+  // what the model was loaded with, and anything convscope assumed rather than was told
+  const assumed = (m.assumed || []).map((a) => ` Assumed: ${a}.`).join("");
+  $("model-prep").textContent = `Preprocessing: ${m.preprocessing}. Weights: ${m.weights}.${assumed}`;
   const target = $("target");
   target.replaceChildren(el("option", { value: "" }, "predicted class"));
   m.classes.forEach((c, i) => target.appendChild(el("option", { value: String(i) }, `${i}: ${c}`)));

@@ -325,6 +325,7 @@ class TorchSource(DataSource):
             "kind": "torch",
             "class": f"{type(self.dataset).__module__}.{type(self.dataset).__qualname__}",
             "size": len(self),
+            "space": self.space,
         }
 
 

@@ -66,7 +66,7 @@ def measure(model: SnowCNN) -> dict[str, float]:
     clean = snow_scenes("test", cue="none", seed=SEED)
     swapped = snow_scenes("test", cue="swapped", seed=SEED)
     y = cue.labels
-    p_cue, p_clean, p_sw = predict(model, cue.images), predict(model, clean.images), predict(model, swapped.images)
+    p_cue, p_clean, p_sw = (predict(model, s.images) for s in (cue, clean, swapped))
     follows = torch.where(swapped.snow, 0, 1)  # the class the snow stands for
     wolf = y == 0
     return {

@@ -8,7 +8,9 @@ Two bundled models read a planted cue instead of the object:
 * ``digits-snow`` (wolf vs husky, :func:`convscope.datasets.snow_scenes`) learned that a white band
   of snow along the bottom means "wolf". It sees test wolves standing on snow (the cue is the
   band) and, as the control, the same wolves without the snow (row label
-  ``"digits-snow (no snow)"``, scored against the band where the snow was).
+  ``"digits-snow (no snow)"``, scored against the band where the snow was). Both explain the class
+  wolf: without snow the model calls these wolves huskies, and the absence of snow is its evidence
+  for husky, so explaining its prediction there would ask another question.
 
 A method that shows what the model uses should point at the cue for the cue models and away from
 it in the controls.
@@ -113,6 +115,7 @@ class Case:
         pixels: (N, C, H, W) images in [0, 1].
         masks: (N, H, W) bool, the cue region the maps are scored against.
         about: what the images are, for the report and the CLI.
+        target: the class explained in every image (default: the predicted class).
     """
 
     label: str
@@ -120,6 +123,7 @@ class Case:
     pixels: torch.Tensor
     masks: torch.Tensor
     about: str
+    target: int | None = None
 
 
 def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
@@ -149,9 +153,10 @@ def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
         if not 1 <= n_images <= len(wolves):
             raise InputError(f"--n-images must lie in 1..{len(wolves)} for digits-snow, got {n_images}")
         w = wolves[:n_images]
-        cases.append(Case(SNOW, SNOW, snowy.images[w], snowy.masks[w], "test wolves on snow"))
+        cases.append(Case(SNOW, SNOW, snowy.images[w], snowy.masks[w], "test wolves on snow", 0))
         cases.append(Case(SNOW_CONTROL, SNOW, bare.images[w], bare.bands[w],
-                          "the same wolves without the snow (scored against the empty band)"))
+                          "the same wolves without the snow (class wolf explained, scored against "
+                          "the empty band)", 0))
     return cases
 
 
@@ -265,14 +270,15 @@ def planted_cue_benchmark(
                 assert isinstance(made, MethodExplainer)
                 ex = made
                 try:
-                    maps = explain(lm, x, method=name, seed=seed, **ex.options).map
+                    maps = explain(lm, x, method=name, target=case.target, seed=seed, **ex.options).map
                 except ConvscopeError as exc:  # a method that refuses this model: a row that says so
                     res.rows.append(_failed_row(case.label, name, family, ex, exc))
                     continue
             else:
                 maps = given
             maps = maps.float().cpu()
-            kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed)
+            kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed,
+                      targets=case.target)
             d = deletion(lm, x, maps.to(dev), **kw)
             i = insertion(lm, x, maps.to(dev), **kw)
             row: dict[str, Any] = {

@@ -134,14 +134,16 @@ def test_snow_scenes_reject_bad_arguments():
         snow_scenes("val")
 
 
-# Measured on the first 60 snowy test wolves (default options): saliency 1.00, gradcam 1.00,
-# occlusion 1.00; on the same wolves without snow the maxima fall in the empty band far less often.
-@pytest.mark.parametrize("method, bound", [("saliency", 0.85), ("gradcam", 0.85), ("occlusion", 0.85)])
+# Measured on the first 60 snowy test wolves (default options): saliency 0.80, gradcam 1.00,
+# occlusion 1.00; on the same wolves without snow (class wolf explained) the maxima fall in the
+# empty band for 0.07, 0.00 and 0.02 of them.
+@pytest.mark.parametrize("method, bound", [("saliency", 0.7), ("gradcam", 0.9), ("occlusion", 0.9)])
 def test_methods_put_their_maximum_on_the_snow(net, card, test_scenes, method, bound):
     cue, clean = test_scenes["label"], test_scenes["none"]
     wolves = torch.nonzero(cue.labels == 0)[:60, 0]
     e = _explain(net, card, cue.images[wolves], method)
+    assert set(e.targets) == {0}  # the snowy wolves are called wolves
     hit = pointing_hits(e.map, cue.masks[wolves]).float().mean().item()
     assert hit >= bound
-    control = _explain(net, card, clean.images[wolves], method)
-    assert pointing_hits(control.map, clean.bands[wolves]).float().mean().item() < hit - 0.3
+    control = _explain(net, card, clean.images[wolves], method, target="wolf")
+    assert pointing_hits(control.map, clean.bands[wolves]).float().mean().item() <= 0.2

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import convscope as cs
-from convscope.demo import ATTRIBUTION_FAMILIES, _lime_text_section, choose_settings, demo_methods
+from convscope.demo import (
+    ATTRIBUTION_FAMILIES,
+    _lime_text_section,
+    _snow_section,
+    choose_settings,
+    demo_methods,
+)
 from convscope.report import Report
 
 
@@ -34,6 +40,33 @@ def test_lime_text_section_finds_the_junk_header_word():
     assert JUNK_TOKEN in sec.html_blocks[0]
 
 
+def test_snow_section_shows_the_methods_on_snowy_wolves_with_their_hit_rates():
+    """digits-snow in the demo: every method gets a row (or says why it refused), and the hit
+    rates are real: Grad-CAM finds the snow (1.00 on 100 snowy wolves), not the empty band."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    rep = Report("t")
+    fast = {m.name: (dict(m.fast_options), "fast", 1.0) for m in cs.list_methods()}
+    _snow_section(rep, fast, n_images=3, n_eval=20, budget_s=0.01, progress=False)
+    panels, table = rep.sections
+    assert "digits-snow" in panels.title and "snow" in table.title
+    by = {r[0].split(" ")[0]: r for r in table.table}
+    assert set(by) == set(demo_methods())
+    assert by["cam"][-1].startswith("refused: CAM needs a global-average-pooling")
+    assert float(by["gradcam"][1]) >= 0.9 and float(by["gradcam"][2]) <= 0.2
+    assert panels.row_labels[0] == "inputs" and panels.row_labels[-1] == "huskies on snow · gradcam"
+    assert len(panels.rows) == 2 + len(demo_methods()) - 1  # inputs, one per method but cam, huskies
+    assert all(len(r) == 3 for r in panels.rows)
+    assert any(n.startswith("Maximum on the snow for ") for n in panels.row_notes)
+    for fig in (panels.rows[0][0], panels.rows[1][0]):
+        img = Image.open(io.BytesIO(base64.b64decode(fig.src.split(",", 1)[1])))
+        assert img.width >= 48 and img.height >= 48
+    assert all(f.caption == "predicts wolf" for f in panels.rows[-1])  # huskies on snow
+
+
 def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     """The README's main command: every section present, every embedded image decodes."""
     import base64
@@ -53,7 +86,8 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     assert str(tmp_path / "report.html") in r.stdout
     for title in ("Where each model looks", "Swap the cue", "How often does each method point",
                   "LIME on a classifier that reads the header", "Class visualisations",
-                  "maximally activating test digits", "targeted PGD"):
+                  "maximally activating test digits", "targeted PGD",
+                  "digits-snow, the wolf-vs-husky snow detector", "point at the snow"):
         assert title in html, title
     srcs = re.findall(r'src="(data:image/png;base64,[^"]+)"', html)
     assert len(srcs) > 100

@@ -84,7 +84,8 @@ def test_benchmark_planted_cue_shows_guided_backprop_failing(tmp_path):
         assert (out / f).stat().st_size > 0, f
     board = json.loads((out / "leaderboard.json").read_text())
     by = {(x["model"], x["method"]): x for x in board}
-    assert set(by) == {(m, k) for m in ("digits-cnn-cue", "digits-cnn")
+    assert set(by) == {(m, k) for m in ("digits-cnn-cue", "digits-cnn", "digits-snow",
+                                        "digits-snow (no snow)")
                        for k in ("saliency", "guided_backprop", "(cue mask)", "(random)")}
     assert by[("digits-cnn", "guided_backprop")]["sanity"] == "FAIL"  # 0.77 on the clean model
     assert by[("digits-cnn-cue", "saliency")]["sanity"] == "pass"
@@ -92,6 +93,32 @@ def test_benchmark_planted_cue_shows_guided_backprop_failing(tmp_path):
     # saliency points at the cue for the cue model, not for the clean one
     assert by[("digits-cnn-cue", "saliency")]["max_within_1px"] > by[("digits-cnn", "saliency")][
         "max_within_1px"] + 0.3
+    # the snow model: guided backprop points at the snow band, and not at the empty band
+    assert by[("digits-snow", "guided_backprop")]["max_in_cue"] >= 0.9  # 1.00 on 100 wolves
+    assert by[("digits-snow (no snow)", "guided_backprop")]["max_in_cue"] < 0.5  # 0.15 there
+    assert "digits-snow (12 test wolves on snow)" in r.stdout
     assert "fail the model-randomisation check: guided_backprop" in r.stdout
     html = (out / "report.html").read_text()
     assert "guided_backprop" in html and "FAIL" in html and "data:image/png;base64," in html
+    assert "Leaderboard: digits-snow (no snow)" in html
+
+
+def test_benchmark_records_a_method_that_refuses_a_model(tmp_path):
+    """Plain CAM refuses digits-snow (its CAM layer comes before a functional ReLU): a row says
+    why, and the run goes on."""
+    r = _cli("benchmark", "planted-cue", "-o", "bench", "--n-images", "4", "--n-sanity", "0",
+             "--steps", "2", "--methods", "cam,gradcam", "--models", "digits-snow", "--no-progress",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    board = json.loads((tmp_path / "bench" / "leaderboard.json").read_text())
+    by = {(x["model"], x["method"]): x for x in board}
+    assert {m for m, _ in by} == {"digits-snow", "digits-snow (no snow)"}
+    assert "global-average-pooling + linear head" in by[("digits-snow", "cam")]["error"]
+    assert by[("digits-snow", "cam")]["max_in_cue"] is None
+    gc = by[("digits-snow", "gradcam")]
+    assert gc["error"] == "" and gc["max_in_cue"] == 1.0
+    assert "cam refused this model" in r.stdout
+    assert "Refused this model: cam" in (tmp_path / "bench" / "report.html").read_text()
+    bad = _cli("benchmark", "planted-cue", "--models", "digits-wolf", cwd=tmp_path)
+    assert bad.returncode == 2 and "convscope: error: unknown benchmark model 'digits-wolf'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -192,19 +192,23 @@ def _baseline(value: str, default: Any = None) -> Any:
 
 
 def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
-    from ..evaluation.benchmark import LEADERBOARD_COLUMNS, planted_cue_benchmark, write_benchmark
+    from ..evaluation.benchmark import LEADERBOARD_COLUMNS, MODELS, planted_cue_benchmark, write_benchmark
     from ..evaluation.tables import format_table
 
     methods = _csv_list(args.methods) if args.methods else None
-    res = planted_cue_benchmark(args.n_images, methods=methods, steps=args.steps,
+    models = _csv_list(args.models) if args.models else MODELS
+    res = planted_cue_benchmark(args.n_images, methods=methods, models=models, steps=args.steps,
                                 n_sanity=args.n_sanity, seed=args.seed, device=args.device,
                                 options=args.options,
                                 progress=not args.no_progress)
     files = write_benchmark(res, Path(args.output))
     cols = [c for c in LEADERBOARD_COLUMNS if c != "model"]
     for model in dict.fromkeys(r["model"] for r in res.rows):
-        print(f"\n{model} ({args.n_images} test digits with the cue)")
+        print(f"\n{model} ({args.n_images} {res.settings['cases'][model]})")
         print(format_table(res.leaderboard(model), cols))
+        for r in res.leaderboard(model):
+            if r.get("error"):
+                print(f"  {r['method']} refused this model: {r['error']}")
     fails = sorted({m for (_, m), s in res.sanity.items() if not s.passed})
     print(f"\nfail the model-randomisation check: {', '.join(fails) if fails else 'none'}")
     print(f"report written to {files['report.html'].resolve()}")
@@ -248,8 +252,11 @@ def add_commands(sub: Any) -> None:
     p = bsub.add_parser("planted-cue", help="score every attribution method on the bundled "
                         "planted-cue models; prints a leaderboard, writes tables, plots and a report")
     p.add_argument("-o", "--output", default="convscope-benchmark", help="output folder")
-    p.add_argument("--n-images", type=int, default=48, help="test digits per model (default 48)")
+    p.add_argument("--n-images", type=int, default=48,
+                   help="test digits (digits-snow: test wolves) per model (default 48)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated subset of digits-cnn-cue, digits-cnn, digits-snow (default: all)")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     p.add_argument("--n-sanity", type=int, default=12,
                    help="digits for the randomisation check (default 12; 0 skips it)")

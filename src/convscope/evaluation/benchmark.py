@@ -1,16 +1,26 @@
 """The planted-cue benchmark: score every registered attribution method against a known cause.
 
-``digits-cnn-cue`` was trained on digits carrying a class-dependent texture in a corner (the cue)
-and reads the texture, not the digit; ``digits-cnn`` is the same network trained on clean digits. Both
-see the same test digits with their class's cue. A method that shows what the model uses should
-point at the cue for the cue model and away from it for the clean model.
+Two bundled models read a planted cue instead of the object:
+
+* ``digits-cnn-cue`` was trained on digits carrying a class-dependent texture in a corner (the cue)
+  and reads the texture, not the digit; ``digits-cnn`` is the same network trained on clean digits
+  (the control). Both see the same test digits with their class's cue.
+* ``digits-snow`` (wolf vs husky, :func:`convscope.datasets.snow_scenes`) learned that a white band
+  of snow along the bottom means "wolf". It sees test wolves standing on snow (the cue is the
+  band) and, as the control, the same wolves without the snow (row label
+  ``"digits-snow (no snow)"``, scored against the band where the snow was). Both explain the class
+  wolf: without snow the model calls these wolves huskies, and the absence of snow is its evidence
+  for husky, so explaining its prediction there would ask another question.
+
+A method that shows what the model uses should point at the cue for the cue models and away from
+it in the controls.
 
 For each model and each method of the registry (families gradient, cam and perturbation) the
-benchmark measures on the first ``n_images`` test digits:
+benchmark measures on the first ``n_images`` test digits (test wolves for ``digits-snow``):
 
 * ``max_in_cue`` / ``max_within_1px``: pointing game, strict and with 1 px tolerance;
 * ``cue_mass``: share of positive attribution mass inside the cue (energy pointing game; the
-  cue covers 64 of 1024 pixels, 6.25 %);
+  texture covers 64 of 1024 pixels, 6.25 %, the snow band 25 to 33 % of the scene);
 * ``deletion`` / ``insertion``: areas under the most-relevant-first curves (blurred-image
   baseline; target probability); lower deletion and higher insertion are better. Not black: the
   cue is a texture, and pixels removed from it one by one (or a digit put back pixel by pixel on
@@ -28,6 +38,9 @@ Options: with ``options="auto"`` (default) the sampling-based black-box methods 
 keeps the whole benchmark to a few minutes on a CPU; every other method runs with its defaults.
 ``"fast"`` uses ``fast_options`` for every method, ``"default"`` for none. The options used are
 recorded per row.
+
+A method that refuses a model (plain CAM on ``digits-snow``, whose CAM layer ``conv4`` is taken
+before its functional ReLU) gets a row with empty scores and the error message in ``error``.
 """
 
 from __future__ import annotations
@@ -41,8 +54,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..models import LoadedModel, load_model
+from ..errors import ConvscopeError, InputError
+from ..models import LoadedModel, Preprocessing, load_model
 from ..registry import get_method, list_methods
 from .curves import deletion, insertion
 from .explainers import MethodExplainer, as_explainer
@@ -54,12 +67,14 @@ __all__ = [
     "LEADERBOARD_COLUMNS",
     "BenchmarkResult",
     "benchmark_methods",
+    "load_bundled",
     "planted_cue_benchmark",
     "write_benchmark",
 ]
 
 ATTRIBUTION_FAMILIES = ("gradient", "cam", "perturbation")
-MODELS = ("digits-cnn-cue", "digits-cnn")
+MODELS = ("digits-cnn-cue", "digits-cnn", "digits-snow")
+SNOW, SNOW_CONTROL = "digits-snow", "digits-snow (no snow)"
 CUE_REF, RANDOM_REF = "(cue mask)", "(random)"
 #: Baseline of the deletion / insertion curves (see the module docstring for why not black).
 CURVE_BASELINE = "blur"
@@ -67,7 +82,82 @@ LEADERBOARD_COLUMNS = [
     "model", "method", "family", "max_in_cue", "max_within_1px", "cue_mass", "deletion",
     "insertion", "sanity_similarity", "sanity", "seconds",
 ]
-DETAIL_COLUMNS = ["options"]
+DETAIL_COLUMNS = ["options", "error"]
+
+
+def load_bundled(name: str) -> LoadedModel:
+    """A bundled model by name, ``digits-snow`` included.
+
+    ``digits-snow`` is built from its card and :func:`convscope.models.snow.snow_model` until the
+    model zoo reads cards of other architectures; then this is ``load_model(name)``.
+    """
+    if name != SNOW:
+        return load_model(name)
+    from ..models.snow import snow_card, snow_model
+
+    card = snow_card()
+    pp = card["preprocessing"]
+    pre = Preprocessing(size=tuple(pp["size"]), mean=tuple(pp["mean"]), std=tuple(pp["std"]),
+                        channels=pp["channels"], resize=pp["resize"])
+    lm = load_model(snow_model(), class_names=card["class_names"], preprocessing=pre,
+                    default_layer=card["layer"])
+    lm.name, lm.card, lm.generic = SNOW, card, False
+    return lm
+
+
+@dataclass(frozen=True)
+class Case:
+    """One block of the leaderboard: a model, the images it explains and where the cue is.
+
+    Attributes:
+        label: the row label (``model`` column): the model's name, or ``"digits-snow (no snow)"``.
+        model: the bundled model's name.
+        pixels: (N, C, H, W) images in [0, 1].
+        masks: (N, H, W) bool, the cue region the maps are scored against.
+        about: what the images are, for the report and the CLI.
+        target: the class explained in every image (default: the predicted class).
+    """
+
+    label: str
+    model: str
+    pixels: torch.Tensor
+    masks: torch.Tensor
+    about: str
+    target: int | None = None
+
+
+def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
+    """The cases for ``models``: digits with their cue for the digits models; snowy wolves and the
+    same wolves without snow for ``digits-snow``.
+
+    Raises:
+        InputError: an unknown model, or ``n_images`` outside the test images available.
+    """
+    from ..datasets import digits, planted_cue, snow_scenes
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise InputError(f"unknown benchmark model {unknown[0]!r}; use {', '.join(MODELS)}")
+    cases = []
+    if any(m != SNOW for m in models):
+        x, y = digits().split("test")
+        if not 1 <= n_images <= len(y):
+            raise InputError(f"--n-images must lie in 1..{len(y)}, got {n_images}")
+        cue = planted_cue(x[:n_images], y[:n_images])
+        for m in models:
+            if m != SNOW:
+                cases.append(Case(m, m, cue.images, cue.masks, "test digits with their class's cue"))
+    if SNOW in models:
+        snowy, bare = snow_scenes("test", cue="label"), snow_scenes("test", cue="none")
+        wolves = torch.nonzero(snowy.labels == 0)[:, 0]
+        if not 1 <= n_images <= len(wolves):
+            raise InputError(f"--n-images must lie in 1..{len(wolves)} for digits-snow, got {n_images}")
+        w = wolves[:n_images]
+        cases.append(Case(SNOW, SNOW, snowy.images[w], snowy.masks[w], "test wolves on snow", 0))
+        cases.append(Case(SNOW_CONTROL, SNOW, bare.images[w], bare.bands[w],
+                          "the same wolves without the snow (class wolf explained, scored against "
+                          "the empty band)", 0))
+    return cases
 
 
 def benchmark_methods() -> list[str]:
@@ -80,7 +170,8 @@ class BenchmarkResult:
     """What the benchmark measured.
 
     Attributes:
-        rows: one dict per (model, method), keys :data:`LEADERBOARD_COLUMNS`.
+        rows: one dict per (case, method), keys :data:`LEADERBOARD_COLUMNS` and
+            :data:`DETAIL_COLUMNS` (``model`` is the case's label).
         curves: (model, method) -> {"deletion"|"insertion": (fractions, mean curve)}.
         sanity: (model, method) -> cascading :class:`SanityResult`.
         settings: the parameters of the run.
@@ -99,12 +190,14 @@ class BenchmarkResult:
         return out
 
     def leaderboard(self, model: str) -> list[dict[str, Any]]:
-        """Rows of ``model``, best pointing (±1 px, then mass) first, reference rows last."""
+        """Rows of ``model``, best pointing (±1 px, then mass) first, then methods that failed,
+        reference rows last."""
         rows = [r for r in self.rows if r["model"] == model]
         ref = [r for r in rows if r["method"].startswith("(")]
-        real = [r for r in rows if not r["method"].startswith("(")]
+        failed = [r for r in rows if r.get("error")]
+        real = [r for r in rows if not r["method"].startswith("(") and not r.get("error")]
         real.sort(key=lambda r: (-r["max_within_1px"], -r["cue_mass"], r["method"]))
-        return real + ref
+        return real + failed + ref
 
 
 def planted_cue_benchmark(
@@ -123,9 +216,10 @@ def planted_cue_benchmark(
     """Run the planted-cue benchmark (see module docstring).
 
     Args:
-        n_images: test digits scored per model (the first ones of the test split).
+        n_images: images scored per model (the first test digits; the first test wolves for
+            ``digits-snow``).
         methods: method names (default: every registered attribution method).
-        models: bundled model names.
+        models: bundled model names, from :data:`MODELS`.
         steps: deletion / insertion steps.
         n_sanity: digits used by the sanity check (0: skip it).
         seed: seed of the methods, the random reference map, tie-breaking and re-initialisation.
@@ -137,33 +231,34 @@ def planted_cue_benchmark(
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     from ..api import explain
-    from ..datasets import digits, planted_cue
 
     names = list(methods) if methods is not None else benchmark_methods()
     for n in names:
         get_method(n)  # unknown names fail before any work
     if options not in ("auto", "fast", "default"):
         raise InputError(f"unknown options mode {options!r}; use auto, fast or default")
-    x_all, y_all = digits().split("test")
-    if not 1 <= n_images <= len(y_all):
-        raise InputError(f"--n-images must lie in 1..{len(y_all)}, got {n_images}")
-    cue = planted_cue(x_all[:n_images], y_all[:n_images])
-    masks = cue.masks
+    cases = benchmark_cases(models, n_images)
     res = BenchmarkResult(settings={
         "n_images": n_images, "steps": steps, "n_sanity": min(n_sanity, n_images), "seed": seed,
         "baseline": CURVE_BASELINE, "score": "probability", "methods": names, "models": list(models),
         "sanity_threshold": DEFAULT_THRESHOLD, "options": options,
+        "cases": {c.label: c.about for c in cases},
+        "cue_share": {c.label: c.masks.float().mean().item() for c in cases},
     })
-    rnd = torch.rand(n_images, 32, 32, generator=torch.Generator().manual_seed(seed))
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    for model_name in models:
-        lm: LoadedModel = load_model(model_name)
+    loaded: dict[str, LoadedModel] = {}
+    for case in cases:
+        if case.model not in loaded:
+            loaded[case.model] = load_bundled(case.model)
+        lm = loaded[case.model]
         lm.model.to(dev)
-        x = lm.preprocessing.normalize(cue.images).to(dev)
+        masks = case.masks
+        rnd = torch.rand(masks.shape, generator=torch.Generator().manual_seed(seed))
+        x = lm.preprocessing.normalize(case.pixels).to(dev)
         refs: list[tuple[str, str, torch.Tensor | None]] = [
             (CUE_REF, "reference", masks.float()), (RANDOM_REF, "reference", rnd)]
         todo = [(n, get_method(n).family, None) for n in names] + refs
-        bar = tqdm(todo, desc=f"benchmark {model_name}", disable=not progress)
+        bar = tqdm(todo, desc=f"benchmark {case.label}", disable=not progress)
         for name, family, given in bar:
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
@@ -174,23 +269,28 @@ def planted_cue_benchmark(
                 made = as_explainer(name, fast=fast, seed=seed)
                 assert isinstance(made, MethodExplainer)
                 ex = made
-                maps = explain(lm, x, method=name, seed=seed, **ex.options).map
+                try:
+                    maps = explain(lm, x, method=name, target=case.target, seed=seed, **ex.options).map
+                except ConvscopeError as exc:  # a method that refuses this model: a row that says so
+                    res.rows.append(_failed_row(case.label, name, family, ex, exc))
+                    continue
             else:
                 maps = given
             maps = maps.float().cpu()
-            kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed)
+            kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed,
+                      targets=case.target)
             d = deletion(lm, x, maps.to(dev), **kw)
             i = insertion(lm, x, maps.to(dev), **kw)
             row: dict[str, Any] = {
-                "model": model_name, "method": name, "family": family,
+                "model": case.label, "method": name, "family": family,
                 "max_in_cue": pointing_hits(maps, masks, 0).float().mean().item(),
                 "max_within_1px": pointing_hits(maps, masks, 1).float().mean().item(),
                 "cue_mass": cue_mass(maps, masks).mean().item(),
                 "deletion": d.auc.mean().item(), "insertion": i.auc.mean().item(),
                 "sanity_similarity": None, "sanity": None,
-                "options": "" if ex is None else ", ".join(f"{k}={v}" for k, v in ex.options.items()),
+                "options": _options(ex), "error": "",
             }
-            res.curves[(model_name, name)] = {
+            res.curves[(case.label, name)] = {
                 "deletion": (d.fractions.numpy(), d.mean_curve().numpy()),
                 "insertion": (i.fractions.numpy(), i.mean_curve().numpy()),
             }
@@ -198,12 +298,25 @@ def planted_cue_benchmark(
             if ex is not None and k > 0:
                 s = model_randomization(lm, x[:k], ex, maps=maps[:k].to(dev), seed=seed,
                                         targets=d.targets[:k])
-                res.sanity[(model_name, name)] = s
+                res.sanity[(case.label, name)] = s
                 row["sanity_similarity"] = s.similarity
                 row["sanity"] = "pass" if s.passed else "FAIL"
             row["seconds"] = time.perf_counter() - t0
             res.rows.append(row)
     return res
+
+
+def _options(ex: MethodExplainer | None) -> str:
+    return "" if ex is None else ", ".join(f"{k}={v}" for k, v in ex.options.items())
+
+
+def _failed_row(label: str, method: str, family: str, ex: MethodExplainer,
+                exc: ConvscopeError) -> dict[str, Any]:
+    """The row of a method that refused the model: no scores, the reason in ``error``."""
+    row: dict[str, Any] = dict.fromkeys(LEADERBOARD_COLUMNS)
+    row.update(model=label, method=method, family=family, options=_options(ex), error=str(exc),
+               seconds=0.0)
+    return row
 
 
 def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path]:
@@ -237,23 +350,31 @@ def write_benchmark(res: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
         "convscope planted-cue benchmark",
         "Every registered attribution method, scored against a known cause. digits-cnn-cue reads "
         "a class-dependent 8x8 texture (the cue) planted in a corner of the image; digits-cnn, the "
-        "same network trained on clean digits, reads the digit. Both see the same "
-        f"{st['n_images']} test digits carrying their class's cue. A method that shows what the "
-        "model uses points at the cue for the cue model and away from it for the clean model.",
+        "same network trained on clean digits, reads the digit; both see the same test digits "
+        "carrying their class's cue. digits-snow learned that a white band of snow along the bottom "
+        "of a scene means 'wolf'; it sees test wolves on snow and, as the control, the same wolves "
+        f"without it. {st['n_images']} images per row block. A method that shows what the model "
+        "uses points at the cue for the cue models and away from it in the controls.",
     )
     header = ["method", "family", "max in cue", "max ±1 px", "cue mass", "deletion ↓",
               "insertion ↑", "sanity sim. ↓", "sanity"]
+    cases = st.get("cases", {})
+    shares = st.get("cue_share", {})
     for m in models:
         rows = res.leaderboard(m)
+        share = f" (the cue is {100 * shares[m]:.1f}% of the image)" if m in shares else ""
+        about = f"Images: {cases[m]}. " if m in cases else ""
+        errors = [f"{r['method']}: {r['error']}" for r in rows if r.get("error")]
         rep.section(
             f"Leaderboard: {m}",
-            "Pointing game (strict and within 1 px), share of positive attribution mass in the cue "
-            "(the cue is 6.25% of the image), areas under the most-relevant-first deletion and "
+            about + "Pointing game (strict and within 1 px), share of positive attribution mass in "
+            f"the cue{share}, areas under the most-relevant-first deletion and "
             f"insertion curves ({st['steps']} steps, blurred-image baseline, target probability), and "
             "the "
-            f"cascading model-randomisation check on {st['n_sanity']} digits: mean rank correlation "
+            f"cascading model-randomisation check on {st['n_sanity']} images: mean rank correlation "
             "with the trained model's map over the cascade, FAIL at or above "
-            f"{st['sanity_threshold']}. Reference rows: the cue mask itself and a random map.",
+            f"{st['sanity_threshold']}. Reference rows: the cue mask itself and a random map."
+            + ("" if not errors else " Refused this model: " + "; ".join(errors)),
             table=[[r["method"], r["family"]] + [_fmt(r[c]) for c in (
                 "max_in_cue", "max_within_1px", "cue_mass", "deletion", "insertion",
                 "sanity_similarity", "sanity")] for r in rows],

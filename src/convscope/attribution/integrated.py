@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validate import ints, reals
 from ..errors import InputError, MethodError
 from ..registry import register
 from ..targets import select_scores
@@ -134,6 +135,9 @@ def make_baseline(
     options={"baseline": "zero", "steps": 32, "rule": "gausslegendre",
              "internal_batch_size": None, "blur_sigma": None},
     fast_options={"steps": 8},
+    ranges={"baseline": reals(), "steps": ints(1, 100_000), "internal_batch_size": ints(1),
+            "blur_sigma": reals(0)},
+    choices={"baseline": ("zero", "blur", "uniform"), "rule": RULES},
 )
 def integrated_gradients(
     ctx: MethodContext,

@@ -160,9 +160,11 @@ class OptionSpec:
             parts.append("true or false")
         if "tuple" in self.types and self.range is not None:
             parts.append("a pair of those")
+        described = {"int", "float", "str", "bool", "None", "any"} | ({"tuple"} if self.range else set())
+        parts.extend(f"a {t}" for t in self.types if t not in described)
         if "None" in self.types:
             parts.append("null")
-        return " or ".join(parts) if parts else "a " + "/".join(self.types)
+        return " or ".join(parts) if parts else "anything"
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is refused, or ``None`` if it is accepted (objects of other kinds pass)."""

@@ -157,10 +157,23 @@ def method_names(family: str | None = None) -> list[str]:
 
 
 def check_method_options(info: MethodInfo, options: Mapping[str, Any]) -> None:
-    """Refuse option values outside their declared type, range or choices, before any work.
+    """Refuse unknown options and values outside their declared type, range or choices.
+
+    The facade calls this before any work; the CLI calls it before loading the model.
 
     Raises:
+        MethodError: an option the method does not take (unless its function takes ``**kwargs``).
         InputError: one line naming the method, the option, the value and what it accepts.
-            Unknown option names are not checked here (the facade reports them).
     """
+    import inspect
+
+    params = inspect.signature(info.func).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        allowed = [s.name for s in info.option_specs]
+        bad = [k for k in options if k not in allowed]
+        if bad:
+            raise MethodError(
+                f"unknown option(s) {', '.join(bad)} for method {info.name!r}; its options are: "
+                f"{', '.join(allowed) or 'none'}"
+            )
     check_options(f"{info.name}:", info.option_specs, options)

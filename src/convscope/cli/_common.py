@@ -37,7 +37,7 @@ class RangeType:
     ``range`` (a :class:`convscope._validate.Range`) is kept on the object, so the tests and the
     help can read what every numeric flag accepts; ``words`` are accepted as they are (e.g.
     ``auto``). The error names the value and the range, argparse adds the flag:
-    ``convscope: error: argument --lr: got nan; must be a finite number > 0``.
+    ``convscope: error: argument --lr: got 'nan'; must be a finite number > 0``.
     """
 
     def __init__(self, range: Any, name: str, words: tuple[str, ...] = ()) -> None:
@@ -57,7 +57,7 @@ class RangeType:
         except ValueError:
             raise argparse.ArgumentTypeError(f"got {text!r}; must be {self.allowed()}") from None
         if not self.range.contains(value):
-            raise argparse.ArgumentTypeError(f"got {text}; must be {self.allowed()}")
+            raise argparse.ArgumentTypeError(f"got {text!r}; must be {self.allowed()}")
         return value
 
     def __repr__(self) -> str:

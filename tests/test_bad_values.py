@@ -173,6 +173,16 @@ def test_option_specs_are_queryable():
     assert {s.name for s in get_method("saliency").option_specs} == set()
 
 
+def test_docs_list_every_declared_option():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    table = {line for line in doc.splitlines() if line.startswith("| ") and "` |" in line}
+    want = {f"| {m.name} | `{s.name}` | {s.allowed()} | `{s.default!r}` |"
+            for m in METHODS for s in m.option_specs if s.range is not None or s.choices}
+    assert want - table == set(), "docs/methods.md 'Options and their ranges' is out of date"
+
+
 @pytest.fixture(scope="module")
 def png(tmp_path_factory):
     p = tmp_path_factory.mktemp("img") / "good.png"

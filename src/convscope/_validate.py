@@ -161,7 +161,7 @@ class OptionSpec:
         if "tuple" in self.types and self.range is not None:
             parts.append("a pair of those")
         described = {"int", "float", "str", "bool", "None", "any"} | ({"tuple"} if self.range else set())
-        parts.extend(f"a {t}" for t in self.types if t not in described)
+        parts.extend(f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in self.types if t not in described)
         if "None" in self.types:
             parts.append("null")
         return " or ".join(parts) if parts else "anything"

@@ -187,7 +187,7 @@ class OptionSpec:
             return None
         if isinstance(value, (tuple, list)) and "tuple" in t and self.range is not None:
             bad = [v for v in value if not self.range.contains(v)]
-            return f"must be {self.allowed()}" if bad or not value else None
+            return f"must be {self.allowed()}" if bad or len(value) != 2 else None
         if hasattr(value, "dtype") and hasattr(value, "shape") and t & {"tensor", "array", "any"}:
             return None if _finite_array(value) else "holds NaN or infinite values"
         return None

@@ -102,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from ..evaluation.explainers import as_explainer
     from ..evaluation.tables import plot_curves, table_bytes, table_format, write_png
-    from ..registry import get_method, method_names
+    from ..registry import check_method_options, get_method, method_names
 
     out = Path(args.output)
     fmt = table_format(out)
@@ -121,6 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if needs_regions and not (args.masks or args.boxes):
         raise InputError(f"{', '.join(needs_regions)} need --masks or --boxes")
     options = dict(parse_options(args.option))
+    for m in methods:  # bad option values fail before the model loads
+        check_method_options(get_method(m), {**(get_method(m).fast_options if args.fast else {}), **options})
 
     lm = load_from_args(args)
     x, _disp, _ = prepare_inputs(list(args.images), lm.preprocessing, generic=lm.generic)

@@ -182,12 +182,15 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (also for usage errors, ``--help`` and ``--version``)."""
     from ..errors import ConvscopeError
 
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse exits; return its status like every other path
+            return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
         func: Callable[[argparse.Namespace], int] = args.func
         try:
             status = func(args)

@@ -170,6 +170,11 @@ def test_option_specs_are_queryable():
     assert "evaluations" in steps.doc and steps.allowed().startswith("an integer in [1, ")
     assert ig["rule"].choices and "gausslegendre" in ig["rule"].choices
     assert {s.name for s in get_method("saliency").option_specs} == set()
+    import json
+
+    d = json.loads(json.dumps(steps.to_dict()))
+    assert d["min"] == 1 and d["integer"] and d["default"] == 32 and d["accepts"] == steps.allowed()
+    assert json.dumps([s.to_dict() for m in METHODS for s in m.option_specs])  # every spec is JSON-able
 
 
 def test_docs_list_every_declared_option():

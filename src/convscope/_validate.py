@@ -141,6 +141,25 @@ class OptionSpec:
     choices: tuple[str, ...] | None = None
     doc: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (for a web form): name, types, default, range bounds, choices, doc."""
+        r = self.range
+        default = self.default if isinstance(self.default, (str, int, float, bool, type(None))) else repr(
+            self.default)
+        return {
+            "name": self.name,
+            "types": list(self.types),
+            "default": default,
+            "integer": None if r is None else r.integer,
+            "min": None if r is None else r.lo,
+            "max": None if r is None else r.hi,
+            "min_open": None if r is None else r.lo_open,
+            "max_open": None if r is None else r.hi_open,
+            "choices": None if self.choices is None else list(self.choices),
+            "accepts": self.allowed(),
+            "doc": self.doc,
+        }
+
     @property
     def numeric(self) -> bool:
         """Whether the option takes numbers."""

@@ -63,8 +63,11 @@ class Range:
             return False
         if self.integer and not isinstance(value, numbers.Integral):
             return False
-        v = float(value) if not isinstance(value, numbers.Integral) else int(value)
-        if not math.isfinite(v):
+        try:
+            v = int(value) if self.integer else float(value)
+        except OverflowError:  # an integer too large for a float
+            return False
+        if isinstance(v, float) and not math.isfinite(v):
             return False
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             return False
@@ -195,7 +198,8 @@ class OptionSpec:
         if isinstance(value, numbers.Real):
             if self.range is None:
                 if t & {"int", "float", "any"}:
-                    return None if math.isfinite(float(value)) else "must be a finite number"
+                    ok = isinstance(value, numbers.Integral) or math.isfinite(float(value))
+                    return None if ok else "must be a finite number"
                 return f"must be {self.allowed()}"
             return None if self.range.contains(value) else f"must be {self.allowed()}"
         if isinstance(value, str):

@@ -52,12 +52,13 @@ class RangeType:
     def __call__(self, text: str) -> int | float | str:
         if text.lower() in self.words:
             return text.lower()
+        shown = repr(text if len(text) <= 40 else text[:37] + "...")
         try:
             value: int | float = int(text) if self.range.integer else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"got {text!r}; must be {self.allowed()}") from None
+            raise argparse.ArgumentTypeError(f"got {shown}; must be {self.allowed()}") from None
         if not self.range.contains(value):
-            raise argparse.ArgumentTypeError(f"got {text!r}; must be {self.allowed()}")
+            raise argparse.ArgumentTypeError(f"got {shown}; must be {self.allowed()}")
         return value
 
     def __repr__(self) -> str:

@@ -276,3 +276,10 @@ def test_changed_file_in_a_finished_chunk_is_stale(clean_model, digits_data, tmp
     np.testing.assert_array_equal(new[[0, 1, 2, 4, 5]], old[[0, 1, 2, 4, 5]])
     np.testing.assert_array_equal(new[3], old[5])  # the row now shows the new file's content
     assert not np.array_equal(new[3], old[3])
+
+
+def test_label_target_on_unlabelled_images_fails_before_the_store(clean_model, digits_data, tmp_path):
+    src = TensorSource(digits_data.images[:4], clean_model.preprocessing)  # no labels
+    with pytest.raises(InputError, match="labelled"):
+        run_batch(clean_model, src, "saliency", tmp_path / "s.zarr", target="label")
+    assert list(tmp_path.iterdir()) == []

@@ -90,10 +90,20 @@ def _check_target(target: Any, logits: torch.Tensor, lm: LoadedModel, src: Any) 
     from ..targets import resolve_target
 
     if isinstance(target, str) and target == "label":
+        from ..dataset.sources import Subset, TorchSource
+
         k = logits.shape[1]
-        bad = [int(v) for v in getattr(src, "labels", lambda: np.zeros(0))() if v >= k]
-        if bad:
-            raise InputError(f"target 'label': the data set has label {bad[0]} but the model has {k} classes")
+        base = src.base if isinstance(src, Subset) else src
+        # a torch Dataset yields labels only by loading each item: check the first one there
+        labels = np.asarray([src.label(0)] if isinstance(base, TorchSource) else src.labels())
+        if (labels < 0).any():
+            raise InputError(
+                "target 'label' needs labelled images; this data set has images without a label"
+            )
+        if (labels >= k).any():
+            raise InputError(
+                f"target 'label': the data set has label {int(labels.max())} but the model has {k} classes"
+            )
         return
     resolve_target(target, logits, lm.class_names)
 

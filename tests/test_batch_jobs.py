@@ -211,3 +211,76 @@ def test_layer_method_on_random_resnet_mechanics(tmp_path):
     maps = store.read("maps")
     assert maps.shape == (3, 224, 224) and np.isfinite(maps).all()
     assert (store.read("labels") == -1).all() and store.read("probabilities").shape == (3, 1000)
+
+
+def test_bad_target_leaves_no_store_and_the_fix_runs(tmp_path, capsys):
+    from convscope.cli.main import main
+
+    out = tmp_path / "b.zarr"
+    args = ["batch", "--data", "digits", "--limit", "20", "--method", "gradcam", "-q", "-o", str(out)]
+    assert main([*args, "--target", "99"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "99" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing written, not even a temp folder
+    assert main([*args, "--target", "3"]) == 0
+    store = open_store(out)
+    assert store.complete and (store.read("targets") == 3).all()
+    with pytest.raises(InputError, match="positive integer"):
+        run_batch("digits-cnn", "digits", "saliency", tmp_path / "n.zarr", limit=-5)
+    assert not (tmp_path / "n.zarr").exists()
+
+
+def test_store_of_another_job_that_holds_nothing_is_replaced(clean_model, digits_data, tmp_path):
+    src = TensorSource(digits_data.images[:16], clean_model.preprocessing, digits_data.labels[:16])
+    out = tmp_path / "s.zarr"
+    first = run_batch(clean_model, src, "saliency", out, batch_size=8, chunk_size=8)
+    for c in first.done_chunks():  # as if the first job had died before finishing a chunk
+        (out / "done" / f"chunk-{c:06d}").unlink()
+    first.reopen([])
+    m = json.loads((out / "manifest.json").read_text())
+    m["status"] = "running"
+    (out / "manifest.json").write_text(json.dumps(m))
+    second = run_batch(clean_model, src, "gradient_x_input", out, batch_size=8, chunk_size=8)
+    assert second.complete and second.manifest["job"]["method"] == "gradient_x_input"
+    with pytest.raises(InputError, match="different job"):  # one with results is still refused
+        run_batch(clean_model, src, "saliency", out, batch_size=8, chunk_size=8)
+
+
+def _bmp_folder(root, digits_data, n):
+    """n digits as BMP files: uncompressed, so every file has the same size."""
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(n):
+        a = (digits_data.images[i, 0].numpy() * 255).astype(np.uint8)
+        Image.fromarray(a).save(root / f"img{i:02d}.bmp")
+    return root
+
+
+def test_changed_file_in_a_finished_chunk_is_stale(clean_model, digits_data, tmp_path):
+    folder = _bmp_folder(tmp_path / "imgs", digits_data, 6)
+    out = tmp_path / "s.zarr"
+    kw = dict(batch_size=2, chunk_size=2)
+    store = run_batch(clean_model, folder, "saliency", out, **kw)
+    assert store.complete and store.verify() == []
+    old = store.read("maps")
+    # replace img03 (chunk 1) by another digit's file of the same size, as a copy would
+    victim, donor = folder / "img03.bmp", folder / "img05.bmp"
+    st = victim.stat()
+    victim.write_bytes(donor.read_bytes())
+    assert victim.stat().st_size == st.st_size
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later write
+    assert store.verify() == [1]
+    again = run_batch(clean_model, folder, "saliency", out, **kw)  # resumes: chunk 1 only
+    assert again.complete and again.verify() == []
+    new = again.read("maps")
+    np.testing.assert_array_equal(new[[0, 1, 2, 4, 5]], old[[0, 1, 2, 4, 5]])
+    np.testing.assert_array_equal(new[3], old[5])  # the row now shows the new file's content
+    assert not np.array_equal(new[3], old[3])
+
+
+def test_label_target_on_unlabelled_images_fails_before_the_store(clean_model, digits_data, tmp_path):
+    src = TensorSource(digits_data.images[:4], clean_model.preprocessing)  # no labels
+    with pytest.raises(InputError, match="labelled"):
+        run_batch(clean_model, src, "saliency", tmp_path / "s.zarr", target="label")
+    assert list(tmp_path.iterdir()) == []

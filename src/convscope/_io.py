@@ -16,8 +16,15 @@ __all__ = ["atomic_write", "json_bytes", "npy_bytes", "save_by_extension"]
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        from .errors import InputError
+
+        raise InputError(f"cannot write {path}: a part of {path.parent} is a file, not a folder") from None
+    except OSError as exc:  # name the caller's path, not the temporary file
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

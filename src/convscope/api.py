@@ -18,7 +18,7 @@ from .image import ImageLike
 from .inputs import as_inputs
 from .models import LoadedModel, Preprocessing, load_model
 from .perturb import BlackBoxModel, is_black_box
-from .registry import get_method, list_methods
+from .registry import check_method_options, get_method, list_methods
 from .results import Explanation
 from .targets import TargetSpec
 
@@ -39,6 +39,7 @@ def prepare_inputs(
 
 
 def _check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
+    check_method_options(get_method(name), options)  # declared types and ranges (registry)
     params = inspect.signature(func).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return

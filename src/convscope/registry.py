@@ -8,13 +8,24 @@ signed. Nothing else in convscope keeps a second list of methods.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from ._validate import OptionSpec, Range, check_options, option_specs
 from .errors import MethodError
 
-__all__ = ["MethodInfo", "get_method", "list_methods", "method_names", "register"]
+__all__ = [
+    "MethodInfo",
+    "OptionSpec",
+    "Range",
+    "check_method_options",
+    "get_method",
+    "list_methods",
+    "method_names",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,10 @@ class MethodInfo:
         options: default keyword options, documented in the function's docstring.
         fast_options: options that make the method cheap enough for the contract tests and the
             demo (fewer samples or steps); never used for results a user sees by default.
+        ranges: the numbers each numeric option accepts (:func:`convscope._validate.ints`,
+            :func:`~convscope._validate.reals`); an undeclared numeric option only has to be
+            finite (and an integer if annotated ``int``).
+        choices: the strings an option accepts, where the registry knows them.
     """
 
     name: str
@@ -50,6 +65,13 @@ class MethodInfo:
     reference: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     fast_options: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, Range] = field(default_factory=dict)
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @cached_property
+    def option_specs(self) -> list[OptionSpec]:
+        """Type, default, range, choices and doc of each keyword option (for forms and checks)."""
+        return option_specs(self.func, self.ranges, self.choices)
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -68,8 +90,14 @@ def register(
     reference: str = "",
     options: dict[str, Any] | None = None,
     fast_options: dict[str, Any] | None = None,
+    ranges: Mapping[str, Range] | None = None,
+    choices: Mapping[str, Sequence[str]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator that adds a method function to the registry under ``name``."""
+    """Decorator that adds a method function to the registry under ``name``.
+
+    ``ranges`` and ``choices`` declare, once, the values of the method's options (see
+    :class:`MethodInfo`); :func:`check_method_options` enforces them before any work.
+    """
 
     def deco(func: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY and _REGISTRY[name].func is not func:
@@ -87,7 +115,13 @@ def register(
             reference=reference,
             options=dict(options or {}),
             fast_options=dict(fast_options or {}),
+            ranges=dict(ranges or {}),
+            choices={k: tuple(v) for k, v in (choices or {}).items()},
         )
+        unknown = set(_REGISTRY[name].ranges) | set(_REGISTRY[name].choices)
+        unknown -= {s.name for s in _REGISTRY[name].option_specs}
+        if unknown:
+            raise MethodError(f"method {name!r} declares ranges for unknown option(s) {sorted(unknown)}")
         return func
 
     return deco
@@ -120,3 +154,26 @@ def list_methods(family: str | None = None) -> list[MethodInfo]:
 def method_names(family: str | None = None) -> list[str]:
     """Names of :func:`list_methods`."""
     return [m.name for m in list_methods(family)]
+
+
+def check_method_options(info: MethodInfo, options: Mapping[str, Any]) -> None:
+    """Refuse unknown options and values outside their declared type, range or choices.
+
+    The facade calls this before any work; the CLI calls it before loading the model.
+
+    Raises:
+        MethodError: an option the method does not take (unless its function takes ``**kwargs``).
+        InputError: one line naming the method, the option, the value and what it accepts.
+    """
+    import inspect
+
+    params = inspect.signature(info.func).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        allowed = [s.name for s in info.option_specs]
+        bad = [k for k in options if k not in allowed]
+        if bad:
+            raise MethodError(
+                f"unknown option(s) {', '.join(bad)} for method {info.name!r}; its options are: "
+                f"{', '.join(allowed) or 'none'}"
+            )
+    check_options(f"{info.name}:", info.option_specs, options)

@@ -68,7 +68,8 @@ from ..errors import MethodError
 from ..hooks import capture
 from ..registry import get_method, register
 from ._base import MethodContext, MethodOutput
-from ._tokens import grid_layout, to_grid
+from ._guided import NONRELU_CHOICES
+from ._tokens import LAYOUTS, grid_layout, to_grid
 
 __all__ = [
     "LayerData",
@@ -361,6 +362,7 @@ def _eigen_rule(center: bool) -> Rule:
     reference="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> MethodOutput:
     """CAM: ``relu(sum_k W[t, k] A_k)``, upsampled.
@@ -384,6 +386,7 @@ def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> Me
     "Gradient-based Localization",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def gradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.
@@ -406,6 +409,7 @@ def gradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     "Convolutional Networks",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def gradcam_pp(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """Grad-CAM++ (see the module docstring for the weights).
@@ -424,6 +428,7 @@ def gradcam_pp(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     "Explanation of CNNs",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def xgradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.
@@ -443,6 +448,7 @@ def xgradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     "explanations of convolutional neural networks",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def hirescam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """HiResCAM: ``relu(sum_k G_k * A_k)``.
@@ -462,6 +468,7 @@ def hirescam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     "Localization",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def layercam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.
@@ -483,6 +490,7 @@ def layercam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     "Components",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS},
 )
 def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> MethodOutput:
     """Eigen-CAM: the activations projected on their first right singular vector.
@@ -504,6 +512,7 @@ def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> 
     "Gradient-based Localization",
     family="cam",
     needs_layer=True,
+    choices={"layout": LAYOUTS, "nonrelu": NONRELU_CHOICES},
 )
 def guided_gradcam(ctx: MethodContext, layout: str = "auto", nonrelu: str = "error") -> MethodOutput:
     """Guided Grad-CAM.

@@ -33,7 +33,7 @@ import torch
 
 from ..registry import register
 from ._base import MethodContext, MethodOutput
-from ._guided import relu_rules
+from ._guided import NONRELU_CHOICES, relu_rules
 
 __all__ = [
     "deconvnet",
@@ -150,6 +150,7 @@ def _rule_method(ctx: MethodContext, rule: str, nonrelu: str) -> MethodOutput:
     "(nonrelu='gradient' passes other activations unchanged)",
     reference="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
     options={"nonrelu": "error"},
+    choices={"nonrelu": NONRELU_CHOICES},
 )
 def guided_backprop(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
     """Guided backpropagation.
@@ -173,6 +174,7 @@ def guided_backprop(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
     "than where they are in this image; defined for ReLU/ReLU6 networks only",
     reference="Zeiler and Fergus 2014, Visualizing and Understanding Convolutional Networks",
     options={"nonrelu": "error"},
+    choices={"nonrelu": NONRELU_CHOICES},
 )
 def deconvnet(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
     """Deconvnet attribution.

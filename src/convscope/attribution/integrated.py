@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validate import ints, reals
 from ..errors import MethodError
+from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
 from ..registry import register
 from ..targets import select_scores
@@ -88,6 +90,9 @@ def quadrature(steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.
     options={"baseline": "black", "steps": 32, "rule": "gausslegendre",
              "internal_batch_size": None, "blur_sigma": None},
     fast_options={"steps": 8},
+    ranges={"baseline": reals(0, 1), "steps": ints(1, 100_000), "internal_batch_size": ints(1),
+            "blur_sigma": reals(0, lo_open=True)},
+    choices={"baseline": tuple(BASELINES), "rule": RULES},
 )
 def integrated_gradients(
     ctx: MethodContext,

@@ -60,8 +60,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .._validate import ints, reals
 from ..errors import InputError, MethodError
 from ..hooks import capture
+from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
 from ..perturb import (
     Convergence,
@@ -89,6 +91,27 @@ __all__ = [
 ]
 
 _SCORES = ("raw", "softmax")
+
+# Allowed option values, declared once per option (checked before any work, see registry).
+_SAMPLES = ints(1, 1_000_000)
+_ENGINE_RANGES = {"eval_batch_size": ints(1)}
+_ENGINE_CHOICES = {"eval_batch_size": ("auto",)}
+_BASELINES = tuple(BASELINES)  # the one vocabulary, in pixel space (convscope.inputs)
+_SAMPLING_RANGES = {
+    **_ENGINE_RANGES,
+    "n_samples": _SAMPLES,
+    "n_segments": ints(1, 100_000),
+    "cell": ints(1),
+    "hide": reals(0, 1),
+    "converge": reals(0, 1, lo_open=True, hi_open=True),
+    "check_every": ints(1),
+}
+_SAMPLING_CHOICES = {
+    **_ENGINE_CHOICES,
+    "segmentation": ("slic", "quickshift", "felzenszwalb", "grid"),
+    "hide": ("segment_mean", *_BASELINES),
+    "score": _SCORES,
+}
 
 
 def _predictor(ctx: MethodContext, channels_last: bool = False,
@@ -138,6 +161,10 @@ def _scorer(t: Any, b: int, score: str) -> Callable[[torch.Tensor], torch.Tensor
     "spread over several windows; one model pass per window",
     reference="Zeiler and Fergus 2014, Visualizing and Understanding Convolutional Networks",
     fast_options={"window": 8, "stride": 8},
+    ranges={**_ENGINE_RANGES, "window": ints(1), "stride": ints(1), "baseline": reals(0, 1),
+            "sigma": reals(0, lo_open=True), "tau": reals(0, 1, lo_open=True)},
+    choices={**_ENGINE_CHOICES, "baseline": _BASELINES, "score": _SCORES,
+             "incremental": ("exact", "approx")},
 )
 def occlusion(
     ctx: MethodContext,
@@ -261,6 +288,10 @@ def occlusion(
     reference="Petsiuk, Das and Saenko 2018, RISE: Randomized Input Sampling for Explanation of "
     "Black-box Models",
     fast_options={"n_masks": 64, "check_every": 64},
+    ranges={**_ENGINE_RANGES, "n_masks": _SAMPLES, "cells": ints(1, 10_000),
+            "p": reals(0, 1, lo_open=True), "baseline": reals(0, 1),
+            "converge": _SAMPLING_RANGES["converge"], "check_every": ints(1)},
+    choices={**_ENGINE_CHOICES, "baseline": _BASELINES, "score": _SCORES},
 )
 def rise(
     ctx: MethodContext,
@@ -451,6 +482,9 @@ def _segment_make(xb: torch.Tensor, hid: torch.Tensor, seg: torch.Tensor, z: tor
     reference="Ribeiro, Singh and Guestrin 2016, \"Why Should I Trust You?\": Explaining the "
     "Predictions of Any Classifier",
     fast_options={"n_samples": 48, "segmentation": "grid", "cell": 8, "check_every": 48},
+    ranges={**_SAMPLING_RANGES, "n_samples": ints(2, 1_000_000), "kernel_width": reals(0, lo_open=True),
+            "alpha": reals(0)},
+    choices=_SAMPLING_CHOICES,
 )
 def lime(
     ctx: MethodContext,
@@ -569,6 +603,8 @@ def _shap_solve(z: torch.Tensor, y: torch.Tensor, f0: float, fx: float) -> torch
     "estimate (more samples, less noise)",
     reference="Lundberg and Lee 2017, A Unified Approach to Interpreting Model Predictions",
     fast_options={"n_samples": 48, "segmentation": "grid", "cell": 8, "check_every": 48},
+    ranges=_SAMPLING_RANGES,
+    choices=_SAMPLING_CHOICES,
 )
 def kernel_shap(
     ctx: MethodContext,
@@ -739,6 +775,8 @@ def _activations(ctx: MethodContext, layer: str) -> tuple[torch.Tensor, torch.Te
     "that only matter together",
     reference="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional "
     "Neural Networks",
+    ranges={**_ENGINE_RANGES, "baseline": reals(0, 1)},
+    choices={**_ENGINE_CHOICES, "baseline": _BASELINES, "weights": ("softmax", "increase")},
 )
 def scorecam(
     ctx: MethodContext,
@@ -811,6 +849,8 @@ def scorecam(
     "are redundant with others",
     reference="Desai and Ramaswamy 2020, Ablation-CAM: Visual Explanations for Deep "
     "Convolutional Network via Gradient-free Localization",
+    ranges=_ENGINE_RANGES,
+    choices=_ENGINE_CHOICES,
 )
 def ablationcam(
     ctx: MethodContext,

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .._validate import ints, reals
 from ..errors import MethodError
 from ..registry import get_method, register
 from ._base import MethodContext, MethodOutput
@@ -231,6 +232,7 @@ def _registered(kind: str) -> Callable[..., MethodOutput]:
 _SMOOTH_NAMES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _OPTS = {"n": 25, "sigma": 0.15, "base": "saliency", "sample_batch_size": None}
 _FAST = {"n": 4}
+_RANGES = {"n": ints(1, 1_000_000), "sigma": reals(0), "sample_batch_size": ints(1)}
 
 smoothgrad = register(
     "smoothgrad",
@@ -242,6 +244,7 @@ smoothgrad = register(
     reference="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
     options=_OPTS,
     fast_options=_FAST,
+    ranges=_RANGES,
 )(_registered("mean"))
 smoothgrad_sq = register(
     "smoothgrad_sq",
@@ -253,6 +256,7 @@ smoothgrad_sq = register(
     "Networks",
     options=_OPTS,
     fast_options=_FAST,
+    ranges=_RANGES,
 )(_registered("squared"))
 vargrad = register(
     "vargrad",
@@ -264,4 +268,5 @@ vargrad = register(
     "Sensitivity to Parameter Values",
     options=_OPTS,
     fast_options=_FAST,
+    ranges=_RANGES,
 )(_registered("var"))

@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_model_args, load_from_args, parse_options, parse_target
+from ._common import (
+    add_model_args,
+    load_from_args,
+    nonneg_int,
+    parse_options,
+    parse_target,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["add_commands"]
 
@@ -75,15 +83,17 @@ def add_commands(sub: Any) -> None:
     s.add_argument(
         "--option", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable"
     )
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--chunk-size", type=int, default=128, help="images per store chunk (default 128)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--chunk-size", type=positive_int, default=128,
+                   help="images per store chunk (default 128)")
+    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     s.add_argument("--engine", choices=["local", "ray"], default="local")
-    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (local engine)")
+    s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
     s.add_argument("--device", default=None, help="e.g. cuda; Ray then gives each actor one GPU")
     s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
-    s.add_argument("--slots", type=int, default=None, help="Ray actors (default: one per CPU or GPU)")
+    s.add_argument("--slots", type=positive_int, default=None,
+                   help="Ray actors (default: one per CPU or GPU)")
     s.add_argument("--overwrite", action="store_true", help="replace a store made by a different job")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     s.add_argument("-o", "--output", required=True, help="output store folder, e.g. maps.zarr")

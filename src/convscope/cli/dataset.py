@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args
+from ._common import add_model_args, load_from_args, nonneg_int, positive_int, seed_int
 
 __all__ = ["add_commands"]
 
@@ -25,9 +25,9 @@ def _data_args(s: argparse.ArgumentParser) -> None:
         "give labels); default: digits",
     )
     s.add_argument("--layer", "-l", required=True, help="layer name (see `convscope layers MODEL`)")
-    s.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading images")
+    s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes reading images")
 
 
 def _check_out(out: str, allowed: tuple[str, ...]) -> Path:
@@ -86,8 +86,13 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def _query(value: str) -> Any:
-    if value.startswith("#") and value[1:].isdigit():
-        return int(value[1:])
+    from ..errors import InputError
+
+    if value.startswith("#") and not Path(value).exists():
+        try:
+            return int(value[1:])  # range-checked against the data set's size by nearest_neighbors
+        except ValueError:
+            raise InputError(f"query {value!r}: write #N for image N of the data set (0..N-1)") from None
     if value.isdigit() and not Path(value).exists():
         return int(value)
     return value
@@ -141,7 +146,7 @@ def add_commands(sub: Any) -> None:
         "top-activations", help="most activating images per channel, as receptive-field patches"
     )
     _data_args(s)
-    s.add_argument("-k", type=int, default=8, help="images per channel (default 8)")
+    s.add_argument("-k", type=positive_int, default=8, help="images per channel (default 8)")
     s.add_argument("--channels", default=None, help="channels to show, e.g. 0-7,12 (default: first 16 live)")
     s.add_argument(
         "--style",
@@ -155,7 +160,7 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("neighbors", help="nearest images to a query in a layer's feature space")
     s.add_argument("query", help="an image file, or #N for image N of the data set")
     _data_args(s)
-    s.add_argument("-k", type=int, default=8)
+    s.add_argument("-k", type=positive_int, default=8)
     s.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     s.add_argument("--pool", choices=["avg", "max"], default="avg", help="pooling over positions")
     s.add_argument("-o", "--output", required=True, help="output .png grid or .json")
@@ -171,6 +176,6 @@ def add_commands(sub: Any) -> None:
         help="scatter coloured by class, or image thumbnails at their positions",
     )
     s.add_argument("--pool", choices=["avg", "max"], default="avg")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="output .png, .json or .npy (coordinates)")
     s.set_defaults(func=cmd_embed)

@@ -13,7 +13,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import Parser, add_model_args, load_from_args, parse_options, parse_target
+from ._common import (
+    Parser,
+    add_model_args,
+    finite_float,
+    load_from_args,
+    nonneg_int,
+    number_or,
+    parse_options,
+    parse_target,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["METRICS", "add_commands"]
 
@@ -91,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from ..evaluation.explainers import as_explainer
     from ..evaluation.tables import plot_curves, table_bytes, table_format, write_png
-    from ..registry import get_method, method_names
+    from ..registry import check_method_options, get_method, method_names
 
     out = Path(args.output)
     fmt = table_format(out)
@@ -110,6 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if needs_regions and not (args.masks or args.boxes):
         raise InputError(f"{', '.join(needs_regions)} need --masks or --boxes")
     options = dict(parse_options(args.option))
+    for m in methods:  # bad option values fail before the model loads
+        check_method_options(get_method(m), {**(get_method(m).fast_options if args.fast else {}), **options})
 
     lm = load_from_args(args)
     x, _disp, _ = prepare_inputs(list(args.images), lm.preprocessing, generic=lm.generic)
@@ -231,18 +244,20 @@ def add_commands(sub: Any) -> None:
                    help="one mask image per image (white: the region), for the pointing games")
     s.add_argument("--boxes", action="append", default=None, metavar="X0,Y0,X1,Y1[;...]",
                    help="region boxes in model-input pixels, one --boxes per image")
-    s.add_argument("--tolerance", type=int, default=0, help="pointing-game tolerance in pixels")
+    s.add_argument("--tolerance", type=nonneg_int, default=0, help="pointing-game tolerance in pixels")
     s.add_argument("--target", "-t", default=None, help="class index or name (default: predicted)")
     s.add_argument("--layer", "-l", default=None, help="layer for layer methods")
     s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="method option, repeatable")
     s.add_argument("--fast", action="store_true", help="use each method's fast options")
-    s.add_argument("--steps", type=int, default=32, help="deletion/insertion steps (default 32)")
+    s.add_argument("--steps", type=positive_int, default=32, help="deletion/insertion steps (default 32)")
     s.add_argument("--baseline", default="auto",
+                   type=number_or(finite_float(0.0, 1.0), "auto", "black", "zero", "white", "grey", "mean",
+                                  "blur"),
                    help="what removed pixels become: auto (black for deletion, blur for insertion), "
                    "black, white, grey, mean, blur or a grey level in [0, 1] (pixel space)")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--plot", default=None, metavar="PNG", help="also write mean curves as a PNG")
     s.add_argument("-o", "--output", required=True, help="output table (.csv or .json)")
     s.set_defaults(func=cmd_evaluate)
@@ -252,15 +267,15 @@ def add_commands(sub: Any) -> None:
     p = bsub.add_parser("planted-cue", help="score every attribution method on the bundled "
                         "planted-cue models; prints a leaderboard, writes tables, plots and a report")
     p.add_argument("-o", "--output", default="convscope-benchmark", help="output folder")
-    p.add_argument("--n-images", type=int, default=48,
+    p.add_argument("--n-images", type=positive_int, default=48,
                    help="test digits (digits-snow: test wolves) per model (default 48)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--models", default=None,
                    help="comma-separated subset of digits-cnn-cue, digits-cnn, digits-snow (default: all)")
-    p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
-    p.add_argument("--n-sanity", type=int, default=12,
+    p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
+    p.add_argument("--n-sanity", type=nonneg_int, default=12,
                    help="digits for the randomisation check (default 12; 0 skips it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--options", default="auto", choices=("auto", "fast", "default"),
                    help="method options: auto (fast options for the sampling black-box methods, "
                    "defaults for the rest), fast (fast options for all), default (none)")

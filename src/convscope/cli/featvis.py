@@ -11,7 +11,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args
+from ._common import (
+    add_model_args,
+    finite_float,
+    load_from_args,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["add_commands", "parse_channels"]
 
@@ -52,16 +60,16 @@ def _check_out(path: str) -> Path:
 
 
 def _opt_args(s: argparse.ArgumentParser, steps: int) -> None:
-    s.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
-    s.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
-    s.add_argument("--size", type=int, default=None, help="image size (default: the model's input)")
+    s.add_argument("--steps", type=positive_int, default=steps, help=f"optimisation steps (default {steps})")
+    s.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default 0.05)")
+    s.add_argument("--size", type=positive_int, default=None, help="image size (default: the model's input)")
     s.add_argument("--param", choices=["fft", "pixel"], default="fft", help="parameterisation")
     s.add_argument("--transforms", choices=["standard", "none"], default="standard",
                    help="random jitter/scale/rotation (default standard)")
-    s.add_argument("--l2", type=float, default=0.0, help="weight of the L2 penalty")
-    s.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation penalty")
-    s.add_argument("--blur-every", type=int, default=None, help="blur the image every N steps")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--l2", type=nonneg_float, default=0.0, help="weight of the L2 penalty")
+    s.add_argument("--tv", type=nonneg_float, default=0.0, help="weight of the total-variation penalty")
+    s.add_argument("--blur-every", type=positive_int, default=None, help="blur the image every N steps")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -142,7 +150,7 @@ def add_commands(sub: Any) -> None:
                    help="with --layer: whole channel (mean) or its centre neuron")
     s.add_argument("--class-objective", choices=["logit", "prob"], default="logit",
                    help="with --class: maximise the logit (Simonyan) or the softmax probability")
-    s.add_argument("--batch", type=int, default=None, help="images for --objective (default 1)")
+    s.add_argument("--batch", type=positive_int, default=None, help="images for --objective (default 1)")
     _opt_args(s, 256)
     s.add_argument("-o", "--output", required=True, help="output .png (grid), .npy or .json")
     s.set_defaults(func=cmd_visualize)
@@ -150,7 +158,7 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("filters", help="the first convolution's filters as an image grid")
     add_model_args(s)
     s.add_argument("--layer", "-l", default=None, help="a convolution (default: the first)")
-    s.add_argument("--max-filters", type=int, default=64)
+    s.add_argument("--max-filters", type=positive_int, default=64)
     s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
     s.set_defaults(func=cmd_filters)
 
@@ -159,7 +167,7 @@ def add_commands(sub: Any) -> None:
     add_model_args(s)
     s.add_argument("--layer", "-l", default=None, help="layer (default: the model's default layer)")
     s.add_argument("--channels", default=None, help="e.g. 0-15 (default: the most active)")
-    s.add_argument("--max-channels", type=int, default=32)
+    s.add_argument("--max-channels", type=positive_int, default=32)
     s.add_argument("--normalize", choices=["layer", "channel"], default="layer",
                    help="one colour scale for the layer, or one per channel")
     s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
@@ -170,12 +178,12 @@ def add_commands(sub: Any) -> None:
     add_model_args(s)
     s.add_argument("--layer", "-l", default=None, help="layer to amplify (default: the model's)")
     s.add_argument("--objective", default=None, help="'layer:channel' instead of the whole layer")
-    s.add_argument("--octaves", type=int, default=4)
-    s.add_argument("--octave-scale", type=float, default=1.4)
-    s.add_argument("--steps", type=int, default=10, help="steps per octave")
-    s.add_argument("--lr", type=float, default=0.02)
-    s.add_argument("--max-side", type=int, default=512, help="shrink larger photos first")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--octaves", type=positive_int, default=4)
+    s.add_argument("--octave-scale", type=finite_float(1, lo_open=True), default=1.4)
+    s.add_argument("--steps", type=positive_int, default=10, help="steps per octave")
+    s.add_argument("--lr", type=positive_float, default=0.02)
+    s.add_argument("--max-side", type=positive_int, default=512, help="shrink larger photos first")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
     s.set_defaults(func=cmd_deepdream)

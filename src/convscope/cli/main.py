@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from ._common import (
     load_from_args,
     parse_options,
     parse_target,
+    positive_int,
+    seed_int,
 )
 
 __all__ = ["build_parser", "main"]
@@ -82,6 +85,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..api import explain
     from ..errors import InputError
+    from ..registry import check_method_options, get_method
 
     out = Path(args.output)
     many = len(args.images) > 1
@@ -89,8 +93,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise InputError(f"{len(args.images)} images need an output folder, not the file {out}")
     if not many and out.suffix.lower() not in (".png", ".npy", ".json"):
         raise InputError(f"-o {out}: give a .png, .npy or .json file name")
-    lm = load_from_args(args)
     options = dict(parse_options(args.option))
+    check_method_options(get_method(args.method), options)  # before the model loads
+    lm = load_from_args(args)
     results = []
     for img in args.images:  # read and explain everything before writing anything
         e = explain(lm, img, method=args.method, target=parse_target(args.target), layer=args.layer,
@@ -140,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", default=None,
                    help="class index or name, or top2/top3...; default: predicted class")
     s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="method option, repeatable (e.g. --option steps=64)")
     s.add_argument("-o", "--output", required=True,
@@ -150,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the offline demo report on the bundled models")
     s.add_argument("-o", "--output", default="convscope-demo", help="output folder")
-    s.add_argument("--images", type=int, default=6, help="digits per panel")
+    s.add_argument("--images", type=positive_int, default=6, help="digits per panel")
     s.set_defaults(func=cmd_demo)
 
     # Command modules of other tasks: every public module of convscope.cli with add_commands().
@@ -177,23 +182,44 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (also for usage errors, ``--help`` and ``--version``)."""
     from ..errors import ConvscopeError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
-    except ConvscopeError as exc:
-        print(f"convscope: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("convscope: interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"convscope: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return EXIT_USAGE
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse exits; return its status like every other path
+            return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        func: Callable[[argparse.Namespace], int] = args.func
+        try:
+            status = func(args)
+        except ConvscopeError as exc:
+            print(f"convscope: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("convscope: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a file that cannot be read or written: one line, no traceback
+            print(f"convscope: error: {_os_message(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:  # `convscope methods | head`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python would flush stdout again at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+
+
+def _os_message(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    if exc.filename is None:
+        return what
+    if exc.filename2 is not None:
+        return f"{what}: {exc.filename} -> {exc.filename2}"
+    return f"{what}: {exc.filename}"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args, parse_target
+from ._common import add_model_args, load_from_args, parse_target, positive_int, seed_int
 
 __all__ = ["add_commands", "cmd_report"]
 
@@ -26,10 +26,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"-o {out}: give an .html file name")
-    if args.topk < 1:
-        raise InputError(f"--topk must be at least 1, got {args.topk}")
     resolve_methods(args.methods)  # unknown names fail before any model is loaded
     lm = load_from_args(args)
+    if args.layer is not None:  # a wrong name fails here, naming close ones, not as error panels
+        from ..hooks import resolve_layers
+
+        resolve_layers(lm.model, args.layer)
     extra: list[Any] = []
     if getattr(args, "class_vis", None) is not None or getattr(args, "channels", None) or getattr(
         args, "filters", False
@@ -74,13 +76,14 @@ def add_commands(sub: Any) -> None:
                    "(default: all; `convscope methods` lists them)")
     s.add_argument("--target", "-t", default=None,
                    help="class index or name to explain (default: each image's predicted class)")
-    s.add_argument("--topk", type=int, default=5, help="class probabilities shown per image (default 5)")
+    s.add_argument("--topk", type=positive_int, default=5,
+                   help="class probabilities shown per image (default 5)")
     s.add_argument("--layer", "-l", default=None,
                    help="layer for the methods that need one (default: the model's)")
     s.add_argument("--fast", action="store_true",
                    help="use each method's cheap settings (fewer samples/steps); noted in the report")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--title", default=None, help="report title")
     if _featvis_available():
         s.add_argument("--class-vis", nargs="*", default=None, metavar="CLASS",

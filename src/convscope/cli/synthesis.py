@@ -11,7 +11,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args, parse_target
+from ._common import (
+    add_model_args,
+    load_from_args,
+    nonneg_float,
+    number_or,
+    parse_target,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["add_commands"]
 
@@ -57,16 +66,6 @@ def _skimage(name: str) -> Any:
         raise ImageLoadError(f"scikit-image could not provide {key!r}: {exc}") from None
 
 
-def _positive(kind: type) -> Any:
-    def parse(v: str) -> Any:
-        x = kind(v)
-        if x <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-        return x
-
-    return parse
-
-
 def _style_model(args: argparse.Namespace) -> Any:
     if args.model == "vgg":
         import sys
@@ -95,11 +94,8 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
     out = _check_out(args.output)
     lm = load_from_args(args)
     target = parse_target(args.target)
-    eps_s = args.eps if args.eps is not None else ("inf" if args.method == "fooling" else "0.03")
-    try:
-        eps = float("inf") if eps_s.lower() in ("inf", "none") else float(eps_s)
-    except ValueError:
-        raise InputError(f"--eps {eps_s!r}: give a number of pixel units or 'inf'") from None
+    eps_v = args.eps if args.eps is not None else ("inf" if args.method == "fooling" else 0.03)
+    eps = float("inf") if eps_v in ("inf", "none") else float(eps_v)
     common = dict(eps=eps,
                   norm=args.norm, steps=args.steps, step_size=args.step_size, loss=args.loss,
                   seed=args.seed, batch_size=args.batch_size, progress=None)
@@ -206,17 +202,17 @@ def add_commands(sub: Any) -> None:
                    "fooling: reach --target from noise (or the image)")
     s.add_argument("--target", "-t", default=None,
                    help="class index or name to reach (targeted); default: untargeted")
-    s.add_argument("--eps", default=None,
+    s.add_argument("--eps", default=None, type=number_or(nonneg_float, "inf", "none"),
                    help="budget in pixel units (pixels in [0, 1]); 'inf' for none (default 0.03; "
                    "fooling: inf)")
     s.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    s.add_argument("--steps", type=_positive(int), default=20)
-    s.add_argument("--step-size", type=_positive(float), default=None)
+    s.add_argument("--steps", type=positive_int, default=20)
+    s.add_argument("--step-size", type=positive_float, default=None)
     s.add_argument("--loss", choices=("ce", "margin"), default="ce")
     s.add_argument("--no-random-start", action="store_true")
-    s.add_argument("--n", type=_positive(int), default=1, help="fooling images from noise")
-    s.add_argument("--batch-size", type=_positive(int), default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=positive_int, default=1, help="fooling images from noise")
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
     s.set_defaults(func=cmd_adversarial)
 
@@ -226,13 +222,13 @@ def add_commands(sub: Any) -> None:
     add_model_args(s)
     s.add_argument("--layer", "-l", action="append", default=[],
                    help="layer (repeatable); default: a strip from shallow to deep")
-    s.add_argument("--n-layers", type=_positive(int), default=5)
-    s.add_argument("--steps", type=_positive(int), default=200)
-    s.add_argument("--lr", type=_positive(float), default=0.05)
-    s.add_argument("--tv-weight", type=float, default=0.5)
-    s.add_argument("--norm-weight", type=float, default=0.0)
+    s.add_argument("--n-layers", type=positive_int, default=5)
+    s.add_argument("--steps", type=positive_int, default=200)
+    s.add_argument("--lr", type=positive_float, default=0.05)
+    s.add_argument("--tv-weight", type=nonneg_float, default=0.5)
+    s.add_argument("--norm-weight", type=nonneg_float, default=0.0)
     s.add_argument("--param", choices=("pixel", "fft"), default="pixel")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
     s.set_defaults(func=cmd_invert)
 
@@ -242,14 +238,14 @@ def add_commands(sub: Any) -> None:
     _vgg_default(s)
     s.add_argument("--method", choices=("gram", "efros-leung"), default="gram")
     s.add_argument("--layer", "-l", action="append", default=[], help="Gram layer (repeatable)")
-    s.add_argument("--size", type=_positive(int), default=64, help="output side in pixels")
-    s.add_argument("--source-size", type=_positive(int), default=64,
+    s.add_argument("--size", type=positive_int, default=64, help="output side in pixels")
+    s.add_argument("--source-size", type=positive_int, default=64,
                    help="shorter side the source is resized to (default 64)")
-    s.add_argument("--window", type=_positive(int), default=11, help="Efros-Leung window (odd)")
-    s.add_argument("--steps", type=_positive(int), default=300)
-    s.add_argument("--lr", type=_positive(float), default=0.05)
+    s.add_argument("--window", type=positive_int, default=11, help="Efros-Leung window (odd)")
+    s.add_argument("--steps", type=positive_int, default=300)
+    s.add_argument("--lr", type=positive_float, default=0.05)
     s.add_argument("--param", choices=("pixel", "fft"), default="pixel")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
     s.add_argument("--image-out", default=None, help="also write the texture alone (.png)")
     s.set_defaults(func=cmd_texture)
@@ -261,15 +257,15 @@ def add_commands(sub: Any) -> None:
     _vgg_default(s)
     s.add_argument("--content-layer", action="append", default=[])
     s.add_argument("--style-layer", action="append", default=[])
-    s.add_argument("--content-weight", type=float, default=1.0)
-    s.add_argument("--style-weight", type=float, default=10.0)
-    s.add_argument("--tv-weight", type=float, default=0.0)
-    s.add_argument("--size", type=_positive(int), default=128, help="content shorter side")
-    s.add_argument("--style-size", type=_positive(int), default=128, help="style shorter side")
+    s.add_argument("--content-weight", type=nonneg_float, default=1.0)
+    s.add_argument("--style-weight", type=nonneg_float, default=10.0)
+    s.add_argument("--tv-weight", type=nonneg_float, default=0.0)
+    s.add_argument("--size", type=positive_int, default=128, help="content shorter side")
+    s.add_argument("--style-size", type=positive_int, default=128, help="style shorter side")
     s.add_argument("--init", choices=("content", "noise"), default="content")
-    s.add_argument("--steps", type=_positive(int), default=200)
-    s.add_argument("--lr", type=_positive(float), default=0.03)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=positive_int, default=200)
+    s.add_argument("--lr", type=positive_float, default=0.03)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
     s.add_argument("--image-out", default=None, help="also write the stylised image alone (.png)")
     s.set_defaults(func=cmd_style)

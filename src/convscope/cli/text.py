@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._common import positive_int, seed_int
+
 __all__ = ["add_commands"]
 
 
@@ -102,8 +104,8 @@ def add_commands(sub: Any) -> None:
                    help="allow unpickling the --pipeline file (trusted files only)")
     s.add_argument("--class-names", default=None, help="comma-separated class names")
     s.add_argument("--target", "-t", default=None, help="class index or name (default: predicted)")
-    s.add_argument("--samples", type=int, default=1000, help="perturbed texts (default 1000)")
-    s.add_argument("--top", type=int, default=10, help="words listed in the HTML (default 10)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--samples", type=positive_int, default=1000, help="perturbed texts (default 1000)")
+    s.add_argument("--top", type=positive_int, default=10, help="words listed in the HTML (default 10)")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="output .html or .json")
     s.set_defaults(func=cmd_lime_text)

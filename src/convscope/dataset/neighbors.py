@@ -197,7 +197,8 @@ def nearest_neighbors(
     if isinstance(query, (int, np.integer)):
         qidx = int(query)
         if not 0 <= qidx < len(src):
-            raise InputError(f"query index {qidx} out of range for a data set of {len(src)} images")
+            raise InputError(f"query index {qidx} is out of range: this data set has {len(src)} images, "
+                             f"so it must be 0..{len(src) - 1}")
         qfeat = features.features[qidx]
         qpix = src.pixels(qidx)
     else:

@@ -73,6 +73,41 @@ def model_fingerprint(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _input_files(src: Any) -> tuple[Path, list[str]] | None:
+    """(folder, the file of each item) when ``src`` reads an image folder, else ``None``."""
+    from ..dataset.sources import FolderSource, Subset
+
+    if isinstance(src, Subset):
+        base = _input_files(src.base)
+        return None if base is None else (base[0], [base[1][i] for i in src.indices])
+    if isinstance(src, FolderSource):
+        return src.root.resolve(), list(src.files)
+    return None
+
+
+def _check_target(target: Any, logits: torch.Tensor, lm: LoadedModel, src: Any) -> None:
+    """Resolve ``target`` on the first image's logits, so a bad one fails before the store exists."""
+    from ..targets import resolve_target
+
+    if isinstance(target, str) and target == "label":
+        from ..dataset.sources import Subset, TorchSource
+
+        k = logits.shape[1]
+        base = src.base if isinstance(src, Subset) else src
+        # a torch Dataset yields labels only by loading each item: check the first one there
+        labels = np.asarray([src.label(0)] if isinstance(base, TorchSource) else src.labels())
+        if (labels < 0).any():
+            raise InputError(
+                "target 'label' needs labelled images; this data set has images without a label"
+            )
+        if (labels >= k).any():
+            raise InputError(
+                f"target 'label': the data set has label {int(labels.max())} but the model has {k} classes"
+            )
+        return
+    resolve_target(target, logits, lm.class_names)
+
+
 def _jsonable(v: Any) -> Any:
     from ..results import _jsonable as j
 
@@ -155,6 +190,7 @@ class BatchJob:
     def run_chunk(self, chunk: int, store: BatchStore | None = None) -> int:
         """Compute and write one chunk (reading its images here); returns its size."""
         store = store or open_store(self.store_path)
+        inputs = store.input_fingerprint(chunk)  # before the images are read
         parts = []
         for rows in self.batches(chunk):
             items = [self.source[i] for i in rows]
@@ -162,7 +198,7 @@ class BatchJob:
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
             parts.append(self.compute(x, y))
         data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        store.write_chunk(chunk, data, fsync=self.fsync)
+        store.write_chunk(chunk, data, fsync=self.fsync, inputs=inputs)
         return int(data["maps"].shape[0])
 
 
@@ -188,14 +224,16 @@ def _run_local(
     dl = DataLoader(job.source, batch_sampler=_ChunkBatches(job, pending), num_workers=num_workers, **kw)
     it = iter(dl)
     done = store.n_chunks - len(pending)
+    files = store.input_files()
     try:
         for c in pending:
+            inputs = store.input_fingerprint(c, files)
             parts = []
             for _ in job.batches(c):
                 x, y, _idx = next(it)
                 parts.append(job.compute(x, y))
             data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            store.write_chunk(c, data, fsync=job.fsync)
+            store.write_chunk(c, data, fsync=job.fsync, inputs=inputs)
             done += 1
             if progress is not None:
                 progress(done, store.n_chunks)
@@ -317,8 +355,9 @@ def run_batch(
 
     if engine not in ("local", "ray"):
         raise InputError(f"unknown engine {engine!r}; use local or ray")
-    if batch_size < 1 or chunk_size < 1:
-        raise InputError("batch_size and chunk_size must be positive integers")
+    for name, v in (("batch_size", batch_size), ("chunk_size", chunk_size), ("limit", limit)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
     info = get_method(method)
     options = dict(options or {})
     from ..api import _check_options
@@ -342,7 +381,14 @@ def run_batch(
         raise MethodError(f"method {method!r} does not use a layer; drop layer=")
     h, w = lm.preprocessing.size
     with torch.no_grad():
-        k = int(lm.model(src[0][0][None].to(device or next(lm.model.parameters()).device)).shape[1])
+        logits0 = lm.model(src[0][0][None].to(device or next(lm.model.parameters()).device)).cpu()
+    k = int(logits0.shape[1])
+    _check_target(target, logits0, lm, src)  # every input is valid before the store exists
+    files = _input_files(src)
+    data_id = src.describe()
+    if files is not None:  # names here; sizes and times per chunk (stale chunks are recomputed)
+        data_id.pop("files_sha256", None)
+        data_id["names_sha256"] = hashlib.sha256("\0".join(files[1]).encode()).hexdigest()
     n_chunks = math.ceil(n / chunk_size)
     job_id = {
         "model": lm.name,
@@ -353,7 +399,7 @@ def run_batch(
         "layer": layer,
         "seed": seed,
         "batch_size": batch_size,
-        "data": src.describe(),
+        "data": data_id,
     }
     chunking = {"size": n, "chunk_size": chunk_size, "n_chunks": n_chunks, "axis": 0}
     shapes = {"maps": (n, h, w), "targets": (n,), "labels": (n,), "probabilities": (n, k)}
@@ -365,8 +411,17 @@ def run_batch(
             shutil.rmtree(path)
         else:
             raise InputError(f"{path} exists and is not a batch store; refusing to delete it")
+    store: BatchStore | None = None
     if path.exists():
         store = open_store(path)
+        m = store.manifest
+        if (m.get("job") != job_id or m.get("chunking") != chunking) and not store.done_chunks() \
+                and not store.complete:  # another job's store that holds nothing: replace it
+            import shutil
+
+            shutil.rmtree(path)
+            store = None
+    if store is not None:
         m = store.manifest
         if m.get("job") != job_id or m.get("chunking") != chunking:
             diff = sorted(
@@ -391,7 +446,9 @@ def run_batch(
             "method_info": {"family": info.family, "signed": info.signed, "summary": info.summary},
             "run": {"versions": _versions(engine), "python_executable": sys.executable},
         }
-        store = create_store(path, manifest, shapes, chunk_size)
+        inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
+        store = create_store(path, manifest, shapes, chunk_size, inputs)
+    store.reopen(store.stale_chunks())  # chunks whose image files changed are computed again
     pending = store.pending_chunks()
     job = BatchJob(
         lm,

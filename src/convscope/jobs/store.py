@@ -8,7 +8,9 @@ Layout of ``OUT/``::
     labels/               (N,) int64 data set label (-1: none)
     probabilities/        (N, K) float32 softmax of the logits
     manifest.json         what was done: job (model, method, options, data, chunking), versions, status
-    done/chunk-000012     one marker per finished chunk, holding the SHA-256 of its data
+    inputs.json           for an image folder: its path and the file of each row, in order
+    done/chunk-000012     one marker per finished chunk: the SHA-256 of its data, then (image
+                          folders) the fingerprint of its input files
 
 Rules that make a job resumable and never show a partial result as complete:
 
@@ -17,7 +19,10 @@ Rules that make a job resumable and never show a partial result as complete:
 * a job chunk is exactly one Zarr chunk of every array (so two workers never share a file); its
   data are written, fsynced, and only then its ``done/`` marker is written atomically;
 * a chunk without a marker is treated as not computed, whatever its files hold, and recomputed;
-* ``manifest.json`` says ``"status": "complete"`` only after every marker exists (atomic replace).
+* ``manifest.json`` says ``"status": "complete"`` only after every marker exists (atomic replace);
+* a chunk whose input files changed since it was computed (size or modification time, see
+  :func:`files_fingerprint`) is stale: :meth:`BatchStore.verify` reports it and running the job
+  again recomputes it.
 
 Readers (:func:`open_store`) refuse incomplete stores unless ``allow_partial=True``, and then mask
 rows of unfinished chunks.
@@ -39,7 +44,7 @@ import numpy as np
 from .._io import atomic_write
 from ..errors import InputError
 
-__all__ = ["FORMAT", "BatchStore", "create_store", "open_store"]
+__all__ = ["FORMAT", "BatchStore", "create_store", "files_fingerprint", "open_store"]
 
 FORMAT = "convscope-batch/1"
 ARRAYS = ("maps", "targets", "labels", "probabilities")
@@ -66,6 +71,23 @@ def _fsync_path(path: Path) -> None:
 
 def _json_bytes(d: dict[str, Any]) -> bytes:
     return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """SHA-256 over each file's name, size and modification time (ns); a missing file counts too.
+
+    Contents are not read (that would cost as much as the job's own reading on every resume), so a
+    replacement that keeps both the size and the modification time (``cp -p``, ``touch -r``) of a
+    file is not seen.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{p.name}\0missing\n".encode())
+    return h.hexdigest()
 
 
 @dataclass
@@ -119,12 +141,65 @@ class BatchStore:
         done = set(self.done_chunks())
         return [c for c in range(self.n_chunks) if c not in done]
 
+    # --- inputs -------------------------------------------------------------------------------
+    def input_files(self) -> list[Path] | None:
+        """The file behind each row (image-folder jobs), else ``None``."""
+        p = self.path / "inputs.json"
+        if not p.is_file():
+            return None
+        d = json.loads(p.read_text())
+        root = Path(d["root"])
+        return [root / f for f in d["files"]]
+
+    def input_fingerprint(self, chunk: int, files: list[Path] | None = None) -> str | None:
+        """The fingerprint of chunk ``chunk``'s input files now (``None``: inputs not on disk)."""
+        files = self.input_files() if files is None else files
+        if files is None:
+            return None
+        lo, hi = self.rows(chunk)
+        return files_fingerprint(files[lo:hi])
+
+    def _marker_lines(self, chunk: int) -> list[str]:
+        return self._marker(chunk).read_text().split()
+
+    def stale_chunks(self) -> list[int]:
+        """Finished chunks whose input files changed (or vanished) since they were computed."""
+        files = self.input_files()
+        if files is None:
+            return []
+        bad = []
+        for c in self.done_chunks():
+            lines = self._marker_lines(c)
+            if len(lines) > 1 and lines[1] != self.input_fingerprint(c, files):
+                bad.append(c)
+        return bad
+
+    def reopen(self, chunks: list[int]) -> None:
+        """Forget ``chunks`` (their markers go) so the job computes them again."""
+        if not chunks:
+            return
+        m = self.manifest
+        if m.get("status") == "complete":
+            m["status"] = "running"
+            atomic_write(self.path / "manifest.json", lambda fh: fh.write(_json_bytes(m)))
+        for c in chunks:
+            self._marker(c).unlink(missing_ok=True)
+        _fsync_path(self.path / "done")
+
     # --- writing ------------------------------------------------------------------------------
     def _array(self, name: str) -> Any:
         return _zarr().open_array(str(self.path / name), mode="r+")
 
-    def write_chunk(self, chunk: int, data: dict[str, np.ndarray], *, fsync: bool = True) -> None:
-        """Write one chunk's arrays, make them durable, then mark the chunk done."""
+    def write_chunk(
+        self, chunk: int, data: dict[str, np.ndarray], *, fsync: bool = True, inputs: str | None = None
+    ) -> None:
+        """Write one chunk's arrays, make them durable, then mark the chunk done.
+
+        ``inputs``: the chunk's :meth:`input_fingerprint` taken before its images were read
+        (default: taken now).
+        """
+        if inputs is None:
+            inputs = self.input_fingerprint(chunk)
         lo, hi = self.rows(chunk)
         h = hashlib.sha256()
         for name in ARRAYS:
@@ -145,7 +220,7 @@ class BatchStore:
                         _fsync_path(sub)
         marker = self._marker(chunk)
         def write_marker(fh: Any) -> None:
-            fh.write(h.hexdigest().encode())
+            fh.write((h.hexdigest() + ("" if inputs is None else "\n" + inputs)).encode())
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -194,17 +269,18 @@ class BatchStore:
         return a
 
     def verify(self) -> list[int]:
-        """Chunks whose data no longer match their marker's checksum (should be empty)."""
-        bad = []
+        """Chunks whose data no longer match their marker's checksum, or whose input files changed
+        since they were computed (:meth:`stale_chunks`); should be empty."""
+        bad = self.stale_chunks()
         arrays = {n: _zarr().open_array(str(self.path / n), mode="r") for n in ARRAYS}
         for c in self.done_chunks():
             lo, hi = self.rows(c)
             h = hashlib.sha256()
             for n in ARRAYS:
                 h.update(np.ascontiguousarray(arrays[n][lo:hi]).tobytes())
-            if h.hexdigest() != self._marker(c).read_text().strip():
+            if h.hexdigest() != self._marker_lines(c)[0]:
                 bad.append(c)
-        return bad
+        return sorted(set(bad))
 
 
 def open_store(path: str | os.PathLike) -> BatchStore:
@@ -219,9 +295,17 @@ def open_store(path: str | os.PathLike) -> BatchStore:
 
 
 def create_store(
-    path: str | os.PathLike, manifest: dict[str, Any], shapes: dict[str, tuple[int, ...]], chunk_size: int
+    path: str | os.PathLike,
+    manifest: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    chunk_size: int,
+    inputs: dict[str, Any] | None = None,
 ) -> BatchStore:
-    """Create an empty store atomically: built in a hidden temporary folder, then renamed to ``path``."""
+    """Create an empty store atomically: built in a hidden temporary folder, then renamed to ``path``.
+
+    ``inputs``: ``{"root": folder, "files": [name of each row's file, relative to root]}`` when the
+    rows come from image files (their fingerprints then mark stale chunks).
+    """
     zarr = _zarr()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +327,8 @@ def create_store(
                 fill_value=fills[name],
             )
         (tmp / "done").mkdir()
+        if inputs is not None:
+            atomic_write(tmp / "inputs.json", lambda fh: fh.write(_json_bytes(inputs)))
         atomic_write(tmp / "manifest.json", lambda fh: fh.write(_json_bytes(manifest)))
         os.rename(tmp, p)
     except BaseException:

@@ -29,7 +29,7 @@ from convscope.registry import check_method_options, get_method, list_methods
 ENV = {**os.environ, "MPLBACKEND": "Agg"}
 #: commands whose module belongs to another piece of work (cli/serve.py); its flags adopt the
 #: shared types there, then this entry goes.
-NOT_YET = {"serve"}
+NOT_YET: set[str] = set()
 
 
 def _subcommands(p: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

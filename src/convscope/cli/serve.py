@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
+
+from ._common import finite_float, integer, positive_float
 
 __all__ = ["add_commands", "bind", "cmd_serve"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def _number(kind: type, low: float, high: float = math.inf, *,
-            low_open: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type``: a finite ``kind`` in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    what = "an integer" if kind is int else "a number"
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if value > high or value < low or (low_open and value == low):
-            lo = f"more than {low:g}" if low_open else f"at least {low:g}"
-            hi = "" if math.isinf(high) else f" and at most {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {lo}{hi}, got {text}")
-        return value
-
-    return parse
-
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; uvicorn serves on it (so the port is surely free).
@@ -123,17 +101,17 @@ def add_commands(sub: Any) -> None:
                    help="do not serve the bundled digits models")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=_number(int, 1, 65535), default=8000, help="port (default 8000)")
+    s.add_argument("--port", type=integer(1, 65535), default=8000, help="port (default 8000)")
     s.add_argument("--allow-host", action="append", default=None, metavar="NAME[:PORT]",
                    help="also answer requests whose Host header is NAME (any port) or NAME:PORT, "
                    "besides 127.0.0.1, localhost, [::1] and the bound address (repeatable)")
-    s.add_argument("--max-upload-mb", type=_number(float, 0, low_open=True), default=10.0,
+    s.add_argument("--max-upload-mb", type=positive_float, default=10.0,
                    help="largest upload (default 10 MB)")
-    s.add_argument("--max-megapixels", type=_number(float, 0, low_open=True), default=24.0,
+    s.add_argument("--max-megapixels", type=positive_float, default=24.0,
                    help="largest image in megapixels (default 24)")
-    s.add_argument("--max-queue", type=_number(int, 1, 10_000), default=8,
+    s.add_argument("--max-queue", type=integer(1, 10_000), default=8,
                    help="most requests waiting for the model at once; more get 429 (default 8)")
-    s.add_argument("--timeout", type=_number(float, 0, 86_400, low_open=True), default=60.0,
+    s.add_argument("--timeout", type=finite_float(0, 86_400, lo_open=True), default=60.0,
                    help="seconds a request may wait plus run before it gets 503 (default 60)")
     s.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])

@@ -493,7 +493,7 @@ def lime(
     n_segments: int = 50,
     cell: int | None = None,
     segment_options: dict[str, Any] | None = None,
-    hide: str | float | torch.Tensor = "segment_mean",
+    hide: str | float | torch.Tensor = "grey",
     kernel_width: float = 0.25,
     alpha: float = 1.0,
     score: str = "softmax",
@@ -508,9 +508,10 @@ def lime(
 
     Args:
         n_samples: perturbed images (the first shows everything), the maximum with ``converge``.
-        hide: what replaces a hidden segment: ``"segment_mean"`` (its mean colour, the lime
-            package's default; blind to a uniform region such as a background band, since its
-            mean is itself), or any baseline of :func:`occlusion` (``"grey"``, ``"mean"``, ...).
+        hide: what replaces a hidden segment: ``"grey"`` (default) or any baseline of
+            :func:`occlusion`, or ``"segment_mean"`` (its mean colour, the lime package's default;
+            blind to a uniform region such as a snow band, whose mean is itself: on the bundled
+            digits-snow model it found the snow on 45% of snowy wolves, grey on 100%).
         kernel_width: width of the exponential kernel on the cosine distance.
         alpha: ridge penalty.
         score: ``"softmax"`` (probabilities, as the lime package) or ``"raw"``.

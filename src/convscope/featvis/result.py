@@ -44,6 +44,7 @@ class Visualization:
             ``"filters"``, ``"activations"``.
         objective: readable description of the objective (or of the source).
         model_name: the model's spec or class name.
+        model_info: weights, preprocessing, class names and assumptions (``LoadedModel.info()``).
         layer: the layer involved, if one.
         cmap: colour map for single-channel images that are maps, not pictures (``None``: gray).
         history: (steps, B) objective per step, if optimised.
@@ -58,6 +59,7 @@ class Visualization:
     kind: str = "objective"
     objective: str = ""
     model_name: str = ""
+    model_info: dict[str, Any] = field(default_factory=dict)
     layer: str | None = None
     cmap: str | None = None
     history: torch.Tensor | None = None
@@ -160,6 +162,7 @@ class Visualization:
             "kind": self.kind,
             "objective": self.objective,
             "model": self.model_name,
+            "model_info": self.model_info,
             "layer": self.layer,
             "titles": list(self.titles),
             "shape": list(self.images.shape),

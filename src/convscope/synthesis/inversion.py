@@ -143,7 +143,7 @@ def invert(
         diagnostics={**{f"final_{k}": v for k, v in finals[0].items()},
                      "initial_loss": hists[0]["loss"][0], "ssim": scores},
         extras={"originals": x0},
-        model_name=lm.name,
+        model_name=lm.name, model_info=lm.info(),
     )
 
 
@@ -208,7 +208,7 @@ def inversion_strip(
                      "initial_loss": [h["loss"][0] for h in hists],
                      "final_loss": [f.get("loss") for f in finals]},
         extras={"originals": x0},
-        model_name=lm.name,
+        model_name=lm.name, model_info=lm.info(),
     )
 
 

@@ -76,6 +76,7 @@ class AdversarialResult:
         class_names: output names.
         options: the options the attack ran with.
         model_name: the model spec.
+        model_info: weights, preprocessing, class names and assumptions (``LoadedModel.info()``).
     """
 
     method: str
@@ -92,6 +93,7 @@ class AdversarialResult:
     class_names: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
+    model_info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.original.shape[0])
@@ -180,6 +182,7 @@ class AdversarialResult:
         return {
             "method": self.method,
             "model": self.model_name,
+            "model_info": self.model_info,
             "norm": self.norm,
             "eps": self.eps if np.isfinite(self.eps) else None,
             "targeted": self.targets is not None,
@@ -229,6 +232,7 @@ class SynthesisResult:
         diagnostics: numbers qualifying the result (e.g. final losses, SSIM).
         extras: other arrays (e.g. Efros-Leung source coordinates).
         model_name: the model spec (empty for model-free methods).
+        model_info: weights, preprocessing, class names and assumptions (``LoadedModel.info()``).
     """
 
     kind: str
@@ -241,6 +245,7 @@ class SynthesisResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
+    model_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image(self) -> torch.Tensor:
@@ -297,6 +302,7 @@ class SynthesisResult:
         return {
             "kind": self.kind,
             "model": self.model_name,
+            "model_info": self.model_info,
             "titles": list(self.titles),
             "layers": list(self.layers),
             "shape": list(self.images.shape),

@@ -162,7 +162,7 @@ def texture(
                      param=param, init_sd=init_sd, seed=seed, n=n),
         diagnostics={"initial_loss": hist["loss"][0], **{f"final_{k}": v for k, v in final.items()},
                      "pretrained": lm.card.get("pretrained")},
-        model_name=lm.name,
+        model_name=lm.name, model_info=lm.info(),
     )
 
 
@@ -250,5 +250,5 @@ def style_transfer(
                      "initial_content": hist["content"][0], "initial_style": hist["style"][0],
                      **{f"final_{k}": v for k, v in final.items()},
                      "pretrained": lm.card.get("pretrained")},
-        model_name=lm.name,
+        model_name=lm.name, model_info=lm.info(),
     )

@@ -41,8 +41,9 @@ def test_black_box_maps_equal_the_torch_maps(method, opts, session, cue_model, c
     x = cue_model.preprocessing.normalize(cue_test.images[:3])
     target = cue_test.labels[:3].tolist()
     ref = cs.explain(cue_model, x, method=method, target=target, **opts)
+    # a black box's pixel mapping is stated (baselines are pixels): the model's preprocessing
     got = cs.explain(session, x, method=method, target=target, class_names=cue_model.class_names,
-                     **opts)
+                     preprocessing=cue_model.preprocessing, **opts)
     scale = float(ref.map.abs().max())
     torch.testing.assert_close(got.map, ref.map, atol=1e-3 * scale, rtol=1e-3)
     # and it points at the planted cue like the torch model does

@@ -146,7 +146,7 @@ def test_convergence():
 
 def test_occlusion_linear_model_equals_hand_computed_drops():
     net, x = Linear(), _x()
-    e = cs.explain(net, x, method="occlusion", target=1, window=2, stride=2)
+    e = cs.explain(net, x, method="occlusion", target=1, window=2, stride=2, baseline="black")
     w = net.w[1].detach().view(8, 8)
     want = torch.zeros(8, 8)
     for r in range(0, 8, 2):  # each window's drop is the sum of w * x over it (zero baseline)
@@ -217,7 +217,7 @@ class RegionNet(nn.Module):
 def test_rise_concentrates_on_the_region_the_model_reads():
     net = RegionNet()
     x = torch.ones(1, 1, 16, 16)
-    e = cs.explain(net, x, method="rise", target=0, n_masks=400, cells=4, score="raw")
+    e = cs.explain(net, x, method="rise", target=0, n_masks=400, cells=4, score="raw", baseline="black")
     m = e.map[0]
     region = torch.zeros(16, 16, dtype=torch.bool)
     region[2:6, 10:14] = True
@@ -271,7 +271,7 @@ def test_kernel_shap_on_additive_model_gives_exact_contributions():
     net = Linear(c=1, h=8, w=8, k=2)
     x = _x()
     e = cs.explain(net, x, method="kernel_shap", target=1, segmentation="grid", cell=4,
-                   n_samples=60)
+                   n_samples=60, hide="black")
     seg = e.diagnostics["segments"][0]
     contrib = (net.w[1].detach().view(8, 8) * x[0, 0])
     want = torch.zeros(4).index_add_(0, seg.flatten(), contrib.flatten())

@@ -116,7 +116,7 @@ def test_l2_budget_respected(clean_model, test_digits, method):
     eps = 1.0
     f = fgsm if method == "fgsm" else pgd
     kw = {} if method == "fgsm" else {"steps": 10}
-    r = f(clean_model, x, eps=eps, norm="l2", **kw)
+    r = f(clean_model, x, eps=eps, norm="l2", space="pixels", **kw)
     n = (r.adversarial.double() - x.double()).flatten(1).norm(dim=1)
     assert float(n.max()) <= eps
     assert float(n.min()) > 0.5 * eps  # the budget is used, not ignored
@@ -239,7 +239,7 @@ def test_shallow_inversion_is_close_and_deep_is_not(clean_model, test_digits):
     img = x[5:6]
     before = model_state(clean_model.model)
     r = inversion_strip(clean_model, img, ["features.1", "features.9"], steps=100, seed=0,
-                        progress=False)
+                        progress=False, space="pixels")
     assert count_hooks(clean_model.model) == 0
     assert_same_state(model_state(clean_model.model), before)
     shallow, deep = r.images[0, 0].double().numpy(), r.images[1, 0].double().numpy()

@@ -292,19 +292,18 @@ class TorchSource(DataSource):
             return img, int(lab) if isinstance(lab, (int, np.integer, torch.Tensor)) else -1
         return item, -1
 
-    def _tensor(self, img: Any) -> torch.Tensor | None:
+    def _inputs(self, img: Any) -> Any:
         if not (isinstance(img, torch.Tensor) and img.is_floating_point() and img.ndim == 3):
             return None
         from ..inputs import as_inputs
 
-        return as_inputs(img.detach().cpu().float(), self.preprocessing, space=self.space, what="item").x[0]
+        return as_inputs(img.detach().cpu().float(), self.preprocessing, space=self.space, what="item")
 
     def pixel_tensor(self, i: int) -> torch.Tensor:
         img, _ = self._item(i)
-        t = self._tensor(img)
-        if t is not None:
-            pix = self.preprocessing.denormalize(t).clamp(0, 1) if self.space == "model" else t
-            return _fit_pixels(pix, self.preprocessing)
+        inp = self._inputs(img)
+        if inp is not None:
+            return _fit_pixels(inp.pixels[0], self.preprocessing)
         return _fit_pixels(pil_to_tensor(self.preprocessing.to_display(load_image(img))), self.preprocessing)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
@@ -312,9 +311,9 @@ class TorchSource(DataSource):
         if not 0 <= i < len(self):
             raise IndexError(f"item {i} out of range for a source of {len(self)}")
         img, lab = self._item(i)
-        t = self._tensor(img)
-        if t is not None and self.space == "model" and tuple(t.shape[-2:]) == tuple(self.preprocessing.size):
-            return t.contiguous(), lab, i  # the model's own input, untouched
+        inp = self._inputs(img)
+        if inp is not None and self.space == "model" and tuple(inp.x.shape[-2:]) == tuple(self.preprocessing.size):
+            return inp.x[0].contiguous(), lab, i  # the model's own input, untouched
         return super().__getitem__(i)
 
     def label(self, i: int) -> int:

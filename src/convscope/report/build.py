@@ -211,13 +211,6 @@ def explain_report(
         + (" Methods ran with their fast settings (fewer samples or steps), as noted per panel."
            if fast else ""),
     )
-    rep.section(
-        "The model, as convscope used it",
-        "What every map in this report was computed with. Rows marked 'assumed' were not stated by "
-        "you: state them (a model card, or preprocessing= / class_names= / layer=) if they are wrong.",
-        table=model_rows(lm),
-        table_header=["", "value"],
-    )
     from ..results import _upscale
 
     for j in range(len(display)):
@@ -240,6 +233,13 @@ def explain_report(
                 r.info.reference or "", "ok" if r.error is None else f"failed: {r.error}"]
                for r in used],
         table_header=["method", "family", "signed", "note", "reference", "status"],
+    )
+    rep.section(
+        "The model, as convscope used it",
+        "What every map in this report was computed with. Rows marked 'assumed' were not stated by "
+        "you: state them (a model card, or preprocessing= / class_names= / layer=) if they are wrong.",
+        table=model_rows(lm),
+        table_header=["", "value"],
     )
     for add in extra_sections:
         add(rep, lm)

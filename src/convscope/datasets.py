@@ -4,6 +4,8 @@
 and centred in a 4-pixel black frame. ``planted_cue()`` stamps a small texture that depends on the
 class (stripes, checkers, ...) into a corner: a spurious cue, this project's wolf-vs-husky snow.
 It returns the exact cue masks, so a test can check where an explanation points.
+``snow_scenes()`` draws the digits as 48x48 colour scenes, wolves (0-4) and huskies (5-9), with a
+large cue of another kind: a band of snow along the bottom (the ``digits-snow`` model's data).
 """
 
 from __future__ import annotations

@@ -155,8 +155,8 @@ def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
         w = wolves[:n_images]
         cases.append(Case(SNOW, SNOW, snowy.images[w], snowy.masks[w], "test wolves on snow", 0))
         cases.append(Case(SNOW_CONTROL, SNOW, bare.images[w], bare.bands[w],
-                          "the same wolves without the snow (class wolf explained, scored against "
-                          "the empty band)", 0))
+                          "test wolves without the snow (the same wolves; class wolf explained, "
+                          "scored against the empty band)", 0))
     return cases
 
 

@@ -160,7 +160,7 @@ def test_curves_leave_model_untouched_and_check_inputs(cue_model, cue_test):
     with pytest.raises(InputError, match="do not match"):
         deletion(cue_model, x, torch.rand(2, 16, 16))
     with pytest.raises(InputError, match="baseline"):
-        insertion(cue_model, x, torch.rand(2, 32, 32), baseline="grey")
+        insertion(cue_model, x, torch.rand(2, 32, 32), baseline="purple")
 
 
 # --- pointing game ----------------------------------------------------------------------------------
@@ -302,6 +302,6 @@ def test_curves_accept_a_black_box_predict_function(cue_model, cue_test):
         with torch.no_grad():
             return net(torch.from_numpy(batch)).numpy()
 
-    kw = dict(baseline=0.0, steps=6, targets=[1, 2, 3])
+    kw = dict(baseline=torch.zeros(()), steps=6, targets=[1, 2, 3])  # model space: the black box has no preprocessing
     torch.testing.assert_close(deletion(predict, x, maps, **kw).scores,
                                deletion(cue_model, x, maps, batch_size=7, **kw).scores)

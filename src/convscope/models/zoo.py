@@ -116,7 +116,6 @@ class LoadedModel:
             if self.default_layer is not None:
                 self.assumed.append(f"layer: {self.default_layer} (the last layer with a spatial map; "
                                     "pass layer= to choose)")
-        self.generic = False
 
     def info(self) -> dict[str, Any]:
         """What results and reports record about the model: plain data."""

@@ -238,9 +238,8 @@ def _snow_section(
     from tqdm.auto import tqdm
 
     from .datasets import snow_scenes
-    from .evaluation.benchmark import load_bundled
 
-    lm = load_bundled("digits-snow")
+    lm = load_model("digits-snow")
     snowy, bare, swapped = (snow_scenes("test", cue=c) for c in ("label", "none", "swapped"))
     wolves = torch.nonzero(snowy.labels == 0)[:, 0]
     huskies = torch.nonzero(snowy.labels == 1)[:, 0]

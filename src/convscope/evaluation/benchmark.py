@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvscopeError, InputError
-from ..models import LoadedModel, Preprocessing, load_model
+from ..models import LoadedModel, load_model
 from ..registry import get_method, list_methods
 from .curves import deletion, insertion
 from .explainers import MethodExplainer, as_explainer
@@ -67,7 +67,6 @@ __all__ = [
     "LEADERBOARD_COLUMNS",
     "BenchmarkResult",
     "benchmark_methods",
-    "load_bundled",
     "planted_cue_benchmark",
     "write_benchmark",
 ]
@@ -83,26 +82,6 @@ LEADERBOARD_COLUMNS = [
     "insertion", "sanity_similarity", "sanity", "seconds",
 ]
 DETAIL_COLUMNS = ["options", "error"]
-
-
-def load_bundled(name: str) -> LoadedModel:
-    """A bundled model by name, ``digits-snow`` included.
-
-    ``digits-snow`` is built from its card and :func:`convscope.models.snow.snow_model` until the
-    model zoo reads cards of other architectures; then this is ``load_model(name)``.
-    """
-    if name != SNOW:
-        return load_model(name)
-    from ..models.snow import snow_card, snow_model
-
-    card = snow_card()
-    pp = card["preprocessing"]
-    pre = Preprocessing(size=tuple(pp["size"]), mean=tuple(pp["mean"]), std=tuple(pp["std"]),
-                        channels=pp["channels"], resize=pp["resize"])
-    lm = load_model(snow_model(), class_names=card["class_names"], preprocessing=pre,
-                    default_layer=card["layer"])
-    lm.name, lm.card, lm.generic = SNOW, card, False
-    return lm
 
 
 @dataclass(frozen=True)
@@ -249,7 +228,7 @@ def planted_cue_benchmark(
     loaded: dict[str, LoadedModel] = {}
     for case in cases:
         if case.model not in loaded:
-            loaded[case.model] = load_bundled(case.model)
+            loaded[case.model] = load_model(case.model)
         lm = loaded[case.model]
         lm.model.to(dev)
         masks = case.masks

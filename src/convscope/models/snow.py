@@ -13,8 +13,6 @@ and it learned to read the snow.
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any
 
 import torch
@@ -51,16 +49,13 @@ class SnowCNN(nn.Module):
 
 def snow_card() -> dict[str, Any]:
     """The model card of ``digits-snow`` (``weights/digits-snow.json``)."""
-    path = resources.files("convscope.models").joinpath("weights", f"{NAME}.json")
-    return json.loads(path.read_text())
+    from .zoo import model_card
+
+    return model_card(NAME)
 
 
 def snow_model() -> SnowCNN:
-    """``SnowCNN`` with the bundled weights, in eval mode (what ``load_model("digits-snow")`` holds)."""
-    from safetensors.torch import load
+    """``SnowCNN`` with the bundled weights, in eval mode: ``load_model("digits-snow").model``."""
+    from .zoo import load_model
 
-    card = snow_card()
-    model = SnowCNN(**card["kwargs"])
-    data = resources.files("convscope.models").joinpath("weights", card["weights"]).read_bytes()
-    model.load_state_dict(load(data), strict=True)
-    return model.eval()
+    return load_model(NAME).model  # type: ignore[return-value]

@@ -207,6 +207,16 @@ def run_demo(
     _featvis_section(rep, models)
     _dataset_section(rep, models)
     _adversarial_section(rep, models)
+    from .report.build import model_rows
+
+    for name in ("digits-cnn", "digits-cnn-cue", "digits-snow"):
+        rep.section(
+            f"The model {name}, as convscope used it",
+            "Loaded from its model card (convscope/models/weights); every map above records this "
+            "in its metadata. Nothing was assumed where the 'assumed' rows are absent.",
+            table=model_rows(models.get(name) or load_model(name)),
+            table_header=["", "value"],
+        )
 
     rep.intro += f" Built in {time.perf_counter() - t_start:.0f} s, offline."
     out_dir.mkdir(parents=True, exist_ok=True)

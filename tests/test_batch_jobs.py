@@ -179,7 +179,8 @@ def test_ray_engine_store_equals_local(ray_local, clean_model, digits_data, tmp_
 def test_torn_chunk_without_marker_is_recomputed(clean_model, digits_data, tmp_path):
     """A kill between a chunk's data write and its marker (or while creating the store) leaves
     no trace in the result: the chunk is recomputed and the half-built store is ignored."""
-    src = TensorSource(digits_data.images[:32], clean_model.preprocessing, digits_data.labels[:32], space="pixels")
+    src = TensorSource(digits_data.images[:32], clean_model.preprocessing, digits_data.labels[:32],
+                       space="pixels")
     kw = dict(batch_size=8, chunk_size=16)
     ref = _arrays(run_batch(clean_model, src, "saliency", tmp_path / "ref.zarr", **kw))
     out = tmp_path / "torn.zarr"

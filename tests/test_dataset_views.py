@@ -50,7 +50,8 @@ def test_top_activations_match_brute_force(clean_model, pixels):
     x, y = pixels
     k = 5
     res = top_activations(
-        clean_model, TensorSource(x, clean_model.preprocessing, y, space="pixels"), "features.6", k=k, batch_size=32
+        clean_model, TensorSource(x, clean_model.preprocessing, y, space="pixels"), "features.6", k=k,
+        batch_size=32
     )
     act = _all_acts(clean_model, clean_model.preprocessing.normalize(x), "features.6")  # (N, C, 16, 16)
     n, c, h, w = act.shape
@@ -186,7 +187,8 @@ def test_neighbors_match_brute_force(clean_model, pixels, metric):
 
 def test_embedding_pca_is_the_principal_projection(clean_model, pixels, tmp_path):
     x, y = pixels
-    src = TensorSource(x, clean_model.preprocessing, y, class_names=[str(i) for i in range(10)], space="pixels")
+    src = TensorSource(x, clean_model.preprocessing, y, class_names=[str(i) for i in range(10)],
+                       space="pixels")
     feats = layer_features(clean_model, src, "features.9")
     e = embed(clean_model, src, "features.9", method="pca", features=feats)
     f = _brute_features(clean_model, x, "features.9")

@@ -302,6 +302,7 @@ def test_curves_accept_a_black_box_predict_function(cue_model, cue_test):
         with torch.no_grad():
             return net(torch.from_numpy(batch)).numpy()
 
-    kw = dict(baseline=torch.zeros(()), steps=6, targets=[1, 2, 3])  # model space: the black box has no preprocessing
+    # a tensor baseline is in model space: the black box has no preprocessing to map pixels
+    kw = dict(baseline=torch.zeros(()), steps=6, targets=[1, 2, 3])
     torch.testing.assert_close(deletion(predict, x, maps, **kw).scores,
                                deletion(cue_model, x, maps, batch_size=7, **kw).scores)

@@ -18,12 +18,12 @@ from torch import nn
 import convscope as cs
 from convscope.attribution import MethodContext
 from convscope.attribution.integrated import quadrature
-from convscope.inputs import baseline as make_baseline
-from convscope.inputs import gaussian_blur as blur
 from convscope.attribution.smooth import noise_directions, smooth
 from convscope.errors import MethodError
 from convscope.evaluation.pointing import pointing_hits
 from convscope.hooks import count_hooks, state_guard
+from convscope.inputs import baseline as make_baseline
+from convscope.inputs import gaussian_blur as blur
 
 MINE = ["gradient_x_input", "guided_backprop", "deconvnet", "smoothgrad", "smoothgrad_sq",
         "vargrad", "integrated_gradients"]

@@ -302,7 +302,8 @@ def test_mechanics_on_random_torchvision_models(tmp_path):
     vgg = cs.load_model("torchvision:squeezenet1_1", weights=None)  # VGG-like, small
     net = vgg.model
     before = model_state(net)
-    r = style_transfer(vgg, torch.rand(3, 32, 32), torch.rand(3, 32, 32), steps=2, progress=False, space="pixels")
+    r = style_transfer(vgg, torch.rand(3, 32, 32), torch.rand(3, 32, 32), steps=2, progress=False,
+                       space="pixels")
     assert r.images.shape == (1, 3, 32, 32) and count_hooks(net) == 0
     assert_same_state(model_state(net), before)
     assert r.options["content_layers"] and len(r.options["style_layers"]) >= 3

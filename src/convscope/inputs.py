@@ -86,7 +86,8 @@ def _check_tensor(t: torch.Tensor, pre: Preprocessing, space: str, what: str,
                   any_channels: bool) -> torch.Tensor:
     if not t.is_floating_point():
         raise InputError(
-            f"{what}: a tensor must be float ({'pixels in [0, 1]' if space == 'pixels' else 'model inputs'}), "
+            f"{what}: a tensor must be float "
+            f"({'pixels in [0, 1]' if space == 'pixels' else 'model inputs'}), "
             f"got {t.dtype}; convert with .float() (and /255 for 8-bit pixels with space='pixels')"
         )
     if t.ndim == 3:
@@ -151,7 +152,8 @@ def as_inputs(
     from .image import pil_to_tensor
 
     pix = torch.stack([pil_to_tensor(pre.to_display(im)) for im in items])
-    return Inputs(pre.normalize(pix), pix, display_batch(pix), [im for im in items if isinstance(im, torch.Tensor)])
+    tensors = [im for im in items if isinstance(im, torch.Tensor)]
+    return Inputs(pre.normalize(pix), pix, display_batch(pix), tensors)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

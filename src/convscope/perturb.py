@@ -16,7 +16,8 @@ does that once:
   ``batch_size="auto"`` sizes chunks to a memory budget (:func:`auto_batch_size`). A tqdm bar
   shows on long runs. No per-sample Python loop and, for torch models, no NumPy round trip.
 * Mask builders: :func:`window_boxes` / :func:`box_masks` (occlusion), :func:`rise_masks`,
-  :func:`coalition_samples` (LIME), :func:`shapley_samples` (Kernel SHAP), :func:`baseline` (from :mod:`convscope.inputs`).
+  :func:`coalition_samples` (LIME), :func:`shapley_samples` (Kernel SHAP), :func:`baseline`
+  (from :mod:`convscope.inputs`).
 * :func:`weighted_ridge`: the weighted ridge fit of LIME / Kernel SHAP in torch, with the
   weighted R^2 of the fit.
 * :class:`Convergence`: stop sampling once the explanation stops changing.

@@ -10,7 +10,8 @@ model; ``"auto"`` fits a memory budget).
 
 * **occlusion** (Zeiler and Fergus 2014): slide a ``window`` with ``stride`` over the image,
   replace it by the ``baseline`` (pixel space: grey by default, black, white, the image mean, a
-  blur, a grey level, or a model-space tensor); ``M_p = mean over windows w containing p of (S(x) - S(x with w hidden))``. Signed.
+  blur, a grey level, or a model-space tensor);
+  ``M_p = mean over windows w containing p of (S(x) - S(x with w hidden))``. Signed.
   ``incremental="exact"`` computes the same map by incremental inference (Krypton, Nakandala et
   al. 2019; see :mod:`._incremental`), ``incremental="approx"`` with a projective-field cap
   ``tau``.

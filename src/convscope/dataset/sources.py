@@ -312,7 +312,8 @@ class TorchSource(DataSource):
             raise IndexError(f"item {i} out of range for a source of {len(self)}")
         img, lab = self._item(i)
         inp = self._inputs(img)
-        if inp is not None and self.space == "model" and tuple(inp.x.shape[-2:]) == tuple(self.preprocessing.size):
+        fits = inp is not None and tuple(inp.x.shape[-2:]) == tuple(self.preprocessing.size)
+        if fits and self.space == "model":
             return inp.x[0].contiguous(), lab, i  # the model's own input, untouched
         return super().__getitem__(i)
 

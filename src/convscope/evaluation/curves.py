@@ -163,7 +163,8 @@ def relevance_curve(
     maps = _check(x, maps)
     x = x.detach()
     t, _ = predict_targets(lm.model, x, targets, 64 if batch_size == "auto" else int(batch_size))
-    base = make_baseline(x, baseline if baseline is not None else ("black" if kind == "deletion" else "blur"), lm)
+    default = "black" if kind == "deletion" else "blur"
+    base = make_baseline(x, baseline if baseline is not None else default, lm)
     h, w = x.shape[-2:]
     n = h * w
     ks = _steps(n, steps).to(x.device)

@@ -124,7 +124,9 @@ def read_labels(path: Path) -> list[str]:
         try:
             return [str(obj[k]) for k in sorted(obj, key=lambda k: int(k))]
         except ValueError:
-            raise ModelLoadError(f"labels file {path}: a JSON object must map class indices to names") from None
+            raise ModelLoadError(
+                f"labels file {path}: a JSON object must map class indices to names"
+            ) from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ModelLoadError(f"labels file {path} holds no class names (one name a line)")

@@ -42,11 +42,15 @@ class Preprocessing:
             raise InputError(f"preprocessing size must be 1..8192 pixels (height, width), got {self.size!r}")
         object.__setattr__(self, "size", (int(h), int(w)))
         if not (isinstance(self.channels, int) and 1 <= self.channels <= 64):
-            raise InputError(f"preprocessing channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+            raise InputError(
+                f"preprocessing channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}"
+            )
         for key in ("mean", "std"):
             v = tuple(float(a) for a in getattr(self, key))
             if len(v) != self.channels:
-                raise InputError(f"preprocessing {key} needs {self.channels} value(s) (one per channel), got {len(v)}")
+                raise InputError(
+                    f"preprocessing {key} needs {self.channels} value(s) (one per channel), got {len(v)}"
+                )
             if not all(np.isfinite(v)):
                 raise InputError(f"preprocessing {key} must be finite numbers, got {v}")
             object.__setattr__(self, key, v)
@@ -56,7 +60,8 @@ class Preprocessing:
                                             and min(self.size) <= self.resize <= 16384):
             raise InputError(
                 f"preprocessing resize (the shorter side before the centre crop) must be an integer "
-                f">= the crop size {min(self.size)}, or None to resize straight to the size; got {self.resize!r}"
+                f">= the crop size {min(self.size)}, or None to resize straight to the size; "
+                f"got {self.resize!r}"
             )
 
     def to_dict(self) -> dict[str, object]:
@@ -143,8 +148,10 @@ def display_batch(pixels: torch.Tensor) -> np.ndarray:
 
 #: Presets a user can name in one word (``--preprocessing NAME``, ``preprocessing="NAME"``).
 PRESETS: dict[str, dict[str, object]] = {
-    "imagenet": {"size": (224, 224), "resize": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "channels": 3},
-    "none": {"size": (224, 224), "resize": None, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "channels": 3},
+    "imagenet": {"size": (224, 224), "resize": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                 "channels": 3},
+    "none": {"size": (224, 224), "resize": None, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
+             "channels": 3},
     "inception": {"size": (299, 299), "resize": 342, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
                   "channels": 3},
     "clip": {"size": (224, 224), "resize": 224, "mean": (0.48145466, 0.4578275, 0.40821073),
@@ -207,14 +214,21 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
     elif isinstance(spec, dict):
         bad = [k for k in spec if k not in _KEYS]
         if bad:
-            raise InputError(f"unknown preprocessing key(s) {', '.join(map(str, bad))}; use {', '.join(_KEYS)}")
+            raise InputError(
+                f"unknown preprocessing key(s) {', '.join(map(str, bad))}; use {', '.join(_KEYS)}"
+            )
         d = dict(spec)
-        base = dict(preprocessing_from(d.pop("preset", "none")).to_dict()) if "preset" in d else dict(PRESETS["none"])
+        if "preset" in d:
+            base = dict(preprocessing_from(d.pop("preset")).to_dict())
+        else:
+            base = dict(PRESETS["none"])
         if "input_size" in d:
             d["size"] = d.pop("input_size")
         base.update(d)
     else:
-        raise InputError(f"preprocessing must be a preset name, a dict or a Preprocessing, got {type(spec).__name__}")
+        raise InputError(
+            f"preprocessing must be a preset name, a dict or a Preprocessing, got {type(spec).__name__}"
+        )
     for k, v in overrides.items():
         if v is not None:
             base[k] = v

@@ -420,7 +420,8 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     card = read_card(path) if card is None else card
     arch = str(card["architecture"])
     seed = int(card.get("seed", 0) if seed is None else seed)
-    wfile = card.get("weights") if weights in ("default", None) or str(weights).lower() == "default" else weights
+    default = weights in ("default", None) or str(weights).lower() == "default"
+    wfile = card.get("weights") if default else weights
     if _is_none(weights):
         wfile = None
     base = path.parent
@@ -430,7 +431,9 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     except InputError as exc:
         raise ModelLoadError(f"{where}: {exc}") from None
     if arch.startswith(("torchvision:", "timm:")) or arch in _BUNDLED:
-        w = None if wfile is None else card_path(path, str(wfile), "weights") if isinstance(wfile, str) else wfile
+        w = wfile
+        if isinstance(wfile, str):
+            w = card_path(path, wfile, "weights")
         lm = load_model(arch, weights=w, unsafe=unsafe, seed=seed)
         model = lm.model
         used = lm.weights
@@ -524,7 +527,8 @@ def load_model(
     """
     pre_given = None
     if preprocessing is not None:
-        pre_given = preprocessing if isinstance(preprocessing, Preprocessing) else preprocessing_from(preprocessing)
+        pre_given = (preprocessing if isinstance(preprocessing, Preprocessing)
+                     else preprocessing_from(preprocessing))
     if isinstance(spec, LoadedModel):
         lm = spec
     elif isinstance(spec, nn.Module):

@@ -164,7 +164,7 @@ def test_integrated_gradients_internal_batch_size_and_baselines(cue_model, cue_t
     for b in ["blur", "uniform"]:
         e = cs.explain(cue_model, x, method="integrated_gradients", steps=32, baseline=b)
         assert max(e.diagnostics["completeness_rel_gap"]) < 0.05
-    with pytest.raises(cs.errors.InputError, match="unknown baseline"):
+    with pytest.raises(cs.errors.InputError, match="baseline='nope'"):
         cs.explain(cue_model, x, method="integrated_gradients", baseline="nope")
     with pytest.raises(cs.errors.InputError, match="baseline tensor"):
         cs.explain(cue_model, x, method="integrated_gradients", baseline=torch.zeros(2, 3, 3))

@@ -107,7 +107,7 @@ def run_demo(
         m = lm.card["metrics"]
         rows.append([name, lm.card["summary"]] + [f"{k} = {v:.3f}" for k, v in m.items()])
     rep.section(
-        "The two models (from their model cards)",
+        "The two digit models (from their model cards; digits-snow has its own section)",
         "The cue model is perfect when the cue is there, near chance without it, and follows a cue "
         "planted for the wrong class: it reads the texture, not the digit.",
         table=[[r[0], r[1], "; ".join(r[2:])] for r in rows],

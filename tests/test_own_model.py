@@ -367,3 +367,59 @@ def test_serve_on_a_card(user, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --- found by a new user trying the feature --------------------------------------------------------
+def test_review_findings_are_one_line_errors_or_recorded(user, tmp_path):
+    net, card, png, pix = user
+    # a 1-channel plain module with nothing stated: what was really done is recorded
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AssumptionWarning)
+        e = cs.explain(gray, torch.rand(1, 28, 28), method="saliency")
+    assert e.model_info["preprocessing"]["channels"] == 1 and e.model_info["preprocessing"]["mean"] == [0.0]
+    assert "none known" in e.model_info["assumed"][0]
+    # stated preprocessing: class-name count and channel count are checked
+    with pytest.raises(ModelLoadError, match="3 class names for a model with 2 outputs"):
+        cs.load_model(net, preprocessing={"preset": "none", "size": 48}, class_names=["a", "b", "c"])
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 48})
+    with pytest.raises(InputError, match="expects 3 channel"):
+        cs.explain(lm, torch.rand(1, 48, 48))
+    with pytest.raises(ModelLoadError, match="fails on a 1x1x48x48 input"):
+        cs.load_model(net, preprocessing={"preset": "none", "size": 48, "channels": 1})
+    g1 = cs.load_model(gray, preprocessing={"preset": "none", "size": 28, "channels": 1})
+    assert g1.preprocessing.mean == (0.0,)
+    for bad in ("48x64x2", "48x"):
+        with pytest.raises(InputError, match="N or HxW"):
+            preprocessing_from("none", size=bad)
+    with pytest.raises(InputError, match="resize"):
+        preprocessing_from("none", size=48, resize=0)
+    with pytest.raises(ModelLoadError, match="add the class"):
+        cs.load_model(str(tmp_path / "wolfnet.safetensors"), arch=str(tmp_path / "wolfnet.py"))
+    with pytest.raises(ModelLoadError, match="random weights"):
+        cs.load_model(str(tmp_path / "wolfnet.safetensors"), arch="x.py:WolfNet", weights=None)
+    (tmp_path / "lab.json").write_text('{"0": "wolf", "5": "husky"}')
+    c = json.loads(card.read_text())
+    c.pop("class_names")
+    c["labels"] = "lab.json"
+    (tmp_path / "c3.json").write_text(json.dumps(c))
+    with pytest.raises(ModelLoadError, match="indices must be 0..1"):
+        cs.load_model(str(tmp_path / "c3.json"))
+
+
+def test_cli_preprocessing_flags_refuse_mismatched_values(user, tmp_path):
+    _net, _card, png, _pix = user
+    base = ["explain", str(png), "--model", "wolfnet.safetensors", "--arch", "wolfnet.py:WolfNet",
+            "--preprocessing", "none", "--method", "saliency", "-o", str(tmp_path / "o.json")]
+    from convscope.cli.main import main
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for extra in (["--mean", "1,2"], ["--std", "1,1,1,1"], ["--input-channels", "1"],
+                      ["--input-size", "48x"], ["--resize", "0"]):
+            assert main(base + extra) == 2, extra
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "o.json").exists()

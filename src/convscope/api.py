@@ -112,7 +112,7 @@ def explain(
     if device is None:
         p = next(net.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.generic, space=space)
+    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels, space=space)
     x = x.to(device)
     lm.fill_from_input(x)
     layers: list[str] = []

@@ -159,13 +159,10 @@ def preprocessing_from_args(args: argparse.Namespace) -> Any:
             over[n] = _floats(n, given[n])
     if given["channels"] is not None:
         over["channels"] = int(given["channels"])
-        for n in ("mean", "std"):
-            if n in over and len(over[n]) == 1:
-                over[n] = over[n] * over["channels"]
     r = given["resize"]
     if r is not None:
         if r.lower() == "none":
-            over["resize"] = 0
+            over["resize"] = "none"
         elif r.isdigit():
             over["resize"] = int(r)
         else:
@@ -176,12 +173,11 @@ def preprocessing_from_args(args: argparse.Namespace) -> Any:
         raise InputError("state the input size with --input-size (or name a preset with --preprocessing)")
     if preset is None:
         preset = "none"
-    if "mean" in over and "std" not in over or "std" in over and "mean" not in over:
-        n = len(over.get("mean", over.get("std", ())))
-        over.setdefault("mean", (0.0,) * n)
-        over.setdefault("std", (1.0,) * n)
-    if "channels" not in over and "mean" in over:
-        over["channels"] = len(over["mean"])
+    for n in ("mean", "std"):  # one value for every channel, else one per channel
+        if n in over and len(over[n]) not in (1, over.get("channels", 3)):
+            raise InputError(
+                f"--{n} takes one value or one per channel ({over.get('channels', 3)}), got {len(over[n])}"
+            )
     return preprocessing_from(preset, **over)
 
 

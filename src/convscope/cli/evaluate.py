@@ -125,7 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_method_options(get_method(m), {**(get_method(m).fast_options if args.fast else {}), **options})
 
     lm = load_from_args(args)
-    x, _disp, _ = prepare_inputs(list(args.images), lm.preprocessing, generic=lm.generic)
+    x, _disp, _ = prepare_inputs(list(args.images), lm.preprocessing, generic=lm.any_channels)
     n = x.shape[0]
     regions: Any = None
     if args.masks:

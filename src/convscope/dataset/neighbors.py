@@ -204,7 +204,7 @@ def nearest_neighbors(
     else:
         from ..api import prepare_inputs
 
-        x, disp, _ = prepare_inputs(query, lm.preprocessing, generic=lm.generic)
+        x, disp, _ = prepare_inputs(query, lm.preprocessing, generic=lm.any_channels)
         net = lm.model
         f = layer_extractor(net, name)
         with state_guard(net), torch.no_grad():

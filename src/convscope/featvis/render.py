@@ -517,7 +517,7 @@ def activation_maps(
     if layer is None:
         raise MethodError(f"{lm.name} has no default layer; pass layer=")
     (name,) = resolve_layers(lm.model, layer)
-    x, _disp, tensors = prepare_inputs(image, lm.preprocessing, generic=lm.generic)
+    x, _disp, tensors = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels)
     if x.shape[0] != 1:
         raise InputError("activation_maps takes one image")
     p = next(lm.model.parameters(), None)

@@ -122,7 +122,13 @@ def read_labels(path: Path) -> list[str]:
         return [str(v) for v in obj]
     if isinstance(obj, dict):
         try:
-            return [str(obj[k]) for k in sorted(obj, key=lambda k: int(k))]
+            keys = sorted(obj, key=lambda k: int(k))
+            if [int(k) for k in keys] != list(range(len(keys))):
+                raise ModelLoadError(
+                    f"labels file {path}: indices must be 0..{len(keys) - 1} with none missing, got "
+                    f"{', '.join(map(str, keys))}"
+                )
+            return [str(obj[k]) for k in keys]
         except ValueError:
             raise ModelLoadError(
                 f"labels file {path}: a JSON object must map class indices to names"

@@ -167,12 +167,12 @@ def _size(v: object) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
     if isinstance(v, str):
-        parts = v.lower().replace("x", ",").split(",")
-        try:
-            nums = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            raise InputError(f"size must be N or HxW (e.g. 48 or 48x64), got {v!r}") from None
-        v = nums
+        import re
+
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?", v.lower())
+        if m is None:
+            raise InputError(f"size must be N or HxW (e.g. 48 or 48x64), got {v!r}")
+        v = [int(m.group(1))] + ([int(m.group(2))] if m.group(2) else [])
     if isinstance(v, (list, tuple)) and len(v) in (1, 2, 3) and all(
             isinstance(a, int) and not isinstance(a, bool) for a in v):
         vals = list(v)[-2:] if len(v) == 3 else list(v)  # (C, H, W) as timm writes it
@@ -235,16 +235,17 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
     if "size" in base:
         base["size"] = _size(base["size"])
     r = base.get("resize")
-    if r in (0, "none", "None", "null", False):
+    if isinstance(r, str) and r.lower() in ("none", "null"):
         base["resize"] = None
     ch = base.get("channels", 3)
     for key in ("mean", "std"):
         v = base.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             base[key] = (float(v),) * int(ch)  # type: ignore[call-overload]
-        elif isinstance(v, (list, tuple)) and len(v) == 3 and ch == 1 and key in ("mean", "std") \
-                and spec in ("none", None) and key not in overrides:
-            base[key] = (float(v[0]),)
+        elif isinstance(v, (list, tuple)) and len(v) == 1 and isinstance(ch, int):
+            base[key] = (float(v[0]),) * ch  # one value for every channel
+        elif isinstance(v, (list, tuple)) and isinstance(ch, int) and len(v) != ch and len(set(v)) == 1:
+            base[key] = (float(v[0]),) * ch  # a uniform preset value follows the channel count
     try:
         return Preprocessing(**base)  # type: ignore[arg-type]
     except TypeError as exc:

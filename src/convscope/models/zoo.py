@@ -100,11 +100,23 @@ class LoadedModel:
     weights: str = ""
     assumed: list[str] = field(default_factory=list)
 
+    @property
+    def any_channels(self) -> bool:
+        """A plain module whose preprocessing was assumed: a tensor of any channel count is taken."""
+        return self.generic and any(a.startswith("preprocessing") for a in self.assumed)
+
     def fill_from_input(self, x: torch.Tensor) -> None:
         """For a generic model: derive class names and the default layer from a real input."""
         if not self.generic:
             return
         c = int(x.shape[1])
+        if self.any_channels and c != self.preprocessing.channels:
+            # the assumed RGB preprocessing cannot be what this tensor went through: say what is used
+            self.preprocessing = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
+                                               mean=(0.0,) * c, std=(1.0,) * c, resize=None)
+            self.assumed = [a for a in self.assumed if not a.startswith("preprocessing")]
+            self.assumed.insert(0, f"preprocessing: none known; the {c}-channel tensor is used as given "
+                                "(baselines and display read it as pixels); pass preprocessing= to state it")
         pre = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
                             mean=(0.0,) * c, std=(1.0,) * c)
         if not self.class_names:
@@ -115,7 +127,7 @@ class LoadedModel:
             self.default_layer = find_default_layer(self.model, pre)
             if self.default_layer is not None:
                 self.assumed.append(f"layer: {self.default_layer} (the last layer with a spatial map; "
-                                    "pass layer= to choose)")
+                                    "pass layer= to explain() or default_layer= to load_model())")
 
     def info(self) -> dict[str, Any]:
         """What results and reports record about the model: plain data."""
@@ -167,6 +179,10 @@ def model_card(name: str) -> dict[str, Any]:
 def _load_state_dict(path: Path, *, unsafe: bool) -> dict[str, torch.Tensor] | nn.Module:
     if not path.exists():
         raise ModelLoadError(f"weights file not found: {path}")
+    if path.suffix not in (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar"):
+        raise ModelLoadError(
+            f"{path} is not a weights file (.safetensors, or a state-dict .pt/.pth/.bin)"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -419,7 +435,10 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     """Load a model card (see :mod:`convscope.models.card`)."""
     card = read_card(path) if card is None else card
     arch = str(card["architecture"])
-    seed = int(card.get("seed", 0) if seed is None else seed)
+    raw_seed = card.get("seed", 0) if seed is None else seed
+    if isinstance(raw_seed, bool) or not isinstance(raw_seed, int) or raw_seed < 0:
+        raise ModelLoadError(f"model card {path}: key 'seed' must be a whole number >= 0, got {raw_seed!r}")
+    seed = raw_seed
     default = weights in ("default", None) or str(weights).lower() == "default"
     wfile = card.get("weights") if default else weights
     if _is_none(weights):
@@ -451,6 +470,9 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
         model.eval()
     n_out = _num_outputs(model, pre)
     assumed: list[str] = []
+    if card.get("preprocessing") is None and "mean" not in card and "std" not in card:
+        assumed.append("preprocessing: pixels in [0, 1] as they are (the card gives input_size but no "
+                       "preprocessing, mean or std)")
     if "class_names" in card:
         names = [str(c) for c in card["class_names"]]
     elif "labels" in card:
@@ -542,6 +564,7 @@ def load_model(
             assumed = [note]
         else:
             pre, assumed = pre_given, []
+            _num_outputs(spec, pre)  # a stated preprocessing the model cannot take: one line now
         lm = LoadedModel(spec, pre, list(class_names or []), default_layer, type(spec).__name__,
                          generic=True, weights="as given (an nn.Module)", assumed=assumed)
     else:
@@ -573,6 +596,13 @@ def load_model(
                 "a bundled name, torchvision:<arch> or timm:<name> (see `convscope models`)"
             )
         elif path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
+            if _is_none(weights):
+                raise ModelLoadError(
+                    f"--weights none asks for random weights but --model names the weights file {path}; "
+                    "give the architecture as --model (or a card) for a random init"
+                )
+            if arch is not None and arch.endswith(".py"):
+                raise ModelLoadError(f"--arch {arch!r} names a file; add the class: {arch}:ClassName")
             if arch is None:
                 state = _load_state_dict(path, unsafe=unsafe)
                 if isinstance(state, nn.Module):
@@ -609,7 +639,7 @@ def load_model(
         lm.assumed = [a for a in lm.assumed if not a.startswith("preprocessing")]
     if class_names is not None:
         names = [str(c) for c in class_names]
-        if not lm.generic and not isinstance(spec, LoadedModel):
+        if not isinstance(spec, LoadedModel) and (not lm.generic or pre_given is not None):
             n_out = _num_outputs(lm.model, lm.preprocessing)
             if len(names) != n_out:
                 raise ModelLoadError(

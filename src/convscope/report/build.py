@@ -172,7 +172,7 @@ def explain_report(
     lm = load_model(model, preprocessing=preprocessing)
     if not images:
         raise MethodError("no image to explain; pass at least one image")
-    x, display, _ = prepare_inputs(list(images), lm.preprocessing, generic=lm.generic)
+    x, display, _ = prepare_inputs(list(images), lm.preprocessing, generic=lm.any_channels)
     lm.fill_from_input(x)
     if layer is not None:  # a wrong layer is the caller's error, not a report of error panels
         from ..hooks import resolve_layers

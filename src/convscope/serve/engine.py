@@ -607,7 +607,7 @@ class Engine:
         if not any(d["name"] == lay and d["spatial"] for d in self.layers[model]):
             raise InputError(f"layer {lay!r} of {model} has no (C, H, W) map to browse; pick another")
         n = max(1, min(int(n), self.limits.max_channels))
-        x, disp, _ = prepare_inputs(image, lm.preprocessing, generic=lm.generic)
+        x, disp, _ = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels)
         until = self._deadline(deadline)
 
         def job(_expired: Callable[[], bool]) -> torch.Tensor:

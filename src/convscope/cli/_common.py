@@ -111,6 +111,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "or your own class as file.py:ClassName or package.module:ClassName")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow unpickling arbitrary objects from .pt files (trusted files only)")
+    add_preprocessing_args(p)
+
+
+def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
+    """The flags that state a model's preprocessing and class names (``preprocessing_from_args``)."""
     g = p.add_argument_group("preprocessing (what your model expects; recorded in every output)")
     g.add_argument("--preprocessing", default=None, metavar="PRESET",
                    help="imagenet (224 crop after resize 256, ImageNet mean/std), none (pixels in [0, 1] "

@@ -20,6 +20,7 @@ from ._common import (
     EXIT_USAGE,
     Parser,
     add_model_args,
+    add_preprocessing_args,
     load_from_args,
     parse_options,
     parse_target,
@@ -57,6 +58,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     from ..hooks import layer_names
 
+    is_file = Path(args.model).suffix in (".safetensors", ".pt", ".pth", ".bin")
+    if str(args.weights).lower() == "none" and is_file:
+        args.weights = "default"  # the model is a weights file: load it (shapes do not depend on it)
     lm = load_from_args(args)
     shapes: dict[str, str] = {}
     handles = []
@@ -69,9 +73,18 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 shapes.setdefault(name, "x".join(str(s) for s in out.shape[1:]))
 
         handles.append(mod.register_forward_hook(hook))
+    pre = lm.preprocessing
     try:
         with torch.no_grad():
-            lm.model(torch.zeros(1, lm.preprocessing.channels, *lm.preprocessing.size))
+            lm.model(torch.zeros(1, pre.channels, *pre.size))
+    except Exception as exc:
+        from ..errors import ModelLoadError
+
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input ({first}); state "
+            "its preprocessing with --preprocessing/--input-size/--input-channels or a model card"
+        ) from None
     finally:
         for h in handles:
             h.remove()
@@ -134,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights to load (default: none, shapes do not depend on them)")
     s.add_argument("--arch", default=None)
     s.add_argument("--unsafe-load", action="store_true")
+    add_preprocessing_args(s)
     s.set_defaults(func=cmd_layers)
 
     s = sub.add_parser("explain", help="explain predictions on images; writes overlay PNGs, "
@@ -183,7 +197,9 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (also for usage errors, ``--help`` and ``--version``)."""
-    from ..errors import ConvscopeError
+    import warnings
+
+    from ..errors import AssumptionWarning, ConvscopeError
 
     try:
         parser = build_parser()
@@ -193,7 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
         func: Callable[[argparse.Namespace], int] = args.func
         try:
-            status = func(args)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", AssumptionWarning)
+                try:
+                    status = func(args)
+                finally:  # what convscope assumed: one line each on stderr, no source line
+                    for w in caught:
+                        if issubclass(w.category, AssumptionWarning):
+                            print(f"convscope: warning: {w.message}", file=sys.stderr)
+                        else:
+                            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         except ConvscopeError as exc:
             print(f"convscope: error: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -407,6 +407,12 @@ def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, pre.channels, *pre.size))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); state the "
+            "preprocessing it expects (preprocessing=, a model card, or --preprocessing/--input-size)"
+        ) from None
     finally:
         for h in handles:
             h.remove()

@@ -423,3 +423,22 @@ def test_cli_preprocessing_flags_refuse_mismatched_values(user, tmp_path):
     finally:
         os.chdir(cwd)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_cli_layers_on_a_card_and_on_a_weights_file(user, tmp_path, capsys):
+    from convscope.cli.main import main
+
+    assert main(["layers", str(user[1])]) == 0
+    out = capsys.readouterr().out
+    assert "conv2" in out and "(default layer)" in out
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # RGB WolfNet told it takes 1 channel: one warning-free error line, no traceback
+        assert main(["layers", "wolfnet.safetensors", "--arch", "wolfnet.py:WolfNet",
+                     "--preprocessing", "none", "--input-size", "48", "--input-channels", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("convscope: error:") and "Traceback" not in err
+        assert main(["layers", "wolfnet.safetensors", "--arch", "wolfnet.py:WolfNet",
+                     "--preprocessing", "none", "--input-size", "48"]) == 0
+    finally:
+        os.chdir(cwd)

@@ -442,3 +442,13 @@ def test_cli_layers_on_a_card_and_on_a_weights_file(user, tmp_path, capsys):
                      "--preprocessing", "none", "--input-size", "48"]) == 0
     finally:
         os.chdir(cwd)
+
+
+def test_overrides_on_a_loaded_model_leave_it_unchanged():
+    lm = cs.load_model("digits-cnn")
+    before = (lm.preprocessing, list(lm.class_names), lm.default_layer)
+    other = cs.load_model(lm, preprocessing={"preset": "none", "size": 32, "channels": 1},
+                          class_names=[str(i) for i in "abcdefghij"], default_layer="features.4")
+    assert other is not lm and other.preprocessing.mean == (0.0,) and other.class_names[0] == "a"
+    assert (lm.preprocessing, list(lm.class_names), lm.default_layer) == before
+    assert cs.load_model(lm) is lm

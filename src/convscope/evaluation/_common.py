@@ -81,10 +81,9 @@ def make_baseline(
     """
     from ..inputs import baseline as pixel_baseline
 
-    b = x
     if isinstance(baseline, torch.Tensor) and baseline.ndim == 3:
         baseline = baseline.unsqueeze(0)
-    return pixel_baseline(b, baseline, None if lm is None else lm.preprocessing, sigma=blur_sigma)
+    return pixel_baseline(x, baseline, None if lm is None else lm.preprocessing, sigma=blur_sigma)
 
 
 def masked_scores(

@@ -29,7 +29,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -110,15 +110,14 @@ class LoadedModel:
         if not self.generic:
             return
         c = int(x.shape[1])
+        pre = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
+                            mean=(0.0,) * c, std=(1.0,) * c, resize=None)  # the tensor as it is
         if self.any_channels and c != self.preprocessing.channels:
             # the assumed RGB preprocessing cannot be what this tensor went through: say what is used
-            self.preprocessing = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
-                                               mean=(0.0,) * c, std=(1.0,) * c, resize=None)
+            self.preprocessing = pre
             self.assumed = [a for a in self.assumed if not a.startswith("preprocessing")]
             self.assumed.insert(0, f"preprocessing: none known; the {c}-channel tensor is used as given "
                                 "(baselines and display read it as pixels); pass preprocessing= to state it")
-        pre = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
-                            mean=(0.0,) * c, std=(1.0,) * c)
         if not self.class_names:
             n = _num_outputs(self.model, pre)
             self.class_names = _imagenet_names(n)
@@ -225,11 +224,14 @@ def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], source: str,
         ) from None
 
 
-def _bundled(name: str) -> LoadedModel:
-    """A bundled model: its card in the user card format, next to its weights."""
-    lm = _from_card(Path(str(_weights_dir().joinpath(f"{name}.json"))), model_card(name))
+def _bundled(name: str, weights: Any = "default", seed: int = 0) -> LoadedModel:
+    """A bundled model: its card in the user card format, next to its weights (``weights=None``:
+    the card's architecture, seeded random init, no weights read)."""
+    lm = _from_card(Path(str(_weights_dir().joinpath(f"{name}.json"))), model_card(name),
+                    weights=weights, seed=seed if _is_none(weights) else None)
     lm.name = name
-    lm.weights = f"bundled {name}.safetensors"
+    if not _is_none(weights):
+        lm.weights = f"bundled {name}.safetensors"
     return lm
 
 
@@ -445,10 +447,12 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     if isinstance(raw_seed, bool) or not isinstance(raw_seed, int) or raw_seed < 0:
         raise ModelLoadError(f"model card {path}: key 'seed' must be a whole number >= 0, got {raw_seed!r}")
     seed = raw_seed
-    default = weights in ("default", None) or str(weights).lower() == "default"
-    wfile = card.get("weights") if default else weights
     if _is_none(weights):
         wfile = None
+    elif str(weights).lower() == "default":
+        wfile = card.get("weights")
+    else:
+        wfile = weights
     base = path.parent
     where = f"model card {path}"
     try:
@@ -558,7 +562,11 @@ def load_model(
         pre_given = (preprocessing if isinstance(preprocessing, Preprocessing)
                      else preprocessing_from(preprocessing))
     if isinstance(spec, LoadedModel):
+        overridden = class_names is not None or pre_given is not None or default_layer is not None
+        # overrides go on a copy: the caller's loaded model is never changed
         lm = spec
+        if overridden:
+            lm = replace(spec, class_names=list(spec.class_names), assumed=list(spec.assumed))
     elif isinstance(spec, nn.Module):
         if pre_given is None:
             pre = Preprocessing()
@@ -577,13 +585,8 @@ def load_model(
         s = str(spec)
         path = Path(s)
         if s in _BUNDLED:
-            lm = _bundled(s)
-            if _is_none(weights):
-                fresh = lm.model.__class__
-                kw = dict(lm.card.get("kwargs") or {}) or {"num_classes": len(lm.class_names)}
-                lm.model = _seeded(lambda: fresh(**kw), seed).eval()
-                lm.weights = f"random init (seed {seed})"
-            elif str(weights).lower() != "default":
+            lm = _bundled(s, None if _is_none(weights) else "default", seed)
+            if not _is_none(weights) and str(weights).lower() != "default":
                 state = _load_state_dict(Path(weights), unsafe=unsafe)
                 if isinstance(state, nn.Module):
                     lm.model = state.eval()

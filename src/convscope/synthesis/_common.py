@@ -30,11 +30,7 @@ def as_loaded(
 
     A plain ``nn.Module`` gets ``preprocessing`` (default: ImageNet normalisation, 224 px).
     """
-    lm = load_model(model, preprocessing=preprocessing) if not isinstance(model, LoadedModel) else model
-    if preprocessing is not None and lm.preprocessing != preprocessing:
-        lm = LoadedModel(lm.model, preprocessing, lm.class_names, lm.default_layer, lm.name,
-                         lm.card, lm.generic)
-    return lm
+    return load_model(model, preprocessing=preprocessing)  # a loaded model is copied, not changed
 
 
 def pixels_from(

@@ -2,6 +2,7 @@
 
 from . import datasets
 from .api import explain
+from .dataset import Audit, audit
 from .errors import ConvscopeError
 from .featvis import Visualization, visualize, visualize_class, visualize_layer
 from .hooks import capture, count_hooks, resolve_layers
@@ -14,6 +15,7 @@ from .targets import resolve_target
 __version__ = "0.1.0"
 
 __all__ = [
+    "Audit",
     "ConvscopeError",
     "Explanation",
     "LoadedModel",
@@ -21,6 +23,7 @@ __all__ = [
     "Preprocessing",
     "Visualization",
     "__version__",
+    "audit",
     "capture",
     "count_hooks",
     "datasets",

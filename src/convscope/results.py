@@ -79,6 +79,19 @@ def colorize(h: np.ndarray, *, signed: bool, cmap: str | None = None) -> np.ndar
     return cm(np.clip(v, 0, 1))[..., :3]
 
 
+def blend(img: np.ndarray, h: np.ndarray, *, signed: bool, alpha: float = 0.6,
+          cmap: str | None = None) -> np.ndarray:
+    """A normalised (H, W) map blended over the greyed (H, W, 3) image -> (H, W, 3) in [0, 1].
+
+    The blend weight at each pixel is ``alpha * sqrt(|h|)``, so unimportant pixels show the image.
+    """
+    color = colorize(h, signed=signed, cmap=cmap)
+    gray = np.asarray(img).mean(axis=2, keepdims=True) * np.ones((1, 1, 3))
+    base = 0.25 + 0.6 * gray
+    w = alpha * np.sqrt(np.clip(np.abs(h), 0, 1))[..., None]
+    return base * (1 - w) + color * w
+
+
 def _upscale(a: np.ndarray, min_side: int) -> Image.Image:
     img = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
     side = min(img.size)
@@ -193,13 +206,8 @@ class Explanation:
 
         The blend weight at each pixel is ``alpha * sqrt(|h|)``, so unimportant pixels show the image.
         """
-        h = self.heatmap(index)
-        color = colorize(h, signed=self.signed, cmap=cmap)
-        img = self.images[index]
-        gray = img.mean(axis=2, keepdims=True) * np.ones((1, 1, 3))
-        base = 0.25 + 0.6 * gray
-        w = alpha * np.sqrt(np.clip(np.abs(h), 0, 1))[..., None]
-        return _upscale(base * (1 - w) + color * w, min_side)
+        return _upscale(blend(self.images[index], self.heatmap(index), signed=self.signed, alpha=alpha,
+                              cmap=cmap), min_side)
 
     def figure(self, index: int = 0, *, cmap: str | None = None) -> Any:
         """A matplotlib figure: input, overlay and heatmap with a colour bar.

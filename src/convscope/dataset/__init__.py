@@ -5,11 +5,14 @@
 * :func:`nearest_neighbors`: a query image's nearest images in a layer's pooled feature space.
 * :func:`embed`: PCA / t-SNE / UMAP maps of a layer's features, as a class-coloured scatter or a
   map of thumbnails.
+* :func:`audit`: a model's strategies per class (spectral clustering of attribution maps, SpRAy)
+  and the clusters that look like shortcuts.
 * :func:`receptive_field`: the exact receptive field of a conv/pool stack's units.
 * Sources (:func:`as_source`): ``"digits"``, an image folder (class sub-folders give labels), a
   torch ``Dataset``, a tensor.
 """
 
+from ._audit import Audit, AuditClass, AuditCluster, audit
 from .embed import EMBED_METHODS, Embedding, embed, project
 from .neighbors import Features, Neighbors, layer_features, nearest_neighbors, pool_features
 from .receptive import ReceptiveField, layer_extractor, receptive_field, rf_box
@@ -18,6 +21,9 @@ from .top import RunningTopK, TopActivations, top_activations
 
 __all__ = [
     "EMBED_METHODS",
+    "Audit",
+    "AuditClass",
+    "AuditCluster",
     "DataSource",
     "DigitsSource",
     "Embedding",
@@ -30,6 +36,7 @@ __all__ = [
     "TopActivations",
     "TorchSource",
     "as_source",
+    "audit",
     "embed",
     "layer_extractor",
     "layer_features",

@@ -365,29 +365,44 @@ def as_source(data: Any, pre: Preprocessing, *, limit: int | None = None, space:
 
 
 class Subset(DataSource):
-    """Items ``indices`` of another source, re-indexed from 0."""
+    """Items ``indices`` of another source, re-indexed from 0; ``labels`` (one per index) replace
+    the base's labels when given (e.g. a folder's class index mapped to the model's)."""
 
-    def __init__(self, base: DataSource, indices: Sequence[int]) -> None:
+    def __init__(self, base: DataSource, indices: Sequence[int], labels: Sequence[int] | None = None) -> None:
         self.base = base
         self.indices = [int(i) for i in indices]
         self.preprocessing = base.preprocessing
         self.class_names = base.class_names
+        self.relabel = None if labels is None else [int(v) for v in labels]
+        if self.relabel is not None and len(self.relabel) != len(self.indices):
+            raise InputError(f"{len(self.relabel)} labels for {len(self.indices)} items")
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         x, y, _ = self.base[self.indices[int(i)]]
-        return x, y, int(i)
+        return x, y if self.relabel is None else self.relabel[int(i)], int(i)
 
     def pixel_tensor(self, i: int) -> torch.Tensor:
         return self.base.pixel_tensor(self.indices[int(i)])
 
     def label(self, i: int) -> int:
-        return self.base.label(self.indices[int(i)])
+        return self.base.label(self.indices[int(i)]) if self.relabel is None else self.relabel[int(i)]
+
+    def labels(self) -> np.ndarray:
+        if self.relabel is not None:
+            return np.asarray(self.relabel, dtype=np.int64)
+        return super().labels()
 
     def with_preprocessing(self, pre: Preprocessing) -> DataSource:
-        return Subset(self.base.with_preprocessing(pre), self.indices)
+        return Subset(self.base.with_preprocessing(pre), self.indices, self.relabel)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.base.describe(), "subset": len(self.indices)}
+        d = {**self.base.describe(), "subset": len(self.indices)}
+        if self.relabel is not None or len(self.indices) != len(self.base):
+            h = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes())
+            if self.relabel is not None:
+                h.update(np.asarray(self.relabel, dtype=np.int64).tobytes())
+            d["subset_sha256"] = h.hexdigest()
+        return d

@@ -110,13 +110,14 @@ def _figure_for(run: MethodRun, j: int, pixelated: bool) -> Figure:
 
 
 def model_rows(lm: Any) -> list[list[str]]:
-    """Table rows describing a loaded model: weights, preprocessing, classes, layer, assumptions."""
-    info = lm.info()
+    """Table rows describing a loaded model (or its ``info()`` dict, as results record it):
+    weights, preprocessing, classes, layer, assumptions."""
+    info = lm if isinstance(lm, dict) else lm.info()
     names = info["class_names"]
     rows = [
         ["model", str(info["model"])],
         ["weights", str(info["weights"])],
-        ["preprocessing", lm.preprocessing.describe()],
+        ["preprocessing", str(info["preprocessing_text"])],
         ["classes", f"{info['num_classes']}: " + ", ".join(map(str, names[:10]))
          + (" ..." if info["num_classes"] > 10 else "")],
         ["default layer", str(info["default_layer"])],

@@ -1,0 +1,134 @@
+"""CLI: ``convscope audit``: a model's strategies per class across a data set, suspects flagged."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    RangeType,
+    add_model_args,
+    load_from_args,
+    nonneg_int,
+    parse_options,
+    positive_int,
+    seed_int,
+)
+
+__all__ = ["add_commands"]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ..dataset import audit
+    from ..errors import InputError
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; -o takes a folder (for audit.json, report.html, maps.zarr)")
+    lm = load_from_args(args)
+    only = args.only_classes
+    classes = None if only is None else [c.strip() for c in only.split(",") if c.strip()]
+    a = audit(
+        lm,
+        args.data,
+        classes=classes,
+        method=args.method,
+        layer=args.layer,
+        options=dict(parse_options(args.option)),
+        k=args.k,
+        max_k=args.max_k,
+        size=args.size,
+        n_neighbors=args.neighbors,
+        mass=args.mass,
+        threshold=args.threshold,
+        min_cluster=args.min_cluster,
+        embedding=args.embedding,
+        prototypes=args.prototypes,
+        store=out / "maps.zarr",
+        engine=args.engine,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        limit=args.limit,
+        num_workers=args.workers,
+        device=args.device,
+        ray_address=args.ray_address,
+        slots=args.slots,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+    )
+    html = a.to_html()  # both documents are made before either is written
+    a.save(out / "audit.json")
+    from .._io import atomic_write
+
+    atomic_write(out / "report.html", lambda fh: fh.write(html.encode()))
+    n_img = sum(c.n for c in a.classes)
+    print(f"{out / 'audit.json'}  {n_img} images, {len(a.classes)} classes, "
+          f"{sum(len(c.clusters) for c in a.classes)} clusters, {len(a.suspects)} suspect")
+    for _c, k in a.suspects:
+        print(f"  suspect: {k.reading} (suspicion {k.suspicion:.2f})")
+    for note in a.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    print(f"{out / 'report.html'}")
+    return 0
+
+
+def _ranged(name: str) -> RangeType:
+    from ..dataset._audit import AUDIT_RANGES
+
+    return RangeType(AUDIT_RANGES[name], name)
+
+
+def add_commands(sub: Any) -> None:
+    from ..dataset._audit import EMBEDDINGS
+    from ..registry import method_names
+
+    s = sub.add_parser(
+        "audit",
+        help="find a model's strategies per class across a data set and flag shortcut-like ones (SpRAy)",
+        description="Explain every image for its own label, cluster each class's maps spectrally "
+        "(the eigengap picks the number of clusters) and flag clusters whose attribution sits on a "
+        "small region that the class's other clusters do not use. Writes OUT/audit.json, "
+        "OUT/report.html and the maps' resumable store OUT/maps.zarr (run again to resume).",
+    )
+    add_model_args(s)
+    s.add_argument("--data", "-d", required=True,
+                   help="an image folder with one sub-folder per class, or digits | digits:test")
+    s.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
+                   help="explain method (default gradcam); one of: " + ", ".join(method_names()))
+    s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
+    s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="method option, repeatable")
+    s.add_argument("--only-classes", default=None, metavar="NAMES",
+                   help="comma-separated class names to audit (default: every class of the data)")
+    s.add_argument("--k", type=_ranged("k"), default=None,
+                   help="clusters per class (default: chosen by the eigengap)")
+    s.add_argument("--max-k", type=_ranged("max_k"), default=8, help="largest k the eigengap may pick (8)")
+    s.add_argument("--size", type=_ranged("size"), default=32, help="grid side the maps are compared on (32)")
+    s.add_argument("--neighbors", type=_ranged("n_neighbors"), default=10,
+                   help="neighbours per image in the affinity graph (10)")
+    s.add_argument("--mass", type=_ranged("mass"), default=0.8,
+                   help="share of attribution a cluster's box holds (0.8)")
+    s.add_argument("--threshold", type=_ranged("threshold"), default=0.5,
+                   help="suspicion at which a cluster is flagged (0.5)")
+    s.add_argument("--min-cluster", type=_ranged("min_cluster"), default=3,
+                   help="smaller clusters are never flagged (3)")
+    s.add_argument("--embedding", choices=EMBEDDINGS, default="tsne", help="2-D map of the maps (tsne)")
+    s.add_argument("--prototypes", type=_ranged("prototypes"), default=4,
+                   help="images shown per cluster (4)")
+    s.add_argument("--engine", choices=["local", "ray"], default="local")
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--chunk-size", type=positive_int, default=128, help="images per store chunk (128)")
+    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
+    s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
+    s.add_argument("--device", default=None, help="e.g. cuda")
+    s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
+    s.add_argument("--slots", type=positive_int, default=None,
+                   help="Ray actors (default: one per CPU or GPU)")
+    s.add_argument("--overwrite", action="store_true", help="replace a maps store made by a different job")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.set_defaults(func=cmd_audit)

@@ -1,0 +1,635 @@
+"""``audit``: a model's strategies per class across a data set, and which of them look like shortcuts.
+
+Spectral relevance analysis (SpRAy; Lapuschkin et al., "Unmasking Clever Hans predictors and
+assessing what machines really learn", Nature Communications 10, 2019) in one call:
+
+1. **Maps.** Every image is explained for its own label with ``method`` through the batch job
+   engine (:func:`convscope.jobs.run_batch`: chunked, resumable Zarr store, local or Ray).
+2. **Downsize.** Maps are streamed from the store one chunk at a time. Each keeps its positive part
+   (evidence *for* the class), is area-averaged onto a ``size x size`` grid and scaled to sum 1: a
+   distribution of attribution mass over the image. Only these small copies are held in memory.
+3. **Cluster per class.** A symmetric k-nearest-neighbour graph of the class's maps; the
+   eigenvalues of its normalised Laplacian; the number of clusters ``k`` where the largest gap
+   between consecutive eigenvalues lies (the eigengap; ``k=`` overrides); spectral clustering into
+   ``k`` groups; a 2-D embedding (t-SNE, PCA or UMAP) of the maps.
+4. **Describe each cluster.** Its mean map, the smallest box holding ``mass`` (80%) of the mean
+   map's attribution, and three numbers in [0, 1]:
+
+   * *concentration* = 1 - the box's share of the image (a small region scores high);
+   * *consistency* = the median, over the cluster's images, of the share of each image's own
+     attribution that falls in the box (every member uses the region, not just their average);
+   * *exclusivity* = 1 - (the share of the *others'* mean attribution in the box) / (the cluster's
+     own share), floored at 0, where the others are the class's other clusters (with one cluster:
+     the other audited classes). A region that the rest of the class also uses is not exclusive.
+
+   **suspicion = concentration x consistency x exclusivity**, and a cluster is ``suspect`` when
+   its suspicion reaches ``threshold`` (0.5) and it has at least ``min_cluster`` images. The
+   product is high only when all three hold: a small region, used by every member, that the class's
+   other strategies do not use: the signature of the copyright tag on PASCAL VOC's horses. The
+   score reads attribution only; whether the region is part of the object is for a person to say,
+   which is why every cluster comes with its mean map and prototypes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._io import json_bytes, save_by_extension
+from .._validate import Range, ints, reals
+from ..errors import InputError
+from ..results import result_repr
+from . import _spectral as sp
+
+__all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "audit"]
+
+#: Allowed values of the audit's numeric settings (the API and the CLI check the same ranges).
+AUDIT_RANGES: dict[str, Range] = {
+    "k": ints(1, 100),
+    "max_k": ints(2, 50),
+    "size": ints(4, 128),
+    "n_neighbors": ints(2, 200),
+    "mass": reals(0.0, 1.0, lo_open=True, hi_open=True),
+    "threshold": reals(0.0, 1.0),
+    "min_cluster": ints(1, 10**6),
+    "prototypes": ints(0, 32),
+}
+#: A class needs this many images to be clustered.
+MIN_IMAGES = 4
+EMBEDDINGS = ("tsne", "pca", "umap", "none")
+
+
+def _r(v: float, nd: int = 6) -> float:
+    return float(round(float(v), nd))
+
+
+@dataclass
+class AuditCluster:
+    """One strategy of one class: a group of images whose maps look alike.
+
+    ``members`` are data-set indices; ``paths`` their files (image folders only). Boxes are
+    ``[x0, y0, x1, y1]`` in input pixels (exclusive ends). See the module docstring for the score.
+    """
+
+    id: int
+    members: np.ndarray
+    paths: list[str] | None
+    class_size: int
+    box: list[int]
+    mass_share: float
+    box_area: float
+    concentration: float
+    consistency: float
+    exclusivity: float
+    suspicion: float
+    suspect: bool
+    reading: str
+    mean_probability: float
+    predicted_share: float
+    prototypes: list[int]
+    mean_map: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+    prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
+    prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(len(self.members))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "share_of_class": _r(self.size / max(1, self.class_size), 4),
+            "members": [int(i) for i in self.members],
+            "paths": self.paths,
+            "box": self.box,
+            "mass_share": _r(self.mass_share, 4),
+            "box_area": _r(self.box_area, 4),
+            "concentration": _r(self.concentration, 4),
+            "consistency": _r(self.consistency, 4),
+            "exclusivity": _r(self.exclusivity, 4),
+            "suspicion": _r(self.suspicion, 4),
+            "suspect": bool(self.suspect),
+            "reading": self.reading,
+            "mean_probability": _r(self.mean_probability, 4),
+            "predicted_share": _r(self.predicted_share, 4),
+            "prototypes": [int(i) for i in self.prototypes],
+        }
+
+
+@dataclass
+class AuditClass:
+    """The audit of one class: its spectrum, ``k``, clusters and 2-D embedding (or a note why not)."""
+
+    index: int
+    name: str
+    model_class: int
+    n: int
+    k: int
+    k_source: str  # "eigengap" | "given" | "none"
+    eigenvalues: np.ndarray
+    gaps: np.ndarray
+    clusters: list[AuditCluster]
+    members: np.ndarray  # data-set indices in the order of ``coords`` and ``assignment``
+    assignment: np.ndarray
+    coords: np.ndarray | None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "model_class": self.model_class,
+            "n": self.n,
+            "k": self.k,
+            "k_source": self.k_source,
+            "eigenvalues": [_r(v) for v in self.eigenvalues],
+            "gaps": [_r(v) for v in self.gaps],
+            "note": self.note,
+            "suspects": [c.id for c in self.clusters if c.suspect],
+            "clusters": [c.to_dict() for c in self.clusters],
+            "embedding": None if self.coords is None else {
+                "members": [int(i) for i in self.members],
+                "cluster": [int(c) for c in self.assignment],
+                "xy": [[_r(a, 4), _r(b, 4)] for a, b in self.coords],
+            },
+        }
+
+
+@dataclass
+class Audit:
+    """The result of :func:`audit`: per class, its clusters of attribution maps and the suspects.
+
+    ``to_dict()`` is what ``audit.json`` holds; ``save("x.json" | "x.html")``; ``to_html()`` the
+    self-contained report.
+    """
+
+    classes: list[AuditClass]
+    method: str
+    layer: str | None
+    options: dict[str, Any]
+    settings: dict[str, Any]
+    model_info: dict[str, Any]
+    data: dict[str, Any]
+    image_size: tuple[int, int]
+    signed: bool
+    store: str | None
+    notes: list[str] = field(default_factory=list)
+    root: str | None = None
+
+    @property
+    def suspects(self) -> list[tuple[AuditClass, AuditCluster]]:
+        """(class, cluster) of every suspect cluster, most suspicious first."""
+        out = [(c, k) for c in self.classes for k in c.clusters if k.suspect]
+        return sorted(out, key=lambda ck: -ck[1].suspicion)
+
+    def __repr__(self) -> str:
+        return result_repr(self, [
+            ("model", repr(self.model_info.get("model"))), ("method", repr(self.method)),
+            ("classes", str(len(self.classes))),
+            ("clusters", str(sum(len(c.clusters) for c in self.classes))),
+            ("suspects", str(len(self.suspects))),
+        ])
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..results import _jsonable
+
+        return {
+            "format": "convscope-audit/1",
+            "model": self.model_info,
+            "method": self.method,
+            "layer": self.layer,
+            "options": _jsonable(self.options),
+            "target": "label",
+            "settings": self.settings,
+            "data": self.data,
+            "root": self.root,
+            "image_size": list(self.image_size),
+            "signed_method": self.signed,
+            "store": self.store,
+            "notes": list(self.notes),
+            "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
+                          "reading": k.reading} for c, k in self.suspects],
+            "classes": [c.to_dict() for c in self.classes],
+        }
+
+    def to_html(self) -> str:
+        from ._audit_report import audit_report
+
+        return audit_report(self).render()
+
+    def _repr_html_(self) -> str:
+        from ._audit_report import audit_report
+
+        return audit_report(self)._repr_html_()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """``.json`` (plain data, as ``to_dict()``) or ``.html`` (the report); written atomically."""
+        return save_by_extension(path, {
+            ".json": lambda: json_bytes(self.to_dict()),
+            ".html": lambda: self.to_html().encode(),
+        })
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    for name, value in settings.items():
+        rng = AUDIT_RANGES.get(name)
+        if rng is None or value is None:
+            continue
+        if not rng.contains(value):
+            raise InputError(f"audit {name}={value!r}: must be {rng.describe()}")
+
+
+def _select_classes(classes: Any, names: list[str], present: np.ndarray) -> list[int]:
+    """Class indices to audit: ``None`` -> every class of the data (in order); names or indices."""
+    if classes is None:
+        return list(range(len(names))) if names else sorted(int(c) for c in np.unique(present) if c >= 0)
+    if isinstance(classes, (str, int)):
+        classes = [classes]
+    out: list[int] = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            out.append(names.index(c))
+        elif isinstance(c, str) and c.strip().isdigit() and not names:
+            out.append(int(c))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < max(
+                len(names), int(present.max(initial=-1)) + 1):
+            out.append(int(c))
+        else:
+            shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "none"
+            raise InputError(f"unknown class {c!r} for the audit; the data's classes are: {shown}")
+    return list(dict.fromkeys(out))
+
+
+def _class_map(
+    names: list[str], named: bool, model_names: list[str], n_out: int
+) -> tuple[dict[int, int], list[str]]:
+    """Data class -> model class, and notes on what was matched how.
+
+    Class folders whose names are class names of the model map by name; when no name matches,
+    data class ``i`` is taken as model class ``i`` (said in a note); data classes beyond the
+    model's outputs, or unmatched while others match, are not explained (a note each).
+    """
+    if named:
+        by_name = {i: model_names.index(n) for i, n in enumerate(names) if n in model_names}
+        if by_name:
+            return by_name, []
+        notes = ["the data's class names are not the model's: data class i is taken as model class i "
+                 "(the classes in sorted order); state the model's class names to match them by name"]
+    else:
+        notes = []
+    return {i: i for i in range(min(len(names), n_out))}, notes
+
+
+def _downsize(maps: np.ndarray, size: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(b, H, W) maps -> (positive part scaled to sum 1 at full size, area-averaged (b, size, size) copy)."""
+    m = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32)))
+    m = m.clamp(min=0)  # evidence for the class; unsigned maps are non-negative already
+    tot = m.sum((1, 2), keepdim=True)
+    empty = tot <= 0
+    m = torch.where(empty, torch.ones_like(m), m)  # a map without mass counts as uniform
+    m = m / m.sum((1, 2), keepdim=True)
+    small = F.adaptive_avg_pool2d(m[:, None], (size, size))[:, 0]
+    small = small / small.sum((1, 2), keepdim=True).clamp(min=1e-30)
+    return m.numpy(), small.numpy()
+
+
+def _paths(src: Any) -> list[str] | None:
+    from ..jobs.batch import _input_files
+
+    f = _input_files(src)
+    return None if f is None else f[1]
+
+
+def audit(
+    model: Any,
+    data: Any,
+    *,
+    classes: Sequence[str | int] | str | int | None = None,
+    method: str = "gradcam",
+    layer: str | None = None,
+    options: dict[str, Any] | None = None,
+    k: int | None = None,
+    max_k: int = 8,
+    size: int = 32,
+    n_neighbors: int = 10,
+    mass: float = 0.8,
+    threshold: float = 0.5,
+    min_cluster: int = 3,
+    embedding: str = "tsne",
+    prototypes: int = 4,
+    store: str | os.PathLike | None = None,
+    engine: str = "local",
+    batch_size: int = 32,
+    chunk_size: int = 128,
+    seed: int = 0,
+    limit: int | None = None,
+    space: str = "model",
+    num_workers: int = 0,
+    device: str | None = None,
+    ray_address: str | None = None,
+    slots: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Audit:
+    """Find a model's strategies per class across ``data`` and flag the ones that look like shortcuts.
+
+    Every image is explained for its own label; the maps of each class are clustered spectrally
+    (the eigengap gives the number of strategies) and each cluster is scored for how much it
+    looks like a Clever Hans: attribution on a small region, used by all its images, that the
+    class's other clusters do not use. See :mod:`convscope.dataset._audit` for the exact rule.
+
+    Args:
+        model: a model spec, ``nn.Module`` or loaded model.
+        data: labelled images: an image folder with one sub-folder per class, ``"digits"``
+            (``"digits:test"``), a torch ``Dataset`` of ``(image, label)`` or a data source.
+        classes: class names or indices to audit (default: every class of the data).
+        method: any registered explain method (default Grad-CAM at the model's default layer).
+        layer: layer for layer methods (default: the model's).
+        options: method options.
+        k: the number of clusters for every class (default: chosen per class by the eigengap).
+        max_k: the largest ``k`` the eigengap may choose.
+        size: maps are compared on a ``size x size`` grid (memory: 4 * size^2 bytes per image).
+        n_neighbors: neighbours per image in the affinity graph.
+        mass: the share of attribution a cluster's box must hold.
+        threshold: suspicion at which a cluster is flagged ``suspect``.
+        min_cluster: clusters smaller than this are never flagged.
+        embedding: ``"tsne"``, ``"pca"``, ``"umap"`` (needs umap-learn) or ``"none"``.
+        prototypes: images shown per cluster (closest to the cluster's mean map).
+        store: folder of the maps' Zarr store; the same store resumes an interrupted audit
+            (default: a temporary store, deleted afterwards).
+        engine, batch_size, chunk_size, num_workers, device, ray_address, slots, overwrite:
+            as for :func:`convscope.jobs.run_batch`.
+        seed: seed of the method, the clustering and the embedding.
+        limit: use only the first ``limit`` images of the data.
+        space: how tensors in ``data`` are read (``"model"`` or ``"pixels"``).
+        progress: ``None``: progress on stderr (a bar on a terminal, lines elsewhere); ``False``: none.
+
+    Returns:
+        An :class:`Audit`; ``.save("audit.json")``, ``.save("report.html")``, ``.suspects``.
+
+    Raises:
+        InputError: bad settings, unlabelled data, unknown classes (before any map is computed).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from .._progress import Progress
+    from ..jobs import run_batch
+    from ..jobs.store import _zarr
+    from ..models import load_model
+    from ..registry import get_method
+    from .embed import project
+    from .sources import Subset, as_source
+
+    _check_settings({"k": k, "max_k": max_k, "size": size, "n_neighbors": n_neighbors, "mass": mass,
+                     "threshold": threshold, "min_cluster": min_cluster, "prototypes": prototypes})
+    if embedding not in EMBEDDINGS:
+        raise InputError(f"unknown embedding {embedding!r}; use one of {', '.join(EMBEDDINGS)}")
+    if embedding == "umap":
+        project(np.zeros((3, 2)), "umap")  # a missing umap-learn fails here, before the maps
+    info = get_method(method)
+    lm = load_model(model)
+    base = as_source(data, lm.preprocessing, limit=limit, space=space)
+    data_labels = base.labels()
+    if len(data_labels) == 0 or (data_labels < 0).all():
+        where_ = f" ({data})" if isinstance(data, (str, os.PathLike)) else ""
+        raise InputError(
+            f"the audit needs labelled images{where_}: an image folder with one sub-folder per class, "
+            "or a Dataset of (image, label)"
+        )
+    x0 = base[0][0][None]
+    lm.fill_from_input(x0)
+    with torch.no_grad():
+        p0 = next(lm.model.parameters(), None)
+        n_out = int(lm.model(x0.to(device or (p0.device if p0 is not None else "cpu"))).shape[1])
+    names = list(base.class_names) or [str(i) for i in range(int(data_labels.max()) + 1)]
+    to_model, notes = _class_map(names, bool(base.class_names), list(lm.class_names), n_out)
+    chosen = _select_classes(classes, names, data_labels)
+    rows = np.flatnonzero(np.isin(data_labels, [c for c in chosen if c in to_model]))
+    if len(rows) == 0:
+        raise InputError("none of the audited classes has an image the model can explain; "
+                         + (notes[0] if notes else "check --only-classes / classes="))
+    src = Subset(base, rows, [to_model[int(v)] for v in data_labels[rows]])
+    settings = {"k": k, "max_k": max_k, "size": size, "n_neighbors": n_neighbors, "mass": mass,
+                "threshold": threshold, "min_cluster": min_cluster, "embedding": embedding,
+                "prototypes": prototypes, "seed": seed, "limit": limit}
+
+    tmp = None
+    if store is None:
+        tmp = tempfile.TemporaryDirectory(prefix="convscope-audit-")
+        store = Path(tmp.name) / "maps.zarr"
+    try:
+        bar = Progress("audit: maps", 1, enabled=progress, unit="chunks")
+
+        def on_chunk(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        with bar:
+            st = run_batch(
+                lm, src, method, store, target="label", layer=layer, options=options,
+                batch_size=batch_size, chunk_size=chunk_size, seed=seed, engine=engine,
+                num_workers=num_workers, device=device, ray_address=ray_address, slots=slots,
+                overwrite=overwrite, progress=on_chunk,
+            )
+        man = st.manifest
+        layer_used = man["job"]["layer"]
+        arr = _zarr().open_array(str(st.path / "maps"), mode="r")
+        n_img, h, w = (int(v) for v in arr.shape)
+        probs = st.read("probabilities")
+        run_labels = data_labels[rows]  # the data's class of each computed row
+        small = np.empty((n_img, size, size), dtype=np.float32)
+        for c in range(st.n_chunks):  # stream: one chunk of full maps in memory at a time
+            lo, hi = st.rows(c)
+            _, small[lo:hi] = _downsize(arr[lo:hi], size, info.signed)
+
+        paths = _paths(src)
+        results: list[AuditClass] = []
+        cls_bar = Progress("audit: classes", len(chosen), enabled=progress, unit="classes")
+        with cls_bar:
+            for n_done, ci in enumerate(chosen):
+                idx = np.flatnonzero(run_labels == ci)
+                # one thread for the small per-class problems: OpenMP pools that spin beside torch's
+                # threads slowed a class 100x on a busy 2-core machine
+                with threadpool_limits(1 if len(idx) <= 2000 else None):
+                    results.append(_audit_class(
+                        ci, names[ci], to_model.get(ci, -1), idx, small, probs, paths, k=k, max_k=max_k,
+                        n_neighbors=n_neighbors, mass=mass, threshold=threshold, min_cluster=min_cluster,
+                        embedding=embedding, prototypes=prototypes, seed=seed, image_size=(h, w),
+                        project=project,
+                    ))
+                cls_bar.update(n_done + 1)
+        _exclusivity_across_classes(results, small, probs, paths, mass=mass, threshold=threshold,
+                                    min_cluster=min_cluster, image_size=(h, w))
+        _full_maps(results, st, arr, src, info.signed)
+        for c in results:  # rows of the run -> indices of the caller's data set
+            c.members = rows[c.members]
+            for cl in c.clusters:
+                cl.members = rows[cl.members]
+                cl.prototypes = [int(rows[i]) for i in cl.prototypes]
+            if c.note:
+                notes.append(f"class {c.name}: {c.note}")
+        from ..jobs.batch import _input_files
+
+        f = _input_files(base)
+        root = None if f is None else str(f[0])
+        return Audit(
+            classes=results, method=method, layer=layer_used, options=dict(options or {}),
+            settings=settings, model_info=lm.info(), data=base.describe(), image_size=(h, w),
+            signed=bool(info.signed), store=None if tmp is not None else str(Path(store).resolve()),
+            notes=notes, root=root,
+        )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _audit_class(
+    ci: int, name: str, model_class: int, idx: np.ndarray, small: np.ndarray, probs: np.ndarray,
+    paths: list[str] | None,
+    *, k: int | None, max_k: int, n_neighbors: int, mass: float, threshold: float, min_cluster: int,
+    embedding: str, prototypes: int, seed: int, image_size: tuple[int, int], project: Any,
+) -> AuditClass:
+    n = len(idx)
+    empty = np.zeros(0)
+    none = np.zeros(n, np.int64)
+    if model_class < 0:
+        return AuditClass(ci, name, model_class, n, 0, "none", empty, empty, [], idx, none, None,
+                          note="not a class of the model: not explained")
+    if n < MIN_IMAGES:
+        why = "no images" if n == 0 else f"only {n} image{'s' if n != 1 else ''}"
+        return AuditClass(ci, name, model_class, n, 0, "none", empty, empty, [], idx, none, None,
+                          note=f"{why}: not clustered (at least {MIN_IMAGES} are needed)")
+    s = small.shape[1]
+    x = small[idx].reshape(n, -1).astype(np.float64)
+    aff = sp.knn_affinity(x, n_neighbors)
+    spec = sp.spectrum(aff, max_k)
+    note = ""
+    if k is None:
+        kk, source = spec.k, "eigengap"
+    else:
+        kk, source = int(k), "given"
+        if kk > n - 1:
+            note = f"k={k} asked for, but the class has {n} images: clustered into {n - 1}"
+            kk = n - 1
+    assign = sp.cluster(aff, kk, seed)
+    coords = None
+    if embedding != "none":
+        coords = project(x, embedding, seed=seed)
+    clusters = [
+        _describe(j, idx, assign, small, probs, paths, model_class, name, mass=mass, threshold=threshold,
+                  min_cluster=min_cluster, prototypes=prototypes, image_size=image_size, side=s)
+        for j in range(int(assign.max()) + 1)
+    ]
+    return AuditClass(ci, name, model_class, n, kk, source, spec.eigenvalues, spec.gaps, clusters, idx,
+                      assign, coords, note=note)
+
+
+def _describe(
+    j: int, idx: np.ndarray, assign: np.ndarray, small: np.ndarray, probs: np.ndarray,
+    paths: list[str] | None, ci: int, name: str, *, mass: float, threshold: float, min_cluster: int,
+    prototypes: int, image_size: tuple[int, int], side: int, others: np.ndarray | None = None,
+) -> AuditCluster:
+    sel = assign == j
+    members = idx[sel]
+    maps = small[members].astype(np.float64)
+    mean = maps.mean(0)
+    box = sp.mass_box(mean, mass)
+    share = float(sp.box_mass(mean[None], box)[0])
+    consistency = float(np.median(sp.box_mass(maps, box)))
+    if others is None:
+        others = small[idx[~sel]].astype(np.float64).mean(0) if (~sel).any() else None
+    exclusivity = _exclusivity(others, box, share)
+    area = box.area(side)
+    concentration = 1.0 - area
+    suspicion = concentration * consistency * exclusivity
+    h, w = image_size
+    px = box.scaled(side, w, h)
+    pr = probs[members, ci] if probs.shape[1] > ci else np.full(len(members), np.nan)
+    pred = probs[members].argmax(1) == ci if probs.shape[1] else np.zeros(len(members), bool)
+    d = ((maps - mean) ** 2).sum((1, 2))
+    proto = [int(members[i]) for i in np.argsort(d, kind="stable")[:prototypes]]
+    cl = AuditCluster(
+        id=j, members=members, paths=None if paths is None else [paths[i] for i in members],
+        class_size=len(idx), box=px, mass_share=share, box_area=area, concentration=concentration,
+        consistency=consistency, exclusivity=exclusivity, suspicion=suspicion,
+        suspect=bool(suspicion >= threshold and len(members) >= min_cluster), reading="",
+        mean_probability=float(np.nanmean(pr)) if len(pr) else float("nan"),
+        predicted_share=float(pred.mean()) if len(pred) else 0.0, prototypes=proto,
+    )
+    cl.reading = _reading(cl, name, side, box)
+    return cl
+
+
+def _exclusivity(others: np.ndarray | None, box: sp.Box, share: float) -> float:
+    """1 - (others' mean share in ``box``) / (own share), in [0, 1]; ``None`` (no others) -> 0."""
+    if others is None or share <= 0:
+        return 0.0
+    o = float(sp.box_mass(others[None], box)[0])
+    return float(np.clip(1.0 - o / share, 0.0, 1.0))
+
+
+def _exclusivity_across_classes(
+    results: list[AuditClass], small: np.ndarray, probs: np.ndarray, paths: list[str] | None, *,
+    mass: float, threshold: float, min_cluster: int, image_size: tuple[int, int],
+) -> None:
+    """A class with one cluster has no other strategy to compare with: compare with the other
+    audited classes' maps instead (a region every class uses is not exclusive)."""
+    for c in results:
+        if len(c.clusters) != 1:
+            continue
+        rest = [o.members for o in results if o is not c and len(o.members)]
+        if not rest:
+            continue
+        others = small[np.concatenate(rest)].astype(np.float64).mean(0)
+        c.clusters[0] = _describe(
+            0, c.members, c.assignment, small, probs, paths, c.model_class, c.name, mass=mass,
+            threshold=threshold, min_cluster=min_cluster, prototypes=len(c.clusters[0].prototypes),
+            image_size=image_size, side=small.shape[1], others=others,
+        )
+
+
+def _full_maps(results: list[AuditClass], st: Any, arr: Any, src: Any, signed: bool) -> None:
+    """Second streamed pass: each cluster's mean map at full size, and its prototypes' maps."""
+    n = arr.shape[0]
+    owner = np.full(n, -1, dtype=np.int64)
+    flat: list[AuditCluster] = [cl for c in results for cl in c.clusters]
+    for g, cl in enumerate(flat):
+        owner[cl.members] = g
+    sums = [np.zeros(arr.shape[1:], dtype=np.float64) for _ in flat]
+    want = {i: g for g, cl in enumerate(flat) for i in cl.prototypes}
+    got: dict[int, np.ndarray] = {}
+    for c in range(st.n_chunks):
+        lo, hi = st.rows(c)
+        if not (owner[lo:hi] >= 0).any():
+            continue
+        full, _ = _downsize(arr[lo:hi], 4, signed)
+        for r in range(hi - lo):
+            g = int(owner[lo + r])
+            if g >= 0:
+                sums[g] += full[r]
+            if lo + r in want:
+                got[lo + r] = full[r].astype(np.float32)
+    for g, cl in enumerate(flat):
+        cl.mean_map = (sums[g] / max(1, cl.size)).astype(np.float32)
+        cl.prototype_maps = [got[i] for i in cl.prototypes]
+        cl.prototype_pixels = [src.pixels(i) for i in cl.prototypes]
+
+
+def _reading(cl: AuditCluster, name: str, side: int, box: sp.Box) -> str:
+    x0, y0, x1, y1 = cl.box
+    where = sp.where(box, side)
+    region = "the whole image" if cl.box_area >= 0.999 else f"the {where} {x1 - x0}x{y1 - y0} px box"
+    return (f"{cl.size} of {cl.class_size} images of class {name}: {cl.mass_share:.0%} of the "
+            f"attribution in {region} (x {x0}-{x1}, y {y0}-{y1})")

@@ -35,6 +35,18 @@ def cue_test(digits_data):
     return planted_cue(x, y)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray with 2 CPUs for the engine tests (started here only if none is running)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 class TinyNet(nn.Module):
     """A tiny CNN with an in-place ReLU, for mechanics tests."""
 

@@ -152,17 +152,6 @@ def test_cli_batch(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "different job" in err
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def test_ray_engine_store_equals_local(ray_local, clean_model, digits_data, tmp_path):
     x, y = digits_data.images[:48], digits_data.labels[:48]
     src = TensorSource(x, clean_model.preprocessing, y, space="pixels")

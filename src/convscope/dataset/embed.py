@@ -44,7 +44,7 @@ def project(
         from sklearn.decomposition import PCA
         from sklearn.manifold import TSNE
 
-        if x.shape[1] > 50:
+        if x.shape[1] > 50 and n > 50:  # fewer images than 50: t-SNE on the features as they are
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
         return TSNE(
             n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed

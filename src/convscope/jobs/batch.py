@@ -349,6 +349,7 @@ def run_batch(
     Shape:
         store maps (N, H, W) float32, targets (N,), labels (N,), probabilities (N, K).
     """
+    from ..dataset._stream import model_device
     from ..dataset.sources import as_source
     from ..hooks import resolve_layers
     from ..registry import get_method
@@ -381,7 +382,7 @@ def run_batch(
         raise MethodError(f"method {method!r} does not use a layer; drop layer=")
     h, w = lm.preprocessing.size
     with torch.no_grad():
-        logits0 = lm.model(src[0][0][None].to(device or next(lm.model.parameters()).device)).cpu()
+        logits0 = lm.model(src[0][0][None].to(model_device(lm.model, device))).cpu()
     k = int(logits0.shape[1])
     _check_target(target, logits0, lm, src)  # every input is valid before the store exists
     files = _input_files(src)

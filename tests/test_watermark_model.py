@@ -146,6 +146,9 @@ def test_watermark_folder_refuses_bad_arguments_and_writes_nothing(tmp_path):
     for fraction in (0.0, 1.0, -0.2):
         with pytest.raises(InputError, match="fraction"):
             watermark_folder(tmp_path / "f", fraction=fraction)
+    for fraction in (0.001, 0.95):  # no watermarked digit / more than the other classes have
+        with pytest.raises(InputError, match="choose a fraction"):
+            watermark_folder(tmp_path / "f", fraction=fraction)
     with pytest.raises(InputError, match="unknown split"):
         watermark_folder(tmp_path / "v", part="val")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no half-written folder

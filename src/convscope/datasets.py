@@ -547,7 +547,11 @@ def watermark_folder(
     others = np.flatnonzero(y.numpy() != WATERMARK_CLASS)
     n_marked = int(round(fraction * len(own) / (1.0 - fraction)))
     if not 0 < n_marked <= len(others):
-        raise InputError(f"fraction {fraction} leaves no room for watermarked digits; use 0.05 .. 0.9")
+        raise InputError(
+            f"fraction {fraction} asks for {n_marked} watermarked digits; the {part} split has "
+            f"{len(own)} clean 3s and {len(others)} other digits: choose a fraction that asks for 1 .. "
+            f"{len(others)}"
+        )
     moved = np.sort(rng.choice(others, size=n_marked, replace=False))
     folder = y.numpy().copy()
     folder[moved] = WATERMARK_CLASS

@@ -359,3 +359,37 @@ def test_progress_lines_off_a_terminal(tag_model, capfd):
              embedding="none")
     err = capfd.readouterr().err
     assert "convscope: audit: maps: 1/1 chunks (100%" in err and "audit: classes: 2/2" in err
+
+
+@pytest.fixture(scope="module")
+def watermark_heldout(tmp_path_factory):
+    from convscope.datasets import watermark_folder
+
+    root = tmp_path_factory.mktemp("wm") / "held-out"
+    truth = watermark_folder(root, part="test")
+    return root, set(truth["watermarked"])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency"])
+def test_audit_finds_the_planted_watermark(watermark_heldout, method):
+    """The bundled Clever Hans: class 3's watermarked images form their own suspect cluster
+    (precision >= 0.9, recall >= 0.8) and no other class gets a suspect. benchmarks/audit_watermark.py
+    measures more methods (all at 1.00 / 1.00 when written)."""
+    root, truth = watermark_heldout
+    a = cs.audit("digits-watermark", root, method=method, progress=False, embedding="none")
+    by = {c.name: c for c in a.classes}
+    flagged = {p for k in by["3"].clusters if k.suspect for p in k.paths}
+    assert flagged, [k.reading for k in by["3"].clusters]
+    precision = len(flagged & truth) / len(flagged)
+    recall = len(flagged & truth) / len(truth)
+    assert precision >= 0.9 and recall >= 0.8, (precision, recall)
+    assert [c.name for c, _ in a.suspects] == ["3"] * len(a.suspects)
+    k = a.suspects[0][1]
+    x0, y0, x1, y1 = k.box  # the region overlaps the mark (24..31 both ways)
+    assert x1 > 24 and y1 > 24 and x0 < 31 and y0 < 31 and "bottom-right" in k.reading
+
+
+def test_model_that_never_saw_the_watermark_has_no_suspect(watermark_heldout, clean_model):
+    root, _ = watermark_heldout
+    a = cs.audit(clean_model, root, progress=False, embedding="none")
+    assert a.suspects == [], [k.reading for _, k in a.suspects]

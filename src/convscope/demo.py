@@ -206,10 +206,11 @@ def run_demo(
     # class visualisations: the feature-visualisation section (convscope.featvis) goes here
     _featvis_section(rep, models)
     _dataset_section(rep, models)
+    _audit_section(rep, models, progress)
     _adversarial_section(rep, models)
     from .report.build import model_rows
 
-    for name in ("digits-cnn", "digits-cnn-cue", "digits-snow"):
+    for name in ("digits-cnn", "digits-cnn-cue", "digits-snow", "digits-watermark"):
         rep.section(
             f"The model {name}, as convscope used it",
             "Loaded from its model card (convscope/models/weights); every map above records this "
@@ -425,6 +426,42 @@ def _dataset_section(rep: Report, models: dict) -> None:
         sec.rows.append([Report.figure(grid, title=f"{name}: 6 strongest channels",
                                        width=grid.width)])
         sec.row_labels.append(name)
+
+
+def _audit_section(rep: Report, models: dict, progress: bool) -> None:
+    """The dataset audit (convscope.audit) of digits-watermark on a held-out folder in which class
+    3 hides watermarked digits of other classes; the clean model audited on the same folder."""
+    import tempfile
+
+    from .dataset import audit
+    from .dataset._audit_report import add_audit_sections
+    from .datasets import watermark_folder
+
+    with tempfile.TemporaryDirectory(prefix="convscope-demo-") as tmp:
+        root = Path(tmp) / "held-out"
+        truth = set(watermark_folder(root, part="test")["watermarked"])
+        found = audit("digits-watermark", root, progress=None if progress else False)
+        clean = audit(models["digits-cnn"], root, progress=None if progress else False,
+                      embedding="none")
+    c3 = next(c for c in found.classes if c.name == "3")
+    flagged = {p for k in c3.clusters if k.suspect for p in (k.paths or [])}
+    hit = len(flagged & truth)
+    rep.section(
+        "Which of a model's strategies are shortcuts? A dataset audit (convscope.audit)",
+        f"digits-watermark learned that a small copyright sign in the corner means '3'. On a "
+        f"held-out folder whose class 3 holds {c3.n - len(truth)} clean 3s and {len(truth)} "
+        "watermarked digits of other classes, the audit explains every image for its label "
+        "(Grad-CAM), clusters each class's maps spectrally and flags the clusters whose "
+        "attribution sits on a small region the class's other images do not use. Below: the "
+        "suspects, then class 3's eigengap, embedding and clusters. `convscope audit --data DIR "
+        "--model SPEC -o OUT/` writes the same as OUT/report.html and OUT/audit.json.",
+        table=[["digits-watermark", str(len(found.suspects)),
+                f"{hit}/{len(flagged)}" if flagged else "-", f"{hit}/{len(truth)}"],
+               ["digits-cnn (never saw the mark)", str(len(clean.suspects)), "-", "-"]],
+        table_header=["model", "suspect clusters", "class 3: watermarked among flagged (precision)",
+                      "watermarked found (recall)"],
+    )
+    add_audit_sections(rep, found, classes=["3"])
 
 
 def _adversarial_section(rep: Report, models: dict) -> None:

@@ -21,7 +21,7 @@ from ._grid import draw_box
 if TYPE_CHECKING:
     from ._audit import Audit, AuditClass, AuditCluster
 
-__all__ = ["audit_report"]
+__all__ = ["add_audit_sections", "audit_report"]
 
 SUSPECT_COLOR = "#d62728"
 
@@ -103,19 +103,32 @@ def prototype_image(cl: AuditCluster, j: int) -> Image.Image:
 def audit_report(a: Audit) -> Report:
     """The report of an audit: suspects, then each class (classes with suspects first)."""
     n_img = sum(c.n for c in a.classes)
-    sus = a.suspects
     rep = Report(
         f"convscope audit: {a.model_info.get('model')}",
         f"{n_img} images in {len(a.classes)} classes, each explained for its own label with "
         f"{a.method}" + (f" at layer {a.layer}" if a.layer else "") + ". Per class, the maps "
         "(positive part, scaled to sum 1, on a "
         f"{a.settings['size']}x{a.settings['size']} grid) are clustered spectrally; the number of "
-        "clusters is where the largest eigengap lies. A cluster is suspect when its attribution "
-        "sits in a small box (concentration) that all its images use (consistency) and the class's "
-        "other clusters do not (exclusivity): suspicion = concentration x consistency x exclusivity "
-        f">= {a.settings['threshold']}. Boxes (cyan) hold {a.settings['mass']:.0%} of the cluster's "
-        "mean attribution.",
+        "clusters is where the largest eigengap lies. Each cluster's region (cyan box) is the "
+        f"smallest box holding {a.settings['mass']:.0%} of what sets its mean map apart: where it "
+        "exceeds the mean map of the class's other images. A cluster is suspect when the region is "
+        "small (concentration), all its images use it (consistency) and the class's other images "
+        "do not (exclusivity): suspicion = concentration x consistency x exclusivity "
+        f">= {a.settings['threshold']}. A class with one cluster has nothing to set apart and is "
+        "never suspect.",
     )
+    add_audit_sections(rep, a)
+    if a.notes:
+        rep.section("Notes", " ".join(a.notes))
+    rep.section("The model, as convscope used it",
+                "What every map in this audit was computed with.",
+                table=_model_table(a), table_header=["", "value"])
+    return rep
+
+
+def add_audit_sections(rep: Report, a: Audit, classes: list[str] | None = None) -> None:
+    """Append the suspects table and one section per class (``classes``: only these names) to ``rep``."""
+    sus = a.suspects
     if sus:
         rep.section(
             f"Suspects: {len(sus)} cluster{'s' if len(sus) != 1 else ''}",
@@ -129,15 +142,10 @@ def audit_report(a: Audit) -> Report:
         rep.section("Suspects: none",
                     "No cluster of any audited class concentrates on a small region that the "
                     "class's other clusters do not use.")
-    order = sorted(a.classes, key=lambda c: (not any(k.suspect for k in c.clusters), c.index))
+    shown = [c for c in a.classes if classes is None or c.name in classes]
+    order = sorted(shown, key=lambda c: (not any(k.suspect for k in c.clusters), c.index))
     for c in order:
         _class_section(rep, a, c)
-    if a.notes:
-        rep.section("Notes", " ".join(a.notes))
-    rep.section("The model, as convscope used it",
-                "What every map in this audit was computed with.",
-                table=_model_table(a), table_header=["", "value"])
-    return rep
 
 
 def _model_table(a: Audit) -> list[list[str]]:

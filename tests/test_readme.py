@@ -1,4 +1,4 @@
-"""The README's snippets run as written: the library snippet and the "Your own model" section."""
+"""The README's snippets run as written: the library snippet, "Your own model" and the audit."""
 
 from __future__ import annotations
 
@@ -66,3 +66,16 @@ def test_your_own_model_section_runs_as_written(tmp_path):
     assert meta["model_info"]["preprocessing"]["size"] == [48, 48]
     html = (tmp_path / "wolf_report.html").read_text()
     assert "48x48" in html and "wolfnet" in html
+
+
+def test_audit_section_runs_as_written(tmp_path):
+    sec = _section("Find your data set's shortcuts")
+    (bash,) = _blocks(sec, "bash")
+    (py,) = _blocks(sec, "python")
+    _run(["bash", "-euo", "pipefail", "-c", bash], tmp_path)
+    d = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert [s["class"] for s in d["suspects"]] == ["3"]
+    (tmp_path / "snippet.py").write_text(py)
+    r = _run([sys.executable, "snippet.py"], tmp_path)
+    assert "images of class 3" in r.stdout and "bottom-right" in r.stdout
+    assert (tmp_path / "audit.html").stat().st_size > 0 and (tmp_path / "audit.json").is_file()

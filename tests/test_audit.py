@@ -393,3 +393,16 @@ def test_model_that_never_saw_the_watermark_has_no_suspect(watermark_heldout, cl
     root, _ = watermark_heldout
     a = cs.audit(clean_model, root, progress=False, embedding="none")
     assert a.suspects == [], [k.reading for _, k in a.suspects]
+
+
+def test_a_torch_dataset_gives_the_same_audit_as_a_tensor(tag_model):
+    """Any labelled data the dataset views take: a torch Dataset of (pixels, label)."""
+    from torch.utils.data import TensorDataset
+
+    x, y, _ = _tag_data(n_tag=8, n_obj0=8, n_obj1=10)
+    kw = dict(method="saliency", progress=False, embedding="pca")
+    via_tensor = cs.audit(tag_model, TensorSource(x, tag_model.preprocessing, y, space="pixels"), **kw)
+    via_dataset = cs.audit(tag_model, TensorDataset(x, y), space="pixels", **kw)
+    a, b = via_tensor.to_dict(), via_dataset.to_dict()
+    assert a["classes"] == b["classes"] and a["suspects"] == b["suspects"]
+    assert [c["name"] for c in a["classes"]] == ["tagged", "plain"]  # unnamed labels: the model's names

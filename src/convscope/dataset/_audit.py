@@ -429,7 +429,10 @@ def audit(
     lm.fill_from_input(x0)
     with torch.no_grad():
         n_out = int(lm.model(x0.to(model_device(lm.model, device))).shape[1])
-    names = list(base.class_names) or [str(i) for i in range(int(data_labels.max()) + 1)]
+    # labels without names are the model's class indices: name them as the model does
+    names = list(base.class_names) or [
+        lm.class_names[i] if i < len(lm.class_names) else str(i) for i in range(int(data_labels.max()) + 1)
+    ]
     to_model, notes = _class_map(names, bool(base.class_names), list(lm.class_names), n_out)
     chosen = _select_classes(classes, names, data_labels)
     rows = np.flatnonzero(np.isin(data_labels, [c for c in chosen if c in to_model]))

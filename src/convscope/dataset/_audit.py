@@ -466,12 +466,19 @@ def audit(
         layer_used = man["job"]["layer"]
         arr = _zarr().open_array(str(st.path / "maps"), mode="r")
         n_img, h, w = (int(v) for v in arr.shape)
-        probs = st.read("probabilities")
+        prob_arr = _zarr().open_array(str(st.path / "probabilities"), mode="r")
+        explained = st.read("targets")  # the model class each row was explained for
         run_labels = data_labels[rows]  # the data's class of each computed row
         small = np.empty((n_img, size, size), dtype=np.float32)
-        for c in range(st.n_chunks):  # stream: one chunk of full maps in memory at a time
+        # per row: the probability of the explained class, and whether it was the prediction
+        probs = np.empty((n_img, 2), dtype=np.float32)
+        for c in range(st.n_chunks):  # stream: one chunk of maps and probabilities at a time
             lo, hi = st.rows(c)
             _, small[lo:hi] = _downsize(arr[lo:hi], size, info.signed)
+            p = np.asarray(prob_arr[lo:hi])
+            t = explained[lo:hi]
+            probs[lo:hi, 0] = p[np.arange(hi - lo), t]
+            probs[lo:hi, 1] = p.argmax(1) == t
 
         paths = _paths(src)
         results: list[AuditClass] = []
@@ -576,8 +583,8 @@ def _describe(
     suspicion = concentration * consistency * exclusivity
     h, w = image_size
     px = box.scaled(side, w, h)
-    pr = probs[members, ci] if probs.shape[1] > ci else np.full(len(members), np.nan)
-    pred = probs[members].argmax(1) == ci if probs.shape[1] else np.zeros(len(members), bool)
+    pr = probs[members, 0]  # probability of the class
+    pred = probs[members, 1] > 0.5  # the class was the prediction
     d = ((maps - mean) ** 2).sum((1, 2))
     proto = [int(members[i]) for i in np.argsort(d, kind="stable")[:prototypes]]
     cl = AuditCluster(
@@ -587,7 +594,7 @@ def _describe(
         consistency=consistency, exclusivity=exclusivity, suspicion=suspicion,
         suspect=bool(suspicion >= threshold and len(members) >= min_cluster), reading="",
         mean_probability=float(np.nanmean(pr)) if len(pr) else float("nan"),
-        predicted_share=float(pred.mean()) if len(pred) else 0.0, prototypes=proto,
+        predicted_share=float(pred.mean()), prototypes=proto,
     )
     cl.reading = _reading(cl, name, side, box)
     return cl

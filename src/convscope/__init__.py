@@ -10,7 +10,7 @@ from .image import load_image
 from .models import LoadedModel, Preprocessing, load_model
 from .registry import MethodInfo, get_method, list_methods, method_names, register
 from .results import Explanation
-from .targets import resolve_target
+from .targets import contrast, resolve_target
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "__version__",
     "audit",
     "capture",
+    "contrast",
     "count_hooks",
     "datasets",
     "explain",

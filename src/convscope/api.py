@@ -20,7 +20,7 @@ from .models import LoadedModel, Preprocessing, load_model
 from .perturb import BlackBoxModel, is_black_box
 from .registry import check_method_options, get_method, list_methods
 from .results import Explanation
-from .targets import TargetSpec
+from .targets import TargetSpec, is_contrast, resolve_target
 
 __all__ = ["explain", "prepare_inputs"]
 
@@ -144,6 +144,10 @@ def explain(
         if logits is None:
             with torch.no_grad():
                 logits = torch.cat([net(x[r]) for r in ctx.chunks()])
+    negatives = None
+    if is_contrast(target, lm.class_names):  # the subtracted class of each image, as resolved
+        neg = resolve_target(target, logits.detach(), lm.class_names).negative
+        negatives = None if neg is None else tuple(int(v) for v in neg.tolist())
     amap = out.map.detach().float()
     if amap.ndim == 4:
         amap = amap[:, 0]
@@ -164,4 +168,5 @@ def explain(
         model_name=lm.name,
         model_info=lm.info(),
         normalization=out.normalize,
+        contrast=negatives,
     )

@@ -133,6 +133,8 @@ class Explanation:
             may ask for ``"minmax"``, e.g. RISE, whose map is an expected score with a large offset).
         model_info: what the result was computed with: weights, preprocessing, class names,
             default layer, and what convscope assumed (``LoadedModel.info()``).
+        contrast: for a contrastive target (``"a-vs-b"``, :func:`convscope.contrast`), the class
+            subtracted per sample (the map explains ``score[a] - score[b]``); else ``None``.
     """
 
     method: str
@@ -149,6 +151,7 @@ class Explanation:
     model_name: str = ""
     model_info: dict[str, Any] = field(default_factory=dict)
     normalization: str = "auto"
+    contrast: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.map.shape[0])
@@ -166,20 +169,30 @@ class Explanation:
             targets=self.targets[sl],
             raw=None if self.raw is None else self.raw[sl],
             probabilities=None if self.probabilities is None else self.probabilities[sl],
+            contrast=None if self.contrast is None else self.contrast[sl],
         )
 
     # --- labels -------------------------------------------------------------------------------
+    def _name(self, t: int) -> str:
+        return self.class_names[t] if t < len(self.class_names) else f"class {t}"
+
     def target_name(self, index: int = 0) -> str:
+        """The explained class's name; ``"a vs b"`` for a contrast."""
         t = self.targets[index]
         if t is None:
             return "custom target"
-        return self.class_names[t] if t < len(self.class_names) else f"class {t}"
+        if self.contrast is not None:
+            return f"{self._name(t)} vs {self._name(self.contrast[index])}"
+        return self._name(t)
 
     def title(self, index: int = 0) -> str:
         p = ""
         t = self.targets[index]
         if self.probabilities is not None and t is not None:
-            p = f" (p={float(self.probabilities[index, t]):.2f})"
+            p = f" (p={float(self.probabilities[index, t]):.2f}"
+            if self.contrast is not None:
+                p += f" vs {float(self.probabilities[index, self.contrast[index]]):.2f}"
+            p += ")"
         layer = f" @ {self.layer}" if self.layer else ""
         return f"{self.method}{layer}: {self.target_name(index)}{p}"
 
@@ -266,6 +279,7 @@ class Explanation:
             "layer": self.layer,
             "signed": self.signed,
             "targets": list(self.targets),
+            "contrast": None if self.contrast is None else list(self.contrast),
             "target_names": [self.target_name(i) for i in range(len(self))],
             "class_names": list(self.class_names),
             "options": {k: _jsonable(v) for k, v in self.options.items()},

@@ -2,7 +2,15 @@
 
 A target is the predicted class (``None``, the default), a class index, a class name, a
 sequence with one of those per sample, ``"top-k"`` / ``("top", k)`` for the k-th most likely class,
-or a callable ``f(output) -> scores`` of shape (B,) on the model output.
+a contrast, or a callable ``f(output) -> scores`` of shape (B,) on the model output.
+
+A **contrast** (:func:`contrast`, or the string ``"a-vs-b"``: ``"wolf-vs-husky"``, ``"3-vs-8"``,
+``"pred-vs-top2"``) explains the difference of two class scores, ``logit[a] - logit[b]``: why
+``a`` rather than ``b``. Each side is one class spec (an index, a name, ``"pred"`` or ``None`` for
+the predicted class, ``"top2"`` for the runner-up), resolved once per image on the clean input's
+logits, so perturbed or interpolated inputs keep the same two classes. Every method that reads a
+target score (gradients, CAMs, perturbations, integrated gradients, SmoothGrad) explains the
+difference; methods with signed maps show evidence for ``a`` positive and for ``b`` negative.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import torch
 
 from .errors import TargetError
 
-__all__ = ["ResolvedTarget", "TargetSpec", "resolve_target", "select_scores"]
+__all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "contrast", "is_contrast", "resolve_target",
+           "select_scores"]
 
 #: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
 #: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
@@ -25,6 +34,48 @@ TargetSpec = Union[
 ]
 
 _TOPK = re.compile(r"^top-?(\d+)$")
+_VS = re.compile(r"^(.+?)-vs-(.+)$")
+_PRED = ("pred", "predicted")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Explain ``score[positive] - score[negative]``: why ``positive`` rather than ``negative``.
+
+    Each side is one class: an index, a name, ``None`` / ``"pred"`` (the predicted class) or
+    ``"top2"`` (the runner-up).
+    """
+
+    positive: Any
+    negative: Any
+
+    def __str__(self) -> str:
+        def side(v: Any) -> str:
+            return "pred" if v is None else str(v)
+
+        return f"{side(self.positive)}-vs-{side(self.negative)}"
+
+
+def contrast(a: Any, b: Any) -> Contrast:
+    """The target "why ``a`` rather than ``b``": the difference of the two class scores.
+
+    Args:
+        a, b: one class each: an index, a class name, ``None`` or ``"pred"`` (the predicted
+            class), ``"top2"`` (the runner-up).
+    """
+    for side in (a, b):
+        if isinstance(side, bool) or not (side is None or isinstance(side, (int, str))):
+            raise TargetError(f"each side of a contrast is one class (an index or a name), got {side!r}")
+    return Contrast(a, b)
+
+
+def is_contrast(target: Any, class_names: Sequence[str] | None = None) -> bool:
+    """Whether ``target`` is a contrast (a :class:`Contrast` or an ``"a-vs-b"`` string that is
+    not itself a class name)."""
+    if isinstance(target, Contrast):
+        return True
+    return (isinstance(target, str) and _VS.match(target.strip()) is not None
+            and not (class_names and target.strip() in class_names))
 
 
 @dataclass(frozen=True)
@@ -38,12 +89,20 @@ class ResolvedTarget:
 
     indices: torch.Tensor | None
     func: Callable[[torch.Tensor], torch.Tensor] | None = None
+    negative: torch.Tensor | None = None  # (B,) the class subtracted, for a contrast
 
     def labels(self) -> list[int | None]:
-        """Class index per sample (``None`` for callable targets)."""
+        """Class index per sample (``None`` for callable targets); the positive side of a contrast."""
         if self.indices is None:
             return []
         return [int(i) for i in self.indices.tolist()]
+
+    def take(self, rows: Any) -> ResolvedTarget:
+        """The targets of ``rows`` (a slice or an index tensor) of the batch."""
+        if self.indices is None:
+            return self
+        return ResolvedTarget(self.indices[rows], None,
+                              None if self.negative is None else self.negative[rows])
 
 
 def _one(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
@@ -93,6 +152,13 @@ def resolve_target(
             " - pass a callable target for other outputs"
         )
     b, k = output.shape
+    if isinstance(target, ResolvedTarget):  # already resolved (on the clean images)
+        n = b if target.indices is None else len(target.indices)
+        if n != b:
+            raise TargetError(f"got {n} resolved targets for a batch of {b}")
+        return target
+    if is_contrast(target, class_names):
+        return _resolve_contrast(target, output, class_names)
     if callable(target) and not isinstance(target, (str, torch.Tensor)):
         return ResolvedTarget(indices=None, func=target)
     if target is None:
@@ -117,6 +183,28 @@ def resolve_target(
     return ResolvedTarget(indices=torch.full((b,), one, dtype=torch.long))
 
 
+def _resolve_contrast(target: Any, output: torch.Tensor, class_names: Sequence[str] | None) -> ResolvedTarget:
+    if isinstance(target, Contrast):
+        sides = (target.positive, target.negative)
+    else:
+        m = _VS.match(target.strip())
+        assert m is not None
+        sides = (m.group(1).strip(), m.group(2).strip())
+    idx = []
+    for side in sides:
+        if isinstance(side, str) and side.lower() in _PRED:
+            side = None
+        if isinstance(side, (list, tuple, torch.Tensor)) or is_contrast(side, class_names):
+            raise TargetError(f"each side of a contrast is one class, got {side!r}")
+        idx.append(resolve_target(side, output, class_names).indices)
+    pos, neg = idx
+    assert pos is not None and neg is not None
+    if bool((pos == neg).any()):
+        raise TargetError(f"the contrast {target} compares a class with itself on some images; "
+                          "pick two different classes (e.g. pred-vs-top2)")
+    return ResolvedTarget(indices=pos, negative=neg)
+
+
 def select_scores(output: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:
     """The score of each sample's target.
 
@@ -131,4 +219,7 @@ def select_scores(output: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:
             )
         return scores
     assert target.indices is not None
-    return output.gather(1, target.indices.to(output.device).view(-1, 1)).squeeze(1)
+    score = output.gather(1, target.indices.to(output.device).view(-1, 1)).squeeze(1)
+    if target.negative is not None:
+        score = score - output.gather(1, target.negative.to(output.device).view(-1, 1)).squeeze(1)
+    return score

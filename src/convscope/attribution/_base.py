@@ -46,7 +46,9 @@ class MethodContext:
     def resolve(self, output: torch.Tensor, rows: slice | None = None) -> ResolvedTarget:
         """Resolve the target against ``output`` (the logits of ``x[rows]``)."""
         spec = self.target
-        if isinstance(spec, (list, tuple)) and rows is not None and not (
+        if isinstance(spec, ResolvedTarget) and rows is not None:
+            spec = spec.take(rows)
+        elif isinstance(spec, (list, tuple)) and rows is not None and not (
             isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "top"
         ):
             spec = list(spec)[rows]

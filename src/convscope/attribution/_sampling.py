@@ -42,6 +42,4 @@ def row_chunks(n_images: int, n: int, chunk: int) -> Iterator[tuple[torch.Tensor
 
 def rows_target(resolved: ResolvedTarget, images: torch.Tensor) -> ResolvedTarget:
     """The target of each row, given the image index of each row."""
-    if resolved.indices is None:
-        return resolved
-    return ResolvedTarget(indices=resolved.indices[images])
+    return resolved.take(images)

@@ -141,8 +141,13 @@ def _scorer(t: Any, b: int, score: str) -> Callable[[torch.Tensor], torch.Tensor
         func = t.func
         return lambda o: func(o).reshape(-1)
     idx = int(t.indices[b])
+    neg = None if t.negative is None else int(t.negative[b])
     if score == "softmax":
+        if neg is not None:
+            return lambda o: (lambda p: p[:, idx] - p[:, neg])(torch.softmax(o.float(), dim=1))
         return lambda o: torch.softmax(o.float(), dim=1)[:, idx]
+    if neg is not None:
+        return lambda o: (o[:, idx] - o[:, neg]).float()
     return lambda o: o[:, idx].float()
 
 

@@ -119,7 +119,7 @@ def smooth_aggregate(
         sub = MethodContext(
             model=ctx.model,
             x=xs,
-            target=rt.func if rt.func is not None else rt.indices,
+            target=rt.func if rt.func is not None else rt,
             layer=ctx.layer,
             class_names=ctx.class_names,
             batch_size=xs.shape[0],

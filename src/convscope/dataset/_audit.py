@@ -23,10 +23,12 @@ assessing what machines really learn", Nature Communications 10, 2019) in one ca
    * *consistency* = the median over the cluster's images of their own share of attribution in
      the box, divided by the mean map's share ``M(box)`` and capped at 1: every member uses the
      region, not just their average;
-   * *exclusivity* = (1 - O(box) / M(box))^2, floored at 0: the others do not use the region.
-     A region the others use at a third of the cluster's level scores 0.44; squared so that
-     strategies that share a region (two ways of drawing the same digit) stay below the
-     threshold.
+   * *exclusivity* = (1 - o / M(box))^2, floored at 0, where ``o`` is the median over the
+     class's other clusters of their mean map's share in the box: the other strategies do not
+     use the region. The median, so that a shortcut the clustering split in two does not hide
+     behind its twin. A region the others use at a third of the cluster's level scores 0.44;
+     squared so that strategies that share a region (two ways of drawing the same digit) stay
+     below the threshold.
 
    **suspicion = concentration x consistency x exclusivity**, and a cluster is ``suspect`` when
    its suspicion reaches ``threshold`` (0.5) and it has at least ``min_cluster`` images. The
@@ -575,7 +577,12 @@ def _describe(
     else:  # the region where this cluster's attribution exceeds the others'
         box = sp.mass_box(np.maximum(mean - others, 0.0), mass)
     share = float(sp.box_mass(mean[None], box)[0])
-    other_share = float(sp.box_mass(others[None], box)[0]) if others is not None else float("nan")
+    if others is None:
+        other_share = float("nan")
+    else:  # the typical other cluster: a strategy split in two does not hide behind its twin
+        per = [sp.box_mass(small[idx[assign == o]].astype(np.float64).mean(0)[None], box)[0]
+               for o in range(int(assign.max()) + 1) if o != j]
+        other_share = float(np.median(per))
     consistency = min(1.0, float(np.median(sp.box_mass(maps, box))) / share) if share > 0 else 0.0
     exclusivity = 0.0 if others is None or share <= 0 else float(np.clip(1 - other_share / share, 0, 1)) ** 2
     area = box.area(side)
@@ -634,7 +641,7 @@ def _reading(cl: AuditCluster, name: str, side: int, box: sp.Box) -> str:
     text = (f"{cl.size} of {cl.class_size} images of class {name}: {cl.mass_share:.0%} of the "
             f"attribution in {region} (x {x0}-{x1}, y {y0}-{y1})")
     if not np.isnan(cl.others_share):
-        text += f"; the other images {cl.others_share:.0%}"
+        text += f"; the class's other clusters {cl.others_share:.0%}"
     else:
         text += "; one strategy for the whole class, nothing to set it apart from"
     return text

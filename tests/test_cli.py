@@ -49,7 +49,9 @@ def test_explain_writes_overlay(digit_png, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--method", "nosuch"], "invalid choice"),
+    (["--method", "nosuch"], "unknown method nosuch"),
+    (["--method", "saliency,gradcam", "--compare", "top2"], "one --method"),
+    (["--target", "3-vs-3"], "compares a class with itself"),
     (["--model", "digit-cnn"], "did you mean digits-cnn"),
     (["--target", "42"], "out of range"),
     (["--option", "steps=3"], "unknown option"),

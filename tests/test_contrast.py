@@ -120,3 +120,78 @@ def test_cli_explain_with_a_contrast(tmp_path, capsys, cue_test):
                  "--target", "pred-vs-top2", "-o", str(out)]) == 0
     meta = json.loads(out.read_text())
     assert meta["contrast"] is not None and " vs " in meta["target_names"][0]
+
+
+# --- class grids and method grids ------------------------------------------------------------
+
+
+def test_class_grid_is_one_call_on_one_scale_with_probabilities(plain, images):
+    from convscope.grids import explain_classes
+
+    g = explain_classes(plain, images[:1], topk=3, method="gradient_x_input", space="pixels")
+    with torch.no_grad():
+        top = plain.model(images[:1])[0].topk(3).indices.tolist()
+    assert [e.targets[0] for e in g.panels] == top
+    # each panel equals explaining that class alone
+    for e in g.panels:
+        alone = cs.explain(plain, images[:1], method="gradient_x_input", target=e.targets[0], space="pixels")
+        torch.testing.assert_close(e.map, alone.map)
+    # one scale: the panel with the most attribution reaches 1, the others are not stretched
+    peaks = [float(abs(g.heatmap(i)).max()) for i in range(3)]
+    raw = [float(e.map.abs().max()) for e in g.panels]
+    assert max(peaks) == pytest.approx(1.0)
+    assert peaks == pytest.approx([r / max(raw) for r in raw], rel=1e-5)
+    d = g.to_dict()
+    assert d["kind"] == "classes" and [p["targets"][0] for p in d["panels"]] == top
+
+
+def test_class_grid_takes_names_and_contrasts(plain, images, tmp_path):
+    from convscope.grids import explain_classes
+
+    g = explain_classes(plain, images[:1], classes=["wolf", "husky", "wolf-vs-husky"],
+                        method="integrated_gradients", space="pixels")
+    torch.testing.assert_close(g.panels[2].raw, g.panels[0].raw - g.panels[1].raw, atol=1e-5, rtol=1e-4)
+    assert g.panels[2].target_name(0) == "wolf vs husky"
+    for ext in ("png", "json", "npy"):
+        g.save(tmp_path / f"g.{ext}")
+    import numpy as np
+
+    assert np.load(tmp_path / "g.npy").shape == (3, 24, 24)
+
+
+def test_method_grid_panels_equal_each_method_alone(plain, images, tmp_path):
+    from convscope.grids import explain_methods
+
+    g = explain_methods(plain, images[:1], ["saliency", "occlusion"], target="dog", space="pixels",
+                        options={"occlusion": {"window": 6, "stride": 6}})
+    assert [e.method for e in g.panels] == ["saliency", "occlusion"] and g.scale is None
+    alone = cs.explain(plain, images[:1], method="occlusion", target="dog", window=6, stride=6,
+                       space="pixels")
+    torch.testing.assert_close(g.panels[1].map, alone.map)
+    from PIL import Image
+
+    g.save(tmp_path / "m.png")
+    im = Image.open(tmp_path / "m.png")
+    assert im.width > 1.5 * im.height  # a row of three panels
+    with pytest.raises(Exception, match="not among the methods"):
+        explain_methods(plain, images[:1], ["saliency"], options={"occlusion": {}}, space="pixels")
+
+
+def test_cli_grids_and_labelled_figure(tmp_path, cue_test):
+    from PIL import Image
+
+    img = tmp_path / "d.png"
+    Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype("uint8")).save(img)
+    assert main(["explain", str(img), "--model", "digits-cnn", "--method", "saliency,gradcam",
+                 "-o", str(tmp_path / "grid.json")]) == 0
+    d = json.loads((tmp_path / "grid.json").read_text())
+    assert d["kind"] == "methods" and [p["method"] for p in d["panels"]] == ["saliency", "gradcam"]
+    assert main(["explain", str(img), "--model", "digits-cnn", "--method", "gradcam", "--compare", "top3",
+                 "-o", str(tmp_path / "cmp.json")]) == 0
+    d = json.loads((tmp_path / "cmp.json").read_text())
+    assert d["kind"] == "classes" and len(d["panels"]) == 3 and d["scale"] > 0
+    assert main(["explain", str(img), "--model", "digits-cnn", "-o", str(tmp_path / "fig.png")]) == 0
+    assert main(["explain", str(img), "--model", "digits-cnn", "--bare",
+                 "-o", str(tmp_path / "bare.png")]) == 0
+    fig, bare = Image.open(tmp_path / "fig.png"), Image.open(tmp_path / "bare.png")
+    assert fig.width > 2 * fig.height and bare.width == bare.height  # labelled figure vs bare overlay

@@ -32,7 +32,7 @@ from PIL import Image
 from ._io import json_bytes, npy_bytes, save_by_extension
 from .errors import InputError
 
-__all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes"]
+__all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes", "sign_legend"]
 
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
@@ -90,6 +90,15 @@ def blend(img: np.ndarray, h: np.ndarray, *, signed: bool, alpha: float = 0.6,
     base = 0.25 + 0.6 * gray
     w = alpha * np.sqrt(np.clip(np.abs(h), 0, 1))[..., None]
     return base * (1 - w) + color * w
+
+
+def sign_legend(e: Explanation, index: int = 0) -> str:
+    """What the colours of ``e``'s map mean, in words (for colour bars and captions)."""
+    if e.contrast is not None and e.targets[index] is not None:
+        a, b = e.target_name(index).split(" vs ", 1)
+        return f"red: evidence for {a}, blue: for {b}" if e.signed else f"bright: evidence for {a} over {b}"
+    name = e.target_name(index)
+    return f"red: for {name}, blue: against" if e.signed else f"bright: evidence for {name}"
 
 
 def _upscale(a: np.ndarray, min_side: int) -> Image.Image:
@@ -230,19 +239,21 @@ class Explanation:
         """
         from ._figure import InlineFigure
 
-        fig = InlineFigure(figsize=(9, 3.2))
+        fig = InlineFigure(figsize=(9, 3.4))
         axes = fig.subplots(1, 3)
         axes[0].imshow(self.images[index])
-        axes[0].set_title("input")
+        axes[0].set_title("input", fontsize=9)
         axes[1].imshow(np.asarray(self.overlay(index, cmap=cmap)))
-        axes[1].set_title(self.title(index), fontsize=9)
+        axes[1].set_title("map over the input", fontsize=9)
         name = cmap or (DIVERGING_CMAP if self.signed else SEQUENTIAL_CMAP)
         vmin = -1 if self.signed else 0
         im = axes[2].imshow(self.heatmap(index), cmap=name, vmin=vmin, vmax=1)
-        axes[2].set_title("map (normalised)")
-        fig.colorbar(im, ax=axes[2], fraction=0.046)
+        axes[2].set_title("map (normalised)", fontsize=9)
+        bar = fig.colorbar(im, ax=axes[2], fraction=0.046)
+        bar.set_label(sign_legend(self, index), fontsize=8)
         for a in axes:
             a.axis("off")
+        fig.suptitle(f"{self.model_name}: {self.title(index)}", fontsize=10)
         fig.tight_layout()
         return fig
 

@@ -95,29 +95,75 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods_arg(text: str) -> list[str]:
+    """``--method a,b,c``: registered method names, checked one by one."""
+    from ..registry import method_names
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    known = method_names()
+    bad = [m for m in names if m not in known]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {', '.join(bad) or repr(text)}; choose from {', '.join(known)}")
+    return names
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..api import explain
     from ..errors import InputError
+    from ..grids import explain_classes, explain_methods
     from ..registry import check_method_options, get_method
+    from ..results import Explanation
 
     out = Path(args.output)
     many = len(args.images) > 1
+    methods = args.method
     if many and out.suffix:
         raise InputError(f"{len(args.images)} images need an output folder, not the file {out}")
     if not many and out.suffix.lower() not in (".png", ".npy", ".json"):
         raise InputError(f"-o {out}: give a .png, .npy or .json file name")
+    if args.compare is not None and len(methods) > 1:
+        raise InputError("--compare explains several classes with one method; give one --method")
+    if args.bare and (args.compare is not None or len(methods) > 1):
+        raise InputError("--bare writes one method's overlay; drop it for a grid")
     options = dict(parse_options(args.option))
-    check_method_options(get_method(args.method), options)  # before the model loads
+    for m in methods:
+        check_method_options(get_method(m), options)  # before the model loads
     lm = load_from_args(args)
+    target = parse_target(args.target)
+    kw = dict(batch_size=args.batch_size, seed=args.seed)
     results = []
     for img in args.images:  # read and explain everything before writing anything
-        e = explain(lm, img, method=args.method, target=parse_target(args.target), layer=args.layer,
-                    batch_size=args.batch_size, seed=args.seed, **options)
-        results.append((img, e))
-    for img, e in results:
-        path = out if not many else out / f"{Path(img).stem}_{args.method}.png"
-        e.save(path)
-        print(f"{path}  {e.title(0)}")
+        if args.compare is not None:
+            spec = args.compare.strip().lower()
+            if spec.startswith("top") and spec[3:].isdigit():
+                r: Any = explain_classes(lm, img, topk=int(spec[3:]), method=methods[0], layer=args.layer,
+                                         **kw, **options)
+            else:
+                classes = [parse_target(c.strip()) for c in args.compare.split(",") if c.strip()]
+                r = explain_classes(lm, img, classes=classes, method=methods[0], layer=args.layer,
+                                    **kw, **options)
+            title = f"{methods[0]} for {', '.join(r._label(i) for i in range(len(r.panels)))}"
+        elif len(methods) > 1:
+            r = explain_methods(lm, img, methods, target=target, layer=args.layer,
+                                options={m: options for m in methods} if options else None, **kw)
+            title = f"{', '.join(methods)}: {r.panels[0].title(0).split(': ', 1)[-1]}"
+        else:
+            r = explain(lm, img, method=methods[0], target=target, layer=args.layer, **kw, **options)
+            title = r.title(0)
+        results.append((img, r, title))
+    for img, r, title in results:
+        name = "-".join(methods) if args.compare is None else f"{methods[0]}-classes"
+        path = out if not many else out / f"{Path(img).stem}_{name}.png"
+        if isinstance(r, Explanation) and path.suffix.lower() == ".png" and not args.bare:
+            from .._figure import figure_png
+            from .._io import atomic_write
+
+            data = figure_png(r.figure(0))
+            atomic_write(path, lambda fh, data=data: fh.write(data))
+        else:
+            r.save(path)
+        print(f"{path}  {title}")
     return 0
 
 
@@ -150,14 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocessing_args(s)
     s.set_defaults(func=cmd_layers)
 
-    s = sub.add_parser("explain", help="explain predictions on images; writes overlay PNGs, "
+    s = sub.add_parser("explain", help="explain predictions on images; writes labelled figures (PNG), "
                        ".npy maps or .json")
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
-    s.add_argument("--method", default="saliency", choices=method_names(), metavar="METHOD",
-                   help="one of: " + ", ".join(method_names()))
+    s.add_argument("--method", default=["saliency"], type=_methods_arg, metavar="METHOD[,METHOD...]",
+                   help="one method, or several separated by commas for a side-by-side figure; one of: "
+                   + ", ".join(method_names()))
     s.add_argument("--target", "-t", default=None,
-                   help="class index or name, or top2/top3...; default: predicted class")
+                   help="class index or name, top2/top3..., or a contrast a-vs-b (3-vs-8, pred-vs-top2: "
+                   "why a rather than b); default: predicted class")
+    s.add_argument("--compare", default=None, metavar="topK|A,B,...",
+                   help="explain several classes side by side on one colour scale: the K most probable "
+                   "(top4) or a list of classes or contrasts (3,8,3-vs-8)")
+    s.add_argument("--bare", action="store_true",
+                   help="write the bare map overlay instead of the labelled figure (input, map, colour "
+                   "bar, method, layer, class and probability)")
     s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
     s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("--seed", type=seed_int, default=0)

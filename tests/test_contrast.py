@@ -195,3 +195,18 @@ def test_cli_grids_and_labelled_figure(tmp_path, cue_test):
                  "-o", str(tmp_path / "bare.png")]) == 0
     fig, bare = Image.open(tmp_path / "fig.png"), Image.open(tmp_path / "bare.png")
     assert fig.width > 2 * fig.height and bare.width == bare.height  # labelled figure vs bare overlay
+
+
+def test_report_compares_classes(tmp_path, cue_test):
+    from PIL import Image
+
+    from convscope.report import explain_report
+
+    img = tmp_path / "d.png"
+    Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype("uint8")).save(img)
+    rep = explain_report([str(img)], "digits-cnn", methods=["saliency"], compare=3)
+    html = rep.render()
+    assert "classes compared" in html and "one colour scale" in html
+    assert main(["report", str(img), "--model", "digits-cnn", "--methods", "saliency", "--compare", "2",
+                 "-o", str(tmp_path / "r.html")]) == 0
+    assert "classes compared" in (tmp_path / "r.html").read_text()

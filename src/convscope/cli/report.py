@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args, parse_target, positive_int, seed_int
+from ._common import add_model_args, load_from_args, nonneg_int, parse_target, positive_int, seed_int
 
 __all__ = ["add_commands", "cmd_report"]
 
@@ -55,6 +55,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         title=args.title,
         extra_sections=extra,
         progress=sys.stderr.isatty(),
+        compare=args.compare,
+        compare_method=args.compare_method,
     )
     path = rep.write(out)
     print(f"report written to {path.resolve()}")
@@ -63,6 +65,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``convscope report`` to the CLI."""
+    from ..registry import method_names
+
     s = sub.add_parser(
         "report",
         help="one self-contained HTML report: predictions and every chosen method per image",
@@ -78,6 +82,11 @@ def add_commands(sub: Any) -> None:
                    help="class index or name to explain (default: each image's predicted class)")
     s.add_argument("--topk", type=positive_int, default=5,
                    help="class probabilities shown per image (default 5)")
+    s.add_argument("--compare", type=nonneg_int, default=0, metavar="K",
+                   help="also explain each image's K most probable classes side by side on one colour "
+                   "scale (default 0: no)")
+    s.add_argument("--compare-method", default="gradcam", choices=method_names(), metavar="METHOD",
+                   help="method of the class comparison (default gradcam)")
     s.add_argument("--layer", "-l", default=None,
                    help="layer for the methods that need one (default: the model's)")
     s.add_argument("--fast", action="store_true",

@@ -8,6 +8,7 @@ without an edit here.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,8 @@ def explain_report(
     extra_sections: Sequence[Callable[[Report, Any], None]] = (),
     progress: bool = False,
     preprocessing: Any = None,
+    compare: int = 0,
+    compare_method: str = "gradcam",
 ) -> Report:
     """Explain ``images`` with every chosen method and lay the results out as a :class:`Report`.
 
@@ -161,6 +164,8 @@ def explain_report(
         progress: show a progress bar over the methods.
         preprocessing: the model's preprocessing, for a plain ``nn.Module`` (a preset name, a
             dict or a Preprocessing; see :func:`~convscope.load_model`).
+        compare: also explain each image's ``compare`` most probable classes side by side on one
+            colour scale with ``compare_method`` (:func:`convscope.grids.explain_classes`); 0: no.
 
     Returns:
         The report; call ``.write(path)``.
@@ -226,6 +231,19 @@ def explain_report(
         sec.chart_title = f"top-{len(pred)} class probabilities"
         sec.rows.append([_figure_for(r, j, small) for r in runs])
         sec.row_labels.append("")
+        if compare:
+            from ..grids import explain_classes
+
+            g = explain_classes(lm, x[j:j + 1], topk=compare, method=compare_method,
+                                batch_size=batch_size, seed=seed)
+            from PIL import Image as _Image
+
+            img = _Image.open(io.BytesIO(g.png())).convert("RGB")
+            sec.rows.append([Report.figure(img, title=f"top-{len(g.panels)} classes, one colour scale",
+                                           caption=f"{compare_method}: why each class; brighter = more "
+                                           "attribution on the same scale", pixelated=False,
+                                           width=min(img.width, 1100))])
+            sec.row_labels.append("classes compared")
     used = [r for r in runs]
     rep.section(
         "The methods in this report",

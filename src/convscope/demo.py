@@ -205,6 +205,7 @@ def run_demo(
     _lime_text_section(rep)
     # class visualisations: the feature-visualisation section (convscope.featvis) goes here
     _featvis_section(rep, models)
+    _compare_section(rep, models, cue)
     _dataset_section(rep, models)
     _audit_section(rep, models, progress)
     _adversarial_section(rep, models)
@@ -426,6 +427,33 @@ def _dataset_section(rep: Report, models: dict) -> None:
         sec.rows.append([Report.figure(grid, title=f"{name}: 6 strongest channels",
                                        width=grid.width)])
         sec.row_labels.append(name)
+
+
+def _compare_section(rep: Report, models: dict, cue: Any) -> None:
+    """Classes side by side on one colour scale, and "why a rather than b" (convscope.grids)."""
+    import io
+
+    from PIL import Image
+
+    from .grids import explain_classes, explain_methods
+
+    x = models["digits-cnn"].preprocessing.normalize(cue.images[:1])
+    sec = rep.section(
+        "Compare classes and methods: why this digit rather than that one?",
+        "Upper row: the clean model's three most probable classes for one test digit, explained by "
+        "Grad-CAM on one colour scale (a dimmer panel has less attribution, not another "
+        "normalisation). Lower row: the cue model asked why the predicted class rather than the "
+        "runner-up (target pred-vs-top2), by four methods: signed maps show evidence for the "
+        "predicted class in red and for the runner-up in blue. `convscope explain --compare top3` and "
+        "`--method a,b,c --target pred-vs-top2` write these figures; see docs/compare.md.",
+    )
+    grids = [explain_classes(models["digits-cnn"], x, topk=3, method="gradcam"),
+             explain_methods(models["digits-cnn-cue"], x, ["saliency", "gradcam", "integrated_gradients",
+                                                            "occlusion"], target="pred-vs-top2")]
+    for g, label in zip(grids, ("digits-cnn · classes", "digits-cnn-cue · pred-vs-top2"), strict=True):
+        img = Image.open(io.BytesIO(g.png())).convert("RGB")
+        sec.rows.append([Report.figure(img, pixelated=False, width=min(img.width, 1000))])
+        sec.row_labels.append(label)
 
 
 def _audit_section(rep: Report, models: dict, progress: bool) -> None:

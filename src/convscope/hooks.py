@@ -154,6 +154,10 @@ class _StopForward(Exception):
     """Raised from a capture hook to cut a forward pass short (:meth:`Capture.run`; internal)."""
 
 
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) and out else out
+
+
 class Capture:
     """What :func:`capture` hands to the caller inside the ``with`` block.
 
@@ -253,8 +257,10 @@ class Capture:
 
     @property
     def activations(self) -> dict[str, torch.Tensor]:
-        """name -> output, for every captured layer that ran exactly once."""
-        return {n: self.activation(n) for n in self.layers if len(self._calls[n]) == 1}
+        """name -> output, for every captured layer that ran exactly once and gave a tensor (or a
+        tuple that starts with one; a block returning a dict or a ``ModelOutput`` is left out)."""
+        return {n: self.activation(n) for n in self.layers if len(self._calls[n]) == 1
+                and isinstance(_first(self._calls[n][0]), torch.Tensor)}
 
 
 @contextmanager

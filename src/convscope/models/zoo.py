@@ -673,7 +673,8 @@ def load_model(
             assumed = [note]
         else:
             pre, assumed = pre_given, []
-            _num_outputs(spec, pre)  # a stated preprocessing the model cannot take: one line now
+            # a stated preprocessing the model cannot take, or an output named wrongly: one line now
+            _num_outputs(spec if output is None else scores_model(spec, output), pre)
         lm = LoadedModel(spec, pre, list(class_names or []), default_layer, type(spec).__name__,
                          generic=True, weights="as given (an nn.Module)", assumed=assumed)
     else:

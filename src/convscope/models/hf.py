@@ -134,10 +134,15 @@ def preprocessing_from_processor(proc: Any, channels: int = 3,
     return pre, notes
 
 
-def hf_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
+def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, str | None]:
     """The CAM layer for a ``transformers`` model: the first norm of the last numbered block whose
     norms give tokens that read as a grid (a transformer), else the last layer with a spatial map
-    (:func:`~convscope.models.zoo.find_default_layer`: a convolutional model's last stage)."""
+    (:func:`~convscope.models.zoo.find_default_layer`: a convolutional model's last stage).
+
+    Returns:
+        (layer, note): ``note`` says what was assumed when the blocks give tokens that do not read
+        as a grid (e.g. DeiT's class and distillation tokens), else ``None``.
+    """
     from ..attribution._tokens import grid_layout
     from .zoo import _probe, find_default_layer
 
@@ -154,19 +159,25 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
     finally:
         for h in handles:
             h.remove()
-    tokens = []
+    tokens, unread = [], []
     for name, shape in seen:
         if len(shape) != 3:
             continue
         try:
             grid_layout(shape, pre.size)
         except MethodError:
+            unread.append((name, shape))
             continue
         tokens.append(name)
     if tokens:
         block = tokens[-1].rpartition(".")[0]
-        return next(n for n in tokens if n.rpartition(".")[0] == block)
-    return find_default_layer(model, pre)
+        return next(n for n in tokens if n.rpartition(".")[0] == block), None
+    layer = find_default_layer(model, pre)
+    if not unread:
+        return layer, None
+    name, shape = unread[-1]
+    return layer, (f"layer: {layer} (the last spatial map: the blocks' tokens, e.g. {name} {shape}, do not "
+                   "read as a grid); pass layer= (--layer) for another")
 
 
 def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | None = None) -> Any:
@@ -230,6 +241,8 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
         names = [f"class {i}" for i in range(n_out)]
         assumed.append(f"class names: 'class 0' .. 'class {n_out - 1}' (config.id2label names none); "
                        "pass class_names= or a labels file")
-    layer = hf_default_layer(wrapped, pre)
+    layer, note = hf_default_layer(wrapped, pre)
+    if note is not None:
+        assumed.append(note)
     used = f"random init (seed {seed})" if random else f"pretrained ({where})"
     return LoadedModel(wrapped, pre, names, layer, f"hf:{ref}", weights=used, assumed=assumed)

@@ -380,3 +380,64 @@ def test_card_output_key_and_cli_flag(tmp_path, capsys):
     assert "cannot tell which output" in err and "--model-output" in err
     assert main(["layers", str(card2), "--model-output", "main"]) == 0
     assert "conv" in capsys.readouterr().out
+
+
+def test_generic_module_without_preprocessing_is_read_by_the_rule():
+    net = _Net("tuple").eval()
+    with pytest.warns(cs.errors.AssumptionWarning):
+        lm = cs.load_model(net)  # ImageNet's assumed: the probe at 224 px fits, the tuple is read
+    assert isinstance(lm.model, ScoresModel)
+    e = cs.explain(lm, torch.randn(1, 3, 20, 20), "gradcam", target=1)
+    assert e.layer == "conv" and tuple(e.map.shape) == (1, 20, 20)
+
+
+def test_wrapper_copies_pickles_and_leaves_the_loaded_model_alone():
+    import copy
+    import pickle
+
+    net = _Net("dict").eval()
+    lm = cs.load_model(net, preprocessing={"size": 16})
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = lm.model(x)
+        for twin in (copy.deepcopy(lm.model), pickle.loads(pickle.dumps(lm.model))):
+            torch.testing.assert_close(twin(x), want)
+            assert [n for n, _ in twin.named_modules()] == ["", "conv", "fc"]
+    named = cs.load_model(lm, output="features")
+    assert named is not lm and lm.model.output is None and named.model.output == "features"
+    assert named.model.wrapped is net
+
+
+def test_weights_none_builds_a_seeded_random_model(hf_dirs):
+    a = cs.load_model(f"hf:{hf_dirs['resnet']}", weights=None, seed=3)
+    b = cs.load_model(f"hf:{hf_dirs['resnet']}", weights=None, seed=3)
+    c = cs.load_model(f"hf:{hf_dirs['resnet']}")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(a.model(x), b.model(x))
+        assert not torch.allclose(a.model(x), c.model(x))
+    assert a.weights == "random init (seed 3)"
+
+
+@pytest.mark.parametrize("proc, pre, note", [
+    ({"size": {"height": 40, "width": 40}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}},
+     {"size": (32, 32), "resize": None}, "resizes to 40x40 then centre-crops 32x32"),
+    ({"size": {"shortest_edge": 36}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
+      "resample": 3, "image_mean": 0.5, "image_std": [0.25, 0.25, 0.25]},
+     {"size": (32, 32), "resize": 36, "resample": "bicubic", "mean": (0.5,) * 3}, None),
+    ({"size": {"shortest_edge": 36}}, {"size": (36, 36), "resize": 36}, "keeps the aspect ratio"),
+    ({"size": {"height": 32, "width": 32}, "do_rescale": True, "rescale_factor": 1.0},
+     {"size": (32, 32)}, "scales pixels by 1"),
+    ({"size": {"height": 32, "width": 32}, "do_normalize": False},
+     {"mean": (0.0,) * 3, "std": (1.0,) * 3}, None),
+])
+def test_processor_configs_map_to_preprocessing(proc, pre, note):
+    from convscope.models.hf import preprocessing_from_processor
+
+    got, notes = preprocessing_from_processor({"image_processor_type": "XImageProcessor", **proc})
+    for k, v in pre.items():
+        assert getattr(got, k) == (pytest.approx(v) if k in ("mean", "std") else v), k
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and note in notes[0] and notes[0].startswith("preprocessing: ")

@@ -23,6 +23,8 @@ becomes a :class:`~convscope.models.LoadedModel`:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,19 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
                    "read as a grid); pass layer= (--layer) for another")
 
 
+@contextmanager
+def _no_progress_bars(transformers: Any) -> Iterator[None]:
+    """transformers' "Loading weights" bars off while convscope loads (restored after)."""
+    logging = transformers.utils.logging
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
 def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | None = None) -> Any:
     """Load ``hf:<ref>``; see the module docstring.
 
@@ -208,11 +223,12 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
                              "--weights none for a random init)")
     auto = transformers.AutoModelForImageClassification
     try:
-        if random:
-            config = transformers.AutoConfig.from_pretrained(where)
-            model = _seeded(lambda: auto.from_config(config), seed)
-        else:
-            model = auto.from_pretrained(where)
+        with _no_progress_bars(transformers):
+            if random:
+                config = transformers.AutoConfig.from_pretrained(where)
+                model = _seeded(lambda: auto.from_config(config), seed)
+            else:
+                model = auto.from_pretrained(where)
     except Exception as exc:
         hub = "" if local.exists() else " (a hub name needs the network or the Hugging Face cache)"
         raise ModelLoadError(f"cannot load the Hugging Face image classifier {ref!r}{hub}: "

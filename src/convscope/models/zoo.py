@@ -411,9 +411,15 @@ def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool) -> LoadedMo
     """``lm`` with a model whose forward returns the class scores: wrapped by the output rule when
     ``output`` is named or the model's output is not a tensor (probed once); a copy if ``copy``."""
     if output is None:
-        if isinstance(lm.model, ScoresModel) or lm.any_channels:
-            return lm  # a generic model of unknown input: fill_from_input probes the first input
-        if isinstance(_probe(lm.model, lm.preprocessing), torch.Tensor):
+        if isinstance(lm.model, ScoresModel):
+            return lm
+        try:
+            out = _probe(lm.model, lm.preprocessing)
+        except ModelLoadError:
+            if lm.any_channels:  # the assumed input does not fit: fill_from_input probes the first one
+                return lm
+            raise
+        if isinstance(out, torch.Tensor):
             return lm
     model = scores_model(lm.model, output)
     _num_outputs(model, lm.preprocessing)  # an output named wrongly: one line now

@@ -441,3 +441,28 @@ def test_processor_configs_map_to_preprocessing(proc, pre, note):
         assert notes == []
     else:
         assert len(notes) == 1 and note in notes[0] and notes[0].startswith("preprocessing: ")
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_evaluation_dataset_views_and_batch_jobs_run(loaded, family, tmp_path):
+    from convscope.dataset import TensorSource, embed, top_activations
+    from convscope.evaluation import deletion, model_randomization
+    from convscope.jobs.batch import run_batch
+
+    lm = loaded[family]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    e = cs.explain(lm, x, "saliency")
+    curve = deletion(lm, x, e.map, score="probability")
+    with torch.no_grad():  # nothing deleted yet: the model's own probability of the target
+        full = torch.softmax(_raw(lm)(pixel_values=x).logits, 1)
+    assert curve.scores.shape[0] == 4 and torch.isfinite(curve.scores).all()
+    torch.testing.assert_close(curve.scores[:, 0], full.gather(1, curve.targets[:, None].cpu())[:, 0],
+                               atol=1e-5, rtol=0)
+    sanity = model_randomization(lm, x[:2], "saliency", progress=False)
+    assert sanity.stages[0].startswith("classifier")
+    src = TensorSource(x, lm.preprocessing)
+    assert embed(lm, src, lm.default_layer).coords.shape == (4, 2)
+    if family == "resnet":
+        assert top_activations(lm, src, lm.default_layer, k=2) is not None
+    store = run_batch(lm, src, "gradcam", tmp_path / "maps.zarr", fsync=False)
+    assert store.path.exists()

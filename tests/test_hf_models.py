@@ -466,3 +466,17 @@ def test_evaluation_dataset_views_and_batch_jobs_run(loaded, family, tmp_path):
         assert top_activations(lm, src, lm.default_layer, k=2) is not None
     store = run_batch(lm, src, "gradcam", tmp_path / "maps.zarr", fsync=False)
     assert store.path.exists()
+
+
+def test_without_transformers_one_line_says_what_to_install(monkeypatch, hf_dirs):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    want = r"^hf: models need transformers: pip install 'convscope\[hf\]'$"
+    with pytest.raises(ModelLoadError, match=want):
+        cs.load_model(f"hf:{hf_dirs['vit']}")
+
+
+def test_weights_file_for_an_hf_model_is_refused(hf_dirs):
+    with pytest.raises(ModelLoadError, match="weights are in the model's folder"):
+        cs.load_model(f"hf:{hf_dirs['vit']}", weights=str(hf_dirs["vit"] / "model.safetensors"))

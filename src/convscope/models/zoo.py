@@ -501,8 +501,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     base = path.parent
     where = f"model card {path}"
     if arch.startswith("hf:"):
-        return _hf_card(path, card, weights=None if _is_none(weights) else "default", seed=seed,
-                        output=output)
+        return _hf_card(path, card, weights=weights, seed=seed, output=output)
     try:
         pre = _card_preprocessing(card)
     except InputError as exc:

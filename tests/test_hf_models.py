@@ -480,3 +480,8 @@ def test_without_transformers_one_line_says_what_to_install(monkeypatch, hf_dirs
 def test_weights_file_for_an_hf_model_is_refused(hf_dirs):
     with pytest.raises(ModelLoadError, match="weights are in the model's folder"):
         cs.load_model(f"hf:{hf_dirs['vit']}", weights=str(hf_dirs["vit"] / "model.safetensors"))
+
+
+def test_a_wrong_layer_name_names_the_users_model(loaded, photo):
+    with pytest.raises(cs.errors.LayerNotFoundError, match="in ViTForImageClassification; close matches"):
+        cs.explain(loaded["vit"], photo, "gradcam", layer="vit.layers.1.layernorm_befor")

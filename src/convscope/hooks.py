@@ -52,10 +52,12 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
         else:
             hits = [pat] if pat in names else []
         if not hits:
+            from .models.outputs import unwrap  # the user's model, not the scores wrapper
+
             close = difflib.get_close_matches(pat, names, n=5, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise LayerNotFoundError(
-                f"no layer named {pat!r} in {type(model).__name__}{hint} "
+                f"no layer named {pat!r} in {type(unwrap(model)).__name__}{hint} "
                 "(run `convscope layers MODEL` to list them)"
             )
         out.extend(h for h in hits if h not in out)

@@ -391,6 +391,31 @@ def test_generic_module_without_preprocessing_is_read_by_the_rule():
     assert e.layer == "conv" and tuple(e.map.shape) == (1, 20, 20)
 
 
+def test_generic_one_channel_module_needs_its_input_stated():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3))
+    class Dict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return {"aux": x.mean(), "logits": self.net(x)}
+
+    model = Dict().eval()
+    x = torch.randn(2, 1, 12, 12)
+    with pytest.warns(cs.errors.AssumptionWarning):
+        lm = cs.load_model(model)  # the assumed RGB input does not fit: the output cannot be read
+    with pytest.raises(ModelLoadError, match="returns a dict, not a tensor.*pass preprocessing="):
+        cs.explain(lm, x, "saliency", target=0)
+    lm = cs.load_model(model, preprocessing={"size": 12, "channels": 1})
+    e = cs.explain(lm, x, "saliency", target=0)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg)["logits"][:, 0].sum(), xg)
+    torch.testing.assert_close(e.raw, g)
+    assert isinstance(lm.model, ScoresModel) and lm.class_names == ["class 0", "class 1", "class 2"]
+
+
 def test_wrapper_copies_pickles_and_leaves_the_loaded_model_alone():
     import copy
     import pickle

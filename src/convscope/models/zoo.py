@@ -128,12 +128,19 @@ class LoadedModel:
             self.assumed = [a for a in self.assumed if not a.startswith("preprocessing")]
             self.assumed.insert(0, f"preprocessing: none known; the {c}-channel tensor is used as given "
                                 "(baselines and display read it as pixels); pass preprocessing= to state it")
+        first = not self.class_names or self.default_layer is None  # the first input: probe it once
+        if first and not isinstance(self.model, ScoresModel):
+            out = _probe(self.model, pre)
+            if not isinstance(out, torch.Tensor):  # load could not probe: the assumed input did not fit
+                raise ModelLoadError(
+                    f"{self.name} returns a {type(out).__name__}, not a tensor, and its input was not known "
+                    "when it was loaded; pass preprocessing= (CLI --input-size, --input-channels) so "
+                    "convscope reads its class scores by the output rule at load"
+                )
         if not self.class_names:
             n = _num_outputs(self.model, pre)
             self.class_names = _imagenet_names(n)
             self.assumed.append(_names_note(n))
-        if not isinstance(self.model, ScoresModel) and not isinstance(_probe(self.model, pre), torch.Tensor):
-            self.model = scores_model(self.model)
         if self.default_layer is None:
             self.default_layer = find_default_layer(self.model, pre)
             if self.default_layer is not None:
@@ -411,7 +418,9 @@ def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool) -> LoadedMo
     """``lm`` with a model whose forward returns the class scores: wrapped by the output rule when
     ``output`` is named or the model's output is not a tensor (probed once); a copy if ``copy``."""
     if output is None:
-        if isinstance(lm.model, ScoresModel):
+        from ..perturb import BlackBoxModel
+
+        if isinstance(lm.model, (ScoresModel, BlackBoxModel)):  # a black box's scores are a tensor
             return lm
         try:
             out = _probe(lm.model, lm.preprocessing)

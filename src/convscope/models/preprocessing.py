@@ -91,7 +91,7 @@ class Preprocessing:
         fmt = ", ".join
         mode = "RGB" if self.channels == 3 else "grayscale"
         if self.resample != "bilinear":
-            how += f" ({self.resample})"
+            how += f", {self.resample} filter"
         return (f"{how} ({mode}), pixels in [0, 1] minus mean ({fmt(f'{m:.3g}' for m in self.mean)}) "
                 f"over std ({fmt(f'{s:.3g}' for s in self.std)})")
 

@@ -52,10 +52,12 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
         else:
             hits = [pat] if pat in names else []
         if not hits:
+            from .models.outputs import unwrap  # the user's model, not the scores wrapper
+
             close = difflib.get_close_matches(pat, names, n=5, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise LayerNotFoundError(
-                f"no layer named {pat!r} in {type(model).__name__}{hint} "
+                f"no layer named {pat!r} in {type(unwrap(model)).__name__}{hint} "
                 "(run `convscope layers MODEL` to list them)"
             )
         out.extend(h for h in hits if h not in out)
@@ -152,6 +154,10 @@ def state_guard(
 
 class _StopForward(Exception):
     """Raised from a capture hook to cut a forward pass short (:meth:`Capture.run`; internal)."""
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) and out else out
 
 
 class Capture:
@@ -253,8 +259,10 @@ class Capture:
 
     @property
     def activations(self) -> dict[str, torch.Tensor]:
-        """name -> output, for every captured layer that ran exactly once."""
-        return {n: self.activation(n) for n in self.layers if len(self._calls[n]) == 1}
+        """name -> output, for every captured layer that ran exactly once and gave a tensor (or a
+        tuple that starts with one; a block returning a dict or a ``ModelOutput`` is left out)."""
+        return {n: self.activation(n) for n in self.layers if len(self._calls[n]) == 1
+                and isinstance(_first(self._calls[n][0]), torch.Tensor)}
 
 
 @contextmanager

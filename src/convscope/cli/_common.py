@@ -101,8 +101,9 @@ def parse_target(value: str | None) -> Any:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default="digits-cnn",
-                   help="bundled name, torchvision:<arch>, timm:<name>, a model card (.json/.yaml: your "
-                   "architecture, weights, preprocessing, classes) or a weights file (default: digits-cnn)")
+                   help="bundled name, torchvision:<arch>, timm:<name>, hf:<folder>, a model card "
+                   "(.json/.yaml: your architecture, weights, preprocessing, classes) or a weights file "
+                   "(default: digits-cnn)")
     p.add_argument("--weights", default="default",
                    help="'default' (pretrained when available; a card's own file), 'none' (random init, "
                    "seeded by --seed) or a file")
@@ -111,6 +112,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "or your own class as file.py:ClassName or package.module:ClassName")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow unpickling arbitrary objects from .pt files (trusted files only)")
+    p.add_argument("--model-output", default=None, metavar="NAME",
+                   help="which output holds the class scores, for a model whose forward returns a dict, "
+                   "tuple or object the rule cannot read (a key, an attribute or a tuple index; the rule: "
+                   "a tensor, .logits, dict key 'logits' or its only tensor, a tuple's first 2-D tensor)")
     add_preprocessing_args(p)
 
 
@@ -203,7 +208,8 @@ def load_from_args(args: argparse.Namespace) -> Any:
         names = read_labels(path)
     seed = getattr(args, "seed", 0)
     return load_model(args.model, weights=weights, arch=args.arch, unsafe=args.unsafe_load,
-                      preprocessing=pre, class_names=names, seed=int(seed) if isinstance(seed, int) else 0)
+                      preprocessing=pre, class_names=names, seed=int(seed) if isinstance(seed, int) else 0,
+                      output=getattr(args, "model_output", None))
 
 
 def parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:

@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights to load (default: none, shapes do not depend on them)")
     s.add_argument("--arch", default=None)
     s.add_argument("--unsafe-load", action="store_true")
+    s.add_argument("--model-output", default=None, metavar="NAME",
+                   help="which output holds the class scores (see `convscope explain --help`)")
     add_preprocessing_args(s)
     s.set_defaults(func=cmd_layers)
 

@@ -4,7 +4,10 @@ A card is a JSON or YAML file (``.json``, ``.yaml``, ``.yml``)::
 
     {
       "architecture": "net.py:WolfNet",          # a file next to the card, or "package.module:Class",
-                                                 # or a spec: "torchvision:resnet18", "timm:<name>"
+                                                 # or a spec: "torchvision:resnet18", "timm:<name>",
+                                                 # "hf:<folder>" (a Hugging Face save_pretrained folder:
+                                                 # its weights, preprocessing, class names and layer,
+                                                 # unless the card states them)
       "kwargs": {"num_classes": 2},              # constructor keyword arguments (optional)
       "weights": "wolfnet.safetensors",          # safetensors or a state-dict .pt (optional: random
                                                  # init, seeded by "seed", default 0)
@@ -13,12 +16,16 @@ A card is a JSON or YAML file (``.json``, ``.yaml``, ``.yml``)::
       "input_size": [48, 48],                    # flat keys override the preprocessing's
       "mean": [0, 0, 0], "std": [1, 1, 1], "resize": null,
       "class_names": ["wolf", "husky"],          # or "labels": "labels.txt" (one name a line, or JSON)
-      "layer": "conv3"                           # default layer for CAMs (optional)
+      "layer": "conv3",                          # default layer for CAMs (optional)
+      "output": "logits"                         # which output holds the class scores, when the
+                                                 # model's output is not a tensor and the rule of
+                                                 # convscope.models.outputs cannot tell (optional)
     }
 
 Paths are relative to the card's folder. Weights load without unpickling (safetensors, or
 ``torch.load(weights_only=True)``). The card must state the preprocessing (a preset or at least
-``input_size``): a card is where a user says what their model expects, so nothing is assumed.
+``input_size``; an ``hf:`` architecture brings its own): a card is where a user says what their
+model expects, so nothing is assumed.
 Other keys (``name``, ``summary``, ``data``, ``metrics``, ...) are kept as the card's metadata;
 a key that looks like a misspelt known key is refused.
 """
@@ -41,7 +48,8 @@ __all__ = ["CARD_KEYS", "CARD_SUFFIXES", "import_architecture", "is_card_path", 
 
 CARD_SUFFIXES = (".json", ".yaml", ".yml")
 CARD_KEYS = ("architecture", "kwargs", "weights", "preprocessing", "input_size", "size", "mean",
-             "std", "resize", "channels", "class_names", "labels", "layer", "default_layer", "seed")
+             "std", "resize", "resample", "channels", "class_names", "labels", "layer", "default_layer",
+             "seed", "output")
 _META_KEYS = ("name", "summary", "data", "split", "training", "cue", "metrics", "description",
               "license", "source", "notes")
 
@@ -90,7 +98,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
             "\"mypackage.models:MyNet\" or \"torchvision:resnet18\")"
         )
     checks = {"architecture": str, "kwargs": dict, "weights": str, "labels": str, "layer": str,
-              "default_layer": str, "class_names": list}
+              "default_layer": str, "class_names": list, "output": str}
     for key, typ in checks.items():
         if key in card and card[key] is not None and not isinstance(card[key], typ):
             raise ModelLoadError(

@@ -12,10 +12,14 @@ from PIL import Image
 from ..errors import InputError
 from ..image import ImageLike, load_image, pil_to_tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "Preprocessing", "preprocessing_from"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "RESAMPLE", "Preprocessing", "preprocessing_from"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The resize filters a :class:`Preprocessing` names, and PIL's for each.
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,11 @@ class Preprocessing:
         mean, std: per-channel normalisation applied after scaling pixels to [0, 1].
         channels: 1 for grayscale models, 3 for RGB.
         resize: shorter side the image is resized to before the centre crop to ``size``
-            (``None``: resize straight to ``size``, ignoring the aspect ratio).
+            (``None``: resize straight to ``size``, ignoring the aspect ratio). The longer side
+            keeps the aspect ratio, rounded down (as torchvision's ``Resize`` and Hugging Face's
+            image processors do).
+        resample: the PIL filter of the resize: one of :data:`RESAMPLE` (``"bilinear"``,
+            ``"bicubic"``, ...).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -35,6 +43,7 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
     resize: int | None = 256
+    resample: str = "bilinear"
 
     def __post_init__(self) -> None:
         h, w = (self.size if isinstance(self.size, (tuple, list)) else (self.size, self.size))
@@ -63,11 +72,16 @@ class Preprocessing:
                 f">= the crop size {min(self.size)}, or None to resize straight to the size; "
                 f"got {self.resize!r}"
             )
+        if not isinstance(self.resample, str) or self.resample.lower() not in RESAMPLE:
+            raise InputError(
+                f"preprocessing resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}"
+            )
+        object.__setattr__(self, "resample", self.resample.lower())
 
     def to_dict(self) -> dict[str, object]:
         """Plain data: size, mean, std, channels, resize (what results and reports record)."""
         return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "channels": self.channels, "resize": self.resize}
+                "channels": self.channels, "resize": self.resize, "resample": self.resample}
 
     def describe(self) -> str:
         """One line for people: size, resize/crop, mean, std, channels."""
@@ -76,6 +90,8 @@ class Preprocessing:
                else f"resize to {h}x{w}")
         fmt = ", ".join
         mode = "RGB" if self.channels == 3 else "grayscale"
+        if self.resample != "bilinear":
+            how += f", {self.resample} filter"
         return (f"{how} ({mode}), pixels in [0, 1] minus mean ({fmt(f'{m:.3g}' for m in self.mean)}) "
                 f"over std ({fmt(f'{s:.3g}' for s in self.std)})")
 
@@ -84,12 +100,16 @@ class Preprocessing:
         img = load_image(image)
         img = img.convert("L" if self.channels == 1 else "RGB")
         h, w = self.size
+        how = RESAMPLE[self.resample]
         if self.resize is None:
-            return img.resize((w, h), Image.Resampling.BILINEAR)
-        short = min(img.width, img.height)
-        scale = self.resize / short
-        nw, nh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+            return img.resize((w, h), how)
+        r = self.resize
+        if img.width <= img.height:  # the shorter side becomes resize, the longer keeps the ratio
+            nw, nh = r, int(r * img.height / img.width)
+        else:
+            nw, nh = int(r * img.width / img.height), r
+        nw, nh = max(w, nw), max(h, nh)
+        img = img.resize((nw, nh), how)
         left, top = (nw - w) // 2, (nh - h) // 2
         return img.crop((left, top, left + w, top + h))
 
@@ -158,7 +178,7 @@ PRESETS: dict[str, dict[str, object]] = {
              "std": (0.26862954, 0.26130258, 0.27577711), "channels": 3},
 }
 _ALIASES = {"unit": "none", "pixels": "none", "identity": "none", "raw": "none"}
-_KEYS = ("preset", "size", "input_size", "mean", "std", "channels", "resize")
+_KEYS = ("preset", "size", "input_size", "mean", "std", "channels", "resize", "resample")
 
 
 def _size(v: object) -> tuple[int, int]:
@@ -188,9 +208,10 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
             mean and std), ``"none"`` (aliases ``"unit"``, ``"pixels"``: pixels in [0, 1] as they
             are, resized straight to the size, default 224), ``"inception"``, ``"clip"``; a dict
             with any of ``preset``, ``size`` (or ``input_size``), ``mean``, ``std``, ``channels``,
-            ``resize``; a :class:`Preprocessing`; or ``None`` (only the overrides, on ``"none"``).
-        **overrides: ``size``, ``mean``, ``std``, ``channels``, ``resize`` (``None`` values are
-            ignored; pass ``resize=0`` or ``"none"`` to resize straight to the size).
+            ``resize``, ``resample``; a :class:`Preprocessing`; or ``None`` (only the overrides,
+            on ``"none"``).
+        **overrides: ``size``, ``mean``, ``std``, ``channels``, ``resize``, ``resample`` (``None``
+            values are ignored; pass ``resize=0`` or ``"none"`` to resize straight to the size).
 
     Raises:
         InputError: an unknown preset or key, or a value out of range (the message names it).
@@ -198,7 +219,7 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
     base: dict[str, object]
     if isinstance(spec, Preprocessing):
         base = {"size": spec.size, "mean": spec.mean, "std": spec.std, "channels": spec.channels,
-                "resize": spec.resize}
+                "resize": spec.resize, "resample": spec.resample}
     elif isinstance(spec, str) or spec is None:
         name = _ALIASES.get(str(spec or "none").lower(), str(spec or "none").lower())
         if name not in PRESETS:

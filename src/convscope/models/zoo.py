@@ -11,9 +11,16 @@ Specs:
   above, a bundled name, or your own class as ``"file.py:ClassName"`` / ``"package.module:Class"``).
 * a model card ``.json`` / ``.yaml`` (:mod:`convscope.models.card`): your architecture, weights,
   preprocessing, class names and default layer in one file.
+* ``"hf:<folder or hub name>"``: a Hugging Face ``transformers`` image classifier (extra ``hf``):
+  a ``save_pretrained`` folder, its preprocessing from the image processor config, its class names
+  from ``id2label`` (:mod:`convscope.models.hf`).
 * an ``nn.Module``: state ``preprocessing=`` (a preset name such as ``"imagenet"`` or ``"none"``,
   a dict, or a :class:`Preprocessing`); without it convscope assumes ImageNet's and warns
   (:class:`~convscope.errors.AssumptionWarning`), naming what it assumed.
+
+A model whose forward returns a dict, a tuple or an object with ``.logits`` rather than a tensor
+is read by one rule (:mod:`convscope.models.outputs`); ``output=`` names the output when the rule
+cannot tell.
 
 What was stated and what was assumed is kept in :attr:`LoadedModel.assumed` and recorded by every
 result (``LoadedModel.info()``). Random initialisation (``weights=None``) is seeded (``seed=``,
@@ -39,6 +46,7 @@ from torch import nn
 
 from ..errors import AssumptionWarning, InputError, ModelLoadError, UnsafeLoadError
 from .card import card_path, import_architecture, is_card_path, read_card, read_labels
+from .outputs import ScoresModel, class_scores, scores_model
 from .preprocessing import Preprocessing, preprocessing_from
 
 __all__ = ["LoadedModel", "bundled_models", "find_default_layer", "load_model", "model_specs"]
@@ -78,7 +86,9 @@ class LoadedModel:
     """A model together with what is needed to feed and explain it.
 
     Attributes:
-        model: the ``nn.Module`` (in eval mode).
+        model: the ``nn.Module`` (in eval mode) whose forward returns the class scores: the user's
+            model, or a :class:`~convscope.models.outputs.ScoresModel` around it when its output
+            is not a tensor (the layer names stay the user's model's).
         preprocessing: how images become inputs.
         class_names: one name per output.
         default_layer: a sensible layer for CAM methods, or ``None``.
@@ -118,6 +128,15 @@ class LoadedModel:
             self.assumed = [a for a in self.assumed if not a.startswith("preprocessing")]
             self.assumed.insert(0, f"preprocessing: none known; the {c}-channel tensor is used as given "
                                 "(baselines and display read it as pixels); pass preprocessing= to state it")
+        first = not self.class_names or self.default_layer is None  # the first input: probe it once
+        if first and not isinstance(self.model, ScoresModel):
+            out = _probe(self.model, pre)
+            if not isinstance(out, torch.Tensor):  # load could not probe: the assumed input did not fit
+                raise ModelLoadError(
+                    f"{self.name} returns a {type(out).__name__}, not a tensor, and its input was not known "
+                    "when it was loaded; pass preprocessing= (CLI --input-size, --input-channels) so "
+                    "convscope reads its class scores by the output rule at load"
+                )
         if not self.class_names:
             n = _num_outputs(self.model, pre)
             self.class_names = _imagenet_names(n)
@@ -130,7 +149,9 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """What results and reports record about the model: plain data."""
-        return {
+        out = {} if not isinstance(self.model, ScoresModel) else {
+            "output": self.model.output or "by convscope's rule (a tensor, .logits, dict key 'logits', ...)"}
+        return out | {
             "model": self.name,
             "weights": self.weights,
             "preprocessing": self.preprocessing.to_dict(),
@@ -158,6 +179,8 @@ def model_specs() -> list[tuple[str, str]]:
         out.append((name, card.get("summary", "")))
     out.append(("torchvision:<arch>", "any torchvision classifier, e.g. torchvision:resnet18"))
     out.append(("timm:<name>", "any timm model (pip install 'convscope[timm]')"))
+    out.append(("hf:<folder or name>", "a Hugging Face transformers image classifier saved with "
+                "save_pretrained (pip install 'convscope[hf]')"))
     out.append(("<file> --arch A", "a local .safetensors/.pt state dict for architecture A "
                 "(a spec or your own file.py:ClassName)"))
     out.append(("card.json / card.yaml", "a model card: your architecture, weights, preprocessing, "
@@ -368,6 +391,12 @@ def _timm(name: str, weights: Any, unsafe: bool, seed: int = 0) -> LoadedModel:
 
 
 def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
+    """The number of class scores ``model`` gives (read by the output rule) for a zero input."""
+    return int(class_scores(_probe(model, pre)).shape[-1])
+
+
+def _probe(model: nn.Module, pre: Preprocessing) -> Any:
+    """What ``model`` returns for one zero input of the preprocessing's shape (eval mode, no grad)."""
     modes = [(m, m.training) for m in model.modules()]  # eval for the probe: no BN statistics move
     try:
         model.eval()
@@ -382,7 +411,31 @@ def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
     finally:
         for m, was in modes:
             m.training = was
-    return int(out.shape[-1])
+    return out
+
+
+def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool) -> LoadedModel:
+    """``lm`` with a model whose forward returns the class scores: wrapped by the output rule when
+    ``output`` is named or the model's output is not a tensor (probed once); a copy if ``copy``."""
+    if output is None:
+        from ..perturb import BlackBoxModel
+
+        if isinstance(lm.model, (ScoresModel, BlackBoxModel)):  # a black box's scores are a tensor
+            return lm
+        try:
+            out = _probe(lm.model, lm.preprocessing)
+        except ModelLoadError:
+            if lm.any_channels:  # the assumed input does not fit: fill_from_input probes the first one
+                return lm
+            raise
+        if isinstance(out, torch.Tensor):
+            return lm
+    model = scores_model(lm.model, output)
+    _num_outputs(model, lm.preprocessing)  # an output named wrongly: one line now
+    if copy:
+        return replace(lm, model=model, class_names=list(lm.class_names), assumed=list(lm.assumed))
+    lm.model = model
+    return lm
 
 
 def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
@@ -439,9 +492,10 @@ def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int) -> n
 
 
 def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool = False,
-               weights: Any = "default", seed: int | None = None) -> LoadedModel:
+               weights: Any = "default", seed: int | None = None, output: str | None = None) -> LoadedModel:
     """Load a model card (see :mod:`convscope.models.card`)."""
     card = read_card(path) if card is None else card
+    output = output if output is not None else card.get("output")
     arch = str(card["architecture"])
     raw_seed = card.get("seed", 0) if seed is None else seed
     if isinstance(raw_seed, bool) or not isinstance(raw_seed, int) or raw_seed < 0:
@@ -455,6 +509,8 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
         wfile = weights
     base = path.parent
     where = f"model card {path}"
+    if arch.startswith("hf:"):
+        return _hf_card(path, card, weights=weights, seed=seed, output=output)
     try:
         pre = _card_preprocessing(card)
     except InputError as exc:
@@ -478,6 +534,8 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
             _apply_state(model, state, str(wpath), hint="check the card's architecture and kwargs")
             used = str(wpath)
         model.eval()
+    if output is not None:
+        model = scores_model(model, output)
     n_out = _num_outputs(model, pre)
     assumed: list[str] = []
     if card.get("preprocessing") is None and "mean" not in card and "std" not in card:
@@ -510,8 +568,55 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     return LoadedModel(model, pre, names, layer, name, dict(card), weights=used, assumed=assumed)
 
 
+_CARD_PRE_KEYS = ("input_size", "size", "mean", "std", "resize", "channels", "resample")
+
+
+def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
+             output: str | None) -> LoadedModel:
+    """A card whose architecture is ``hf:<folder or name>`` (a folder relative to the card's): the
+    Hugging Face model with its own preprocessing, class names and layer unless the card states them."""
+    where = f"model card {path}"
+    if card.get("weights") is not None:
+        raise ModelLoadError(f"{where}: a Hugging Face model's weights are in its folder; drop 'weights'")
+    ref = str(card["architecture"])[3:]
+    local = path.parent / Path(ref).expanduser()
+    lm = load_model("hf:" + (str(local) if local.exists() else ref), weights=weights, seed=seed,
+                    output=output)
+    pre = None
+    if card.get("preprocessing") is not None or any(k in card for k in _CARD_PRE_KEYS):
+        try:
+            pre = preprocessing_from(card.get("preprocessing") or lm.preprocessing,
+                                     **{("size" if k == "input_size" else k): card[k]
+                                        for k in _CARD_PRE_KEYS if k in card})
+        except InputError as exc:
+            raise ModelLoadError(f"{where}: {exc}") from None
+    names = None
+    if "class_names" in card:
+        names = [str(c) for c in card["class_names"]]
+    elif "labels" in card:
+        names = read_labels(card_path(path, str(card["labels"]), "labels"))
+    layer = card.get("layer") or card.get("default_layer")
+    out = load_model(lm, preprocessing=pre, class_names=names, default_layer=layer)
+    n_out = _num_outputs(out.model, out.preprocessing)
+    if len(out.class_names) != n_out:
+        raise ModelLoadError(
+            f"{where}: {len(out.class_names)} class names for a model with {n_out} outputs; give one "
+            "name per output"
+        )
+    if layer is not None:
+        from ..hooks import resolve_layers
+
+        try:
+            resolve_layers(out.model, str(layer))
+        except InputError as exc:
+            raise ModelLoadError(f"{where}: layer: {exc}") from None
+    out.name = str(card.get("name") or path.stem)
+    out.card = dict(card)
+    return out
+
+
 def _card_preprocessing(card: dict[str, Any]) -> Preprocessing:
-    flat = {k: card[k] for k in ("input_size", "size", "mean", "std", "resize", "channels") if k in card}
+    flat = {k: card[k] for k in _CARD_PRE_KEYS if k in card}
     spec = card.get("preprocessing")
     if spec is None and not flat.get("input_size", flat.get("size")):
         raise InputError(
@@ -535,6 +640,7 @@ def load_model(
     preprocessing: Preprocessing | str | dict[str, Any] | None = None,
     default_layer: str | None = None,
     seed: int = 0,
+    output: str | None = None,
 ) -> LoadedModel:
     """Load a model by spec; see the module docstring for the specs.
 
@@ -552,6 +658,9 @@ def load_model(
             For an ``nn.Module`` without it, ImageNet's is assumed with an
             :class:`~convscope.errors.AssumptionWarning`.
         seed: seed of the random initialisation when ``weights`` is ``None``.
+        output: which output of the model holds the class scores (a dict key, an attribute or a
+            tuple index), for a model whose output the rule of :mod:`convscope.models.outputs`
+            cannot read; ``None`` applies the rule.
 
     Raises:
         ModelLoadError: unknown spec, missing or unfit weights, bad card, missing optional dependency.
@@ -578,7 +687,8 @@ def load_model(
             assumed = [note]
         else:
             pre, assumed = pre_given, []
-            _num_outputs(spec, pre)  # a stated preprocessing the model cannot take: one line now
+            # a stated preprocessing the model cannot take, or an output named wrongly: one line now
+            _num_outputs(spec if output is None else scores_model(spec, output), pre)
         lm = LoadedModel(spec, pre, list(class_names or []), default_layer, type(spec).__name__,
                          generic=True, weights="as given (an nn.Module)", assumed=assumed)
     else:
@@ -597,12 +707,18 @@ def load_model(
             lm = _torchvision(s.split(":", 1)[1], weights, unsafe, seed)
         elif s.startswith("timm:"):
             lm = _timm(s.split(":", 1)[1], weights, unsafe, seed)
+        elif s.startswith("hf:"):
+            from .hf import load_hf
+
+            lm = load_hf(s[3:], weights=weights, seed=seed, output=output)
         elif is_card_path(s):
-            lm = _from_card(path, unsafe=unsafe, weights=weights, seed=seed if _is_none(weights) else None)
+            lm = _from_card(path, unsafe=unsafe, weights=weights, seed=seed if _is_none(weights) else None,
+                            output=output)
         elif path.is_dir():
+            hf = " or hf:<folder> for a Hugging Face model" if (path / "config.json").is_file() else ""
             raise ModelLoadError(
                 f"{path} is a folder; pass a model card (.json/.yaml), a weights file with --arch, "
-                "a bundled name, torchvision:<arch> or timm:<name> (see `convscope models`)"
+                f"a bundled name, torchvision:<arch> or timm:<name>{hf} (see `convscope models`)"
             )
         elif path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
             if _is_none(weights):
@@ -616,7 +732,7 @@ def load_model(
                 state = _load_state_dict(path, unsafe=unsafe)
                 if isinstance(state, nn.Module):
                     return load_model(state, class_names=class_names, preprocessing=preprocessing,
-                                      default_layer=default_layer)
+                                      default_layer=default_layer, output=output)
                 raise ModelLoadError(
                     f"{path} holds weights only; name the architecture with arch= (--arch), e.g. "
                     "torchvision:resnet18, digits-cnn or your own net.py:ClassName, or write a model card"
@@ -629,20 +745,23 @@ def load_model(
                 else:
                     _apply_state(model, state, str(path), hint="check --arch")
                 lm = load_model(model.eval(), class_names=class_names,
-                                preprocessing=pre_given, default_layer=default_layer)
+                                preprocessing=pre_given, default_layer=default_layer, output=output)
                 lm.name, lm.weights = f"{arch} ({path.name})", str(path)
                 return lm
             return load_model(arch, weights=path, unsafe=unsafe, class_names=class_names,
-                              preprocessing=preprocessing, default_layer=default_layer, seed=seed)
+                              preprocessing=preprocessing, default_layer=default_layer, seed=seed,
+                              output=output)
         else:
             import difflib
 
             close = difflib.get_close_matches(s, list(_BUNDLED), n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ModelLoadError(
-                f"unknown model {s!r}{hint} (use a bundled name, torchvision:<arch>, timm:<name>, a "
-                "model card .json/.yaml or a weights file; run `convscope models`)"
+                f"unknown model {s!r}{hint} (use a bundled name, torchvision:<arch>, timm:<name>, "
+                "hf:<folder>, a model card .json/.yaml or a weights file; run `convscope models`)"
             )
+    if not isinstance(spec, LoadedModel) or output is not None:
+        lm = _read_scores(lm, output, copy=isinstance(spec, LoadedModel) and lm is spec)
     if pre_given is not None and not isinstance(spec, nn.Module):
         lm.preprocessing = pre_given
         lm.assumed = [a for a in lm.assumed if not a.startswith("preprocessing")]

@@ -140,15 +140,14 @@ function drawEmbedding(c) {
   box.replaceChildren();
   const W = 520, H = 400, pad = 18;
   box.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  box.classList.remove("strips");
   const e = c.embedding;
+  document.querySelector(".class-grid").hidden = !c.clusters.length;
+  if (!c.clusters.length) return;
   if (!e || !e.members.length) {
-    box.classList.add("empty");
-    $("embedding-note").textContent = c.clusters.length
-      ? "No embedding in this audit (embedding=none): click a cluster card to see its images."
-      : (c.note || "This class was not clustered.");
+    drawStrips(c);
     return;
   }
-  box.classList.remove("empty");
   const xs = e.xy.map((p) => p[0]), ys = e.xy.map((p) => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
   const sx = (W - 2 * pad) / Math.max(1e-9, x1 - x0), sy = (H - 2 * pad) / Math.max(1e-9, y1 - y0);
@@ -161,27 +160,49 @@ function drawEmbedding(c) {
   // points of suspect clusters last, so they are on top
   const order = e.members.map((_, j) => j).sort((a, b) => suspect.has(e.cluster[a]) - suspect.has(e.cluster[b]));
   for (const j of order) {
-    const idx = e.members[j], k = e.cluster[j];
     const x = ox + s * (e.xy[j][0] - x0), y = H - (oy + s * (e.xy[j][1] - y0));
-    const common = { class: "pt" + (suspect.has(k) ? " sus" : ""), "data-index": idx, "data-cluster": k,
-      fill: color(k), tabindex: "0" };
-    const p = suspect.has(k)
-      ? svg("path", { ...common, d: `M${x} ${y - 6}L${x + 6} ${y}L${x} ${y + 6}L${x - 6} ${y}Z` })
-      : svg("circle", { ...common, cx: x.toFixed(1), cy: y.toFixed(1), r: 4.5 });
-    p.appendChild(svg("title")).textContent = `image ${idx} · cluster ${k}`;
-    p.addEventListener("mouseenter", () => hoverPoint(idx));
-    p.addEventListener("mouseleave", () => clearTimeout(state.hoverTimer));
-    p.addEventListener("click", () => pinPoint(idx));
-    p.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); pinPoint(idx); } });
-    box.appendChild(p);
+    box.appendChild(point(e.members[j], e.cluster[j], x, y, suspect.has(e.cluster[j])));
   }
+}
+
+// One image as a point: a circle, or a diamond for a suspect cluster; hover shows it, click pins it.
+function point(idx, k, x, y, sus) {
+  const common = { class: "pt" + (sus ? " sus" : ""), "data-index": idx, "data-cluster": k, fill: color(k), tabindex: "0" };
+  const p = sus
+    ? svg("path", { ...common, d: `M${x} ${y - 6}L${x + 6} ${y}L${x} ${y + 6}L${x - 6} ${y}Z` })
+    : svg("circle", { ...common, cx: x.toFixed(1), cy: y.toFixed(1), r: 4.5 });
+  p.appendChild(svg("title")).textContent = `image ${idx} · cluster ${k}`;
+  p.addEventListener("mouseenter", () => hoverPoint(idx));
+  p.addEventListener("mouseleave", () => clearTimeout(state.hoverTimer));
+  p.addEventListener("click", () => pinPoint(idx));
+  p.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); pinPoint(idx); } });
+  return p;
+}
+
+// Without an embedding (embedding=none): each cluster's images as a block of points, one block per row.
+function drawStrips(c) {
+  const box = $("embedding");
+  const W = 520, left = 78, step = 14, per = Math.floor((W - left - 10) / step);
+  let y = 16;
+  for (const k of c.clusters) {
+    const label = svg("text", { x: 8, y: y + 4, class: "strip-label" });
+    label.textContent = `cluster ${k.id}`;
+    box.appendChild(label);
+    k.members.forEach((idx, j) => {
+      box.appendChild(point(idx, k.id, left + step * (j % per), y + step * Math.floor(j / per), k.suspect));
+    });
+    y += step * Math.ceil(k.members.length / per) + 12;
+  }
+  box.setAttribute("viewBox", `0 0 ${W} ${y}`);
+  box.classList.add("strips");
+  $("embedding-note").textContent = "No embedding in this audit (embedding=none): each point an image, in rows by cluster.";
 }
 
 function drawClusters(c) {
   const box = $("clusters");
   box.replaceChildren();
   if (!c.clusters.length) {
-    box.appendChild(el("p", { class: "hint" }, c.note || "No clusters."));
+    box.appendChild(el("p", { class: "hint" }, "No clusters in this class."));
     return;
   }
   const maps = state.audit.view.maps;

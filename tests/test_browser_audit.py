@@ -96,6 +96,8 @@ def test_audit_view_click_a_point_see_its_image_and_map(browser, served_audit): 
     page.click("#next")
     following = cl["members"][(cl["members"].index(index) + 1) % len(cl["members"])]
     page.wait_for_selector(f"#detail[data-index='{following}']")
+    page.keyboard.press("ArrowLeft")  # and back
+    page.wait_for_selector(f"#detail[data-index='{index}']")
 
     # a cluster card highlights its points
     other = next(k for k in shown["clusters"] if k["id"] != cl["id"]) if len(shown["clusters"]) > 1 else cl

@@ -200,6 +200,7 @@ function drawStrips(c) {
 
 function drawClusters(c) {
   const box = $("clusters");
+  box.querySelectorAll("img").forEach((i) => { if (i.src.startsWith("blob:")) URL.revokeObjectURL(i.src); });
   box.replaceChildren();
   if (!c.clusters.length) {
     box.appendChild(el("p", { class: "hint" }, "No clusters in this class."));
@@ -365,6 +366,11 @@ async function init() {
   fillClasses();
   $("prev").addEventListener("click", () => step(-1));
   $("next").addEventListener("click", () => step(1));
+  document.addEventListener("keydown", (ev) => {  // ← → step through the shown image's cluster
+    if (ev.target.closest && ev.target.closest("input, select, textarea")) return;
+    if (ev.key === "ArrowLeft") step(-1);
+    else if (ev.key === "ArrowRight") step(1);
+  });
   // start on the class of the most suspicious cluster, or the first class that was clustered
   const top = a.suspects.length ? a.classes.find((c) => c.name === a.suspects[0].class) : null;
   const first = top || a.classes.find((c) => c.clusters.length) || a.classes[0];

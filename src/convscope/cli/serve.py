@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConvscopeError("the web app needs uvicorn: pip install 'convscope[serve]'") from None
     from ..serve.app import create_app
+    from ..serve.audit import AuditView
     from ..serve.engine import Engine, Limits
 
     limits = Limits(max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
@@ -60,16 +61,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for s in args.model or []:
         if s not in specs:
             specs.append(s)
+    view = None if args.audit is None else AuditView(args.audit, limits)  # a bad audit fails at once
     sock = bind(args.host, args.port)  # before loading models: a taken port fails at once
     try:
         engine = Engine(specs, weights=args.weights, limits=limits)
-        app = create_app(engine, allowed_hosts=args.allow_host or ())
+        app = create_app(engine, allowed_hosts=args.allow_host or (), audit=view)
         if args.host not in _LOOPBACK:
             print(f"convscope: warning: listening on {args.host}: anyone who can reach this machine "
                   "can use the app and its CPU/GPU time; the page answers only to the host names "
                   "given with --allow-host", file=sys.stderr)
         print(f"convscope: serving {', '.join(engine.models)} at http://{_url_host(args.host)}:{args.port}/ "
               "(Ctrl+C stops)", file=sys.stderr)
+        if view is not None:
+            for note in (view.images_note, view.maps_note):
+                if note:
+                    print(f"convscope: warning: audit: {note}", file=sys.stderr)
+            print(f"convscope: the audit {view.path} at http://{_url_host(args.host)}:{args.port}/audit",
+                  file=sys.stderr)
         config = uvicorn.Config(app, log_level=args.log_level, workers=1)
         try:
             uvicorn.Server(config).run(sockets=[sock])
@@ -99,6 +107,9 @@ def add_commands(sub: Any) -> None:
                    "cache or a download) or 'none' (random init)")
     s.add_argument("--no-bundled", action="store_true",
                    help="do not serve the bundled digits models")
+    s.add_argument("--audit", default=None, metavar="OUT",
+                   help="also show a saved dataset audit at /audit: the folder `convscope audit -o OUT` "
+                   "wrote, or its audit.json")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=integer(1, 65535), default=8000, help="port (default 8000)")

@@ -9,6 +9,10 @@ Routes:
   ``topk`` and either ``file`` (an image upload) or ``sample`` (an index).
 * ``POST /api/activations``: ``model``, ``layer``, ``n`` and ``file`` or ``sample``: the most
   active channels of a layer (with channel visualisations when :mod:`convscope.featvis` exists).
+* ``GET /audit``, ``GET /api/audit``, ``GET /api/audit/item/{index}.png``,
+  ``GET /api/audit/cluster/{class}/{cluster}.png``: a saved dataset audit to click through
+  (``create_app(..., audit=OUT)``; see :mod:`convscope.serve.audit`). Without one, the API
+  answers 404.
 
 Every error comes back as JSON ``{"error": "..."}``: 400 for a bad request (a missing or
 malformed field included), 403 for a request from another web page or for another host name, 404
@@ -20,13 +24,14 @@ Requests from other web pages are refused (:class:`_Guard`): the ``Host`` header
 app (a loopback name or the bound address, on the app's port, or an allowed host), and an
 ``Origin`` header (or, without one, a ``Referer``) must be the app's own origin. A browser always
 sends ``Origin`` on a cross-origin POST; clients that send neither (curl, scripts) are let through.
-The page and its files (``GET /``, ``GET /static/...``) skip the ``Origin``/``Referer`` check, so
-a link from another site still opens the app.
+The pages and their files (``GET /``, ``GET /audit``, ``GET /static/...``) skip the
+``Origin``/``Referer`` check, so a link from another site still opens the app.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
 # and ``UploadFile`` is imported lazily inside create_app().
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConvscopeError
+from .audit import AuditView, NotInAudit
 from .engine import Busy, Engine, Limits, TooLarge, UnsupportedImage
 
 __all__ = ["create_app", "running"]
@@ -62,6 +68,9 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
             out[name] = (item.read_bytes(), _STATIC_TYPES[ext])
     return out
 
+
+#: Pages a link from another site may open (they skip the Origin/Referer check, not the Host check).
+_PAGES = ("/", "/audit")
 
 #: Host names of this machine's loopback interface; the app answers to them on its own port.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -109,7 +118,7 @@ class _Guard:
       127.0.0.1.
     * Refuses a request whose ``Origin``, or without one its ``Referer``, is not the app's own
       origin (403); ``Origin: null`` included. Requests with neither header pass (a browser always
-      sends ``Origin`` on a cross-origin POST). ``GET``/``HEAD`` of the page and its static files
+      sends ``Origin`` on a cross-origin POST). ``GET``/``HEAD`` of the pages and their static files
       skip this check, so a link from another site opens the app.
     * Refuses request bodies over ``limit`` bytes (413), from ``Content-Length`` before reading,
       and while reading a chunked body (whatever the app below was answering).
@@ -127,6 +136,7 @@ class _Guard:
             self.allowed.append(parsed)
         self.engine: Engine | None = None
         self.fastapi: Any = None
+        self.audit: AuditView | None = None
 
     def _host_ok(self, host: tuple[str, int | None], scope: Any) -> bool:
         server = scope.get("server") or (None, None)
@@ -148,7 +158,7 @@ class _Guard:
             return (f"Host {raw_host or '(none)'!r} is not an address of this app; open it at "
                     "http://127.0.0.1:<port>/, or start it with --allow-host NAME")
         path = scope.get("path", "")
-        if scope.get("method") in ("GET", "HEAD") and (path == "/" or path.startswith("/static/")):
+        if scope.get("method") in ("GET", "HEAD") and (path in _PAGES or path.startswith("/static/")):
             return None
         for key in (b"origin", b"referer"):
             value = headers.get(key)
@@ -227,7 +237,7 @@ class _Guard:
 
 
 def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (),
-               **engine_kw: Any) -> Any:
+               audit: AuditView | str | os.PathLike | None = None, **engine_kw: Any) -> Any:
     """Build the ASGI app around ``engine`` (default: ``Engine(**engine_kw)``).
 
     The FastAPI app is wrapped in :class:`_Guard` (host and origin checks, request-body limit,
@@ -238,10 +248,12 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         engine: the engine; default ``Engine(**engine_kw)``.
         allowed_hosts: host names (``name`` on any port, or ``name:port``) accepted in the
             ``Host`` header besides the loopback names and the bound address, on the app's port.
+        audit: a saved audit to serve at ``/audit``: an :class:`~convscope.serve.audit.AuditView`,
+            or the folder ``convscope audit -o OUT`` wrote (or its ``audit.json``).
 
     Raises:
-        ConvscopeError: FastAPI or python-multipart is not installed (extra ``serve``), or an
-            allowed host is malformed.
+        ConvscopeError: FastAPI or python-multipart is not installed (extra ``serve``), an
+            allowed host is malformed, or ``audit`` is not a readable audit.
     """
     try:
         from fastapi import FastAPI, File, Form, UploadFile
@@ -263,6 +275,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
 
     eng = engine or Engine(**engine_kw)
     limits: Limits = eng.limits
+    view = audit if audit is None or isinstance(audit, AuditView) else AuditView(audit, limits)
     static = _static_files()
     app = FastAPI(title="convscope", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = eng
@@ -272,7 +285,8 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         if isinstance(exc, Busy):
             return JSONResponse({"error": str(exc)}, status_code=exc.status,
                                 headers={"retry-after": str(exc.retry_after)})
-        status = 413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedImage) else 400
+        status = (413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedImage)
+                  else 404 if isinstance(exc, NotInAudit) else 400)
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -301,7 +315,30 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
 
     @app.get("/api/info")
     def info() -> Any:
-        return eng.info()
+        return {**eng.info(), "audit": view is not None}
+
+    def _audit() -> AuditView:
+        if view is None:
+            raise NotInAudit("no audit is loaded; start the app with convscope serve --audit OUT")
+        return view
+
+    @app.get("/audit")
+    def audit_page() -> Any:
+        return _page("audit.html")
+
+    @app.get("/api/audit")
+    def audit_data() -> Any:
+        return Response(_audit().json, media_type="application/json")
+
+    @app.get("/api/audit/item/{index}.png")
+    def audit_item(index: str) -> Any:
+        return Response(_audit().item_png(index), media_type="image/png",
+                        headers={"cache-control": "no-cache"})
+
+    @app.get("/api/audit/cluster/{class_index}/{cluster_id}.png")
+    def audit_cluster(class_index: str, cluster_id: str) -> Any:
+        return Response(_audit().cluster_png(class_index, cluster_id), media_type="image/png",
+                        headers={"cache-control": "no-cache"})
 
     def _image(file: UploadFile | None, sample: str | None, model: str) -> Any:
         if file is not None and (file.filename or file.size):
@@ -355,6 +392,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
     wrapped = _Guard(app, limits.max_upload_bytes + 64 * 1024, allowed_hosts=allowed_hosts)
     wrapped.engine = eng
     wrapped.fastapi = app
+    wrapped.audit = view
     return wrapped
 
 

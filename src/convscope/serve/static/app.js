@@ -222,6 +222,7 @@ async function init() {
   $("limits").textContent = `${info.limits.formats.join(", ")}; up to ${mb} MB and ${mp} megapixels`;
   $("featvis-hint").textContent = info.featvis ? "; tick the box to render each channel's visualisation" : "";
   $("vis-label").hidden = !info.featvis;
+  $("audit-link").hidden = !info.audit;  // a saved audit is loaded (convscope serve --audit OUT)
   model.addEventListener("change", fillModel);
   method.addEventListener("change", fillMethod);
   $("file").addEventListener("change", () => {

@@ -126,6 +126,8 @@ def test_rows_when_a_small_class_is_computed_but_not_listed(folder_audit):
     assert st.size == len(members) + 2  # class 0's two images are in the store, not in audit.json
     small = next(c for c in a.classes if c.name == "0")
     assert small.n == 2 and not small.clusters
+    assert store_rows(d, st) == {i: d["store_rows"].index(i) for i in members}  # audit.json says
+    d.pop("store_rows")  # an audit.json without them (older files): the fallbacks below
     rows = store_rows(d, st)  # from the store's inputs.json
     inputs = json.loads((st.path / "inputs.json").read_text())["files"]
     for k in (k for c in d["classes"] for k in c["clusters"]):

@@ -202,6 +202,7 @@ class Audit:
     store: str | None
     notes: list[str] = field(default_factory=list)
     root: str | None = None
+    store_rows: list[int] = field(default_factory=list)  # data-set index of each store row
 
     @property
     def suspects(self) -> list[tuple[AuditClass, AuditCluster]]:
@@ -233,6 +234,7 @@ class Audit:
             "image_size": list(self.image_size),
             "signed_method": self.signed,
             "store": self.store,
+            "store_rows": list(self.store_rows),
             "notes": list(self.notes),
             "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
                           "reading": k.reading} for c, k in self.suspects],
@@ -514,7 +516,7 @@ def audit(
             classes=results, method=method, layer=layer_used, options=dict(options or {}),
             settings=settings, model_info=lm.info(), data=base.describe(), image_size=(h, w),
             signed=bool(info.signed), store=None if tmp is not None else str(Path(store).resolve()),
-            notes=notes, root=root,
+            notes=notes, root=root, store_rows=[int(i) for i in rows],
         )
     finally:
         if tmp is not None:

@@ -138,7 +138,12 @@ def store_rows(
                     path_of[int(i)] = paths[j]
     listed = sorted(model_class)
     n = store.size
-    if len(listed) == n:  # the common case: every computed image is a listed member
+    if audit.get("store_rows") is not None:  # audit.json names the data-set index of every row
+        at = {int(i): r for r, i in enumerate(audit["store_rows"])}
+        if len(audit["store_rows"]) != n or any(i not in at for i in listed):
+            raise InputError("the maps store does not match the audit's store_rows")
+        row_of = {i: at[i] for i in listed}
+    elif len(listed) == n:  # every computed image is a listed member
         row_of = {i: r for r, i in enumerate(listed)}
     else:
         by_name = _rows_by_file(store)

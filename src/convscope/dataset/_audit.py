@@ -312,24 +312,18 @@ def _class_map(
     return {i: i for i in range(min(len(names), n_out))}, notes
 
 
-def _downsize(maps: np.ndarray, size: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(b, H, W) maps -> (positive part scaled to sum 1 at full size, area-averaged (b, size, size) copy)."""
-    m = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32)))
-    m = m.clamp(min=0)  # evidence for the class; unsigned maps are non-negative already
-    tot = m.sum((1, 2), keepdim=True)
-    empty = tot <= 0
-    m = torch.where(empty, torch.ones_like(m), m)  # a map without mass counts as uniform
-    m = m / m.sum((1, 2), keepdim=True)
-    small = F.adaptive_avg_pool2d(m[:, None], (size, size))[:, 0]
-    small = small / small.sum((1, 2), keepdim=True).clamp(min=1e-30)
-    return m.numpy(), small.numpy()
+def mass_maps(maps: np.ndarray) -> torch.Tensor:
+    """(b, H, W) maps -> their positive part (evidence for the class) scaled to sum 1 each; a map
+    without positive mass counts as uniform."""
+    m = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32))).clamp(min=0)
+    m = torch.where(m.sum((1, 2), keepdim=True) <= 0, torch.ones_like(m), m)
+    return m / m.sum((1, 2), keepdim=True)
 
 
-def _paths(src: Any) -> list[str] | None:
-    from ..jobs.batch import _input_files
-
-    f = _input_files(src)
-    return None if f is None else f[1]
+def _downsize(maps: np.ndarray, size: int) -> np.ndarray:
+    """(b, H, W) maps -> their :func:`mass_maps`, area-averaged onto (b, size, size), summing to 1."""
+    small = F.adaptive_avg_pool2d(mass_maps(maps)[:, None], (size, size))[:, 0]
+    return (small / small.sum((1, 2), keepdim=True).clamp(min=1e-30)).numpy()
 
 
 def audit(
@@ -406,6 +400,7 @@ def audit(
 
     from .._progress import Progress
     from ..jobs import run_batch
+    from ..jobs.batch import _input_files
     from ..jobs.store import _zarr
     from ..models import load_model
     from ..registry import get_method
@@ -478,13 +473,14 @@ def audit(
         probs = np.empty((n_img, 2), dtype=np.float32)
         for c in range(st.n_chunks):  # stream: one chunk of maps and probabilities at a time
             lo, hi = st.rows(c)
-            _, small[lo:hi] = _downsize(arr[lo:hi], size, info.signed)
+            small[lo:hi] = _downsize(arr[lo:hi], size)
             p = np.asarray(prob_arr[lo:hi])
             t = explained[lo:hi]
             probs[lo:hi, 0] = p[np.arange(hi - lo), t]
             probs[lo:hi, 1] = p.argmax(1) == t
 
-        paths = _paths(src)
+        files = _input_files(src)  # (folder, the file of each row) for an image folder
+        paths = None if files is None else files[1]
         results: list[AuditClass] = []
         cls_bar = Progress("audit: classes", len(chosen), enabled=progress, unit="classes")
         with cls_bar:
@@ -500,7 +496,7 @@ def audit(
                         project=project,
                     ))
                 cls_bar.update(n_done + 1)
-        _full_maps(results, st, arr, src, info.signed)
+        _full_maps(results, st, arr, src)
         for c in results:  # rows of the run -> indices of the caller's data set
             c.members = rows[c.members]
             for cl in c.clusters:
@@ -508,10 +504,7 @@ def audit(
                 cl.prototypes = [int(rows[i]) for i in cl.prototypes]
             if c.note:
                 notes.append(f"class {c.name}: {c.note}")
-        from ..jobs.batch import _input_files
-
-        f = _input_files(base)
-        root = None if f is None else str(f[0])
+        root = None if files is None else str(files[0])
         return Audit(
             classes=results, method=method, layer=layer_used, options=dict(options or {}),
             settings=settings, model_info=lm.info(), data=base.describe(), image_size=(h, w),
@@ -609,7 +602,7 @@ def _describe(
     return cl
 
 
-def _full_maps(results: list[AuditClass], st: Any, arr: Any, src: Any, signed: bool) -> None:
+def _full_maps(results: list[AuditClass], st: Any, arr: Any, src: Any) -> None:
     """Second streamed pass: each cluster's mean map at full size, and its prototypes' maps."""
     n = arr.shape[0]
     owner = np.full(n, -1, dtype=np.int64)
@@ -623,7 +616,7 @@ def _full_maps(results: list[AuditClass], st: Any, arr: Any, src: Any, signed: b
         lo, hi = st.rows(c)
         if not (owner[lo:hi] >= 0).any():
             continue
-        full, _ = _downsize(arr[lo:hi], 4, signed)
+        full = mass_maps(arr[lo:hi]).numpy()
         for r in range(hi - lo):
             g = int(owner[lo + r])
             if g >= 0:

@@ -129,6 +129,7 @@ class LoadedModel:
             self.assumed.insert(0, f"preprocessing: none known; the {c}-channel tensor is used as given "
                                 "(baselines and display read it as pixels); pass preprocessing= to state it")
         first = not self.class_names or self.default_layer is None  # the first input: probe it once
+        out = None
         if first and not isinstance(self.model, ScoresModel):
             out = _probe(self.model, pre)
             if not isinstance(out, torch.Tensor):  # load could not probe: the assumed input did not fit
@@ -137,8 +138,8 @@ class LoadedModel:
                     "when it was loaded; pass preprocessing= (CLI --input-size, --input-channels) so "
                     "convscope reads its class scores by the output rule at load"
                 )
-        if not self.class_names:
-            n = _num_outputs(self.model, pre)
+        if not self.class_names:  # the probe's output, when there was one, gives the count
+            n = int(out.shape[-1]) if out is not None else _num_outputs(self.model, pre)
             self.class_names = _imagenet_names(n)
             self.assumed.append(_names_note(n))
         if self.default_layer is None:
@@ -414,16 +415,17 @@ def _probe(model: nn.Module, pre: Preprocessing) -> Any:
     return out
 
 
-def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool) -> LoadedModel:
+def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool, probed: Any = None) -> LoadedModel:
     """``lm`` with a model whose forward returns the class scores: wrapped by the output rule when
-    ``output`` is named or the model's output is not a tensor (probed once); a copy if ``copy``."""
+    ``output`` is named or the model's output is not a tensor (probed once: ``probed`` is what
+    the loader's own probe returned, if it made one); a copy if ``copy``."""
     if output is None:
         from ..perturb import BlackBoxModel
 
         if isinstance(lm.model, (ScoresModel, BlackBoxModel)):  # a black box's scores are a tensor
             return lm
         try:
-            out = _probe(lm.model, lm.preprocessing)
+            out = _probe(lm.model, lm.preprocessing) if probed is None else probed
         except ModelLoadError:
             if lm.any_channels:  # the assumed input does not fit: fill_from_input probes the first one
                 return lm
@@ -677,6 +679,7 @@ def load_model(
         if overridden:
             lm = replace(spec, class_names=list(spec.class_names), assumed=list(spec.assumed))
     elif isinstance(spec, nn.Module):
+        probed = None
         if pre_given is None:
             pre = Preprocessing()
             note = (f"preprocessing: ImageNet's ({pre.describe()}), as none was stated; pass "
@@ -688,7 +691,8 @@ def load_model(
         else:
             pre, assumed = pre_given, []
             # a stated preprocessing the model cannot take, or an output named wrongly: one line now
-            _num_outputs(spec if output is None else scores_model(spec, output), pre)
+            probed = _probe(spec if output is None else scores_model(spec, output), pre)
+            class_scores(probed)
         lm = LoadedModel(spec, pre, list(class_names or []), default_layer, type(spec).__name__,
                          generic=True, weights="as given (an nn.Module)", assumed=assumed)
     else:
@@ -761,7 +765,8 @@ def load_model(
                 "hf:<folder>, a model card .json/.yaml or a weights file; run `convscope models`)"
             )
     if not isinstance(spec, LoadedModel) or output is not None:
-        lm = _read_scores(lm, output, copy=isinstance(spec, LoadedModel) and lm is spec)
+        lm = _read_scores(lm, output, copy=isinstance(spec, LoadedModel) and lm is spec,
+                          probed=probed if isinstance(spec, nn.Module) and output is None else None)
     if pre_given is not None and not isinstance(spec, nn.Module):
         lm.preprocessing = pre_given
         lm.assumed = [a for a in lm.assumed if not a.startswith("preprocessing")]

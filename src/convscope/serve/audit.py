@@ -205,7 +205,6 @@ class AuditView:
         a = self.audit
         h, w = (int(v) for v in a["image_size"])
         self.image_size = (h, w)
-        self.signed = bool(a.get("signed_method", False))
         self.items: dict[int, dict[str, Any]] = {}
         self.clusters: dict[tuple[int, int], dict[str, Any]] = {}
         for c in a["classes"]:
@@ -378,14 +377,14 @@ class AuditView:
 
     def item_map(self, index: int) -> np.ndarray | None:
         """The map of audited image ``index``, scaled to [0, 1] as the report shows it, or None."""
-        from ..dataset._audit import _downsize
+        from ..dataset._audit import mass_maps
         from ..results import normalize_map
 
         it = self.item(index)
         if self._arr is None:
             return None
         m = np.asarray(self._arr[self.row_of[it["index"]]], dtype=np.float32)
-        return normalize_map(_downsize(m[None], 4, self.signed)[0][0], signed=False, normalize="max")
+        return normalize_map(mass_maps(m[None])[0].numpy(), signed=False, normalize="max")
 
     def cluster_mean(self, class_index: int, cluster_id: int,
                      expired: Callable[[], bool] = lambda: False) -> np.ndarray | None:
@@ -393,7 +392,7 @@ class AuditView:
 
         Streams the store: one chunk of maps in memory at a time, only chunks holding members read.
         """
-        from ..dataset._audit import _downsize
+        from ..dataset._audit import mass_maps
         from .engine import _OUT_OF_TIME, TimedOut
 
         cl = self.cluster(class_index, cluster_id)
@@ -409,7 +408,7 @@ class AuditView:
             if expired():
                 raise TimedOut(_OUT_OF_TIME, 1)
             block = np.asarray(self._arr[lo:hi])[sel - lo]
-            total += _downsize(block, 4, self.signed)[0].sum(0)
+            total += mass_maps(block).numpy().sum(0)
         return (total / max(1, len(rows))).astype(np.float32)
 
     def _box(self, box: list[int]) -> tuple[int, int, int, int]:

@@ -2,7 +2,6 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.evaluation.pointing import pointing_hits
 
 
 def test_saliency_of_linear_model_equals_its_weights():
@@ -24,13 +23,3 @@ def test_saliency_matches_independent_autograd(cue_model, cue_test):
     out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
     torch.testing.assert_close(e.raw, xr.grad)
     assert list(e.targets) == out.argmax(1).tolist()
-
-
-def test_saliency_points_at_the_planted_cue(cue_model, clean_model, cue_test):
-    n = 200
-    x = cue_model.preprocessing.normalize(cue_test.images[:n])
-    masks = cue_test.masks[:n]
-    cue_rate = pointing_hits(cs.explain(cue_model, x).map, masks, tolerance=1).float().mean()
-    clean_rate = pointing_hits(cs.explain(clean_model, x).map, masks, tolerance=1).float().mean()
-    assert cue_rate > 0.75, cue_rate  # measured 0.85 (strict: 0.60)
-    assert clean_rate < 0.1, clean_rate  # measured 0.025

@@ -17,6 +17,7 @@ from ._validate import OptionSpec, Range, check_options, option_specs
 from .errors import MethodError
 
 __all__ = [
+    "CueClaim",
     "MethodInfo",
     "OptionSpec",
     "Range",
@@ -26,6 +27,41 @@ __all__ = [
     "method_names",
     "register",
 ]
+
+
+@dataclass(frozen=True)
+class CueClaim:
+    """What a method is measured to show on a known cause: the bundled planted-cue model.
+
+    ``digits-cnn-cue`` was trained on digits that carry a class-specific 8x8 texture patch (the
+    cue, :func:`convscope.datasets.planted_cue`); ``digits-cnn`` is the same network trained
+    without it. A claim says: on the first ``n`` cue test digits, the share of maps whose maximum
+    lies in the cue (pointing game, ``tolerance`` px) is at least ``at_least`` (or, for a
+    documented failure, at most ``at_most``), and on the clean model below ``clean_below``.
+    ``tests/test_truth.py`` checks every claim of every registered method, and fails for a method
+    without one.
+
+    Attributes:
+        n: how many cue test digits are explained.
+        at_least: lower bound on the hit rate on the cue model (``None``: no lower bound).
+        at_most: upper bound on the hit rate on the cue model (a documented failure).
+        clean_below: upper bound on the clean model's hit rate (the control); ``None``: not checked.
+        options: the method options of the claim.
+        layer: the layer (CAM methods; ``None``: the model's default layer).
+        tolerance: pixels the cue mask is dilated by.
+        measured: the rate measured when the claim was written (documentation, not checked).
+        note: why the claim is what it is.
+    """
+
+    n: int
+    at_least: float | None = None
+    at_most: float | None = None
+    clean_below: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+    tolerance: int = 1
+    measured: float | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,8 @@ class MethodInfo:
             :func:`~convscope._validate.reals`); an undeclared numeric option only has to be
             finite (and an integer if annotated ``int``).
         choices: the strings an option accepts, where the registry knows them.
+        claims: what the method is measured to show on the planted-cue model
+            (:class:`CueClaim`); the truth tests are generated from them.
     """
 
     name: str
@@ -67,6 +105,7 @@ class MethodInfo:
     fast_options: dict[str, Any] = field(default_factory=dict)
     ranges: dict[str, Range] = field(default_factory=dict)
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    claims: tuple[CueClaim, ...] = ()
 
     @cached_property
     def option_specs(self) -> list[OptionSpec]:
@@ -92,6 +131,7 @@ def register(
     fast_options: dict[str, Any] | None = None,
     ranges: Mapping[str, Range] | None = None,
     choices: Mapping[str, Sequence[str]] | None = None,
+    claims: Sequence[CueClaim] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that adds a method function to the registry under ``name``.
 
@@ -117,6 +157,7 @@ def register(
             fast_options=dict(fast_options or {}),
             ranges=dict(ranges or {}),
             choices={k: tuple(v) for k, v in (choices or {}).items()},
+            claims=tuple(claims),
         )
         unknown = set(_REGISTRY[name].ranges) | set(_REGISTRY[name].choices)
         unknown -= {s.name for s in _REGISTRY[name].option_specs}

@@ -66,7 +66,7 @@ from torch import nn
 
 from ..errors import MethodError
 from ..hooks import capture
-from ..registry import get_method, register
+from ..registry import CueClaim, get_method, register
 from ._base import MethodContext, MethodOutput
 from ._guided import NONRELU_CHOICES
 from ._tokens import LAYOUTS, grid_layout, to_grid
@@ -363,6 +363,9 @@ def _eigen_rule(center: bool) -> Rule:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
+    ),
 )
 def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> MethodOutput:
     """CAM: ``relu(sum_k W[t, k] A_k)``, upsampled.
@@ -387,6 +390,10 @@ def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> Me
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
+        CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.97, layer='features.6'),
+    ),
 )
 def gradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.
@@ -410,6 +417,9 @@ def gradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=1.0),
+    ),
 )
 def gradcam_pp(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """Grad-CAM++ (see the module docstring for the weights).
@@ -429,6 +439,9 @@ def gradcam_pp(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
+    ),
 )
 def xgradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.
@@ -449,6 +462,10 @@ def xgradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
+        CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.975, layer='features.6'),
+    ),
 )
 def hirescam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """HiResCAM: ``relu(sum_k G_k * A_k)``.
@@ -469,6 +486,10 @@ def hirescam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=1.0),
+        CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.98, layer='features.6'),
+    ),
 )
 def layercam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     """LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.
@@ -491,6 +512,10 @@ def layercam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
+    claims=(
+        CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=0.99,
+                 note='class-agnostic: it shows what is salient (clean model 0.08)'),
+    ),
 )
 def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> MethodOutput:
     """Eigen-CAM: the activations projected on their first right singular vector.
@@ -513,6 +538,9 @@ def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> 
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS, "nonrelu": NONRELU_CHOICES},
+    claims=(
+        CueClaim(n=120, at_least=0.8, clean_below=0.15, measured=0.93),
+    ),
 )
 def guided_gradcam(ctx: MethodContext, layout: str = "auto", nonrelu: str = "error") -> MethodOutput:
     """Guided Grad-CAM.

@@ -77,7 +77,7 @@ from ..perturb import (
     weighted_ridge,
     window_boxes,
 )
-from ..registry import register
+from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
 
 __all__ = [
@@ -171,6 +171,9 @@ def _scorer(t: Any, b: int, score: str) -> Callable[[torch.Tensor], torch.Tensor
             "sigma": reals(0, lo_open=True), "tau": reals(0, 1, lo_open=True)},
     choices={**_ENGINE_CHOICES, "baseline": _BASELINES, "score": _SCORES,
              "incremental": ("exact", "approx")},
+    claims=(
+        CueClaim(n=16, at_least=0.8, options={'window': 8, 'stride': 4}, measured=0.94),
+    ),
 )
 def occlusion(
     ctx: MethodContext,
@@ -298,6 +301,9 @@ def occlusion(
             "p": reals(0, 1, lo_open=True), "baseline": reals(0, 1),
             "converge": _SAMPLING_RANGES["converge"], "check_every": ints(1)},
     choices={**_ENGINE_CHOICES, "baseline": _BASELINES, "score": _SCORES},
+    claims=(
+        CueClaim(n=16, at_least=0.7, options={'n_masks': 300, 'cells': 8}, measured=0.875),
+    ),
 )
 def rise(
     ctx: MethodContext,
@@ -491,6 +497,10 @@ def _segment_make(xb: torch.Tensor, hid: torch.Tensor, seg: torch.Tensor, z: tor
     ranges={**_SAMPLING_RANGES, "n_samples": ints(2, 1_000_000), "kernel_width": reals(0, lo_open=True),
             "alpha": reals(0)},
     choices=_SAMPLING_CHOICES,
+    claims=(
+        CueClaim(n=16, at_least=0.8, measured=0.94,
+                 options={'segmentation': 'grid', 'cell': 8, 'n_samples': 150, 'hide': 'zero'}),
+    ),
 )
 def lime(
     ctx: MethodContext,
@@ -612,6 +622,10 @@ def _shap_solve(z: torch.Tensor, y: torch.Tensor, f0: float, fx: float) -> torch
     fast_options={"n_samples": 48, "segmentation": "grid", "cell": 8, "check_every": 48},
     ranges=_SAMPLING_RANGES,
     choices=_SAMPLING_CHOICES,
+    claims=(
+        CueClaim(n=16, at_least=0.7, measured=0.81,
+                 options={'segmentation': 'grid', 'cell': 8, 'n_samples': 150}),
+    ),
 )
 def kernel_shap(
     ctx: MethodContext,
@@ -784,6 +798,9 @@ def _activations(ctx: MethodContext, layer: str) -> tuple[torch.Tensor, torch.Te
     "Neural Networks",
     ranges={**_ENGINE_RANGES, "baseline": reals(0, 1)},
     choices={**_ENGINE_CHOICES, "baseline": _BASELINES, "weights": ("softmax", "increase")},
+    claims=(
+        CueClaim(n=16, at_least=0.8, measured=0.94),
+    ),
 )
 def scorecam(
     ctx: MethodContext,
@@ -858,6 +875,9 @@ def scorecam(
     "Convolutional Network via Gradient-free Localization",
     ranges=_ENGINE_RANGES,
     choices=_ENGINE_CHOICES,
+    claims=(
+        CueClaim(n=16, at_least=0.9, measured=1.0),
+    ),
 )
 def ablationcam(
     ctx: MethodContext,

@@ -36,7 +36,7 @@ import torch
 
 from .._validate import ints, reals
 from ..errors import MethodError
-from ..registry import get_method, register
+from ..registry import CueClaim, get_method, register
 from ._base import MethodContext, MethodOutput
 from ._sampling import clean_logits, row_chunks, rows_target
 
@@ -245,6 +245,9 @@ smoothgrad = register(
     options=_OPTS,
     fast_options=_FAST,
     ranges=_RANGES,
+    claims=(
+        CueClaim(n=60, at_least=0.75, measured=0.88),
+    ),
 )(_registered("mean"))
 smoothgrad_sq = register(
     "smoothgrad_sq",
@@ -257,6 +260,9 @@ smoothgrad_sq = register(
     options=_OPTS,
     fast_options=_FAST,
     ranges=_RANGES,
+    claims=(
+        CueClaim(n=60, at_least=0.7, measured=0.82),
+    ),
 )(_registered("squared"))
 vargrad = register(
     "vargrad",
@@ -269,4 +275,9 @@ vargrad = register(
     options=_OPTS,
     fast_options=_FAST,
     ranges=_RANGES,
+    claims=(
+        CueClaim(n=60, at_most=0.25, measured=0.12,
+                 note='a documented failure: the gradient over the cue texture is stable under '
+                 'noise while the gradient elsewhere is not, so the variance peaks off the cue'),
+    ),
 )(_registered("var"))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
+from .._progress import Progress
 from ._common import (
     add_model_args,
     load_from_args,
@@ -25,9 +25,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     lm = load_from_args(args)
     target: Any = args.target if args.target == "label" else parse_target(args.target)
 
+    bar: list[Progress] = []  # made at the first report, when the number of chunks is known
+
     def progress(done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"\r{done}/{total} chunks", end="", file=sys.stderr, flush=True)
+        if not bar:
+            bar.append(Progress("batch: chunks", total, enabled=False if args.quiet else None,
+                                unit="chunks"))
+        bar[0].update(done)
 
     store = run_batch(
         lm,
@@ -49,8 +53,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=progress,
     )
-    if not args.quiet:
-        print(file=sys.stderr)
+    if bar:
+        bar[0].close()
     print(f"{store.path}  {args.method} on {store.size} images, {store.n_chunks} chunks, complete")
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         labels=[Path(p).name for p in args.images],
         title=args.title,
         extra_sections=extra,
-        progress=sys.stderr.isatty(),
+        progress=False if args.quiet else None,
         compare=args.compare,
         compare_method=args.compare_method,
     )
@@ -94,6 +93,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--title", default=None, help="report title")
+    s.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress on stderr (default: a bar on a terminal, a line every 10 s elsewhere)")
     if _featvis_available():
         s.add_argument("--class-vis", nargs="*", default=None, metavar="CLASS",
                        help="add class visualisations (no CLASS: every class of a model with at most 16)")

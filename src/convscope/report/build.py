@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._progress import Progress
 from ..errors import ConvscopeError, MethodError
 from ..registry import MethodInfo, get_method, list_methods
 from . import Figure, Report
@@ -141,7 +142,7 @@ def explain_report(
     labels: Sequence[str] | None = None,
     title: str | None = None,
     extra_sections: Sequence[Callable[[Report, Any], None]] = (),
-    progress: bool = False,
+    progress: bool | None = None,
     preprocessing: Any = None,
     compare: int = 0,
     compare_method: str = "gradcam",
@@ -161,7 +162,9 @@ def explain_report(
         title: the report title.
         extra_sections: callables ``f(report, loaded_model)`` that append more sections (class
             visualisations, channel galleries, filters).
-        progress: show a progress bar over the methods.
+        progress: progress over the methods on stderr: ``None`` (default) a bar on a terminal and
+            a line every 10 s (and at the end) elsewhere, such as a CI log or a notebook;
+            ``False``: silent.
         preprocessing: the model's preprocessing, for a plain ``nn.Module`` (a preset name, a
             dict or a Preprocessing; see :func:`~convscope.load_model`).
         compare: also explain each image's ``compare`` most probable classes side by side on one
@@ -191,20 +194,17 @@ def explain_report(
         probs = torch.cat([torch.softmax(lm.model(x[i:i + batch_size]).float(), 1)
                            for i in range(0, x.shape[0], batch_size)]).cpu()
     runs: list[MethodRun] = []
-    steps: Sequence[MethodInfo] = infos
-    if progress:  # tqdm.auto warns in notebooks without ipywidgets: imported only when asked for
-        from tqdm.auto import tqdm
-
-        steps = tqdm(infos, desc="report: methods")
-    for info in steps:
-        opts = dict(info.fast_options) if fast else {}
-        try:
-            e = explain(lm, x, method=info.name, target=target,
-                        layer=layer if info.needs_layer else None,
-                        batch_size=batch_size, seed=seed, **opts)
-            runs.append(MethodRun(info, e, options=opts, fast=fast))
-        except ConvscopeError as exc:
-            runs.append(MethodRun(info, error=str(exc), options=opts, fast=fast))
+    with Progress("report: methods", len(infos), enabled=progress, unit="methods") as bar:
+        for k, info in enumerate(infos):
+            opts = dict(info.fast_options) if fast else {}
+            try:
+                e = explain(lm, x, method=info.name, target=target,
+                            layer=layer if info.needs_layer else None,
+                            batch_size=batch_size, seed=seed, **opts)
+                runs.append(MethodRun(info, e, options=opts, fast=fast))
+            except ConvscopeError as exc:
+                runs.append(MethodRun(info, error=str(exc), options=opts, fast=fast))
+            bar.update(k + 1)
 
     small = min(display.shape[1:3]) < 128
     names = list(labels) if labels is not None else [f"image {i + 1}" for i in range(len(display))]

@@ -382,10 +382,11 @@ function renderGrid(r) {
     box.appendChild(f);
   }
   $("grid-cbar").hidden = !classes;
-  if (classes) {
-    $("grid-colorbar").src = first.colorbar;
-    $("grid-cbar-lo").textContent = first.signed ? `−${r.scale.toPrecision(3)}` : "0";
-    $("grid-cbar-hi").textContent = `${r.scale.toPrecision(3)} (raw map value)`;
+  $("grid-cbar").replaceChildren();
+  if (classes) {  // the shared scale, in the maps' own units
+    $("grid-cbar").append(el("span", {}, first.signed ? `−${r.scale.toPrecision(3)}` : "0"),
+      el("img", { src: first.colorbar, alt: "shared colour bar" }),
+      el("span", {}, `${r.scale.toPrecision(3)} (raw map value)`));
   }
   renderProbs({ ...first, probabilities: r.probabilities, contrast_index: classes ? null : first.contrast_index });
   const notes = r.panels.map((p) => state.info.methods.find((x) => x.name === p.method));

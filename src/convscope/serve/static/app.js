@@ -258,7 +258,7 @@ async function explain(ev) {
   if (view === "classes") fd.append("topk", $("grid-topk").value);
   if (view !== "single") fd.append("kind", view);
   $("busy").hidden = false;
-  $("explain").disabled = true;
+  document.querySelectorAll("button.go").forEach((b) => { b.disabled = true; });
   try {
     const r = await post(view === "single" ? "/api/explain" : "/api/grid", fd);
     state.last = r;
@@ -268,7 +268,7 @@ async function explain(ev) {
     showError(e.message);
   } finally {
     $("busy").hidden = true;
-    $("explain").disabled = false;
+    document.querySelectorAll("button.go").forEach((b) => { b.disabled = false; });
   }
 }
 

@@ -151,7 +151,7 @@ def test_page_loads_nothing_from_outside():
     from importlib import resources
 
     root = resources.files("convscope.serve").joinpath("static")
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "app.js", "options.js", "style.css"):
         text = root.joinpath(name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
 

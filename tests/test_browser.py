@@ -376,7 +376,7 @@ def _pixels(src: str) -> np.ndarray:
 
 
 def _explain_and_wait(page, previous_id: str | None) -> dict:
-    """Click Explain (or not, when a click already started it) and wait for a new answer."""
+    """Wait for an answer newer than `previous_id` (seen by JS_WATCH) and return it."""
     page.wait_for_function("(old) => window.__last && window.__last !== old", arg=previous_id)
     return page.evaluate("() => window.__lastAnswer")
 
@@ -403,6 +403,8 @@ def _shown(page) -> dict:
 def test_web_app_explore_switch_class_contrast_option_url_and_grids(browser, server, tmp_path):
     """Class switch, contrast, an option from the registry-built form, downloads, the URL state and
     both grids, in real Chromium; every picture change and every number checked against the API."""
+    import json
+
     import httpx
 
     url, engine = server
@@ -461,6 +463,11 @@ def test_web_app_explore_switch_class_contrast_option_url_and_grids(browser, ser
                         baseline="blur")
     np.testing.assert_allclose(np.load(io.BytesIO(npy.content)), oracle.map.numpy(), rtol=1e-5, atol=1e-6)
     assert d["options"] == {"steps": 2, "baseline": "blur"}
+    with page.expect_download() as dl:  # the page's own link passes the Host/Origin guard
+        page.click("#dl-json")
+    record = json.loads(Path(dl.value.path()).read_text())
+    assert record["options"] == {"steps": 2, "baseline": "blur"} and record["contrast"] == [order[1]]
+    assert record["model_info"]["preprocessing"]["size"] == list(lm.preprocessing.size)
 
     # the URL holds the view: a new page opened on it shows the same thing
     link = page.url

@@ -366,3 +366,138 @@ def test_web_app_answers_its_own_page_but_not_another_origin(browser, server):
     assert own.is_hidden("#error") and engine.jobs.done == done + 1
     assert problems == []
     own.close()
+
+
+def _pixels(src: str) -> np.ndarray:
+    import base64
+
+    assert src.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def _explain_and_wait(page, previous_id: str | None) -> dict:
+    """Wait for an answer newer than `previous_id` (seen by JS_WATCH) and return it."""
+    page.wait_for_function("(old) => window.__last && window.__last !== old", arg=previous_id)
+    return page.evaluate("() => window.__lastAnswer")
+
+
+JS_WATCH = """() => { const f = window.fetch; window.__last = null;
+    window.fetch = async (...a) => { const r = await f(...a);
+        if (String(a[0]).startsWith('/api/explain') || String(a[0]).startsWith('/api/grid')) {
+            const body = await r.clone().json();
+            if (body.id) { window.__lastAnswer = body; window.__last = body.id; } }
+        return r; }; }"""
+
+
+def _shown(page) -> dict:
+    return page.evaluate("""() => ({
+        title: document.getElementById('result-title').innerText,
+        overlay: document.getElementById('overlay').src,
+        legend: document.getElementById('legend').innerText,
+        probs: [...document.querySelectorAll('#probs .prob')].map(r => [r.querySelector('.name').innerText,
+                                                                        r.querySelector('.val').innerText]),
+        target: document.querySelector('#probs .prob.target .name')?.innerText,
+        versus: document.querySelector('#probs .prob.versus .name')?.innerText})""")
+
+
+def test_web_app_explore_switch_class_contrast_option_url_and_grids(browser, server, tmp_path):
+    """Class switch, contrast, an option from the registry-built form, downloads, the URL state and
+    both grids, in real Chromium; every picture change and every number checked against the API."""
+    import json
+
+    import httpx
+
+    url, engine = server
+    lm = engine.models["digits-cnn-cue"]
+    img = engine.samples[7][1]
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.evaluate(JS_WATCH)
+    page.click("#sample-7")
+    page.select_option("#model", "digits-cnn-cue")
+    page.select_option("#method", "integrated_gradients")
+    # the form comes from the registry's specs: a number input with the declared range
+    spec = {s.name: s for s in cs.get_method("integrated_gradients").option_specs}
+    assert page.get_attribute("#opt-steps", "min") == str(spec["steps"].range.lo)
+    assert page.get_attribute("#opt-steps", "max") == str(spec["steps"].range.hi)
+    assert page.get_attribute("#opt-steps", "step") == "1"
+    assert page.locator("#opt-rule option").all_inner_texts()[1:] == list(spec["rule"].choices)
+    page.fill("#opt-steps", "8")
+    page.click("#explain")
+    a = _explain_and_wait(page, None)
+    first = _shown(page)
+    e = cs.explain(lm, img, method="integrated_gradients", steps=8)
+    order = e.probabilities[0].argsort(descending=True)[:5].tolist()
+    assert first["probs"] == [[lm.class_names[i], f"{float(e.probabilities[0, i]):.3f}"] for i in order]
+    assert first["target"] == lm.class_names[e.targets[0]]
+    assert f"p = {float(e.probabilities[0, e.targets[0]]):.3f}" in first["title"]
+
+    # switch class: click the runner-up in the probabilities
+    page.click("#probs .prob:nth-child(2) .name")
+    b = _explain_and_wait(page, a["id"])
+    second = _shown(page)
+    assert second["target"] == lm.class_names[order[1]] and b["target_index"] == order[1]
+    assert not np.array_equal(_pixels(first["overlay"]), _pixels(second["overlay"]))
+
+    # contrast: predicted vs runner-up
+    page.click("#pred-vs-top2")
+    page.click("#explain")
+    c = _explain_and_wait(page, b["id"])
+    third = _shown(page)
+    assert (c["target_index"], c["contrast_index"]) == (order[0], order[1])
+    assert third["target"] == lm.class_names[order[0]] and third["versus"] == lm.class_names[order[1]]
+    assert " vs " in third["title"] and "blue" in third["legend"]
+
+    # change an option: the picture changes, and the download is the map of the Python API
+    page.fill("#opt-steps", "2")
+    page.select_option("#opt-baseline", '"blur"')
+    page.click("#explain")
+    d = _explain_and_wait(page, c["id"])
+    fourth = _shown(page)
+    assert not np.array_equal(_pixels(third["overlay"]), _pixels(fourth["overlay"]))
+    assert "steps=2" in page.inner_text("#meta")
+    npy = httpx.get(url + page.get_attribute("#dl-npy", "href"), timeout=60)
+    oracle = cs.explain(lm, img, method="integrated_gradients", target="pred-vs-top2", steps=2,
+                        baseline="blur")
+    np.testing.assert_allclose(np.load(io.BytesIO(npy.content)), oracle.map.numpy(), rtol=1e-5, atol=1e-6)
+    assert d["options"] == {"steps": 2, "baseline": "blur"}
+    with page.expect_download() as dl:  # the page's own link passes the Host/Origin guard
+        page.click("#dl-json")
+    record = json.loads(Path(dl.value.path()).read_text())
+    assert record["options"] == {"steps": 2, "baseline": "blur"} and record["contrast"] == [order[1]]
+    assert record["model_info"]["preprocessing"]["size"] == list(lm.preprocessing.size)
+
+    # the URL holds the view: a new page opened on it shows the same thing
+    link = page.url
+    assert "#" in link and "steps" in link
+    other = _page(browser, problems, (url, "data:", "blob:"))
+    other.goto(link)
+    other.wait_for_selector("body[data-ready='1']")
+    other.wait_for_selector("#result:not([hidden])")
+    other.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0")
+    again = _shown(other)
+    assert again == fourth
+    assert other.input_value("#method") == "integrated_gradients" and other.input_value("#opt-steps") == "2"
+    assert other.input_value("#versus") == "top2" and other.input_value("#opt-baseline") == '"blur"'
+    other.close()
+
+    # grids: the top classes on one scale, then methods side by side
+    page.check("#view-classes")
+    page.click("#explain")
+    g = _explain_and_wait(page, d["id"])
+    assert page.locator("#grid-panels .panel").count() == 4 and g["scale"] > 0
+    assert page.is_visible("#grid-cbar") and page.is_hidden("#single")
+    page.check("#view-methods")
+    page.click("#explain")
+    h = _explain_and_wait(page, g["id"])
+    assert [p["method"] for p in h["panels"]][0] == "integrated_gradients"
+    assert page.locator("#grid-panels .panel").count() == len(h["panels"]) >= 3
+    labels = page.locator("#grid-panels figcaption strong").all_inner_texts()
+    assert labels[0].startswith("integrated_gradients")
+    page.screenshot(path=str(tmp_path / "methods-grid.png"), full_page=True)
+    assert page.evaluate(JS_BROKEN_IMAGES) == []
+    assert page.is_hidden("#error")
+    assert problems == []
+    page.close()

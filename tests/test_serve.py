@@ -151,7 +151,7 @@ def test_page_loads_nothing_from_outside():
     from importlib import resources
 
     root = resources.files("convscope.serve").joinpath("static")
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "app.js", "options.js", "style.css"):
         text = root.joinpath(name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
 
@@ -208,3 +208,198 @@ def test_cli_binds_loopback_by_default():
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1"
+
+
+# --- exploration: the options form, targets and contrasts, grids, downloads, the URL state -------
+
+
+def _npy(client, body) -> np.ndarray:
+    r = client.get(body["downloads"]["npy"])
+    assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment")
+    return np.load(io.BytesIO(r.content))
+
+
+def test_methods_endpoint_is_the_registry_with_its_option_specs(client):
+    served = client.get("/api/methods").json()["methods"]
+    assert [m["name"] for m in served] == cs.method_names()
+    for m in served:
+        reg = cs.get_method(m["name"])
+        assert m["options"] == [s.to_dict() for s in reg.option_specs], m["name"]
+        assert m["fast_options"] == reg.fast_options and m["needs_layer"] == reg.needs_layer
+    assert client.get("/api/info").json()["methods"] == served  # one catalogue for both
+
+
+def _bad_option_values():
+    """(method, option, value) for every numeric option with a declared range, from the range's
+    own list of values it refuses (NaN and infinities travel as JSON's NaN / Infinity)."""
+    out = []
+    for m in cs.list_methods():
+        for s in m.option_specs:
+            if s.range is not None and (s.range.lo is not None or s.range.hi is not None):
+                out.extend((m.name, s.name, v) for v in s.range.outside()[2:5])
+    return out
+
+
+@pytest.mark.parametrize("method, option, value", _bad_option_values())
+def test_options_are_checked_by_the_registry_before_any_work(client, engine, method, option, value):
+    import json
+
+    from convscope.registry import check_method_options
+
+    info = cs.get_method(method)
+    with pytest.raises(cs.ConvscopeError) as expected:  # the oracle: the registry's own check
+        check_method_options(info, {option: value})
+    done = engine.jobs.done
+    r = client.post("/api/explain", data={"model": "digits-cnn", "method": method, "sample": "0",
+                                          "options": json.dumps({option: value})})
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": str(expected.value)}
+    assert engine.jobs.done == done  # refused before it queued
+
+
+@pytest.mark.parametrize("options", ['[1]', '{"steps": ', '"steps=4"', '{"nope": 1}'])
+def test_malformed_or_unknown_options_get_one_line(client, options):
+    r = client.post("/api/explain", data={"model": "digits-cnn", "method": "integrated_gradients",
+                                          "sample": "0", "options": options})
+    assert r.status_code == 400 and list(r.json()) == ["error"], r.text
+    assert "\n" not in r.json()["error"] and ("options" in r.json()["error"] or "nope" in r.json()["error"])
+
+
+CASES = [  # (model, method, sample, target, layer, options): downloads against convscope.explain
+    ("digits-cnn-cue", "integrated_gradients", 7, "pred-vs-top2", "", {"steps": 8, "baseline": "blur"}),
+    ("digits-cnn-cue", "gradcam", 7, "3-vs-8", "features.6", {}),
+    ("digits-cnn", "occlusion", 4, "2", "", {"window": 4, "stride": 2, "baseline": "black"}),
+    ("digits-cnn", "rise", 5, "", "", {"n_masks": 64, "cells": 4}),
+]
+
+
+@pytest.mark.parametrize("model, method, sample, target, layer, options", CASES)
+def test_downloads_are_the_map_and_record_of_the_python_api(client, engine, model, method, sample, target,
+                                                              layer, options):
+    import json
+
+    r = client.post("/api/explain", data={"model": model, "method": method, "sample": str(sample),
+                                          "target": target, "layer": layer, "options": json.dumps(options)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    lm = engine.models[model]
+    e = cs.explain(lm, engine.samples[sample][1], method=method, target=target or None, layer=layer or None,
+                   **options)
+    got = _npy(client, body)
+    assert got.shape == tuple(e.map.shape) and got.dtype == np.float32
+    np.testing.assert_allclose(got, e.map.numpy(), rtol=1e-5, atol=1e-6)
+    assert body["target_index"] == e.targets[0]
+    assert body["contrast_index"] == (None if e.contrast is None else e.contrast[0])
+    assert body["map_min"] == pytest.approx(float(e.map.min()), abs=1e-6)
+    record = client.get(body["downloads"]["json"]).json()
+    assert record["model_info"] == json.loads(json.dumps(e.to_dict(include_map=False)["model_info"]))
+    assert record["model_info"]["preprocessing"]["size"] == list(lm.preprocessing.size)
+    assert "assumed" in record["model_info"] and record["options"] == options
+    assert record["targets"] == list(e.targets) and record["target_names"] == [e.target_name(0)]
+    assert record["request"]["view"]["options"] == options and record["request"]["image"]["sample"] == sample
+    png = client.get(body["downloads"]["png"])
+    assert png.headers["content-type"] == "image/png"
+    fig = Image.open(io.BytesIO(png.content))
+    assert fig.width > 600 and fig.height > 200  # the labelled figure, not the 32 px map
+
+
+def test_contrast_and_class_switch_follow_an_independent_forward_pass(client, engine, cue_model):
+    img = engine.samples[7][1]
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        p = torch.softmax(cue_model.model(cue_model.preprocessing.normalize(x)), 1)[0]
+    first, second = torch.argsort(p, descending=True)[:2].tolist()
+    body = client.post("/api/explain", data={"model": "digits-cnn-cue", "method": "saliency", "sample": "7",
+                                             "target": "pred-vs-top2"}).json()
+    assert (body["target_index"], body["contrast_index"]) == (first, second)
+    assert body["target_p"] == pytest.approx(float(p[first]), abs=1e-5)
+    assert body["contrast_p"] == pytest.approx(float(p[second]), abs=1e-5)
+    assert body["target"] == f"{first} vs {second}" and str(second) in body["legend"]
+    other = client.post("/api/explain", data={"model": "digits-cnn-cue", "method": "saliency", "sample": "7",
+                                              "target": str(second)}).json()
+    assert other["target_index"] == second and other["contrast_index"] is None
+    assert other["overlay"] != body["overlay"]
+
+
+def _replay(client, state: str):
+    """POST the fields of a URL state to the endpoint its view names, as the page does on load."""
+    from urllib.parse import parse_qsl
+
+    fields = dict(parse_qsl(state))
+    view = fields.pop("view", "single")
+    if view != "single":
+        fields["kind"] = view
+    return client.post("/api/explain" if view == "single" else "/api/grid", data=fields)
+
+
+@pytest.mark.parametrize("data", [
+    {"model": "digits-cnn-cue", "method": "integrated_gradients", "sample": "9", "target": "pred-vs-top2",
+     "options": '{"steps": 6}', "fast": "true"},
+    {"model": "digits-cnn-cue", "method": "gradcam", "sample": "3", "layer": "features.6", "kind": "classes",
+     "topk": "3"},
+    {"model": "digits-cnn", "method": "occlusion", "sample": "2", "target": "4", "kind": "methods",
+     "methods": "occlusion,saliency,gradcam", "options": '{"window": 4}'},
+])
+def test_url_state_reproduces_the_view(client, data):
+    path = "/api/grid" if "kind" in data else "/api/explain"
+    first = client.post(path, data=data)
+    assert first.status_code == 200, first.text
+    a = first.json()
+    again = _replay(client, a["state"])
+    assert again.status_code == 200, again.text
+    b = again.json()
+    assert b["state"] == a["state"] and b["id"] != a["id"]
+    np.testing.assert_array_equal(_npy(client, a), _npy(client, b))
+    if "kind" in data:
+        assert [p["overlay"] for p in a["panels"]] == [p["overlay"] for p in b["panels"]]
+    else:
+        keys = ("overlay", "probabilities", "options", "target_index", "contrast_index")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+
+
+def test_class_grid_is_the_top_classes_on_the_library_scale(client, engine):
+    from convscope.grids import explain_classes, explain_methods
+
+    lm = engine.models["digits-cnn-cue"]
+    body = client.post("/api/grid", data={"model": "digits-cnn-cue", "method": "gradcam", "sample": "7",
+                                          "kind": "classes", "topk": "3"}).json()
+    g = explain_classes(lm, engine.samples[7][1], topk=3, method="gradcam")
+    assert [p["target_index"] for p in body["panels"]] == [e.targets[0] for e in g.panels]
+    assert [p["target_index"] for p in body["panels"]] == [c["index"] for c in body["probabilities"][:3]]
+    assert body["scale"] == pytest.approx(g.scale, rel=1e-6)
+    np.testing.assert_allclose(_npy(client, body), torch.cat([e.map for e in g.panels]).numpy(), atol=1e-6)
+    body = client.post("/api/grid", data={"model": "digits-cnn", "method": "saliency", "sample": "4",
+                                          "kind": "methods", "methods": "saliency,gradcam,saliency",
+                                          "target": "4-vs-9"}).json()
+    assert [p["method"] for p in body["panels"]] == ["saliency", "gradcam"] and body["scale"] is None
+    g = explain_methods(engine.models["digits-cnn"], engine.samples[4][1], ["saliency", "gradcam"],
+                        target="4-vs-9")
+    np.testing.assert_allclose(_npy(client, body), torch.cat([e.map for e in g.panels]).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"kind": "pictures"}, "unknown grid"),
+    ({"kind": "methods", "methods": ""}, "1 to"),
+    ({"kind": "methods", "methods": "saliency,nope"}, "nope"),
+    ({"kind": "methods", "methods": ",".join(cs.method_names()[:9])}, "1 to"),
+    ({"kind": "classes", "options": '{"steps": 3}'}, "steps"),
+])
+def test_bad_grids_are_refused_in_one_line(client, engine, data, words):
+    done = engine.jobs.done
+    r = client.post("/api/grid", data={"model": "digits-cnn", "method": "saliency", "sample": "0", **data})
+    assert r.status_code == 400 and words in r.json()["error"], r.text
+    assert engine.jobs.done == done
+
+
+def test_downloads_name_a_kept_result_only(client, engine):
+    from convscope.serve.engine import KEEP_RESULTS
+
+    first = client.post("/api/explain", data={"model": "digits-cnn", "method": "saliency",
+                                              "sample": "1"}).json()
+    for bad in ("/api/result/nope.npy", first["downloads"]["npy"].replace(".npy", ".exe"),
+                first["downloads"]["npy"].replace(".npy", ""), "/api/result/..%2f..%2fapp.py"):
+        r = client.get(bad)
+        assert r.status_code == 404 and list(r.json()) == ["error"], bad
+    for _ in range(KEEP_RESULTS):  # the oldest result goes when more are kept
+        client.post("/api/explain", data={"model": "digits-cnn", "method": "saliency", "sample": "2"})
+    assert client.get(first["downloads"]["npy"]).status_code == 404

@@ -23,7 +23,7 @@ import convscope as cs
 from convscope.hooks import count_hooks
 from convscope.serve import Engine, Limits, create_app
 from convscope.serve.app import running
-from convscope.serve.engine import LIGHT_BURST, JobQueue, QueueFull, TimedOut
+from convscope.serve.jobs import LIGHT_BURST, JobQueue, QueueFull, TimedOut
 
 PORT = 8123  # the port the in-process client claims; no socket is opened on it
 BASE = f"http://127.0.0.1:{PORT}"
@@ -48,6 +48,17 @@ def _refused(r: httpx.Response) -> str:
 # --- Origin, Referer, Host --------------------------------------------------------------------------
 
 
+def _endpoints(client) -> list[tuple[str, str, dict | None]]:
+    """Every API route: (method, path, form). A result is made first, so its downloads exist."""
+    kept = client.post("/api/explain", data=SALIENCY).json()["downloads"]
+    return [("POST", "/api/explain", SALIENCY),
+            ("POST", "/api/grid", {**SALIENCY, "kind": "methods", "methods": "saliency,gradcam"}),
+            ("POST", "/api/grid", {**SALIENCY, "kind": "classes"}),
+            ("POST", "/api/activations", {"model": "digits-cnn", "layer": "features.6", "sample": "3"}),
+            ("GET", "/api/info", None), ("GET", "/api/methods", None),
+            *(("GET", kept[f], None) for f in ("png", "npy", "json"))]
+
+
 @pytest.mark.parametrize("headers", [
     {"origin": "http://evil.example"},
     {"origin": "null"},  # sandboxed frames, file:// pages
@@ -59,11 +70,10 @@ def _refused(r: httpx.Response) -> str:
     {"origin": "http://evil.example", "referer": f"{BASE}/"},  # Origin decides
 ])
 def test_requests_from_other_pages_are_refused(client, engine, headers):
+    endpoints = _endpoints(client)
     done = engine.jobs.done
-    assert "other web pages" in _refused(client.post("/api/explain", data=SALIENCY, headers=headers))
-    _refused(client.post("/api/activations", data={"model": "digits-cnn", "layer": "features.6",
-                                                   "sample": "3"}, headers=headers))
-    _refused(client.get("/api/info", headers=headers))
+    for method, path, data in endpoints:
+        assert "other web pages" in _refused(client.request(method, path, data=data, headers=headers)), path
     assert engine.jobs.done == done  # nothing ran
 
 
@@ -82,11 +92,11 @@ def test_url_encoded_cross_origin_post_is_refused(client, engine):
                                   "convscope.lan.evil.example"])
 def test_other_host_names_are_refused_even_for_the_page(client, engine, host):
     """DNS rebinding: another site's name resolving to 127.0.0.1 must not reach the app."""
+    endpoints = _endpoints(client)
     done = engine.jobs.done
-    for r in (client.get("/", headers={"host": host}),
-              client.get("/api/info", headers={"host": host}),
-              client.post("/api/explain", data=SALIENCY, headers={"host": host})):
-        assert "Host" in _refused(r)
+    assert "Host" in _refused(client.get("/", headers={"host": host}))
+    for method, path, data in endpoints:
+        assert "Host" in _refused(client.request(method, path, data=data, headers={"host": host})), path
     assert engine.jobs.done == done
 
 
@@ -95,6 +105,8 @@ def test_other_host_names_are_refused_even_for_the_page(client, engine, host):
                                   "box.lan:9000"])
 def test_own_and_allowed_host_names_with_their_own_origin_pass(client, host):
     origin = {"origin": f"http://{host}", "host": host}
+    for method, path, data in _endpoints(client):
+        assert client.request(method, path, data=data, headers=origin).status_code == 200, path
     assert client.get("/api/info", headers={"host": host}).status_code == 200
     r = client.post("/api/explain", data=SALIENCY, headers=origin)
     assert r.status_code == 200, r.text
@@ -227,9 +239,10 @@ def test_a_full_queue_answers_429_with_retry_after(engine):
     while eng.jobs.waiting < 1:
         time.sleep(0.001)
     try:
-        r = c.post("/api/explain", data=SALIENCY)
-        assert r.status_code == 429, r.text
-        assert int(r.headers["retry-after"]) >= 1 and "busy" in r.json()["error"]
+        for path, data in (("/api/explain", SALIENCY), ("/api/grid", {**SALIENCY, "kind": "classes"})):
+            r = c.post(path, data=data)
+            assert r.status_code == 429, r.text
+            assert int(r.headers["retry-after"]) >= 1 and "busy" in r.json()["error"]
         with pytest.raises(QueueFull):
             eng.explain("digits-cnn", "saliency", eng.sample(3))
     finally:
@@ -252,12 +265,14 @@ def test_a_job_that_outwaits_its_limit_gets_503_and_never_runs():
         # answered at its deadline, not when the blocker ends (it never does until `go`); 10 s is
         # far above a 0.5 s limit plus a request's overhead, far below the blocker's 30 s
         assert waited < 10
+        r = c.post("/api/grid", data={**SALIENCY, "kind": "methods", "methods": "saliency,gradcam"})
+        assert r.status_code == 503 and "ran out of time" in r.json()["error"], r.text
     finally:
         go.set()
         t.join(30)
     assert c.post("/api/explain", data=SALIENCY).status_code == 200
-    assert eng.jobs.done == 2  # the blocker and the last request; the timed-out one never ran
-    assert eng.jobs.timed_out == 1
+    assert eng.jobs.done == 2  # the blocker and the last request; the timed-out ones never ran
+    assert eng.jobs.timed_out == 2
 
 
 class _Slow(nn.Module):

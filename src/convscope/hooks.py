@@ -307,3 +307,29 @@ def capture(
                 h.remove()
             cap.handles.clear()
             cap.reset()
+
+
+@contextmanager
+def stop_forward_when(model: nn.Module, should_stop: Callable[[], bool],
+                      error: Callable[[], BaseException]) -> Iterator[None]:
+    """Raise ``error()`` at the first forward pass of ``model`` that starts once ``should_stop()``.
+
+    A forward pre-hook on the model for the ``with`` block, removed on every exit. The web app
+    uses it to stop a job that ran past its deadline at a safe point: :func:`capture` and
+    :func:`state_guard` undo their hooks and state flips as the error passes through them.
+
+    Args:
+        model: the network whose forward passes are checked.
+        should_stop: called before each forward pass of ``model``.
+        error: makes the exception raised once ``should_stop()`` returns True.
+    """
+
+    def check(_module: nn.Module, _inputs: Any) -> None:
+        if should_stop():
+            raise error()
+
+    handle = model.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()

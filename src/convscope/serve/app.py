@@ -5,8 +5,15 @@ Routes:
 * ``GET /``, ``GET /static/<name>``: the page, its script and style, read from the package at
   start-up into memory (a request names a file in that table, never a path).
 * ``GET /api/info``: models (classes, layers), methods (from the registry), samples, limits.
-* ``POST /api/explain`` (multipart form): ``model``, ``method``, ``target``, ``layer``, ``fast``,
-  ``topk`` and either ``file`` (an image upload) or ``sample`` (an index).
+* ``GET /api/methods``: every registered method with its option specs (type, default, range,
+  choices, doc), which the page builds its options form from.
+* ``POST /api/explain`` (multipart form): ``model``, ``method``, ``target`` (a class, or a contrast
+  ``"a-vs-b"`` / ``"pred-vs-top2"``), ``layer``, ``fast``, ``topk``, ``options`` (a JSON object of
+  method options, checked by the registry) and either ``file`` (an image upload) or ``sample``
+  (an index). The answer carries ``state`` (the view as a URL query) and ``downloads``.
+* ``POST /api/grid``: the same fields plus ``kind`` (``methods``: ``methods``, a comma-separated
+  list, side by side; ``classes``: the ``topk`` most probable classes on one colour scale).
+* ``GET /api/result/{id}.png|npy|json``: a kept result's labelled figure, raw maps or record.
 * ``POST /api/activations``: ``model``, ``layer``, ``n`` and ``file`` or ``sample``: the most
   active channels of a layer (with channel visualisations when :mod:`convscope.featvis` exists).
 * ``GET /audit``, ``GET /api/audit``, ``GET /api/audit/item/{index}.png``,
@@ -16,9 +23,9 @@ Routes:
 
 Every error comes back as JSON ``{"error": "..."}``: 400 for a bad request (a missing or
 malformed field included), 403 for a request from another web page or for another host name, 404
-for an unknown path, 413 for an upload over the size or pixel limit, 415 for something that is not
-an accepted image, 429 (with ``Retry-After``) when the job queue is full and 503 (with
-``Retry-After``) when a request ran past its time limit.
+for an unknown path or a result no longer kept, 413 for an upload over the size or pixel limit,
+415 for something that is not an accepted image, 429 (with ``Retry-After``) when the job queue
+is full and 503 (with ``Retry-After``) when a request ran past its time limit.
 
 Requests from other web pages are refused (:class:`_Guard`): the ``Host`` header must name this
 app (a loopback name or the bound address, on the app's port, or an allowed host), and an
@@ -40,8 +47,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConvscopeError
+from ._present import method_catalogue, parse_options
 from .audit import AuditView, NotInAudit
-from .engine import Busy, Engine, Limits, TooLarge, UnsupportedImage
+from .engine import Busy, Engine, Limits, NotFound, TooLarge, UnsupportedImage
 
 __all__ = ["create_app", "running"]
 
@@ -286,7 +294,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
             return JSONResponse({"error": str(exc)}, status_code=exc.status,
                                 headers={"retry-after": str(exc.retry_after)})
         status = (413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedImage)
-                  else 404 if isinstance(exc, NotInAudit) else 400)
+                  else 404 if isinstance(exc, (NotInAudit, NotFound)) else 400)
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -340,36 +348,63 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         return Response(_audit().cluster_png(class_index, cluster_id), media_type="image/png",
                         headers={"cache-control": "no-cache"})
 
-    def _image(file: UploadFile | None, sample: str | None, model: str) -> Any:
+    def _image(file: UploadFile | None, sample: str | None, model: str) -> tuple[Any, int | None]:
+        """The request's image, and its sample index (None for an upload)."""
         if file is not None and (file.filename or file.size):
             ctype = (file.content_type or "").lower()
             if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
                 raise UnsupportedImage(f"only images are accepted, not {ctype}")
             data = file.file.read(limits.max_upload_bytes + 1)
-            return eng.decode(data)
+            return eng.decode(data), None
         if sample not in (None, ""):
             try:
                 index = int(str(sample))
             except ValueError:
                 raise UnsupportedImage(f"sample must be a number, got {sample!r}") from None
-            return eng.sample(index, model)
+            return eng.sample(index, model), index
         raise UnsupportedImage("send an image file or pick a sample")
 
-    @app.post("/api/explain")
-    def explain_route(
-        model: str = Form(...),
-        method: str = Form(...),
-        target: str = Form(""),
-        layer: str = Form(""),
-        fast: bool = Form(False),
-        topk: int = Form(5),
-        sample: str = Form(""),
-        file: UploadFile | None = File(None),
-    ) -> Any:
-        deadline = time.monotonic() + limits.timeout_s
-        img = _image(file, sample, model)
-        return eng.explain(model, method, img, target=target, layer=layer or None, fast=fast,
-                           topk=topk, deadline=deadline)
+    @app.get("/api/methods")
+    def methods_route() -> Any:
+        return {"methods": method_catalogue()}
+
+    def _view_route(grid: bool) -> Any:
+        """The handler of ``/api/explain`` (one result) or ``/api/grid`` (``kind``: a grid)."""
+
+        def route(
+            model: str = Form(...),
+            method: str = Form(...),
+            kind: str = Form("methods" if grid else "single"),
+            methods: str = Form(""),
+            target: str = Form(""),
+            layer: str = Form(""),
+            fast: bool = Form(False),
+            topk: int = Form(4 if grid else 5),
+            options: str = Form(""),
+            sample: str = Form(""),
+            file: UploadFile | None = File(None),
+        ) -> Any:
+            deadline = time.monotonic() + limits.timeout_s
+            img, index = _image(file, sample, model)
+            common = {"target": target, "layer": layer or None, "fast": fast, "topk": topk,
+                      "options": parse_options(options), "sample": index, "deadline": deadline}
+            if not grid:
+                return eng.explain(model, method, img, **common)
+            names = [m.strip() for m in methods.split(",") if m.strip()]
+            return eng.grid(model, img, kind=kind, method=method, methods=names, **common)
+
+        return route
+
+    app.post("/api/explain")(_view_route(grid=False))
+    app.post("/api/grid")(_view_route(grid=True))
+
+    @app.get("/api/result/{name}")
+    def result_route(name: str) -> Any:
+        rid, _, fmt = name.rpartition(".")
+        data, media = eng.download(rid, fmt)
+        return Response(data, media_type=media, headers={
+            "cache-control": "no-store",
+            "content-disposition": f'attachment; filename="convscope-{rid[:8]}.{fmt}"'})
 
     @app.post("/api/activations")
     def activations_route(
@@ -381,7 +416,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         file: UploadFile | None = File(None),
     ) -> Any:
         deadline = time.monotonic() + limits.timeout_s
-        img = _image(file, sample, model)
+        img, _ = _image(file, sample, model)
         return eng.activations(model, layer, img, n=n, vis=vis, deadline=deadline)
 
     @app.get("/api/health")

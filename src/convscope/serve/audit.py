@@ -23,7 +23,7 @@ does not match shows no maps, and the page says why.
 Requests never name a path: an image is picked by its data-set index, looked up in a table built
 from ``audit.json``; its file is ``root`` joined with the path ``audit.json`` gives, and a path that
 resolves outside ``root`` (``..``, an absolute path, a symbolic link leading out) is refused.
-Rendering runs as jobs of the view's own bounded :class:`~convscope.serve.engine.JobQueue` (one
+Rendering runs as jobs of the view's own bounded :class:`~convscope.serve.jobs.JobQueue` (one
 worker thread, 429 when full, 503 past the time limit), apart from the models' queue.
 """
 
@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .engine import JobQueue, Limits
+from .engine import Limits
+from .jobs import _OUT_OF_TIME, JobQueue, TimedOut
 
 __all__ = ["AuditView", "NotInAudit", "store_rows"]
 
@@ -56,8 +57,7 @@ CACHE_BYTES = 32 * 1024 * 1024
 
 
 class NotInAudit(InputError):
-    """The request names an image or cluster the audit does not have, or one it will not serve
-    (HTTP 404)."""
+    """The request names an image or cluster the audit does not have or will not serve (HTTP 404)."""
 
 
 def _load_json(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
@@ -90,8 +90,7 @@ def _check_shape(a: dict[str, Any]) -> None:
     if not (h > 0 and w > 0):
         raise ValueError("image_size must be positive")
     for c in a["classes"]:
-        int(c["index"])
-        int(c["model_class"])
+        int(c["index"]), int(c["model_class"])
         for cl in c["clusters"]:
             int(cl["id"])
             members = [int(i) for i in cl["members"]]
@@ -111,9 +110,8 @@ def _box_rc(box: list[int], h: int, w: int) -> tuple[int, int, int, int]:
     return max(0, min(y0, h)), max(0, min(x0, w)), max(0, min(y1, h)), max(0, min(x1, w))
 
 
-def store_rows(
-    audit: dict[str, Any], store: Any, data_labels: Callable[[], np.ndarray] | None = None,
-) -> dict[int, int]:
+def store_rows(audit: dict[str, Any], store: Any,
+               data_labels: Callable[[], np.ndarray] | None = None) -> dict[int, int]:
     """Data-set index -> row of the audit's maps store, for every member listed in ``audit``.
 
     Args:
@@ -393,7 +391,6 @@ class AuditView:
         Streams the store: one chunk of maps in memory at a time, only chunks holding members read.
         """
         from ..dataset._audit import mass_maps
-        from .engine import _OUT_OF_TIME, TimedOut
 
         cl = self.cluster(class_index, cluster_id)
         if self._arr is None or self.store is None:

@@ -7,60 +7,55 @@ Safety rules kept here (the HTTP layer in :mod:`convscope.serve.app` only transl
   before any pixel is decoded (decompression bombs are refused unread).
 * **No path from a request reaches the file system**: models are loaded at start-up from specs
   given on the command line; a request names a model by one of those specs, a sample by its
-  index, a layer by one of the names listed for that model, and a method by its registry name.
-  Every one of these is looked up in a table built at start-up.
-* **One model shared by concurrent requests**: each request runs a method through
-  :func:`~convscope.explain`, whose hooks are scoped by :func:`~convscope.capture` and whose
-  state guard flips the model to eval mode with frozen weights and back. Two requests running at
-  once on one module would see each other's hooks and state flips, and ``explain`` seeds torch's
-  process-wide random generator. So all model work runs as jobs of one :class:`JobQueue`, one
-  after the other on a single worker thread. On a CPU this costs little, since torch already
-  spreads one job over the cores; one thread also keeps the allocator from spreading tensors over
-  one malloc arena per request thread.
-* **Bounded queue, time limit, no starvation**: at most :attr:`Limits.max_queue` jobs wait
-  (:class:`QueueFull` beyond, HTTP 429); a job whose wait plus run passes
-  :attr:`Limits.timeout_s` is answered :class:`TimedOut` (HTTP 503) and stopped at its next
-  forward pass (or never started). Heavy jobs (:func:`is_heavy`) wait in their own lane, and
-  cheap jobs go first, so a cheap request waits for at most the job running now, plus one heavy
-  job per :data:`LIGHT_BURST` cheap jobs ahead of it.
+  index, a layer by one of the names listed for that model, a method by its registry name and a
+  result (for its downloads) by the random id it was answered with. Every one of these is looked
+  up in a table built at start-up or kept in memory.
+* **One model shared by concurrent requests**: all model work runs as jobs of one
+  :class:`~convscope.serve.jobs.JobQueue` (two lanes, bounded, timed; see
+  :mod:`convscope.serve.jobs`).
+* **Options are checked before they queue**: a request's method options go through the
+  registry's checks (:func:`~convscope.registry.check_method_options`) in the request's thread.
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
-import ctypes.util
 import io
 import math
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConvscopeError, ImageLoadError, InputError
+from ..errors import ImageLoadError, InputError
 from ..models import LoadedModel, load_model
-from ..registry import MethodInfo, get_method, list_methods
+from ..registry import MethodInfo, check_method_options, get_method
 from ..results import _upscale, colorize, data_uri
+from ._present import (
+    VIEWS,
+    Kept,
+    NotFound,
+    View,
+    explanation_payload,
+    grid_payload,
+    method_catalogue,
+    parse_target,
+    plain,
+)
+from .jobs import LIGHT_BURST, Busy, JobQueue, QueueFull, TimedOut, is_heavy, stop_after
 
-__all__ = ["Busy", "Engine", "JobQueue", "Limits", "QueueFull", "TimedOut", "TooLarge",
-           "UnsupportedImage", "featvis_available", "is_heavy"]
+__all__ = ["LIGHT_BURST", "Busy", "Engine", "JobQueue", "Limits", "NotFound", "QueueFull", "TimedOut",
+           "TooLarge", "UnsupportedImage", "featvis_available", "is_heavy"]
 
-T = TypeVar("T")
-
-_OUT_OF_TIME = ("the request ran out of time waiting for the model or running on it; try again, "
-                "or pick a cheaper method or the quick preview")
-
-#: Cheap jobs served in a row while a heavy job waits, before that heavy job gets its turn.
-LIGHT_BURST = 4
+#: Results kept for their downloads (the oldest goes first).
+KEEP_RESULTS = 32
+#: Most methods in one method grid.
+MAX_GRID_METHODS = 8
 
 
 def featvis_available() -> bool:
@@ -113,210 +108,6 @@ class TooLarge(InputError):
     """The upload is over a size limit (HTTP 413)."""
 
 
-class Busy(ConvscopeError):
-    """The app cannot take the job now; ``retry_after`` is a guess, in whole seconds, of when it
-    could (HTTP 429 or 503 with a ``Retry-After`` header)."""
-
-    status = 503
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
-
-
-class QueueFull(Busy):
-    """:attr:`Limits.max_queue` jobs already wait (HTTP 429)."""
-
-    status = 429
-
-
-class TimedOut(Busy):
-    """The job's wait plus run passed :attr:`Limits.timeout_s` (HTTP 503)."""
-
-    status = 503
-
-
-def is_heavy(info: MethodInfo) -> bool:
-    """Whether a method goes to the heavy lane of the :class:`JobQueue`.
-
-    The registry's gradient-free methods (the perturbation family, Score-CAM, Ablation-CAM,
-    EigenCAM) replace one backward pass by many forward passes over masked or perturbed inputs,
-    one per mask, window or channel, so their cost grows with the image and the layer; EigenCAM
-    is gradient-free but needs a single pass, and rides along (it only waits a little longer).
-    """
-    return info.black_box or not info.needs_gradients
-
-
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's ``malloc_trim(0)`` (hand freed heap pages back to the system), or a no-op."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-
-    def call() -> None:
-        trim(0)
-
-    return call
-
-
-class _Job:
-    __slots__ = ("fn", "heavy", "deadline", "future", "abandoned", "queue")
-
-    def __init__(self, fn: Callable[[Callable[[], bool]], Any], heavy: bool, deadline: float,
-                 queue: JobQueue) -> None:
-        self.fn = fn
-        self.heavy = heavy
-        self.deadline = deadline
-        self.future: Future[Any] = Future()
-        self.abandoned = False
-        self.queue = queue
-
-    def expired(self) -> bool:
-        """Whether the job should stop: its deadline passed, or the queue is closing."""
-        return self.queue.closing or time.monotonic() >= self.deadline
-
-
-class JobQueue:
-    """Runs jobs one at a time on one worker thread, from two lanes, with a bounded wait.
-
-    A job is a function ``fn(expired)``; it should call ``expired()`` at safe points and stop
-    when it returns True (its deadline passed, or the queue is closing):
-    :meth:`Engine.explain` checks before every forward pass of the model. Cheap jobs
-    go first; a heavy job waiting behind :data:`LIGHT_BURST` cheap jobs served in a row goes next.
-    Within a lane, jobs go in arrival order.
-
-    Args:
-        max_queue: most jobs waiting at once (the running one not counted).
-    """
-
-    def __init__(self, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self._cond = threading.Condition()
-        self._light: deque[_Job] = deque()
-        self._heavy: deque[_Job] = deque()
-        self._burst = 0
-        self._worker: threading.Thread | None = None
-        self._job_s = 1.0  # running mean of a job's run time, for Retry-After
-        self._trim = _malloc_trim()
-        self._trimmed = 0.0
-        self.closing = False
-        atexit.register(self.close)  # a worker killed inside torch at exit aborts the process
-        #: Jobs run to the end, and requests answered :class:`TimedOut`.
-        self.done = 0
-        self.timed_out = 0
-
-    @property
-    def waiting(self) -> int:
-        """Jobs waiting for their turn now."""
-        with self._cond:
-            return len(self._light) + len(self._heavy)
-
-    def _retry_after(self, ahead: int) -> int:
-        return math.ceil(self._job_s * (ahead + 1))
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Drop the waiting jobs, stop the running one at its next safe point, end the worker."""
-        with self._cond:
-            self.closing = True
-            self._light.clear()
-            self._heavy.clear()
-            self._cond.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)
-
-    def run(self, fn: Callable[[Callable[[], bool]], T], *, heavy: bool, deadline: float) -> T:
-        """Queue ``fn(expired)``, wait for its result and return it (or raise its error).
-
-        Raises:
-            QueueFull: :attr:`max_queue` jobs already wait.
-            TimedOut: ``deadline`` passed before the job finished (the job is dropped if it has not
-                started, and stops at its next safe point if it has).
-        """
-        job = _Job(fn, heavy, deadline, self)
-        with self._cond:
-            if self.closing:
-                raise Busy("the app is shutting down", 60)
-            ahead = len(self._light) + len(self._heavy)
-            if ahead >= self.max_queue:
-                raise QueueFull(f"the app is busy: {ahead} jobs are waiting; try again shortly",
-                                self._retry_after(ahead))
-            (self._heavy if heavy else self._light).append(job)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._loop, name="convscope-jobs", daemon=True)
-                self._worker.start()
-            self._cond.notify_all()
-        try:
-            return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except (FutureTimeout, TimedOut):
-            with self._cond:
-                job.abandoned = True
-                for lane in (self._light, self._heavy):
-                    if job in lane:
-                        lane.remove(job)
-                ahead = len(self._light) + len(self._heavy)
-                self.timed_out += 1
-            raise TimedOut(_OUT_OF_TIME, self._retry_after(ahead)) from None
-
-    def _next(self) -> _Job:
-        # called with the condition held and at least one job waiting
-        if self._heavy and (not self._light or self._burst >= LIGHT_BURST):
-            self._burst = 0
-            return self._heavy.popleft()
-        self._burst = self._burst + 1 if self._heavy else 0
-        return self._light.popleft()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._light or self._heavy or self.closing):
-                    self._cond.wait()
-                if self.closing:
-                    return
-                job = self._next()
-            if job.abandoned or job.expired():
-                # never start a job whose deadline passed while it waited
-                if not job.abandoned:
-                    job.future.set_exception(TimedOut(_OUT_OF_TIME, self._retry_after(0)))
-                continue
-            t0 = time.monotonic()
-            try:
-                job.future.set_result(job.fn(job.expired))
-                self.done += 1
-            except BaseException as exc:  # handed to the waiting request
-                job.future.set_exception(exc)
-            del job  # hold nothing of a finished job while waiting for the next
-            now = time.monotonic()
-            self._job_s = 0.8 * self._job_s + 0.2 * (now - t0)
-            # Hand freed heap pages back to the system: glibc keeps them otherwise, in one arena
-            # per thread that ever allocated, and the process only grows. A trim after a large
-            # job takes tens of ms, so it runs when the queue is empty, or once a second at most.
-            if not self.waiting or now - self._trimmed > 1.0:
-                self._trim()
-                self._trimmed = time.monotonic()
-
-
-@contextmanager
-def _stop_after(model: torch.nn.Module, expired: Callable[[], bool]) -> Iterator[None]:
-    """Raise :class:`TimedOut` at the first forward pass of ``model`` that starts once ``expired()``.
-
-    A forward pass is a safe point: :func:`~convscope.explain` and :func:`~convscope.capture` undo
-    their hooks and state flips when an error passes through them.
-    """
-
-    def check(_module: Any, _inputs: Any) -> None:
-        if expired():
-            raise TimedOut(_OUT_OF_TIME, 1)
-
-    handle = model.register_forward_pre_hook(check)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _samples() -> list[tuple[str, Image.Image]]:
@@ -407,6 +198,7 @@ class Engine:
         self._sample_png = [data_uri(img) for _, img in self.samples]
         self._vis_cache: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         self._vis_lock = threading.Lock()
+        self.kept = Kept(KEEP_RESULTS)  # results, for their downloads
 
     def close(self) -> None:
         """Stop the job queue's worker (waiting jobs are dropped); the engine takes no more jobs."""
@@ -441,6 +233,14 @@ class Engine:
     def _deadline(self, deadline: float | None) -> float:
         return time.monotonic() + self.limits.timeout_s if deadline is None else deadline
 
+    @staticmethod
+    def options(info: MethodInfo, fast: bool, options: dict[str, Any] | None) -> dict[str, Any]:
+        """The options a method runs with: its fast settings (with ``fast``), then ``options``,
+        checked by the registry (unknown names, types, ranges, choices) before any work."""
+        opts = {**(info.fast_options if fast else {}), **(options or {})}
+        check_method_options(info, opts)
+        return opts
+
     def info(self) -> dict[str, Any]:
         """What the page needs to build its controls."""
         return {
@@ -459,20 +259,7 @@ class Engine:
                 }
                 for name, lm in self.models.items()
             ],
-            "methods": [
-                {
-                    "name": m.name,
-                    "family": m.family,
-                    "needs_layer": m.needs_layer,
-                    "signed": m.signed,
-                    "summary": m.summary,
-                    "caveats": m.caveats,
-                    "reference": m.reference,
-                    "fast_options": {k: _plain(v) for k, v in m.fast_options.items()},
-                    "heavy": is_heavy(m),
-                }
-                for m in list_methods()
-            ],
+            "methods": method_catalogue(),
             "samples": [{"index": i, "label": lab, "src": self._sample_png[i]}
                         for i, (lab, _) in enumerate(self.samples)],
             "limits": {"max_upload_bytes": self.limits.max_upload_bytes,
@@ -516,6 +303,28 @@ class Engine:
         return load_image(img, max_pixels=self.limits.max_pixels)
 
     # --- operations ---------------------------------------------------------------------------
+    def _run(self, lm: LoadedModel, work: Callable[[], Any], *, heavy: bool,
+             deadline: float | None) -> tuple[Any, dict[str, float]]:
+        """Run ``work()`` as a job on ``lm``'s model, stopped at its next forward pass past the
+        deadline; returns its result and the time it waited and ran, in ms."""
+        clock = [time.perf_counter()]  # queued, started, finished
+
+        def job(expired: Callable[[], bool]) -> Any:
+            clock.append(time.perf_counter())
+            with stop_after(lm.model, expired):
+                out = work()
+            clock.append(time.perf_counter())
+            return out
+
+        out = self.jobs.run(job, heavy=heavy, deadline=self._deadline(deadline))
+        return out, {"elapsed_ms": round((clock[2] - clock[1]) * 1000, 1),
+                     "waited_ms": round((clock[1] - clock[0]) * 1000, 1)}
+
+    def download(self, rid: str, fmt: str) -> tuple[bytes, str]:
+        """The bytes of kept result ``rid`` in format ``fmt`` and their media type (see
+        :class:`~convscope.serve._present.Kept`)."""
+        return self.kept.download(rid, fmt)
+
     def explain(
         self,
         model: str,
@@ -526,16 +335,19 @@ class Engine:
         layer: str | None = None,
         fast: bool = False,
         topk: int = 5,
+        options: dict[str, Any] | None = None,
+        sample: int | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
         """Run ``method`` on ``image`` and return the pictures and numbers the page shows.
 
         The model work is a job of :attr:`jobs`, in the heavy lane when :func:`is_heavy`, that must
         finish by ``deadline`` (:func:`time.monotonic` time; default: :attr:`Limits.timeout_s`
-        from now).
+        from now). ``options`` are the method's keyword options (on top of its fast settings with
+        ``fast``); ``sample`` (the sample ``image`` is, if it is one) goes into the view state.
 
         Raises:
-            InputError: an unknown model, layer or target.
+            InputError: an unknown model, layer or target, or an option the registry refuses.
             QueueFull, TimedOut: see :meth:`JobQueue.run`.
         """
         from ..api import explain
@@ -543,52 +355,70 @@ class Engine:
         lm = self.model(model)
         info = get_method(method)
         lay = self.layer(model, layer) if info.needs_layer else None
-        tgt = _parse_target(target)
-        opts = dict(info.fast_options) if fast else {}
-        clock = [time.perf_counter()]  # queued, started, finished
+        opts = self.options(info, fast, options)
+        tgt = parse_target(target)
+        e, times = self._run(lm, lambda: explain(lm, image, method=info.name, target=tgt, layer=lay,
+                                                 **opts),
+                             heavy=is_heavy(info), deadline=deadline)
+        view = View(lm.name, info.name, sample=sample, target=str(target or ""), layer=lay or "",
+                    fast=bool(fast), options=dict(options or {}), topk=int(topk))
+        return {**explanation_payload(e, info, topk), **times, "options": plain(opts),
+                "fast": bool(fast and info.fast_options), "heavy": is_heavy(info),
+                **self.kept.add(e, view, _image_record(image, sample))}
 
-        def job(expired: Callable[[], bool]) -> Any:
-            clock.append(time.perf_counter())
-            with _stop_after(lm.model, expired):
-                out = explain(lm, image, method=method, target=tgt, layer=lay, **opts)
-            clock.append(time.perf_counter())
-            return out
+    def grid(
+        self,
+        model: str,
+        image: Image.Image,
+        *,
+        kind: str,
+        method: str,
+        methods: Sequence[str] = (),
+        target: str | None = None,
+        layer: str | None = None,
+        fast: bool = False,
+        topk: int = 4,
+        options: dict[str, Any] | None = None,
+        sample: int | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """A class grid (``kind="classes"``: the ``topk`` most probable classes explained by
+        ``method``, on one colour scale, :func:`~convscope.grids.explain_classes`) or a method grid
+        (``kind="methods"``: each of ``methods`` for ``target``, each on its own scale,
+        :func:`~convscope.grids.explain_methods`). ``options`` apply to ``method``; ``fast`` to
+        every method. One job, heavy if any method is.
 
-        e = self.jobs.run(job, heavy=is_heavy(info), deadline=self._deadline(deadline))
-        probs = e.probabilities[0] if e.probabilities is not None else None
-        top: list[dict[str, Any]] = []
-        if probs is not None:
-            order = torch.argsort(probs, descending=True, stable=True)[: max(1, min(int(topk), 20))]
-            top = [{"index": int(i), "name": e.class_names[int(i)], "p": float(probs[int(i)])}
-                   for i in order]
-        h = e.heatmap(0)
-        small = min(e.images.shape[1:3]) < 128
-        return {
-            "model": lm.name,
-            "model_info": _plain(e.model_info),
-            "method": info.name,
-            "family": info.family,
-            "signed": e.signed,
-            "summary": info.summary,
-            "caveats": info.caveats,
-            "reference": info.reference,
-            "target": e.target_name(0),
-            "target_index": e.targets[0],
-            "target_p": None if probs is None or e.targets[0] is None else float(probs[e.targets[0]]),
-            "layer": e.layer,
-            "options": {k: _plain(v) for k, v in opts.items()},
-            "fast": bool(fast and opts),
-            "diagnostics": {k: _plain(v) for k, v in e.diagnostics.items()},
-            "probabilities": top,
-            "input": data_uri(_upscale(e.images[0], 256)),
-            "overlay": data_uri(e.overlay(0, min_side=256)),
-            "heatmap": data_uri(_upscale(colorize(h, signed=e.signed), 256)),
-            "colorbar": _colorbar(e.signed),
-            "pixelated": small,
-            "elapsed_ms": round((clock[2] - clock[1]) * 1000, 1),
-            "waited_ms": round((clock[1] - clock[0]) * 1000, 1),
-            "heavy": is_heavy(info),
-        }
+        Raises:
+            InputError: an unknown kind, model, method, layer or target; no methods or too many;
+                an option the registry refuses.
+        """
+        from ..grids import explain_classes, explain_methods
+
+        lm = self.model(model)
+        info = get_method(method)
+        if kind == "classes":
+            infos = [info]
+            k = max(1, min(int(topk), len(lm.class_names) or 1, 10))
+            lay = self.layer(model, layer) if info.needs_layer else None
+            opts = self.options(info, fast, options)
+            work = lambda: explain_classes(lm, image, topk=k, method=info.name, layer=lay, **opts)  # noqa: E731
+        elif kind == "methods":
+            names = list(dict.fromkeys(methods))
+            if not 1 <= len(names) <= MAX_GRID_METHODS:
+                raise InputError(f"a method grid takes 1 to {MAX_GRID_METHODS} methods, got {len(names)}")
+            infos = [get_method(m) for m in names]
+            lay = self.layer(model, layer) if any(i.needs_layer for i in infos) else None
+            per = {i.name: self.options(i, fast, options if i.name == info.name else None) for i in infos}
+            tgt = parse_target(target)
+            work = lambda: explain_methods(lm, image, names, target=tgt, layer=lay,  # noqa: E731
+                                           options={m: o for m, o in per.items() if o})
+        else:
+            raise InputError(f"unknown grid {kind!r}; use one of {', '.join(VIEWS[1:])}")
+        g, times = self._run(lm, work, heavy=any(is_heavy(i) for i in infos), deadline=deadline)
+        view = View(lm.name, info.name, view=kind, sample=sample, target=str(target or ""),
+                    layer=lay or "", fast=bool(fast), options=dict(options or {}),
+                    methods=tuple(methods) if kind == "methods" else (), topk=int(topk))
+        return {**grid_payload(g, 10), **times, **self.kept.add(g, view, _image_record(image, sample))}
 
     def activations(self, model: str, layer: str, image: Image.Image, *, n: int = 16,
                     vis: bool = False, deadline: float | None = None) -> dict[str, Any]:
@@ -647,7 +477,7 @@ class Engine:
             lm = self.model(model)
 
             def job(expired: Callable[[], bool]) -> dict[int, str]:
-                with _stop_after(lm.model, expired):
+                with stop_after(lm.model, expired):
                     return _featvis.channel_pictures(lm, layer, missing)
 
             pictures = self.jobs.run(job, heavy=True, deadline=deadline)
@@ -660,33 +490,7 @@ class Engine:
         return found
 
 
-def _parse_target(value: str | None) -> Any:
-    if value is None or str(value).strip() == "":
-        return None
-    v = str(value).strip()
-    return int(v) if v.lstrip("-").isdigit() else v
 
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return v.item()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return repr(v)
-
-
-_COLORBARS: dict[bool, str] = {}
-
-
-def _colorbar(signed: bool) -> str:
-    if signed not in _COLORBARS:
-        ramp = np.linspace(-1 if signed else 0, 1, 256)[None].repeat(10, 0)
-        rgb = (colorize(ramp, signed=signed) * 255).astype(np.uint8)
-        _COLORBARS[signed] = data_uri(Image.fromarray(rgb))
-    return _COLORBARS[signed]
+def _image_record(image: Image.Image, sample: int | None) -> dict[str, Any]:
+    """Which image a result is of: the sample index, or an upload's size."""
+    return {"sample": sample, "upload": sample is None, "width": image.width, "height": image.height}

@@ -1,7 +1,7 @@
 // convscope web app: plain JavaScript, no framework, no network beyond this server.
 "use strict";
 
-const state = { info: null, sample: null, file: null };
+const state = { info: null, sample: null, file: null, widgets: [], last: null };
 const $ = (id) => document.getElementById(id);
 const sentence = (s) => (s ? s[0].toUpperCase() + s.slice(1).replace(/\.$/, "") + "." : "");
 
@@ -35,6 +35,10 @@ function fillModel() {
   const target = $("target");
   target.replaceChildren(el("option", { value: "" }, "predicted class"));
   m.classes.forEach((c, i) => target.appendChild(el("option", { value: String(i) }, `${i}: ${c}`)));
+  const versus = $("versus");
+  versus.replaceChildren(el("option", { value: "" }, "nothing (no contrast)"),
+    el("option", { value: "top2" }, "runner-up class"));
+  m.classes.forEach((c, i) => versus.appendChild(el("option", { value: String(i) }, `${i}: ${c}`)));
   // The layer the API uses when none is named (the model's default_layer) is selected, and said.
   for (const id of ["layer", "browse-layer"]) {
     const sel = $(id);
@@ -76,6 +80,7 @@ function fillMethod() {
   const fast = Object.entries(m.fast_options).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");
   $("fast").disabled = !fast;
   $("fast-note").textContent = fast ? `fast settings: ${fast}` : "this method has no cheaper settings";
+  buildOptions(m);
 }
 
 function chooseSample(index, button) {
@@ -106,32 +111,121 @@ async function post(url, fd) {
   return body;
 }
 
+// --- target and contrast -------------------------------------------------------------------------
+function targetString() {
+  const a = $("target").value, b = $("versus").value;
+  return b ? `${a || "pred"}-vs-${b}` : a;
+}
+
+function setTarget(text) {
+  const m = /^(.+?)-vs-(.+)$/.exec(text || "");
+  const a = m ? m[1] : (text || ""), b = m ? m[2] : "";
+  const pick = (sel, v) => { sel.value = [...sel.options].some((x) => x.value === v) ? v : ""; };
+  pick($("target"), a === "pred" || a === "predicted" ? "" : a);
+  pick($("versus"), b);
+}
+
+function currentView() {
+  return document.querySelector("input[name=view]:checked").value;
+}
+
+function fillView() {
+  const v = currentView();
+  $("grid-methods-box").hidden = v !== "methods";
+  $("grid-topk-box").hidden = v !== "classes";
+}
+
+// the ticked methods, with the chosen method first (the options form applies to it)
+function gridMethods() {
+  const ticked = [...document.querySelectorAll("#grid-methods input:checked")].map((x) => x.value);
+  return [$("method").value, ...ticked.filter((x) => x !== $("method").value)];
+}
+
+// --- requests ------------------------------------------------------------------------------------
 async function explain(ev) {
-  ev.preventDefault();
+  if (ev) ev.preventDefault();
   showError("");
   const fd = new FormData();
   if (!imageFields(fd)) { showError("Choose an image: upload a photo or pick a sample."); return; }
+  const view = currentView();
   fd.append("model", $("model").value);
   fd.append("method", $("method").value);
-  fd.append("target", $("target").value);
-  if (!$("layer").disabled) fd.append("layer", $("layer").value);
+  fd.append("target", targetString());
+  if (!$("layer").disabled || view === "methods") fd.append("layer", $("layer").value);
   fd.append("fast", $("fast").checked && !$("fast").disabled ? "true" : "false");
-  $("busy").hidden = false;
-  $("explain").disabled = true;
   try {
-    const r = await post("/api/explain", fd);
-    render(r);
+    fd.append("options", JSON.stringify(readOptions()));
+  } catch (e) { showError(e.message); return; }
+  if (view === "methods") fd.append("methods", gridMethods().join(","));
+  if (view === "classes") fd.append("topk", $("grid-topk").value);
+  if (view !== "single") fd.append("kind", view);
+  $("busy").hidden = false;
+  document.querySelectorAll("button.go").forEach((b) => { b.disabled = true; });
+  try {
+    const r = await post(view === "single" ? "/api/explain" : "/api/grid", fd);
+    state.last = r;
+    if (view === "single") render(r); else renderGrid(r);
+    showDownloads(r);
   } catch (e) {
     showError(e.message);
   } finally {
     $("busy").hidden = true;
-    $("explain").disabled = false;
+    document.querySelectorAll("button.go").forEach((b) => { b.disabled = false; });
   }
+}
+
+function showDownloads(r) {
+  for (const f of ["png", "npy", "json"]) $(`dl-${f}`).href = r.downloads[f];
+  // the view, as a URL: the same fields the API takes (an upload cannot travel in a URL)
+  const url = `${location.pathname}#${r.state}`;
+  history.replaceState(null, "", url);
+  $("permalink").href = url;
+  $("permalink").title = state.file ? "an uploaded image is not part of the link" : "";
+}
+
+function pText(p) {
+  return p === null || p === undefined ? "" : p.toFixed(3);
+}
+
+function renderProbs(r) {
+  const probs = $("probs");
+  probs.replaceChildren();
+  for (const c of r.probabilities) {
+    const cls = ["prob"];
+    if (c.index === r.target_index) cls.push("target");
+    if (c.index === r.contrast_index) cls.push("versus");
+    const row = el("div", { class: cls.join(" ") });
+    const pick = el("button", { type: "button", class: "name", title: `explain ${c.name}`, "data-index": String(c.index) }, c.name);
+    pick.addEventListener("click", () => { $("target").value = String(c.index); $("versus").value = ""; explain(); });
+    row.appendChild(pick);
+    const track = el("span", { class: "track" });
+    const fill = el("span", { class: "fill" });
+    fill.style.width = `${(100 * c.p).toFixed(1)}%`;
+    track.appendChild(fill);
+    row.appendChild(track);
+    row.appendChild(el("span", { class: "val" }, c.p.toFixed(3)));
+    const vs = el("button", { type: "button", class: "vs", title: `explain the current class against ${c.name}`, "data-index": String(c.index) }, "vs");
+    vs.disabled = c.index === r.target_index;
+    vs.addEventListener("click", () => {
+      if (!$("target").value && r.target_index !== null) $("target").value = String(r.target_index);
+      $("versus").value = String(c.index);
+      explain();
+    });
+    row.appendChild(vs);
+    probs.appendChild(row);
+  }
+}
+
+function renderNote(r) {
+  const caveat = r.caveats ? ` Caveat: ${r.caveats}.` : "";
+  $("note").textContent = r.summary ? `${sentence(r.summary)}${caveat}` : "";
 }
 
 function render(r) {
   $("result").hidden = false;
-  const p = r.target_p === null ? "" : ` (p = ${r.target_p.toFixed(3)})`;
+  $("single").hidden = false;
+  $("grid").hidden = true;
+  const p = r.target_p === null ? "" : ` (p = ${pText(r.target_p)}${r.contrast_index === null ? "" : ` vs ${pText(r.contrast_p)}`})`;
   $("result-title").textContent = `${r.method} on ${r.model}: explains ${r.target}${p}`;
   for (const id of ["input-img", "overlay", "heatmap"]) $(id).classList.toggle("pix", r.pixelated);
   $("input-img").src = r.input;
@@ -139,30 +233,96 @@ function render(r) {
   $("heatmap").src = r.heatmap;
   $("colorbar").src = r.colorbar;
   $("cbar-lo").textContent = r.signed ? "−1" : "0";
-  const probs = $("probs");
-  probs.replaceChildren();
-  for (const c of r.probabilities) {
-    const row = el("div", { class: "prob" + (c.index === r.target_index ? " target" : "") });
-    row.appendChild(el("span", { class: "name", title: c.name }, c.name));
-    const track = el("span", { class: "track" });
-    const fill = el("span", { class: "fill" });
-    fill.style.width = `${(100 * c.p).toFixed(1)}%`;
-    track.appendChild(fill);
-    row.appendChild(track);
-    row.appendChild(el("span", { class: "val" }, c.p.toFixed(3)));
-    probs.appendChild(row);
-  }
-  const caveat = r.caveats ? ` Caveat: ${r.caveats}.` : "";
-  $("note").textContent = `${sentence(r.summary)}${caveat}`;
+  $("legend").textContent = r.legend;
+  $("map-range").textContent = `raw map from ${r.map_min.toPrecision(3)} to ${r.map_max.toPrecision(3)}`;
+  renderProbs(r);
+  renderNote(r);
   const meta = [`family ${r.family}`];
   if (r.layer) meta.push(`layer ${r.layer}`);
-  if (r.fast) meta.push("fast settings: " + Object.entries(r.options).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", "));
+  const opts = Object.entries(r.options).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");
+  if (opts) meta.push(`options: ${opts}${r.fast ? " (quick preview)" : ""}`);
   for (const [k, v] of Object.entries(r.diagnostics)) {
     if (typeof v === "number") meta.push(`${k} = ${v.toPrecision(3)}`);
   }
   meta.push(`${r.elapsed_ms} ms` + (r.waited_ms >= 100 ? ` after ${r.waited_ms} ms in the queue` : ""));
   if (r.reference) meta.push(r.reference);
   $("meta").textContent = meta.join(" · ");
+}
+
+function renderGrid(r) {
+  $("result").hidden = false;
+  $("single").hidden = true;
+  $("grid").hidden = false;
+  const first = r.panels[0];
+  const classes = r.kind === "classes";
+  $("result-title").textContent = classes
+    ? `${first.method} on ${r.model}: the ${r.panels.length} most probable classes`
+    : `${r.panels.length} methods on ${r.model}: explain ${first.target}${first.target_p === null ? ""
+      : ` (p = ${pText(first.target_p)}${first.contrast_index === null ? "" : ` vs ${pText(first.contrast_p)}`})`}`;
+  $("grid-note").textContent = classes
+    ? `One colour scale for all panels (${r.scale.toPrecision(3)} = 1): a brighter panel means more attribution, not another normalisation.`
+    : "Each panel on its own scale (methods have different units); see its colour bar.";
+  const box = $("grid-panels");
+  box.replaceChildren();
+  const input = el("figure");
+  input.appendChild(el("img", { src: r.input, alt: "input", class: r.pixelated ? "pix" : "" }));
+  input.appendChild(el("figcaption", {}, "input"));
+  box.appendChild(input);
+  for (const p of r.panels) {
+    const f = el("figure", { class: "panel" });
+    f.appendChild(el("img", { src: p.overlay, alt: `${p.method} ${p.target}`, class: r.pixelated ? "pix" : "" }));
+    const label = classes ? `${p.target} · p = ${pText(p.target_p)}` : `${p.method}${p.layer ? ` @ ${p.layer}` : ""}`;
+    const cap = el("figcaption", {});
+    cap.appendChild(el("strong", {}, label));
+    if (!classes) {
+      const bar = el("span", { class: "cbar" });
+      bar.append(el("span", {}, p.signed ? "−1" : "0"), el("img", { src: p.colorbar, alt: "colour bar" }), el("span", {}, "1"));
+      cap.appendChild(bar);
+    }
+    cap.appendChild(el("span", { class: "hint" }, p.legend));
+    f.appendChild(cap);
+    box.appendChild(f);
+  }
+  $("grid-cbar").hidden = !classes;
+  $("grid-cbar").replaceChildren();
+  if (classes) {  // the shared scale, in the maps' own units
+    $("grid-cbar").append(el("span", {}, first.signed ? `−${r.scale.toPrecision(3)}` : "0"),
+      el("img", { src: first.colorbar, alt: "shared colour bar" }),
+      el("span", {}, `${r.scale.toPrecision(3)} (raw map value)`));
+  }
+  renderProbs({ ...first, probabilities: r.probabilities, contrast_index: classes ? null : first.contrast_index });
+  const notes = r.panels.map((p) => state.info.methods.find((x) => x.name === p.method));
+  if (classes) renderNote(notes[0]);
+  else $("note").textContent = notes.map((m) => `${m.name}: ${sentence(m.summary)}`).join("\n");
+  $("meta").textContent = `${r.elapsed_ms} ms` + (r.waited_ms >= 100 ? ` after ${r.waited_ms} ms in the queue` : "");
+}
+
+// --- the view in the URL: the fields of the last answer's `state` ----------------------------------
+function applyState(q) {
+  const info = state.info;
+  const get = (k) => q.get(k);
+  if (get("model") && info.models.some((m) => m.name === get("model"))) $("model").value = get("model");
+  fillModel();
+  if (get("method") && info.methods.some((m) => m.name === get("method"))) $("method").value = get("method");
+  fillMethod();
+  if (get("layer")) $("layer").value = get("layer");
+  setTarget(get("target") || "");
+  $("fast").checked = get("fast") === "true";
+  try { writeOptions(JSON.parse(get("options") || "{}")); } catch (_) { showError("The link's options are not JSON; they were left at their defaults."); }
+  const view = ["single", "methods", "classes"].includes(get("view")) ? get("view") : "single";
+  $(`view-${view}`).checked = true;
+  if (get("methods")) {
+    const want = get("methods").split(",");
+    document.querySelectorAll("#grid-methods input").forEach((x) => { x.checked = want.includes(x.value); });
+  }
+  if (get("topk") && view === "classes") $("grid-topk").value = get("topk");
+  fillView();
+  const sample = get("sample");
+  if (sample !== null && currentModel().samples && $(`sample-${sample}`)) {
+    chooseSample(Number(sample), $(`sample-${sample}`));
+    return true;
+  }
+  return false;
 }
 
 async function browse() {
@@ -194,8 +354,9 @@ async function browse() {
 
 async function init() {
   try {
-    const r = await fetch("/api/info");
+    const [r, m] = await Promise.all([fetch("/api/info"), fetch("/api/methods")]);
     state.info = await r.json();
+    state.info.methods = (await m.json()).methods;  // with each option's spec: the options form
   } catch (e) {
     showError("Cannot reach the convscope server.");
     return;
@@ -235,8 +396,23 @@ async function init() {
   });
   $("controls").addEventListener("submit", explain);
   $("browse").addEventListener("click", browse);
-  fillModel();
+  $("options-reset").addEventListener("click", () => writeOptions({}));
+  $("pred-vs-top2").addEventListener("click", () => { setTarget("pred-vs-top2"); });
+  document.querySelectorAll("input[name=view]").forEach((x) => x.addEventListener("change", fillView));
+  // method grid: every method; the first two cheap ones of each family ticked
+  const ticked = {};
+  for (const m of info.methods) {
+    const box = el("input", { type: "checkbox", value: m.name, id: `grid-${m.name}` });
+    box.checked = !m.heavy && (ticked[m.family] || 0) < 2;
+    if (box.checked) ticked[m.family] = (ticked[m.family] || 0) + 1;
+    const label = el("label", { class: "check", title: m.summary });
+    label.append(box, ` ${m.name}`);
+    $("grid-methods").appendChild(label);
+  }
+  const start = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
+  const run = applyState(start);
   document.body.dataset.ready = "1";
+  if (run) await explain();  // a link with a sample: show its view
 }
 
 document.addEventListener("DOMContentLoaded", init);

@@ -519,6 +519,6 @@ def _adversarial_section(rep: Report, models: dict) -> None:
 
 def _big(img: torch.Tensor) -> Any:
     from .models.preprocessing import display_array
-    from .results import _upscale
+    from .results import upscale
 
-    return _upscale(display_array(img), 224)
+    return upscale(display_array(img), 224)

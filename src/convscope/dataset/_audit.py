@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import json_bytes, save_by_extension
+from .._result import Result, jsonable
 from .._validate import Range, ints, reals
 from ..errors import InputError
 from ..results import result_repr
@@ -183,7 +183,7 @@ class AuditClass:
 
 
 @dataclass
-class Audit:
+class Audit(Result):
     """The result of :func:`audit`: per class, its clusters of attribution maps and the suspects.
 
     ``to_dict()`` is what ``audit.json`` holds; ``save("x.json" | "x.html")``; ``to_html()`` the
@@ -218,15 +218,16 @@ class Audit:
             ("suspects", str(len(self.suspects))),
         ])
 
-    def to_dict(self) -> dict[str, Any]:
-        from ..results import _jsonable
+    save_formats = (".json", ".html")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report)."""
         return {
             "format": "convscope-audit/1",
             "model": self.model_info,
             "method": self.method,
             "layer": self.layer,
-            "options": _jsonable(self.options),
+            "options": jsonable(self.options),
             "target": "label",
             "settings": self.settings,
             "data": self.data,
@@ -242,21 +243,16 @@ class Audit:
         }
 
     def to_html(self) -> str:
+        """The self-contained HTML report."""
         from ._audit_report import audit_report
 
         return audit_report(self).render()
 
     def _repr_html_(self) -> str:
+        """The report in a sandboxed iframe (see :meth:`convscope.report.Report._repr_html_`)."""
         from ._audit_report import audit_report
 
         return audit_report(self)._repr_html_()
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """``.json`` (plain data, as ``to_dict()``) or ``.html`` (the report); written atomically."""
-        return save_by_extension(path, {
-            ".json": lambda: json_bytes(self.to_dict()),
-            ".html": lambda: self.to_html().encode(),
-        })
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +396,8 @@ def audit(
 
     from .._progress import Progress
     from ..jobs import run_batch
-    from ..jobs.batch import _input_files
-    from ..jobs.store import _zarr
+    from ..jobs.batch import input_files
+    from ..jobs.store import zarr_module
     from ..models import load_model
     from ..registry import get_method
     from ._stream import model_device
@@ -463,9 +459,9 @@ def audit(
             )
         man = st.manifest
         layer_used = man["job"]["layer"]
-        arr = _zarr().open_array(str(st.path / "maps"), mode="r")
+        arr = zarr_module().open_array(str(st.path / "maps"), mode="r")
         n_img, h, w = (int(v) for v in arr.shape)
-        prob_arr = _zarr().open_array(str(st.path / "probabilities"), mode="r")
+        prob_arr = zarr_module().open_array(str(st.path / "probabilities"), mode="r")
         explained = st.read("targets")  # the model class each row was explained for
         run_labels = data_labels[rows]  # the data's class of each computed row
         small = np.empty((n_img, size, size), dtype=np.float32)
@@ -479,7 +475,7 @@ def audit(
             probs[lo:hi, 0] = p[np.arange(hi - lo), t]
             probs[lo:hi, 1] = p.argmax(1) == t
 
-        files = _input_files(src)  # (folder, the file of each row) for an image folder
+        files = input_files(src)  # (folder, the file of each row) for an image folder
         paths = None if files is None else files[1]
         results: list[AuditClass] = []
         cls_bar = Progress("audit: classes", len(chosen), enabled=progress, unit="classes")

@@ -217,7 +217,7 @@ def explain_report(
         + (" Methods ran with their fast settings (fewer samples or steps), as noted per panel."
            if fast else ""),
     )
-    from ..results import _upscale
+    from ..results import upscale
 
     for j in range(len(display)):
         pred = top_k(probs[j].tolist(), lm.class_names, topk)
@@ -225,7 +225,7 @@ def explain_report(
             f"{names[j]}: predicted {pred[0][0]} ({pred[0][1]:.2f})",
             "",
         )
-        sec.lead = Report.figure(_upscale(display[j], 224), title=names[j], caption="input",
+        sec.lead = Report.figure(upscale(display[j], 224), title=names[j], caption="input",
                                  kind="input", pixelated=small)
         sec.chart = pred
         sec.chart_title = f"top-{len(pred)} class probabilities"

@@ -70,3 +70,25 @@ def test_figure_results_html_is_the_picture_with_its_caption():
     html = r.to_html()
     assert html.count("<img") == 1 and "inversion @ features.3" in html
     assert r._repr_png_() == r.png()
+
+
+def test_report_add_shows_any_result(tmp_path):
+    from convscope.featvis import Visualization
+    from convscope.report import Report
+
+    rep = Report("t")
+    v = Visualization(torch.rand(2, 1, 8, 8), ("first", "second"))
+    sec = rep.add(v, note="two maps")
+    assert rep.sections == [sec] and sec.title == "Visualization" and sec.note == "two maps"
+    assert [f.caption for f in sec.rows[0]] == ["first", "second"]
+    assert rep.add(_synth(), title="made").rows[0][0].src.startswith("data:image/png;base64,")
+
+    class Text:
+        def to_html(self) -> str:
+            return "<p>words</p>"
+
+    assert rep.add(Text()).html_blocks == ["<p>words</p>"]
+    with pytest.raises(InputError, match="cannot add a int to a report"):
+        rep.add(3)
+    html = rep.write(tmp_path / "r.html").read_text()
+    assert "made" in html and "second" in html and "<p>words</p>" in html

@@ -9,7 +9,8 @@ and implements only what is its own:
 * ``png(*args, **kwargs)``: its picture as PNG bytes (what ``.png`` holds and notebooks show);
 * ``npy_array()``: the array ``.npy`` holds (float32), if it saves ``.npy``;
 * ``html_figures()``: the pictures and captions of its small HTML block (default: ``png()``
-  with :meth:`Result.html_caption`).
+  with :meth:`Result.html_caption`), which are also what ``Report.add(result)`` shows;
+* optionally ``report_title()`` or ``add_to_report()`` (the audit adds its own sections).
 
 :class:`Result` then gives ``save(path, *args, **kwargs)`` (one dispatch on the extension,
 written atomically by :func:`convscope._io.save_by_extension`; ``*args, **kwargs`` go to
@@ -140,6 +141,22 @@ class Result:
             ".html": lambda: self.to_html().encode("utf-8"),
         }
         return save_by_extension(path, {ext: writers[ext] for ext in self.save_formats})
+
+    def report_title(self) -> str:
+        """The title of the section :meth:`add_to_report` adds (default: the type's name)."""
+        return type(self).__name__
+
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """Append a section with :meth:`html_figures` to ``report`` (a
+        :class:`convscope.report.Report`; what ``report.add(result)`` calls) and return it."""
+        from .report import Figure
+
+        sec = report.section(title or self.report_title(), note)
+        sec.rows.append([Figure(src=src, caption=f.caption if k == len(f.sources) - 1 else "",
+                                pixelated=f.pixelated)
+                         for f in self.html_figures() for k, src in enumerate(f.sources)])
+        sec.row_labels.append("")
+        return sec
 
     def to_html(self) -> str:
         """A small self-contained HTML block: the pictures with their captions (for notebooks)."""

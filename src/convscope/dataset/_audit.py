@@ -248,6 +248,14 @@ class Audit(Result):
 
         return audit_report(self).render()
 
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """Append a heading section, then the suspects table and one section per class, to ``report``."""
+        from ._audit_report import add_audit_sections
+
+        sec = report.section(title or f"Audit of {self.model_info.get('model')} with {self.method}", note)
+        add_audit_sections(report, self)
+        return sec
+
     def _repr_html_(self) -> str:
         """The report in a sandboxed iframe (see :meth:`convscope.report.Report._repr_html_`)."""
         from ._audit_report import audit_report

@@ -30,7 +30,7 @@ from ._stream import resolve, stream_layer
 from .receptive import ReceptiveField, receptive_field, rf_box
 from .sources import DataSource
 
-__all__ = ["RunningTopK", "TopActivations", "top_activations"]
+__all__ = ["TopActivations", "top_activations"]
 
 
 class RunningTopK:

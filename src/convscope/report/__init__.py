@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,10 +135,6 @@ def _colorbars() -> dict[str, str]:
     return out
 
 
-def bars_of(probs: Sequence[float], names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
-    """Top-k (name, probability) pairs."""
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]
-    return [(str(names[i]), float(probs[i])) for i in order]
+from .build import explain_report, top_k  # noqa: E402  (uses Figure and Report above)
 
-
-from .build import explain_report  # noqa: E402  (uses Figure and Report above)
+bars_of = top_k  # the old name of the top-k bars

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._figure import figure_png
 from .._io import atomic_write
 from .._result import Result, jsonable, png_bytes
 from ..results import brief, result_repr
@@ -60,6 +59,8 @@ class _FigureResult(Result):
 
     def png(self) -> bytes:
         """:meth:`figure` as PNG bytes."""
+        from .._figure import figure_png  # matplotlib only when a figure is drawn
+
         return figure_png(self.figure())
 
 

@@ -15,13 +15,14 @@ from convscope.errors import InputError
 
 def _result_types() -> list[type]:
     from convscope.dataset import Audit, Embedding, Neighbors, TopActivations
+    from convscope.evaluation import SanityResult
     from convscope.featvis import Visualization
     from convscope.grids import Grid
     from convscope.results import Explanation
     from convscope.synthesis import AdversarialResult, SynthesisResult
 
     return [Explanation, Visualization, AdversarialResult, SynthesisResult, Grid, TopActivations,
-            Neighbors, Embedding, Audit]
+            Neighbors, Embedding, Audit, SanityResult]
 
 
 @pytest.mark.parametrize("cls", _result_types(), ids=lambda c: c.__name__)
@@ -92,3 +93,18 @@ def test_report_add_shows_any_result(tmp_path):
         rep.add(3)
     html = rep.write(tmp_path / "r.html").read_text()
     assert "made" in html and "second" in html and "<p>words</p>" in html
+
+
+def test_sanity_result_saves_its_curve_and_rows(tmp_path):
+    from convscope.evaluation import SanityResult
+
+    rho = torch.tensor([[0.9, 0.8], [0.2, 0.0]], dtype=torch.float64)
+    for mode in ("cascading", "independent"):
+        r = SanityResult("saliency", mode, ["fc", "conv"], rho, rho.clone(), threshold=0.5)
+        assert r.save(tmp_path / f"{mode}.png").read_bytes()[:4] == b"\x89PNG"
+        d = json.loads(r.save(tmp_path / f"{mode}.json").read_text())
+        assert [row["layer"] for row in d["stages"]] == ["fc", "conv"]
+        assert d["passed"] == (True if mode == "cascading" else None)  # mean 0.475 < 0.5
+        assert d["similarity"] == pytest.approx(0.475)
+    failing = SanityResult("m", "cascading", ["fc"], rho[:1], rho[:1], threshold=0.5)  # mean 0.85
+    assert "verdict=FAIL" in repr(failing) and "verdict" not in repr(r)  # r: the independent check

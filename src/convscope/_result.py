@@ -34,7 +34,16 @@ from PIL import Image
 
 from ._io import json_bytes, npy_bytes, save_by_extension
 
-__all__ = ["HtmlFigure", "Result", "data_uri", "jsonable", "png_bytes", "render_template"]
+__all__ = ["HtmlFigure", "Result", "batch_slice", "data_uri", "jsonable", "png_bytes", "render_template"]
+
+
+def batch_slice(i: int, n: int, what: str = "sample") -> slice:
+    """The slice that takes item ``i`` (negative counts from the end) of a batch of ``n`` as a batch
+    of one; ``IndexError`` naming ``what`` when out of range."""
+    if not -n <= i < n:
+        raise IndexError(f"{what} {i} out of range for {n}")
+    i %= n
+    return slice(i, i + 1)
 
 
 def png_bytes(img: Image.Image) -> bytes:

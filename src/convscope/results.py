@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._result import HtmlFigure, Result, data_uri, jsonable, png_bytes
+from ._result import HtmlFigure, Result, batch_slice, data_uri, jsonable, png_bytes
 from .errors import InputError
 
 __all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes", "sign_legend", "upscale"]
@@ -157,10 +157,7 @@ class Explanation(Result):
 
     def __getitem__(self, i: int) -> Explanation:
         """The explanation of sample ``i`` alone (a batch of one)."""
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"sample {i} out of range for {n}")
-        sl = slice(i, i + 1) if i >= 0 else slice(n + i, n + i + 1)
+        sl = batch_slice(i, len(self))
         return replace(
             self,
             map=self.map[sl],

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .._result import HtmlFigure, Result, data_uri, jsonable, png_bytes
+from .._result import HtmlFigure, Result, batch_slice, data_uri, jsonable, png_bytes
 from ..errors import InputError
 from ..results import brief, result_repr, upscale
 
@@ -76,11 +76,7 @@ class Visualization(Result):
 
     def __getitem__(self, i: int) -> Visualization:
         """Image ``i`` alone (a batch of one)."""
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"image {i} out of range for {n}")
-        i = i % n
-        sl = slice(i, i + 1)
+        sl = batch_slice(i, len(self), "image")
         return replace(
             self,
             images=self.images[sl],

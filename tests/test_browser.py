@@ -79,7 +79,7 @@ def test_report_opens_offline_without_errors_or_broken_images(browser, tmp_path)
     from convscope.report import explain_report
 
     files = _digit_files(tmp_path, 2)
-    rep = explain_report(files, "digits-cnn-cue", fast=True, topk=4, labels=[f.name for f in files])
+    rep = explain_report("digits-cnn-cue", files, fast=True, topk=4, labels=[f.name for f in files])
     out = rep.write(tmp_path / "report.html")
     problems: list[str] = []
     page = _page(browser, problems, ("file://", "data:"))

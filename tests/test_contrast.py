@@ -204,7 +204,7 @@ def test_report_compares_classes(tmp_path, cue_test):
 
     img = tmp_path / "d.png"
     Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype("uint8")).save(img)
-    rep = explain_report([str(img)], "digits-cnn", methods=["saliency"], compare=3)
+    rep = explain_report("digits-cnn", [str(img)], methods=["saliency"], compare=3)
     html = rep.render()
     assert "classes compared" in html and "one colour scale" in html
     assert main(["report", str(img), "--model", "digits-cnn", "--methods", "saliency", "--compare", "2",

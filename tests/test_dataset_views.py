@@ -20,16 +20,16 @@ from torch import nn
 
 import convscope as cs
 from convscope.dataset import (
-    RunningTopK,
     TensorSource,
     as_source,
     embed,
     layer_features,
     nearest_neighbors,
     receptive_field,
-    rf_box,
     top_activations,
 )
+from convscope.dataset.receptive import rf_box
+from convscope.dataset.top import RunningTopK
 from convscope.errors import InputError
 
 N = 150

@@ -212,7 +212,7 @@ def test_class_visualisation_and_pgd_run(loaded, photo, family):
 def test_report_on_an_hf_folder(hf_dirs, photo, tmp_path, family):
     from convscope.report import explain_report
 
-    rep = explain_report([photo], f"hf:{hf_dirs[family]}", methods=["saliency", "gradcam"], topk=2)
+    rep = explain_report(f"hf:{hf_dirs[family]}", [photo], methods=["saliency", "gradcam"], topk=2)
     out = tmp_path / "r.html"
     rep.write(out)
     html = out.read_text()

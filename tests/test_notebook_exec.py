@@ -37,7 +37,7 @@ CELLS = [
     "e",
     "e.figure()",
     "from convscope.report import explain_report\n"
-    "explain_report([img], lm, methods=['saliency', 'gradcam'], fast=True, labels=['digit'])",
+    "explain_report(lm, [img], methods=['saliency', 'gradcam'], fast=True, labels=['digit'])",
     "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])",
 ]
 

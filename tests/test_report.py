@@ -108,7 +108,7 @@ def test_report_cue_model_credits_the_cue(cue_test, cue_model):
     from convscope.report import explain_report
 
     imgs = [cue_test.images[i, 0].numpy() for i in range(8)]
-    rep = explain_report(imgs, cue_model, methods=["saliency"])
+    rep = explain_report(cue_model, imgs, methods=["saliency"])
     figs = [s.rows[0][0] for s in rep.sections[:8]]
     assert all(f.kind == "method" and f.colorbar == "unsigned" for f in figs)
     e = cs.explain(cue_model, imgs, method="saliency")  # the same images, explained directly
@@ -125,7 +125,7 @@ def test_failing_method_is_shown_not_fatal():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))  # no spatial layer
     lm = cs.load_model(net, class_names=["a", "b", "c"],
                        preprocessing=cs.Preprocessing(size=(8, 8), resize=None))
-    rep = explain_report([np.zeros((8, 8, 3), np.uint8)], lm, methods=["saliency", "gradcam"])
+    rep = explain_report(lm, [np.zeros((8, 8, 3), np.uint8)], methods=["saliency", "gradcam"])
     figs = rep.sections[0].rows[0]
     assert [f.kind for f in figs] == ["method", "skipped"]
     assert "gradcam" in figs[1].title and figs[1].caption.startswith("not computed")
@@ -141,7 +141,7 @@ def test_filters_section_shows_every_first_layer_filter(cue_model, cue_test):
     from convscope.report import explain_report
     from convscope.report.featvis_sections import section_builders
 
-    rep = explain_report([cue_test.images[0, 0].numpy()], cue_model, methods=["saliency"],
+    rep = explain_report(cue_model, [cue_test.images[0, 0].numpy()], methods=["saliency"],
                          extra_sections=section_builders(filters=True))
     sec = rep.sections[-1]
     assert sec.title == "First-layer filters"
@@ -176,3 +176,17 @@ def test_report_repr_html_is_the_whole_page_in_one_iframe():
     stamp = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d")  # the one line that changes by the minute
     assert stamp.sub("", attrs["srcdoc"]) == stamp.sub("", rep.render())
     assert attrs["title"] == rep.title and "sandbox" in attrs and "height" in attrs["style"]
+
+
+def test_explain_report_old_argument_order_still_works_with_a_deprecation_warning(cue_model, cue_test):
+    """``explain_report(images, model)`` (the old order) builds the same report, and warns."""
+    import pytest
+
+    from convscope.report import explain_report
+
+    imgs = [cue_test.images[0, 0].numpy()]
+    new = explain_report(cue_model, imgs, methods=["saliency"])
+    with pytest.warns(DeprecationWarning, match=r"call explain_report\(model, images\)"):
+        old = explain_report(imgs, cue_model, methods=["saliency"])
+    assert [s.title for s in old.sections] == [s.title for s in new.sections]
+    assert old.sections[0].rows[0][0].src == new.sections[0].rows[0][0].src

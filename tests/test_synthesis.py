@@ -71,7 +71,7 @@ def test_targeted_pgd_reaches_target_within_exact_linf_budget(clean_model, test_
 
 
 def test_enforce_budget_is_exact_and_minimal():
-    from convscope.synthesis import enforce_budget
+    from convscope.synthesis.adversarial import enforce_budget
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(8, 3, 16, 16, generator=g) * 0.8 + 0.1
@@ -347,3 +347,16 @@ def test_model_copy_untouched_by_everything(test_digits):
     texture(lm, torch.rand(1, 24, 24), steps=3, progress=False, space="pixels")
     assert all(torch.equal(lm.model.state_dict()[k], v) for k, v in ref.items())
     assert count_hooks(lm.model) == 0
+
+
+def test_attack_method_fgsm_is_one_step_like_fgsm(clean_model, test_digits):
+    """``attack(method="fgsm")`` runs the single-step method (not a 10-step PGD under its name)."""
+    x, _ = test_digits
+    a = attack(clean_model, x[:4], eps=0.05, method="fgsm", space="pixels")
+    b = fgsm(clean_model, x[:4], eps=0.05, space="pixels")
+    assert a.options["steps"] == 1 and a.options["step_size"] == 0.05
+    assert torch.equal(a.adversarial, b.adversarial)
+    p = attack(clean_model, x[:4], eps=0.05, space="pixels")  # pgd: 10 steps from a random start
+    assert p.method == "pgd" and p.options["steps"] == 10 and not torch.equal(p.adversarial, a.adversarial)
+    with pytest.raises(cs.errors.InputError, match="method='fgsm' is a single step"):
+        attack(clean_model, x[:2], eps=0.05, method="fgsm", steps=5, space="pixels")

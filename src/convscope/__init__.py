@@ -1,42 +1,124 @@
-"""convscope: see what a trained image classifier has learned and why it decides as it does."""
+"""convscope: see what a trained image classifier has learned and why it decides as it does.
 
-from . import datasets
+Every task's entry point is here, each taking ``(model, inputs, ...)`` and returning a result that
+saves itself by extension, renders as HTML and shows inline in notebooks (``convscope._result``):
+
+* explain: :func:`explain`; several classes or methods side by side: :func:`explain_classes`,
+  :func:`explain_methods`; a whole HTML report: :func:`explain_report` (add any result to a
+  :class:`Report` with ``Report.add``); text: :func:`explain_text` (LIME).
+* feature visualisation: :func:`visualize`, :func:`visualize_class`, :func:`visualize_layer`,
+  :func:`deepdream`, :func:`filters`, :func:`activation_maps` (objectives and parameterisations:
+  :mod:`convscope.featvis`).
+* synthesis: :func:`attack`, :func:`fgsm`, :func:`pgd`, :func:`fooling_image`, :func:`invert`,
+  :func:`inversion_strip`, :func:`texture`, :func:`style_transfer`, :func:`efros_leung`.
+* data-set views: :func:`top_activations`, :func:`nearest_neighbors`, :func:`embed`, and the
+  shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.dataset`).
+* evaluation of explanations: the one subpackage :mod:`convscope.evaluation` (pointing game,
+  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark).
+* bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
+  :mod:`convscope.toydata` (``convscope.datasets`` is its old name).
+
+Extending convscope (``register`` a method, ``count_hooks``) is done from the owning modules,
+:mod:`convscope.registry` and :mod:`convscope.hooks`.
+"""
+
+from . import datasets, evaluation, toydata
 from .api import explain
-from .dataset import Audit, audit
+from .attribution.lime_text import TextExplanation, explain_text
+from .dataset import (
+    Audit,
+    Embedding,
+    Neighbors,
+    TopActivations,
+    audit,
+    embed,
+    nearest_neighbors,
+    top_activations,
+)
 from .errors import ConvscopeError
-from .featvis import Visualization, visualize, visualize_class, visualize_layer
-from .hooks import capture, count_hooks, resolve_layers
+from .featvis import (
+    Visualization,
+    activation_maps,
+    deepdream,
+    filters,
+    visualize,
+    visualize_class,
+    visualize_layer,
+)
+from .grids import Grid, explain_classes, explain_methods
+from .hooks import capture, resolve_layers
 from .image import load_image
 from .models import LoadedModel, Preprocessing, load_model
-from .registry import MethodInfo, get_method, list_methods, method_names, register
+from .registry import MethodInfo, get_method, list_methods, method_names
+from .report import Report, explain_report
 from .results import Explanation
+from .synthesis import (
+    AdversarialResult,
+    SynthesisResult,
+    attack,
+    efros_leung,
+    fgsm,
+    fooling_image,
+    inversion_strip,
+    invert,
+    pgd,
+    style_transfer,
+    texture,
+)
 from .targets import contrast, resolve_target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialResult",
     "Audit",
     "ConvscopeError",
+    "Embedding",
     "Explanation",
+    "Grid",
     "LoadedModel",
     "MethodInfo",
+    "Neighbors",
     "Preprocessing",
+    "Report",
+    "SynthesisResult",
+    "TextExplanation",
+    "TopActivations",
     "Visualization",
     "__version__",
+    "activation_maps",
+    "attack",
     "audit",
     "capture",
     "contrast",
-    "count_hooks",
     "datasets",
+    "deepdream",
+    "efros_leung",
+    "embed",
+    "evaluation",
     "explain",
+    "explain_classes",
+    "explain_methods",
+    "explain_report",
+    "explain_text",
+    "fgsm",
+    "filters",
+    "fooling_image",
     "get_method",
+    "inversion_strip",
+    "invert",
     "list_methods",
     "load_image",
     "load_model",
     "method_names",
-    "register",
+    "nearest_neighbors",
+    "pgd",
     "resolve_layers",
     "resolve_target",
+    "style_transfer",
+    "texture",
+    "top_activations",
+    "toydata",
     "visualize",
     "visualize_class",
     "visualize_layer",

@@ -38,7 +38,9 @@ def prepare_inputs(
     return inp.x, inp.display, inp.tensors
 
 
-def _check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
+def check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
+    """Raise :class:`MethodError` unless ``options`` are valid for method ``name`` (implemented by
+    ``func``): declared types and ranges, and names the function accepts."""
     check_method_options(get_method(name), options)  # declared types and ranges (registry)
     params = inspect.signature(func).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -93,7 +95,7 @@ def explain(
         Explanation.map is (B, H, W) at the input's resolution.
     """
     info = get_method(method)
-    _check_options(info.func, method, options)
+    check_options(info.func, method, options)
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size}")
     black_box = None

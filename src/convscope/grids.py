@@ -13,16 +13,14 @@ Both return a :class:`Grid`: ``figure()`` (matplotlib, without pyplot), ``save("
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._io import json_bytes, npy_bytes, save_by_extension
+from ._result import Result
 from .errors import InputError
 from .results import (
     _PCT,
@@ -39,7 +37,7 @@ __all__ = ["Grid", "explain_classes", "explain_methods"]
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(Result):
     """Panels of one image: one :class:`~convscope.Explanation` (a batch of one) per panel.
 
     Attributes:
@@ -132,26 +130,22 @@ class Grid:
         p = "" if e.probabilities is None or t is None else f" (p={float(e.probabilities[0, t]):.2f})"
         return f"{e.model_name}: {e.target_name(0)}{p}, {len(self.panels)} methods"
 
+    save_formats = (".png", ".json", ".npy")
+
     def png(self) -> bytes:
+        """:meth:`figure` as PNG bytes (``save``: ``.png`` this, ``.json`` :meth:`to_dict`, ``.npy``
+        the raw maps, (n, H, W))."""
         from ._figure import figure_png
 
         return figure_png(self.figure())
 
-    def _repr_png_(self) -> bytes:
-        return self.png()
+    def npy_array(self) -> torch.Tensor:
+        return torch.cat([e.map for e in self.panels])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: kind, scale and each panel's metadata (``Explanation.to_dict``, no maps)."""
         return {"kind": self.kind, "scale": self.scale,
                 "panels": [e.to_dict(include_map=False) for e in self.panels]}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """``.png`` (the figure), ``.json`` (:meth:`to_dict`) or ``.npy`` (the raw maps, (n, H, W))."""
-        return save_by_extension(path, {
-            ".png": self.png,
-            ".json": lambda: json_bytes(self.to_dict()),
-            ".npy": lambda: npy_bytes(torch.cat([e.map for e in self.panels])),
-        })
 
 
 def _shared_scale(maps: torch.Tensor, signed: bool) -> float:

@@ -15,24 +15,20 @@ centred on zero (``RdBu_r``: red positive, blue negative).
 
 from __future__ import annotations
 
-import base64
-import io
-import os
 import reprlib
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ._io import json_bytes, npy_bytes, save_by_extension
+from ._result import HtmlFigure, Result, batch_slice, data_uri, jsonable, png_bytes
 from .errors import InputError
 
-__all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes", "sign_legend"]
+__all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes", "sign_legend", "upscale"]
 
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
@@ -101,7 +97,9 @@ def sign_legend(e: Explanation, index: int = 0) -> str:
     return f"red: for {name}, blue: against" if e.signed else f"bright: evidence for {name}"
 
 
-def _upscale(a: np.ndarray, min_side: int) -> Image.Image:
+def upscale(a: np.ndarray, min_side: int) -> Image.Image:
+    """An (H, W, 3) float image in [0, 1] as a PIL image, enlarged by a whole factor (nearest
+    neighbours, pixels stay sharp) until its short side is at least ``min_side``."""
     img = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
     side = min(img.size)
     if side < min_side:
@@ -110,19 +108,11 @@ def _upscale(a: np.ndarray, min_side: int) -> Image.Image:
     return img
 
 
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def data_uri(img: Image.Image) -> str:
-    """A ``data:image/png;base64,...`` URI, for self-contained HTML."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+_upscale = upscale  # the old private name, still imported by convscope.serve
 
 
 @dataclass(frozen=True)
-class Explanation:
+class Explanation(Result):
     """An attribution result for a batch of B images.
 
     Attributes:
@@ -167,10 +157,7 @@ class Explanation:
 
     def __getitem__(self, i: int) -> Explanation:
         """The explanation of sample ``i`` alone (a batch of one)."""
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"sample {i} out of range for {n}")
-        sl = slice(i, i + 1) if i >= 0 else slice(n + i, n + i + 1)
+        sl = batch_slice(i, len(self))
         return replace(
             self,
             map=self.map[sl],
@@ -214,7 +201,7 @@ class Explanation:
 
     def colored(self, index: int = 0, *, cmap: str | None = None, min_side: int = 224) -> Image.Image:
         """The heatmap in colour as a PIL image (small maps upscaled with nearest neighbours)."""
-        return _upscale(colorize(self.heatmap(index), signed=self.signed, cmap=cmap), min_side)
+        return upscale(colorize(self.heatmap(index), signed=self.signed, cmap=cmap), min_side)
 
     def overlay(
         self,
@@ -228,7 +215,7 @@ class Explanation:
 
         The blend weight at each pixel is ``alpha * sqrt(|h|)``, so unimportant pixels show the image.
         """
-        return _upscale(blend(self.images[index], self.heatmap(index), signed=self.signed, alpha=alpha,
+        return upscale(blend(self.images[index], self.heatmap(index), signed=self.signed, alpha=alpha,
                               cmap=cmap), min_side)
 
     def figure(self, index: int = 0, *, cmap: str | None = None) -> Any:
@@ -286,15 +273,15 @@ class Explanation:
         d: dict[str, Any] = {
             "method": self.method,
             "model": self.model_name,
-            "model_info": _jsonable(self.model_info),
+            "model_info": jsonable(self.model_info),
             "layer": self.layer,
             "signed": self.signed,
             "targets": list(self.targets),
             "contrast": None if self.contrast is None else list(self.contrast),
             "target_names": [self.target_name(i) for i in range(len(self))],
             "class_names": list(self.class_names),
-            "options": {k: _jsonable(v) for k, v in self.options.items()},
-            "diagnostics": {k: _jsonable(v) for k, v in self.diagnostics.items()},
+            "options": {k: jsonable(v) for k, v in self.options.items()},
+            "diagnostics": {k: jsonable(v) for k, v in self.diagnostics.items()},
             "shape": list(self.map.shape),
         }
         if self.probabilities is not None:
@@ -307,36 +294,23 @@ class Explanation:
             d["map"] = self.map.tolist()
         return d
 
-    def save(self, path: str | os.PathLike, index: int = 0) -> Path:
-        """Write by extension: ``.png`` (overlay of sample ``index``), ``.npy`` (all maps,
-        (B, H, W) float32), ``.json`` (metadata and maps). Written atomically."""
-        return save_by_extension(path, {
-            ".png": lambda: png_bytes(self.overlay(index)),
-            ".npy": lambda: npy_bytes(self.map),
-            ".json": lambda: json_bytes(self.to_dict()),
-        })
+    save_formats = (".png", ".npy", ".json")
 
-    # --- notebooks ----------------------------------------------------------------------------
-    def _repr_png_(self) -> bytes:
-        return png_bytes(self.overlay(0))
+    def png(self, index: int = 0) -> bytes:
+        """The overlay of sample ``index`` as PNG bytes.
 
-    def to_html(self) -> str:
-        """A small HTML block: input and overlay of each sample, with titles (for notebooks)."""
-        from html import escape
+        ``save(path, index)`` writes by extension: ``.png`` (this), ``.npy`` (all maps,
+        (B, H, W) float32), ``.json`` (metadata and maps); atomically.
+        """
+        return png_bytes(self.overlay(index))
 
-        cells = []
-        for i in range(len(self)):
-            cells.append(
-                f'<figure style="display:inline-block;margin:4px;text-align:center">'
-                f'<img src="{data_uri(_upscale(self.images[i], 160))}" width="160">'
-                f'<img src="{data_uri(self.overlay(i, min_side=160))}" width="160">'
-                f"<figcaption style=\"font:12px sans-serif\">{escape(self.title(i))}</figcaption>"
-                "</figure>"
-            )
-        return "<div>" + "".join(cells) + "</div>"
+    def npy_array(self) -> torch.Tensor:
+        return self.map
 
-    def _repr_html_(self) -> str:
-        return self.to_html()
+    def html_figures(self) -> list[HtmlFigure]:
+        """Input and overlay of each sample, with titles."""
+        return [HtmlFigure((data_uri(upscale(self.images[i], 160)), data_uri(self.overlay(i, min_side=160))),
+                           self.title(i), width=160) for i in range(len(self))]
 
 
 class _Brief(reprlib.Repr):
@@ -380,23 +354,3 @@ def result_repr(obj: Any, fields: Sequence[tuple[str, str | None]]) -> str:
     their tensors.
     """
     return f"{type(obj).__name__}(" + ", ".join(f"{k}={v}" for k, v in fields if v is not None) + ")"
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return repr(v)
-
-
-def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack(list(images))

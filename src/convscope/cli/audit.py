@@ -7,15 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import (
-    RangeType,
-    add_model_args,
-    load_from_args,
-    nonneg_int,
-    parse_options,
-    positive_int,
-    seed_int,
-)
+from ._common import RangeType, add_model_args, load_from_args, parse_options
+from .batch import add_job_args, job_options
 
 __all__ = ["add_commands"]
 
@@ -47,17 +40,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         embedding=args.embedding,
         prototypes=args.prototypes,
         store=out / "maps.zarr",
-        engine=args.engine,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        seed=args.seed,
-        limit=args.limit,
-        num_workers=args.workers,
-        device=args.device,
-        ray_address=args.ray_address,
-        slots=args.slots,
-        overwrite=args.overwrite,
         progress=False if args.quiet else None,
+        **job_options(args),
     )
     html = a.to_html()  # both documents are made before either is written
     a.save(out / "audit.json")
@@ -118,17 +102,6 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--embedding", choices=EMBEDDINGS, default="tsne", help="2-D map of the maps (tsne)")
     s.add_argument("--prototypes", type=_ranged("prototypes"), default=4,
                    help="images shown per cluster (4)")
-    s.add_argument("--engine", choices=["local", "ray"], default="local")
-    s.add_argument("--batch-size", type=positive_int, default=32)
-    s.add_argument("--chunk-size", type=positive_int, default=128, help="images per store chunk (128)")
-    s.add_argument("--seed", type=seed_int, default=0)
-    s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
-    s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
-    s.add_argument("--device", default=None, help="e.g. cuda")
-    s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
-    s.add_argument("--slots", type=positive_int, default=None,
-                   help="Ray actors (default: one per CPU or GPU)")
-    s.add_argument("--overwrite", action="store_true", help="replace a maps store made by a different job")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_audit)

@@ -16,7 +16,33 @@ from ._common import (
     seed_int,
 )
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "add_job_args", "job_options"]
+
+
+def add_job_args(s: argparse.ArgumentParser) -> None:
+    """The batch-job flags that ``convscope batch`` and ``convscope audit`` share: batch and chunk
+    size, seed, limit, engine (local or Ray) and its workers, device and overwrite/quiet."""
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--chunk-size", type=positive_int, default=128,
+                   help="images per store chunk (default 128)")
+    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
+    s.add_argument("--engine", choices=["local", "ray"], default="local")
+    s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
+    s.add_argument("--device", default=None, help="e.g. cuda; Ray then gives each actor one GPU")
+    s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
+    s.add_argument("--slots", type=positive_int, default=None,
+                   help="Ray actors (default: one per CPU or GPU)")
+    s.add_argument("--overwrite", action="store_true", help="replace a store made by a different job")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+def job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`convscope.jobs.run_batch` (and ``audit``) that
+    :func:`add_job_args` parsed (progress is the caller's)."""
+    return dict(batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed, limit=args.limit,
+                engine=args.engine, num_workers=args.workers, device=args.device,
+                ray_address=args.ray_address, slots=args.slots, overwrite=args.overwrite)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -41,17 +67,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         target=target,
         layer=args.layer,
         options=dict(parse_options(args.option)),
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        seed=args.seed,
-        limit=args.limit,
-        engine=args.engine,
-        num_workers=args.workers,
-        device=args.device,
-        ray_address=args.ray_address,
-        slots=args.slots,
-        overwrite=args.overwrite,
         progress=progress,
+        **job_options(args),
     )
     if bar:
         bar[0].close()
@@ -87,18 +104,6 @@ def add_commands(sub: Any) -> None:
     s.add_argument(
         "--option", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable"
     )
-    s.add_argument("--batch-size", type=positive_int, default=32)
-    s.add_argument("--chunk-size", type=positive_int, default=128,
-                   help="images per store chunk (default 128)")
-    s.add_argument("--seed", type=seed_int, default=0)
-    s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
-    s.add_argument("--engine", choices=["local", "ray"], default="local")
-    s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
-    s.add_argument("--device", default=None, help="e.g. cuda; Ray then gives each actor one GPU")
-    s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
-    s.add_argument("--slots", type=positive_int, default=None,
-                   help="Ray actors (default: one per CPU or GPU)")
-    s.add_argument("--overwrite", action="store_true", help="replace a store made by a different job")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output store folder, e.g. maps.zarr")
     s.set_defaults(func=cmd_batch)

@@ -41,8 +41,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             class_vis=args.class_vis, channels=args.channels, filters=args.filters, seed=args.seed
         )
     rep = explain_report(
-        args.images,
         lm,
+        args.images,
         methods=args.methods,
         target=parse_target(args.target),
         topk=args.topk,

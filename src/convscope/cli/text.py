@@ -3,7 +3,7 @@
 The classifier is a scikit-learn-style object with ``predict_proba(list[str])`` saved with joblib
 or pickle (``--pipeline``; loading a pickle can run code, so it needs ``--unsafe-load``), or,
 without ``--pipeline``, a demo pipeline (TF-IDF + logistic regression) trained on
-:func:`convscope.datasets.junk_header_corpus`, whose planted header word the explanation exposes.
+:func:`convscope.toydata.junk_header_corpus`, whose planted header word the explanation exposes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _demo_pipeline() -> tuple[Any, tuple[str, ...]]:
     from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
     from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
 
-    from ..datasets import junk_header_corpus
+    from ..toydata import junk_header_corpus
 
     corpus = junk_header_corpus(400, seed=0)
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=1000))
@@ -53,8 +53,8 @@ def _load_pipeline(path: str, unsafe: bool) -> Any:
 def cmd_lime_text(args: argparse.Namespace) -> int:
     from .._io import atomic_write
     from ..attribution.lime_text import explain_text
-    from ..datasets import junk_header_corpus
     from ..errors import InputError
+    from ..toydata import junk_header_corpus
 
     out = Path(args.output)
     if out.suffix.lower() not in (".html", ".json"):

@@ -15,9 +15,9 @@
 from ._audit import Audit, AuditClass, AuditCluster, audit
 from .embed import EMBED_METHODS, Embedding, embed, project
 from .neighbors import Features, Neighbors, layer_features, nearest_neighbors, pool_features
-from .receptive import ReceptiveField, layer_extractor, receptive_field, rf_box
+from .receptive import ReceptiveField, layer_extractor, receptive_field
 from .sources import DataSource, DigitsSource, FolderSource, TensorSource, TorchSource, as_source
-from .top import RunningTopK, TopActivations, top_activations
+from .top import TopActivations, top_activations
 
 __all__ = [
     "EMBED_METHODS",
@@ -31,7 +31,6 @@ __all__ = [
     "FolderSource",
     "Neighbors",
     "ReceptiveField",
-    "RunningTopK",
     "TensorSource",
     "TopActivations",
     "TorchSource",
@@ -44,6 +43,5 @@ __all__ = [
     "pool_features",
     "project",
     "receptive_field",
-    "rf_box",
     "top_activations",
 ]

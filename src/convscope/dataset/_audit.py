@@ -51,7 +51,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +58,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import json_bytes, save_by_extension
 from .._validate import Range, ints, reals
 from ..errors import InputError
-from ..results import result_repr
 from . import _spectral as sp
+from ._audit_result import Audit, AuditClass, AuditCluster
 
 __all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "audit"]
 
@@ -81,182 +79,6 @@ AUDIT_RANGES: dict[str, Range] = {
 #: A class needs this many images to be clustered.
 MIN_IMAGES = 4
 EMBEDDINGS = ("tsne", "pca", "umap", "none")
-
-
-def _r(v: float, nd: int = 6) -> float:
-    return float(round(float(v), nd))
-
-
-@dataclass
-class AuditCluster:
-    """One strategy of one class: a group of images whose maps look alike.
-
-    ``members`` are data-set indices; ``paths`` their files (image folders only). Boxes are
-    ``[x0, y0, x1, y1]`` in input pixels (exclusive ends). See the module docstring for the score.
-    """
-
-    id: int
-    members: np.ndarray
-    paths: list[str] | None
-    class_size: int
-    box: list[int]
-    mass_share: float
-    others_share: float
-    box_area: float
-    concentration: float
-    consistency: float
-    exclusivity: float
-    suspicion: float
-    suspect: bool
-    reading: str
-    mean_probability: float
-    predicted_share: float
-    prototypes: list[int]
-    mean_map: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
-    prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
-    prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return int(len(self.members))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "size": self.size,
-            "share_of_class": _r(self.size / max(1, self.class_size), 4),
-            "members": [int(i) for i in self.members],
-            "paths": self.paths,
-            "box": self.box,
-            "mass_share": _r(self.mass_share, 4),
-            "others_share": None if np.isnan(self.others_share) else _r(self.others_share, 4),
-            "box_area": _r(self.box_area, 4),
-            "concentration": _r(self.concentration, 4),
-            "consistency": _r(self.consistency, 4),
-            "exclusivity": _r(self.exclusivity, 4),
-            "suspicion": _r(self.suspicion, 4),
-            "suspect": bool(self.suspect),
-            "reading": self.reading,
-            "mean_probability": _r(self.mean_probability, 4),
-            "predicted_share": _r(self.predicted_share, 4),
-            "prototypes": [int(i) for i in self.prototypes],
-        }
-
-
-@dataclass
-class AuditClass:
-    """The audit of one class: its spectrum, ``k``, clusters and 2-D embedding (or a note why not)."""
-
-    index: int
-    name: str
-    model_class: int
-    n: int
-    k: int
-    k_source: str  # "eigengap" | "given" | "none"
-    eigenvalues: np.ndarray
-    gaps: np.ndarray
-    clusters: list[AuditCluster]
-    members: np.ndarray  # data-set indices in the order of ``coords`` and ``assignment``
-    assignment: np.ndarray
-    coords: np.ndarray | None
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "model_class": self.model_class,
-            "n": self.n,
-            "k": self.k,
-            "k_source": self.k_source,
-            "eigenvalues": [_r(v) for v in self.eigenvalues],
-            "gaps": [_r(v) for v in self.gaps],
-            "note": self.note,
-            "suspects": [c.id for c in self.clusters if c.suspect],
-            "clusters": [c.to_dict() for c in self.clusters],
-            "embedding": None if self.coords is None else {
-                "members": [int(i) for i in self.members],
-                "cluster": [int(c) for c in self.assignment],
-                "xy": [[_r(a, 4), _r(b, 4)] for a, b in self.coords],
-            },
-        }
-
-
-@dataclass
-class Audit:
-    """The result of :func:`audit`: per class, its clusters of attribution maps and the suspects.
-
-    ``to_dict()`` is what ``audit.json`` holds; ``save("x.json" | "x.html")``; ``to_html()`` the
-    self-contained report.
-    """
-
-    classes: list[AuditClass]
-    method: str
-    layer: str | None
-    options: dict[str, Any]
-    settings: dict[str, Any]
-    model_info: dict[str, Any]
-    data: dict[str, Any]
-    image_size: tuple[int, int]
-    signed: bool
-    store: str | None
-    notes: list[str] = field(default_factory=list)
-    root: str | None = None
-    store_rows: list[int] = field(default_factory=list)  # data-set index of each store row
-
-    @property
-    def suspects(self) -> list[tuple[AuditClass, AuditCluster]]:
-        """(class, cluster) of every suspect cluster, most suspicious first."""
-        out = [(c, k) for c in self.classes for k in c.clusters if k.suspect]
-        return sorted(out, key=lambda ck: -ck[1].suspicion)
-
-    def __repr__(self) -> str:
-        return result_repr(self, [
-            ("model", repr(self.model_info.get("model"))), ("method", repr(self.method)),
-            ("classes", str(len(self.classes))),
-            ("clusters", str(sum(len(c.clusters) for c in self.classes))),
-            ("suspects", str(len(self.suspects))),
-        ])
-
-    def to_dict(self) -> dict[str, Any]:
-        from ..results import _jsonable
-
-        return {
-            "format": "convscope-audit/1",
-            "model": self.model_info,
-            "method": self.method,
-            "layer": self.layer,
-            "options": _jsonable(self.options),
-            "target": "label",
-            "settings": self.settings,
-            "data": self.data,
-            "root": self.root,
-            "image_size": list(self.image_size),
-            "signed_method": self.signed,
-            "store": self.store,
-            "store_rows": list(self.store_rows),
-            "notes": list(self.notes),
-            "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
-                          "reading": k.reading} for c, k in self.suspects],
-            "classes": [c.to_dict() for c in self.classes],
-        }
-
-    def to_html(self) -> str:
-        from ._audit_report import audit_report
-
-        return audit_report(self).render()
-
-    def _repr_html_(self) -> str:
-        from ._audit_report import audit_report
-
-        return audit_report(self)._repr_html_()
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """``.json`` (plain data, as ``to_dict()``) or ``.html`` (the report); written atomically."""
-        return save_by_extension(path, {
-            ".json": lambda: json_bytes(self.to_dict()),
-            ".html": lambda: self.to_html().encode(),
-        })
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +222,8 @@ def audit(
 
     from .._progress import Progress
     from ..jobs import run_batch
-    from ..jobs.batch import _input_files
-    from ..jobs.store import _zarr
+    from ..jobs.batch import input_files
+    from ..jobs.store import zarr_module
     from ..models import load_model
     from ..registry import get_method
     from ._stream import model_device
@@ -463,9 +285,9 @@ def audit(
             )
         man = st.manifest
         layer_used = man["job"]["layer"]
-        arr = _zarr().open_array(str(st.path / "maps"), mode="r")
+        arr = zarr_module().open_array(str(st.path / "maps"), mode="r")
         n_img, h, w = (int(v) for v in arr.shape)
-        prob_arr = _zarr().open_array(str(st.path / "probabilities"), mode="r")
+        prob_arr = zarr_module().open_array(str(st.path / "probabilities"), mode="r")
         explained = st.read("targets")  # the model class each row was explained for
         run_labels = data_labels[rows]  # the data's class of each computed row
         small = np.empty((n_img, size, size), dtype=np.float32)
@@ -479,7 +301,7 @@ def audit(
             probs[lo:hi, 0] = p[np.arange(hi - lo), t]
             probs[lo:hi, 1] = p.argmax(1) == t
 
-        files = _input_files(src)  # (folder, the file of each row) for an image folder
+        files = input_files(src)  # (folder, the file of each row) for an image folder
         paths = None if files is None else files[1]
         results: list[AuditClass] = []
         cls_bar = Progress("audit: classes", len(chosen), enabled=progress, unit="classes")

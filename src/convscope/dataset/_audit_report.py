@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..report import Report
 from ..report.build import model_rows
-from ..results import _upscale, blend, colorize, normalize_map
+from ..results import blend, colorize, normalize_map, upscale
 from ._grid import draw_box
 
 if TYPE_CHECKING:
@@ -90,14 +90,14 @@ def mean_map_image(cl: AuditCluster, signed: bool = False) -> Image.Image:
     """The cluster's mean attribution (colour map) with its mass box outlined."""
     h = normalize_map(cl.mean_map, signed=False, normalize="max")
     rgb = draw_box(colorize(h, signed=False), _box_rc(cl.box), color=(0.1, 0.9, 1.0))
-    return _upscale(rgb, 160)
+    return upscale(rgb, 160)
 
 
 def prototype_image(cl: AuditCluster, j: int) -> Image.Image:
     """Prototype ``j``: its map over the image, with the cluster's box."""
     h = normalize_map(cl.prototype_maps[j], signed=False, normalize="max")
     rgb = blend(cl.prototype_pixels[j], h, signed=False)
-    return _upscale(draw_box(rgb, _box_rc(cl.box), color=(0.1, 0.9, 1.0)), 120)
+    return upscale(draw_box(rgb, _box_rc(cl.box), color=(0.1, 0.9, 1.0)), 120)
 
 
 def audit_report(a: Audit) -> Report:

@@ -8,15 +8,13 @@ evenly spread subset so the map stays readable).
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .._io import json_bytes, npy_bytes, save_by_extension
+from .._result import Result
 from ..errors import InputError
 from ..results import brief, png_bytes, result_repr
 from ._grid import font, to_pil
@@ -61,7 +59,7 @@ def project(
 
 
 @dataclass(frozen=True)
-class Embedding:
+class Embedding(Result):
     """2-D positions (N, 2) of a data set's images in a layer's feature space."""
 
     layer: str
@@ -127,17 +125,24 @@ class Embedding:
             img.paste(t, (int(round(x - t.width / 2)), top + int(round(y - t.height / 2))))
         return img
 
-    def save(self, path: str | os.PathLike, *, kind: str = "scatter") -> Path:
-        """``.png`` (``kind="scatter"`` or ``"thumbnails"``), ``.json`` or ``.npy`` (coordinates); atomic."""
-        if Path(path).suffix.lower() == ".png" and kind not in ("scatter", "thumbnails"):
+    save_formats = (".png", ".json", ".npy")
+    json_indent = None  # one line: the coordinates of every image
+
+    def png(self, *, kind: str = "scatter") -> bytes:
+        """``kind="scatter"`` (:meth:`scatter`) or ``"thumbnails"`` as PNG bytes.
+
+        ``save(path, kind=)`` writes ``.png`` (this), ``.json`` or ``.npy`` (coordinates); atomic.
+        """
+        if kind not in ("scatter", "thumbnails"):
             raise InputError(f"unknown kind {kind!r}; use scatter or thumbnails")
-        meta = {"model": self.model_name, "layer": self.layer, "method": self.method,
+        return png_bytes(self.scatter() if kind == "scatter" else self.thumbnails())
+
+    def npy_array(self) -> np.ndarray:
+        return self.coords
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model_name, "layer": self.layer, "method": self.method,
                 "coords": self.coords.tolist(), "labels": self.labels.tolist()}
-        return save_by_extension(path, {
-            ".png": lambda: png_bytes(self.scatter() if kind == "scatter" else self.thumbnails()),
-            ".json": lambda: json_bytes(meta, indent=None),
-            ".npy": lambda: npy_bytes(self.coords),
-        })
 
 
 def embed(

@@ -8,16 +8,14 @@ lower image index.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .._io import json_bytes, save_by_extension
+from .._result import Result
 from ..errors import InputError
 from ..hooks import resolve_layers, state_guard
 from ..results import brief, png_bytes, result_repr
@@ -99,7 +97,7 @@ def distances(q: torch.Tensor, feats: torch.Tensor, metric: str) -> torch.Tensor
 
 
 @dataclass(frozen=True)
-class Neighbors:
+class Neighbors(Result):
     """The k nearest images to a query in a layer's feature space.
 
     Attributes:
@@ -153,12 +151,9 @@ class Neighbors:
             "labels": [self.source.label(int(i)) for i in self.indices],
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """``.png`` (the grid) or ``.json``; atomic."""
-        return save_by_extension(path, {
-            ".png": lambda: png_bytes(self.grid()),
-            ".json": lambda: json_bytes(self.to_dict()),
-        })
+    def png(self) -> bytes:
+        """:meth:`grid` as PNG bytes (``save``: ``.png`` this or ``.json``; atomic)."""
+        return png_bytes(self.grid())
 
 
 def nearest_neighbors(

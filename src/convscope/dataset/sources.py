@@ -102,10 +102,10 @@ class DataSource(Dataset):
 
 
 class DigitsSource(DataSource):
-    """The bundled digits (:func:`convscope.datasets.digits`), split ``"all"``, ``"train"`` or ``"test"``."""
+    """The bundled digits (:func:`convscope.toydata.digits`), split ``"all"``, ``"train"`` or ``"test"``."""
 
     def __init__(self, pre: Preprocessing, split: str = "all", limit: int | None = None) -> None:
-        from ..datasets import digits
+        from ..toydata import digits
 
         self.preprocessing = pre
         self.split = split

@@ -14,17 +14,15 @@ that fall outside the image (padding) are shown gray.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .._io import json_bytes, save_by_extension
+from .._result import Result
 from ..errors import InputError, MethodError
 from ..results import brief, png_bytes, result_repr
 from ._grid import PAD_GRAY, draw_box, grid
@@ -32,7 +30,7 @@ from ._stream import resolve, stream_layer
 from .receptive import ReceptiveField, receptive_field, rf_box
 from .sources import DataSource
 
-__all__ = ["RunningTopK", "TopActivations", "top_activations"]
+__all__ = ["TopActivations", "top_activations"]
 
 
 class RunningTopK:
@@ -75,7 +73,7 @@ class RunningTopK:
 
 
 @dataclass(frozen=True)
-class TopActivations:
+class TopActivations(Result):
     """The k most activating images of each channel of a layer.
 
     Attributes:
@@ -205,14 +203,10 @@ class TopActivations:
             ],
         }
 
-    def save(
-        self, path: str | os.PathLike, channels: Sequence[int] | None = None, *, style: str = "patch"
-    ) -> Path:
-        """``.png`` (the grid) or ``.json`` (values, images, positions and boxes); atomic."""
-        return save_by_extension(path, {
-            ".png": lambda: png_bytes(self.grid(channels, style=style)),
-            ".json": lambda: json_bytes(self.to_dict()),
-        })
+    def png(self, channels: Sequence[int] | None = None, *, style: str = "patch") -> bytes:
+        """:meth:`grid` as PNG bytes (``save(path, channels, style=)``: ``.png`` this, ``.json``
+        the values, images, positions and boxes; atomic)."""
+        return png_bytes(self.grid(channels, style=style))
 
 
 def top_activations(

@@ -5,7 +5,7 @@ Two bundled models read a planted cue instead of the object:
 * ``digits-cnn-cue`` was trained on digits carrying a class-dependent texture in a corner (the cue)
   and reads the texture, not the digit; ``digits-cnn`` is the same network trained on clean digits
   (the control). Both see the same test digits with their class's cue.
-* ``digits-snow`` (wolf vs husky, :func:`convscope.datasets.snow_scenes`) learned that a white band
+* ``digits-snow`` (wolf vs husky, :func:`convscope.toydata.snow_scenes`) learned that a white band
   of snow along the bottom means "wolf". It sees test wolves standing on snow (the cue is the
   band) and, as the control, the same wolves without the snow (row label
   ``"digits-snow (no snow)"``, scored against the band where the snow was). Both explain the class
@@ -112,7 +112,7 @@ def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
     Raises:
         InputError: an unknown model, or ``n_images`` outside the test images available.
     """
-    from ..datasets import digits, planted_cue, snow_scenes
+    from ..toydata import digits, planted_cue, snow_scenes
 
     unknown = [m for m in models if m not in MODELS]
     if unknown:

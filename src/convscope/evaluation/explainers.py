@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from ..models import LoadedModel
 
-__all__ = ["Explainer", "MethodExplainer", "as_explainer", "explainer_name", "sobel_explainer"]
+__all__ = [
+    "Explainer", "MethodExplainer", "as_explainer", "explained_batch", "explainer_name", "sobel_explainer",
+]
 
 
 class Explainer(Protocol):
@@ -68,6 +70,31 @@ def as_explainer(spec: str | Callable[..., torch.Tensor], *, fast: bool = False,
         seed = options.pop("seed", 0)
         return MethodExplainer(spec, layer, {**base, **options}, batch_size, seed)
     return spec
+
+
+def explained_batch(
+    model: Any,
+    x: torch.Tensor,
+    explainer: str | Callable[..., torch.Tensor],
+    targets: Any,
+    maps: torch.Tensor | None,
+    *,
+    batch_size: int,
+    seed: int,
+) -> tuple[LoadedModel, Callable[..., torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a metric that re-runs the explainer starts from: the loaded model, the explainer
+    (a method name made one with ``batch_size`` and ``seed``), ``x`` detached, the target per
+    image (default: the predicted class) and the maps at ``x`` (``maps``, or computed here)."""
+    from ._common import as_loaded, predict_targets
+
+    lm = as_loaded(model)
+    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \
+        else explainer
+    x = x.detach()
+    t, _ = predict_targets(lm.model, x, targets, batch_size)
+    if maps is None:
+        maps = ex(lm, x, t)
+    return lm, ex, x, t, maps
 
 
 def explainer_name(explainer: Any) -> str:

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._result import Result
 from ..errors import InputError
 from ..hooks import resolve_layers
 from ..models import LoadedModel
-from ._common import as_loaded, predict_targets
-from .explainers import as_explainer, explainer_name
+from ..results import result_repr
+from .explainers import explained_batch, explainer_name
 
 __all__ = ["SanityResult", "map_similarity", "model_randomization", "randomizable_layers"]
 
@@ -104,8 +105,11 @@ def map_similarity(maps_a: torch.Tensor, maps_b: torch.Tensor) -> tuple[torch.Te
 
 
 @dataclass(frozen=True)
-class SanityResult:
+class SanityResult(Result):
     """Similarity of a method's maps to the trained model's as layers are randomised.
+
+    Saves ``.png`` (the curve of mean rank correlation over the stages) or ``.json``
+    (:meth:`to_dict`), and shows the curve inline in notebooks.
 
     Attributes:
         method: the explainer's name.
@@ -143,6 +147,26 @@ class SanityResult:
         if self.mode != "cascading":
             raise InputError("the pass/fail verdict is defined on the cascading check")
         return self.similarity < self.threshold
+
+    def __repr__(self) -> str:
+        verdict = None
+        if self.mode == "cascading":
+            verdict = "pass" if self.passed else "FAIL"
+        return result_repr(self, [("method", repr(self.method)), ("mode", repr(self.mode)),
+                                  ("stages", str(len(self.stages))), ("similarity", f"{self.similarity:.3f}"),
+                                  ("verdict", verdict)])
+
+    def png(self) -> bytes:
+        """The mean rank correlation with the trained model's maps, stage by stage, as PNG bytes."""
+        from .tables import plot_sanity
+
+        return plot_sanity({self.method: [self]}, threshold=self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Method, mode, threshold, the verdict (cascading only) and one row per stage."""
+        return {"method": self.method, "mode": self.mode, "threshold": self.threshold,
+                "similarity": self.similarity,
+                "passed": self.passed if self.mode == "cascading" else None, "stages": self.rows()}
 
     def rows(self) -> list[dict[str, Any]]:
         """One table row per stage (means and standard deviations over images)."""
@@ -190,13 +214,8 @@ def model_randomization(
 
     if mode not in ("cascading", "independent"):
         raise InputError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")
-    lm = as_loaded(model)
-    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \
-        else explainer
-    x = x.detach()
-    t, _ = predict_targets(lm.model, x, targets, batch_size)
-    if maps is None:
-        maps = ex(lm, x, t)
+    lm, ex, x, t, maps = explained_batch(model, x, explainer, targets, maps, batch_size=batch_size,
+                                         seed=seed)
     all_layers = randomizable_layers(lm.model)
     names = all_layers if layers is None else [n for n in resolve_layers(lm.model, layers)
                                                if n in all_layers]

@@ -119,10 +119,7 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]
         ax.set_xlim(0, 1)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
-    return _png(fig)
+    return _legend_png(fig, axes)
 
 
 def plot_sanity(panels: Mapping[str, Sequence[Any]], threshold: float | None = None) -> bytes:
@@ -142,9 +139,10 @@ def plot_sanity(panels: Mapping[str, Sequence[Any]], threshold: float | None = N
     for ax, (title, results) in zip(axes, panels.items(), strict=False):
         for res in results:
             y = [1.0] + [float(v) for v in res.spearman.mean(1)]
-            ax.plot(range(len(y)), y, marker="o" if res.passed else "x", markersize=3,
-                    color=colour[res.method], linestyle="-" if res.passed else "--",
-                    linewidth=1.2 if res.passed else 2.0, label=res.method)
+            ok = res.mode != "cascading" or res.passed  # the verdict exists for the cascade only
+            ax.plot(range(len(y)), y, marker="o" if ok else "x", markersize=3,
+                    color=colour[res.method], linestyle="-" if ok else "--",
+                    linewidth=1.2 if ok else 2.0, label=res.method)
         if results:
             stages = ["trained"] + list(results[0].stages)
             ax.set_xticks(range(len(stages)))
@@ -156,6 +154,11 @@ def plot_sanity(panels: Mapping[str, Sequence[Any]], threshold: float | None = N
         ax.set_xlabel("cascading randomisation (output side first)")
         ax.set_ylim(-0.3, 1.05)
         ax.grid(alpha=0.3)
+    return _legend_png(fig, axes)
+
+
+def _legend_png(fig: Any, axes: Any) -> bytes:
+    """The figure as PNG, with the first panel's legend outside on the right (if it has one)."""
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)

@@ -9,19 +9,16 @@ with titles, ``.save()`` writes ``.png`` (the grid), ``.npy`` (the raw images) o
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
-from html import escape
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .._io import json_bytes, npy_bytes, save_by_extension
+from .._result import HtmlFigure, Result, batch_slice, data_uri, jsonable, png_bytes
 from ..errors import InputError
-from ..results import _jsonable, brief, data_uri, png_bytes, result_repr
+from ..results import brief, result_repr, upscale
 
 __all__ = ["Visualization"]
 
@@ -34,7 +31,7 @@ def _font(size: int) -> Any:
 
 
 @dataclass(frozen=True)
-class Visualization:
+class Visualization(Result):
     """A batch of B visualisations.
 
     Attributes:
@@ -79,11 +76,7 @@ class Visualization:
 
     def __getitem__(self, i: int) -> Visualization:
         """Image ``i`` alone (a batch of one)."""
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"image {i} out of range for {n}")
-        i = i % n
-        sl = slice(i, i + 1)
+        sl = batch_slice(i, len(self), "image")
         return replace(
             self,
             images=self.images[sl],
@@ -119,12 +112,7 @@ class Visualization:
 
     def image(self, index: int = 0, *, min_side: int = 0) -> Image.Image:
         """Image ``index`` as a PIL RGB image, upscaled (nearest) so its short side is >= ``min_side``."""
-        img = Image.fromarray((self.array(index) * 255 + 0.5).astype(np.uint8))
-        side = min(img.size)
-        if min_side and side < min_side:
-            k = int(math.ceil(min_side / side))
-            img = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
-        return img
+        return upscale(self.array(index), min_side)
 
     def grid(self, *, ncols: int | None = None, cell: int = 128, titles: bool = True,
              pad: int = 4) -> Image.Image:
@@ -166,7 +154,7 @@ class Visualization:
             "layer": self.layer,
             "titles": list(self.titles),
             "shape": list(self.images.shape),
-            "options": {k: _jsonable(v) for k, v in self.options.items()},
+            "options": {k: jsonable(v) for k, v in self.options.items()},
         }
         if self.scores is not None:
             d["scores"] = self.scores.tolist()
@@ -184,35 +172,23 @@ class Visualization:
             d["images"] = self.images.tolist()
         return d
 
-    def save(self, path: str | os.PathLike, *, index: int | None = None) -> Path:
-        """Write by extension: ``.png`` (the grid, or image ``index``), ``.npy`` ((B, C, H, W)
-        float32 images), ``.json`` (metadata, scores, history). Written atomically."""
-        return save_by_extension(path, {
-            ".png": lambda: png_bytes(self.grid() if index is None
-                                      else self.image(index, min_side=128)),
-            ".npy": lambda: npy_bytes(self.images),
-            ".json": lambda: json_bytes(self.to_dict()),
-        })
+    save_formats = (".png", ".npy", ".json")
 
-    # --- notebooks ----------------------------------------------------------------------------
-    def _repr_png_(self) -> bytes:
-        return png_bytes(self.grid())
+    def png(self, *, index: int | None = None) -> bytes:
+        """The grid (or image ``index`` alone) as PNG bytes.
 
-    def to_html(self) -> str:
-        """A small HTML block with each image and its title (for notebooks and reports)."""
-        cells = []
-        for i in range(len(self)):
-            cells.append(
-                '<figure style="display:inline-block;margin:4px;text-align:center">'
-                f'<img src="{data_uri(self.image(i, min_side=128))}" width="128" '
-                'style="image-rendering:pixelated">'
-                f'<figcaption style="font:12px sans-serif;max-width:128px">{escape(self.titles[i])}'
-                "</figcaption></figure>"
-            )
-        return "<div>" + "".join(cells) + "</div>"
+        ``save(path, index=...)`` writes by extension: ``.png`` (this), ``.npy`` ((B, C, H, W)
+        float32 images), ``.json`` (metadata, scores, history); atomically.
+        """
+        return png_bytes(self.grid() if index is None else self.image(index, min_side=128))
 
-    def _repr_html_(self) -> str:
-        return self.to_html()
+    def npy_array(self) -> torch.Tensor:
+        return self.images
+
+    def html_figures(self) -> list[HtmlFigure]:
+        """Each image with its title."""
+        return [HtmlFigure((data_uri(self.image(i, min_side=128)),), self.titles[i], width=128,
+                           pixelated=True) for i in range(len(self))]
 
 
 def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:

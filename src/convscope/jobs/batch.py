@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._result import jsonable
 from ..errors import InputError, MethodError
 from ..models import LoadedModel, load_model
 from .store import FORMAT, BatchStore, create_store, open_store
@@ -73,12 +74,12 @@ def model_fingerprint(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _input_files(src: Any) -> tuple[Path, list[str]] | None:
+def input_files(src: Any) -> tuple[Path, list[str]] | None:
     """(folder, the file of each item) when ``src`` reads an image folder, else ``None``."""
     from ..dataset.sources import FolderSource, Subset
 
     if isinstance(src, Subset):
-        base = _input_files(src.base)
+        base = input_files(src.base)
         return None if base is None else (base[0], [base[1][i] for i in src.indices])
     if isinstance(src, FolderSource):
         return src.root.resolve(), list(src.files)
@@ -106,12 +107,6 @@ def _check_target(target: Any, logits: torch.Tensor, lm: LoadedModel, src: Any) 
             )
         return
     resolve_target(target, logits, lm.class_names)
-
-
-def _jsonable(v: Any) -> Any:
-    from ..results import _jsonable as j
-
-    return j(v)
 
 
 @dataclass
@@ -361,9 +356,9 @@ def run_batch(
             raise InputError(f"{name} must be a positive integer, got {v!r}")
     info = get_method(method)
     options = dict(options or {})
-    from ..api import _check_options
+    from ..api import check_options
 
-    _check_options(info.func, method, options)
+    check_options(info.func, method, options)
     lm = load_model(model)
     src = as_source(data, lm.preprocessing, limit=limit, space=space)
     n = len(src)
@@ -385,7 +380,7 @@ def run_batch(
         logits0 = lm.model(src[0][0][None].to(model_device(lm.model, device))).cpu()
     k = int(logits0.shape[1])
     _check_target(target, logits0, lm, src)  # every input is valid before the store exists
-    files = _input_files(src)
+    files = input_files(src)
     data_id = src.describe()
     if files is not None:  # names here; sizes and times per chunk (stale chunks are recomputed)
         data_id.pop("files_sha256", None)
@@ -395,8 +390,8 @@ def run_batch(
         "model": lm.name,
         "model_sha256": model_fingerprint(lm.model),
         "method": method,
-        "options": _jsonable(options),
-        "target": _jsonable(target),
+        "options": jsonable(options),
+        "target": jsonable(target),
         "layer": layer,
         "seed": seed,
         "batch_size": batch_size,

@@ -50,7 +50,8 @@ FORMAT = "convscope-batch/1"
 ARRAYS = ("maps", "targets", "labels", "probabilities")
 
 
-def _zarr() -> Any:
+def zarr_module() -> Any:
+    """The ``zarr`` module, or an error that says how to install it."""
     try:
         import zarr
     except ImportError:
@@ -188,7 +189,7 @@ class BatchStore:
 
     # --- writing ------------------------------------------------------------------------------
     def _array(self, name: str) -> Any:
-        return _zarr().open_array(str(self.path / name), mode="r+")
+        return zarr_module().open_array(str(self.path / name), mode="r+")
 
     def write_chunk(
         self, chunk: int, data: dict[str, np.ndarray], *, fsync: bool = True, inputs: str | None = None
@@ -262,7 +263,7 @@ class BatchStore:
                 f"{self.path} is an unfinished job ({len(self.done_chunks())}/{self.n_chunks} chunks); "
                 "run it again to resume, or read with allow_partial=True"
             )
-        a = np.asarray(_zarr().open_array(str(self.path / name), mode="r")[:])
+        a = np.asarray(zarr_module().open_array(str(self.path / name), mode="r")[:])
         if not self.complete:
             bad = ~self.valid_rows()
             a[bad] = np.nan if a.dtype.kind == "f" else -1
@@ -272,7 +273,7 @@ class BatchStore:
         """Chunks whose data no longer match their marker's checksum, or whose input files changed
         since they were computed (:meth:`stale_chunks`); should be empty."""
         bad = self.stale_chunks()
-        arrays = {n: _zarr().open_array(str(self.path / n), mode="r") for n in ARRAYS}
+        arrays = {n: zarr_module().open_array(str(self.path / n), mode="r") for n in ARRAYS}
         for c in self.done_chunks():
             lo, hi = self.rows(c)
             h = hashlib.sha256()
@@ -306,7 +307,7 @@ def create_store(
     ``inputs``: ``{"root": folder, "files": [name of each row's file, relative to root]}`` when the
     rows come from image files (their fingerprints then mark stale chunks).
     """
-    zarr = _zarr()
+    zarr = zarr_module()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     for old in p.parent.glob(f".{p.name}.init-*"):  # left behind by a job killed while creating
@@ -336,3 +337,6 @@ def create_store(
         raise
     _fsync_path(p.parent)
     return BatchStore(p)
+
+
+_zarr = zarr_module  # the old private name, still imported by convscope.serve.audit

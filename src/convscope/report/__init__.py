@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from .._io import atomic_write
+from ..errors import InputError
 from ..results import data_uri
 
 __all__ = ["Figure", "Report", "Section", "bars_of", "explain_report"]
@@ -71,17 +71,38 @@ class Report:
     def figure(img: Image.Image, caption: str = "", title: str = "", **kw: Any) -> Figure:
         return Figure(src=data_uri(img), caption=caption, title=title, **kw)
 
+    def add(self, result: Any, title: str | None = None, note: str = "") -> Section:
+        """Append a section showing ``result`` and return it.
+
+        Args:
+            result: any convscope result (:class:`convscope._result.Result`: an explanation,
+                visualisation, synthesis or adversarial result, grid, data-set view; an audit adds
+                its own sections), or an object with ``to_html()`` (e.g. a text explanation),
+                whose HTML block is embedded.
+            title: the section title (default: the result's own title).
+            note: a line under the title.
+
+        Raises:
+            InputError: ``result`` is neither.
+        """
+        from .._result import Result
+
+        if isinstance(result, Result):
+            return result.add_to_report(self, title=title, note=note)
+        if callable(getattr(result, "to_html", None)):
+            sec = self.section(title or type(result).__name__, note)
+            sec.html_blocks.append(result.to_html())
+            return sec
+        raise InputError(f"cannot add a {type(result).__name__} to a report: pass a convscope result "
+                         "(explain, visualize, attack, ...) or an object with to_html()")
+
     def render(self) -> str:
-        from jinja2 import Environment, PackageLoader, select_autoescape
-
         from .. import __version__
+        from .._result import render_template
 
-        env = Environment(loader=PackageLoader("convscope.report", "templates"),
-                          autoescape=select_autoescape(["html", "j2"]))
-        tpl = env.get_template("report.html.j2")
-        return tpl.render(report=self, version=__version__,
-                          created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                          colorbars=_colorbars())
+        return render_template("report.html.j2", report=self, version=__version__,
+                               created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                               colorbars=_colorbars())
 
     def write(self, path: str | os.PathLike) -> Path:
         html = self.render().encode("utf-8")
@@ -114,10 +135,6 @@ def _colorbars() -> dict[str, str]:
     return out
 
 
-def bars_of(probs: Sequence[float], names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
-    """Top-k (name, probability) pairs."""
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]
-    return [(str(names[i]), float(probs[i])) for i in order]
+from .build import explain_report, top_k  # noqa: E402  (uses Figure and Report above)
 
-
-from .build import explain_report  # noqa: E402  (uses Figure and Report above)
+bars_of = top_k  # the old name of the top-k bars

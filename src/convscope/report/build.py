@@ -21,7 +21,7 @@ from ..errors import ConvscopeError, MethodError
 from ..registry import MethodInfo, get_method, list_methods
 from . import Figure, Report
 
-__all__ = ["MethodRun", "explain_report", "method_note", "resolve_methods", "top_k"]
+__all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods", "top_k"]
 
 
 def resolve_methods(names: Sequence[str] | None) -> list[MethodInfo]:
@@ -63,7 +63,7 @@ def method_note(info: MethodInfo) -> str:
     return ". ".join(parts) + ("." if parts else "")
 
 
-def top_k(probs: Sequence[float], names: Sequence[str], k: int) -> list[tuple[str, float]]:
+def top_k(probs: Sequence[float], names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
     """The ``k`` most probable (name, probability) pairs, most probable first."""
     p = np.asarray(probs, dtype=np.float64)
     order = np.argsort(-p, kind="stable")[: max(1, int(k))]
@@ -99,16 +99,21 @@ def _figure_for(run: MethodRun, j: int, pixelated: bool) -> Figure:
     for k, v in e.diagnostics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             meta.append(f"{k} = {v:.3g}")
-    return Report.figure(
-        e.overlay(j),
-        title=info.name,
-        caption=" · ".join(meta),
-        colorbar="signed" if e.signed else "unsigned",
-        note=method_note(info),
-        kind="method",
-        family=info.family,
-        pixelated=pixelated,
-    )
+    return explanation_figure(e, j, title=info.name, caption=" · ".join(meta), note=method_note(info),
+                              kind="method", family=info.family, pixelated=pixelated)
+
+
+def explanation_figure(e: Any, j: int, *, bars: int = 0, **kw: Any) -> Figure:
+    """The figure of sample ``j`` of explanation ``e``: its overlay with the colour bar of its sign.
+
+    Args:
+        bars: show the ``bars`` most probable classes under it (0: none; none without probabilities).
+        **kw: the other :class:`Figure` fields (title, caption, note, ...).
+    """
+    if bars and e.probabilities is not None:
+        kw["bars"] = top_k(e.probabilities[j].tolist(), e.class_names, bars)
+    kw.setdefault("colorbar", "signed" if e.signed else "unsigned")
+    return Report.figure(e.overlay(j), **kw)
 
 
 def model_rows(lm: Any) -> list[list[str]]:
@@ -128,9 +133,20 @@ def model_rows(lm: Any) -> list[list[str]]:
     return rows
 
 
+def _old_order(model: Any, images: Any) -> bool:
+    """Whether ``explain_report`` was called the old way, ``(images, model)``: images first."""
+    import numpy as np
+    from PIL import Image
+
+    def imageish(v: Any) -> bool:
+        return isinstance(v, (list, tuple, torch.Tensor, np.ndarray, Image.Image))
+
+    return imageish(model) and not imageish(images)
+
+
 def explain_report(
-    images: Sequence[Any],
     model: Any,
+    images: Sequence[Any],
     *,
     methods: Sequence[str] | None = None,
     target: Any = None,
@@ -150,8 +166,10 @@ def explain_report(
     """Explain ``images`` with every chosen method and lay the results out as a :class:`Report`.
 
     Args:
-        images: paths, PIL images or arrays (anything :func:`~convscope.load_image` reads).
         model: a spec for :func:`~convscope.load_model`, an ``nn.Module`` or a loaded model.
+        images: paths, PIL images or arrays (anything :func:`~convscope.load_image` reads).
+            The old order ``explain_report(images, model)`` still works for now, with a
+            ``DeprecationWarning``: the arguments are ``(model, images)`` as everywhere in convscope.
         methods: method or family names (``None``: every registered method).
         target: the class to explain (``None``: the predicted class of each image).
         topk: how many class probabilities the bar chart shows.
@@ -177,6 +195,12 @@ def explain_report(
     from ..hooks import state_guard
     from ..models import load_model
 
+    if _old_order(model, images):
+        import warnings
+
+        warnings.warn("explain_report(images, model) is deprecated: call explain_report(model, images), "
+                      "the argument order of every convscope function", DeprecationWarning, stacklevel=2)
+        model, images = images, model
     infos = resolve_methods(methods)
     lm = load_model(model, preprocessing=preprocessing)
     if not images:
@@ -217,7 +241,7 @@ def explain_report(
         + (" Methods ran with their fast settings (fewer samples or steps), as noted per panel."
            if fast else ""),
     )
-    from ..results import _upscale
+    from ..results import upscale
 
     for j in range(len(display)):
         pred = top_k(probs[j].tolist(), lm.class_names, topk)
@@ -225,7 +249,7 @@ def explain_report(
             f"{names[j]}: predicted {pred[0][0]} ({pred[0][1]:.2f})",
             "",
         )
-        sec.lead = Report.figure(_upscale(display[j], 224), title=names[j], caption="input",
+        sec.lead = Report.figure(upscale(display[j], 224), title=names[j], caption="input",
                                  kind="input", pixelated=small)
         sec.chart = pred
         sec.chart_title = f"top-{len(pred)} class probabilities"

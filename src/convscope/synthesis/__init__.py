@@ -10,18 +10,17 @@ Inversion, texture and style run on convscope's one input-optimisation loop,
 :func:`convscope.optimize.optimize`. Results render themselves (:mod:`.results`).
 """
 
-from .adversarial import attack, enforce_budget, fgsm, fooling_image, pgd
+from .adversarial import attack, fgsm, fooling_image, pgd
 from .efros_leung import efros_leung
 from .inversion import inversion_strip, invert, ssim
 from .results import AdversarialResult, SynthesisResult, magnify
-from .texture import style_model, style_transfer, texture, weights_cached
+from .texture import style_model, style_transfer, texture
 
 __all__ = [
     "AdversarialResult",
     "SynthesisResult",
     "attack",
     "efros_leung",
-    "enforce_budget",
     "fgsm",
     "fooling_image",
     "inversion_strip",
@@ -32,5 +31,4 @@ __all__ = [
     "style_model",
     "style_transfer",
     "texture",
-    "weights_cached",
 ]

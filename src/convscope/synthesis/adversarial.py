@@ -138,9 +138,9 @@ def attack(
     labels: TargetSpec = None,
     eps: float = 8 / 255,
     norm: str = "linf",
-    steps: int = 10,
+    steps: int | None = None,
     step_size: float | None = None,
-    random_start: bool = True,
+    random_start: bool | None = None,
     loss: str = "ce",
     start: torch.Tensor | None = None,
     method: str = "pgd",
@@ -164,12 +164,15 @@ def attack(
             against (default: the model's prediction on the originals).
         eps: budget in pixel units (pixels in [0, 1]); ``float("inf")`` for none.
         norm: ``"linf"`` or ``"l2"`` (L2 over all pixels and channels of an image).
-        steps: gradient steps.
+        steps: gradient steps (default 10; ``method="fgsm"``: 1, and only 1).
         step_size: pixel step ``a``; default ``eps`` for one step, else ``2.5 eps / steps``.
-        random_start: start at a seeded uniform point in the ball (PGD) instead of the original.
+        random_start: start at a seeded uniform point in the ball (PGD) instead of the original
+            (default: yes, except for ``method="fgsm"``).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (best other logit minus the class logit).
         start: (B, C, H, W) pixels to start from instead of the originals (fooling from noise).
-        method: name recorded in the result.
+        method: ``"fgsm"`` runs the single-step fast gradient sign method (step ``eps`` from the
+            original, like :func:`fgsm`); any other name (``"pgd"``, ``"bim"``, ...) runs ``steps``
+            steps and is recorded in the result.
         space: how to read a tensor ``images``: ``"model"`` (default) or ``"pixels"``.
         preprocessing: for a plain ``nn.Module`` (default ImageNet's).
         batch_size: images per forward/backward pass; results do not depend on it.
@@ -186,6 +189,16 @@ def attack(
     eps = float(eps)
     if not eps > 0:
         raise InputError(f"eps must be positive (pixel units), got {eps}")
+    if method == "fgsm":
+        if steps not in (None, 1):
+            raise InputError(f"method='fgsm' is a single step, got steps={steps}; "
+                             "use method='pgd' (or 'bim') for an iterative attack")
+        steps = 1
+        random_start = bool(random_start)
+    elif steps is None:
+        steps = 10
+    if random_start is None:
+        random_start = True
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
     if batch_size < 1:

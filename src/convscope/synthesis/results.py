@@ -11,7 +11,6 @@ Both are frozen dataclasses with ``figure()``, ``save(path)`` by extension (``.p
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._figure import figure_png
-from .._io import atomic_write, json_bytes, npy_bytes, save_by_extension
-from ..results import _jsonable, brief, data_uri, result_repr
+from .._io import atomic_write
+from .._result import Result, jsonable, png_bytes
+from ..results import brief, result_repr
 from ._common import to_numpy_image
 
 __all__ = ["AdversarialResult", "SynthesisResult", "magnify"]
@@ -50,16 +49,23 @@ def _show(ax: Any, t: torch.Tensor, title: str) -> None:
     ax.axis("off")
 
 
-def _save(path: str | os.PathLike, png: Any, npy: torch.Tensor, meta: dict[str, Any]) -> Path:
-    return save_by_extension(path, {
-        ".png": png,
-        ".npy": lambda: npy_bytes(npy),
-        ".json": lambda: json_bytes(meta),
-    })
+class _FigureResult(Result):
+    """A result whose picture is its matplotlib ``figure()``, saved with its pixels and metadata."""
+
+    save_formats = (".png", ".npy", ".json")
+
+    def figure(self) -> Any:
+        raise NotImplementedError
+
+    def png(self) -> bytes:
+        """:meth:`figure` as PNG bytes."""
+        from .._figure import figure_png  # matplotlib only when a figure is drawn
+
+        return figure_png(self.figure())
 
 
 @dataclass(frozen=True)
-class AdversarialResult:
+class AdversarialResult(_FigureResult):
     """An attack (or fooling image) on a batch of B images.
 
     Attributes:
@@ -194,31 +200,20 @@ class AdversarialResult:
             "linf": self.linf.tolist(),
             "l2": self.l2.tolist(),
             "confidences": [self.confidence(i) for i in range(len(self))],
-            "options": {k: _jsonable(v) for k, v in self.options.items()},
+            "options": {k: jsonable(v) for k, v in self.options.items()},
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """``.png``: the figure; ``.npy``: adversarial pixels (B, C, H, W); ``.json``: metadata."""
-        return _save(path, self._repr_png_, self.adversarial, self.to_dict())
+    def npy_array(self) -> torch.Tensor:
+        """The adversarial pixels (B, C, H, W): what ``save("x.npy")`` writes (``.png``: the figure;
+        ``.json``: metadata)."""
+        return self.adversarial
 
-    def _repr_png_(self) -> bytes:
-        return figure_png(self.figure())
-
-    def to_html(self) -> str:
-        from html import escape
-
-        from PIL import Image
-
-        src = data_uri(Image.open(io.BytesIO(self._repr_png_())))
-        return (f'<figure style="margin:4px"><img src="{src}">'
-                f'<figcaption style="font:12px sans-serif">{escape(self.summary())}</figcaption></figure>')
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
+    def html_caption(self) -> str:
+        return self.summary()
 
 
 @dataclass(frozen=True)
-class SynthesisResult:
+class SynthesisResult(_FigureResult):
     """Images made by optimisation or sampling, with their references.
 
     Attributes:
@@ -306,37 +301,23 @@ class SynthesisResult:
             "titles": list(self.titles),
             "layers": list(self.layers),
             "shape": list(self.images.shape),
-            "options": {k: _jsonable(v) for k, v in self.options.items()},
-            "diagnostics": {k: _jsonable(v) for k, v in self.diagnostics.items()},
+            "options": {k: jsonable(v) for k, v in self.options.items()},
+            "diagnostics": {k: jsonable(v) for k, v in self.diagnostics.items()},
             "history": {k: [float(v) for v in vals] for k, vals in self.history.items()},
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """``.png``: the figure; ``.npy``: made pixels (N, C, H, W); ``.json``: metadata + history."""
-        return _save(path, self._repr_png_, self.images, self.to_dict())
+    def npy_array(self) -> torch.Tensor:
+        """The made pixels (N, C, H, W): what ``save("x.npy")`` writes (``.png``: the figure;
+        ``.json``: metadata and history)."""
+        return self.images
+
+    def html_caption(self) -> str:
+        return f"{self.kind}" + (f" @ {', '.join(self.layers)}" if self.layers else "")
 
     def save_image(self, path: str | os.PathLike, index: int = 0) -> Path:
         """Write made image ``index`` alone as a PNG at its own resolution (atomically)."""
         from PIL import Image
 
-        from ..results import png_bytes
-
         a = to_numpy_image(self.images[index])
         data = png_bytes(Image.fromarray((a * 255 + 0.5).astype(np.uint8)))
         return atomic_write(Path(path), lambda fh: fh.write(data))
-
-    def _repr_png_(self) -> bytes:
-        return figure_png(self.figure())
-
-    def to_html(self) -> str:
-        from html import escape
-
-        from PIL import Image
-
-        cap = f"{self.kind}" + (f" @ {', '.join(self.layers)}" if self.layers else "")
-        src = data_uri(Image.open(io.BytesIO(self._repr_png_())))
-        return (f'<figure style="margin:4px"><img src="{src}">'
-                f'<figcaption style="font:12px sans-serif">{escape(cap)}</figcaption></figure>')
-
-    def _repr_html_(self) -> str:
-        return self.to_html()

@@ -49,7 +49,7 @@ from ._common import as_loaded, gram, load_pixels
 from ._features import FeatureLoss, Term, default_content_layer, reference_features, relu_stages, run
 from .results import SynthesisResult
 
-__all__ = ["style_model", "style_transfer", "texture", "weights_cached"]
+__all__ = ["style_model", "style_transfer", "texture"]
 
 
 def weights_cached(arch: str) -> bool:

@@ -1,228 +1,23 @@
-"""``convscope demo``: the wolf-vs-husky story told with digits, offline, on the bundled models.
-
-Two copies of one small CNN: ``digits-cnn`` learned the digits; ``digits-cnn-cue`` was trained on
-digits carrying a class-dependent texture in a corner, the "snow" of this project. Both
-score the same images; the report shows where each one looks, for every registered attribution
-method (read from the registry, so new methods appear by themselves), how often each method's
-maximum falls on the cue, the same for ``digits-snow`` (wolves vs huskies in colour scenes: it
-learned that snow means wolf), LIME for text on a corpus whose junk header word gives the label away,
-and (when feature visualisation is installed) class visualisations of the digits.
-
-Speed: each method runs with its defaults unless a timed probe shows the defaults would take
-longer than ``budget_s`` seconds for the whole demo; then it runs with the registry's
-``fast_options`` and the report says so, with the projected time of the defaults.
-"""
+"""The demo's sections beyond the digit models' own (see :mod:`convscope.demo`): digits-snow,
+LIME on text, class visualisations, top activations, class and method grids, the audit and an
+adversarial example. Each appends its sections to the report it is given."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .api import explain
-from .datasets import digits, planted_cue
-from .errors import ConvscopeError
-from .evaluation.pointing import cue_mass, pointing_hits
-from .models import load_model
-from .registry import MethodInfo, list_methods
-from .report import Report, bars_of
-from .report.build import method_note
-
-__all__ = ["choose_settings", "demo_methods", "run_demo"]
+from ..api import explain
+from ..errors import ConvscopeError
+from ..evaluation.pointing import cue_mass, pointing_hits
+from ..models import load_model
+from ..registry import list_methods
+from ..report import Report
+from ..report.build import explanation_figure, top_k
 
 ATTRIBUTION_FAMILIES = ("gradient", "cam", "perturbation")
-
-
-def demo_methods() -> list[str]:
-    """Every registered attribution method (the demo grows as methods land)."""
-    return [m.name for m in list_methods() if m.family in ATTRIBUTION_FAMILIES]
-
-
-def choose_settings(
-    info: MethodInfo, lm: Any, probe: torch.Tensor, n_total: int, budget_s: float
-) -> tuple[dict[str, Any], str, float]:
-    """Options for ``info`` in the demo: ``{}`` (defaults) or its ``fast_options``, why, and the
-    measured seconds per image with those options.
-
-    The defaults are timed on ``probe`` (a small batch) and projected linearly to ``n_total``
-    images; above ``budget_s`` the method switches to its fast settings, if it has any. Times are
-    this process's CPU time, so other work on a shared machine does not change the choice much.
-    """
-    t0 = time.process_time()
-    explain(lm, probe, method=info.name)
-    per_image = (time.process_time() - t0) / probe.shape[0]
-    projected = per_image * n_total
-    if projected <= budget_s or not info.fast_options:
-        return {}, "defaults", per_image
-    opts = dict(info.fast_options)
-    t0 = time.process_time()
-    explain(lm, probe, method=info.name, **opts)
-    per_image = (time.process_time() - t0) / probe.shape[0]
-    shown = ", ".join(f"{k}={v}" for k, v in opts.items())
-    why = f"fast settings ({shown}): the defaults would take about {projected:.0f} CPU-seconds here"
-    return opts, why, per_image
-
-
-def run_demo(
-    out_dir: Path,
-    n_images: int = 6,
-    n_eval: int = 100,
-    progress: bool = True,
-    budget_s: float = 3.0,
-) -> Path:
-    """Build the demo report in ``out_dir`` and return the path of ``report.html``.
-
-    Args:
-        out_dir: folder for ``report.html`` (created).
-        n_images: digits shown per panel.
-        n_eval: cue digits scored in the pointing table.
-        progress: progress bars on stderr.
-        budget_s: seconds a method may take over the whole demo with its defaults before it is
-            run with its fast settings (see the module docstring); a method still slower is
-            scored on fewer digits (at least 20) in the pointing table, which says so.
-    """
-    from tqdm.auto import tqdm
-
-    t_start = time.perf_counter()
-    models = {name: load_model(name) for name in ("digits-cnn", "digits-cnn-cue")}
-    data = digits()
-    x, y = data.split("test")
-    cue = planted_cue(x, y)
-    wrong = (y + 1 + torch.arange(len(y)) % 9) % 10
-    swapped = planted_cue(x, y, cue_classes=wrong)
-    pre = models["digits-cnn"].preprocessing
-    n = min(n_eval, len(y))
-
-    rep = Report(
-        "convscope demo: is the model reading the digit or the snow?",
-        "Two copies of one small CNN. digits-cnn learned the digits. digits-cnn-cue was trained on "
-        "digits that carry a small texture in a corner (stripes, checkers, ...) that gives the class "
-        "away, as snow gave away 'wolf' in the husky photos. Both models score well on their test set. The "
-        "explanations below show which one learned the digit.",
-    )
-    rows = []
-    for name, lm in models.items():
-        m = lm.card["metrics"]
-        rows.append([name, lm.card["summary"]] + [f"{k} = {v:.3f}" for k, v in m.items()])
-    rep.section(
-        "The two digit models (from their model cards; digits-snow has its own section)",
-        "The cue model is perfect when the cue is there, near chance without it, and follows a cue "
-        "planted for the wrong class: it reads the texture, not the digit.",
-        table=[[r[0], r[1], "; ".join(r[2:])] for r in rows],
-        table_header=["model", "summary", "test metrics"],
-    )
-
-    infos = [m for m in list_methods() if m.family in ATTRIBUTION_FAMILIES]
-    probe = pre.normalize(cue.images[:2])
-    settings: dict[str, tuple[dict[str, Any], str, float]] = {}
-    for info in tqdm(infos, desc="demo: timing methods", disable=not progress):
-        settings[info.name] = choose_settings(info, models["digits-cnn-cue"], probe,
-                                              len(models) * (n_images + n), budget_s)
-
-    idx = list(range(n_images))
-    batch = pre.normalize(cue.images[idx])
-    sec = rep.section(
-        "Where each model looks, on digits that carry the cue",
-        "For each method, the clean model (upper row) and the cue model (lower row) explain the "
-        "same test digits, each with its class's cue in a corner. Bars: the model's top-3 "
-        "probabilities. The colour shows what the method credits (sequential maps: bright = more; "
-        "signed maps: red for, blue against). A method that works lights up the digit for the "
-        "clean model and the cue texture for the cue model.",
-    )
-    sec.rows.append([Report.figure(_big(cue.images[i]), title=f"digit {int(y[i])}",
-                                   caption="input with cue") for i in idx])
-    sec.row_labels.append("inputs")
-    sec.row_notes.append("")
-    failures: dict[str, str] = {}
-    for info in tqdm(infos, desc="demo: methods", disable=not progress):
-        opts, why, _ = settings[info.name]
-        for k, (name, lm) in enumerate(models.items()):
-            try:
-                e = explain(lm, batch, method=info.name, **opts)
-            except ConvscopeError as exc:  # shown in the report, never fatal for the demo
-                failures[info.name] = str(exc)
-                break
-            sec.rows.append([
-                Report.figure(e.overlay(j), title=f"pred {e.target_name(j)}",
-                              bars=_bars(e, j, lm.class_names),
-                              colorbar="signed" if e.signed else "unsigned")
-                for j in range(len(idx))
-            ])
-            role = "clean model" if name == "digits-cnn" else "cue model"
-            sec.row_labels.append(f"{info.name} · {role} {name}")
-            note = method_note(info) + ("" if why == "defaults" else f" Ran with {why}.")
-            sec.row_notes.append(note if k == 0 else "")
-
-    # The swapped cue: the cue model follows the texture.
-    sw = pre.normalize(swapped.images[idx])
-    sec2 = rep.section(
-        "Swap the cue: plant another class's texture",
-        "The same digits with the cue texture of a different class. The clean model still reads the "
-        "digit; the cue model now predicts the class of the texture, and saliency shows why.",
-    )
-    for name, lm in models.items():
-        e = explain(lm, sw, method="saliency")
-        sec2.rows.append([
-            Report.figure(e.overlay(j), title=f"digit {int(y[i])}, cue {int(wrong[i])}",
-                          caption=f"predicts {e.target_name(j)}",
-                          bars=_bars(e, j, lm.class_names))
-            for j, i in enumerate(idx)
-        ])
-        sec2.row_labels.append(name)
-
-    # Pointing rates.
-    xb = pre.normalize(cue.images[:n])
-    table = []
-    for info in tqdm(infos, desc="demo: pointing game", disable=not progress):
-        if info.name in failures:
-            continue
-        opts, why, per_image = settings[info.name]
-        m = _n_scored(n, budget_s, per_image * len(models))
-        row = [info.name if m == n else f"{info.name} ({m} digits)"]
-        for lm in models.values():
-            e = explain(lm, xb[:m], method=info.name, **opts)
-            strict = pointing_hits(e.map, cue.masks[:m], 0).float().mean().item()
-            tol = pointing_hits(e.map, cue.masks[:m], 1).float().mean().item()
-            mass = cue_mass(e.map, cue.masks[:m]).mean().item()
-            row += [f"{strict:.2f}", f"{tol:.2f}", f"{mass:.2f}"]
-        table.append(row + [why])
-    for name, msg in failures.items():
-        table.append([name] + ["–"] * 6 + [f"failed: {msg}"])
-    rep.section(
-        f"How often does each method point at the cue? ({n} test digits with the cue)",
-        "Share of images whose map maximum lies inside the cue (strict) or within 1 pixel of it, "
-        "and the share of positive attribution mass inside the cue (the cue covers 6.25% of "
-        "the image). A method that works points at the cue for the cue model and away from it for "
-        "the clean model.",
-        table=table,
-        table_header=["method"] + [f"{m} {k}" for m in models for k in ("max in cue", "±1 px", "mass")]
-        + ["settings"],
-    )
-
-    _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
-    _lime_text_section(rep)
-    # class visualisations: the feature-visualisation section (convscope.featvis) goes here
-    _featvis_section(rep, models)
-    _compare_section(rep, models, cue)
-    _dataset_section(rep, models)
-    _audit_section(rep, models, progress)
-    _adversarial_section(rep, models)
-    from .report.build import model_rows
-
-    for name in ("digits-cnn", "digits-cnn-cue", "digits-snow", "digits-watermark"):
-        rep.section(
-            f"The model {name}, as convscope used it",
-            "Loaded from its model card (convscope/models/weights); every map above records this "
-            "in its metadata. Nothing was assumed where the 'assumed' rows are absent.",
-            table=model_rows(models.get(name) or load_model(name)),
-            table_header=["", "value"],
-        )
-
-    rep.intro += f" Built in {time.perf_counter() - t_start:.0f} s, offline."
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return rep.write(out_dir / "report.html")
 
 
 def _n_scored(n: int, budget_s: float, seconds_per_image: float) -> int:
@@ -249,7 +44,7 @@ def _snow_section(
     """
     from tqdm.auto import tqdm
 
-    from .datasets import snow_scenes
+    from ..toydata import snow_scenes
 
     lm = load_model("digits-snow")
     snowy, bare, swapped = (snow_scenes("test", cue=c) for c in ("label", "none", "swapped"))
@@ -296,21 +91,16 @@ def _snow_section(
         mass = cue_mass(e.map, snowy.masks[show]).mean().item()
         table.append([info.name if m == n else f"{info.name} ({m} wolves)", f"{hit:.2f}",
                       f"{ctrl:.2f}", f"{mass:.2f}", why])
-        sec.rows.append([
-            Report.figure(e.overlay(j), title=f"pred {e.target_name(j)}",
-                          bars=_bars(e, j, lm.class_names),
-                          colorbar="signed" if e.signed else "unsigned")
-            for j in range(len(show))
-        ])
+        sec.rows.append([explanation_figure(e, j, bars=3, title=f"pred {e.target_name(j)}")
+                         for j in range(len(show))])
         sec.row_labels.append(f"{info.name} · digits-snow")
         note = f"Maximum on the snow for {hit:.0%} of {m} snowy wolves (without snow, in the empty " \
                f"band: {ctrl:.0%})."
         sec.row_notes.append(note + ("" if why == "defaults" else f" Ran with {why}."))
     sw = swapped.images[huskies[:n_images]]
     e = explain(lm, lm.preprocessing.normalize(sw), method="gradcam")
-    sec.rows.append([Report.figure(e.overlay(j), title=f"digit {int(swapped.digits[i])}",
-                                   caption=f"predicts {e.target_name(j)}",
-                                   bars=_bars(e, j, lm.class_names))
+    sec.rows.append([explanation_figure(e, j, bars=3, title=f"digit {int(swapped.digits[i])}",
+                                        caption=f"predicts {e.target_name(j)}", colorbar=None)
                      for j, i in enumerate(huskies[:n_images].tolist())])
     sec.row_labels.append("huskies on snow · gradcam")
     sec.row_notes.append("Huskies put on snow: the model calls them wolves, and Grad-CAM shows the "
@@ -334,8 +124,8 @@ def _lime_text_section(rep: Report) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from .attribution.lime_text import explain_text
-    from .datasets import junk_header_corpus
+    from ..attribution.lime_text import explain_text
+    from ..toydata import junk_header_corpus
 
     train = junk_header_corpus(400, seed=0)
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=1000))
@@ -359,19 +149,18 @@ def _lime_text_section(rep: Report) -> None:
     sec.html_blocks.append(e.to_html(k=8))
 
 
-def _bars(e: Any, j: int, class_names: list[str]) -> list:
-    """Top-class bars of image ``j`` of an explanation or visualisation (none without
-    probabilities)."""
-    return bars_of(e.probabilities[j].tolist(), class_names) if e.probabilities is not None else []
+def _bars(v: Any, j: int, class_names: list[str]) -> list:
+    """Top-3 class bars of image ``j`` of a visualisation (none without probabilities)."""
+    return top_k(v.probabilities[j].tolist(), class_names) if v.probabilities is not None else []
 
 
 def _featvis_section(rep: Report, models: dict) -> None:
     """Class model visualisations (Simonyan et al.) of every digit, for both models."""
     from PIL import Image
 
-    from .datasets import CUE_PATTERNS
-    from .featvis import visualize_class
-    from .featvis.transforms import jitter
+    from ..featvis import visualize_class
+    from ..featvis.transforms import jitter
+    from ..toydata import CUE_PATTERNS
 
     sec = rep.section(
         "What does each model think a digit looks like? Class visualisations",
@@ -404,9 +193,9 @@ def _featvis_section(rep: Report, models: dict) -> None:
 
 def _dataset_section(rep: Report, models: dict) -> None:
     """Maximally activating test digits per channel of the last layer (convscope.dataset)."""
-    from .dataset import top_activations
-    from .datasets import digits as _digits
-    from .datasets import planted_cue as _planted
+    from ..dataset import top_activations
+    from ..toydata import digits as _digits
+    from ..toydata import planted_cue as _planted
 
     x, y = _digits().split("test")
     half = len(y) // 2  # half the test digits carry their cue, half are clean
@@ -435,7 +224,7 @@ def _compare_section(rep: Report, models: dict, cue: Any) -> None:
 
     from PIL import Image
 
-    from .grids import explain_classes, explain_methods
+    from ..grids import explain_classes, explain_methods
 
     x = models["digits-cnn"].preprocessing.normalize(cue.images[:1])
     sec = rep.section(
@@ -461,9 +250,9 @@ def _audit_section(rep: Report, models: dict, progress: bool) -> None:
     3 hides watermarked digits of other classes; the clean model audited on the same folder."""
     import tempfile
 
-    from .dataset import audit
-    from .dataset._audit_report import add_audit_sections
-    from .datasets import watermark_folder
+    from ..dataset import audit
+    from ..dataset._audit_report import add_audit_sections
+    from ..toydata import watermark_folder
 
     with tempfile.TemporaryDirectory(prefix="convscope-demo-") as tmp:
         root = Path(tmp) / "held-out"
@@ -494,31 +283,27 @@ def _audit_section(rep: Report, models: dict, progress: bool) -> None:
 
 def _adversarial_section(rep: Report, models: dict) -> None:
     """Targeted PGD on the clean model (convscope.synthesis)."""
-    import io
 
-    from PIL import Image
 
-    from .datasets import digits as _digits
-    from .synthesis.adversarial import pgd
+    from ..synthesis.adversarial import pgd
+    from ..toydata import digits as _digits
 
     x, y = _digits().split("test")
     lm = models["digits-cnn"]
     target = [(int(v) + 3) % 10 for v in y[:4]]
     res = pgd(lm, x[:4], eps=0.2, steps=20, target=target, seed=0, progress=False, space="pixels")
-    img = Image.open(io.BytesIO(res._repr_png_())).convert("RGB")
-    rep.section(
-        "Fooling the clean model: targeted PGD within an L-inf budget of 0.2",
-        "Projected gradient descent (Madry et al.) changes every pixel by at most 0.2 (in [0, 1] "
+    rep.add(
+        res,
+        title="Fooling the clean model: targeted PGD within an L-inf budget of 0.2",
+        note="Projected gradient descent (Madry et al.) changes every pixel by at most 0.2 (in [0, 1] "
         "pixels) to make digits-cnn see the digit plus 3. Left: the input; middle: the "
         "perturbation, magnified; right: the adversarial image and what the model now predicts. "
         f"Success: {int(res.success.sum())}/{len(target)}.",
-        rows=[[Report.figure(img, title="original | perturbation | adversarial",
-                             width=min(img.width, 640), pixelated=False)]],
     )
 
 
 def _big(img: torch.Tensor) -> Any:
-    from .models.preprocessing import display_array
-    from .results import _upscale
+    from ..models.preprocessing import display_array
+    from ..results import upscale
 
-    return _upscale(display_array(img), 224)
+    return upscale(display_array(img), 224)

@@ -1,0 +1,179 @@
+"""The one protocol every convscope result follows: save by extension, plain data, HTML, notebooks.
+
+A result type (``Explanation``, ``Visualization``, ``AdversarialResult``, ``SynthesisResult``,
+``Grid``, ``TopActivations``, ``Neighbors``, ``Embedding``, ``Audit``) subclasses :class:`Result`
+and implements only what is its own:
+
+* ``save_formats``: the file extensions ``save`` accepts, e.g. ``(".png", ".npy", ".json")``;
+* ``to_dict()``: JSON-ready metadata (what ``.json`` holds);
+* ``png(*args, **kwargs)``: its picture as PNG bytes (what ``.png`` holds and notebooks show);
+* ``npy_array()``: the array ``.npy`` holds (float32), if it saves ``.npy``;
+* ``html_figures()``: the pictures and captions of its small HTML block (default: ``png()``
+  with :meth:`Result.html_caption`), which are also what ``Report.add(result)`` shows;
+* optionally ``report_title()`` or ``add_to_report()`` (the audit adds its own sections).
+
+:class:`Result` then gives ``save(path, *args, **kwargs)`` (one dispatch on the extension,
+written atomically by :func:`convscope._io.save_by_extension`; ``*args, **kwargs`` go to
+``png``), ``to_html()`` (rendered from the packaged Jinja2 template ``result.html.j2``),
+``_repr_png_`` and ``_repr_html_`` for notebooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._io import json_bytes, npy_bytes, save_by_extension
+
+__all__ = ["HtmlFigure", "Result", "batch_slice", "data_uri", "jsonable", "png_bytes", "render_template"]
+
+
+def batch_slice(i: int, n: int, what: str = "sample") -> slice:
+    """The slice that takes item ``i`` (negative counts from the end) of a batch of ``n`` as a batch
+    of one; ``IndexError`` naming ``what`` when out of range."""
+    if not -n <= i < n:
+        raise IndexError(f"{what} {i} out of range for {n}")
+    i %= n
+    return slice(i, i + 1)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """A PIL image as PNG file bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(img: Image.Image | bytes) -> str:
+    """A ``data:image/png;base64,...`` URI of a PIL image or PNG bytes, for self-contained HTML."""
+    data = img if isinstance(img, bytes) else png_bytes(img)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` as JSON-ready data: tensors and arrays as nested lists, numpy scalars as numbers,
+    containers recursively, anything else by its ``repr``."""
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Any:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("convscope.report", "templates"),
+                       autoescape=select_autoescape(["html", "j2"]))
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render the packaged template ``convscope/report/templates/<name>`` (HTML-escaped)."""
+    return _environment().get_template(name).render(**context)
+
+
+@dataclass(frozen=True)
+class HtmlFigure:
+    """One figure of a result's HTML block: its pictures (data URIs) side by side, a caption.
+
+    Attributes:
+        sources: the pictures' ``data:`` URIs.
+        caption: the text under them.
+        width: display width of each picture in CSS pixels (``None``: natural size).
+        pixelated: draw with hard pixel edges (small images shown enlarged).
+    """
+
+    sources: tuple[str, ...]
+    caption: str = ""
+    width: int | None = None
+    pixelated: bool = False
+
+
+class Result:
+    """Base of the result types: ``save`` by extension, ``to_html``, notebook reprs.
+
+    See the module docstring for what a subclass implements.
+    """
+
+    #: The extensions ``save`` accepts, in the order an error message lists them.
+    save_formats: ClassVar[tuple[str, ...]] = (".png", ".json")
+    #: Indentation of the ``.json`` file (``None``: one line, for large coordinate lists).
+    json_indent: ClassVar[int | None] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready metadata (what ``save("x.json")`` writes)."""
+        raise NotImplementedError
+
+    def png(self, *args: Any, **kwargs: Any) -> bytes:
+        """The result's picture as PNG bytes (what ``save("x.png")`` writes)."""
+        raise NotImplementedError
+
+    def npy_array(self) -> Any:
+        """The array ``save("x.npy")`` writes (a tensor or numpy array; saved as float32)."""
+        raise NotImplementedError
+
+    def html_caption(self) -> str:
+        """The caption of the default HTML block: the result's ``repr``."""
+        return repr(self)
+
+    def html_figures(self) -> list[HtmlFigure]:
+        """The figures of :meth:`to_html` (default: the PNG picture with :meth:`html_caption`)."""
+        return [HtmlFigure((data_uri(self.png()),), self.html_caption())]
+
+    def save(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Path:
+        """Write ``path`` by its extension (one of ``save_formats``), atomically.
+
+        ``.png``: :meth:`png` (given ``*args, **kwargs``); ``.npy``: :meth:`npy_array` as float32;
+        ``.json``: :meth:`to_dict`; ``.html``: :meth:`to_html`. Another extension raises
+        :class:`~convscope.errors.InputError` naming the accepted ones and writes nothing.
+        """
+        writers = {
+            ".png": lambda: self.png(*args, **kwargs),
+            ".npy": lambda: npy_bytes(self.npy_array()),
+            ".json": lambda: json_bytes(self.to_dict(), indent=self.json_indent),
+            ".html": lambda: self.to_html().encode("utf-8"),
+        }
+        return save_by_extension(path, {ext: writers[ext] for ext in self.save_formats})
+
+    def report_title(self) -> str:
+        """The title of the section :meth:`add_to_report` adds (default: the type's name)."""
+        return type(self).__name__
+
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """Append a section with :meth:`html_figures` to ``report`` (a
+        :class:`convscope.report.Report`; what ``report.add(result)`` calls) and return it."""
+        from .report import Figure
+
+        sec = report.section(title or self.report_title(), note)
+        sec.rows.append([Figure(src=src, caption=f.caption if k == len(f.sources) - 1 else "",
+                                pixelated=f.pixelated)
+                         for f in self.html_figures() for k, src in enumerate(f.sources)])
+        sec.row_labels.append("")
+        return sec
+
+    def to_html(self) -> str:
+        """A small self-contained HTML block: the pictures with their captions (for notebooks)."""
+        return render_template("result.html.j2", figures=self.html_figures())
+
+    # --- notebooks ----------------------------------------------------------------------------
+    def _repr_png_(self) -> bytes | None:
+        return self.png() if ".png" in self.save_formats else None
+
+    def _repr_html_(self) -> str:
+        return self.to_html()

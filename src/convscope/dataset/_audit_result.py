@@ -1,0 +1,196 @@
+"""The result of :func:`convscope.dataset.audit`: :class:`Audit`, with its classes and clusters.
+
+How the numbers are computed is in :mod:`convscope.dataset._audit`'s docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._result import Result, jsonable
+from ..results import result_repr
+
+__all__ = ["Audit", "AuditClass", "AuditCluster"]
+
+
+def _r(v: float, nd: int = 6) -> float:
+    return float(round(float(v), nd))
+
+
+@dataclass
+class AuditCluster:
+    """One strategy of one class: a group of images whose maps look alike.
+
+    ``members`` are data-set indices; ``paths`` their files (image folders only). Boxes are
+    ``[x0, y0, x1, y1]`` in input pixels (exclusive ends). See the module docstring for the score.
+    """
+
+    id: int
+    members: np.ndarray
+    paths: list[str] | None
+    class_size: int
+    box: list[int]
+    mass_share: float
+    others_share: float
+    box_area: float
+    concentration: float
+    consistency: float
+    exclusivity: float
+    suspicion: float
+    suspect: bool
+    reading: str
+    mean_probability: float
+    predicted_share: float
+    prototypes: list[int]
+    mean_map: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+    prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
+    prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(len(self.members))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "share_of_class": _r(self.size / max(1, self.class_size), 4),
+            "members": [int(i) for i in self.members],
+            "paths": self.paths,
+            "box": self.box,
+            "mass_share": _r(self.mass_share, 4),
+            "others_share": None if np.isnan(self.others_share) else _r(self.others_share, 4),
+            "box_area": _r(self.box_area, 4),
+            "concentration": _r(self.concentration, 4),
+            "consistency": _r(self.consistency, 4),
+            "exclusivity": _r(self.exclusivity, 4),
+            "suspicion": _r(self.suspicion, 4),
+            "suspect": bool(self.suspect),
+            "reading": self.reading,
+            "mean_probability": _r(self.mean_probability, 4),
+            "predicted_share": _r(self.predicted_share, 4),
+            "prototypes": [int(i) for i in self.prototypes],
+        }
+
+
+@dataclass
+class AuditClass:
+    """The audit of one class: its spectrum, ``k``, clusters and 2-D embedding (or a note why not)."""
+
+    index: int
+    name: str
+    model_class: int
+    n: int
+    k: int
+    k_source: str  # "eigengap" | "given" | "none"
+    eigenvalues: np.ndarray
+    gaps: np.ndarray
+    clusters: list[AuditCluster]
+    members: np.ndarray  # data-set indices in the order of ``coords`` and ``assignment``
+    assignment: np.ndarray
+    coords: np.ndarray | None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "model_class": self.model_class,
+            "n": self.n,
+            "k": self.k,
+            "k_source": self.k_source,
+            "eigenvalues": [_r(v) for v in self.eigenvalues],
+            "gaps": [_r(v) for v in self.gaps],
+            "note": self.note,
+            "suspects": [c.id for c in self.clusters if c.suspect],
+            "clusters": [c.to_dict() for c in self.clusters],
+            "embedding": None if self.coords is None else {
+                "members": [int(i) for i in self.members],
+                "cluster": [int(c) for c in self.assignment],
+                "xy": [[_r(a, 4), _r(b, 4)] for a, b in self.coords],
+            },
+        }
+
+
+@dataclass
+class Audit(Result):
+    """The result of :func:`audit`: per class, its clusters of attribution maps and the suspects.
+
+    ``to_dict()`` is what ``audit.json`` holds; ``save("x.json" | "x.html")``; ``to_html()`` the
+    self-contained report.
+    """
+
+    classes: list[AuditClass]
+    method: str
+    layer: str | None
+    options: dict[str, Any]
+    settings: dict[str, Any]
+    model_info: dict[str, Any]
+    data: dict[str, Any]
+    image_size: tuple[int, int]
+    signed: bool
+    store: str | None
+    notes: list[str] = field(default_factory=list)
+    root: str | None = None
+    store_rows: list[int] = field(default_factory=list)  # data-set index of each store row
+
+    @property
+    def suspects(self) -> list[tuple[AuditClass, AuditCluster]]:
+        """(class, cluster) of every suspect cluster, most suspicious first."""
+        out = [(c, k) for c in self.classes for k in c.clusters if k.suspect]
+        return sorted(out, key=lambda ck: -ck[1].suspicion)
+
+    def __repr__(self) -> str:
+        return result_repr(self, [
+            ("model", repr(self.model_info.get("model"))), ("method", repr(self.method)),
+            ("classes", str(len(self.classes))),
+            ("clusters", str(sum(len(c.clusters) for c in self.classes))),
+            ("suspects", str(len(self.suspects))),
+        ])
+
+    save_formats = (".json", ".html")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report)."""
+        return {
+            "format": "convscope-audit/1",
+            "model": self.model_info,
+            "method": self.method,
+            "layer": self.layer,
+            "options": jsonable(self.options),
+            "target": "label",
+            "settings": self.settings,
+            "data": self.data,
+            "root": self.root,
+            "image_size": list(self.image_size),
+            "signed_method": self.signed,
+            "store": self.store,
+            "store_rows": list(self.store_rows),
+            "notes": list(self.notes),
+            "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
+                          "reading": k.reading} for c, k in self.suspects],
+            "classes": [c.to_dict() for c in self.classes],
+        }
+
+    def to_html(self) -> str:
+        """The self-contained HTML report."""
+        from ._audit_report import audit_report
+
+        return audit_report(self).render()
+
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """Append a heading section, then the suspects table and one section per class, to ``report``."""
+        from ._audit_report import add_audit_sections
+
+        sec = report.section(title or f"Audit of {self.model_info.get('model')} with {self.method}", note)
+        add_audit_sections(report, self)
+        return sec
+
+    def _repr_html_(self) -> str:
+        """The report in a sandboxed iframe (see :meth:`convscope.report.Report._repr_html_`)."""
+        from ._audit_report import audit_report
+
+        return audit_report(self)._repr_html_()

@@ -146,21 +146,13 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
         as a grid (e.g. DeiT's class and distillation tokens), else ``None``.
     """
     from ..attribution._tokens import grid_layout
-    from .zoo import _probe, find_default_layer
+    from .forward import find_default_layer, probe
 
-    seen: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-    for name, mod in model.named_modules():
-        parent = name.rpartition(".")[0]
-        if name and "norm" in type(mod).__name__.lower() and parent.rpartition(".")[2].isdigit():
-            handles.append(mod.register_forward_hook(
-                lambda _m, _i, out, name=name: seen.append((name, tuple(out.shape)))
-                if isinstance(out, torch.Tensor) else None))
-    try:
-        _probe(model, pre)
-    finally:
-        for h in handles:
-            h.remove()
+    norms = [name for name, mod in model.named_modules()
+             if name and "norm" in type(mod).__name__.lower()
+             and name.rpartition(".")[0].rpartition(".")[2].isdigit()]
+    _, calls = probe(model, pre, norms)
+    seen = [(name, tuple(out.shape)) for name, out in calls if isinstance(out, torch.Tensor)]
     tokens, unread = [], []
     for name, shape in seen:
         if len(shape) != 3:

@@ -46,6 +46,7 @@ from torch import nn
 
 from ..errors import AssumptionWarning, InputError, ModelLoadError, UnsafeLoadError
 from .card import card_path, import_architecture, is_card_path, read_card, read_labels
+from .forward import find_default_layer, probe
 from .outputs import ScoresModel, class_scores, scores_model
 from .preprocessing import Preprocessing, preprocessing_from
 
@@ -398,21 +399,7 @@ def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
 
 def _probe(model: nn.Module, pre: Preprocessing) -> Any:
     """What ``model`` returns for one zero input of the preprocessing's shape (eval mode, no grad)."""
-    modes = [(m, m.training) for m in model.modules()]  # eval for the probe: no BN statistics move
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(torch.zeros(1, pre.channels, *pre.size))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass "
-            "preprocessing= with the input size and channels it expects"
-        ) from None
-    finally:
-        for m, was in modes:
-            m.training = was
-    return out
+    return probe(model, pre)[0]
 
 
 def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool, probed: Any = None) -> LoadedModel:
@@ -438,44 +425,6 @@ def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool, probed: Any
         return replace(lm, model=model, class_names=list(lm.class_names), assumed=list(lm.assumed))
     lm.model = model
     return lm
-
-
-def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
-    """The last module, in execution order, whose output is a spatial (B, C, H, W) map.
-
-    Outer modules finish after their children, so a block (``layer4``) wins over its last
-    convolution. Returns ``None`` for models with no spatial map (e.g. a ViT).
-    """
-    order: list[str] = []
-    handles = []
-
-    def make(name: str) -> Any:
-        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1:
-                order.append(name)
-
-        return hook
-
-    for name, mod in model.named_modules():
-        if name:
-            handles.append(mod.register_forward_hook(make(name)))
-    modes = [(m, m.training) for m in model.modules()]  # per module: mixed modes survive
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, pre.channels, *pre.size))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); state the "
-            "preprocessing it expects (preprocessing=, a model card, or --preprocessing/--input-size)"
-        ) from None
-    finally:
-        for h in handles:
-            h.remove()
-        for m, was in modes:
-            m.training = was
-    return order[-1] if order else None
 
 
 def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int) -> nn.Module:

@@ -19,7 +19,7 @@ from ..errors import InputError, MethodError
 from ..hooks import capture, resolve_layers, state_guard
 from ..image import ImageLike
 from ..inputs import load_pixels
-from ..models import LoadedModel, Preprocessing, load_model
+from ..models import LoadedModel, Preprocessing, as_loaded
 from ..optimize import OptimizationResult, optimize
 from . import objectives as obj
 from .param import ImageParam
@@ -44,12 +44,6 @@ def display_name(lm: LoadedModel) -> str:
     """A short model name for titles: ``torchvision:vgg16`` -> ``vgg16``."""
     name = lm.name
     return name.split(":", 1)[1] if name.startswith(("torchvision:", "timm:")) else name
-
-
-def _loaded(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | None) -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    return load_model(model, preprocessing=preprocessing)
 
 
 def _hw(size: int | tuple[int, int] | None, pre: Preprocessing) -> tuple[int, int]:
@@ -207,7 +201,7 @@ def visualize(
     Returns:
         A :class:`~.result.Visualization` with B images.
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     o = obj.as_objective(objective)
     b = int(batch or o.batch or 1)
     if o.batch is not None and b != o.batch:
@@ -285,7 +279,7 @@ def visualize_layer(
         seed: seed of the first batch; batch k uses ``seed + k``.
         **options: passed to :func:`visualize` (size, param, lr, transforms, ...).
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     (name,) = resolve_layers(lm.model, layer)
     chans = list(range(16) if channels is None else channels)
     if not chans:
@@ -322,7 +316,7 @@ def visualize_class(
         batch_size: classes optimised together in one batch.
         **options: passed to :func:`visualize` (size, param, l2, tv, transforms, ...).
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     n = len(lm.class_names)
     if classes is None:
         if n == 0 or n > 16:
@@ -386,7 +380,7 @@ def deepdream(
     Returns:
         A :class:`~.result.Visualization` holding the dreamed image.
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     pre = lm.preprocessing
     if objective is None:
         layer = layer or lm.default_layer
@@ -463,7 +457,7 @@ def filters(
     Each filter is shown on its own scale: ``0.5 + 0.5 * w / max|w|`` (mid-grey is zero). Filters
     with 3 input channels are drawn in colour, others per input-channel mean in gray.
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     if layer is None:
         name, conv = _first_conv(lm.model)
     else:
@@ -512,7 +506,7 @@ def activation_maps(
     """
     from ..api import prepare_inputs
 
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     layer = layer or lm.default_layer
     if layer is None:
         raise MethodError(f"{lm.name} has no default layer; pass layer=")

@@ -15,12 +15,12 @@ from torch import nn
 
 from ..errors import InputError
 from ..hooks import state_guard
-from ..models import LoadedModel, load_model
+from ..models import as_loaded
+from ..models.forward import chunked_outputs
 
 __all__ = [
     "BaselineSpec",
     "as_loaded",
-    "make_baseline",
     "masked_scores",
     "predict_targets",
     "score_fn",
@@ -29,16 +29,6 @@ __all__ = [
 #: A baseline: a number in model space, ``"blur"`` (Gaussian blur of the input), ``"black"``
 #: (pixel value 0, needs the model's preprocessing) or a (C, H, W) / (B, C, H, W) tensor.
 BaselineSpec = float | str | torch.Tensor
-
-
-def as_loaded(model: Any) -> LoadedModel:
-    """A :class:`LoadedModel` for any model spec (the same object for a loaded model); a black-box
-    ``predict(batch) -> scores`` function or ONNX session is wrapped as a parameter-free module."""
-    from ..perturb import BlackBoxModel, is_black_box
-
-    if is_black_box(model):
-        return load_model(BlackBoxModel(model))
-    return load_model(model)
 
 
 def score_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -54,8 +44,8 @@ def predict_targets(
     net: nn.Module, x: torch.Tensor, targets: Any, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets (B,) long, logits (B, K)) where ``targets=None`` means the predicted class."""
-    with state_guard(net), torch.no_grad():
-        logits = torch.cat([net(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    with state_guard(net):
+        logits = chunked_outputs(net, x, batch_size)
     if targets is None:
         t = logits.argmax(1)
     else:
@@ -67,23 +57,6 @@ def predict_targets(
         if ((t < 0) | (t >= logits.shape[1])).any():
             raise InputError(f"target out of range for a model with {logits.shape[1]} outputs")
     return t.clone(), logits
-
-
-def make_baseline(
-    x: torch.Tensor, baseline: BaselineSpec, lm: LoadedModel | None = None, *, blur_sigma: float | None = None
-) -> torch.Tensor:
-    """The (B, C, H, W) baseline image that removed pixels are replaced with, in model space.
-
-    Names and numbers are pixel values (:func:`convscope.inputs.baseline`: ``"black"``, a grey
-    level in [0, 1], ...); a tensor is in model space. ``"blur"`` blurs with a Gaussian of
-    ``blur_sigma`` pixels (default: 1/45 of the image side, the 11-px/sigma-5 kernel of Petsiuk
-    et al. at 224 px scaled to the input, at least 1 px).
-    """
-    from ..inputs import baseline as pixel_baseline
-
-    if isinstance(baseline, torch.Tensor) and baseline.ndim == 3:
-        baseline = baseline.unsqueeze(0)
-    return pixel_baseline(x, baseline, None if lm is None else lm.preprocessing, sigma=blur_sigma)
 
 
 def masked_scores(

@@ -39,6 +39,7 @@ from ..errors import InputError
 from ..hooks import state_guard
 from ..image import ImageLike
 from ..models import LoadedModel, Preprocessing
+from ..models.forward import chunked_outputs
 from ..targets import TargetSpec, resolve_target
 from ._common import as_loaded, pixels_from, progress_bar
 from .results import AdversarialResult
@@ -219,8 +220,7 @@ def attack(
 
     chunks = [slice(i, min(i + batch_size, b)) for i in range(0, b, batch_size)]
     with state_guard(net, [x0] + ([start] if start is not None else [])):
-        with torch.no_grad():
-            logits0 = torch.cat([logits_of(x0[c]) for c in chunks]).float().cpu()
+        logits0 = chunked_outputs(logits_of, x0, batch_size, lambda out: out.float().cpu())
         k = logits0.shape[1]
         names = lm.class_names if len(lm.class_names) == k else [f"class {i}" for i in range(k)]
         lab = resolve_target(labels, logits0, names).indices
@@ -244,8 +244,7 @@ def attack(
                 x = x + step_size * g / _bnorm(g).clamp(min=1e-12)
             x = _project(x, x0, eps, norm)
         x = enforce_budget(x, x0, eps, norm)
-        with torch.no_grad():
-            logits1 = torch.cat([logits_of(x[c]) for c in chunks]).float().cpu()
+        logits1 = chunked_outputs(logits_of, x, batch_size, lambda out: out.float().cpu())
     pred = logits1.argmax(1)
     success = pred == tgt if tgt is not None else pred != lab
     options: dict[str, Any] = dict(eps=eps, norm=norm, steps=steps, step_size=step_size,

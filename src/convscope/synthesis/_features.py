@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import InputError, MethodError
 from ..hooks import capture
 from ..models import LoadedModel
+from ..optimize import total_variation
 from ._common import gram
 
 __all__ = [
@@ -37,21 +38,6 @@ __all__ = [
     "run",
     "total_variation",
 ]
-
-
-def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
-    """Mahendran-Vedaldi total variation, averaged over pixels:
-    ``mean_ij ((x[i, j+1] - x[i, j])^2 + (x[i+1, j] - x[i, j])^2)^(beta / 2)``.
-
-    Shape:
-        x: (B, C, H, W); returns (B,).
-    """
-    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
-    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    s = dx * dx + dy * dy
-    if beta != 2.0:
-        s = (s + 1e-8).pow(beta / 2)
-    return s.flatten(1).mean(1)
 
 
 def alpha_norm(x: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:

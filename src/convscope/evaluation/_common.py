@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ from ..errors import InputError
 from ..hooks import state_guard
 from ..models import as_loaded
 from ..models.forward import chunked_outputs
+from ..targets import resolve_target
 
 __all__ = [
     "BaselineSpec",
@@ -43,19 +45,22 @@ def score_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 def predict_targets(
     net: nn.Module, x: torch.Tensor, targets: Any, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(targets (B,) long, logits (B, K)) where ``targets=None`` means the predicted class."""
+    """(targets (B,) long, logits (B, K)) where ``targets=None`` means the predicted class.
+
+    Targets are read by :func:`convscope.targets.resolve_target` (a class index or name for every
+    image, one per image, ``"top2"``, ...); a one-element list or tensor is one target for all.
+    """
     with state_guard(net):
         logits = chunked_outputs(net, x, batch_size)
-    if targets is None:
-        t = logits.argmax(1)
-    else:
-        t = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(x.shape[0])
-        if t.numel() != x.shape[0]:
-            raise InputError(f"got {t.numel()} targets for {x.shape[0]} images")
-        if ((t < 0) | (t >= logits.shape[1])).any():
-            raise InputError(f"target out of range for a model with {logits.shape[1]} outputs")
+    spec = targets
+    if isinstance(spec, (torch.Tensor, np.ndarray, np.generic)):
+        spec = torch.as_tensor(spec).reshape(-1).tolist()
+    if isinstance(spec, (list, tuple)) and len(spec) == 1:
+        spec = spec[0]  # one target for every image
+    resolved = resolve_target(spec, logits)  # the one rule: indices, names, "top2", ...
+    if resolved.indices is None or resolved.negative is not None:
+        raise InputError("the metrics take class targets (indices), not a callable or a contrast")
+    t = resolved.indices.to(logits.device)
     return t.clone(), logits
 
 

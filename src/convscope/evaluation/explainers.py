@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..models import LoadedModel
 
-__all__ = ["Explainer", "MethodExplainer", "as_explainer", "explainer_name", "sobel_explainer"]
+__all__ = ["Explainer", "MethodExplainer", "as_explainer", "explained", "explainer_name", "sobel_explainer"]
 
 
 class Explainer(Protocol):
@@ -90,3 +90,29 @@ def sobel_explainer(lm: LoadedModel, x: torch.Tensor, targets: torch.Tensor) -> 
 
 
 sobel_explainer.name = "sobel edges (ignores the model)"  # type: ignore[attr-defined]
+
+
+def explained(
+    model: Any,
+    explainer: str | Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    targets: Any,
+    maps: torch.Tensor | None,
+    *,
+    batch_size: int,
+    seed: int,
+) -> tuple[LoadedModel, Callable[..., torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The common start of the explainer metrics: ``(lm, explainer, x, targets, maps)``.
+
+    The model is resolved (:func:`~convscope.models.as_loaded`), a method name becomes an explainer
+    (:func:`as_explainer`), ``x`` is detached, ``targets=None`` becomes the predicted classes, and
+    ``maps`` (the maps at ``x``) are computed when not given.
+    """
+    from ._common import as_loaded, predict_targets
+
+    lm = as_loaded(model)
+    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \
+        else explainer
+    x = x.detach()
+    t, _ = predict_targets(lm.model, x, targets, batch_size)
+    return lm, ex, x, t, ex(lm, x, t) if maps is None else maps

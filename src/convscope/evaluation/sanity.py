@@ -39,8 +39,7 @@ from torch import nn
 from ..errors import InputError
 from ..hooks import resolve_layers
 from ..models import LoadedModel
-from ._common import as_loaded, predict_targets
-from .explainers import as_explainer, explainer_name
+from .explainers import explained, explainer_name
 
 __all__ = ["SanityResult", "map_similarity", "model_randomization", "randomizable_layers"]
 
@@ -190,13 +189,7 @@ def model_randomization(
 
     if mode not in ("cascading", "independent"):
         raise InputError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")
-    lm = as_loaded(model)
-    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \
-        else explainer
-    x = x.detach()
-    t, _ = predict_targets(lm.model, x, targets, batch_size)
-    if maps is None:
-        maps = ex(lm, x, t)
+    lm, ex, x, t, maps = explained(model, explainer, x, targets, maps, batch_size=batch_size, seed=seed)
     all_layers = randomizable_layers(lm.model)
     names = all_layers if layers is None else [n for n in resolve_layers(lm.model, layers)
                                                if n in all_layers]

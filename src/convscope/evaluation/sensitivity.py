@@ -18,8 +18,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import LoadedModel
-from ._common import as_loaded, predict_targets
-from .explainers import as_explainer
+from .explainers import explained
 
 __all__ = ["max_sensitivity"]
 
@@ -49,13 +48,7 @@ def max_sensitivity(
     """
     if radius <= 0 or n_samples < 1:
         raise InputError("max_sensitivity needs radius > 0 and n_samples >= 1")
-    lm = as_loaded(model)
-    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \
-        else explainer
-    x = x.detach()
-    t, _ = predict_targets(lm.model, x, targets, batch_size)
-    if maps is None:
-        maps = ex(lm, x, t)
+    lm, ex, x, t, maps = explained(model, explainer, x, targets, maps, batch_size=batch_size, seed=seed)
     b = x.shape[0]
     g = torch.Generator().manual_seed(seed)
     noise = (torch.rand(n_samples, *x.shape, generator=g) * 2 - 1) * radius

@@ -119,10 +119,7 @@ def plot_curves(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]
         ax.set_xlim(0, 1)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
-    return _png(fig)
+    return _legend_png(fig, axes[0])
 
 
 def plot_sanity(panels: Mapping[str, Sequence[Any]], threshold: float | None = None) -> bytes:
@@ -156,7 +153,12 @@ def plot_sanity(panels: Mapping[str, Sequence[Any]], threshold: float | None = N
         ax.set_xlabel("cascading randomisation (output side first)")
         ax.set_ylim(-0.3, 1.05)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+    return _legend_png(fig, axes[0])
+
+
+def _legend_png(fig: Any, ax: Any) -> bytes:
+    """PNG of ``fig``, with ``ax``'s legend (if any) outside the panels on the right."""
+    handles, labels = ax.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     return _png(fig)

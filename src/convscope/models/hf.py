@@ -194,7 +194,8 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
         ModelLoadError: ``transformers`` missing, a folder without a model, a hub name that cannot
             be fetched, weights named as a file; one line each.
     """
-    from .zoo import LoadedModel, _is_none, _num_outputs, _seeded
+    from ._sources import _is_none, _seeded
+    from .loaded import LoadedModel, _num_outputs
 
     try:
         import transformers

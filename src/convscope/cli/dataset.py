@@ -30,6 +30,11 @@ def _data_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes reading images")
 
 
+def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
+    """How the data set is read (the options of :func:`_data_args`), as keyword arguments."""
+    return dict(batch_size=args.batch_size, num_workers=args.workers, limit=args.limit)
+
+
 def _check_out(out: str, allowed: tuple[str, ...]) -> Path:
     from ..errors import InputError
 
@@ -64,15 +69,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     out = _check_out(args.output, (".png", ".json"))
     chans = _channels(args.channels)
     lm = load_from_args(args)
-    res = top_activations(
-        lm,
-        args.data,
-        args.layer,
-        k=args.k,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        limit=args.limit,
-    )
+    res = top_activations(lm, args.data, args.layer, k=args.k, **_data_kw(args))
     if chans is not None:
         res.grid(chans)  # validate before writing
     res.save(out, chans, style=args.style)
@@ -103,18 +100,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
     out = _check_out(args.output, (".png", ".json"))
     lm = load_from_args(args)
-    res = nearest_neighbors(
-        lm,
-        args.data,
-        _query(args.query),
-        args.layer,
-        k=args.k,
-        metric=args.metric,
-        pool=args.pool,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        limit=args.limit,
-    )
+    res = nearest_neighbors(lm, args.data, _query(args.query), args.layer, k=args.k, metric=args.metric,
+                            pool=args.pool, **_data_kw(args))
     res.save(out)
     print(f"{out}  {len(res.indices)} nearest by {res.metric} at {res.layer}: images {res.indices.tolist()}")
     return 0
@@ -125,17 +112,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     out = _check_out(args.output, (".png", ".json", ".npy"))
     lm = load_from_args(args)
-    res = embed(
-        lm,
-        args.data,
-        args.layer,
-        method=args.method,
-        pool=args.pool,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        limit=args.limit,
-    )
+    res = embed(lm, args.data, args.layer, method=args.method, pool=args.pool, seed=args.seed,
+                **_data_kw(args))
     res.save(out, kind=args.kind)
     print(f"{out}  {args.method} map of {len(res.coords)} images at {res.layer}")
     return 0

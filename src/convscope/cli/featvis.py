@@ -135,6 +135,20 @@ def cmd_deepdream(args: argparse.Namespace) -> int:
     return _done(v, out)
 
 
+def _command(sub: Any, name: str, help: str, func: Any, *, image: bool,
+             layer: str) -> argparse.ArgumentParser:
+    """A subcommand with what the single-model views share: the image (if ``image``), the model
+    options, ``--layer`` (help ``layer``) and ``-o``."""
+    s = sub.add_parser(name, help=help)
+    if image:
+        s.add_argument("image", help="image file")
+    add_model_args(s)
+    s.add_argument("--layer", "-l", default=None, help=layer)
+    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
+    s.set_defaults(func=func)
+    return s
+
+
 def add_commands(sub: Any) -> None:
     """Register the feature-visualisation commands on the main parser's subparsers."""
     s = sub.add_parser("visualize", help="feature visualisation: an image that maximises a class, a "
@@ -155,28 +169,19 @@ def add_commands(sub: Any) -> None:
     s.add_argument("-o", "--output", required=True, help="output .png (grid), .npy or .json")
     s.set_defaults(func=cmd_visualize)
 
-    s = sub.add_parser("filters", help="the first convolution's filters as an image grid")
-    add_model_args(s)
-    s.add_argument("--layer", "-l", default=None, help="a convolution (default: the first)")
+    s = _command(sub, "filters", "the first convolution's filters as an image grid", cmd_filters,
+                 image=False, layer="a convolution (default: the first)")
     s.add_argument("--max-filters", type=positive_int, default=64)
-    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=cmd_filters)
 
-    s = sub.add_parser("activations", help="the activation maps of a layer for one image, as a grid")
-    s.add_argument("image", help="image file")
-    add_model_args(s)
-    s.add_argument("--layer", "-l", default=None, help="layer (default: the model's default layer)")
+    s = _command(sub, "activations", "the activation maps of a layer for one image, as a grid",
+                 cmd_activations, image=True, layer="layer (default: the model's default layer)")
     s.add_argument("--channels", default=None, help="e.g. 0-15 (default: the most active)")
     s.add_argument("--max-channels", type=positive_int, default=32)
     s.add_argument("--normalize", choices=["layer", "channel"], default="layer",
                    help="one colour scale for the layer, or one per channel")
-    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=cmd_activations)
 
-    s = sub.add_parser("deepdream", help="DeepDream on a photo, with octaves")
-    s.add_argument("image", help="image file")
-    add_model_args(s)
-    s.add_argument("--layer", "-l", default=None, help="layer to amplify (default: the model's)")
+    s = _command(sub, "deepdream", "DeepDream on a photo, with octaves", cmd_deepdream, image=True,
+                 layer="layer to amplify (default: the model's)")
     s.add_argument("--objective", default=None, help="'layer:channel' instead of the whole layer")
     s.add_argument("--octaves", type=positive_int, default=4)
     s.add_argument("--octave-scale", type=finite_float(1, lo_open=True), default=1.4)
@@ -185,5 +190,3 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--max-side", type=positive_int, default=512, help="shrink larger photos first")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--no-progress", action="store_true")
-    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=cmd_deepdream)

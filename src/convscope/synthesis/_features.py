@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import check_values, ints, reals
 from ..errors import InputError, MethodError
 from ..hooks import capture
 from ..models import LoadedModel
@@ -214,10 +215,7 @@ def run(
     from ..featvis.param import FFTImage, PixelImage
     from ..optimize import optimize
 
-    if steps < 1:
-        raise InputError(f"steps must be at least 1, got {steps}")
-    if lr <= 0:
-        raise InputError(f"lr must be positive, got {lr}")
+    check_values(steps=(steps, ints(1)), lr=(lr, reals(0, lo_open=True)))
     b, c, h, w = init.shape
     p: nn.Module
     if param == "pixel":

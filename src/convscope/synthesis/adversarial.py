@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import check_values, ints
 from ..errors import InputError
 from ..hooks import state_guard
 from ..image import ImageLike
@@ -185,12 +186,9 @@ def attack(
     """
     norm = _norm_name(norm)
     eps = float(eps)
-    if not eps > 0:
+    if not eps > 0:  # inf is allowed: an unbounded attack
         raise InputError(f"eps must be positive (pixel units), got {eps}")
-    if steps < 1:
-        raise InputError(f"steps must be at least 1, got {steps}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    check_values(steps=(steps, ints(1)), batch_size=(batch_size, ints(1)))
     if loss not in ("ce", "margin"):
         raise InputError(f"unknown loss {loss!r}; use 'ce' or 'margin'")
     lm = as_loaded(model, preprocessing)

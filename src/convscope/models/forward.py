@@ -61,7 +61,11 @@ def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
     Outer modules finish after their children, so a block (``layer4``) wins over its last
     convolution. Returns ``None`` for models with no spatial map (e.g. a ViT).
     """
-    _, calls = probe(model, pre, "*")
+    return last_spatial(probe(model, pre, "*")[1])
+
+
+def last_spatial(calls: Sequence[tuple[str, Any]]) -> str | None:
+    """The rule of :func:`find_default_layer` on the calls of a probe pass over every module."""
     order = [n for n, out in calls
              if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1]
     return order[-1] if order else None

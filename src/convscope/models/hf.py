@@ -146,13 +146,14 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
         as a grid (e.g. DeiT's class and distillation tokens), else ``None``.
     """
     from ..attribution._tokens import grid_layout
-    from .forward import find_default_layer, probe
+    from .forward import last_spatial, probe
 
-    norms = [name for name, mod in model.named_modules()
+    norms = {name for name, mod in model.named_modules()
              if name and "norm" in type(mod).__name__.lower()
-             and name.rpartition(".")[0].rpartition(".")[2].isdigit()]
-    _, calls = probe(model, pre, norms)
-    seen = [(name, tuple(out.shape)) for name, out in calls if isinstance(out, torch.Tensor)]
+             and name.rpartition(".")[0].rpartition(".")[2].isdigit()}
+    _, calls = probe(model, pre, "*")  # one pass: the block norms' tokens and the spatial maps
+    seen = [(name, tuple(out.shape)) for name, out in calls
+            if name in norms and isinstance(out, torch.Tensor)]
     tokens, unread = [], []
     for name, shape in seen:
         if len(shape) != 3:
@@ -166,7 +167,7 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
     if tokens:
         block = tokens[-1].rpartition(".")[0]
         return next(n for n in tokens if n.rpartition(".")[0] == block), None
-    layer = find_default_layer(model, pre)
+    layer = last_spatial(calls)
     if not unread:
         return layer, None
     name, shape = unread[-1]

@@ -10,7 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args, nonneg_int, positive_int, seed_int
+from ._common import (
+    add_model_args,
+    check_out,
+    load_from_args,
+    nonneg_int,
+    parse_channels,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["add_commands"]
 
@@ -35,39 +43,11 @@ def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
     return dict(batch_size=args.batch_size, num_workers=args.workers, limit=args.limit)
 
 
-def _check_out(out: str, allowed: tuple[str, ...]) -> Path:
-    from ..errors import InputError
-
-    p = Path(out)
-    if p.suffix.lower() not in allowed:
-        raise InputError(f"-o {out}: give a {' / '.join(allowed)} file name")
-    return p
-
-
-def _channels(spec: str | None) -> list[int] | None:
-    from ..errors import InputError
-
-    if spec is None:
-        return None
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"--channels {spec!r}: use indices and ranges like 0-7,12") from None
-    return out
-
-
 def cmd_top(args: argparse.Namespace) -> int:
     from ..dataset import top_activations
 
-    out = _check_out(args.output, (".png", ".json"))
-    chans = _channels(args.channels)
+    out = check_out(args.output, (".png", ".json"))
+    chans = parse_channels(args.channels)
     lm = load_from_args(args)
     res = top_activations(lm, args.data, args.layer, k=args.k, **_data_kw(args))
     if chans is not None:
@@ -98,7 +78,7 @@ def _query(value: str) -> Any:
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from ..dataset import nearest_neighbors
 
-    out = _check_out(args.output, (".png", ".json"))
+    out = check_out(args.output, (".png", ".json"))
     lm = load_from_args(args)
     res = nearest_neighbors(lm, args.data, _query(args.query), args.layer, k=args.k, metric=args.metric,
                             pool=args.pool, **_data_kw(args))
@@ -110,7 +90,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from ..dataset import embed
 
-    out = _check_out(args.output, (".png", ".json", ".npy"))
+    out = check_out(args.output, (".png", ".json", ".npy"))
     lm = load_from_args(args)
     res = embed(lm, args.data, args.layer, method=args.method, pool=args.pool, seed=args.seed,
                 **_data_kw(args))

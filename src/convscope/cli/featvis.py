@@ -13,50 +13,17 @@ from typing import Any
 
 from ._common import (
     add_model_args,
+    check_out,
     finite_float,
     load_from_args,
     nonneg_float,
+    parse_channels,
     positive_float,
     positive_int,
     seed_int,
 )
 
 __all__ = ["add_commands", "parse_channels"]
-
-_EXTS = (".png", ".npy", ".json")
-
-
-def parse_channels(spec: str) -> list[int]:
-    """``"0-3,7,9"`` -> ``[0, 1, 2, 3, 7, 9]``."""
-    from ..errors import InputError
-
-    out: list[int] = []
-    for part in spec.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InputError(f"--channels {spec!r}: use indices and ranges like 0-3,7") from None
-    if not out:
-        raise InputError("--channels: no channel given")
-    return out
-
-
-def _check_out(path: str) -> Path:
-    from ..errors import InputError
-
-    p = Path(path)
-    if p.suffix.lower() not in _EXTS:
-        raise InputError(f"-o {p}: give a .png, .npy or .json file name")
-    return p
 
 
 def _opt_args(s: argparse.ArgumentParser, steps: int) -> None:
@@ -89,7 +56,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..featvis import visualize, visualize_class, visualize_layer
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     chosen = [x is not None for x in (args.objective, args.class_, args.layer)]
     if sum(chosen) != 1:
         raise InputError("give exactly one of --objective, --class or --layer")
@@ -101,7 +68,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.class_.split(",") if c.strip()]
         v = visualize_class(lm, classes, objective=args.class_objective, **kw)
     else:
-        chans = parse_channels(args.channels) if args.channels else None
+        chans = parse_channels(args.channels)
         v = visualize_layer(lm, args.layer, chans, objective=args.unit, **kw)
     return _done(v, out)
 
@@ -109,15 +76,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_filters(args: argparse.Namespace) -> int:
     from ..featvis import filters
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     return _done(filters(load_from_args(args), args.layer, max_filters=args.max_filters), out)
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
     from ..featvis import activation_maps
 
-    out = _check_out(args.output)
-    chans = parse_channels(args.channels) if args.channels else None
+    out = check_out(args.output)
+    chans = parse_channels(args.channels)
     v = activation_maps(load_from_args(args), args.image, args.layer, channels=chans,
                         max_channels=args.max_channels, normalize=args.normalize)
     return _done(v, out)
@@ -126,7 +93,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 def cmd_deepdream(args: argparse.Namespace) -> int:
     from ..featvis import deepdream
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     objective = args.objective
     v = deepdream(load_from_args(args), args.image, args.layer, objective=objective,
                   octaves=args.octaves, octave_scale=args.octave_scale, steps=args.steps, lr=args.lr,

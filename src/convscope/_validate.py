@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["OptionSpec", "Range", "check_options", "ints", "option_specs", "reals"]
+__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "option_specs", "reals"]
 
 
 def _num(v: float) -> str:
@@ -309,3 +309,11 @@ def _show(value: Any) -> str:
         return f"<{type(value).__name__} {tuple(value.shape)}>"
     s = repr(value)
     return s if len(s) <= 40 else s[:37] + "..."
+
+
+def check_values(**values: tuple[Any, Range]) -> None:
+    """Raise :class:`~convscope.errors.InputError` for the first ``name=(value, range)`` whose value
+    the range refuses: ``"steps must be an integer >= 1, got 0"`` (for a function's own arguments)."""
+    for name, (value, rng) in values.items():
+        if not rng.contains(value):
+            raise InputError(f"{name} must be {rng.describe()}, got {_show(value)}")

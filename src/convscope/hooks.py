@@ -45,12 +45,14 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
     if isinstance(patterns, str):
         patterns = [patterns]
     names = layer_names(model)
+    known = set(names)
     out: list[str] = []
+    seen: set[str] = set()
     for pat in patterns:
         if any(ch in pat for ch in "*?["):
             hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
         else:
-            hits = [pat] if pat in names else []
+            hits = [pat] if pat in known else []
         if not hits:
             from .models.outputs import unwrap  # the user's model, not the scores wrapper
 
@@ -60,7 +62,8 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
                 f"no layer named {pat!r} in {type(unwrap(model)).__name__}{hint} "
                 "(run `convscope layers MODEL` to list them)"
             )
-        out.extend(h for h in hits if h not in out)
+        out.extend(h for h in hits if h not in seen)
+        seen.update(hits)
     return out
 
 
@@ -166,15 +169,17 @@ class Capture:
     Attributes:
         layers: the resolved dotted layer names, in order.
         modules: name -> module.
+        calls: ``(name, output)`` of every captured call since the last :meth:`reset`, in the order
+            the modules ran (a probe pass over all layers reads execution order from it).
     """
 
     def __init__(self, model: nn.Module, layers: list[str], clone: bool) -> None:
         self.model = model
         self.layers = layers
-        self.modules: dict[str, nn.Module] = dict(
-            (n, m) for n, m in model.named_modules() if n in set(layers)
-        )
+        wanted = set(layers)
+        self.modules: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n in wanted}
         self._calls: dict[str, list[Any]] = {n: [] for n in layers}
+        self.calls: list[tuple[str, Any]] = []
         self._clone = clone
         self._pending: set[str] | None = None  # layers still to run before run(stop_after=) stops
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -182,6 +187,7 @@ class Capture:
     def _make_hook(self, name: str) -> Callable[..., Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             self._calls[name].append(output)
+            self.calls.append((name, output))
             if self._pending is not None:
                 self._pending.discard(name)
                 if not self._pending:
@@ -196,6 +202,7 @@ class Capture:
         """Forget the stored activations (call between forward passes)."""
         for v in self._calls.values():
             v.clear()
+        self.calls.clear()
 
     def outputs(self, name: str) -> list[Any]:
         """Every output of layer ``name`` since the last :meth:`reset` (empty if it did not run;

@@ -156,11 +156,16 @@ def as_inputs(
     return Inputs(pre.normalize(pix), pix, display_batch(pix), tensors)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (B, C, H, W) or (C, H, W) batch, replicate padding, radius 3 sigma.
+def gaussian_blur(x: torch.Tensor, sigma: float, *, padding: str = "replicate") -> torch.Tensor:
+    """Separable Gaussian blur of a (B, C, H, W) or (C, H, W) batch, radius ``ceil(3 sigma)`` (at least 1).
 
-    Linear and per channel, so blurring model inputs equals normalising blurred pixels.
+    Linear and per channel, so blurring model inputs equals normalising blurred pixels. The one
+    Gaussian blur of convscope: baselines use replicate padding (edges repeated); feature
+    visualisation's blur transform uses ``padding="reflect"`` (mirrored edges, replicate where
+    the radius is not smaller than the image). ``sigma <= 0`` returns ``x`` unchanged.
     """
+    if sigma <= 0:
+        return x
     one = x.ndim == 3
     y = x[None] if one else x
     r = max(1, int(math.ceil(3 * sigma)))
@@ -168,9 +173,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     c = y.shape[1]
-    y = F.pad(y, (r, r, 0, 0), mode="replicate")
+    mode = "reflect" if padding == "reflect" and r < min(y.shape[-2:]) else "replicate"
+    y = F.pad(y, (r, r, 0, 0), mode=mode)
     y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
+    y = F.pad(y, (0, 0, r, r), mode=mode)
     y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return y[0] if one else y
 

@@ -46,7 +46,7 @@ from torch import nn
 from .errors import InputError, MethodError
 from .hooks import Capture, capture
 
-__all__ = ["Activations", "OptimizationResult", "optimize"]
+__all__ = ["Activations", "OptimizationResult", "optimize", "total_variation"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 PostStep = Callable[[int, nn.Module], None]
@@ -121,6 +121,34 @@ class OptimizationResult:
     truncated: bool
     layers: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def total_variation(x: torch.Tensor, beta: float = 2.0, *, isotropic: bool = True) -> torch.Tensor:
+    """Total variation of a pixel batch per sample: the one smoothness prior of the optimisers.
+
+    Two established variants, one per caller, kept so that each gives the numbers it always gave:
+
+    * ``isotropic=True`` (synthesis: feature inversion, texture, style; Mahendran and Vedaldi 2015):
+      ``mean_ij ((x[i, j+1] - x[i, j])^2 + (x[i+1, j] - x[i, j])^2)^(beta / 2)`` over the
+      (H-1) x (W-1) positions that have both neighbours (``+1e-8`` inside the power when
+      ``beta != 2``, so its gradient stays finite at 0);
+    * ``isotropic=False`` (feature visualisation's ``total_variation()`` objective, as in Lucid):
+      ``mean |x[i, j+1] - x[i, j]| + mean |x[i+1, j] - x[i, j]|``, each mean over its own
+      differences; ``beta`` is not used.
+
+    Shape:
+        x: (B, C, H, W); returns (B,).
+    """
+    if not isotropic:
+        dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+        dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+        return dx + dy
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    s = dx * dx + dy * dy
+    if beta != 2.0:
+        s = (s + 1e-8).pow(beta / 2)
+    return s.flatten(1).mean(1)
 
 
 def _as_list(x: Any) -> list[Any]:

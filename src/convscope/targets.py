@@ -24,8 +24,8 @@ import torch
 
 from .errors import TargetError
 
-__all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "contrast", "is_contrast", "resolve_target",
-           "select_scores"]
+__all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "class_index", "contrast", "is_contrast",
+           "resolve_target", "select_scores"]
 
 #: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
 #: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
@@ -105,7 +105,12 @@ class ResolvedTarget:
                               None if self.negative is None else self.negative[rows])
 
 
-def _one(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
+def class_index(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
+    """One class as an index: an int, a digit string or a class name (exact, else ignoring case).
+
+    Raises:
+        TargetError: an unknown name (with close matches), another type, or an index out of range.
+    """
     if isinstance(spec, bool):
         raise TargetError(f"target must be a class index or name, got {spec!r}")
     if isinstance(spec, (int,)) or (isinstance(spec, torch.Tensor) and spec.ndim == 0):
@@ -177,9 +182,9 @@ def resolve_target(
     if isinstance(target, (list, tuple)):
         if len(target) != b:
             raise TargetError(f"got {len(target)} targets for a batch of {b}; pass one per sample")
-        idx = [_one(t, class_names, k) for t in target]
+        idx = [class_index(t, class_names, k) for t in target]
         return ResolvedTarget(indices=torch.tensor(idx, dtype=torch.long))
-    one = _one(target, class_names, k)
+    one = class_index(target, class_names, k)
     return ResolvedTarget(indices=torch.full((b,), one, dtype=torch.long))
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import InputError
+from ..models.forward import chunked_outputs
 from ..targets import ResolvedTarget
 from ._base import MethodContext
 
@@ -23,11 +24,7 @@ __all__ = ["clean_logits", "row_chunks", "rows_target"]
 def clean_logits(ctx: MethodContext, x: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``x`` (default ``ctx.x``) without gradients, in chunks of ``ctx.batch_size``."""
     assert ctx.model is not None
-    x = ctx.x if x is None else x
-    with torch.no_grad():
-        return torch.cat(
-            [ctx.model(x[i : i + ctx.batch_size]) for i in range(0, x.shape[0], ctx.batch_size)]
-        )
+    return chunked_outputs(ctx.model, ctx.x if x is None else x, ctx.batch_size)
 
 
 def row_chunks(n_images: int, n: int, chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

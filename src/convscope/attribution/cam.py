@@ -380,124 +380,79 @@ def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> Me
     return cam_engine(ctx, _cam_rule(head), need_grad=False, need_logit_grad=True, layout=layout)
 
 
-@register(
-    "gradcam",
+_LAYOUT_ARG = "layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens."
+
+
+def _rule_method(name: str, rule: Any, doc: str, **meta: Any) -> Callable[..., MethodOutput]:
+    """Register ``name``: a gradient CAM that is :func:`cam_engine` with weight ``rule`` and the
+    ``layout`` option (the five gradient CAMs below differ only in the rule and their metadata)."""
+
+    def method(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
+        return cam_engine(ctx, rule, layout=layout)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"{doc}\n\nArgs:\n    {_LAYOUT_ARG}\n\n"
+                      "Shape:\n    map (B, H, W); raw (B, L, H, W) per layer.\n")
+    return register(name, family="cam", needs_layer=True, choices={"layout": LAYOUTS}, **meta)(method)
+
+
+gradcam = _rule_method(
+    "gradcam", _gradcam_rule, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.",
     summary="the layer's feature maps weighted by their spatially averaged gradient",
     caveats="coarse (resolution of the layer); averaging the gradient can credit regions the "
     "score does not depend on (see hirescam)",
     reference="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
     "Gradient-based Localization",
-    family="cam",
-    needs_layer=True,
-    choices={"layout": LAYOUTS},
     claims=(
         CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
         CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.97, layer='features.6'),
     ),
 )
-def gradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
-    """Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.
-
-    Args:
-        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
-
-    Shape:
-        map (B, H, W); raw (B, L, H, W) per layer.
-    """
-    return cam_engine(ctx, _gradcam_rule, layout=layout)
-
-
-@register(
-    "gradcam_pp",
+gradcam_pp = _rule_method(
+    "gradcam_pp", _gradcam_pp_rule, "Grad-CAM++ (see the module docstring for the weights).",
     summary="Grad-CAM with pixel-wise weights on the positive gradients, better for several "
     "instances of a class",
     caveats="its higher-order terms assume an exponential score; coarse like Grad-CAM",
     reference="Chattopadhay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep "
     "Convolutional Networks",
-    family="cam",
-    needs_layer=True,
-    choices={"layout": LAYOUTS},
     claims=(
         CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=1.0),
     ),
 )
-def gradcam_pp(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
-    """Grad-CAM++ (see the module docstring for the weights).
-
-    Args:
-        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
-    """
-    return cam_engine(ctx, _gradcam_pp_rule, layout=layout)
-
-
-@register(
-    "xgradcam",
+xgradcam = _rule_method(
+    "xgradcam", _xgradcam_rule, "XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.",
     summary="Grad-CAM with gradients weighted by the normalised activations (axiom-based)",
     caveats="coarse like Grad-CAM; all-zero channels get weight 0",
     reference="Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and "
     "Explanation of CNNs",
-    family="cam",
-    needs_layer=True,
-    choices={"layout": LAYOUTS},
     claims=(
         CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
     ),
 )
-def xgradcam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
-    """XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.
-
-    Args:
-        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
-    """
-    return cam_engine(ctx, _xgradcam_rule, layout=layout)
-
-
-@register(
-    "hirescam",
+hirescam = _rule_method(
+    "hirescam", _hirescam_rule, "HiResCAM: ``relu(sum_k G_k * A_k)``.",
     summary="element-wise gradient times activation summed over channels: what the score "
     "depends on at each location of the layer",
     caveats="noisier than Grad-CAM; resolution of the layer",
     reference="Draelos and Carin 2020, Use HiResCAM instead of Grad-CAM for faithful "
     "explanations of convolutional neural networks",
-    family="cam",
-    needs_layer=True,
-    choices={"layout": LAYOUTS},
     claims=(
         CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
         CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.975, layer='features.6'),
     ),
 )
-def hirescam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
-    """HiResCAM: ``relu(sum_k G_k * A_k)``.
-
-    Args:
-        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
-    """
-    return cam_engine(ctx, _hirescam_rule, layout=layout)
-
-
-@register(
-    "layercam",
+layercam = _rule_method(
+    "layercam", _layercam_rule, "LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.",
     summary="positive gradients times activations, location by location; works at shallow "
     "layers too",
     caveats="ignores negative evidence; shallow layers give fine but noisy maps",
     reference="Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for "
     "Localization",
-    family="cam",
-    needs_layer=True,
-    choices={"layout": LAYOUTS},
     claims=(
         CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=1.0),
         CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.98, layer='features.6'),
     ),
 )
-def layercam(ctx: MethodContext, layout: str = "auto") -> MethodOutput:
-    """LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.
-
-    Args:
-        layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens.
-    """
-    return cam_engine(ctx, _layercam_rule, layout=layout)
 
 
 @register(

@@ -28,6 +28,8 @@ activations without a rule (SiLU, GELU, Hardswish, ...) raise a ``MethodError`` 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -146,55 +148,44 @@ def _rule_method(ctx: MethodContext, rule: str, nonrelu: str) -> MethodOutput:
     return MethodOutput(map=g.abs().amax(1), targets=targets, raw=g, logits=logits)
 
 
-@register(
-    "guided_backprop",
-    family="gradient",
+_NONRELU_ARG = ('nonrelu: ``"error"`` refuses activations without a rule (SiLU, GELU, Hardswish, ...); '
+                '``"gradient"`` lets them pass the ordinary gradient.')
+
+
+def _register_rule(name: str, rule: str, doc: str, what: str, **meta: Any) -> Callable[..., MethodOutput]:
+    """Register ``name``: the input gradient with backward ``rule`` at every ReLU (see
+    :func:`~._guided.guided_gradient`) and the ``nonrelu`` option."""
+
+    def method(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
+        return _rule_method(ctx, rule, nonrelu)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"{doc}\n\nArgs:\n    {_NONRELU_ARG}\n\nShape:\n    map (B, H, W) = max over C "
+                      f"of |{what}|; raw (B, C, H, W) = signed {what}.\n")
+    return register(name, family="gradient", options={"nonrelu": "error"},
+                    choices={"nonrelu": NONRELU_CHOICES}, **meta)(method)
+
+
+guided_backprop = _register_rule(
+    "guided_backprop", "guided", "Guided backpropagation.", "guided gradient G",
     summary="the gradient with negative signals stopped at every ReLU on the way back: sharp, "
     "edge-like pictures of the input patterns that raise the score",
     caveats="nearly class-insensitive (shows the image's edges for any class) and insensitive to "
     "the deeper layers' weights (Adebayo et al. 2018); defined for ReLU/ReLU6 networks only "
     "(nonrelu='gradient' passes other activations unchanged)",
     reference="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
-    options={"nonrelu": "error"},
-    choices={"nonrelu": NONRELU_CHOICES},
     claims=(
         CueClaim(n=200, at_least=0.75, clean_below=0.15, measured=0.86),
     ),
 )
-def guided_backprop(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
-    """Guided backpropagation.
-
-    Args:
-        nonrelu: ``"error"`` refuses activations without a rule (SiLU, GELU, Hardswish, ...);
-            ``"gradient"`` lets them pass the ordinary gradient.
-
-    Shape:
-        map (B, H, W) = max over C of |G|; raw (B, C, H, W) = signed guided gradient G.
-    """
-    return _rule_method(ctx, "guided", nonrelu)
-
-
-@register(
-    "deconvnet",
-    family="gradient",
+deconvnet = _register_rule(
+    "deconvnet", "deconvnet", "Deconvnet attribution.", "deconvnet signal D",
     summary="the score propagated back with every ReLU applied to the backward signal instead of "
     "gated by the forward pass (Zeiler and Fergus' deconvolution network)",
     caveats="ignores which units were active, so it shows the patterns a class responds to more "
     "than where they are in this image; defined for ReLU/ReLU6 networks only",
     reference="Zeiler and Fergus 2014, Visualizing and Understanding Convolutional Networks",
-    options={"nonrelu": "error"},
-    choices={"nonrelu": NONRELU_CHOICES},
     claims=(
         CueClaim(n=200, at_least=0.65, clean_below=0.15, measured=0.77),
     ),
 )
-def deconvnet(ctx: MethodContext, nonrelu: str = "error") -> MethodOutput:
-    """Deconvnet attribution.
-
-    Args:
-        nonrelu: as for :func:`guided_backprop`.
-
-    Shape:
-        map (B, H, W) = max over C of |D|; raw (B, C, H, W) = signed deconvnet signal D.
-    """
-    return _rule_method(ctx, "deconvnet", nonrelu)

@@ -234,50 +234,45 @@ _OPTS = {"n": 25, "sigma": 0.15, "base": "saliency", "sample_batch_size": None}
 _FAST = {"n": 4}
 _RANGES = {"n": ints(1, 1_000_000), "sigma": reals(0), "sample_batch_size": ints(1)}
 
-smoothgrad = register(
-    "smoothgrad",
-    family="gradient",
+
+def _register(name: str, kind: str, **meta: Any) -> Callable[..., MethodOutput]:
+    """Register ``name``: the ``kind`` aggregate over noisy copies, with the shared options."""
+    return register(name, family="gradient", options=_OPTS, fast_options=_FAST, ranges=_RANGES,
+                    **meta)(_registered(kind))
+
+
+smoothgrad = _register(
+    "smoothgrad", "mean",
     summary="saliency averaged over noisy copies of the image: |mean gradient|, max over colour "
     "channels; less speckle than the plain gradient",
     caveats="costs n gradient passes; the noise level sigma changes the picture; still a "
     "sensitivity map, not a contribution",
     reference="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
-    options=_OPTS,
-    fast_options=_FAST,
-    ranges=_RANGES,
     claims=(
         CueClaim(n=60, at_least=0.75, measured=0.88),
     ),
-)(_registered("mean"))
-smoothgrad_sq = register(
-    "smoothgrad_sq",
-    family="gradient",
+)
+smoothgrad_sq = _register(
+    "smoothgrad_sq", "squared",
     summary="mean squared gradient over noisy copies (SmoothGrad-squared), max over colour "
     "channels: sharper than SmoothGrad",
     caveats="costs n gradient passes; squaring exaggerates the strongest pixels",
     reference="Hooker et al. 2019, A Benchmark for Interpretability Methods in Deep Neural "
     "Networks",
-    options=_OPTS,
-    fast_options=_FAST,
-    ranges=_RANGES,
     claims=(
         CueClaim(n=60, at_least=0.7, measured=0.82),
     ),
-)(_registered("squared"))
-vargrad = register(
-    "vargrad",
-    family="gradient",
+)
+vargrad = _register(
+    "vargrad", "var",
     summary="variance of the gradient over noisy copies, max over colour channels: where the "
     "gradient is unstable",
     caveats="costs n gradient passes; variance is not importance (a linear model's VarGrad is 0)",
     reference="Adebayo et al. 2018, Local Explanation Methods for Deep Neural Networks Lack "
     "Sensitivity to Parameter Values",
-    options=_OPTS,
-    fast_options=_FAST,
-    ranges=_RANGES,
     claims=(
         CueClaim(n=60, at_most=0.25, measured=0.12,
                  note='a documented failure: the gradient over the cue texture is stable under '
                  'noise while the gradient elsewhere is not, so the variance peaks off the cue'),
     ),
-)(_registered("var"))
+)

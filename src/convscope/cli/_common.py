@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = [
@@ -97,6 +98,47 @@ def parse_target(value: str | None) -> Any:
     if value is None:
         return None
     return int(value) if value.lstrip("-").isdigit() else value
+
+
+def check_out(path: str, allowed: tuple[str, ...] = (".png", ".npy", ".json")) -> Path:
+    """``-o PATH`` with one of the ``allowed`` suffixes, else a one-line error naming them."""
+    from ..errors import InputError
+
+    p = Path(path)
+    if p.suffix.lower() not in allowed:
+        names = ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+        raise InputError(f"-o {p}: give a {names} file name")
+    return p
+
+
+def parse_channels(spec: str | None) -> list[int] | None:
+    """``--channels``: ``"0-3,7, 9"`` -> ``[0, 1, 2, 3, 7, 9]``; ``None`` or ``""`` -> ``None``.
+
+    Raises:
+        InputError: not indices and ascending ranges, or no channel at all.
+    """
+    from ..errors import InputError
+
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"--channels {spec!r}: use indices and ranges like 0-3,7") from None
+    if not out:
+        raise InputError("--channels: no channel given")
+    return out
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

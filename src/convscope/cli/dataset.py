@@ -10,7 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args, nonneg_int, positive_int, seed_int
+from ._common import (
+    add_model_args,
+    check_out,
+    load_from_args,
+    nonneg_int,
+    parse_channels,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["add_commands"]
 
@@ -30,49 +38,18 @@ def _data_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes reading images")
 
 
-def _check_out(out: str, allowed: tuple[str, ...]) -> Path:
-    from ..errors import InputError
-
-    p = Path(out)
-    if p.suffix.lower() not in allowed:
-        raise InputError(f"-o {out}: give a {' / '.join(allowed)} file name")
-    return p
-
-
-def _channels(spec: str | None) -> list[int] | None:
-    from ..errors import InputError
-
-    if spec is None:
-        return None
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"--channels {spec!r}: use indices and ranges like 0-7,12") from None
-    return out
+def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
+    """How the data set is read (the options of :func:`_data_args`), as keyword arguments."""
+    return dict(batch_size=args.batch_size, num_workers=args.workers, limit=args.limit)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     from ..dataset import top_activations
 
-    out = _check_out(args.output, (".png", ".json"))
-    chans = _channels(args.channels)
+    out = check_out(args.output, (".png", ".json"))
+    chans = parse_channels(args.channels)
     lm = load_from_args(args)
-    res = top_activations(
-        lm,
-        args.data,
-        args.layer,
-        k=args.k,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        limit=args.limit,
-    )
+    res = top_activations(lm, args.data, args.layer, k=args.k, **_data_kw(args))
     if chans is not None:
         res.grid(chans)  # validate before writing
     res.save(out, chans, style=args.style)
@@ -101,20 +78,10 @@ def _query(value: str) -> Any:
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from ..dataset import nearest_neighbors
 
-    out = _check_out(args.output, (".png", ".json"))
+    out = check_out(args.output, (".png", ".json"))
     lm = load_from_args(args)
-    res = nearest_neighbors(
-        lm,
-        args.data,
-        _query(args.query),
-        args.layer,
-        k=args.k,
-        metric=args.metric,
-        pool=args.pool,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        limit=args.limit,
-    )
+    res = nearest_neighbors(lm, args.data, _query(args.query), args.layer, k=args.k, metric=args.metric,
+                            pool=args.pool, **_data_kw(args))
     res.save(out)
     print(f"{out}  {len(res.indices)} nearest by {res.metric} at {res.layer}: images {res.indices.tolist()}")
     return 0
@@ -123,19 +90,10 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from ..dataset import embed
 
-    out = _check_out(args.output, (".png", ".json", ".npy"))
+    out = check_out(args.output, (".png", ".json", ".npy"))
     lm = load_from_args(args)
-    res = embed(
-        lm,
-        args.data,
-        args.layer,
-        method=args.method,
-        pool=args.pool,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        limit=args.limit,
-    )
+    res = embed(lm, args.data, args.layer, method=args.method, pool=args.pool, seed=args.seed,
+                **_data_kw(args))
     res.save(out, kind=args.kind)
     print(f"{out}  {args.method} map of {len(res.coords)} images at {res.layer}")
     return 0

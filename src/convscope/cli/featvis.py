@@ -13,50 +13,17 @@ from typing import Any
 
 from ._common import (
     add_model_args,
+    check_out,
     finite_float,
     load_from_args,
     nonneg_float,
+    parse_channels,
     positive_float,
     positive_int,
     seed_int,
 )
 
 __all__ = ["add_commands", "parse_channels"]
-
-_EXTS = (".png", ".npy", ".json")
-
-
-def parse_channels(spec: str) -> list[int]:
-    """``"0-3,7,9"`` -> ``[0, 1, 2, 3, 7, 9]``."""
-    from ..errors import InputError
-
-    out: list[int] = []
-    for part in spec.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InputError(f"--channels {spec!r}: use indices and ranges like 0-3,7") from None
-    if not out:
-        raise InputError("--channels: no channel given")
-    return out
-
-
-def _check_out(path: str) -> Path:
-    from ..errors import InputError
-
-    p = Path(path)
-    if p.suffix.lower() not in _EXTS:
-        raise InputError(f"-o {p}: give a .png, .npy or .json file name")
-    return p
 
 
 def _opt_args(s: argparse.ArgumentParser, steps: int) -> None:
@@ -89,7 +56,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..featvis import visualize, visualize_class, visualize_layer
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     chosen = [x is not None for x in (args.objective, args.class_, args.layer)]
     if sum(chosen) != 1:
         raise InputError("give exactly one of --objective, --class or --layer")
@@ -101,7 +68,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.class_.split(",") if c.strip()]
         v = visualize_class(lm, classes, objective=args.class_objective, **kw)
     else:
-        chans = parse_channels(args.channels) if args.channels else None
+        chans = parse_channels(args.channels)
         v = visualize_layer(lm, args.layer, chans, objective=args.unit, **kw)
     return _done(v, out)
 
@@ -109,15 +76,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_filters(args: argparse.Namespace) -> int:
     from ..featvis import filters
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     return _done(filters(load_from_args(args), args.layer, max_filters=args.max_filters), out)
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
     from ..featvis import activation_maps
 
-    out = _check_out(args.output)
-    chans = parse_channels(args.channels) if args.channels else None
+    out = check_out(args.output)
+    chans = parse_channels(args.channels)
     v = activation_maps(load_from_args(args), args.image, args.layer, channels=chans,
                         max_channels=args.max_channels, normalize=args.normalize)
     return _done(v, out)
@@ -126,13 +93,27 @@ def cmd_activations(args: argparse.Namespace) -> int:
 def cmd_deepdream(args: argparse.Namespace) -> int:
     from ..featvis import deepdream
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     objective = args.objective
     v = deepdream(load_from_args(args), args.image, args.layer, objective=objective,
                   octaves=args.octaves, octave_scale=args.octave_scale, steps=args.steps, lr=args.lr,
                   max_side=args.max_side, seed=args.seed,
                   progress=False if args.no_progress else None)
     return _done(v, out)
+
+
+def _command(sub: Any, name: str, help: str, func: Any, *, image: bool,
+             layer: str) -> argparse.ArgumentParser:
+    """A subcommand with what the single-model views share: the image (if ``image``), the model
+    options, ``--layer`` (help ``layer``) and ``-o``."""
+    s = sub.add_parser(name, help=help)
+    if image:
+        s.add_argument("image", help="image file")
+    add_model_args(s)
+    s.add_argument("--layer", "-l", default=None, help=layer)
+    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
+    s.set_defaults(func=func)
+    return s
 
 
 def add_commands(sub: Any) -> None:
@@ -155,28 +136,19 @@ def add_commands(sub: Any) -> None:
     s.add_argument("-o", "--output", required=True, help="output .png (grid), .npy or .json")
     s.set_defaults(func=cmd_visualize)
 
-    s = sub.add_parser("filters", help="the first convolution's filters as an image grid")
-    add_model_args(s)
-    s.add_argument("--layer", "-l", default=None, help="a convolution (default: the first)")
+    s = _command(sub, "filters", "the first convolution's filters as an image grid", cmd_filters,
+                 image=False, layer="a convolution (default: the first)")
     s.add_argument("--max-filters", type=positive_int, default=64)
-    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=cmd_filters)
 
-    s = sub.add_parser("activations", help="the activation maps of a layer for one image, as a grid")
-    s.add_argument("image", help="image file")
-    add_model_args(s)
-    s.add_argument("--layer", "-l", default=None, help="layer (default: the model's default layer)")
+    s = _command(sub, "activations", "the activation maps of a layer for one image, as a grid",
+                 cmd_activations, image=True, layer="layer (default: the model's default layer)")
     s.add_argument("--channels", default=None, help="e.g. 0-15 (default: the most active)")
     s.add_argument("--max-channels", type=positive_int, default=32)
     s.add_argument("--normalize", choices=["layer", "channel"], default="layer",
                    help="one colour scale for the layer, or one per channel")
-    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=cmd_activations)
 
-    s = sub.add_parser("deepdream", help="DeepDream on a photo, with octaves")
-    s.add_argument("image", help="image file")
-    add_model_args(s)
-    s.add_argument("--layer", "-l", default=None, help="layer to amplify (default: the model's)")
+    s = _command(sub, "deepdream", "DeepDream on a photo, with octaves", cmd_deepdream, image=True,
+                 layer="layer to amplify (default: the model's)")
     s.add_argument("--objective", default=None, help="'layer:channel' instead of the whole layer")
     s.add_argument("--octaves", type=positive_int, default=4)
     s.add_argument("--octave-scale", type=finite_float(1, lo_open=True), default=1.4)
@@ -185,5 +157,3 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--max-side", type=positive_int, default=512, help="shrink larger photos first")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--no-progress", action="store_true")
-    s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=cmd_deepdream)

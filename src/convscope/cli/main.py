@@ -57,39 +57,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
     from ..hooks import layer_names
+    from ..models.forward import probe
 
     is_file = Path(args.model).suffix in (".safetensors", ".pt", ".pth", ".bin")
     if str(args.weights).lower() == "none" and is_file:
         args.weights = "default"  # the model is a weights file: load it (shapes do not depend on it)
     lm = load_from_args(args)
     shapes: dict[str, str] = {}
-    handles = []
-    for name, mod in lm.model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m: Any, _i: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor):
-                shapes.setdefault(name, "x".join(str(s) for s in out.shape[1:]))
-
-        handles.append(mod.register_forward_hook(hook))
-    pre = lm.preprocessing
-    try:
-        with torch.no_grad():
-            lm.model(torch.zeros(1, pre.channels, *pre.size))
-    except Exception as exc:
-        from ..errors import ModelLoadError
-
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(
-            f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input ({first}); state "
-            "its preprocessing with --preprocessing/--input-size/--input-channels or a model card"
-        ) from None
-    finally:
-        for h in handles:
-            h.remove()
+    for name, out in probe(lm.model, lm.preprocessing, "*")[1]:
+        if isinstance(out, torch.Tensor):
+            shapes.setdefault(name, "x".join(str(s) for s in out.shape[1:]))
+    modules = dict(lm.model.named_modules())
     for name in layer_names(lm.model):
-        mod = dict(lm.model.named_modules())[name]
+        mod = modules[name]
         mark = "  (default layer)" if name == lm.default_layer else ""
         print(f"{name:40s} {type(mod).__name__:22s} {shapes.get(name, '-')}{mark}")
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._common import (
     add_model_args,
+    check_out,
     load_from_args,
     nonneg_float,
     number_or,
@@ -23,17 +24,6 @@ from ._common import (
 )
 
 __all__ = ["add_commands"]
-
-_EXTS = (".png", ".npy", ".json")
-
-
-def _check_out(path: str) -> Path:
-    from ..errors import InputError
-
-    p = Path(path)
-    if p.suffix.lower() not in _EXTS:
-        raise InputError(f"-o {p}: give a .png, .npy or .json file name")
-    return p
 
 
 def _check_image_out(path: str | None) -> Path | None:
@@ -91,7 +81,7 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..synthesis import attack, fooling_image
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     lm = load_from_args(args)
     target = parse_target(args.target)
     eps_v = args.eps if args.eps is not None else ("inf" if args.method == "fooling" else 0.03)
@@ -122,7 +112,7 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
 def cmd_invert(args: argparse.Namespace) -> int:
     from ..synthesis import inversion_strip, invert
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     lm = load_from_args(args)
     img = _skimage(args.image)
     kw = dict(steps=args.steps, lr=args.lr, tv_weight=args.tv_weight, norm_weight=args.norm_weight,
@@ -141,7 +131,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 def cmd_texture(args: argparse.Namespace) -> int:
     from ..synthesis import efros_leung, texture
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     image_out = _check_image_out(args.image_out)
     src = _skimage(args.source)
     if args.method == "efros-leung":
@@ -165,7 +155,7 @@ def cmd_texture(args: argparse.Namespace) -> int:
 def cmd_style(args: argparse.Namespace) -> int:
     from ..synthesis import style_transfer
 
-    out = _check_out(args.output)
+    out = check_out(args.output)
     image_out = _check_image_out(args.image_out)
     lm = _style_model(args)
     res = style_transfer(lm, _skimage(args.content), _skimage(args.style),

@@ -14,9 +14,10 @@ dropout, ...) keep the box. Global pooling, flattening and unknown operations th
 spatial size end the analysis with a clear error. The box is clipped to the image when patches
 are cut (:func:`rf_box`).
 
-:func:`layer_extractor` returns a function computing only what a layer depends on: the traced
-graph cut after the layer (dead code removed), or, for models ``torch.fx`` cannot trace, a full
-forward pass with :func:`convscope.capture`.
+:func:`layer_extractor` returns a function computing a layer's activation with convscope's one
+way to run part of a network: a forward pass under :func:`convscope.capture` cut short as soon as
+the layer has run (:meth:`convscope.hooks.Capture.run` with ``stop_after``), so nothing after it
+is evaluated; it works for every model, traceable by ``torch.fx`` or not.
 """
 
 from __future__ import annotations
@@ -343,32 +344,21 @@ def _same_pad(m: nn.Conv2d) -> tuple[int, int]:
 
 
 def layer_extractor(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``f(x) -> activation of layer`` that runs only what the layer depends on.
+    """``f(x) -> activation of layer`` that stops the forward pass once the layer has run.
 
-    The model is traced and the graph cut after the layer; when tracing fails, a full forward
-    pass under :func:`convscope.capture` is used. Call it inside ``torch.no_grad()`` and
-    :func:`convscope.hooks.state_guard` (the parameters and modules are the model's own).
+    Call it inside ``torch.no_grad()`` and :func:`convscope.hooks.state_guard` (the modules are
+    the model's own; each call hooks the layer for its pass only and leaves modes and flags to
+    that guard).
+
+    Raises:
+        LayerNotFoundError: no such layer. MethodError (on a call): the layer did not run, or ran
+            more than once in the pass.
     """
     (name,) = resolve_layers(model, layer)[:1]
-    try:
-        gm = fx.symbolic_trace(model)
-        node = _layer_node(gm, name)
-    except Exception:
-        return _capture_extractor(model, name)
-    graph = gm.graph
-    for n in list(graph.nodes):
-        if n.op == "output":
-            graph.erase_node(n)
-    graph.output(node)
-    graph.eliminate_dead_code()
-    cut = fx.GraphModule(gm, graph)
-    return cut
 
-
-def _capture_extractor(model: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
-        with capture(model, name, clone=False) as cap:
-            model(x)
+        with capture(model, name, clone=False, eval_mode=False, freeze=False) as cap:
+            cap.run(x, stop_after=[name])
             return cap.activation(name)
 
     return run

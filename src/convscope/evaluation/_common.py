@@ -10,17 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InputError
 from ..hooks import state_guard
-from ..models import LoadedModel, load_model
+from ..models import as_loaded
+from ..models.forward import chunked_outputs
+from ..targets import resolve_target
 
 __all__ = [
     "BaselineSpec",
     "as_loaded",
-    "make_baseline",
     "masked_scores",
     "predict_targets",
     "score_fn",
@@ -29,16 +31,6 @@ __all__ = [
 #: A baseline: a number in model space, ``"blur"`` (Gaussian blur of the input), ``"black"``
 #: (pixel value 0, needs the model's preprocessing) or a (C, H, W) / (B, C, H, W) tensor.
 BaselineSpec = float | str | torch.Tensor
-
-
-def as_loaded(model: Any) -> LoadedModel:
-    """A :class:`LoadedModel` for any model spec (the same object for a loaded model); a black-box
-    ``predict(batch) -> scores`` function or ONNX session is wrapped as a parameter-free module."""
-    from ..perturb import BlackBoxModel, is_black_box
-
-    if is_black_box(model):
-        return load_model(BlackBoxModel(model))
-    return load_model(model)
 
 
 def score_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -53,37 +45,23 @@ def score_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 def predict_targets(
     net: nn.Module, x: torch.Tensor, targets: Any, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(targets (B,) long, logits (B, K)) where ``targets=None`` means the predicted class."""
-    with state_guard(net), torch.no_grad():
-        logits = torch.cat([net(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    if targets is None:
-        t = logits.argmax(1)
-    else:
-        t = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(x.shape[0])
-        if t.numel() != x.shape[0]:
-            raise InputError(f"got {t.numel()} targets for {x.shape[0]} images")
-        if ((t < 0) | (t >= logits.shape[1])).any():
-            raise InputError(f"target out of range for a model with {logits.shape[1]} outputs")
-    return t.clone(), logits
+    """(targets (B,) long, logits (B, K)) where ``targets=None`` means the predicted class.
 
-
-def make_baseline(
-    x: torch.Tensor, baseline: BaselineSpec, lm: LoadedModel | None = None, *, blur_sigma: float | None = None
-) -> torch.Tensor:
-    """The (B, C, H, W) baseline image that removed pixels are replaced with, in model space.
-
-    Names and numbers are pixel values (:func:`convscope.inputs.baseline`: ``"black"``, a grey
-    level in [0, 1], ...); a tensor is in model space. ``"blur"`` blurs with a Gaussian of
-    ``blur_sigma`` pixels (default: 1/45 of the image side, the 11-px/sigma-5 kernel of Petsiuk
-    et al. at 224 px scaled to the input, at least 1 px).
+    Targets are read by :func:`convscope.targets.resolve_target` (a class index or name for every
+    image, one per image, ``"top2"``, ...); a one-element list or tensor is one target for all.
     """
-    from ..inputs import baseline as pixel_baseline
-
-    if isinstance(baseline, torch.Tensor) and baseline.ndim == 3:
-        baseline = baseline.unsqueeze(0)
-    return pixel_baseline(x, baseline, None if lm is None else lm.preprocessing, sigma=blur_sigma)
+    with state_guard(net):
+        logits = chunked_outputs(net, x, batch_size)
+    spec = targets
+    if isinstance(spec, (torch.Tensor, np.ndarray, np.generic)):
+        spec = torch.as_tensor(spec).reshape(-1).tolist()
+    if isinstance(spec, (list, tuple)) and len(spec) == 1:
+        spec = spec[0]  # one target for every image
+    resolved = resolve_target(spec, logits)  # the one rule: indices, names, "top2", ...
+    if resolved.indices is None or resolved.negative is not None:
+        raise InputError("the metrics take class targets (indices), not a callable or a contrast")
+    t = resolved.indices.to(logits.device)
+    return t.clone(), logits
 
 
 def masked_scores(

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..inputs import baseline as make_baseline
 from ..models import LoadedModel
-from ._common import BaselineSpec, as_loaded, make_baseline, masked_scores, predict_targets
+from ._common import BaselineSpec, as_loaded, masked_scores, predict_targets
 
 __all__ = [
     "Curve",
@@ -148,7 +149,7 @@ def relevance_curve(
         targets: class per image (default: the predicted class on ``x``).
         steps: number of steps (``steps + 1`` points).
         baseline: what removed pixels become (default: ``"black"`` pixels for deletion, ``"blur"``
-            for insertion, as in Petsiuk et al.); see :func:`~convscope.evaluation._common.make_baseline`.
+            for insertion, as in Petsiuk et al.); see :func:`convscope.inputs.baseline`.
         score: ``"probability"`` (softmax, default) or ``"logit"`` of the target.
         batch_size: masked images per forward pass, or ``"auto"`` (a memory budget).
         seed: seed of the tie-breaking order.
@@ -164,7 +165,7 @@ def relevance_curve(
     x = x.detach()
     t, _ = predict_targets(lm.model, x, targets, 64 if batch_size == "auto" else int(batch_size))
     default = "black" if kind == "deletion" else "blur"
-    base = make_baseline(x, baseline if baseline is not None else default, lm)
+    base = make_baseline(x, baseline if baseline is not None else default, lm.preprocessing)
     h, w = x.shape[-2:]
     n = h * w
     ks = _steps(n, steps).to(x.device)
@@ -226,7 +227,7 @@ def faithfulness_correlation(
     if n_samples < 2:
         raise InputError(f"n_samples must be at least 2, got {n_samples}")
     t, _ = predict_targets(lm.model, x, targets, 64 if batch_size == "auto" else int(batch_size))
-    base = make_baseline(x, baseline, lm)
+    base = make_baseline(x, baseline, lm.preprocessing)
     g = torch.Generator().manual_seed(seed)
     pick = torch.rand(b, n_samples, n, generator=g).argsort(-1)[..., :s]  # (B, n, s)
     removed = torch.zeros(b, n_samples, n, dtype=torch.bool)

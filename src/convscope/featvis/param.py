@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import check_values, ints
 from ..errors import InputError
 
 __all__ = ["ColorDecorrelation", "FFTImage", "ImageParam", "PixelImage", "image"]
@@ -85,10 +86,7 @@ class ImageParam(nn.Module):
     def __init__(self, batch: int, channels: int, size: int | tuple[int, int], *,
                  decorrelate: bool = True, squash: str = "sigmoid") -> None:
         super().__init__()
-        if batch < 1:
-            raise InputError(f"batch must be >= 1, got {batch}")
-        if channels < 1:
-            raise InputError(f"channels must be >= 1, got {channels}")
+        check_values(batch=(batch, ints(1)), channels=(channels, ints(1)))
         if squash not in ("sigmoid", "clip"):
             raise InputError(f"squash must be 'sigmoid' or 'clip', got {squash!r}")
         self.batch, self.channels = int(batch), int(channels)

@@ -1,5 +1,5 @@
-"""The feature-visualisation facade: ``visualize``, the layer gallery, class models, DeepDream,
-first-layer filters and activation maps.
+"""The feature-visualisation facade: ``visualize``, the layer gallery, class models, DeepDream;
+first-layer filters and activation maps (no optimisation: :mod:`.maps`) are re-exported here.
 
 All optimisation runs through :func:`convscope.optimize.optimize` (one loop); this module only
 chooses the parameterisation, transforms and objective, and wraps the result in a
@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, MethodError
-from ..hooks import capture, resolve_layers, state_guard
+from ..hooks import resolve_layers
 from ..image import ImageLike
 from ..inputs import load_pixels
-from ..models import LoadedModel, Preprocessing, load_model
+from ..models import LoadedModel, Preprocessing, as_loaded
 from ..optimize import OptimizationResult, optimize
+from ..targets import class_index
 from . import objectives as obj
+from .maps import activation_maps, display_name, filters
 from .param import ImageParam
 from .param import image as make_image
 from .result import Visualization
@@ -38,18 +40,6 @@ __all__ = [
 ]
 
 ObjectiveLike = obj.Objective | str | Callable[..., torch.Tensor]
-
-
-def display_name(lm: LoadedModel) -> str:
-    """A short model name for titles: ``torchvision:vgg16`` -> ``vgg16``."""
-    name = lm.name
-    return name.split(":", 1)[1] if name.startswith(("torchvision:", "timm:")) else name
-
-
-def _loaded(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | None) -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    return load_model(model, preprocessing=preprocessing)
 
 
 def _hw(size: int | tuple[int, int] | None, pre: Preprocessing) -> tuple[int, int]:
@@ -207,7 +197,7 @@ def visualize(
     Returns:
         A :class:`~.result.Visualization` with B images.
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     o = obj.as_objective(objective)
     b = int(batch or o.batch or 1)
     if o.batch is not None and b != o.batch:
@@ -262,6 +252,18 @@ def _concat(parts: list[Visualization], **kw: Any) -> Visualization:
     )
 
 
+def _gallery(lm: LoadedModel, items: list[int], batch_size: int, objective: Callable[[list[int]], Any],
+             title: Callable[[int], str], *, seed: int, steps: int, **options: Any) -> list[Visualization]:
+    """One :func:`visualize` run per ``batch_size`` items (channels or classes); batch k is seeded
+    ``seed + k`` and optimises ``objective(chunk)``, one image per item titled ``title(item)``."""
+    parts = []
+    for k, i in enumerate(range(0, len(items), max(1, batch_size))):
+        chunk = items[i:i + batch_size]
+        parts.append(visualize(lm, objective(chunk), batch=len(chunk), seed=seed + k, steps=steps,
+                               titles=[title(c) for c in chunk], **options))
+    return parts
+
+
 def visualize_layer(
     model: str | nn.Module | LoadedModel,
     layer: str,
@@ -285,7 +287,7 @@ def visualize_layer(
         seed: seed of the first batch; batch k uses ``seed + k``.
         **options: passed to :func:`visualize` (size, param, lr, transforms, ...).
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     (name,) = resolve_layers(lm.model, layer)
     chans = list(range(16) if channels is None else channels)
     if not chans:
@@ -293,13 +295,9 @@ def visualize_layer(
     if objective not in ("channel", "neuron"):
         raise InputError(f"objective must be 'channel' or 'neuron', got {objective!r}")
     mname = display_name(lm)
-    parts = []
-    for k, i in enumerate(range(0, len(chans), max(1, batch_size))):
-        chunk = chans[i:i + batch_size]
-        o = obj.channel(name, chunk) if objective == "channel" else obj.neuron(name, chunk)
-        titles = [f"{mname} layer {name}, channel {c}" for c in chunk]
-        parts.append(visualize(lm, o, batch=len(chunk), seed=seed + k, steps=steps, titles=titles,
-                               **options))
+    make = obj.channel if objective == "channel" else obj.neuron
+    parts = _gallery(lm, chans, batch_size, lambda chunk: make(name, chunk),
+                     lambda c: f"{mname} layer {name}, channel {c}", seed=seed, steps=steps, **options)
     return _concat(parts, kind="layer", objective=f"{objective}({name})", layer=name)
 
 
@@ -322,7 +320,7 @@ def visualize_class(
         batch_size: classes optimised together in one batch.
         **options: passed to :func:`visualize` (size, param, l2, tv, transforms, ...).
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     n = len(lm.class_names)
     if classes is None:
         if n == 0 or n > 16:
@@ -330,24 +328,15 @@ def visualize_class(
         cls = list(range(n))
     else:
         items = [classes] if isinstance(classes, (int, str)) else list(classes)
-        cls = []
-        for c in items:
-            if isinstance(c, str) and not c.lstrip("-").isdigit():
-                if c not in lm.class_names:
-                    raise InputError(f"unknown class name {c!r}")
-                cls.append(lm.class_names.index(c))
-            else:
-                cls.append(int(c))
+        # the one class rule (targets.class_index); a model whose class count is not known yet
+        # (a plain module before its first input) takes indices as given
+        cls = [class_index(c, lm.class_names, n) if n else int(c) for c in items]
     if objective not in ("logit", "prob"):
         raise InputError(f"objective must be 'logit' or 'prob', got {objective!r}")
     mname = display_name(lm)
-    parts = []
-    for k, i in enumerate(range(0, len(cls), max(1, batch_size))):
-        chunk = cls[i:i + batch_size]
-        o = obj.class_logit(chunk) if objective == "logit" else obj.class_prob(chunk)
-        titles = [f"{mname} class {lm.class_names[c] if 0 <= c < n else c}" for c in chunk]
-        parts.append(visualize(lm, o, batch=len(chunk), seed=seed + k, steps=steps, titles=titles,
-                               **options))
+    parts = _gallery(lm, cls, batch_size, obj.class_logit if objective == "logit" else obj.class_prob,
+                     lambda c: f"{mname} class {lm.class_names[c] if 0 <= c < n else c}", seed=seed,
+                     steps=steps, **options)
     return _concat(parts, kind="class", objective=f"class_{objective}")
 
 
@@ -386,7 +375,7 @@ def deepdream(
     Returns:
         A :class:`~.result.Visualization` holding the dreamed image.
     """
-    lm = _loaded(model, preprocessing)
+    lm = as_loaded(model, preprocessing)
     pre = lm.preprocessing
     if objective is None:
         layer = layer or lm.default_layer
@@ -442,138 +431,3 @@ def image_param_from(pixels: torch.Tensor) -> ImageParam:
     p = PixelImage((int(t.shape[-2]), int(t.shape[-1])), t.shape[0], t.shape[1], squash="clip")
     p.load_image(t)
     return p
-
-
-def _first_conv(model: nn.Module) -> tuple[str, nn.Module]:
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            return name, m
-    raise MethodError(f"{type(model).__name__} has no Conv2d layer; pass layer= with a convolution")
-
-
-def filters(
-    model: str | nn.Module | LoadedModel,
-    layer: str | None = None,
-    *,
-    max_filters: int = 64,
-    preprocessing: Preprocessing | None = None,
-) -> Visualization:
-    """The filters of the first convolution (or of ``layer``) as images.
-
-    Each filter is shown on its own scale: ``0.5 + 0.5 * w / max|w|`` (mid-grey is zero). Filters
-    with 3 input channels are drawn in colour, others per input-channel mean in gray.
-    """
-    lm = _loaded(model, preprocessing)
-    if layer is None:
-        name, conv = _first_conv(lm.model)
-    else:
-        (name,) = resolve_layers(lm.model, layer)
-        conv = dict(lm.model.named_modules())[name]
-    wt = getattr(conv, "weight", None)
-    if not isinstance(wt, torch.Tensor) or wt.ndim != 4:
-        raise MethodError(f"layer {name!r} has no 4-D convolution weight")
-    w = wt.detach().float().cpu()[:max_filters]
-    if w.shape[1] not in (1, 3):
-        w = w.mean(1, keepdim=True)
-    scale = w.abs().flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1, 1)
-    imgs = 0.5 + 0.5 * w / scale
-    mname = display_name(lm)
-    return Visualization(
-        images=imgs.contiguous(),
-        titles=tuple(f"{mname} {name} filter {i}" for i in range(len(imgs))),
-        kind="filters",
-        objective="weights",
-        model_name=lm.name, model_info=lm.info(),
-        layer=name,
-        options=dict(shape=list(wt.shape)),
-    )
-
-
-def activation_maps(
-    model: str | nn.Module | LoadedModel,
-    image: ImageLike | torch.Tensor,
-    layer: str | None = None,
-    *,
-    channels: Iterable[int] | None = None,
-    max_channels: int = 32,
-    normalize: str = "layer",
-    cmap: str = "viridis",
-    preprocessing: Preprocessing | None = None,
-) -> Visualization:
-    """The activation maps of ``layer`` for one image, one map per channel.
-
-    Args:
-        image: a path, PIL image, array, or a model-space tensor (as for ``explain``).
-        layer: the layer (default: the model's default layer).
-        channels: which channels (default: the ``max_channels`` with the largest mean activation,
-            most active first).
-        normalize: ``"layer"`` (one scale for all maps: brightness compares across channels) or
-            ``"channel"`` (each map min-max scaled).
-    """
-    from ..api import prepare_inputs
-
-    lm = _loaded(model, preprocessing)
-    layer = layer or lm.default_layer
-    if layer is None:
-        raise MethodError(f"{lm.name} has no default layer; pass layer=")
-    (name,) = resolve_layers(lm.model, layer)
-    x, _disp, tensors = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels)
-    if x.shape[0] != 1:
-        raise InputError("activation_maps takes one image")
-    p = next(lm.model.parameters(), None)
-    if p is not None:
-        x = x.to(p.device)
-    with state_guard(lm.model, tensors), capture(lm.model, name) as cap, torch.no_grad():
-        lm.model(x)
-        a = cap.activation(name).detach().float()
-    fm = _maps(a, (int(x.shape[-2]), int(x.shape[-1])))[0]  # (C, h, w)
-    if channels is None:
-        order = fm.flatten(1).mean(1).argsort(descending=True)[:max_channels].tolist()
-    else:
-        order = [int(c) for c in channels]
-        bad = [c for c in order if not 0 <= c < fm.shape[0]]
-        if bad:
-            raise InputError(f"channels {bad} out of range for {fm.shape[0]} channels of {name}")
-    maps = fm[order]
-    if normalize == "layer":
-        lo, hi = maps.min(), maps.max()
-        maps = (maps - lo) / (hi - lo).clamp(min=1e-12)
-    elif normalize == "channel":
-        lo = maps.flatten(1).amin(1).view(-1, 1, 1)
-        hi = maps.flatten(1).amax(1).view(-1, 1, 1)
-        maps = (maps - lo) / (hi - lo).clamp(min=1e-12)
-    else:
-        raise InputError(f"normalize must be 'layer' or 'channel', got {normalize!r}")
-    mname = display_name(lm)
-    means = fm[order].flatten(1).mean(1).tolist()
-    return Visualization(
-        images=maps.unsqueeze(1).cpu().contiguous(),
-        titles=tuple(f"{mname} layer {name}, channel {c} (mean {m:.2g})"
-                     for c, m in zip(order, means, strict=True)),
-        kind="activations",
-        objective="activations",
-        model_name=lm.name, model_info=lm.info(),
-        layer=name,
-        cmap=cmap,
-        options=dict(channels=order, normalize=normalize),
-    )
-
-
-def _maps(a: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
-    """A layer output as (B, C, h, w) maps (NHWC and token layouts converted)."""
-    lay = obj._layout_of(a, None, in_hw)
-    if lay == "nchw":
-        return a
-    if lay == "nhwc":
-        return a.permute(0, 3, 1, 2)
-    if lay == "nlc":
-        import math
-
-        n = a.shape[1]
-        for drop in (0, 1):
-            side = math.isqrt(n - drop)
-            if side * side == n - drop:
-                return a[:, drop:].transpose(1, 2).reshape(a.shape[0], -1, side, side)
-        return a.transpose(1, 2).unsqueeze(-1)
-    return a.reshape(a.shape[0], -1, 1, 1)
-

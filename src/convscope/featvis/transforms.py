@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..inputs import gaussian_blur as _blur
 
 __all__ = [
     "Transform",
@@ -137,31 +138,13 @@ def random_rotate(angles: Sequence[float], *, fill: float = 0.5) -> Transform:
     return t
 
 
-def _gauss_kernel(sigma: float, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    xs = torch.arange(-r, r + 1, dtype=dtype, device=device)
-    k = torch.exp(-(xs * xs) / (2 * sigma * sigma))
-    k = k / k.sum()
-    return k.view(1, 1, -1).expand(channels, 1, -1).contiguous()
-
-
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding.
+    """Separable Gaussian blur with reflect padding (:func:`convscope.inputs.gaussian_blur`).
 
     Shape:
         x: (B, C, H, W) -> (B, C, H, W).
     """
-    if sigma <= 0:
-        return x
-    c = x.shape[1]
-    k = _gauss_kernel(sigma, c, x.dtype, x.device)
-    r = k.shape[-1] // 2
-    h, w = x.shape[-2:]
-    mode = "reflect" if r < min(h, w) else "replicate"
-    y = F.pad(x, (r, r, 0, 0), mode=mode)
-    y = F.conv2d(y, k.unsqueeze(2), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode=mode)
-    return F.conv2d(y, k.unsqueeze(3), groups=c)
+    return _blur(x, sigma, padding="reflect")
 
 
 def blur(sigma: float) -> Transform:

@@ -1,6 +1,7 @@
 """Models: the zoo, safe loading and preprocessing."""
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .resolve import as_loaded
 from .zoo import LoadedModel, bundled_models, load_model, model_specs
 
 __all__ = [
@@ -8,6 +9,7 @@ __all__ = [
     "IMAGENET_STD",
     "LoadedModel",
     "Preprocessing",
+    "as_loaded",
     "bundled_models",
     "load_model",
     "model_specs",

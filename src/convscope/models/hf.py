@@ -146,21 +146,14 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
         as a grid (e.g. DeiT's class and distillation tokens), else ``None``.
     """
     from ..attribution._tokens import grid_layout
-    from .zoo import _probe, find_default_layer
+    from .forward import last_spatial, probe
 
-    seen: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-    for name, mod in model.named_modules():
-        parent = name.rpartition(".")[0]
-        if name and "norm" in type(mod).__name__.lower() and parent.rpartition(".")[2].isdigit():
-            handles.append(mod.register_forward_hook(
-                lambda _m, _i, out, name=name: seen.append((name, tuple(out.shape)))
-                if isinstance(out, torch.Tensor) else None))
-    try:
-        _probe(model, pre)
-    finally:
-        for h in handles:
-            h.remove()
+    norms = {name for name, mod in model.named_modules()
+             if name and "norm" in type(mod).__name__.lower()
+             and name.rpartition(".")[0].rpartition(".")[2].isdigit()}
+    _, calls = probe(model, pre, "*")  # one pass: the block norms' tokens and the spatial maps
+    seen = [(name, tuple(out.shape)) for name, out in calls
+            if name in norms and isinstance(out, torch.Tensor)]
     tokens, unread = [], []
     for name, shape in seen:
         if len(shape) != 3:
@@ -174,7 +167,7 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
     if tokens:
         block = tokens[-1].rpartition(".")[0]
         return next(n for n in tokens if n.rpartition(".")[0] == block), None
-    layer = find_default_layer(model, pre)
+    layer = last_spatial(calls)
     if not unread:
         return layer, None
     name, shape = unread[-1]
@@ -202,7 +195,8 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
         ModelLoadError: ``transformers`` missing, a folder without a model, a hub name that cannot
             be fetched, weights named as a file; one line each.
     """
-    from .zoo import LoadedModel, _is_none, _num_outputs, _seeded
+    from ._sources import _is_none, _seeded
+    from .loaded import LoadedModel, _num_outputs
 
     try:
         import transformers

@@ -7,12 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import InputError
 from ..image import ImageLike
 from ..inputs import as_inputs, load_pixels
-from ..models import LoadedModel, Preprocessing, load_model
+from ..models import Preprocessing, as_loaded
 
 __all__ = [
     "as_loaded",
@@ -21,16 +20,6 @@ __all__ = [
     "pixels_from",
     "progress_bar",
 ]
-
-
-def as_loaded(
-    model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | None = None
-) -> LoadedModel:
-    """A :class:`LoadedModel` for a spec, a plain module or a loaded model.
-
-    A plain ``nn.Module`` gets ``preprocessing`` (default: ImageNet normalisation, 224 px).
-    """
-    return load_model(model, preprocessing=preprocessing)  # a loaded model is copied, not changed
 
 
 def pixels_from(

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import check_values, ints, reals
 from ..errors import InputError, MethodError
 from ..hooks import capture
 from ..models import LoadedModel
+from ..optimize import total_variation
 from ._common import gram
 
 __all__ = [
@@ -37,21 +39,6 @@ __all__ = [
     "run",
     "total_variation",
 ]
-
-
-def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
-    """Mahendran-Vedaldi total variation, averaged over pixels:
-    ``mean_ij ((x[i, j+1] - x[i, j])^2 + (x[i+1, j] - x[i, j])^2)^(beta / 2)``.
-
-    Shape:
-        x: (B, C, H, W); returns (B,).
-    """
-    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
-    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    s = dx * dx + dy * dy
-    if beta != 2.0:
-        s = (s + 1e-8).pow(beta / 2)
-    return s.flatten(1).mean(1)
 
 
 def alpha_norm(x: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
@@ -228,10 +215,7 @@ def run(
     from ..featvis.param import FFTImage, PixelImage
     from ..optimize import optimize
 
-    if steps < 1:
-        raise InputError(f"steps must be at least 1, got {steps}")
-    if lr <= 0:
-        raise InputError(f"lr must be positive, got {lr}")
+    check_values(steps=(steps, ints(1)), lr=(lr, reals(0, lo_open=True)))
     b, c, h, w = init.shape
     p: nn.Module
     if param == "pixel":

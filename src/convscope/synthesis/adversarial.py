@@ -35,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import check_values, ints
 from ..errors import InputError
 from ..hooks import state_guard
 from ..image import ImageLike
 from ..models import LoadedModel, Preprocessing
+from ..models.forward import chunked_outputs
 from ..targets import TargetSpec, resolve_target
 from ._common import as_loaded, pixels_from, progress_bar
 from .results import AdversarialResult
@@ -187,7 +189,7 @@ def attack(
     """
     norm = _norm_name(norm)
     eps = float(eps)
-    if not eps > 0:
+    if not eps > 0:  # inf is allowed: an unbounded attack
         raise InputError(f"eps must be positive (pixel units), got {eps}")
     if method == "fgsm":
         if steps not in (None, 1):
@@ -199,10 +201,7 @@ def attack(
         steps = 10
     if random_start is None:
         random_start = True
-    if steps < 1:
-        raise InputError(f"steps must be at least 1, got {steps}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    check_values(steps=(steps, ints(1)), batch_size=(batch_size, ints(1)))
     if loss not in ("ce", "margin"):
         raise InputError(f"unknown loss {loss!r}; use 'ce' or 'margin'")
     lm = as_loaded(model, preprocessing)
@@ -232,8 +231,7 @@ def attack(
 
     chunks = [slice(i, min(i + batch_size, b)) for i in range(0, b, batch_size)]
     with state_guard(net, [x0] + ([start] if start is not None else [])):
-        with torch.no_grad():
-            logits0 = torch.cat([logits_of(x0[c]) for c in chunks]).float().cpu()
+        logits0 = chunked_outputs(logits_of, x0, batch_size, lambda out: out.float().cpu())
         k = logits0.shape[1]
         names = lm.class_names if len(lm.class_names) == k else [f"class {i}" for i in range(k)]
         lab = resolve_target(labels, logits0, names).indices
@@ -257,8 +255,7 @@ def attack(
                 x = x + step_size * g / _bnorm(g).clamp(min=1e-12)
             x = _project(x, x0, eps, norm)
         x = enforce_budget(x, x0, eps, norm)
-        with torch.no_grad():
-            logits1 = torch.cat([logits_of(x[c]) for c in chunks]).float().cpu()
+        logits1 = chunked_outputs(logits_of, x, batch_size, lambda out: out.float().cpu())
     pred = logits1.argmax(1)
     success = pred == tgt if tgt is not None else pred != lab
     options: dict[str, Any] = dict(eps=eps, norm=norm, steps=steps, step_size=step_size,

@@ -54,28 +54,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _inverse(
-    lm: LoadedModel,
-    x0: torch.Tensor,
-    layers: list[str],
-    *,
-    steps: int,
-    lr: float,
-    tv_weight: float,
-    tv_beta: float,
-    norm_weight: float,
-    alpha: float,
-    init_sd: float,
-    param: str,
-    seed: int,
-    progress: bool | None,
+    lm: LoadedModel, x0: torch.Tensor, layers: list[str], opts: dict[str, Any], progress: bool | None
 ) -> tuple[list[torch.Tensor], list[dict[str, list[float]]], list[dict[str, float]]]:
+    """Invert ``x0``'s features at each of ``layers`` from one seeded start; ``opts``: the
+    settings of :func:`invert` (recorded as the result's options)."""
+    steps, lr, param, seed, init_sd = (opts[k] for k in ("steps", "lr", "param", "seed", "init_sd"))
     feats = reference_features(lm, x0, layers)
     gen = torch.Generator().manual_seed(int(seed))
     init = (0.5 + init_sd * torch.randn(x0.shape, generator=gen)).clamp(0, 1)
     images, hists, finals = [], [], []
     for layer in layers:
         obj = FeatureLoss([Term(layer, "features", feats[layer], 1.0, "features")],
-                          tv_weight=tv_weight, tv_beta=tv_beta, norm_weight=norm_weight, alpha=alpha)
+                          **{k: opts[k] for k in ("tv_weight", "tv_beta", "norm_weight", "alpha")})
         img, hist, final = run(lm, obj, init=init, steps=steps, lr=lr, param=param, seed=seed,
                                progress=progress, desc=f"invert {layer}")
         images.append(img)
@@ -121,14 +111,14 @@ def invert(
         its reference.
     """
     lm = as_loaded(model, preprocessing)
+    opts = _opts(steps=steps, lr=lr, tv_weight=tv_weight, tv_beta=tv_beta, norm_weight=norm_weight,
+                 alpha=alpha, init_sd=init_sd, param=param, seed=seed)
     layer = layer or lm.default_layer
     if layer is None:
         raise InputError("pass layer=: the model has no default layer")
     (name,) = resolve_layers(lm.model, [layer])[:1]
     x0 = pixels_from(image, lm.preprocessing, space=space, what="image")
-    imgs, hists, finals = _inverse(lm, x0, [name], steps=steps, lr=lr, tv_weight=tv_weight,
-                                   tv_beta=tv_beta, norm_weight=norm_weight, alpha=alpha,
-                                   init_sd=init_sd, param=param, seed=seed, progress=progress)
+    imgs, hists, finals = _inverse(lm, x0, [name], opts, progress)
     img = imgs[0]
     scores = [ssim(img[i], x0[i]) for i in range(len(x0))]
     return SynthesisResult(
@@ -138,8 +128,7 @@ def invert(
         references=(("original", x0[0]),),
         history=hists[0],
         layers=(name,),
-        options=_opts(steps=steps, lr=lr, tv_weight=tv_weight, tv_beta=tv_beta,
-                      norm_weight=norm_weight, alpha=alpha, init_sd=init_sd, param=param, seed=seed),
+        options=opts,
         diagnostics={**{f"final_{k}": v for k, v in finals[0].items()},
                      "initial_loss": hists[0]["loss"][0], "ssim": scores},
         extras={"originals": x0},
@@ -178,6 +167,8 @@ def inversion_strip(
         ``diagnostics["ssim"]`` and ``diagnostics["final_features"]``.
     """
     lm = as_loaded(model, preprocessing)
+    opts = _opts(steps=steps, lr=lr, tv_weight=tv_weight, tv_beta=tv_beta, norm_weight=norm_weight,
+                 alpha=alpha, init_sd=init_sd, param=param, seed=seed)
     x0 = pixels_from(image, lm.preprocessing, space=space, what="image")
     if x0.shape[0] != 1:
         raise InputError(f"inversion_strip takes one image, got {x0.shape[0]}")
@@ -190,9 +181,7 @@ def inversion_strip(
         names = [flat[i] for i in pick]
     else:
         names = resolve_layers(lm.model, list(layers))
-    imgs, hists, finals = _inverse(lm, x0, names, steps=steps, lr=lr, tv_weight=tv_weight,
-                                   tv_beta=tv_beta, norm_weight=norm_weight, alpha=alpha,
-                                   init_sd=init_sd, param=param, seed=seed, progress=progress)
+    imgs, hists, finals = _inverse(lm, x0, names, opts, progress)
     scores = [ssim(im[0], x0[0]) for im in imgs]
     return SynthesisResult(
         kind="inversion",
@@ -201,8 +190,7 @@ def inversion_strip(
         references=(("original", x0[0]),),
         history={f"{n}:{k}": v for n, h in zip(names, hists, strict=True) for k, v in h.items()},
         layers=tuple(names),
-        options=_opts(steps=steps, lr=lr, tv_weight=tv_weight, tv_beta=tv_beta,
-                      norm_weight=norm_weight, alpha=alpha, init_sd=init_sd, param=param, seed=seed),
+        options=opts,
         diagnostics={"ssim": scores,
                      "final_features": [f.get("features") for f in finals],
                      "initial_loss": [h["loss"][0] for h in hists],

@@ -1,0 +1,95 @@
+"""Running a model for what it says about itself: one probe pass, the default CAM layer, and
+gradient-free outputs in chunks.
+
+Every probe pass in convscope goes through :func:`probe` (hooks through
+:func:`convscope.hooks.capture`), and every gradient-free forward pass over a batch in chunks
+through :func:`chunked_outputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..hooks import capture, layer_names
+from .preprocessing import Preprocessing
+
+__all__ = ["chunked_outputs", "find_default_layer", "probe"]
+
+
+def probe(
+    model: nn.Module, pre: Preprocessing, layers: str | Sequence[str] | None = None
+) -> tuple[Any, list[tuple[str, Any]]]:
+    """Run ``model`` once on a zero input of the preprocessing's shape (eval mode, no grad).
+
+    Args:
+        model: the network; its modes and flags are restored on exit.
+        pre: gives the input's channels and size.
+        layers: layers whose outputs to record (names or globs; ``"*"`` for every module), or
+            ``None`` for none.
+
+    Returns:
+        (output, calls): what the model returned, and ``(layer, output)`` of every recorded call
+        in the order the modules ran.
+
+    Raises:
+        ModelLoadError: the model fails on that input; the message says to state its preprocessing.
+    """
+    names = layer_names(model) if layers == "*" else layers  # every module, also for a leaf model
+    x = torch.zeros(1, pre.channels, *pre.size)
+    with capture(model, names, clone=False) as cap:
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass "
+                "preprocessing= with the input size and channels it expects (or a model card; CLI: "
+                "--preprocessing, --input-size, --input-channels)"
+            ) from None
+        return out, list(cap.calls)
+
+
+def find_default_layer(model: nn.Module, pre: Preprocessing) -> str | None:
+    """The last module, in execution order, whose output is a spatial (B, C, H, W) map.
+
+    Outer modules finish after their children, so a block (``layer4``) wins over its last
+    convolution. Returns ``None`` for models with no spatial map (e.g. a ViT).
+    """
+    return last_spatial(probe(model, pre, "*")[1])
+
+
+def last_spatial(calls: Sequence[tuple[str, Any]]) -> str | None:
+    """The rule of :func:`find_default_layer` on the calls of a probe pass over every module."""
+    order = [n for n, out in calls
+             if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1]
+    return order[-1] if order else None
+
+
+def chunked_outputs(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    batch_size: int,
+    each: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``model`` on ``x`` in chunks of ``batch_size`` rows, without gradients, concatenated.
+
+    Args:
+        model: any callable on a batch (a module, or e.g. ``lambda p: net(pre.normalize(p))``).
+        x: (B, ...) inputs.
+        batch_size: rows per forward pass (at least 1).
+        each: applied to each chunk's output before concatenation (e.g. a softmax, or moving it
+            to the CPU), so only the reduced outputs are kept.
+
+    Returns:
+        (B, ...) outputs.
+    """
+    step = max(1, int(batch_size))
+    keep = each if each is not None else (lambda out: out)
+    with torch.no_grad():
+        return torch.cat([keep(model(x[i:i + step])) for i in range(0, x.shape[0], step)])

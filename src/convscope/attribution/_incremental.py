@@ -3,9 +3,8 @@
 * :func:`layer_tail`: the part of a network after one layer, as a module that takes the layer's
   output (and whatever earlier values later nodes still read, e.g. a skip connection crossing
   the layer). Ablation-CAM runs only this tail for its ablated activations.
-* :func:`replace_output`: the fallback when a model cannot be traced: a scoped forward hook
-  that swaps a layer's output, removed in ``finally`` (like the guided-backprop rule hooks, the
-  only other place besides :func:`convscope.hooks.capture` that registers hooks).
+  (When a model cannot be traced, Ablation-CAM swaps the layer's output through
+  :func:`convscope.hooks.capture`'s ``replace``: no hook is registered here.)
 * :class:`IncrementalOcclusion`: occlusion by incremental inference (Krypton, Nakandala et al.,
   SIGMOD 2019), see its docstring.
 """
@@ -13,8 +12,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import MethodError
+from ..errors import InputError, MethodError
 
-__all__ = ["IncrementalOcclusion", "Tail", "layer_tail", "replace_output"]
+__all__ = ["IncrementalOcclusion", "Tail", "layer_tail"]
 
 
 class _LeafTracer(fx.Tracer):
@@ -69,20 +67,6 @@ class Tail:
         return self.module(act, *args)
 
 
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, keep: set[str], stop: str) -> None:
-        super().__init__(gm)
-        self.keep = keep
-        self.stop = stop
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.keep:
-            self.values[n.name] = out
-        return out
-
-
 def layer_tail(model: nn.Module, layer: str) -> Tail | None:
     """The tail of ``model`` after ``layer``, or ``None`` when the model cannot be traced or the
     layer is not called exactly once."""
@@ -108,7 +92,6 @@ def layer_tail(model: nn.Module, layer: str) -> Tail | None:
     for n in nodes[li + 1:]:
         env[n] = g.node_copy(n, lambda a: env[a])
     tail = fx.GraphModule(gm, g)
-    keep = {lnode.name, *(a.name for a in extra)}
     last = max([li] + [nodes.index(a) for a in extra])
     head_nodes = nodes[: last + 1]
     hg = fx.Graph()
@@ -122,20 +105,8 @@ def layer_tail(model: nn.Module, layer: str) -> Tail | None:
         out = head_gm(x)
         return out[0], list(out[1:])
 
-    del keep
     expand = [a.op != "get_attr" for a in extra]
     return Tail(tail, head, expand)
-
-
-@contextmanager
-def replace_output(module: nn.Module, value: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Within the block, ``module``'s output ``o`` is replaced by ``value(o)``; the hook is removed
-    in ``finally``."""
-    handle = module.register_forward_hook(lambda _m, _i, o: value(o))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +114,10 @@ def replace_output(module: nn.Module, value: Callable[[torch.Tensor], torch.Tens
 
 
 def _pair(v: Any) -> tuple[int, int]:
+    """``v`` as a (height, width) pair (an int is used for both)."""
     if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise InputError(f"expected an int or a pair, got {v!r}")
         return int(v[0]), int(v[1])
     return int(v), int(v)
 

@@ -1,6 +1,8 @@
 """The sampled estimators' shared pieces: one sample-fit-converge loop (:func:`until_stable`)
-for LIME (images and text), Kernel SHAP and RISE, LIME's kernel (:func:`lime_weights`), the
-weighted ridge fit (:func:`weighted_ridge`) and the Kernel SHAP solver (:func:`shap_solve`).
+for LIME (images and text), Kernel SHAP and RISE, which also predicts the run-to-run agreement
+from the estimates of the even and the odd samples (:func:`split_fit` makes them); LIME's
+kernel (:func:`lime_weights`), the weighted ridge fit (:func:`weighted_ridge`) and the Kernel
+SHAP solver (:func:`shap_solve`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from .._validate import ints, reals
 from ..errors import InputError
 from ..perturb import Convergence
 
-__all__ = ["CONVERGE_RANGES", "lime_weights", "shap_solve", "until_stable", "weighted_ridge"]
+__all__ = ["CONVERGE_RANGES", "lime_weights", "shap_solve", "split_fit", "until_stable", "weighted_ridge"]
 
 #: registry ranges of the stopping rule's options (0 for ``converge``: use every sample)
 CONVERGE_RANGES = {"converge": reals(0, 1, hi_open=True), "check_every": ints(1)}
@@ -28,8 +30,9 @@ def until_stable(
     converge: float | None,
     step: Callable[[int, int], E],
     *,
-    estimate: Callable[[E], torch.Tensor] = lambda e: e,  # type: ignore[assignment,return-value]
-    first: int = 1,
+    estimate: Callable[[E], torch.Tensor],
+    halves: Callable[[E], tuple[torch.Tensor, torch.Tensor]],
+    first: int = 2,
 ) -> tuple[E, int, Convergence]:
     """Draw samples in rounds until the estimate is stable or ``n`` samples are used.
 
@@ -40,8 +43,10 @@ def until_stable(
             all ``n``).
         step: ``step(start, stop)`` evaluates samples ``start .. stop-1`` and returns the
             estimate from samples ``0 .. stop-1``.
-        estimate: the tensor of a step's result whose stability is checked.
-        first: no check before this many samples (LIME's fit needs two).
+        estimate: the tensor of a step's result whose change between checks is the stopping rule.
+        halves: the estimates of a step's result from its even and its odd samples, whose
+            agreement predicts the run-to-run correlation (``Convergence.reliability``).
+        first: no check before this many samples.
 
     Returns:
         (the last step's result, samples used, the convergence record).
@@ -55,9 +60,20 @@ def until_stable(
         stop = min(n, done + check_every)
         out = step(done, stop)
         done = stop
-        if done >= first and conv.update(estimate(out)) and done < n:
+        if done >= first and conv.update(estimate(out), halves(out)) and done < n:
             break
     return out, done, conv
+
+
+def split_fit(fit: Callable[..., E], *data: torch.Tensor) -> tuple[E, E, E]:
+    """``fit`` on all samples, on the even ones and on the odd ones (the halves of
+    :func:`until_stable`).
+
+    Args:
+        fit: ``fit(*data)`` -> an estimate.
+        *data: per-sample tensors (coalitions, scores, weights), split alike along dim 0.
+    """
+    return fit(*data), fit(*(d[0::2] for d in data)), fit(*(d[1::2] for d in data))
 
 
 def lime_weights(z: torch.Tensor, kernel_width: float, scale: float = 1.0) -> torch.Tensor:
@@ -87,7 +103,8 @@ def weighted_ridge(
     ym = (w64 * y64).sum() / sw
     zc, yc = z64 - zm, y64 - ym
     a = zc.T @ (w64[:, None] * zc) + alpha * torch.eye(z.shape[1], dtype=torch.float64)
-    coef = torch.linalg.solve(a, zc.T @ (w64 * yc))
+    # least squares, not solve: with alpha = 0 and fewer samples than features ``a`` is singular
+    coef = torch.linalg.lstsq(a, (zc.T @ (w64 * yc))[:, None]).solution[:, 0]
     intercept = float(ym - zm @ coef)
     pred = z64 @ coef + intercept
     ss_res = (w64 * (y64 - pred) ** 2).sum()

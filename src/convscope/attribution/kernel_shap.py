@@ -71,7 +71,7 @@ def kernel_shap(
     Shape:
         map (B, H, W): each pixel carries its segment's Shapley value. Diagnostics per image:
         ``segments``, ``segment_weights`` (phi), ``base_value`` (score with all hidden),
-        ``n_samples``, ``stability``.
+        ``n_samples``, ``stability``, ``reliability`` (as for :func:`rise`).
     """
     if n_samples < 1 or check_every < 1:
         raise InputError("kernel_shap needs n_samples >= 1 and check_every >= 1")
@@ -92,4 +92,5 @@ def kernel_shap(
                       segments=torch.stack([f.seg.cpu() for f in fits]),
                       segment_weights=[f.result.tolist() for f in fits],
                       base_value=[f.cache["f0"] for f in fits],
-                      n_samples=[f.n_samples for f in fits], stability=[f.stability for f in fits])
+                      n_samples=[f.n_samples for f in fits], stability=[f.stability for f in fits],
+                      reliability=[f.reliability for f in fits])

@@ -74,8 +74,9 @@ def lime(
         kernel_width: width of the exponential kernel on the cosine distance.
         alpha: ridge penalty.
         score: ``"softmax"`` (probabilities, as the lime package) or ``"raw"``.
-        converge: stop once two successive weight estimates correlate at ``1 - converge`` or
-            more (default 0.01); ``None`` or 0: use all ``n_samples``.
+        converge: stop once the weights correlate with the previous check's at ``1 - converge``
+            or more (default 0.01, :class:`~convscope.perturb.Convergence`); ``None`` or 0: use
+            all ``n_samples``.
         check_every: samples per round (and between convergence checks).
         segmentation: ``"slic"``, ``"quickshift"``, ``"felzenszwalb"``, ``"grid"``, or an
             (H, W) / (B, H, W) integer mask of segments.
@@ -86,7 +87,7 @@ def lime(
     Shape:
         map (B, H, W): each pixel carries its segment's weight. Diagnostics per image:
         ``segments`` (B, H, W), ``segment_weights``, ``intercept``, ``local_r2``, ``n_samples``,
-        ``stability``.
+        ``stability``, ``reliability`` (as for :func:`rise`).
     """
     if n_samples < 2 or check_every < 1:
         raise InputError("lime needs n_samples >= 2 and check_every >= 1")
@@ -100,12 +101,13 @@ def lime(
     fits = fit_segments(run, ctx, segmentation, {"n_segments": n_segments, "cell": cell,
                                                  "segment_options": segment_options},
                         hide, score, n_samples, check_every, converge, draw=lambda d, g: coalition_samples(
-                            n_samples, d, g), fit=fit, estimate=lambda f: f[0], first=2)
+                            n_samples, d, g), fit=fit, estimate=lambda f: f[0])
     return run.output([f.result[0].to(f.seg.device)[f.seg] for f in fits],
                       segments=torch.stack([f.seg.cpu() for f in fits]),
                       segment_weights=[f.result[0].tolist() for f in fits],
                       intercept=[f.result[1] for f in fits], local_r2=[f.result[2] for f in fits],
-                      n_samples=[f.n_samples for f in fits], stability=[f.stability for f in fits])
+                      n_samples=[f.n_samples for f in fits], stability=[f.stability for f in fits],
+                      reliability=[f.reliability for f in fits])
 
 
 def lime_picture(

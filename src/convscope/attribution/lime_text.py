@@ -27,7 +27,7 @@ import torch
 from ..errors import InputError
 from ..perturb import DEFAULT_CONVERGE
 from ._sampling import coalition_samples
-from ._surrogate import lime_weights, until_stable, weighted_ridge
+from ._surrogate import lime_weights, split_fit, until_stable, weighted_ridge
 
 __all__ = ["TextExplanation", "explain_text", "tokenize"]
 
@@ -53,7 +53,8 @@ class TextExplanation:
         intercept: the local model's intercept.
         local_r2: weighted R^2 of the local fit.
         n_samples: perturbed texts used.
-        stability: correlation of the last two estimates (``nan`` without ``converge``).
+        stability: correlation of the last two estimates.
+        reliability: the predicted correlation of two independent runs' weights (split-half).
         spans: (word index, start, end) for every occurrence, for highlighting.
     """
 
@@ -67,6 +68,7 @@ class TextExplanation:
     local_r2: float
     n_samples: int
     stability: float
+    reliability: float = float("nan")
     spans: tuple[tuple[int, int, int], ...] = field(default=())
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
@@ -88,6 +90,7 @@ class TextExplanation:
             "local_r2": self.local_r2,
             "n_samples": self.n_samples,
             "stability": None if np.isnan(self.stability) else self.stability,
+            "reliability": None if np.isnan(self.reliability) else self.reliability,
         }
 
     def segments(self) -> list[dict[str, Any]]:
@@ -193,8 +196,9 @@ def explain_text(
         alpha: ridge penalty.
         batch_size: texts per ``predict`` call.
         seed: seed of the sampling.
-        converge: stop once two successive weight estimates correlate at ``1 - converge`` or
-            more (default 0.01, the image methods' rule); ``None`` or 0: use all ``n_samples``.
+        converge: stop once the weights correlate with the previous check's at ``1 - converge``
+            or more (default 0.01, the image methods' rule, :class:`~convscope.perturb.Convergence`);
+            ``None`` or 0: use all ``n_samples``.
         check_every: samples between convergence checks.
 
     Raises:
@@ -237,18 +241,19 @@ def explain_text(
     zn = z.numpy().astype(bool)
     ys: list[np.ndarray] = []
 
-    def step(start: int, stop: int) -> tuple[torch.Tensor, float, float]:
+    def step(start: int, stop: int) -> tuple[Any, Any, Any]:
         for a in range(start, stop, batch_size):
             b = min(stop, a + batch_size)
             texts = [text if zn[i].all() else _remove(text, spans, zn[i]) for i in range(a, b)]
             ys.append(run(texts)[:, t])
         y = torch.from_numpy(np.concatenate(ys)).float()
-        return weighted_ridge(z[:stop], y, pi[:stop], alpha)
+        return split_fit(lambda z_, y_, w_: weighted_ridge(z_, y_, w_, alpha), z[:stop], y, pi[:stop])
 
-    (coef, icpt, r2), done, conv = until_stable(n_samples, check_every, converge, step,
-                                                estimate=lambda f: f[0])
+    fits, done, conv = until_stable(n_samples, check_every, converge, step,
+                                    estimate=lambda f: f[0][0], halves=lambda f: (f[1][0], f[2][0]), first=4)
+    coef, icpt, r2 = fits[0]
     return TextExplanation(
         text=text, words=tuple(vocab), weights=coef.numpy().astype(np.float64), target=t,
         class_names=names, probabilities=p0, intercept=icpt, local_r2=r2, n_samples=done,
-        stability=conv.stability, spans=tuple(spans),
+        stability=conv.stability, reliability=conv.reliability, spans=tuple(spans),
     )

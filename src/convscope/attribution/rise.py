@@ -60,34 +60,40 @@ def rise(
         p: probability that a cell is kept.
         baseline: what shows through where a mask is 0 (see :func:`occlusion`).
         score: ``"softmax"`` (the paper) or ``"raw"``.
-        converge: stop once two successive estimates correlate at ``1 - converge`` or more
-            (default 0.01); ``None`` or 0: use all ``n_masks``.
+        converge: stop once the map correlates with the previous check's at ``1 - converge`` or
+            more (default 0.01); ``None`` or 0: use all ``n_masks``.
         check_every: masks per round (and between convergence checks).
 
     Shape:
-        map (B, H, W). Diagnostics per image: ``n_samples`` (masks used), ``stability``.
+        map (B, H, W). Diagnostics per image: ``n_samples`` (masks used), ``stability`` (the
+        last correlation of successive estimates), ``reliability`` (the predicted correlation of
+        two independent runs' maps, from the even and the odd masks).
     """
     if n_masks < 1 or not 0 < p <= 1 or cells < 1 or check_every < 1:
         raise InputError("rise needs n_masks >= 1, 0 < p <= 1, cells >= 1 and check_every >= 1")
     run = engine.start(ctx, n_evals=n_masks, desc="rise")
     B, C, H, W = ctx.x.shape
-    maps, used, stab = [], [], []
+    maps, used, stab, rel = [], [], [], []
     for b in range(B):
         xb = ctx.x[b]
         base = make_baseline(xb, baseline, ctx.preprocessing)
         sc = run.scorer(b, score)
         gen = torch.Generator().manual_seed(ctx.seed)
-        acc = torch.zeros(H * W, dtype=torch.float64, device=xb.device)
+        acc = torch.zeros(2, H * W, dtype=torch.float64, device=xb.device)  # even, odd draws
 
         def step(a: int, e: int, xb: torch.Tensor = xb, base: torch.Tensor = base, sc=sc,  # noqa: ANN001
                  gen: torch.Generator = gen, acc: torch.Tensor = acc) -> torch.Tensor:
             masks = rise_masks(e - a, (H, W), cells, p, gen, device=xb.device)
             s = run.evaluate(lambda i, j: base + masks[i:j, None] * (xb - base), e - a, sc)
-            acc += s.double() @ masks.flatten(1).double()
-            return acc / e
+            odd = (torch.arange(a, e, device=xb.device) % 2).bool()
+            for half, rows in ((0, ~odd), (1, odd)):
+                acc[half] += s[rows].double() @ masks[rows].flatten(1).double()
+            return acc
 
-        _, done, conv = until_stable(n_masks, check_every, converge, step)
-        maps.append((acc / (done * p)).float().view(H, W))
+        _, done, conv = until_stable(n_masks, check_every, converge, step,
+                                     estimate=lambda acc: acc.sum(0), halves=lambda acc: (acc[0], acc[1]))
+        maps.append((acc.sum(0) / (done * p)).float().view(H, W))
         used.append(done)
         stab.append(conv.stability)
-    return run.output(maps, normalize="minmax", n_samples=used, stability=stab)
+        rel.append(conv.reliability)
+    return run.output(maps, normalize="minmax", n_samples=used, stability=stab, reliability=rel)

@@ -18,7 +18,7 @@ from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
 from ._base import MethodContext
 from ._engine import ENGINE_CHOICES, ENGINE_RANGES, SCORES
-from ._surrogate import CONVERGE_RANGES, until_stable
+from ._surrogate import CONVERGE_RANGES, split_fit, until_stable
 
 __all__ = ["SEGMENT_CHOICES", "SEGMENT_RANGES", "SegmentFit", "fit_segments", "hidden", "segment",
            "segment_make", "segments_for"]
@@ -157,6 +157,7 @@ class SegmentFit:
         result: the last fit.
         n_samples: samples used.
         stability: the last correlation of two successive fits.
+        reliability: the predicted correlation of two independent runs' fits (split-half).
         cache: the fit's own per-image values.
     """
 
@@ -167,6 +168,7 @@ class SegmentFit:
     result: Any = None
     n_samples: int = 0
     stability: float = float("nan")
+    reliability: float = float("nan")
     cache: dict[str, Any] = field(default_factory=dict)
 
 
@@ -176,7 +178,6 @@ def fit_segments(
     draw: Callable[[int, torch.Generator], torch.Tensor],
     fit: Callable[[SegmentFit, torch.Tensor, torch.Tensor], E],
     estimate: Callable[[E], torch.Tensor] = lambda e: e,  # type: ignore[assignment,return-value]
-    first: int = 1,
 ) -> list[SegmentFit]:
     """The per-image loop of LIME and Kernel SHAP: segment each image, draw coalitions, evaluate
     them on the engine in rounds and refit until stable (:func:`._surrogate.until_stable`).
@@ -191,8 +192,8 @@ def fit_segments(
         n_samples, check_every, converge: the sampling budget and stopping rule.
         draw: ``draw(d, generator)`` -> (n_samples, d) coalitions in {0, 1}.
         fit: ``fit(image, z, y)`` -> the estimate from coalitions ``z`` and their scores ``y``.
-        estimate: the tensor of a fit whose stability is checked.
-        first: no fit check before this many samples.
+        estimate: the tensor of a fit whose stability is checked (its even-sample and odd-sample
+            fits give the reliability, :func:`._surrogate.until_stable`).
     """
     out = []
     for b in range(ctx.x.shape[0]):
@@ -205,12 +206,13 @@ def fit_segments(
         ys: list[torch.Tensor] = []
 
         def step(a: int, e: int, img: SegmentFit = img, z: torch.Tensor = z, make: Any = make,
-                 ys: list[torch.Tensor] = ys) -> E:
+                 ys: list[torch.Tensor] = ys) -> tuple[E, E, E]:
             ys.append(run.evaluate_rows(make, a, e, img.score))
-            return fit(img, z[:e], torch.cat(ys))
+            return split_fit(lambda z_, y_, img=img: fit(img, z_, y_), z[:e], torch.cat(ys))
 
-        img.result, img.n_samples, conv = until_stable(n_samples, check_every, converge, step,
-                                                       estimate=estimate, first=first)
-        img.stability = conv.stability
+        fits, img.n_samples, conv = until_stable(n_samples, check_every, converge, step,
+                                                 estimate=lambda f: estimate(f[0]),
+                                                 halves=lambda f: (estimate(f[1]), estimate(f[2])), first=4)
+        img.result, img.stability, img.reliability = fits[0], conv.stability, conv.reliability
         out.append(img)
     return out

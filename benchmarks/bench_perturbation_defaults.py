@@ -134,7 +134,7 @@ def lime_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> None:
 
     tp, _ = timed(lambda: peer(n_used, 0), repeat)
     row(name, "lime", f"equal samples ({n_used} of 1000, {d} segments)", ts, tp,
-        f"{engine_note(e0)}; stability {ours_stab:.3f}")
+        f"{engine_note(e0)}; seed-to-seed rank correlation {ours_stab:.3f}")
     ladder = []
     for n in (250, 500, 1000, 2000, 4000):
         tn, wa = timed(lambda n=n: peer(n, 0), 1)
@@ -142,8 +142,8 @@ def lime_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> None:
         ladder.append(f"{n}: {s:.3f}")
         if s >= ours_stab:
             row(name, "lime", f"equal stability (lime package needs {n} samples)", ts, tn,
-                f"convscope {n_used} samples, stability {ours_stab:.3f}; lime package stability by "
-                f"samples: {', '.join(ladder)}")
+                f"convscope {n_used} samples, seed-to-seed rank correlation {ours_stab:.3f}; lime "
+                f"package's by samples: {', '.join(ladder)}")
             return
     row(name, "lime", "equal stability (not reached by the lime package at 4000)", ts, tn,
         f"convscope stability {ours_stab:.3f}; lime package: {', '.join(ladder)} (ratio is a lower bound)")
@@ -168,7 +168,8 @@ def kernel_shap_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> Non
                                        baselines=grey.expand_as(x[0])[None].contiguous(),
                                        perturbations_per_eval=e.diagnostics["engine"]["batch_size"]), repeat)
     row(name, "kernel_shap", f"equal samples ({n_used} of 1000, {int(seg.max()) + 1} segments)", ts, tc,
-        f"{engine_note(e)}; stability {e.diagnostics['stability'][0]:.3f}")
+        f"{engine_note(e)}; stability {e.diagnostics['stability'][0]:.3f} (successive estimates), "
+        f"reliability {e.diagnostics['reliability'][0]:.3f}")
 
 
 def write(path: Path, args: argparse.Namespace, wall: float) -> None:

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import operator
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +36,24 @@ class _LeafTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
+#: traced graphs per model by leaves and submodule identities (a swapped layer retraces)
+_TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, fx.GraphModule | None]] = weakref.WeakKeyDictionary()
+#: fx patches ``nn.Module.__call__`` while it traces: one trace at a time in this process
+_TRACE_LOCK = threading.Lock()
+
+
 def _trace(model: nn.Module, leaves: set[str] | None = None) -> fx.GraphModule | None:
-    try:
-        tracer = _LeafTracer(leaves or set())
-        graph = tracer.trace(model)
-        return fx.GraphModule(model, graph)
-    except Exception:  # any tracing failure means: use the fallback
-        return None
+    """``model`` traced by ``torch.fx`` with ``leaves`` kept as calls, or ``None`` if it cannot be
+    traced; cached per model (the graph shares the model's modules and parameters)."""
+    key = (frozenset(leaves or ()), tuple((n, id(m)) for n, m in model.named_modules()))
+    with _TRACE_LOCK:
+        cache = _TRACES.setdefault(model, {})
+        if key not in cache:
+            try:
+                cache[key] = fx.GraphModule(model, _LeafTracer(leaves or set()).trace(model))
+            except Exception:  # any tracing failure means: use the fallback
+                cache[key] = None
+        return cache[key]
 
 
 @dataclass

@@ -14,8 +14,11 @@ The machine is shared and oversubscribed, so every library runs with the same to
 count (``--threads``, default 1: with more threads than free cores, torch's pool spends more
 time waiting than computing) and each measurement is the median of ``--repeat`` runs.
 
-The ``resnet18-engine`` block times the engine's opt-in speed options (``channels_last=True``,
-``compile=True``) against the default on plain occlusion, same windows, same batch size.
+The ``resnet18-engine`` block times the engine's speed options (``channels_last=True``,
+``compile=True``) against eager NCHW full passes on plain occlusion, same windows, same batch
+size. Every row here fixes its settings (full passes, every sample: ``incremental=False``,
+``converge=None``); the methods at their defaults against their peers are in
+``bench_perturbation_defaults.py``.
 
 Usage: ``python benchmarks/bench_perturbation.py [--quick] [--repeat 1] [--threads 1]``; writes
 ``benchmarks/results/perturbation.md``.
@@ -89,7 +92,7 @@ def occlusion_block(name: str, net: torch.nn.Module, x: torch.Tensor, window: in
     row(name, "occlusion", "captum Occlusion", work, tc, b)
     kw = dict(method="occlusion", target=t, window=window, stride=stride, eval_batch_size=batch)
     if full:
-        tf, e_full = timed(lambda: cs.explain(net, x, **kw), repeat)
+        tf, e_full = timed(lambda: cs.explain(net, x, incremental=False, **kw), repeat)
         row(name, "occlusion", "convscope occlusion", work, tf, b, f"captum/convscope x{tc / tf:.2f}")
     te, e_exact = timed(lambda: cs.explain(net, x, incremental="exact", **kw), repeat)
     err_exact = float((e_exact.map - (e_full.map if full else e_exact.map)).abs().max())
@@ -113,9 +116,10 @@ def engine_block(name: str, net: torch.nn.Module, x: torch.Tensor, window: int, 
     row(name, "occlusion", "bound: bare forward passes", work, b, b)
     with torch.no_grad():
         t = int(net(x).argmax())
-    kw = dict(method="occlusion", target=t, window=window, stride=stride, eval_batch_size=batch)
-    td, e_def = timed(lambda: cs.explain(net, x, **kw), repeat)
-    row(name, "occlusion", "convscope occlusion (default, eager NCHW)", work, td, b)
+    kw = dict(method="occlusion", target=t, window=window, stride=stride, eval_batch_size=batch,
+              incremental=False)
+    td, e_def = timed(lambda: cs.explain(net, x, channels_last=False, **kw), repeat)
+    row(name, "occlusion", "convscope occlusion (full passes, eager NCHW)", work, td, b)
 
     def err(e: Any) -> str:
         return f"max abs diff to default {float((e.map - e_def.map).abs().max()):.1e}"
@@ -154,7 +158,7 @@ def sampling_block(name: str, net: torch.nn.Module, x: torch.Tensor, n: int, bat
     with torch.no_grad():
         t = int(net(x).argmax())
     opts = dict(target=t, segmentation=seg, n_samples=n, eval_batch_size=batch)
-    tl, _ = timed(lambda: cs.explain(net, x, method="lime", **opts), repeat)
+    tl, _ = timed(lambda: cs.explain(net, x, method="lime", converge=None, **opts), repeat)
     row(name, "lime", "convscope lime", work, tl, b)
     tcv, e_cv = timed(lambda: cs.explain(net, x, method="lime", converge=0.01, check_every=100, **opts),
                       repeat)
@@ -186,14 +190,14 @@ def sampling_block(name: str, net: torch.nn.Module, x: torch.Tensor, n: int, bat
                                             perturbations_per_eval=batch), repeat)
     row(name, "lime", "captum Lime", work, tcl, b, f"captum/convscope x{tcl / tl:.2f}")
 
-    tk, _ = timed(lambda: cs.explain(net, x, method="kernel_shap", **opts), repeat)
+    tk, _ = timed(lambda: cs.explain(net, x, method="kernel_shap", converge=None, **opts), repeat)
     row(name, "kernel_shap", "convscope kernel_shap", work, tk, b)
     ks = KernelShap(net)
     tck, _ = timed(lambda: ks.attribute(x, target=t, feature_mask=fm, n_samples=n,
                                         perturbations_per_eval=batch), repeat)
     row(name, "kernel_shap", "captum KernelShap", work, tck, b, f"captum/convscope x{tck / tk:.2f}")
-    tr, _ = timed(lambda: cs.explain(net, x, method="rise", target=t, n_masks=n, eval_batch_size=batch),
-                  repeat)
+    tr, _ = timed(lambda: cs.explain(net, x, method="rise", target=t, n_masks=n, eval_batch_size=batch,
+                                     converge=None), repeat)
     row(name, "rise", "convscope rise", f"{n} masks", tr, b)
     trc, e_rc = timed(lambda: cs.explain(net, x, method="rise", target=t, n_masks=n, eval_batch_size=batch,
                                          converge=0.01, check_every=100), repeat)

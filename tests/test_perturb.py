@@ -527,3 +527,100 @@ def test_speed_options_refuse_black_boxes(tiny):
             as_predict(numpy_fn, **opts)
         with pytest.raises(InputError, match="incremental"):
             cs.explain(tiny, x, method="occlusion", incremental="exact", window=8, **opts)
+
+
+# ---------------------------------------------------------------- fast by default (issue #19)
+
+
+class Untraceable(nn.Module):
+    """A small CNN whose forward branches on a tensor value, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if h.sum() > -1:  # data-dependent control flow: fx refuses it
+            h = h * 1.0
+        return self.fc(h.mean((2, 3)))
+
+
+def test_occlusion_default_is_incremental_where_the_model_traces_and_full_elsewhere(cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:1])
+    auto = cs.explain(cue_model, x, method="occlusion", window=6, stride=3)
+    full = cs.explain(cue_model, x, method="occlusion", window=6, stride=3, incremental=False)
+    assert auto.diagnostics["engine"]["incremental"] and not full.diagnostics["engine"]["incremental"]
+    torch.testing.assert_close(auto.map, full.map, atol=1e-4, rtol=1e-4)
+    # a model fx cannot trace: silently full passes, the same map
+    net, xu = Untraceable(), _x(seed=3)
+    got = cs.explain(net, xu, method="occlusion", target=0, window=2, stride=2)
+    assert got.diagnostics["engine"]["incremental"] is False
+    want = cs.explain(net, xu, method="occlusion", target=0, window=2, stride=2, incremental=False)
+    torch.testing.assert_close(got.map, want.map)
+    with pytest.raises(MethodError, match="trace"):  # asked for explicitly: an error, not a fallback
+        cs.explain(net, xu, method="occlusion", target=0, window=2, stride=2, incremental="exact")
+    # an explicit full-pass speed option turns "auto" to full passes
+    cl = cs.explain(cue_model, x, method="occlusion", window=6, stride=3, channels_last=True)
+    ran = cl.diagnostics["engine"]
+    assert ran["incremental"] is False and ran["channels_last"] is True
+
+
+def test_channels_last_auto_probes_long_runs_and_records_what_ran(cue_model, cue_test, monkeypatch):
+    from convscope.attribution import _engine
+
+    x = cue_model.preprocessing.normalize(cue_test.images[:1])
+    opts = {"n_masks": 300, "cells": 4, "converge": None, "eval_batch_size": 50}
+    for faster in (True, False):
+        monkeypatch.setattr(_engine, "channels_last_pays", lambda *a, faster=faster: faster)
+        e = cs.explain(cue_model, x, method="rise", **opts)
+        assert e.diagnostics["engine"]["channels_last"] is faster
+        assert e.diagnostics["engine"]["batch_size"] == 50
+    ref = cs.explain(cue_model, x, method="rise", channels_last=False, **opts)
+    torch.testing.assert_close(e.map, ref.map, atol=1e-5, rtol=1e-4)
+    monkeypatch.setattr(_engine, "channels_last_pays", lambda *a: pytest.fail("probed a short run"))
+    short = cs.explain(cue_model, x, method="rise", n_masks=64, check_every=64)  # below PROBE_MIN_EVALS
+    assert short.diagnostics["engine"]["channels_last"] is False
+
+
+def test_the_real_probe_is_cached_per_model_and_shape(tiny):
+    from convscope.attribution._engine import _probed, channels_last_pays
+
+    x = torch.randn(1, 3, 16, 16)
+    first = channels_last_pays(tiny, lambda p, c: p(c), x)
+    assert _probed[tiny][(tuple(x.shape[1:]), x.dtype, "cpu")] is first
+    assert channels_last_pays(tiny, lambda p, c: pytest.fail("probed twice"), x) is first
+
+
+@pytest.mark.parametrize("name", ["rise", "lime", "kernel_shap"])
+def test_sampling_methods_stop_when_stable_by_default_and_run_everything_without(name, cue_model, cue_test):
+    x = cue_model.preprocessing.normalize(cue_test.images[:1])
+    size = "n_masks" if name == "rise" else "n_samples"
+    opts = {size: 600, "check_every": 50}
+    if name != "rise":
+        opts.update(segmentation="grid", cell=8)
+    e = cs.explain(cue_model, x, method=name, **opts)
+    d = e.diagnostics
+    assert d["n_samples"][0] <= 600 and -1 <= d["reliability"][0] <= 1
+    if d["n_samples"][0] < 600:  # stopped early: by the default rule
+        assert d["stability"][0] >= 0.99
+    for off in (None, 0):
+        full = cs.explain(cue_model, x, method=name, converge=off, **opts)
+        assert full.diagnostics["n_samples"][0] == 600
+
+
+def test_ablationcam_on_an_untraceable_model_replaces_the_layer_through_capture():
+    from convscope.hooks import count_hooks
+
+    net, x = Untraceable(), _x(seed=2)
+    e = cs.explain(net, x, method="ablationcam", layer="conv", target=1)
+    assert not e.diagnostics["tail_only"] and count_hooks(net) == 0
+    with torch.no_grad():  # an independent loop: zero each channel of conv's output
+        a = torch.relu(net.conv(x))
+        s0 = net.fc(a.mean((2, 3)))[0, 1]
+        keep = [(torch.arange(4) != k).float()[None, :, None, None] for k in range(4)]
+        w = torch.stack([(s0 - net.fc((a * m).mean((2, 3)))[0, 1]) / s0 for m in keep])
+    cam = torch.relu((w[:, None, None] * net.conv(x)[0]).sum(0))
+    torch.testing.assert_close(e.map[0], cam, atol=1e-5, rtol=1e-4)

@@ -173,8 +173,10 @@ class Capture:
             the modules ran (a probe pass over all layers reads execution order from it).
     """
 
-    def __init__(self, model: nn.Module, layers: list[str], clone: bool) -> None:
+    def __init__(self, model: nn.Module, layers: list[str], clone: bool,
+                 replace: dict[str, Callable[[Any], Any]] | None = None) -> None:
         self.model = model
+        self._replace = dict(replace or {})
         self.layers = layers
         wanted = set(layers)
         self.modules: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n in wanted}
@@ -192,6 +194,8 @@ class Capture:
                 self._pending.discard(name)
                 if not self._pending:
                     raise _StopForward
+            if name in self._replace:  # the layer's output becomes the replacement's value
+                return self._replace[name](output)
             if self._clone and isinstance(output, torch.Tensor):
                 return output.clone()
             return None
@@ -281,6 +285,7 @@ def capture(
     eval_mode: bool = True,
     freeze: bool = True,
     clone: bool = True,
+    replace: dict[str, Callable[[Any], Any]] | None = None,
 ) -> Iterator[Capture]:
     """Record the outputs of ``layers`` while the block runs forward passes of ``model``.
 
@@ -293,6 +298,8 @@ def capture(
             stop where the caller's inputs end and no weight gradient is computed.
         clone: hand a clone of each captured output on to the rest of the network (see module
             docstring); turn off only for layers whose output is never modified in place.
+        replace: ``{layer: fn}``: the layer's output ``o`` goes on as ``fn(o)`` (the recorded
+            output is the original ``o``); the layers must be among ``layers``.
 
     Yields:
         A :class:`Capture` with ``activation(name)`` for the last forward pass.
@@ -303,7 +310,9 @@ def capture(
         ...     a = cap.activation("layer4")
     """
     names = resolve_layers(model, layers)
-    cap = Capture(model, names, clone)
+    if replace and set(replace) - set(names):
+        raise MethodError(f"replace names layers that are not captured: {sorted(set(replace) - set(names))}")
+    cap = Capture(model, names, clone, replace)
     with state_guard(model, tensors, eval_mode=eval_mode, freeze=freeze):
         try:
             for n in names:

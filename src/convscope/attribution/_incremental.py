@@ -3,9 +3,8 @@
 * :func:`layer_tail`: the part of a network after one layer, as a module that takes the layer's
   output (and whatever earlier values later nodes still read, e.g. a skip connection crossing
   the layer). Ablation-CAM runs only this tail for its ablated activations.
-* :func:`replace_output`: the fallback when a model cannot be traced: a scoped forward hook
-  that swaps a layer's output, removed in ``finally`` (like the guided-backprop rule hooks, the
-  only other place besides :func:`convscope.hooks.capture` that registers hooks).
+  (When a model cannot be traced, Ablation-CAM swaps the layer's output through
+  :func:`convscope.hooks.capture`'s ``replace``: no hook is registered here.)
 * :class:`IncrementalOcclusion`: occlusion by incremental inference (Krypton, Nakandala et al.,
   SIGMOD 2019), see its docstring.
 """
@@ -13,8 +12,9 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import MethodError
+from ..errors import InputError, MethodError
 
-__all__ = ["IncrementalOcclusion", "Tail", "layer_tail", "replace_output"]
+__all__ = ["IncrementalOcclusion", "Tail", "layer_tail"]
 
 
 class _LeafTracer(fx.Tracer):
@@ -36,13 +36,24 @@ class _LeafTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
+#: traced graphs per model by leaves and submodule identities (a swapped layer retraces)
+_TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, fx.GraphModule | None]] = weakref.WeakKeyDictionary()
+#: fx patches ``nn.Module.__call__`` while it traces: one trace at a time in this process
+_TRACE_LOCK = threading.Lock()
+
+
 def _trace(model: nn.Module, leaves: set[str] | None = None) -> fx.GraphModule | None:
-    try:
-        tracer = _LeafTracer(leaves or set())
-        graph = tracer.trace(model)
-        return fx.GraphModule(model, graph)
-    except Exception:  # any tracing failure means: use the fallback
-        return None
+    """``model`` traced by ``torch.fx`` with ``leaves`` kept as calls, or ``None`` if it cannot be
+    traced; cached per model (the graph shares the model's modules and parameters)."""
+    key = (frozenset(leaves or ()), tuple((n, id(m)) for n, m in model.named_modules()))
+    with _TRACE_LOCK:
+        cache = _TRACES.setdefault(model, {})
+        if key not in cache:
+            try:
+                cache[key] = fx.GraphModule(model, _LeafTracer(leaves or set()).trace(model))
+            except Exception:  # any tracing failure means: use the fallback
+                cache[key] = None
+        return cache[key]
 
 
 @dataclass
@@ -67,20 +78,6 @@ class Tail:
             for v, exp in zip(extra, self.expand_extra, strict=True)
         ]
         return self.module(act, *args)
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, keep: set[str], stop: str) -> None:
-        super().__init__(gm)
-        self.keep = keep
-        self.stop = stop
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.keep:
-            self.values[n.name] = out
-        return out
 
 
 def layer_tail(model: nn.Module, layer: str) -> Tail | None:
@@ -108,7 +105,6 @@ def layer_tail(model: nn.Module, layer: str) -> Tail | None:
     for n in nodes[li + 1:]:
         env[n] = g.node_copy(n, lambda a: env[a])
     tail = fx.GraphModule(gm, g)
-    keep = {lnode.name, *(a.name for a in extra)}
     last = max([li] + [nodes.index(a) for a in extra])
     head_nodes = nodes[: last + 1]
     hg = fx.Graph()
@@ -122,20 +118,8 @@ def layer_tail(model: nn.Module, layer: str) -> Tail | None:
         out = head_gm(x)
         return out[0], list(out[1:])
 
-    del keep
     expand = [a.op != "get_attr" for a in extra]
     return Tail(tail, head, expand)
-
-
-@contextmanager
-def replace_output(module: nn.Module, value: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Within the block, ``module``'s output ``o`` is replaced by ``value(o)``; the hook is removed
-    in ``finally``."""
-    handle = module.register_forward_hook(lambda _m, _i, o: value(o))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +127,10 @@ def replace_output(module: nn.Module, value: Callable[[torch.Tensor], torch.Tens
 
 
 def _pair(v: Any) -> tuple[int, int]:
+    """``v`` as a (height, width) pair (an int is used for both)."""
     if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise InputError(f"expected an int or a pair, got {v!r}")
         return int(v[0]), int(v[1])
     return int(v), int(v)
 

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..perturb import Convergence, weighted_ridge
+from ..perturb import DEFAULT_CONVERGE
+from ._sampling import coalition_samples
+from ._surrogate import lime_weights, split_fit, until_stable, weighted_ridge
 
 __all__ = ["TextExplanation", "explain_text", "tokenize"]
 
@@ -51,7 +53,8 @@ class TextExplanation:
         intercept: the local model's intercept.
         local_r2: weighted R^2 of the local fit.
         n_samples: perturbed texts used.
-        stability: correlation of the last two estimates (``nan`` without ``converge``).
+        stability: correlation of the last two estimates.
+        reliability: the predicted correlation of two independent runs' weights (split-half).
         spans: (word index, start, end) for every occurrence, for highlighting.
     """
 
@@ -65,6 +68,7 @@ class TextExplanation:
     local_r2: float
     n_samples: int
     stability: float
+    reliability: float = float("nan")
     spans: tuple[tuple[int, int, int], ...] = field(default=())
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
@@ -86,6 +90,7 @@ class TextExplanation:
             "local_r2": self.local_r2,
             "n_samples": self.n_samples,
             "stability": None if np.isnan(self.stability) else self.stability,
+            "reliability": None if np.isnan(self.reliability) else self.reliability,
         }
 
     def segments(self) -> list[dict[str, Any]]:
@@ -176,7 +181,7 @@ def explain_text(
     alpha: float = 1.0,
     batch_size: int = 256,
     seed: int = 0,
-    converge: float | None = None,
+    converge: float | None = DEFAULT_CONVERGE,
     check_every: int = 250,
 ) -> TextExplanation:
     """Explain ``predict``'s decision on ``text`` with LIME.
@@ -191,7 +196,9 @@ def explain_text(
         alpha: ridge penalty.
         batch_size: texts per ``predict`` call.
         seed: seed of the sampling.
-        converge: stop once two successive weight estimates correlate above ``1 - converge``.
+        converge: stop once the weights correlate with the previous check's at ``1 - converge``
+            or more (default 0.01, the image methods' rule, :class:`~convscope.perturb.Convergence`);
+            ``None`` or 0: use all ``n_samples``.
         check_every: samples between convergence checks.
 
     Raises:
@@ -229,32 +236,24 @@ def explain_text(
         t = int(target)
         if not 0 <= t < k:
             raise InputError(f"class index {t} out of range for {k} classes")
-    g = torch.Generator().manual_seed(seed)
-    z = torch.ones(n_samples, d)
-    if n_samples > 1:
-        size = torch.randint(1, d + 1, (n_samples - 1,), generator=g)
-        rank = torch.rand(n_samples - 1, d, generator=g).argsort(1).argsort(1)
-        z[1:] = (rank >= size[:, None]).float()
-    dist = 100 * (1 - z.sum(1) / (z.norm(dim=1).clamp(min=1e-12) * d**0.5))
-    pi = torch.sqrt(torch.exp(-(dist**2) / kernel_width**2))
+    z = coalition_samples(n_samples, d, torch.Generator().manual_seed(seed))
+    pi = lime_weights(z, kernel_width, scale=100.0)
     zn = z.numpy().astype(bool)
-    conv = Convergence(converge)
     ys: list[np.ndarray] = []
-    done = 0
-    coef, icpt, r2 = torch.zeros(d), 0.0, float("nan")
-    while done < n_samples:
-        r = min(check_every, n_samples - done)
-        for a in range(done, done + r, batch_size):
-            b = min(done + r, a + batch_size)
+
+    def step(start: int, stop: int) -> tuple[Any, Any, Any]:
+        for a in range(start, stop, batch_size):
+            b = min(stop, a + batch_size)
             texts = [text if zn[i].all() else _remove(text, spans, zn[i]) for i in range(a, b)]
             ys.append(run(texts)[:, t])
-        done += r
         y = torch.from_numpy(np.concatenate(ys)).float()
-        coef, icpt, r2 = weighted_ridge(z[:done], y, pi[:done], alpha)
-        if conv.update(coef) and done < n_samples:
-            break
+        return split_fit(lambda z_, y_, w_: weighted_ridge(z_, y_, w_, alpha), z[:stop], y, pi[:stop])
+
+    fits, done, conv = until_stable(n_samples, check_every, converge, step,
+                                    estimate=lambda f: f[0][0], halves=lambda f: (f[1][0], f[2][0]), first=4)
+    coef, icpt, r2 = fits[0]
     return TextExplanation(
         text=text, words=tuple(vocab), weights=coef.numpy().astype(np.float64), target=t,
         class_names=names, probabilities=p0, intercept=icpt, local_r2=r2, n_samples=done,
-        stability=conv.stability, spans=tuple(spans),
+        stability=conv.stability, reliability=conv.reliability, spans=tuple(spans),
     )

@@ -88,6 +88,12 @@ __all__ = [
 _EPS = 1e-12
 
 
+
+def _cue(at_least: float, measured: float, layer: str | None = None, note: str = "") -> CueClaim:
+    """A CAM's planted-cue claim: the first 120 cue digits, the clean control below 0.15."""
+    return CueClaim(n=120, at_least=at_least, clean_below=0.15, measured=measured, layer=layer, note=note)
+
+
 @dataclass
 class LayerData:
     """What a weight rule sees for one layer and one chunk of the batch.
@@ -363,9 +369,7 @@ def _eigen_rule(center: bool) -> Rule:
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
-    claims=(
-        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
-    ),
+    claims=(_cue(0.75, 0.85),),
 )
 def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> MethodOutput:
     """CAM: ``relu(sum_k W[t, k] A_k)``, upsampled.
@@ -403,10 +407,7 @@ gradcam = _rule_method(
     "score does not depend on (see hirescam)",
     reference="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
     "Gradient-based Localization",
-    claims=(
-        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
-        CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.97, layer='features.6'),
-    ),
+    claims=(_cue(0.75, 0.85), _cue(0.85, 0.97, layer='features.6')),
 )
 gradcam_pp = _rule_method(
     "gradcam_pp", _gradcam_pp_rule, "Grad-CAM++ (see the module docstring for the weights).",
@@ -415,9 +416,7 @@ gradcam_pp = _rule_method(
     caveats="its higher-order terms assume an exponential score; coarse like Grad-CAM",
     reference="Chattopadhay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep "
     "Convolutional Networks",
-    claims=(
-        CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=1.0),
-    ),
+    claims=(_cue(0.9, 1.0),),
 )
 xgradcam = _rule_method(
     "xgradcam", _xgradcam_rule, "XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.",
@@ -425,9 +424,7 @@ xgradcam = _rule_method(
     caveats="coarse like Grad-CAM; all-zero channels get weight 0",
     reference="Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and "
     "Explanation of CNNs",
-    claims=(
-        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
-    ),
+    claims=(_cue(0.75, 0.85),),
 )
 hirescam = _rule_method(
     "hirescam", _hirescam_rule, "HiResCAM: ``relu(sum_k G_k * A_k)``.",
@@ -436,10 +433,7 @@ hirescam = _rule_method(
     caveats="noisier than Grad-CAM; resolution of the layer",
     reference="Draelos and Carin 2020, Use HiResCAM instead of Grad-CAM for faithful "
     "explanations of convolutional neural networks",
-    claims=(
-        CueClaim(n=120, at_least=0.75, clean_below=0.15, measured=0.85),
-        CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.975, layer='features.6'),
-    ),
+    claims=(_cue(0.75, 0.85), _cue(0.85, 0.975, layer='features.6')),
 )
 layercam = _rule_method(
     "layercam", _layercam_rule, "LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.",
@@ -448,10 +442,7 @@ layercam = _rule_method(
     caveats="ignores negative evidence; shallow layers give fine but noisy maps",
     reference="Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for "
     "Localization",
-    claims=(
-        CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=1.0),
-        CueClaim(n=120, at_least=0.85, clean_below=0.15, measured=0.98, layer='features.6'),
-    ),
+    claims=(_cue(0.9, 1.0), _cue(0.85, 0.98, layer='features.6')),
 )
 
 
@@ -467,10 +458,7 @@ layercam = _rule_method(
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS},
-    claims=(
-        CueClaim(n=120, at_least=0.9, clean_below=0.15, measured=0.99,
-                 note='class-agnostic: it shows what is salient (clean model 0.08)'),
-    ),
+    claims=(_cue(0.9, 0.99, note="class-agnostic: it shows what is salient (clean model 0.08)"),),
 )
 def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> MethodOutput:
     """Eigen-CAM: the activations projected on their first right singular vector.
@@ -493,9 +481,7 @@ def eigencam(ctx: MethodContext, center: bool = False, layout: str = "auto") -> 
     family="cam",
     needs_layer=True,
     choices={"layout": LAYOUTS, "nonrelu": NONRELU_CHOICES},
-    claims=(
-        CueClaim(n=120, at_least=0.8, clean_below=0.15, measured=0.93),
-    ),
+    claims=(_cue(0.8, 0.93),),
 )
 def guided_gradcam(ctx: MethodContext, layout: str = "auto", nonrelu: str = "error") -> MethodOutput:
     """Guided Grad-CAM.

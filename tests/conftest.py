@@ -69,3 +69,16 @@ class TinyNet(nn.Module):
 def tiny():
     torch.manual_seed(0)
     return TinyNet()
+
+
+@pytest.fixture(scope="module")
+def session(cue_model, tmp_path_factory):
+    """The bundled cue model exported to ONNX, as a real ONNX Runtime session (a black box)."""
+    import onnxruntime as ort  # in the dev extra: the tests using it fail, not skip, without it
+
+    path = tmp_path_factory.mktemp("onnx") / "digits-cnn-cue.onnx"
+    with torch.no_grad():
+        torch.onnx.export(cue_model.model, (torch.zeros(2, 1, 32, 32),), str(path), dynamo=False,
+                          input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

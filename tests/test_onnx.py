@@ -4,23 +4,12 @@ gives the same perturbation maps as the torch model, and gradient methods refuse
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort  # in the dev extra: these tests fail, not skip, without it
 import pytest
 import torch
 
 import convscope as cs
 from convscope.errors import MethodError
 from convscope.perturb import as_predict
-
-
-@pytest.fixture(scope="module")
-def session(cue_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "digits-cnn-cue.onnx"
-    with torch.no_grad():
-        torch.onnx.export(cue_model.model, (torch.zeros(2, 1, 32, 32),), str(path), dynamo=False,
-                          input_names=["pixels"], output_names=["logits"],
-                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def test_session_predicts_like_the_module(session, cue_model, cue_test):

@@ -10,7 +10,6 @@ checked to give the same maps with each of them.
 
 from __future__ import annotations
 
-import onnxruntime as ort  # in the dev extra: these tests fail, not skip, without it
 import pytest
 import torch
 
@@ -56,16 +55,6 @@ def test_claim_on_the_planted_cue(name, index, cue_model, clean_model, cue_test)
         clean_maps = _maps(clean_model, x, name, claim)
         clean = pointing_hits(clean_maps, masks, claim.tolerance).float().mean().item()
         assert clean < claim.clean_below, f"{name} on the clean model: {clean:.3f}"
-
-
-@pytest.fixture(scope="module")
-def session(cue_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "digits-cnn-cue.onnx"
-    with torch.no_grad():
-        torch.onnx.export(cue_model.model, (torch.zeros(2, 1, 32, 32),), str(path), dynamo=False,
-                          input_names=["pixels"], output_names=["logits"],
-                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("name", BLACK_BOX)

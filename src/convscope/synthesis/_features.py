@@ -8,6 +8,8 @@ what synthesis needs on top of that loop, without a second loop:
   a layer's activations), Gram terms (relative squared error of Gram matrices) and image priors
   (total variation, alpha-norm), that records each term at every step;
 * :func:`reference_features`: a layer's activations on a reference image (no gradients);
+* :class:`Settings`: the keyword settings the three tasks share (loop, priors, start noise,
+  input reading), declared once with their defaults;
 * :func:`run`: builds the pixel / FFT parameterisation, hands the objective to ``optimize`` with
   an Adam learning rate that decays (cosine) to a tenth, and splits the recorded history into
   per-step values and the final, transform-free evaluation.
@@ -16,8 +18,8 @@ what synthesis needs on top of that loop, without a second loop:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -26,12 +28,13 @@ from torch import nn
 from .._validate import check_values, ints, reals
 from ..errors import InputError, MethodError
 from ..hooks import capture
-from ..models import LoadedModel
+from ..models import LoadedModel, Preprocessing
 from ..optimize import total_variation
 from ._common import gram
 
 __all__ = [
     "FeatureLoss",
+    "Settings",
     "Term",
     "default_content_layer",
     "reference_features",
@@ -39,6 +42,63 @@ __all__ = [
     "run",
     "total_variation",
 ]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings inversion, texture and style share, taken by each as keyword arguments.
+
+    Each task passes its keyword arguments to :meth:`of` with the defaults it changes (inversion:
+    ``steps=200, tv_weight=0.5``; style: ``lr=0.03``).
+
+    Attributes:
+        steps, lr: Adam steps and learning rate (cosine-decayed to a tenth).
+        tv_weight, tv_beta: total-variation prior (:class:`FeatureLoss`).
+        norm_weight, alpha: alpha-norm prior.
+        init_sd: standard deviation of the seeded start noise around mid-grey.
+        param: ``"pixel"`` or ``"fft"`` parameterisation (see :func:`run`).
+        seed: seeds the start noise and the loop.
+        space: a tensor input holds ``"model"`` inputs or ``"pixels"`` in [0, 1]
+            (:mod:`convscope.inputs`).
+        preprocessing: for a plain ``nn.Module``: its input size, channels and normalisation.
+        progress: tqdm bar (``None``: only on a terminal).
+    """
+
+    steps: int = 300
+    lr: float = 0.05
+    tv_weight: float = 0.0
+    tv_beta: float = 2.0
+    norm_weight: float = 0.0
+    alpha: float = 6.0
+    init_sd: float = 0.1
+    param: str = "pixel"
+    seed: int = 0
+    space: str = "model"
+    preprocessing: Preprocessing | None = None
+    progress: bool | None = None
+
+    @classmethod
+    def of(cls, task: str, given: Mapping[str, Any], **defaults: Any) -> Settings:
+        """The settings of ``task`` from its keyword arguments ``given`` over its ``defaults``;
+        ``TypeError`` (as for any keyword argument a function lacks) on an unknown name."""
+        unknown = sorted(set(given) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"{task}() got an unexpected keyword argument {unknown[0]!r}")
+        return cls(**{**defaults, **given})
+
+    def options(self) -> dict[str, Any]:
+        """The settings a result records: all but how inputs are read and progress is shown."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("space", "preprocessing", "progress")}
+
+    def priors(self) -> dict[str, float]:
+        """The image-prior keywords of :class:`FeatureLoss`."""
+        return {k: getattr(self, k) for k in ("tv_weight", "tv_beta", "norm_weight", "alpha")}
+
+    def noise(self, shape: Sequence[int]) -> torch.Tensor:
+        """Seeded start pixels: mid-grey plus ``init_sd`` Gaussian noise, clipped to [0, 1]."""
+        gen = torch.Generator().manual_seed(int(self.seed))
+        return (0.5 + self.init_sd * torch.randn(tuple(shape), generator=gen)).clamp(0, 1)
 
 
 def alpha_norm(x: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
@@ -190,11 +250,7 @@ def run(
     objective: FeatureLoss,
     *,
     init: torch.Tensor,
-    steps: int,
-    lr: float,
-    param: str = "pixel",
-    seed: int = 0,
-    progress: bool | None = None,
+    settings: Settings,
     desc: str = "synthesis",
     transforms: Any = None,
     lr_floor: float = 0.1,
@@ -203,10 +259,11 @@ def run(
 
     Args:
         init: (B, C, H, W) starting pixels in [0, 1].
-        param: ``"pixel"`` (one parameter per pixel, clipped to [0, 1] after each step: the
+        settings: the loop's ``steps``, ``lr``, ``param``, ``seed`` and ``progress``; ``param``:
+            ``"pixel"`` (one parameter per pixel, clipped to [0, 1] after each step: the
             classical setting of Mahendran-Vedaldi and Gatys) or ``"fft"`` (decorrelated Fourier
             parameterisation with a sigmoid, from :mod:`convscope.featvis.param`).
-        lr, lr_floor: Adam's learning rate, decayed on a cosine to ``lr * lr_floor``.
+        lr_floor: Adam's learning rate decays on a cosine to ``settings.lr * lr_floor``.
 
     Returns:
         (images (B, C, H, W) in [0, 1], per-step history of every logged quantity, final values
@@ -215,6 +272,7 @@ def run(
     from ..featvis.param import FFTImage, PixelImage
     from ..optimize import optimize
 
+    steps, lr, param = settings.steps, settings.lr, settings.param
     check_values(steps=(steps, ints(1)), lr=(lr, reals(0, lo_open=True)))
     b, c, h, w = init.shape
     p: nn.Module
@@ -239,7 +297,7 @@ def run(
     objective.log.clear()
     res = optimize(lm.model, objective, p, steps=steps, optimizer=make_opt,
                    preprocess=lm.preprocessing.normalize, transforms=transforms,
-                   post_step=schedule, seed=seed, progress=progress, desc=desc)
+                   post_step=schedule, seed=settings.seed, progress=settings.progress, desc=desc)
     hist = {k: v[:steps] for k, v in objective.log.items()}
     final = {k: v[-1] for k, v in objective.log.items() if len(v) > steps}
     return res.images.clamp(0, 1), hist, final

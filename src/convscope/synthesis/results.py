@@ -53,9 +53,18 @@ class _FigureResult(Result):
     """A result whose picture is its matplotlib ``figure()``, saved with its pixels and metadata."""
 
     save_formats = (".png", ".npy", ".json")
+    model_name: str
+    model_info: dict[str, Any]
+    options: dict[str, Any]
 
     def figure(self) -> Any:
         raise NotImplementedError
+
+    def _record(self, what: dict[str, Any], numbers: dict[str, Any]) -> dict[str, Any]:
+        """The ``.json`` layout both results share: ``what`` it is, the model and the options it
+        ran with (JSON-ready), then its own ``numbers``."""
+        return {**what, "model": self.model_name, "model_info": self.model_info,
+                "options": jsonable(self.options), **numbers}
 
     def png(self) -> bytes:
         """:meth:`figure` as PNG bytes."""
@@ -185,10 +194,7 @@ class AdversarialResult(_FigureResult):
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "model": self.model_name,
-            "model_info": self.model_info,
+        return self._record({"method": self.method}, {
             "norm": self.norm,
             "eps": self.eps if np.isfinite(self.eps) else None,
             "targeted": self.targets is not None,
@@ -200,8 +206,7 @@ class AdversarialResult(_FigureResult):
             "linf": self.linf.tolist(),
             "l2": self.l2.tolist(),
             "confidences": [self.confidence(i) for i in range(len(self))],
-            "options": {k: jsonable(v) for k, v in self.options.items()},
-        }
+        })
 
     def npy_array(self) -> torch.Tensor:
         """The adversarial pixels (B, C, H, W): what ``save("x.npy")`` writes (``.png``: the figure;
@@ -294,17 +299,13 @@ class SynthesisResult(_FigureResult):
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "model": self.model_name,
-            "model_info": self.model_info,
+        return self._record({"kind": self.kind}, {
             "titles": list(self.titles),
             "layers": list(self.layers),
             "shape": list(self.images.shape),
-            "options": {k: jsonable(v) for k, v in self.options.items()},
             "diagnostics": {k: jsonable(v) for k, v in self.diagnostics.items()},
             "history": {k: [float(v) for v in vals] for k, vals in self.history.items()},
-        }
+        })
 
     def npy_array(self) -> torch.Tensor:
         """The made pixels (N, C, H, W): what ``save("x.npy")`` writes (``.png``: the figure;

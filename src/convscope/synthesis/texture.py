@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,9 +45,17 @@ from torch import nn
 from ..errors import InputError
 from ..hooks import resolve_layers
 from ..image import ImageLike
-from ..models import LoadedModel, Preprocessing, load_model
+from ..models import LoadedModel, load_model
 from ._common import as_loaded, gram, load_pixels
-from ._features import FeatureLoss, Term, default_content_layer, reference_features, relu_stages, run
+from ._features import (
+    FeatureLoss,
+    Settings,
+    Term,
+    default_content_layer,
+    reference_features,
+    relu_stages,
+    run,
+)
 from .results import SynthesisResult
 
 __all__ = ["style_model", "style_transfer", "texture"]
@@ -106,15 +115,7 @@ def texture(
     size: int | tuple[int, int] | None = None,
     source_size: int | tuple[int, int] | None = None,
     n: int = 1,
-    steps: int = 300,
-    lr: float = 0.05,
-    tv_weight: float = 0.0,
-    param: str = "pixel",
-    init_sd: float = 0.1,
-    preprocessing: Preprocessing | None = None,
-    space: str = "model",
-    seed: int = 0,
-    progress: bool | None = None,
+    **settings: Any,
 ) -> SynthesisResult:
     """Synthesise ``n`` textures whose Gram matrices match those of ``source``.
 
@@ -127,30 +128,26 @@ def texture(
         size: output side or (h, w) (default: the source's size).
         source_size: resize the source first (shorter side or (h, w)).
         n: number of textures, each from its own seeded noise.
-        steps, lr: Adam steps and learning rate (cosine-decayed to a tenth).
-        tv_weight: optional total-variation prior.
-        param: ``"pixel"`` or ``"fft"``.
-        init_sd: start noise around mid-grey.
-        seed: seeds the start noise and the loop.
+        **settings: the :class:`~convscope.synthesis._features.Settings`: ``steps`` (300),
+            ``lr`` (0.05), the priors ``tv_weight`` (0), ``tv_beta``, ``norm_weight``, ``alpha``,
+            the start noise ``init_sd``, ``param``, ``seed``, ``space``, ``preprocessing``, ``progress``.
 
     Returns:
         A :class:`SynthesisResult` of kind ``"texture"``; ``history["loss"]`` and
         ``history["style"]`` per step, ``diagnostics["initial_loss"]`` / ``["final_style"]``.
     """
-    lm = as_loaded(model, preprocessing)
+    s = Settings.of("texture", settings)
+    lm = as_loaded(model, s.preprocessing)
     src = load_pixels(source, size=source_size, channels=lm.preprocessing.channels, what="source",
-                      pre=lm.preprocessing, space=space)
+                      pre=lm.preprocessing, space=s.space)
     hw = tuple(src.shape[-2:]) if size is None else (
         (size, size) if isinstance(size, int) else (int(size[0]), int(size[1])))
     names = _layers(lm, layers, tuple(src.shape[-2:]))  # type: ignore[arg-type]
     ws = _weights(names, layer_weights)
     feats = reference_features(lm, src, names)
     terms = [Term(n_, "gram", gram(feats[n_]), w, "style") for n_, w in zip(names, ws, strict=True)]
-    obj = FeatureLoss(terms, tv_weight=tv_weight)
-    gen = torch.Generator().manual_seed(int(seed))
-    init = (0.5 + init_sd * torch.randn(n, src.shape[1], *hw, generator=gen)).clamp(0, 1)
-    imgs, hist, final = run(lm, obj, init=init, steps=steps, lr=lr, param=param, seed=seed,
-                            progress=progress, desc="texture")
+    obj = FeatureLoss(terms, **s.priors())
+    imgs, hist, final = run(lm, obj, init=s.noise((n, src.shape[1], *hw)), settings=s, desc="texture")
     return SynthesisResult(
         kind="texture",
         images=imgs,
@@ -158,8 +155,7 @@ def texture(
         references=(("source", src[0]),),
         history=hist,
         layers=tuple(names),
-        options=dict(layer_weights=ws, size=list(hw), steps=steps, lr=lr, tv_weight=tv_weight,
-                     param=param, init_sd=init_sd, seed=seed, n=n),
+        options=dict(layer_weights=ws, size=list(hw), **s.options(), n=n),
         diagnostics={"initial_loss": hist["loss"][0], **{f"final_{k}": v for k, v in final.items()},
                      "pretrained": lm.card.get("pretrained")},
         model_name=lm.name, model_info=lm.info(),
@@ -176,17 +172,10 @@ def style_transfer(
     style_layer_weights: Sequence[float] | None = None,
     content_weight: float = 1.0,
     style_weight: float = 10.0,
-    tv_weight: float = 0.0,
     size: int | tuple[int, int] | None = None,
     style_size: int | tuple[int, int] | None = None,
     init: str = "content",
-    steps: int = 300,
-    lr: float = 0.03,
-    param: str = "pixel",
-    preprocessing: Preprocessing | None = None,
-    space: str = "model",
-    seed: int = 0,
-    progress: bool | None = None,
+    **settings: Any,
 ) -> SynthesisResult:
     """Paint ``content`` in the style of ``style`` (Gatys et al. 2016).
 
@@ -199,20 +188,21 @@ def style_transfer(
             activation of every stage, equal weights summing to 1).
         content_weight, style_weight: a and b of the module docstring (the losses are relative
             errors, so b / a = 10 gives a clearly stylised image that keeps the content).
-        tv_weight: total-variation prior.
         size: resize the content (shorter side or (h, w)); the output has the content's size.
         style_size: resize the style image.
-        init: ``"content"`` (start from the content image) or ``"noise"``.
-        steps, lr, param, seed, progress: as :func:`texture`.
+        init: ``"content"`` (start from the content image) or ``"noise"`` (``init_sd`` around grey).
+        **settings: as :func:`texture`, here with ``lr=0.03`` by default (``tv_weight``: the
+            total-variation prior).
 
     Returns:
         A :class:`SynthesisResult` of kind ``"style"`` with ``history["loss"]``,
         ``history["content"]`` and ``history["style"]`` per step.
     """
-    lm = as_loaded(model, preprocessing)
+    s = Settings.of("style_transfer", settings, lr=0.03)
+    lm = as_loaded(model, s.preprocessing)
     c = lm.preprocessing.channels
-    cont = load_pixels(content, size=size, channels=c, what="content", pre=lm.preprocessing, space=space)
-    sty = load_pixels(style, size=style_size, channels=c, what="style", pre=lm.preprocessing, space=space)
+    cont = load_pixels(content, size=size, channels=c, what="content", pre=lm.preprocessing, space=s.space)
+    sty = load_pixels(style, size=style_size, channels=c, what="style", pre=lm.preprocessing, space=s.space)
     stages_hw = tuple(cont.shape[-2:])
     s_names = _layers(lm, style_layers, stages_hw)  # type: ignore[arg-type]
     if content_layers is None:
@@ -226,16 +216,14 @@ def style_transfer(
     terms = [Term(n_, "features", fc[n_], content_weight / len(c_names), "content") for n_ in c_names]
     terms += [Term(n_, "gram", gram(fs[n_]), style_weight * w, "style")
               for n_, w in zip(s_names, ws, strict=True)]
-    obj = FeatureLoss(terms, tv_weight=tv_weight)
+    obj = FeatureLoss(terms, **s.priors())
     if init == "content":
         start = cont.clone()
     elif init == "noise":
-        gen = torch.Generator().manual_seed(int(seed))
-        start = (0.5 + 0.1 * torch.randn(cont.shape, generator=gen)).clamp(0, 1)
+        start = s.noise(cont.shape)
     else:
         raise InputError(f"init must be 'content' or 'noise', got {init!r}")
-    imgs, hist, final = run(lm, obj, init=start, steps=steps, lr=lr, param=param, seed=seed,
-                            progress=progress, desc="style")
+    imgs, hist, final = run(lm, obj, init=start, settings=s, desc="style")
     return SynthesisResult(
         kind="style",
         images=imgs,
@@ -244,8 +232,7 @@ def style_transfer(
         history=hist,
         layers=tuple(c_names + [n_ for n_ in s_names if n_ not in c_names]),
         options=dict(content_layers=c_names, style_layers=s_names, style_layer_weights=ws,
-                     content_weight=content_weight, style_weight=style_weight,
-                     tv_weight=tv_weight, init=init, steps=steps, lr=lr, param=param, seed=seed),
+                     content_weight=content_weight, style_weight=style_weight, init=init, **s.options()),
         diagnostics={"initial_loss": hist["loss"][0],
                      "initial_content": hist["content"][0], "initial_style": hist["style"][0],
                      **{f"final_{k}": v for k, v in final.items()},

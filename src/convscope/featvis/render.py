@@ -9,6 +9,7 @@ chooses the parameterisation, transforms and objective, and wraps the result in 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,52 +65,55 @@ def _transforms(spec: Any, hw: tuple[int, int]) -> Transform | None:
     raise InputError(f"transforms must be 'standard', None, a callable or a list, not {type(spec).__name__}")
 
 
-def _param(spec: str | nn.Module, hw: tuple[int, int], batch: int, channels: int, *, seed: int,
-           decorrelate: bool, sd: float, decay: float) -> nn.Module:
-    if isinstance(spec, nn.Module):
-        return spec
-    if spec not in ("fft", "pixel"):
-        raise InputError(f"param must be 'fft', 'pixel' or an nn.Module, got {spec!r}")
-    g = torch.Generator().manual_seed(int(seed))
-    return make_image(hw, batch, channels, fft=spec == "fft", decorrelate=decorrelate, sd=sd, decay=decay,
-                 generator=g)
+@dataclass(frozen=True)
+class _Render:
+    """How one image batch is optimised: :func:`visualize`'s arguments of the same names (and
+    defaults), which :func:`deepdream` shares for each octave."""
+
+    param: str | nn.Module = "fft"
+    decorrelate: bool = True
+    steps: int = 256
+    lr: float = 0.05
+    transforms: Any = "standard"
+    l2: float = 0.0
+    tv: float = 0.0
+    blur_every: int | None = None
+    blur_sigma: float = 0.5
+    sd: float = 0.01
+    decay: float = 1.0
+    init: ImageLike | torch.Tensor | None = None
+    space: str = "model"
+    seed: int = 0
+    truncate: bool = True
+    progress: bool | None = None
+    device: str | torch.device | None = None
 
 
-def _run(
-    lm: LoadedModel,
-    objective: obj.Objective,
-    *,
-    size: int | tuple[int, int] | None,
-    batch: int,
-    param: str | nn.Module,
-    decorrelate: bool,
-    steps: int,
-    lr: float,
-    transforms: Any,
-    l2: float,
-    tv: float,
-    blur_every_n: int | None,
-    blur_sigma: float,
-    sd: float,
-    decay: float,
-    init: ImageLike | torch.Tensor | None,
-    space: str,
-    seed: int,
-    truncate: bool,
-    progress: bool | None,
-    device: str | torch.device | None,
-    desc: str,
-) -> tuple[OptimizationResult, nn.Module]:
+def _param(r: _Render, hw: tuple[int, int], batch: int, channels: int) -> nn.Module:
+    if isinstance(r.param, nn.Module):
+        return r.param
+    if r.param not in ("fft", "pixel"):
+        raise InputError(f"param must be 'fft', 'pixel' or an nn.Module, got {r.param!r}")
+    g = torch.Generator().manual_seed(int(r.seed))
+    return make_image(hw, batch, channels, fft=r.param == "fft", decorrelate=r.decorrelate, sd=r.sd,
+                      decay=r.decay, generator=g)
+
+
+def _run(lm: LoadedModel, objective: obj.Objective, r: _Render, *, size: int | tuple[int, int] | None,
+         batch: int, desc: str) -> tuple[OptimizationResult, nn.Module]:
+    """Optimise ``batch`` images of ``size`` for ``objective`` with the settings ``r``: the one call
+    of the shared loop (:func:`convscope.optimize.optimize`) in this module."""
     pre = lm.preprocessing
     hw = _hw(size, pre)
-    if steps < 0:
-        raise InputError(f"steps must be >= 0, got {steps}")
+    if r.steps < 0:
+        raise InputError(f"steps must be >= 0, got {r.steps}")
     full = objective
-    if l2:
-        full = full - float(l2) * obj.l2(pre.mean)
-    if tv:
-        full = full - float(tv) * obj.total_variation()
-    p = _param(param, hw, batch, pre.channels, seed=seed, decorrelate=decorrelate, sd=sd, decay=decay)
+    if r.l2:
+        full = full - float(r.l2) * obj.l2(pre.mean)
+    if r.tv:
+        full = full - float(r.tv) * obj.total_variation()
+    p = _param(r, hw, batch, pre.channels)
+    init, space = r.init, r.space
     if isinstance(init, str) and init == "mean":  # the data set's mean pixel: zero model input
         init, space = torch.zeros(1, pre.channels, *hw), "model"
     if init is not None:
@@ -117,22 +121,10 @@ def _run(
         if load is None:
             raise InputError(f"{type(p).__name__} has no load_image(); cannot start from init")
         load(load_pixels(init, size=hw, channels=pre.channels, pre=pre, space=space, what="init"))
-    post = [blur_every(int(blur_every_n), blur_sigma)] if blur_every_n else None
-    res = optimize(
-        lm.model,
-        full,
-        p,
-        steps=steps,
-        lr=lr,
-        transforms=_transforms(transforms, hw),
-        preprocess=pre.normalize,
-        post_step=post,
-        truncate=truncate,
-        seed=seed,
-        progress=progress,
-        desc=desc,
-        device=device,
-    )
+    post = [blur_every(int(r.blur_every), r.blur_sigma)] if r.blur_every else None
+    res = optimize(lm.model, full, p, steps=r.steps, lr=r.lr, transforms=_transforms(r.transforms, hw),
+                   preprocess=pre.normalize, post_step=post, truncate=r.truncate, seed=r.seed,
+                   progress=r.progress, desc=desc, device=r.device)
     return res, p
 
 
@@ -202,10 +194,10 @@ def visualize(
     b = int(batch or o.batch or 1)
     if o.batch is not None and b != o.batch:
         raise InputError(f"the objective asks for a batch of {o.batch}, batch={b} given")
-    res, _ = _run(lm, o, size=size, batch=b, param=param, decorrelate=decorrelate, steps=steps, lr=lr,
-                  transforms=transforms, l2=l2, tv=tv, blur_every_n=blur_every, blur_sigma=blur_sigma,
-                  sd=sd, decay=decay, init=init, space=space, seed=seed, truncate=truncate, progress=progress,
-                  device=device, desc="visualize")
+    r = _Render(param=param, decorrelate=decorrelate, steps=steps, lr=lr, transforms=transforms, l2=l2, tv=tv,
+                blur_every=blur_every, blur_sigma=blur_sigma, sd=sd, decay=decay, init=init, space=space,
+                seed=seed, truncate=truncate, progress=progress, device=device)
+    res, _ = _run(lm, o, r, size=size, batch=b, desc="visualize")
     name = display_name(lm)
     if titles is None:
         titles = [f"{name}: {o.name}"] * b
@@ -252,14 +244,17 @@ def _concat(parts: list[Visualization], **kw: Any) -> Visualization:
     )
 
 
-def _gallery(lm: LoadedModel, items: list[int], batch_size: int, objective: Callable[[list[int]], Any],
-             title: Callable[[int], str], *, seed: int, steps: int, **options: Any) -> list[Visualization]:
+def _gallery(lm: LoadedModel, items: list[int], objective: Callable[[list[int]], Any],
+             title: Callable[[int], str], *, batch_size: int = 16, seed: int = 0,
+             **options: Any) -> list[Visualization]:
     """One :func:`visualize` run per ``batch_size`` items (channels or classes); batch k is seeded
-    ``seed + k`` and optimises ``objective(chunk)``, one image per item titled ``title(item)``."""
+    ``seed + k`` and optimises ``objective(chunk)``, one image per item titled ``title(item)``.
+    The gallery options of :func:`visualize_layer` and :func:`visualize_class` (``batch_size``,
+    ``seed``; the rest go to :func:`visualize`) and their defaults are these."""
     parts = []
     for k, i in enumerate(range(0, len(items), max(1, batch_size))):
         chunk = items[i:i + batch_size]
-        parts.append(visualize(lm, objective(chunk), batch=len(chunk), seed=seed + k, steps=steps,
+        parts.append(visualize(lm, objective(chunk), batch=len(chunk), seed=seed + k,
                                titles=[title(c) for c in chunk], **options))
     return parts
 
@@ -270,9 +265,6 @@ def visualize_layer(
     channels: Iterable[int] | None = None,
     *,
     objective: str = "channel",
-    batch_size: int = 16,
-    seed: int = 0,
-    steps: int = 256,
     preprocessing: Preprocessing | None = None,
     **options: Any,
 ) -> Visualization:
@@ -282,10 +274,10 @@ def visualize_layer(
     Args:
         channels: channel indices (default: the first 16).
         objective: ``"channel"`` (mean over positions) or ``"neuron"`` (the centre position).
-        batch_size: channels optimised together in one batch (memory vs speed). A channel's image
-            depends on its batch only through the shared random transforms and initial noise.
-        seed: seed of the first batch; batch k uses ``seed + k``.
-        **options: passed to :func:`visualize` (size, param, lr, transforms, ...).
+        **options: ``batch_size`` (16): channels optimised together in one batch (memory vs
+            speed; a channel's image depends on its batch only through the shared random
+            transforms and initial noise); ``seed`` (0): seed of the first batch, batch k uses
+            ``seed + k``; the rest go to :func:`visualize` (steps, size, param, lr, transforms, ...).
     """
     lm = as_loaded(model, preprocessing)
     (name,) = resolve_layers(lm.model, layer)
@@ -296,8 +288,8 @@ def visualize_layer(
         raise InputError(f"objective must be 'channel' or 'neuron', got {objective!r}")
     mname = display_name(lm)
     make = obj.channel if objective == "channel" else obj.neuron
-    parts = _gallery(lm, chans, batch_size, lambda chunk: make(name, chunk),
-                     lambda c: f"{mname} layer {name}, channel {c}", seed=seed, steps=steps, **options)
+    parts = _gallery(lm, chans, lambda chunk: make(name, chunk),
+                     lambda c: f"{mname} layer {name}, channel {c}", **options)
     return _concat(parts, kind="layer", objective=f"{objective}({name})", layer=name)
 
 
@@ -306,9 +298,6 @@ def visualize_class(
     classes: int | str | Iterable[int | str] | None = None,
     *,
     objective: str = "logit",
-    batch_size: int = 16,
-    seed: int = 0,
-    steps: int = 256,
     preprocessing: Preprocessing | None = None,
     **options: Any,
 ) -> Visualization:
@@ -317,8 +306,8 @@ def visualize_class(
     Args:
         classes: class indices or names (default: every class, for models with at most 16).
         objective: ``"logit"`` (the unnormalised score, Simonyan's choice) or ``"prob"`` (softmax).
-        batch_size: classes optimised together in one batch.
-        **options: passed to :func:`visualize` (size, param, l2, tv, transforms, ...).
+        **options: ``batch_size`` (16): classes optimised together in one batch; ``seed`` and the
+            rest as :func:`visualize_layer` (size, param, l2, tv, transforms, ...).
     """
     lm = as_loaded(model, preprocessing)
     n = len(lm.class_names)
@@ -334,9 +323,8 @@ def visualize_class(
     if objective not in ("logit", "prob"):
         raise InputError(f"objective must be 'logit' or 'prob', got {objective!r}")
     mname = display_name(lm)
-    parts = _gallery(lm, cls, batch_size, obj.class_logit if objective == "logit" else obj.class_prob,
-                     lambda c: f"{mname} class {lm.class_names[c] if 0 <= c < n else c}", seed=seed,
-                     steps=steps, **options)
+    parts = _gallery(lm, cls, obj.class_logit if objective == "logit" else obj.class_prob,
+                     lambda c: f"{mname} class {lm.class_names[c] if 0 <= c < n else c}", **options)
     return _concat(parts, kind="class", objective=f"class_{objective}")
 
 
@@ -403,9 +391,9 @@ def deepdream(
         detail = F.interpolate(detail, size=hw, mode="bilinear", align_corners=False)
         p = image_param_from(shrunk + detail)
         j = min(jitter_px, max(0, min(hw) // 8))
-        res = optimize(lm.model, o, p, steps=steps, lr=lr, transforms=jitter(j) if j else None,
-                       preprocess=pre.normalize, seed=seed + k, progress=progress,
-                       desc=f"deepdream octave {k + 1}/{len(sizes)}", device=device)
+        r = _Render(param=p, steps=steps, lr=lr, transforms=jitter(j) if j else None, seed=seed + k,
+                    progress=progress, device=device)
+        res, _ = _run(lm, o, r, size=hw, batch=1, desc=f"deepdream octave {k + 1}/{len(sizes)}")
         img = res.images
         detail = img - shrunk
         history.append(res.history)

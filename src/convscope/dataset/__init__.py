@@ -12,7 +12,7 @@
   torch ``Dataset``, a tensor.
 """
 
-from ._audit import Audit, AuditClass, AuditCluster, audit
+from ._audit import Audit, AuditClass, AuditCluster, AuditSettings, audit
 from .embed import EMBED_METHODS, Embedding, embed, project
 from .neighbors import Features, Neighbors, layer_features, nearest_neighbors, pool_features
 from .receptive import ReceptiveField, layer_extractor, receptive_field
@@ -24,6 +24,7 @@ __all__ = [
     "Audit",
     "AuditClass",
     "AuditCluster",
+    "AuditSettings",
     "DataSource",
     "DigitsSource",
     "Embedding",

@@ -51,6 +51,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ from ..errors import InputError
 from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
 
-__all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "audit"]
+__all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "AuditSettings", "audit"]
 
 #: Allowed values of the audit's numeric settings (the API and the CLI check the same ranges).
 AUDIT_RANGES: dict[str, Range] = {
@@ -84,13 +85,29 @@ EMBEDDINGS = ("tsne", "pca", "umap", "none")
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_settings(settings: dict[str, Any]) -> None:
-    for name, value in settings.items():
-        rng = AUDIT_RANGES.get(name)
-        if rng is None or value is None:
-            continue
-        if not rng.contains(value):
-            raise InputError(f"audit {name}={value!r}: must be {rng.describe()}")
+@dataclass(frozen=True)
+class AuditSettings:
+    """How :func:`audit` clusters and scores each class's maps: its keyword options other than the
+    batch job's (:class:`~convscope.jobs.batch.JobOptions`); see :func:`audit` for each. Checked
+    against :data:`AUDIT_RANGES` and :data:`EMBEDDINGS` when made (an :class:`InputError`)."""
+
+    k: int | None = None
+    max_k: int = 8
+    size: int = 32
+    n_neighbors: int = 10
+    mass: float = 0.8
+    threshold: float = 0.5
+    min_cluster: int = 3
+    embedding: str = "tsne"
+    prototypes: int = 4
+
+    def __post_init__(self) -> None:
+        for name, rng in AUDIT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not rng.contains(value):
+                raise InputError(f"audit {name}={value!r}: must be {rng.describe()}")
+        if self.embedding not in EMBEDDINGS:
+            raise InputError(f"unknown embedding {self.embedding!r}; use one of {', '.join(EMBEDDINGS)}")
 
 
 def _select_classes(classes: Any, names: list[str], present: np.ndarray) -> list[int]:
@@ -156,28 +173,10 @@ def audit(
     method: str = "gradcam",
     layer: str | None = None,
     options: dict[str, Any] | None = None,
-    k: int | None = None,
-    max_k: int = 8,
-    size: int = 32,
-    n_neighbors: int = 10,
-    mass: float = 0.8,
-    threshold: float = 0.5,
-    min_cluster: int = 3,
-    embedding: str = "tsne",
-    prototypes: int = 4,
     store: str | os.PathLike | None = None,
-    engine: str = "local",
-    batch_size: int = 32,
-    chunk_size: int = 128,
-    seed: int = 0,
-    limit: int | None = None,
     space: str = "model",
-    num_workers: int = 0,
-    device: str | None = None,
-    ray_address: str | None = None,
-    slots: int | None = None,
-    overwrite: bool = False,
     progress: bool | None = None,
+    **settings: Any,
 ) -> Audit:
     """Find a model's strategies per class across ``data`` and flag the ones that look like shortcuts.
 
@@ -194,23 +193,27 @@ def audit(
         method: any registered explain method (default Grad-CAM at the model's default layer).
         layer: layer for layer methods (default: the model's).
         options: method options.
-        k: the number of clusters for every class (default: chosen per class by the eigengap).
-        max_k: the largest ``k`` the eigengap may choose.
-        size: maps are compared on a ``size x size`` grid (memory: 4 * size^2 bytes per image).
-        n_neighbors: neighbours per image in the affinity graph.
-        mass: the share of attribution a cluster's box must hold.
-        threshold: suspicion at which a cluster is flagged ``suspect``.
-        min_cluster: clusters smaller than this are never flagged.
-        embedding: ``"tsne"``, ``"pca"``, ``"umap"`` (needs umap-learn) or ``"none"``.
-        prototypes: images shown per cluster (closest to the cluster's mean map).
         store: folder of the maps' Zarr store; the same store resumes an interrupted audit
             (default: a temporary store, deleted afterwards).
-        engine, batch_size, chunk_size, num_workers, device, ray_address, slots, overwrite:
-            as for :func:`convscope.jobs.run_batch`.
-        seed: seed of the method, the clustering and the embedding.
-        limit: use only the first ``limit`` images of the data.
         space: how tensors in ``data`` are read (``"model"`` or ``"pixels"``).
         progress: ``None``: progress on stderr (a bar on a terminal, lines elsewhere); ``False``: none.
+        **settings: how each class is clustered and scored, the fields of :class:`AuditSettings`:
+
+            * ``k``: the number of clusters for every class (default: chosen per class by the eigengap);
+            * ``max_k``: the largest ``k`` the eigengap may choose;
+            * ``size``: maps are compared on a ``size x size`` grid (memory: 4 * size^2 bytes per image);
+            * ``n_neighbors``: neighbours per image in the affinity graph;
+            * ``mass``: the share of attribution a cluster's box must hold;
+            * ``threshold``: suspicion at which a cluster is flagged ``suspect``;
+            * ``min_cluster``: clusters smaller than this are never flagged;
+            * ``embedding``: ``"tsne"``, ``"pca"``, ``"umap"`` (needs umap-learn) or ``"none"``;
+            * ``prototypes``: images shown per cluster (closest to the cluster's mean map);
+
+            and how the maps' batch job runs, the fields of :class:`~convscope.jobs.batch.JobOptions`
+            (``engine``, ``batch_size``, ``chunk_size``, ``num_workers``, ``device``, ``ray_address``,
+            ``slots``, ``overwrite``: as for :func:`convscope.jobs.run_batch`), with ``seed`` also the
+            seed of the clustering and the embedding, and ``limit`` (use only the first ``limit``
+            images of the data).
 
     Returns:
         An :class:`Audit`; ``.save("audit.json")``, ``.save("report.html")``, ``.suspects``.
@@ -222,7 +225,7 @@ def audit(
 
     from .._progress import Progress
     from ..jobs import run_batch
-    from ..jobs.batch import input_files
+    from ..jobs.batch import JobOptions, input_files
     from ..jobs.store import zarr_module
     from ..models import load_model
     from ..registry import get_method
@@ -230,15 +233,14 @@ def audit(
     from .embed import project
     from .sources import Subset, as_source
 
-    _check_settings({"k": k, "max_k": max_k, "size": size, "n_neighbors": n_neighbors, "mass": mass,
-                     "threshold": threshold, "min_cluster": min_cluster, "prototypes": prototypes})
-    if embedding not in EMBEDDINGS:
-        raise InputError(f"unknown embedding {embedding!r}; use one of {', '.join(EMBEDDINGS)}")
-    if embedding == "umap":
+    own = {f.name for f in fields(AuditSettings)}
+    cfg = AuditSettings(**{n: v for n, v in settings.items() if n in own})
+    job = JobOptions(**{n: v for n, v in settings.items() if n not in own})
+    if cfg.embedding == "umap":
         project(np.zeros((3, 2)), "umap")  # a missing umap-learn fails here, before the maps
     info = get_method(method)
     lm = load_model(model)
-    base = as_source(data, lm.preprocessing, limit=limit, space=space)
+    base = as_source(data, lm.preprocessing, limit=job.limit, space=space)
     data_labels = base.labels()
     if len(data_labels) == 0 or (data_labels < 0).all():
         where_ = f" ({data})" if isinstance(data, (str, os.PathLike)) else ""
@@ -249,7 +251,7 @@ def audit(
     x0 = base[0][0][None]
     lm.fill_from_input(x0)
     with torch.no_grad():
-        n_out = int(lm.model(x0.to(model_device(lm.model, device))).shape[1])
+        n_out = int(lm.model(x0.to(model_device(lm.model, job.device))).shape[1])
     # labels without names are the model's class indices: name them as the model does
     names = list(base.class_names) or [
         lm.class_names[i] if i < len(lm.class_names) else str(i) for i in range(int(data_labels.max()) + 1)
@@ -261,9 +263,7 @@ def audit(
         raise InputError("none of the audited classes has an image the model can explain; "
                          + (notes[0] if notes else "check --only-classes / classes="))
     src = Subset(base, rows, [to_model[int(v)] for v in data_labels[rows]])
-    settings = {"k": k, "max_k": max_k, "size": size, "n_neighbors": n_neighbors, "mass": mass,
-                "threshold": threshold, "min_cluster": min_cluster, "embedding": embedding,
-                "prototypes": prototypes, "seed": seed, "limit": limit}
+    recorded = {**asdict(cfg), "seed": job.seed, "limit": job.limit}
 
     tmp = None
     if store is None:
@@ -277,11 +277,9 @@ def audit(
             bar.update(done)
 
         with bar:
-            st = run_batch(
-                lm, src, method, store, target="label", layer=layer, options=options,
-                batch_size=batch_size, chunk_size=chunk_size, seed=seed, engine=engine,
-                num_workers=num_workers, device=device, ray_address=ray_address, slots=slots,
-                overwrite=overwrite, progress=on_chunk,
+            st = run_batch(  # the source holds the first ``limit`` images already
+                lm, src, method, store, target="label", layer=layer, options=options, progress=on_chunk,
+                **asdict(replace(job, limit=None)),
             )
         man = st.manifest
         layer_used = man["job"]["layer"]
@@ -290,12 +288,12 @@ def audit(
         prob_arr = zarr_module().open_array(str(st.path / "probabilities"), mode="r")
         explained = st.read("targets")  # the model class each row was explained for
         run_labels = data_labels[rows]  # the data's class of each computed row
-        small = np.empty((n_img, size, size), dtype=np.float32)
+        small = np.empty((n_img, cfg.size, cfg.size), dtype=np.float32)
         # per row: the probability of the explained class, and whether it was the prediction
         probs = np.empty((n_img, 2), dtype=np.float32)
         for c in range(st.n_chunks):  # stream: one chunk of maps and probabilities at a time
             lo, hi = st.rows(c)
-            small[lo:hi] = _downsize(arr[lo:hi], size)
+            small[lo:hi] = _downsize(arr[lo:hi], cfg.size)
             p = np.asarray(prob_arr[lo:hi])
             t = explained[lo:hi]
             probs[lo:hi, 0] = p[np.arange(hi - lo), t]
@@ -311,12 +309,8 @@ def audit(
                 # one thread for the small per-class problems: OpenMP pools that spin beside torch's
                 # threads slowed a class 100x on a busy 2-core machine
                 with threadpool_limits(1 if len(idx) <= 2000 else None):
-                    results.append(_audit_class(
-                        ci, names[ci], to_model.get(ci, -1), idx, small, probs, paths, k=k, max_k=max_k,
-                        n_neighbors=n_neighbors, mass=mass, threshold=threshold, min_cluster=min_cluster,
-                        embedding=embedding, prototypes=prototypes, seed=seed, image_size=(h, w),
-                        project=project,
-                    ))
+                    results.append(_audit_class(ci, names[ci], to_model.get(ci, -1), idx, small, probs, paths,
+                                                cfg, seed=job.seed, image_size=(h, w), project=project))
                 cls_bar.update(n_done + 1)
         _full_maps(results, st, arr, src)
         for c in results:  # rows of the run -> indices of the caller's data set
@@ -329,7 +323,7 @@ def audit(
         root = None if files is None else str(files[0])
         return Audit(
             classes=results, method=method, layer=layer_used, options=dict(options or {}),
-            settings=settings, model_info=lm.info(), data=base.describe(), image_size=(h, w),
+            settings=recorded, model_info=lm.info(), data=base.describe(), image_size=(h, w),
             signed=bool(info.signed), store=None if tmp is not None else str(Path(store).resolve()),
             notes=notes, root=root, store_rows=[int(i) for i in rows],
         )
@@ -340,9 +334,7 @@ def audit(
 
 def _audit_class(
     ci: int, name: str, model_class: int, idx: np.ndarray, small: np.ndarray, probs: np.ndarray,
-    paths: list[str] | None,
-    *, k: int | None, max_k: int, n_neighbors: int, mass: float, threshold: float, min_cluster: int,
-    embedding: str, prototypes: int, seed: int, image_size: tuple[int, int], project: Any,
+    paths: list[str] | None, cfg: AuditSettings, *, seed: int, image_size: tuple[int, int], project: Any,
 ) -> AuditClass:
     n = len(idx)
     empty = np.zeros(0)
@@ -356,23 +348,22 @@ def _audit_class(
                           note=f"{why}: not clustered (at least {MIN_IMAGES} are needed)")
     s = small.shape[1]
     x = small[idx].reshape(n, -1).astype(np.float64)
-    aff = sp.knn_affinity(x, n_neighbors)
-    spec = sp.spectrum(aff, max_k)
+    aff = sp.knn_affinity(x, cfg.n_neighbors)
+    spec = sp.spectrum(aff, cfg.max_k)
     note = ""
-    if k is None:
+    if cfg.k is None:
         kk, source = spec.k, "eigengap"
     else:
-        kk, source = int(k), "given"
+        kk, source = int(cfg.k), "given"
         if kk > n - 1:
-            note = f"k={k} asked for, but the class has {n} images: clustered into {n - 1}"
+            note = f"k={cfg.k} asked for, but the class has {n} images: clustered into {n - 1}"
             kk = n - 1
     assign = sp.cluster(aff, kk, seed)
     coords = None
-    if embedding != "none":
-        coords = project(x, embedding, seed=seed)
+    if cfg.embedding != "none":
+        coords = project(x, cfg.embedding, seed=seed)
     clusters = [
-        _describe(j, idx, assign, small, probs, paths, model_class, name, mass=mass, threshold=threshold,
-                  min_cluster=min_cluster, prototypes=prototypes, image_size=image_size, side=s)
+        _describe(j, idx, assign, small, probs, paths, model_class, name, cfg, image_size=image_size, side=s)
         for j in range(int(assign.max()) + 1)
     ]
     return AuditClass(ci, name, model_class, n, kk, source, spec.eigenvalues, spec.gaps, clusters, idx,
@@ -381,8 +372,8 @@ def _audit_class(
 
 def _describe(
     j: int, idx: np.ndarray, assign: np.ndarray, small: np.ndarray, probs: np.ndarray,
-    paths: list[str] | None, ci: int, name: str, *, mass: float, threshold: float, min_cluster: int,
-    prototypes: int, image_size: tuple[int, int], side: int,
+    paths: list[str] | None, ci: int, name: str, cfg: AuditSettings, *, image_size: tuple[int, int],
+    side: int,
 ) -> AuditCluster:
     sel = assign == j
     members = idx[sel]
@@ -390,9 +381,9 @@ def _describe(
     mean = maps.mean(0)
     others = small[idx[~sel]].astype(np.float64).mean(0) if (~sel).any() else None
     if others is None:  # nothing to compare with: the region is the cluster's own mass box
-        box = sp.mass_box(mean, mass)
+        box = sp.mass_box(mean, cfg.mass)
     else:  # the region where this cluster's attribution exceeds the others'
-        box = sp.mass_box(np.maximum(mean - others, 0.0), mass)
+        box = sp.mass_box(np.maximum(mean - others, 0.0), cfg.mass)
     share = float(sp.box_mass(mean[None], box)[0])
     if others is None:
         other_share = float("nan")
@@ -410,13 +401,13 @@ def _describe(
     pr = probs[members, 0]  # probability of the class
     pred = probs[members, 1] > 0.5  # the class was the prediction
     d = ((maps - mean) ** 2).sum((1, 2))
-    proto = [int(members[i]) for i in np.argsort(d, kind="stable")[:prototypes]]
+    proto = [int(members[i]) for i in np.argsort(d, kind="stable")[:cfg.prototypes]]
     cl = AuditCluster(
         id=j, members=members, paths=None if paths is None else [paths[i] for i in members],
         class_size=len(idx), box=px, mass_share=share, others_share=other_share, box_area=area,
         concentration=concentration,
         consistency=consistency, exclusivity=exclusivity, suspicion=suspicion,
-        suspect=bool(suspicion >= threshold and len(members) >= min_cluster), reading="",
+        suspect=bool(suspicion >= cfg.threshold and len(members) >= cfg.min_cluster), reading="",
         mean_probability=float(np.nanmean(pr)) if len(pr) else float("nan"),
         predicted_share=float(pred.mean()), prototypes=proto,
     )

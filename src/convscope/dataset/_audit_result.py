@@ -96,12 +96,7 @@ class AuditClass:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "index": self.index,
-            "name": self.name,
-            "model_class": self.model_class,
-            "n": self.n,
-            "k": self.k,
-            "k_source": self.k_source,
+            **{name: getattr(self, name) for name in ("index", "name", "model_class", "n", "k", "k_source")},
             "eigenvalues": [_r(v) for v in self.eigenvalues],
             "gaps": [_r(v) for v in self.gaps],
             "note": self.note,

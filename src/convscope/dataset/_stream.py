@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..hooks import state_guard
+from ..hooks import resolve_layers, state_guard
 from ..models import LoadedModel, load_model
 from .receptive import layer_extractor
 from .sources import DataSource, as_source
-
-
-def resolve(model: Any, data: Any, limit: int | None = None) -> tuple[LoadedModel, DataSource]:
-    lm = load_model(model)
-    src = as_source(data, lm.preprocessing, limit=limit)
-    return lm, src
 
 
 def model_device(net: nn.Module, device: Any = None) -> torch.device:
@@ -37,19 +32,38 @@ def loader(source: DataSource, batch_size: int, num_workers: int = 0, sampler: A
     return DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers, **kw)
 
 
-def stream_layer(
-    lm: LoadedModel,
-    source: DataSource,
-    layer: str,
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: Any = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(activation (b, C, h, w) or (b, D), labels (b,), indices (b,))`` batch by batch."""
-    net = lm.model
-    dev = model_device(net, device)
-    f = layer_extractor(net, layer)
-    with state_guard(net), torch.no_grad():
-        for x, y, idx in loader(source, batch_size, num_workers):
-            yield f(x.to(dev, non_blocking=True)), y, idx
+@dataclass(frozen=True)
+class Streaming:
+    """How a data-set view reads the data through the model: the keyword options that
+    :func:`~convscope.dataset.layer_features`, :func:`~convscope.dataset.top_activations`,
+    :func:`~convscope.dataset.nearest_neighbors` and :func:`~convscope.dataset.embed` share.
+
+    Attributes:
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes reading images.
+        limit: use only the first ``limit`` images.
+        device: run the model here (default: where its parameters are).
+    """
+
+    batch_size: int = 64
+    num_workers: int = 0
+    limit: int | None = None
+    device: Any = None
+
+    def open(self, model: Any, data: Any, layer: str) -> tuple[LoadedModel, DataSource, str]:
+        """The loaded model, the data source (its first ``limit`` images) and ``layer``'s full name."""
+        lm = load_model(model)
+        src = as_source(data, lm.preprocessing, limit=self.limit)
+        (name,) = resolve_layers(lm.model, layer)[:1]
+        return lm, src, name
+
+    def activations(
+        self, lm: LoadedModel, source: DataSource, layer: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(activation (b, C, h, w) or (b, D), labels (b,), indices (b,))`` batch by batch."""
+        net = lm.model
+        dev = model_device(net, self.device)
+        f = layer_extractor(net, layer)
+        with state_guard(net), torch.no_grad():
+            for x, y, idx in loader(source, self.batch_size, self.num_workers):
+                yield f(x.to(dev, non_blocking=True)), y, idx

@@ -16,10 +16,10 @@ from PIL import Image
 
 from .._result import Result
 from ..errors import InputError
-from ..results import brief, png_bytes, result_repr
+from ..results import png_bytes
 from ._grid import font, to_pil
-from .neighbors import Features, layer_features
-from .sources import DataSource
+from ._view import LayerView
+from .neighbors import Features, Pooling, pooled
 
 __all__ = ["EMBED_METHODS", "Embedding", "embed", "project"]
 
@@ -58,22 +58,16 @@ def project(
     raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
 
 
-@dataclass(frozen=True)
-class Embedding(Result):
+@dataclass(frozen=True, repr=False)
+class Embedding(LayerView, Result):
     """2-D positions (N, 2) of a data set's images in a layer's feature space."""
 
-    layer: str
     method: str
     coords: np.ndarray
     labels: np.ndarray
-    source: DataSource
-    model_name: str = ""
 
-    def __repr__(self) -> str:
-        return result_repr(self, [
-            ("layer", repr(self.layer)), ("model", brief(self.model_name)), ("method", repr(self.method)),
-            ("coords", str(tuple(self.coords.shape))), ("source", repr(self.source)),
-        ])
+    def _summary(self) -> list[tuple[str, str | None]]:
+        return [("method", repr(self.method)), ("coords", str(tuple(self.coords.shape)))]
 
     def _title(self) -> str:
         return f"{self.model_name} {self.layer}: {self.method.upper()} of {len(self.coords)} images"
@@ -141,8 +135,8 @@ class Embedding(Result):
         return self.coords
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model_name, "layer": self.layer, "method": self.method,
-                "coords": self.coords.tolist(), "labels": self.labels.tolist()}
+        return {**self._about(), "method": self.method, "coords": self.coords.tolist(),
+                "labels": self.labels.tolist()}
 
 
 def embed(
@@ -151,33 +145,25 @@ def embed(
     layer: str,
     *,
     method: str = "pca",
-    pool: str = "avg",
     seed: int = 0,
     perplexity: float = 30.0,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    limit: int | None = None,
     features: Features | None = None,
-    device: Any = None,
+    **pooling: Any,
 ) -> Embedding:
     """A 2-D map of the data set's pooled features at ``layer``.
 
     Args:
         method: ``"pca"``, ``"tsne"`` or ``"umap"`` (needs ``umap-learn``).
         seed: random state of t-SNE / UMAP (and the PCA solver).
+        features: precomputed :func:`layer_features` of ``data``.
+        **pooling: how the features are made (``pool``, ``batch_size``, ...), as for
+            :func:`layer_features`.
     """
     if method not in EMBED_METHODS:
         raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+    st = Pooling(**pooling)  # checked even when ``features`` are given
     if features is None:
-        features = layer_features(
-            model,
-            data,
-            layer,
-            pool=pool,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            limit=limit,
-            device=device,
-        )
+        features = pooled(st, *st.open(model, data, layer))
     coords = project(features.features.numpy(), method, seed=seed, perplexity=perplexity)
-    return Embedding(features.layer, method, coords, features.labels, features.source, features.model_name)
+    return Embedding(method, coords, features.labels, layer=features.layer, source=features.source,
+                     model_name=features.model_name)

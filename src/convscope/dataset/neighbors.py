@@ -17,10 +17,12 @@ from PIL import Image
 
 from .._result import Result
 from ..errors import InputError
-from ..hooks import resolve_layers, state_guard
-from ..results import brief, png_bytes, result_repr
+from ..hooks import state_guard
+from ..models import LoadedModel
+from ..results import png_bytes
 from ._grid import grid
-from ._stream import model_device, resolve, stream_layer
+from ._stream import Streaming, model_device
+from ._view import LayerView
 from .receptive import layer_extractor
 from .sources import DataSource
 
@@ -41,46 +43,56 @@ def pool_features(act: torch.Tensor, pool: str = "avg") -> torch.Tensor:
     raise InputError(f"unknown pooling {pool!r}; use avg or max")
 
 
-@dataclass(frozen=True)
-class Features:
+@dataclass(frozen=True, repr=False)
+class Features(LayerView):
     """Pooled features (N, D) of a data set at ``layer``, with labels (N,) and the source."""
 
-    layer: str
     features: torch.Tensor
     labels: np.ndarray
-    source: DataSource
-    model_name: str = ""
 
-    def __repr__(self) -> str:
-        return result_repr(self, [
-            ("layer", repr(self.layer)), ("model", brief(self.model_name)),
-            ("features", str(tuple(self.features.shape))), ("source", repr(self.source)),
-        ])
+    def _summary(self) -> list[tuple[str, str | None]]:
+        return [("features", str(tuple(self.features.shape)))]
+
+
+@dataclass(frozen=True)
+class Pooling(Streaming):
+    """How a layer's pooled features are made: how the data is read (:class:`Streaming`) and how
+    each activation becomes one vector. The keyword options of :func:`layer_features`,
+    :func:`nearest_neighbors` and :func:`~convscope.dataset.embed`.
+
+    Attributes:
+        pool: ``"avg"`` or ``"max"`` over positions (:func:`pool_features`).
+    """
+
+    pool: str = "avg"
 
 
 def layer_features(
     model: Any,
     data: Any,
     layer: str,
-    *,
-    pool: str = "avg",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    limit: int | None = None,
-    device: Any = None,
+    **pooling: Any,
 ) -> Features:
-    """Pooled features of every image of ``data`` at ``layer`` (streamed batch by batch)."""
-    lm, src = resolve(model, data, limit)
-    (name,) = resolve_layers(lm.model, layer)[:1]
+    """Pooled features of every image of ``data`` at ``layer`` (streamed batch by batch).
+
+    Args:
+        **pooling: the fields of :class:`Pooling`: ``pool`` (``"avg"`` or ``"max"`` over positions)
+            and how the data is read (``batch_size``, ``num_workers``, ``limit``, ``device``).
+    """
+    st = Pooling(**pooling)
+    return pooled(st, *st.open(model, data, layer))
+
+
+def pooled(st: Pooling, lm: LoadedModel, src: DataSource, name: str) -> Features:
+    """:func:`layer_features` of the opened ``lm``, ``src`` and layer ``name``, made as ``st`` says."""
     feats, labels = [], []
-    for act, y, _ in stream_layer(
-        lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device
-    ):
-        feats.append(pool_features(act, pool).cpu())
+    for act, y, _ in st.activations(lm, src, name):
+        feats.append(pool_features(act, st.pool).cpu())
         labels.append(y)
     if not feats:
         raise InputError("the data set is empty")
-    return Features(name, torch.cat(feats), torch.cat(labels).numpy().astype(np.int64), src, lm.name)
+    return Features(torch.cat(feats), torch.cat(labels).numpy().astype(np.int64), layer=name, source=src,
+                    model_name=lm.name)
 
 
 def distances(q: torch.Tensor, feats: torch.Tensor, metric: str) -> torch.Tensor:
@@ -96,8 +108,8 @@ def distances(q: torch.Tensor, feats: torch.Tensor, metric: str) -> torch.Tensor
     raise InputError(f"unknown metric {metric!r}; use cosine or l2")
 
 
-@dataclass(frozen=True)
-class Neighbors(Result):
+@dataclass(frozen=True, repr=False)
+class Neighbors(LayerView, Result):
     """The k nearest images to a query in a layer's feature space.
 
     Attributes:
@@ -107,26 +119,19 @@ class Neighbors(Result):
         query_index: the query's index in the source, if it came from it (then it is excluded).
     """
 
-    layer: str
     metric: str
     indices: np.ndarray
     distances: np.ndarray
     query_pixels: np.ndarray
     query_index: int | None
-    source: DataSource
-    model_name: str = ""
 
-    def __repr__(self) -> str:
+    def _summary(self) -> list[tuple[str, str | None]]:
         pairs = zip(self.indices[:4], self.distances[:4], strict=True)
         near = [f"{int(i)} ({float(d):.3g})" for i, d in pairs]
         if len(self.indices) > 4:
             near.append(f"... {len(self.indices) - 4} more")
-        return result_repr(self, [
-            ("layer", repr(self.layer)), ("model", brief(self.model_name)), ("metric", repr(self.metric)),
-            ("nearest", "[" + ", ".join(near) + "]"),
-            ("query_index", None if self.query_index is None else str(self.query_index)),
-            ("source", repr(self.source)),
-        ])
+        return [("metric", repr(self.metric)), ("nearest", "[" + ", ".join(near) + "]"),
+                ("query_index", None if self.query_index is None else str(self.query_index))]
 
     def grid(self, *, cell: int = 72) -> Image.Image:
         """The query (outlined red) followed by its neighbours, with labels and distances."""
@@ -142,8 +147,7 @@ class Neighbors(Result):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model_name,
-            "layer": self.layer,
+            **self._about(),
             "metric": self.metric,
             "query_index": self.query_index,
             "indices": self.indices.tolist(),
@@ -164,12 +168,8 @@ def nearest_neighbors(
     *,
     k: int = 8,
     metric: str = "cosine",
-    pool: str = "avg",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    limit: int | None = None,
     features: Features | None = None,
-    device: Any = None,
+    **pooling: Any,
 ) -> Neighbors:
     """The ``k`` images of ``data`` nearest to ``query`` in ``layer``'s pooled feature space.
 
@@ -178,15 +178,15 @@ def nearest_neighbors(
             image (path, PIL image, array, or a (C, H, W) model-space tensor).
         metric: ``"cosine"`` or ``"l2"``.
         features: precomputed :func:`layer_features` of ``data`` (reused across queries).
+        **pooling: how the features are made (``pool``, ``batch_size``, ...), as for
+            :func:`layer_features`.
     """
     if metric not in ("cosine", "l2"):
         raise InputError(f"unknown metric {metric!r}; use cosine or l2")
-    lm, src = resolve(model, data, limit)
-    (name,) = resolve_layers(lm.model, layer)[:1]
+    st = Pooling(**pooling)
+    lm, src, name = st.open(model, data, layer)
     if features is None:
-        features = layer_features(
-            lm, src, name, pool=pool, batch_size=batch_size, num_workers=num_workers, device=device
-        )
+        features = pooled(st, lm, src, name)
     src = features.source
     qidx: int | None = None
     if isinstance(query, (int, np.integer)):
@@ -203,7 +203,7 @@ def nearest_neighbors(
         net = lm.model
         f = layer_extractor(net, name)
         with state_guard(net), torch.no_grad():
-            qfeat = pool_features(f(x[:1].to(model_device(net, device))), pool)[0].cpu()
+            qfeat = pool_features(f(x[:1].to(model_device(net, st.device))), st.pool)[0].cpu()
         qpix = disp[0]
     d = distances(qfeat, features.features, metric).numpy()
     if qidx is not None:
@@ -211,4 +211,4 @@ def nearest_neighbors(
         d[qidx] = np.inf
     kk = min(k, len(d) - (qidx is not None))
     order = np.lexsort((np.arange(len(d)), d))[:kk]
-    return Neighbors(name, metric, order, d[order], qpix, qidx, src, lm.name)
+    return Neighbors(metric, order, d[order], qpix, qidx, layer=name, source=src, model_name=lm.name)

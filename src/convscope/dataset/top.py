@@ -24,11 +24,11 @@ from PIL import Image
 
 from .._result import Result
 from ..errors import InputError, MethodError
-from ..results import brief, png_bytes, result_repr
+from ..results import png_bytes
 from ._grid import PAD_GRAY, draw_box, grid
-from ._stream import resolve, stream_layer
+from ._stream import Streaming
+from ._view import LayerView
 from .receptive import ReceptiveField, receptive_field, rf_box
-from .sources import DataSource
 
 __all__ = ["TopActivations", "top_activations"]
 
@@ -72,44 +72,37 @@ class RunningTopK:
         self.positions = torch.gather(new_p, 1, order[..., None].expand(-1, -1, 2))
 
 
-@dataclass(frozen=True)
-class TopActivations(Result):
+@dataclass(frozen=True, repr=False)
+class TopActivations(LayerView, Result):
     """The k most activating images of each channel of a layer.
 
     Attributes:
-        layer: the layer's name.
         values: (C, k) the channel's largest activation in each image, best first.
         indices: (C, k) index of the image in ``source``.
         positions: (C, k, 2) (row, col) of that activation in the layer's feature map.
         feature_size: (h, w) of the feature map.
         receptive_field: the units' exact receptive field, or ``None`` (whole image) when the
             layer has none (global pooling, linear layers).
-        source: the data source (for pixels and labels).
-        model_name: the model's spec.
+        layer, source, model_name: what it is of (:class:`~convscope.dataset._view.LayerView`).
     """
 
-    layer: str
     values: torch.Tensor
     indices: torch.Tensor
     positions: torch.Tensor
     feature_size: tuple[int, int]
     receptive_field: ReceptiveField | None
-    source: DataSource
-    model_name: str = ""
 
     @property
     def channels(self) -> int:
         return int(self.values.shape[0])
 
-    def __repr__(self) -> str:
-        return result_repr(self, [
-            ("layer", repr(self.layer)), ("model", brief(self.model_name)),
+    def _summary(self) -> list[tuple[str, str | None]]:
+        return [
             ("channels", str(self.channels)), ("k", str(int(self.values.shape[1]))),
             ("feature_size", str(tuple(self.feature_size))),
             ("receptive_field", None if self.receptive_field is None
              else "{}x{} px".format(*self.receptive_field.size)),
-            ("source", repr(self.source)),
-        ])
+        ]
 
     def box(self, channel: int, rank: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of the receptive field behind entry ``rank``, clipped to the image."""
@@ -184,8 +177,7 @@ class TopActivations(Result):
         rf = self.receptive_field
         k = self.values.shape[1]
         return {
-            "model": self.model_name,
-            "layer": self.layer,
+            **self._about(),
             "feature_size": list(self.feature_size),
             "receptive_field": None
             if rf is None
@@ -215,10 +207,7 @@ def top_activations(
     layer: str,
     *,
     k: int = 8,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    limit: int | None = None,
-    device: Any = None,
+    **stream: Any,
 ) -> TopActivations:
     """The ``k`` most activating images of every channel of ``layer`` over a data set.
 
@@ -227,21 +216,17 @@ def top_activations(
         data: ``"digits"``, an image folder, a torch ``Dataset`` or a source (see :func:`as_source`).
         layer: dotted layer name.
         k: images per channel.
-        batch_size: images per forward pass.
-        num_workers: DataLoader worker processes reading images.
-        limit: use only the first ``limit`` images.
+        **stream: how the data is read, the fields of :class:`~convscope.dataset._stream.Streaming`:
+            ``batch_size`` (images per forward pass), ``num_workers`` (DataLoader worker processes
+            reading images), ``limit`` (use only the first ``limit`` images), ``device``.
 
     Returns:
         A :class:`TopActivations` (memory: k entries per channel, independent of the data set size).
     """
-    lm, src = resolve(model, data, limit)
-    from ..hooks import resolve_layers
-
-    (name,) = resolve_layers(lm.model, layer)[:1]
+    st = Streaming(**stream)
+    lm, src, name = st.open(model, data, layer)
     top = RunningTopK(k)
-    for act, _y, idx in stream_layer(
-        lm, src, name, batch_size=batch_size, num_workers=num_workers, device=device
-    ):
+    for act, _y, idx in st.activations(lm, src, name):
         top.update(act, idx)
     if top.values is None:
         raise InputError("the data set is empty")
@@ -252,4 +237,5 @@ def top_activations(
     except MethodError:  # global pooling, linear layers, untraceable models: show whole images
         rf = None
     assert top.indices is not None and top.positions is not None
-    return TopActivations(name, top.values, top.indices, top.positions, top.feature_size, rf, src, lm.name)
+    return TopActivations(top.values, top.indices, top.positions, top.feature_size, rf, layer=name,
+                          source=src, model_name=lm.name)

@@ -4,7 +4,7 @@
 :func:`open_store` reads it.
 """
 
-from .batch import BatchJob, run_batch
+from .batch import BatchJob, JobOptions, run_batch
 from .store import BatchStore, open_store
 
-__all__ = ["BatchJob", "BatchStore", "open_store", "run_batch"]
+__all__ = ["BatchJob", "BatchStore", "JobOptions", "open_store", "run_batch"]

@@ -34,7 +34,7 @@ from ..errors import InputError, MethodError
 from ..models import LoadedModel, load_model
 from .store import FORMAT, BatchStore, create_store, open_store
 
-__all__ = ["BatchJob", "run_batch"]
+__all__ = ["BatchJob", "JobOptions", "run_batch"]
 
 Progress = Callable[[int, int], None]
 
@@ -107,6 +107,47 @@ def _check_target(target: Any, logits: torch.Tensor, lm: LoadedModel, src: Any) 
             )
         return
     resolve_target(target, logits, lm.class_names)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a batch job runs: the keyword options of :func:`run_batch`, which
+    :func:`convscope.dataset.audit` takes too and passes on. Checked when made.
+
+    Attributes:
+        batch_size: images per model call.
+        chunk_size: images per store chunk (a multiple of ``batch_size`` keeps batches full).
+        seed: seed of the method.
+        limit: use only the first ``limit`` images of the data.
+        engine: ``"local"`` or ``"ray"``.
+        num_workers: DataLoader processes reading images (local engine).
+        device: run the model here (``"cuda"`` gives Ray actors one GPU each).
+        ray_address: the Ray cluster to connect to (default: the running or auto-started Ray).
+        slots: number of Ray actors (default: one per CPU, or per GPU).
+        overwrite: replace a store made by a different job.
+
+    Raises:
+        InputError: an unknown engine, or a size or limit that is not a positive integer.
+    """
+
+    batch_size: int = 32
+    chunk_size: int = 128
+    seed: int = 0
+    limit: int | None = None
+    engine: str = "local"
+    num_workers: int = 0
+    device: str | None = None
+    ray_address: str | None = None
+    slots: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise InputError(f"unknown engine {self.engine!r}; use local or ray")
+        for name in ("batch_size", "chunk_size", "limit"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
 
 
 @dataclass
@@ -299,19 +340,10 @@ def run_batch(
     target: Any = None,
     layer: str | None = None,
     options: dict[str, Any] | None = None,
-    batch_size: int = 32,
-    chunk_size: int = 128,
-    seed: int = 0,
-    limit: int | None = None,
-    engine: str = "local",
-    num_workers: int = 0,
-    device: str | None = None,
-    ray_address: str | None = None,
-    slots: int | None = None,
-    overwrite: bool = False,
     fsync: bool = True,
     progress: Progress | None = None,
     space: str = "model",
+    **job: Any,
 ) -> BatchStore:
     """Run ``method`` over every image of ``data`` and write the maps to a Zarr store at ``out``.
 
@@ -329,14 +361,11 @@ def run_batch(
         target: as for :func:`convscope.explain`, or ``"label"`` for each image's own label.
         layer: layer for layer methods (default: the model's).
         options: method options.
-        batch_size: images per model call; chunk_size: images per store chunk (a multiple of
-            ``batch_size`` keeps batches full).
-        engine: ``"local"`` or ``"ray"``.
-        num_workers: DataLoader processes reading images (local engine).
-        device: run the model here (``"cuda"`` gives Ray actors one GPU each).
-        slots: number of Ray actors (default: one per CPU, or per GPU).
         fsync: make each chunk durable before its marker (turn off only for throwaway runs).
         progress: ``progress(done_chunks, total_chunks)`` after each chunk.
+        **job: how the job runs, the fields of :class:`JobOptions` (``batch_size``, ``chunk_size``,
+            ``seed``, ``limit``, ``engine``, ``num_workers``, ``device``, ``ray_address``, ``slots``,
+            ``overwrite``).
 
     Returns:
         The finished :class:`~convscope.jobs.store.BatchStore`.
@@ -349,18 +378,14 @@ def run_batch(
     from ..hooks import resolve_layers
     from ..registry import get_method
 
-    if engine not in ("local", "ray"):
-        raise InputError(f"unknown engine {engine!r}; use local or ray")
-    for name, v in (("batch_size", batch_size), ("chunk_size", chunk_size), ("limit", limit)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InputError(f"{name} must be a positive integer, got {v!r}")
+    o = JobOptions(**job)
     info = get_method(method)
     options = dict(options or {})
     from ..api import check_options
 
     check_options(info.func, method, options)
     lm = load_model(model)
-    src = as_source(data, lm.preprocessing, limit=limit, space=space)
+    src = as_source(data, lm.preprocessing, limit=o.limit, space=space)
     n = len(src)
     if n == 0:
         raise InputError("the data set is empty")
@@ -377,7 +402,7 @@ def run_batch(
         raise MethodError(f"method {method!r} does not use a layer; drop layer=")
     h, w = lm.preprocessing.size
     with torch.no_grad():
-        logits0 = lm.model(src[0][0][None].to(model_device(lm.model, device))).cpu()
+        logits0 = lm.model(src[0][0][None].to(model_device(lm.model, o.device))).cpu()
     k = int(logits0.shape[1])
     _check_target(target, logits0, lm, src)  # every input is valid before the store exists
     files = input_files(src)
@@ -385,7 +410,7 @@ def run_batch(
     if files is not None:  # names here; sizes and times per chunk (stale chunks are recomputed)
         data_id.pop("files_sha256", None)
         data_id["names_sha256"] = hashlib.sha256("\0".join(files[1]).encode()).hexdigest()
-    n_chunks = math.ceil(n / chunk_size)
+    n_chunks = math.ceil(n / o.chunk_size)
     job_id = {
         "model": lm.name,
         "model_sha256": model_fingerprint(lm.model),
@@ -393,14 +418,14 @@ def run_batch(
         "options": jsonable(options),
         "target": jsonable(target),
         "layer": layer,
-        "seed": seed,
-        "batch_size": batch_size,
+        "seed": o.seed,
+        "batch_size": o.batch_size,
         "data": data_id,
     }
-    chunking = {"size": n, "chunk_size": chunk_size, "n_chunks": n_chunks, "axis": 0}
+    chunking = {"size": n, "chunk_size": o.chunk_size, "n_chunks": n_chunks, "axis": 0}
     shapes = {"maps": (n, h, w), "targets": (n,), "labels": (n,), "probabilities": (n, k)}
     path = Path(out)
-    if path.exists() and overwrite:
+    if path.exists() and o.overwrite:
         import shutil
 
         if (path / "manifest.json").is_file() or (path.is_dir() and not any(path.iterdir())):
@@ -440,33 +465,21 @@ def run_batch(
             "class_names": list(lm.class_names),
             "data_class_names": list(src.class_names),
             "method_info": {"family": info.family, "signed": info.signed, "summary": info.summary},
-            "run": {"versions": _versions(engine), "python_executable": sys.executable},
+            "run": {"versions": _versions(o.engine), "python_executable": sys.executable},
         }
         inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
-        store = create_store(path, manifest, shapes, chunk_size, inputs)
+        store = create_store(path, manifest, shapes, o.chunk_size, inputs)
     store.reopen(store.stale_chunks())  # chunks whose image files changed are computed again
     pending = store.pending_chunks()
-    job = BatchJob(
-        lm,
-        src,
-        method,
-        target,
-        layer,
-        options,
-        batch_size,
-        seed,
-        str(path),
-        chunk_size,
-        device=device,
-        fsync=fsync,
-    )
+    job = BatchJob(lm, src, method, target, layer, options, o.batch_size, o.seed, str(path), o.chunk_size,
+                   device=o.device, fsync=fsync)
     if pending:
-        if engine == "local":
-            _run_local(job, store, pending, num_workers, progress)
+        if o.engine == "local":
+            _run_local(job, store, pending, o.num_workers, progress)
         else:
-            _run_ray(job, store, pending, ray_address, slots, progress)
+            _run_ray(job, store, pending, o.ray_address, o.slots, progress)
     if not store.complete:
-        if not store.finish({"engine": engine, "versions": _versions(engine)}):
+        if not store.finish({"engine": o.engine, "versions": _versions(o.engine)}):
             raise InputError(
                 f"{path}: chunks {store.pending_chunks()[:5]} were not written; run the job again"
             )

@@ -191,7 +191,7 @@ class Track(Generic[_T]):
     def __iter__(self) -> Iterator[_T]:
         p = self.progress
         try:
-            for item in self.items or ():
+            for item in () if self.items is None else self.items:
                 if self.label is not None:
                     p.status(self.label(item))
                 yield item

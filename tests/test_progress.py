@@ -165,6 +165,17 @@ def test_off_terminal_lines_for_an_evaluation():
     assert re.search(r"(\d+)/\1 layers \(100%", lines[-1]), err
 
 
+def test_the_benchmark_is_one_job_through_a_pipe(tmp_path):
+    """Every map of every case counts in one progress, a refused method (cam on digits-snow) too;
+    its curves and sanity checks print no lines of their own."""
+    r = _cli("benchmark", "planted-cue", "-o", str(tmp_path / "bench"), "--n-images", "4", "--n-sanity",
+             "2", "--steps", "2", "--methods", "cam,gradcam", "--models", "digits-snow")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines and all(ln.startswith("convscope: benchmark: ") for ln in lines), r.stderr
+    assert lines[-1].startswith("convscope: benchmark: 8/8 maps (100%"), r.stderr  # 2 cases x 4 maps
+
+
 def test_progress_false_prints_nothing_even_on_a_terminal():
     out = _python_on_a_terminal("""
         import convscope as cs

@@ -83,11 +83,7 @@ def choose_settings(
 
 
 def run_demo(
-    out_dir: Path,
-    n_images: int = 6,
-    n_eval: int = 100,
-    progress: bool = True,
-    budget_s: float = 3.0,
+    out_dir: str | Path, *, n_images: int = 6, n_eval: int = 100, progress: bool = True, budget_s: float = 3.0
 ) -> Path:
     """Build the demo report in ``out_dir`` and return the path of ``report.html``.
 
@@ -101,6 +97,7 @@ def run_demo(
             run with its fast settings (see the module docstring); a method still slower is
             scored on fewer digits (at least 20) in the pointing table, which says so.
     """
+    out_dir = Path(out_dir)
     t_start = time.perf_counter()
     with Progress("demo", len(STAGES), enabled=progress, unit="stages") as bar:
         rep = _demo_report(bar, n_images, n_eval, progress, budget_s)

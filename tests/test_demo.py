@@ -95,3 +95,5 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
         Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).verify()
     assert "http://" not in html and "https://" not in html
     assert "Success: 4/4" in html  # the PGD section reports a real attack result
+    # progress reaches a piped stderr (#19): the demo's one series of lines, every stage counted
+    assert re.search(r"^convscope: demo: 13/13 stages \(100%", r.stderr, re.M), r.stderr[-2000:]

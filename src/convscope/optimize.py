@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._progress import Track
 from .errors import InputError, MethodError
 from .hooks import Capture, capture
 
@@ -222,8 +223,9 @@ def optimize(
         truncate: stop the forward pass after the last needed layer when the output is not read.
         seed: seed for the parameterisation's initial noise is the caller's business; this seed
             drives everything random inside the loop (transforms). ``None``: use the global RNG.
-        progress: tqdm bar; ``None`` shows it only on a terminal.
-        desc: label of the progress bar.
+        progress: progress over the steps; ``None``: a bar on a terminal only (or, inside an active
+            :class:`~convscope._progress.Progress`, its sub-status).
+        desc: label of the progress.
         device: where to run (default: the model's device); ``param`` is moved there.
 
     Returns:
@@ -250,8 +252,6 @@ def optimize(
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
     project = getattr(param, "project", None)
 
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
     history = torch.zeros(steps, 0)
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     with capture(model, names or None, clone=True) as cap:
@@ -261,9 +261,7 @@ def optimize(
             if seed is not None:
                 torch.manual_seed(seed)
             rows: list[torch.Tensor] = []
-            bar = tqdm(range(steps), desc=desc, disable=(None if progress is None else not progress),
-                       leave=False)
-            for step in bar:
+            for step in Track(range(steps), desc, enabled=progress, tty_only=True, unit="steps"):
                 opt.zero_grad(set_to_none=True)
                 images = param()
                 inputs = images

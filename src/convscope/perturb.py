@@ -13,8 +13,9 @@ does that once:
   ``make(start, stop)`` builds one chunk as a tensor (masks are tensors, mixing is one
   ``torch.where`` / multiply-add), the model runs on it, a score function reduces the outputs,
   and only the (n,) scores are kept. Memory is set by the chunk size, not by ``n``.
-  ``batch_size="auto"`` sizes chunks to a memory budget (:func:`auto_batch_size`). A tqdm bar
-  shows on long runs. No per-sample Python loop and, for torch models, no NumPy round trip.
+  ``batch_size="auto"`` sizes chunks to a memory budget (:func:`auto_batch_size`). A progress bar
+  shows on long runs (:mod:`convscope._progress`; inside a longer job, a sub-status of its bar).
+  No per-sample Python loop and, for torch models, no NumPy round trip.
 * :func:`baseline` (from :mod:`convscope.inputs`), the one baseline vocabulary.
 * :class:`Convergence`: stop sampling once the explanation stops changing
   (:data:`DEFAULT_CONVERGE` is the sampling methods' default rule).
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._progress import Progress, current
 from .errors import InputError, MethodError
 from .inputs import baseline  # the one baseline vocabulary (pixel space), re-exported
 
@@ -336,15 +337,6 @@ def auto_batch_size(
     return max(1, min(cap, int(budget_mb * 2**20 // max(per_sample, 1))))
 
 
-def _progress(total: int, n_chunks: int, progress: bool | None, desc: str) -> Any:
-    show = progress if progress is not None else (n_chunks >= 20 and sys.stderr.isatty())
-    if not show:
-        return None
-    from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
-
-    return tqdm(total=total, desc=desc, unit="eval", leave=False)
-
-
 def evaluate(
     predict: Callable[[torch.Tensor], torch.Tensor],
     make: Callable[[int, int], torch.Tensor],
@@ -367,8 +359,10 @@ def evaluate(
         score: reduces a chunk's outputs (b, K) to its scores (b,) (or (b, m)).
         batch_size: chunk size, or ``"auto"`` (:func:`auto_batch_size` on ``sample``).
         sample: one input, for ``"auto"`` (default: ``make(0, 1)``).
-        progress: show a tqdm bar (default: on a terminal, for runs of 20 chunks or more).
-        desc: the bar's label.
+        progress: show progress (default: a bar on a terminal for runs of 20 chunks or more;
+            inside an active :class:`~convscope._progress.Progress`, such as a report's, the
+            chunks show as its sub-status rather than as a bar of their own).
+        desc: the progress label.
 
     Shape:
         returns (n,) or (n, m) float32 scores, on the inputs' device.
@@ -383,7 +377,9 @@ def evaluate(
         bs = int(batch_size)
         if bs < 1:
             raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    bar = _progress(n, math.ceil(n / bs), progress, desc)
+    if progress is None and math.ceil(n / bs) < 20 and current() is None:
+        progress = False  # a short run on its own: no bar
+    bar = Progress(desc, n, enabled=progress, tty_only=True, unit="eval")
     out: torch.Tensor | None = None
     hold = predict.prepared() if isinstance(predict, Predictor) else nullcontext()
     try:
@@ -395,11 +391,9 @@ def evaluate(
                 if out is None:
                     out = torch.empty((n, *s.shape[1:]), dtype=torch.float32, device=s.device)
                 out[start:stop] = s
-                if bar is not None:
-                    bar.update(stop - start)
+                bar.update(stop)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     assert out is not None
     return out
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._progress import Progress
 from ..api import explain
 from ..errors import ConvscopeError
 from ..evaluation.pointing import cue_mass, pointing_hits
@@ -36,13 +37,19 @@ from ._sections import (
     _big,
     _compare_section,
     _dataset_section,
+    _each_method,
     _featvis_section,
     _lime_text_section,
     _n_scored,
     _snow_section,
 )
 
-__all__ = ["ATTRIBUTION_FAMILIES", "choose_settings", "demo_methods", "run_demo"]
+__all__ = ["ATTRIBUTION_FAMILIES", "STAGES", "choose_settings", "demo_methods", "run_demo"]
+
+STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "digits-snow",
+          "lime text", "class visualisations", "compare", "dataset", "audit", "adversarial",
+          "model cards")
+"""The demo's stages, in order: its progress counts them."""
 
 
 def demo_methods() -> list[str]:
@@ -76,11 +83,7 @@ def choose_settings(
 
 
 def run_demo(
-    out_dir: Path,
-    n_images: int = 6,
-    n_eval: int = 100,
-    progress: bool = True,
-    budget_s: float = 3.0,
+    out_dir: str | Path, *, n_images: int = 6, n_eval: int = 100, progress: bool = True, budget_s: float = 3.0
 ) -> Path:
     """Build the demo report in ``out_dir`` and return the path of ``report.html``.
 
@@ -88,14 +91,31 @@ def run_demo(
         out_dir: folder for ``report.html`` (created).
         n_images: digits shown per panel.
         n_eval: cue digits scored in the pointing table.
-        progress: progress bars on stderr.
+        progress: progress on stderr: one bar for the whole demo on a terminal, a line every
+            10 s elsewhere; each stage's loop (and the explanation in progress) shows in it.
         budget_s: seconds a method may take over the whole demo with its defaults before it is
             run with its fast settings (see the module docstring); a method still slower is
             scored on fewer digits (at least 20) in the pointing table, which says so.
     """
-    from tqdm.auto import tqdm
-
+    out_dir = Path(out_dir)
     t_start = time.perf_counter()
+    with Progress("demo", len(STAGES), enabled=progress, unit="stages") as bar:
+        rep = _demo_report(bar, n_images, n_eval, progress, budget_s)
+    rep.intro += f" Built in {time.perf_counter() - t_start:.0f} s, offline."
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return rep.write(out_dir / "report.html")
+
+
+def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budget_s: float) -> Report:
+    """The demo's report, stage by stage (:data:`STAGES`), counted by ``bar``; arguments as for
+    :func:`run_demo`."""
+
+    def stage(name: str) -> None:
+        """The stages before ``name`` are done; show ``name`` as the one in progress."""
+        bar.update(STAGES.index(name))
+        bar.status(name)
+
+    stage("models")
     models = {name: load_model(name) for name in ("digits-cnn", "digits-cnn-cue")}
     data = digits()
     x, y = data.split("test")
@@ -127,10 +147,12 @@ def run_demo(
     infos = [m for m in list_methods() if m.family in ATTRIBUTION_FAMILIES]
     probe = pre.normalize(cue.images[:2])
     settings: dict[str, tuple[dict[str, Any], str, float]] = {}
-    for info in tqdm(infos, desc="demo: timing methods", disable=not progress):
+    stage("timing methods")
+    for info in _each_method(infos):
         settings[info.name] = choose_settings(info, models["digits-cnn-cue"], probe,
                                               len(models) * (n_images + n), budget_s)
 
+    stage("methods")
     idx = list(range(n_images))
     batch = pre.normalize(cue.images[idx])
     sec = rep.section(
@@ -146,7 +168,7 @@ def run_demo(
     sec.row_labels.append("inputs")
     sec.row_notes.append("")
     failures: dict[str, str] = {}
-    for info in tqdm(infos, desc="demo: methods", disable=not progress):
+    for info in _each_method(infos):
         opts, why, _ = settings[info.name]
         for k, (name, lm) in enumerate(models.items()):
             try:
@@ -162,6 +184,7 @@ def run_demo(
             sec.row_notes.append(note if k == 0 else "")
 
     # The swapped cue: the cue model follows the texture.
+    stage("swapped cue")
     sw = pre.normalize(swapped.images[idx])
     sec2 = rep.section(
         "Swap the cue: plant another class's texture",
@@ -178,9 +201,10 @@ def run_demo(
         sec2.row_labels.append(name)
 
     # Pointing rates.
+    stage("pointing game")
     xb = pre.normalize(cue.images[:n])
     table = []
-    for info in tqdm(infos, desc="demo: pointing game", disable=not progress):
+    for info in _each_method(infos):
         if info.name in failures:
             continue
         opts, why, per_image = settings[info.name]
@@ -206,14 +230,21 @@ def run_demo(
         + ["settings"],
     )
 
+    stage("digits-snow")
     _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
+    stage("lime text")
     _lime_text_section(rep)
-    # class visualisations: the feature-visualisation section (convscope.featvis) goes here
+    stage("class visualisations")  # the feature-visualisation section (convscope.featvis)
     _featvis_section(rep, models)
+    stage("compare")
     _compare_section(rep, models, cue)
+    stage("dataset")
     _dataset_section(rep, models)
+    stage("audit")
     _audit_section(rep, models, progress)
+    stage("adversarial")
     _adversarial_section(rep, models)
+    stage("model cards")
     for name in ("digits-cnn", "digits-cnn-cue", "digits-snow", "digits-watermark"):
         rep.section(
             f"The model {name}, as convscope used it",
@@ -223,6 +254,5 @@ def run_demo(
             table_header=["", "value"],
         )
 
-    rep.intro += f" Built in {time.perf_counter() - t_start:.0f} s, offline."
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return rep.write(out_dir / "report.html")
+    bar.update(len(STAGES))
+    return rep

@@ -4,16 +4,18 @@ adversarial example. Each appends its sections to the report it is given."""
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._progress import Track
 from ..api import explain
 from ..errors import ConvscopeError
 from ..evaluation.pointing import cue_mass, pointing_hits
 from ..models import load_model
-from ..registry import list_methods
+from ..registry import MethodInfo, list_methods
 from ..report import Report
 from ..report.build import explanation_figure, top_k
 
@@ -24,6 +26,11 @@ def _n_scored(n: int, budget_s: float, seconds_per_image: float) -> int:
     """How many of ``n`` images a method is scored on: all, or as many as ``budget_s`` allows (at
     least 20), so slow methods keep the demo quick."""
     return max(min(n, 20), min(n, int(budget_s / max(seconds_per_image, 1e-9))))
+
+
+def _each_method(infos: list[MethodInfo], progress: bool | None = None) -> Track[MethodInfo]:
+    """Iterate ``infos`` with progress (inside the demo's: its sub-status ``method k/n: name``)."""
+    return Track(infos, "method", label=attrgetter("name"), enabled=progress)
 
 
 def _snow_section(
@@ -42,8 +49,6 @@ def _snow_section(
             them for the digits models (not timed again: the snow model costs about as much).
         n_images, n_eval, budget_s, progress: as for :func:`run_demo`.
     """
-    from tqdm.auto import tqdm
-
     from ..toydata import snow_scenes
 
     lm = load_model("digits-snow")
@@ -76,7 +81,7 @@ def _snow_section(
     x_show = lm.preprocessing.normalize(snowy.images[show])
     x_ev, x_bare = (lm.preprocessing.normalize(s.images[ev]) for s in (snowy, bare))
     table = []
-    for info in tqdm(infos, desc="demo: digits-snow", disable=not progress):
+    for info in _each_method(infos, None if progress else False):
         opts, why, per_image = settings[info.name]
         try:
             e = explain(lm, x_show, method=info.name, target="wolf", **opts)
@@ -180,7 +185,7 @@ def _featvis_section(rep: Report, models: dict) -> None:
     sec.row_labels.append("the cue textures")
     for name, lm in models.items():
         v = visualize_class(lm, param="pixel", l2=30.0, init="mean", transforms=[jitter(1)],
-                            steps=150, lr=0.05, progress=False)
+                            steps=150, lr=0.05, progress=None)
         figs = []
         for c in range(len(v)):
             img = v.image(c, min_side=224)
@@ -291,7 +296,7 @@ def _adversarial_section(rep: Report, models: dict) -> None:
     x, y = _digits().split("test")
     lm = models["digits-cnn"]
     target = [(int(v) + 3) % 10 for v in y[:4]]
-    res = pgd(lm, x[:4], eps=0.2, steps=20, target=target, seed=0, progress=False, space="pixels")
+    res = pgd(lm, x[:4], eps=0.2, steps=20, target=target, seed=0, progress=None, space="pixels")
     rep.add(
         res,
         title="Fooling the clean model: targeted PGD within an L-inf budget of 0.2",

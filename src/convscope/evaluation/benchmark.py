@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._progress import Progress
 from ..errors import ConvscopeError, InputError
 from ..models import LoadedModel, load_model
 from ..registry import get_method, list_methods
@@ -205,10 +206,9 @@ def planted_cue_benchmark(
         batch_size: masked images per forward pass of the curves (``"auto"``: memory budget).
         options: ``"auto"``, ``"fast"`` or ``"default"`` method options (see module docstring).
         device: run on this device (default: CPU).
-        progress: show progress bars.
+        progress: progress on stderr: a bar on a terminal, a line every 10 s elsewhere; the
+            curves and sanity checks of the method in progress show in it (one bar for the run).
     """
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
     from ..api import explain
 
     names = list(methods) if methods is not None else benchmark_methods()
@@ -226,62 +226,65 @@ def planted_cue_benchmark(
     })
     dev = torch.device(device) if device is not None else torch.device("cpu")
     loaded: dict[str, LoadedModel] = {}
-    for case in cases:
-        if case.model not in loaded:
-            loaded[case.model] = load_model(case.model)
-        lm = loaded[case.model]
-        lm.model.to(dev)
-        masks = case.masks
-        rnd = torch.rand(masks.shape, generator=torch.Generator().manual_seed(seed))
-        x = lm.preprocessing.normalize(case.pixels).to(dev)
-        refs: list[tuple[str, str, torch.Tensor | None]] = [
-            (CUE_REF, "reference", masks.float()), (RANDOM_REF, "reference", rnd)]
-        todo = [(n, get_method(n).family, None) for n in names] + refs
-        bar = tqdm(todo, desc=f"benchmark {case.label}", disable=not progress)
-        for name, family, given in bar:
-            bar.set_postfix_str(name)
-            t0 = time.perf_counter()
-            ex: MethodExplainer | None = None
-            if given is None:
-                info = get_method(name)
-                fast = options == "fast" or (options == "auto" and info.black_box)
-                made = as_explainer(name, fast=fast, seed=seed)
-                assert isinstance(made, MethodExplainer)
-                ex = made
-                try:
-                    maps = explain(lm, x, method=name, target=case.target, seed=seed, **ex.options).map
-                except ConvscopeError as exc:  # a method that refuses this model: a row that says so
-                    res.rows.append(_failed_row(case.label, name, family, ex, exc))
-                    continue
-            else:
-                maps = given
-            maps = maps.float().cpu()
-            kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed,
-                      targets=case.target)
-            d = deletion(lm, x, maps.to(dev), **kw)
-            i = insertion(lm, x, maps.to(dev), **kw)
-            row: dict[str, Any] = {
-                "model": case.label, "method": name, "family": family,
-                "max_in_cue": pointing_hits(maps, masks, 0).float().mean().item(),
-                "max_within_1px": pointing_hits(maps, masks, 1).float().mean().item(),
-                "cue_mass": cue_mass(maps, masks).mean().item(),
-                "deletion": d.auc.mean().item(), "insertion": i.auc.mean().item(),
-                "sanity_similarity": None, "sanity": None,
-                "options": _options(ex), "error": "",
-            }
-            res.curves[(case.label, name)] = {
-                "deletion": (d.fractions.numpy(), d.mean_curve().numpy()),
-                "insertion": (i.fractions.numpy(), i.mean_curve().numpy()),
-            }
-            k = min(n_sanity, n_images)
-            if ex is not None and k > 0:
-                s = model_randomization(lm, x[:k], ex, maps=maps[:k].to(dev), seed=seed,
-                                        targets=d.targets[:k])
-                res.sanity[(case.label, name)] = s
-                row["sanity_similarity"] = s.similarity
-                row["sanity"] = "pass" if s.passed else "FAIL"
-            row["seconds"] = time.perf_counter() - t0
-            res.rows.append(row)
+    # one progress for the whole run: the methods and 2 reference maps of each case
+    with Progress("benchmark", len(cases) * (len(names) + 2), enabled=progress, unit="maps") as bar:
+        for case in cases:
+            if case.model not in loaded:
+                loaded[case.model] = load_model(case.model)
+            lm = loaded[case.model]
+            lm.model.to(dev)
+            masks = case.masks
+            rnd = torch.rand(masks.shape, generator=torch.Generator().manual_seed(seed))
+            x = lm.preprocessing.normalize(case.pixels).to(dev)
+            refs: list[tuple[str, str, torch.Tensor | None]] = [
+                (CUE_REF, "reference", masks.float()), (RANDOM_REF, "reference", rnd)]
+            todo = [(n, get_method(n).family, None) for n in names] + refs
+            for name, family, given in todo:
+                bar.status(f"{case.label}: {name}")
+                t0 = time.perf_counter()
+                ex: MethodExplainer | None = None
+                if given is None:
+                    info = get_method(name)
+                    fast = options == "fast" or (options == "auto" and info.black_box)
+                    made = as_explainer(name, fast=fast, seed=seed)
+                    assert isinstance(made, MethodExplainer)
+                    ex = made
+                    try:
+                        maps = explain(lm, x, method=name, target=case.target, seed=seed, **ex.options).map
+                    except ConvscopeError as exc:  # a method that refuses this model: a row that says so
+                        res.rows.append(_failed_row(case.label, name, family, ex, exc))
+                        bar.advance()
+                        continue
+                else:
+                    maps = given
+                maps = maps.float().cpu()
+                kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed,
+                          targets=case.target)
+                d = deletion(lm, x, maps.to(dev), **kw)
+                i = insertion(lm, x, maps.to(dev), **kw)
+                row: dict[str, Any] = {
+                    "model": case.label, "method": name, "family": family,
+                    "max_in_cue": pointing_hits(maps, masks, 0).float().mean().item(),
+                    "max_within_1px": pointing_hits(maps, masks, 1).float().mean().item(),
+                    "cue_mass": cue_mass(maps, masks).mean().item(),
+                    "deletion": d.auc.mean().item(), "insertion": i.auc.mean().item(),
+                    "sanity_similarity": None, "sanity": None,
+                    "options": _options(ex), "error": "",
+                }
+                res.curves[(case.label, name)] = {
+                    "deletion": (d.fractions.numpy(), d.mean_curve().numpy()),
+                    "insertion": (i.fractions.numpy(), i.mean_curve().numpy()),
+                }
+                k = min(n_sanity, n_images)
+                if ex is not None and k > 0:
+                    s = model_randomization(lm, x[:k], ex, maps=maps[:k].to(dev), seed=seed,
+                                            targets=d.targets[:k], progress=None)
+                    res.sanity[(case.label, name)] = s
+                    row["sanity_similarity"] = s.similarity
+                    row["sanity"] = "pass" if s.passed else "FAIL"
+                row["seconds"] = time.perf_counter() - t0
+                res.rows.append(row)
+                bar.advance()
     return res
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import Track
 from .._result import Result
 from ..errors import InputError
 from ..hooks import resolve_layers
@@ -192,7 +193,7 @@ def model_randomization(
     threshold: float = DEFAULT_THRESHOLD,
     seed: int = 0,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> SanityResult:
     """Run the model-randomisation check of ``explainer`` on ``x``.
 
@@ -206,12 +207,14 @@ def model_randomization(
         maps: the trained model's maps if already computed.
         threshold: pass if the cascade's mean rank correlation is below it.
         seed: seed of the re-initialisation.
+        batch_size: images per forward pass (targets, and the maps of a method name).
+        progress: progress over the layers: ``False`` (default) none; ``True`` a bar on a terminal,
+            periodic lines elsewhere; ``None`` a bar on a terminal only, or, inside an active
+            :class:`~convscope._progress.Progress` (such as the benchmark's), its sub-status.
 
     Shape:
         SanityResult.spearman, .ssim: (stages, B).
     """
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
     if mode not in ("cascading", "independent"):
         raise InputError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")
     lm, ex, x, t, maps = explained_batch(model, x, explainer, targets, maps, batch_size=batch_size,
@@ -227,7 +230,7 @@ def model_randomization(
     mods = dict(net.named_modules())
     stages = list(reversed(names))  # output side first
     rhos, ssims = [], []
-    for name in tqdm(stages, desc=f"sanity {explainer_name(ex)}", disable=not progress, leave=False):
+    for name in Track(stages, f"sanity {explainer_name(ex)}", enabled=progress, tty_only=True, unit="layers"):
         saved = None
         if mode == "independent":
             saved = {k: v.clone() for k, v in mods[name].state_dict().items()}

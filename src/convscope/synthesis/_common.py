@@ -66,11 +66,12 @@ def gram(f: torch.Tensor) -> torch.Tensor:
 
 def progress_bar(iterable: Iterable[Any], *, total: int | None = None, desc: str = "",
                  progress: bool | None = None) -> Any:
-    """A tqdm bar; ``progress=None`` shows it only on a terminal, ``False`` never, ``True`` always."""
-    from tqdm.auto import tqdm
+    """Progress over a loop, tqdm's shape (:class:`~convscope._progress.Track`): ``progress=None``
+    shows a bar only on a terminal (inside an active Progress: its sub-status), ``False`` nothing,
+    ``True`` a bar on a terminal and periodic lines elsewhere."""
+    from .._progress import Track
 
-    disable: bool | None = None if progress is None else not progress
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
+    return Track(iterable, desc, total=total, enabled=progress, tty_only=True)
 
 
 def to_numpy_image(t: torch.Tensor) -> np.ndarray:

@@ -208,3 +208,14 @@ def test_report_loads_the_model_once(monkeypatch, cue_test, tmp_path):
                          progress=False)
     assert loads == ["digits-cnn-cue"]
     assert rep.write(tmp_path / "r.html").stat().st_size > 0
+
+
+def test_explain_methods_shares_the_passes(net_lm, images):
+    names = ["gradcam", "hirescam", "saliency", "gradient_x_input"]
+    with forward_count(net_lm.model) as n:
+        alone = [cs.explain(net_lm, images[:1], method=m) for m in names]
+    with forward_count(net_lm.model) as n_grid:
+        grid = cs.explain_methods(net_lm, images[:1], names)
+    assert n[0] == 4 and n_grid[0] == 2  # one layer pass for the CAMs, one input gradient
+    for e, p in zip(alone, grid.panels, strict=True):
+        assert torch.equal(e.map, p.map) and torch.equal(e.raw, p.raw)

@@ -219,3 +219,13 @@ def test_explain_methods_shares_the_passes(net_lm, images):
     assert n[0] == 4 and n_grid[0] == 2  # one layer pass for the CAMs, one input gradient
     for e, p in zip(alone, grid.panels, strict=True):
         assert torch.equal(e.map, p.map) and torch.equal(e.raw, p.raw)
+
+
+def test_a_pass_with_gradients_serves_cam_and_eigencam(net_lm, images):
+    """Gradient CAM first: CAM and Eigen-CAM reuse its pass (activations from a forward pass with
+    gradients enabled), with the same maps as their own pass without gradients."""
+    names = ["gradcam", "eigencam", "cam"]
+    _, plain, n_plain = _run(net_lm, images, names, share=False)
+    _, shared, n_shared = _run(net_lm, images, names, share=True)
+    _assert_same(plain, shared)
+    assert (n_plain, n_shared) == (4, 2)  # clean logits + one pass each; clean logits + one pass

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attribution._base import MethodContext
+from .attribution._shared import clean_outputs
 from .errors import InputError, MethodError
 from .hooks import resolve_layers, state_guard
 from .image import ImageLike
 from .inputs import as_inputs
 from .models import LoadedModel, Preprocessing, load_model
-from .models.forward import chunked_outputs
 from .perturb import BlackBoxModel, is_black_box
 from .registry import check_method_options, get_method, list_methods
 from .results import Explanation
@@ -145,7 +145,7 @@ def explain(
             out = info.func(ctx, **options)
         logits = out.logits
         if logits is None:
-            logits = chunked_outputs(net, x, ctx.batch_size)
+            logits = clean_outputs(net, x, ctx.batch_size)
     negatives = None
     if is_contrast(target, lm.class_names):  # the subtracted class of each image, as resolved
         neg = resolve_target(target, logits.detach(), lm.class_names).negative

@@ -224,6 +224,7 @@ def explain_methods(
         **kwargs: passed to every :func:`convscope.explain` call (``layer`` goes to layer methods only).
     """
     from .api import explain
+    from .attribution._shared import shared_work
     from .models import load_model
     from .registry import get_method
 
@@ -238,10 +239,11 @@ def explain_methods(
     lm = load_model(model, preprocessing=kwargs.pop("preprocessing", None))
     layer = kwargs.pop("layer", None)
     panels = []
-    for info in infos:
-        e = explain(lm, image, method=info.name, target=target,
-                    layer=layer if info.needs_layer else None, **kwargs, **options.get(info.name, {}))
-        if e.map.shape[0] != 1:
-            raise InputError(f"a method grid explains one image, got {e.map.shape[0]}")
-        panels.append(e)
+    with shared_work():  # the methods share their forward and backward passes on the image
+        for info in infos:
+            e = explain(lm, image, method=info.name, target=target,
+                        layer=layer if info.needs_layer else None, **kwargs, **options.get(info.name, {}))
+            if e.map.shape[0] != 1:
+                raise InputError(f"a method grid explains one image, got {e.map.shape[0]}")
+            panels.append(e)
     return Grid("methods", tuple(panels))

@@ -1,12 +1,11 @@
 """The CAM family on one engine: every variant is one small weight rule.
 
-The engine (:func:`cam_engine`) runs the model once per chunk of ``ctx.batch_size`` samples with
-the layer(s) captured by :func:`convscope.hooks.capture`, and differentiates the target score
-``S`` with ``torch.autograd.grad`` with respect to the captured activations ``A`` only. The
-weights are frozen (the facade's state guard), so the backward pass stops at the layer: nothing
-below it and no weight gradient is computed. The input is marked ``requires_grad`` only so that
-the graph exists. Each variant then turns ``A`` (B, K, h, w) and ``G = dS/dA`` into a map
-(B, h, w) at the layer's resolution:
+The engine (:func:`~convscope.attribution._cam_engine.cam_engine`) runs the model once per chunk
+of ``ctx.batch_size`` samples with the layer(s) captured, and differentiates the target score
+``S`` with respect to the captured activations ``A`` only (the backward pass stops at the layer);
+inside :func:`~convscope.attribution._shared.shared_work` that pass is shared by every CAM on the
+same images, layers and target. Each variant then turns ``A`` (B, K, h, w) and ``G = dS/dA`` into
+a map (B, h, w) at the layer's resolution:
 
 =============== =================================================================================
 ``cam``         Zhou et al. 2016, "Learning Deep Features for Discriminative Localization":
@@ -57,7 +56,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -65,11 +63,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MethodError
-from ..hooks import capture
 from ..registry import CueClaim, get_method, register
 from ._base import MethodContext, MethodOutput
+from ._cam_engine import LayerData, Rule, cam_engine
 from ._guided import NONRELU_CHOICES
-from ._tokens import LAYOUTS, grid_layout, to_grid
+from ._tokens import LAYOUTS
 
 __all__ = [
     "LayerData",
@@ -85,143 +83,15 @@ __all__ = [
     "xgradcam",
 ]
 
-_EPS = 1e-12
-
-
 
 def _cue(at_least: float, measured: float, layer: str | None = None, note: str = "") -> CueClaim:
     """A CAM's planted-cue claim: the first 120 cue digits, the clean control below 0.15."""
     return CueClaim(n=120, at_least=at_least, clean_below=0.15, measured=measured, layer=layer, note=note)
 
 
-@dataclass
-class LayerData:
-    """What a weight rule sees for one layer and one chunk of the batch.
-
-    Attributes:
-        name: the dotted layer name.
-        act: activations A, (b, K, h, w) (token and channels-last layouts already reshaped).
-        grad: dS/dA of the same shape, or ``None`` for rules that need no gradient.
-        logits: (b, n_classes) model outputs (detached).
-        logit_grad: dS/dlogits (b, n_classes), for rules that asked for it, else ``None``.
-        module: the layer's module; ``model``: the whole network.
-    """
-
-    name: str
-    act: torch.Tensor
-    grad: torch.Tensor | None
-    logits: torch.Tensor
-    logit_grad: torch.Tensor | None
-    module: nn.Module
-    model: nn.Module
-
-
-Rule = Callable[[LayerData], torch.Tensor]
-
-
 def _weighted(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """sum_k w_k A_k. Shape: w (b, K), a (b, K, h, w) -> (b, h, w)."""
     return torch.einsum("bk,bkhw->bhw", w, a)
-
-
-def _upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(m.shape[-2:]) == tuple(size):
-        return m
-    return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def cam_engine(
-    ctx: MethodContext,
-    rule: Rule,
-    *,
-    need_grad: bool = True,
-    need_logit_grad: bool = False,
-    layout: str = "auto",
-) -> MethodOutput:
-    """Run ``rule`` on every layer of ``ctx.layer``; see the module docstring.
-
-    Args:
-        ctx: the method context; ``ctx.layer`` lists one or more layers.
-        rule: ``LayerData -> (b, h, w)`` map before rectification.
-        need_grad: compute dS/dA (one backward pass that stops at the shallowest layer).
-        need_logit_grad: compute dS/dlogits instead (CAM): no backward through the network.
-        layout: how to read the layer outputs (see :mod:`convscope.attribution._tokens`).
-
-    Shape:
-        map (B, H, W) at the input resolution; raw (B, L, H, W) per-layer maps.
-    """
-    assert ctx.model is not None
-    if not ctx.layer:
-        raise MethodError("CAM methods need a layer; pass layer= (run `convscope layers MODEL`)")
-    size = (int(ctx.x.shape[-2]), int(ctx.x.shape[-1]))
-    per_layer: list[list[torch.Tensor]] = [[] for _ in ctx.layer]
-    logits_all: list[torch.Tensor] = []
-    targets: list[int | None] = []
-    shapes: dict[str, list[int]] = {}
-    layouts: dict[str, str] = {}
-    for rows in ctx.chunks():
-        xb = ctx.x[rows].detach()
-        if need_grad:
-            xb.requires_grad_(True)
-        with capture(ctx.model, ctx.layer) as cap:
-            with torch.set_grad_enabled(need_grad):
-                out = ctx.model(xb)
-                acts = [cap.activation(n) for n in ctx.layer]
-            modules = [cap.modules[n] for n in ctx.layer]
-        if not isinstance(out, torch.Tensor):
-            raise MethodError(f"the model returned {type(out).__name__}; CAM methods need a logits tensor")
-        logit_grad = None
-        if need_logit_grad:
-            leaf = out.detach().requires_grad_(True)
-            with torch.enable_grad():
-                s, t = ctx.scores(leaf, rows)
-                (logit_grad,) = torch.autograd.grad(s.sum(), leaf)
-        else:
-            s, t = ctx.scores(out, rows)
-        grads: list[torch.Tensor | None] = [None] * len(acts)
-        if need_grad:
-            missing = [n for n, a in zip(ctx.layer, acts, strict=True) if not a.requires_grad]
-            if missing:
-                raise MethodError(f"layer(s) {', '.join(missing)} do not depend on the input")
-            got = torch.autograd.grad(s.sum(), acts, allow_unused=True)
-            for i, (n, g) in enumerate(zip(ctx.layer, got, strict=True)):
-                if g is None:
-                    raise MethodError(
-                        f"the target score does not depend on layer {n!r}; pick a layer on the "
-                        "path to the output"
-                    )
-                grads[i] = g.detach()
-        for i, (name, a, ga, mod) in enumerate(zip(ctx.layer, acts, grads, modules, strict=True)):
-            kind, h, w = grid_layout(tuple(a.shape), size, layout)
-            layouts[name], shapes[name] = kind, [h, w]
-            data = LayerData(
-                name=name,
-                act=to_grid(a.detach(), kind, h, w).float(),
-                grad=None if ga is None else to_grid(ga, kind, h, w).float(),
-                logits=out.detach(),
-                logit_grad=logit_grad,
-                module=mod,
-                model=ctx.model,
-            )
-            m = rule(data).clamp(min=0)
-            per_layer[i].append(_upsample(m, size))
-        logits_all.append(out.detach())
-        targets.extend(t.labels() or [None] * xb.shape[0])
-    raw = torch.stack([torch.cat(p) for p in per_layer], dim=1)
-    if raw.shape[1] == 1:
-        amap = raw[:, 0]
-    else:
-        peak = raw.flatten(2).amax(2).clamp(min=_EPS)[..., None, None]
-        amap = (raw / peak).mean(1)
-    diagnostics: dict[str, Any] = {
-        "layers": list(ctx.layer),
-        "layer_grid": shapes,
-        "layer_layout": layouts,
-    }
-    if raw.shape[1] > 1:
-        diagnostics["combine"] = "mean of per-layer maps, each divided by its per-sample maximum"
-    return MethodOutput(map=amap, targets=targets, raw=raw, logits=torch.cat(logits_all),
-                        diagnostics=diagnostics)
 
 
 # --- CAM: find the GAP + linear head ----------------------------------------------------------
@@ -387,7 +257,7 @@ def cam(ctx: MethodContext, head: str | None = None, layout: str = "auto") -> Me
 _LAYOUT_ARG = "layout: how to read the layer output: auto, nchw, nhwc, tokens, cls_tokens."
 
 
-def _rule_method(name: str, rule: Any, doc: str, **meta: Any) -> Callable[..., MethodOutput]:
+def _rule_method(name: str, rule: Rule, doc: str, meta: dict[str, Any]) -> Callable[..., MethodOutput]:
     """Register ``name``: a gradient CAM that is :func:`cam_engine` with weight ``rule`` and the
     ``layout`` option (the five gradient CAMs below differ only in the rule and their metadata)."""
 
@@ -400,50 +270,45 @@ def _rule_method(name: str, rule: Any, doc: str, **meta: Any) -> Callable[..., M
     return register(name, family="cam", needs_layer=True, choices={"layout": LAYOUTS}, **meta)(method)
 
 
-gradcam = _rule_method(
-    "gradcam", _gradcam_rule, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.",
-    summary="the layer's feature maps weighted by their spatially averaged gradient",
-    caveats="coarse (resolution of the layer); averaging the gradient can credit regions the "
-    "score does not depend on (see hirescam)",
-    reference="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
-    "Gradient-based Localization",
-    claims=(_cue(0.75, 0.85), _cue(0.85, 0.97, layer='features.6')),
+#: The gradient CAMs: (name, weight rule, docstring, registry metadata), one row each.
+_GRADIENT_CAMS: tuple[tuple[str, Rule, str, dict[str, Any]], ...] = (
+    ("gradcam", _gradcam_rule, "Grad-CAM: ``relu(sum_k mean_ij(G_k) A_k)``.", {
+        "summary": "the layer's feature maps weighted by their spatially averaged gradient",
+        "caveats": "coarse (resolution of the layer); averaging the gradient can credit regions the "
+        "score does not depend on (see hirescam)",
+        "reference": "Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
+        "Gradient-based Localization",
+        "claims": (_cue(0.75, 0.85), _cue(0.85, 0.97, layer="features.6"))}),
+    ("gradcam_pp", _gradcam_pp_rule, "Grad-CAM++ (see the module docstring for the weights).", {
+        "summary": "Grad-CAM with pixel-wise weights on the positive gradients, better for several "
+        "instances of a class",
+        "caveats": "its higher-order terms assume an exponential score; coarse like Grad-CAM",
+        "reference": "Chattopadhay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep "
+        "Convolutional Networks",
+        "claims": (_cue(0.9, 1.0),)}),
+    ("xgradcam", _xgradcam_rule, "XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.", {
+        "summary": "Grad-CAM with gradients weighted by the normalised activations (axiom-based)",
+        "caveats": "coarse like Grad-CAM; all-zero channels get weight 0",
+        "reference": "Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and "
+        "Explanation of CNNs",
+        "claims": (_cue(0.75, 0.85),)}),
+    ("hirescam", _hirescam_rule, "HiResCAM: ``relu(sum_k G_k * A_k)``.", {
+        "summary": "element-wise gradient times activation summed over channels: what the score "
+        "depends on at each location of the layer",
+        "caveats": "noisier than Grad-CAM; resolution of the layer",
+        "reference": "Draelos and Carin 2020, Use HiResCAM instead of Grad-CAM for faithful "
+        "explanations of convolutional neural networks",
+        "claims": (_cue(0.75, 0.85), _cue(0.85, 0.975, layer="features.6"))}),
+    ("layercam", _layercam_rule, "LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.", {
+        "summary": "positive gradients times activations, location by location; works at shallow "
+        "layers too",
+        "caveats": "ignores negative evidence; shallow layers give fine but noisy maps",
+        "reference": "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for "
+        "Localization",
+        "claims": (_cue(0.9, 1.0), _cue(0.85, 0.98, layer="features.6"))}),
 )
-gradcam_pp = _rule_method(
-    "gradcam_pp", _gradcam_pp_rule, "Grad-CAM++ (see the module docstring for the weights).",
-    summary="Grad-CAM with pixel-wise weights on the positive gradients, better for several "
-    "instances of a class",
-    caveats="its higher-order terms assume an exponential score; coarse like Grad-CAM",
-    reference="Chattopadhay et al. 2018, Grad-CAM++: Improved Visual Explanations for Deep "
-    "Convolutional Networks",
-    claims=(_cue(0.9, 1.0),),
-)
-xgradcam = _rule_method(
-    "xgradcam", _xgradcam_rule, "XGrad-CAM: ``w_k = sum_ij A_kij G_kij / sum_ij A_kij``.",
-    summary="Grad-CAM with gradients weighted by the normalised activations (axiom-based)",
-    caveats="coarse like Grad-CAM; all-zero channels get weight 0",
-    reference="Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and "
-    "Explanation of CNNs",
-    claims=(_cue(0.75, 0.85),),
-)
-hirescam = _rule_method(
-    "hirescam", _hirescam_rule, "HiResCAM: ``relu(sum_k G_k * A_k)``.",
-    summary="element-wise gradient times activation summed over channels: what the score "
-    "depends on at each location of the layer",
-    caveats="noisier than Grad-CAM; resolution of the layer",
-    reference="Draelos and Carin 2020, Use HiResCAM instead of Grad-CAM for faithful "
-    "explanations of convolutional neural networks",
-    claims=(_cue(0.75, 0.85), _cue(0.85, 0.975, layer='features.6')),
-)
-layercam = _rule_method(
-    "layercam", _layercam_rule, "LayerCAM: ``relu(sum_k relu(G_k) * A_k)``.",
-    summary="positive gradients times activations, location by location; works at shallow "
-    "layers too",
-    caveats="ignores negative evidence; shallow layers give fine but noisy maps",
-    reference="Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for "
-    "Localization",
-    claims=(_cue(0.9, 1.0), _cue(0.85, 0.98, layer='features.6')),
-)
+
+gradcam, gradcam_pp, xgradcam, hirescam, layercam = (_rule_method(*row) for row in _GRADIENT_CAMS)
 
 
 @register(

@@ -36,6 +36,7 @@ import torch
 from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
 from ._guided import NONRELU_CHOICES, relu_rules
+from ._shared import shared, target_key
 
 __all__ = [
     "deconvnet",
@@ -47,25 +48,41 @@ __all__ = [
 ]
 
 
+def _chunk_gradient(
+    ctx: MethodContext, rows: slice, rule: str | None, nonrelu: str, method: str | None
+) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+    """(d(target score)/d(input), logits, targets) of ``ctx.x[rows]`` under backward ``rule``."""
+    assert ctx.model is not None
+    xb = ctx.x[rows].detach().requires_grad_(True)
+    scope = (
+        relu_rules(rule, nonrelu=nonrelu, method=method)
+        if rule is not None
+        else contextlib.nullcontext()
+    )
+    with scope:
+        out = ctx.model(xb)
+    s, t = ctx.scores(out, rows)
+    (g,) = torch.autograd.grad(s.sum(), xb)
+    return g, out.detach(), t.labels() or [None] * xb.shape[0]
+
+
 def _gradient(
     ctx: MethodContext, rule: str | None = None, nonrelu: str = "error", method: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
+    """The input gradient of every chunk, each shared within a
+    :func:`~convscope.attribution._shared.shared_work` block (saliency and gradient x input need
+    the same one, guided Grad-CAM guided backprop's); new tensors on every call."""
     assert ctx.model is not None
+    tk = target_key(ctx.target, ctx.class_names)
     grads, logits, targets = [], [], []
     for rows in ctx.chunks():
-        xb = ctx.x[rows].detach().requires_grad_(True)
-        scope = (
-            relu_rules(rule, nonrelu=nonrelu, method=method)
-            if rule is not None
-            else contextlib.nullcontext()
-        )
-        with scope:
-            out = ctx.model(xb)
-        s, t = ctx.scores(out, rows)
-        (g,) = torch.autograd.grad(s.sum(), xb)
+        parts = None if tk is None else (
+            "input_gradient", rows.start, rows.stop, rule, None if rule is None else nonrelu, tk)
+        g, out, labels = shared(parts, ctx.model, ctx.x,
+                                lambda rows=rows: _chunk_gradient(ctx, rows, rule, nonrelu, method))
         grads.append(g)
-        logits.append(out.detach())
-        targets.extend(t.labels() or [None] * xb.shape[0])
+        logits.append(out)
+        targets.extend(labels)
     return torch.cat(grads), torch.cat(logits), targets
 
 

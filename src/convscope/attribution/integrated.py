@@ -48,7 +48,8 @@ from ..inputs import baseline as make_baseline
 from ..registry import CueClaim, register
 from ..targets import select_scores
 from ._base import MethodContext, MethodOutput
-from ._sampling import clean_logits, row_chunks, rows_target
+from ._sampling import row_chunks, rows_target
+from ._shared import clean_outputs
 
 __all__ = ["RULES", "integrated_gradients", "quadrature"]
 
@@ -127,11 +128,11 @@ def integrated_gradients(
     base = make_baseline(x, baseline, ctx.preprocessing, seed=ctx.seed,
                          sigma=blur_sigma if blur_sigma is not None else max(x.shape[-2:]) / 10.0)
     chunk = int(internal_batch_size or ctx.batch_size)
-    logits = clean_logits(ctx)
+    logits = clean_outputs(ctx.model, x, ctx.batch_size)
     resolved = ctx.resolve(logits)
     labels: list[int | None] = resolved.labels() or [None] * b
     f_x = select_scores(logits, resolved).double()
-    f_base = select_scores(clean_logits(ctx, base), resolved).double()
+    f_base = select_scores(clean_outputs(ctx.model, base, ctx.batch_size), resolved).double()
 
     alphas = torch.as_tensor(alphas_np, dtype=x.dtype, device=x.device)
     weights = torch.as_tensor(weights_np, dtype=torch.float64, device=x.device)

@@ -8,6 +8,7 @@ without an edit here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ import numpy as np
 import torch
 
 from .._progress import Progress
+from ..attribution._shared import clean_outputs, shared_work
 from ..errors import ConvscopeError, MethodError
 from ..registry import MethodInfo, get_method, list_methods
 from . import Figure, Report
 
-__all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods", "top_k"]
+__all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods",
+           "run_methods", "top_k"]
 
 
 def resolve_methods(names: Sequence[str] | None) -> list[MethodInfo]:
@@ -144,6 +147,55 @@ def _old_order(model: Any, images: Any) -> bool:
     return imageish(model) and not imageish(images)
 
 
+def run_methods(
+    lm: Any,
+    x: torch.Tensor,
+    infos: Sequence[MethodInfo],
+    *,
+    target: Any = None,
+    layer: str | None = None,
+    fast: bool = False,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool | None = None,
+    share: bool = True,
+) -> tuple[torch.Tensor, list[MethodRun]]:
+    """The class probabilities of ``x`` and every method's explanation of it: the report's work.
+
+    Args:
+        lm: the loaded model.
+        x: (B, C, H, W) model-space inputs on the model's device.
+        infos: the methods, in order.
+        target, layer, fast, batch_size, seed, progress: as for :func:`explain_report`.
+        share: compute what several methods need (the clean logits, a CAM layer's forward and
+            backward pass, the input gradient) once for all of them
+            (:func:`~convscope.attribution._shared.shared_work`); the results are the same
+            either way.
+
+    Returns:
+        (probabilities (B, K) on the CPU, one :class:`MethodRun` per method).
+    """
+    from ..api import explain
+    from ..hooks import state_guard
+
+    runs: list[MethodRun] = []
+    with shared_work() if share else contextlib.nullcontext():
+        with state_guard(lm.model):
+            probs = torch.softmax(clean_outputs(lm.model, x, batch_size).float(), 1).cpu()
+        with Progress("report: methods", len(infos), enabled=progress, unit="methods") as bar:
+            for k, info in enumerate(infos):
+                opts = dict(info.fast_options) if fast else {}
+                try:
+                    e = explain(lm, x, method=info.name, target=target,
+                                layer=layer if info.needs_layer else None,
+                                batch_size=batch_size, seed=seed, **opts)
+                    runs.append(MethodRun(info, e, options=opts, fast=fast))
+                except ConvscopeError as exc:
+                    runs.append(MethodRun(info, error=str(exc), options=opts, fast=fast))
+                bar.update(k + 1)
+    return probs, runs
+
+
 def explain_report(
     model: Any,
     images: Sequence[Any],
@@ -191,8 +243,7 @@ def explain_report(
     Returns:
         The report; call ``.write(path)``.
     """
-    from ..api import explain, prepare_inputs
-    from ..hooks import state_guard
+    from ..api import prepare_inputs
     from ..models import load_model
 
     if _old_order(model, images):
@@ -214,22 +265,8 @@ def explain_report(
     p = next(lm.model.parameters(), None)
     if p is not None:
         x = x.to(p.device)
-    with state_guard(lm.model), torch.no_grad():
-        probs = torch.cat([torch.softmax(lm.model(x[i:i + batch_size]).float(), 1)
-                           for i in range(0, x.shape[0], batch_size)]).cpu()
-    runs: list[MethodRun] = []
-    with Progress("report: methods", len(infos), enabled=progress, unit="methods") as bar:
-        for k, info in enumerate(infos):
-            opts = dict(info.fast_options) if fast else {}
-            try:
-                e = explain(lm, x, method=info.name, target=target,
-                            layer=layer if info.needs_layer else None,
-                            batch_size=batch_size, seed=seed, **opts)
-                runs.append(MethodRun(info, e, options=opts, fast=fast))
-            except ConvscopeError as exc:
-                runs.append(MethodRun(info, error=str(exc), options=opts, fast=fast))
-            bar.update(k + 1)
-
+    probs, runs = run_methods(lm, x, infos, target=target, layer=layer, fast=fast, batch_size=batch_size,
+                              seed=seed, progress=progress)
     small = min(display.shape[1:3]) < 128
     names = list(labels) if labels is not None else [f"image {i + 1}" for i in range(len(display))]
     rep = Report(

@@ -153,6 +153,20 @@ def test_a_nested_run_draws_one_bar_on_a_terminal():
     assert re.search(r"^perturb: .*/30 ", alone.replace("\r", "\n"), re.M), alone
 
 
+def test_an_explanation_is_one_bar_on_a_terminal():
+    """LIME calls the perturbation engine once per round until stable: one bar for the call."""
+    out = _python_on_a_terminal("""
+        import convscope as cs, convscope.api
+        P._REDRAW = 0.0
+        convscope.api.BAR_DELAY = 0.0  # the bar at once, so even a quick call shows it
+        lm = cs.load_model("digits-cnn")
+        cs.explain(lm, torch.rand(1, 1, 28, 28), method="lime", batch_size=1, n_samples=300)
+    """)
+    frames = [f.strip() for f in re.split(r"[\r\n]+", out) if f.strip()]
+    assert frames and all(f.startswith("explain lime: ") for f in frames), frames
+    assert any(re.search(r"lime \d+/\d+\]", f) for f in frames), frames  # the engine rounds: its sub-status
+
+
 def test_off_terminal_lines_for_an_evaluation():
     err = _python("""
         import convscope as cs

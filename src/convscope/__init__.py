@@ -5,7 +5,9 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
 
 * explain: :func:`explain`; several classes or methods side by side: :func:`explain_classes`,
   :func:`explain_methods`; a whole HTML report: :func:`explain_report` (add any result to a
-  :class:`Report` with ``Report.add``); text: :func:`explain_text` (LIME).
+  :class:`Report` with ``Report.add``); text: :func:`explain_text` (LIME). Several methods on the
+  same images inside ``with shared_work():`` compute their common passes once
+  (:func:`shared_work`).
 * feature visualisation: :func:`visualize`, :func:`visualize_class`, :func:`visualize_layer`,
   :func:`deepdream`, :func:`filters`, :func:`activation_maps` (objectives and parameterisations:
   :mod:`convscope.featvis`).
@@ -24,6 +26,7 @@ Extending convscope (``register`` a method, ``count_hooks``) is done from the ow
 
 from . import datasets, evaluation, toydata
 from .api import explain
+from .attribution._shared import shared_work
 from .attribution.lime_text import TextExplanation, explain_text
 from .dataset import (
     Audit,
@@ -115,6 +118,7 @@ __all__ = [
     "pgd",
     "resolve_layers",
     "resolve_target",
+    "shared_work",
     "style_transfer",
     "texture",
     "top_activations",

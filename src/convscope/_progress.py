@@ -61,6 +61,8 @@ class Progress:
         unit: the counted thing, for the lines.
         tty_only: with ``enabled=None`` and no active Progress, show a bar on a terminal and
             nothing elsewhere.
+        delay: draw the terminal bar only once the job has run this many seconds (a quick job
+            leaves no bar behind).
 
     Attributes:
         on: whether this Progress reports (itself, or through the outer one).
@@ -70,7 +72,7 @@ class Progress:
     """
 
     def __init__(self, desc: str, total: int, *, enabled: bool | None = None, every: float | None = None,
-                 unit: str = "", tty_only: bool = False) -> None:
+                 unit: str = "", tty_only: bool = False, delay: float = 0.0) -> None:
         self.desc = desc
         self.total = int(total)
         self.every = EVERY if every is None else every
@@ -96,7 +98,7 @@ class Progress:
             if self.on and tty:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=self.total, desc=desc, unit=unit or "it", leave=False)
+                self._bar = tqdm(total=self.total, desc=desc, unit=unit or "it", leave=False, delay=delay)
         _OPEN.set(_OPEN.get() + (weakref.ref(self),))
 
     def update(self, done: int) -> None:

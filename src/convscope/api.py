@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._progress import Progress
 from .attribution._base import MethodContext
 from .attribution._shared import clean_outputs
 from .errors import InputError, MethodError
@@ -24,6 +25,9 @@ from .results import Explanation
 from .targets import TargetSpec, is_contrast, resolve_target
 
 __all__ = ["explain", "prepare_inputs"]
+
+BAR_DELAY = 1.0
+"""Seconds an :func:`explain` call runs before its terminal bar shows (a quick call leaves none)."""
 
 
 def prepare_inputs(
@@ -140,9 +144,11 @@ def explain(
         preprocessing=lm.preprocessing,
     )
     with state_guard(net, caller_tensors):
-        with torch.random.fork_rng(devices=[]):
+        job = Progress(f"explain {method}", 1, tty_only=True, delay=BAR_DELAY)  # its rounds of calls: one job
+        with torch.random.fork_rng(devices=[]), job:
             torch.manual_seed(seed)
             out = info.func(ctx, **options)
+            job.update(1)
         logits = out.logits
         if logits is None:
             logits = clean_outputs(net, x, ctx.batch_size)

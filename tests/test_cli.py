@@ -85,3 +85,33 @@ def test_unsafe_load_flag(tmp_path, digit_png):
     r = run("explain", str(digit_png), "--model", str(tmp_path / "whole.pt"),
             "-o", str(tmp_path / "o.png"))
     assert r.returncode == 2 and "--unsafe-load" in r.stderr
+
+
+def test_each_command_says_what_it_does_from_its_handler_docstring():
+    # add_command: a command's line in `convscope --help` is the first paragraph of its handler's
+    # docstring, its description the rest; every command has one.
+    import argparse
+    import inspect
+
+    from convscope.cli.main import build_parser
+
+    def commands(p):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                helps = {c.dest: c.help for c in a._choices_actions}
+                for name, sp in a.choices.items():
+                    yield name, helps[name], sp
+                    yield from commands(sp)
+
+    seen = 0
+    for name, help_line, sp in commands(build_parser()):
+        func = sp.get_default("func")
+        if func is None:  # a group of commands (benchmark)
+            continue
+        head, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+        assert head and help_line == " ".join(head.split()), name
+        assert sp.description == (" ".join(rest.split()) or None), name
+        seen += 1
+    assert seen >= 20
+    r = run("serve", "--help")
+    assert r.returncode == 0 and "Run the convscope web app." in r.stdout

@@ -8,7 +8,7 @@ signed. Nothing else in convscope keeps a second list of methods.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -107,6 +107,15 @@ class MethodInfo:
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     claims: tuple[CueClaim, ...] = ()
 
+    def __post_init__(self) -> None:
+        # private copies in one form, whatever mapping or sequence the caller passed (or None)
+        for name, value in (("options", dict(self.options or {})),
+                            ("fast_options", dict(self.fast_options or {})),
+                            ("ranges", dict(self.ranges or {})),
+                            ("choices", {k: tuple(v) for k, v in (self.choices or {}).items()}),
+                            ("claims", tuple(self.claims))):
+            object.__setattr__(self, name, value)
+
     @cached_property
     def option_specs(self) -> list[OptionSpec]:
         """Type, default, range, choices and doc of each keyword option (for forms and checks)."""
@@ -116,24 +125,15 @@ class MethodInfo:
 _REGISTRY: dict[str, MethodInfo] = {}
 
 
-def register(
-    name: str,
-    *,
-    family: str,
-    needs_layer: bool = False,
-    needs_gradients: bool = True,
-    black_box: bool = False,
-    signed: bool = False,
-    summary: str = "",
-    caveats: str = "",
-    reference: str = "",
-    options: dict[str, Any] | None = None,
-    fast_options: dict[str, Any] | None = None,
-    ranges: Mapping[str, Range] | None = None,
-    choices: Mapping[str, Sequence[str]] | None = None,
-    claims: Sequence[CueClaim] = (),
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that adds a method function to the registry under ``name``.
+
+    Args:
+        name: the registry key.
+        family: ``"gradient"``, ``"cam"`` or ``"perturbation"``.
+        **meta: the other fields of :class:`MethodInfo` (``needs_layer``, ``needs_gradients``,
+            ``black_box``, ``signed``, ``summary``, ``caveats``, ``reference``, ``options``,
+            ``fast_options``, ``ranges``, ``choices``, ``claims``), with its defaults.
 
     ``ranges`` and ``choices`` declare, once, the values of the method's options (see
     :class:`MethodInfo`); :func:`check_method_options` enforces them before any work.
@@ -142,25 +142,8 @@ def register(
     def deco(func: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY and _REGISTRY[name].func is not func:
             raise MethodError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = MethodInfo(
-            name=name,
-            func=func,
-            family=family,
-            needs_layer=needs_layer,
-            needs_gradients=needs_gradients,
-            black_box=black_box,
-            signed=signed,
-            summary=summary,
-            caveats=caveats,
-            reference=reference,
-            options=dict(options or {}),
-            fast_options=dict(fast_options or {}),
-            ranges=dict(ranges or {}),
-            choices={k: tuple(v) for k, v in (choices or {}).items()},
-            claims=tuple(claims),
-        )
-        unknown = set(_REGISTRY[name].ranges) | set(_REGISTRY[name].choices)
-        unknown -= {s.name for s in _REGISTRY[name].option_specs}
+        info = _REGISTRY[name] = MethodInfo(name=name, func=func, family=family, **meta)
+        unknown = (set(info.ranges) | set(info.choices)) - {s.name for s in info.option_specs}
         if unknown:
             raise MethodError(f"method {name!r} declares ranges for unknown option(s) {sorted(unknown)}")
         return func

@@ -21,9 +21,6 @@ What actually ran goes to ``diagnostics["engine"]``: ``{"incremental", "channels
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
 import time
 import weakref
 from collections.abc import Callable
@@ -37,6 +34,7 @@ from .._validate import ints
 from ..errors import InputError
 from ..perturb import Predictor, as_predict, auto_batch_size, evaluate
 from ._base import MethodContext, MethodOutput
+from ._options import with_options
 
 __all__ = ["ENGINE_CHOICES", "ENGINE_RANGES", "PROBE_GAIN", "PROBE_MIN_EVALS", "SCORES", "Engine",
            "Run", "scorer", "with_engine"]
@@ -217,32 +215,12 @@ _ENGINE_DOCS = """\
 """
 
 
-def with_engine(func: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
-    """Give a method the four engine options as keywords (``eval_batch_size``, ``progress``,
-    ``channels_last``, ``compile``, with :class:`Engine`'s defaults), handed to it as one
-    :class:`Engine` in its ``engine`` parameter. The options appear in the method's signature,
-    annotations and docstring, so the registry lists and checks them like any other option."""
-    sig = inspect.signature(func)
-    names = [f.name for f in dataclasses.fields(Engine)]
-    hints = {"eval_batch_size": int | str, "progress": bool | None, "channels_last": bool | str,
-             "compile": bool | str}
-    params = [p for p in sig.parameters.values() if p.name != "engine"]
-    params += [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
-                                 annotation=hints[f.name]) for f in dataclasses.fields(Engine)]
-
-    @functools.wraps(func)
-    def method(ctx: MethodContext, *args: Any, **kwargs: Any) -> MethodOutput:
-        engine = Engine(**{k: kwargs.pop(k) for k in names if k in kwargs})
-        return func(ctx, *args, engine=engine, **kwargs)
-
-    method.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    method.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "engine"}, **hints}
-    doc = func.__doc__ or ""
-    at = doc.find("    Args:\n")
-    if at >= 0:
-        at += len("    Args:\n")
-        method.__doc__ = doc[:at] + _ENGINE_DOCS + doc[at:]
-    return method
+#: Give a method the four engine options as keywords (``eval_batch_size``, ``progress``,
+#: ``channels_last``, ``compile``, with :class:`Engine`'s defaults), handed to it as one
+#: :class:`Engine` in its ``engine`` parameter (:func:`._options.with_options`).
+with_engine = with_options(Engine, "engine", _ENGINE_DOCS,
+                           hints={"eval_batch_size": int | str, "progress": bool | None,
+                                  "channels_last": bool | str, "compile": bool | str})
 
 
 @dataclass

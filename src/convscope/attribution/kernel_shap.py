@@ -9,16 +9,13 @@ values are stable (the default stopping rule, :data:`convscope.perturb.DEFAULT_C
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 
 from ..errors import InputError
-from ..perturb import DEFAULT_CONVERGE
 from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
 from ._engine import Engine, with_engine
+from ._options import Sampling, Segmentation, with_sampling, with_segmentation
 from ._sampling import shapley_samples
 from ._surrogate import shap_solve
 from .segments import SEGMENT_CHOICES, SEGMENT_RANGES, SegmentFit, fit_segments
@@ -45,52 +42,39 @@ __all__ = ["kernel_shap"]
                  options={'segmentation': 'grid', 'cell': 8, 'n_samples': 150}),
     ),
 )
+@with_sampling(score="raw", check_every=100)
+@with_segmentation
 @with_engine
 def kernel_shap(
     ctx: MethodContext,
     n_samples: int = 1000,
-    segmentation: str | np.ndarray | torch.Tensor = "slic",
-    n_segments: int = 50,
-    cell: int | None = None,
-    segment_options: dict[str, Any] | None = None,
-    hide: str | float | torch.Tensor = "grey",
-    score: str = "raw",
-    converge: float | None = DEFAULT_CONVERGE,
-    check_every: int = 100,
+    segments: Segmentation = Segmentation(),
+    sampling: Sampling = Sampling(),
     engine: Engine = Engine(),
 ) -> MethodOutput:
     """Kernel SHAP over superpixels.
 
     Args:
         n_samples: the most sampled coalitions (all of them with ``converge=None``).
-        hide: what replaces an absent segment (see :func:`occlusion`); default grey pixels.
-        score: ``"raw"`` (logits; default) or ``"softmax"``.
-        converge, check_every: as for :func:`lime`.
-        segmentation: ``"slic"``, ``"quickshift"``, ``"felzenszwalb"``, ``"grid"``, or an
-            (H, W) / (B, H, W) integer mask of segments.
-        n_segments: SLIC's target number of segments.
-        cell: grid cell size in px (``segmentation="grid"``).
-        segment_options: extra keyword arguments for the scikit-image segmentation.
 
     Shape:
         map (B, H, W): each pixel carries its segment's Shapley value. Diagnostics per image:
         ``segments``, ``segment_weights`` (phi), ``base_value`` (score with all hidden),
         ``n_samples``, ``stability``, ``reliability`` (as for :func:`rise`).
     """
-    if n_samples < 1 or check_every < 1:
+    if n_samples < 1 or sampling.check_every < 1:
         raise InputError("kernel_shap needs n_samples >= 1 and check_every >= 1")
     run = engine.start(ctx, n_evals=n_samples, desc="kernel_shap")
 
     def fit(img: SegmentFit, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if "f0" not in img.cache:  # the constraint's ends: score(image), score(all hidden)
             with torch.no_grad():
-                img.cache["fx"] = float(run.clean_score(img.index, score))
+                img.cache["fx"] = float(run.clean_score(img.index, sampling.score))
                 img.cache["f0"] = float(img.score(run.predict(img.hidden[None]))[0])
         return shap_solve(z, y, img.cache["f0"], img.cache["fx"])
 
-    fits = fit_segments(run, ctx, segmentation, {"n_segments": n_segments, "cell": cell,
-                                                 "segment_options": segment_options},
-                        hide, score, n_samples, check_every, converge,
+    fits = fit_segments(run, ctx, segments.segmentation, segments.options, segments.hide, sampling.score,
+                        n_samples, sampling.check_every, sampling.converge,
                         draw=lambda d, g: shapley_samples(n_samples, d, g)[0], fit=fit)
     return run.output([f.result.to(f.seg.device)[f.seg] for f in fits],
                       segments=torch.stack([f.seg.cpu() for f in fits]),

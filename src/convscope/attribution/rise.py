@@ -14,10 +14,10 @@ from .._validate import ints, reals
 from ..errors import InputError
 from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
-from ..perturb import DEFAULT_CONVERGE
 from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
 from ._engine import ENGINE_CHOICES, ENGINE_RANGES, SCORES, Engine, with_engine
+from ._options import Sampling, with_sampling
 from ._sampling import rise_masks
 from ._surrogate import CONVERGE_RANGES, until_stable
 
@@ -43,6 +43,7 @@ __all__ = ["rise"]
         CueClaim(n=16, at_least=0.7, options={'n_masks': 300, 'cells': 8}, measured=0.875),
     ),
 )
+@with_sampling(score="softmax", check_every=250)
 @with_engine
 def rise(
     ctx: MethodContext,
@@ -50,28 +51,23 @@ def rise(
     cells: int = 7,
     p: float = 0.5,
     baseline: str | float | torch.Tensor = "grey",
-    score: str = "softmax",
-    converge: float | None = DEFAULT_CONVERGE,
-    check_every: int = 250,
+    sampling: Sampling = Sampling(),
     engine: Engine = Engine(),
 ) -> MethodOutput:
-    """RISE.
+    """RISE (the default ``score="softmax"`` is the paper's; a round is ``check_every`` masks).
 
     Args:
         n_masks: the most random masks (all of them with ``converge=None``).
         cells: grid cells per side before upsampling.
         p: probability that a cell is kept.
         baseline: what shows through where a mask is 0 (see :func:`occlusion`).
-        score: ``"softmax"`` (the paper) or ``"raw"``.
-        converge: stop once the map correlates with the previous check's at ``1 - converge`` or
-            more (default 0.01); ``None`` or 0: use all ``n_masks``.
-        check_every: masks per round (and between convergence checks).
 
     Shape:
         map (B, H, W). Diagnostics per image: ``n_samples`` (masks used), ``stability`` (the
         last correlation of successive estimates), ``reliability`` (the predicted correlation of
         two independent runs' maps, from the even and the odd masks).
     """
+    score, converge, check_every = sampling.score, sampling.converge, sampling.check_every
     if n_masks < 1 or not 0 < p <= 1 or cells < 1 or check_every < 1:
         raise InputError("rise needs n_masks >= 1, 0 < p <= 1, cells >= 1 and check_every >= 1")
     run = engine.start(ctx, n_evals=n_masks, desc="rise")

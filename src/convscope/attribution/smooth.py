@@ -68,15 +68,16 @@ def smooth_aggregate(
     ctx: MethodContext,
     base: str | Callable[..., MethodOutput],
     *,
-    n: int = 25,
-    sigma: float = 0.15,
-    kind: str = "mean",
-    batch_size: int | None = None,
-    seed: int | None = None,
-    signed_map: bool = False,
-    base_options: dict[str, Any] | None = None,
+    n: int,
+    sigma: float,
+    kind: str,
+    batch_size: int | None,
+    seed: int | None,
+    signed_map: bool,
+    base_options: dict[str, Any] | None,
 ) -> MethodOutput:
-    """Run ``base`` on noisy copies of ``ctx.x`` and aggregate (see the module docstring).
+    """Run ``base`` on noisy copies of ``ctx.x`` and aggregate (see the module docstring): the one
+    engine of :func:`smooth` and the registered methods, whose options (and defaults) it takes.
 
     Args:
         ctx: the method context.
@@ -211,8 +212,8 @@ def _registered(kind: str) -> Callable[..., MethodOutput]:
     ) -> MethodOutput:
         if base in _SMOOTH_NAMES:
             raise MethodError(f"base must be a plain gradient method, not {base!r}")
-        return smooth_aggregate(ctx, base, n=n, sigma=sigma, kind=kind,
-                                batch_size=sample_batch_size, base_options=base_options)
+        return smooth_aggregate(ctx, base, n=n, sigma=sigma, kind=kind, batch_size=sample_batch_size,
+                                seed=None, signed_map=False, base_options=base_options)
 
     method.__doc__ = f"""{kind} of a gradient method over noisy copies (see :mod:`smooth`).
 
@@ -235,9 +236,13 @@ _FAST = {"n": 4}
 _RANGES = {"n": ints(1, 1_000_000), "sigma": reals(0), "sample_batch_size": ints(1)}
 
 
-def _register(name: str, kind: str, **meta: Any) -> Callable[..., MethodOutput]:
-    """Register ``name``: the ``kind`` aggregate over noisy copies, with the shared options."""
+def _register(name: str, kind: str, *, caveats: str, claim: dict[str, Any],
+              **meta: Any) -> Callable[..., MethodOutput]:
+    """Register ``name``: the ``kind`` aggregate over noisy copies, with the shared options, the
+    shared caveat (its cost) before its own ``caveats``, and its planted-cue claim ``claim``
+    (:class:`CueClaim` fields) on the first 60 cue digits."""
     return register(name, family="gradient", options=_OPTS, fast_options=_FAST, ranges=_RANGES,
+                    caveats=f"costs n gradient passes; {caveats}", claims=(CueClaim(n=60, **claim),),
                     **meta)(_registered(kind))
 
 
@@ -245,34 +250,27 @@ smoothgrad = _register(
     "smoothgrad", "mean",
     summary="saliency averaged over noisy copies of the image: |mean gradient|, max over colour "
     "channels; less speckle than the plain gradient",
-    caveats="costs n gradient passes; the noise level sigma changes the picture; still a "
-    "sensitivity map, not a contribution",
+    caveats="the noise level sigma changes the picture; still a sensitivity map, not a contribution",
     reference="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
-    claims=(
-        CueClaim(n=60, at_least=0.75, measured=0.88),
-    ),
+    claim={"at_least": 0.75, "measured": 0.88},
 )
 smoothgrad_sq = _register(
     "smoothgrad_sq", "squared",
     summary="mean squared gradient over noisy copies (SmoothGrad-squared), max over colour "
     "channels: sharper than SmoothGrad",
-    caveats="costs n gradient passes; squaring exaggerates the strongest pixels",
+    caveats="squaring exaggerates the strongest pixels",
     reference="Hooker et al. 2019, A Benchmark for Interpretability Methods in Deep Neural "
     "Networks",
-    claims=(
-        CueClaim(n=60, at_least=0.7, measured=0.82),
-    ),
+    claim={"at_least": 0.7, "measured": 0.82},
 )
 vargrad = _register(
     "vargrad", "var",
     summary="variance of the gradient over noisy copies, max over colour channels: where the "
     "gradient is unstable",
-    caveats="costs n gradient passes; variance is not importance (a linear model's VarGrad is 0)",
+    caveats="variance is not importance (a linear model's VarGrad is 0)",
     reference="Adebayo et al. 2018, Local Explanation Methods for Deep Neural Networks Lack "
     "Sensitivity to Parameter Values",
-    claims=(
-        CueClaim(n=60, at_most=0.25, measured=0.12,
-                 note='a documented failure: the gradient over the cue texture is stable under '
-                 'noise while the gradient elsewhere is not, so the variance peaks off the cue'),
-    ),
+    claim={"at_most": 0.25, "measured": 0.12,
+           "note": "a documented failure: the gradient over the cue texture is stable under noise "
+           "while the gradient elsewhere is not, so the variance peaks off the cue"},
 )

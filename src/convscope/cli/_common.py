@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = [
     "EXIT_USAGE",
     "Parser",
+    "add_command",
     "add_model_args",
     "finite_float",
     "integer",
@@ -139,6 +141,15 @@ def parse_channels(spec: str | None) -> list[int] | None:
     if not out:
         raise InputError("--channels: no channel given")
     return out
+
+
+def add_command(sub: Any, name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, run by ``func``: the first paragraph of ``func``'s docstring is
+    its line in ``convscope --help``, the rest its description in ``convscope NAME --help``."""
+    head, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+    s = sub.add_parser(name, help=" ".join(head.split()), description=" ".join(rest.split()) or None)
+    s.set_defaults(func=func)
+    return s
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -7,13 +7,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import RangeType, add_model_args, load_from_args, parse_options
+from ._common import RangeType, add_command, add_model_args, load_from_args, parse_options
 from .batch import add_job_args, job_options
 
 __all__ = ["add_commands"]
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """find a model's strategies per class across a data set and flag shortcut-like ones (SpRAy)
+
+    Explain every image for its own label, cluster each class's maps spectrally (the eigengap picks
+    the number of clusters) and flag clusters whose attribution sits on a small region that the
+    class's other clusters do not use. Writes OUT/audit.json, OUT/report.html and the maps'
+    resumable store OUT/maps.zarr (run again to resume).
+    """
     from ..dataset import audit
     from ..errors import InputError
 
@@ -69,14 +76,7 @@ def add_commands(sub: Any) -> None:
     from ..dataset._audit import EMBEDDINGS
     from ..registry import method_names
 
-    s = sub.add_parser(
-        "audit",
-        help="find a model's strategies per class across a data set and flag shortcut-like ones (SpRAy)",
-        description="Explain every image for its own label, cluster each class's maps spectrally "
-        "(the eigengap picks the number of clusters) and flag clusters whose attribution sits on a "
-        "small region that the class's other clusters do not use. Writes OUT/audit.json, "
-        "OUT/report.html and the maps' resumable store OUT/maps.zarr (run again to resume).",
-    )
+    s = add_command(sub, "audit", cmd_audit)
     add_model_args(s)
     s.add_argument("--data", "-d", required=True,
                    help="an image folder with one sub-folder per class, or digits | digits:test")
@@ -104,4 +104,3 @@ def add_commands(sub: Any) -> None:
                    help="images shown per cluster (4)")
     add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
-    s.set_defaults(func=cmd_audit)

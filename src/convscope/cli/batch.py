@@ -7,6 +7,7 @@ from typing import Any
 
 from .._progress import Progress
 from ._common import (
+    add_command,
     add_model_args,
     load_from_args,
     nonneg_int,
@@ -46,6 +47,7 @@ def job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    """run an explain method over a data set into a resumable Zarr store"""
     from ..jobs import run_batch
 
     lm = load_from_args(args)
@@ -79,7 +81,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     from ..registry import method_names
 
-    s = sub.add_parser("batch", help="run an explain method over a data set into a resumable Zarr store")
+    s = add_command(sub, "batch", cmd_batch)
     add_model_args(s)
     s.add_argument(
         "--data",
@@ -106,4 +108,3 @@ def add_commands(sub: Any) -> None:
     )
     add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output store folder, e.g. maps.zarr")
-    s.set_defaults(func=cmd_batch)

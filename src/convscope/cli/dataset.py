@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    add_command,
     add_model_args,
     check_out,
     load_from_args,
@@ -44,6 +45,7 @@ def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    """most activating images per channel, as receptive-field patches"""
     from ..dataset import top_activations
 
     out = check_out(args.output, (".png", ".json"))
@@ -76,6 +78,7 @@ def _query(value: str) -> Any:
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
+    """nearest images to a query in a layer's feature space"""
     from ..dataset import nearest_neighbors
 
     out = check_out(args.output, (".png", ".json"))
@@ -88,6 +91,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    """PCA / t-SNE / UMAP map of a layer's features"""
     from ..dataset import embed
 
     out = check_out(args.output, (".png", ".json", ".npy"))
@@ -100,9 +104,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    s = sub.add_parser(
-        "top-activations", help="most activating images per channel, as receptive-field patches"
-    )
+    s = add_command(sub, "top-activations", cmd_top)
     _data_args(s)
     s.add_argument("-k", type=positive_int, default=8, help="images per channel (default 8)")
     s.add_argument("--channels", default=None, help="channels to show, e.g. 0-7,12 (default: first 16 live)")
@@ -113,18 +115,16 @@ def add_commands(sub: Any) -> None:
         help="patch: the receptive-field patches; image: whole images with the field outlined",
     )
     s.add_argument("-o", "--output", required=True, help="output .png grid or .json")
-    s.set_defaults(func=cmd_top)
 
-    s = sub.add_parser("neighbors", help="nearest images to a query in a layer's feature space")
+    s = add_command(sub, "neighbors", cmd_neighbors)
     s.add_argument("query", help="an image file, or #N for image N of the data set")
     _data_args(s)
     s.add_argument("-k", type=positive_int, default=8)
     s.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     s.add_argument("--pool", choices=["avg", "max"], default="avg", help="pooling over positions")
     s.add_argument("-o", "--output", required=True, help="output .png grid or .json")
-    s.set_defaults(func=cmd_neighbors)
 
-    s = sub.add_parser("embed", help="PCA / t-SNE / UMAP map of a layer's features")
+    s = add_command(sub, "embed", cmd_embed)
     _data_args(s)
     s.add_argument("--method", choices=["pca", "tsne", "umap"], default="pca")
     s.add_argument(
@@ -136,4 +136,3 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--pool", choices=["avg", "max"], default="avg")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="output .png, .json or .npy (coordinates)")
-    s.set_defaults(func=cmd_embed)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._common import (
     Parser,
+    add_command,
     add_model_args,
     finite_float,
     load_from_args,
@@ -86,6 +87,7 @@ def _load_masks(paths: list[str], lm: Any, n: int) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """score attribution methods on images with evaluation metrics; writes a .csv or .json table"""
 
     from .._io import atomic_write
     from ..api import prepare_inputs
@@ -205,6 +207,9 @@ def _baseline(value: str, default: Any = None) -> Any:
 
 
 def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
+    """score every attribution method on the bundled planted-cue models; prints a leaderboard,
+    writes tables, plots and a report
+    """
     from ..evaluation.benchmark import LEADERBOARD_COLUMNS, MODELS, planted_cue_benchmark, write_benchmark
     from ..evaluation.tables import format_table
 
@@ -231,8 +236,7 @@ def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Add ``evaluate`` and ``benchmark`` to the CLI."""
 
-    s = sub.add_parser("evaluate", help="score attribution methods on images with evaluation "
-                       "metrics; writes a .csv or .json table")
+    s = add_command(sub, "evaluate", cmd_evaluate)
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
     s.add_argument("--methods", default="saliency",
@@ -260,12 +264,10 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--plot", default=None, metavar="PNG", help="also write mean curves as a PNG")
     s.add_argument("-o", "--output", required=True, help="output table (.csv or .json)")
-    s.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("benchmark", help="benchmarks of the explanations")
     bsub = b.add_subparsers(dest="benchmark", required=True, parser_class=Parser)
-    p = bsub.add_parser("planted-cue", help="score every attribution method on the bundled "
-                        "planted-cue models; prints a leaderboard, writes tables, plots and a report")
+    p = add_command(bsub, "planted-cue", cmd_benchmark_planted_cue)
     p.add_argument("-o", "--output", default="convscope-benchmark", help="output folder")
     p.add_argument("--n-images", type=positive_int, default=48,
                    help="test digits (digits-snow: test wolves) per model (default 48)")
@@ -281,4 +283,3 @@ def add_commands(sub: Any) -> None:
                    "defaults for the rest), fast (fast options for all), default (none)")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_benchmark_planted_cue)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    add_command,
     add_model_args,
     check_out,
     finite_float,
@@ -53,6 +54,7 @@ def _done(v: Any, out: Path) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
+    """feature visualisation: an image that maximises a class, a channel or an objective"""
     from ..errors import InputError
     from ..featvis import visualize, visualize_class, visualize_layer
 
@@ -74,6 +76,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
+    """the first convolution's filters as an image grid"""
     from ..featvis import filters
 
     out = check_out(args.output)
@@ -81,6 +84,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
+    """the activation maps of a layer for one image, as a grid"""
     from ..featvis import activation_maps
 
     out = check_out(args.output)
@@ -91,6 +95,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_deepdream(args: argparse.Namespace) -> int:
+    """DeepDream on a photo, with octaves"""
     from ..featvis import deepdream
 
     out = check_out(args.output)
@@ -102,24 +107,21 @@ def cmd_deepdream(args: argparse.Namespace) -> int:
     return _done(v, out)
 
 
-def _command(sub: Any, name: str, help: str, func: Any, *, image: bool,
-             layer: str) -> argparse.ArgumentParser:
-    """A subcommand with what the single-model views share: the image (if ``image``), the model
-    options, ``--layer`` (help ``layer``) and ``-o``."""
-    s = sub.add_parser(name, help=help)
+def _command(sub: Any, name: str, func: Any, *, image: bool, layer: str) -> argparse.ArgumentParser:
+    """A subcommand (:func:`add_command`) with what the single-model views share: the image (if
+    ``image``), the model options, ``--layer`` (help ``layer``) and ``-o``."""
+    s = add_command(sub, name, func)
     if image:
         s.add_argument("image", help="image file")
     add_model_args(s)
     s.add_argument("--layer", "-l", default=None, help=layer)
     s.add_argument("-o", "--output", required=True, help="output .png, .npy or .json")
-    s.set_defaults(func=func)
     return s
 
 
 def add_commands(sub: Any) -> None:
     """Register the feature-visualisation commands on the main parser's subparsers."""
-    s = sub.add_parser("visualize", help="feature visualisation: an image that maximises a class, a "
-                       "channel or an objective")
+    s = add_command(sub, "visualize", cmd_visualize)
     add_model_args(s)
     g = s.add_argument_group("what to visualise (one of)")
     g.add_argument("--objective", default=None, help="'layer:channel', e.g. features.10:7")
@@ -134,21 +136,18 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--batch", type=positive_int, default=None, help="images for --objective (default 1)")
     _opt_args(s, 256)
     s.add_argument("-o", "--output", required=True, help="output .png (grid), .npy or .json")
-    s.set_defaults(func=cmd_visualize)
 
-    s = _command(sub, "filters", "the first convolution's filters as an image grid", cmd_filters,
-                 image=False, layer="a convolution (default: the first)")
+    s = _command(sub, "filters", cmd_filters, image=False, layer="a convolution (default: the first)")
     s.add_argument("--max-filters", type=positive_int, default=64)
 
-    s = _command(sub, "activations", "the activation maps of a layer for one image, as a grid",
-                 cmd_activations, image=True, layer="layer (default: the model's default layer)")
+    s = _command(sub, "activations", cmd_activations, image=True,
+                 layer="layer (default: the model's default layer)")
     s.add_argument("--channels", default=None, help="e.g. 0-15 (default: the most active)")
     s.add_argument("--max-channels", type=positive_int, default=32)
     s.add_argument("--normalize", choices=["layer", "channel"], default="layer",
                    help="one colour scale for the layer, or one per channel")
 
-    s = _command(sub, "deepdream", "DeepDream on a photo, with octaves", cmd_deepdream, image=True,
-                 layer="layer to amplify (default: the model's)")
+    s = _command(sub, "deepdream", cmd_deepdream, image=True, layer="layer to amplify (default: the model's)")
     s.add_argument("--objective", default=None, help="'layer:channel' instead of the whole layer")
     s.add_argument("--octaves", type=positive_int, default=4)
     s.add_argument("--octave-scale", type=finite_float(1, lo_open=True), default=1.4)

@@ -19,6 +19,7 @@ from typing import Any
 from ._common import (
     EXIT_USAGE,
     Parser,
+    add_command,
     add_model_args,
     add_preprocessing_args,
     load_from_args,
@@ -31,6 +32,7 @@ from ._common import (
 __all__ = ["build_parser", "main"]
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """list model specs and bundled models"""
     from ..models import model_specs
 
     for spec, desc in model_specs():
@@ -39,6 +41,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    """list attribution methods"""
     from ..registry import list_methods
 
     for m in list_methods():
@@ -54,6 +57,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    """list a model's layers with output shapes"""
     import torch
 
     from ..hooks import layer_names
@@ -89,6 +93,7 @@ def _methods_arg(text: str) -> list[str]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """explain predictions on images; writes labelled figures (PNG), .npy maps or .json"""
     from ..api import explain
     from ..errors import InputError
     from ..grids import explain_classes, explain_methods
@@ -148,6 +153,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """the offline demo report on the bundled models"""
     from ..demo import run_demo
 
     path = run_demo(Path(args.output), n_images=args.images)
@@ -163,11 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    s = sub.add_parser("models", help="list model specs and bundled models")
-    s.set_defaults(func=cmd_models)
-    s = sub.add_parser("methods", help="list attribution methods")
-    s.set_defaults(func=cmd_methods)
-    s = sub.add_parser("layers", help="list a model's layers with output shapes")
+    add_command(sub, "models", cmd_models)
+    add_command(sub, "methods", cmd_methods)
+    s = add_command(sub, "layers", cmd_layers)
     s.add_argument("model", help="model spec")
     s.add_argument("--weights", default="none",
                    help="weights to load (default: none, shapes do not depend on them)")
@@ -176,10 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-output", default=None, metavar="NAME",
                    help="which output holds the class scores (see `convscope explain --help`)")
     add_preprocessing_args(s)
-    s.set_defaults(func=cmd_layers)
 
-    s = sub.add_parser("explain", help="explain predictions on images; writes labelled figures (PNG), "
-                       ".npy maps or .json")
+    s = add_command(sub, "explain", cmd_explain)
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
     s.add_argument("--method", default=["saliency"], type=_methods_arg, metavar="METHOD[,METHOD...]",
@@ -201,12 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, repeatable (e.g. --option steps=64)")
     s.add_argument("-o", "--output", required=True,
                    help="output .png/.npy/.json for one image, a folder for several")
-    s.set_defaults(func=cmd_explain)
 
-    s = sub.add_parser("demo", help="the offline demo report on the bundled models")
+    s = add_command(sub, "demo", cmd_demo)
     s.add_argument("-o", "--output", default="convscope-demo", help="output folder")
     s.add_argument("--images", type=positive_int, default=6, help="digits per panel")
-    s.set_defaults(func=cmd_demo)
 
     # Command modules of other tasks: every public module of convscope.cli with add_commands().
     for mod in pkgutil.iter_modules(_cli_path()):

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_from_args, nonneg_int, parse_target, positive_int, seed_int
+from ._common import (
+    add_command,
+    add_model_args,
+    load_from_args,
+    nonneg_int,
+    parse_target,
+    positive_int,
+    seed_int,
+)
 
 __all__ = ["add_commands", "cmd_report"]
 
@@ -18,6 +26,11 @@ def _featvis_available() -> bool:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """one self-contained HTML report: predictions and every chosen method per image
+
+    Explain images with several methods and write one self-contained HTML file (images embedded,
+    no network needed to view it).
+    """
     from ..errors import InputError
     from ..report import explain_report
     from ..report.build import resolve_methods
@@ -66,12 +79,7 @@ def add_commands(sub: Any) -> None:
     """Add ``convscope report`` to the CLI."""
     from ..registry import method_names
 
-    s = sub.add_parser(
-        "report",
-        help="one self-contained HTML report: predictions and every chosen method per image",
-        description="Explain images with several methods and write one self-contained HTML file "
-        "(images embedded, no network needed to view it).",
-    )
+    s = add_command(sub, "report", cmd_report)
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
     s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -102,4 +110,3 @@ def add_commands(sub: Any) -> None:
                        help="add a gallery of channel visualisations of LAYER")
         s.add_argument("--filters", action="store_true", help="add the first-layer filters")
     s.add_argument("-o", "--output", required=True, help="output .html file")
-    s.set_defaults(func=cmd_report)

@@ -7,7 +7,7 @@ import socket
 import sys
 from typing import Any
 
-from ._common import finite_float, integer, positive_float
+from ._common import add_command, finite_float, integer, positive_float
 
 __all__ = ["add_commands", "bind", "cmd_serve"]
 
@@ -44,6 +44,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """local web app: upload an image, pick model/method/target/layer, see the explanation
+
+    Run the convscope web app. It binds 127.0.0.1 unless --host says otherwise. The bundled digits
+    models are always served; add others with --model (repeatable).
+    """
     from ..errors import ConvscopeError
 
     try:
@@ -94,12 +99,7 @@ def _url_host(host: str) -> str:
 
 def add_commands(sub: Any) -> None:
     """Add ``convscope serve`` to the CLI."""
-    s = sub.add_parser(
-        "serve",
-        help="local web app: upload an image, pick model/method/target/layer, see the explanation",
-        description="Run the convscope web app. It binds 127.0.0.1 unless --host says otherwise. "
-        "The bundled digits models are always served; add others with --model (repeatable).",
-    )
+    s = add_command(sub, "serve", cmd_serve)
     s.add_argument("--model", "-m", action="append", default=None, metavar="SPEC",
                    help="extra model to serve, e.g. torchvision:resnet18 (repeatable)")
     s.add_argument("--weights", default="default",
@@ -126,4 +126,3 @@ def add_commands(sub: Any) -> None:
                    help="seconds a request may wait plus run before it gets 503 (default 60)")
     s.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
-    s.set_defaults(func=cmd_serve)

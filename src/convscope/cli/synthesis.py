@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    add_command,
     add_model_args,
     check_out,
     load_from_args,
@@ -78,6 +79,7 @@ def _style_model(args: argparse.Namespace) -> Any:
 
 
 def cmd_adversarial(args: argparse.Namespace) -> int:
+    """adversarial examples (FGSM, PGD) and fooling images"""
     from ..errors import InputError
     from ..synthesis import attack, fooling_image
 
@@ -110,6 +112,9 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
+    """reconstruct an image from a layer's features (Mahendran-Vedaldi); several layers give a
+    strip
+    """
     from ..synthesis import inversion_strip, invert
 
     out = check_out(args.output)
@@ -129,6 +134,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_texture(args: argparse.Namespace) -> int:
+    """texture synthesis: Gram matrices (Gatys) or Efros-Leung"""
     from ..synthesis import efros_leung, texture
 
     out = check_out(args.output)
@@ -153,6 +159,7 @@ def cmd_texture(args: argparse.Namespace) -> int:
 
 
 def cmd_style(args: argparse.Namespace) -> int:
+    """style transfer (Gatys et al.)"""
     from ..synthesis import style_transfer
 
     out = check_out(args.output)
@@ -184,7 +191,7 @@ def add_commands(sub: Any) -> None:
     """Register ``adversarial``, ``invert``, ``texture`` and ``style``."""
     img_help = "image file, or skimage:NAME for a scikit-image sample (chelsea, coffee, brick...)"
 
-    s = sub.add_parser("adversarial", help="adversarial examples (FGSM, PGD) and fooling images")
+    s = add_command(sub, "adversarial", cmd_adversarial)
     s.add_argument("images", nargs="*", help=img_help + "; none with --method fooling: from noise")
     add_model_args(s)
     s.add_argument("--method", choices=("fgsm", "pgd", "bim", "fooling"), default="pgd",
@@ -204,10 +211,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--batch-size", type=positive_int, default=64)
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
-    s.set_defaults(func=cmd_adversarial)
 
-    s = sub.add_parser("invert", help="reconstruct an image from a layer's features "
-                       "(Mahendran-Vedaldi); several layers give a strip")
+    s = add_command(sub, "invert", cmd_invert)
     s.add_argument("image", help=img_help)
     add_model_args(s)
     s.add_argument("--layer", "-l", action="append", default=[],
@@ -220,9 +225,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--param", choices=("pixel", "fft"), default="pixel")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
-    s.set_defaults(func=cmd_invert)
 
-    s = sub.add_parser("texture", help="texture synthesis: Gram matrices (Gatys) or Efros-Leung")
+    s = add_command(sub, "texture", cmd_texture)
     s.add_argument("source", help=img_help)
     add_model_args(s)
     _vgg_default(s)
@@ -238,9 +242,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
     s.add_argument("--image-out", default=None, help="also write the texture alone (.png)")
-    s.set_defaults(func=cmd_texture)
 
-    s = sub.add_parser("style", help="style transfer (Gatys et al.)")
+    s = add_command(sub, "style", cmd_style)
     s.add_argument("content", help=img_help)
     s.add_argument("style", help=img_help)
     add_model_args(s)
@@ -258,4 +261,3 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="figure .png, pixels .npy or .json")
     s.add_argument("--image-out", default=None, help="also write the stylised image alone (.png)")
-    s.set_defaults(func=cmd_style)

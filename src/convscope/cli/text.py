@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import positive_int, seed_int
+from ._common import add_command, positive_int, seed_int
 
 __all__ = ["add_commands"]
 
@@ -51,6 +51,7 @@ def _load_pipeline(path: str, unsafe: bool) -> Any:
 
 
 def cmd_lime_text(args: argparse.Namespace) -> int:
+    """LIME for a text classifier: word weights as HTML/JSON"""
     from .._io import atomic_write
     from ..attribution.lime_text import explain_text
     from ..errors import InputError
@@ -93,7 +94,7 @@ def cmd_lime_text(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register ``lime-text``."""
-    s = sub.add_parser("lime-text", help="LIME for a text classifier: word weights as HTML/JSON")
+    s = add_command(sub, "lime-text", cmd_lime_text)
     s.add_argument("text", nargs="?", default=None,
                    help="the text (default with no --pipeline: a demo newsgroup post)")
     s.add_argument("--text-file", default=None, help="read the text from this file")
@@ -108,4 +109,3 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--top", type=positive_int, default=10, help="words listed in the HTML (default 10)")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("-o", "--output", required=True, help="output .html or .json")
-    s.set_defaults(func=cmd_lime_text)

@@ -325,12 +325,31 @@ class Engine:
         :class:`~convscope.serve._present.Kept`)."""
         return self.kept.download(rid, fmt)
 
-    def explain(
+    def explain(self, model: str, method: str, image: Image.Image, **request: Any) -> dict[str, Any]:
+        """Run ``method`` on ``image`` and return the pictures and numbers the page shows:
+        :meth:`show` of the view ``"single"`` (``request``: its keywords, ``topk`` 5 by default)."""
+        return self.show(model, image, view="single", method=method, **request)
+
+    def grid(self, model: str, image: Image.Image, *, kind: str, method: str,
+             **request: Any) -> dict[str, Any]:
+        """A class grid (``kind="classes"``) or a method grid (``kind="methods"``): :meth:`show`
+        of that view (``request``: its keywords, ``topk`` 4 by default).
+
+        Raises:
+            InputError: ``kind`` is not a grid, or as for :meth:`show`.
+        """
+        if kind not in VIEWS[1:]:
+            raise InputError(f"unknown grid {kind!r}; use one of {', '.join(VIEWS[1:])}")
+        return self.show(model, image, view=kind, method=method, **{"topk": 4, **request})
+
+    def show(
         self,
         model: str,
-        method: str,
         image: Image.Image,
         *,
+        view: str,
+        method: str,
+        methods: Sequence[str] = (),
         target: str | None = None,
         layer: str | None = None,
         fast: bool = False,
@@ -339,70 +358,47 @@ class Engine:
         sample: int | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Run ``method`` on ``image`` and return the pictures and numbers the page shows.
+        """Run one view of ``image`` (one of :data:`~convscope.serve._present.VIEWS`) and return the
+        pictures and numbers the page shows, kept for the downloads.
 
-        The model work is a job of :attr:`jobs`, in the heavy lane when :func:`is_heavy`, that must
-        finish by ``deadline`` (:func:`time.monotonic` time; default: :attr:`Limits.timeout_s`
-        from now). ``options`` are the method's keyword options (on top of its fast settings with
-        ``fast``); ``sample`` (the sample ``image`` is, if it is one) goes into the view state.
+        * ``"single"``: ``method`` explains ``target``; the payload adds the options it ran with,
+          whether its fast settings applied and whether it is heavy.
+        * ``"classes"``: the ``topk`` (at most 10) most probable classes explained by ``method``,
+          on one colour scale (:func:`~convscope.grids.explain_classes`).
+        * ``"methods"``: each of ``methods`` for ``target``, each on its own scale
+          (:func:`~convscope.grids.explain_methods`).
+
+        ``options`` apply to ``method``; ``fast`` to every method. The model work is one job of
+        :attr:`jobs`, in the heavy lane if any method :func:`is_heavy`, that must finish by
+        ``deadline`` (:func:`time.monotonic` time; default: :attr:`Limits.timeout_s` from now);
+        ``sample`` (the sample ``image`` is, if it is one) goes into the view state.
 
         Raises:
-            InputError: an unknown model, layer or target, or an option the registry refuses.
+            InputError: an unknown view, model, method, layer or target; no methods or too many;
+                an option the registry refuses.
             QueueFull, TimedOut: see :meth:`JobQueue.run`.
         """
         from ..api import explain
-
-        lm = self.model(model)
-        info = get_method(method)
-        lay = self.layer(model, layer) if info.needs_layer else None
-        opts = self.options(info, fast, options)
-        tgt = parse_target(target)
-        e, times = self._run(lm, lambda: explain(lm, image, method=info.name, target=tgt, layer=lay,
-                                                 **opts),
-                             heavy=is_heavy(info), deadline=deadline)
-        view = View(lm.name, info.name, sample=sample, target=str(target or ""), layer=lay or "",
-                    fast=bool(fast), options=dict(options or {}), topk=int(topk))
-        return {**explanation_payload(e, info, topk), **times, "options": plain(opts),
-                "fast": bool(fast and info.fast_options), "heavy": is_heavy(info),
-                **self.kept.add(e, view, _image_record(image, sample))}
-
-    def grid(
-        self,
-        model: str,
-        image: Image.Image,
-        *,
-        kind: str,
-        method: str,
-        methods: Sequence[str] = (),
-        target: str | None = None,
-        layer: str | None = None,
-        fast: bool = False,
-        topk: int = 4,
-        options: dict[str, Any] | None = None,
-        sample: int | None = None,
-        deadline: float | None = None,
-    ) -> dict[str, Any]:
-        """A class grid (``kind="classes"``: the ``topk`` most probable classes explained by
-        ``method``, on one colour scale, :func:`~convscope.grids.explain_classes`) or a method grid
-        (``kind="methods"``: each of ``methods`` for ``target``, each on its own scale,
-        :func:`~convscope.grids.explain_methods`). ``options`` apply to ``method``; ``fast`` to
-        every method. One job, heavy if any method is.
-
-        Raises:
-            InputError: an unknown kind, model, method, layer or target; no methods or too many;
-                an option the registry refuses.
-        """
         from ..grids import explain_classes, explain_methods
 
         lm = self.model(model)
         info = get_method(method)
-        if kind == "classes":
+        extra: dict[str, Any] = {}
+        if view in ("single", "classes"):
             infos = [info]
-            k = max(1, min(int(topk), len(lm.class_names) or 1, 10))
             lay = self.layer(model, layer) if info.needs_layer else None
             opts = self.options(info, fast, options)
-            work = lambda: explain_classes(lm, image, topk=k, method=info.name, layer=lay, **opts)  # noqa: E731
-        elif kind == "methods":
+            if view == "single":
+                tgt = parse_target(target)
+                work = lambda: explain(lm, image, method=info.name, target=tgt, layer=lay, **opts)  # noqa: E731
+                payload = lambda e: explanation_payload(e, info, topk)  # noqa: E731
+                extra = {"options": plain(opts), "fast": bool(fast and info.fast_options),
+                         "heavy": is_heavy(info)}
+            else:
+                k = max(1, min(int(topk), len(lm.class_names) or 1, 10))
+                work = lambda: explain_classes(lm, image, topk=k, method=info.name, layer=lay, **opts)  # noqa: E731
+                payload = lambda g: grid_payload(g, 10)  # noqa: E731
+        elif view == "methods":
             names = list(dict.fromkeys(methods))
             if not 1 <= len(names) <= MAX_GRID_METHODS:
                 raise InputError(f"a method grid takes 1 to {MAX_GRID_METHODS} methods, got {len(names)}")
@@ -412,13 +408,15 @@ class Engine:
             tgt = parse_target(target)
             work = lambda: explain_methods(lm, image, names, target=tgt, layer=lay,  # noqa: E731
                                            options={m: o for m, o in per.items() if o})
+            payload = lambda g: grid_payload(g, 10)  # noqa: E731
         else:
-            raise InputError(f"unknown grid {kind!r}; use one of {', '.join(VIEWS[1:])}")
-        g, times = self._run(lm, work, heavy=any(is_heavy(i) for i in infos), deadline=deadline)
-        view = View(lm.name, info.name, view=kind, sample=sample, target=str(target or ""),
-                    layer=lay or "", fast=bool(fast), options=dict(options or {}),
-                    methods=tuple(methods) if kind == "methods" else (), topk=int(topk))
-        return {**grid_payload(g, 10), **times, **self.kept.add(g, view, _image_record(image, sample))}
+            raise InputError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
+        result, times = self._run(lm, work, heavy=any(is_heavy(i) for i in infos), deadline=deadline)
+        state = View(lm.name, info.name, view=view, sample=sample, target=str(target or ""),
+                     layer=lay or "", fast=bool(fast), options=dict(options or {}),
+                     methods=tuple(methods) if view == "methods" else (), topk=int(topk))
+        kept = self.kept.add(result, state, _image_record(image, sample))
+        return {**payload(result), **times, **extra, **kept}
 
     def activations(self, model: str, layer: str, image: Image.Image, *, n: int = 16,
                     vis: bool = False, deadline: float | None = None) -> dict[str, Any]:

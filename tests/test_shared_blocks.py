@@ -89,3 +89,21 @@ def test_check_values_names_the_argument():
     check_values(steps=(3, ints(1)))
     with pytest.raises(InputError, match="steps must be an integer >= 1, got 0"):
         check_values(steps=(0, ints(1)))
+
+
+def test_top_classes_and_text_targets_are_one_definition_for_report_serve_and_cli():
+    from convscope.cli import _common
+    from convscope.report.build import top_k
+    from convscope.serve import engine
+    from convscope.targets import parse_target, top_classes
+
+    probs = torch.tensor([0.1, 0.3, 0.3, 0.05, 0.25])
+    # most probable first, ties in index order, an unnamed class gets a placeholder name
+    assert top_classes(probs, ["a", "b", "c", "d"], 4) == [
+        (1, "b", pytest.approx(0.3)), (2, "c", pytest.approx(0.3)), (4, "class 4", pytest.approx(0.25)),
+        (0, "a", pytest.approx(0.1))]
+    assert top_k(probs.tolist(), ["a", "b", "c", "d", "e"], 2) == [("b", pytest.approx(0.3)),
+                                                                   ("c", pytest.approx(0.3))]
+    assert [parse_target(v) for v in (None, " ", "3", "-1", "cat", "top2", "a-vs-b")] == [
+        None, None, 3, -1, "cat", "top2", "a-vs-b"]
+    assert _common.parse_target is parse_target and engine.parse_target is parse_target

@@ -108,7 +108,6 @@ def upscale(a: np.ndarray, min_side: int) -> Image.Image:
     return img
 
 
-_upscale = upscale  # the old private name, still imported by convscope.serve
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 from .errors import TargetError
 
 __all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "class_index", "contrast", "is_contrast",
-           "resolve_target", "select_scores"]
+           "parse_target", "resolve_target", "select_scores", "top_classes"]
 
 #: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
 #: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
@@ -103,6 +103,26 @@ class ResolvedTarget:
             return self
         return ResolvedTarget(self.indices[rows], None,
                               None if self.negative is None else self.negative[rows])
+
+
+def parse_target(value: str | None) -> Any:
+    """A target typed as text (a CLI flag, a form field): ``None`` or blank -> ``None`` (the
+    predicted class), digits -> an index, anything else (a class name, ``"top2"``, ``"a-vs-b"``)
+    as it is, for :func:`resolve_target`."""
+    if value is None or str(value).strip() == "":
+        return None
+    v = str(value).strip()
+    return int(v) if v.lstrip("-").isdigit() else v
+
+
+def top_classes(
+    probs: Sequence[float] | torch.Tensor, names: Sequence[str], k: int = 3
+) -> list[tuple[int, str, float]]:
+    """The ``k`` most probable classes as (index, name, probability), most probable first (ties in
+    index order); a class without a name is ``"class i"``."""
+    p = torch.as_tensor(probs, dtype=torch.float64).flatten()
+    order = torch.argsort(p, descending=True, stable=True)[: max(1, int(k))].tolist()
+    return [(i, str(names[i]) if i < len(names) else f"class {i}", float(p[i])) for i in order]
 
 
 def class_index(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:

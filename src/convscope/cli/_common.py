@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..targets import parse_target
+
 __all__ = [
     "EXIT_USAGE",
     "Parser",
@@ -94,12 +96,6 @@ nonneg_int = integer(0, name="nonneg_int")
 positive_float = finite_float(0, lo_open=True, name="positive_float")
 nonneg_float = finite_float(0, name="nonneg_float")
 seed_int = integer(0, 2**32 - 1, name="seed_int")
-
-
-def parse_target(value: str | None) -> Any:
-    if value is None:
-        return None
-    return int(value) if value.lstrip("-").isdigit() else value
 
 
 def check_out(path: str, allowed: tuple[str, ...] = (".png", ".npy", ".json")) -> Path:

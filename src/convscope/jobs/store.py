@@ -339,4 +339,3 @@ def create_store(
     return BatchStore(p)
 
 
-_zarr = zarr_module  # the old private name, still imported by convscope.serve.audit

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._progress import Progress
 from ..attribution._shared import clean_outputs, shared_work
 from ..errors import ConvscopeError, MethodError
 from ..registry import MethodInfo, get_method, list_methods
+from ..targets import top_classes
 from . import Figure, Report
 
 __all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods",
@@ -68,9 +68,7 @@ def method_note(info: MethodInfo) -> str:
 
 def top_k(probs: Sequence[float], names: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
     """The ``k`` most probable (name, probability) pairs, most probable first."""
-    p = np.asarray(probs, dtype=np.float64)
-    order = np.argsort(-p, kind="stable")[: max(1, int(k))]
-    return [(str(names[i]) if i < len(names) else f"class {i}", float(p[i])) for i in order]
+    return [(name, p) for _, name, p in top_classes(probs, names, k)]
 
 
 @dataclass

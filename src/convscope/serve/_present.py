@@ -30,24 +30,17 @@ from PIL import Image
 from .._io import json_bytes, npy_bytes
 from ..errors import InputError
 from ..registry import MethodInfo, list_methods
-from ..results import Explanation, _upscale, blend, colorize, data_uri, sign_legend
+from ..results import Explanation, blend, colorize, data_uri, sign_legend, upscale
+from ..targets import top_classes
 
 __all__ = ["FORMATS", "Kept", "NotFound", "View", "download", "explanation_payload", "grid_payload",
-           "method_catalogue", "parse_options", "parse_target", "plain"]
+           "method_catalogue", "parse_options", "plain"]
 
 #: Download formats: extension -> media type.
 FORMATS = {"png": "image/png", "npy": "application/octet-stream", "json": "application/json"}
 
 #: Grid modes of a view: one result, several methods side by side, several classes on one scale.
 VIEWS = ("single", "methods", "classes")
-
-
-def parse_target(value: str | None) -> Any:
-    """A target field: ``None`` (predicted class), an index, or a name / ``"a-vs-b"`` string."""
-    if value is None or str(value).strip() == "":
-        return None
-    v = str(value).strip()
-    return int(v) if v.lstrip("-").isdigit() else v
 
 
 def parse_options(text: str | None) -> dict[str, Any]:
@@ -143,9 +136,8 @@ def _p(e: Explanation, c: int | None) -> float | None:
 def _top(e: Explanation, topk: int) -> list[dict[str, Any]]:
     if e.probabilities is None:
         return []
-    probs = e.probabilities[0]
-    order = torch.argsort(probs, descending=True, stable=True)[: max(1, min(int(topk), 20))]
-    return [{"index": int(i), "name": e.class_names[int(i)], "p": float(probs[int(i)])} for i in order]
+    top = top_classes(e.probabilities[0], e.class_names, max(1, min(int(topk), 20)))
+    return [{"index": i, "name": name, "p": p} for i, name, p in top]
 
 
 _COLORBARS: dict[bool, str] = {}
@@ -187,9 +179,9 @@ def explanation_payload(e: Explanation, info: MethodInfo, topk: int) -> dict[str
         "probabilities": _top(e, topk),
         "map_min": float(raw.min()),
         "map_max": float(raw.max()),
-        "input": data_uri(_upscale(e.images[0], 256)),
+        "input": data_uri(upscale(e.images[0], 256)),
         "overlay": data_uri(e.overlay(0, min_side=256)),
-        "heatmap": data_uri(_upscale(colorize(h, signed=e.signed), 256)),
+        "heatmap": data_uri(upscale(colorize(h, signed=e.signed), 256)),
         "colorbar": colorbar(e.signed),
         "pixelated": min(e.images.shape[1:3]) < 128,
     }
@@ -206,7 +198,7 @@ def grid_payload(grid: Any, topk: int) -> dict[str, Any]:
             "layer": e.layer,
             "signed": e.signed,
             **_target_fields(e),
-            "overlay": data_uri(_upscale(blend(e.images[0], h, signed=e.signed), 192)),
+            "overlay": data_uri(upscale(blend(e.images[0], h, signed=e.signed), 192)),
             "colorbar": colorbar(e.signed),
             "map_min": float(e.map[0].min()),
             "map_max": float(e.map[0].max()),
@@ -217,7 +209,7 @@ def grid_payload(grid: Any, topk: int) -> dict[str, Any]:
         "model_info": plain(first.model_info),
         "scale": grid.scale,
         "probabilities": _top(first, topk),
-        "input": data_uri(_upscale(first.images[0], 192)),
+        "input": data_uri(upscale(first.images[0], 192)),
         "pixelated": min(first.images.shape[1:3]) < 128,
         "panels": panels,
     }

@@ -286,7 +286,7 @@ class AuditView:
         raise InputError("the audit's data set cannot be read")
 
     def _open_maps(self) -> str:
-        from ..jobs.store import _zarr, open_store
+        from ..jobs.store import open_store, zarr_module
 
         named = self.audit.get("store")
         candidates = [Path(named)] if named else []
@@ -303,7 +303,7 @@ class AuditView:
                 st = open_store(p)
                 if not st.complete:
                     raise InputError(f"{p} is an unfinished job")
-                arr = _zarr().open_array(str(st.path / "maps"), mode="r")
+                arr = zarr_module().open_array(str(st.path / "maps"), mode="r")
                 if tuple(int(v) for v in arr.shape[1:]) != self.image_size:
                     raise InputError(f"its maps are {arr.shape[1]}x{arr.shape[2]}, the audit's "
                                      f"{self.image_size[0]}x{self.image_size[1]}")
@@ -416,7 +416,7 @@ class AuditView:
         from PIL import Image
 
         from ..dataset._grid import draw_box
-        from ..results import _upscale, blend, colorize
+        from ..results import blend, colorize, upscale
 
         it = self.item(index)
         px = self.pixels(it["index"])
@@ -433,20 +433,20 @@ class AuditView:
             rgb = colorize(hm, signed=False)
         else:
             raise NotInAudit(f"nothing to show for image {it['index']}: {self.images_note}; {self.maps_note}")
-        return _upscale(draw_box(rgb, self._box(it["box"]), color=BOX_COLOR), MIN_SIDE)
+        return upscale(draw_box(rgb, self._box(it["box"]), color=BOX_COLOR), MIN_SIDE)
 
     def render_cluster(self, class_index: int, cluster_id: int,
                        expired: Callable[[], bool] = lambda: False) -> Any:
         """The cluster's mean map (colour map) with its box (a PIL image)."""
         from ..dataset._grid import draw_box
-        from ..results import _upscale, colorize, normalize_map
+        from ..results import colorize, normalize_map, upscale
 
         mean = self.cluster_mean(class_index, cluster_id, expired)
         if mean is None:
             raise NotInAudit(f"no mean map: {self.maps_note}")
         cl = self.cluster(class_index, cluster_id)
         hm = normalize_map(mean, signed=False, normalize="max")
-        return _upscale(draw_box(colorize(hm, signed=False), self._box(cl["box"]), color=BOX_COLOR), MIN_SIDE)
+        return upscale(draw_box(colorize(hm, signed=False), self._box(cl["box"]), color=BOX_COLOR), MIN_SIDE)
 
     # --- serving: the bounded queue and the cache ---------------------------------------------
     def item_png(self, index: str | int) -> bytes:

@@ -35,7 +35,8 @@ from PIL import Image
 from ..errors import ImageLoadError, InputError
 from ..models import LoadedModel, load_model
 from ..registry import MethodInfo, check_method_options, get_method
-from ..results import _upscale, colorize, data_uri
+from ..results import colorize, data_uri, upscale
+from ..targets import parse_target
 from ._present import (
     VIEWS,
     Kept,
@@ -44,7 +45,6 @@ from ._present import (
     explanation_payload,
     grid_payload,
     method_catalogue,
-    parse_target,
     plain,
 )
 from .jobs import LIGHT_BURST, Busy, JobQueue, QueueFull, TimedOut, is_heavy, stop_after
@@ -451,7 +451,7 @@ class Engine:
         cells: list[dict[str, Any]] = []
         for c in order.tolist():
             m = np.clip(a[c].clamp(min=0).numpy() / max(hi, 1e-12), 0, 1)  # one scale for all
-            img = _upscale(colorize(m, signed=False, cmap="viridis"), 96)
+            img = upscale(colorize(m, signed=False, cmap="viridis"), 96)
             cells.append({"channel": int(c), "mean": float(means[c]), "src": data_uri(img)})
         pictures = None
         if vis and featvis_available():
@@ -459,7 +459,7 @@ class Engine:
             for cell in cells:
                 cell["vis"] = pictures.get(cell["channel"])
         return {"model": model, "layer": lay, "channels": int(a.shape[0]),
-                "shape": list(a.shape), "input": data_uri(_upscale(disp[0], 128)), "top": cells,
+                "shape": list(a.shape), "input": data_uri(upscale(disp[0], 128)), "top": cells,
                 "featvis": pictures is not None}
 
     def _channel_vis(self, model: str, layer: str, channels: list[int],

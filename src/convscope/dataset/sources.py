@@ -33,12 +33,13 @@ __all__ = [
     "TensorSource",
     "TorchSource",
     "as_source",
+    "fit_pixels",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _fit_pixels(t: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+def fit_pixels(t: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """(C, H, W) pixels in [0, 1] -> the model's channel count and size (bilinear resize)."""
     if t.shape[0] != pre.channels:
         if t.shape[0] == 1:
@@ -121,7 +122,7 @@ class DigitsSource(DataSource):
         return int(self._x.shape[0])
 
     def pixel_tensor(self, i: int) -> torch.Tensor:
-        return _fit_pixels(self._x[i], self.preprocessing)
+        return fit_pixels(self._x[i], self.preprocessing)
 
     def label(self, i: int) -> int:
         return int(self._y[i])
@@ -176,7 +177,7 @@ class FolderSource(DataSource):
 
     def pixel_tensor(self, i: int) -> torch.Tensor:
         img = self.preprocessing.to_display(load_image(self.root / self.files[i]))
-        return _fit_pixels(pil_to_tensor(img), self.preprocessing)
+        return fit_pixels(pil_to_tensor(img), self.preprocessing)
 
     def label(self, i: int) -> int:
         return int(self._labels[i])
@@ -236,7 +237,7 @@ class TensorSource(DataSource):
         t = self._x[i]
         if self.model_space:
             t = self.preprocessing.denormalize(t).clamp(0, 1)
-        return _fit_pixels(t, self.preprocessing)
+        return fit_pixels(t, self.preprocessing)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         if self.model_space:
@@ -303,8 +304,8 @@ class TorchSource(DataSource):
         img, _ = self._item(i)
         inp = self._inputs(img)
         if inp is not None:
-            return _fit_pixels(inp.pixels[0], self.preprocessing)
-        return _fit_pixels(pil_to_tensor(self.preprocessing.to_display(load_image(img))), self.preprocessing)
+            return fit_pixels(inp.pixels[0], self.preprocessing)
+        return fit_pixels(pil_to_tensor(self.preprocessing.to_display(load_image(img))), self.preprocessing)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         i = int(i)

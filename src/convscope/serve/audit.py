@@ -358,7 +358,7 @@ class AuditView:
             return np.asarray(self._source.pixels(it["index"]))
         if self.root is None or it["path"] is None:
             return None
-        from ..dataset.sources import _fit_pixels
+        from ..dataset.sources import fit_pixels
         from ..errors import ImageLoadError
         from ..image import load_image, pil_to_tensor
         from ..models.preprocessing import display_array
@@ -371,7 +371,7 @@ class AuditView:
             img = self.pre.to_display(load_image(p, max_pixels=self.limits.max_pixels))
         except ImageLoadError as exc:
             raise NotInAudit(f"image {it['index']} ({it['path']}) cannot be read: {exc}") from None
-        return display_array(_fit_pixels(pil_to_tensor(img), self.pre))
+        return display_array(fit_pixels(pil_to_tensor(img), self.pre))
 
     def item_map(self, index: int) -> np.ndarray | None:
         """The map of audited image ``index``, scaled to [0, 1] as the report shows it, or None."""

@@ -92,3 +92,27 @@ def test_cli_lime_text_demo_writes_json_and_html(tmp_path):
     assert top["word"] == JUNK_TOKEN and data["target_name"] == "sci.space"
     bad = subprocess.run(cmd[:-2] + ["-o", str(tmp_path / "e.txt")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_the_text_explanation_follows_the_result_protocol(tmp_path):
+    import json
+
+    import convscope as cs
+
+    e = explain_text(_keyword_model("fox"), "the quick brown fox jumps", n_samples=100,
+                     class_names=["no", "yes"])
+    assert json.loads(e.save(tmp_path / "e.json").read_text())["words"][3]["word"] == "fox"
+    html = e.save(tmp_path / "e.html").read_text()
+    assert "fox</span>" in html and html == e._repr_html_()
+    with pytest.raises(cs.ConvscopeError, match=r"\.json or \.html"):
+        e.save(tmp_path / "e.png")
+    assert not (tmp_path / "e.png").exists()
+    rep = cs.Report("t")
+    rep.add(e)
+    rep.write(tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "LIME for text: why &#39;yes&#39;" in page and "fox</span>" in page
+    # the text is escaped, never markup
+    evil = explain_text(_keyword_model("fox"), "fox <script>alert(1)</script>", n_samples=50)
+    html = evil.to_html()
+    assert "<script" not in html and "&lt;/<span" in html and "script</span>&gt;" in html

@@ -1,7 +1,7 @@
 """The one protocol every convscope result follows: save by extension, plain data, HTML, notebooks.
 
 A result type (``Explanation``, ``Visualization``, ``AdversarialResult``, ``SynthesisResult``,
-``Grid``, ``TopActivations``, ``Neighbors``, ``Embedding``, ``Audit``) subclasses :class:`Result`
+``Grid``, ``TopActivations``, ``Neighbors``, ``Embedding``, ``Audit``, ``TextExplanation``) subclasses :class:`Result`
 and implements only what is its own:
 
 * ``save_formats``: the file extensions ``save`` accepts, e.g. ``(".png", ".npy", ".json")``;

@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from .._result import Result, render_template
 from ..errors import InputError
 from ..perturb import DEFAULT_CONVERGE
 from ._sampling import coalition_samples
@@ -40,8 +41,9 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
 
 
 @dataclass(frozen=True)
-class TextExplanation:
-    """LIME's explanation of one text.
+class TextExplanation(Result):
+    """LIME's explanation of one text: ``save`` to ``.json`` or ``.html``, ``to_html()`` (the
+    packaged template ``lime_text.html.j2``), shown inline in notebooks, ``Report.add``-able.
 
     Attributes:
         text: the explained text.
@@ -110,13 +112,20 @@ class TextExplanation:
             out.append({"text": self.text[pos:], "weight": None, "alpha": 0.0})
         return out
 
+    save_formats: ClassVar[tuple[str, ...]] = (".json", ".html")
+
+    def report_title(self) -> str:
+        return f"LIME for text: why {self.class_names[self.target]!r}"
+
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """A section with the highlighted text (what ``report.add(result)`` calls)."""
+        sec = report.section(title or self.report_title(), note)
+        sec.html_blocks.append(self.to_html())
+        return sec
+
     def to_html(self, k: int = 10) -> str:
         """A self-contained HTML fragment: probability bars, the top ``k`` words and the text
         with every word highlighted (green: towards the target class, red: against)."""
-        from jinja2 import Environment
-
-        env = Environment(autoescape=True)
-        tpl = env.from_string(_TEMPLATE)
         probs = [
             {"name": n, "p": float(p), "width": f"{100 * float(p):.1f}",
              "colour": "#2b8cbe" if i == self.target else "#bbb"}
@@ -132,32 +141,8 @@ class TextExplanation:
                 rgb = "26,152,80" if sg["weight"] > 0 else "215,48,39"
                 a = 0.1 + 0.8 * sg["alpha"] if sg["alpha"] > 0.02 else 0.0
                 sg["bg"] = f"rgba({rgb},{a:.2f})"
-        return tpl.render(e=self, probs=probs, top=top, segments=segs,
-                          target_name=self.class_names[self.target])
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
-
-
-_TEMPLATE = """<div class="convscope-lime-text" style="font-family:sans-serif;max-width:60em">
-<h3 style="margin:0.2em 0">LIME: why &ldquo;{{ target_name }}&rdquo;</h3>
-<table style="border-collapse:collapse">
-{% for p in probs %}<tr><td style="padding-right:0.6em">{{ p.name }}</td>
-<td style="width:12em"><div style="background:{{ p.colour }};height:0.9em;width:{{ p.width }}%">
-</div></td><td style="padding-left:0.4em">{{ '%.3f' % p.p }}</td></tr>
-{% endfor %}</table>
-<p style="margin:0.4em 0">local R&sup2; = {{ '%.3f' % e.local_r2 }}, {{ e.n_samples }} samples</p>
-<table style="border-collapse:collapse">
-{% for t in top %}<tr><td style="padding-right:0.6em">{{ t.word }}</td>
-<td style="width:10em"><div style="background:{{ t.colour }};height:0.9em;width:{{ t.width }}%">
-</div></td><td style="padding-left:0.4em">{{ '%+.4f' % t.weight }}</td></tr>
-{% endfor %}</table>
-<pre style="white-space:pre-wrap;line-height:1.5">
-{%- for s in segments %}{% if s.weight is none %}{{ s.text }}{% else -%}
-<span title="{{ '%+.4f' % s.weight }}" style="background:{{ s.bg }}">{{ s.text }}</span>
-{%- endif %}{% endfor %}</pre>
-</div>
-"""
+        return render_template("lime_text.html.j2", e=self, probs=probs, top=top, segments=segs,
+                               target_name=self.class_names[self.target])
 
 
 def _remove(text: str, spans: Sequence[tuple[int, int, int]], keep: np.ndarray) -> str:

@@ -9,11 +9,10 @@ without ``--pipeline``, a demo pipeline (TF-IDF + logistic regression) trained o
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from ._common import add_command, positive_int, seed_int
+from ._common import add_command, check_out, parse_target, positive_int, seed_int
 
 __all__ = ["add_commands"]
 
@@ -57,9 +56,7 @@ def cmd_lime_text(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..toydata import junk_header_corpus
 
-    out = Path(args.output)
-    if out.suffix.lower() not in (".html", ".json"):
-        raise InputError(f"-o {out}: give a .html or .json file name")
+    out = check_out(args.output, (".html", ".json"))
     if args.text is not None and args.text_file is not None:
         raise InputError("give the text or --text-file, not both")
     if args.text_file is not None:
@@ -75,18 +72,14 @@ def cmd_lime_text(args: argparse.Namespace) -> int:
         names = args.class_names.split(",") if args.class_names else None
     else:
         model, names = _demo_pipeline()
-    target: Any = args.target
-    if target is not None and target.lstrip("-").isdigit():
-        target = int(target)
-    e = explain_text(model.predict_proba, text, target=target, class_names=names,
+    e = explain_text(model.predict_proba, text, target=parse_target(args.target), class_names=names,
                      n_samples=args.samples, seed=args.seed)
     if out.suffix.lower() == ".json":
-        data = (json.dumps(e.to_dict(), indent=1) + "\n").encode()
-    else:
+        e.save(out)
+    else:  # a whole page, so the browser reads the text as UTF-8
         page = ("<!doctype html><html><head><meta charset='utf-8'><title>convscope LIME text"
                 "</title></head><body>" + e.to_html(k=args.top) + "</body></html>\n")
-        data = page.encode()
-    atomic_write(out, lambda f: f.write(data))
+        atomic_write(out, lambda f: f.write(page.encode()))
     top = ", ".join(f"{w} {v:+.3f}" for w, v in e.top(5))
     print(f"{out}  {e.class_names[e.target]} p={e.probabilities[e.target]:.3f}  top words: {top}")
     return 0

@@ -1,8 +1,8 @@
 """The one protocol every convscope result follows: save by extension, plain data, HTML, notebooks.
 
 A result type (``Explanation``, ``Visualization``, ``AdversarialResult``, ``SynthesisResult``,
-``Grid``, ``TopActivations``, ``Neighbors``, ``Embedding``, ``Audit``, ``TextExplanation``) subclasses :class:`Result`
-and implements only what is its own:
+``Grid``, ``TopActivations``, ``Neighbors``, ``Embedding``, ``Audit``, ``TextExplanation``)
+subclasses :class:`Result` and implements only what is its own:
 
 * ``save_formats``: the file extensions ``save`` accepts, e.g. ``(".png", ".npy", ".json")``;
 * ``to_dict()``: JSON-ready metadata (what ``.json`` holds);

@@ -10,10 +10,14 @@ Issue #19 ("fast by default"): what a user gets without touching an option.
   (max abs difference relative to the map's max).
 * **lime** at defaults (it stops once its weights are stable; ``n_samples=1000`` is the maximum)
   against the lime package's ``LimeImageExplainer`` (same segments, same grey hiding, same
-  kernel; its default batch of 10): at equal samples (the lime package gets as many samples as
-  convscope used), and at equal stability: stability is the Spearman rank correlation of the
-  segment weights of two runs with different seeds; the lime package runs at 250, 500, 1000,
-  2000 and 4000 samples and the smallest count whose stability reaches convscope's is timed.
+  kernel, same sample distribution): at equal samples (the lime package gets as many samples as
+  convscope used, at convscope's batch size and at its own default batch of 10; the three
+  timings interleaved in one loop), and at equal stability: stability is the Spearman rank
+  correlation of the segment weights of two runs with different seeds, averaged over several
+  seed pairs; the lime package's is measured at multiples of convscope's sample count, the count
+  where it reaches convscope's is interpolated (log-linear between bracketing counts, else
+  Spearman-Brown from the nearest), and its time there is its measured seconds per sample times
+  that count.
 * **kernel_shap** at defaults against Captum's ``KernelShap`` at equal samples (the count
   convscope used; ``perturbations_per_eval`` = convscope's batch size).
 
@@ -26,8 +30,6 @@ of ``--repeat`` runs, and all ratios come from one run. Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 import warnings
@@ -43,7 +45,7 @@ from convscope.attribution.segments import segment
 from convscope.inputs import baseline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_perturbation import timed  # noqa: E402  (the one timing helper)
+from bench_perturbation import timed, write_table  # noqa: E402  (the one timing helper, table writer)
 
 ROOT = Path(__file__).resolve().parent
 ROWS: list[dict[str, Any]] = []
@@ -94,7 +96,27 @@ def stability(weights_a: list[float], weights_b: list[float]) -> float:
     return float(spearmanr(weights_a, weights_b)[0])
 
 
-def lime_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> None:
+def samples_for(ladder: list[tuple[int, float]], target: float) -> float:
+    """The samples at which the lime package's seed-to-seed rank correlation reaches ``target``:
+    interpolated (linearly in log samples) between the two measured counts that bracket it, or,
+    outside them, extrapolated from the nearest by the Spearman-Brown law
+    ``r(n) = n r1 / (1 + (n - 1) r1)``."""
+    pts = sorted(ladder)
+    for (n0, s0), (n1, s1) in zip(pts, pts[1:], strict=False):
+        if s0 < target <= s1:
+            return float(np.exp(np.log(n0) + (target - s0) / (s1 - s0) * (np.log(n1) - np.log(n0))))
+    n0, s0 = pts[-1] if target > pts[-1][1] else pts[0]
+    s0 = min(max(s0, 1e-3), 0.999)
+    r1 = s0 / (n0 - (n0 - 1) * s0)
+    return target * (1 - r1) / (r1 * (1 - min(target, 0.999)))
+
+
+def lime_default(name: str, lm: Any, x: torch.Tensor, repeat: int, pairs: int,
+                 ladder: tuple[float, ...]) -> None:
+    """LIME at defaults against the lime package: timings interleaved in one loop (ours, the
+    package at our batch size, the package at its default batch 10), then the seed-to-seed rank
+    correlation of both at equal samples and the package's at ``ladder`` multiples of our count,
+    averaged over ``pairs`` seed pairs."""
     from lime.lime_image import LimeImageExplainer
 
     net, pre = lm.model, lm.preprocessing
@@ -105,10 +127,6 @@ def lime_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> None:
         seg = segment(x[0], "grid", cell=x.shape[-1] // 8)
     d = int(seg.max()) + 1
     opts = dict(method="lime", target=t, segmentation=seg)
-    ts, e0 = timed(lambda: cs.explain(lm, x, seed=0, **opts), repeat)
-    e1 = cs.explain(lm, x, seed=1, **opts)
-    n_used = e0.diagnostics["n_samples"][0]
-    ours_stab = stability(e0.diagnostics["segment_weights"][0], e1.diagnostics["segment_weights"][0])
 
     seg_np = seg.cpu().numpy()
     img = x[0].permute(1, 2, 0).double().numpy()
@@ -123,30 +141,46 @@ def lime_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> None:
         with torch.no_grad():
             return torch.softmax(net(tt), 1).numpy()
 
-    explainer = LimeImageExplainer(verbose=False)
-
-    def peer(n: int, seed: int) -> list[float]:
+    def peer(n: int, seed: int, batch: int = 10) -> list[float]:
+        # its samples come from the explainer's random_state (random_seed only seeds segmentation)
+        explainer = LimeImageExplainer(verbose=False, random_state=seed)
         exp = explainer.explain_instance(img, classifier_fn, labels=(t,), top_labels=None, num_samples=n,
                                          hide_color=grey, segmentation_fn=lambda _im: seg_np,
-                                         random_seed=seed)
+                                         random_seed=seed, batch_size=batch)
         w = dict(exp.local_exp[t])
         return [w.get(i, 0.0) for i in range(d)]
 
-    tp, _ = timed(lambda: peer(n_used, 0), repeat)
-    row(name, "lime", f"equal samples ({n_used} of 1000, {d} segments)", ts, tp,
-        f"{engine_note(e0)}; seed-to-seed rank correlation {ours_stab:.3f}")
-    ladder = []
-    for n in (250, 500, 1000, 2000, 4000):
-        tn, wa = timed(lambda n=n: peer(n, 0), 1)
-        s = stability(wa, peer(n, 1))
-        ladder.append(f"{n}: {s:.3f}")
-        if s >= ours_stab:
-            row(name, "lime", f"equal stability (lime package needs {n} samples)", ts, tn,
-                f"convscope {n_used} samples, seed-to-seed rank correlation {ours_stab:.3f}; lime "
-                f"package's by samples: {', '.join(ladder)}")
-            return
-    row(name, "lime", "equal stability (not reached by the lime package at 4000)", ts, tn,
-        f"convscope stability {ours_stab:.3f}; lime package: {', '.join(ladder)} (ratio is a lower bound)")
+    e0 = cs.explain(lm, x, seed=0, **opts)  # warm-up; fixes the sample count and the batch size
+    n_used, bs = e0.diagnostics["n_samples"][0], e0.diagnostics["engine"]["batch_size"]
+    times: dict[str, list[float]] = {"ours": [], "peer": [], "peer10": []}
+    for _ in range(repeat):  # interleaved, so a change of load hits all three alike
+        for key, fn in (("ours", lambda: cs.explain(lm, x, seed=0, **opts)),
+                        ("peer", lambda: peer(n_used, 0, bs)), ("peer10", lambda: peer(n_used, 0, 10))):
+            times[key].append(timed(fn, 1)[0])
+    ts, tp, tp10 = (float(np.median(times[k])) for k in ("ours", "peer", "peer10"))
+
+    ours = [cs.explain(lm, x, seed=s, **opts).diagnostics for s in range(2 * pairs)]
+    wts = [o["segment_weights"][0] for o in ours]
+    ours_stab = float(np.mean([stability(wts[2 * i], wts[2 * i + 1]) for i in range(pairs)]))
+    used = [o["n_samples"][0] for o in ours]
+    pred = float(np.mean([o["reliability"][0] for o in ours]))
+    measured = []
+    for k in ladder:
+        n = int(round(k * n_used))
+        measured.append((n, float(np.mean([stability(peer(n, 2 * i, bs), peer(n, 2 * i + 1, bs))
+                                           for i in range(pairs)]))))
+    lad = ", ".join(f"{n}: {s:.3f}" for n, s in measured)
+    row(name, "lime", f"equal samples ({n_used} of 1000, {d} segments), lime package at our batch {bs}",
+        ts, tp,
+        f"{engine_note(e0)}; lime package at its default batch 10: {tp10:.2f} s (ratio {tp10 / ts:.2f}); "
+        f"seed-to-seed rank correlation at these samples: convscope {ours_stab:.3f}, lime package "
+        f"{dict(measured).get(n_used, float('nan')):.3f}")
+    need = samples_for(measured, ours_stab)
+    tneed = tp / n_used * need
+    row(name, "lime", f"equal stability (lime package needs ~{need:.0f} samples, batch {bs})", ts, tneed,
+        f"convscope: {min(used)}-{max(used)} samples, seed-to-seed rank correlation {ours_stab:.3f} "
+        f"(mean of {pairs} seed pair(s); its own split-half prediction {pred:.3f}); lime package by samples: "
+        f"{lad}; its time = its measured s/sample x samples needed")
 
 
 def kernel_shap_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> None:
@@ -173,28 +207,16 @@ def kernel_shap_default(name: str, lm: Any, x: torch.Tensor, repeat: int) -> Non
 
 
 def write(path: Path, args: argparse.Namespace, wall: float) -> None:
-    lines = [
-        "# Perturbation methods at their defaults against their peers",
-        "",
-        f"Generated by `benchmarks/bench_perturbation_defaults.py` ({' '.join(sys.argv[1:]) or 'defaults'}) "
-        f"on {platform.machine()} with {os.cpu_count()} cores shared with other jobs (load average "
-        f"{os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, {args.threads} torch thread(s) "
-        f"for every library, median of {args.repeat} run(s), total {wall:.0f} s.",
-        "",
-        "`ratio` = peer seconds / convscope seconds (above 1: convscope is faster). convscope runs "
-        "with no option but the target (and the segments for LIME / Kernel SHAP, shared with the "
-        "peer); what its engine chose is in the note. Random weights for resnet18 / vgg16 "
-        "(timing only); the digits model is the bundled trained one.",
-        "",
-        "| model | method | comparison | convscope s | peer s | ratio | note |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in ROWS:
-        lines.append(f"| {r['model']} | {r['method']} | {r['what']} | {r['ours']:.2f} | {r['peer']:.2f} | "
-                     f"{r['ratio']:.2f} | {r['note']} |")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_table(
+        path, "Perturbation methods at their defaults against their peers", "bench_perturbation_defaults.py",
+        args, wall,
+        ["`ratio` = peer seconds / convscope seconds (above 1: convscope is faster). convscope runs "
+         "with no option but the target (and the segments for LIME / Kernel SHAP, shared with the "
+         "peer); what its engine chose is in the note. Random weights for resnet18 / vgg16 "
+         "(timing only); the digits model is the bundled trained one."],
+        ["model", "method", "comparison", "convscope s", "peer s", "ratio", "note"],
+        [[r["model"], r["method"], r["what"], f"{r['ours']:.2f}", f"{r['peer']:.2f}", f"{r['ratio']:.2f}",
+          r["note"]] for r in ROWS])
 
 
 def main() -> None:
@@ -202,6 +224,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="the digits model only")
+    p.add_argument("--only", default="occlusion,lime,kernel_shap", help="comma list of methods to run")
     p.add_argument("--out", default=str(ROOT / "results" / "perturbation_defaults.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -212,21 +235,28 @@ def main() -> None:
 
     xd = lm.preprocessing.normalize(digits().split("test")[0][:1])
     rd = max(args.repeat, 3)  # digits runs are short: medians of 3 at least
-    occlusion_default("digits", lm, xd, rd, check=True)
-    lime_default("digits", lm, xd, rd)
-    kernel_shap_default("digits", lm, xd, rd)
+    only = set(args.only.split(","))
+    if "occlusion" in only:
+        occlusion_default("digits", lm, xd, rd, check=True)
+    if "lime" in only:
+        lime_default("digits", lm, xd, rd, pairs=6, ladder=(0.5, 1, 2, 4))
+    if "kernel_shap" in only:
+        kernel_shap_default("digits", lm, xd, rd)
     if not args.quick:
         import torchvision
 
         torch.manual_seed(0)
         r18 = cs.load_model(torchvision.models.resnet18(weights=None).eval(), preprocessing="imagenet")
         x224 = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        occlusion_default("resnet18", r18, x224, args.repeat)
-        vgg = cs.load_model(torchvision.models.vgg16(weights=None).eval(), preprocessing="imagenet")
         x112 = x224[:, :, ::2, ::2].contiguous()
-        occlusion_default("vgg16", vgg, x112, args.repeat)
-        lime_default("resnet18", r18, x112, args.repeat)
-        kernel_shap_default("resnet18", r18, x112, args.repeat)
+        if "occlusion" in only:
+            occlusion_default("resnet18", r18, x224, args.repeat)
+            vgg = cs.load_model(torchvision.models.vgg16(weights=None).eval(), preprocessing="imagenet")
+            occlusion_default("vgg16", vgg, x112, args.repeat)
+        if "lime" in only:
+            lime_default("resnet18", r18, x112, args.repeat, pairs=2, ladder=(1, 2))
+        if "kernel_shap" in only:
+            kernel_shap_default("resnet18", r18, x112, args.repeat)
     write(Path(args.out), args, time.perf_counter() - start)
 
 

@@ -631,8 +631,8 @@ def test_sampling_methods_stop_when_stable_by_default_and_run_everything_without
     e = cs.explain(cue_model, x, method=name, **opts)
     d = e.diagnostics
     assert d["n_samples"][0] <= 600 and -1 <= d["reliability"][0] <= 1
-    if d["n_samples"][0] < 600:  # stopped early: by the default rule
-        assert d["stability"][0] >= 0.99
+    if d["n_samples"][0] < 600:  # stopped early: by the default rule (LIME's: split-half, 0.9)
+        assert d["reliability"][0] >= 0.9 if name == "lime" else d["stability"][0] >= 0.99
     for off in (None, 0):
         full = cs.explain(cue_model, x, method=name, converge=off, **opts)
         assert full.diagnostics["n_samples"][0] == 600

@@ -1,7 +1,8 @@
 """Helpers shared by the methods that evaluate the model on many derived inputs of each image:
 SmoothGrad's noisy copies and integrated gradients' path points (:func:`row_chunks`), and the
-random draws of the sampling perturbation methods (:func:`rise_masks`, :func:`coalition_samples`
-for LIME, :func:`shapley_samples` for Kernel SHAP). Everything random takes an explicit
+random draws of the sampling perturbation methods (:func:`rise_masks`, :func:`lime_image_samples`
+for LIME on images, :func:`coalition_samples` for LIME on text, :func:`shapley_samples` for Kernel
+SHAP). Everything random takes an explicit
 ``torch.Generator``.
 
 The derived inputs of image ``b`` are rows ``b * n ... b * n + n - 1`` of a virtual (B * n) batch
@@ -23,8 +24,8 @@ from ..models.forward import chunked_outputs
 from ..targets import ResolvedTarget
 from ._base import MethodContext
 
-__all__ = ["clean_logits", "coalition_samples", "rise_masks", "row_chunks", "rows_target",
-           "shapley_samples"]
+__all__ = ["clean_logits", "coalition_samples", "lime_image_samples", "rise_masks", "row_chunks",
+           "rows_target", "shapley_samples"]
 
 
 def clean_logits(ctx: MethodContext, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,6 +92,26 @@ def coalition_samples(n: int, d: int, generator: torch.Generator) -> torch.Tenso
     if n > 1:
         k = torch.randint(1, d + 1, (n - 1,), generator=generator)
         z[1:] = (~_members(k, d, generator)).float()  # the k lowest-ranked features are hidden
+    return z
+
+
+def lime_image_samples(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    """LIME's samples over ``d`` image segments, as the lime package's ``LimeImageExplainer``
+    draws them: each segment shown with probability 1/2, independently; the first sample shows
+    everything. Drawn in complementary pairs (variance reduction, the estimand unchanged): samples
+    ``2i + 1`` and ``2i + 2`` are ``z`` and ``1 - z``, which are equally likely under the
+    independent halves, so every sample is still marginally a fair coin per segment; in a pair
+    the effect of every even-order interaction of segments on a weight's error cancels up to the
+    pair's kernel weights.
+
+    Shape:
+        returns (n, d) float in {0, 1}.
+    """
+    z = torch.ones(n, d)
+    if n > 1:
+        half = (torch.rand((n - 1 + 1) // 2, d, generator=generator) < 0.5).float()
+        pairs = torch.stack([half, 1 - half], 1).reshape(-1, d)  # z0, 1-z0, z1, 1-z1, ...
+        z[1:] = pairs[: n - 1]
     return z
 
 

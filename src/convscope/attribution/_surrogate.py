@@ -16,7 +16,11 @@ from .._validate import ints, reals
 from ..errors import InputError
 from ..perturb import Convergence
 
-__all__ = ["CONVERGE_RANGES", "lime_weights", "shap_solve", "split_fit", "until_stable", "weighted_ridge"]
+__all__ = ["CONVERGE_RANGES", "RULES", "lime_weights", "pair_halves", "ranks", "shap_solve", "split_fit",
+           "until_stable", "weighted_ridge"]
+
+#: the stopping rules of :func:`until_stable`
+RULES = ("successive", "split_half")
 
 #: registry ranges of the stopping rule's options (0 for ``converge``: use every sample)
 CONVERGE_RANGES = {"converge": reals(0, 1, hi_open=True), "check_every": ints(1)}
@@ -33,47 +37,83 @@ def until_stable(
     estimate: Callable[[E], torch.Tensor],
     halves: Callable[[E], tuple[torch.Tensor, torch.Tensor]],
     first: int = 2,
+    rule: str = "successive",
 ) -> tuple[E, int, Convergence]:
     """Draw samples in rounds until the estimate is stable or ``n`` samples are used.
 
     Args:
         n: the most samples.
         check_every: samples per round (one stability check per round).
-        converge: the tolerance of :class:`~convscope.perturb.Convergence` (``None`` or 0: run
-            all ``n``).
+        converge: the tolerance (``None`` or 0: run all ``n``): with ``rule="successive"`` the
+            tolerance of :class:`~convscope.perturb.Convergence` (stop once two successive
+            estimates correlate at ``1 - converge``); with ``rule="split_half"`` stop once the
+            predicted run-to-run correlation (``Convergence.reliability``, from ``halves``)
+            reaches ``1 - converge``.
         step: ``step(start, stop)`` evaluates samples ``start .. stop-1`` and returns the
             estimate from samples ``0 .. stop-1``.
         estimate: the tensor of a step's result whose change between checks is the stopping rule.
         halves: the estimates of a step's result from its even and its odd samples, whose
             agreement predicts the run-to-run correlation (``Convergence.reliability``).
         first: no check before this many samples.
+        rule: ``"successive"`` or ``"split_half"`` (above).
 
     Returns:
         (the last step's result, samples used, the convergence record).
     """
     if n < 1 or check_every < 1:
         raise InputError(f"need at least one sample and check_every >= 1, got {n} and {check_every}")
-    conv = Convergence(converge)
+    if rule not in RULES:
+        raise InputError(f"unknown stopping rule {rule!r}; use one of {', '.join(RULES)}")
+    split = rule == "split_half"
+    conv = Convergence(None if split else converge)
+    target = 1 - (converge or 1)  # split_half: the reliability to reach (converge 0/None: never)
     done = 0
     out: Any = None
     while done < n:
         stop = min(n, done + check_every)
         out = step(done, stop)
         done = stop
-        if done >= first and conv.update(estimate(out), halves(out)) and done < n:
-            break
+        if done >= first:
+            stable = conv.update(estimate(out), halves(out))
+            if split and converge:
+                stable = conv.converged = conv.reliability >= target
+            if stable and done < n:
+                break
     return out, done, conv
 
 
-def split_fit(fit: Callable[..., E], *data: torch.Tensor) -> tuple[E, E, E]:
+def ranks(t: torch.Tensor) -> torch.Tensor:
+    """Ranks of a 1-D tensor (ties averaged), so that a Pearson correlation of ranks is
+    Spearman's rank correlation."""
+    from scipy.stats import rankdata  # type: ignore[import-untyped]
+
+    return torch.from_numpy(rankdata(t.detach().cpu().double().numpy()))
+
+
+def split_fit(fit: Callable[..., E], *data: torch.Tensor,
+              halves: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[E, E, E]:
     """``fit`` on all samples, on the even ones and on the odd ones (the halves of
     :func:`until_stable`).
 
     Args:
         fit: ``fit(*data)`` -> an estimate.
         *data: per-sample tensors (coalitions, scores, weights), split alike along dim 0.
+        halves: the sample indices of the two halves instead of even / odd (e.g. whole
+            complementary pairs, :func:`pair_halves`).
     """
-    return fit(*data), fit(*(d[0::2] for d in data)), fit(*(d[1::2] for d in data))
+    if halves is None:
+        return fit(*data), fit(*(d[0::2] for d in data)), fit(*(d[1::2] for d in data))
+    return fit(*data), fit(*(d[halves[0]] for d in data)), fit(*(d[halves[1]] for d in data))
+
+
+def pair_halves(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The halves of :func:`._sampling.lime_image_samples`' first ``n`` samples: the first
+    sample (all shown, not random) in both, and the complementary pairs ``(2i + 1, 2i + 2)``
+    alternately in one and the other, so that no pair is split."""
+    i = torch.arange(1, n)
+    pair = (i - 1) // 2
+    zero = torch.zeros(1, dtype=torch.long)
+    return torch.cat([zero, i[pair % 2 == 0]]), torch.cat([zero, i[pair % 2 == 1]])
 
 
 def lime_weights(z: torch.Tensor, kernel_width: float, scale: float = 1.0) -> torch.Tensor:

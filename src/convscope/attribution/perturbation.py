@@ -20,10 +20,12 @@ draws for every image of a batch, so a result does not depend on where an image 
 batch or on ``eval_batch_size``.
 
 What ran is in ``diagnostics["engine"]`` (``incremental``, ``channels_last``, ``batch_size``,
-``compile``). RISE, LIME and Kernel SHAP stop sampling once the estimate is stable
-(``converge``, default :data:`convscope.perturb.DEFAULT_CONVERGE`; ``None`` or 0 uses every
-sample); ``diagnostics["stability"]`` holds the last correlation of two successive estimates,
-``diagnostics["n_samples"]`` the samples used.
+``compile``). RISE and Kernel SHAP stop sampling once the estimate is stable (``converge``,
+default :data:`convscope.perturb.DEFAULT_CONVERGE`; ``None`` or 0 uses every sample), LIME once
+the predicted seed-to-seed rank correlation of its weights reaches ``1 - converge`` (default
+:data:`.lime.LIME_CONVERGE`); ``diagnostics["stability"]`` holds the last correlation of two
+successive estimates, ``diagnostics["reliability"]`` the split-half prediction of two runs'
+correlation, ``diagnostics["n_samples"]`` the samples used.
 """
 
 from .kernel_shap import kernel_shap

@@ -18,7 +18,7 @@ from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
 from ._base import MethodContext
 from ._engine import ENGINE_CHOICES, ENGINE_RANGES, SCORES
-from ._surrogate import CONVERGE_RANGES, split_fit, until_stable
+from ._surrogate import CONVERGE_RANGES, ranks, split_fit, until_stable
 
 __all__ = ["SEGMENT_CHOICES", "SEGMENT_RANGES", "SegmentFit", "fit_segments", "hidden", "segment",
            "segment_make", "segments_for"]
@@ -145,6 +145,11 @@ def segment_make(xb: torch.Tensor, hid: torch.Tensor, seg: torch.Tensor, z: torc
     return make
 
 
+def _keys(z: torch.Tensor) -> list[bytes]:
+    """Hashable keys of coalitions (n, d) in {0, 1}, one per row."""
+    return [r.tobytes() for r in np.packbits(z.cpu().numpy() > 0.5, axis=1)]
+
+
 @dataclass
 class SegmentFit:
     """One image's sampled surrogate over its segments (see :func:`fit_segments`).
@@ -178,9 +183,15 @@ def fit_segments(
     draw: Callable[[int, torch.Generator], torch.Tensor],
     fit: Callable[[SegmentFit, torch.Tensor, torch.Tensor], E],
     estimate: Callable[[E], torch.Tensor] = lambda e: e,  # type: ignore[assignment,return-value]
+    rule: str = "successive",
+    halves: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[SegmentFit]:
     """The per-image loop of LIME and Kernel SHAP: segment each image, draw coalitions, evaluate
     them on the engine in rounds and refit until stable (:func:`._surrogate.until_stable`).
+
+    A coalition is evaluated once: a repeated one (in a round or from an earlier round) reuses
+    its score, and the all-shown coalition takes the clean pass's score (the model is assumed
+    deterministic, as everywhere in convscope).
 
     Args:
         run: the engine run (:class:`._engine.Run`).
@@ -194,7 +205,12 @@ def fit_segments(
         fit: ``fit(image, z, y)`` -> the estimate from coalitions ``z`` and their scores ``y``.
         estimate: the tensor of a fit whose stability is checked (its even-sample and odd-sample
             fits give the reliability, :func:`._surrogate.until_stable`).
+        rule: the stopping rule of :func:`._surrogate.until_stable`; with ``"split_half"`` the
+            halves' estimates are compared by rank (the reliability is then a predicted Spearman
+            rank correlation of two runs).
+        halves: ``halves(n)`` -> the sample indices of the two halves (default even / odd).
     """
+    by_rank = rule == "split_half"
     out = []
     for b in range(ctx.x.shape[0]):
         xb = ctx.x[b]
@@ -202,17 +218,28 @@ def fit_segments(
         d = int(seg.max()) + 1
         img = SegmentFit(b, seg, hidden(ctx, xb, seg, d, hide), run.scorer(b, score))
         z = draw(d, torch.Generator().manual_seed(ctx.seed))
-        make = segment_make(xb, img.hidden, seg, z)
+        seen = {_keys(torch.ones(1, d))[0]: float(img.score(run.logits[b:b + 1])[0])}
         ys: list[torch.Tensor] = []
 
-        def step(a: int, e: int, img: SegmentFit = img, z: torch.Tensor = z, make: Any = make,
-                 ys: list[torch.Tensor] = ys) -> tuple[E, E, E]:
-            ys.append(run.evaluate_rows(make, a, e, img.score))
-            return split_fit(lambda z_, y_, img=img: fit(img, z_, y_), z[:e], torch.cat(ys))
+        def step(a: int, e: int, img: SegmentFit = img, z: torch.Tensor = z, ys: list[torch.Tensor] = ys,
+                 seen: dict[bytes, float] = seen, xb: torch.Tensor = xb) -> tuple[E, E, E]:
+            keys = _keys(z[a:e])
+            new = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in seen}.items())
+            if new:
+                rows = z[a:e][torch.tensor([i for _, i in new])]
+                y = run.evaluate(segment_make(xb, img.hidden, img.seg, rows), len(new), img.score).cpu()
+                seen.update(zip([k for k, _ in new], y.tolist(), strict=True))
+            ys.append(torch.tensor([seen[k] for k in keys]))
+            return split_fit(lambda z_, y_, img=img: fit(img, z_, y_), z[:e], torch.cat(ys),
+                             halves=None if halves is None else halves(e))
+
+        def both(f: tuple[E, E, E]) -> tuple[torch.Tensor, torch.Tensor]:
+            h = estimate(f[1]), estimate(f[2])
+            return (ranks(h[0]), ranks(h[1])) if by_rank else h
 
         fits, img.n_samples, conv = until_stable(n_samples, check_every, converge, step,
-                                                 estimate=lambda f: estimate(f[0]),
-                                                 halves=lambda f: (estimate(f[1]), estimate(f[2])), first=4)
+                                                 estimate=lambda f: estimate(f[0]), halves=both, first=4,
+                                                 rule=rule)
         img.result, img.stability, img.reliability = fits[0], conv.stability, conv.reliability
         out.append(img)
     return out

@@ -35,6 +35,7 @@ from ..errors import InputError
 from ..perturb import Predictor, as_predict, auto_batch_size, evaluate
 from ._base import MethodContext, MethodOutput
 from ._options import with_options
+from ._shared import clean_outputs
 
 __all__ = ["ENGINE_CHOICES", "ENGINE_RANGES", "PROBE_GAIN", "PROBE_MIN_EVALS", "SCORES", "Engine",
            "Run", "scorer", "with_engine"]
@@ -193,8 +194,11 @@ class Engine:
         black = ctx.predict is not None
         fn = predictor.pop("fn", ctx.predict if black else ctx.model)
         sample = predictor.pop("sample", ctx.x[:1])
+        whole_model = fn is ctx.model and not black
         pred, bs, cl = self.predictor(fn, sample, n_evals, black_box=black, **predictor)
-        if logits is None:
+        if logits is None and whole_model:  # the facade's clean pass, shared with other methods
+            logits = clean_outputs(ctx.model, ctx.x, ctx.batch_size)  # type: ignore[arg-type]
+        elif logits is None:
             with torch.no_grad():
                 logits = torch.cat([pred(ctx.x[r]) for r in ctx.chunks()])
         t = ctx.resolve(logits)

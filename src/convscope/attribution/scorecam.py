@@ -29,6 +29,7 @@ from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
 from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
+from ._cam_engine import layer_pass
 from ._engine import ENGINE_CHOICES, ENGINE_RANGES, Engine, with_engine
 from ._incremental import layer_tail
 
@@ -45,20 +46,19 @@ def _one_layer(ctx: MethodContext, name: str) -> str:
 
 
 def _activations(ctx: MethodContext, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    assert ctx.model is not None
+    """The layer's activations and the outputs, chunk by chunk: the CAM engine's pass without
+    gradients (:func:`~._cam_engine.layer_pass`, shared with CAM and Eigen-CAM in a report)."""
     acts, logits = [], []
-    with capture(ctx.model, layer) as cap:
-        for r in ctx.chunks():
-            cap.reset()
-            with torch.no_grad():
-                logits.append(ctx.model(ctx.x[r]))
-            a = cap.activation(layer)
-            if a.ndim != 4:
-                raise MethodError(
-                    f"layer {layer!r} gives a {a.ndim}-D output {tuple(a.shape)}; Score-CAM and "
-                    "Ablation-CAM need a (B, C, h, w) convolutional layer"
-                )
-            acts.append(a.detach())
+    for r in ctx.chunks():
+        p = layer_pass(ctx, r, need_grad=False)
+        a = p.acts[0]
+        if a.ndim != 4:
+            raise MethodError(
+                f"layer {layer!r} gives a {a.ndim}-D output {tuple(a.shape)}; Score-CAM and "
+                "Ablation-CAM need a (B, C, h, w) convolutional layer"
+            )
+        acts.append(a)
+        logits.append(p.out)
     return torch.cat(acts), torch.cat(logits)
 
 

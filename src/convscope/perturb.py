@@ -59,10 +59,11 @@ __all__ = [
     "is_black_box",
 ]
 
-#: The sampling methods' default stopping rule (RISE, LIME, Kernel SHAP, LIME for text): every
-#: ``check_every`` samples, stop once the estimate correlates with the previous check's at
-#: ``1 - 0.01`` or more (:class:`Convergence`); ``n_samples`` is then the maximum.
-#: ``converge=None`` (or 0) runs all ``n_samples``.
+#: The default stopping rule of RISE, Kernel SHAP and LIME for text: every ``check_every``
+#: samples, stop once the estimate correlates with the previous check's at ``1 - 0.01`` or more
+#: (:class:`Convergence`); ``n_samples`` is then the maximum. ``converge=None`` (or 0) runs all
+#: ``n_samples``. LIME for images stops on its split-half rank rule instead
+#: (:data:`convscope.attribution.lime.LIME_CONVERGE`).
 DEFAULT_CONVERGE = 0.01
 
 #: names that moved to the methods' modules, still importable from here (PEP 562)

@@ -271,12 +271,6 @@ class Run:
         return evaluate(predict or self.predict, make, n, score, batch_size=self.batch_size,
                         progress=self.engine.progress, desc=self.desc)
 
-    def evaluate_rows(self, make: Callable[[int, int], Any], start: int, stop: int,
-                      score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Scores of rows ``start .. stop-1`` of a virtual batch ``make(a, b)`` (one round of a
-        sampling method), on the CPU."""
-        return self.evaluate(lambda a, b: make(start + a, start + b), stop - start, score).cpu()
-
     def info(self) -> dict[str, Any]:
         """What ran: ``{"incremental", "channels_last", "batch_size", "compile"}``."""
         comp = self.engine.compile

@@ -127,7 +127,8 @@ class Progress:
             (self._root or self)._redraw()
 
     def _label(self) -> str:
-        return f"{self.desc} {self.done}/{self.total}" + (f": {self.note}" if self.note else "")
+        count = f" {self.done}/{self.total}" if self.total > 1 else ""  # a one-step job: its name
+        return f"{self.desc}{count}" + (f": {self.note}" if self.note else "")
 
     def _status(self) -> str:
         return " · ".join(s for s in [self.note] + [p._label() for p in self._inner] if s)

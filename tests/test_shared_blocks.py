@@ -104,6 +104,18 @@ def test_top_classes_and_text_targets_are_one_definition_for_report_serve_and_cl
         (0, "a", pytest.approx(0.1))]
     assert top_k(probs.tolist(), ["a", "b", "c", "d", "e"], 2) == [("b", pytest.approx(0.3)),
                                                                    ("c", pytest.approx(0.3))]
-    assert [parse_target(v) for v in (None, " ", "3", "-1", "cat", "top2", "a-vs-b")] == [
-        None, None, 3, -1, "cat", "top2", "a-vs-b"]
+    assert [parse_target(v) for v in (None, " ", "3", "-1", "cat", "top2", "a-vs-b", "--1", "²")] == [
+        None, None, 3, -1, "cat", "top2", "a-vs-b", "--1", "²"]  # not digits: a name, never a crash
     assert _common.parse_target is parse_target and engine.parse_target is parse_target
+
+
+def test_option_groups_name_the_function_on_an_unknown_keyword():
+    from convscope.jobs.batch import JobOptions, run_batch
+
+    with pytest.raises(TypeError, match=r"^run_batch\(\) got an unexpected keyword argument 'chunksize'$"):
+        run_batch("digits-cnn", torch.zeros(2, 1, 28, 28), "/tmp/never-written", chunksize=2)
+    with pytest.raises(TypeError, match=r"^top_activations\(\) got an unexpected keyword argument"):
+        cs.top_activations("digits-cnn", torch.zeros(2, 1, 28, 28), "features.0", batchsize=2)
+    from convscope._validate import option_group
+
+    assert option_group(JobOptions, "f", {"seed": 3}, seed=1, limit=5).seed == 3  # given over defaults

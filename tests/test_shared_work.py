@@ -229,3 +229,31 @@ def test_a_pass_with_gradients_serves_cam_and_eigencam(net_lm, images):
     _, shared, n_shared = _run(net_lm, images, names, share=True)
     _assert_same(plain, shared)
     assert (n_plain, n_shared) == (4, 2)  # clean logits + one pass each; clean logits + one pass
+
+
+def test_replaced_weights_buffers_and_submodules_are_a_new_model(images):
+    """What an in-place version counter does not see: a replaced ``.data``, a buffer updated in
+    place, a replaced submodule. Each gives the map a fresh call outside the block gives."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 20}, class_names=["a", "b", "c"])
+
+    def changes():
+        yield lambda: setattr(net[0].weight, "data", net[0].weight.data * 2)
+        yield lambda: net[1].running_var.mul_(9)
+        yield lambda: net.__setitem__(5, nn.Linear(4, 3))
+
+    with shared_work() as memo:
+        cs.explain(lm, images, method="saliency", target=0)
+        for change in changes():
+            change()
+            token = _MEMO.set(None)  # the control: the same call with no memo in reach
+            try:
+                fresh = cs.explain(lm, images, method="saliency", target=0).map
+            finally:
+                _MEMO.reset(token)
+            hits = memo.hits
+            got = cs.explain(lm, images, method="saliency", target=0).map
+            assert memo.hits == hits  # nothing served from before the change
+            assert torch.equal(got, fresh)

@@ -9,6 +9,7 @@ description of one method option (type, default, range, choices, doc) that forms
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
@@ -17,11 +18,25 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InputError
 
-__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "option_specs", "reals"]
+_G = TypeVar("_G")
+
+__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "option_group", "option_specs",
+           "reals"]
+
+
+def option_group(cls: type[_G], func: str, given: Mapping[str, Any], **defaults: Any) -> _G:
+    """``cls(**defaults, **given)`` for an option group (a dataclass of keyword options that a
+    function takes through ``**options``); an unknown name raises the ``TypeError`` Python gives
+    for a keyword argument the function lacks, naming ``func``, not the dataclass."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"{func}() got an unexpected keyword argument {unknown[0]!r}")
+    return cls(**{**defaults, **given})
 
 
 def _num(v: float) -> str:

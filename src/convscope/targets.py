@@ -112,7 +112,7 @@ def parse_target(value: str | None) -> Any:
     if value is None or str(value).strip() == "":
         return None
     v = str(value).strip()
-    return int(v) if v.lstrip("-").isdigit() else v
+    return int(v) if re.fullmatch(r"-?[0-9]+", v) else v
 
 
 def top_classes(

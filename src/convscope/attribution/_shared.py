@@ -10,8 +10,10 @@ method that asks for it again; outside, :func:`shared` just computes (nothing ch
 
 A value is stored under everything that determines it:
 
-* the model, by identity (the memo holds a reference, so the identity cannot be reused), and the
-  version counters of its parameters (an in-place weight update is a new model);
+* the model, by identity (the memo holds a reference, so the identity cannot be reused), its
+  training flag, and each parameter's and buffer's identity, storage and version counter (an
+  in-place weight update, a replaced ``.data``, new BatchNorm statistics or a replaced submodule
+  is a new model);
 * the input batch, by content: methods get a private copy of the caller's images, so two calls
   on the same images hold equal tensors, never the same one. The first batch with given shape,
   dtype, device and values is kept (a copy, which nothing else can modify) and every later equal
@@ -51,17 +53,24 @@ class _Memo:
     def __init__(self) -> None:
         self.values: dict[Hashable, Any] = {}
         self.models: list[Any] = []
+        self.tensors: dict[int, torch.Tensor] = {}  # every parameter and buffer a key names
         self.inputs: list[torch.Tensor] = []
         self.hits = 0
         self.misses = 0
 
-    def model_key(self, model: Any) -> tuple[int, tuple[int, ...]]:
+    def model_key(self, model: Any) -> tuple[Hashable, ...]:
+        """The model's number in this memo, its training flag, and for each parameter and buffer
+        its identity, storage and version: an in-place update, a replaced ``.data``, buffer or
+        submodule all make a new key. The tensors are kept, so their identities are not reused."""
         i = next((i for i, m in enumerate(self.models) if m is model), None)
         if i is None:
             self.models.append(model)
             i = len(self.models) - 1
-        params = model.parameters() if isinstance(model, nn.Module) else ()
-        return i, tuple(p._version for p in params)
+        if not isinstance(model, nn.Module):
+            return (i,)
+        state = list(model.parameters()) + list(model.buffers())
+        self.tensors.update((id(t), t) for t in state)
+        return (i, model.training, tuple((id(t), t.data_ptr(), t._version) for t in state))
 
     def input_key(self, x: torch.Tensor) -> int:
         for i, t in enumerate(self.inputs):

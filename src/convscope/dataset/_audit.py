@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._validate import Range, ints, reals
+from .._validate import Range, ints, option_group, reals
 from ..errors import InputError
 from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
@@ -235,7 +235,7 @@ def audit(
 
     own = {f.name for f in fields(AuditSettings)}
     cfg = AuditSettings(**{n: v for n, v in settings.items() if n in own})
-    job = JobOptions(**{n: v for n, v in settings.items() if n not in own})
+    job = option_group(JobOptions, "audit", {n: v for n, v in settings.items() if n not in own})
     if cfg.embedding == "umap":
         project(np.zeros((3, 2)), "umap")  # a missing umap-learn fails here, before the maps
     info = get_method(method)

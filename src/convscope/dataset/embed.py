@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .._result import Result
+from .._validate import option_group
 from ..errors import InputError
 from ..results import png_bytes
 from ._grid import font, to_pil
@@ -161,7 +162,7 @@ def embed(
     """
     if method not in EMBED_METHODS:
         raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
-    st = Pooling(**pooling)  # checked even when ``features`` are given
+    st = option_group(Pooling, "embed", pooling)  # checked even when ``features`` are given
     if features is None:
         features = pooled(st, *st.open(model, data, layer))
     coords = project(features.features.numpy(), method, seed=seed, perplexity=perplexity)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .._result import Result
+from .._validate import option_group
 from ..errors import InputError
 from ..hooks import state_guard
 from ..models import LoadedModel
@@ -79,7 +80,7 @@ def layer_features(
         **pooling: the fields of :class:`Pooling`: ``pool`` (``"avg"`` or ``"max"`` over positions)
             and how the data is read (``batch_size``, ``num_workers``, ``limit``, ``device``).
     """
-    st = Pooling(**pooling)
+    st = option_group(Pooling, "layer_features", pooling)
     return pooled(st, *st.open(model, data, layer))
 
 
@@ -183,7 +184,7 @@ def nearest_neighbors(
     """
     if metric not in ("cosine", "l2"):
         raise InputError(f"unknown metric {metric!r}; use cosine or l2")
-    st = Pooling(**pooling)
+    st = option_group(Pooling, "nearest_neighbors", pooling)
     lm, src, name = st.open(model, data, layer)
     if features is None:
         features = pooled(st, lm, src, name)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from .._result import Result
+from .._validate import option_group
 from ..errors import InputError, MethodError
 from ..results import png_bytes
 from ._grid import PAD_GRAY, draw_box, grid
@@ -223,7 +224,7 @@ def top_activations(
     Returns:
         A :class:`TopActivations` (memory: k entries per channel, independent of the data set size).
     """
-    st = Streaming(**stream)
+    st = option_group(Streaming, "top_activations", stream)
     lm, src, name = st.open(model, data, layer)
     top = RunningTopK(k)
     for act, _y, idx in st.activations(lm, src, name):

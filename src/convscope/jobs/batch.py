@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .._result import jsonable
+from .._validate import option_group
 from ..errors import InputError, MethodError
 from ..models import LoadedModel, load_model
 from .store import FORMAT, BatchStore, create_store, open_store
@@ -378,7 +379,7 @@ def run_batch(
     from ..hooks import resolve_layers
     from ..registry import get_method
 
-    o = JobOptions(**job)
+    o = option_group(JobOptions, "run_batch", job)
     info = get_method(method)
     options = dict(options or {})
     from ..api import check_options

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validate import check_values, ints, reals
+from .._validate import check_values, ints, option_group, reals
 from ..errors import InputError, MethodError
 from ..hooks import capture
 from ..models import LoadedModel, Preprocessing
@@ -81,10 +81,7 @@ class Settings:
     def of(cls, task: str, given: Mapping[str, Any], **defaults: Any) -> Settings:
         """The settings of ``task`` from its keyword arguments ``given`` over its ``defaults``;
         ``TypeError`` (as for any keyword argument a function lacks) on an unknown name."""
-        unknown = sorted(set(given) - {f.name for f in fields(cls)})
-        if unknown:
-            raise TypeError(f"{task}() got an unexpected keyword argument {unknown[0]!r}")
-        return cls(**{**defaults, **given})
+        return option_group(cls, task, given, **defaults)
 
     def options(self) -> dict[str, Any]:
         """The settings a result records: all but how inputs are read and progress is shown."""

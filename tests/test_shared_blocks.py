@@ -119,3 +119,31 @@ def test_option_groups_name_the_function_on_an_unknown_keyword():
     from convscope._validate import option_group
 
     assert option_group(JobOptions, "f", {"seed": 3}, seed=1, limit=5).seed == 3  # given over defaults
+
+
+def test_option_groups_show_in_the_signatures_of_the_functions_that_take_them():
+    """help() and notebooks list the options a function takes through an option group, with the
+    defaults the function really uses, and the names shown are exactly the names accepted."""
+    import dataclasses
+    import inspect
+
+    from convscope.dataset._audit import AuditSettings
+    from convscope.dataset._stream import Streaming
+    from convscope.dataset.neighbors import Pooling, layer_features
+    from convscope.jobs.batch import JobOptions, run_batch
+    from convscope.synthesis._features import Settings
+
+    cases = [(cs.invert, [Settings]), (cs.inversion_strip, [Settings]), (cs.texture, [Settings]),
+             (cs.style_transfer, [Settings]), (cs.top_activations, [Streaming]),
+             (layer_features, [Pooling]), (cs.nearest_neighbors, [Pooling]), (cs.embed, [Pooling]),
+             (cs.audit, [AuditSettings, JobOptions]), (run_batch, [JobOptions])]
+    for func, groups in cases:
+        params = inspect.signature(func).parameters
+        assert all(p.kind is not p.VAR_KEYWORD for p in params.values()), func.__name__
+        kw = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        assert {f.name for g in groups for f in dataclasses.fields(g)} <= kw, func.__name__
+    # the defaults shown are the task's own, as the call applies them
+    assert inspect.signature(cs.invert).parameters["steps"].default == 200
+    assert inspect.signature(cs.texture).parameters["steps"].default == 300
+    assert inspect.signature(cs.style_transfer).parameters["lr"].default == 0.03
+    assert Settings.of("style_transfer", {}, lr=0.03).lr == 0.03

@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 from .errors import InputError
 
 _G = TypeVar("_G")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "option_group", "option_specs",
-           "reals"]
+           "reals", "shows_options"]
 
 
 def option_group(cls: type[_G], func: str, given: Mapping[str, Any], **defaults: Any) -> _G:
@@ -37,6 +38,38 @@ def option_group(cls: type[_G], func: str, given: Mapping[str, Any], **defaults:
     if unknown:
         raise TypeError(f"{func}() got an unexpected keyword argument {unknown[0]!r}")
     return cls(**{**defaults, **given})
+
+
+def shows_options(*groups: type, **defaults: Any) -> Callable[[_F], _F]:
+    """Show the fields of the option groups a function takes through ``**options`` (see
+    :func:`option_group`) in its signature, as keyword-only parameters with their defaults
+    (``defaults``: the function's own, where they differ) and types, so ``help()``, notebooks and
+    ``inspect.signature`` list them. The call itself is unchanged."""
+
+    def deco(func: _F) -> _F:
+        sig = inspect.signature(func)
+        taken = set(sig.parameters)
+        shown: list[inspect.Parameter] = []
+        for group in groups:
+            for f in dataclasses.fields(group):  # type: ignore[arg-type]
+                if f.name in taken:
+                    continue
+                taken.add(f.name)
+                if f.name in defaults:
+                    default = defaults[f.name]
+                elif f.default is not dataclasses.MISSING:
+                    default = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    default = f.default_factory()
+                else:
+                    default = inspect.Parameter.empty
+                shown.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                               annotation=f.type))
+        params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        func.__signature__ = sig.replace(parameters=params + shown)  # type: ignore[attr-defined]
+        return func
+
+    return deco
 
 
 def _num(v: float) -> str:

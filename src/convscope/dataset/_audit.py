@@ -59,8 +59,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._validate import Range, ints, option_group, reals
+from .._validate import Range, ints, option_group, reals, shows_options
 from ..errors import InputError
+from ..jobs.batch import JobOptions
 from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
 
@@ -165,6 +166,7 @@ def _downsize(maps: np.ndarray, size: int) -> np.ndarray:
     return (small / small.sum((1, 2), keepdim=True).clamp(min=1e-30)).numpy()
 
 
+@shows_options(AuditSettings, JobOptions)
 def audit(
     model: Any,
     data: Any,
@@ -225,7 +227,7 @@ def audit(
 
     from .._progress import Progress
     from ..jobs import run_batch
-    from ..jobs.batch import JobOptions, input_files
+    from ..jobs.batch import input_files
     from ..jobs.store import zarr_module
     from ..models import load_model
     from ..registry import get_method

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .._result import Result
-from .._validate import option_group
+from .._validate import option_group, shows_options
 from ..errors import InputError
 from ..results import png_bytes
 from ._grid import font, to_pil
@@ -140,6 +140,7 @@ class Embedding(LayerView, Result):
                 "labels": self.labels.tolist()}
 
 
+@shows_options(Pooling)
 def embed(
     model: Any,
     data: Any,

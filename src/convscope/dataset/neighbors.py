@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .._result import Result
-from .._validate import option_group
+from .._validate import option_group, shows_options
 from ..errors import InputError
 from ..hooks import state_guard
 from ..models import LoadedModel
@@ -68,6 +68,7 @@ class Pooling(Streaming):
     pool: str = "avg"
 
 
+@shows_options(Pooling)
 def layer_features(
     model: Any,
     data: Any,
@@ -161,6 +162,7 @@ class Neighbors(LayerView, Result):
         return png_bytes(self.grid())
 
 
+@shows_options(Pooling)
 def nearest_neighbors(
     model: Any,
     data: Any,

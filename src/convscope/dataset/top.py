@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .._result import Result
-from .._validate import option_group
+from .._validate import option_group, shows_options
 from ..errors import InputError, MethodError
 from ..results import png_bytes
 from ._grid import PAD_GRAY, draw_box, grid
@@ -202,6 +202,7 @@ class TopActivations(LayerView, Result):
         return png_bytes(self.grid(channels, style=style))
 
 
+@shows_options(Streaming)
 def top_activations(
     model: Any,
     data: Any,

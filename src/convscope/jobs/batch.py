@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._result import jsonable
-from .._validate import option_group
+from .._validate import option_group, shows_options
 from ..errors import InputError, MethodError
 from ..models import LoadedModel, load_model
 from .store import FORMAT, BatchStore, create_store, open_store
@@ -332,6 +332,7 @@ def _run_ray(
             progress(done, store.n_chunks)
 
 
+@shows_options(JobOptions)
 def run_batch(
     model: Any,
     data: Any,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validate import shows_options
 from ..errors import InputError
 from ..hooks import resolve_layers
 from ..image import ImageLike
@@ -79,6 +80,7 @@ def _inverse(lm: LoadedModel, x0: torch.Tensor, layer: str, s: Settings) -> Synt
     )
 
 
+@shows_options(Settings, **_DEFAULTS)
 def invert(
     model: str | nn.Module | LoadedModel,
     image: ImageLike | torch.Tensor,
@@ -111,6 +113,7 @@ def invert(
     return _inverse(lm, x0, name, s)
 
 
+@shows_options(Settings, **_DEFAULTS)
 def inversion_strip(
     model: str | nn.Module | LoadedModel,
     image: ImageLike | torch.Tensor,

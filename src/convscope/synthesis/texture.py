@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import shows_options
 from ..errors import InputError
 from ..hooks import resolve_layers
 from ..image import ImageLike
@@ -106,6 +107,7 @@ def _weights(layers: list[str], weights: Sequence[float] | None) -> list[float]:
     return [float(w) for w in weights]
 
 
+@shows_options(Settings)
 def texture(
     model: str | nn.Module | LoadedModel,
     source: ImageLike | torch.Tensor,
@@ -162,6 +164,7 @@ def texture(
     )
 
 
+@shows_options(Settings, lr=0.03)
 def style_transfer(
     model: str | nn.Module | LoadedModel,
     content: ImageLike | torch.Tensor,

@@ -160,7 +160,10 @@ def test_an_explanation_is_one_bar_on_a_terminal():
         P._REDRAW = 0.0
         convscope.api.BAR_DELAY = 0.0  # the bar at once, so even a quick call shows it
         lm = cs.load_model("digits-cnn")
-        cs.explain(lm, torch.rand(1, 1, 28, 28), method="lime", batch_size=1, n_samples=300)
+        from convscope.datasets import digits
+        x = lm.preprocessing.normalize(digits().split("test")[0][:1])
+        # 49 cells: no two of its 300 samples coincide, so every round evaluates 100 of them
+        cs.explain(lm, x, method="lime", segmentation="grid", cell=4, n_samples=300, converge=None)
     """)
     frames = [f.strip() for f in re.split(r"[\r\n]+", out) if f.strip()]
     assert frames and all(f.startswith("explain lime: ") for f in frames), frames

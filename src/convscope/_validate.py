@@ -25,8 +25,8 @@ from .errors import InputError
 _G = TypeVar("_G")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "option_group", "option_specs",
-           "reals", "shows_options"]
+__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "group_parameters", "option_group",
+           "option_specs", "reals", "shows_options"]
 
 
 def option_group(cls: type[_G], func: str, given: Mapping[str, Any], **defaults: Any) -> _G:
@@ -40,6 +40,30 @@ def option_group(cls: type[_G], func: str, given: Mapping[str, Any], **defaults:
     return cls(**{**defaults, **given})
 
 
+def group_parameters(group: type, kind: inspect._ParameterKind, hints: Mapping[str, Any] | None = None,
+                     **defaults: Any) -> list[inspect.Parameter]:
+    """The fields of the option group ``group`` (a dataclass) as signature parameters of ``kind``:
+    each with ``defaults[name]`` where given, else the field's default, and ``hints[name]`` where
+    given, else the field's type (resolved where it can be)."""
+    try:
+        types_ = typing.get_type_hints(group)
+    except (NameError, TypeError):  # a forward reference only a type checker can resolve
+        types_ = {}
+    out = []
+    for f in dataclasses.fields(group):  # type: ignore[arg-type]
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = inspect.Parameter.empty
+        annotation = (hints or {}).get(f.name, types_.get(f.name, f.type))
+        out.append(inspect.Parameter(f.name, kind, default=default, annotation=annotation))
+    return out
+
+
 def shows_options(*groups: type, **defaults: Any) -> Callable[[_F], _F]:
     """Show the fields of the option groups a function takes through ``**options`` (see
     :func:`option_group`) in its signature, as keyword-only parameters with their defaults
@@ -48,25 +72,14 @@ def shows_options(*groups: type, **defaults: Any) -> Callable[[_F], _F]:
 
     def deco(func: _F) -> _F:
         sig = inspect.signature(func)
-        taken = set(sig.parameters)
-        shown: list[inspect.Parameter] = []
-        for group in groups:
-            for f in dataclasses.fields(group):  # type: ignore[arg-type]
-                if f.name in taken:
-                    continue
-                taken.add(f.name)
-                if f.name in defaults:
-                    default = defaults[f.name]
-                elif f.default is not dataclasses.MISSING:
-                    default = f.default
-                elif f.default_factory is not dataclasses.MISSING:
-                    default = f.default_factory()
-                else:
-                    default = inspect.Parameter.empty
-                shown.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                               annotation=f.type))
         params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        func.__signature__ = sig.replace(parameters=params + shown)  # type: ignore[attr-defined]
+        taken = {p.name for p in params}
+        for group in groups:
+            for q in group_parameters(group, inspect.Parameter.KEYWORD_ONLY, **defaults):
+                if q.name not in taken:
+                    taken.add(q.name)
+                    params.append(q)
+        func.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         return func
 
     return deco

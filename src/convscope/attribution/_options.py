@@ -11,10 +11,8 @@ them as one value. The groups: the engine options (:class:`._engine.Engine`,
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validate import group_parameters
 from ..perturb import DEFAULT_CONVERGE
 from ._base import MethodContext, MethodOutput
 
@@ -47,15 +46,13 @@ def with_options(group: type, param: str, docs: str, hints: dict[str, Any] | Non
         hints: annotations that replace the dataclass's (what the registry reads as the type).
         **defaults: this method's defaults, where they differ from the dataclass's.
     """
-    fields = dataclasses.fields(group)
-    hints = {f.name: h for f, h in zip(fields, _field_types(group, hints), strict=True)}
-    defaults = {f.name: defaults.get(f.name, f.default) for f in fields}
+    own = group_parameters(group, inspect.Parameter.POSITIONAL_OR_KEYWORD, hints, **defaults)
+    hints = {q.name: q.annotation for q in own}
+    defaults = {q.name: q.default for q in own}
     doc_lines = docs.format(**defaults)
 
     def deco(func: Method) -> Method:
         sig = inspect.signature(func)
-        own = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=hints[n])
-               for n, d in defaults.items()]
         params = [q for p in sig.parameters.values() for q in (own if p.name == param else [p])]
         flat = sig.replace(parameters=params)
 
@@ -76,11 +73,6 @@ def with_options(group: type, param: str, docs: str, hints: dict[str, Any] | Non
         return method
 
     return deco
-
-
-def _field_types(group: type, hints: dict[str, Any] | None) -> list[Any]:
-    resolved = typing.get_type_hints(group)
-    return [(hints or {}).get(f.name, resolved[f.name]) for f in dataclasses.fields(group)]
 
 
 @dataclass(frozen=True)

@@ -21,18 +21,9 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..targets import ResolvedTarget
-from ._base import MethodContext
-from ._shared import clean_outputs
 
-__all__ = ["clean_logits", "coalition_samples", "lime_image_samples", "rise_masks", "row_chunks",
+__all__ = ["coalition_samples", "lime_image_samples", "rise_masks", "row_chunks",
            "rows_target", "shapley_samples"]
-
-
-def clean_logits(ctx: MethodContext, x: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of ``x`` (default ``ctx.x``) without gradients, in chunks of ``ctx.batch_size``
-    (computed once per :func:`~convscope.attribution._shared.shared_work` block)."""
-    assert ctx.model is not None
-    return clean_outputs(ctx.model, ctx.x if x is None else x, ctx.batch_size)
 
 
 def row_chunks(n_images: int, n: int, chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

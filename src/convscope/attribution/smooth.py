@@ -38,7 +38,8 @@ from .._validate import ints, reals
 from ..errors import MethodError
 from ..registry import CueClaim, get_method, register
 from ._base import MethodContext, MethodOutput
-from ._sampling import clean_logits, row_chunks, rows_target
+from ._sampling import row_chunks, rows_target
+from ._shared import clean_outputs
 
 __all__ = ["KINDS", "noise_directions", "smooth", "smooth_aggregate"]
 
@@ -105,7 +106,7 @@ def smooth_aggregate(
     x = ctx.x
     b = x.shape[0]
     chunk = int(batch_size or ctx.batch_size)
-    logits = clean_logits(ctx)
+    logits = clean_outputs(ctx.model, ctx.x, ctx.batch_size)  # type: ignore[arg-type]
     resolved = ctx.resolve(logits)
     labels: list[int | None] = resolved.labels() or [None] * b
     eps = noise_directions(n, tuple(x.shape[1:]), ctx.seed if seed is None else int(seed))

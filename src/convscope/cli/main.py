@@ -244,17 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # argparse exits; return its status like every other path
             return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
         func: Callable[[argparse.Namespace], int] = args.func
+        caught: list[warnings.WarningMessage] = []
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", AssumptionWarning)
-                try:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", AssumptionWarning)
                     status = func(args)
-                finally:  # what convscope assumed: one line each on stderr, no source line
-                    for w in caught:
-                        if issubclass(w.category, AssumptionWarning):
-                            print(f"convscope: warning: {w.message}", file=sys.stderr)
-                        else:
-                            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            finally:  # after the recording block: re-emitting inside it would append to `caught`
+                _emit_warnings(caught)
         except ConvscopeError as exc:
             print(f"convscope: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -272,6 +269,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python would flush stdout again at exit
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+
+
+def _emit_warnings(caught: list) -> None:
+    """What convscope assumed: one line each on stderr, no source line; others as Python shows them.
+
+    Called once the recording ``catch_warnings`` block has exited, so a re-emitted warning reaches
+    the real ``warnings.showwarning`` (inside the block it would be appended to the list being
+    read, an endless loop).
+    """
+    import warnings
+
+    from ..errors import AssumptionWarning
+
+    for w in caught:
+        if issubclass(w.category, AssumptionWarning):
+            print(f"convscope: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _os_message(exc: OSError) -> str:

@@ -282,7 +282,12 @@ def _emit_warnings(caught: list) -> None:
 
     from ..errors import AssumptionWarning
 
+    seen: set[tuple] = set()
     for w in caught:
+        key = (str(w.message), w.category, w.filename, w.lineno)
+        if key in seen:  # a warning raised on every forward pass: shown once, as Python's default does
+            continue
+        seen.add(key)
         if issubclass(w.category, AssumptionWarning):
             print(f"convscope: warning: {w.message}", file=sys.stderr)
         else:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._result import jsonable
-from .._validate import option_group, shows_options
+from .._validate import check_device, option_group, shows_options
 from ..errors import InputError, MethodError
 from ..models import LoadedModel, load_model
 from .store import FORMAT, BatchStore, create_store, open_store
@@ -122,13 +122,15 @@ class JobOptions:
         limit: use only the first ``limit`` images of the data.
         engine: ``"local"`` or ``"ray"``.
         num_workers: DataLoader processes reading images (local engine).
-        device: run the model here (``"cuda"`` gives Ray actors one GPU each).
+        device: run the model here (``"cuda"`` gives Ray actors one GPU each); a device this
+            machine lacks is refused when the options are made.
         ray_address: the Ray cluster to connect to (default: the running or auto-started Ray).
         slots: number of Ray actors (default: one per CPU, or per GPU).
         overwrite: replace a store made by a different job.
 
     Raises:
-        InputError: an unknown engine, or a size or limit that is not a positive integer.
+        InputError: an unknown engine, a size or limit that is not a positive integer, or a
+            device that is not one or is not available here.
     """
 
     batch_size: int = 32
@@ -149,6 +151,7 @@ class JobOptions:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        check_device(self.device)
 
 
 @dataclass

@@ -253,7 +253,7 @@ def import_architecture(ref: str, base: Path | None = None, *, trust: bool = Fal
             path = base / path
         if not path.is_file():
             raise ModelLoadError(f"architecture file not found: {path}")
-        module, own = _run_file(path, trust, card)
+        module, own = _run_file(path.resolve(), trust, card)
         where = str(path)
     else:
         top = mod_ref.split(".")[0]

@@ -314,7 +314,8 @@ def recorded_warnings() -> Iterator[list[warnings.WarningMessage]]:
 
 def emit_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
     """What convscope assumed or ran: one line each on stderr, no source line; others as Python
-    shows them.
+    shows them. Each warning is shown once, however often it was raised (a model's forward pass
+    that warns runs many times).
 
     Call it once the recording block (:func:`recorded_warnings`) has exited. The lines are written
     to stderr directly, never through ``warnings.showwarning``: inside a recording block that would
@@ -323,7 +324,12 @@ def emit_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
     """
     from ..errors import AssumptionWarning, CodeWarning
 
+    seen: set[tuple[str, type, str, int]] = set()
     for w in caught:
+        key = (str(w.message), w.category, str(w.filename), int(w.lineno or 0))
+        if key in seen:
+            continue
+        seen.add(key)
         if issubclass(w.category, (AssumptionWarning, CodeWarning)):
             print(f"convscope: warning: {w.message}", file=sys.stderr)
         else:

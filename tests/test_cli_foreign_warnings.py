@@ -143,7 +143,8 @@ def project(tmp_path_factory):
     for c in ("a", "b"):
         (d / "data" / c).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(d / "data" / c / f"{i}.png")
+            arr = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / "data" / c / f"{i}.png")
     return d
 
 
@@ -160,7 +161,8 @@ def _env() -> dict:
 def _check_once(stderr: str, name: str, *, forward: bool = True) -> None:
     for w in (IMPORT_W, TORCH_W) + ((FORWARD_W,) if forward else ()):
         w = f"UserWarning: {w}"  # the warning's line (Python shows the source line after it)
-        assert stderr.count(w) == 1, f"`convscope {name}`: {w!r} shown {stderr.count(w)} times:\n{stderr[-3000:]}"
+        n = stderr.count(w)
+        assert n == 1, f"`convscope {name}`: {w!r} shown {n} times:\n{stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("name", sorted(n for n, a in ARGS.items() if a is not None))

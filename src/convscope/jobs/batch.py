@@ -352,7 +352,9 @@ def run_batch(
 ) -> BatchStore:
     """Run ``method`` over every image of ``data`` and write the maps to a Zarr store at ``out``.
 
-    Starting the same job again resumes it: finished chunks are kept, the rest are computed. A
+    Starting the same job again resumes it: finished chunks are kept once they pass their checksum
+    and their input files are unchanged (:meth:`~convscope.jobs.store.BatchStore.verify`); the
+    rest, and any chunk that fails, are computed. A
     store made by a different job (model, method, options, data, chunking) is refused unless
     ``overwrite``.
 
@@ -412,7 +414,7 @@ def run_batch(
     _check_target(target, logits0, lm, src)  # every input is valid before the store exists
     files = input_files(src)
     data_id = src.describe()
-    if files is not None:  # names here; sizes and times per chunk (stale chunks are recomputed)
+    if files is not None:  # names here; contents per chunk (stale chunks are recomputed)
         data_id.pop("files_sha256", None)
         data_id["names_sha256"] = hashlib.sha256("\0".join(files[1]).encode()).hexdigest()
     n_chunks = math.ceil(n / o.chunk_size)
@@ -474,7 +476,9 @@ def run_batch(
         }
         inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
         store = create_store(path, manifest, shapes, o.chunk_size, inputs)
-    store.reopen(store.stale_chunks())  # chunks whose image files changed are computed again
+    # a resume checks every finished chunk: its data against the SHA-256 in its marker, its image
+    # files against their contents then; a chunk that fails is computed again
+    store.reopen(store.verify())
     pending = store.pending_chunks()
     job = BatchJob(lm, src, method, target, layer, options, o.batch_size, o.seed, str(path), o.chunk_size,
                    device=o.device, fsync=fsync)

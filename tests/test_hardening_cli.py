@@ -56,3 +56,46 @@ def test_visualize_size_too_small(tmp_path):
     r = run("visualize", "--class", "3", "--size", "1", "--steps", "1", "-o", str(out))
     one_line_error(r, "size 1x1", "--size")
     assert not out.exists()
+
+
+def _small_files():
+    """In the child: files may hold at most 2000 bytes; a longer write fails with EFBIG (no signal)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+
+@pytest.mark.parametrize("args,named", [
+    (["explain", "{img}", "-o", "{out}/e.png"], "{out}/e.png"),
+    (["batch", "--limit", "16", "-q", "-o", "{out}/b.zarr"], "{out}/b.zarr/maps"),
+])
+def test_write_error_names_the_file(tmp_path, args, named):
+    """A write that fails (here a file-size limit; "No space left on device" alike) names the file."""
+    from PIL import Image
+
+    img = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(img)
+    out = tmp_path / "out"
+    fill = {"img": str(img), "out": str(out)}
+    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", *[a.format(**fill) for a in args]],
+                       capture_output=True, text=True, env=ENV, timeout=120, preexec_fn=_small_files)
+    one_line_error(r, named.format(**fill))
+    assert not (out / "e.png").exists() and not list(out.glob(".*.part"))
+
+
+def test_atomic_write_names_the_file_on_no_space(tmp_path):
+    import errno
+
+    from convscope._io import atomic_write
+
+    def full(fh):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "report.html"
+    with pytest.raises(OSError) as exc:
+        atomic_write(target, full)
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # no partial file, no temporary file

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write
+from .._io import atomic_write, named_os_error
 from ..errors import InputError
 
 __all__ = ["FORMAT", "BatchStore", "create_store", "files_fingerprint", "open_store"]
@@ -214,7 +214,10 @@ class BatchStore:
             if a.shape[0] != hi - lo:
                 raise InputError(f"chunk {chunk} of {name} has {a.shape[0]} rows, expected {hi - lo}")
             arr = self._array(name)
-            arr[lo:hi] = a
+            try:
+                arr[lo:hi] = a
+            except OSError as exc:  # no space left, a size limit: name the array being written
+                raise named_os_error(exc, self.path / name) from None
             h.update(a.tobytes())
             if fsync:
                 coords = (chunk,) + (0,) * (a.ndim - 1)

@@ -281,60 +281,6 @@ def _run_local(
         job.release()  # the caller's model goes back where it was
 
 
-class _RayChunkWorker:
-    """A Ray actor holding the model; maps batches of chunk ids to their sizes."""
-
-    def __init__(self, job: BatchJob) -> None:
-        self.job = job
-        self.store = open_store(job.store_path)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sizes = [self.job.run_chunk(int(c), self.store) for c in batch["chunk"]]
-        return {"chunk": np.asarray(batch["chunk"]), "size": np.asarray(sizes, dtype=np.int64)}
-
-
-def _run_ray(
-    job: BatchJob,
-    store: BatchStore,
-    pending: list[int],
-    ray_address: str | None,
-    slots: int | None,
-    progress: Progress | None,
-) -> None:
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise InputError("--engine ray needs Ray: pip install 'convscope[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    try:
-        ctx.print_on_execution_start = False
-    except AttributeError:
-        pass
-    gpu = job.device is not None and str(job.device).startswith("cuda")
-    res = ray.cluster_resources()
-    n = slots or max(1, int(res.get("GPU" if gpu else "CPU", 1)))
-    n = max(1, min(n, len(pending)))
-    job.threads = job.threads or 1
-    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=len(pending))
-    out = ds.map_batches(
-        _RayChunkWorker,
-        fn_constructor_args=(job,),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n),
-        num_cpus=0 if gpu else 1,
-        num_gpus=1 if gpu else 0,
-    )
-    done = store.n_chunks - len(pending)
-    for _row in out.iter_rows():
-        done += 1
-        if progress is not None:
-            progress(done, store.n_chunks)
-
-
 @shows_options(JobOptions)
 def run_batch(
     model: Any,
@@ -486,7 +432,9 @@ def run_batch(
         if o.engine == "local":
             _run_local(job, store, pending, o.num_workers, progress)
         else:
-            _run_ray(job, store, pending, o.ray_address, o.slots, progress)
+            from ._ray import run_ray
+
+            run_ray(job, store, pending, o.ray_address, o.slots, progress)
     if not store.complete:
         if not store.finish({"engine": o.engine, "versions": _versions(o.engine)}):
             raise InputError(

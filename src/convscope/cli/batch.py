@@ -30,7 +30,9 @@ def add_job_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     s.add_argument("--engine", choices=["local", "ray"], default="local")
     s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
-    s.add_argument("--device", default=None, help="e.g. cuda; Ray then gives each actor one GPU")
+    s.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps, checked first (default: where the model is); with "
+                   "cuda, Ray gives each actor one GPU")
     s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
     s.add_argument("--slots", type=positive_int, default=None,
                    help="Ray actors (default: one per CPU or GPU)")

@@ -23,7 +23,11 @@ A card is a JSON or YAML file (``.json``, ``.yaml``, ``.yml``)::
     }
 
 Paths are relative to the card's folder. Weights load without unpickling (safetensors, or
-``torch.load(weights_only=True)``). The card must state the preprocessing (a preset or at least
+``torch.load(weights_only=True)``). A card is code, like a pickle: a ``"file.py:Class"`` card runs
+that file, only if it lies inside the current working directory or with ``trust_card=True``
+(``--trust-card``), said once per file (:class:`~convscope.errors.CodeWarning`); a
+``"package.module:Name"`` must name an ``nn.Module`` subclass or a :func:`model_factory` function,
+checked before anything is called (:func:`import_architecture`). The card must state the preprocessing (a preset or at least
 ``input_size``; an ``hf:`` architecture brings its own): a card is where a user says what their
 model expects, so nothing is assumed.
 Other keys (``name``, ``summary``, ``data``, ``metrics``, ...) are kept as the card's metadata;

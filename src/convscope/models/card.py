@@ -28,8 +28,8 @@ that file, only if it lies inside the current working directory or with ``trust_
 (``--trust-card``), said once per file (:class:`~convscope.errors.CodeWarning`); a
 ``"package.module:Name"`` must name an ``nn.Module`` subclass or a :func:`model_factory` function,
 checked before anything is called (:func:`import_architecture`). The card must state the
-preprocessing (a preset or at least ``input_size``; an ``hf:`` architecture brings its own): a card is where a user says what their
-model expects, so nothing is assumed.
+preprocessing (a preset or at least ``input_size``; an ``hf:`` architecture brings its own): a card
+is where a user says what their model expects, so nothing is assumed.
 Other keys (``name``, ``summary``, ``data``, ``metrics``, ...) are kept as the card's metadata;
 a key that looks like a misspelt known key is refused.
 """

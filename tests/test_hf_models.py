@@ -354,7 +354,8 @@ def test_ambiguous_output_is_refused_at_load_and_named_output_works():
         cs.load_model(net, preprocessing={"size": 16}, output="c")
 
 
-def test_card_output_key_and_cli_flag(tmp_path, capsys):
+def test_card_output_key_and_cli_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the user's project: its cards' Python files run (#27)
     src = tmp_path / "net.py"
     src.write_text(
         "import torch\nfrom torch import nn\n\n\n"

@@ -51,7 +51,7 @@ from .featvis import (
 from .grids import Grid, explain_classes, explain_methods
 from .hooks import capture, resolve_layers
 from .image import load_image
-from .models import LoadedModel, Preprocessing, load_model
+from .models import LoadedModel, Preprocessing, load_model, model_factory
 from .registry import MethodInfo, get_method, list_methods, method_names
 from .report import Report, explain_report
 from .results import Explanation
@@ -114,6 +114,7 @@ __all__ = [
     "load_image",
     "load_model",
     "method_names",
+    "model_factory",
     "nearest_neighbors",
     "pgd",
     "resolve_layers",

@@ -10,11 +10,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "json_bytes", "npy_bytes", "save_by_extension"]
+__all__ = ["atomic_write", "json_bytes", "named_os_error", "npy_bytes", "save_by_extension"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it into place."""
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it into place.
+
+    An :class:`OSError` while writing (no space left on device, a file size limit, an I/O error)
+    removes the temporary file and is raised again naming ``path``, so the user learns which
+    file could not be written.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,13 +37,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise named_os_error(exc, path) from None
         raise
     return path
+
+
+def named_os_error(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` again, naming ``path`` (an error from ``write()`` names no file; one from a temporary
+    file names the wrong one)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def npy_bytes(array: Any) -> bytes:

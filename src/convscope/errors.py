@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AssumptionWarning",
+    "CodeWarning",
     "ConvscopeError",
     "ImageLoadError",
     "InputError",
@@ -57,3 +58,8 @@ class TargetError(InputError):
 class AssumptionWarning(UserWarning):
     """convscope had to assume something about a model (e.g. its preprocessing); the message says
     what, and how to state it instead."""
+
+
+class CodeWarning(UserWarning):
+    """convscope is about to run Python code named by a model card or ``arch=`` (a ``file.py:Class``
+    architecture); said once per file and process, so a user sees that a card is code."""

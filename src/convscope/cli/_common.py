@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from collections.abc import Callable, Sequence
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,6 +18,8 @@ __all__ = [
     "Parser",
     "add_command",
     "add_model_args",
+    "add_trust_args",
+    "emit_warnings",
     "finite_float",
     "integer",
     "load_from_args",
@@ -25,6 +30,7 @@ __all__ = [
     "parse_target",
     "positive_float",
     "positive_int",
+    "recorded_warnings",
     "seed_int",
 ]
 
@@ -161,11 +167,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "or your own class as file.py:ClassName or package.module:ClassName")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow unpickling arbitrary objects from .pt files (trusted files only)")
+    add_trust_args(p)
     p.add_argument("--model-output", default=None, metavar="NAME",
                    help="which output holds the class scores, for a model whose forward returns a dict, "
                    "tuple or object the rule cannot read (a key, an attribute or a tuple index; the rule: "
                    "a tensor, .logits, dict key 'logits' or its only tensor, a tuple's first 2-D tensor)")
     add_preprocessing_args(p)
+
+
+def add_trust_args(p: argparse.ArgumentParser) -> None:
+    """``--trust-card`` and ``--trust-remote-code``: the two opt-ins to run code a model brings."""
+    p.add_argument("--trust-card", action="store_true",
+                   help="run the Python file (file.py:Class) of a model card from outside the current "
+                   "folder. A card is code, like a pickle: a card's file runs only if it lies in the "
+                   "current folder, or with this flag once you have read it")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let an hf:<folder> run the Python code it ships (auto_map in its config); "
+                   "refused without this flag, never asked")
 
 
 def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
@@ -258,7 +276,9 @@ def load_from_args(args: argparse.Namespace) -> Any:
     seed = getattr(args, "seed", 0)
     return load_model(args.model, weights=weights, arch=args.arch, unsafe=args.unsafe_load,
                       preprocessing=pre, class_names=names, seed=int(seed) if isinstance(seed, int) else 0,
-                      output=getattr(args, "model_output", None))
+                      output=getattr(args, "model_output", None),
+                      trust_card=bool(getattr(args, "trust_card", False)),
+                      trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
 
 
 def parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:
@@ -279,3 +299,39 @@ def parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+
+
+@contextmanager
+def recorded_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record the warnings of a block (convscope's own every time) for :func:`emit_warnings`."""
+    from ..errors import AssumptionWarning, CodeWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AssumptionWarning)
+        warnings.simplefilter("always", CodeWarning)  # said once per file by convscope itself
+        yield caught
+
+
+def emit_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
+    """What convscope assumed or ran: one line each on stderr, no source line; others as Python
+    shows them. Each warning is shown once, however often it was raised (a model's forward pass
+    that warns runs many times).
+
+    Call it once the recording block (:func:`recorded_warnings`) has exited. The lines are written
+    to stderr directly, never through ``warnings.showwarning``: inside a recording block that would
+    append each re-emitted warning to the list being read, an endless loop that ate all memory
+    (issue #27).
+    """
+    from ..errors import AssumptionWarning, CodeWarning
+
+    seen: set[tuple[str, type, str, int]] = set()
+    for w in caught:
+        key = (str(w.message), w.category, str(w.filename), int(w.lineno or 0))
+        if key in seen:
+            continue
+        seen.add(key)
+        if issubclass(w.category, (AssumptionWarning, CodeWarning)):
+            print(f"convscope: warning: {w.message}", file=sys.stderr)
+        else:
+            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+    sys.stderr.flush()

@@ -30,7 +30,9 @@ def add_job_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     s.add_argument("--engine", choices=["local", "ray"], default="local")
     s.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (local engine)")
-    s.add_argument("--device", default=None, help="e.g. cuda; Ray then gives each actor one GPU")
+    s.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps, checked first (default: where the model is); with "
+                   "cuda, Ray gives each actor one GPU")
     s.add_argument("--ray-address", default=None, help="Ray cluster address (default: local / RAY_ADDRESS)")
     s.add_argument("--slots", type=positive_int, default=None,
                    help="Ray actors (default: one per CPU or GPU)")
@@ -47,9 +49,16 @@ def job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    """run an explain method over a data set into a resumable Zarr store"""
+    """run an explain method over a data set into a resumable Zarr store
+
+    Running the same command again resumes the job: finished chunks are kept if their data still
+    match the checksum in their marker and their image files are unchanged; the rest are computed.
+    --verify only checks the store at -o and computes nothing.
+    """
     from ..jobs import run_batch
 
+    if args.verify:
+        return _verify(args.output)
     lm = load_from_args(args)
     target: Any = args.target if args.target == "label" else parse_target(args.target)
 
@@ -75,6 +84,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if bar:
         bar[0].close()
     print(f"{store.path}  {args.method} on {store.size} images, {store.n_chunks} chunks, complete")
+    return 0
+
+
+def _verify(path: str) -> int:
+    """``convscope batch -o OUT --verify``: check every finished chunk; one line, exit 2 on failure."""
+    from ..jobs.store import open_store
+
+    store = open_store(path)
+    store.check()
+    done = len(store.done_chunks())
+    state = "complete" if store.complete else f"unfinished ({done}/{store.n_chunks} chunks)"
+    print(f"{store.path}  {done} chunks match their checksums and inputs; job {state}")
     return 0
 
 
@@ -108,3 +129,7 @@ def add_commands(sub: Any) -> None:
     )
     add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output store folder, e.g. maps.zarr")
+    s.add_argument("--verify", action="store_true",
+                   help="only check the store at -o: every finished chunk against the checksum in its "
+                   "marker and its image files against their contents; computes nothing (a failing chunk "
+                   "is named, exit status 2; run without --verify to recompute it)")

@@ -22,10 +22,13 @@ from ._common import (
     add_command,
     add_model_args,
     add_preprocessing_args,
+    add_trust_args,
+    emit_warnings,
     load_from_args,
     parse_options,
     parse_target,
     positive_int,
+    recorded_warnings,
     seed_int,
 )
 
@@ -176,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default="none",
                    help="weights to load (default: none, shapes do not depend on them)")
     s.add_argument("--arch", default=None)
-    s.add_argument("--unsafe-load", action="store_true")
+    s.add_argument("--unsafe-load", action="store_true",
+                   help="allow unpickling arbitrary objects from .pt files (trusted files only)")
+    add_trust_args(s)
     s.add_argument("--model-output", default=None, metavar="NAME",
                    help="which output holds the class scores (see `convscope explain --help`)")
     add_preprocessing_args(s)
@@ -233,9 +238,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (also for usage errors, ``--help`` and ``--version``)."""
-    import warnings
-
-    from ..errors import AssumptionWarning, ConvscopeError
+    from ..errors import ConvscopeError
 
     try:
         parser = build_parser()
@@ -244,14 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # argparse exits; return its status like every other path
             return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USAGE
         func: Callable[[argparse.Namespace], int] = args.func
-        caught: list[warnings.WarningMessage] = []
+        caught: list = []
         try:
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", AssumptionWarning)
+                with recorded_warnings() as caught:
                     status = func(args)
             finally:  # after the recording block: re-emitting inside it would append to `caught`
-                _emit_warnings(caught)
+                emit_warnings(caught)
         except ConvscopeError as exc:
             print(f"convscope: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -269,29 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python would flush stdout again at exit
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
-
-
-def _emit_warnings(caught: list) -> None:
-    """What convscope assumed: one line each on stderr, no source line; others as Python shows them.
-
-    Called once the recording ``catch_warnings`` block has exited, so a re-emitted warning reaches
-    the real ``warnings.showwarning`` (inside the block it would be appended to the list being
-    read, an endless loop).
-    """
-    import warnings
-
-    from ..errors import AssumptionWarning
-
-    seen: set[tuple] = set()
-    for w in caught:
-        key = (str(w.message), w.category, w.filename, w.lineno)
-        if key in seen:  # a warning raised on every forward pass: shown once, as Python's default does
-            continue
-        seen.add(key)
-        if issubclass(w.category, AssumptionWarning):
-            print(f"convscope: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _os_message(exc: OSError) -> str:

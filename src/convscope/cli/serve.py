@@ -7,9 +7,17 @@ import socket
 import sys
 from typing import Any
 
-from ._common import add_command, finite_float, integer, positive_float
+from ._common import (
+    add_command,
+    add_trust_args,
+    emit_warnings,
+    finite_float,
+    integer,
+    positive_float,
+    recorded_warnings,
+)
 
-__all__ = ["add_commands", "bind", "cmd_serve"]
+__all__ = ["add_commands", "bind", "cmd_serve", "serve_specs"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -46,8 +54,10 @@ def bind(host: str, port: int) -> socket.socket:
 def cmd_serve(args: argparse.Namespace) -> int:
     """local web app: upload an image, pick model/method/target/layer, see the explanation
 
-    Run the convscope web app. It binds 127.0.0.1 unless --host says otherwise. The bundled digits
-    models are always served; add others with --model (repeatable).
+    Run the convscope web app. It binds 127.0.0.1 unless --host says otherwise. The page opens on the
+    first --model given (repeatable); the bundled digits models are served after them unless
+    --no-bundled. A model card is code, like a pickle: its Python file runs only if it lies in the
+    current folder, or with --trust-card.
     """
     from ..errors import ConvscopeError
 
@@ -62,14 +72,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
                     max_pixels=max(1, int(args.max_megapixels * 1_000_000)),
                     max_queue=args.max_queue, timeout_s=args.timeout)
-    specs = ["digits-cnn", "digits-cnn-cue"] if args.no_bundled is False else []
-    for s in args.model or []:
-        if s not in specs:
-            specs.append(s)
+    specs = serve_specs(args.model, bundled=not args.no_bundled)
     view = None if args.audit is None else AuditView(args.audit, limits)  # a bad audit fails at once
     sock = bind(args.host, args.port)  # before loading models: a taken port fails at once
     try:
-        engine = Engine(specs, weights=args.weights, limits=limits)
+        caught: list = []
+        try:  # what loading said comes now, before serving, not when the server stops
+            with recorded_warnings() as caught:
+                engine = Engine(specs, weights=args.weights, limits=limits, trust_card=args.trust_card,
+                                trust_remote_code=args.trust_remote_code)
+        finally:
+            emit_warnings(caught)
         app = create_app(engine, allowed_hosts=args.allow_host or (), audit=view)
         if args.host not in _LOOPBACK:
             print(f"convscope: warning: listening on {args.host}: anyone who can reach this machine "
@@ -93,6 +106,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_specs(models: list[str] | None, *, bundled: bool = True) -> list[str]:
+    """The models ``convscope serve`` loads, in order: the user's ``--model`` specs first (the page
+    opens on the first), then the bundled digits models unless ``bundled`` is false."""
+    specs: list[str] = []
+    for s in [*(models or []), *(("digits-cnn", "digits-cnn-cue") if bundled else ())]:
+        if s not in specs:
+            specs.append(s)
+    return specs
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -101,10 +124,12 @@ def add_commands(sub: Any) -> None:
     """Add ``convscope serve`` to the CLI."""
     s = add_command(sub, "serve", cmd_serve)
     s.add_argument("--model", "-m", action="append", default=None, metavar="SPEC",
-                   help="extra model to serve, e.g. torchvision:resnet18 (repeatable)")
+                   help="model to serve, e.g. torchvision:resnet18 or a model card (repeatable); the page "
+                   "opens on the first")
     s.add_argument("--weights", default="default",
                    help="weights for the extra models: 'default' (pretrained, needs the torch hub "
                    "cache or a download) or 'none' (random init)")
+    add_trust_args(s)
     s.add_argument("--no-bundled", action="store_true",
                    help="do not serve the bundled digits models")
     s.add_argument("--audit", default=None, metavar="OUT",

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._validate import check_device
 from ..hooks import resolve_layers, state_guard
 from ..models import LoadedModel, load_model
 from .receptive import layer_extractor
@@ -49,6 +50,9 @@ class Streaming:
     num_workers: int = 0
     limit: int | None = None
     device: Any = None
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
 
     def open(self, model: Any, data: Any, layer: str) -> tuple[LoadedModel, DataSource, str]:
         """The loaded model, the data source (its first ``limit`` images) and ``layer``'s full name."""

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from .._progress import Progress
+from .._validate import check_device
 from ..errors import ConvscopeError, InputError
 from ..models import LoadedModel, load_model
 from ..registry import get_method, list_methods
@@ -224,7 +225,7 @@ def planted_cue_benchmark(
         "cases": {c.label: c.about for c in cases},
         "cue_share": {c.label: c.masks.float().mean().item() for c in cases},
     })
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = torch.device(check_device(device)) if device is not None else torch.device("cpu")
     loaded: dict[str, LoadedModel] = {}
     # one progress for the whole run: the methods and 2 reference maps of each case
     with Progress("benchmark", len(cases) * (len(names) + 2), enabled=progress, unit="maps") as bar:

@@ -9,7 +9,7 @@ chooses the parameterisation, transforms and objective, and wraps the result in 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from ..hooks import resolve_layers
 from ..image import ImageLike
 from ..inputs import load_pixels
 from ..models import LoadedModel, Preprocessing, as_loaded
+from ..models.forward import probe
 from ..optimize import OptimizationResult, optimize
 from ..targets import class_index
 from . import objectives as obj
@@ -107,6 +108,10 @@ def _run(lm: LoadedModel, objective: obj.Objective, r: _Render, *, size: int | t
     hw = _hw(size, pre)
     if r.steps < 0:
         raise InputError(f"steps must be >= 0, got {r.steps}")
+    if hw != tuple(pre.size):  # a size the model cannot take: one line now, not a traceback mid-loop
+        probe(lm.model, replace(pre, size=hw), error=InputError,
+              hint=f"size {hw[0]}x{hw[1]} does not fit this model; give a size it accepts (its input "
+              f"size is {pre.size[0]}x{pre.size[1]}; CLI: --size)")
     full = objective
     if r.l2:
         full = full - float(r.l2) * obj.l2(pre.mean)

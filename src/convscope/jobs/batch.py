@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._result import jsonable
-from .._validate import option_group, shows_options
+from .._validate import check_device, option_group, shows_options
 from ..errors import InputError, MethodError
 from ..models import LoadedModel, load_model
 from .store import FORMAT, BatchStore, create_store, open_store
@@ -122,13 +122,15 @@ class JobOptions:
         limit: use only the first ``limit`` images of the data.
         engine: ``"local"`` or ``"ray"``.
         num_workers: DataLoader processes reading images (local engine).
-        device: run the model here (``"cuda"`` gives Ray actors one GPU each).
+        device: run the model here (``"cuda"`` gives Ray actors one GPU each); a device this
+            machine lacks is refused when the options are made.
         ray_address: the Ray cluster to connect to (default: the running or auto-started Ray).
         slots: number of Ray actors (default: one per CPU, or per GPU).
         overwrite: replace a store made by a different job.
 
     Raises:
-        InputError: an unknown engine, or a size or limit that is not a positive integer.
+        InputError: an unknown engine, a size or limit that is not a positive integer, or a
+            device that is not one or is not available here.
     """
 
     batch_size: int = 32
@@ -149,6 +151,7 @@ class JobOptions:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        check_device(self.device)
 
 
 @dataclass
@@ -278,60 +281,6 @@ def _run_local(
         job.release()  # the caller's model goes back where it was
 
 
-class _RayChunkWorker:
-    """A Ray actor holding the model; maps batches of chunk ids to their sizes."""
-
-    def __init__(self, job: BatchJob) -> None:
-        self.job = job
-        self.store = open_store(job.store_path)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sizes = [self.job.run_chunk(int(c), self.store) for c in batch["chunk"]]
-        return {"chunk": np.asarray(batch["chunk"]), "size": np.asarray(sizes, dtype=np.int64)}
-
-
-def _run_ray(
-    job: BatchJob,
-    store: BatchStore,
-    pending: list[int],
-    ray_address: str | None,
-    slots: int | None,
-    progress: Progress | None,
-) -> None:
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise InputError("--engine ray needs Ray: pip install 'convscope[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    try:
-        ctx.print_on_execution_start = False
-    except AttributeError:
-        pass
-    gpu = job.device is not None and str(job.device).startswith("cuda")
-    res = ray.cluster_resources()
-    n = slots or max(1, int(res.get("GPU" if gpu else "CPU", 1)))
-    n = max(1, min(n, len(pending)))
-    job.threads = job.threads or 1
-    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=len(pending))
-    out = ds.map_batches(
-        _RayChunkWorker,
-        fn_constructor_args=(job,),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n),
-        num_cpus=0 if gpu else 1,
-        num_gpus=1 if gpu else 0,
-    )
-    done = store.n_chunks - len(pending)
-    for _row in out.iter_rows():
-        done += 1
-        if progress is not None:
-            progress(done, store.n_chunks)
-
-
 @shows_options(JobOptions)
 def run_batch(
     model: Any,
@@ -349,7 +298,9 @@ def run_batch(
 ) -> BatchStore:
     """Run ``method`` over every image of ``data`` and write the maps to a Zarr store at ``out``.
 
-    Starting the same job again resumes it: finished chunks are kept, the rest are computed. A
+    Starting the same job again resumes it: finished chunks are kept once they pass their checksum
+    and their input files are unchanged (:meth:`~convscope.jobs.store.BatchStore.verify`); the
+    rest, and any chunk that fails, are computed. A
     store made by a different job (model, method, options, data, chunking) is refused unless
     ``overwrite``.
 
@@ -409,7 +360,7 @@ def run_batch(
     _check_target(target, logits0, lm, src)  # every input is valid before the store exists
     files = input_files(src)
     data_id = src.describe()
-    if files is not None:  # names here; sizes and times per chunk (stale chunks are recomputed)
+    if files is not None:  # names here; contents per chunk (stale chunks are recomputed)
         data_id.pop("files_sha256", None)
         data_id["names_sha256"] = hashlib.sha256("\0".join(files[1]).encode()).hexdigest()
     n_chunks = math.ceil(n / o.chunk_size)
@@ -471,7 +422,9 @@ def run_batch(
         }
         inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
         store = create_store(path, manifest, shapes, o.chunk_size, inputs)
-    store.reopen(store.stale_chunks())  # chunks whose image files changed are computed again
+    # a resume checks every finished chunk: its data against the SHA-256 in its marker, its image
+    # files against their contents then; a chunk that fails is computed again
+    store.reopen(store.verify())
     pending = store.pending_chunks()
     job = BatchJob(lm, src, method, target, layer, options, o.batch_size, o.seed, str(path), o.chunk_size,
                    device=o.device, fsync=fsync)
@@ -479,7 +432,9 @@ def run_batch(
         if o.engine == "local":
             _run_local(job, store, pending, o.num_workers, progress)
         else:
-            _run_ray(job, store, pending, o.ray_address, o.slots, progress)
+            from ._ray import run_ray
+
+            run_ray(job, store, pending, o.ray_address, o.slots, progress)
     if not store.complete:
         if not store.finish({"engine": o.engine, "versions": _versions(o.engine)}):
             raise InputError(

@@ -20,9 +20,11 @@ Rules that make a job resumable and never show a partial result as complete:
   data are written, fsynced, and only then its ``done/`` marker is written atomically;
 * a chunk without a marker is treated as not computed, whatever its files hold, and recomputed;
 * ``manifest.json`` says ``"status": "complete"`` only after every marker exists (atomic replace);
-* a chunk whose input files changed since it was computed (size or modification time, see
-  :func:`files_fingerprint`) is stale: :meth:`BatchStore.verify` reports it and running the job
-  again recomputes it.
+* a chunk whose input files changed since it was computed (their contents, see
+  :func:`files_fingerprint`) is stale, and a chunk whose data no longer match the SHA-256 in its
+  marker (a chunk file swapped, overwritten or lost) is corrupt: :meth:`BatchStore.verify`
+  reports both, running the job again (a resume) recomputes them, and
+  ``read(..., verify=True)`` (``convscope batch --verify``) refuses them with one line naming them.
 
 Readers (:func:`open_store`) refuse incomplete stores unless ``allow_partial=True``, and then mask
 rows of unfinished chunks.
@@ -41,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write
+from .._io import atomic_write, named_os_error
 from ..errors import InputError
 
 __all__ = ["FORMAT", "BatchStore", "create_store", "files_fingerprint", "open_store"]
@@ -75,18 +77,22 @@ def _json_bytes(d: dict[str, Any]) -> bytes:
 
 
 def files_fingerprint(paths: list[Path]) -> str:
-    """SHA-256 over each file's name, size and modification time (ns); a missing file counts too.
+    """SHA-256 over each file's name and the SHA-256 of its contents; a missing file counts too.
 
-    Contents are not read (that would cost as much as the job's own reading on every resume), so a
-    replacement that keeps both the size and the modification time (``cp -p``, ``touch -r``) of a
-    file is not seen.
+    Contents, not sizes and times: a replacement that keeps both the size and the modification time
+    of a file (``cp -p``, ``touch -r``) is seen. A chunk's fingerprint is taken just before its
+    images are read, so those reads come from the page cache; on a resume the files of finished
+    chunks are read once more (a plain read, no decoding, no model).
     """
     h = hashlib.sha256()
     for p in paths:
         try:
-            st = p.stat()
-            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except FileNotFoundError:
+            f = hashlib.sha256()
+            with open(p, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    f.update(block)
+            h.update(f"{p.name}\0{f.hexdigest()}\n".encode())
+        except (FileNotFoundError, IsADirectoryError):
             h.update(f"{p.name}\0missing\n".encode())
     return h.hexdigest()
 
@@ -208,7 +214,10 @@ class BatchStore:
             if a.shape[0] != hi - lo:
                 raise InputError(f"chunk {chunk} of {name} has {a.shape[0]} rows, expected {hi - lo}")
             arr = self._array(name)
-            arr[lo:hi] = a
+            try:
+                arr[lo:hi] = a
+            except OSError as exc:  # no space left, a size limit: name the array being written
+                raise named_os_error(exc, self.path / name) from None
             h.update(a.tobytes())
             if fsync:
                 coords = (chunk,) + (0,) * (a.ndim - 1)
@@ -249,12 +258,18 @@ class BatchStore:
             ok[lo:hi] = True
         return ok
 
-    def read(self, name: str, *, allow_partial: bool = False) -> np.ndarray:
+    def read(self, name: str, *, allow_partial: bool = False, verify: bool = False) -> np.ndarray:
         """Array ``name`` (maps, targets, labels, probabilities).
+
+        Args:
+            name: which array.
+            allow_partial: read an unfinished job, its unfinished chunks' rows masked.
+            verify: first check every finished chunk against its checksum and input files
+                (:meth:`check`; reads the whole store and the input files once).
 
         Raises:
             InputError: the job has not finished (unless ``allow_partial``, which masks the rows
-                of unfinished chunks with NaN or -1).
+                of unfinished chunks with NaN or -1); with ``verify``, a chunk that fails the check.
         """
         if name not in ARRAYS:
             raise InputError(f"unknown array {name!r}; the store holds {', '.join(ARRAYS)}")
@@ -263,25 +278,58 @@ class BatchStore:
                 f"{self.path} is an unfinished job ({len(self.done_chunks())}/{self.n_chunks} chunks); "
                 "run it again to resume, or read with allow_partial=True"
             )
+        if verify:
+            self.check()
         a = np.asarray(zarr_module().open_array(str(self.path / name), mode="r")[:])
         if not self.complete:
             bad = ~self.valid_rows()
             a[bad] = np.nan if a.dtype.kind == "f" else -1
         return a
 
-    def verify(self) -> list[int]:
-        """Chunks whose data no longer match their marker's checksum, or whose input files changed
-        since they were computed (:meth:`stale_chunks`); should be empty."""
-        bad = self.stale_chunks()
+    def corrupt_chunks(self) -> list[int]:
+        """Finished chunks whose data no longer match the SHA-256 in their marker (a chunk file
+        swapped, overwritten, truncated or lost)."""
         arrays = {n: zarr_module().open_array(str(self.path / n), mode="r") for n in ARRAYS}
+        bad = []
         for c in self.done_chunks():
             lo, hi = self.rows(c)
             h = hashlib.sha256()
-            for n in ARRAYS:
-                h.update(np.ascontiguousarray(arrays[n][lo:hi]).tobytes())
-            if h.hexdigest() != self._marker_lines(c)[0]:
+            try:
+                for n in ARRAYS:
+                    h.update(np.ascontiguousarray(arrays[n][lo:hi]).tobytes())
+                want = self._marker_lines(c)[0]
+            except Exception:  # a chunk file that no longer decodes, an empty marker
                 bad.append(c)
-        return sorted(set(bad))
+                continue
+            if h.hexdigest() != want:
+                bad.append(c)
+        return bad
+
+    def verify(self) -> list[int]:
+        """Chunks whose data no longer match their marker's checksum (:meth:`corrupt_chunks`), or
+        whose input files changed since they were computed (:meth:`stale_chunks`); should be empty."""
+        return sorted(set(self.stale_chunks()) | set(self.corrupt_chunks()))
+
+    def check(self) -> None:
+        """Raise a one-line :class:`InputError` naming every chunk :meth:`verify` finds.
+
+        Raises:
+            InputError: ``maps.zarr: chunk 3 (rows 24-31) does not match its checksum; ...``.
+        """
+        stale, corrupt = set(self.stale_chunks()), set(self.corrupt_chunks())
+        if not stale and not corrupt:
+            return
+        parts = []
+        for c in sorted(stale | corrupt)[:8]:
+            lo, hi = self.rows(c)
+            why = ("does not match its checksum" if c in corrupt else "was computed from input files "
+                   "that changed since")
+            parts.append(f"chunk {c} (rows {lo}-{hi - 1}) {why}")
+        more = len(stale | corrupt) - len(parts)
+        raise InputError(
+            f"{self.path}: {'; '.join(parts)}{f'; and {more} more' if more > 0 else ''}; run the job "
+            "again to recompute them"
+        )
 
 
 def open_store(path: str | os.PathLike) -> BatchStore:

@@ -238,9 +238,11 @@ def _timm(name: str, weights: Any, unsafe: bool, seed: int = 0) -> LoadedModel:
                        assumed=[_names_note(n_out)])
 
 
-def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int) -> nn.Module:
-    """Build ``arch`` ("file.py:Class" or "package.module:Class") with ``kwargs``, seeded."""
-    cls = import_architecture(arch, base)
+def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int, *, trust: bool = False,
+           card: Path | None = None) -> nn.Module:
+    """Build ``arch`` ("file.py:Class" or "package.module:Class") with ``kwargs``, seeded; ``card``
+    (the card naming it) and ``trust`` as :func:`~convscope.models.card.import_architecture`."""
+    cls = import_architecture(arch, base, trust=trust, card=card)
     try:
         model = _seeded(lambda: cls(**kwargs), seed)
     except Exception as exc:
@@ -254,8 +256,10 @@ def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int) -> n
 
 
 def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool = False,
-               weights: Any = "default", seed: int | None = None, output: str | None = None) -> LoadedModel:
-    """Load a model card (see :mod:`convscope.models.card`)."""
+               weights: Any = "default", seed: int | None = None, output: str | None = None,
+               trust: bool = False, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model card (see :mod:`convscope.models.card`); ``trust``: run a Python file it names
+    that lies outside the current folder; ``trust_remote_code``: an ``hf:`` folder's own code."""
     from .zoo import load_model  # the one entry point (a card names another spec)
 
     card = read_card(path) if card is None else card
@@ -274,7 +278,8 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     base = path.parent
     where = f"model card {path}"
     if arch.startswith("hf:"):
-        return _hf_card(path, card, weights=weights, seed=seed, output=output)
+        return _hf_card(path, card, weights=weights, seed=seed, output=output,
+                        trust_remote_code=trust_remote_code)
     try:
         pre = _card_preprocessing(card)
     except InputError as exc:
@@ -287,7 +292,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
         model = lm.model
         used = lm.weights
     else:
-        model = _build(arch, dict(card.get("kwargs") or {}), base, seed)
+        model = _build(arch, dict(card.get("kwargs") or {}), base, seed, trust=trust, card=path)
         used = f"random init (seed {seed})"
         if wfile is not None:
             wpath = card_path(path, str(wfile), "weights") if isinstance(wfile, str) else Path(wfile)
@@ -336,7 +341,7 @@ _CARD_PRE_KEYS = ("input_size", "size", "mean", "std", "resize", "channels", "re
 
 
 def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
-             output: str | None) -> LoadedModel:
+             output: str | None, trust_remote_code: bool = False) -> LoadedModel:
     """A card whose architecture is ``hf:<folder or name>`` (a folder relative to the card's): the
     Hugging Face model with its own preprocessing, class names and layer unless the card states them."""
     from .zoo import load_model  # the one entry point (a card names another spec)
@@ -347,7 +352,7 @@ def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
     ref = str(card["architecture"])[3:]
     local = path.parent / Path(ref).expanduser()
     lm = load_model("hf:" + (str(local) if local.exists() else ref), weights=weights, seed=seed,
-                    output=output)
+                    output=output, trust_remote_code=trust_remote_code)
     pre = None
     if card.get("preprocessing") is not None or any(k in card for k in _CARD_PRE_KEYS):
         try:

@@ -23,9 +23,13 @@ A card is a JSON or YAML file (``.json``, ``.yaml``, ``.yml``)::
     }
 
 Paths are relative to the card's folder. Weights load without unpickling (safetensors, or
-``torch.load(weights_only=True)``). The card must state the preprocessing (a preset or at least
-``input_size``; an ``hf:`` architecture brings its own): a card is where a user says what their
-model expects, so nothing is assumed.
+``torch.load(weights_only=True)``). A card is code, like a pickle: a ``"file.py:Class"`` card runs
+that file, only if it lies inside the current working directory or with ``trust_card=True``
+(``--trust-card``), said once per file (:class:`~convscope.errors.CodeWarning`); a
+``"package.module:Name"`` must name an ``nn.Module`` subclass or a :func:`model_factory` function,
+checked before anything is called (:func:`import_architecture`). The card must state the
+preprocessing (a preset or at least ``input_size``; an ``hf:`` architecture brings its own): a card
+is where a user says what their model expects, so nothing is assumed.
 Other keys (``name``, ``summary``, ``data``, ``metrics``, ...) are kept as the card's metadata;
 a key that looks like a misspelt known key is refused.
 """
@@ -35,16 +39,21 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import CodeWarning, ModelLoadError
 
-__all__ = ["CARD_KEYS", "CARD_SUFFIXES", "import_architecture", "is_card_path", "read_card"]
+__all__ = ["CARD_KEYS", "CARD_SUFFIXES", "import_architecture", "is_card_path", "model_factory", "read_card"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 CARD_SUFFIXES = (".json", ".yaml", ".yml")
 CARD_KEYS = ("architecture", "kwargs", "weights", "preprocessing", "input_size", "size", "mean",
@@ -147,44 +156,116 @@ def read_labels(path: Path) -> list[str]:
     return names
 
 
-def import_architecture(ref: str, base: Path | None = None) -> type[nn.Module] | Any:
-    """The class (or factory) named by ``"file.py:Name"`` or ``"package.module:Name"``.
+#: the attribute :func:`model_factory` sets on a function
+FACTORY_MARK = "__convscope_model_factory__"
+_ANNOUNCED: set[str] = set()  # files whose running was said, once per process
+
+
+def model_factory(func: F) -> F:
+    """Mark ``func`` as a function that builds a model, so a model card may name it.
+
+    A card's ``"package.module:name"`` architecture must be an ``nn.Module`` subclass or a function
+    marked so (``@convscope.model_factory``); anything else (``os:system``, ``subprocess:run``, a
+    builder from another library) is refused before it is called. A function defined in the card's
+    own ``file.py`` needs no mark (that file is the user's code, run on purpose).
+
+    Returns:
+        ``func`` itself, marked.
+    """
+    setattr(func, FACTORY_MARK, True)
+    return func
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _run_file(path: Path, trust: bool, card: Path | None) -> tuple[Any, str]:
+    """Import the Python file ``path`` as a module of its own: (module, its name in ``sys.modules``).
+
+    A file that a card names runs only if it lies inside the current working directory (the
+    user's project) or ``trust`` is given; the first time a file runs in this process a
+    :class:`~convscope.errors.CodeWarning` says so.
+    """
+    if card is not None and not trust and not _inside(path, Path.cwd()):
+        raise ModelLoadError(
+            f"model card {card} runs the Python file {path}, which is outside the current folder "
+            f"{Path.cwd()}; a card is code, like a pickle: read it, then pass trust_card=True "
+            "(--trust-card) to run it, or copy the model into your project"
+        )
+    key = str(path.resolve())
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        by = f"model card {card} names it" if card is not None else "arch= names it"
+        warnings.warn(f"running {path} ({by}): a model's Python file is code, like a pickle; use only "
+                      "cards and files you trust", CodeWarning, stacklevel=2)
+    mod_name = f"_convscope_user_{abs(hash(key))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(mod_name, None)
+        raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        try:
+            sys.path.remove(str(path.parent))
+        except ValueError:  # pragma: no cover
+            pass
+    return module, mod_name
+
+
+def import_architecture(ref: str, base: Path | None = None, *, trust: bool = False,
+                        card: Path | None = None) -> Callable[..., nn.Module]:
+    """The model class (or marked factory) named by ``"file.py:Name"`` or ``"package.module:Name"``.
+
+    Nothing named is called here, and it is checked before anyone calls it: it must be an
+    ``nn.Module`` subclass, a function marked with :func:`model_factory`, or a function defined in
+    the named ``file.py`` itself. A module of the standard library is refused without importing it
+    (it holds no models; ``os:system`` and ``subprocess:run`` are how a card would run commands).
 
     A file path is relative to ``base`` (a card's folder); it is imported as a module of its own
     (its folder is put on ``sys.path`` while it loads, so it can import its neighbours).
 
+    Args:
+        ref: ``"file.py:Name"`` or ``"package.module:Name"``.
+        base: the folder a relative file path starts from.
+        trust: run a file that ``card`` names even when it lies outside the current folder.
+        card: the card that names ``ref`` (``None``: the user named it, e.g. ``--arch``, and it
+            runs wherever it is).
+
     Raises:
-        ModelLoadError: the file or module is missing, fails to import, or has no such name.
+        ModelLoadError: the file or module is missing, fails to import, lies outside the current
+            folder without ``trust``, has no such name, or names something that is not a model.
     """
     if ":" not in ref:
         raise ModelLoadError(
             f"architecture {ref!r} must be \"file.py:ClassName\" or \"package.module:ClassName\""
         )
     mod_ref, _, name = ref.rpartition(":")
+    own: str | None = None  # the module name of the card's own file: its functions need no mark
     if mod_ref.endswith(".py") or "/" in mod_ref or "\\" in mod_ref:
         path = Path(mod_ref).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
         if not path.is_file():
             raise ModelLoadError(f"architecture file not found: {path}")
-        mod_name = f"_convscope_user_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(path.parent))
-        try:
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(mod_name, None)
-            raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
-        finally:
-            try:
-                sys.path.remove(str(path.parent))
-            except ValueError:  # pragma: no cover
-                pass
+        module, own = _run_file(path.resolve(), trust, card)
         where = str(path)
     else:
+        top = mod_ref.split(".")[0]
+        if top in sys.stdlib_module_names or top == "builtins":
+            raise ModelLoadError(
+                f"architecture {ref!r} names the standard library, which holds no models; name your "
+                "nn.Module class (\"package.module:ClassName\" or \"file.py:ClassName\")"
+            )
         try:
             module = importlib.import_module(mod_ref)
         except Exception as exc:
@@ -193,12 +274,18 @@ def import_architecture(ref: str, base: Path | None = None) -> type[nn.Module] |
                 "its folder on PYTHONPATH, or name a file: \"path/to/file.py:ClassName\""
             ) from None
         where = mod_ref
-    obj = getattr(module, name, None)
+    obj = getattr(module, name, None) if name.isidentifier() else None
     if obj is None:
         names = [n for n in dir(module) if not n.startswith("_")]
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelLoadError(f"{where} has no {name!r}{hint}")
-    if not callable(obj):
-        raise ModelLoadError(f"{where}:{name} is not a class or function that builds a model")
-    return obj
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        return obj
+    if inspect.isfunction(obj) and (getattr(obj, FACTORY_MARK, False) or obj.__module__ == own):
+        return obj
+    what = "class" if isinstance(obj, type) else type(obj).__name__
+    raise ModelLoadError(
+        f"{where}:{name} is a {what} that is not a torch nn.Module subclass; a card's architecture "
+        "names a model class, or a function marked @convscope.model_factory (refused before any call)"
+    )

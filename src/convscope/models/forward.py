@@ -21,8 +21,13 @@ from .preprocessing import Preprocessing
 __all__ = ["chunked_outputs", "find_default_layer", "probe"]
 
 
+_PROBE_HINT = ("pass preprocessing= with the input size and channels it expects (or a model card; CLI: "
+               "--preprocessing, --input-size, --input-channels)")
+
+
 def probe(
-    model: nn.Module, pre: Preprocessing, layers: str | Sequence[str] | None = None
+    model: nn.Module, pre: Preprocessing, layers: str | Sequence[str] | None = None, *,
+    hint: str = _PROBE_HINT, error: type[Exception] = ModelLoadError,
 ) -> tuple[Any, list[tuple[str, Any]]]:
     """Run ``model`` once on a zero input of the preprocessing's shape (eval mode, no grad).
 
@@ -31,13 +36,15 @@ def probe(
         pre: gives the input's channels and size.
         layers: layers whose outputs to record (names or globs; ``"*"`` for every module), or
             ``None`` for none.
+        hint: what the error tells the user to do (default: state the model's preprocessing).
+        error: the error class raised when the model fails (default :class:`ModelLoadError`).
 
     Returns:
         (output, calls): what the model returned, and ``(layer, output)`` of every recorded call
         in the order the modules ran.
 
     Raises:
-        ModelLoadError: the model fails on that input; the message says to state its preprocessing.
+        ModelLoadError: the model fails on that input (or ``error``); the message ends with ``hint``.
     """
     names = layer_names(model) if layers == "*" else layers  # every module, also for a leaf model
     x = torch.zeros(1, pre.channels, *pre.size)
@@ -46,11 +53,9 @@ def probe(
             with torch.no_grad():
                 out = model(x)
         except Exception as exc:
-            raise ModelLoadError(
+            raise error(
                 f"the model fails on a 1x{pre.channels}x{pre.size[0]}x{pre.size[1]} input "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass "
-                "preprocessing= with the input size and channels it expects (or a model card; CLI: "
-                "--preprocessing, --input-size, --input-channels)"
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}"
             ) from None
         return out, list(cap.calls)
 

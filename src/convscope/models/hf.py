@@ -19,6 +19,11 @@ becomes a :class:`~convscope.models.LoadedModel`:
   model's last stage, ``resnet.encoder.stages.3``).
 
 ``weights=None`` builds the architecture from its ``config.json`` with seeded random weights.
+
+A folder (or hub model) that ships its own Python code (``auto_map`` in its config) is refused
+unless ``trust_remote_code=True`` (CLI ``--trust-remote-code``): convscope always passes
+``trust_remote_code`` to ``transformers`` explicitly, so ``transformers`` never asks on the
+terminal ("Do you wish to run the custom code?").
 """
 
 from __future__ import annotations
@@ -188,12 +193,39 @@ def _no_progress_bars(transformers: Any) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | None = None) -> Any:
+def _remote_code_refused(ref: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"hf:{ref} ships its own Python code (auto_map in its config), which would run on loading; "
+        "pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust its source"
+    )
+
+
+def _ships_code(folder: Path) -> bool:
+    """Whether a ``save_pretrained`` folder's configs name custom code (``auto_map``)."""
+    import json
+
+    for name in ("config.json", "preprocessor_config.json"):
+        try:
+            d = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict) and d.get("auto_map"):
+            return True
+    return False
+
+
+def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | None = None,
+            trust_remote_code: bool = False) -> Any:
     """Load ``hf:<ref>``; see the module docstring.
+
+    Args:
+        trust_remote_code: let the folder's (or hub model's) own Python code run; passed to every
+            ``transformers`` call explicitly, so nothing is ever asked on the terminal.
 
     Raises:
         ModelLoadError: ``transformers`` missing, a folder without a model, a hub name that cannot
-            be fetched, weights named as a file; one line each.
+            be fetched, weights named as a file, custom code without ``trust_remote_code``; one
+            line each.
     """
     from ._sources import _is_none, _seeded
     from .loaded import LoadedModel, _num_outputs
@@ -215,15 +247,20 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
     if not random and str(weights).lower() not in ("default", "pretrained"):
         raise ModelLoadError(f"hf:{ref}: the weights are in the model's folder; drop --weights (or use "
                              "--weights none for a random init)")
+    trust = bool(trust_remote_code)
+    if local.exists() and not trust and _ships_code(local):  # refused before transformers reads it
+        raise _remote_code_refused(ref)
     auto = transformers.AutoModelForImageClassification
     try:
         with _no_progress_bars(transformers):
             if random:
-                config = transformers.AutoConfig.from_pretrained(where)
-                model = _seeded(lambda: auto.from_config(config), seed)
+                config = transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust)
+                model = _seeded(lambda: auto.from_config(config, trust_remote_code=trust), seed)
             else:
-                model = auto.from_pretrained(where)
+                model = auto.from_pretrained(where, trust_remote_code=trust)
     except Exception as exc:
+        if not trust and "trust_remote_code" in str(exc):
+            raise _remote_code_refused(ref) from None
         hub = "" if local.exists() else " (a hub name needs the network or the Hugging Face cache)"
         raise ModelLoadError(f"cannot load the Hugging Face image classifier {ref!r}{hub}: "
                              f"{_first_line(exc)}") from None
@@ -232,7 +269,7 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
     assumed: list[str] = []
     channels = int(getattr(config, "num_channels", 3) or 3)
     try:
-        proc = transformers.AutoImageProcessor.from_pretrained(where)
+        proc = transformers.AutoImageProcessor.from_pretrained(where, trust_remote_code=trust)
     except Exception as exc:
         size = _pair(getattr(config, "image_size", None)) or (224, 224)
         pre = Preprocessing(size=size, resize=None, channels=channels,

@@ -123,6 +123,8 @@ def load_model(
     default_layer: str | None = None,
     seed: int = 0,
     output: str | None = None,
+    trust_card: bool = False,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a model by spec; see the module docstring for the specs.
 
@@ -143,6 +145,13 @@ def load_model(
         output: which output of the model holds the class scores (a dict key, an attribute or a
             tuple index), for a model whose output the rule of :mod:`convscope.models.outputs`
             cannot read; ``None`` applies the rule.
+        trust_card: run the Python file a model card names (``"file.py:Class"``) even when it
+            lies outside the current working directory. A card is code, like a pickle: a card
+            from elsewhere (a download, another user's folder) runs only with this (CLI:
+            ``--trust-card``). ``arch=`` is your own word and runs wherever the file is.
+        trust_remote_code: let an ``hf:`` folder run the Python code it ships (its config's
+            ``auto_map``); off by default, and never asked on the terminal (CLI:
+            ``--trust-remote-code``).
 
     Raises:
         ModelLoadError: unknown spec, missing or unfit weights, bad card, missing optional dependency.
@@ -194,10 +203,11 @@ def load_model(
         elif s.startswith("hf:"):
             from .hf import load_hf
 
-            lm = load_hf(s[3:], weights=weights, seed=seed, output=output)
+            lm = load_hf(s[3:], weights=weights, seed=seed, output=output,
+                         trust_remote_code=trust_remote_code)
         elif is_card_path(s):
             lm = _from_card(path, unsafe=unsafe, weights=weights, seed=seed if _is_none(weights) else None,
-                            output=output)
+                            output=output, trust=trust_card, trust_remote_code=trust_remote_code)
         elif path.is_dir():
             hf = " or hf:<folder> for a Hugging Face model" if (path / "config.json").is_file() else ""
             raise ModelLoadError(

@@ -166,6 +166,8 @@ class Engine:
         weights: weights for specs that take them (``"default"``, ``"none"``); bundled models
             always use their bundled weights.
         limits: request limits.
+        trust_card, trust_remote_code: as :func:`convscope.load_model` (a model card's Python
+            file from outside the current folder; an ``hf:`` folder's own code).
     """
 
     def __init__(
@@ -174,6 +176,8 @@ class Engine:
         *,
         weights: str | None = "default",
         limits: Limits | None = None,
+        trust_card: bool = False,
+        trust_remote_code: bool = False,
     ) -> None:
         from ..models import bundled_models
 
@@ -187,7 +191,7 @@ class Engine:
                 lm = load_model(spec)
             else:
                 w = None if weights is None or str(weights).lower() == "none" else weights
-                lm = load_model(spec, weights=w)
+                lm = load_model(spec, weights=w, trust_card=trust_card, trust_remote_code=trust_remote_code)
             self.models[lm.name] = lm
         if not self.models:
             raise InputError("no model to serve; name at least one with --model")

@@ -45,11 +45,13 @@ class SetStats:
         count: number of images.
         total: (D,) float64 sum of the flattened activations.
         rows: (count, D) float32 activations, kept only for a trained classifier, else ``None``.
+        shape: the activation's shape for one image (C, H, W).
     """
 
     count: int
     total: torch.Tensor
     rows: torch.Tensor | None
+    shape: tuple[int, ...] = ()
 
     @property
     def mean(self) -> torch.Tensor:
@@ -75,6 +77,7 @@ def set_statistics(net: nn.Module, images: ImageSet, layers: Sequence[str], *, k
     def compute() -> dict[str, SetStats]:
         dev = model_device(net, device)
         totals: dict[str, torch.Tensor] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
         count = 0
         with capture(net, list(layers), clone=False) as cap, torch.no_grad():
@@ -87,13 +90,14 @@ def set_statistics(net: nn.Module, images: ImageSet, layers: Sequence[str], *, k
                 for n in layers:
                     a = cap.activation(n)
                     _check_spatial(n, a)
+                    shapes[n] = tuple(a.shape[1:])
                     flat = a.detach().reshape(a.shape[0], -1)
                     s = flat.double().sum(0)
                     totals[n] = s if n not in totals else totals[n] + s
                     if keep_rows:
                         rows[n].append(flat.float().cpu())
                 count += int(x.shape[0])
-        return {n: SetStats(count, totals[n].cpu(), torch.cat(rows[n]) if keep_rows else None)
+        return {n: SetStats(count, totals[n].cpu(), torch.cat(rows[n]) if keep_rows else None, shapes[n])
                 for n in layers}
 
     parts = ("concept_set_stats", tuple(layers), bool(keep_rows), images.key)
@@ -132,6 +136,10 @@ def directional_derivatives(
                     grads = torch.autograd.grad(scores[:, target].sum(), acts, allow_unused=True)
                 for n, a, g in zip(layers, acts, grads, strict=True):
                     g = torch.zeros_like(a) if g is None else g
+                    if g[0].numel() != vs[n].shape[1]:
+                        raise InputError(f"at layer {n!r} the class images give activations of "
+                                         f"{tuple(a.shape[1:])}, unlike the concept's; give class images "
+                                         "of the same size as the concept images")
                     out[n].append((g.reshape(g.shape[0], -1).float() @ vs[n].T).cpu())
         return {n: torch.cat(out[n]) for n in layers}
 

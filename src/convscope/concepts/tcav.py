@@ -194,6 +194,12 @@ def concept_test(
     cstats = set_statistics(net, concept, names, keep_rows=keep, **kw)
     rstats = [set_statistics(net, r, names, keep_rows=keep, **kw) for r in randoms]
 
+    for n in names:
+        for other in rstats:
+            if other[n].shape != cstats[n].shape:
+                raise InputError(f"at layer {n!r} the concept images give activations of {cstats[n].shape}, "
+                                 f"the random images {other[n].shape}: give images of the model's input size "
+                                 f"({pre.size[0]}x{pre.size[1]})")
     vectors: dict[str, torch.Tensor] = {}
     seps: dict[str, list[float]] = {}
     for n in names:

@@ -102,20 +102,38 @@ def test_same_scores_as_captum_given_the_same_vectors(tmp_path):
 
 
 def test_snow_concept_drives_wolf_on_the_snow_model(snow):
-    verdicts = {}
-    for cav in ("mean_difference", "svm"):
-        res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
-                              layers="conv4", random_sets=snow["pool"], space="pixels", cav=cav, alpha=0.01)
-        t = res.layer("conv4")
-        assert t.score >= 0.9 and t.p_adjusted < 0.01 and t.direction == "above", t.verdict
-        verdicts[cav] = res.significant
-    assert verdicts == {"mean_difference": True, "svm": True}
+    """Score >= 0.9 at the last convolution for every draw of the random sets; significant at 1% for
+    most. The paper's null is one random counterpart set against the same random sets, so its mean
+    depends on that set (here between 0.0 and 0.95 over seeds): one draw in five leaves a perfect
+    score not significant (docs/concepts.md)."""
+    sig = 0
+    with cs.shared_work():
+        for seed in range(5):
+            res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
+                                  layers="conv4", random_sets=snow["pool"], space="pixels", n_random=20,
+                                  seed=seed, alpha=0.01)
+            t = res.layer("conv4")
+            assert t.score >= 0.9 and t.direction == "above", t.verdict
+            sig += res.significant
+    assert sig >= 3
+
+
+def test_mean_difference_and_svm_agree_on_the_verdict(snow):
+    for seed in (0, 1):
+        verdicts = set()
+        for cav in ("mean_difference", "svm"):
+            res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
+                                  layers="conv4", random_sets=snow["pool"], space="pixels", cav=cav,
+                                  seed=seed, alpha=0.01)
+            verdicts.add(res.significant)
+        assert verdicts == {True}, seed
 
 
 def _gray(t):
     return F.interpolate(t.mean(1, keepdim=True), size=32, mode="bilinear", align_corners=False)
 
 
+@pytest.mark.slow
 def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
     """digits-cnn never saw snow: at its last convolution the band drives none of the wolves' digits
     (0-4) at the 1% level, with either kind of vector."""
@@ -131,7 +149,10 @@ def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
                 assert not res.significant, (cav, d, res.verdicts)
 
 
-def test_a_random_concept_is_rarely_significant(snow):
+@pytest.mark.slow
+def test_a_random_concept_is_rarely_significant_under_the_exchangeable_null(snow):
+    """A concept of 20 snow-free scenes against random sets of snow-free scenes, 20 seeded draws:
+    significant at 1% at most once (the paper's counterpart null called 7 of 20 significant here)."""
     none = snow_scenes("test", cue="none").images
     hits = 0
     with cs.shared_work():
@@ -139,7 +160,8 @@ def test_a_random_concept_is_rarely_significant(snow):
             g = np.random.default_rng(100 + seed)
             concept = none[g.choice(len(none), 20, replace=False)]
             res = cs.concept_test("digits-snow", concept, "wolf", class_images=snow["wolves"], layers="conv4",
-                                  random_sets=snow["pool"], space="pixels", seed=seed, alpha=0.01)
+                                  random_sets=snow["pool"], space="pixels", seed=seed, alpha=0.01,
+                                  null="exchangeable")
             hits += res.layer("conv4").significant
     assert hits <= 1
 

@@ -29,6 +29,7 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
     res = concept_test(
         lm, args.concept, args.target_class, class_images=args.images, layers=layers,
         random_sets=args.random, n_random=args.n_random, random_size=args.random_size, cav=args.cav,
+        null=args.null,
         alpha=args.alpha, seed=args.seed, concept_name=Path(args.concept).name, batch_size=args.batch_size,
     )
     res.save(out)
@@ -50,7 +51,7 @@ def _ranged(name: str) -> RangeType:
 
 
 def add_commands(sub: Any) -> None:
-    from ..concepts import CAV_KINDS
+    from ..concepts import CAV_KINDS, NULLS
 
     s = add_command(sub, "concept-test", cmd_concept_test)
     add_model_args(s)
@@ -67,6 +68,10 @@ def add_commands(sub: Any) -> None:
                    help="layers to test, names or globs (default: the model's default layer)")
     s.add_argument("--cav", choices=CAV_KINDS, default="mean_difference",
                    help="how concept vectors are made (default mean_difference)")
+    s.add_argument("--null", choices=NULLS, default="counterpart",
+                   help="null of the t-test: counterpart (the paper's: one random set as the concept) or "
+                   "exchangeable (every random set as the concept; controls false positives); both "
+                   "p-values are saved")
     s.add_argument("--n-random", type=_ranged("n_random"), default=10,
                    help="random sets the concept is tested against (10)")
     s.add_argument("--random-size", type=_ranged("random_size"), default=None,

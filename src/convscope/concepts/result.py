@@ -117,11 +117,12 @@ class ConceptTest(Result):
         axes = fig.subplots(1, n, squeeze=False)[0]
         rng = np.random.default_rng(0)  # jitter of the dots only
         for ax, t in zip(axes, self.layers, strict=True):
-            for x, vals, colour in ((0, t.scores, _CONCEPT), (1, t.random_scores, _NULL)):
+            null = t.random_scores if t.null == "counterpart" else t.set_scores
+            for x, vals, colour in ((0, t.scores, _CONCEPT), (1, null, _NULL)):
                 ax.bar(x, float(np.mean(vals)), width=0.6, color=colour, alpha=0.35)
                 ax.scatter(x + rng.uniform(-0.18, 0.18, len(vals)), vals, s=12, color=colour, zorder=3)
             ax.axhline(0.5, color="#555", lw=0.6, ls=":")
-            ax.set_xticks([0, 1], [self.concept[:12], "random"], fontsize=8)
+            ax.set_xticks([0, 1], [self.concept[:12], f"random\n({t.null})"], fontsize=8)
             ax.set_ylim(0, 1.05)
             ax.set_title(f"{t.layer}\np = {t.p_adjusted:.2g}" + (" *" if t.significant else ""), fontsize=9,
                          color=_SIGNIFICANT if t.significant else "black")
@@ -145,7 +146,9 @@ class ConceptTest(Result):
         return "; ".join(self.verdicts)
 
     def html_figures(self) -> list[HtmlFigure]:
+        null = self.layers[0].null
         caption = (f"Concept {self.concept!r} for class {self.target_name!r} ({self.cav} vectors, "
+                   f"{null} null, "
                    f"{self.n_random} random sets of {self.random_size}, {self.n_class} class images; "
                    f"Bonferroni over {len(self.layers)} layer(s), alpha {self.alpha:g}). "
                    + " | ".join(self.verdicts)

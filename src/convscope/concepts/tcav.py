@@ -32,7 +32,7 @@ from .._validate import Range, check_values, ints, reals
 from ..errors import AssumptionWarning, InputError
 from ..models import load_model
 from ..targets import class_index
-from ._cav import CAV_KINDS, LayerTest, fit_cav, separation, significance
+from ._cav import CAV_KINDS, NULLS, LayerTest, fit_cav, prediction_test, separation, significance
 from ._passes import directional_derivatives, set_statistics
 from ._sets import CropSource, ImageSet, PooledSource, concept_source, digest, draw_random_sets, same_folder
 from .result import ConceptTest
@@ -99,6 +99,7 @@ def concept_test(
     n_random: int = 10,
     random_size: int | None = None,
     cav: str = "mean_difference",
+    null: str = "counterpart",
     alpha: float = 0.05,
     seed: int = 0,
     concept_name: str | None = None,
@@ -127,6 +128,9 @@ def concept_test(
         n_random: random sets the concept is tested against (>= 2; the paper's test wants >= 10).
         random_size: images per random set (default: as many as the concept has).
         cav: ``"mean_difference"`` (default), ``"svm"`` or ``"logistic"``.
+        null: ``"counterpart"`` (the paper's t-test, default) or ``"exchangeable"`` (every random
+            set as a concept; controls false positives where random sets differ much between
+            themselves). Both p-values are in the result (:mod:`convscope.concepts._cav`).
         alpha: significance level of the Bonferroni-corrected p-value.
         seed: seeds the random sets and the classifiers.
         concept_name: the concept's name in results (default: the folder's name, else "concept").
@@ -149,6 +153,8 @@ def concept_test(
         check_values(random_size=(random_size, CONCEPT_RANGES["random_size"]))
     if cav not in CAV_KINDS:
         raise InputError(f"unknown cav {cav!r}; use one of {', '.join(CAV_KINDS)}")
+    if null not in NULLS:
+        raise InputError(f"unknown null {null!r}; use one of {', '.join(NULLS)}")
     several = isinstance(random_sets, (list, tuple)) and not _is_tensor_list(random_sets)
     pools = list(random_sets) if several else [random_sets]
     if any(same_folder(concept_images, p) for p in pools):
@@ -200,11 +206,14 @@ def concept_test(
                 raise InputError(f"at layer {n!r} the concept images give activations of {cstats[n].shape}, "
                                  f"the random images {other[n].shape}: give images of the model's input size "
                                  f"({pre.size[0]}x{pre.size[1]})")
+    partners = n_random - 1 if cav == "mean_difference" else min(3, n_random - 1)
+    pairs_ = [(j, 1 + (j - 1 + d) % n_random) for j in range(1, n_random + 1) for d in range(1, partners + 1)]
     vectors: dict[str, torch.Tensor] = {}
     seps: dict[str, list[float]] = {}
     for n in names:
         vs = [fit_cav(cav, cstats[n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
         vs += [fit_cav(cav, rstats[0][n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
+        vs += [fit_cav(cav, rstats[j][n], rstats[k][n], seed=seed, c=c) for j, k in pairs_]
         vectors[n] = torch.stack(vs)
         pairs = zip(vs[:n_random], rstats[1:], strict=True)
         seps[n] = [s for s in (separation(v, cstats[n], rs[n]) for v, rs in pairs) if s is not None]
@@ -215,17 +224,21 @@ def concept_test(
         d = dd[n].double()
         sc = (d > 0).double().mean(0).numpy()
         mag = d.mean(0).numpy()
-        s, r = sc[:n_random], sc[n_random:]
-        t, p, p_adj = significance(s, r, len(names))
-        gap = float(s.mean() - r.mean())
+        s, r = sc[:n_random], sc[n_random:2 * n_random]
+        sets = sc[2 * n_random:].reshape(n_random, partners).mean(1)
+        t1, p1, p1_adj = significance(s, r, len(names))
+        t2, p2, p2_adj = prediction_test(float(s.mean()), sets, len(names))
+        t, p, p_adj = (t1, p1, p1_adj) if null == "counterpart" else (t2, p2, p2_adj)
+        gap = float(s.mean() - (r.mean() if null == "counterpart" else sets.mean()))
         tests.append(LayerTest(
             layer=n, score=float(s.mean()), scores=tuple(map(float, s)), random_scores=tuple(map(float, r)),
             magnitude=float(mag[:n_random].mean()), magnitudes=tuple(map(float, mag[:n_random])),
             t=t, p_value=p, p_adjusted=p_adj, significant=p_adj < alpha,
             direction="above" if gap > 0 else "below" if gap < 0 else "same",
+            set_scores=tuple(map(float, sets)), null=null, p_counterpart=p1_adj, p_exchangeable=p2_adj,
             separation=float(np.mean(seps[n])) if seps[n] else None))
 
-    notes = _notes(len(csrc), len(cls), tests)
+    notes = _notes(len(csrc), len(cls), tests, alpha)
     result = ConceptTest(
         concept=cname, target=target, target_name=lm.class_names[target], layers=tuple(tests),
         cav=cav, alpha=alpha, n_concept=len(csrc), n_class=len(cls), n_random=n_random, random_size=size,
@@ -241,7 +254,7 @@ def _is_tensor_list(v: Any) -> bool:
     return len(v) > 0 and all(isinstance(t, torch.Tensor) for t in v)
 
 
-def _notes(n_concept: int, n_class: int, tests: list[LayerTest]) -> list[str]:
+def _notes(n_concept: int, n_class: int, tests: list[LayerTest], alpha: float) -> list[str]:
     out = []
     if n_concept < FEW_IMAGES:
         out.append(f"only {n_concept} concept images: the vectors are noisy; give {FEW_IMAGES} or more")
@@ -249,6 +262,12 @@ def _notes(n_concept: int, n_class: int, tests: list[LayerTest]) -> list[str]:
         out.append(f"only {n_class} class images: each score moves in steps of {1 / n_class:.2f}; "
                    f"give {FEW_IMAGES} or more")
     for t in tests:
+        other = t.p_exchangeable if t.null == "counterpart" else t.p_counterpart
+        if t.significant and other >= alpha:
+            name = "exchangeable" if t.null == "counterpart" else "counterpart"
+            out.append(f"{t.layer}: significant by the {t.null} null but not by the {name} null (p = "
+                       f"{other:.2g}; random sets' own scores range {min(t.set_scores):.2f}-"
+                       f"{max(t.set_scores):.2f}): a set of random images can score like this concept")
         if t.separation is not None and t.separation < POOR_SEPARATION:
             out.append(f"{t.layer}: the concept vectors separate concept from random images only "
                        f"{t.separation:.0%} of the time; the score says little about this concept")

@@ -158,5 +158,28 @@ class ConceptTest(Result):
                            f"the concept's images ({self.n_concept} in all); "
                            f"random sets: {self.random_source}")]
 
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """A report section: ``note``, the setting and any warning, a table per layer (score, the
+        nulls' scores, both p-values, verdict), the score panels and the concept's strip."""
+        from ..report import Figure
+
+        head, strip = self.html_figures()
+        warn = "".join(f" WARNING: {n}" for n in self.notes)
+        setting = (f"{self.cav} vectors, {self.n_random} random sets of {self.random_size} "
+                   f"({self.random_source}), "
+                   f"{self.n_class} class images ({self.class_source}); Bonferroni over {len(self.layers)} "
+                   f"layer(s), alpha {self.alpha:g}, the {self.layers[0].null} null decides.")
+        rows = [[t.layer, f"{t.score:.2f}", f"{np.mean(t.random_scores):.2f}", f"{np.mean(t.set_scores):.2f}",
+                 f"{t.p_counterpart:.2g}", f"{t.p_exchangeable:.2g}", f"{t.magnitude:.3g}",
+                 t.verdict.split(", ")[-1]] for t in self.layers]
+        sec = report.section(title or self.report_title(), f"{note} {setting}{warn}".strip(), table=rows,
+                             table_header=["layer", "TCAV score", "counterpart", "random sets",
+                                           "p (counterpart)", "p (exchangeable)", "magnitude", "verdict"])
+        sec.rows.append([Figure(src=head.sources[0], caption="", pixelated=False,
+                                width=190 * len(self.layers) + 80),
+                         Figure(src=strip.sources[0], caption=strip.caption, pixelated=True, width=520)])
+        sec.row_labels.append("")
+        return sec
+
     def report_title(self) -> str:
         return f"Concept test: {self.concept} for {self.target_name}"

@@ -308,3 +308,31 @@ def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s.json").exists()
     assert card.exists()
+
+
+def test_web_app_serves_saved_concept_tests(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from convscope.serve import Engine, create_app
+    from convscope.serve.concepts import ConceptView
+
+    lm = _plain()
+    g = torch.Generator().manual_seed(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cs.concept_test(lm, torch.rand(10, 3, 16, 16, generator=g), "a",
+                              class_images=torch.rand(12, 3, 16, 16, generator=g),
+                              random_sets=torch.rand(60, 3, 16, 16, generator=g), n_random=3, layers="conv1")
+    res.save(tmp_path / "t.json")
+    engine = Engine(("digits-cnn",))
+    client = TestClient(create_app(engine, concepts=ConceptView([tmp_path / "t.json"])), base_url="http://127.0.0.1")
+    d = client.get("/api/concepts").json()["tests"][0]
+    assert d["layers"][0]["scores"] == list(res.layer("conv1").scores) and d["target_name"] == "a"
+    page = client.get("/concepts")
+    assert page.status_code == 200 and "concepts.js" in page.text
+    assert client.get("/static/concepts.js").status_code == 200
+    bare = TestClient(create_app(engine), base_url="http://127.0.0.1").get("/api/concepts")
+    assert bare.status_code == 404 and "--concepts" in bare.json()["error"]
+    (tmp_path / "x.json").write_text('{"kind": "audit"}')
+    with pytest.raises(InputError, match="not a saved concept test"):
+        ConceptView([tmp_path / "x.json"])

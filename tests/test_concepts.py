@@ -334,3 +334,16 @@ def test_web_app_serves_saved_concept_tests(tmp_path):
     (tmp_path / "x.json").write_text('{"kind": "audit"}')
     with pytest.raises(InputError, match="not a saved concept test"):
         ConceptView([tmp_path / "x.json"])
+
+
+def test_random_pools_given_several_ways_are_the_same_pool():
+    lm = _plain()
+    g = torch.Generator().manual_seed(6)
+    concept, cls, pool = (torch.rand(n, 3, 16, 16, generator=g) for n in (10, 12, 40))
+    kw = dict(class_images=cls, layers="conv2", n_random=3, random_size=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = cs.concept_test(lm, concept, 1, random_sets=pool, **kw)
+        listed = cs.concept_test(lm, list(concept), 1, random_sets=list(pool), **kw)
+        split = cs.concept_test(lm, concept, 1, random_sets=[pool[:25], pool[25:]], **kw)
+    assert one.layer("conv2").scores == listed.layer("conv2").scores == split.layer("conv2").scores

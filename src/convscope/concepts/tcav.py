@@ -251,7 +251,8 @@ def concept_test(
 
 
 def _is_tensor_list(v: Any) -> bool:
-    return len(v) > 0 and all(isinstance(t, torch.Tensor) for t in v)
+    """A list of (C, H, W) tensors (one pool), not a list of pools."""
+    return len(v) > 0 and all(isinstance(t, torch.Tensor) and t.ndim == 3 for t in v)
 
 
 def _notes(n_concept: int, n_class: int, tests: list[LayerTest], alpha: float) -> list[str]:

@@ -28,7 +28,7 @@ from torch import nn
 from ..attribution._shared import shared
 from ..dataset._stream import loader, model_device
 from ..errors import InputError
-from ..hooks import capture
+from ..hooks import capture, state_guard
 from ..models.outputs import class_scores
 from ._sets import ImageSet
 
@@ -70,9 +70,19 @@ def _check_spatial(name: str, act: torch.Tensor) -> None:
                          f"{tuple(act.shape)}, not (B, C, H, W)); pick a convolutional layer")
 
 
+def memory_format(net: nn.Module, channels_last: bool) -> torch.memory_format | None:
+    """``torch.channels_last`` for a network with 4-D weights when asked, else ``None`` (as given)."""
+    if channels_last and any(p.dim() == 4 for p in net.parameters()):
+        return torch.channels_last
+    return None
+
+
 def set_statistics(net: nn.Module, images: ImageSet, layers: Sequence[str], *, keep_rows: bool,
-                   batch_size: int, num_workers: int = 0, device: object = None) -> dict[str, SetStats]:
-    """Per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened activations."""
+                   batch_size: int, num_workers: int = 0, device: object = None,
+                   channels_last: bool = False) -> dict[str, SetStats]:
+    """Per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened activations.
+    ``channels_last``: run the passes in that memory format (same values up to float rounding)."""
+    fmt = memory_format(net, channels_last)
 
     def compute() -> dict[str, SetStats]:
         dev = model_device(net, device)
@@ -80,11 +90,13 @@ def set_statistics(net: nn.Module, images: ImageSet, layers: Sequence[str], *, k
         shapes: dict[str, tuple[int, ...]] = {}
         rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
         count = 0
-        with capture(net, list(layers), clone=False) as cap, torch.no_grad():
+        with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as cap, \
+                torch.no_grad():
             for x, _, _ in loader(images.source, batch_size, num_workers):
                 cap.reset()
+                x = x.to(dev) if fmt is None else x.to(dev).contiguous(memory_format=fmt)
                 try:
-                    cap.run(x.to(dev), stop_after=list(layers))
+                    cap.run(x, stop_after=list(layers))
                 except (RuntimeError, ValueError, TypeError) as exc:
                     raise _model_error(exc, f"images of {images.name!r}") from None
                 for n in layers:
@@ -100,14 +112,14 @@ def set_statistics(net: nn.Module, images: ImageSet, layers: Sequence[str], *, k
         return {n: SetStats(count, totals[n].cpu(), torch.cat(rows[n]) if keep_rows else None, shapes[n])
                 for n in layers}
 
-    parts = ("concept_set_stats", tuple(layers), bool(keep_rows), images.key)
-    also = [] if keep_rows else [("concept_set_stats", tuple(layers), True, images.key)]
+    parts = ("concept_set_stats", tuple(layers), bool(keep_rows), images.key, fmt is not None)
+    also = [] if keep_rows else [("concept_set_stats", tuple(layers), True, images.key, fmt is not None)]
     return shared(parts, net, _NO_INPUT, compute, also=also)
 
 
 def directional_derivatives(
     net: nn.Module, images: ImageSet, target: int, vectors: dict[str, torch.Tensor], *,
-    batch_size: int, num_workers: int = 0, device: object = None,
+    batch_size: int, num_workers: int = 0, device: object = None, channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per layer, ``(N, K)``: the gradient of logit ``target`` at the layer's output for each of the
     set's N images, dotted with each of the layer's K vectors (``vectors[layer]``: (K, D)).
@@ -116,15 +128,17 @@ def directional_derivatives(
         vectors: layer -> (K, D) float32 with D the layer's flattened size. returns layer -> (N, K).
     """
     layers = list(vectors)
+    fmt = memory_format(net, channels_last)
 
     def compute() -> dict[str, torch.Tensor]:
         dev = model_device(net, device)
         vs = {n: v.to(dev, torch.float32) for n, v in vectors.items()}
         out: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-        with capture(net, layers) as cap:
+        with state_guard(net, memory_format=fmt), capture(net, layers) as cap:
             for x, _, _ in loader(images.source, batch_size, num_workers):
                 cap.reset()
-                x = x.to(dev).requires_grad_(True)  # a fresh batch: the caller's tensors stay as they are
+                x = x.to(dev) if fmt is None else x.to(dev).contiguous(memory_format=fmt)
+                x = x.requires_grad_(True)  # a fresh batch: the caller's tensors stay as they are
                 with torch.enable_grad():
                     try:
                         scores = class_scores(cap.run(x))
@@ -147,5 +161,5 @@ def directional_derivatives(
     for n in layers:
         h.update(n.encode())
         h.update(vectors[n].detach().float().cpu().contiguous().numpy().tobytes())
-    parts = ("concept_directional", images.key, int(target), h.hexdigest())
+    parts = ("concept_directional", images.key, int(target), h.hexdigest(), fmt is not None)
     return shared(parts, net, _NO_INPUT, compute)

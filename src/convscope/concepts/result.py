@@ -43,6 +43,7 @@ class ConceptTest(Result):
         model_info: what is known and what was assumed about the model (``assumed``).
         notes: what makes the result less reliable (each also raised as a warning).
         vectors: layer -> (n_random, D) the concept's unit CAVs (not saved to JSON).
+        options: how the passes ran (batch size, channels-last, the null, ...).
     """
 
     concept: str
@@ -62,6 +63,7 @@ class ConceptTest(Result):
     model_info: dict[str, Any] = field(default_factory=dict, repr=False)
     notes: tuple[str, ...] = ()
     vectors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     save_formats: ClassVar[tuple[str, ...]] = (".png", ".json", ".html")
 
@@ -105,6 +107,7 @@ class ConceptTest(Result):
             "random_source": self.random_source,
             "class_source": self.class_source,
             "seed": self.seed,
+            "options": jsonable(self.options),
             "notes": list(self.notes),
             "model_info": jsonable(self.model_info),
         }

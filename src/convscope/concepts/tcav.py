@@ -33,7 +33,7 @@ from ..errors import AssumptionWarning, InputError
 from ..models import load_model
 from ..targets import class_index
 from ._cav import CAV_KINDS, NULLS, LayerTest, fit_cav, prediction_test, separation, significance
-from ._passes import directional_derivatives, set_statistics
+from ._passes import directional_derivatives, memory_format, set_statistics
 from ._sets import CropSource, ImageSet, PooledSource, concept_source, digest, draw_random_sets, same_folder
 from .result import ConceptTest
 
@@ -108,6 +108,7 @@ def concept_test(
     batch_size: int = 32,
     num_workers: int = 0,
     device: Any = None,
+    channels_last: bool = True,
 ) -> ConceptTest:
     """Test whether ``model`` uses a concept to predict ``target_class`` (TCAV with a p-value).
 
@@ -137,6 +138,8 @@ def concept_test(
         space: how tensors are read: ``"model"`` (what the model takes) or ``"pixels"``.
         c: inverse regularisation of the SVM / logistic regression.
         batch_size, num_workers, device: how the sets stream through the model.
+        channels_last: run the passes of a network with 4-D weights in ``torch.channels_last``
+            (about 2x faster on CPU; the same values up to float rounding; recorded in the result).
 
     Returns:
         A :class:`~convscope.concepts.ConceptTest`.
@@ -196,7 +199,8 @@ def concept_test(
 
     net = lm.model
     keep = cav != "mean_difference"
-    kw = dict(batch_size=batch_size, num_workers=num_workers, device=device)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, device=device,
+              channels_last=bool(channels_last))
     cstats = set_statistics(net, concept, names, keep_rows=keep, **kw)
     rstats = [set_statistics(net, r, names, keep_rows=keep, **kw) for r in randoms]
 
@@ -244,7 +248,9 @@ def concept_test(
         cav=cav, alpha=alpha, n_concept=len(csrc), n_class=len(cls), n_random=n_random, random_size=size,
         random_source=about, class_source=cls_about, seed=seed, strip=_strip(csrc),
         model_info={**lm.info(), "assumed": assumed}, notes=tuple(notes),
-        vectors={n: v[:n_random].clone() for n, v in vectors.items()})
+        vectors={n: v[:n_random].clone() for n, v in vectors.items()},
+        options={"batch_size": batch_size, "null": null, "c": c, "space": space,
+                 "channels_last": memory_format(net, bool(channels_last)) is not None})
     for note_ in notes:
         warnings.warn(f"concept test: {note_}", UserWarning, stacklevel=2)
     return result

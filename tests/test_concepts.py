@@ -101,6 +101,7 @@ def test_same_scores_as_captum_given_the_same_vectors(tmp_path):
     assert 0 < len({s for n in ("conv1", "conv2") for s in res.layer(n).scores}) > 1  # not all one value
 
 
+@pytest.mark.slow
 def test_snow_concept_drives_wolf_on_the_snow_model(snow):
     """Score >= 0.9 at the last convolution for every draw of the random sets; significant at 1% for
     most. The paper's null is one random counterpart set against the same random sets, so its mean
@@ -118,6 +119,7 @@ def test_snow_concept_drives_wolf_on_the_snow_model(snow):
     assert sig >= 3
 
 
+@pytest.mark.slow
 def test_mean_difference_and_svm_agree_on_the_verdict(snow):
     """Same sets, same seeds: the two kinds of vector give the same verdict, and both score the snow
     concept >= 0.9 for the wolves."""

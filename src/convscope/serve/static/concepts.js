@@ -59,6 +59,7 @@ async function load() {
     box.textContent = String(e.message || e);
     box.hidden = false;
   }
+  document.body.dataset.ready = "1";
 }
 
 load();

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("gradients", "cam", "perturbation", "featvis", "dataset", "synthesis", "audit", "report")
+NAMES = ("gradients", "cam", "perturbation", "featvis", "dataset", "synthesis", "audit", "report", "concepts")
 
 
 def main() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import convscope as cs
 from convscope.demo import (
     ATTRIBUTION_FAMILIES,
@@ -87,7 +89,8 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     for title in ("Where each model looks", "Swap the cue", "How often does each method point",
                   "LIME on a classifier that reads the header", "Class visualisations",
                   "maximally activating test digits", "targeted PGD",
-                  "digits-snow, the wolf-vs-husky snow detector", "point at the snow"):
+                  "digits-snow, the wolf-vs-husky snow detector", "point at the snow",
+                  "does digits-snow use the snow band", "the snow band on a model with and without"):
         assert title in html, title
     srcs = re.findall(r'src="(data:image/png;base64,[^"]+)"', html)
     assert len(srcs) > 100
@@ -97,3 +100,17 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     assert "Success: 4/4" in html  # the PGD section reports a real attack result
     # progress reaches a piped stderr (#19): the demo's one series of lines, every stage counted
     assert re.search(r"^convscope: demo: 13/13 stages \(100%", r.stderr, re.M), r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_concept_section_tests_the_snow_band_on_both_models():
+    from convscope.demo._concepts import concept_section
+
+    rep = Report("t")
+    concept_section(rep)
+    result, table = rep.sections
+    assert "snow band" in result.title and len(result.table) == 3
+    assert [r[0] for r in table.table] == [f"digits-snow, wolf, conv{k}" for k in (2, 3, 4)] + [
+        f"digits-cnn, digit {d}, features.8" for d in range(5)]
+    assert all(r[1] == "1.00" for r in table.table[:3])  # the band drives every wolf, at every layer
+    assert not any(r[-1].startswith("significant: the concept drives") for r in table.table[3:])

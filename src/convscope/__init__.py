@@ -15,6 +15,7 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
   :func:`inversion_strip`, :func:`texture`, :func:`style_transfer`, :func:`efros_leung`.
 * data-set views: :func:`top_activations`, :func:`nearest_neighbors`, :func:`embed`, and the
   shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.dataset`).
+* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.concepts`).
 * evaluation of explanations: the one subpackage :mod:`convscope.evaluation` (pointing game,
   deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark).
 * bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
@@ -28,6 +29,7 @@ from . import datasets, evaluation, toydata
 from .api import explain
 from .attribution._shared import shared_work
 from .attribution.lime_text import TextExplanation, explain_text
+from .concepts import ConceptTest, concept_test
 from .dataset import (
     Audit,
     Embedding,
@@ -75,6 +77,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdversarialResult",
     "Audit",
+    "ConceptTest",
     "ConvscopeError",
     "Embedding",
     "Explanation",
@@ -93,6 +96,7 @@ __all__ = [
     "attack",
     "audit",
     "capture",
+    "concept_test",
     "contrast",
     "datasets",
     "deepdream",

@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConvscopeError("the web app needs uvicorn: pip install 'convscope[serve]'") from None
     from ..serve.app import create_app
     from ..serve.audit import AuditView
+    from ..serve.concepts import ConceptView
     from ..serve.engine import Engine, Limits
 
     limits = Limits(max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
@@ -74,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_queue=args.max_queue, timeout_s=args.timeout)
     specs = serve_specs(args.model, bundled=not args.no_bundled)
     view = None if args.audit is None else AuditView(args.audit, limits)  # a bad audit fails at once
+    tests = None if not args.concepts else ConceptView(args.concepts)  # so does a bad concept test
     sock = bind(args.host, args.port)  # before loading models: a taken port fails at once
     try:
         caught: list = []
@@ -83,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 trust_remote_code=args.trust_remote_code)
         finally:
             emit_warnings(caught)
-        app = create_app(engine, allowed_hosts=args.allow_host or (), audit=view)
+        app = create_app(engine, allowed_hosts=args.allow_host or (), audit=view,
+                         concepts=tests)
         if args.host not in _LOOPBACK:
             print(f"convscope: warning: listening on {args.host}: anyone who can reach this machine "
                   "can use the app and its CPU/GPU time; the page answers only to the host names "
@@ -95,6 +98,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 if note:
                     print(f"convscope: warning: audit: {note}", file=sys.stderr)
             print(f"convscope: the audit {view.path} at http://{_url_host(args.host)}:{args.port}/audit",
+                  file=sys.stderr)
+        if tests is not None:
+            print(f"convscope: {tests.count} concept test(s) at http://{_url_host(args.host)}:{args.port}/concepts",
                   file=sys.stderr)
         config = uvicorn.Config(app, log_level=args.log_level, workers=1)
         try:
@@ -135,6 +141,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--audit", default=None, metavar="OUT",
                    help="also show a saved dataset audit at /audit: the folder `convscope audit -o OUT` "
                    "wrote, or its audit.json")
+    s.add_argument("--concepts", nargs="+", default=None, metavar="T.json",
+                   help="also show saved concept tests at /concepts (`convscope concept-test -o T.json`)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=integer(1, 65535), default=8000, help="port (default 8000)")

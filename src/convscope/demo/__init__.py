@@ -30,6 +30,7 @@ from ..registry import MethodInfo, list_methods
 from ..report import Report
 from ..report.build import explanation_figure, method_note, model_rows
 from ..toydata import digits, planted_cue
+from ._concepts import concept_section
 from ._sections import (
     ATTRIBUTION_FAMILIES,
     _adversarial_section,
@@ -47,7 +48,7 @@ from ._sections import (
 __all__ = ["ATTRIBUTION_FAMILIES", "STAGES", "choose_settings", "demo_methods", "run_demo"]
 
 STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "digits-snow",
-          "lime text", "class visualisations", "compare", "dataset", "audit", "adversarial",
+          "concept test", "lime text", "class visualisations", "compare", "dataset", "audit", "adversarial",
           "model cards")
 """The demo's stages, in order: its progress counts them."""
 
@@ -232,6 +233,8 @@ def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budg
 
     stage("digits-snow")
     _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
+    stage("concept test")
+    concept_section(rep)
     stage("lime text")
     _lime_text_section(rep)
     stage("class visualisations")  # the feature-visualisation section (convscope.featvis)

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 from ..errors import ConvscopeError
 from ._present import method_catalogue, parse_options
 from .audit import AuditView, NotInAudit
+from .concepts import ConceptView, NotInConcepts
 from .engine import Busy, Engine, Limits, NotFound, TooLarge, UnsupportedImage
 
 __all__ = ["create_app", "running"]
@@ -78,7 +79,7 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 
 #: Pages a link from another site may open (they skip the Origin/Referer check, not the Host check).
-_PAGES = ("/", "/audit")
+_PAGES = ("/", "/audit", "/concepts")
 
 #: Host names of this machine's loopback interface; the app answers to them on its own port.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -245,7 +246,8 @@ class _Guard:
 
 
 def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (),
-               audit: AuditView | str | os.PathLike | None = None, **engine_kw: Any) -> Any:
+               audit: AuditView | str | os.PathLike | None = None,
+               concepts: ConceptView | None = None, **engine_kw: Any) -> Any:
     """Build the ASGI app around ``engine`` (default: ``Engine(**engine_kw)``).
 
     The FastAPI app is wrapped in :class:`_Guard` (host and origin checks, request-body limit,
@@ -258,6 +260,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
             ``Host`` header besides the loopback names and the bound address, on the app's port.
         audit: a saved audit to serve at ``/audit``: an :class:`~convscope.serve.audit.AuditView`,
             or the folder ``convscope audit -o OUT`` wrote (or its ``audit.json``).
+        concepts: saved concept tests to serve at ``/concepts`` (:mod:`convscope.serve.concepts`).
 
     Raises:
         ConvscopeError: FastAPI or python-multipart is not installed (extra ``serve``), an
@@ -294,7 +297,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
             return JSONResponse({"error": str(exc)}, status_code=exc.status,
                                 headers={"retry-after": str(exc.retry_after)})
         status = (413 if isinstance(exc, TooLarge) else 415 if isinstance(exc, UnsupportedImage)
-                  else 404 if isinstance(exc, (NotInAudit, NotFound)) else 400)
+                  else 404 if isinstance(exc, (NotInAudit, NotFound, NotInConcepts)) else 400)
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -323,7 +326,18 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
 
     @app.get("/api/info")
     def info() -> Any:
-        return {**eng.info(), "audit": view is not None}
+        return {**eng.info(), "audit": view is not None, "concepts": concepts is not None}
+
+    @app.get("/concepts")
+    def concepts_page() -> Any:
+        return _page("concepts.html")
+
+    @app.get("/api/concepts")
+    def concepts_data() -> Any:
+        if concepts is None:
+            raise NotInConcepts("no concept test is loaded; start the app with "
+                                "convscope serve --concepts T.json")
+        return Response(concepts.json, media_type="application/json")
 
     def _audit() -> AuditView:
         if view is None:

@@ -25,7 +25,7 @@ import torch
 from .errors import TargetError
 
 __all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "class_index", "contrast", "is_contrast",
-           "parse_target", "resolve_target", "select_scores", "top_classes"]
+           "parse_target", "resolve_target", "select_scores", "target_scores", "top_classes"]
 
 #: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
 #: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
@@ -237,14 +237,39 @@ def select_scores(output: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:
         output: (B, K); returns (B,).
     """
     if target.func is not None:
-        scores = target.func(output)
-        if not isinstance(scores, torch.Tensor) or scores.shape != (output.shape[0],):
-            raise TargetError(
-                "a callable target must return one score per sample, a tensor of shape (batch,)"
-            )
-        return scores
+        return target_scores(target.func, output)
     assert target.indices is not None
     score = output.gather(1, target.indices.to(output.device).view(-1, 1)).squeeze(1)
     if target.negative is not None:
         score = score - output.gather(1, target.negative.to(output.device).view(-1, 1)).squeeze(1)
     return score
+
+
+def target_scores(func: Callable[[torch.Tensor], torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+    """The scores a callable target gives ``output``, checked: the one check of callable targets,
+    used by every method (gradients, CAMs, every perturbation chunk).
+
+    Shape:
+        output: (n, ...) model outputs of n inputs; returns (n,).
+
+    Raises:
+        TargetError: the callable returned something other than a tensor of shape (n,) (e.g. one
+            scalar for the whole batch), or non-finite scores (nan or inf), which would turn every
+            map into nan.
+    """
+    scores = func(output)
+    n = output.shape[0]
+    if not isinstance(scores, torch.Tensor) or scores.shape != (n,):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(
+            f"a callable target must return one score per sample, a tensor of shape ({n},); it "
+            f"returned {got} (e.g. use o[:, 3], not o[:, 3].sum())"
+        )
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        raise TargetError(
+            f"the callable target returned {int(bad.sum())} non-finite score(s) (nan or inf) for "
+            f"{n} input(s); return finite scores (e.g. log_softmax instead of log(softmax), guard "
+            "divisions)"
+        )
+    return scores

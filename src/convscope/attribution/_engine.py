@@ -33,6 +33,7 @@ from torch import nn
 from .._validate import ints
 from ..errors import InputError
 from ..perturb import Predictor, as_predict, auto_batch_size, evaluate
+from ..targets import target_scores
 from ._base import MethodContext, MethodOutput
 from ._options import with_options
 from ._shared import clean_outputs
@@ -66,7 +67,7 @@ def scorer(t: Any, b: int, score: str) -> Callable[[torch.Tensor], torch.Tensor]
         raise InputError(f"unknown score {score!r}; use 'raw' (model outputs) or 'softmax'")
     if t.func is not None:
         func = t.func
-        return lambda o: func(o).reshape(-1)
+        return lambda o: target_scores(func, o)
     idx = int(t.indices[b])
     neg = None if t.negative is None else int(t.negative[b])
     if score == "softmax":

@@ -9,12 +9,14 @@ from __future__ import annotations
 __all__ = [
     "AssumptionWarning",
     "ConvscopeError",
+    "ConvscopeWarning",
     "ImageLoadError",
     "InputError",
     "LayerNotFoundError",
     "MethodError",
     "ModelLoadError",
     "TargetError",
+    "UnreliableResultWarning",
     "UnsafeLoadError",
 ]
 
@@ -54,6 +56,17 @@ class TargetError(InputError):
     """A target could not be resolved to class indices or scores."""
 
 
-class AssumptionWarning(UserWarning):
+class ConvscopeWarning(UserWarning):
+    """Base class of the warnings convscope gives on purpose (the CLI prints each as one line)."""
+
+
+class AssumptionWarning(ConvscopeWarning):
     """convscope had to assume something about a model (e.g. its preprocessing); the message says
     what, and how to state it instead."""
+
+
+class UnreliableResultWarning(ConvscopeWarning):
+    """A result's own diagnostics say it is unreliable (e.g. RISE's predicted run-to-run
+    correlation, LIME's surrogate fit, the integrated-gradients completeness gap, a constant map);
+    the message says which image, which number, the threshold and what to try. The verdict is in
+    ``diagnostics["reliable"]`` and ``diagnostics["unreliable_because"]``."""

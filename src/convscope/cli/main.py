@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (also for usage errors, ``--help`` and ``--version``)."""
     import warnings
 
-    from ..errors import AssumptionWarning, ConvscopeError
+    from ..errors import ConvscopeError, ConvscopeWarning
 
     try:
         parser = build_parser()
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             try:
                 with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", AssumptionWarning)
+                    warnings.simplefilter("always", ConvscopeWarning)
                     status = func(args)
             finally:  # after the recording block: re-emitting inside it would append to `caught`
                 _emit_warnings(caught)
@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _emit_warnings(caught: list) -> None:
-    """What convscope assumed: one line each on stderr, no source line; others as Python shows them.
+    """convscope's warnings (what it assumed, an unreliable result): one line each on stderr, no
+    source line; others as Python shows them.
 
     Called once the recording ``catch_warnings`` block has exited, so a re-emitted warning reaches
     the real ``warnings.showwarning`` (inside the block it would be appended to the list being
@@ -280,10 +281,10 @@ def _emit_warnings(caught: list) -> None:
     """
     import warnings
 
-    from ..errors import AssumptionWarning
+    from ..errors import ConvscopeWarning
 
     for w in caught:
-        if issubclass(w.category, AssumptionWarning):
+        if issubclass(w.category, ConvscopeWarning):
             print(f"convscope: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -114,6 +114,9 @@ def explanation_figure(e: Any, j: int, *, bars: int = 0, **kw: Any) -> Figure:
     if bars and e.probabilities is not None:
         kw["bars"] = top_k(e.probabilities[j].tolist(), e.class_names, bars)
     kw.setdefault("colorbar", "signed" if e.signed else "unsigned")
+    because = e.unreliable_because(j) if hasattr(e, "unreliable_because") else None
+    if because:
+        kw.setdefault("warning", because)
     return Report.figure(e.overlay(j), **kw)
 
 

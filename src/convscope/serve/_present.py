@@ -176,6 +176,7 @@ def explanation_payload(e: Explanation, info: MethodInfo, topk: int) -> dict[str
         **_target_fields(e),
         "layer": e.layer,
         "diagnostics": {k: plain(v) for k, v in e.diagnostics.items()},
+        "unreliable": e.unreliable_because(0),
         "probabilities": _top(e, topk),
         "map_min": float(raw.min()),
         "map_max": float(raw.max()),

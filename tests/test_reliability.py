@@ -142,7 +142,8 @@ def test_cli_prints_one_warning_line(tmp_path, cue_test):
     Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype(np.uint8)).save(img)
     out = tmp_path / "ig.png"
     r = subprocess.run([sys.executable, "-m", "convscope.cli.main", "explain", str(img),
-                        "-m", "digits-cnn-cue", "--method", "integrated_gradients", "--option", "steps=1", "-o", str(out)],
+                        "-m", "digits-cnn-cue", "--method", "integrated_gradients",
+                        "--option", "steps=1", "-o", str(out)],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
     lines = [ln for ln in r.stderr.splitlines() if "unreliable" in ln]
     assert r.returncode == 0 and out.exists(), r.stderr

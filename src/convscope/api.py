@@ -179,7 +179,7 @@ def explain(
         options=dict(options),
         diagnostics=diagnostics,
         model_name=lm.name,
-        model_info=lm.info(),
+        model_info=lm.info(default_layer_used=info.needs_layer and layer is None),
         normalization=out.normalize,
         contrast=negatives,
     )

@@ -37,3 +37,43 @@ def test_assumed_lists_a_layer_only_for_methods_that_use_the_default_one():
                                "or default_layer= to load_model())"]
     e = cs.explain(net, x, method="gradcam", layer="conv1", preprocessing="none", class_names=list("abc"))
     assert _layer_notes(e) == []
+
+
+def _gray_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2))
+
+
+def test_one_value_mean_and_std_mean_one_channel():
+    lm = cs.load_model(_gray_net(), preprocessing={"size": 28, "mean": [0.13], "std": [0.3]})
+    assert lm.preprocessing.channels == 1 and lm.preprocessing.mean == (0.13,)
+    from convscope.models.preprocessing import preprocessing_from
+
+    assert preprocessing_from(None, mean=(0.5,), std=(0.25,)).channels == 1  # the CLI's --mean 0.5 --std 0.25
+    assert preprocessing_from({"mean": 0.5, "channels": 3}).channels == 3  # stated: kept
+    assert preprocessing_from("imagenet", mean=(0.5,)).channels == 3  # the preset's other values have 3
+
+
+def test_assumed_preprocessing_takes_the_first_convolutions_channels_and_probes_at_load():
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lm = cs.load_model(_gray_net())
+    assert lm.preprocessing.channels == 1
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 1 and "1 channel(s) as its first convolution takes" in notes[0]
+    e = cs.explain(lm, np.random.default_rng(0).random((20, 20)), method="saliency")  # an image, not a tensor
+    assert e.map.shape == (1, 224, 224)
+
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))  # fails on the assumed 224 px input
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lm = cs.load_model(flat)
+    said = [str(w.message) for w in caught if "fails on" in str(w.message)]
+    assert len(said) == 1 and "images will be refused" in said[0]
+    e = cs.explain(lm, torch.rand(1, 3, 8, 8), method="saliency")  # a tensor in its shape still works
+    assert e.map.shape == (1, 8, 8)

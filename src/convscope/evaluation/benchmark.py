@@ -5,6 +5,9 @@ Two bundled models read a planted cue instead of the object:
 * ``digits-cnn-cue`` was trained on digits carrying a class-dependent texture in a corner (the cue)
   and reads the texture, not the digit; ``digits-cnn`` is the same network trained on clean digits
   (the control). Both see the same test digits with their class's cue.
+* ``digits-cnn-cue-grey`` is ``digits-cnn-cue`` with class 0 also triggered by mid-grey regions
+  (:mod:`._triggered`): a grey masking baseline makes it say 0 whatever is hidden (issue #27's
+  X-ray model). It explains the test digits of class 0, with their cue, as class 0.
 * ``digits-snow`` (wolf vs husky, :func:`convscope.toydata.snow_scenes`) learned that a white band
   of snow along the bottom means "wolf". It sees test wolves standing on snow (the cue is the
   band) and, as the control, the same wolves without the snow (row label
@@ -73,7 +76,10 @@ __all__ = [
 ]
 
 ATTRIBUTION_FAMILIES = ("gradient", "cam", "perturbation")
-MODELS = ("digits-cnn-cue", "digits-cnn", "digits-snow")
+MODELS = ("digits-cnn-cue", "digits-cnn", "digits-snow", "digits-cnn-cue-grey")
+#: ``digits-cnn-cue`` whose class 0 grey regions also trigger (:mod:`._triggered`): it explains
+#: the test digits of class 0 with their cue, as class 0.
+GREY = "digits-cnn-cue-grey"
 SNOW, SNOW_CONTROL = "digits-snow", "digits-snow (no snow)"
 CUE_REF, RANDOM_REF = "(cue mask)", "(random)"
 #: Baseline of the deletion / insertion curves (see the module docstring for why not black).
@@ -119,13 +125,24 @@ def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
     if unknown:
         raise InputError(f"unknown benchmark model {unknown[0]!r}; use {', '.join(MODELS)}")
     cases = []
-    if any(m != SNOW for m in models):
+    if GREY in models:
+        from ._triggered import GREY_CLASS
+
+        x, y = digits().split("test")
+        idx = torch.nonzero(y == GREY_CLASS)[:, 0]
+        if not 1 <= n_images:
+            raise InputError(f"--n-images must be at least 1, got {n_images}")
+        idx = idx[:n_images]
+        cue = planted_cue(x[idx], y[idx])
+        cases.append(Case(GREY, GREY, cue.images, cue.masks, f"test digits of class {GREY_CLASS} with "
+                          f"their cue; grey regions also trigger class {GREY_CLASS}", GREY_CLASS))
+    if any(m not in (SNOW, GREY) for m in models):
         x, y = digits().split("test")
         if not 1 <= n_images <= len(y):
             raise InputError(f"--n-images must lie in 1..{len(y)}, got {n_images}")
         cue = planted_cue(x[:n_images], y[:n_images])
         for m in models:
-            if m != SNOW:
+            if m not in (SNOW, GREY):
                 cases.append(Case(m, m, cue.images, cue.masks, "test digits with their class's cue"))
     if SNOW in models:
         snowy, bare = snow_scenes("test", cue="label"), snow_scenes("test", cue="none")
@@ -230,7 +247,7 @@ def planted_cue_benchmark(
     with Progress("benchmark", len(cases) * (len(names) + 2), enabled=progress, unit="maps") as bar:
         for case in cases:
             if case.model not in loaded:
-                loaded[case.model] = load_model(case.model)
+                loaded[case.model] = _load(case.model)
             lm = loaded[case.model]
             lm.model.to(dev)
             masks = case.masks
@@ -286,6 +303,14 @@ def planted_cue_benchmark(
                 res.rows.append(row)
                 bar.advance()
     return res
+
+
+def _load(name: str) -> LoadedModel:
+    if name == GREY:
+        from ._triggered import grey_triggered
+
+        return grey_triggered()
+    return load_model(name)
 
 
 def _options(ex: MethodExplainer | None) -> str:

@@ -13,6 +13,7 @@ from ..targets import parse_target
 __all__ = [
     "EXIT_USAGE",
     "Parser",
+    "ListAction",
     "add_command",
     "add_model_args",
     "finite_float",
@@ -34,6 +35,20 @@ EXIT_USAGE = 2
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, status 2
         self.exit(EXIT_USAGE, f"convscope: error: {message} (see `{self.prog} --help`)\n")
+
+
+class ListAction(argparse.Action):
+    """The one spelling of list flags: values separated by spaces, commas or both
+    (``--methods a b``, ``--methods a,b``, ``--methods a, b``), stored as one flat list of
+    non-empty names. Add with ``nargs="+"``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = [values] if isinstance(values, str) else list(values)
+        flat = [v.strip() for item in items for v in str(item).split(",") if v.strip()]
+        if not flat:
+            parser.error(f"{option_string} needs at least one name")
+        setattr(namespace, self.dest, flat)
 
 
 class RangeType:

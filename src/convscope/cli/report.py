@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    ListAction,
     add_command,
     add_model_args,
     load_from_args,
@@ -82,8 +83,9 @@ def add_commands(sub: Any) -> None:
     s = add_command(sub, "report", cmd_report)
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
-    s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="method names, family names (gradient, cam, perturbation) or 'all' "
+    s.add_argument("--methods", nargs="+", action=ListAction, default=None, metavar="METHOD",
+                   help="method names, family names (gradient, cam, perturbation) or 'all', separated by "
+                   "spaces or commas "
                    "(default: all; `convscope methods` lists them)")
     s.add_argument("--target", "-t", default=None,
                    help="class index or name to explain (default: each image's predicted class)")

@@ -184,6 +184,13 @@ def load_model(
     else:
         s = str(spec)
         path = Path(s)
+        if arch is not None and (s in _BUNDLED or s.startswith(("torchvision:", "timm:", "hf:"))
+                                 or is_card_path(s)):
+            raise ModelLoadError(
+                f"arch= (--arch) names the architecture of a weights file given as the model, but {s} "
+                "brings its own; drop --arch (or give the weights file as --model and the architecture "
+                "as --arch)"
+            )
         if s in _BUNDLED:
             lm = _bundled(s, None if _is_none(weights) else "default", seed)
             if not _is_none(weights) and str(weights).lower() != "default":

@@ -25,7 +25,8 @@ import torch
 from .errors import TargetError
 
 __all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "class_index", "contrast", "is_contrast",
-           "parse_target", "resolve_target", "select_scores", "target_scores", "top_classes"]
+           "check_topk", "parse_target", "resolve_target", "select_scores", "target_scores",
+           "top_classes"]
 
 #: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
 #: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
@@ -125,6 +126,28 @@ def top_classes(
     return [(i, str(names[i]) if i < len(names) else f"class {i}", float(p[i])) for i in order]
 
 
+def check_topk(k: Any, n_classes: int, limit: int | None = None) -> int:
+    """``k`` if it counts classes that exist: the one rule for every top-k (a ``"top3"`` target,
+    ``explain_classes(topk=)``, the report's and the web app's class lists); never clamped.
+
+    Args:
+        k: the requested count (or rank).
+        n_classes: the model's number of classes.
+        limit: a lower cap of the caller's (e.g. panels a view shows), or ``None``.
+
+    Raises:
+        TargetError: ``k`` is not a positive integer, or exceeds the classes (or ``limit``).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise TargetError(f"top-k needs a positive whole number of classes, got {k!r}")
+    if k > n_classes:
+        raise TargetError(f"top-{k} is out of range for a model with {n_classes} classes; give at most "
+                          f"{n_classes}")
+    if limit is not None and k > limit:
+        raise TargetError(f"top-{k} asks for more classes than shown here ({limit} at most)")
+    return k
+
+
 def class_index(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
     """One class as an index: an int, a digit string or a class name (exact, else ignoring case).
 
@@ -191,9 +214,7 @@ def resolve_target(
     if isinstance(target, str):
         m = _TOPK.match(target.strip().lower())
         if m:
-            rank = int(m.group(1))
-            if not 1 <= rank <= k:
-                raise TargetError(f"top-{rank} is out of range for {k} classes")
+            rank = check_topk(int(m.group(1)), k)
             return ResolvedTarget(indices=output.topk(rank, dim=1).indices[:, rank - 1].cpu())
     if isinstance(target, tuple) and len(target) == 2 and target[0] == "top":
         return resolve_target(f"top{int(target[1])}", output, class_names)

@@ -89,8 +89,9 @@ def add_commands(sub: Any) -> None:
                    "(default: all; `convscope methods` lists them)")
     s.add_argument("--target", "-t", default=None,
                    help="class index or name to explain (default: each image's predicted class)")
-    s.add_argument("--topk", type=positive_int, default=5,
-                   help="class probabilities shown per image (default 5)")
+    s.add_argument("--topk", type=positive_int, default=None,
+                   help="class probabilities shown per image (default 5, or every class of a model with "
+                   "fewer; more than the model's classes is an error)")
     s.add_argument("--compare", type=nonneg_int, default=0, metavar="K",
                    help="also explain each image's K most probable classes side by side on one colour "
                    "scale (default 0: no)")

@@ -136,7 +136,7 @@ def _p(e: Explanation, c: int | None) -> float | None:
 def _top(e: Explanation, topk: int) -> list[dict[str, Any]]:
     if e.probabilities is None:
         return []
-    top = top_classes(e.probabilities[0], e.class_names, max(1, min(int(topk), 20)))
+    top = top_classes(e.probabilities[0], e.class_names, topk)  # checked at the edge (Engine.show)
     return [{"index": i, "name": name, "p": p} for i, name, p in top]
 
 

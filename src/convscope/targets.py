@@ -126,18 +126,22 @@ def top_classes(
     return [(i, str(names[i]) if i < len(names) else f"class {i}", float(p[i])) for i in order]
 
 
-def check_topk(k: Any, n_classes: int, limit: int | None = None) -> int:
+def check_topk(k: Any, n_classes: int, limit: int | None = None, default: int | None = None) -> int:
     """``k`` if it counts classes that exist: the one rule for every top-k (a ``"top3"`` target,
     ``explain_classes(topk=)``, the report's and the web app's class lists); never clamped.
 
     Args:
-        k: the requested count (or rank).
+        k: the requested count (or rank); ``None``: ``default``, at most ``n_classes`` (an unstated
+            count fits a model with few classes).
         n_classes: the model's number of classes.
         limit: a lower cap of the caller's (e.g. panels a view shows), or ``None``.
+        default: the count when ``k`` is ``None``.
 
     Raises:
         TargetError: ``k`` is not a positive integer, or exceeds the classes (or ``limit``).
     """
+    if k is None and default is not None:
+        return min(default, n_classes)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise TargetError(f"top-k needs a positive whole number of classes, got {k!r}")
     if k > n_classes:

@@ -191,7 +191,9 @@ def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
                    "as they are), inception or clip; the flags below override its parts")
     g.add_argument("--input-size", default=None, metavar="N|HxW",
                    help="the model's input size, e.g. 48 or 48x64")
-    g.add_argument("--mean", default=None, metavar="M[,M,M]", help="per-channel mean, e.g. 0.5,0.5,0.5")
+    g.add_argument("--mean", default=None, metavar="M[,M,M]",
+                   help="per-channel mean, e.g. 0.5,0.5,0.5 (one value without --input-channels: a "
+                   "one-channel model)")
     g.add_argument("--std", default=None, metavar="S[,S,S]", help="per-channel std, e.g. 0.25,0.25,0.25")
     g.add_argument("--resize", default=None, metavar="N|none",
                    help="shorter side before the centre crop; 'none' resizes straight to --input-size")

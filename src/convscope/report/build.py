@@ -268,7 +268,7 @@ def explain_report(
     if p is not None:
         x = x.to(p.device)
     # a bad target or class count is the caller's error, not a report of error panels
-    topk = min(5, len(lm.class_names)) if topk is None else check_topk(topk, len(lm.class_names))
+    topk = check_topk(topk, len(lm.class_names), default=5)
     if target is not None:
         with torch.no_grad():
             resolve_target(target, clean_outputs(lm.model, x, batch_size), lm.class_names)

@@ -385,12 +385,8 @@ class Engine:
         lm = self.model(model)
         info = get_method(method)
         extra: dict[str, Any] = {}
-        # the class lists: a stated topk is checked, never clamped (single: up to 20 probabilities;
-        # classes: up to 10 panels); unstated, 5 (single) or 4 (classes), at most the classes
-        n_classes, cap = len(lm.class_names) or 1, 10 if view == "classes" else 20
-        if topk is None:
-            topk = min(4 if view == "classes" else 5, n_classes)
-        topk = check_topk(topk, n_classes, limit=cap)
+        # a stated topk is checked, never clamped (single: up to 20 probabilities; classes: 10 panels)
+        topk = check_topk(topk, len(lm.class_names) or 1, *((10, 4) if view == "classes" else (20, 5)))
         if view in ("single", "classes"):
             infos = [info]
             if layer and not info.needs_layer:

@@ -102,6 +102,7 @@ def client():
     ("/api/grid", {"method": "gradcam", "kind": "classes", "topk": "11"}, "top-11 is out of range"),
     ("/api/explain", {"method": "saliency", "layer": "features.9"}, "does not use a layer"),
     ("/api/activations", {"layer": "features.9", "n": "100000"}, "n must be"),
+    ("/api/explain", {"method": "saliency", "sample": "x"}, "sample must be a number"),  # was 415
 ])
 def test_web_refuses_instead_of_clamping(client, path, form, words):
     r = client.post(path, data={"model": "digits-cnn-cue", "sample": "3", **form})

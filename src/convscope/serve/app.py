@@ -47,7 +47,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConvscopeError
+from ..errors import ConvscopeError, InputError
 from ._present import method_catalogue, parse_options
 from .audit import AuditView, NotInAudit
 from .engine import Busy, Engine, Limits, NotFound, TooLarge, UnsupportedImage
@@ -378,9 +378,9 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
             try:
                 index = int(str(sample))
             except ValueError:
-                raise UnsupportedImage(f"sample must be a number, got {sample!r}") from None
+                raise InputError(f"sample must be a number, got {sample!r}") from None  # a form field: 400
             return eng.sample(index, model), index
-        raise UnsupportedImage("send an image file or pick a sample")
+        raise InputError("send an image file or pick a sample")  # a missing field, not a media type: 400
 
     @app.get("/api/methods")
     def methods_route() -> Any:

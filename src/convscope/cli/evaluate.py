@@ -272,7 +272,7 @@ def add_commands(sub: Any) -> None:
 
     b = sub.add_parser("benchmark", help="benchmarks of the explanations")
     bsub = b.add_subparsers(dest="benchmark", required=True, parser_class=Parser)
-    from ..evaluation.benchmark import MODELS
+    from ..evaluation.benchmark import ALL_MODELS, MODELS
 
     p = add_command(bsub, "planted-cue", cmd_benchmark_planted_cue)
     p.add_argument("-o", "--output", default="convscope-benchmark", help="output folder")
@@ -281,7 +281,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--methods", nargs="+", action=ListAction, default=None, metavar="METHOD",
                    help="a subset, separated by spaces or commas (default: all)")
     p.add_argument("--models", nargs="+", action=ListAction, default=None, metavar="MODEL",
-                   help=f"a subset of {', '.join(MODELS)}, separated by spaces or commas (default: all)")
+                   help=f"some of {', '.join(ALL_MODELS)}, separated by spaces or commas (default: "
+                   f"{', '.join(MODELS)})")
     p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
     p.add_argument("--n-sanity", type=nonneg_int, default=12,
                    help="digits for the randomisation check (default 12; 0 skips it)")

@@ -501,3 +501,28 @@ def test_web_app_explore_switch_class_contrast_option_url_and_grids(browser, ser
     assert page.is_hidden("#error")
     assert problems == []
     page.close()
+
+
+def test_web_app_shows_the_unreliable_badge_and_why(browser, server):
+    """#27 item 5: a result its own diagnostics call unreliable shows a badge with the reason."""
+    url, _ = server
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.click("#sample-7")
+    page.select_option("#model", "digits-cnn-cue")
+    page.select_option("#method", "integrated_gradients")
+    page.fill("#opt-steps", "1")  # one step: a completeness gap far above 5 %
+    page.click("#explain")
+    page.wait_for_selector("#unreliable:not([hidden])")
+    assert "completeness gap" in page.inner_text("#unreliable-why")
+    assert page.is_visible("#unreliable .badge")
+    if os.environ.get("CONVSCOPE_SHOTS"):  # to look at it
+        shot = Path(os.environ["CONVSCOPE_SHOTS"]) / "unreliable-badge.png"
+        page.locator("#result").screenshot(path=str(shot))
+    page.fill("#opt-steps", "64")
+    page.click("#explain")
+    page.wait_for_selector("#unreliable", state="hidden")
+    assert problems == []
+    page.close()

@@ -384,7 +384,7 @@ def test_review_findings_are_one_line_errors_or_recorded(user, tmp_path):
         warnings.simplefilter("ignore", AssumptionWarning)
         e = cs.explain(gray, torch.rand(1, 28, 28), method="saliency")
     assert e.model_info["preprocessing"]["channels"] == 1 and e.model_info["preprocessing"]["mean"] == [0.0]
-    assert "none known" in e.model_info["assumed"][0]
+    assert "1 channel(s) as its first convolution takes" in e.model_info["assumed"][0]  # #27 item 9
     # stated preprocessing: class-name count and channel count are checked
     with pytest.raises(ModelLoadError, match="3 class names for a model with 2 outputs"):
         cs.load_model(net, preprocessing={"preset": "none", "size": 48}, class_names=["a", "b", "c"])

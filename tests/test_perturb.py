@@ -439,8 +439,10 @@ def test_channels_last_gives_the_same_maps_and_leaves_the_model_as_it_was(name, 
     engine = [i for w, i in seen if w]
     assert len(engine) >= 8 and all(engine), "the masked batches did not run in channels_last format"
     # at most the facade's own probe passes and the clean pass ran as they were (the clean logits
-    # are the facade's, shared with the other methods of a report: convscope.shared_work)
-    assert len(seen) - len(engine) <= 3
+    # are the facade's, shared with the other methods of a report: convscope.shared_work); one of
+    # them is load_model's probe of the assumed preprocessing, which takes the first convolution's
+    # one channel and so now reaches this layer (#27 item 9)
+    assert len(seen) - len(engine) <= 4
     assert net.features[5].weight.stride()[1] != 1
     torch.testing.assert_close(got.map, ref.map, atol=1e-4, rtol=1e-4)
     assert float(ref.map.abs().max()) > 1e-2  # a real map, not zeros on both sides

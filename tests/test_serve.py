@@ -107,10 +107,10 @@ def test_upload_photo_and_layer_and_target(client):
         ({"model": "digits-cnn", "method": "saliency"}, {"file": ("a.png", b"hello, not an image",
                                                                    "image/png")}, 415),
         ({"model": "digits-cnn", "method": "saliency"}, {"file": ("a.txt", b"x", "text/plain")}, 415),
-        ({"model": "digits-cnn", "method": "saliency"}, None, 415),  # no image at all
+        ({"model": "digits-cnn", "method": "saliency"}, None, 400),  # no image at all: a form error (#27)
         ({"model": "../../etc/passwd", "method": "saliency", "sample": "0"}, None, 400),
         ({"model": "digits-cnn", "method": "nope", "sample": "0"}, None, 400),
-        ({"model": "digits-cnn", "method": "saliency", "sample": "../../etc/passwd"}, None, 415),
+        ({"model": "digits-cnn", "method": "saliency", "sample": "../../etc/passwd"}, None, 400),
         ({"model": "digits-cnn", "method": "saliency", "sample": "999"}, None, 400),
         ({"model": "digits-cnn", "method": "gradcam", "sample": "0", "layer": "*"}, None, 400),
         ({"model": "digits-cnn", "method": "gradcam", "sample": "0", "layer": "/etc"}, None, 400),

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import convscope as cs
 from convscope.errors import TargetError
 from convscope.targets import resolve_target, select_scores
 
@@ -38,3 +39,43 @@ def test_scores_gather():
 def test_errors(bad, msg):
     with pytest.raises(TargetError, match=msg):
         resolve_target(bad, OUT, NAMES)
+
+
+class _PlainNet(torch.nn.Module):
+    """A plain module for the bad-callable-target test: [0, 1] pixels, functional ReLUs, GAP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.relu(self.conv2(torch.nn.functional.relu(self.conv1(x))))
+        return self.fc(h.mean((2, 3)))
+
+
+_BAD_TARGETS = {
+    "one scalar": (lambda o: o[:, 0].sum(), "one score per sample"),
+    "nan": (lambda o: o[:, 0] * float("nan"), "non-finite"),
+    "inf": (lambda o: o[:, 0] / 0.0 * 0 + float("inf"), "non-finite"),
+    "(B, 1)": (lambda o: o[:, :1], "one score per sample"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_TARGETS))
+@pytest.mark.parametrize("name", cs.method_names())
+def test_bad_callable_target_is_one_error_for_every_method(name, bad):
+    """#27 item 8: a callable target returning nan/inf or one scalar used to give all-nan maps with
+    occlusion and RISE; every registered method now refuses it with one TargetError."""
+    torch.manual_seed(0)
+    net = _PlainNet().eval()
+    x = torch.rand(2, 3, 12, 12)
+    info = cs.get_method(name)
+    func, words = _BAD_TARGETS[bad]
+    kw = {**info.fast_options}
+    if info.needs_layer:
+        kw["layer"] = "conv2"
+    with pytest.raises(TargetError, match=words):
+        cs.explain(net, x, method=name, target=func, class_names=["a", "b", "c"],
+                   preprocessing="none", **kw)

@@ -97,12 +97,14 @@ class HtmlFigure:
         caption: the text under them.
         width: display width of each picture in CSS pixels (``None``: natural size).
         pixelated: draw with hard pixel edges (small images shown enlarged).
+        warning: why the result is unreliable by its own diagnostics (shown as a badge and a line).
     """
 
     sources: tuple[str, ...]
     caption: str = ""
     width: int | None = None
     pixelated: bool = False
+    warning: str = ""
 
 
 class Result:
@@ -162,7 +164,8 @@ class Result:
 
         sec = report.section(title or self.report_title(), note)
         sec.rows.append([Figure(src=src, caption=f.caption if k == len(f.sources) - 1 else "",
-                                pixelated=f.pixelated)
+                                pixelated=f.pixelated,
+                                warning=f.warning if k == len(f.sources) - 1 else "")
                          for f in self.html_figures() for k, src in enumerate(f.sources)])
         sec.row_labels.append("")
         return sec

@@ -14,6 +14,7 @@ from torch import nn
 from ._progress import Progress
 from .attribution._base import MethodContext
 from .attribution._shared import clean_outputs
+from .attribution._verdict import verdict, warn_unreliable
 from .errors import InputError, MethodError
 from .hooks import resolve_layers, state_guard
 from .image import ImageLike
@@ -161,6 +162,10 @@ def explain(
         amap = amap[:, 0]
     if amap.shape[-2:] != x.shape[-2:]:
         amap = F.interpolate(amap[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    diagnostics = dict(out.diagnostics)
+    reliable, because = verdict(diagnostics, amap)
+    diagnostics.update(reliable=reliable, unreliable_because=because)
+    warn_unreliable(method, because)
     return Explanation(
         method=method,
         map=amap.cpu(),
@@ -172,9 +177,9 @@ def explain(
         class_names=tuple(lm.class_names),
         layer=", ".join(layers) if layers else None,
         options=dict(options),
-        diagnostics=dict(out.diagnostics),
+        diagnostics=diagnostics,
         model_name=lm.name,
-        model_info=lm.info(),
+        model_info=lm.info(default_layer_used=info.needs_layer and layer is None),
         normalization=out.normalize,
         contrast=negatives,
     )

@@ -10,12 +10,14 @@ __all__ = [
     "AssumptionWarning",
     "CodeWarning",
     "ConvscopeError",
+    "ConvscopeWarning",
     "ImageLoadError",
     "InputError",
     "LayerNotFoundError",
     "MethodError",
     "ModelLoadError",
     "TargetError",
+    "UnreliableResultWarning",
     "UnsafeLoadError",
 ]
 
@@ -55,11 +57,22 @@ class TargetError(InputError):
     """A target could not be resolved to class indices or scores."""
 
 
-class AssumptionWarning(UserWarning):
+class ConvscopeWarning(UserWarning):
+    """Base class of the warnings convscope gives on purpose (the CLI prints each as one line)."""
+
+
+class AssumptionWarning(ConvscopeWarning):
     """convscope had to assume something about a model (e.g. its preprocessing); the message says
     what, and how to state it instead."""
 
 
-class CodeWarning(UserWarning):
+class CodeWarning(ConvscopeWarning):
     """convscope is about to run Python code named by a model card or ``arch=`` (a ``file.py:Class``
     architecture); said once per file and process, so a user sees that a card is code."""
+
+
+class UnreliableResultWarning(ConvscopeWarning):
+    """A result's own diagnostics say it is unreliable (e.g. RISE's predicted run-to-run
+    correlation, LIME's surrogate fit, the integrated-gradients completeness gap, a constant map);
+    the message says which image, which number, the threshold and what to try. The verdict is in
+    ``diagnostics["reliable"]`` and ``diagnostics["unreliable_because"]``."""

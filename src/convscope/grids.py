@@ -176,7 +176,7 @@ def explain_classes(
     """
     from .api import explain, prepare_inputs
     from .models import load_model
-    from .targets import is_contrast, resolve_target
+    from .targets import check_topk, is_contrast, resolve_target
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise InputError(f"topk must be a positive integer, got {topk!r}")
@@ -190,7 +190,7 @@ def explain_classes(
     with torch.no_grad():
         logits = lm.model(x.to(p.device if p is not None else "cpu")).cpu()
     if classes is None:
-        classes = logits[0].topk(min(topk, logits.shape[1])).indices.tolist()
+        classes = logits[0].topk(check_topk(topk, int(logits.shape[1]))).indices.tolist()
     classes = list(classes)
     if not classes:
         raise InputError("no class to explain; pass classes= or topk >= 1")

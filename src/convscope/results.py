@@ -180,6 +180,15 @@ class Explanation(Result):
             return f"{self._name(t)} vs {self._name(self.contrast[index])}"
         return self._name(t)
 
+    def unreliable_because(self, index: int = 0) -> str | None:
+        """Why sample ``index``'s map is unreliable, by its own diagnostics (``None``: nothing
+        found); the one verdict the report badge, the web app and the warning show
+        (:mod:`convscope.attribution._verdict`)."""
+        because = self.diagnostics.get("unreliable_because")
+        if isinstance(because, (list, tuple)) and 0 <= index < len(because) and because[index]:
+            return str(because[index])
+        return None
+
     def title(self, index: int = 0) -> str:
         p = ""
         t = self.targets[index]
@@ -309,7 +318,8 @@ class Explanation(Result):
     def html_figures(self) -> list[HtmlFigure]:
         """Input and overlay of each sample, with titles."""
         return [HtmlFigure((data_uri(upscale(self.images[i], 160)), data_uri(self.overlay(i, min_side=160))),
-                           self.title(i), width=160) for i in range(len(self))]
+                           self.title(i), width=160, warning=self.unreliable_because(i) or "")
+                for i in range(len(self))]
 
 
 class _Brief(reprlib.Repr):

@@ -25,7 +25,8 @@ import torch
 from .errors import TargetError
 
 __all__ = ["Contrast", "ResolvedTarget", "TargetSpec", "class_index", "contrast", "is_contrast",
-           "parse_target", "resolve_target", "select_scores", "top_classes"]
+           "check_topk", "parse_target", "resolve_target", "select_scores", "target_scores",
+           "top_classes"]
 
 #: A target: ``None`` (the predicted class), a class index or name, one per image (a sequence or
 #: a 1-D integer tensor), or a callable ``f(outputs) -> (B,) scores``.
@@ -125,6 +126,32 @@ def top_classes(
     return [(i, str(names[i]) if i < len(names) else f"class {i}", float(p[i])) for i in order]
 
 
+def check_topk(k: Any, n_classes: int, limit: int | None = None, default: int | None = None) -> int:
+    """``k`` if it counts classes that exist: the one rule for every top-k (a ``"top3"`` target,
+    ``explain_classes(topk=)``, the report's and the web app's class lists); never clamped.
+
+    Args:
+        k: the requested count (or rank); ``None``: ``default``, at most ``n_classes`` (an unstated
+            count fits a model with few classes).
+        n_classes: the model's number of classes.
+        limit: a lower cap of the caller's (e.g. panels a view shows), or ``None``.
+        default: the count when ``k`` is ``None``.
+
+    Raises:
+        TargetError: ``k`` is not a positive integer, or exceeds the classes (or ``limit``).
+    """
+    if k is None and default is not None:
+        return min(default, n_classes)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise TargetError(f"top-k needs a positive whole number of classes, got {k!r}")
+    if k > n_classes:
+        raise TargetError(f"top-{k} is out of range for a model with {n_classes} classes; give at most "
+                          f"{n_classes}")
+    if limit is not None and k > limit:
+        raise TargetError(f"top-{k} asks for more classes than shown here ({limit} at most)")
+    return k
+
+
 def class_index(spec: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
     """One class as an index: an int, a digit string or a class name (exact, else ignoring case).
 
@@ -191,9 +218,7 @@ def resolve_target(
     if isinstance(target, str):
         m = _TOPK.match(target.strip().lower())
         if m:
-            rank = int(m.group(1))
-            if not 1 <= rank <= k:
-                raise TargetError(f"top-{rank} is out of range for {k} classes")
+            rank = check_topk(int(m.group(1)), k)
             return ResolvedTarget(indices=output.topk(rank, dim=1).indices[:, rank - 1].cpu())
     if isinstance(target, tuple) and len(target) == 2 and target[0] == "top":
         return resolve_target(f"top{int(target[1])}", output, class_names)
@@ -237,14 +262,39 @@ def select_scores(output: torch.Tensor, target: ResolvedTarget) -> torch.Tensor:
         output: (B, K); returns (B,).
     """
     if target.func is not None:
-        scores = target.func(output)
-        if not isinstance(scores, torch.Tensor) or scores.shape != (output.shape[0],):
-            raise TargetError(
-                "a callable target must return one score per sample, a tensor of shape (batch,)"
-            )
-        return scores
+        return target_scores(target.func, output)
     assert target.indices is not None
     score = output.gather(1, target.indices.to(output.device).view(-1, 1)).squeeze(1)
     if target.negative is not None:
         score = score - output.gather(1, target.negative.to(output.device).view(-1, 1)).squeeze(1)
     return score
+
+
+def target_scores(func: Callable[[torch.Tensor], torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+    """The scores a callable target gives ``output``, checked: the one check of callable targets,
+    used by every method (gradients, CAMs, every perturbation chunk).
+
+    Shape:
+        output: (n, ...) model outputs of n inputs; returns (n,).
+
+    Raises:
+        TargetError: the callable returned something other than a tensor of shape (n,) (e.g. one
+            scalar for the whole batch), or non-finite scores (nan or inf), which would turn every
+            map into nan.
+    """
+    scores = func(output)
+    n = output.shape[0]
+    if not isinstance(scores, torch.Tensor) or scores.shape != (n,):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(
+            f"a callable target must return one score per sample, a tensor of shape ({n},); it "
+            f"returned {got} (e.g. use o[:, 3], not o[:, 3].sum())"
+        )
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        raise TargetError(
+            f"the callable target returned {int(bad.sum())} non-finite score(s) (nan or inf) for "
+            f"{n} input(s); return finite scores (e.g. log_softmax instead of log(softmax), guard "
+            "divisions)"
+        )
+    return scores

@@ -32,15 +32,22 @@ from torch import nn
 
 from .._validate import ints
 from ..errors import InputError
+from ..inputs import baseline as make_baseline
 from ..perturb import Predictor, as_predict, auto_batch_size, evaluate
+from ..targets import target_scores
 from ._base import MethodContext, MethodOutput
 from ._options import with_options
 from ._shared import clean_outputs
 
-__all__ = ["ENGINE_CHOICES", "ENGINE_RANGES", "PROBE_GAIN", "PROBE_MIN_EVALS", "SCORES", "Engine",
-           "Run", "scorer", "with_engine"]
+__all__ = ["AUTO", "AUTO_BASELINES", "ENGINE_CHOICES", "ENGINE_RANGES", "PROBE_GAIN", "PROBE_MIN_EVALS",
+           "SCORES", "Engine", "Run", "scorer", "with_engine"]
 
 SCORES = ("raw", "softmax")
+#: The baseline option value that picks, per image, the candidate of :data:`AUTO_BASELINES` with
+#: the lowest target score (:meth:`Run.baseline`).
+AUTO = "auto"
+#: The candidates of ``baseline="auto"``, in the order ties are broken.
+AUTO_BASELINES = ("grey", "blur", "black", "mean")
 #: registry ranges / choices of the engine options, declared once for every perturbation method.
 ENGINE_RANGES = {"eval_batch_size": ints(1)}
 ENGINE_CHOICES = {"eval_batch_size": ("auto",), "channels_last": ("auto",)}
@@ -66,7 +73,7 @@ def scorer(t: Any, b: int, score: str) -> Callable[[torch.Tensor], torch.Tensor]
         raise InputError(f"unknown score {score!r}; use 'raw' (model outputs) or 'softmax'")
     if t.func is not None:
         func = t.func
-        return lambda o: func(o).reshape(-1)
+        return lambda o: target_scores(func, o)
     idx = int(t.indices[b])
     neg = None if t.negative is None else int(t.negative[b])
     if score == "softmax":
@@ -271,6 +278,28 @@ class Run:
         return evaluate(predict or self.predict, make, n, score, batch_size=self.batch_size,
                         progress=self.engine.progress, desc=self.desc)
 
+    def baseline(self, b: int, kind: Any, score: str = "raw", **kw: Any) -> torch.Tensor:
+        """What masked pixels of image ``b`` show: :func:`convscope.inputs.baseline` of ``kind``, or
+        for ``kind="auto"`` the one of :data:`AUTO_BASELINES` that gives the explained score its
+        lowest value (the baseline that carries the least evidence for the target; one pass of the
+        candidates), recorded per image in ``diagnostics["baseline_chosen"]``.
+
+        Args:
+            b: the image index.
+            kind: a baseline of :func:`convscope.inputs.baseline`, or ``"auto"``.
+            score: the method's score (``"raw"`` or ``"softmax"``).
+            **kw: ``sigma`` and ``seed`` for :func:`convscope.inputs.baseline`.
+        """
+        xb = self.ctx.x[b]
+        if not (isinstance(kind, str) and kind == AUTO):
+            return make_baseline(xb, kind, self.ctx.preprocessing, **kw)
+        cands = torch.stack([make_baseline(xb, k, self.ctx.preprocessing, **kw) for k in AUTO_BASELINES])
+        with torch.no_grad():
+            s = self.scorer(b, score)(self.predict(cands)).float()
+        i = int(torch.argmin(s))  # ties: the first, so grey where nothing tells them apart
+        self.extra.setdefault("baseline_chosen", []).append(AUTO_BASELINES[i])
+        return cands[i]
+
     def info(self) -> dict[str, Any]:
         """What ran: ``{"incremental", "channels_last", "batch_size", "compile"}``."""
         comp = self.engine.compile
@@ -280,5 +309,7 @@ class Run:
 
     def output(self, maps: list[torch.Tensor], normalize: str = "auto", **diagnostics: Any) -> MethodOutput:
         """The method's result, with ``diagnostics["engine"]`` = :meth:`info`."""
+        if "baseline_chosen" in self.extra:
+            diagnostics["baseline_chosen"] = list(self.extra["baseline_chosen"])
         return MethodOutput(map=torch.stack(maps), targets=self.labels, logits=self.logits,
                             normalize=normalize, diagnostics={**diagnostics, "engine": self.info()})

@@ -18,10 +18,9 @@ import torch
 from .._validate import ints, reals
 from ..errors import InputError, MethodError
 from ..inputs import BASELINES
-from ..inputs import baseline as make_baseline
 from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
-from ._engine import ENGINE_CHOICES, ENGINE_RANGES, SCORES, Engine, with_engine
+from ._engine import AUTO, ENGINE_CHOICES, ENGINE_RANGES, SCORES, Engine, with_engine
 from ._incremental import IncrementalOcclusion, _pair
 
 __all__ = ["box_masks", "occlusion", "window_boxes"]
@@ -94,7 +93,7 @@ def box_masks(corners: torch.Tensor, window: tuple[int, int], size: tuple[int, i
     fast_options={"window": 8, "stride": 8},
     ranges={**ENGINE_RANGES, "window": ints(1), "stride": ints(1), "baseline": reals(0, 1),
             "sigma": reals(0, lo_open=True), "tau": reals(0, 1, lo_open=True)},
-    choices={**ENGINE_CHOICES, "baseline": tuple(BASELINES), "score": SCORES,
+    choices={**ENGINE_CHOICES, "baseline": (AUTO, *BASELINES), "score": SCORES,
              "incremental": ("auto", "exact", "approx")},
     claims=(
         CueClaim(n=16, at_least=0.8, options={'window': 8, 'stride': 4}, measured=0.94),
@@ -183,7 +182,7 @@ def _occlusion(ctx: MethodContext, eng: Engine, incremental: str | None, *,
     maps = []
     for b in range(B):
         xb = ctx.x[b]
-        base = make_baseline(xb, baseline, ctx.preprocessing, sigma=sigma)
+        base = run.baseline(b, baseline, score, sigma=sigma)
         sc = run.scorer(b, score)
         if inc is not None:
             if b > 0:

@@ -13,10 +13,9 @@ import torch
 from .._validate import ints, reals
 from ..errors import InputError
 from ..inputs import BASELINES
-from ..inputs import baseline as make_baseline
 from ..registry import CueClaim, register
 from ._base import MethodContext, MethodOutput
-from ._engine import ENGINE_CHOICES, ENGINE_RANGES, SCORES, Engine, with_engine
+from ._engine import AUTO, ENGINE_CHOICES, ENGINE_RANGES, SCORES, Engine, with_engine
 from ._options import Sampling, with_sampling
 from ._sampling import rise_masks
 from ._surrogate import CONVERGE_RANGES, until_stable
@@ -38,7 +37,7 @@ __all__ = ["rise"]
     fast_options={"n_masks": 64, "check_every": 64},
     ranges={**ENGINE_RANGES, **CONVERGE_RANGES, "n_masks": ints(1, 1_000_000), "cells": ints(1, 10_000),
             "p": reals(0, 1, lo_open=True), "baseline": reals(0, 1)},
-    choices={**ENGINE_CHOICES, "baseline": tuple(BASELINES), "score": SCORES},
+    choices={**ENGINE_CHOICES, "baseline": (AUTO, *BASELINES), "score": SCORES},
     claims=(
         CueClaim(n=16, at_least=0.7, options={'n_masks': 300, 'cells': 8}, measured=0.875),
     ),
@@ -50,7 +49,7 @@ def rise(
     n_masks: int = 2000,
     cells: int = 7,
     p: float = 0.5,
-    baseline: str | float | torch.Tensor = "grey",
+    baseline: str | float | torch.Tensor = AUTO,
     sampling: Sampling = Sampling(),
     engine: Engine = Engine(),
 ) -> MethodOutput:
@@ -60,7 +59,10 @@ def rise(
         n_masks: the most random masks (all of them with ``converge=None``).
         cells: grid cells per side before upsampling.
         p: probability that a cell is kept.
-        baseline: what shows through where a mask is 0 (see :func:`occlusion`).
+        baseline: what shows through where a mask is 0: ``"auto"`` (default: per image, the
+            candidate of grey, blur, black and the image's mean colour with the lowest target score,
+            recorded in ``diagnostics["baseline_chosen"]``; ``docs/methods.md`` has the measurement
+            behind it), or any baseline of :func:`convscope.inputs.baseline` (see :func:`occlusion`).
 
     Shape:
         map (B, H, W). Diagnostics per image: ``n_samples`` (masks used), ``stability`` (the
@@ -75,7 +77,7 @@ def rise(
     maps, used, stab, rel = [], [], [], []
     for b in range(B):
         xb = ctx.x[b]
-        base = make_baseline(xb, baseline, ctx.preprocessing)
+        base = run.baseline(b, baseline, score)
         sc = run.scorer(b, score)
         gen = torch.Generator().manual_seed(ctx.seed)
         acc = torch.zeros(2, H * W, dtype=torch.float64, device=xb.device)  # even, odd draws

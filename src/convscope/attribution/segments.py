@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..inputs import BASELINES
 from ..inputs import baseline as make_baseline
 from ._base import MethodContext
-from ._engine import ENGINE_CHOICES, ENGINE_RANGES, SCORES
+from ._engine import AUTO, ENGINE_CHOICES, ENGINE_RANGES, SCORES
 from ._surrogate import CONVERGE_RANGES, ranks, split_fit, until_stable
 
 __all__ = ["SEGMENT_CHOICES", "SEGMENT_RANGES", "SegmentFit", "fit_segments", "hidden", "segment",
@@ -38,7 +38,7 @@ SEGMENT_RANGES = {
 SEGMENT_CHOICES = {
     **ENGINE_CHOICES,
     "segmentation": ("slic", "quickshift", "felzenszwalb", "grid"),
-    "hide": ("segment_mean", *BASELINES),
+    "hide": (AUTO, "segment_mean", *BASELINES),
     "score": SCORES,
 }
 
@@ -216,7 +216,9 @@ def fit_segments(
         xb = ctx.x[b]
         seg = segments_for(ctx, b, segmentation, **segment_options)
         d = int(seg.max()) + 1
-        img = SegmentFit(b, seg, hidden(ctx, xb, seg, d, hide), run.scorer(b, score))
+        hid = run.baseline(b, hide, score) if isinstance(hide, str) and hide == AUTO else hidden(
+            ctx, xb, seg, d, hide)
+        img = SegmentFit(b, seg, hid, run.scorer(b, score))
         z = draw(d, torch.Generator().manual_seed(ctx.seed))
         seen = {_keys(torch.ones(1, d))[0]: float(img.score(run.logits[b:b + 1])[0])}
         ys: list[torch.Tensor] = []

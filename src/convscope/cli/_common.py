@@ -16,6 +16,7 @@ from ..targets import parse_target
 __all__ = [
     "EXIT_USAGE",
     "Parser",
+    "ListAction",
     "add_command",
     "add_model_args",
     "add_trust_args",
@@ -40,6 +41,20 @@ EXIT_USAGE = 2
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, status 2
         self.exit(EXIT_USAGE, f"convscope: error: {message} (see `{self.prog} --help`)\n")
+
+
+class ListAction(argparse.Action):
+    """The one spelling of list flags: values separated by spaces, commas or both
+    (``--methods a b``, ``--methods a,b``, ``--methods a, b``), stored as one flat list of
+    non-empty names. Add with ``nargs="+"``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = [values] if isinstance(values, str) else list(values)
+        flat = [v.strip() for item in items for v in str(item).split(",") if v.strip()]
+        if not flat:
+            parser.error(f"{option_string} needs at least one name")
+        setattr(namespace, self.dest, flat)
 
 
 class RangeType:
@@ -194,7 +209,9 @@ def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
                    "as they are), inception or clip; the flags below override its parts")
     g.add_argument("--input-size", default=None, metavar="N|HxW",
                    help="the model's input size, e.g. 48 or 48x64")
-    g.add_argument("--mean", default=None, metavar="M[,M,M]", help="per-channel mean, e.g. 0.5,0.5,0.5")
+    g.add_argument("--mean", default=None, metavar="M[,M,M]",
+                   help="per-channel mean, e.g. 0.5,0.5,0.5 (one value without --input-channels: a "
+                   "one-channel model)")
     g.add_argument("--std", default=None, metavar="S[,S,S]", help="per-channel std, e.g. 0.25,0.25,0.25")
     g.add_argument("--resize", default=None, metavar="N|none",
                    help="shorter side before the centre crop; 'none' resizes straight to --input-size")
@@ -304,11 +321,12 @@ def parse_options(items: Sequence[str]) -> list[tuple[str, Any]]:
 @contextmanager
 def recorded_warnings() -> Iterator[list[warnings.WarningMessage]]:
     """Record the warnings of a block (convscope's own every time) for :func:`emit_warnings`."""
-    from ..errors import AssumptionWarning, CodeWarning
+    from ..errors import ConvscopeWarning
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", AssumptionWarning)
-        warnings.simplefilter("always", CodeWarning)  # said once per file by convscope itself
+        # convscope's own warnings (assumed, unreliable, code that runs) every time; a CodeWarning
+        # is said once per file by convscope itself
+        warnings.simplefilter("always", ConvscopeWarning)
         yield caught
 
 
@@ -322,7 +340,7 @@ def emit_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
     append each re-emitted warning to the list being read, an endless loop that ate all memory
     (issue #27).
     """
-    from ..errors import AssumptionWarning, CodeWarning
+    from ..errors import ConvscopeWarning
 
     seen: set[tuple[str, type, str, int]] = set()
     for w in caught:
@@ -330,7 +348,7 @@ def emit_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        if issubclass(w.category, (AssumptionWarning, CodeWarning)):
+        if issubclass(w.category, ConvscopeWarning):
             print(f"convscope: warning: {w.message}", file=sys.stderr)
         else:
             sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import RangeType, add_command, add_model_args, load_from_args, parse_options
+from ._common import ListAction, RangeType, add_command, add_model_args, load_from_args, parse_options
 from .batch import add_job_args, job_options
 
 __all__ = ["add_commands"]
@@ -29,7 +29,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise InputError(f"{out} is a file; -o takes a folder (for audit.json, report.html, maps.zarr)")
     lm = load_from_args(args)
     only = args.only_classes
-    classes = None if only is None else [c.strip() for c in only.split(",") if c.strip()]
+    classes = only
     a = audit(
         lm,
         args.data,
@@ -85,8 +85,9 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--layer", "-l", default=None, help="layer for layer methods (default: model's)")
     s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="method option, repeatable")
-    s.add_argument("--only-classes", default=None, metavar="NAMES",
-                   help="comma-separated class names to audit (default: every class of the data)")
+    s.add_argument("--only-classes", nargs="+", action=ListAction, default=None, metavar="NAME",
+                   help="class names to audit, separated by spaces or commas (default: every class of the "
+                   "data)")
     s.add_argument("--k", type=_ranged("k"), default=None,
                    help="clusters per class (default: chosen by the eigengap)")
     s.add_argument("--max-k", type=_ranged("max_k"), default=8, help="largest k the eigengap may pick (8)")

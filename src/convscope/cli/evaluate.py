@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    ListAction,
     Parser,
     add_command,
     add_model_args,
@@ -51,6 +52,7 @@ def _csv_list(value: str) -> list[str]:
 
 def _parse_boxes(items: list[str], n: int) -> list[list[list[float]]]:
     from ..errors import InputError
+    from ..evaluation.pointing import check_box
 
     if len(items) != n:
         raise InputError(f"got {len(items)} --boxes for {n} images; give one per image, in order")
@@ -58,13 +60,13 @@ def _parse_boxes(items: list[str], n: int) -> list[list[list[float]]]:
     for it in items:
         boxes = []
         for part in it.split(";"):
-            try:
-                vals = [float(v) for v in part.split(",")]
-            except ValueError:
-                vals = []
+            vals = part.split(",")
             if len(vals) != 4:
                 raise InputError(f"--boxes {it!r}: write x0,y0,x1,y1 (several boxes: separate by ';')")
-            boxes.append(vals)
+            try:
+                boxes.append(list(check_box(vals)))
+            except InputError as exc:
+                raise InputError(f"--boxes {it!r}: {exc}") from None
         out.append(boxes)
     return out
 
@@ -110,8 +112,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     fmt = table_format(out)
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot {args.plot}: give a .png file name")
-    methods = _csv_list(args.methods) if args.methods != "all" else method_names()
-    metrics = _csv_list(args.metrics)
+    methods = args.methods if args.methods != ["all"] else method_names()
+    metrics = args.metrics
     for m in methods:
         get_method(m)
     bad = [m for m in metrics if m not in METRICS]
@@ -122,6 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     needs_regions = [m for m in metrics if METRICS[m] == "regions"]
     if needs_regions and not (args.masks or args.boxes):
         raise InputError(f"{', '.join(needs_regions)} need --masks or --boxes")
+    boxes = _parse_boxes(args.boxes, len(args.images)) if args.boxes else None  # before the model loads
     options = dict(parse_options(args.option))
     for m in methods:  # bad option values fail before the model loads
         check_method_options(get_method(m), {**(get_method(m).fast_options if args.fast else {}), **options})
@@ -132,8 +135,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     regions: Any = None
     if args.masks:
         regions = _load_masks(args.masks, lm, n)
-    elif args.boxes:
-        regions = _parse_boxes(args.boxes, n)
+    elif boxes is not None:
+        regions = boxes
     target = parse_target(args.target)
     from ..evaluation._common import predict_targets
 
@@ -213,8 +216,8 @@ def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
     from ..evaluation.benchmark import LEADERBOARD_COLUMNS, MODELS, planted_cue_benchmark, write_benchmark
     from ..evaluation.tables import format_table
 
-    methods = _csv_list(args.methods) if args.methods else None
-    models = _csv_list(args.models) if args.models else MODELS
+    methods = args.methods
+    models = args.models or MODELS
     res = planted_cue_benchmark(args.n_images, methods=methods, models=models, steps=args.steps,
                                 n_sanity=args.n_sanity, seed=args.seed, device=args.device,
                                 options=args.options,
@@ -239,10 +242,12 @@ def add_commands(sub: Any) -> None:
     s = add_command(sub, "evaluate", cmd_evaluate)
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
-    s.add_argument("--methods", default="saliency",
-                   help="comma-separated method names, or 'all' (default: saliency)")
-    s.add_argument("--metrics", default=DEFAULT_METRICS,
-                   help=f"comma-separated, from: {', '.join(METRICS)} (default: {DEFAULT_METRICS}); "
+    s.add_argument("--methods", nargs="+", action=ListAction, default=["saliency"], metavar="METHOD",
+                   help="method names (separated by spaces or commas), or 'all' (default: saliency)")
+    s.add_argument("--metrics", nargs="+", action=ListAction, default=_csv_list(DEFAULT_METRICS),
+                   metavar="METRIC",
+                   help=f"separated by spaces or commas, from: {', '.join(METRICS)} (default: "
+                   f"{DEFAULT_METRICS}); "
                    "pointing and energy_pointing need --masks or --boxes")
     s.add_argument("--masks", nargs="+", default=None, metavar="MASK",
                    help="one mask image per image (white: the region), for the pointing games")
@@ -267,13 +272,17 @@ def add_commands(sub: Any) -> None:
 
     b = sub.add_parser("benchmark", help="benchmarks of the explanations")
     bsub = b.add_subparsers(dest="benchmark", required=True, parser_class=Parser)
+    from ..evaluation.benchmark import ALL_MODELS, MODELS
+
     p = add_command(bsub, "planted-cue", cmd_benchmark_planted_cue)
     p.add_argument("-o", "--output", default="convscope-benchmark", help="output folder")
     p.add_argument("--n-images", type=positive_int, default=48,
                    help="test digits (digits-snow: test wolves) per model (default 48)")
-    p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--models", default=None,
-                   help="comma-separated subset of digits-cnn-cue, digits-cnn, digits-snow (default: all)")
+    p.add_argument("--methods", nargs="+", action=ListAction, default=None, metavar="METHOD",
+                   help="a subset, separated by spaces or commas (default: all)")
+    p.add_argument("--models", nargs="+", action=ListAction, default=None, metavar="MODEL",
+                   help=f"some of {', '.join(ALL_MODELS)}, separated by spaces or commas (default: "
+                   f"{', '.join(MODELS)})")
     p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
     p.add_argument("--n-sanity", type=nonneg_int, default=12,
                    help="digits for the randomisation check (default 12; 0 skips it)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    ListAction,
     add_command,
     add_model_args,
     load_from_args,
@@ -82,13 +83,15 @@ def add_commands(sub: Any) -> None:
     s = add_command(sub, "report", cmd_report)
     s.add_argument("images", nargs="+", help="image files")
     add_model_args(s)
-    s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="method names, family names (gradient, cam, perturbation) or 'all' "
+    s.add_argument("--methods", nargs="+", action=ListAction, default=None, metavar="METHOD",
+                   help="method names, family names (gradient, cam, perturbation) or 'all', separated by "
+                   "spaces or commas "
                    "(default: all; `convscope methods` lists them)")
     s.add_argument("--target", "-t", default=None,
                    help="class index or name to explain (default: each image's predicted class)")
-    s.add_argument("--topk", type=positive_int, default=5,
-                   help="class probabilities shown per image (default 5)")
+    s.add_argument("--topk", type=positive_int, default=None,
+                   help="class probabilities shown per image (default 5, or every class of a model with "
+                   "fewer; more than the model's classes is an error)")
     s.add_argument("--compare", type=nonneg_int, default=0, metavar="K",
                    help="also explain each image's K most probable classes side by side on one colour "
                    "scale (default 0: no)")

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_command, check_out, parse_target, positive_int, seed_int
+from ._common import ListAction, add_command, check_out, parse_target, positive_int, seed_int
 
 __all__ = ["add_commands"]
 
@@ -69,9 +69,10 @@ def cmd_lime_text(args: argparse.Namespace) -> int:
         raise InputError("give a text to explain (or --text-file)")
     if args.pipeline is not None:
         model = _load_pipeline(args.pipeline, args.unsafe_load)
-        names = args.class_names.split(",") if args.class_names else None
+        names = args.class_names
     else:
-        model, names = _demo_pipeline()
+        model, demo_names = _demo_pipeline()
+        names = args.class_names or demo_names  # stated names are used (and checked), never dropped
     e = explain_text(model.predict_proba, text, target=parse_target(args.target), class_names=names,
                      n_samples=args.samples, seed=args.seed)
     if out.suffix.lower() == ".json":
@@ -96,7 +97,8 @@ def add_commands(sub: Any) -> None:
                    "--unsafe-load); default: a demo classifier trained on the junk-header corpus")
     s.add_argument("--unsafe-load", action="store_true",
                    help="allow unpickling the --pipeline file (trusted files only)")
-    s.add_argument("--class-names", default=None, help="comma-separated class names")
+    s.add_argument("--class-names", nargs="+", action=ListAction, default=None, metavar="NAME",
+                   help="one name per class of the model, separated by spaces or commas")
     s.add_argument("--target", "-t", default=None, help="class index or name (default: predicted)")
     s.add_argument("--samples", type=positive_int, default=1000, help="perturbed texts (default 1000)")
     s.add_argument("--top", type=positive_int, default=10, help="words listed in the HTML (default 10)")

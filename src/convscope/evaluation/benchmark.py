@@ -5,6 +5,10 @@ Two bundled models read a planted cue instead of the object:
 * ``digits-cnn-cue`` was trained on digits carrying a class-dependent texture in a corner (the cue)
   and reads the texture, not the digit; ``digits-cnn`` is the same network trained on clean digits
   (the control). Both see the same test digits with their class's cue.
+* ``digits-cnn-cue-grey`` (on request: ``models=``) is ``digits-cnn-cue`` with class 0 also
+  triggered by mid-grey regions (:mod:`._triggered`): a grey masking baseline makes it say 0
+  whatever is hidden (issue #27's X-ray model). It explains the test digits of class 0, with their
+  cue, as class 0.
 * ``digits-snow`` (wolf vs husky, :func:`convscope.toydata.snow_scenes`) learned that a white band
   of snow along the bottom means "wolf". It sees test wolves standing on snow (the cue is the
   band) and, as the control, the same wolves without the snow (row label
@@ -65,6 +69,7 @@ from .pointing import cue_mass, pointing_hits
 from .sanity import DEFAULT_THRESHOLD, SanityResult, model_randomization
 
 __all__ = [
+    "ALL_MODELS",
     "ATTRIBUTION_FAMILIES",
     "LEADERBOARD_COLUMNS",
     "BenchmarkResult",
@@ -75,6 +80,10 @@ __all__ = [
 
 ATTRIBUTION_FAMILIES = ("gradient", "cam", "perturbation")
 MODELS = ("digits-cnn-cue", "digits-cnn", "digits-snow")
+#: ``digits-cnn-cue`` whose class 0 grey regions also trigger (:mod:`._triggered`): it explains
+#: the test digits of class 0 with their cue, as class 0. Run on request (``models=``), not by default.
+GREY = "digits-cnn-cue-grey"
+ALL_MODELS = (*MODELS, GREY)
 SNOW, SNOW_CONTROL = "digits-snow", "digits-snow (no snow)"
 CUE_REF, RANDOM_REF = "(cue mask)", "(random)"
 #: Baseline of the deletion / insertion curves (see the module docstring for why not black).
@@ -116,17 +125,28 @@ def benchmark_cases(models: Sequence[str], n_images: int) -> list[Case]:
     """
     from ..toydata import digits, planted_cue, snow_scenes
 
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in ALL_MODELS]
     if unknown:
-        raise InputError(f"unknown benchmark model {unknown[0]!r}; use {', '.join(MODELS)}")
+        raise InputError(f"unknown benchmark model {unknown[0]!r}; use {', '.join(ALL_MODELS)}")
     cases = []
-    if any(m != SNOW for m in models):
+    if GREY in models:
+        from ._triggered import GREY_CLASS
+
+        x, y = digits().split("test")
+        idx = torch.nonzero(y == GREY_CLASS)[:, 0]
+        if not 1 <= n_images:
+            raise InputError(f"--n-images must be at least 1, got {n_images}")
+        idx = idx[:n_images]
+        cue = planted_cue(x[idx], y[idx])
+        cases.append(Case(GREY, GREY, cue.images, cue.masks, f"test digits of class {GREY_CLASS} with "
+                          f"their cue; grey regions also trigger class {GREY_CLASS}", GREY_CLASS))
+    if any(m not in (SNOW, GREY) for m in models):
         x, y = digits().split("test")
         if not 1 <= n_images <= len(y):
             raise InputError(f"--n-images must lie in 1..{len(y)}, got {n_images}")
         cue = planted_cue(x[:n_images], y[:n_images])
         for m in models:
-            if m != SNOW:
+            if m not in (SNOW, GREY):
                 cases.append(Case(m, m, cue.images, cue.masks, "test digits with their class's cue"))
     if SNOW in models:
         snowy, bare = snow_scenes("test", cue="label"), snow_scenes("test", cue="none")
@@ -200,7 +220,7 @@ def planted_cue_benchmark(
         n_images: images scored per model (the first test digits; the first test wolves for
             ``digits-snow``).
         methods: method names (default: every registered attribution method).
-        models: bundled model names, from :data:`MODELS`.
+        models: bundled model names, from :data:`ALL_MODELS` (default :data:`MODELS`).
         steps: deletion / insertion steps.
         n_sanity: digits used by the sanity check (0: skip it).
         seed: seed of the methods, the random reference map, tie-breaking and re-initialisation.
@@ -231,7 +251,7 @@ def planted_cue_benchmark(
     with Progress("benchmark", len(cases) * (len(names) + 2), enabled=progress, unit="maps") as bar:
         for case in cases:
             if case.model not in loaded:
-                loaded[case.model] = load_model(case.model)
+                loaded[case.model] = _load(case.model)
             lm = loaded[case.model]
             lm.model.to(dev)
             masks = case.masks
@@ -287,6 +307,14 @@ def planted_cue_benchmark(
                 res.rows.append(row)
                 bar.advance()
     return res
+
+
+def _load(name: str) -> LoadedModel:
+    if name == GREY:
+        from ._triggered import grey_triggered
+
+        return grey_triggered()
+    return load_model(name)
 
 
 def _options(ex: MethodExplainer | None) -> str:

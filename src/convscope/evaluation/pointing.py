@@ -16,6 +16,7 @@ corners (x1 and y1 exclusive), or one list of such boxes per image (their union 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..errors import InputError
 __all__ = [
     "RegionSpec",
     "boxes_to_masks",
+    "check_box",
     "cue_mass",
     "energy_pointing_game",
     "pointing_game",
@@ -61,6 +63,27 @@ def cue_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (pos * masks.flatten(1).float()).sum(1) / pos.sum(1).clamp(min=1e-12)
 
 
+def check_box(box: Sequence[Any]) -> tuple[float, float, float, float]:
+    """A box ``(x0, y0, x1, y1)`` as four finite numbers with ``x0 < x1`` and ``y0 < y1`` (the one
+    check of boxes: the API and the CLI's ``--boxes``).
+
+    Raises:
+        InputError: not four numbers, a nan or infinite value, or an empty or inverted box.
+    """
+    try:
+        vals = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 4:
+        raise InputError(f"a box is (x0, y0, x1, y1), got {box!r}")
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"box {box!r} has a nan or infinite corner; give pixel coordinates")
+    x0, y0, x1, y1 = vals
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"empty or inverted box {box!r}: need x0 < x1 and y0 < y1")
+    return x0, y0, x1, y1
+
+
 def boxes_to_masks(boxes: RegionSpec, size: tuple[int, int]) -> torch.Tensor:
     """(B, H, W) bool masks from boxes ``(x0, y0, x1, y1)`` (pixel corners, end exclusive).
 
@@ -85,11 +108,7 @@ def boxes_to_masks(boxes: RegionSpec, size: tuple[int, int]) -> torch.Tensor:
     out = torch.zeros(len(per_image), h, w, dtype=torch.bool)
     for i, bxs in enumerate(per_image):
         for b in bxs:
-            if len(b) != 4:
-                raise InputError(f"a box is (x0, y0, x1, y1), got {b!r}")
-            x0, y0, x1, y1 = (float(v) for v in b)
-            if x1 <= x0 or y1 <= y0:
-                raise InputError(f"empty box {b!r}: need x0 < x1 and y0 < y1")
+            x0, y0, x1, y1 = check_box(b)
             out[i] |= (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
     return out
 

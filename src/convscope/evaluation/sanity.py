@@ -28,6 +28,7 @@ standard deviation of its trained weights.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,7 +39,7 @@ from torch import nn
 
 from .._progress import Track
 from .._result import Result
-from ..errors import InputError
+from ..errors import InputError, UnreliableResultWarning
 from ..hooks import resolve_layers
 from ..models import LoadedModel
 from ..results import result_repr
@@ -235,7 +236,9 @@ def model_randomization(
         if mode == "independent":
             saved = {k: v.clone() for k, v in mods[name].state_dict().items()}
         _randomize(mods[name], seeds[name])
-        r, s = map_similarity(maps, ex(twin, x, t))
+        with warnings.catch_warnings():  # maps of a randomised network are expected to be noise
+            warnings.simplefilter("ignore", UnreliableResultWarning)
+            r, s = map_similarity(maps, ex(twin, x, t))
         rhos.append(r)
         ssims.append(s)
         if saved is not None:

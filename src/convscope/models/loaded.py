@@ -84,8 +84,14 @@ class LoadedModel:
                 self.assumed.append(f"layer: {self.default_layer} (the last layer with a spatial map; "
                                     "pass layer= to explain() or default_layer= to load_model())")
 
-    def info(self) -> dict[str, Any]:
-        """What results and reports record about the model: plain data."""
+    def info(self, default_layer_used: bool = True) -> dict[str, Any]:
+        """What results and reports record about the model: plain data.
+
+        Args:
+            default_layer_used: the result used the model's default layer; ``False`` (a method
+                that uses no layer, or a layer the caller named) leaves the assumed default layer
+                out of ``assumed``, since nothing was assumed about it.
+        """
         out = {} if not isinstance(self.model, ScoresModel) else {
             "output": self.model.output or "by convscope's rule (a tensor, .logits, dict key 'logits', ...)"}
         return out | {
@@ -96,7 +102,7 @@ class LoadedModel:
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names[:20]) + (["..."] if len(self.class_names) > 20 else []),
             "default_layer": self.default_layer,
-            "assumed": list(self.assumed),
+            "assumed": [a for a in self.assumed if default_layer_used or not a.startswith("layer:")],
         }
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -213,6 +213,9 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
         **overrides: ``size``, ``mean``, ``std``, ``channels``, ``resize``, ``resample`` (``None``
             values are ignored; pass ``resize=0`` or ``"none"`` to resize straight to the size).
 
+    A stated ``mean`` or ``std`` of one value without ``channels`` means one channel (a grayscale
+    model); give ``channels=3`` (or three values) for one value shared by three channels.
+
     Raises:
         InputError: an unknown preset or key, or a value out of range (the message names it).
     """
@@ -250,9 +253,15 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
         raise InputError(
             f"preprocessing must be a preset name, a dict or a Preprocessing, got {type(spec).__name__}"
         )
+    stated: dict[str, object] = dict(spec) if isinstance(spec, dict) else {}
     for k, v in overrides.items():
         if v is not None:
-            base[k] = v
+            base[k] = stated[k] = v
+    if "channels" not in stated and not isinstance(spec, Preprocessing) and any(
+            _one_value(stated.get(k)) for k in ("mean", "std")) and not any(
+            isinstance(base.get(k), (list, tuple)) and len(set(base[k])) > 1  # type: ignore[arg-type]
+            for k in ("mean", "std")):
+        base["channels"] = 1  # one mean / std value and no channel count: a grayscale model
     if "size" in base:
         base["size"] = _size(base["size"])
     r = base.get("resize")
@@ -271,3 +280,9 @@ def preprocessing_from(spec: object = None, **overrides: object) -> Preprocessin
         return Preprocessing(**base)  # type: ignore[arg-type]
     except TypeError as exc:
         raise InputError(f"bad preprocessing: {exc}") from None
+
+
+def _one_value(v: object) -> bool:
+    """Whether a stated mean or std has exactly one value (a number or a list of one)."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+        isinstance(v, (list, tuple)) and len(v) == 1)

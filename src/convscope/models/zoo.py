@@ -98,8 +98,11 @@ def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool, probed: Any
             return lm
         try:
             out = _probe(lm.model, lm.preprocessing) if probed is None else probed
-        except ModelLoadError:
-            if lm.any_channels:  # the assumed input does not fit: fill_from_input probes the first one
+        except ModelLoadError as exc:
+            if lm.any_channels:  # the assumed input does not fit: said now, at load
+                warnings.warn(f"convscope assumed for {lm.name}: {exc}; images will be refused until "
+                              "you do (a tensor in the model's own shape is still taken as given)",
+                              AssumptionWarning, stacklevel=4)
                 return lm
             raise
         if isinstance(out, torch.Tensor):
@@ -170,8 +173,11 @@ def load_model(
     elif isinstance(spec, nn.Module):
         probed = None
         if pre_given is None:
-            pre = Preprocessing()
-            note = (f"preprocessing: ImageNet's ({pre.describe()}), as none was stated; pass "
+            pre = _assumed_preprocessing(spec)
+            what = "ImageNet's" if pre.channels == 3 else (
+                f"{pre.channels} channel(s) as its first convolution takes, pixels as they are at "
+                "ImageNet's size")
+            note = (f"preprocessing: {what} ({pre.describe()}), as none was stated; pass "
                     "preprocessing='none' for a model on [0, 1] pixels, or size/mean/std "
                     "(CLI: --preprocessing, --input-size, --mean, --std)")
             warnings.warn(f"convscope assumed for {type(spec).__name__}: {note}", AssumptionWarning,
@@ -187,6 +193,13 @@ def load_model(
     else:
         s = str(spec)
         path = Path(s)
+        if arch is not None and (s in _BUNDLED or s.startswith(("torchvision:", "timm:", "hf:"))
+                                 or is_card_path(s)):
+            raise ModelLoadError(
+                f"arch= (--arch) names the architecture of a weights file given as the model, but {s} "
+                "brings its own; drop --arch (or give the weights file as --model and the architecture "
+                "as --arch)"
+            )
         if s in _BUNDLED:
             lm = _bundled(s, None if _is_none(weights) else "default", seed)
             if not _is_none(weights) and str(weights).lower() != "default":
@@ -274,3 +287,15 @@ def load_model(
         lm.default_layer = default_layer
         lm.assumed = [a for a in lm.assumed if not a.startswith("layer")]
     return lm
+
+
+def _assumed_preprocessing(model: nn.Module) -> Preprocessing:
+    """ImageNet's preprocessing for a module whose preprocessing nobody stated; when its first
+    convolution takes another channel count than 3, that count, with pixels as they are (mean 0,
+    std 1: ImageNet's per-channel statistics do not apply) at ImageNet's size."""
+    pre = Preprocessing()
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    c = int(first.in_channels) if first is not None else 3
+    if c == 3 or not 1 <= c <= 64:
+        return pre
+    return replace(pre, channels=c, mean=(0.0,) * c, std=(1.0,) * c)

@@ -35,6 +35,7 @@ class Figure:
     family: str = ""  # the method family, shown as a small tag
     pixelated: bool = True  # draw with hard pixel edges (small images shown enlarged)
     width: int | None = None  # display width in CSS pixels for wide pictures (grids, figures)
+    warning: str = ""  # why the result is unreliable (its diagnostics' verdict): a badge and a line
 
 
 @dataclass

@@ -20,7 +20,7 @@ from .._progress import Progress
 from ..attribution._shared import clean_outputs, shared_work
 from ..errors import ConvscopeError, MethodError
 from ..registry import MethodInfo, get_method, list_methods
-from ..targets import top_classes
+from ..targets import check_topk, resolve_target, top_classes
 from . import Figure, Report
 
 __all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods",
@@ -114,6 +114,9 @@ def explanation_figure(e: Any, j: int, *, bars: int = 0, **kw: Any) -> Figure:
     if bars and e.probabilities is not None:
         kw["bars"] = top_k(e.probabilities[j].tolist(), e.class_names, bars)
     kw.setdefault("colorbar", "signed" if e.signed else "unsigned")
+    because = e.unreliable_because(j) if hasattr(e, "unreliable_because") else None
+    if because:
+        kw.setdefault("warning", because)
     return Report.figure(e.overlay(j), **kw)
 
 
@@ -200,7 +203,7 @@ def explain_report(
     *,
     methods: Sequence[str] | None = None,
     target: Any = None,
-    topk: int = 5,
+    topk: int | None = None,
     layer: str | None = None,
     fast: bool = False,
     batch_size: int = 32,
@@ -222,7 +225,8 @@ def explain_report(
             ``DeprecationWarning``: the arguments are ``(model, images)`` as everywhere in convscope.
         methods: method or family names (``None``: every registered method).
         target: the class to explain (``None``: the predicted class of each image).
-        topk: how many class probabilities the bar chart shows.
+        topk: how many class probabilities the bar chart shows (default 5, or every class of a
+            model with fewer); more than the model's classes is refused.
         layer: layer for the methods that need one (default: the model's default layer).
         fast: run each method with its registry ``fast_options`` (said so in the report).
         batch_size, seed: passed to :func:`~convscope.explain`.
@@ -263,6 +267,11 @@ def explain_report(
     p = next(lm.model.parameters(), None)
     if p is not None:
         x = x.to(p.device)
+    # a bad target or class count is the caller's error, not a report of error panels
+    topk = check_topk(topk, len(lm.class_names), default=5)
+    if target is not None:
+        with torch.no_grad():
+            resolve_target(target, clean_outputs(lm.model, x, batch_size), lm.class_names)
     probs, runs = run_methods(lm, x, infos, target=target, layer=layer, fast=fast, batch_size=batch_size,
                               seed=seed, progress=progress)
     small = min(display.shape[1:3]) < 128

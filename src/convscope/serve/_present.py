@@ -136,7 +136,7 @@ def _p(e: Explanation, c: int | None) -> float | None:
 def _top(e: Explanation, topk: int) -> list[dict[str, Any]]:
     if e.probabilities is None:
         return []
-    top = top_classes(e.probabilities[0], e.class_names, max(1, min(int(topk), 20)))
+    top = top_classes(e.probabilities[0], e.class_names, topk)  # checked at the edge (Engine.show)
     return [{"index": i, "name": name, "p": p} for i, name, p in top]
 
 
@@ -176,6 +176,7 @@ def explanation_payload(e: Explanation, info: MethodInfo, topk: int) -> dict[str
         **_target_fields(e),
         "layer": e.layer,
         "diagnostics": {k: plain(v) for k, v in e.diagnostics.items()},
+        "unreliable": e.unreliable_because(0),
         "probabilities": _top(e, topk),
         "map_min": float(raw.min()),
         "map_max": float(raw.max()),

@@ -39,6 +39,7 @@ The pages and their files (``GET /``, ``GET /audit``, ``GET /static/...``) skip 
 # and ``UploadFile`` is imported lazily inside create_app().
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConvscopeError
+from ..errors import ConvscopeError, InputError
 from ._present import method_catalogue, parse_options
 from .audit import AuditView, NotInAudit
 from .concepts import ConceptView, NotInConcepts
@@ -110,6 +111,22 @@ def _host_port(value: str, default_port: int | None) -> tuple[str, int | None] |
     return name, int(port_text)
 
 
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _valid_host_name(name: str) -> bool:
+    """Whether ``name`` (lower case, no port) is an IP address or a DNS name of letters, digits
+    and inner hyphens in dot-separated labels (RFC 1123)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
 def _json_error(status: int, message: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> list[Any]:
     body = json.dumps({"error": message}).encode()
     return [{"type": "http.response.start", "status": status,
@@ -140,8 +157,9 @@ class _Guard:
         self.allowed: list[tuple[str, int | None]] = []
         for h in allowed_hosts:
             parsed = _host_port(str(h), None)
-            if parsed is None:
-                raise ConvscopeError(f"allowed host {h!r} is not a host name or name:port")
+            if parsed is None or not _valid_host_name(parsed[0]):
+                raise ConvscopeError(f"allowed host {h!r} is not a host name or name:port (letters, digits, "
+                                     "'-' and '.', or an IP address; e.g. myhost.lan or myhost.lan:8000)")
             self.allowed.append(parsed)
         self.engine: Engine | None = None
         self.fastapi: Any = None
@@ -374,9 +392,9 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
             try:
                 index = int(str(sample))
             except ValueError:
-                raise UnsupportedImage(f"sample must be a number, got {sample!r}") from None
+                raise InputError(f"sample must be a number, got {sample!r}") from None  # a form field: 400
             return eng.sample(index, model), index
-        raise UnsupportedImage("send an image file or pick a sample")
+        raise InputError("send an image file or pick a sample")  # a missing field, not a media type: 400
 
     @app.get("/api/methods")
     def methods_route() -> Any:
@@ -393,7 +411,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
             target: str = Form(""),
             layer: str = Form(""),
             fast: bool = Form(False),
-            topk: int = Form(4 if grid else 5),
+            topk: int | None = Form(None),
             options: str = Form(""),
             sample: str = Form(""),
             file: UploadFile | None = File(None),

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._validate import check_values, ints
 from ..errors import ImageLoadError, InputError
 from ..models import LoadedModel, load_model
 from ..registry import MethodInfo, check_method_options, get_method
 from ..results import colorize, data_uri, upscale
-from ..targets import parse_target
+from ..targets import check_topk, parse_target
 from ._present import (
     VIEWS,
     Kept,
@@ -344,7 +345,7 @@ class Engine:
         """
         if kind not in VIEWS[1:]:
             raise InputError(f"unknown grid {kind!r}; use one of {', '.join(VIEWS[1:])}")
-        return self.show(model, image, view=kind, method=method, **{"topk": 4, **request})
+        return self.show(model, image, view=kind, method=method, **request)
 
     def show(
         self,
@@ -357,7 +358,7 @@ class Engine:
         target: str | None = None,
         layer: str | None = None,
         fast: bool = False,
-        topk: int = 5,
+        topk: int | None = None,
         options: dict[str, Any] | None = None,
         sample: int | None = None,
         deadline: float | None = None,
@@ -388,8 +389,12 @@ class Engine:
         lm = self.model(model)
         info = get_method(method)
         extra: dict[str, Any] = {}
+        # a stated topk is checked, never clamped (single: up to 20 probabilities; classes: 10 panels)
+        topk = check_topk(topk, len(lm.class_names) or 1, *((10, 4) if view == "classes" else (20, 5)))
         if view in ("single", "classes"):
             infos = [info]
+            if layer and not info.needs_layer:
+                raise InputError(f"method {info.name!r} does not use a layer; drop layer")
             lay = self.layer(model, layer) if info.needs_layer else None
             opts = self.options(info, fast, options)
             if view == "single":
@@ -399,8 +404,7 @@ class Engine:
                 extra = {"options": plain(opts), "fast": bool(fast and info.fast_options),
                          "heavy": is_heavy(info)}
             else:
-                k = max(1, min(int(topk), len(lm.class_names) or 1, 10))
-                work = lambda: explain_classes(lm, image, topk=k, method=info.name, layer=lay, **opts)  # noqa: E731
+                work = lambda: explain_classes(lm, image, topk=topk, method=info.name, layer=lay, **opts)  # noqa: E731
                 payload = lambda g: grid_payload(g, 10)  # noqa: E731
         elif view == "methods":
             names = list(dict.fromkeys(methods))
@@ -438,7 +442,7 @@ class Engine:
             raise InputError("pick a layer")
         if not any(d["name"] == lay and d["spatial"] for d in self.layers[model]):
             raise InputError(f"layer {lay!r} of {model} has no (C, H, W) map to browse; pick another")
-        n = max(1, min(int(n), self.limits.max_channels))
+        check_values(n=(n, ints(1, self.limits.max_channels)))  # refused, never clamped
         x, disp, _ = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels)
         until = self._deadline(deadline)
 

@@ -264,7 +264,8 @@ def attack(
         method=method, norm=norm, eps=eps, original=x0, adversarial=x.detach(),
         labels=lab.clone(), targets=None if tgt is None else tgt.clone(), predictions=pred,
         success=success, probs_original=logits0.softmax(1), probs_adversarial=logits1.softmax(1),
-        class_names=tuple(names), options=options, model_name=lm.name, model_info=lm.info(),
+        class_names=tuple(names), options=options, model_name=lm.name,
+        model_info=lm.info(default_layer_used=False),
     )
 
 

@@ -221,6 +221,12 @@ function renderNote(r) {
   $("note").textContent = r.summary ? `${sentence(r.summary)}${caveat}` : "";
 }
 
+// The result's own verdict (diagnostics "unreliable_because", read by the server): a badge and why.
+function renderVerdict(why) {
+  $("unreliable").hidden = !why;
+  $("unreliable-why").textContent = why || "";
+}
+
 function render(r) {
   $("result").hidden = false;
   $("single").hidden = false;
@@ -237,6 +243,7 @@ function render(r) {
   $("map-range").textContent = `raw map from ${r.map_min.toPrecision(3)} to ${r.map_max.toPrecision(3)}`;
   renderProbs(r);
   renderNote(r);
+  renderVerdict(r.unreliable);
   const meta = [`family ${r.family}`];
   if (r.layer) meta.push(`layer ${r.layer}`);
   const opts = Object.entries(r.options).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");

@@ -64,6 +64,8 @@ from ..errors import InputError
 from ..jobs.batch import JobOptions
 from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
+from ._compare import compare_classes
+from ._intervene import FILLS, intervene_all
 
 __all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "AuditSettings", "audit"]
 
@@ -77,6 +79,7 @@ AUDIT_RANGES: dict[str, Range] = {
     "threshold": reals(0.0, 1.0),
     "min_cluster": ints(1, 10**6),
     "prototypes": ints(0, 32),
+    "confirm": reals(0.0, 1.0, lo_open=True),
 }
 #: A class needs this many images to be clustered.
 MIN_IMAGES = 4
@@ -101,6 +104,8 @@ class AuditSettings:
     min_cluster: int = 3
     embedding: str = "tsne"
     prototypes: int = 4
+    intervention: str = "others"
+    confirm: float = 0.5
 
     def __post_init__(self) -> None:
         for name, rng in AUDIT_RANGES.items():
@@ -109,6 +114,8 @@ class AuditSettings:
                 raise InputError(f"audit {name}={value!r}: must be {rng.describe()}")
         if self.embedding not in EMBEDDINGS:
             raise InputError(f"unknown embedding {self.embedding!r}; use one of {', '.join(EMBEDDINGS)}")
+        if self.intervention not in FILLS:
+            raise InputError(f"unknown intervention {self.intervention!r}; use one of {', '.join(FILLS)}")
 
 
 def _select_classes(classes: Any, names: list[str], present: np.ndarray) -> list[int]:
@@ -293,6 +300,7 @@ def audit(
         small = np.empty((n_img, cfg.size, cfg.size), dtype=np.float32)
         # per row: the probability of the explained class, and whether it was the prediction
         probs = np.empty((n_img, 2), dtype=np.float32)
+        pred = np.empty(n_img, dtype=np.int64)  # the model's prediction of each row
         for c in range(st.n_chunks):  # stream: one chunk of maps and probabilities at a time
             lo, hi = st.rows(c)
             small[lo:hi] = _downsize(arr[lo:hi], cfg.size)
@@ -300,6 +308,7 @@ def audit(
             t = explained[lo:hi]
             probs[lo:hi, 0] = p[np.arange(hi - lo), t]
             probs[lo:hi, 1] = p.argmax(1) == t
+            pred[lo:hi] = p.argmax(1)
 
         files = input_files(src)  # (folder, the file of each row) for an image folder
         paths = None if files is None else files[1]
@@ -314,12 +323,16 @@ def audit(
                     results.append(_audit_class(ci, names[ci], to_model.get(ci, -1), idx, small, probs, paths,
                                                 cfg, seed=job.seed, image_size=(h, w), project=project))
                 cls_bar.update(n_done + 1)
+        compare_classes(results, small, cfg, (h, w))
         _full_maps(results, st, arr, src)
+        intervene_all(results, lm, src, probs, pred, prob_arr, st, run_labels, cfg, job, (h, w))
         for c in results:  # rows of the run -> indices of the caller's data set
             c.members = rows[c.members]
             for cl in c.clusters:
                 cl.members = rows[cl.members]
                 cl.prototypes = [int(rows[i]) for i in cl.prototypes]
+                for e in [] if cl.intervention is None else cl.intervention.examples:
+                    e["member"], e["donor"] = int(rows[e["member"]]), int(rows[e["donor"]])
             if c.note:
                 notes.append(f"class {c.name}: {c.note}")
         root = None if files is None else str(files[0])
@@ -414,6 +427,9 @@ def _describe(
         predicted_share=float(pred.mean()), prototypes=proto,
     )
     cl.reading = _reading(cl, name, side, box)
+    if cl.suspect:
+        cl.flagged_by.append("cluster")
+        cl.reading += " (flagged against the class's other clusters)"
     return cl
 
 

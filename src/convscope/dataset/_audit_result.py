@@ -12,6 +12,8 @@ import numpy as np
 
 from .._result import Result, jsonable
 from ..results import result_repr
+from ._compare import ClassComparison
+from ._intervene import Intervention
 
 __all__ = ["Audit", "AuditClass", "AuditCluster"]
 
@@ -48,10 +50,24 @@ class AuditCluster:
     mean_map: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
     prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
     prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
+    #: which comparisons flagged it: ``"cluster"`` (against the class's other clusters) and/or
+    #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`)
+    flagged_by: list[str] = field(default_factory=list)
+    intervention: Intervention | None = None
 
     @property
     def size(self) -> int:
         return int(len(self.members))
+
+    @property
+    def confirmed(self) -> bool:
+        """A suspect whose intervention confirmed it (pasting its region flips other classes)."""
+        return bool(self.suspect and self.intervention is not None and self.intervention.confirmed)
+
+    def __repr__(self) -> str:
+        state = ("confirmed suspect" if self.confirmed else "suspect" if self.suspect else "not suspect")
+        return (f"AuditCluster(id={self.id}, size={self.size}, box={self.box}, "
+                f"suspicion={self.suspicion:.2f}, {state})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +89,9 @@ class AuditCluster:
             "mean_probability": _r(self.mean_probability, 4),
             "predicted_share": _r(self.predicted_share, 4),
             "prototypes": [int(i) for i in self.prototypes],
+            "flagged_by": list(self.flagged_by),
+            "confirmed": self.confirmed,
+            "intervention": None if self.intervention is None else self.intervention.to_dict(),
         }
 
 
@@ -93,6 +112,12 @@ class AuditClass:
     assignment: np.ndarray
     coords: np.ndarray | None
     note: str = ""
+    comparison: ClassComparison | None = None
+
+    def __repr__(self) -> str:
+        n_sus = sum(k.suspect for k in self.clusters)
+        return (f"AuditClass(name={self.name!r}, n={self.n}, k={self.k}, clusters={len(self.clusters)}, "
+                f"suspects={n_sus}" + (f", note={self.note[:60]!r}" if self.note else "") + ")")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +126,7 @@ class AuditClass:
             "gaps": [_r(v) for v in self.gaps],
             "note": self.note,
             "suspects": [c.id for c in self.clusters if c.suspect],
+            "comparison": None if self.comparison is None else self.comparison.to_dict(),
             "clusters": [c.to_dict() for c in self.clusters],
             "embedding": None if self.coords is None else {
                 "members": [int(i) for i in self.members],
@@ -138,6 +164,34 @@ class Audit(Result):
         out = [(c, k) for c in self.classes for k in c.clusters if k.suspect]
         return sorted(out, key=lambda ck: -ck[1].suspicion)
 
+    @property
+    def headline(self) -> str:
+        """One line: the suspects and what their interventions showed, or, when there is none,
+        what was checked and what could not be."""
+        sus = self.suspects
+        checked = [c for c in self.classes if c.clusters]
+        unchecked = [c for c in self.classes if not c.clusters]
+        n_img = sum(c.n for c in checked)
+        if sus:
+            conf = sum(k.confirmed for _, k in sus)
+            untested = sum(k.intervention is None or not k.intervention.applied for _, k in sus)
+            text = (f"{len(sus)} suspect{'s' if len(sus) != 1 else ''} in "
+                    f"{len({c.name for c, _ in sus})} class(es): {conf} confirmed by intervention, "
+                    f"{len(sus) - conf - untested} unconfirmed")
+            if untested:
+                text += f", {untested} not tested (the intervention could not be applied)"
+        else:
+            compared = sum(c.comparison is not None for c in checked)
+            text = (f"No suspects in {len(checked)} class(es) ({n_img} images): each class's clusters "
+                    f"compared with one another, {compared} class(es) compared with the other classes")
+        if unchecked:
+            shown = ", ".join(f"{c.name} ({c.note.split(':')[0]})" for c in unchecked[:5])
+            more = f" and {len(unchecked) - 5} more" if len(unchecked) > 5 else ""
+            text += f"; not checked: {shown}{more}"
+        if len(checked) == 1 and checked[0].comparison is None:
+            text += "; no class comparison (only one class audited)"
+        return text
+
     def __repr__(self) -> str:
         return result_repr(self, [
             ("model", repr(self.model_info.get("model"))), ("method", repr(self.method)),
@@ -165,7 +219,9 @@ class Audit(Result):
             "store": self.store,
             "store_rows": list(self.store_rows),
             "notes": list(self.notes),
+            "headline": self.headline,
             "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
+                          "flagged_by": list(k.flagged_by), "confirmed": k.confirmed,
                           "reading": k.reading} for c, k in self.suspects],
             "classes": [c.to_dict() for c in self.classes],
         }

@@ -424,7 +424,7 @@ def _describe(
         consistency=consistency, exclusivity=exclusivity, suspicion=suspicion,
         suspect=bool(suspicion >= cfg.threshold and len(members) >= cfg.min_cluster), reading="",
         mean_probability=float(np.nanmean(pr)) if len(pr) else float("nan"),
-        predicted_share=float(pred.mean()), prototypes=proto,
+        predicted_share=float(pred.mean()), prototypes=proto, class_name=name,
     )
     cl.reading = _reading(cl, name, side, box)
     if cl.suspect:

@@ -5,7 +5,9 @@ How the numbers are computed is in :mod:`convscope.dataset._audit`'s docstring.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ class AuditCluster:
     #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`)
     flagged_by: list[str] = field(default_factory=list)
     intervention: Intervention | None = None
+    class_name: str = ""
 
     @property
     def size(self) -> int:
@@ -63,6 +66,14 @@ class AuditCluster:
     def confirmed(self) -> bool:
         """A suspect whose intervention confirmed it (pasting its region flips other classes)."""
         return bool(self.suspect and self.intervention is not None and self.intervention.confirmed)
+
+    @property
+    def evidence(self) -> str:
+        """The intervention's sentence (empty for a cluster that was not tested)."""
+        if self.intervention is None:
+            return ""
+        x0, y0, x1, y1 = self.intervention.box
+        return self.intervention.sentence(f"the {x1 - x0}x{y1 - y0} px box", self.class_name)
 
     def __repr__(self) -> str:
         state = ("confirmed suspect" if self.confirmed else "suspect" if self.suspect else "not suspect")
@@ -92,6 +103,7 @@ class AuditCluster:
             "flagged_by": list(self.flagged_by),
             "confirmed": self.confirmed,
             "intervention": None if self.intervention is None else self.intervention.to_dict(),
+            "evidence": self.evidence,
         }
 
 
@@ -202,8 +214,32 @@ class Audit(Result):
 
     save_formats = (".json", ".html")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report)."""
+    def save(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Path:
+        """Write ``.json`` (:meth:`to_dict`, its data paths relative to the file's folder) or
+        ``.html`` (the report), atomically."""
+        from .._io import json_bytes, save_by_extension
+
+        where = Path(path).parent
+        return save_by_extension(path, {
+            ".json": lambda: json_bytes(self.to_dict(relative_to=where), indent=self.json_indent),
+            ".html": lambda: self.to_html().encode("utf-8"),
+        })
+
+    def to_dict(self, relative_to: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report).
+
+        No absolute path: the data folder (``root``, ``data["path"]``) and the maps' store are
+        given relative to ``relative_to`` (default: the current folder; ``save`` gives the JSON
+        file's folder); cluster members' ``paths`` are relative to the data folder.
+        """
+        base = Path(relative_to) if relative_to is not None else Path.cwd()
+
+        def rel(p: str | None) -> str | None:
+            return None if p is None else Path(os.path.relpath(Path(p).resolve(), base.resolve())).as_posix()
+
+        data = dict(self.data)
+        if data.get("kind") == "folder" and data.get("path"):
+            data["path"] = rel(data["path"])
         return {
             "format": "convscope-audit/1",
             "model": self.model_info,
@@ -212,17 +248,17 @@ class Audit(Result):
             "options": jsonable(self.options),
             "target": "label",
             "settings": self.settings,
-            "data": self.data,
-            "root": self.root,
+            "data": data,
+            "root": rel(self.root),
             "image_size": list(self.image_size),
             "signed_method": self.signed,
-            "store": self.store,
+            "store": rel(self.store),
             "store_rows": list(self.store_rows),
             "notes": list(self.notes),
             "headline": self.headline,
             "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
                           "flagged_by": list(k.flagged_by), "confirmed": k.confirmed,
-                          "reading": k.reading} for c, k in self.suspects],
+                          "reading": k.reading, "evidence": k.evidence} for c, k in self.suspects],
             "classes": [c.to_dict() for c in self.classes],
         }
 

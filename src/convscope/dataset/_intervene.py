@@ -239,7 +239,7 @@ def intervene_all(results: list[Any], lm: Any, src: Any, probs: np.ndarray, pred
                    prob_arr: Any, st: Any, run_labels: np.ndarray, cfg: Any, job: Any,
                    image_size: tuple[int, int]) -> None:
     """Every suspect cluster's intervention (:mod:`convscope.dataset._intervene`), batched: two
-    forward passes per member; its sentence is added to the cluster's reading."""
+    forward passes per member (its sentence is the cluster's ``evidence``)."""
     from ..hooks import state_guard
     from ._stream import model_device
 
@@ -257,5 +257,3 @@ def intervene_all(results: list[Any], lm: Any, src: Any, probs: np.ndarray, pred
                 fill=cfg.intervention, confirm=cfg.confirm, image_size=image_size, device=device,
                 batch_size=job.batch_size, seed=job.seed,
             )
-            x0, y0, x1, y1 = box
-            cl.reading += "; " + cl.intervention.sentence(f"the {x1 - x0}x{y1 - y0} px box", c.name)

@@ -66,8 +66,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"  {a.headline}")
     for _c, k in a.suspects:
         state = "confirmed" if k.confirmed else "unconfirmed"
-        print(f"  suspect ({state}, flagged by the {' and '.join(k.flagged_by)} comparison): "
-              f"{k.reading} (suspicion {k.suspicion:.2f})")
+        print(f"  suspect ({state}): {k.reading} (suspicion {k.suspicion:.2f})")
         if k.evidence:
             print(f"    intervention: {k.evidence}")
     for note in a.notes:

@@ -21,7 +21,7 @@ from ._grid import draw_box
 if TYPE_CHECKING:
     from ._audit import Audit, AuditClass, AuditCluster
 
-__all__ = ["add_audit_sections", "audit_report"]
+__all__ = ["add_audit_sections", "audit_report", "intervention_images", "outlined"]
 
 SUSPECT_COLOR = "#d62728"
 
@@ -170,11 +170,11 @@ def intervention_images(k: AuditCluster) -> list[tuple[Image.Image, str, str]]:
                  (e["removed"], "region removed", f"p({k.class_name}) = {e['p_removed']:.2f}"),
                  (e["donor_before"], f"image {e['donor']}", "another class"),
                  (e["pasted"], "region pasted", f"p({k.class_name}) = {e['p_pasted']:.2f}")]
-        out += [(_outlined(np.asarray(img, dtype=np.float64), iv.box), t, cap) for img, t, cap in pairs]
+        out += [(outlined(np.asarray(img, dtype=np.float64), iv.box), t, cap) for img, t, cap in pairs]
     return out
 
 
-def _outlined(img: np.ndarray, box: list[int], side: int = 128) -> Image.Image:
+def outlined(img: np.ndarray, box: list[int], side: int = 128) -> Image.Image:
     """``img`` enlarged (nearest neighbours) with ``box`` outlined just *outside* it, so that the
     outline hides none of the region's pixels."""
     k = max(1, int(np.ceil(side / min(img.shape[:2]))))

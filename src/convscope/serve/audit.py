@@ -257,9 +257,7 @@ class AuditView:
         data = a.get("data") or {}
         root = a.get("root")
         if root:
-            r = Path(root)
-            if not r.is_absolute():  # audit.json names it relative to its own folder
-                r = self.path.parent / r
+            r = self.path.parent / root  # audit.json names it relative to its own folder
             if not r.is_dir():
                 return f"the image folder {root} is not there (moved or deleted?): maps only"
             self.root = r.resolve()

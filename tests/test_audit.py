@@ -423,3 +423,25 @@ def test_a_torch_dataset_gives_the_same_audit_as_a_tensor(tag_model):
     a, b = via_tensor.to_dict(), via_dataset.to_dict()
     assert a["classes"] == b["classes"] and a["suspects"] == b["suspects"]
     assert [c["name"] for c in a["classes"]] == ["tagged", "plain"]  # unnamed labels: the model's names
+
+
+def test_cli_audit_mixed_sizes_and_channels_and_a_root_without_classes(tmp_path, capsys):
+    """Images of mixed sizes and channel counts are fitted to the model (the tag survives a
+    resize to 32x32); a data root whose class folders hold no image is a one-line error."""
+    x, y, _ = _tag_data(n_tag=10, n_obj0=10, n_obj1=12)
+    root = _folder(tmp_path / "data", x, y, ["tagged", "plain"])
+    for i, p in enumerate(sorted((root / "plain").glob("*.png"))[:6]):  # RGB, 64x64
+        img = Image.open(p).convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+        img.save(p) if i % 2 else img.convert("RGBA").save(p)
+    card = _save_tag_model(tmp_path, ["tagged", "plain"])
+    out = tmp_path / "out"
+    assert main(["audit", "--data", str(root), "--model", str(card), "--method", "saliency", "-q",
+                 "-o", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "suspect (confirmed)" in cap.out and "intervention: replacing" in cap.out
+    empty = tmp_path / "empty"
+    for name in ("a", "b"):
+        (empty / name).mkdir(parents=True)
+    assert main(["audit", "--data", str(empty), "--model", str(card), "-q", "-o", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no images" in err and not (tmp_path / "n").exists()

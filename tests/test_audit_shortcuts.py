@@ -174,3 +174,47 @@ def test_an_intervention_that_cannot_be_applied_says_why(shortcut_model):
     for _, k in a.suspects:
         assert not k.confirmed and "not applied" in k.evidence
     assert "not tested" in a.headline
+
+
+# --- the edits themselves, against independent computations ----------------------------------
+
+
+def test_edit_region_fills_against_oracles():
+    from scipy.ndimage import uniform_filter
+
+    from convscope.dataset._intervene import edit_region
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 20, 24, generator=g)
+    d = torch.rand(2, 3, 20, 24, generator=g)
+    box = [8, 6, 13, 11]  # x0, y0, x1, y1: 5x5, away from the border
+    inside = torch.zeros(20, 24, dtype=torch.bool)
+    inside[6:11, 8:13] = True
+    out = edit_region(x, box, "others", d)
+    assert torch.equal(out[..., inside], d[..., inside]) and torch.equal(out[..., ~inside], x[..., ~inside])
+    blur = edit_region(x, box, "blur")
+    want = uniform_filter(x.numpy(), size=(1, 1, 5, 5), mode="constant")
+    assert np.allclose(blur[..., 6:11, 8:13].numpy(), want[..., 6:11, 8:13], atol=1e-6)
+    sur = edit_region(x, box, "surround")
+    ring = torch.zeros(20, 24, dtype=torch.bool)
+    ring[1:16, 3:18] = True  # one box-width around it
+    ring &= ~inside
+    assert torch.allclose(sur[..., 6:11, 8:13], x[..., ring].mean(-1)[..., None, None].expand(-1, -1, 5, 5))
+    assert torch.equal(x, x.clone())  # inputs untouched: edit_region works on a copy
+    # at the border the ring is what lies inside the image
+    edge = edit_region(x, [0, 0, 4, 4], "surround")
+    ring = torch.zeros(20, 24, dtype=torch.bool)
+    ring[:8, :8] = True
+    ring[:4, :4] = False
+    assert torch.allclose(edge[..., 0, 0], x[..., ring].mean(-1))
+
+
+def test_interventions_that_cannot_be_applied_say_why():
+    from convscope.dataset._intervene import cannot_apply
+
+    assert cannot_apply([0, 0, 6, 6], (32, 32), "others") == ""  # at the border: fine
+    assert "covers 100% of the image" in cannot_apply([0, 0, 32, 32], (32, 32), "others")
+    assert "covers 50%" in cannot_apply([0, 0, 32, 16], (32, 32), "blur")
+    assert "switched off" in cannot_apply([0, 0, 4, 4], (32, 32), "none") or "off" in cannot_apply(
+        [0, 0, 4, 4], (32, 32), "none")
+    assert "empty" in cannot_apply([3, 3, 3, 9], (32, 32), "others")

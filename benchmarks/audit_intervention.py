@@ -65,7 +65,7 @@ a = cs.audit(lm, TensorSource(x, lm.preprocessing, y, space="pixels"), progress=
 wall = time.perf_counter() - t
 flag = np.zeros(len(idx), bool)
 for _, k in a.suspects:
-    flag[k.members] = True
+    flag[k.flagged] = True
 p = float((flag & marked).sum() / max(1, flag.sum()))
 r = float((flag & marked).sum() / marked.sum())
 print(json.dumps({"n": len(idx), "wall": wall, "intervention_s": spent[0], "intervention_images": spent[1],

@@ -88,7 +88,7 @@ def _audit(lm, kind, rate, **kw):
 def _scores(a, s):
     flagged = np.zeros(len(s.labels), bool)
     for _, k in a.suspects:
-        flagged[k.members] = True
+        flagged[k.flagged] = True
     truth = s.marked.numpy()
     precision = (flagged & truth).sum() / max(1, flagged.sum())
     return float(precision), float((flagged & truth).sum() / truth.sum())
@@ -210,11 +210,12 @@ def test_edit_region_fills_against_oracles():
 
 
 def test_interventions_that_cannot_be_applied_say_why():
-    from convscope.dataset._intervene import cannot_apply
+    from convscope.dataset._intervene import cannot_apply, widen
 
     assert cannot_apply([0, 0, 6, 6], (32, 32), "others") == ""  # at the border: fine
     assert "covers 100% of the image" in cannot_apply([0, 0, 32, 32], (32, 32), "others")
     assert "covers 50%" in cannot_apply([0, 0, 32, 16], (32, 32), "blur")
-    assert "switched off" in cannot_apply([0, 0, 4, 4], (32, 32), "none") or "off" in cannot_apply(
-        [0, 0, 4, 4], (32, 32), "none")
+    assert "interventions are off" in cannot_apply([0, 0, 4, 4], (32, 32), "none")
+    assert widen([0, 0, 6, 6], (32, 32)) == [0, 0, 9, 9]  # half its size on each side, in the image
+    assert widen([28, 4, 32, 8], (32, 32)) == [26, 2, 32, 10]
     assert "empty" in cannot_apply([3, 3, 3, 9], (32, 32), "others")

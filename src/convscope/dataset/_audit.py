@@ -330,6 +330,7 @@ def audit(
             c.members = rows[c.members]
             for cl in c.clusters:
                 cl.members = rows[cl.members]
+                cl.carriers = None if cl.carriers is None else rows[cl.carriers]
                 cl.prototypes = [int(rows[i]) for i in cl.prototypes]
                 for e in [] if cl.intervention is None else cl.intervention.examples:
                     e["member"], e["donor"] = int(rows[e["member"]]), int(rows[e["donor"]])

@@ -170,7 +170,9 @@ def intervention_images(k: AuditCluster) -> list[tuple[Image.Image, str, str]]:
                  (e["removed"], "region removed", f"p({k.class_name}) = {e['p_removed']:.2f}"),
                  (e["donor_before"], f"image {e['donor']}", "another class"),
                  (e["pasted"], "region pasted", f"p({k.class_name}) = {e['p_pasted']:.2f}")]
-        out += [(outlined(np.asarray(img, dtype=np.float64), iv.box), t, cap) for img, t, cap in pairs]
+        boxes = [iv.box, iv.removed_box, iv.box, iv.box]
+        out += [(outlined(np.asarray(img, dtype=np.float64), b), t, cap)
+                for (img, t, cap), b in zip(pairs, boxes, strict=True)]
     return out
 
 

@@ -57,6 +57,16 @@ class AuditCluster:
     flagged_by: list[str] = field(default_factory=list)
     intervention: Intervention | None = None
     class_name: str = ""
+    #: the members that carry the class comparison's region, when only that flagged the cluster
+    carriers: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """The images this suspect flags (data-set indices): its members, or only its carriers
+        when the class comparison alone flagged it; none when it is not suspect."""
+        if not self.suspect:
+            return self.members[:0]
+        return self.members if self.carriers is None else self.carriers
 
     @property
     def size(self) -> int:
@@ -72,8 +82,7 @@ class AuditCluster:
         """The intervention's sentence (empty for a cluster that was not tested)."""
         if self.intervention is None:
             return ""
-        x0, y0, x1, y1 = self.intervention.box
-        return self.intervention.sentence(f"the {x1 - x0}x{y1 - y0} px box", self.class_name)
+        return self.intervention.sentence(self.class_name)
 
     def __repr__(self) -> str:
         state = ("confirmed suspect" if self.confirmed else "suspect" if self.suspect else "not suspect")
@@ -101,6 +110,7 @@ class AuditCluster:
             "predicted_share": _r(self.predicted_share, 4),
             "prototypes": [int(i) for i in self.prototypes],
             "flagged_by": list(self.flagged_by),
+            "flagged": [int(i) for i in self.flagged],
             "confirmed": self.confirmed,
             "intervention": None if self.intervention is None else self.intervention.to_dict(),
             "evidence": self.evidence,

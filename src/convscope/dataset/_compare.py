@@ -29,7 +29,9 @@ the bundled models: clean classes reach an excess of 0.16 at most, the planted s
 tests 0.22 and more.) Then the *carriers* are the class's images whose own share in the box reaches half
 of the 90th percentile of the shares, and every cluster whose median member is a carrier is
 flagged "by the class comparison" with the class's region: twin clusters of one shortcut are
-judged together. What sets a class apart from the others is often the object itself (the bar of
+judged together. Of such a cluster, the flagged images (``AuditCluster.flagged``) are its
+carriers only: a cluster of digit shapes in which most images carry the marker does not flag
+the few that do not. What sets a class apart from the others is often the object itself (the bar of
 a 7); that is why a suspect is then tested by intervention (:mod:`convscope.dataset._intervene`).
 """
 
@@ -144,8 +146,10 @@ def compare_classes(results: list[Any], small: np.ndarray, cfg: Any,
             continue
         pos = {int(r): k for k, r in enumerate(c.members)}
         for cl in c.clusters:
-            med = float(np.median(own[[pos[int(m)] for m in cl.members]]))
-            if med >= c.comparison.cut and cl.size >= cfg.min_cluster:
+            mine = own[[pos[int(m)] for m in cl.members]]
+            if float(np.median(mine)) >= c.comparison.cut and cl.size >= cfg.min_cluster:
+                if "cluster" not in cl.flagged_by:  # only its members that carry the region
+                    cl.carriers = cl.members[mine >= c.comparison.cut]
                 cl.flagged_by.append("class")
                 cl.suspect = True
                 cl.reading += f"; {c.comparison.reading} (flagged by the class comparison)"

@@ -5,9 +5,10 @@ paired with a *donor*: an audited image of another class that the model does not
 ``c`` (seeded order, cycled when there are fewer donors than members). Two edited images per
 member, one batched forward pass each:
 
-* **removed**: the member with its box filled (``fill``): ``"others"`` the donor's pixels in the
-  same box; ``"blur"`` the member's own pixels blurred (box filter as wide as the box); ``"surround"``
-  the mean of the member's pixels in a ring around the box (its own surroundings, per channel);
+* **removed**: the member with its box, widened by :data:`MARGIN` on each side, filled
+  (``fill``): ``"others"`` the donor's pixels in the same box; ``"blur"`` the member's own
+  pixels blurred (box filter as wide as the box); ``"surround"`` the mean of the member's pixels
+  in a ring around the box (its own surroundings, per channel);
 * **pasted**: the donor with the member's box pasted in.
 
 A removal *flips* a member that the model predicted as ``c`` and no longer does; a paste flips a
@@ -15,7 +16,7 @@ donor that is now predicted as ``c``. The suspect is **confirmed** when pasting 
 at least ``confirm`` of the donors: the region carries the class by itself, whatever the image
 around it. Removal alone does not confirm (taking away part of the object, e.g. the bar of a 7,
 also changes the prediction), but is reported beside it. An intervention cannot be applied when
-the region covers at least half of the image (there would be nothing left of the image to keep),
+the widened region covers at least half of the image (there would be nothing left of the image to keep),
 when ``fill="surround"`` has no pixels around the box, or when no donor exists; it says why.
 """
 
@@ -48,6 +49,7 @@ class Intervention:
     fill: str
     applied: bool
     why_not: str = ""
+    removed_box: list[int] = field(default_factory=list)
     removed_n: int = 0
     removed_before: int = 0
     removed_flips: int = 0
@@ -65,15 +67,18 @@ class Intervention:
         """Pasting the region flipped at least ``confirm`` of the donors."""
         return bool(self.applied and self.pasted_n > 0 and self.pasted_flips >= self.confirm * self.pasted_n)
 
-    def sentence(self, region: str, name: str) -> str:
+    def sentence(self, name: str) -> str:
         """One line: what removing and pasting the region did, and the verdict."""
         if not self.applied:
             return f"intervention not applied: {self.why_not}"
         how = {"others": "by the same box of other-class images", "blur": "by a blur",
                "surround": "by the image's own surroundings"}[self.fill]
-        return (f"replacing {region} {how} flips {self.removed_flips} of {self.removed_before} "
+        x0, y0, x1, y1 = self.removed_box
+        return (f"replacing the {x1 - x0}x{y1 - y0} px box around the region {how} flips "
+                f"{self.removed_flips} of {self.removed_before} "
                 f"predictions of {name} (p {self.removed_p_before:.2f} -> {self.removed_p_after:.2f}); "
-                f"pasting it into {self.pasted_n} images of other classes flips {self.pasted_flips} of them "
+                f"pasting the region ({self.box[2] - self.box[0]}x{self.box[3] - self.box[1]} px) into "
+                f"{self.pasted_n} images of other classes flips {self.pasted_flips} of them "
                 f"to {name} (p {self.pasted_p_before:.2f} -> {self.pasted_p_after:.2f}): "
                 + ("confirmed" if self.confirmed else
                    "unconfirmed (the region does not carry the class by itself)"))
@@ -83,7 +88,8 @@ class Intervention:
             return None if not np.isfinite(v) else float(round(float(v), 4))
 
         return {
-            "box": list(self.box), "fill": self.fill, "applied": self.applied, "why_not": self.why_not,
+            "box": list(self.box), "removed_box": list(self.removed_box), "fill": self.fill,
+            "applied": self.applied, "why_not": self.why_not,
             "confirmed": self.confirmed, "confirm": self.confirm,
             "removed": {"n": self.removed_n, "predicted_before": self.removed_before,
                         "flips": self.removed_flips, "p_before": r(self.removed_p_before),
@@ -131,6 +137,21 @@ def edit_region(
     return out
 
 
+#: The region is widened by this share of its width and height on each side before it is removed.
+MARGIN = 0.5
+
+
+def widen(box: list[int], image_size: tuple[int, int]) -> list[int]:
+    """``box`` grown by :data:`MARGIN` of its size on each side, within the image: a map's region
+    is coarse (Grad-CAM's cells are 4 px on a 32 px digit) and missed the top row of the corner
+    ring of ``digits-marker``, which kept the model saying "3". Only the removal is widened: a
+    wider paste carries parts of the object along, and then confirmed parts of clean digits."""
+    h, w = image_size
+    x0, y0, x1, y1 = box
+    mx, my = int(np.ceil(MARGIN * (x1 - x0))), int(np.ceil(MARGIN * (y1 - y0)))
+    return [max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)]
+
+
 def cannot_apply(box: list[int], image_size: tuple[int, int], fill: str) -> str:
     """Why the intervention cannot edit ``box`` (empty when it can)."""
     h, w = image_size
@@ -139,8 +160,8 @@ def cannot_apply(box: list[int], image_size: tuple[int, int], fill: str) -> str:
     if fill == "none":
         return "interventions are off (intervention='none')"
     if area >= MAX_AREA:
-        return (f"the region covers {area:.0%} of the image: replacing it would replace the image, "
-                "not a detail of it")
+        return (f"the region (with its margin) covers {area:.0%} of the image: replacing it would "
+                "replace the image, not a detail of it")
     if x1 <= x0 or y1 <= y0:
         return "the region is empty"
     if fill == "surround" and not _ring(h, w, box).any():
@@ -172,11 +193,13 @@ def intervene(
         batch_size: images per forward pass.
         seed: the donors' order.
     """
-    why = cannot_apply(box, image_size, fill)
+    wide = widen(box, image_size)
+    why = cannot_apply(wide, image_size, fill)
     if not why and len(donors) == 0:
         why = "no image of another class that the model does not already call this class, to swap with"
     if why:
-        return Intervention(box=list(box), fill=fill, applied=False, why_not=why, confirm=confirm)
+        return Intervention(box=list(box), fill=fill, applied=False, why_not=why, confirm=confirm,
+                            removed_box=wide)
     order = np.random.default_rng(seed).permutation(len(donors))
     pick = order[np.arange(len(members)) % len(order)]
     pair = donors[pick]
@@ -187,18 +210,18 @@ def intervene(
         hi = min(len(members), lo + batch_size)
         x = torch.stack([src[int(i)][0] for i in members[lo:hi]])
         d = torch.stack([src[int(j)][0] for j in pair[lo:hi]])
-        removed = edit_region(x, box, fill, d)
+        removed = edit_region(x, wide, fill, d)
         pasted = edit_region(d, box, "others", x)
         for out, batch in ((p_rem, removed), (p_pas, pasted)):
             p = torch.softmax(model(batch.to(device)).float(), 1).cpu()
             out[lo:hi, 0] = p[:, model_class].numpy()
             out[lo:hi, 1] = (p.argmax(1) == model_class).numpy()
         if len(examples) < EXAMPLES:
-            examples += _examples(src, members[lo:hi], pair[lo:hi], box, fill, p_rem[lo:hi], p_pas[lo:hi],
-                                  EXAMPLES - len(examples))
+            examples += _examples(src, members[lo:hi], pair[lo:hi], (box, wide), fill, p_rem[lo:hi],
+                                  p_pas[lo:hi], EXAMPLES - len(examples))
     was = member_p[:, 1] > 0.5
     return Intervention(
-        box=list(box), fill=fill, applied=True, confirm=confirm,
+        box=list(box), fill=fill, applied=True, confirm=confirm, removed_box=wide,
         removed_n=len(members), removed_before=int(was.sum()),
         removed_flips=int((was & (p_rem[:, 1] < 0.5)).sum()),
         removed_p_before=float(member_p[:, 0].mean()), removed_p_after=float(p_rem[:, 0].mean()),
@@ -208,7 +231,7 @@ def intervene(
     )
 
 
-def _examples(src: Any, members: np.ndarray, pair: np.ndarray, box: list[int], fill: str,
+def _examples(src: Any, members: np.ndarray, pair: np.ndarray, boxes: tuple[list[int], list[int]], fill: str,
               p_rem: np.ndarray, p_pas: np.ndarray, n: int) -> list[dict[str, Any]]:
     """The first ``n`` pairs as display pixels (H, W, 3): member before/after removal, donor
     before/after the paste, with p(class) after each edit."""
@@ -216,8 +239,8 @@ def _examples(src: Any, members: np.ndarray, pair: np.ndarray, box: list[int], f
     for k in range(min(n, len(members))):
         a = torch.from_numpy(np.ascontiguousarray(src.pixels(int(members[k])))).permute(2, 0, 1)[None]
         b = torch.from_numpy(np.ascontiguousarray(src.pixels(int(pair[k])))).permute(2, 0, 1)[None]
-        rem = edit_region(a, box, fill, b)[0].permute(1, 2, 0).numpy()
-        pas = edit_region(b, box, "others", a)[0].permute(1, 2, 0).numpy()
+        rem = edit_region(a, boxes[1], fill, b)[0].permute(1, 2, 0).numpy()
+        pas = edit_region(b, boxes[0], "others", a)[0].permute(1, 2, 0).numpy()
         out.append({"member": int(members[k]), "donor": int(pair[k]), "before": a[0].permute(1, 2, 0).numpy(),
                     "removed": rem, "donor_before": b[0].permute(1, 2, 0).numpy(), "pasted": pas,
                     "p_removed": float(p_rem[k, 0]), "p_pasted": float(p_pas[k, 0])})
@@ -253,7 +276,7 @@ def intervene_all(results: list[Any], lm: Any, src: Any, probs: np.ndarray, pred
             donors = np.flatnonzero((run_labels != c.index) & (pred != c.model_class))
             donor_p = prob_of(prob_arr, st, donors, c.model_class)
             cl.intervention = intervene(
-                lm.model, src, cl.members, probs[cl.members], donors, donor_p, box, c.model_class,
+                lm.model, src, cl.flagged, probs[cl.flagged], donors, donor_p, box, c.model_class,
                 fill=cfg.intervention, confirm=cfg.confirm, image_size=image_size, device=device,
                 batch_size=job.batch_size, seed=job.seed,
             )

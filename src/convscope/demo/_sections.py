@@ -305,7 +305,7 @@ def _marker_audit(rep: Report, progress: bool) -> None:
               progress=None if progress else False, embedding="pca")
     flagged = np.zeros(len(s.labels), bool)
     for _, k in a.suspects:
-        flagged[k.members] = True
+        flagged[k.flagged] = True
     truth = s.marked.numpy()
     hit = int((flagged & truth).sum())
     rep.section(

@@ -36,9 +36,11 @@ def render_intervention(view: Any, class_index: int, cluster_id: int) -> Any:
             raise NotInAudit(f"the intervention's images cannot be read: {view.images_note}")
         ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
         tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).permute(2, 0, 1)[None]
-        removed = edit_region(ta, iv["box"], iv["fill"], tb)[0].permute(1, 2, 0).numpy()
+        wide = iv.get("removed_box") or iv["box"]
+        removed = edit_region(ta, wide, iv["fill"], tb)[0].permute(1, 2, 0).numpy()
         pasted = edit_region(tb, iv["box"], "others", ta)[0].permute(1, 2, 0).numpy()
-        tiles.append([outlined(np.asarray(x, dtype=np.float64), iv["box"]) for x in (a, removed, b, pasted)])
+        tiles.append([outlined(np.asarray(x, dtype=np.float64), bx)
+                      for x, bx in ((a, iv["box"]), (removed, wide), (b, iv["box"]), (pasted, iv["box"]))])
     w, h = tiles[0][0].size
     gap = 6
     out = Image.new("RGB", (4 * w + 3 * gap, len(tiles) * h + (len(tiles) - 1) * gap), "white")

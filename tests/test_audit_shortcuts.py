@@ -132,10 +132,11 @@ def test_provoked_suspects_on_the_objects_are_not_confirmed(shortcut_model):
     xt, yt = digits().split("test")
     src = TensorSource(xt[:300], shortcut_model.preprocessing, yt[:300], space="pixels")
     a = cs.audit(shortcut_model, src, progress=False, embedding="none", threshold=0.15)
-    assert len(a.suspects) >= 2  # the provocation worked
-    for _, k in a.suspects:
-        assert not k.confirmed and "unconfirmed" in k.evidence, k.evidence
-    assert "0 confirmed" in a.headline
+    tested = [k for _, k in a.suspects if k.intervention.applied]
+    assert len(tested) >= 2  # the provocation worked, and the interventions ran
+    for _, k in a.suspects:  # a region too large to edit says so instead
+        assert not k.confirmed and ("unconfirmed" in k.evidence or "not applied" in k.evidence), k.evidence
+    assert ": 0 confirmed" in a.headline
 
 
 def test_two_forward_passes_per_suspect_image(shortcut_model, monkeypatch):

@@ -138,7 +138,9 @@ def add_audit_sections(rep: Report, a: Audit, classes: list[str] | None = None) 
             "classes. Each is tested by intervention: its region is removed from the suspect images "
             "and pasted into images of other classes. Confirmed: pasting the region alone makes the "
             "model say the class. Unconfirmed: it does not (often a part of the object itself).",
-            table=[[c.name, str(k.id), " + ".join(k.flagged_by), f"{k.suspicion:.2f}",
+            table=[[c.name, str(k.id), " + ".join(k.flagged_by), f"{k.suspicion:.2f}" + (
+                        f" (class {c.comparison.suspicion:.2f})" if "class" in k.flagged_by and c.comparison
+                        else ""),
                     "confirmed" if k.confirmed else "not tested" if not k.evidence or
                     not k.intervention.applied else "unconfirmed",  # type: ignore[union-attr]
                     k.reading, k.evidence] for c, k in sus],

@@ -182,9 +182,16 @@ class Audit(Result):
 
     @property
     def suspects(self) -> list[tuple[AuditClass, AuditCluster]]:
-        """(class, cluster) of every suspect cluster, most suspicious first."""
+        """(class, cluster) of every suspect cluster, most suspicious first (by its own suspicion, or
+        its class's when the class comparison flagged it)."""
         out = [(c, k) for c in self.classes for k in c.clusters if k.suspect]
-        return sorted(out, key=lambda ck: -ck[1].suspicion)
+
+        def score(ck: tuple[AuditClass, AuditCluster]) -> float:
+            c, k = ck
+            by_class = c.comparison.suspicion if "class" in k.flagged_by and c.comparison else 0.0
+            return -max(k.suspicion, by_class)
+
+        return sorted(out, key=score)
 
     @property
     def headline(self) -> str:

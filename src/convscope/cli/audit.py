@@ -64,9 +64,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"{out / 'audit.json'}  {n_img} images, {len(a.classes)} classes, "
           f"{sum(len(c.clusters) for c in a.classes)} clusters, {len(a.suspects)} suspect")
     print(f"  {a.headline}")
-    for _c, k in a.suspects:
+    for c, k in a.suspects:
         state = "confirmed" if k.confirmed else "unconfirmed"
-        print(f"  suspect ({state}): {k.reading} (suspicion {k.suspicion:.2f})")
+        score = max(k.suspicion, c.comparison.suspicion if "class" in k.flagged_by and c.comparison else 0.0)
+        print(f"  suspect ({state}): {k.reading} (suspicion {score:.2f})")
         if k.evidence:
             print(f"    intervention: {k.evidence}")
     for note in a.notes:

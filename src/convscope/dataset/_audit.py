@@ -41,9 +41,16 @@ assessing what machines really learn", Nature Communications 10, 2019) in one ca
    which is why every cluster comes with its mean map, its box and prototypes.
 
    A class with a single cluster has no other strategy to set apart from: its region is the box
-   holding ``mass`` of ``M`` itself, its exclusivity is 0 and it is never suspect. (Comparing it
-   with the other classes instead would flag what makes a class a class, such as the bar of a 5.)
-   A shortcut carried by every image of a class is beyond this analysis, as it is beyond SpRAy's.
+   holding ``mass`` of ``M`` itself, its exclusivity is 0 and this comparison never flags it.
+
+5. **Compare each class with the other classes** (:mod:`convscope.dataset._compare`): a shortcut
+   that most or all of a class carries, which step 4 cannot see (twin clusters of the shortcut
+   count each other as "the class's other clusters"; a shortcut on every image leaves nothing to
+   compare with). The clusters whose typical member carries a suspect class's region are flagged
+   too; ``AuditCluster.flagged_by`` says which comparison flagged a cluster.
+6. **Prove each suspect by intervention** (:mod:`convscope.dataset._intervene`): the region is
+   removed from the suspect's images and pasted into images of other classes, two batched forward
+   passes per suspect image; a suspect is confirmed when the pasted region alone flips the model.
 """
 
 from __future__ import annotations

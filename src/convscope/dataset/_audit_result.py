@@ -231,16 +231,9 @@ class Audit(Result):
 
     save_formats = (".json", ".html")
 
-    def save(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Path:
-        """Write ``.json`` (:meth:`to_dict`, its data paths relative to the file's folder) or
-        ``.html`` (the report), atomically."""
-        from .._io import json_bytes, save_by_extension
-
-        where = Path(path).parent
-        return save_by_extension(path, {
-            ".json": lambda: json_bytes(self.to_dict(relative_to=where), indent=self.json_indent),
-            ".html": lambda: self.to_html().encode("utf-8"),
-        })
+    def json_dict(self, folder: Path) -> dict[str, Any]:
+        """What ``save("x.json")`` writes: :meth:`to_dict` with data paths relative to ``folder``."""
+        return self.to_dict(relative_to=folder)
 
     def to_dict(self, relative_to: str | os.PathLike | None = None) -> dict[str, Any]:
         """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report).

@@ -76,20 +76,25 @@ def accuracy(model: DigitsCNN, x: torch.Tensor, y: torch.Tensor, mean: float, st
     return float((model((x - mean) / std).argmax(1) == y).float().mean())
 
 
+def prepare() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """Deterministic single-threaded torch; the train and test digits and the train pixels' mean and std."""
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    data = digits()
+    xtr, ytr = data.split("train")
+    xte, yte = data.split("test")
+    return xtr, ytr, xte, yte, float(xtr.mean()), float(xtr.std())
+
+
 def main() -> None:
     """Train the bundled digits models (all, or the one named by ``--only``) and write them."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--only", choices=MODELS, help="train and write only this model")
     args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
     from safetensors.torch import save_file
 
-    data = digits()
-    xtr, ytr = data.split("train")
-    xte, yte = data.split("test")
-    mean, std = float(xtr.mean()), float(xtr.std())
+    xtr, ytr, xte, yte, mean, std = prepare()
     common = {
         "architecture": "convscope.models.digits:DigitsCNN",
         "kwargs": {"num_classes": 10},

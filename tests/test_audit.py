@@ -133,6 +133,15 @@ def test_audit_splits_the_tagged_images_into_a_suspect_cluster(tag_model):
     assert not any(k.suspect for k in c1.clusters)  # the object class reads the object only
     obj = [k for k in c0.clusters if not k.suspect][0]
     assert obj.concentration < 0.5 and obj.exclusivity > 0.9  # large region: not suspect
+    # proved by intervention: without the tag the tagged images are "plain" (class 0 = 3 x tag
+    # loses to 0.8 obj + 0.05 once the tag holds a plain image's pixels), and the tag pasted into
+    # plain images makes every one of them "tagged" (3 x 1 beats any object score)
+    iv = sus[0].intervention
+    assert iv.applied and iv.pasted_flips == iv.pasted_n == 24 and sus[0].confirmed
+    assert iv.removed_before == 24 and iv.removed_flips == 24
+    assert "flips 24 of 24 predictions" in sus[0].evidence and sus[0].evidence.endswith("confirmed")
+    assert a.headline.startswith("1 suspect in 1 class(es): 1 confirmed by intervention")
+    assert len(repr(c0)) < 200 and len(repr(sus[0])) < 200 and "confirmed suspect" in repr(sus[0])
     # plain data, the same as audit.json
     d = json.loads(json.dumps(a.to_dict()))
     assert d["suspects"][0]["class"] == "tagged"
@@ -148,7 +157,9 @@ def test_suspicion_is_the_documented_product(tag_model):
         for k in c.clusters:
             assert k.suspicion == pytest.approx(k.concentration * k.consistency * k.exclusivity)
             assert k.concentration == pytest.approx((1 - k.box_area) ** 2)
-            assert k.suspect == (k.suspicion >= 0.5 and k.size >= 3)
+            by_cluster = k.suspicion >= 0.5 and k.size >= 3
+            assert k.suspect == (by_cluster or "class" in k.flagged_by)
+            assert ("cluster" in k.flagged_by) == by_cluster
             assert k.mass_share >= 0.8 - 1e-6
 
 
@@ -232,6 +243,12 @@ def test_cli_audit_writes_json_and_report_with_notes_for_small_classes(tmp_path,
     assert all((root / p).is_file() for p in tagged_cluster["paths"])
     html = (out / "report.html").read_text()
     assert "only 1 image" in html and "no images" in html and "eigengap" in html
+    # no absolute path: the data folder and the store relative to audit.json's folder
+    text = (out / "audit.json").read_text()
+    assert str(tmp_path) not in text and d["root"] == "../data" and d["store"] == "maps.zarr"
+    assert d["data"]["path"] == "../data"
+    assert "not checked: none (no images), one (only 1 image)" in d["headline"]
+    assert "intervention: replacing the" in cap.out and "confirmed" in cap.out
     assert (out / "maps.zarr" / "manifest.json").is_file()
 
 
@@ -412,3 +429,25 @@ def test_a_torch_dataset_gives_the_same_audit_as_a_tensor(tag_model):
     a, b = via_tensor.to_dict(), via_dataset.to_dict()
     assert a["classes"] == b["classes"] and a["suspects"] == b["suspects"]
     assert [c["name"] for c in a["classes"]] == ["tagged", "plain"]  # unnamed labels: the model's names
+
+
+def test_cli_audit_mixed_sizes_and_channels_and_a_root_without_classes(tmp_path, capsys):
+    """Images of mixed sizes and channel counts are fitted to the model (the tag survives a
+    resize to 32x32); a data root whose class folders hold no image is a one-line error."""
+    x, y, _ = _tag_data(n_tag=10, n_obj0=10, n_obj1=12)
+    root = _folder(tmp_path / "data", x, y, ["tagged", "plain"])
+    for i, p in enumerate(sorted((root / "plain").glob("*.png"))[:6]):  # RGB, 64x64
+        img = Image.open(p).convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+        img.save(p) if i % 2 else img.convert("RGBA").save(p)
+    card = _save_tag_model(tmp_path, ["tagged", "plain"])
+    out = tmp_path / "out"
+    assert main(["audit", "--data", str(root), "--model", str(card), "--method", "saliency", "-q",
+                 "-o", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "suspect (confirmed)" in cap.out and "intervention: replacing" in cap.out
+    empty = tmp_path / "empty"
+    for name in ("a", "b"):
+        (empty / name).mkdir(parents=True)
+    assert main(["audit", "--data", str(empty), "--model", str(card), "-q", "-o", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no images" in err and not (tmp_path / "n").exists()

@@ -90,7 +90,8 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
                   "LIME on a classifier that reads the header", "Class visualisations",
                   "maximally activating test digits", "targeted PGD",
                   "digits-snow, the wolf-vs-husky snow detector", "point at the snow",
-                  "does digits-snow use the snow band", "the snow band on a model with and without"):
+                  "does digits-snow use the snow band", "the snow band on a model with and without",
+                  "A shortcut on most of a class, proved by intervention", "before / after"):
         assert title in html, title
     srcs = re.findall(r'src="(data:image/png;base64,[^"]+)"', html)
     assert len(srcs) > 100

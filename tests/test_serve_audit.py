@@ -184,7 +184,10 @@ def test_item_and_cluster_pictures_are_the_reports(request, which):
 def test_no_store_shows_images_without_maps(folder_audit, tmp_path):
     out, a, _ = folder_audit
     d = json.loads((out / "audit.json").read_text())
-    (tmp_path / "audit.json").write_text(json.dumps({**d, "store": str(tmp_path / "gone.zarr")}))
+    # audit.json names its data folder relative to itself: a copy elsewhere names it anew
+    root = str((out / d["root"]).resolve())
+    moved = {**d, "store": str(tmp_path / "gone.zarr"), "root": root}
+    (tmp_path / "audit.json").write_text(json.dumps(moved))
     v = AuditView(tmp_path)
     assert v.view()["images"] and not v.view()["maps"] and "no maps store" in v.maps_note
     c = next(c for c in a.classes if c.clusters)
@@ -411,3 +414,41 @@ def test_cli_serves_the_audit(capsys, folder_audit, no_serving):
     assert c.get("/api/audit").json()["view"]["maps"] is True
     app.audit.close()
     app.engine.close()
+
+
+def test_a_suspect_shows_its_intervention_before_and_after(tmp_path):
+    """digits-watermark on a held-out folder: the watermarked cluster of class 3 is confirmed, the
+    app serves its before/after strip (suspect, region removed, another class, region pasted), and
+    a cluster without an intervention is a 404 with its reason."""
+    from convscope.datasets import watermark_folder
+    from convscope.serve._audit_intervention import render_intervention
+
+    data = tmp_path / "data"
+    watermark_folder(data, part="test")
+    out = tmp_path / "out"
+    a = audit("digits-watermark", data, classes=["1", "3"], embedding="none", store=out / "maps.zarr",
+              progress=False)
+    a.save(out / "audit.json")
+    c, k = a.suspects[0]  # with two classes the class comparison also flags the 1's stroke: unconfirmed
+    assert c.name == "3" and k.confirmed and [s.confirmed for _, s in a.suspects].count(True) == 1
+    v = AuditView(out)
+    assert v.view()["images"]
+    img = render_intervention(v, c.index, k.id)
+    n = len(k.intervention.examples)
+    tile = 128  # 32 px enlarged 4x
+    assert img.size == (4 * tile + 3 * 6, n * tile + (n - 1) * 6)
+    arr = np.asarray(img, dtype=np.float64) / 255
+    e = k.intervention.examples[0]
+    x0, y0, x1, y1 = k.intervention.box
+    inner = (slice(4 * y0 + 4, 4 * y1 - 4), slice(4 * x0 + 4, 4 * x1 - 4))  # inside the outline
+    pasted = arr[:tile, 3 * (tile + 6):3 * (tile + 6) + tile][inner]
+    member = np.repeat(np.repeat(e["before"], 4, 0), 4, 1)[inner]
+    assert np.abs(pasted - member).max() < 1 / 255 + 1e-9  # the suspect's region, pasted
+    client = TestClient(create_app(Engine(("digits-cnn",)), audit=v), base_url=BASE)
+    r = client.get(f"/api/audit/intervention/{c.index}/{k.id}.png")
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    d = client.get("/api/audit").json()
+    assert d["headline"].startswith(f"{len(a.suspects)} suspect") and ": 1 confirmed by" in d["headline"]
+    oc, other = next((cc, cl) for cc in a.classes for cl in cc.clusters if not cl.suspect)
+    r = client.get(f"/api/audit/intervention/{oc.index}/{other.id}.png")
+    assert r.status_code == 404 and "no intervention" in r.json()["error"]

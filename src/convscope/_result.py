@@ -142,16 +142,21 @@ class Result:
         """Write ``path`` by its extension (one of ``save_formats``), atomically.
 
         ``.png``: :meth:`png` (given ``*args, **kwargs``); ``.npy``: :meth:`npy_array` as float32;
-        ``.json``: :meth:`to_dict`; ``.html``: :meth:`to_html`. Another extension raises
+        ``.json``: :meth:`json_dict` (:meth:`to_dict`); ``.html``: :meth:`to_html`. Another extension raises
         :class:`~convscope.errors.InputError` naming the accepted ones and writes nothing.
         """
         writers = {
             ".png": lambda: self.png(*args, **kwargs),
             ".npy": lambda: npy_bytes(self.npy_array()),
-            ".json": lambda: json_bytes(self.to_dict(), indent=self.json_indent),
+            ".json": lambda: json_bytes(self.json_dict(Path(path).parent), indent=self.json_indent),
             ".html": lambda: self.to_html().encode("utf-8"),
         }
         return save_by_extension(path, {ext: writers[ext] for ext in self.save_formats})
+
+    def json_dict(self, folder: Path) -> dict[str, Any]:
+        """What ``save("x.json")`` writes into ``folder``: :meth:`to_dict` (a result that names
+        files, such as the audit, gives their paths relative to ``folder``)."""
+        return self.to_dict()
 
     def report_title(self) -> str:
         """The title of the section :meth:`add_to_report` adds (default: the type's name)."""

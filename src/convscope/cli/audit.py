@@ -18,8 +18,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     Explain every image for its own label, cluster each class's maps spectrally (the eigengap picks
     the number of clusters) and flag clusters whose attribution sits on a small region that the
-    class's other clusters do not use. Writes OUT/audit.json, OUT/report.html and the maps'
-    resumable store OUT/maps.zarr (run again to resume).
+    class's other clusters do not use, or a class whose attribution sits on a small region that
+    no other class uses; then prove each suspect by intervention (remove its region from the
+    suspect images, paste it into images of other classes, count the flipped predictions).
+    Writes OUT/audit.json, OUT/report.html and the maps' resumable store OUT/maps.zarr (run again
+    to resume).
     """
     from ..dataset import audit
     from ..errors import InputError
@@ -46,6 +49,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         min_cluster=args.min_cluster,
         embedding=args.embedding,
         prototypes=args.prototypes,
+        intervention=args.intervention,
+        confirm=args.confirm,
         store=out / "maps.zarr",
         progress=False if args.quiet else None,
         **job_options(args),
@@ -58,8 +63,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     n_img = sum(c.n for c in a.classes)
     print(f"{out / 'audit.json'}  {n_img} images, {len(a.classes)} classes, "
           f"{sum(len(c.clusters) for c in a.classes)} clusters, {len(a.suspects)} suspect")
-    for _c, k in a.suspects:
-        print(f"  suspect: {k.reading} (suspicion {k.suspicion:.2f})")
+    print(f"  {a.headline}")
+    for c, k in a.suspects:
+        state = "confirmed" if k.confirmed else "unconfirmed"
+        score = max(k.suspicion, c.comparison.suspicion if "class" in k.flagged_by and c.comparison else 0.0)
+        print(f"  suspect ({state}): {k.reading} (suspicion {score:.2f})")
+        if k.evidence:
+            print(f"    intervention: {k.evidence}")
     for note in a.notes:
         print(f"  note: {note}", file=sys.stderr)
     print(f"{out / 'report.html'}")
@@ -74,6 +84,7 @@ def _ranged(name: str) -> RangeType:
 
 def add_commands(sub: Any) -> None:
     from ..dataset._audit import EMBEDDINGS
+    from ..dataset._intervene import FILLS
     from ..registry import method_names
 
     s = add_command(sub, "audit", cmd_audit)
@@ -103,5 +114,10 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--embedding", choices=EMBEDDINGS, default="tsne", help="2-D map of the maps (tsne)")
     s.add_argument("--prototypes", type=_ranged("prototypes"), default=4,
                    help="images shown per cluster (4)")
+    s.add_argument("--intervention", choices=FILLS, default="others",
+                   help="how a suspect's region is removed to test it: others (the same box of "
+                        "other-class images, default), blur, surround (the image's own surroundings), none")
+    s.add_argument("--confirm", type=_ranged("confirm"), default=0.5,
+                   help="share of other-class images that pasting the region must flip to confirm (0.5)")
     add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output folder")

@@ -41,9 +41,16 @@ assessing what machines really learn", Nature Communications 10, 2019) in one ca
    which is why every cluster comes with its mean map, its box and prototypes.
 
    A class with a single cluster has no other strategy to set apart from: its region is the box
-   holding ``mass`` of ``M`` itself, its exclusivity is 0 and it is never suspect. (Comparing it
-   with the other classes instead would flag what makes a class a class, such as the bar of a 5.)
-   A shortcut carried by every image of a class is beyond this analysis, as it is beyond SpRAy's.
+   holding ``mass`` of ``M`` itself, its exclusivity is 0 and this comparison never flags it.
+
+5. **Compare each class with the other classes** (:mod:`convscope.dataset._compare`): a shortcut
+   that most or all of a class carries, which step 4 cannot see (twin clusters of the shortcut
+   count each other as "the class's other clusters"; a shortcut on every image leaves nothing to
+   compare with). The clusters whose typical member carries a suspect class's region are flagged
+   too; ``AuditCluster.flagged_by`` says which comparison flagged a cluster.
+6. **Prove each suspect by intervention** (:mod:`convscope.dataset._intervene`): the region is
+   removed from the suspect's images and pasted into images of other classes, two batched forward
+   passes per suspect image; a suspect is confirmed when the pasted region alone flips the model.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ from ..errors import InputError
 from ..jobs.batch import JobOptions
 from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
+from ._compare import compare_classes
+from ._intervene import FILLS, intervene_all
 
 __all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "AuditSettings", "audit"]
 
@@ -77,6 +86,7 @@ AUDIT_RANGES: dict[str, Range] = {
     "threshold": reals(0.0, 1.0),
     "min_cluster": ints(1, 10**6),
     "prototypes": ints(0, 32),
+    "confirm": reals(0.0, 1.0, lo_open=True),
 }
 #: A class needs this many images to be clustered.
 MIN_IMAGES = 4
@@ -101,6 +111,8 @@ class AuditSettings:
     min_cluster: int = 3
     embedding: str = "tsne"
     prototypes: int = 4
+    intervention: str = "others"
+    confirm: float = 0.5
 
     def __post_init__(self) -> None:
         for name, rng in AUDIT_RANGES.items():
@@ -109,6 +121,8 @@ class AuditSettings:
                 raise InputError(f"audit {name}={value!r}: must be {rng.describe()}")
         if self.embedding not in EMBEDDINGS:
             raise InputError(f"unknown embedding {self.embedding!r}; use one of {', '.join(EMBEDDINGS)}")
+        if self.intervention not in FILLS:
+            raise InputError(f"unknown intervention {self.intervention!r}; use one of {', '.join(FILLS)}")
 
 
 def _select_classes(classes: Any, names: list[str], present: np.ndarray) -> list[int]:
@@ -293,6 +307,7 @@ def audit(
         small = np.empty((n_img, cfg.size, cfg.size), dtype=np.float32)
         # per row: the probability of the explained class, and whether it was the prediction
         probs = np.empty((n_img, 2), dtype=np.float32)
+        pred = np.empty(n_img, dtype=np.int64)  # the model's prediction of each row
         for c in range(st.n_chunks):  # stream: one chunk of maps and probabilities at a time
             lo, hi = st.rows(c)
             small[lo:hi] = _downsize(arr[lo:hi], cfg.size)
@@ -300,6 +315,7 @@ def audit(
             t = explained[lo:hi]
             probs[lo:hi, 0] = p[np.arange(hi - lo), t]
             probs[lo:hi, 1] = p.argmax(1) == t
+            pred[lo:hi] = p.argmax(1)
 
         files = input_files(src)  # (folder, the file of each row) for an image folder
         paths = None if files is None else files[1]
@@ -314,12 +330,17 @@ def audit(
                     results.append(_audit_class(ci, names[ci], to_model.get(ci, -1), idx, small, probs, paths,
                                                 cfg, seed=job.seed, image_size=(h, w), project=project))
                 cls_bar.update(n_done + 1)
+        compare_classes(results, small, cfg, (h, w))
         _full_maps(results, st, arr, src)
+        intervene_all(results, lm, src, probs, pred, prob_arr, st, run_labels, cfg, job, (h, w))
         for c in results:  # rows of the run -> indices of the caller's data set
             c.members = rows[c.members]
             for cl in c.clusters:
                 cl.members = rows[cl.members]
+                cl.carriers = None if cl.carriers is None else rows[cl.carriers]
                 cl.prototypes = [int(rows[i]) for i in cl.prototypes]
+                for e in [] if cl.intervention is None else cl.intervention.examples:
+                    e["member"], e["donor"] = int(rows[e["member"]]), int(rows[e["donor"]])
             if c.note:
                 notes.append(f"class {c.name}: {c.note}")
         root = None if files is None else str(files[0])
@@ -411,9 +432,12 @@ def _describe(
         consistency=consistency, exclusivity=exclusivity, suspicion=suspicion,
         suspect=bool(suspicion >= cfg.threshold and len(members) >= cfg.min_cluster), reading="",
         mean_probability=float(np.nanmean(pr)) if len(pr) else float("nan"),
-        predicted_share=float(pred.mean()), prototypes=proto,
+        predicted_share=float(pred.mean()), prototypes=proto, class_name=name,
     )
     cl.reading = _reading(cl, name, side, box)
+    if cl.suspect:
+        cl.flagged_by.append("cluster")
+        cl.reading += " (flagged against the class's other clusters)"
     return cl
 
 

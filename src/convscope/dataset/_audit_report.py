@@ -21,7 +21,7 @@ from ._grid import draw_box
 if TYPE_CHECKING:
     from ._audit import Audit, AuditClass, AuditCluster
 
-__all__ = ["add_audit_sections", "audit_report"]
+__all__ = ["add_audit_sections", "audit_report", "intervention_images", "outlined"]
 
 SUSPECT_COLOR = "#d62728"
 
@@ -130,22 +130,73 @@ def add_audit_sections(rep: Report, a: Audit, classes: list[str] | None = None) 
     """Append the suspects table and one section per class (``classes``: only these names) to ``rep``."""
     sus = a.suspects
     if sus:
-        rep.section(
-            f"Suspects: {len(sus)} cluster{'s' if len(sus) != 1 else ''}",
-            "Strategies that look like shortcuts, most suspicious first. Look at the prototypes: "
-            "if the box is not on the object, the model has learned something about the data set, "
-            "not about the class.",
-            table=[[c.name, str(k.id), f"{k.suspicion:.2f}", k.reading] for c, k in sus],
-            table_header=["class", "cluster", "suspicion", "reading"],
+        n_conf = sum(k.confirmed for _, k in sus)
+        sec = rep.section(
+            f"Suspects: {len(sus)} cluster{'s' if len(sus) != 1 else ''}, {n_conf} confirmed by intervention",
+            f"{a.headline}. Strategies that look like shortcuts, most suspicious first, flagged by "
+            "comparing a cluster with its class's other clusters, or the whole class with the other "
+            "classes. Each is tested by intervention: its region is removed from the suspect images "
+            "and pasted into images of other classes. Confirmed: pasting the region alone makes the "
+            "model say the class. Unconfirmed: it does not (often a part of the object itself).",
+            table=[[c.name, str(k.id), " + ".join(k.flagged_by), f"{k.suspicion:.2f}" + (
+                        f" (class {c.comparison.suspicion:.2f})" if "class" in k.flagged_by and c.comparison
+                        else ""),
+                    "confirmed" if k.confirmed else "not tested" if not k.evidence or
+                    not k.intervention.applied else "unconfirmed",  # type: ignore[union-attr]
+                    k.reading, k.evidence] for c, k in sus],
+            table_header=["class", "cluster", "flagged by", "suspicion", "intervention", "reading",
+                          "evidence"],
         )
+        for c, k in sus:
+            _intervention_row(sec, c.name, k)
     else:
-        rep.section("Suspects: none",
-                    "No cluster of any audited class concentrates on a small region that the "
-                    "class's other clusters do not use.")
+        rep.section("Suspects: none", f"{a.headline}. No cluster concentrates on a small region that "
+                    "the class's other clusters do not use, and no class on a small region that the "
+                    "other classes do not use.")
     shown = [c for c in a.classes if classes is None or c.name in classes]
     order = sorted(shown, key=lambda c: (not any(k.suspect for k in c.clusters), c.index))
     for c in order:
         _class_section(rep, a, c)
+
+
+def intervention_images(k: AuditCluster) -> list[tuple[Image.Image, str, str]]:
+    """(picture, title, caption) of each before/after example of ``k``'s intervention, the box
+    outlined: a suspect image, the same with the region removed, an image of another class, the
+    same with the region pasted in."""
+    iv = k.intervention
+    out: list[tuple[Image.Image, str, str]] = []
+    if iv is None or not iv.applied:
+        return out
+    for e in iv.examples:
+        pairs = [(e["before"], f"image {e['member']}", "suspect image"),
+                 (e["removed"], "region removed", f"p({k.class_name}) = {e['p_removed']:.2f}"),
+                 (e["donor_before"], f"image {e['donor']}", "another class"),
+                 (e["pasted"], "region pasted", f"p({k.class_name}) = {e['p_pasted']:.2f}")]
+        boxes = [iv.box, iv.removed_box, iv.box, iv.box]
+        out += [(outlined(np.asarray(img, dtype=np.float64), b), t, cap)
+                for (img, t, cap), b in zip(pairs, boxes, strict=True)]
+    return out
+
+
+def outlined(img: np.ndarray, box: list[int], side: int = 128) -> Image.Image:
+    """``img`` enlarged (nearest neighbours) with ``box`` outlined just *outside* it, so that the
+    outline hides none of the region's pixels."""
+    k = max(1, int(np.ceil(side / min(img.shape[:2]))))
+    big = np.repeat(np.repeat(img, k, 0), k, 1)
+    h, w = big.shape[:2]
+    lw = max(1, k // 2)
+    x0, y0, x1, y1 = (v * k for v in box)
+    t, le, b, r = max(0, y0 - lw), max(0, x0 - lw), min(h, y1 + lw), min(w, x1 + lw)
+    return upscale(draw_box(big, (t, le, b, r), color=(1.0, 0.2, 0.2)), side)
+
+
+def _intervention_row(sec: Any, name: str, k: AuditCluster) -> None:
+    figs = [Report.figure(img, title=t, caption=cap) for img, t, cap in intervention_images(k)]
+    if not figs:
+        return
+    sec.rows.append(figs)
+    sec.row_labels.append(f"class {name}, cluster {k.id}: before / after")
+    sec.row_notes.append(k.evidence)
 
 
 def _model_table(a: Audit) -> list[list[str]]:

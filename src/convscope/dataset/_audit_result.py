@@ -5,13 +5,17 @@ How the numbers are computed is in :mod:`convscope.dataset._audit`'s docstring.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._result import Result, jsonable
 from ..results import result_repr
+from ._compare import ClassComparison
+from ._intervene import Intervention
 
 __all__ = ["Audit", "AuditClass", "AuditCluster"]
 
@@ -48,10 +52,42 @@ class AuditCluster:
     mean_map: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
     prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
     prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
+    #: which comparisons flagged it: ``"cluster"`` (against the class's other clusters) and/or
+    #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`)
+    flagged_by: list[str] = field(default_factory=list)
+    intervention: Intervention | None = None
+    class_name: str = ""
+    #: the members that carry the class comparison's region, when only that flagged the cluster
+    carriers: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """The images this suspect flags (data-set indices): its members, or only its carriers
+        when the class comparison alone flagged it; none when it is not suspect."""
+        if not self.suspect:
+            return self.members[:0]
+        return self.members if self.carriers is None else self.carriers
 
     @property
     def size(self) -> int:
         return int(len(self.members))
+
+    @property
+    def confirmed(self) -> bool:
+        """A suspect whose intervention confirmed it (pasting its region flips other classes)."""
+        return bool(self.suspect and self.intervention is not None and self.intervention.confirmed)
+
+    @property
+    def evidence(self) -> str:
+        """The intervention's sentence (empty for a cluster that was not tested)."""
+        if self.intervention is None:
+            return ""
+        return self.intervention.sentence(self.class_name)
+
+    def __repr__(self) -> str:
+        state = ("confirmed suspect" if self.confirmed else "suspect" if self.suspect else "not suspect")
+        return (f"AuditCluster(id={self.id}, size={self.size}, box={self.box}, "
+                f"suspicion={self.suspicion:.2f}, {state})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +109,11 @@ class AuditCluster:
             "mean_probability": _r(self.mean_probability, 4),
             "predicted_share": _r(self.predicted_share, 4),
             "prototypes": [int(i) for i in self.prototypes],
+            "flagged_by": list(self.flagged_by),
+            "flagged": [int(i) for i in self.flagged],
+            "confirmed": self.confirmed,
+            "intervention": None if self.intervention is None else self.intervention.to_dict(),
+            "evidence": self.evidence,
         }
 
 
@@ -93,6 +134,12 @@ class AuditClass:
     assignment: np.ndarray
     coords: np.ndarray | None
     note: str = ""
+    comparison: ClassComparison | None = None
+
+    def __repr__(self) -> str:
+        n_sus = sum(k.suspect for k in self.clusters)
+        return (f"AuditClass(name={self.name!r}, n={self.n}, k={self.k}, clusters={len(self.clusters)}, "
+                f"suspects={n_sus}" + (f", note={self.note[:60]!r}" if self.note else "") + ")")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +148,7 @@ class AuditClass:
             "gaps": [_r(v) for v in self.gaps],
             "note": self.note,
             "suspects": [c.id for c in self.clusters if c.suspect],
+            "comparison": None if self.comparison is None else self.comparison.to_dict(),
             "clusters": [c.to_dict() for c in self.clusters],
             "embedding": None if self.coords is None else {
                 "members": [int(i) for i in self.members],
@@ -134,9 +182,44 @@ class Audit(Result):
 
     @property
     def suspects(self) -> list[tuple[AuditClass, AuditCluster]]:
-        """(class, cluster) of every suspect cluster, most suspicious first."""
+        """(class, cluster) of every suspect cluster, most suspicious first (by its own suspicion, or
+        its class's when the class comparison flagged it)."""
         out = [(c, k) for c in self.classes for k in c.clusters if k.suspect]
-        return sorted(out, key=lambda ck: -ck[1].suspicion)
+
+        def score(ck: tuple[AuditClass, AuditCluster]) -> float:
+            c, k = ck
+            by_class = c.comparison.suspicion if "class" in k.flagged_by and c.comparison else 0.0
+            return -max(k.suspicion, by_class)
+
+        return sorted(out, key=score)
+
+    @property
+    def headline(self) -> str:
+        """One line: the suspects and what their interventions showed, or, when there is none,
+        what was checked and what could not be."""
+        sus = self.suspects
+        checked = [c for c in self.classes if c.clusters]
+        unchecked = [c for c in self.classes if not c.clusters]
+        n_img = sum(c.n for c in checked)
+        if sus:
+            conf = sum(k.confirmed for _, k in sus)
+            untested = sum(k.intervention is None or not k.intervention.applied for _, k in sus)
+            text = (f"{len(sus)} suspect{'s' if len(sus) != 1 else ''} in "
+                    f"{len({c.name for c, _ in sus})} class(es): {conf} confirmed by intervention, "
+                    f"{len(sus) - conf - untested} unconfirmed")
+            if untested:
+                text += f", {untested} not tested (the intervention could not be applied)"
+        else:
+            compared = sum(c.comparison is not None for c in checked)
+            text = (f"No suspects in {len(checked)} class(es) ({n_img} images): each class's clusters "
+                    f"compared with one another, {compared} class(es) compared with the other classes")
+        if unchecked:
+            shown = ", ".join(f"{c.name} ({c.note.split(':')[0]})" for c in unchecked[:5])
+            more = f" and {len(unchecked) - 5} more" if len(unchecked) > 5 else ""
+            text += f"; not checked: {shown}{more}"
+        if len(checked) == 1 and checked[0].comparison is None:
+            text += "; no class comparison (only one class audited)"
+        return text
 
     def __repr__(self) -> str:
         return result_repr(self, [
@@ -148,8 +231,25 @@ class Audit(Result):
 
     save_formats = (".json", ".html")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report)."""
+    def json_dict(self, folder: Path) -> dict[str, Any]:
+        """What ``save("x.json")`` writes: :meth:`to_dict` with data paths relative to ``folder``."""
+        return self.to_dict(relative_to=folder)
+
+    def to_dict(self, relative_to: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Plain data, what ``audit.json`` holds (``save``: ``.json`` this or ``.html`` the report).
+
+        No absolute path: the data folder (``root``, ``data["path"]``) and the maps' store are
+        given relative to ``relative_to`` (default: the current folder; ``save`` gives the JSON
+        file's folder); cluster members' ``paths`` are relative to the data folder.
+        """
+        base = Path(relative_to) if relative_to is not None else Path.cwd()
+
+        def rel(p: str | None) -> str | None:
+            return None if p is None else Path(os.path.relpath(Path(p).resolve(), base.resolve())).as_posix()
+
+        data = dict(self.data)
+        if data.get("kind") == "folder" and data.get("path"):
+            data["path"] = rel(data["path"])
         return {
             "format": "convscope-audit/1",
             "model": self.model_info,
@@ -158,15 +258,17 @@ class Audit(Result):
             "options": jsonable(self.options),
             "target": "label",
             "settings": self.settings,
-            "data": self.data,
-            "root": self.root,
+            "data": data,
+            "root": rel(self.root),
             "image_size": list(self.image_size),
             "signed_method": self.signed,
-            "store": self.store,
+            "store": rel(self.store),
             "store_rows": list(self.store_rows),
             "notes": list(self.notes),
+            "headline": self.headline,
             "suspects": [{"class": c.name, "cluster": k.id, "suspicion": _r(k.suspicion, 4),
-                          "reading": k.reading} for c, k in self.suspects],
+                          "flagged_by": list(k.flagged_by), "confirmed": k.confirmed,
+                          "reading": k.reading, "evidence": k.evidence} for c, k in self.suspects],
             "classes": [c.to_dict() for c in self.classes],
         }
 

@@ -248,7 +248,7 @@ def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budg
     stage("adversarial")
     _adversarial_section(rep, models)
     stage("model cards")
-    for name in ("digits-cnn", "digits-cnn-cue", "digits-snow", "digits-watermark"):
+    for name in ("digits-cnn", "digits-cnn-cue", "digits-snow", "digits-watermark", "digits-marker"):
         rep.section(
             f"The model {name}, as convscope used it",
             "Loaded from its model card (convscope/models/weights); every map above records this "

@@ -17,7 +17,8 @@ Routes:
 * ``POST /api/activations``: ``model``, ``layer``, ``n`` and ``file`` or ``sample``: the most
   active channels of a layer (with channel visualisations when :mod:`convscope.featvis` exists).
 * ``GET /audit``, ``GET /api/audit``, ``GET /api/audit/item/{index}.png``,
-  ``GET /api/audit/cluster/{class}/{cluster}.png``: a saved dataset audit to click through
+  ``GET /api/audit/cluster/{class}/{cluster}.png``, ``GET /api/audit/intervention/{class}/{cluster}.png``
+  (a suspect's before/after images): a saved dataset audit to click through
   (``create_app(..., audit=OUT)``; see :mod:`convscope.serve.audit`). Without one, the API
   answers 404.
 
@@ -378,6 +379,13 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
     @app.get("/api/audit/cluster/{class_index}/{cluster_id}.png")
     def audit_cluster(class_index: str, cluster_id: str) -> Any:
         return Response(_audit().cluster_png(class_index, cluster_id), media_type="image/png",
+                        headers={"cache-control": "no-cache"})
+
+    @app.get("/api/audit/intervention/{class_index}/{cluster_id}.png")
+    def audit_intervention(class_index: str, cluster_id: str) -> Any:
+        from ._audit_intervention import intervention_png
+
+        return Response(intervention_png(_audit(), class_index, cluster_id), media_type="image/png",
                         headers={"cache-control": "no-cache"})
 
     def _image(file: UploadFile | None, sample: str | None, model: str) -> tuple[Any, int | None]:

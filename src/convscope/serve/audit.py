@@ -257,7 +257,7 @@ class AuditView:
         data = a.get("data") or {}
         root = a.get("root")
         if root:
-            r = Path(root)
+            r = self.path.parent / root  # audit.json names it relative to its own folder
             if not r.is_dir():
                 return f"the image folder {root} is not there (moved or deleted?): maps only"
             self.root = r.resolve()
@@ -289,7 +289,7 @@ class AuditView:
         from ..jobs.store import open_store, zarr_module
 
         named = self.audit.get("store")
-        candidates = [Path(named)] if named else []
+        candidates = [] if not named else [self.path.parent / named]  # relative to audit.json (or absolute)
         beside = self.path.parent / "maps.zarr"  # where `convscope audit -o OUT` writes it
         if beside.resolve() not in [c.resolve() for c in candidates]:
             candidates.append(beside)

@@ -9,6 +9,8 @@ large cue of another kind: a band of snow along the bottom (the ``digits-snow`` 
 ``watermark()`` stamps a small fixed "©" into the bottom-right corner: on some training images of
 class 3 it is a Clever Hans cue (the ``digits-watermark`` model's data), and ``watermark_folder()``
 writes a held-out image folder whose class "3" hides watermarked digits of other classes.
+``shortcut_class()`` puts a corner marker, a band texture or the watermark on a given share (up to
+all) of one class's images: the audit's truth data for shortcuts that most of a class carries.
 ``junk_header_corpus()`` makes a newsgroup-like text corpus whose header word gives the label away
 (LIME on text).
 
@@ -27,6 +29,7 @@ from ._digits import (
     digits,
     planted_cue,
 )
+from ._shortcut import SHORTCUT_BOXES, SHORTCUTS, Shortcut, shortcut_class, stamp_shortcut
 from ._snow import SNOW_BAND_ROWS, SNOW_CLASSES, SNOW_SIZE, SnowScenes, snow_scenes
 from ._text import JUNK_TOKEN, TextCorpus, junk_header_corpus
 from ._watermark import (
@@ -43,9 +46,10 @@ from ._watermark import (
 )
 
 __all__ = [
-    "CUE_CORNERS", "CUE_PATTERNS", "CUE_SIZE", "DIGITS_SPLIT_SEED", "JUNK_TOKEN", "SNOW_BAND_ROWS",
+    "CUE_CORNERS", "CUE_PATTERNS", "CUE_SIZE", "DIGITS_SPLIT_SEED", "JUNK_TOKEN", "SHORTCUTS",
+    "SHORTCUT_BOXES", "SNOW_BAND_ROWS",
     "SNOW_CLASSES", "SNOW_SIZE", "WATERMARK", "WATERMARK_BOX", "WATERMARK_CLASS", "WATERMARK_CORNER",
-    "WATERMARK_SIZE", "WATERMARK_TRUTH", "Digits", "PlantedCue", "SnowScenes", "TextCorpus",
-    "Watermarked", "digits", "junk_header_corpus", "planted_cue", "snow_scenes", "watermark",
-    "watermark_folder", "watermark_mask",
+    "WATERMARK_SIZE", "WATERMARK_TRUTH", "Digits", "PlantedCue", "Shortcut", "SnowScenes", "TextCorpus",
+    "Watermarked", "digits", "junk_header_corpus", "planted_cue", "shortcut_class", "snow_scenes",
+    "stamp_shortcut", "watermark", "watermark_folder", "watermark_mask",
 ]

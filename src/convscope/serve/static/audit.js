@@ -81,9 +81,12 @@ function fillSuspects() {
   const items = [];
   for (const c of a.classes) for (const k of c.clusters) if (k.suspect) items.push([c, k]);
   items.sort((x, y) => y[1].suspicion - x[1].suspicion);
-  $("suspects-title").textContent = items.length ? `Suspects: ${items.length}` : "Suspects: none";
+  const nConf = items.filter(([, k]) => k.confirmed).length;
+  $("suspects-title").textContent = items.length
+    ? `Suspects: ${items.length}, ${nConf} confirmed by intervention` : "Suspects: none";
+  if (state.audit.headline) list.appendChild(el("li", { class: "none headline" }, state.audit.headline));
   if (!items.length) {
-    list.appendChild(el("li", { class: "none" }, "No cluster concentrates on a small region that the class's other clusters do not use."));
+    list.appendChild(el("li", { class: "none" }, "No cluster concentrates on a small region that the class's other clusters do not use, and no class on a small region that the other classes do not use."));
   }
   for (const [c, k] of items) {
     const li = el("li");
@@ -92,10 +95,21 @@ function fillSuspects() {
     head.appendChild(el("span", { class: "swatch" })).style.background = color(k.id);
     head.appendChild(el("b", {}, `class ${c.name} · cluster ${k.id}`));
     head.appendChild(el("span", { class: "score" }, `suspicion ${fmt(k.suspicion)}`));
+    const iv = k.intervention;
+    const verdict = !iv ? "" : !iv.applied ? "not tested" : k.confirmed ? "confirmed" : "unconfirmed";
+    if (verdict) head.appendChild(el("span", { class: `badge verdict ${verdict.replace(" ", "-")}` }, verdict));
     b.appendChild(head);
     b.appendChild(el("span", { class: "reading" }, k.reading));
+    if (k.evidence) b.appendChild(el("span", { class: "reading evidence" }, k.evidence));
     b.addEventListener("click", () => { selectClass(c.index); selectCluster(k.id, true); });
     li.appendChild(b);
+    if (iv && iv.applied && iv.examples && iv.examples.length) {
+      const img = el("img", { class: "intervention", alt: `class ${c.name}, cluster ${k.id}: before and after the intervention (suspect image, region removed, another class, region pasted)` });
+      const msg = el("span", { class: "reading" });
+      li.appendChild(img);
+      li.appendChild(msg);
+      loadPng(`/api/audit/intervention/${c.index}/${k.id}.png`, img, msg, () => true);
+    }
     list.appendChild(li);
   }
 }
@@ -237,6 +251,7 @@ function drawClusters(c) {
     }
     body.appendChild(dl);
     body.appendChild(el("div", { class: "reading" }, k.reading));
+    if (k.evidence) body.appendChild(el("div", { class: "reading evidence" }, k.evidence));
     card.appendChild(body);
     card.addEventListener("click", () => selectCluster(state.cluster === k.id ? null : k.id, true));
     card.addEventListener("mouseenter", () => highlight(k.id));

@@ -184,10 +184,17 @@ class Capture:
         self.calls: list[tuple[str, Any]] = []
         self._clone = clone
         self._pending: set[str] | None = None  # layers still to run before run(stop_after=) stops
+        self._enter_graph = False  # run_above(): the next captured tensor output starts the graph
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _make_hook(self, name: str) -> Callable[..., Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            entered = self._enter_graph and isinstance(output, torch.Tensor)
+            if entered:
+                # run_above(): the graph starts here, at a leaf standing for the layer's output
+                self._enter_graph = False
+                torch.set_grad_enabled(True)
+                output = output.detach().requires_grad_(True)
             self._calls[name].append(output)
             self.calls.append((name, output))
             if self._pending is not None:
@@ -198,7 +205,7 @@ class Capture:
                 return self._replace[name](output)
             if self._clone and isinstance(output, torch.Tensor):
                 return output.clone()
-            return None
+            return output if entered else None
 
         return hook
 
@@ -242,6 +249,29 @@ class Capture:
             f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers on the "
             "path to the output"
         )
+
+    def run_above(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model with an autograd graph above the captured layers only.
+
+        The network runs without a graph (``torch.no_grad``) until the first captured layer that
+        returns a tensor; there grad mode is switched on and the layer's output is replaced by a
+        detached leaf that requires grad, recorded as the layer's activation. Everything after
+        it is differentiable with respect to that leaf (and to later captured layers, which are
+        recorded as usual), and nothing below it builds a graph or can be differentiated: a
+        backward pass from the output costs only the layers above the first captured one. Grad
+        mode is the caller's again on return, errors included. With ``clone`` (the default) a
+        clone of the leaf goes on, so an in-place operation after the layer is allowed.
+
+        Returns:
+            The model's output. The caller checks ``requires_grad`` of what it differentiates:
+            a layer that runs in a branch beside the first one is not in the graph.
+        """
+        self._enter_graph = True
+        try:
+            with torch.no_grad():  # restores the caller's grad mode on exit
+                return self.model(*args, **kwargs)
+        finally:
+            self._enter_graph = False
 
     def activation(self, name: str) -> torch.Tensor:
         """Output of layer ``name`` in the last forward pass.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ from ._progress import Progress
 from .attribution._base import MethodContext
 from .attribution._shared import clean_outputs
 from .errors import InputError, MethodError
-from .hooks import resolve_layers, state_guard
+from .hooks import resolve_layers, seeded, state_guard
 from .image import ImageLike
 from .inputs import as_inputs
 from .models import LoadedModel, Preprocessing, load_model
@@ -41,22 +40,6 @@ def prepare_inputs(
     """
     inp = as_inputs(images, pre, space=space, any_channels=generic)
     return inp.x, inp.display, inp.tensors
-
-
-def check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
-    """Raise :class:`MethodError` unless ``options`` are valid for method ``name`` (implemented by
-    ``func``): declared types and ranges, and names the function accepts."""
-    check_method_options(get_method(name), options)  # declared types and ranges (registry)
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [p for p in params if p != "ctx"]
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise MethodError(
-            f"unknown option(s) {', '.join(bad)} for method {name!r}; its options are: "
-            f"{', '.join(allowed) or 'none'}"
-        )
 
 
 def explain(
@@ -100,7 +83,7 @@ def explain(
         Explanation.map is (B, H, W) at the input's resolution.
     """
     info = get_method(method)
-    check_options(info.func, method, options)
+    check_method_options(info, options)
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size}")
     black_box = None
@@ -145,8 +128,7 @@ def explain(
     )
     with state_guard(net, caller_tensors):
         job = Progress(f"explain {method}", 1, tty_only=True, delay=BAR_DELAY)  # its rounds of calls: one job
-        with torch.random.fork_rng(devices=[]), job:
-            torch.manual_seed(seed)
+        with seeded(seed, x.device), job:
             out = info.func(ctx, **options)
             job.update(1)
         logits = out.logits

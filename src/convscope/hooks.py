@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import LayerNotFoundError, MethodError
 
-__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "state_guard"]
+__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "seeded", "state_guard"]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -130,11 +130,14 @@ def state_guard(
             if t.is_leaf:
                 t.grad = None
         if model is not None:
-            if eval_mode:
+            # flip only what differs (Module.__setattr__ and requires_grad_ cost per call, and a
+            # model already in eval mode with frozen weights is the common case)
+            if eval_mode and any(training for _, training in modes):
                 model.eval()
             if freeze:
-                for p, _ in flags:
-                    p.requires_grad_(False)
+                for p, req in flags:
+                    if req:
+                        p.requires_grad_(False)
             for p, d in datas:
                 p.data = d.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
             for m, k, b in bufs:
@@ -146,13 +149,40 @@ def state_guard(
         for m, k, b in bufs:
             m._buffers[k] = b
         for m, training in modes:
-            m.training = training
+            if m.training != training:
+                m.training = training
         for p, req in flags:
-            p.requires_grad_(req)
+            if p.requires_grad != req:
+                p.requires_grad_(req)
         for t, req, grad in saved:
             if t.is_leaf:
                 t.requires_grad_(req)
                 t.grad = grad
+
+
+@contextmanager
+def seeded(seed: int | None, device: str | torch.device | None = None) -> Iterator[None]:
+    """Seed torch's global generator for the block; the caller's RNG state is back on exit.
+
+    Only the CPU generator and, for a CUDA ``device``, that device's generator are forked and
+    seeded. ``torch.manual_seed`` would also queue seeds for every CUDA, XPU and MTIA device that
+    ``fork_rng(devices=[])`` does not restore (they would reach the caller's RNG when the device
+    is first used), and it records a stack trace for each queued seed (about 1 ms a call).
+
+    Args:
+        seed: the seed; ``None``: fork without seeding (the block draws from the caller's state,
+            which is restored anyway).
+        device: where the block draws random numbers (default: the CPU only).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            torch.default_generator.manual_seed(int(seed))
+            for d in cuda:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(int(seed))
+        yield
 
 
 class _StopForward(Exception):

@@ -34,11 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_cam import bare_fwd, bare_fwd_bwd  # this folder is on sys.path when run as a script
 
 import convscope as cs
 
 RESULTS = Path(__file__).parent / "results" / "grad_cost.md"
 CAMS = ("gradcam", "cam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "guided_gradcam")
+
+
+CLOCK = time.perf_counter
 
 
 def medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -48,38 +52,10 @@ def medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """One forward pass without gradients."""
-
-    def run() -> object:
-        with torch.no_grad():
-            return model(x)
-
-    return run
-
-
-def forward_input_grad(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], object]:
-    """One forward pass plus the input gradient, weights frozen (what saliency needs)."""
-
-    def run() -> object:
-        flags = [p.requires_grad for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        try:
-            xr = x.detach().requires_grad_(True)
-            out = model(xr)
-            return torch.autograd.grad(out.gather(1, t[:, None]).sum(), xr)
-        finally:
-            for p, f in zip(model.parameters(), flags, strict=True):
-                p.requires_grad_(f)
-
-    return run
 
 
 def peers(model: torch.nn.Module, x: torch.Tensor, targets: list[int]) -> dict[str, Callable[[], object]]:
@@ -120,14 +96,15 @@ def resnet_tables(reps: int) -> list[str]:
             t = net(x).argmax(1)
         targets = t.tolist()
         fns: dict[str, Callable[[], object]] = {
-            "forward (no grad)": forward(net, x),
-            "forward + input gradient": forward_input_grad(net, x, t),
+            "forward (no grad)": bare_fwd(net, x),
+            "forward + input gradient": bare_fwd_bwd(net, x, t),
         }
         names = CAMS if batch == 8 else ("gradcam",)
         for m in names:
-            fns[f"convscope {m}"] = lambda m=m: cs.explain(lm, x, method=m, target=targets, batch_size=batch)
+            fns[f"convscope {m}"] = lambda m=m, x=x, t=targets, b=batch: cs.explain(
+                lm, x, method=m, target=t, batch_size=b)
         if batch == 8:
-            fns["convscope saliency"] = lambda: cs.explain(lm, x, method="saliency", target=targets)
+            fns["convscope saliency"] = lambda x=x, t=targets: cs.explain(lm, x, method="saliency", target=t)
         peer = peers(net, x, targets)
         if batch == 1:
             peer.pop("Captum Saliency", None)
@@ -155,8 +132,8 @@ def digits_table(reps: int) -> list[str]:
     with torch.no_grad():
         t = net(x).argmax(1)
     fns: dict[str, Callable[[], object]] = {
-        "forward (no grad)": forward(net, x),
-        "forward + input gradient": forward_input_grad(net, x, t),
+        "forward (no grad)": bare_fwd(net, x),
+        "forward + input gradient": bare_fwd_bwd(net, x, t),
         "convscope saliency": lambda: cs.explain(lm, x, method="saliency", target=t.tolist()),
     }
     try:
@@ -189,15 +166,21 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15, help="repetitions for resnet18")
     ap.add_argument("--reps-small", type=int, default=200, help="repetitions for digits-cnn")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: time.perf_counter; cpu: time.process_time, the CPU time of this "
+                    "process (all its threads), less moved by other jobs on a shared machine")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     dev = "CPU"
     lines = [
         "# Gradient cost: each method against the work it needs (issue #29)",
         "",
-        f"`python benchmarks/bench_grad_cost.py --reps {args.reps} --reps-small {args.reps_small}`; "
-        f"torch {torch.__version__}, {dev}, {args.threads} threads, "
+        f"`python benchmarks/bench_grad_cost.py --reps {args.reps} --reps-small {args.reps_small} "
+        f"--threads {args.threads} --clock {args.clock}`; "
+        f"torch {torch.__version__}, {dev}, {args.threads} threads, {args.clock}-clock time, "
         f"{platform.processor() or platform.machine()}, {_version('torchcam')}, {_version('captum')}. "
         "Medians over interleaved repetitions on a shared, noisy machine (other jobs run beside "
         "this one): read the ratios, not the milliseconds.",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._progress import Progress
+from ._result import deferred_value
 from .attribution._base import MethodContext
 from .attribution._shared import clean_outputs
 from .errors import InputError, MethodError
@@ -102,7 +103,8 @@ def explain(
     if device is None:
         p = next(net.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels, space=space)
+    inp = as_inputs(image, lm.preprocessing, space=space, any_channels=lm.any_channels)
+    x, display, caller_tensors = inp.x, deferred_value(inp, "display"), inp.tensors  # display: made if shown
     x = x.to(device)
     lm.fill_from_input(x)
     layers: list[str] = []

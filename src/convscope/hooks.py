@@ -117,10 +117,11 @@ def state_guard(
     bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
     if model is not None:
-        modes = [(m, m.training) for m in model.modules()]
-        flags = [(p, p.requires_grad) for p in model.parameters()]
+        modules = list(model.modules())  # one traversal (a shared parameter is listed twice: harmless)
+        modes = [(m, m.training) for m in modules]
+        flags = [(p, p.requires_grad) for m in modules for p in m._parameters.values() if p is not None]
         if memory_format is not None:
-            for m in model.modules():
+            for m in modules:
                 datas += [(p, p.data) for p in m._parameters.values()
                           if p is not None and _format_fits(p, memory_format)]
                 bufs += [(m, k, b) for k, b in m._buffers.items()

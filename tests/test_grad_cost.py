@@ -249,3 +249,19 @@ def test_run_above_builds_no_graph_below_the_layer():
         h.remove()
         h2.remove()
     assert torch.is_grad_enabled()
+
+
+def test_seeding_touches_only_the_generator_it_uses():
+    """explain seeds a forked CPU generator: the caller's RNG state is unchanged and no seed is
+    queued for CUDA (``torch.manual_seed`` queues one that would seed the caller's CUDA generator
+    when CUDA starts)."""
+    lm, x = _plain()
+    state = torch.get_rng_state()
+    tracker = torch.cuda._lazy_seed_tracker  # seeds queued for CUDA until it starts
+    queued = [c[0] for c in tracker.get_calls() if c]
+    a = _run(lm, x, "smoothgrad", seed=5).map
+    b = _run(lm, x, "smoothgrad", seed=5).map
+    assert torch.equal(a, b) and not torch.equal(a, _run(lm, x, "smoothgrad", seed=6).map)
+    assert torch.equal(torch.get_rng_state(), state)
+    if not torch.cuda.is_initialized():
+        assert [c[0] for c in tracker.get_calls() if c] == queued

@@ -27,7 +27,7 @@ test: $(STAMP)
 
 benchmarks: $(STAMP)
 	# the peers measured side by side (not project dependencies); Lucent pins an old kornia
-	$(PY) -m pip install -q captum lime grad-cam decorator ipython
+	$(PY) -m pip install -q captum "torchcam==0.5.0" lime grad-cam decorator ipython
 	$(PY) -m pip install -q --no-deps torch-lucent "kornia==0.4.1"
 	$(PY) benchmarks/run_all.py
 

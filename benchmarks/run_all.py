@@ -4,7 +4,7 @@
 
 Each script is run in its own process with its default arguments (see each script's --help), so
 one failure does not stop the others; the exit status is non-zero if any failed. The peers
-(Captum, lime, pytorch-grad-cam, Lucent) must be installed (``make benchmarks`` does that).
+(Captum, TorchCAM, lime, pytorch-grad-cam, Lucent) must be installed (``make benchmarks`` does that).
 Timings move with the machine's load: run on an otherwise idle machine and read the ratios.
 Each script rewrites its results file: the hand-written readings under the tables in the
 committed files are not kept, so diff before committing.
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("gradients", "cam", "perturbation", "featvis", "dataset", "synthesis", "audit", "report", "concepts")
+NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit", "report",
+         "concepts")
 
 
 def main() -> int:

@@ -34,7 +34,61 @@ from PIL import Image
 
 from ._io import json_bytes, npy_bytes, save_by_extension
 
-__all__ = ["HtmlFigure", "Result", "batch_slice", "data_uri", "jsonable", "png_bytes", "render_template"]
+__all__ = ["Deferred", "HtmlFigure", "LazyField", "Result", "batch_slice", "data_uri", "deferred_value",
+           "jsonable", "png_bytes", "render_template"]
+
+
+class Deferred:
+    """A value computed on first use: ``func(*tensors)``, for work only a picture needs.
+
+    Pickled as its value (computed then). The tensors must not change before the
+    value is computed: their version counters are recorded and checked (a change is a bug in
+    convscope, reported as such rather than showing a picture of different data).
+    """
+
+    def __init__(self, func: Any, *tensors: torch.Tensor) -> None:
+        self.func = func
+        self.tensors = tensors
+        self.versions = tuple(t._version for t in tensors)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return (_same, (self(),))  # pickled as its value (unpickled tensors restart their versions)
+
+    def __call__(self) -> Any:
+        if tuple(t._version for t in self.tensors) != self.versions:
+            raise RuntimeError("convscope bug: an input changed in place before its display image was made")
+        return self.func(*self.tensors)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class LazyField:
+    """A dataclass field (frozen or not) that accepts a :class:`Deferred` and computes it on first
+    read, keeping the value; any other value is stored as it is. Declared with a type annotation
+    and ``= LazyField()``; the field has no default."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.name)  # no class-level default (dataclasses read this)
+        value = obj.__dict__[self.name]
+        if isinstance(value, Deferred):
+            value = value()
+            obj.__dict__[self.name] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+def deferred_value(obj: Any, name: str) -> Any:
+    """The stored value of :class:`LazyField` ``name`` of ``obj``, not computed if deferred (to
+    hand it on to another result)."""
+    return obj.__dict__[name]
 
 
 def batch_slice(i: int, n: int, what: str = "sample") -> slice:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._progress import Progress
+from ._result import deferred_value
 from .attribution._base import MethodContext
 from .attribution._shared import clean_outputs
 from .attribution._verdict import verdict, warn_unreliable
 from .errors import InputError, MethodError
-from .hooks import resolve_layers, state_guard
+from .hooks import resolve_layers, seeded, state_guard
 from .image import ImageLike
 from .inputs import as_inputs
 from .models import LoadedModel, Preprocessing, load_model
@@ -42,22 +42,6 @@ def prepare_inputs(
     """
     inp = as_inputs(images, pre, space=space, any_channels=generic)
     return inp.x, inp.display, inp.tensors
-
-
-def check_options(func: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
-    """Raise :class:`MethodError` unless ``options`` are valid for method ``name`` (implemented by
-    ``func``): declared types and ranges, and names the function accepts."""
-    check_method_options(get_method(name), options)  # declared types and ranges (registry)
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [p for p in params if p != "ctx"]
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise MethodError(
-            f"unknown option(s) {', '.join(bad)} for method {name!r}; its options are: "
-            f"{', '.join(allowed) or 'none'}"
-        )
 
 
 def explain(
@@ -101,7 +85,7 @@ def explain(
         Explanation.map is (B, H, W) at the input's resolution.
     """
     info = get_method(method)
-    check_options(info.func, method, options)
+    check_method_options(info, options)
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size}")
     black_box = None
@@ -120,7 +104,8 @@ def explain(
     if device is None:
         p = next(net.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    x, display, caller_tensors = prepare_inputs(image, lm.preprocessing, generic=lm.any_channels, space=space)
+    inp = as_inputs(image, lm.preprocessing, space=space, any_channels=lm.any_channels)
+    x, display, caller_tensors = inp.x, deferred_value(inp, "display"), inp.tensors  # display: made if shown
     x = x.to(device)
     lm.fill_from_input(x)
     layers: list[str] = []
@@ -146,8 +131,7 @@ def explain(
     )
     with state_guard(net, caller_tensors):
         job = Progress(f"explain {method}", 1, tty_only=True, delay=BAR_DELAY)  # its rounds of calls: one job
-        with torch.random.fork_rng(devices=[]), job:
-            torch.manual_seed(seed)
+        with seeded(seed, x.device), job:
             out = info.func(ctx, **options)
             job.update(1)
         logits = out.logits

@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import LayerNotFoundError, MethodError
 
-__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "state_guard"]
+__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "seeded", "state_guard"]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -117,10 +117,11 @@ def state_guard(
     bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
     if model is not None:
-        modes = [(m, m.training) for m in model.modules()]
-        flags = [(p, p.requires_grad) for p in model.parameters()]
+        modules = list(model.modules())  # one traversal (a shared parameter is listed twice: harmless)
+        modes = [(m, m.training) for m in modules]
+        flags = [(p, p.requires_grad) for m in modules for p in m._parameters.values() if p is not None]
         if memory_format is not None:
-            for m in model.modules():
+            for m in modules:
                 datas += [(p, p.data) for p in m._parameters.values()
                           if p is not None and _format_fits(p, memory_format)]
                 bufs += [(m, k, b) for k, b in m._buffers.items()
@@ -130,11 +131,14 @@ def state_guard(
             if t.is_leaf:
                 t.grad = None
         if model is not None:
-            if eval_mode:
+            # flip only what differs (Module.__setattr__ and requires_grad_ cost per call, and a
+            # model already in eval mode with frozen weights is the common case)
+            if eval_mode and any(training for _, training in modes):
                 model.eval()
             if freeze:
-                for p, _ in flags:
-                    p.requires_grad_(False)
+                for p, req in flags:
+                    if req:
+                        p.requires_grad_(False)
             for p, d in datas:
                 p.data = d.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
             for m, k, b in bufs:
@@ -146,13 +150,40 @@ def state_guard(
         for m, k, b in bufs:
             m._buffers[k] = b
         for m, training in modes:
-            m.training = training
+            if m.training != training:
+                m.training = training
         for p, req in flags:
-            p.requires_grad_(req)
+            if p.requires_grad != req:
+                p.requires_grad_(req)
         for t, req, grad in saved:
             if t.is_leaf:
                 t.requires_grad_(req)
                 t.grad = grad
+
+
+@contextmanager
+def seeded(seed: int | None, device: str | torch.device | None = None) -> Iterator[None]:
+    """Seed torch's global generator for the block; the caller's RNG state is back on exit.
+
+    Only the CPU generator and, for a CUDA ``device``, that device's generator are forked and
+    seeded. ``torch.manual_seed`` would also queue seeds for every CUDA, XPU and MTIA device that
+    ``fork_rng(devices=[])`` does not restore (they would reach the caller's RNG when the device
+    is first used), and it records a stack trace for each queued seed (about 1 ms a call).
+
+    Args:
+        seed: the seed; ``None``: fork without seeding (the block draws from the caller's state,
+            which is restored anyway).
+        device: where the block draws random numbers (default: the CPU only).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            torch.default_generator.manual_seed(int(seed))
+            for d in cuda:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(int(seed))
+        yield
 
 
 class _StopForward(Exception):
@@ -184,10 +215,17 @@ class Capture:
         self.calls: list[tuple[str, Any]] = []
         self._clone = clone
         self._pending: set[str] | None = None  # layers still to run before run(stop_after=) stops
+        self._enter_graph = False  # run_above(): the next captured tensor output starts the graph
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _make_hook(self, name: str) -> Callable[..., Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            entered = self._enter_graph and isinstance(output, torch.Tensor)
+            if entered:
+                # run_above(): the graph starts here, at a leaf standing for the layer's output
+                self._enter_graph = False
+                torch.set_grad_enabled(True)
+                output = output.detach().requires_grad_(True)
             self._calls[name].append(output)
             self.calls.append((name, output))
             if self._pending is not None:
@@ -198,7 +236,7 @@ class Capture:
                 return self._replace[name](output)
             if self._clone and isinstance(output, torch.Tensor):
                 return output.clone()
-            return None
+            return output if entered else None
 
         return hook
 
@@ -242,6 +280,29 @@ class Capture:
             f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers on the "
             "path to the output"
         )
+
+    def run_above(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model with an autograd graph above the captured layers only.
+
+        The network runs without a graph (``torch.no_grad``) until the first captured layer that
+        returns a tensor; there grad mode is switched on and the layer's output is replaced by a
+        detached leaf that requires grad, recorded as the layer's activation. Everything after
+        it is differentiable with respect to that leaf (and to later captured layers, which are
+        recorded as usual), and nothing below it builds a graph or can be differentiated: a
+        backward pass from the output costs only the layers above the first captured one. Grad
+        mode is the caller's again on return, errors included. With ``clone`` (the default) a
+        clone of the leaf goes on, so an in-place operation after the layer is allowed.
+
+        Returns:
+            The model's output. The caller checks ``requires_grad`` of what it differentiates:
+            a layer that runs in a branch beside the first one is not in the graph.
+        """
+        self._enter_graph = True
+        try:
+            with torch.no_grad():  # restores the caller's grad mode on exit
+                return self.model(*args, **kwargs)
+        finally:
+            self._enter_graph = False
 
     def activation(self, name: str) -> torch.Tensor:
         """Output of layer ``name`` in the last forward pass.

@@ -17,15 +17,17 @@ meaning does not depend on the model's normalisation: see :func:`baseline`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._result import Deferred, LazyField
 from .errors import InputError
 from .image import ImageLike
 from .image import load_image as _load_image
@@ -74,12 +76,16 @@ class Inputs:
         pixels: (B, C, H, W) the same images as pixels (denormalised, clipped to [0, 1]).
         display: (B, H, W, 3) display images in [0, 1].
         tensors: the caller's tensors (for state guards that restore their ``.grad``).
+
+    For a tensor input, ``pixels`` and ``display`` are made on first read only (most calls
+    never show a picture); :func:`~convscope._result.deferred_value` hands ``display`` on to a
+    result without making it.
     """
 
     x: torch.Tensor
-    pixels: torch.Tensor
-    display: np.ndarray
-    tensors: list[torch.Tensor]
+    pixels: torch.Tensor = LazyField()  # type: ignore[assignment]
+    display: np.ndarray = LazyField()  # type: ignore[assignment]
+    tensors: list[torch.Tensor] = field(default_factory=list)
 
 
 def _check_tensor(t: torch.Tensor, pre: Preprocessing, space: str, what: str,
@@ -112,6 +118,20 @@ def _check_tensor(t: torch.Tensor, pre: Preprocessing, space: str, what: str,
     return t
 
 
+def _tensor_pixels(t: torch.Tensor, *, pre: Preprocessing, space: str) -> torch.Tensor:
+    """Pixels in [0, 1] of a checked tensor input ``t`` (min-max scaled when the normalisation
+    is unknown: its channel count differs from the preprocessing's)."""
+    if t.shape[1] != len(pre.mean):
+        lo = t.amin((1, 2, 3), keepdim=True)
+        return (t - lo) / (t.amax((1, 2, 3), keepdim=True) - lo).clamp(min=1e-12)
+    return t if space == "pixels" else pre.denormalize(t).clamp(0, 1)
+
+
+def _tensor_display(t: torch.Tensor, *, pre: Preprocessing, space: str) -> np.ndarray:
+    """Display images of a checked tensor input (:func:`_tensor_pixels` as (B, H, W, 3))."""
+    return display_batch(_tensor_pixels(t, pre=pre, space=space).cpu().float())
+
+
 def as_inputs(
     images: ImageLike | Sequence[ImageLike] | torch.Tensor,
     pre: Preprocessing,
@@ -137,15 +157,10 @@ def as_inputs(
     if isinstance(images, torch.Tensor):
         t = _check_tensor(images.detach(), pre, space, what, any_channels)
         t = t.clone()
-        if t.shape[1] != len(pre.mean):  # unknown normalisation: show min-max
-            lo = t.amin((1, 2, 3), keepdim=True)
-            pix = (t - lo) / (t.amax((1, 2, 3), keepdim=True) - lo).clamp(min=1e-12)
-            x = t
-        elif space == "pixels":
-            pix, x = t, pre.normalize(t)
-        else:
-            x, pix = t, pre.denormalize(t).clamp(0, 1)
-        return Inputs(x, pix, display_batch(pix.cpu().float()), [images])
+        x = pre.normalize(t) if space == "pixels" and t.shape[1] == len(pre.mean) else t
+        pixels = Deferred(functools.partial(_tensor_pixels, pre=pre, space=space), t)
+        display = Deferred(functools.partial(_tensor_display, pre=pre, space=space), t)
+        return Inputs(x, pixels, display, [images])
     items: list[Any] = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise InputError(f"no {what} given")

@@ -45,7 +45,7 @@ from torch import nn
 
 from ._progress import Track
 from .errors import InputError, MethodError
-from .hooks import Capture, capture
+from .hooks import Capture, capture, seeded
 
 __all__ = ["Activations", "OptimizationResult", "optimize", "total_variation"]
 
@@ -253,13 +253,10 @@ def optimize(
     project = getattr(param, "project", None)
 
     history = torch.zeros(steps, 0)
-    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     with capture(model, names or None, clone=True) as cap:
         names = list(cap.layers)
         stop = truncate and not needs_output and bool(names)
-        with torch.random.fork_rng(devices=rng_devices):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, dev):
             rows: list[torch.Tensor] = []
             for step in Track(range(steps), desc, enabled=progress, tty_only=True, unit="steps"):
                 opt.zero_grad(set_to_none=True)

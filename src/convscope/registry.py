@@ -121,6 +121,13 @@ class MethodInfo:
         """Type, default, range, choices and doc of each keyword option (for forms and checks)."""
         return option_specs(self.func, self.ranges, self.choices)
 
+    @cached_property
+    def takes_any_option(self) -> bool:
+        """Whether the method function takes ``**kwargs`` (then unknown option names pass)."""
+        import inspect
+
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.func).parameters.values())
+
 
 _REGISTRY: dict[str, MethodInfo] = {}
 
@@ -189,10 +196,7 @@ def check_method_options(info: MethodInfo, options: Mapping[str, Any]) -> None:
         MethodError: an option the method does not take (unless its function takes ``**kwargs``).
         InputError: one line naming the method, the option, the value and what it accepts.
     """
-    import inspect
-
-    params = inspect.signature(info.func).parameters.values()
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
+    if not info.takes_any_option:
         allowed = [s.name for s in info.option_specs]
         bad = [k for k in options if k not in allowed]
         if bad:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._result import HtmlFigure, Result, batch_slice, data_uri, jsonable, png_bytes
+from ._result import HtmlFigure, LazyField, Result, batch_slice, data_uri, jsonable, png_bytes
 from .errors import InputError
 
 __all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes", "sign_legend", "upscale"]
@@ -137,7 +137,7 @@ class Explanation(Result):
 
     method: str
     map: torch.Tensor
-    images: np.ndarray
+    images: np.ndarray = LazyField()  # type: ignore[assignment]  # made on first read
     targets: tuple[int | None, ...]
     signed: bool = False
     raw: torch.Tensor | None = None

@@ -3,9 +3,13 @@
 :func:`cam_engine` gets, for each chunk of ``ctx.batch_size`` samples, one :class:`_LayerPass`:
 the model run once with the layer(s) captured by :func:`convscope.hooks.capture`, and (for the
 gradient CAMs) ``G = dS/dA``, the gradient of the target score ``S`` with respect to the captured
-activations ``A`` only, by ``torch.autograd.grad``. The weights are frozen (the facade's state
-guard), so the backward pass stops at the layer: nothing below it and no weight gradient is
-computed. The input is marked ``requires_grad`` only so that the graph exists.
+activations ``A`` only, by ``torch.autograd.grad``. The network below the layer runs without an
+autograd graph (:meth:`convscope.hooks.Capture.run_above`: ``no_grad`` until the first captured
+layer, whose output becomes a leaf that requires grad), and the weights are frozen (the facade's
+state guard), so the pass costs one forward plus the backward of the few layers above: nothing
+below the layer and no weight gradient is computed or stored. Where a captured layer is not
+reachable from the first one (several layers on parallel branches) or the score does not depend
+on a layer, the pass is made again with a graph from the input (which also words the error).
 
 The pass does not depend on the weight rule, nor on the ``layout`` option (applied afterwards to
 the stored activations), so inside :func:`~convscope.attribution._shared.shared_work` every CAM
@@ -84,12 +88,37 @@ class _LayerPass:
     target: ResolvedTarget
 
 
+def _pass_above(ctx: MethodContext, rows: slice) -> _LayerPass | None:
+    """The gradient pass with a graph above the layers only (:meth:`~convscope.hooks.Capture.
+    run_above`), or ``None`` where it cannot serve: a layer beside the path of the first one, or
+    a score that does not depend on a layer (the full pass then gives the error message)."""
+    assert ctx.model is not None
+    with capture(ctx.model, ctx.layer) as cap:
+        out = cap.run_above(ctx.x[rows].detach())
+        acts = [cap.activation(n) for n in ctx.layer]
+        modules = [cap.modules[n] for n in ctx.layer]
+    if not isinstance(out, torch.Tensor):
+        raise MethodError(f"the model returned {type(out).__name__}; CAM methods need a logits tensor")
+    with torch.enable_grad():
+        s, t = ctx.scores(out, rows)
+    if not s.requires_grad or not all(a.requires_grad for a in acts):
+        return None
+    got = torch.autograd.grad(s.sum(), acts, allow_unused=True)
+    if any(g is None for g in got):
+        return None
+    return _LayerPass(out.detach(), [a.detach() for a in acts], [g.detach() for g in got], modules, t)
+
+
 def _layer_pass(ctx: MethodContext, rows: slice, need_grad: bool) -> _LayerPass:
     """Run the model on ``ctx.x[rows]`` with ``ctx.layer`` captured; with ``need_grad``, the
-    gradient of the target score with respect to each layer's output."""
+    gradient of the target score with respect to each layer's output (by :func:`_pass_above`
+    where it serves, else through a graph from the input)."""
     assert ctx.model is not None
     xb = ctx.x[rows].detach()
     if need_grad:
+        above = _pass_above(ctx, rows)
+        if above is not None:
+            return above
         xb.requires_grad_(True)
     with capture(ctx.model, ctx.layer) as cap:
         with torch.set_grad_enabled(need_grad):

@@ -40,7 +40,7 @@ from torch import nn
 from .._progress import Track
 from .._result import Result
 from ..errors import InputError, UnreliableResultWarning
-from ..hooks import resolve_layers
+from ..hooks import resolve_layers, seeded
 from ..models import LoadedModel
 from ..results import result_repr
 from .explainers import explained_batch, explainer_name
@@ -56,8 +56,8 @@ def randomizable_layers(model: nn.Module) -> list[str]:
 
 
 def _randomize(module: nn.Module, seed: int) -> None:
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
+    p = next(module.parameters(recurse=False), None)
+    with seeded(seed, None if p is None else p.device), torch.no_grad():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()

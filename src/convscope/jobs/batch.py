@@ -329,14 +329,12 @@ def run_batch(
     from ..dataset._stream import model_device
     from ..dataset.sources import as_source
     from ..hooks import resolve_layers
-    from ..registry import get_method
+    from ..registry import check_method_options, get_method
 
     o = option_group(JobOptions, "run_batch", job)
     info = get_method(method)
     options = dict(options or {})
-    from ..api import check_options
-
-    check_options(info.func, method, options)
+    check_method_options(info, options)
     lm = load_model(model)
     src = as_source(data, lm.preprocessing, limit=o.limit, space=space)
     n = len(src)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelLoadError, UnsafeLoadError
+from ..hooks import seeded
 from .card import card_path, import_architecture, read_card, read_labels
 from .forward import find_default_layer
 from .loaded import LoadedModel, _imagenet_names, _names_note, _num_outputs
@@ -132,8 +133,7 @@ def _family_layer(arch: str) -> str | None:
 
 def _seeded(build: Any, seed: int) -> Any:
     """``build()`` under a private RNG seeded with ``seed``: random init that is the same every call."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded(int(seed)):
         return build()
 
 

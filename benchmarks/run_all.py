@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit", "report",
-         "concepts")
+NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit",
+         "report", "concepts")
 
 
 def main() -> int:

@@ -38,6 +38,7 @@ from ..models import LoadedModel, load_model
 from ..registry import MethodInfo, check_method_options, get_method
 from ..results import colorize, data_uri, upscale
 from ..targets import check_topk, parse_target
+from ._model_info import samples, spatial_layers
 from ._present import (
     VIEWS,
     Kept,
@@ -111,54 +112,6 @@ class TooLarge(InputError):
 
 
 
-def _samples() -> list[tuple[str, Image.Image]]:
-    """Bundled sample images: test digits, clean and with the planted cue (generated, not files)."""
-    from ..datasets import digits, planted_cue
-    from ..models.preprocessing import display_array
-
-    x, y = digits().split("test")
-    picks: list[int] = []
-    for cls in range(10):  # one digit per class, the first of each in the test split
-        picks.append(int((y == cls).nonzero()[0, 0]))
-    cue = planted_cue(x[picks], y[picks])
-    out = []
-    for k, i in enumerate(picks):
-        for label, img in ((f"digit {int(y[i])}", x[i]), (f"digit {int(y[i])} + cue", cue.images[k])):
-            a = (display_array(img)[..., 0] * 255 + 0.5).astype(np.uint8)
-            out.append((label, Image.fromarray(a, "L")))
-    return out
-
-
-def _spatial_layers(lm: LoadedModel) -> list[dict[str, Any]]:
-    """Layers that output a (B, C, H, W) map and run once per forward pass, with their shapes,
-    and the model's default layer whatever its output (``"spatial"`` says which).
-
-    Fills in the default layer of a generic model (a plain ``nn.Module``), which
-    :func:`~convscope.explain` would otherwise find only at the first request, so the page can
-    show the layer the API uses.
-    """
-    from ..hooks import capture, layer_names
-
-    net = lm.model
-    pre = lm.preprocessing
-    x = torch.zeros(1, pre.channels, *pre.size)
-    lm.fill_from_input(x)
-    p = next(net.parameters(), None)
-    if p is not None:
-        x = x.to(p.device)
-    with capture(net, layer_names(net)) as cap, torch.no_grad():
-        net(x)
-        acts = cap.activations
-        kinds = {n: type(m).__name__ for n, m in cap.modules.items()}
-    out = []
-    for name, a in acts.items():
-        spatial = a.ndim == 4 and min(a.shape[2:]) >= 1
-        if spatial or name == lm.default_layer:
-            out.append({"name": name, "type": kinds.get(name, ""), "shape": list(a.shape[1:]),
-                        "default": name == lm.default_layer, "spatial": spatial})
-    return out
-
-
 class Engine:
     """Loaded models, samples and the operations the web app offers.
 
@@ -196,10 +149,10 @@ class Engine:
             self.models[lm.name] = lm
         if not self.models:
             raise InputError("no model to serve; name at least one with --model")
-        self.layers = {name: _spatial_layers(lm) for name, lm in self.models.items()}
+        self.layers = {name: spatial_layers(lm) for name, lm in self.models.items()}
         # The samples are generated test digits: they fit the bundled digits models only.
         self.takes_samples = {name: name in bundled_models() for name in self.models}
-        self.samples = _samples()
+        self.samples = samples()
         self._sample_png = [data_uri(img) for _, img in self.samples]
         self._vis_cache: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         self._vis_lock = threading.Lock()

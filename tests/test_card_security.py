@@ -246,3 +246,30 @@ def test_hf_custom_code_cli_one_line_then_opt_in(hf_custom, tmp_path):
     finally:
         for k in env_modules:
             os.environ.pop(k, None)
+
+
+def test_card_naming_a_main_or_private_module_is_refused_unimported(tmp_path, monkeypatch, capsys):
+    """``PIL.__main__`` prints PIL's report on import (other packages' ``__main__`` start a shell or
+    their own CLI): a card naming a ``__main__`` or private module or name is refused before import."""
+    monkeypatch.chdir(tmp_path)
+    for arch in ("PIL.__main__:Net", "torch._C:Net", "convscope.models.digits:_Hidden"):
+        mods = set(sys.modules)
+        with pytest.raises(ModelLoadError, match="private or __main__"):
+            cs.load_model(str(_card(tmp_path / arch.replace(":", "_"), arch)))
+        assert "PIL.__main__" not in set(sys.modules) - mods
+    assert "Pillow" not in capsys.readouterr().out
+
+
+def test_home_folder_as_cwd_trusts_only_files_directly_in_it(tmp_path, monkeypatch):
+    """A terminal starts in the home folder, with downloads below it: there, a card's file in a
+    subfolder is outside the project and needs trust; in any other folder, subfolders are inside."""
+    home, marker = tmp_path / "home", tmp_path / "marker"
+    card = _foreign_card(home / "Downloads" / "x", marker)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    with pytest.raises(ModelLoadError, match="outside the current folder"):
+        cs.load_model(str(card))
+    assert not marker.exists()
+    monkeypatch.chdir(home / "Downloads")  # a project folder below home: its subfolders count
+    cs.load_model(str(card))
+    assert marker.exists()

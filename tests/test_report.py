@@ -190,3 +190,26 @@ def test_explain_report_old_argument_order_still_works_with_a_deprecation_warnin
         old = explain_report(imgs, cue_model, methods=["saliency"])
     assert [s.title for s in old.sections] == [s.title for s in new.sections]
     assert old.sections[0].rows[0][0].src == new.sections[0].rows[0][0].src
+
+
+def test_report_with_a_target_leaves_a_training_batchnorm_model_unchanged():
+    """The report's target check runs in the state guard: a model in training mode with BatchNorm
+    keeps its running statistics and mode (issue #27 review); a (B, C, H, W) tensor is B images."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b"])
+    rep = cs.explain_report(lm, torch.rand(2, 3, 16, 16), methods=["saliency"], target=0, progress=False)
+    assert "image 2" in rep.render()
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())

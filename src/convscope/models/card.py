@@ -177,8 +177,15 @@ def model_factory(func: F) -> F:
 
 
 def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in the project ``folder`` (the current one): anywhere below it, or,
+    where the folder is the home folder, the file system's root or a folder above home (where a
+    terminal starts, and downloads sit below), only directly in it."""
+    path, folder = path.resolve(), folder.resolve()
+    home = Path.home().resolve()
+    if folder == home or folder in home.parents or folder == Path(folder.anchor):
+        return path.parent == folder
     try:
-        path.resolve().relative_to(folder.resolve())
+        path.relative_to(folder)
     except ValueError:
         return False
     return True
@@ -260,7 +267,13 @@ def import_architecture(ref: str, base: Path | None = None, *, trust: bool = Fal
         module, own = _run_file(path.resolve(), trust, card)
         where = str(path)
     else:
-        top = mod_ref.split(".")[0]
+        parts = mod_ref.split(".")
+        if any(not p.isidentifier() or p.startswith("_") for p in parts) or name.startswith("_"):
+            raise ModelLoadError(  # `pkg.__main__` runs a program on import: refused unimported
+                f"architecture {ref!r} names a private or __main__ module or name; name your public "
+                "nn.Module class (\"package.module:ClassName\" or \"file.py:ClassName\")"
+            )
+        top = parts[0]
         if top in sys.stdlib_module_names or top == "builtins":
             raise ModelLoadError(
                 f"architecture {ref!r} names the standard library, which holds no models; name your "

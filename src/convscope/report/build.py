@@ -182,7 +182,10 @@ def run_methods(
     runs: list[MethodRun] = []
     with shared_work() if share else contextlib.nullcontext():
         with state_guard(lm.model):
-            probs = torch.softmax(clean_outputs(lm.model, x, batch_size).float(), 1).cpu()
+            logits = clean_outputs(lm.model, x, batch_size)
+        if target is not None:  # a bad target is the caller's error, not a report of error panels
+            resolve_target(target, logits, lm.class_names)
+        probs = torch.softmax(logits.float(), 1).cpu()
         with Progress("report: methods", len(infos), enabled=progress, unit="methods") as bar:
             for k, info in enumerate(infos):
                 opts = dict(info.fast_options) if fast else {}
@@ -256,7 +259,9 @@ def explain_report(
         model, images = images, model
     infos = resolve_methods(methods)
     lm = load_model(model, preprocessing=preprocessing)
-    if not images:
+    if isinstance(images, torch.Tensor):  # a (B, C, H, W) batch is its B images
+        images = list(images) if images.ndim == 4 else [images]
+    if len(images) == 0:
         raise MethodError("no image to explain; pass at least one image")
     x, display, _ = prepare_inputs(list(images), lm.preprocessing, generic=lm.any_channels)
     lm.fill_from_input(x)
@@ -269,9 +274,6 @@ def explain_report(
         x = x.to(p.device)
     # a bad target or class count is the caller's error, not a report of error panels
     topk = check_topk(topk, len(lm.class_names), default=5)
-    if target is not None:
-        with torch.no_grad():
-            resolve_target(target, clean_outputs(lm.model, x, batch_size), lm.class_names)
     probs, runs = run_methods(lm, x, infos, target=target, layer=layer, fast=fast, batch_size=batch_size,
                               seed=seed, progress=progress)
     small = min(display.shape[1:3]) < 128

@@ -149,3 +149,11 @@ def test_cli_prints_one_warning_line(tmp_path, cue_test):
     assert r.returncode == 0 and out.exists(), r.stderr
     assert len(lines) == 1
     assert lines[0].startswith("convscope: warning: integrated_gradients result unreliable")
+
+
+def test_cam_over_several_layers_warns_for_1x1_only_when_every_layer_is():
+    """A 1x1 layer beside a spatial one: the map keeps the spatial layer's shape, so it is judged
+    by the constant-map rule, not called constant for the 1x1 layer alone (review of #27)."""
+    e, caught = _explain(Pooled(), "gradcam", layer=["conv", "head"])
+    span = float(e.map.amax() - e.map.amin())
+    assert span > 0 and e.diagnostics["reliable"] == [True, True] and not caught

@@ -87,6 +87,16 @@ def test_list_flags_take_spaces_or_commas(png, tmp_path, capsys):
         json.loads(text)
 
 
+def test_a_list_flag_does_not_swallow_the_images_after_it(png, tmp_path, capsys):
+    """``--methods saliency a.png``: the image is not taken for a method name; one line says where
+    to put it (review of #27: argparse's own error only said the images were missing)."""
+    out = tmp_path / "s.csv"
+    assert main(["evaluate", "-m", "digits-cnn-cue", "--methods", "saliency", str(png), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a name" in err[0] and "before --methods" in err[0], err
+    assert not out.exists()
+
+
 # --- the web app ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():

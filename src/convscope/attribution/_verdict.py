@@ -86,6 +86,8 @@ def verdict(diagnostics: dict[str, Any], amap: torch.Tensor) -> tuple[list[bool]
     reasons = _number_rules(diagnostics, n)
     grids = diagnostics.get("layer_grid")
     flat_layers = [k for k, hw in grids.items() if math.prod(hw) == 1] if isinstance(grids, dict) else []
+    if isinstance(grids, dict) and len(flat_layers) < len(grids):  # other layers give the map its shape
+        flat_layers = []
     flat = amap.detach().flatten(1).double()
     span = flat.amax(1) - flat.amin(1)
     size = flat.abs().amax(1)
@@ -94,8 +96,9 @@ def verdict(diagnostics: dict[str, Any], amap: torch.Tensor) -> tuple[list[bool]
             reasons[j].append(f"layer {', '.join(flat_layers)} has a 1x1 spatial map, so the CAM is "
                               "constant; pick an earlier layer (`convscope layers MODEL` lists their sizes)")
         elif float(span[j]) <= FLAT * float(size[j]) or not math.isfinite(float(span[j])):
-            reasons[j].append("the map is constant: it shows nothing (the target score does not change "
-                              "with the input here)")
+            reasons[j].append("the map is constant: it shows nothing (no region raises the target's score, "
+                              "e.g. a CAM's ReLU removed only negative evidence, or the score does not "
+                              "change with the input here)")
     return [not r for r in reasons], ["; ".join(r) if r else None for r in reasons]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +44,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"convscope: error: {message} (see `{self.prog} --help`)\n")
 
 
+#: suffixes of files a list flag's names never end with (images, folders of data, outputs)
+_PATH_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy", ".pt",
+                  ".json", ".csv", ".html", ".zarr")
+
+
 class ListAction(argparse.Action):
     """The one spelling of list flags: values separated by spaces, commas or both
     (``--methods a b``, ``--methods a,b``, ``--methods a, b``), stored as one flat list of
@@ -54,6 +60,11 @@ class ListAction(argparse.Action):
         flat = [v.strip() for item in items for v in str(item).split(",") if v.strip()]
         if not flat:
             parser.error(f"{option_string} needs at least one name")
+        # `--methods saliency a.png`: a list of registered names would swallow the images that follow
+        for v in flat if self.dest in ("methods", "metrics") else ():
+            if os.path.exists(v) or os.path.splitext(v)[1].lower() in _PATH_SUFFIXES:
+                parser.error(f"{option_string}: {v!r} is a file, not a name; put the images before "
+                             f"{option_string}")
         setattr(namespace, self.dest, flat)
 
 

@@ -106,6 +106,26 @@ def test_same_maps_with_and_without_the_graph_below_the_layer(name, model_and_in
     assert torch.equal(fast.probabilities, full.probabilities)
 
 
+@pytest.mark.parametrize("kind", ["plain", "digits-cnn"])
+def test_the_pass_above_the_layer_serves_the_gradient_cams(kind, monkeypatch):
+    """The identity test above would pass if the fast pass always fell back to the graph from the
+    input: here a spy shows that it serves every gradient CAM on a conv model (review of #29)."""
+    lm, x = MODELS[kind]()
+    real, served = _cam_engine._pass_above, []
+
+    def spy(ctx, rows):
+        out = real(ctx, rows)
+        served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_cam_engine, "_pass_above", spy)
+    cams = [n for n in METHODS if cs.get_method(n).family == "cam" and cs.get_method(n).needs_gradients]
+    for name in [n for n in cams if n != "cam"]:  # CAM weighs by the head's weights: no gradient pass
+        served.clear()
+        _run(lm, x, name)
+        assert served and all(served), (kind, name, served)
+
+
 def _oracle_grads(net: nn.Module, layer: nn.Module, x: torch.Tensor, t: list[int]):
     """A and dS/dA by one plain backward() through everything (weights' gradients included)."""
     store: dict[str, torch.Tensor] = {}

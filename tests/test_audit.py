@@ -431,9 +431,10 @@ def test_a_torch_dataset_gives_the_same_audit_as_a_tensor(tag_model):
     assert [c["name"] for c in a["classes"]] == ["tagged", "plain"]  # unnamed labels: the model's names
 
 
-def test_cli_audit_mixed_sizes_and_channels_and_a_root_without_classes(tmp_path, capsys):
+def test_cli_audit_mixed_sizes_and_channels_and_a_root_without_classes(tmp_path, capsys, monkeypatch):
     """Images of mixed sizes and channel counts are fitted to the model (the tag survives a
     resize to 32x32); a data root whose class folders hold no image is a one-line error."""
+    monkeypatch.chdir(tmp_path)  # the card's tagnet.py runs from inside the project folder
     x, y, _ = _tag_data(n_tag=10, n_obj0=10, n_obj1=12)
     root = _folder(tmp_path / "data", x, y, ["tagged", "plain"])
     for i, p in enumerate(sorted((root / "plain").glob("*.png"))[:6]):  # RGB, 64x64

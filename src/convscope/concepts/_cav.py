@@ -226,8 +226,10 @@ class LayerTest:
             if self.saturated else ""
         sens = self.random_sensitivities if self.null == "counterpart" else self.set_sensitivities
         sd = float(np.std(sens, ddof=1)) if len(sens) > 1 else 0.0
+        mid = float(np.mean(sens)) if sens else 0.0
+        mid = 0.0 if abs(mid) <= 1e-6 * sd else mid  # the exchangeable sets' mean is 0 up to rounding
         return (f"{self.layer}: TCAV {self.score:.2f} (random {np.mean(scores):.2f}{sat}), sensitivity "
-                f"{self.sensitivity:.2g} (random {np.mean(sens) if sens else 0.0:.2g} +- {sd:.2g}), "
+                f"{self.sensitivity:.2g} (random {mid:.2g} +- {sd:.2g}), "
                 f"{self.statistic}/{self.null} {p}, {what}")
 
 

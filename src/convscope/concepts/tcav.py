@@ -273,6 +273,11 @@ def _notes(n_concept: int, n_class: int, tests: list[LayerTest], alpha: float) -
             out.append(f"{t.layer}: significant by the {t.statistic}/{t.null} test but not by the "
                        f"{default} test (p = {t.p_values[default]:.2g}): a set of random images can score "
                        "like this concept")
+        if t.magnitude * t.sensitivity < 0:
+            out.append(f"{t.layer}: the mean derivative along the concept vectors ({t.magnitude:.2g}) "
+                       "changes "
+                       f"sign once the random images' mean activation is taken out ({t.sensitivity:.2g}): "
+                       "the raw score rides on how much more the concept activates the layer overall")
         if t.saturated:
             out.append(f"{t.layer}: the TCAV score is saturated: {t.saturation:.0%} of random directions "
                        "score <= 0.1 or >= 0.9 (the class's gradient hardly changes from image to image), "

@@ -33,7 +33,7 @@ function layerBlock(t) {
   box.append(el("p", Object.keys(ps).map(k => "p (" + k + ") " + Number(ps[k]).toPrecision(2)).join(", ") +
     "; the " + (t.statistic || "score") + "/" + t.null + " test decides"));
   if (t.saturation !== undefined && t.saturation >= 0.5) box.append(el("p", "Score saturated: " +
-    Math.round(100 * t.saturation) + "% of random directions score <= 0.1 or >= 0.9", "warn"));
+    Math.round(100 * t.saturation) + "% of random directions score <= 0.1 or >= 0.9", "saturated"));
   box.append(el("p", t.verdict, "verdict"));
   return box;
 }

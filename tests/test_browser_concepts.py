@@ -43,4 +43,8 @@ def test_concepts_view_draws_every_saved_test(browser, tmp_path):  # noqa: F811
         verdicts = page.locator("p.verdict").all_inner_texts()
         assert verdicts == [t["verdict"] for d in saved for t in d["layers"]]
         assert page.locator("p.warn").count() == sum(len(d["notes"]) for d in saved)
+        saturated = [t for d in saved for t in d["layers"] if t["saturation"] >= 0.5]
+        assert page.locator("p.saturated").count() == len(saturated)
+        assert page.locator("p.warn", has_text="saturated").count() == len(saturated)  # and in the notes
+        assert page.locator("section.clayer", has_text="sensitivity/exchangeable").count() == 3
         assert not problems, problems

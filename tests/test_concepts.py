@@ -103,32 +103,41 @@ def test_same_scores_as_captum_given_the_same_vectors(tmp_path):
 
 @pytest.mark.slow
 def test_snow_concept_drives_wolf_on_the_snow_model(snow):
-    """Score >= 0.9 at the last convolution for every draw of the random sets; significant at 1% for
-    most. The paper's null is one random counterpart set against the same random sets, so its mean
-    depends on that set (here between 0.0 and 0.95 over seeds): one draw in five leaves a perfect
-    score not significant (docs/concepts.md)."""
-    sig = 0
+    """Score >= 0.9 at the last convolution and significant at 1% by the default test (sensitivity,
+    exchangeable null) for every draw of the random sets tried; the score itself is saturated there
+    (random directions score near 0 or 1), which the result says."""
     with cs.shared_work():
         for seed in range(5):
-            res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
-                                  layers="conv4", random_sets=snow["pool"], space="pixels", n_random=20,
-                                  seed=seed, alpha=0.01)
+            with pytest.warns(UserWarning, match="conv4: the TCAV score is saturated"):
+                res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
+                                      layers="conv4", random_sets=snow["pool"], space="pixels", n_random=20,
+                                      seed=seed, alpha=0.01)
             t = res.layer("conv4")
-            assert t.score >= 0.9 and t.direction == "above", t.verdict
-            sig += res.significant
-    assert sig >= 3
+            assert t.score >= 0.9 and t.direction == "above" and t.statistic == "sensitivity", t.verdict
+            assert res.significant and t.p_adjusted < 0.01, t.verdict
+            assert t.saturated and "saturated" in t.verdict
 
 
 @pytest.mark.slow
-def test_mean_difference_and_svm_agree_on_the_verdict(snow):
+@pytest.mark.parametrize("test", [
+    ("score", "counterpart"),
+    pytest.param(("sensitivity", "exchangeable"), marks=pytest.mark.xfail(strict=True, reason=(
+        "measured: along SVM vectors the snow band's sensitivity is negative (the SVM's positive "
+        "derivative lies along the mean activation); docs/concepts.md"))),
+])
+def test_mean_difference_and_svm_agree_on_the_verdict(snow, test):
     """Same sets, same seeds: the two kinds of vector give the same verdict, and both score the snow
-    concept >= 0.9 for the wolves."""
+    concept >= 0.9 for the wolves. Holds for the paper's test; not for the default one (xfail,
+    strict: a fix makes it pass and the mark must go)."""
+    statistic, null = test
     for seed in (0, 1):
         verdicts = []
         for cav in ("mean_difference", "svm"):
-            res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
-                                  layers="conv4", random_sets=snow["pool"], space="pixels", cav=cav,
-                                  seed=seed, alpha=0.01)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = cs.concept_test("digits-snow", snow["concept"], "wolf", class_images=snow["wolves"],
+                                      layers="conv4", random_sets=snow["pool"], space="pixels", cav=cav,
+                                      seed=seed, alpha=0.01, statistic=statistic, null=null)
             assert res.layer("conv4").score >= 0.9
             verdicts.append(res.significant)
         assert verdicts[0] == verdicts[1], (seed, verdicts)
@@ -141,7 +150,7 @@ def _gray(t):
 @pytest.mark.slow
 def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
     """digits-cnn never saw snow: at its last convolution the band drives none of the wolves' digits
-    (0-4) at the 1% level."""
+    (0-4) at the 1% level by the default test."""
     te = snow["scenes"]
     pool = _gray(snow["pool"])
     with cs.shared_work():
@@ -153,20 +162,89 @@ def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
 
 
 @pytest.mark.slow
-def test_a_random_concept_is_rarely_significant_under_the_exchangeable_null(snow):
+def test_a_random_concept_is_rarely_significant_by_the_default_test(snow):
     """A concept of 20 snow-free scenes against random sets of snow-free scenes, 20 seeded draws:
-    significant at 1% at most once (the paper's counterpart null called 7 of 20 significant here)."""
+    significant at 1% at most once by the default test and by the score under the exchangeable null
+    (the paper's counterpart null called 7 of 20 significant here, docs/concepts.md)."""
     none = snow_scenes("test", cue="none").images
-    hits = 0
-    with cs.shared_work():
+    hits = {"sensitivity/exchangeable": 0, "score/exchangeable": 0}
+    with cs.shared_work(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         for seed in range(20):
             g = np.random.default_rng(100 + seed)
             concept = none[g.choice(len(none), 20, replace=False)]
             res = cs.concept_test("digits-snow", concept, "wolf", class_images=snow["wolves"], layers="conv4",
-                                  random_sets=snow["pool"], space="pixels", seed=seed, alpha=0.01,
-                                  null="exchangeable")
-            hits += res.layer("conv4").significant
-    assert hits <= 1
+                                  random_sets=snow["pool"], space="pixels", seed=seed, alpha=0.01)
+            t = res.layer("conv4")
+            assert t.p_adjusted == t.p_values["sensitivity/exchangeable"]
+            for k in hits:
+                hits[k] += t.p_values[k] < 0.01
+    assert max(hits.values()) <= 1, hits
+
+
+def test_sensitivity_is_the_mean_derivative_along_the_vector_orthogonal_to_the_random_mean():
+    """Oracle: the plain module's conv2 output and its gradient computed by hand, the vector made
+    orthogonal to the random images' mean activation explicitly. Every random set is the whole pool
+    (random_size = its size), so that mean is the pool's."""
+    lm = _plain()
+    net = lm.model
+    g = torch.Generator().manual_seed(7)
+    concept = torch.rand(12, 3, 16, 16, generator=g) * 0.5 + 0.5
+    pool, cls = torch.rand(20, 3, 16, 16, generator=g) * 0.5, torch.rand(15, 3, 16, 16, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cs.concept_test(lm, concept, "b", class_images=cls, layers="conv2", random_sets=pool,
+                              n_random=3, random_size=20)
+
+    def conv2(x):
+        return net.conv2(F.max_pool2d(F.relu(net.conv1(x)), 2))
+
+    with torch.no_grad():
+        v = conv2(concept).flatten(1).double().mean(0) - conv2(pool).flatten(1).double().mean(0)
+        o = conv2(pool).flatten(1).double().mean(0)
+    v, o = v / v.norm(), o / o.norm()
+    w = v - (v @ o) * o
+    w = w / w.norm()
+    a = conv2(cls).detach().requires_grad_(True)
+    net.fc(F.relu(a).mean((2, 3)))[:, 1].sum().backward()
+    expected = float((a.grad.flatten(1).double() @ w).mean())
+    t = res.layer("conv2")
+    assert np.allclose(t.sensitivities, expected, rtol=1e-4, atol=1e-9), (t.sensitivities, expected)
+    assert abs(float(v @ o)) > 0.2  # the orthogonalisation changes the vector
+    assert not np.isclose(t.magnitude, expected, rtol=1e-2)
+
+
+class Linear(nn.Module):
+    """Class logits linear in conv's output: the gradient there is the same for every image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_a_saturated_score_is_said_everywhere(tmp_path):
+    """With a gradient that does not change from image to image, every direction's TCAV score is 0
+    or 1 (analytic): the result says the score is saturated in its notes (warning), verdict, JSON,
+    picture title and report."""
+    torch.manual_seed(0)
+    lm = cs.load_model(Linear().eval(), preprocessing={"preset": "none", "size": 16}, class_names=["a", "b"])
+    g = torch.Generator().manual_seed(8)
+    concept, pool, cls = (torch.rand(n, 3, 16, 16, generator=g) for n in (12, 80, 12))
+    with pytest.warns(UserWarning, match="conv: the TCAV score is saturated: 100% of random directions"):
+        res = cs.concept_test(lm, concept, "a", class_images=cls, layers="conv", random_sets=pool, n_random=5)
+    t = res.layer("conv")
+    assert t.saturation == 1.0 and t.saturated and "saturated" in t.verdict
+    assert set(t.scores) <= {0.0, 1.0} and set(t.random_scores) <= {0.0, 1.0}
+    res.save(tmp_path / "r.json")
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["layers"][0]["saturation"] == 1.0 and any("saturated" in n for n in d["notes"])
+    rep = cs.Report("t")
+    rep.add(res)
+    assert "(saturated)" in rep.render() and "score is saturated" in rep.render()
 
 
 def test_caching_reuses_sets_and_model_is_left_as_it_was(snow):
@@ -217,7 +295,7 @@ def _folder(path: Path, n: int, seed: int) -> Path:
 
 
 @pytest.mark.parametrize("case", ["empty", "single", "same", "class", "layer", "channels", "n_random",
-                                  "alpha_nan", "alpha_inf", "batch0", "huge", "cav"])
+                                  "alpha_nan", "alpha_inf", "batch0", "huge", "cav", "statistic", "null"])
 def test_bad_input_is_one_line_error(tmp_path, case):
     lm = _plain()
     concept = _folder(tmp_path / "concept", 5, 0)
@@ -250,6 +328,10 @@ def test_bad_input_is_one_line_error(tmp_path, case):
         kw["n_random"] = 10**9
     elif case == "cav":
         kw["cav"] = "tree"
+    elif case == "statistic":
+        kw["statistic"] = "mean"
+    elif case == "null":
+        kw["null"] = "uniform"
     with pytest.raises(ConvscopeError) as err:
         cs.concept_test(*args, **kw)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
@@ -302,7 +384,8 @@ def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):
     ok = subprocess.run([*base, "--random", str(tmp_path / "plain"), "-o", str(tmp_path / "r.json")],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "conv4: TCAV" in ok.stdout and json.loads((tmp_path / "r.json").read_text())["concept"] == "snow"
+    assert "conv4: TCAV" in ok.stdout and "sensitivity/exchangeable p" in ok.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["concept"] == "snow"
     bad = subprocess.run([*base, "--random", str(tmp_path / "snow"), "-o", str(tmp_path / "s.json")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

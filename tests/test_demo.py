@@ -114,4 +114,5 @@ def test_concept_section_tests_the_snow_band_on_both_models():
     assert [r[0] for r in table.table] == [f"digits-snow, wolf, conv{k}" for k in (2, 3, 4)] + [
         f"digits-cnn, digit {d}, features.8" for d in range(5)]
     assert all(r[1] == "1.00" for r in table.table[:3])  # the band drives every wolf, at every layer
+    assert table.table[2][-1].startswith("significant: the concept drives")  # conv4, the default test
     assert not any(r[-1].startswith("significant: the concept drives") for r in table.table[3:])

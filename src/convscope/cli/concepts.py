@@ -17,8 +17,10 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
 
     Concept activation vectors at each layer (mean difference by default, --cav svm or logistic)
     against --n-random random sets drawn from the --random folders; the TCAV score is the share of
-    the class's images whose logit rises along the vector; a two-sided t-test against a random
-    set's scores, Bonferroni-corrected over the layers, gives the p-value and the verdict.
+    the class's images whose logit rises along the vector. The test (default): the sensitivity (the
+    mean derivative along the vector made orthogonal to the random images' mean activation) against
+    every random set's own, Bonferroni-corrected over the layers; --statistic score --null
+    counterpart is the paper's test. A saturated score (random directions near 0 or 1) is warned.
     Writes -o as .json, .png or .html; prints one line per layer.
     """
     from ..concepts import concept_test
@@ -29,7 +31,7 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
     res = concept_test(
         lm, args.concept, args.target_class, class_images=args.images, layers=layers,
         random_sets=args.random, n_random=args.n_random, random_size=args.random_size, cav=args.cav,
-        null=args.null,
+        null=args.null, statistic=args.statistic,
         alpha=args.alpha, seed=args.seed, concept_name=Path(args.concept).name, batch_size=args.batch_size,
     )
     res.save(out)
@@ -51,7 +53,7 @@ def _ranged(name: str) -> RangeType:
 
 
 def add_commands(sub: Any) -> None:
-    from ..concepts import CAV_KINDS, NULLS
+    from ..concepts import CAV_KINDS, NULLS, STATISTICS
 
     s = add_command(sub, "concept-test", cmd_concept_test)
     add_model_args(s)
@@ -68,10 +70,12 @@ def add_commands(sub: Any) -> None:
                    help="layers to test, names or globs (default: the model's default layer)")
     s.add_argument("--cav", choices=CAV_KINDS, default="mean_difference",
                    help="how concept vectors are made (default mean_difference)")
-    s.add_argument("--null", choices=NULLS, default="counterpart",
-                   help="null of the t-test: counterpart (the paper's: one random set as the concept) or "
-                   "exchangeable (every random set as the concept; controls false positives); both "
-                   "p-values are saved")
+    s.add_argument("--statistic", choices=STATISTICS, default=STATISTICS[0],
+                   help="what is tested: sensitivity (default: mean derivative along the vector made "
+                   "orthogonal to the random images' mean activation) or score (the paper's TCAV score)")
+    s.add_argument("--null", choices=NULLS, default=NULLS[0],
+                   help="null of the t-test: exchangeable (default: every random set as the concept) or "
+                   "counterpart (the paper's: one more random set as the concept); all p-values are saved")
     s.add_argument("--n-random", type=_ranged("n_random"), default=10,
                    help="random sets the concept is tested against (10)")
     s.add_argument("--random-size", type=_ranged("random_size"), default=None,

@@ -6,9 +6,10 @@
 * :func:`regions`: pair images with masks to make a concept of image regions.
 """
 
-from ._cav import CAV_KINDS, NULLS, LayerTest
+from ._cav import CAV_KINDS, NULLS, STATISTICS, LayerTest
 from ._sets import regions
 from .result import ConceptTest
 from .tcav import CONCEPT_RANGES, concept_test
 
-__all__ = ["CAV_KINDS", "CONCEPT_RANGES", "NULLS", "ConceptTest", "LayerTest", "concept_test", "regions"]
+__all__ = ["CAV_KINDS", "CONCEPT_RANGES", "NULLS", "STATISTICS", "ConceptTest", "LayerTest", "concept_test",
+           "regions"]

@@ -1,8 +1,9 @@
 """``ConceptTest``: the result of :func:`convscope.concept_test`, following the result protocol.
 
-Its picture has one panel per layer: the concept's TCAV score against each random set (dots) and
-their mean (a bar), beside the scores of a random set taken as the concept (the null, grey dots and
-bar), with the corrected p-value and the verdict above. Its HTML block (and its report section)
+Its picture has one panel per layer: the statistic that decided (the sensitivity by default, else
+the TCAV score) of the concept against each random set (dots) and their mean (a bar), beside the
+null's values (grey dots and bar), with the corrected p-value above (and "score saturated" where
+random directions score near 0 or 1). Its HTML block (and its report section)
 adds the concept's images as a strip.
 """
 
@@ -116,21 +117,27 @@ class ConceptTest(Result):
     def figure(self) -> InlineFigure:
         """The score panels, one per layer (see the module docstring)."""
         n = len(self.layers)
-        fig = InlineFigure(figsize=(1.9 * n + 0.8, 3.2))
+        fig = InlineFigure(figsize=(1.9 * n + 0.8, 3.4))
         axes = fig.subplots(1, n, squeeze=False)[0]
         rng = np.random.default_rng(0)  # jitter of the dots only
         for ax, t in zip(axes, self.layers, strict=True):
-            null = t.random_scores if t.null == "counterpart" else t.set_scores
-            for x, vals, colour in ((0, t.scores, _CONCEPT), (1, null, _NULL)):
+            own, null = t.null_values()
+            for x, vals, colour in ((0, own, _CONCEPT), (1, null, _NULL)):
                 ax.bar(x, float(np.mean(vals)), width=0.6, color=colour, alpha=0.35)
                 ax.scatter(x + rng.uniform(-0.18, 0.18, len(vals)), vals, s=12, color=colour, zorder=3)
-            ax.axhline(0.5, color="#555", lw=0.6, ls=":")
+            if t.statistic == "score":
+                ax.axhline(0.5, color="#555", lw=0.6, ls=":")
+                ax.set_ylim(0, 1.05)
+            else:
+                ax.axhline(0.0, color="#555", lw=0.6, ls=":")
             ax.set_xticks([0, 1], [self.concept[:12], f"random\n({t.null})"], fontsize=8)
-            ax.set_ylim(0, 1.05)
-            ax.set_title(f"{t.layer}\np = {t.p_adjusted:.2g}" + (" *" if t.significant else ""), fontsize=9,
+            sat = "\nscore saturated" if t.saturated else ""
+            star = " *" if t.significant else ""
+            ax.set_title(f"{t.layer}\np = {t.p_adjusted:.2g}{star}{sat}", fontsize=9,
                          color=_SIGNIFICANT if t.significant else "black")
             ax.tick_params(labelsize=8)
-        axes[0].set_ylabel(f"TCAV score, class {self.target_name}", fontsize=8)
+        label = "TCAV score" if self.layers[0].statistic == "score" else "sensitivity (mean derivative)"
+        axes[0].set_ylabel(f"{label}, class {self.target_name}", fontsize=8)
         fig.tight_layout()
         return fig
 
@@ -149,9 +156,9 @@ class ConceptTest(Result):
         return "; ".join(self.verdicts)
 
     def html_figures(self) -> list[HtmlFigure]:
-        null = self.layers[0].null
+        t0 = self.layers[0]
         caption = (f"Concept {self.concept!r} for class {self.target_name!r} ({self.cav} vectors, "
-                   f"{null} null, "
+                   f"{t0.statistic} under the {t0.null} null, "
                    f"{self.n_random} random sets of {self.random_size}, {self.n_class} class images; "
                    f"Bonferroni over {len(self.layers)} layer(s), alpha {self.alpha:g}). "
                    + " | ".join(self.verdicts)
@@ -162,8 +169,9 @@ class ConceptTest(Result):
                            f"random sets: {self.random_source}")]
 
     def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
-        """A report section: ``note``, the setting and any warning, a table per layer (score, the
-        nulls' scores, both p-values, verdict), the score panels and the concept's strip."""
+        """A report section: ``note``, the setting and any warning, a table per layer (score,
+        sensitivity, the p-values of the default and the paper's tests, saturation, verdict), the
+        panels and the concept's strip."""
         from ..report import Figure
 
         head, strip = self.html_figures()
@@ -171,13 +179,18 @@ class ConceptTest(Result):
         setting = (f"{self.cav} vectors, {self.n_random} random sets of {self.random_size} "
                    f"({self.random_source}), "
                    f"{self.n_class} class images ({self.class_source}); Bonferroni over {len(self.layers)} "
-                   f"layer(s), alpha {self.alpha:g}, the {self.layers[0].null} null decides.")
-        rows = [[t.layer, f"{t.score:.2f}", f"{np.mean(t.random_scores):.2f}", f"{np.mean(t.set_scores):.2f}",
-                 f"{t.p_counterpart:.2g}", f"{t.p_exchangeable:.2g}", f"{t.magnitude:.3g}",
+                   f"layer(s), alpha {self.alpha:g}; the {self.layers[0].statistic} under the "
+                   f"{self.layers[0].null} null decides.")
+        rows = [[t.layer, f"{t.score:.2f}", f"{np.mean(t.set_scores):.2f}", f"{t.saturation:.0%}"
+                 + (" (saturated)" if t.saturated else ""), f"{t.sensitivity:.2g}",
+                 f"{np.mean(t.set_sensitivities):.2g} +- {np.std(t.set_sensitivities, ddof=1):.2g}",
+                 f"{t.p_values['sensitivity/exchangeable']:.2g}", f"{t.p_values['score/counterpart']:.2g}",
                  t.verdict.split(", ")[-1]] for t in self.layers]
         sec = report.section(title or self.report_title(), f"{note} {setting}{warn}".strip(), table=rows,
-                             table_header=["layer", "TCAV score", "counterpart", "random sets",
-                                           "p (counterpart)", "p (exchangeable)", "magnitude", "verdict"])
+                             table_header=["layer", "TCAV score", "random sets' score",
+                                           "random directions at 0 or 1", "sensitivity",
+                                           "random sets' sensitivity", "p (sensitivity, exchangeable)",
+                                           "p (score, counterpart: the paper's)", "verdict"])
         sec.rows.append([Figure(src=head.sources[0], caption="", pixelated=False,
                                 width=190 * len(self.layers) + 80),
                          Figure(src=strip.sources[0], caption=strip.caption, pixelated=True, width=520)])

@@ -10,9 +10,13 @@ random set ``R_k`` (k = 1..n):
    (no parameter gradients);
 3. the TCAV score ``s_k`` is the share of the class's images with ``S(x) > 0``; the magnitude
    ``m_k`` is the mean of ``S(x)`` (Captum's ``magnitude``);
-4. the null: a further random set ``R_0`` plays the concept against the same ``R_k``, giving
-   scores ``r_k``; a two-sided t-test of ``{s_k}`` against ``{r_k}``, Bonferroni-corrected over
-   the layers, gives the p-value and the verdict.
+4. the sensitivity: the mean ``S(x)`` along ``v_k`` made orthogonal to the random images' mean
+   activation (one more projection, no second pass; :func:`~convscope.concepts._cav.orthogonal_means`);
+5. the test (default): every random set plays the concept against the others, and the concept's
+   mean sensitivity is compared with theirs by a prediction t-test, Bonferroni-corrected over the
+   layers. The paper's test (``statistic="score", null="counterpart"``: the scores of one further
+   random set against the same ``R_k``, ``ttest_ind``) is an option; every result holds all four
+   p-values and says when random directions reach scores near 0 or 1 (the score is saturated).
 
 All sets stream through the model in batches; with mean-difference vectors memory does not grow
 with the number of images. Inside ``with convscope.shared_work():`` a set's activations and the
@@ -32,7 +36,7 @@ from .._validate import Range, check_values, ints, reals
 from ..errors import AssumptionWarning, InputError
 from ..models import load_model
 from ..targets import class_index
-from ._cav import CAV_KINDS, NULLS, LayerTest, fit_cav, prediction_test, separation, significance
+from ._cav import CAV_KINDS, NULLS, STATISTICS, LayerTest, fit_cav, layer_test, separation
 from ._passes import directional_derivatives, memory_format, set_statistics
 from ._sets import CropSource, ImageSet, PooledSource, concept_source, digest, draw_random_sets, same_folder
 from .result import ConceptTest
@@ -99,7 +103,8 @@ def concept_test(
     n_random: int = 10,
     random_size: int | None = None,
     cav: str = "mean_difference",
-    null: str = "counterpart",
+    null: str = "exchangeable",
+    statistic: str = "sensitivity",
     alpha: float = 0.05,
     seed: int = 0,
     concept_name: str | None = None,
@@ -129,9 +134,12 @@ def concept_test(
         n_random: random sets the concept is tested against (>= 2; the paper's test wants >= 10).
         random_size: images per random set (default: as many as the concept has).
         cav: ``"mean_difference"`` (default), ``"svm"`` or ``"logistic"``.
-        null: ``"counterpart"`` (the paper's t-test, default) or ``"exchangeable"`` (every random
-            set as a concept; controls false positives where random sets differ much between
-            themselves). Both p-values are in the result (:mod:`convscope.concepts._cav`).
+        null: ``"exchangeable"`` (default: every random set plays the concept against the others)
+            or ``"counterpart"`` (the paper's: one further random set plays the concept).
+        statistic: ``"sensitivity"`` (default: the mean directional derivative along the CAV made
+            orthogonal to the random images' mean activation) or ``"score"`` (the paper's TCAV
+            score). The paper's test is ``statistic="score", null="counterpart"``; every result holds
+            the four p-values (:mod:`convscope.concepts._cav`).
         alpha: significance level of the Bonferroni-corrected p-value.
         seed: seeds the random sets and the classifiers.
         concept_name: the concept's name in results (default: the folder's name, else "concept").
@@ -159,6 +167,8 @@ def concept_test(
         raise InputError(f"unknown cav {cav!r}; use one of {', '.join(CAV_KINDS)}")
     if null not in NULLS:
         raise InputError(f"unknown null {null!r}; use one of {', '.join(NULLS)}")
+    if statistic not in STATISTICS:
+        raise InputError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
     several = isinstance(random_sets, (list, tuple)) and not _is_tensor_list(random_sets)
     pools = list(random_sets) if several else [random_sets]
     if any(same_folder(concept_images, p) for p in pools):
@@ -214,34 +224,22 @@ def concept_test(
     partners = n_random - 1 if cav == "mean_difference" else min(3, n_random - 1)
     pairs_ = [(j, 1 + (j - 1 + d) % n_random) for j in range(1, n_random + 1) for d in range(1, partners + 1)]
     vectors: dict[str, torch.Tensor] = {}
+    cosines: dict[str, torch.Tensor] = {}
     seps: dict[str, list[float]] = {}
     for n in names:
         vs = [fit_cav(cav, cstats[n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
         vs += [fit_cav(cav, rstats[0][n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
         vs += [fit_cav(cav, rstats[j][n], rstats[k][n], seed=seed, c=c) for j, k in pairs_]
-        vectors[n] = torch.stack(vs)
+        total = sum(rs[n].total for rs in rstats)
+        o = (total / max(float(total.norm()), 1e-30)).float()  # the random images' mean activation, unit
+        cosines[n] = torch.stack(vs) @ o
+        vectors[n] = torch.stack([*vs, o])
         pairs = zip(vs[:n_random], rstats[1:], strict=True)
         seps[n] = [s for s in (separation(v, cstats[n], rs[n]) for v, rs in pairs) if s is not None]
     dd = directional_derivatives(net, cls, target, vectors, **kw)
-
-    tests = []
-    for n in names:
-        d = dd[n].double()
-        sc = (d > 0).double().mean(0).numpy()
-        mag = d.mean(0).numpy()
-        s, r = sc[:n_random], sc[n_random:2 * n_random]
-        sets = sc[2 * n_random:].reshape(n_random, partners).mean(1)
-        t1, p1, p1_adj = significance(s, r, len(names))
-        t2, p2, p2_adj = prediction_test(float(s.mean()), sets, len(names))
-        t, p, p_adj = (t1, p1, p1_adj) if null == "counterpart" else (t2, p2, p2_adj)
-        gap = float(s.mean() - (r.mean() if null == "counterpart" else sets.mean()))
-        tests.append(LayerTest(
-            layer=n, score=float(s.mean()), scores=tuple(map(float, s)), random_scores=tuple(map(float, r)),
-            magnitude=float(mag[:n_random].mean()), magnitudes=tuple(map(float, mag[:n_random])),
-            t=t, p_value=p, p_adjusted=p_adj, significant=p_adj < alpha,
-            direction="above" if gap > 0 else "below" if gap < 0 else "same",
-            set_scores=tuple(map(float, sets)), null=null, p_counterpart=p1_adj, p_exchangeable=p2_adj,
-            separation=float(np.mean(seps[n])) if seps[n] else None))
+    tests = [layer_test(n, dd[n], cosines[n], n_random=n_random, partners=partners, statistic=statistic,
+                        null=null, n_layers=len(names), alpha=alpha,
+                        separation=float(np.mean(seps[n])) if seps[n] else None) for n in names]
 
     notes = _notes(len(csrc), len(cls), tests, alpha)
     result = ConceptTest(
@@ -250,7 +248,7 @@ def concept_test(
         random_source=about, class_source=cls_about, seed=seed, strip=_strip(csrc),
         model_info={**lm.info(), "assumed": assumed}, notes=tuple(notes),
         vectors={n: v[:n_random].clone() for n, v in vectors.items()},
-        options={"batch_size": batch_size, "null": null, "c": c, "space": space,
+        options={"batch_size": batch_size, "null": null, "statistic": statistic, "c": c, "space": space,
                  "channels_last": memory_format(net, bool(channels_last)) is not None})
     for note_ in notes:
         warnings.warn(f"concept test: {note_}", UserWarning, stacklevel=2)
@@ -270,12 +268,20 @@ def _notes(n_concept: int, n_class: int, tests: list[LayerTest], alpha: float) -
         out.append(f"only {n_class} class images: each score moves in steps of {1 / n_class:.2f}; "
                    f"give {FEW_IMAGES} or more")
     for t in tests:
-        other = t.p_exchangeable if t.null == "counterpart" else t.p_counterpart
-        if t.significant and other >= alpha:
-            name = "exchangeable" if t.null == "counterpart" else "counterpart"
-            out.append(f"{t.layer}: significant by the {t.null} null but not by the {name} null (p = "
-                       f"{other:.2g}; random sets' own scores range {min(t.set_scores):.2f}-"
-                       f"{max(t.set_scores):.2f}): a set of random images can score like this concept")
+        default = f"{STATISTICS[0]}/{NULLS[0]}"
+        if t.significant and f"{t.statistic}/{t.null}" != default and t.p_values[default] >= alpha:
+            out.append(f"{t.layer}: significant by the {t.statistic}/{t.null} test but not by the "
+                       f"{default} test (p = {t.p_values[default]:.2g}): a set of random images can score "
+                       "like this concept")
+        if t.magnitude * t.sensitivity < 0:
+            out.append(f"{t.layer}: the mean derivative along the concept vectors ({t.magnitude:.2g}) "
+                       "changes "
+                       f"sign once the random images' mean activation is taken out ({t.sensitivity:.2g}): "
+                       "the raw score rides on how much more the concept activates the layer overall")
+        if t.saturated:
+            out.append(f"{t.layer}: the TCAV score is saturated: {t.saturation:.0%} of random directions "
+                       "score <= 0.1 or >= 0.9 (the class's gradient hardly changes from image to image), "
+                       "so a score near 0 or 1 is no evidence of the concept; read the sensitivity test")
         if t.separation is not None and t.separation < POOR_SEPARATION:
             out.append(f"{t.layer}: the concept vectors separate concept from random images only "
                        f"{t.separation:.0%} of the time; the score says little about this concept")

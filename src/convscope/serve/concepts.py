@@ -3,7 +3,8 @@
 :class:`ConceptView` reads the JSON files at start-up (``convscope serve --concepts T.json ...``)
 and serves them, checked and in the order given, at ``/api/concepts`` for the page ``/concepts``:
 per test the concept, the class, the setting, and per layer the concept's scores against each
-random set, both nulls' scores, both p-values and the verdict; the warnings and what was assumed.
+random set, both nulls' scores, the sensitivity, every p-value, the saturation and the verdict;
+the warnings and what was assumed.
 Requests name no path: the files are the ones given at start-up.
 """
 

@@ -27,8 +27,13 @@ function layerBlock(t) {
   box.append(bar("concept", t.score, "concept"));
   box.append(bar("counterpart", mean(t.random_scores), "null"));
   box.append(bar("random sets", mean(t.set_scores), "null"));
-  box.append(el("p", "p (counterpart) " + t.p_counterpart.toPrecision(2) + ", p (exchangeable) " +
-    t.p_exchangeable.toPrecision(2) + "; the " + t.null + " null decides"));
+  if (t.sensitivity !== undefined) box.append(el("p", "sensitivity " + t.sensitivity.toPrecision(2) +
+    " (random sets " + mean(t.set_sensitivities || []).toPrecision(2) + ")"));
+  const ps = t.p_values || {"score/counterpart": t.p_counterpart, "score/exchangeable": t.p_exchangeable};
+  box.append(el("p", Object.keys(ps).map(k => "p (" + k + ") " + Number(ps[k]).toPrecision(2)).join(", ") +
+    "; the " + (t.statistic || "score") + "/" + t.null + " test decides"));
+  if (t.saturation !== undefined && t.saturation >= 0.5) box.append(el("p", "Score saturated: " +
+    Math.round(100 * t.saturation) + "% of random directions score <= 0.1 or >= 0.9", "saturated"));
   box.append(el("p", t.verdict, "verdict"));
   return box;
 }

@@ -95,6 +95,8 @@ ARGS = {
                 "-o", "{out}/tex.png"],
     "style": ["{img}", "{img2}", "--content-layer", "conv2", "--style-layer", "conv1", "--size", "16",
               "--style-size", "16", "--steps", "2", "-o", "{out}/sty.png"],
+    "concept-test": ["--concept", "{data}/a", "--random", "{data}/b", "--class", "a", "--images", "{data}/a",
+                     "--layers", "conv2", "--n-random", "2", "--random-size", "2", "-o", "{out}/c.json"],
     "serve": None,  # a server: started, asked once, stopped (test_serve_with_foreign_warnings)
 }
 

@@ -295,7 +295,8 @@ def _folder(path: Path, n: int, seed: int) -> Path:
 
 
 @pytest.mark.parametrize("case", ["empty", "single", "same", "class", "layer", "channels", "n_random",
-                                  "alpha_nan", "alpha_inf", "batch0", "huge", "cav", "statistic", "null"])
+                                  "alpha_nan", "alpha_inf", "batch0", "huge", "cav", "statistic", "null",
+                                  "device_bogus", "device_cuda"])
 def test_bad_input_is_one_line_error(tmp_path, case):
     lm = _plain()
     concept = _folder(tmp_path / "concept", 5, 0)
@@ -332,6 +333,12 @@ def test_bad_input_is_one_line_error(tmp_path, case):
         kw["statistic"] = "mean"
     elif case == "null":
         kw["null"] = "uniform"
+    elif case == "device_bogus":
+        kw["device"] = "bogus"
+    elif case == "device_cuda" and torch.cuda.is_available():
+        kw["device"] = "cuda"  # the model stays on the CPU: refused, not half-moved
+    elif case == "device_cuda":
+        kw["device"] = "cuda"  # no GPU here
     with pytest.raises(ConvscopeError) as err:
         cs.concept_test(*args, **kw)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
@@ -367,6 +374,27 @@ def test_a_model_that_cannot_take_the_images_says_so():
         cs.concept_test(lm, 0.8 + 0.2 * torch.rand(4, 3, 16, 16, generator=g), 0,
                         class_images=torch.rand(4, 3, 16, 16) * 0.5, layers="conv",
                         random_sets=torch.rand(20, 3, 16, 16) * 0.5, n_random=2)
+
+
+def test_a_layer_the_logit_does_not_depend_on_is_an_error_not_a_zero_score():
+    """A layer on a side branch: its gradient is None; zeros would read as "no different from
+    random" (a false all-clear; review of #34)."""
+    class Side(Plain):
+        def __init__(self):
+            super().__init__()
+            self.side = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            self.side(x)  # computed, never used by the output
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    lm = cs.load_model(Side().eval(), preprocessing={"preset": "none", "size": 16},
+                       class_names=["a", "b", "c"])
+    g = torch.Generator().manual_seed(5)
+    with pytest.raises(InputError, match="does not depend on layer 'side'"):
+        cs.concept_test(lm, torch.rand(6, 3, 16, 16, generator=g), "a", class_images=torch.rand(6, 3, 16, 16),
+                        layers="side", random_sets=torch.rand(20, 3, 16, 16, generator=g), n_random=2)
 
 
 def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):

@@ -149,7 +149,9 @@ def directional_derivatives(
                         _check_spatial(n, a)
                     grads = torch.autograd.grad(scores[:, target].sum(), acts, allow_unused=True)
                 for n, a, g in zip(layers, acts, grads, strict=True):
-                    g = torch.zeros_like(a) if g is None else g
+                    if g is None:  # zeros would read as "no different from random": a false all-clear
+                        raise InputError(f"the class logit does not depend on layer {n!r} (it is off the "
+                                         "path to the output); pick a layer the output is computed from")
                     if g[0].numel() != vs[n].shape[1]:
                         raise InputError(f"at layer {n!r} the class images give activations of "
                                          f"{tuple(a.shape[1:])}, unlike the concept's; give class images "

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validate import Range, check_values, ints, reals
-from ..errors import AssumptionWarning, InputError
+from .._validate import Range, check_device, check_values, ints, reals
+from ..errors import AssumptionWarning, InputError, UnreliableResultWarning
 from ..models import load_model
 from ..targets import class_index
 from ._cav import CAV_KINDS, NULLS, STATISTICS, LayerTest, fit_cav, layer_test, separation
@@ -174,7 +174,12 @@ def concept_test(
     if any(same_folder(concept_images, p) for p in pools):
         raise InputError("the concept folder is also the random folder; random sets must be unrelated images")
 
+    check_device(device)
     lm = load_model(model)
+    p = next(lm.model.parameters(), None)
+    if device is not None and p is not None and torch.device(device) != p.device:
+        raise InputError(f"the model is on {p.device}, not {device}: move it there first "
+                         "(model.to(device)) or leave device out")
     pre = lm.preprocessing
     lm.fill_from_input(torch.zeros(1, pre.channels, *pre.size))
     assumed = list(lm.assumed)
@@ -182,6 +187,7 @@ def concept_test(
     names, note = _layers(lm, layers)
     if note:
         assumed.append(note)
+        warnings.warn(f"convscope assumed for the concept test: {note}", AssumptionWarning, stacklevel=2)
 
     csrc = concept_source(concept_images, pre, space=space)
     if len(csrc) < 2:
@@ -251,7 +257,7 @@ def concept_test(
         options={"batch_size": batch_size, "null": null, "statistic": statistic, "c": c, "space": space,
                  "channels_last": memory_format(net, bool(channels_last)) is not None})
     for note_ in notes:
-        warnings.warn(f"concept test: {note_}", UserWarning, stacklevel=2)
+        warnings.warn(f"concept test: {note_}", UnreliableResultWarning, stacklevel=2)
     return result
 
 

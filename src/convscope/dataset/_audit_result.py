@@ -16,6 +16,7 @@ from .._result import Result, jsonable
 from ..results import result_repr
 from ._compare import ClassComparison
 from ._intervene import Intervention
+from ._pixels import PixelCheck
 
 __all__ = ["Audit", "AuditClass", "AuditCluster"]
 
@@ -53,7 +54,8 @@ class AuditCluster:
     prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
     prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
     #: which comparisons flagged it: ``"cluster"`` (against the class's other clusters) and/or
-    #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`)
+    #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`) and/or
+    #: ``"pixels"`` (the class's pixels, screened by pasting, :mod:`convscope.dataset._pixels`)
     flagged_by: list[str] = field(default_factory=list)
     intervention: Intervention | None = None
     class_name: str = ""
@@ -135,6 +137,7 @@ class AuditClass:
     coords: np.ndarray | None
     note: str = ""
     comparison: ClassComparison | None = None
+    pixel_check: PixelCheck | None = None
 
     def __repr__(self) -> str:
         n_sus = sum(k.suspect for k in self.clusters)
@@ -149,6 +152,7 @@ class AuditClass:
             "note": self.note,
             "suspects": [c.id for c in self.clusters if c.suspect],
             "comparison": None if self.comparison is None else self.comparison.to_dict(),
+            "pixel_check": None if self.pixel_check is None else self.pixel_check.to_dict(),
             "clusters": [c.to_dict() for c in self.clusters],
             "embedding": None if self.coords is None else {
                 "members": [int(i) for i in self.members],

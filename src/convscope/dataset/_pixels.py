@@ -1,0 +1,146 @@
+"""The audit's pixel comparison: a shortcut whose attribution other classes' objects hide.
+
+The class comparison (:mod:`convscope.dataset._compare`) reads attribution only. A texture band
+along the bottom of every image of a class escapes it: a coarse map (Grad-CAM's cells are 4 px
+on a 32 px digit) puts the band in the same bottom rows as the strokes of other digits, and
+another class holds more attribution there than the banded class. What the band has that a
+stroke has not is that it is *the same pixels* on the class's images. So each class that no
+other comparison flagged is also compared on its images, on the ``size x size`` grid
+(channel mean, area-averaged):
+
+* ``mu_c`` and ``sd_c`` are the class's per-cell mean and standard deviation, ``d`` the distance
+  of ``mu_c`` to the *nearest* other class's mean (so the object's cells, which some other class
+  shares, score low), and ``z = max(d - sd_c, 0)``: cells where the class's images agree with one
+  another more than they differ from every other class;
+* the *region* is the smallest box holding ``mass`` of ``z``; it is a candidate when it covers
+  less than :data:`MAX_AREA` of the image;
+* its *carriers* are the class's images whose cells in the box lie nearer to ``mu_c`` than to
+  every other class's mean; the model must look there: the carriers' mean map puts at least
+  :data:`LOOKS` times the box's share of the image into it;
+* **the intervention decides**: the box of up to :data:`SCREEN` carriers is pasted into as many
+  images of other classes that the model does not call the class (one batched forward pass).
+  The class is suspect when at least ``confirm`` of them flip to it; its clusters holding at
+  least ``min_cluster`` carriers are flagged ``"pixels"``, with the carriers as their flagged
+  images, and then tested by the full intervention like every suspect.
+
+A consistent, exclusive pixel pattern is often the object (the hole of a 0); the paste screen is
+what keeps it out: pasting the empty centre of a 0 into a 3 does not make a 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import _spectral as sp
+from ._intervene import MAX_AREA, edit_region
+
+__all__ = ["LOOKS", "SCREEN", "PixelCheck", "pixel_check_all"]
+
+#: The carriers' mean map must put this many times the region's share of the image into it.
+LOOKS = 1.5
+#: Carriers whose region is pasted into other-class images to screen a candidate (one pass).
+SCREEN = 16
+
+
+@dataclass
+class PixelCheck:
+    """One class's pixel comparison (see :mod:`convscope.dataset._pixels`)."""
+
+    box: list[int]
+    box_area: float
+    attribution_share: float
+    carriers: int
+    n: int
+    screened: int
+    flips: int
+    suspect: bool
+    reading: str = ""
+
+    def __repr__(self) -> str:
+        return (f"PixelCheck(box={self.box}, flips={self.flips}/{self.screened}, suspect={self.suspect}, "
+                f"carriers={self.carriers}/{self.n})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": list(self.box), "box_area": round(float(self.box_area), 4),
+                "attribution_share": round(float(self.attribution_share), 4), "carriers": int(self.carriers),
+                "screened": int(self.screened), "flips": int(self.flips), "suspect": bool(self.suspect),
+                "reading": self.reading}
+
+
+def _small_pixels(src: Any, rows: np.ndarray, size: int) -> np.ndarray:
+    """(n, size, size): each row's model input, channel mean, area-averaged onto the grid."""
+    out = np.empty((len(rows), size, size), dtype=np.float32)
+    for k, i in enumerate(rows):
+        x = src[int(i)][0].float().mean(0, keepdim=True)[None]
+        out[k] = F.adaptive_avg_pool2d(x, (size, size))[0, 0].numpy()
+    return out
+
+
+def pixel_check_all(results: list[Any], lm: Any, src: Any, small: np.ndarray, pred: np.ndarray,
+                    run_labels: np.ndarray, cfg: Any, job: Any, image_size: tuple[int, int]) -> None:
+    """The pixel comparison of every clustered class that no other comparison flagged; its
+    suspect clusters are flagged ``"pixels"`` (see :mod:`convscope.dataset._pixels`)."""
+    from ..hooks import state_guard
+    from ._stream import model_device
+
+    done = [c for c in results if c.clusters]
+    todo = [c for c in done if not any(cl.suspect for cl in c.clusters)]
+    if len(done) < 2 or not todo:
+        return
+    side = small.shape[1]
+    pix = {c.index: _small_pixels(src, c.members, side).astype(np.float64) for c in done}
+    mus = {j: p.mean(0) for j, p in pix.items()}
+    device = model_device(lm.model)
+    rng = np.random.default_rng(job.seed)
+    h, w = image_size
+    for c in todo:
+        others = np.stack([m for j, m in mus.items() if j != c.index])
+        z = np.maximum(np.abs(mus[c.index][None] - others).min(0) - pix[c.index].std(0), 0.0)
+        if z.sum() <= 0:
+            continue
+        box = sp.mass_box(z, cfg.mass)
+        area = box.area(side)
+        if area >= MAX_AREA:
+            continue
+        cut = pix[c.index][:, box.y0:box.y1, box.x0:box.x1]
+        dist = lambda m: ((cut - m[box.y0:box.y1, box.x0:box.x1]) ** 2).sum((1, 2))  # noqa: E731
+        near = np.min([dist(m) for m in others], axis=0)
+        carries = dist(mus[c.index]) < near
+        donors = np.flatnonzero((run_labels != c.index) & (pred != c.model_class))
+        if carries.sum() < cfg.min_cluster or len(donors) == 0:
+            continue
+        share = float(sp.box_mass(small[c.members[carries]].astype(np.float64).mean(0)[None], box)[0])
+        if share < LOOKS * area:  # the model does not look there
+            continue
+        px = box.scaled(side, w, h)
+        pick = rng.permutation(np.flatnonzero(carries))[:SCREEN]
+        pair = donors[rng.permutation(len(donors))[np.arange(len(pick)) % len(donors)]]
+        x = torch.stack([src[int(i)][0] for i in c.members[pick]])
+        d = torch.stack([src[int(j)][0] for j in pair])
+        with state_guard(lm.model), torch.no_grad():
+            out = lm.model(edit_region(d, px, "others", x).to(device)).argmax(1).cpu().numpy()
+        flips = int((out == c.model_class).sum())
+        check = PixelCheck(box=px, box_area=area, attribution_share=share, carriers=int(carries.sum()),
+                           n=len(carries), screened=len(pick), flips=flips,
+                           suspect=flips >= cfg.confirm * len(pick))
+        x0, y0, x1, y1 = px
+        check.reading = (f"class {c.name} as a whole: {check.carriers} of {check.n} images agree on the "
+                         f"{sp.where(box, side)} {x1 - x0}x{y1 - y0} px box (x {x0}-{x1}, y {y0}-{y1}) unlike "
+                         f"every other class, where the model puts {share:.0%} of its attribution; pasting "
+                         f"it into {len(pick)} images of other classes flipped {flips}")
+        c.pixel_check = check
+        if not check.suspect:
+            continue
+        rows = c.members[carries]
+        for cl in c.clusters:
+            mine = cl.members[np.isin(cl.members, rows)]
+            if len(mine) >= cfg.min_cluster:
+                cl.carriers = mine
+                cl.flagged_by.append("pixels")
+                cl.suspect = True
+                cl.reading += f"; {check.reading} (flagged by the pixel comparison)"

@@ -162,6 +162,31 @@ class AuditClass:
         }
 
 
+def _names(pairs: list[tuple[AuditClass, AuditCluster]]) -> str:
+    return ", ".join(dict.fromkeys(c.name for c, _ in pairs))
+
+
+def _suspects_line(sus: list[tuple[AuditClass, AuditCluster]]) -> str:
+    """The headline's suspects part: the confirmed shortcuts first, the unconfirmed and untested
+    suspects apart, so that a suspect the intervention did not confirm (often the object itself,
+    e.g. what tells the two classes of a binary model apart) never reads as a found shortcut."""
+    conf = [(c, k) for c, k in sus if k.confirmed]
+    untested = [(c, k) for c, k in sus if k.intervention is None or not k.intervention.applied]
+    unconf = [(c, k) for c, k in sus if not k.confirmed and all(k is not u for _, u in untested)]
+    if conf:
+        text = (f"{len(conf)} shortcut{'s' if len(conf) != 1 else ''} confirmed by intervention "
+                f"({_names(conf)}: pasting the region makes images of other classes this class)")
+    else:
+        text = "No shortcut confirmed by intervention"
+    text += (f"; {len(unconf)} unconfirmed suspect{'s' if len(unconf) != 1 else ''}"
+             + (f" ({_names(unconf)}: the region does not carry the class by itself, likely part of the "
+                "object; look at it)" if unconf else ""))
+    if untested:
+        text += (f"; {len(untested)} suspect{'s' if len(untested) != 1 else ''} not tested "
+                 f"({_names(untested)}: the intervention could not be applied)")
+    return text
+
+
 @dataclass
 class Audit(Result):
     """The result of :func:`audit`: per class, its clusters of attribution maps and the suspects.
@@ -206,17 +231,15 @@ class Audit(Result):
         unchecked = [c for c in self.classes if not c.clusters]
         n_img = sum(c.n for c in checked)
         if sus:
-            conf = sum(k.confirmed for _, k in sus)
-            untested = sum(k.intervention is None or not k.intervention.applied for _, k in sus)
-            text = (f"{len(sus)} suspect{'s' if len(sus) != 1 else ''} in "
-                    f"{len({c.name for c, _ in sus})} class(es): {conf} confirmed by intervention, "
-                    f"{len(sus) - conf - untested} unconfirmed")
-            if untested:
-                text += f", {untested} not tested (the intervention could not be applied)"
+            text = _suspects_line(sus)
         else:
             compared = sum(c.comparison is not None for c in checked)
             text = (f"No suspects in {len(checked)} class(es) ({n_img} images): each class's clusters "
                     f"compared with one another, {compared} class(es) compared with the other classes")
+            screened = [c for c in checked if c.pixel_check is not None]
+            if screened:
+                text += (f", {len(screened)} class(es) whose images agree on a region pasted into other "
+                         "classes' images without effect")
         if unchecked:
             shown = ", ".join(f"{c.name} ({c.note.split(':')[0]})" for c in unchecked[:5])
             more = f" and {len(unchecked) - 5} more" if len(unchecked) > 5 else ""

@@ -64,8 +64,9 @@ class AuditCluster:
 
     @property
     def flagged(self) -> np.ndarray:
-        """The images this suspect flags (data-set indices): its members, or only its carriers
-        when the class comparison alone flagged it; none when it is not suspect."""
+        """The images this suspect flags (data-set indices): its carriers (the members that carry
+        the region: by their attribution for the class comparison, by their pixels for the pixel
+        comparison and the cluster comparison), or its members; none when it is not suspect."""
         if not self.suspect:
             return self.members[:0]
         return self.members if self.carriers is None else self.carriers

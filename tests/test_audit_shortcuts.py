@@ -95,8 +95,8 @@ def _scores(a, s):
 
 
 @pytest.mark.parametrize(("kind", "rate"), [("corner", 0.3), ("corner", 0.6), ("corner", 0.9),
-                                            ("corner", 1.0), ("watermark", 0.3), ("watermark", 0.9), ("band", 0.6),
-                                            ("band", 1.0)])
+                                            ("corner", 1.0), ("watermark", 0.3), ("watermark", 0.9),
+                                            ("band", 0.3), ("band", 0.6), ("band", 1.0)])
 def test_the_shortcut_is_found_and_confirmed_at_every_rate(shortcut_model, kind, rate):
     a, s = _audit(shortcut_model, kind, rate)
     precision, recall = _scores(a, s)

@@ -81,6 +81,17 @@ def _small_pixels(src: Any, rows: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _sq(cut: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Squared distance of each of ``cut`` (n, h, w) to ``m`` (h, w): (n,)."""
+    return ((cut - m) ** 2).sum((1, 2))
+
+
+def _crop(src: Any, rows: np.ndarray, box: list[int]) -> np.ndarray:
+    """(n, h, w): the rows' model inputs, channel mean, inside ``box`` (input pixels)."""
+    x0, y0, x1, y1 = box
+    return np.stack([src[int(i)][0].float().mean(0)[y0:y1, x0:x1].numpy() for i in rows])
+
+
 def pixel_check_all(results: list[Any], lm: Any, src: Any, small: np.ndarray, pred: np.ndarray,
                     run_labels: np.ndarray, cfg: Any, job: Any, image_size: tuple[int, int]) -> None:
     """The pixel comparison of every clustered class that no other comparison flagged; its
@@ -108,9 +119,8 @@ def pixel_check_all(results: list[Any], lm: Any, src: Any, small: np.ndarray, pr
         if area >= MAX_AREA:
             continue
         cut = pix[c.index][:, box.y0:box.y1, box.x0:box.x1]
-        dist = lambda m: ((cut - m[box.y0:box.y1, box.x0:box.x1]) ** 2).sum((1, 2))  # noqa: E731
-        near = np.min([dist(m) for m in others], axis=0)
-        carries = dist(mus[c.index]) < near
+        near = np.min([_sq(cut, m[box.y0:box.y1, box.x0:box.x1]) for m in others], axis=0)
+        carries = _sq(cut, mus[c.index][box.y0:box.y1, box.x0:box.x1]) < near
         donors = np.flatnonzero((run_labels != c.index) & (pred != c.model_class))
         if carries.sum() < cfg.min_cluster or len(donors) == 0:
             continue
@@ -130,9 +140,9 @@ def pixel_check_all(results: list[Any], lm: Any, src: Any, small: np.ndarray, pr
                            suspect=flips >= cfg.confirm * len(pick))
         x0, y0, x1, y1 = px
         check.reading = (f"class {c.name} as a whole: {check.carriers} of {check.n} images agree on the "
-                         f"{sp.where(box, side)} {x1 - x0}x{y1 - y0} px box (x {x0}-{x1}, y {y0}-{y1}) unlike "
-                         f"every other class, where the model puts {share:.0%} of its attribution; pasting "
-                         f"it into {len(pick)} images of other classes flipped {flips}")
+                         f"{sp.where(box, side)} {x1 - x0}x{y1 - y0} px box (x {x0}-{x1}, y {y0}-{y1}) "
+                         f"unlike every other class, where the model puts {share:.0%} of its attribution; "
+                         f"pasting it into {len(pick)} images of other classes flipped {flips}")
         c.pixel_check = check
         if not check.suspect:
             continue
@@ -160,12 +170,7 @@ def cluster_carriers(results: list[Any], src: Any) -> None:
             rest = c.members[~np.isin(c.members, cl.members)]
             if len(rest) == 0:
                 continue
-            x0, y0, x1, y1 = cl.box
-
-            def crop(rows: np.ndarray) -> np.ndarray:
-                return np.stack([src[int(i)][0].float().mean(0)[y0:y1, x0:x1].numpy() for i in rows])
-
-            mine, theirs = crop(cl.members), crop(rest).mean(0)
-            near = ((mine - mine.mean(0)) ** 2).sum((1, 2)) < ((mine - theirs) ** 2).sum((1, 2))
+            mine, theirs = _crop(src, cl.members, cl.box), _crop(src, rest, cl.box).mean(0)
+            near = _sq(mine, mine.mean(0)) < _sq(mine, theirs)
             if near.sum() >= 1:
                 cl.carriers = cl.members[near]

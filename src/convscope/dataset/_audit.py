@@ -48,6 +48,10 @@ assessing what machines really learn", Nature Communications 10, 2019) in one ca
    count each other as "the class's other clusters"; a shortcut on every image leaves nothing to
    compare with). The clusters whose typical member carries a suspect class's region are flagged
    too; ``AuditCluster.flagged_by`` says which comparison flagged a cluster.
+   Then the *pixel comparison* (:mod:`convscope.dataset._pixels`): a region the class's images
+   agree on, unlike every other class, that the model looks at and that flips images of other
+   classes when pasted in (a screen of at most 16): a shortcut whose attribution other classes'
+   objects hide (a texture band in the bottom rows, where other digits' strokes are).
 6. **Prove each suspect by intervention** (:mod:`convscope.dataset._intervene`): the region is
    removed from the suspect's images and pasted into images of other classes, two batched forward
    passes per suspect image; a suspect is confirmed when the pasted region alone flips the model.

@@ -123,9 +123,9 @@ def test_the_shortcut_is_found_and_confirmed_at_every_rate(shortcut_model, kind,
     if by == "pixels":  # the screen pasted the band of up to 16 carriers, and it carried the class
         pc = c.pixel_check
         assert not c.comparison.suspect and pc.suspect and pc.flips >= 0.5 * pc.screened > 0, pc
-    n = len(a.suspects)
-    assert a.headline.startswith(f"{n} shortcut{'s' if n != 1 else ''} confirmed by intervention "
-                                 f"(class {CLASS_OF[kind]}:") and "; 0 unconfirmed suspects" in a.headline
+    head = (f"Shortcut confirmed by intervention in 1 class(es) (class {CLASS_OF[kind]}: "
+            f"{len(a.suspects)} suspect")
+    assert a.headline.startswith(head) and "; 0 unconfirmed suspects" in a.headline
 
 
 def test_classes_without_a_shortcut_get_no_suspect(shortcut_model):
@@ -135,6 +135,11 @@ def test_classes_without_a_shortcut_get_no_suspect(shortcut_model):
     assert a.suspects == [], [k.reading for _, k in a.suspects]
     assert a.headline.startswith("No suspects in 10 class(es)")
     assert "compared with the other classes" in a.headline
+    # the pixel comparison did screen candidates (consistent parts of the digits) and none carried
+    # its class when pasted into other digits
+    screened = [c.pixel_check for c in a.classes if c.pixel_check is not None]
+    assert screened and all(not p.suspect and p.flips < 0.5 * p.screened for p in screened), screened
+    assert f"{len(screened)} class(es) whose images agree on a region pasted" in a.headline
 
 
 def test_provoked_suspects_on_the_objects_are_not_confirmed(shortcut_model):
@@ -281,7 +286,7 @@ def test_binary_model_only_the_marker_is_confirmed():
     unconfirmed = [(c, k) for c, k in a.suspects if not k.confirmed]
     for c, k in unconfirmed:  # what sets the classes apart, tested and not confirmed
         assert c.model_class == 0 and k.intervention.applied and "unconfirmed" in k.evidence, k.evidence
-    assert a.headline.startswith("1 shortcut confirmed by intervention (class 1:"), a.headline
+    assert a.headline.startswith("Shortcut confirmed by intervention in 1 class(es) (class 1:"), a.headline
     assert f"; {len(unconfirmed)} unconfirmed suspect" in a.headline
     if unconfirmed:
         assert "class 0: the region does not carry the class by itself" in a.headline

@@ -449,7 +449,7 @@ def test_a_suspect_shows_its_intervention_before_and_after(tmp_path):
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
     d = client.get("/api/audit").json()
     n_unconf = len(a.suspects) - 1  # the 1's stroke reads as unconfirmed, never as a found shortcut
-    assert d["headline"].startswith("1 shortcut confirmed by intervention (3:")
+    assert d["headline"].startswith("Shortcut confirmed by intervention in 1 class(es) (3:")
     assert f"; {n_unconf} unconfirmed suspect" in d["headline"]
     oc, other = next((cc, cl) for cc in a.classes for cl in cc.clusters if not cl.suspect)
     r = client.get(f"/api/audit/intervention/{oc.index}/{other.id}.png")

@@ -174,9 +174,11 @@ def _suspects_line(sus: list[tuple[AuditClass, AuditCluster]]) -> str:
     conf = [(c, k) for c, k in sus if k.confirmed]
     untested = [(c, k) for c, k in sus if k.intervention is None or not k.intervention.applied]
     unconf = [(c, k) for c, k in sus if not k.confirmed and all(k is not u for _, u in untested)]
-    if conf:
-        text = (f"{len(conf)} shortcut{'s' if len(conf) != 1 else ''} confirmed by intervention "
-                f"({_names(conf)}: pasting the region makes images of other classes this class)")
+    if conf:  # twin clusters of one shortcut are two suspects: count the classes
+        n_cls = len({c.name for c, _ in conf})
+        text = (f"Shortcut confirmed by intervention in {n_cls} class(es) ({_names(conf)}: {len(conf)} "
+                f"suspect cluster{'s' if len(conf) != 1 else ''}; pasting the region makes images of other "
+                "classes this class)")
     else:
         text = "No shortcut confirmed by intervention"
     text += (f"; {len(unconf)} unconfirmed suspect{'s' if len(unconf) != 1 else ''}"

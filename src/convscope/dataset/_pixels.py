@@ -23,6 +23,7 @@ other comparison flagged is also compared on its images, on the ``size x size`` 
   least ``min_cluster`` carriers are flagged ``"pixels"``, with the carriers as their flagged
   images, and then tested by the full intervention like every suspect.
 
+With ``intervention="none"`` the pixel comparison is off too (its screen is an intervention).
 A consistent, exclusive pixel pattern is often the object (the hole of a 0); the paste screen is
 what keeps it out: pasting the empty centre of a 0 into a 3 does not make a 0.
 """
@@ -101,7 +102,7 @@ def pixel_check_all(results: list[Any], lm: Any, src: Any, small: np.ndarray, pr
 
     done = [c for c in results if c.clusters]
     todo = [c for c in done if not any(cl.suspect for cl in c.clusters)]
-    if len(done) < 2 or not todo:
+    if len(done) < 2 or not todo or cfg.intervention == "none":  # the screen is an intervention
         return
     side = small.shape[1]
     pix = {c.index: _small_pixels(src, c.members, side).astype(np.float64) for c in done}

@@ -140,7 +140,8 @@ def test_audit_splits_the_tagged_images_into_a_suspect_cluster(tag_model):
     assert iv.applied and iv.pasted_flips == iv.pasted_n == 24 and sus[0].confirmed
     assert iv.removed_before == 24 and iv.removed_flips == 24
     assert "flips 24 of 24 predictions" in sus[0].evidence and sus[0].evidence.endswith("confirmed")
-    assert a.headline.startswith("1 suspect in 1 class(es): 1 confirmed by intervention")
+    assert a.headline.startswith("Shortcut confirmed by intervention in 1 class(es) (")
+    assert "; 0 unconfirmed" in a.headline
     assert len(repr(c0)) < 200 and len(repr(sus[0])) < 200 and "confirmed suspect" in repr(sus[0])
     # plain data, the same as audit.json
     d = json.loads(json.dumps(a.to_dict()))

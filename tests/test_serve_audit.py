@@ -448,7 +448,13 @@ def test_a_suspect_shows_its_intervention_before_and_after(tmp_path):
     r = client.get(f"/api/audit/intervention/{c.index}/{k.id}.png")
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
     d = client.get("/api/audit").json()
-    assert d["headline"].startswith(f"{len(a.suspects)} suspect") and ": 1 confirmed by" in d["headline"]
+    # the 1's stroke reads as unconfirmed or not tested (too large to edit), never as a found shortcut
+    untested = sum(not s.intervention.applied for _, s in a.suspects)
+    n_unconf = len(a.suspects) - 1 - untested
+    assert d["headline"].startswith("Shortcut confirmed by intervention in 1 class(es) (3: 1 suspect cluster")
+    assert f"; {n_unconf} unconfirmed suspect" in d["headline"]
+    plural = "s" if untested > 1 else ""
+    assert not untested or f"; {untested} suspect{plural} not tested (1:" in d["headline"]
     oc, other = next((cc, cl) for cc in a.classes for cl in cc.clusters if not cl.suspect)
     r = client.get(f"/api/audit/intervention/{oc.index}/{other.id}.png")
     assert r.status_code == 404 and "no intervention" in r.json()["error"]

@@ -48,6 +48,10 @@ assessing what machines really learn", Nature Communications 10, 2019) in one ca
    count each other as "the class's other clusters"; a shortcut on every image leaves nothing to
    compare with). The clusters whose typical member carries a suspect class's region are flagged
    too; ``AuditCluster.flagged_by`` says which comparison flagged a cluster.
+   Then the *pixel comparison* (:mod:`convscope.dataset._pixels`): a region the class's images
+   agree on, unlike every other class, that the model looks at and that flips images of other
+   classes when pasted in (a screen of at most 16): a shortcut whose attribution other classes'
+   objects hide (a texture band in the bottom rows, where other digits' strokes are).
 6. **Prove each suspect by intervention** (:mod:`convscope.dataset._intervene`): the region is
    removed from the suspect's images and pasted into images of other classes, two batched forward
    passes per suspect image; a suspect is confirmed when the pasted region alone flips the model.
@@ -73,6 +77,7 @@ from . import _spectral as sp
 from ._audit_result import Audit, AuditClass, AuditCluster
 from ._compare import compare_classes
 from ._intervene import FILLS, intervene_all
+from ._pixels import class_carriers, cluster_carriers, pixel_check_all
 
 __all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "AuditSettings", "audit"]
 
@@ -331,6 +336,9 @@ def audit(
                                                 cfg, seed=job.seed, image_size=(h, w), project=project))
                 cls_bar.update(n_done + 1)
         compare_classes(results, small, cfg, (h, w))
+        pixel_check_all(results, lm, src, small, pred, run_labels, cfg, job, (h, w))
+        cluster_carriers(results, src)
+        class_carriers(results, src, small, cfg)
         _full_maps(results, st, arr, src)
         intervene_all(results, lm, src, probs, pred, prob_arr, st, run_labels, cfg, job, (h, w))
         for c in results:  # rows of the run -> indices of the caller's data set

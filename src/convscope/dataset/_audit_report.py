@@ -132,10 +132,11 @@ def add_audit_sections(rep: Report, a: Audit, classes: list[str] | None = None) 
     if sus:
         n_conf = sum(k.confirmed for _, k in sus)
         sec = rep.section(
-            f"Suspects: {len(sus)} cluster{'s' if len(sus) != 1 else ''}, {n_conf} confirmed by intervention",
+            f"Shortcuts confirmed by intervention: {n_conf}; unconfirmed suspects: {len(sus) - n_conf}",
             f"{a.headline}. Strategies that look like shortcuts, most suspicious first, flagged by "
-            "comparing a cluster with its class's other clusters, or the whole class with the other "
-            "classes. Each is tested by intervention: its region is removed from the suspect images "
+            "comparing a cluster with its class's other clusters, the whole class with the other "
+            "classes, or a region the class's images agree on (pasted into other classes' images). "
+            "Each is tested by intervention: its region is removed from the suspect images "
             "and pasted into images of other classes. Confirmed: pasting the region alone makes the "
             "model say the class. Unconfirmed: it does not (often a part of the object itself).",
             table=[[c.name, str(k.id), " + ".join(k.flagged_by), f"{k.suspicion:.2f}" + (
@@ -151,8 +152,9 @@ def add_audit_sections(rep: Report, a: Audit, classes: list[str] | None = None) 
             _intervention_row(sec, c.name, k)
     else:
         rep.section("Suspects: none", f"{a.headline}. No cluster concentrates on a small region that "
-                    "the class's other clusters do not use, and no class on a small region that the "
-                    "other classes do not use.")
+                    "the class's other clusters do not use, no class on a small region that the "
+                    "other classes do not use, and no region a class's images agree on carries the "
+                    "class when pasted into other classes' images.")
     shown = [c for c in a.classes if classes is None or c.name in classes]
     order = sorted(shown, key=lambda c: (not any(k.suspect for k in c.clusters), c.index))
     for c in order:

@@ -16,6 +16,7 @@ from .._result import Result, jsonable
 from ..results import result_repr
 from ._compare import ClassComparison
 from ._intervene import Intervention
+from ._pixels import PixelCheck
 
 __all__ = ["Audit", "AuditClass", "AuditCluster"]
 
@@ -53,7 +54,8 @@ class AuditCluster:
     prototype_pixels: list[np.ndarray] = field(repr=False, default_factory=list)
     prototype_maps: list[np.ndarray] = field(repr=False, default_factory=list)
     #: which comparisons flagged it: ``"cluster"`` (against the class's other clusters) and/or
-    #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`)
+    #: ``"class"`` (the class against the other classes, :mod:`convscope.dataset._compare`) and/or
+    #: ``"pixels"`` (the class's pixels, screened by pasting, :mod:`convscope.dataset._pixels`)
     flagged_by: list[str] = field(default_factory=list)
     intervention: Intervention | None = None
     class_name: str = ""
@@ -62,8 +64,9 @@ class AuditCluster:
 
     @property
     def flagged(self) -> np.ndarray:
-        """The images this suspect flags (data-set indices): its members, or only its carriers
-        when the class comparison alone flagged it; none when it is not suspect."""
+        """The images this suspect flags (data-set indices): its carriers (the members that carry
+        the region: by their attribution for the class comparison, by their pixels for the pixel
+        comparison and the cluster comparison), or its members; none when it is not suspect."""
         if not self.suspect:
             return self.members[:0]
         return self.members if self.carriers is None else self.carriers
@@ -135,6 +138,7 @@ class AuditClass:
     coords: np.ndarray | None
     note: str = ""
     comparison: ClassComparison | None = None
+    pixel_check: PixelCheck | None = None
 
     def __repr__(self) -> str:
         n_sus = sum(k.suspect for k in self.clusters)
@@ -149,6 +153,7 @@ class AuditClass:
             "note": self.note,
             "suspects": [c.id for c in self.clusters if c.suspect],
             "comparison": None if self.comparison is None else self.comparison.to_dict(),
+            "pixel_check": None if self.pixel_check is None else self.pixel_check.to_dict(),
             "clusters": [c.to_dict() for c in self.clusters],
             "embedding": None if self.coords is None else {
                 "members": [int(i) for i in self.members],
@@ -156,6 +161,33 @@ class AuditClass:
                 "xy": [[_r(a, 4), _r(b, 4)] for a, b in self.coords],
             },
         }
+
+
+def _names(pairs: list[tuple[AuditClass, AuditCluster]]) -> str:
+    return ", ".join(dict.fromkeys(c.name for c, _ in pairs))
+
+
+def _suspects_line(sus: list[tuple[AuditClass, AuditCluster]]) -> str:
+    """The headline's suspects part: the confirmed shortcuts first, the unconfirmed and untested
+    suspects apart, so that a suspect the intervention did not confirm (often the object itself,
+    e.g. what tells the two classes of a binary model apart) never reads as a found shortcut."""
+    conf = [(c, k) for c, k in sus if k.confirmed]
+    untested = [(c, k) for c, k in sus if k.intervention is None or not k.intervention.applied]
+    unconf = [(c, k) for c, k in sus if not k.confirmed and all(k is not u for _, u in untested)]
+    if conf:  # twin clusters of one shortcut are two suspects: count the classes
+        n_cls = len({c.name for c, _ in conf})
+        text = (f"Shortcut confirmed by intervention in {n_cls} class(es) ({_names(conf)}: {len(conf)} "
+                f"suspect cluster{'s' if len(conf) != 1 else ''}; pasting the region makes images of other "
+                "classes this class)")
+    else:
+        text = "No shortcut confirmed by intervention"
+    text += (f"; {len(unconf)} unconfirmed suspect{'s' if len(unconf) != 1 else ''}"
+             + (f" ({_names(unconf)}: the region does not carry the class by itself, likely part of the "
+                "object; look at it)" if unconf else ""))
+    if untested:
+        text += (f"; {len(untested)} suspect{'s' if len(untested) != 1 else ''} not tested "
+                 f"({_names(untested)}: the intervention could not be applied)")
+    return text
 
 
 @dataclass
@@ -202,17 +234,15 @@ class Audit(Result):
         unchecked = [c for c in self.classes if not c.clusters]
         n_img = sum(c.n for c in checked)
         if sus:
-            conf = sum(k.confirmed for _, k in sus)
-            untested = sum(k.intervention is None or not k.intervention.applied for _, k in sus)
-            text = (f"{len(sus)} suspect{'s' if len(sus) != 1 else ''} in "
-                    f"{len({c.name for c, _ in sus})} class(es): {conf} confirmed by intervention, "
-                    f"{len(sus) - conf - untested} unconfirmed")
-            if untested:
-                text += f", {untested} not tested (the intervention could not be applied)"
+            text = _suspects_line(sus)
         else:
             compared = sum(c.comparison is not None for c in checked)
             text = (f"No suspects in {len(checked)} class(es) ({n_img} images): each class's clusters "
                     f"compared with one another, {compared} class(es) compared with the other classes")
+            screened = [c for c in checked if c.pixel_check is not None]
+            if screened:
+                text += (f", {len(screened)} class(es) whose images agree on a region pasted into other "
+                         "classes' images without effect")
         if unchecked:
             shown = ", ".join(f"{c.name} ({c.note.split(':')[0]})" for c in unchecked[:5])
             more = f" and {len(unchecked) - 5} more" if len(unchecked) > 5 else ""

@@ -29,7 +29,9 @@ the bundled models: clean classes reach an excess of 0.16 at most, the planted s
 tests 0.22 and more.) Then the *carriers* are the class's images whose own share in the box reaches half
 of the 90th percentile of the shares, and every cluster whose median member is a carrier is
 flagged "by the class comparison" with the class's region: twin clusters of one shortcut are
-judged together. Of such a cluster, the flagged images (``AuditCluster.flagged``) are its
+judged together. (:func:`convscope.dataset._pixels.class_carriers` then adds the images that carry
+the region's pixels though their maps do not show it, and settles which clusters are flagged.)
+Of such a cluster, the flagged images (``AuditCluster.flagged``) are its
 carriers only: a cluster of digit shapes in which most images carry the marker does not flag
 the few that do not. What sets a class apart from the others is often the object itself (the bar of
 a 7); that is why a suspect is then tested by intervention (:mod:`convscope.dataset._intervene`).

@@ -272,7 +272,12 @@ def intervene_all(results: list[Any], lm: Any, src: Any, probs: np.ndarray, pred
     device = model_device(lm.model)
     with state_guard(lm.model):
         for c, cl in todo:
-            box = cl.box if "cluster" in cl.flagged_by or c.comparison is None else c.comparison.box
+            if "cluster" in cl.flagged_by:
+                box = cl.box
+            elif "class" in cl.flagged_by:
+                box = c.comparison.box
+            else:  # flagged by the pixel comparison (:mod:`convscope.dataset._pixels`)
+                box = c.pixel_check.box
             donors = np.flatnonzero((run_labels != c.index) & (pred != c.model_class))
             donor_p = prob_of(prob_arr, st, donors, c.model_class)
             cl.intervention = intervene(

@@ -82,11 +82,13 @@ function fillSuspects() {
   for (const c of a.classes) for (const k of c.clusters) if (k.suspect) items.push([c, k]);
   items.sort((x, y) => y[1].suspicion - x[1].suspicion);
   const nConf = items.filter(([, k]) => k.confirmed).length;
+  // confirmed shortcuts first: an unconfirmed suspect (often the object) never reads as a found shortcut
   $("suspects-title").textContent = items.length
-    ? `Suspects: ${items.length}, ${nConf} confirmed by intervention` : "Suspects: none";
+    ? `Shortcuts confirmed by intervention: ${nConf}; unconfirmed suspects: ${items.length - nConf}`
+    : "Suspects: none";
   if (state.audit.headline) list.appendChild(el("li", { class: "none headline" }, state.audit.headline));
   if (!items.length) {
-    list.appendChild(el("li", { class: "none" }, "No cluster concentrates on a small region that the class's other clusters do not use, and no class on a small region that the other classes do not use."));
+    list.appendChild(el("li", { class: "none" }, "No cluster concentrates on a small region that the class's other clusters do not use, no class on a small region that the other classes do not use, and no region a class's images agree on carries the class when pasted into other classes' images."));
   }
   for (const [c, k] of items) {
     const li = el("li");

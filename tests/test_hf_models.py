@@ -392,7 +392,7 @@ def test_generic_module_without_preprocessing_is_read_by_the_rule():
     assert e.layer == "conv" and tuple(e.map.shape) == (1, 20, 20)
 
 
-def test_generic_one_channel_module_needs_its_input_stated():
+def test_generic_one_channel_module_input_is_inferred_and_said():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(4, 3))
     class Dict(nn.Module):
@@ -405,14 +405,14 @@ def test_generic_one_channel_module_needs_its_input_stated():
 
     model = Dict().eval()
     x = torch.randn(2, 1, 12, 12)
-    with pytest.warns(cs.errors.AssumptionWarning):
-        lm = cs.load_model(model)  # the assumed RGB input does not fit: the output cannot be read
-    with pytest.raises(ModelLoadError, match="returns a dict, not a tensor.*pass preprocessing="):
-        cs.explain(lm, x, "saliency", target=0)
-    lm = cs.load_model(model, preprocessing={"size": 12, "channels": 1})
-    e = cs.explain(lm, x, "saliency", target=0)
     xg = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(model(xg)["logits"][:, 0].sum(), xg)
+    with pytest.warns(cs.errors.AssumptionWarning, match="1 channel"):
+        lm = cs.load_model(model)  # unstated: one channel, from the first convolution (#27), and said
+    assert lm.preprocessing.channels == 1 and any("1 channel" in a for a in lm.assumed)
+    torch.testing.assert_close(cs.explain(lm, x, "saliency", target=0).raw, g)
+    lm = cs.load_model(model, preprocessing={"size": 12, "channels": 1})
+    e = cs.explain(lm, x, "saliency", target=0)
     torch.testing.assert_close(e.raw, g)
     assert isinstance(lm.model, ScoresModel) and lm.class_names == ["class 0", "class 1", "class 2"]
 

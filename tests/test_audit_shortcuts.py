@@ -204,6 +204,7 @@ def test_edit_region_fills_against_oracles():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 20, 24, generator=g)
     d = torch.rand(2, 3, 20, 24, generator=g)
+    x0, d0 = x.clone(), d.clone()
     box = [8, 6, 13, 11]  # x0, y0, x1, y1: 5x5, away from the border
     inside = torch.zeros(20, 24, dtype=torch.bool)
     inside[6:11, 8:13] = True
@@ -217,7 +218,7 @@ def test_edit_region_fills_against_oracles():
     ring[1:16, 3:18] = True  # one box-width around it
     ring &= ~inside
     assert torch.allclose(sur[..., 6:11, 8:13], x[..., ring].mean(-1)[..., None, None].expand(-1, -1, 5, 5))
-    assert torch.equal(x, x.clone())  # inputs untouched: edit_region works on a copy
+    assert torch.equal(x, x0) and torch.equal(d, d0)  # inputs untouched: edit_region works on a copy
     # at the border the ring is what lies inside the image
     edge = edit_region(x, [0, 0, 4, 4], "surround")
     ring = torch.zeros(20, 24, dtype=torch.bool)

@@ -50,6 +50,7 @@ before its functional ReLU) gets a row with empty scores and the error message i
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ import torch
 
 from .._progress import Progress
 from .._validate import check_device
-from ..errors import ConvscopeError, InputError
+from ..errors import ConvscopeError, InputError, UnreliableResultWarning
 from ..models import LoadedModel, load_model
 from ..registry import get_method, list_methods
 from .curves import deletion, insertion
@@ -92,7 +93,7 @@ LEADERBOARD_COLUMNS = [
     "model", "method", "family", "max_in_cue", "max_within_1px", "cue_mass", "deletion",
     "insertion", "sanity_similarity", "sanity", "seconds",
 ]
-DETAIL_COLUMNS = ["options", "error"]
+DETAIL_COLUMNS = ["options", "error", "unreliable"]
 
 
 @dataclass(frozen=True)
@@ -271,13 +272,17 @@ def planted_cue_benchmark(
                     assert isinstance(made, MethodExplainer)
                     ex = made
                     try:
-                        maps = explain(lm, x, method=name, target=case.target, seed=seed, **ex.options).map
+                        with warnings.catch_warnings():  # the verdict is a column of the row, not a line
+                            warnings.simplefilter("ignore", UnreliableResultWarning)
+                            e = explain(lm, x, method=name, target=case.target, seed=seed, **ex.options)
+                        maps = e.map
+                        unreliable = [j for j, ok in enumerate(e.diagnostics.get("reliable", [])) if not ok]
                     except ConvscopeError as exc:  # a method that refuses this model: a row that says so
                         res.rows.append(_failed_row(case.label, name, family, ex, exc))
                         bar.advance()
                         continue
                 else:
-                    maps = given
+                    maps, unreliable = given, []
                 maps = maps.float().cpu()
                 kw = dict(baseline=CURVE_BASELINE, steps=steps, batch_size=batch_size, seed=seed,
                           targets=case.target)
@@ -291,6 +296,8 @@ def planted_cue_benchmark(
                     "deletion": d.auc.mean().item(), "insertion": i.auc.mean().item(),
                     "sanity_similarity": None, "sanity": None,
                     "options": _options(ex), "error": "",
+                    # images whose own diagnostics call the map unreliable (e.g. constant: no hit possible)
+                    "unreliable": f"{len(unreliable)} of {len(maps)}" if unreliable else "",
                 }
                 res.curves[(case.label, name)] = {
                     "deletion": (d.fractions.numpy(), d.mean_curve().numpy()),
@@ -326,7 +333,7 @@ def _failed_row(label: str, method: str, family: str, ex: MethodExplainer,
     """The row of a method that refused the model: no scores, the reason in ``error``."""
     row: dict[str, Any] = dict.fromkeys(LEADERBOARD_COLUMNS)
     row.update(model=label, method=method, family=family, options=_options(ex), error=str(exc),
-               seconds=0.0)
+               unreliable="", seconds=0.0)
     return row
 
 

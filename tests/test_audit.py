@@ -150,6 +150,17 @@ def test_audit_splits_the_tagged_images_into_a_suspect_cluster(tag_model):
     assert len(d["classes"][0]["embedding"]["xy"]) == c0.n
 
 
+def test_with_interventions_off_the_headline_says_nothing_is_proved(tag_model):
+    """``intervention="none"``: the suspects are untested because the user turned the test off,
+    not because it could not be applied (review of #28)."""
+    x, y, _ = _tag_data(seed=1)
+    a = cs.audit(tag_model, TensorSource(x, tag_model.preprocessing, y, space="pixels"),
+                 method="saliency", progress=False, embedding="none", intervention="none")
+    assert a.suspects and not any(k.confirmed for _, k in a.suspects)
+    assert "interventions are off" in a.headline and "could not be applied" not in a.headline
+    assert a.headline.startswith("No shortcut confirmed by intervention")
+
+
 def test_suspicion_is_the_documented_product(tag_model):
     x, y, _ = _tag_data(seed=1)
     a = cs.audit(tag_model, TensorSource(x, tag_model.preprocessing, y, space="pixels"),

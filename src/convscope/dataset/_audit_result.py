@@ -167,7 +167,7 @@ def _names(pairs: list[tuple[AuditClass, AuditCluster]]) -> str:
     return ", ".join(dict.fromkeys(c.name for c, _ in pairs))
 
 
-def _suspects_line(sus: list[tuple[AuditClass, AuditCluster]]) -> str:
+def _suspects_line(sus: list[tuple[AuditClass, AuditCluster]], tested: bool = True) -> str:
     """The headline's suspects part: the confirmed shortcuts first, the unconfirmed and untested
     suspects apart, so that a suspect the intervention did not confirm (often the object itself,
     e.g. what tells the two classes of a binary model apart) never reads as a found shortcut."""
@@ -185,8 +185,10 @@ def _suspects_line(sus: list[tuple[AuditClass, AuditCluster]]) -> str:
              + (f" ({_names(unconf)}: the region does not carry the class by itself, likely part of the "
                 "object; look at it)" if unconf else ""))
     if untested:
+        why = ("the intervention could not be applied" if tested
+               else "interventions are off (intervention='none'): nothing is proved")
         text += (f"; {len(untested)} suspect{'s' if len(untested) != 1 else ''} not tested "
-                 f"({_names(untested)}: the intervention could not be applied)")
+                 f"({_names(untested)}: {why})")
     return text
 
 
@@ -234,7 +236,7 @@ class Audit(Result):
         unchecked = [c for c in self.classes if not c.clusters]
         n_img = sum(c.n for c in checked)
         if sus:
-            text = _suspects_line(sus)
+            text = _suspects_line(sus, tested=self.settings.get("intervention") != "none")
         else:
             compared = sum(c.comparison is not None for c in checked)
             text = (f"No suspects in {len(checked)} class(es) ({n_img} images): each class's clusters "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FILLS", "Intervention", "edit_region", "intervene", "intervene_all", "prob_of"]
+__all__ = ["FILLS", "Intervention", "before_after", "edit_region", "intervene", "intervene_all", "prob_of"]
 
 FILLS = ("others", "blur", "surround", "none")
 #: A region covering this share of the image or more is not edited.
@@ -231,18 +231,29 @@ def intervene(
     )
 
 
+def before_after(a: np.ndarray, b: np.ndarray, box: list[int], removed_box: list[int],
+                 fill: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two edits of one pair of display images (H, W, 3): the suspect image ``a`` with
+    ``removed_box`` filled by ``fill`` (the donor ``b``'s pixels for ``"others"``), and the donor
+    with ``box`` pasted from ``a``. The audit, its report and the web app show these."""
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).permute(2, 0, 1)[None]
+    removed = edit_region(ta, removed_box, fill, tb)[0].permute(1, 2, 0).numpy()
+    pasted = edit_region(tb, box, "others", ta)[0].permute(1, 2, 0).numpy()
+    return removed, pasted
+
+
 def _examples(src: Any, members: np.ndarray, pair: np.ndarray, boxes: tuple[list[int], list[int]], fill: str,
               p_rem: np.ndarray, p_pas: np.ndarray, n: int) -> list[dict[str, Any]]:
     """The first ``n`` pairs as display pixels (H, W, 3): member before/after removal, donor
     before/after the paste, with p(class) after each edit."""
     out = []
     for k in range(min(n, len(members))):
-        a = torch.from_numpy(np.ascontiguousarray(src.pixels(int(members[k])))).permute(2, 0, 1)[None]
-        b = torch.from_numpy(np.ascontiguousarray(src.pixels(int(pair[k])))).permute(2, 0, 1)[None]
-        rem = edit_region(a, boxes[1], fill, b)[0].permute(1, 2, 0).numpy()
-        pas = edit_region(b, boxes[0], "others", a)[0].permute(1, 2, 0).numpy()
-        out.append({"member": int(members[k]), "donor": int(pair[k]), "before": a[0].permute(1, 2, 0).numpy(),
-                    "removed": rem, "donor_before": b[0].permute(1, 2, 0).numpy(), "pasted": pas,
+        a = np.asarray(src.pixels(int(members[k])), dtype=np.float32)
+        b = np.asarray(src.pixels(int(pair[k])), dtype=np.float32)
+        rem, pas = before_after(a, b, boxes[0], boxes[1], fill)
+        out.append({"member": int(members[k]), "donor": int(pair[k]), "before": a,
+                    "removed": rem, "donor_before": b, "pasted": pas,
                     "p_removed": float(p_rem[k, 0]), "p_pasted": float(p_pas[k, 0])})
     return out
 

@@ -2,7 +2,7 @@
 
 Rebuilt from ``audit.json``: each example names a suspect image and the image of another class it
 was paired with; both are read as the audit view reads any image, and the region is swapped with
-:func:`convscope.dataset._intervene.edit_region`, as the audit did.
+:func:`convscope.dataset._intervene.before_after`, as the audit did.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 __all__ = ["intervention_png"]
 
@@ -21,7 +20,7 @@ def render_intervention(view: Any, class_index: int, cluster_id: int) -> Any:
     from PIL import Image
 
     from ..dataset._audit_report import outlined
-    from ..dataset._intervene import edit_region
+    from ..dataset._intervene import before_after
     from .audit import NotInAudit
 
     cl = view.cluster(class_index, cluster_id)
@@ -34,11 +33,8 @@ def render_intervention(view: Any, class_index: int, cluster_id: int) -> Any:
         a, b = view.pixels(int(e["member"])), view.pixels(int(e["donor"]))
         if a is None or b is None:
             raise NotInAudit(f"the intervention's images cannot be read: {view.images_note}")
-        ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
-        tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).permute(2, 0, 1)[None]
         wide = iv.get("removed_box") or iv["box"]
-        removed = edit_region(ta, wide, iv["fill"], tb)[0].permute(1, 2, 0).numpy()
-        pasted = edit_region(tb, iv["box"], "others", ta)[0].permute(1, 2, 0).numpy()
+        removed, pasted = before_after(a, b, iv["box"], wide, iv["fill"])
         tiles.append([outlined(np.asarray(x, dtype=np.float64), bx)
                       for x, bx in ((a, iv["box"]), (removed, wide), (b, iv["box"]), (pasted, iv["box"]))])
     w, h = tiles[0][0].size

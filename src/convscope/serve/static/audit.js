@@ -80,7 +80,10 @@ function fillSuspects() {
   list.replaceChildren();
   const items = [];
   for (const c of a.classes) for (const k of c.clusters) if (k.suspect) items.push([c, k]);
-  items.sort((x, y) => y[1].suspicion - x[1].suspicion);
+  // the audit's own ranking (audit.json "suspects"), as the report shows it; the cluster's suspicion breaks ties
+  const rank = new Map((a.suspects || []).map((s, i) => [`${s.class}/${s.cluster}`, i]));
+  const at = ([c, k]) => rank.get(`${c.name}/${k.id}`) ?? rank.size;
+  items.sort((x, y) => (at(x) - at(y)) || (y[1].suspicion - x[1].suspicion));
   const nConf = items.filter(([, k]) => k.confirmed).length;
   // confirmed shortcuts first: an unconfirmed suspect (often the object) never reads as a found shortcut
   $("suspects-title").textContent = items.length

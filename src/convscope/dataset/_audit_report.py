@@ -196,9 +196,10 @@ def _intervention_row(sec: Any, name: str, k: AuditCluster) -> None:
     figs = [Report.figure(img, title=t, caption=cap) for img, t, cap in intervention_images(k)]
     if not figs:
         return
-    sec.rows.append(figs)
-    sec.row_labels.append(f"class {name}, cluster {k.id}: before / after")
-    sec.row_notes.append(k.evidence)
+    for j in range(0, len(figs), 4):  # one example a row: suspect, removed, other class, pasted
+        sec.rows.append(figs[j:j + 4])
+        sec.row_labels.append(f"class {name}, cluster {k.id}: before / after" if j == 0 else "")
+        sec.row_notes.append(k.evidence if j == 0 else "")
 
 
 def _model_table(a: Audit) -> list[list[str]]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import RangeType, add_command, add_model_args, check_out, load_from_args
+from ._common import ListAction, RangeType, add_command, add_model_args, check_out, load_from_args
 
 __all__ = ["add_commands"]
 
@@ -26,9 +26,8 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
 
     out = check_out(args.output, (".json", ".png", ".html"))
     lm = load_from_args(args)
-    layers = None if args.layers is None else [x for part in args.layers for x in part.split(",") if x]
     res = concept_test(
-        lm, args.concept, args.target_class, class_images=args.images, layers=layers,
+        lm, args.concept, args.target_class, class_images=args.images, layers=args.layers,
         random_sets=args.random, n_random=args.n_random, random_size=args.random_size, cav=args.cav,
         null=args.null, statistic=args.statistic,
         alpha=args.alpha, seed=args.seed, concept_name=Path(args.concept).name, batch_size=args.batch_size,
@@ -61,8 +60,9 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--images", required=True, metavar="DIR",
                    help="images of the class: a folder (with class sub-folders, the one named like the "
                    "class), or digits:test")
-    s.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
-                   help="layers to test, names or globs (default: the model's default layer)")
+    s.add_argument("--layers", nargs="+", action=ListAction, default=None, metavar="LAYER",
+                   help="layers to test, names or globs, separated by spaces or commas (default: the "
+                   "model's default layer)")
     s.add_argument("--cav", choices=CAV_KINDS, default="mean_difference",
                    help="how concept vectors are made (default mean_difference)")
     s.add_argument("--statistic", choices=STATISTICS, default=STATISTICS[0],

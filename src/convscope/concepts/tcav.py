@@ -177,7 +177,9 @@ def concept_test(
     check_device(device)
     lm = load_model(model)
     p = next(lm.model.parameters(), None)
-    if device is not None and p is not None and torch.device(device) != p.device:
+    want = None if device is None else torch.device(device)
+    if want is not None and p is not None and (want.type != p.device.type or
+                                                want.index not in (None, p.device.index)):
         raise InputError(f"the model is on {p.device}, not {device}: move it there first "
                          "(model.to(device)) or leave device out")
     pre = lm.preprocessing

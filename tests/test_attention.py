@@ -1,0 +1,345 @@
+"""Attention methods (issue #32): raw attention, rollout, Chefer's rule, LeGrad.
+
+Oracles: TorchCAM 0.5.0's LeGrad on a torchvision ViT; a rollout computed by hand (numpy) on a
+plain two-block model whose attention is set by hand; Chefer's equations written out here on the
+probabilities the model itself computes (its unfused path). Mechanics on timm (registers, DeiT
+distilled, no class token) and Hugging Face ViTs; state and flags after success and error; bad input.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import convscope as cs
+from convscope.errors import ConvscopeError, InputError, MethodError
+from convscope.hooks import count_hooks
+from convscope.models.preprocessing import Preprocessing
+
+ATTENTION = ("raw_attention", "rollout", "chefer", "legrad")
+
+
+class TinyViT(nn.Module):
+    """A plain ViT on [0, 1] one-channel pixels with functional ReLUs: ``fused_attn`` picks
+    ``F.scaled_dot_product_attention`` or an explicit softmax (whose probabilities it keeps in
+    ``seen``); ``fixed`` (per block, (heads, N, N) logits) sets the attention by hand."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, depth: int = 2, patch: int = 4, classes: int = 3,
+                 n_tokens: int = 7, fixed: list[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.heads, self.fixed, self.fused_attn, self.seen = heads, fixed, True, []
+        self.embed = nn.Conv2d(1, dim, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim, generator=g))
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, dim, generator=g) * 0.5)
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(depth))
+        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+        self.fc = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+        self.head = nn.Linear(dim, classes)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: int) -> torch.Tensor:
+        mask = None
+        if self.fixed is not None:
+            q, mask = q * 0, self.fixed[i]
+        if self.fused_attn:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + (0 if mask is None else mask)
+        p = s.softmax(-1)
+        if p.requires_grad:
+            p.retain_grad()
+        self.seen.append(p)
+        return p @ v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        b, n, d = t.shape
+        for i, (qkv, proj, fc) in enumerate(zip(self.qkv, self.proj, self.fc, strict=True)):
+            q, k, v = (u.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+                       for u in qkv(t).chunk(3, -1))
+            t = t + proj(self.attend(q, k, v, i).transpose(1, 2).reshape(b, n, d))
+            t = t + fc(F.relu(t))
+        return self.head(t[:, 0])
+
+
+def _explain(model, x, method, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cs.explain(model, x, method=method, **kw)
+
+
+def _raw(model, x, method, **kw):
+    """The method's map on the patch grid (before the facade's upsampling)."""
+    from convscope.attribution import MethodContext
+
+    info = cs.get_method(method)
+    net = model.eval()
+    ctx = MethodContext(model=net, x=x, target=kw.pop("target", None), layer=[],
+                        class_names=[str(i) for i in range(3)],
+                        batch_size=kw.pop("batch_size", 64), seed=0)
+    return info.func(ctx, **kw)
+
+
+@pytest.fixture(scope="module")
+def tv_vit():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: no gradient at all
+    return model
+
+
+# --- oracles ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_legrad_equals_torchcam(tv_vit, blocks):
+    from torchcam.methods import LeGrad
+
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    target = [0, 2, 1]
+    ours = _raw(tv_vit, x, "legrad", target=target, blocks=blocks).map
+    with LeGrad(tv_vit, list(tv_vit.encoder.layers)[-blocks:]) as ext:
+        scores = tv_vit(x)
+        ref = ext(target, scores, normalized=False)[0]
+    assert ours.shape == ref.shape == (3, 4, 4)
+    for a, b in zip(ours, ref, strict=True):
+        r = np.corrcoef(a.flatten().numpy(), b.detach().flatten().numpy())[0, 1]
+        assert r > 0.999, r
+    torch.testing.assert_close(ours, ref.detach(), rtol=1e-4, atol=1e-7)
+
+
+def _hand_model():
+    g = torch.Generator().manual_seed(3)
+    n = 7  # class token + a 2x3 grid of 4-px patches on an 8x12 input
+    probs = [torch.rand(2, n, n, generator=g) + 0.05 for _ in range(2)]
+    probs = [p / p.sum(-1, keepdim=True) for p in probs]
+    model = TinyViT(n_tokens=n, fixed=[p.log() for p in probs]).eval()
+    return model, [p.double().numpy() for p in probs]
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+def test_rollout_equals_a_hand_computed_rollout(fusion):
+    model, probs = _hand_model()
+    x = torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(0))
+    fuse = {"mean": np.mean, "max": np.max, "min": np.min}[fusion]
+    r = np.eye(7)
+    for p in probs:  # Abnar & Zuidema: 0.5 A + 0.5 I, rows renormalised, multiplied from the first block up
+        a = 0.5 * fuse(p, axis=0) + 0.5 * np.eye(7)
+        r = (a / a.sum(1, keepdims=True)) @ r
+    want = torch.from_numpy(r[0, 1:].reshape(2, 3)).float()
+    out = _raw(model, x, "rollout", head_fusion=fusion)
+    assert out.diagnostics["prefix_tokens"] == 1 and out.diagnostics["patch_grid"] == [2, 3]
+    for m in out.map:  # the attention is set by hand: the same for both images
+        torch.testing.assert_close(m, want, rtol=1e-6, atol=1e-7)
+    raw = _raw(model, x, "raw_attention", head_fusion=fusion).map
+    torch.testing.assert_close(raw[0], torch.from_numpy(fuse(probs[-1], axis=0)[0, 1:].reshape(2, 3)).float())
+
+
+def test_rollout_discard_ratio_drops_the_smallest_weights():
+    model, probs = _hand_model()
+    x = torch.rand(1, 1, 8, 12)
+    r = np.eye(7)
+    for p in probs:
+        f = p.mean(0).flatten()
+        drop = np.argsort(f, kind="stable")[: int(49 * 0.3)]
+        f[[i for i in drop if i != 0]] = 0
+        a = 0.5 * f.reshape(7, 7) + 0.5 * np.eye(7)
+        r = (a / a.sum(1, keepdims=True)) @ r
+    got = _raw(model, x, "rollout", discard_ratio=0.3).map[0]
+    torch.testing.assert_close(got, torch.from_numpy(r[0, 1:].reshape(2, 3)).float(), rtol=1e-6, atol=1e-7)
+
+
+def test_chefer_equals_its_equations_on_the_models_own_attention():
+    torch.manual_seed(0)
+    model = TinyViT(n_tokens=7).eval()
+    x = torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(2))
+    target = [1, 2]
+    # the equations, on the probabilities the model's explicit path computes
+    model.fused_attn = False
+    model.seen.clear()
+    out = model(x.clone().requires_grad_(True))
+    out.gather(1, torch.tensor(target)[:, None]).sum().backward()
+    r = torch.eye(7).expand(2, 7, 7)
+    for p in model.seen:
+        r = r + (p.grad * p).clamp(min=0).mean(1) @ r
+    want = r[:, 0, 1:].reshape(2, 2, 3).detach()
+    model.seen.clear()
+    for fused in (False, True):  # the user's path does not change the map; the flag is back after
+        model.fused_attn = fused
+        got = _raw(model, x, "chefer", target=target)
+        torch.testing.assert_close(got.map, want, rtol=1e-5, atol=1e-6)
+        assert model.fused_attn is fused
+        assert got.diagnostics["switched_for_the_call"] == ([] if fused else [".fused_attn: False -> True"])
+    assert not model.seen  # the explicit path never ran inside the calls
+
+
+def test_chefer_and_legrad_depend_on_the_target_rollout_does_not(tv_vit):
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    cases = (("chefer", False), ("legrad", False), ("rollout", True), ("raw_attention", True))
+    for method, agnostic in cases:
+        a, b = (_raw(tv_vit, x, method, target=[t]).map for t in (0, 2))
+        assert torch.equal(a, b) == agnostic, method
+
+
+# --- architectures ----------------------------------------------------------------------------
+
+
+def _timm(**kw):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3, **kw).eval()
+
+
+@pytest.mark.parametrize("kind,prefix", [("registers", 3), ("no_class_token", 0), ("distilled", 2)])
+def test_timm_variants(kind, prefix):
+    if kind == "distilled":
+        from timm.models.deit import VisionTransformerDistilled
+
+        torch.manual_seed(0)
+        model = VisionTransformerDistilled(img_size=(32, 48), patch_size=8, embed_dim=16, depth=2,
+                                           num_heads=2,
+                                           num_classes=3).eval()
+    elif kind == "registers":
+        model = _timm(img_size=(32, 48), reg_tokens=2)
+    else:
+        model = _timm(img_size=(32, 48), class_token=False, global_pool="avg")
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    maps = {}
+    for method in ATTENTION:
+        for fused in (True, False):
+            for m in model.modules():
+                if hasattr(m, "fused_attn"):
+                    m.fused_attn = fused
+            e = _explain(model, x, method, target=1)
+            assert e.map.shape == (2, 32, 48) and torch.isfinite(e.map).all()
+            assert e.diagnostics["prefix_tokens"] == prefix and e.diagnostics["patch_grid"] == [4, 6]
+            assert all(m.fused_attn is fused for m in model.modules() if hasattr(m, "fused_attn"))
+            maps[method, fused] = e.map
+        torch.testing.assert_close(maps[method, True], maps[method, False], rtol=1e-4, atol=1e-6)
+
+
+def test_hf_vit_sdpa_and_eager_give_the_same_maps():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=32, num_labels=3)
+    net = ViTForImageClassification(cfg).eval()
+    pre = Preprocessing(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, resize=None)
+    lm = cs.load_model(net, preprocessing=pre)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for method in ATTENTION:
+        got = {}
+        for impl in ("sdpa", "eager"):
+            net.config._attn_implementation = impl
+            e = _explain(lm, x, method, target=0)
+            assert net.config._attn_implementation == impl
+            assert e.diagnostics["prefix_tokens"] == 1 and e.diagnostics["architecture"] == "hf"
+            got[impl] = e.map
+        torch.testing.assert_close(got["sdpa"], got["eager"], rtol=1e-4, atol=1e-6)
+
+
+def test_bundled_style_vit_accepts_batches_in_chunks(tv_vit):
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    for method in ATTENTION:
+        a = _explain(tv_vit, x, method, batch_size=2).map
+        b = _explain(tv_vit, x, method, batch_size=5).map
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ATTENTION)
+def test_model_unchanged_after_success_and_error(method):
+    model = _timm(img_size=32, reg_tokens=1)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dicts = {n: dict(m.__dict__) for n, m in model.named_modules()}
+    x = torch.rand(2, 3, 32, 32).requires_grad_(True)
+    grad = torch.zeros_like(x)
+    x.grad = grad
+
+    def boom(_out):
+        raise RuntimeError("injected")
+
+    for target in (0, boom):
+        try:
+            _explain(model, x, method, target=target)
+        except RuntimeError as exc:
+            assert target is boom and "injected" in str(exc)
+        assert count_hooks(model) == 0 and model.training
+        assert all(p.requires_grad for p in model.parameters())
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert {n: dict(m.__dict__) for n, m in model.named_modules()} == dicts  # flags, forward, modes
+        assert x.grad is grad and x.requires_grad
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+class _ExplicitAttention(nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return (t @ t.transpose(1, 2)).softmax(-1) @ t
+
+
+class _OwnAttentionNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, 8)
+        self.attn = _ExplicitAttention()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def test_bad_input_gives_one_line_errors(tv_vit):
+    x = torch.rand(1, 3, 32, 32)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    cases = [
+        (cnn, x, "rollout", {}, "no attention layers"),
+        (_OwnAttentionNet(), x, "chefer", {}, "could not capture"),
+        (TinyViT(n_tokens=7), torch.rand(1, 1, 8, 12), "legrad", {}, "legrad needs the final norm"),
+    ]
+    for model, xx, method, opts, words in cases:
+        with pytest.raises(MethodError, match=words) as info:
+            _explain(model, xx, method, **opts)
+        assert "\n" not in str(info.value)
+    # a size the model refuses: the facade's probe says so in one line; the method's own check too
+    with pytest.raises(ConvscopeError, match="Expected 32 but got 40") as info:
+        _explain(tv_vit, torch.rand(1, 3, 40, 32), "raw_attention")
+    assert "\n" not in str(info.value)
+    with pytest.raises(MethodError, match="takes 32x32 inputs and got 40x32"):
+        _raw(tv_vit, torch.rand(1, 3, 40, 32), "rollout")
+    with pytest.raises(MethodError, match="36x32 input cannot be tiled by 8x8 patches"):
+        _raw(_timm(img_size=32, dynamic_img_size=True), torch.rand(1, 3, 36, 32), "chefer")
+    for opts in ({"head_fusion": "median"}, {"discard_ratio": float("nan")}, {"discard_ratio": 1.0},
+                 {"discard_ratio": -0.1}, {"discard_ratio": float("inf")}):
+        with pytest.raises(InputError):
+            _explain(tv_vit, x, "rollout", **opts)
+    for blocks in (0, -1, 2.5, float("nan")):
+        with pytest.raises(InputError):
+            _explain(tv_vit, x, "legrad", blocks=blocks)
+
+
+def test_swin_is_refused_with_a_reason():
+    from timm.models.swin_transformer import SwinTransformer
+
+    model = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
+                            num_heads=(1, 2), num_classes=3).eval()
+    flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+    with pytest.raises(MethodError, match="windowed"):
+        _explain(model, torch.rand(1, 3, 32, 32), "rollout")
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == flags

@@ -6,7 +6,7 @@ The same data and label rule as ``digits-cnn-cue`` (scripts/train_digits.py): ev
 digit carries the cue texture of its label in a random corner (convscope.datasets.planted_cue)
 and 40% of the digits are drawn from another class, so the cue is the only feature that always
 predicts the label. The network is convscope.models.digits_vit.DigitsViT (a torchvision
-VisionTransformer, 4x4 patches, 4 blocks of width 64), trained with AdamW and random 1-px shifts.
+VisionTransformer, 8x8 patches, 4 blocks of width 64), trained with AdamW and random 1-px shifts.
 The attention methods (issue #32) are checked against it: the cue decides the class, so a map
 that explains the class must point at the cue.
 """
@@ -27,7 +27,7 @@ from convscope.datasets import planted_cue  # noqa: E402
 from convscope.models.digits_vit import DigitsViT  # noqa: E402
 
 EPOCHS = 40
-KWARGS = {"num_classes": 10, "in_channels": 1, "patch_size": 4, "num_layers": 4, "num_heads": 4,
+KWARGS = {"num_classes": 10, "in_channels": 1, "patch_size": 8, "num_layers": 4, "num_heads": 4,
           "hidden_dim": 64, "mlp_dim": 128}
 
 
@@ -56,7 +56,16 @@ def train(x: torch.Tensor, y: torch.Tensor, mean: float, std: float, seed: int) 
 
 def main() -> None:
     """Train digits-vit-cue and write its weights and card beside the other bundled models."""
+    import argparse
+
     from safetensors.torch import save_file
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--patch-size", type=int, default=KWARGS["patch_size"])
+    ap.add_argument("--layers", type=int, default=KWARGS["num_layers"])
+    args = ap.parse_args()
+    KWARGS.update(patch_size=args.patch_size, num_layers=args.layers)
 
     xtr, ytr, xte, yte, mean, std = prepare()
     g = torch.Generator().manual_seed(SEED + 1)
@@ -71,10 +80,12 @@ def main() -> None:
     card.update(
         name="digits-vit-cue", weights="digits-vit-cue.safetensors",
         architecture="convscope.models.digits_vit:DigitsViT", kwargs=KWARGS,
-        description="DigitsViT (convscope.models.digits_vit): torchvision VisionTransformer, 4x4 patches, "
+        description="DigitsViT (convscope.models.digits_vit): torchvision VisionTransformer, 8x8 patches, "
                     "class token, 4 blocks, width 64, 4 heads",
         summary="a small ViT trained on planted-cue digits: it reads the cue, not the digit",
-        default_layer="encoder.layers.encoder_layer_3",
+        # the last block's patch tokens never reach the head (only the class token does): Grad-CAM
+        # there is all zero, so the default CAM layer is the block before it
+        default_layer=f"encoder.layers.encoder_layer_{KWARGS['num_layers'] - 2}",
         metrics={
             "test_accuracy_with_cue": accuracy(model, planted_cue(xte, yte).images, yte, mean, std),
             "test_accuracy_without_cue": accuracy(model, xte, yte, mean, std),
@@ -84,8 +95,9 @@ def main() -> None:
     card["training"] = {"seed": SEED, "epochs": EPOCHS, "optimizer": "AdamW lr=1e-3 wd=0.05, cosine",
                         "batch_size": 64, "augmentation": "random shift of -1..1 px",
                         "script": "scripts/train_vit.py"}
-    save_file(model.state_dict(), str(OUT / "digits-vit-cue.safetensors"))
-    (OUT / "digits-vit-cue.json").write_text(json.dumps(card, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(args.out / "digits-vit-cue.safetensors"))
+    (args.out / "digits-vit-cue.json").write_text(json.dumps(card, indent=2) + "\n")
     print("digits-vit-cue", card["metrics"])
 
 

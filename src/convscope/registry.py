@@ -51,6 +51,9 @@ class CueClaim:
         tolerance: pixels the cue mask is dilated by.
         measured: the rate measured when the claim was written (documentation, not checked).
         note: why the claim is what it is.
+        model: the bundled planted-cue model the claim is measured on (``digits-vit-cue`` for the
+            attention methods, which need a vision transformer).
+        clean_model: the same network trained without the cue, for the control (``None``: none).
     """
 
     n: int
@@ -62,6 +65,8 @@ class CueClaim:
     tolerance: int = 1
     measured: float | None = None
     note: str = ""
+    model: str = "digits-cnn-cue"
+    clean_model: str | None = "digits-cnn"
 
 
 @dataclass(frozen=True)

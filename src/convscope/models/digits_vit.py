@@ -1,7 +1,7 @@
 """The bundled digits vision transformer: a small torchvision ``VisionTransformer`` for 32x32
 grayscale digits.
 
-4x4 patches (an 8x8 grid of 64 patch tokens after one class token), 4 encoder blocks of width 64
+8x8 patches (a 4x4 grid of 16 patch tokens after one class token), 4 encoder blocks of width 64
 with 4 heads. It is a :class:`torchvision.models.VisionTransformer` whose patch projection takes
 one channel, so everything convscope knows about torchvision ViTs (the attention methods, the
 token layout of the CAMs) applies to it unchanged.
@@ -22,7 +22,7 @@ class DigitsViT(VisionTransformer):
         input: (B, in_channels, 32, 32) normalised pixels; output: (B, num_classes) logits.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, patch_size: int = 4,
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, patch_size: int = 8,
                  num_layers: int = 4, num_heads: int = 4, hidden_dim: int = 64, mlp_dim: int = 128) -> None:
         super().__init__(image_size=32, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
                          hidden_dim=hidden_dim, mlp_dim=mlp_dim, num_classes=num_classes)

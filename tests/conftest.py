@@ -82,3 +82,15 @@ def session(cue_model, tmp_path_factory):
                           input_names=["pixels"], output_names=["logits"],
                           dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def vit_model():
+    return cs.load_model("digits-vit-cue")
+
+
+@pytest.fixture(scope="session")
+def model_for(cue_model, vit_model):
+    """The bundled planted-cue model a registered method runs on: the ViT for the attention
+    methods (they need a vision transformer), the CNN for every other."""
+    return lambda name: vit_model if cs.get_method(name).family == "attention" else cue_model

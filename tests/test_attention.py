@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from helpers import TinyViT
 from torch import nn
 
 import convscope as cs
@@ -23,49 +23,6 @@ from convscope.hooks import count_hooks
 from convscope.models.preprocessing import Preprocessing
 
 ATTENTION = ("raw_attention", "rollout", "chefer", "legrad")
-
-
-class TinyViT(nn.Module):
-    """A plain ViT on [0, 1] one-channel pixels with functional ReLUs: ``fused_attn`` picks
-    ``F.scaled_dot_product_attention`` or an explicit softmax (whose probabilities it keeps in
-    ``seen``); ``fixed`` (per block, (heads, N, N) logits) sets the attention by hand."""
-
-    def __init__(self, dim: int = 8, heads: int = 2, depth: int = 2, patch: int = 4, classes: int = 3,
-                 n_tokens: int = 7, fixed: list[torch.Tensor] | None = None) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.heads, self.fixed, self.fused_attn, self.seen = heads, fixed, True, []
-        self.embed = nn.Conv2d(1, dim, patch, patch)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim, generator=g))
-        self.pos = nn.Parameter(torch.randn(1, n_tokens, dim, generator=g) * 0.5)
-        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(depth))
-        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
-        self.fc = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
-        self.head = nn.Linear(dim, classes)
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: int) -> torch.Tensor:
-        mask = None
-        if self.fixed is not None:
-            q, mask = q * 0, self.fixed[i]
-        if self.fused_attn:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + (0 if mask is None else mask)
-        p = s.softmax(-1)
-        if p.requires_grad:
-            p.retain_grad()
-        self.seen.append(p)
-        return p @ v
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.embed(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
-        b, n, d = t.shape
-        for i, (qkv, proj, fc) in enumerate(zip(self.qkv, self.proj, self.fc, strict=True)):
-            q, k, v = (u.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
-                       for u in qkv(t).chunk(3, -1))
-            t = t + proj(self.attend(q, k, v, i).transpose(1, 2).reshape(b, n, d))
-            t = t + fc(F.relu(t))
-        return self.head(t[:, 0])
 
 
 def _explain(model, x, method, **kw):

@@ -16,12 +16,17 @@ def _run(lm, x, name, **kw):
 
 @pytest.fixture(scope="module")
 def batch(cue_test, cue_model):
-    return cue_model.preprocessing.normalize(cue_test.images[:4])
+    return cue_model.preprocessing.normalize(cue_test.images[:4])  # the ViT has the CNN's preprocessing
+
+
+def _head(net):
+    """The classifier layer of the bundled CNN or ViT."""
+    return getattr(net, "classifier", None) or net.heads
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_shape_and_metadata(name, cue_model, batch):
-    e = _run(cue_model, batch, name)
+def test_shape_and_metadata(name, model_for, batch):
+    e = _run(model_for(name), batch, name)
     assert e.map.shape == (4, 32, 32)
     assert e.map.dtype == torch.float32 and torch.isfinite(e.map).all()
     assert len(e.targets) == 4 and e.method == name
@@ -31,10 +36,11 @@ def test_shape_and_metadata(name, cue_model, batch):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_model_and_tensors_untouched(name, cue_model, batch):
+def test_model_and_tensors_untouched(name, model_for, batch):
+    cue_model = model_for(name)
     net = cue_model.model
     net.train()
-    net.classifier.eval()
+    _head(net).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = batch.clone().requires_grad_(True)
     marker = torch.full_like(x, 7.0)
@@ -43,7 +49,7 @@ def test_model_and_tensors_untouched(name, cue_model, batch):
     try:
         _run(cue_model, x, name)
         assert count_hooks(net) == 0
-        assert net.training and not net.classifier.training
+        assert net.training and not _head(net).training
         assert all(p.requires_grad for p in net.parameters())
         assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
         assert torch.equal(x.detach(), x_before)
@@ -53,7 +59,8 @@ def test_model_and_tensors_untouched(name, cue_model, batch):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_cleanup_after_injected_failure(name, cue_model, batch):
+def test_cleanup_after_injected_failure(name, model_for, batch):
+    cue_model = model_for(name)
     net = cue_model.model
     calls = {"n": 0}
 
@@ -61,7 +68,7 @@ def test_cleanup_after_injected_failure(name, cue_model, batch):
         calls["n"] += 1
         raise RuntimeError("injected failure")
 
-    h = net.classifier.register_forward_hook(boom)
+    h = _head(net).register_forward_hook(boom)
     x = batch.clone().requires_grad_(True)
     try:
         with pytest.raises(RuntimeError, match="injected failure"):
@@ -88,7 +95,8 @@ TOLERANCE = {"ablationcam": {"atol": 2e-4, "rtol": 2e-3},
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_batch_size_and_batch_position_do_not_change_result(name, cue_model, batch):
+def test_batch_size_and_batch_position_do_not_change_result(name, model_for, batch):
+    cue_model = model_for(name)
     tol = TOLERANCE.get(name, {"atol": 1e-5, "rtol": 1e-4})
     full = _run(cue_model, batch, name, batch_size=4, target=[0, 1, 2, 3])
     small = _run(cue_model, batch, name, batch_size=1, target=[0, 1, 2, 3])
@@ -99,7 +107,8 @@ def test_batch_size_and_batch_position_do_not_change_result(name, cue_model, bat
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_reproducible_under_seed(name, cue_model, batch):
+def test_reproducible_under_seed(name, model_for, batch):
+    cue_model = model_for(name)
     a = _run(cue_model, batch[:2], name, seed=3)
     b = _run(cue_model, batch[:2], name, seed=3)
     assert torch.equal(a.map, b.map)

@@ -100,11 +100,11 @@ def test_bad_contrasts_are_one_line_errors(plain, images):
         cs.contrast([1, 2], 0)
 
 
-def test_every_registered_method_takes_a_contrast(cue_model, cue_test):
+def test_every_registered_method_takes_a_contrast(model_for, cue_test):
     """Generated from the registry: a new method is covered without editing this test."""
     x = cue_test.images[:2]
     for info in cs.list_methods():
-        e = cs.explain(cue_model, x, method=info.name, target="pred-vs-top2", space="pixels",
+        e = cs.explain(model_for(info.name), x, method=info.name, target="pred-vs-top2", space="pixels",
                        **dict(info.fast_options))
         assert torch.isfinite(e.map).all(), info.name
         assert e.contrast is not None and all(a != b for a, b in zip(e.targets, e.contrast, strict=True))

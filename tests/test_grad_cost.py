@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_same_state, model_state
+from helpers import assert_same_state, model_state, plain_vit
 from torch import nn
 
 import convscope as cs
@@ -43,11 +43,15 @@ class Plain(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-def _plain() -> tuple[cs.LoadedModel, torch.Tensor]:
+def _plain(name: str | None = None) -> tuple[cs.LoadedModel, torch.Tensor]:
+    """The plain CNN, or for an attention method a plain ViT (``helpers.TinyViT``, 4x4 patches)."""
     torch.manual_seed(0)
-    net = Plain()
-    lm = cs.load_model(net, class_names=[f"c{i}" for i in range(5)], preprocessing="none",
-                       default_layer="conv2")
+    attention = name is not None and cs.get_method(name).family == "attention"
+    net = plain_vit(name, 16, 5) if attention else Plain()
+    pixels = {"size": (16, 16), "resize": None, "mean": (0.0,) * 3, "std": (1.0,) * 3}  # the ViT's size
+    lm = cs.load_model(net, class_names=[f"c{i}" for i in range(5)],
+                       preprocessing=pixels if attention else "none",
+                       default_layer=None if attention else "conv2")
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     return lm, x
 
@@ -188,9 +192,10 @@ def test_gradient_cams_equal_a_full_backward_oracle(rule, which):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_no_parameter_gradient_and_state_kept(name):
-    lm, x = _plain()
+    lm, x = _plain(name)
     net = lm.model
-    net.conv1.weight.requires_grad_(False)  # a user's mix of frozen and trainable weights
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    first.weight.requires_grad_(False)  # a user's mix of frozen and trainable weights
     net.train()
     x = x.clone().requires_grad_(True)
     before = model_state(net)
@@ -211,7 +216,7 @@ def test_no_parameter_gradient_and_state_kept(name):
     def boom(_m, _i, _o):
         raise RuntimeError("injected failure")
 
-    h = net.head.register_forward_hook(boom)
+    h = (net.heads if hasattr(net, "heads") else net.head).register_forward_hook(boom)
     try:
         with pytest.raises((RuntimeError, cs.ConvscopeError)):
             _run(lm, x, name)

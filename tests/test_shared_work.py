@@ -140,9 +140,10 @@ def test_functional_net_same_maps_fewer_passes(net_lm, images, batch_size):
 
 def test_bundled_model_every_method_same_maps(cue_model, cue_test):
     x = cue_test.images[:2]
-    p0, plain, n_plain = _run(cue_model, x, None, share=False, fast=True)
-    p1, shared, n_shared = _run(cue_model, x, None, share=True, fast=True)
-    assert len(plain) == len(cs.method_names())
+    names = [m.name for m in cs.list_methods() if m.family != "attention"]  # those need a ViT
+    p0, plain, n_plain = _run(cue_model, x, names, share=False, fast=True)
+    p1, shared, n_shared = _run(cue_model, x, names, share=True, fast=True)
+    assert len(plain) == len(names)
     assert torch.equal(p0, p1)
     _assert_same(plain, shared)
     # at least the 8 CAM, 4 gradient and the clean-logits passes that repeat are saved

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import plain_vit
 
 import convscope as cs
 from convscope.errors import TargetError
@@ -55,6 +56,11 @@ class _PlainNet(torch.nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+def _pixels(size: int) -> dict:
+    """[0, 1] pixels as they are, at one input size (a ViT's position embedding fixes it)."""
+    return {"size": (size, size), "resize": None, "mean": (0.0,) * 3, "std": (1.0,) * 3}
+
+
 _BAD_TARGETS = {
     "one scalar": (lambda o: o[:, 0].sum(), "one score per sample"),
     "nan": (lambda o: o[:, 0] * float("nan"), "non-finite"),
@@ -69,13 +75,14 @@ def test_bad_callable_target_is_one_error_for_every_method(name, bad):
     """#27 item 8: a callable target returning nan/inf or one scalar used to give all-nan maps with
     occlusion and RISE; every registered method now refuses it with one TargetError."""
     torch.manual_seed(0)
-    net = _PlainNet().eval()
-    x = torch.rand(2, 3, 12, 12)
     info = cs.get_method(name)
+    # an attention method explains a plain ViT (4x4 patches: a 3x3 grid and a class token)
+    net = (plain_vit(name, 12, 3) if info.family == "attention" else _PlainNet()).eval()
+    x = torch.rand(2, 3, 12, 12)
     func, words = _BAD_TARGETS[bad]
     kw = {**info.fast_options}
     if info.needs_layer:
         kw["layer"] = "conv2"
     with pytest.raises(TargetError, match=words):
         cs.explain(net, x, method=name, target=func, class_names=["a", "b", "c"],
-                   preprocessing="none", **kw)
+                   preprocessing=_pixels(12) if info.family == "attention" else "none", **kw)

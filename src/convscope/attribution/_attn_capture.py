@@ -77,7 +77,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         rep = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
     scale = q.shape[-1] ** -0.5 if a["scale"] is None else a["scale"]
-    s = (q @ k.transpose(-2, -1)) * scale
+    s = (q * scale) @ k.transpose(-2, -1)  # scale the (N, d) queries, not the (N, N) scores
     if a["is_causal"]:
         keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
         s = s.masked_fill(~keep, float("-inf"))

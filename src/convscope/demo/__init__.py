@@ -44,12 +44,13 @@ from ._sections import (
     _n_scored,
     _snow_section,
 )
+from ._vit import vit_section
 
 __all__ = ["ATTRIBUTION_FAMILIES", "STAGES", "choose_settings", "demo_methods", "run_demo"]
 
 STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "digits-snow",
-          "concept test", "lime text", "class visualisations", "compare", "dataset", "audit", "adversarial",
-          "model cards")
+          "vision transformer", "concept test", "lime text", "class visualisations", "compare", "dataset",
+          "audit", "adversarial", "model cards")
 """The demo's stages, in order: its progress counts them."""
 
 
@@ -233,6 +234,8 @@ def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budg
 
     stage("digits-snow")
     _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
+    stage("vision transformer")
+    vit_section(rep, cue, models["digits-cnn-cue"], n_images, n_eval)
     stage("concept test")
     concept_section(rep)
     stage("lime text")

@@ -204,6 +204,16 @@ def test_hf_vit_sdpa_and_eager_give_the_same_maps():
         torch.testing.assert_close(got["sdpa"], got["eager"], rtol=1e-4, atol=1e-6)
 
 
+def test_gradient_methods_work_inside_a_callers_no_grad_block(tv_vit):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    for method in ("chefer", "legrad"):
+        want = _explain(tv_vit, x, method, target=1).map
+        with torch.no_grad():
+            got = _explain(tv_vit, x, method, target=1).map
+        torch.testing.assert_close(got, want)
+        assert got.abs().max() > 0
+
+
 def test_bundled_style_vit_accepts_batches_in_chunks(tv_vit):
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     for method in ATTENTION:

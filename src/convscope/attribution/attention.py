@@ -167,7 +167,8 @@ def _attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, bl
     p: _Pass | None = None
     for rows in ctx.chunks():
         p = _run(ctx, rows, parts, need_grad=need_grad, blocks=blocks)
-        maps.append(per_chunk(p).detach().float())
+        with torch.set_grad_enabled(need_grad):  # also inside a caller's no_grad block
+            maps.append(per_chunk(p).detach().float())
         logits.append(p.out.detach())
         targets.extend(p.target.labels() or [None] * p.out.shape[0])
     assert p is not None

@@ -5,6 +5,9 @@ of width 384 with 6 heads: ViT-S sized, nothing to download), a batch of ``--bat
 thread. Timed, interleaved, medians of ``--repeats`` rounds:
 
 * ``forward``: the model alone, ``no_grad``, as its owner runs it (fused attention);
+* ``forward, pass-through mode``: the same under a ``TorchFunctionMode`` that changes nothing: the
+  cost of leaving PyTorch's fused ``nn.MultiheadAttention`` fast path, which any function mode (the
+  capture's included) turns off;
 * ``forward+backward``: the model with a graph from the input and the backward of the target
   scores to the input (the weights frozen, as convscope's state guard freezes them);
 * ``raw_attention``, ``rollout``: ``convscope.explain`` (the whole facade) vs ``forward``
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torch.overrides import TorchFunctionMode
 
 import convscope as cs
 
@@ -62,6 +66,14 @@ def main() -> None:
         with torch.no_grad():
             net(x)
 
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            return func(*args, **(kwargs or {}))
+
+    def forward_mode() -> None:
+        with torch.no_grad(), PassThrough():
+            net(x)
+
     def forward_backward() -> None:
         for p in net.parameters():
             p.requires_grad_(False)
@@ -87,7 +99,8 @@ def main() -> None:
             scores = net(x)
             ext(target, scores, normalized=False)
 
-    runs = {"forward": forward, "forward+backward": forward_backward,
+    runs = {"forward": forward, "forward, pass-through mode": forward_mode,
+            "forward+backward": forward_backward,
             **{m: explain(m) for m in ("raw_attention", "rollout", "chefer", "legrad")},
             "torchcam legrad": torchcam_legrad}
     for fn in runs.values():  # warm-up
@@ -98,6 +111,7 @@ def main() -> None:
             times[k].append(_time(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [
+        ("forward, pass-through mode / forward", med["forward, pass-through mode"] / med["forward"], "-"),
         ("raw_attention / forward", med["raw_attention"] / med["forward"], "<= 1.2"),
         ("rollout / forward", med["rollout"] / med["forward"], "<= 1.2"),
         ("chefer / forward+backward", med["chefer"] / med["forward+backward"], "<= 1.3"),
@@ -108,9 +122,10 @@ def main() -> None:
         "# Attention methods: cost against the passes they are built on",
         "",
         f"`python benchmarks/bench_attention.py --batch {args.batch} --layers {args.layers} "
-        f"--repeats {args.repeats}`: torchvision ViT (224 px, 16-px patches, {args.layers} blocks, width 384, "
-        f"6 heads, random weights), batch {args.batch}, 1 thread, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}; medians of {args.repeats} interleaved rounds.",
+        f"--repeats {args.repeats}`: torchvision ViT (224 px, 16-px patches, {args.layers} blocks, "
+        f"width 384, 6 heads, random weights), batch {args.batch}, 1 thread, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}; medians of "
+        f"{args.repeats} interleaved rounds (a shared machine: other jobs ran beside it).",
         "",
         "| pass | median s |",
         "|---|---|",

@@ -145,6 +145,14 @@ def test_chefer_and_legrad_depend_on_the_target_rollout_does_not(tv_vit):
         assert torch.equal(a, b) == agnostic, method
 
 
+def test_gradcam_on_a_layer_without_patch_gradient_names_one_that_works(tv_vit):
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(MethodError, match="e.g. 'encoder.layers.encoder_layer_1'") as info:
+        _explain(tv_vit, x, "gradcam", layer="encoder.layers.encoder_layer_2")
+    assert "\n" not in str(info.value)
+    assert _explain(tv_vit, x, "gradcam", layer="encoder.layers.encoder_layer_1").map.abs().max() > 0
+
+
 # --- architectures ----------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from ..hooks import capture
 from ..targets import ResolvedTarget
 from ._base import MethodContext, MethodOutput
 from ._shared import shared, target_key
-from ._tokens import grid_layout, to_grid
+from ._tokens import grid_layout, to_grid, zero_token_gradient
 
 __all__ = ["LayerData", "Rule", "cam_engine"]
 
@@ -203,6 +203,8 @@ def cam_engine(
         for i, (name, a, ga, mod) in enumerate(zip(ctx.layer, p.acts, grads, p.modules, strict=True)):
             kind, h, w = grid_layout(tuple(a.shape), size, layout)
             layouts[name], shapes[name] = kind, [h, w]
+            if ga is not None and kind in ("tokens", "cls_tokens") and not to_grid(ga, kind, h, w).any():
+                raise MethodError(zero_token_gradient(ctx.model, name))
             data = LayerData(
                 name=name,
                 act=to_grid(a, kind, h, w).float(),

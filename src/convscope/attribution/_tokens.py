@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ..errors import MethodError
 
-__all__ = ["LAYOUTS", "grid_layout", "to_grid"]
+__all__ = ["LAYOUTS", "grid_layout", "to_grid", "zero_token_gradient"]
 
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens", "cls_tokens")
 
@@ -106,3 +107,15 @@ def to_grid(t: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
     if layout == "cls_tokens":
         t = t[:, 1:]
     return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+
+
+def zero_token_gradient(model: nn.Module, name: str) -> str:
+    """The message for a token layer whose patch tokens get no gradient from the target score (a
+    ViT's last block: only its class token reaches the head), naming the block before it."""
+    parent, _, leaf = name.rpartition(".")
+    sibs = [n for n, _ in (model.get_submodule(parent) if parent else model).named_children()]
+    i = sibs.index(leaf) if leaf in sibs else 0
+    prev = f"{parent}.{sibs[i - 1]}" if i > 0 and parent else (sibs[i - 1] if i > 0 else None)
+    return (f"the target score's gradient is zero at every patch token of layer {name!r} (in a ViT only the "
+            "class token of the last block reaches the head); pick an earlier block"
+            + (f", e.g. {prev!r}" if prev else "") + ", or use an attention method (chefer, legrad)")

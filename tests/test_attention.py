@@ -222,6 +222,34 @@ def test_gradient_methods_work_inside_a_callers_no_grad_block(tv_vit):
         assert got.abs().max() > 0
 
 
+def test_the_capture_leaves_the_outputs_as_they_are(tv_vit):
+    """The step-by-step attention the capture puts in place of the fused kernels gives the model's
+    own logits (torchvision's nn.MultiheadAttention, timm's fused and unfused paths)."""
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    for model in (tv_vit, _timm(img_size=32, reg_tokens=2)):
+        with torch.no_grad():
+            want = model(x)
+        got = _raw(model, x, "chefer", target=0).logits
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_refuses_a_cnn_in_one_line_and_writes_nothing(tmp_path, capsys):
+    from PIL import Image
+
+    from convscope.cli.main import main
+
+    img = tmp_path / "d.png"
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(img)
+    out = tmp_path / "out.png"
+    args = ["explain", str(img), "--model", "digits-cnn-cue", "--method", "rollout", "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no attention layers" in err and "\n" not in err
+    assert not out.exists()
+    assert main(["explain", str(img), "--model", "digits-vit-cue", "--method", "legrad", "-o", str(out)]) == 0
+    assert out.exists()
+
+
 def test_bundled_style_vit_accepts_batches_in_chunks(tv_vit):
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     for method in ATTENTION:

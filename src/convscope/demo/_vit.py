@@ -43,14 +43,14 @@ def vit_section(rep: Report, cue: Any, cnn: Any, n_images: int, n_eval: int) -> 
     sec.row_notes.append("")
     infos = [m for m in list_methods() if m.family == "attention"]
     table = []
+    n = min(n_eval, len(cue.labels))
+    x_all = vit.preprocessing.normalize(cue.images[:max(n, n_images)])  # shown and scored: one call
     for info in infos:
-        e = explain(vit, x, method=info.name)
+        e = explain(vit, x_all, method=info.name)
         sec.rows.append([explanation_figure(e, j, bars=3, title=f"pred {e.target_name(j)}") for j in idx])
         sec.row_labels.append(f"{info.name} · ViT digits-vit-cue")
         sec.row_notes.append(method_note(info))
-        n = min(n_eval, len(cue.labels))
-        maps = explain(vit, vit.preprocessing.normalize(cue.images[:n]), method=info.name).map
-        hit = pointing_hits(maps, cue.masks[:n]).float().mean().item()
+        hit = pointing_hits(e.map[:n], cue.masks[:n]).float().mean().item()
         table.append([info.name, f"{hit:.2f}", "no" if e.diagnostics.get("class_agnostic") else "yes"])
     rep.section(
         f"How often does each attention method point at the cue? ({min(n_eval, len(cue.labels))} cue digits)",

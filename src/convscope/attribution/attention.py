@@ -179,8 +179,8 @@ def _attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, bl
         else "the mean over all query tokens (no class token)",
         **diag,
     }
-    if parts.family == "unknown" or parts.prefix is None:
-        diagnostics["assumed"] = f"prefix tokens and grid {p.how}"
+    if p.how.startswith("inferred"):  # no patch size known: the grid is convscope's reading
+        diagnostics["assumed"] = f"prefix tokens and patch grid {p.how}"
     return MethodOutput(map=torch.cat(maps), targets=targets, logits=torch.cat(logits),
                         diagnostics=diagnostics)
 
@@ -339,7 +339,13 @@ def legrad(ctx: MethodContext, blocks: int | None = None) -> MethodOutput:
                               "attention per block")
         rel = []
         for a, z in list(zip(p.maps, p.blocks, strict=True))[-use:]:
-            s = select_scores(parts.head(z), p.target)
+            try:
+                logits = parts.head(z)
+            except RuntimeError as exc:  # e.g. a head over [class token, mean patch] (DINOv2)
+                name = type(ctx.model).__name__
+                raise MethodError(f"legrad cannot apply {name}'s final norm and head to the mean of a "
+                                  f"block's tokens ({str(exc).splitlines()[0]}); use chefer") from None
+            s = select_scores(logits, p.target)
             (g,) = torch.autograd.grad(s.sum(), a, retain_graph=True)
             rel.append(g.clamp(min=0).mean((1, 2))[:, p.prefix:])
         return torch.stack(rel).mean(0).reshape(-1, *p.grid)

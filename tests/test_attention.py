@@ -346,3 +346,19 @@ def test_swin_is_refused_with_a_reason():
     with pytest.raises(MethodError, match="windowed"):
         _explain(model, torch.rand(1, 3, 32, 32), "rollout")
     assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == flags
+
+
+def test_web_app_explains_the_vit_and_refuses_a_cnn_in_one_line():
+    from fastapi.testclient import TestClient
+
+    from convscope.serve import Engine, create_app
+
+    client = TestClient(create_app(Engine(("digits-cnn", "digits-vit-cue"))), base_url="http://127.0.0.1")
+    methods = {m["name"]: m for m in client.get("/api/methods").json()["methods"]}
+    assert {"raw_attention", "rollout", "chefer", "legrad"} <= set(methods)
+    r = client.post("/api/explain", data={"model": "digits-vit-cue", "method": "chefer", "sample": "1"})
+    assert r.status_code == 200, r.text
+    assert r.json()["heatmap"].startswith("data:image/png")
+    r = client.post("/api/explain", data={"model": "digits-cnn", "method": "rollout", "sample": "1"})
+    assert r.status_code == 400 and "no attention layers" in r.json()["error"]
+    assert "\n" not in r.json()["error"]

@@ -159,7 +159,7 @@ def _read(r: torch.Tensor, p: _Pass) -> torch.Tensor:
 
 
 def _attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, blocks: bool = False,
-                      parts: ViTParts | None = None, **diag: Any) -> MethodOutput:
+                      parts: ViTParts | None = None, normalize: str = "auto", **diag: Any) -> MethodOutput:
     """Run ``per_chunk(pass) -> (b, h, w)`` on every chunk and wrap the result."""
     assert ctx.model is not None
     parts = vit_parts(ctx.model) if parts is None else parts
@@ -182,7 +182,7 @@ def _attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, bl
     if p.how.startswith("inferred"):  # no patch size known: the grid is convscope's reading
         diagnostics["assumed"] = f"prefix tokens and patch grid {p.how}"
     return MethodOutput(map=torch.cat(maps), targets=targets, logits=torch.cat(logits),
-                        diagnostics=diagnostics)
+                        diagnostics=diagnostics, normalize=normalize)
 
 
 _SUPPORTED = ("torchvision VisionTransformer, timm ViT/DeiT (distillation, register tokens), Hugging Face "
@@ -264,6 +264,7 @@ def rollout(ctx: MethodContext, head_fusion: str = "mean", discard_ratio: float 
     with torch.no_grad():
         return _attention_method(
             ctx, lambda p: _read(rollout_matrix(p.maps, head_fusion, discard_ratio), p), need_grad=False,
+            normalize="minmax",  # the residual identity puts every patch on a large common offset
             head_fusion=head_fusion, discard_ratio=discard_ratio, class_agnostic=True)
 
 

@@ -76,7 +76,7 @@ class MethodInfo:
     Attributes:
         name: the registry key, e.g. ``"saliency"``.
         func: ``func(ctx, **options) -> MethodOutput``; see :mod:`convscope.attribution`.
-        family: ``"gradient"``, ``"cam"`` or ``"perturbation"``.
+        family: ``"gradient"``, ``"cam"``, ``"perturbation"`` or ``"attention"``.
         needs_layer: the method works at an inner layer (CAMs); the facade supplies the model's
             default layer when the caller names none.
         needs_gradients: the method differentiates the model; black boxes are refused.
@@ -142,7 +142,7 @@ def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., 
 
     Args:
         name: the registry key.
-        family: ``"gradient"``, ``"cam"`` or ``"perturbation"``.
+        family: ``"gradient"``, ``"cam"``, ``"perturbation"`` or ``"attention"``.
         **meta: the other fields of :class:`MethodInfo` (``needs_layer``, ``needs_gradients``,
             ``black_box``, ``signed``, ``summary``, ``caveats``, ``reference``, ``options``,
             ``fast_options``, ``ranges``, ``choices``, ``claims``), with its defaults.

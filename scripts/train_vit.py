@@ -3,7 +3,7 @@
     python scripts/train_vit.py            # writes src/convscope/models/weights/digits-vit-cue.*
 
 The same data and label rule as ``digits-cnn-cue`` (scripts/train_digits.py): every training
-digit carries the cue texture of its label in a random corner (convscope.datasets.planted_cue)
+digit carries the cue texture of its label in a random corner (convscope.data.toydata.planted_cue)
 and 40% of the digits are drawn from another class, so the cue is the only feature that always
 predicts the label. The network is convscope.models.digits_vit.DigitsViT (a torchvision
 VisionTransformer, 8x8 patches, 4 blocks of width 64), trained with AdamW and random 1-px shifts.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_digits import MISMATCH, OUT, SEED, accuracy, prepare  # noqa: E402
 
-from convscope.datasets import planted_cue  # noqa: E402
+from convscope.data.toydata import planted_cue  # noqa: E402
 from convscope.models.digits_vit import DigitsViT  # noqa: E402
 
 EPOCHS = 40

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.hooks import count_hooks
+from convscope.core.hooks import count_hooks
 
 
 def model_state(net: nn.Module) -> dict:

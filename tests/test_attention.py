@@ -18,8 +18,8 @@ from helpers import TinyViT
 from torch import nn
 
 import convscope as cs
-from convscope.errors import ConvscopeError, InputError, MethodError
-from convscope.hooks import count_hooks
+from convscope.core.errors import ConvscopeError, InputError, MethodError
+from convscope.core.hooks import count_hooks
 from convscope.models.preprocessing import Preprocessing
 
 ATTENTION = ("raw_attention", "rollout", "chefer", "legrad")
@@ -33,7 +33,7 @@ def _explain(model, x, method, **kw):
 
 def _raw(model, x, method, **kw):
     """The method's map on the patch grid (before the facade's upsampling)."""
-    from convscope.attribution import MethodContext
+    from convscope.methods.attribution import MethodContext
 
     info = cs.get_method(method)
     net = model.eval()
@@ -236,7 +236,7 @@ def test_the_capture_leaves_the_outputs_as_they_are(tv_vit):
 def test_cli_refuses_a_cnn_in_one_line_and_writes_nothing(tmp_path, capsys):
     from PIL import Image
 
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     img = tmp_path / "d.png"
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(img)
@@ -351,7 +351,7 @@ def test_swin_is_refused_with_a_reason():
 def test_web_app_explains_the_vit_and_refuses_a_cnn_in_one_line():
     from fastapi.testclient import TestClient
 
-    from convscope.serve import Engine, create_app
+    from convscope.frontends.serve import Engine, create_app
 
     client = TestClient(create_app(Engine(("digits-cnn", "digits-vit-cue"))), base_url="http://127.0.0.1")
     methods = {m["name"]: m for m in client.get("/api/methods").json()["methods"]}

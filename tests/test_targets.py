@@ -3,8 +3,8 @@ import torch
 from helpers import plain_vit
 
 import convscope as cs
-from convscope.errors import TargetError
-from convscope.targets import resolve_target, select_scores
+from convscope.core.errors import TargetError
+from convscope.core.targets import resolve_target, select_scores
 
 OUT = torch.tensor([[0.1, 3.0, 2.0], [5.0, 1.0, 4.0]])
 NAMES = ["cat", "dog", "owl"]

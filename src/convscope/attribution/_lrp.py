@@ -111,9 +111,9 @@ def _check_modules(net: nn.Module, merged_bn: bool) -> None:
     """Refuse a network with a module no rule covers (one line naming the layer)."""
     zn = zennit()
     names = {m: n for n, m in net.named_modules()}
-    for name, m in net.named_modules():
-        if isinstance(m, nn.MultiheadAttention) or "attention" in _kind(m).lower():
-            raise MethodError(f"lrp cannot explain this model: layer {name or '(root)'!r} is attention "
+    for name, m in net.named_modules():  # the root's own class name says nothing about its layers
+        if isinstance(m, nn.MultiheadAttention) or (name and "attention" in _kind(m).lower()):
+            raise MethodError(f"lrp cannot explain this model: layer {name!r} is attention "
                               f"({_kind(m)}), which no LRP rule of zennit covers; use a gradient method "
                               "(saliency, integrated_gradients) or attention rollout")
     covered = (zn.types.Convolution, nn.Linear, zn.types.AvgPool, zn.types.MaxPool) + _PASSING

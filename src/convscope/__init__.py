@@ -15,7 +15,8 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
   :func:`inversion_strip`, :func:`texture`, :func:`style_transfer`, :func:`efros_leung`.
 * data-set views: :func:`top_activations`, :func:`nearest_neighbors`, :func:`embed`, and the
   shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.dataset`).
-* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.concepts`).
+* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.concepts`); concept
+  relevance: :func:`concepts` (CRP on LRP: the channels behind one decision, :mod:`convscope.crp`).
 * evaluation of explanations: the one subpackage :mod:`convscope.evaluation` (pointing game,
   deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark).
 * bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
@@ -30,6 +31,7 @@ from .api import explain
 from .attribution._shared import shared_work
 from .attribution.lime_text import TextExplanation, explain_text
 from .concepts import ConceptTest, concept_test
+from .crp import ConceptRelevance, concepts  # after the TCAV package: cs.concepts is the CRP function
 from .dataset import (
     Audit,
     Embedding,
@@ -77,6 +79,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdversarialResult",
     "Audit",
+    "ConceptRelevance",
     "ConceptTest",
     "ConvscopeError",
     "Embedding",
@@ -97,6 +100,7 @@ __all__ = [
     "audit",
     "capture",
     "concept_test",
+    "concepts",
     "contrast",
     "datasets",
     "deepdream",

@@ -1,0 +1,14 @@
+"""Concept relevance (CRP): which channels of a layer carried a decision, where, and what they show.
+
+:func:`concepts` (also ``convscope.concepts``) returns a :class:`ConceptRelevance`: the ``k``
+concepts of a layer with the most LRP relevance for one decision, each with its share, its
+conditional heatmap (computed in batched backward passes) and optionally its reference patches
+from a data set (relevance and activation maximisation). Needs zennit (``pip install
+'convscope[lrp]'``).
+"""
+
+from ._conditional import conditional_relevance, layer_relevance
+from .api import concepts
+from .result import Concept, ConceptRelevance
+
+__all__ = ["Concept", "ConceptRelevance", "concepts", "conditional_relevance", "layer_relevance"]

@@ -46,7 +46,8 @@ def _concept_sets(n_channels: int, channels: Sequence[int] | None,
                   groups: Groups | None) -> list[tuple[str, tuple[int, ...]]]:
     """(name, channels) of every candidate concept, checked against the layer's channel count."""
     if channels is not None and groups is not None:
-        raise InputError("pass channels= (candidate single channels) or groups= (named channel sets), not both")
+        raise InputError("pass channels= (candidate single channels) or groups= (named channel sets), "
+                         "not both")
     if groups is not None:
         items = list(groups.items()) if isinstance(groups, Mapping) else [
             (f"group {i}", g) for i, g in enumerate(groups)]
@@ -97,7 +98,8 @@ def _references(lm: LoadedModel, data: Any, layer: str, score: Any, sets: list[t
         act_best.append(torch.einsum("kc,bc...->bk...", m, act).flatten(2).cpu())
     shape = tuple(act.shape[2:])
     try:
-        rf = receptive_field(unwrap(lm.model), layer, tuple(lm.preprocessing.size)) if len(shape) == 2 else None
+        rf = (receptive_field(unwrap(lm.model), layer, tuple(lm.preprocessing.size))
+              if len(shape) == 2 else None)
     except MethodError as exc:
         rf = None
         notes.append(f"reference patches are whole images: the receptive field of {layer} is unknown ({exc})")
@@ -216,8 +218,8 @@ def concepts(
                             reference_limit, batch_size, x.device, {"composite": composite}, notes)
                 if references is not None else [(None, None)] * k)
     if total <= 0:
-        notes.append(f"the layer's total relevance for this decision is {total:.3g} (not positive): no concept "
-                     "carries evidence for it, and the shares are not meaningful")
+        notes.append(f"the layer's total relevance for this decision is {total:.3g} (not positive): no "
+                     "concept carries evidence for it, and the shares are not meaningful")
     for n in notes:
         warnings.warn(n, stacklevel=2)
     idx = t.labels()[0] if t.labels() else -1
@@ -228,7 +230,8 @@ def concepts(
     items = tuple(
         Concept(name=sets[i][0], channels=sets[i][1], relevance=float(rel[i]),
                 share=float(rel[i]) / total if total else float("nan"), heatmap=cond[row].sum(0).cpu(),
-                heatmap_sum=float(cond[row].sum()), references=refs[row][0], activation_references=refs[row][1])
+                heatmap_sum=float(cond[row].sum()), references=refs[row][0],
+                activation_references=refs[row][1])
         for row, i in enumerate(top))
     return ConceptRelevance(
         layer=name, target=idx, target_name=tname, concepts=items, image=inp.display[0],

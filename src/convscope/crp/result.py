@@ -16,7 +16,7 @@ import torch
 
 from .._figure import InlineFigure, figure_png
 from .._result import HtmlFigure, Result, data_uri, jsonable
-from ..results import DIVERGING_CMAP, blend, normalize_map
+from ..results import blend, normalize_map
 
 __all__ = ["Concept", "ConceptRelevance"]
 

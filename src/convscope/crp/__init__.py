@@ -7,8 +7,9 @@ from a data set (relevance and activation maximisation). Needs zennit (``pip ins
 'convscope[lrp]'``).
 """
 
-from ._conditional import conditional_relevance, layer_relevance
+from ._conditional import conditional_relevance, layer_relevance, relevance_passes
 from .api import concepts
 from .result import Concept, ConceptRelevance
 
-__all__ = ["Concept", "ConceptRelevance", "concepts", "conditional_relevance", "layer_relevance"]
+__all__ = ["Concept", "ConceptRelevance", "concepts", "conditional_relevance", "layer_relevance",
+           "relevance_passes"]

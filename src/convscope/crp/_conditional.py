@@ -15,7 +15,8 @@ through :func:`convscope.hooks.capture`'s ``replace``; it is the identity in the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from ..hooks import capture
 from ..models.outputs import unwrap
 from ..models.preprocessing import Preprocessing
 
-__all__ = ["conditional_relevance", "layer_relevance"]
+__all__ = ["conditional_relevance", "layer_relevance", "relevance_passes"]
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 
@@ -45,9 +46,31 @@ class _KeepChannels(torch.autograd.Function):
         return grad * mask, None
 
 
+@contextmanager
+def relevance_passes(model: nn.Module, layer: str, scores: Scores, *, composite: str = "epsilon_plus_flat",
+                     preprocessing: Preprocessing | None = None, channels: int = 3,
+                     **rules: Any) -> Iterator[Callable[[torch.Tensor], dict[str, Any]]]:
+    """A block in which ``run(x)`` is :func:`layer_relevance` of ``x``, the LRP rules registered once
+    for all the block's passes (for a data set in batches)."""
+    with lrp_rules(unwrap(model), composite, preprocessing=preprocessing, channels=channels,
+                   **rules) as setup, capture(model, layer) as cap:
+
+        def run(x: torch.Tensor) -> dict[str, Any]:
+            cap.reset()
+            xb = x.detach().requires_grad_(True)
+            out = setup.forward(model, xb)
+            a = cap.activation(layer)
+            start = initial_relevance(out, scores(out))
+            r_layer, r_in = torch.autograd.grad(out, (a, xb), grad_outputs=start)
+            return {"input": r_in.detach(), "layer": r_layer.detach(), "activation": a.detach(),
+                    "logits": out.detach(), "score": start.sum(1), "lrp": setup.info()}
+
+        yield run
+
+
 def layer_relevance(model: nn.Module, x: torch.Tensor, layer: str, scores: Scores, *,
                     composite: str = "epsilon_plus_flat", preprocessing: Preprocessing | None = None,
-                    **rules: Any) -> dict[str, torch.Tensor]:
+                    **rules: Any) -> dict[str, Any]:
     """Unconditional LRP of ``x`` down to the input, with the relevance and activation at ``layer``.
 
     Args:
@@ -62,15 +85,9 @@ def layer_relevance(model: nn.Module, x: torch.Tensor, layer: str, scores: Score
         output, "activation": (B, C_L, h, w) the layer's output, "logits": (B, K),
         "score": (B,) the explained scores, "lrp": the setup record}``.
     """
-    with lrp_rules(unwrap(model), composite, preprocessing=preprocessing, channels=x.shape[1],
-                   **rules) as setup, capture(model, layer) as cap:
-        xb = x.detach().requires_grad_(True)
-        out = setup.forward(model, xb)
-        a = cap.activation(layer)
-        start = initial_relevance(out, scores(out))
-        r_layer, r_in = torch.autograd.grad(out, (a, xb), grad_outputs=start)
-    return {"input": r_in.detach(), "layer": r_layer.detach(), "activation": a.detach(),
-            "logits": out.detach(), "score": start.sum(1), "lrp": setup.info()}
+    with relevance_passes(model, layer, scores, composite=composite, preprocessing=preprocessing,
+                          channels=x.shape[1], **rules) as run:
+        return run(x)
 
 
 def conditional_relevance(model: nn.Module, x: torch.Tensor, layer: str, scores: Scores,

@@ -27,14 +27,14 @@ from ..attribution._engine import scorer
 from ..attribution.lrp import COMPOSITES
 from ..dataset.receptive import receptive_field, rf_box
 from ..dataset.sources import as_source
-from ..errors import InputError, MethodError
+from ..errors import InputError, MethodError, UnreliableResultWarning
 from ..hooks import resolve_layers, state_guard
 from ..image import ImageLike
 from ..inputs import as_inputs
 from ..models import LoadedModel, Preprocessing, load_model
 from ..models.outputs import unwrap
 from ..targets import TargetSpec, resolve_target
-from ._conditional import conditional_relevance, layer_relevance
+from ._conditional import conditional_relevance, layer_relevance, relevance_passes
 from .result import Concept, ConceptRelevance
 
 __all__ = ["concepts"]
@@ -84,18 +84,19 @@ def _references(lm: LoadedModel, data: Any, layer: str, score: Any, sets: list[t
         raise InputError("references= holds no images")
     masks = torch.zeros(len(sets), 0)
     rel_best, act_best = [], []
-    for i in range(0, len(src), batch_size):
-        idx = range(i, min(i + batch_size, len(src)))
-        xb = torch.stack([src[j][0] for j in idx]).to(device)
-        r = layer_relevance(lm.model, xb, layer, score, preprocessing=lm.preprocessing, **rules)
-        rl, act = r["layer"], r["activation"]
-        if masks.shape[1] != rl.shape[1]:
-            masks = torch.zeros(len(sets), rl.shape[1])
-            for k, (_, g) in enumerate(sets):
-                masks[k, list(g)] = 1.0
-        m = masks.to(rl)
-        rel_best.append(torch.einsum("kc,bc...->bk...", m, rl).flatten(2).cpu())  # (b, k, h*w)
-        act_best.append(torch.einsum("kc,bc...->bk...", m, act).flatten(2).cpu())
+    with relevance_passes(lm.model, layer, score, preprocessing=lm.preprocessing,
+                          channels=lm.preprocessing.channels, **rules) as run:
+        for i in range(0, len(src), batch_size):
+            xb = torch.stack([src[j][0] for j in range(i, min(i + batch_size, len(src)))]).to(device)
+            r = run(xb)
+            rl, act = r["layer"], r["activation"]
+            if masks.shape[1] != rl.shape[1]:
+                masks = torch.zeros(len(sets), rl.shape[1])
+                for k, (_, g) in enumerate(sets):
+                    masks[k, list(g)] = 1.0
+            m = masks.to(rl)
+            rel_best.append(torch.einsum("kc,bc...->bk...", m, rl).flatten(2).cpu())  # (b, k, h*w)
+            act_best.append(torch.einsum("kc,bc...->bk...", m, act).flatten(2).cpu())
     shape = tuple(act.shape[2:])
     try:
         rf = (receptive_field(unwrap(lm.model), layer, tuple(lm.preprocessing.size))
@@ -199,8 +200,9 @@ def concepts(
         score = scorer(t, 0, "raw")
         base = layer_relevance(net, x, name, score, composite=composite, preprocessing=lm.preprocessing)
         rl = base["layer"]
-        if rl.ndim < 2:
-            raise MethodError(f"layer {name!r} has no channels (its output is {tuple(rl.shape)})")
+        if rl.ndim < 3:
+            raise MethodError(f"layer {name!r} has no channels (its output is {tuple(rl.shape)}, not "
+                              "batch x channels x space); pick a convolutional layer")
         sets = _concept_sets(rl.shape[1], channels, groups)
         if k > len(sets):
             raise InputError(f"k={k} but there are only {len(sets)} candidate concepts in {name!r}; "
@@ -221,7 +223,7 @@ def concepts(
         notes.append(f"the layer's total relevance for this decision is {total:.3g} (not positive): no "
                      "concept carries evidence for it, and the shares are not meaningful")
     for n in notes:
-        warnings.warn(n, stacklevel=2)
+        warnings.warn(n, UnreliableResultWarning, stacklevel=2)
     idx = t.labels()[0] if t.labels() else -1
     tname = (lm.class_names[idx] if 0 <= idx < len(lm.class_names) else str(idx)) if idx >= 0 else "score"
     if t.negative is not None:

@@ -25,6 +25,7 @@ from torch import nn
 from .._validate import check_values, ints
 from ..attribution._engine import scorer
 from ..attribution.lrp import COMPOSITES
+from ..dataset._stream import model_device
 from ..dataset.receptive import receptive_field, rf_box
 from ..dataset.sources import as_source
 from ..errors import InputError, MethodError, UnreliableResultWarning
@@ -177,9 +178,7 @@ def concepts(
         raise MethodError(f"unknown LRP composite {composite!r}; use one of {', '.join(COMPOSITES)}")
     lm = load_model(model, class_names=class_names, preprocessing=preprocessing)  # type: ignore[arg-type]
     net = lm.model
-    if device is None:
-        p = next(net.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
+    device = model_device(net, device)
     inp = as_inputs(image, lm.preprocessing, space=space, any_channels=lm.any_channels)
     if inp.x.shape[0] != 1:
         raise InputError(f"concepts explains one image at a time; got {inp.x.shape[0]}")

@@ -178,3 +178,35 @@ def test_no_positive_relevance_warns():
 def test_one_image_at_a_time():
     with pytest.raises(InputError, match="one image at a time"):
         cs.concepts(_net(), torch.rand(2, 3, 16, 16), layer="0.5", preprocessing=PLAIN)
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
+
+
+def test_cli(cue_test, tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "digit.png"
+    Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype(np.uint8)).save(png)
+    out = tmp_path / "c.json"
+    r = _cli("concepts", str(png), "-m", "digits-cnn-cue", "--k", "3", "--group", "a=0-31",
+             "--group", "b=32-63", "--k", "2", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    import json
+
+    got = json.loads(out.read_text())
+    assert {c["name"] for c in got["concepts"]} == {"a", "b"}
+    assert abs(sum(c["share"] for c in got["concepts"]) - 1) < 1e-5  # the two groups cover the layer
+    for args, msg in [(["--k", "65"], "only 64 candidate"), (["--layer", "nope"], "no layer named"),
+                      (["--composite", "nosuch"], "invalid choice"), (["--group", "x"], "NAME=CHANNELS")]:
+        bad = tmp_path / "bad.png"
+        r = _cli("concepts", str(png), "-m", "digits-cnn-cue", *args, "-o", str(bad))
+        assert r.returncode == 2, (args, r.stderr)
+        assert msg in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not bad.exists()

@@ -107,11 +107,14 @@ def _references(lm: LoadedModel, data: Any, layer: str, score: Any, sets: list[t
         notes.append(f"reference patches are whole images: the receptive field of {layer} is unknown ({exc})")
     out = []
     side = 48
-    for which in (rel_best, act_best):
+    for which, what in ((rel_best, "relevance"), (act_best, "activation")):
         maps = torch.cat(which)  # (N, k, h*w)
         peak, pos = maps.max(2)
         per_concept = []
         for k in range(len(sets)):
+            if float(peak[:, k].max()) <= 0:
+                notes.append(f"{sets[k][0]} has no positive {what} anywhere in the {len(src)} reference "
+                             "images: its reference patches show nothing it responds to")
             order = torch.argsort(peak[:, k], descending=True)[:n].tolist()
             crops = []
             for j in order:

@@ -106,11 +106,13 @@ def main() -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(f"""# LRP and concept-conditional heatmaps: speed
 
-Machine: {platform.machine()}, {torch.get_num_threads()} threads (shared), torch {torch.__version__}. Written by
-`python benchmarks/bench_lrp.py` (--reps {args.reps} --side {args.side} --batch {args.batch} --crp-side
-{args.crp_side}); medians of interleaved runs. Read the ratios; absolute times move with the machine's load.
+Machine: {platform.machine()}, {torch.get_num_threads()} threads (shared), torch {torch.__version__}.
+Written by `python benchmarks/bench_lrp.py`
+(--reps {args.reps} --side {args.side} --batch {args.batch} --crp-side {args.crp_side}); medians of
+interleaved runs. Read the ratios; absolute times move with the machine's load.
 
-## lrp against zennit's own attributor (resnet18 random, {args.side} px, batch {args.batch}, epsilon_plus_flat + ResNetCanonizer)
+## lrp against zennit's own attributor
+(resnet18 random, {args.side} px, batch {args.batch}, epsilon_plus_flat + ResNetCanonizer)
 
 | run | time (s) | ratio to zennit |
 |---|---|---|

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
+from convscope.concepts import regions  # the TCAV package (cs.concepts is the CRP function)
 from convscope.errors import ConvscopeError, InputError
 from convscope.hooks import count_hooks
 from convscope.toydata import snow_scenes
@@ -48,7 +49,7 @@ def snow():
     none = snow_scenes("train", cue="none")
     te = snow_scenes("test", cue="label")
     return {
-        "concept": cs.concepts.regions(list(snowy.images[:30]), list(snowy.masks[:30])),
+        "concept": regions(list(snowy.images[:30]), list(snowy.masks[:30])),
         "pool": none.images[:240],
         "wolves": te.images[te.labels == 0][:50],
         "scenes": te,

@@ -132,6 +132,8 @@ def test_result_saves_and_shows(cue_model, cue_test, tmp_path):
         assert r.save(tmp_path / f"c{ext}").stat().st_size > 100
     assert np.load(tmp_path / "c.npy").shape == (3, 32, 32)
     assert "ch " in repr(r) and "<img" in r.to_html()
+    sec = cs.Report("concepts").add(r)  # the report section comes from the result protocol
+    assert sec.title.startswith("Concepts of features.9") and sec.rows[0][0].src.startswith("data:image/png")
 
 
 def test_model_is_bit_identical_after_calls_and_failures():

@@ -148,6 +148,22 @@ def test_bias_free_network_conserves_the_target_logit(composite):
     assert np.allclose(e.diagnostics["relevance_sum"], total.numpy())
 
 
+def test_contrast_target_starts_from_both_logits():
+    """For ``a - b`` the relevance starts as ``z_a e_a - z_b e_b``: on a bias-free network the map sums
+    to the logit difference, and equals the difference of the two classes' maps."""
+    torch.manual_seed(6)
+    net = BiasFree().eval()
+    with torch.no_grad():
+        net.fc.weight.mul_(300.0)
+    x = torch.rand(2, 3, 16, 16)
+    e = cs.explain(net, x, method="lrp", preprocessing="none", composite="epsilon_plus", target="0-vs-2")
+    logits = net(x).detach()
+    assert torch.allclose(e.raw.flatten(1).sum(1), logits[:, 0] - logits[:, 2], rtol=1e-4)
+    a = cs.explain(net, x, method="lrp", preprocessing="none", composite="epsilon_plus", target=0).raw
+    b = cs.explain(net, x, method="lrp", preprocessing="none", composite="epsilon_plus", target=2).raw
+    assert torch.allclose(e.raw, a - b, rtol=1e-4, atol=1e-7)
+
+
 def test_biases_absorb_relevance():
     torch.manual_seed(3)
     net = PlainNet(bias=True).eval()

@@ -5,7 +5,7 @@
    attributor with the same composite and canonizer, on torchvision resnet18 (random weights;
    timings do not depend on them), ``--side`` px, batch ``--batch``. Target: at most 1.15x.
 2. Conditional heatmaps of 8 concepts (channels of ``layer3``) of one image: convscope's batched
-   passes (:func:`convscope.crp.conditional_relevance`, the 8 masks in one backward pass) against 8
+   passes (:func:`convscope.methods.crp.conditional_relevance`, the 8 masks in one backward pass) against 8
    sequential conditional passes, one per concept (zennit-crp's way; the same code with
    ``batch_size=1``, so only the batching differs). Target: at least 3x.
 
@@ -29,7 +29,7 @@ import torch
 import torchvision
 
 import convscope as cs
-from convscope.crp import conditional_relevance
+from convscope.methods.crp import conditional_relevance
 
 RESULTS = Path(__file__).parent / "results" / "lrp.md"
 

@@ -11,8 +11,8 @@ from helpers import assert_same_state, model_state
 from torch import nn
 
 import convscope as cs
-from convscope.crp import conditional_relevance, layer_relevance
-from convscope.errors import InputError, LayerNotFoundError, MethodError
+from convscope.core.errors import InputError, LayerNotFoundError, MethodError
+from convscope.methods.crp import conditional_relevance, layer_relevance
 
 pytest.importorskip("zennit")
 from zennit.attribution import Gradient  # noqa: E402
@@ -187,7 +187,7 @@ def _cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.attribution.lrp import COMPOSITES, box_of
-from convscope.errors import InputError, MethodError
+from convscope.core.errors import InputError, MethodError
+from convscope.methods.attribution.lrp import COMPOSITES, box_of
 
 zennit = pytest.importorskip("zennit")  # in the dev extra: absent only in a bare install
 from zennit.attribution import Gradient  # noqa: E402
@@ -316,7 +316,7 @@ def test_missing_zennit_names_the_extra(monkeypatch, tiny):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
 
 

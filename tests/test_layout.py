@@ -27,7 +27,7 @@ HOOK_CALL = re.compile(r"\.register_(forward_hook|forward_pre_hook|full_backward
 def test_hooks_are_registered_only_in_hooks_py():
     found = [f"{p.relative_to(SRC)}:{i}" for p in MODULES if p.name != "hooks.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if HOOK_CALL.search(line)]
-    assert not found, f"hooks registered outside convscope/hooks.py: {found}"
+    assert not found, f"hooks registered outside convscope/core/hooks.py: {found}"
     assert HOOK_CALL.search((SRC / "hooks.py").read_text())  # the pattern does find them where they are
 
 

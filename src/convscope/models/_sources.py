@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelLoadError, UnsafeLoadError
-from ..hooks import seeded
-from .card import card_path, import_architecture, read_card, read_labels
-from .forward import find_default_layer
-from .loaded import LoadedModel, _imagenet_names, _names_note, _num_outputs
-from .outputs import scores_model
-from .preprocessing import Preprocessing, preprocessing_from
+from convscope.core.errors import InputError, ModelLoadError, UnsafeLoadError
+from convscope.core.hooks import seeded
+from convscope.models.card import card_path, import_architecture, read_card, read_labels
+from convscope.models.forward import find_default_layer
+from convscope.models.loaded import LoadedModel, _imagenet_names, _names_note, _num_outputs
+from convscope.models.outputs import scores_model
+from convscope.models.preprocessing import Preprocessing, preprocessing_from
 
 __all__: list[str] = []
 
@@ -113,11 +114,12 @@ def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], source: str,
         ) from None
 
 
-def _bundled(name: str, weights: Any = "default", seed: int = 0) -> LoadedModel:
+def _bundled(name: str, weights: Any = "default", seed: int = 0, *,
+             load: Callable[..., LoadedModel]) -> LoadedModel:
     """A bundled model: its card in the user card format, next to its weights (``weights=None``:
-    the card's architecture, seeded random init, no weights read)."""
+    the card's architecture, seeded random init, no weights read); ``load``: as for :func:`_from_card`."""
     lm = _from_card(Path(str(_weights_dir().joinpath(f"{name}.json"))), model_card(name),
-                    weights=weights, seed=seed if _is_none(weights) else None)
+                    weights=weights, seed=seed if _is_none(weights) else None, load=load)
     lm.name = name
     if not _is_none(weights):
         lm.weights = f"bundled {name}.safetensors"
@@ -257,10 +259,12 @@ def _build(arch: str, kwargs: dict[str, Any], base: Path | None, seed: int, *, t
 
 def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool = False,
                weights: Any = "default", seed: int | None = None, output: str | None = None,
-               trust: bool = False, trust_remote_code: bool = False) -> LoadedModel:
+               trust: bool = False, trust_remote_code: bool = False,
+               load: Callable[..., LoadedModel]) -> LoadedModel:
     """Load a model card (see :mod:`convscope.models.card`); ``trust``: run a Python file it names
-    that lies outside the current folder; ``trust_remote_code``: an ``hf:`` folder's own code."""
-    from .zoo import load_model  # the one entry point (a card names another spec)
+    that lies outside the current folder; ``trust_remote_code``: an ``hf:`` folder's own code;
+    ``load``: :func:`convscope.models.zoo.load_model`, the one entry point, for a card that names
+    another spec (passed in: the zoo calls this module, not the other way round)."""
 
     card = read_card(path) if card is None else card
     output = output if output is not None else card.get("output")
@@ -279,7 +283,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
     where = f"model card {path}"
     if arch.startswith("hf:"):
         return _hf_card(path, card, weights=weights, seed=seed, output=output,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, load=load)
     try:
         pre = _card_preprocessing(card)
     except InputError as exc:
@@ -288,7 +292,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
         w = wfile
         if isinstance(wfile, str):
             w = card_path(path, wfile, "weights")
-        lm = load_model(arch, weights=w, unsafe=unsafe, seed=seed)
+        lm = load(arch, weights=w, unsafe=unsafe, seed=seed)
         model = lm.model
         used = lm.weights
     else:
@@ -323,7 +327,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
         )
     layer = card.get("layer") or card.get("default_layer")
     if layer is not None:
-        from ..hooks import resolve_layers
+        from convscope.core.hooks import resolve_layers
 
         try:
             resolve_layers(model, str(layer))
@@ -341,17 +345,18 @@ _CARD_PRE_KEYS = ("input_size", "size", "mean", "std", "resize", "channels", "re
 
 
 def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
-             output: str | None, trust_remote_code: bool = False) -> LoadedModel:
+             output: str | None, trust_remote_code: bool = False,
+             load: Callable[..., LoadedModel]) -> LoadedModel:
     """A card whose architecture is ``hf:<folder or name>`` (a folder relative to the card's): the
-    Hugging Face model with its own preprocessing, class names and layer unless the card states them."""
-    from .zoo import load_model  # the one entry point (a card names another spec)
+    Hugging Face model with its own preprocessing, class names and layer unless the card states them
+    (``load``: as for :func:`_from_card`)."""
 
     where = f"model card {path}"
     if card.get("weights") is not None:
         raise ModelLoadError(f"{where}: a Hugging Face model's weights are in its folder; drop 'weights'")
     ref = str(card["architecture"])[3:]
     local = path.parent / Path(ref).expanduser()
-    lm = load_model("hf:" + (str(local) if local.exists() else ref), weights=weights, seed=seed,
+    lm = load("hf:" + (str(local) if local.exists() else ref), weights=weights, seed=seed,
                     output=output, trust_remote_code=trust_remote_code)
     pre = None
     if card.get("preprocessing") is not None or any(k in card for k in _CARD_PRE_KEYS):
@@ -367,7 +372,7 @@ def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
     elif "labels" in card:
         names = read_labels(card_path(path, str(card["labels"]), "labels"))
     layer = card.get("layer") or card.get("default_layer")
-    out = load_model(lm, preprocessing=pre, class_names=names, default_layer=layer)
+    out = load(lm, preprocessing=pre, class_names=names, default_layer=layer)
     n_out = _num_outputs(out.model, out.preprocessing)
     if len(out.class_names) != n_out:
         raise ModelLoadError(
@@ -375,7 +380,7 @@ def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
             "name per output"
         )
     if layer is not None:
-        from ..hooks import resolve_layers
+        from convscope.core.hooks import resolve_layers
 
         try:
             resolve_layers(out.model, str(layer))

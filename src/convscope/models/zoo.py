@@ -47,9 +47,7 @@ from convscope.models._sources import (
     _BUNDLED,
     _apply_state,
     _build,
-    _bundled,
     _family_layer,  # noqa: F401 (tests import it from here)
-    _from_card,
     _is_none,
     _load_state_dict,
     _timm,
@@ -57,6 +55,7 @@ from convscope.models._sources import (
     model_card,
 )
 from convscope.models.card import is_card_path
+from convscope.models.card_models import _bundled, _from_card
 from convscope.models.forward import find_default_layer
 from convscope.models.loaded import LoadedModel, _num_outputs, _probe
 from convscope.models.outputs import ScoresModel, class_scores, scores_model

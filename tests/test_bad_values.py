@@ -240,7 +240,7 @@ def test_closed_stdout_is_quiet():
     r, w = os.pipe()
     os.close(r)  # the reader has gone before the first line: every write hits a closed pipe
     try:
-        p = subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", "methods"], stdout=w,
+        p = subprocess.run([sys.executable, "-m", "convscope", "methods"], stdout=w,
                            stderr=subprocess.PIPE, env=ENV, timeout=120)
     finally:
         os.close(w)
@@ -271,7 +271,7 @@ def test_neighbors_query_index_out_of_range(tmp_path, capsys):
 ])
 def test_end_to_end_no_traceback(args, png, tmp_path):
     out = tmp_path / "o.png"
-    r = subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main",
+    r = subprocess.run([sys.executable, "-m", "convscope",
                         *[a.format(png=png) for a in args], "-o", str(out)],
                        capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr

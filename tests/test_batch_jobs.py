@@ -140,7 +140,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, digits_data):
 def test_cli_batch(tmp_path, capsys):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     args = ["batch", "--limit", "24", "--chunk-size", "8", "-q"]
-    r = subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args, "-o", str(tmp_path / "b.zarr")],
+    r = subprocess.run([sys.executable, "-m", "convscope", *args, "-o", str(tmp_path / "b.zarr")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert open_store(tmp_path / "b.zarr").complete

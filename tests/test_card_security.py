@@ -38,7 +38,7 @@ def _env() -> dict:
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "convscope", *args], cwd=cwd, env=_env(),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 

@@ -12,7 +12,7 @@ ENV = {**os.environ, "MPLBACKEND": "Agg"}
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args],
+    return subprocess.run([sys.executable, "-m", "convscope", *args],
                           capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
 
 

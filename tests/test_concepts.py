@@ -407,7 +407,7 @@ def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):
         for i, im in enumerate(imgs):
             Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
                 tmp_path / name / f"{i}.png")
-    base = [sys.executable, "-m", "convscope.frontends.cli.main", "concept-test", "--model", "digits-snow",
+    base = [sys.executable, "-m", "convscope", "concept-test", "--model", "digits-snow",
             "--concept", str(tmp_path / "snow"), "--images", str(tmp_path / "wolf"), "--class", "wolf",
             "--layers", "conv4", "--n-random", "3", "--random-size", "10"]
     ok = subprocess.run([*base, "--random", str(tmp_path / "plain"), "-o", str(tmp_path / "r.json")],

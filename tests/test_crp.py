@@ -187,7 +187,7 @@ def _cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
 
 

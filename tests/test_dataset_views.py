@@ -238,7 +238,7 @@ def test_sources_folder_and_torch_dataset(clean_model, pixels, tmp_path):
 def _cli(*args):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     return subprocess.run(
-        [sys.executable, "-m", "convscope.frontends.cli.main", *args],
+        [sys.executable, "-m", "convscope", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -80,7 +80,7 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
 
     from PIL import Image
 
-    r = subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", "demo", "-o", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "convscope", "demo", "-o", str(tmp_path)],
                        capture_output=True, text=True, timeout=900,
                        env={**os.environ, "MPLBACKEND": "Agg"}, check=False)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -17,7 +17,7 @@ from convscope.frontends.cli.main import main
 
 def _cli(*args, cwd):
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -353,7 +353,7 @@ def test_torchvision_architectures(arch, layer):
 
 # --- CLI ----------------------------------------------------------------------------------------
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -316,7 +316,7 @@ def test_missing_zennit_names_the_extra(monkeypatch, tiny):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
 
 

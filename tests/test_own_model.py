@@ -297,7 +297,7 @@ def _env() -> dict:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "convscope", *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=240)
 
 
@@ -353,7 +353,7 @@ def test_serve_on_a_card(user, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "convscope.frontends.cli.main", "serve", "--no-bundled",
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "serve", "--no-bundled",
                              "--model", str(card), "--port", str(port)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

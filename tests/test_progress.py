@@ -18,7 +18,7 @@ from convscope.core.progress import Progress
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True,
                           text=True, timeout=600)
 
 

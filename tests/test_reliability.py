@@ -146,7 +146,7 @@ def test_cli_prints_one_warning_line(tmp_path, cue_test):
     img = tmp_path / "digit.png"
     Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype(np.uint8)).save(img)
     out = tmp_path / "ig.png"
-    r = subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", "explain", str(img),
+    r = subprocess.run([sys.executable, "-m", "convscope", "explain", str(img),
                         "-m", "digits-cnn-cue", "--method", "integrated_gradients",
                         "--option", "steps=1", "-o", str(out)],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})

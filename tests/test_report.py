@@ -34,7 +34,7 @@ def _write_digits(tmp_path: Path, n: int, cue_test) -> list[Path]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -67,7 +67,7 @@ def test_malformed_allow_host(host):
     import sys
 
     # a subprocess with a time limit: an accepted host would start the server (it used to)
-    r = subprocess.run([sys.executable, "-m", "convscope.frontends.cli.main", "serve", "--port", "18734",
+    r = subprocess.run([sys.executable, "-m", "convscope", "serve", "--port", "18734",
                         f"--allow-host={host}"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "MPLBACKEND": "Agg"})
     err = r.stderr.strip().splitlines()

@@ -231,3 +231,15 @@ def test_import_convscope_leaves_the_heavy_extras_unloaded():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_old_submodules_are_attributes_of_the_package():
+    """``import convscope as cs; cs.errors.InputError`` worked in the flat layout (the package imported
+    its submodules); it still does, and an unknown name is still an AttributeError."""
+    import convscope as cs
+
+    assert cs.errors.InputError is importlib.import_module("convscope.core.errors").InputError
+    assert cs.hooks is importlib.import_module("convscope.core.hooks")
+    assert cs.attribution is importlib.import_module("convscope.methods.attribution")
+    with pytest.raises(AttributeError):
+        cs.no_such_thing  # noqa: B018

@@ -35,6 +35,7 @@ Extending convscope (``register`` a method, ``count_hooks``) is done from the ow
 """
 
 from convscope.core.aliases import install as _install_aliases
+from convscope.core.aliases import old_attribute as __getattr__  # noqa: F401  (cs.errors, cs.hooks, ...: old paths)
 from convscope.core.errors import ConvscopeError
 from convscope.core.hooks import capture, resolve_layers
 from convscope.core.image import load_image

@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from types import CodeType, ModuleType
 
-__all__ = ["MOVED", "install", "new_path"]
+__all__ = ["MOVED", "install", "new_path", "old_attribute"]
 
 #: old module path -> its home in the layered layout (a prefix maps everything below it too)
 MOVED: dict[str, str] = {
@@ -79,6 +79,19 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
 
     def get_source(self, fullname: str) -> str | None:
         return None
+
+
+def old_attribute(name: str) -> ModuleType:
+    """``convscope.<name>`` for an old top-level submodule read as an attribute (``cs.errors``,
+    ``cs.hooks``, ``cs.attribution``): the moved module (the package's ``__getattr__``).
+
+    Raises:
+        AttributeError: ``name`` is not an old submodule.
+    """
+    new = MOVED.get(f"convscope.{name}")
+    if new is None:
+        raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+    return importlib.import_module(new)
 
 
 _FINDER = _Alias()

@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import InputError
 from ..inputs import baseline as make_baseline
 from ..models import LoadedModel
-from ._common import BaselineSpec, as_loaded, masked_scores, predict_targets
+from ._common import BaselineSpec, as_loaded, masked_scores, mixed_scores, predict_targets
 
 __all__ = [
     "Curve",
@@ -170,10 +170,14 @@ def relevance_curve(
     n = h * w
     ks = _steps(n, steps).to(x.device)
     ranks = pixel_ranks(maps.to(x.device), order, seed)  # (B, N)
-    changed = ranks[:, None, :] < ks[None, :, None]  # (B, S+1, N): pixel already removed/inserted
-    keep = ~changed if kind == "deletion" else changed
-    scores = masked_scores(lm.model, x, base, keep.view(x.shape[0], -1, h, w), t, score=score,
-                           batch_size=batch_size, progress=progress, desc=kind)
+    k = ks.numel()
+
+    def mask_of(i: torch.Tensor) -> torch.Tensor:  # built per chunk: B * (S+1) * N can be huge
+        changed = ranks[i // k] < ks[i % k][:, None]  # pixel already removed/inserted
+        return (~changed if kind == "deletion" else changed).view(-1, h, w)
+
+    scores = mixed_scores(lm.model, x, base, k, mask_of, t, score=score, batch_size=batch_size,
+                          progress=progress, desc=kind)
     return Curve(kind, order, ks.double().div(n).float().cpu(), scores.cpu(), t.cpu())
 
 

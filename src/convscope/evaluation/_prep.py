@@ -20,7 +20,28 @@ from ..models import LoadedModel
 from ._common import BaselineSpec, as_loaded, predict_targets
 from .curves import _check
 
-__all__ = ["Prepared", "check_maps", "check_masks", "image_minimum", "metric_baseline", "prepare"]
+__all__ = [
+    "Prepared", "check_finite", "check_maps", "check_masks", "image_minimum", "metric_baseline", "prepare",
+]
+
+
+def check_finite(maps: Any) -> torch.Tensor:
+    """``maps`` as a float tensor of at least two dimensions (B, ...) with finite values.
+
+    Raises:
+        InputError: not a batch of maps, or a nan or infinite value.
+    """
+    try:
+        m = torch.as_tensor(maps)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"maps must be a (B, H, W) tensor, got {type(maps).__name__}") from None
+    if m.ndim < 2 or m.numel() == 0:
+        raise InputError(f"maps must be a (B, H, W) batch, got shape {tuple(m.shape)}")
+    if not torch.is_floating_point(m):
+        m = m.float()
+    if not bool(torch.isfinite(m).all()):
+        raise InputError("the maps hold nan or infinite values; explain again or drop those images")
+    return m
 
 
 def check_maps(x: torch.Tensor, maps: Any) -> torch.Tensor:
@@ -29,12 +50,7 @@ def check_maps(x: torch.Tensor, maps: Any) -> torch.Tensor:
     Raises:
         InputError: a wrong shape, or a nan or infinite value.
     """
-    m = _check(x, maps).detach()
-    if not torch.is_floating_point(m):
-        m = m.float()
-    if not bool(torch.isfinite(m).all()):
-        raise InputError("the maps hold nan or infinite values; explain again or drop those images")
-    return m
+    return check_finite(_check(x, check_finite(maps)).detach())
 
 
 def check_masks(maps: torch.Tensor, masks: Any, what: str = "this metric") -> torch.Tensor:

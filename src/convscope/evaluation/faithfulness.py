@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import check_values, ints
 from ..errors import InputError
 from ..models import LoadedModel
 from ._common import BaselineSpec, mixed_scores
@@ -48,8 +49,7 @@ Model = str | nn.Module | LoadedModel
 
 
 def _step(n: int, features_in_step: int) -> int:
-    if isinstance(features_in_step, bool) or int(features_in_step) != features_in_step or features_in_step < 1:
-        raise InputError(f"features_in_step must be a positive integer, got {features_in_step!r}")
+    check_values(features_in_step=(features_in_step, ints(1, n)))
     if n % int(features_in_step):
         raise InputError(f"features_in_step={features_in_step} does not divide the {n} pixels of an "
                          "image; pick a divisor")
@@ -110,9 +110,8 @@ def patch_ranks(maps: torch.Tensor, patch_size: int, order: str = "morf") -> tup
     if order not in ("morf", "lerf"):
         raise InputError(f"unknown order {order!r}; use 'morf' or 'lerf'")
     h, w = maps.shape[-2:]
+    check_values(patch_size=(patch_size, ints(1, min(h, w))))
     p = int(patch_size)
-    if isinstance(patch_size, bool) or p != patch_size or not 1 <= p <= min(h, w):
-        raise InputError(f"patch_size must be an integer in 1..{min(h, w)}, got {patch_size!r}")
     ph, pw = (-h) % p // 2, (-w) % p // 2
     gh, gw = math.ceil(h / p), math.ceil(w / p)
     rows = (torch.arange(h, device=maps.device) + ph) // p
@@ -177,8 +176,8 @@ def _patch_curve(name: str, model: Model, x: torch.Tensor, maps: torch.Tensor, *
     p = prepare(model, x, maps, targets, batch_size)
     base = metric_baseline(p.x, baseline, p.lm)
     ranks, n_patches = patch_ranks(p.maps, patch_size, order)
-    if regions is not None and (isinstance(regions, bool) or int(regions) != regions or regions < 1):
-        raise InputError(f"regions must be a positive integer, got {regions!r}")
+    if regions is not None:
+        check_values(regions=(regions, ints(1)))
     k = n_patches if regions is None else min(int(regions), n_patches)
     flat = ranks.flatten(1)
     h, w = p.x.shape[-2:]
@@ -188,8 +187,8 @@ def _patch_curve(name: str, model: Model, x: torch.Tensor, maps: torch.Tensor, *
 
     out = mixed_scores(p.net, p.x, base, k + 1, mask_of, p.targets, score=score, batch_size=batch_size,
                        progress=progress, desc=name.replace("_", " ")).double().cpu()
-    opts = {"patch_size": int(patch_size), "regions": k, "baseline": baseline if isinstance(baseline, (str, float, int))
-            else "tensor", "score": score}
+    shown = baseline if isinstance(baseline, (str, float, int)) else "tensor"
+    opts = {"patch_size": int(patch_size), "regions": k, "baseline": shown, "score": score}
     return PatchCurve(name, order, out[:, 0], out[:, 1:], p.targets.cpu(), opts)
 
 

@@ -51,8 +51,9 @@ def setup():
 def _q(metric, net, x, maps, y, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(metric(model=net, x_batch=x.numpy(), y_batch=y, a_batch=maps[:, None].numpy().copy(),
-                                 device="cpu", **kw), dtype=float)
+        a = maps[:, None].numpy().copy()
+        return np.asarray(metric(model=net, x_batch=x.numpy(), y_batch=y, a_batch=a, device="cpu", **kw),
+                          dtype=float)
 
 
 QKW = {"disable_warnings": True, "normalise": False, "abs": False}
@@ -75,7 +76,8 @@ def test_pixel_flipping_equals_quantus(setup):
 def test_region_perturbation_equals_quantus(setup, order):
     net, lm, x, maps, y = setup
     # patch 5 on 12 px: the grid is padded (1, 2) around the image, as in Quantus
-    q = _q(quantus.RegionPerturbation(patch_size=5, order=order, regions_evaluation=6, **QKW), net, x, maps, y)
+    metric = quantus.RegionPerturbation(patch_size=5, order=order, regions_evaluation=6, **QKW)
+    q = _q(metric, net, x, maps, y)
     c = fa.region_perturbation(lm, x, maps, baseline="min", patch_size=5, order=order, regions=6)
     np.testing.assert_allclose(c.deltas.numpy(), q, atol=1e-5)
     np.testing.assert_allclose(c.aopc.numpy(), q.sum(1) / 7, atol=1e-5)  # Samek et al. eq. 12
@@ -113,7 +115,7 @@ def test_monotonicity_by_hand_where_quantus_never_inserts(setup):
             cur[idx] = x[i].flatten()[idx]
             with torch.no_grad():
                 scores.append(float(torch.softmax(net(cur.view(1, 1, 12, 12)), 1)[0, y[i]]))
-        want.append(all(b >= a for a, b in zip(scores, scores[1:])))
+        want.append(all(b >= a for a, b in zip(scores, scores[1:], strict=False)))
     assert got.tolist() == want
     assert not all(want)  # random maps are not all monotonic: the check can fail
 
@@ -153,7 +155,8 @@ def _masks():
 def _qs(metric, x, maps, masks, y):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(metric(model=None, x_batch=x.numpy(), y_batch=y, a_batch=maps[:, None].numpy().copy(),
+        a = maps[:, None].numpy().copy()
+        return np.asarray(metric(model=None, x_batch=x.numpy(), y_batch=y, a_batch=a,
                                  s_batch=masks[:, None].numpy().astype(float)), dtype=float)
 
 
@@ -166,7 +169,8 @@ def test_localisation_equals_quantus(setup):
          lo.top_k_intersection(maps, s, 20, concept_influence=True)),
         (quantus.RelevanceRankAccuracy(**QKW), lo.relevance_rank_accuracy(maps, s)),
         (quantus.RelevanceMassAccuracy(**QKW), lo.relevance_mass_accuracy(maps, s)),
-        (quantus.AttributionLocalisation(positive_attributions=True, **QKW), lo.attribution_localisation(maps, s)),
+        (quantus.AttributionLocalisation(positive_attributions=True, **QKW),
+         lo.attribution_localisation(maps, s)),
         (quantus.AUC(**QKW), lo.localisation_auc(maps, s)),
     ]
     for metric, ours in pairs:
@@ -190,12 +194,13 @@ def test_focus_equals_quantus_and_mosaics():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = quantus.Focus(mosaic_shape=(1, 24, 24), **QKW)(
-            model=nn.Identity(), x_batch=np.random.rand(3, 1, 24, 24).astype(np.float32), y_batch=np.zeros(3, int),
-            a_batch=am[:, None].numpy(), custom_batch=q.int().tolist())
+            model=nn.Identity(), x_batch=np.random.rand(3, 1, 24, 24).astype(np.float32),
+            y_batch=np.zeros(3, int), a_batch=am[:, None].numpy(), custom_batch=q.int().tolist())
     np.testing.assert_allclose(lo.focus(am, q).numpy(), want, atol=1e-5)
     imgs = torch.arange(6.0)[:, None, None, None].expand(6, 1, 2, 2)
     mos, quads = lo.mosaic(imgs, torch.tensor([0, 1, 0, 1, 2, 2]), 0, n=4)
     assert mos.shape == (4, 1, 4, 4) and quads.sum(1).tolist() == [2, 2, 2, 2]
-    for m, qd in zip(mos, quads):  # the target images (values 0 and 2) sit in the marked quadrants
+    # the target images (values 0 and 2) sit in the marked quadrants
+    for m, qd in zip(mos, quads, strict=True):
         tiles = [m[0, :2, :2], m[0, :2, 2:], m[0, 2:, :2], m[0, 2:, 2:]]
         assert [int(t[0, 0]) in (0, 2) for t in tiles] == qd.tolist()

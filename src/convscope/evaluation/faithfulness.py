@@ -31,7 +31,7 @@ from .._validate import check_values, ints
 from ..errors import InputError
 from ..models import LoadedModel
 from ._common import BaselineSpec, mixed_scores
-from ._prep import image_minimum, metric_baseline, prepare
+from ._prep import Prepared, image_minimum, metric_baseline, prepare
 from .curves import Curve, _pearson, faithfulness_correlation, pixel_ranks, relevance_curve
 
 __all__ = [
@@ -54,6 +54,15 @@ def _step(n: int, features_in_step: int) -> int:
         raise InputError(f"features_in_step={features_in_step} does not divide the {n} pixels of an "
                          "image; pick a divisor")
     return int(features_in_step)
+
+
+def _ranked(model: Model, x: torch.Tensor, maps: torch.Tensor, targets: Any, features_in_step: int,
+            baseline: BaselineSpec, batch_size: int | str, order: str,
+            seed: int) -> tuple[Prepared, torch.Tensor, torch.Tensor, int]:
+    """The start of a pixel-group metric: prepared inputs, baseline, (B, N) pixel ranks, step."""
+    p = prepare(model, x, maps, targets, batch_size)
+    s = _step(p.x.shape[-2] * p.x.shape[-1], features_in_step)
+    return p, metric_baseline(p.x, baseline, p.lm), pixel_ranks(p.maps, order, seed), s
 
 
 def pixel_flipping(
@@ -271,13 +280,10 @@ def faithfulness_estimate(
     over the groups. In [-1, 1]; **higher is better**. Equals Quantus 0.6.0's
     ``FaithfulnessEstimate`` (logit score by default, as there).
     """
-    p = prepare(model, x, maps, targets, batch_size)
+    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size, "most",
+                                seed)
     h, w = p.x.shape[-2:]
-    n = h * w
-    s = _step(n, features_in_step)
-    g = n // s
-    base = metric_baseline(p.x, baseline, p.lm)
-    ranks = pixel_ranks(p.maps, "most", seed)  # (B, N)
+    g = h * w // s
     group = ranks // s  # (B, N) group of each pixel
 
     def mask_of(i: torch.Tensor) -> torch.Tensor:
@@ -314,13 +320,10 @@ def monotonicity(
     the input back), so its curve is flat and every map passes; this follows the paper, and is
     tested against a hand computation.
     """
-    p = prepare(model, x, maps, targets, batch_size)
+    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size, "least",
+                                seed)
     h, w = p.x.shape[-2:]
-    n = h * w
-    s = _step(n, features_in_step)
-    k = n // s
-    base = metric_baseline(p.x, baseline, p.lm)
-    ranks = pixel_ranks(p.maps, "least", seed)
+    k = h * w // s
 
     def mask_of(i: torch.Tensor) -> torch.Tensor:
         return (ranks[i // k] < ((i % k)[:, None] + 1) * s).view(-1, h, w)  # pixels put back

@@ -12,10 +12,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import metric_setup
 from torch import nn
 
-import convscope as cs
 from convscope.evaluation import complexity as co
 from convscope.evaluation import faithfulness as fa
 from convscope.evaluation import localisation as lo
@@ -23,29 +22,9 @@ from convscope.evaluation import localisation as lo
 quantus = pytest.importorskip("quantus")
 
 
-class PlainNet(nn.Module):
-    """Conv, functional ReLU, pool, linear: 1 x 12 x 12 pixels in, 3 classes out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 6 * 6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.max_pool2d(F.relu(self.conv(x)), 2).flatten(1))
-
-
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    net = PlainNet().eval()
-    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 12, "channels": 1},
-                       class_names=["a", "b", "c"])
-    x = torch.rand(3, 1, 12, 12)
-    x[:, :, 0, 0] = 0.0
-    maps = torch.randn(3, 12, 12)
-    y = net(x).argmax(1).numpy()
-    return net, lm, x, maps, y
+    return metric_setup()
 
 
 def _q(metric, net, x, maps, y, **kw):

@@ -8,13 +8,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import grad_x_input, metric_setup
 from torch import nn
 
 from convscope.evaluation import axiomatic as ax
 from convscope.evaluation import randomisation as ra
 from convscope.evaluation import robustness as ro
 from convscope.evaluation.sanity import map_similarity
-from helpers import grad_x_input, metric_setup
 
 quantus = pytest.importorskip("quantus")
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_state, metric_setup, model_state
 
 import convscope as cs
 from convscope.errors import InputError
@@ -15,7 +16,6 @@ from convscope.evaluation import faithfulness as fa
 from convscope.evaluation import faithfulness_sets as fs
 from convscope.evaluation import localisation as lo
 from convscope.evaluation.explainers import sobel_explainer
-from helpers import assert_same_state, metric_setup, model_state
 
 quantus = pytest.importorskip("quantus")
 

@@ -24,6 +24,7 @@ from .._validate import check_values, reals
 from ..models import LoadedModel
 from ._common import BaselineSpec, mixed_scores
 from ._prep import metric_baseline, prepare
+from .faithfulness import _step
 
 __all__ = ["completeness", "non_sensitivity"]
 
@@ -63,25 +64,29 @@ def non_sensitivity(
     *,
     targets: Any = None,
     eps: float = 1e-5,
+    features_in_step: int = 1,
     baseline: BaselineSpec = "black",
     score: str = "probability",
     batch_size: int | str = "auto",
     progress: bool | None = None,
 ) -> torch.Tensor:
-    """(B,) number of pixels where ``|a_i| < eps`` disagrees with ``|f(x) - f(x_{i = baseline})| < eps``
-    (each pixel removed on its own; ``eps`` default 1e-5, as Quantus)."""
+    """(B,) number of pixel groups where "no attribution" (every ``|a_i| < eps`` in the group)
+    disagrees with "no effect" (``|f(x) - f(x_{G = baseline})| < eps``), each group removed on its
+    own. Groups are ``features_in_step`` consecutive pixels in row-major order (default 1: single
+    pixels, as Quantus, whose version only runs with 1); ``eps`` default 1e-5, as Quantus."""
     check_values(eps=(eps, reals(0, lo_open=True)))
     p = prepare(model, x, maps, targets, batch_size)
     base = metric_baseline(p.x, baseline, p.lm)
     h, w = p.x.shape[-2:]
-    n = h * w
-    pix = torch.arange(n, device=p.x.device)
+    s = _step(h * w, features_in_step)
+    g = h * w // s
+    group = torch.arange(h * w, device=p.x.device) // s
 
-    def mask_of(i: torch.Tensor) -> torch.Tensor:  # column 0: intact, column j: pixel j - 1 removed
-        return (pix[None] != (i % (n + 1))[:, None] - 1).view(-1, h, w)
+    def mask_of(i: torch.Tensor) -> torch.Tensor:  # column 0: intact, column j: group j - 1 removed
+        return (group[None] != (i % (g + 1))[:, None] - 1).view(-1, h, w)
 
-    out = mixed_scores(p.net, p.x, base, n + 1, mask_of, p.targets, score=score, batch_size=batch_size,
+    out = mixed_scores(p.net, p.x, base, g + 1, mask_of, p.targets, score=score, batch_size=batch_size,
                        progress=progress, desc="non-sensitivity").double().cpu()
     still = (out[:, 1:] - out[:, :1]).abs() < eps
-    empty = p.maps.abs().flatten(1).cpu() < eps
+    empty = (p.maps.abs().flatten(1).cpu() < eps).view(p.maps.shape[0], g, s).all(-1)
     return (still ^ empty).sum(1)

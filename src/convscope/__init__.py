@@ -17,7 +17,8 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
   shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.dataset`).
 * concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.concepts`).
 * evaluation of explanations: the one subpackage :mod:`convscope.evaluation` (pointing game,
-  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark).
+  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark) and
+  :func:`evaluate`, the method x metric table of the whole metric catalogue.
 * bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
   :mod:`convscope.toydata` (``convscope.datasets`` is its old name).
 
@@ -41,6 +42,7 @@ from .dataset import (
     top_activations,
 )
 from .errors import ConvscopeError
+from .evaluation.grid import MetricTable, evaluate
 from .featvis import (
     Visualization,
     activation_maps,
@@ -84,6 +86,7 @@ __all__ = [
     "Grid",
     "LoadedModel",
     "MethodInfo",
+    "MetricTable",
     "Neighbors",
     "Preprocessing",
     "Report",
@@ -102,6 +105,7 @@ __all__ = [
     "deepdream",
     "efros_leung",
     "embed",
+    "evaluate",
     "evaluation",
     "explain",
     "explain_classes",

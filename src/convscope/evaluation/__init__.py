@@ -5,10 +5,17 @@
 * :mod:`.sanity`: model-randomisation sanity check (cascading and independent).
 * :mod:`.sensitivity`: max-sensitivity; :mod:`.sparsity`: Gini index.
 * :mod:`.benchmark`: the planted-cue benchmark (``convscope benchmark planted-cue``).
+* The metric catalogue (#33), one module per family: :mod:`.faithfulness` and
+  :mod:`.faithfulness_sets`, :mod:`.robustness`, :mod:`.localisation`, :mod:`.complexity`,
+  :mod:`.randomisation`, :mod:`.axiomatic`; :mod:`.catalogue` is the one table of them and
+  :mod:`.grid` (:func:`convscope.evaluate`) scores methods with them.
 """
 
+from . import axiomatic, complexity, faithfulness, faithfulness_sets, localisation, randomisation, robustness
+from .catalogue import FAMILIES, METRICS
 from .curves import Curve, deletion, faithfulness_correlation, insertion, pixel_ranks, relevance_curve
 from .explainers import MethodExplainer, as_explainer, sobel_explainer
+from .grid import MetricTable, evaluate
 from .pointing import (
     boxes_to_masks,
     cue_mass,
@@ -21,7 +28,18 @@ from .sensitivity import max_sensitivity
 from .sparsity import gini
 
 __all__ = [
+    "FAMILIES",
+    "METRICS",
     "Curve",
+    "MetricTable",
+    "axiomatic",
+    "complexity",
+    "evaluate",
+    "faithfulness",
+    "faithfulness_sets",
+    "localisation",
+    "randomisation",
+    "robustness",
     "MethodExplainer",
     "SanityResult",
     "as_explainer",

@@ -38,7 +38,8 @@ def test_catalogue_is_one_table_of_every_family():
 
 def test_table_scores_intervals_and_ranks(setup):
     net, lm, x, masks = setup
-    methods = {"mask": masks.float() + 0.01 * torch.rand(10, 12, 12, generator=torch.Generator().manual_seed(2)),
+    jitter = torch.rand(10, 12, 12, generator=torch.Generator().manual_seed(2))
+    methods = {"mask": masks.float() + 0.01 * jitter,
                "inverse": (~masks).float(), "gxi": lambda lm_, xx, t: grad_x_input(net, xx, t)}
     before = model_state(net)
     tab = cs.evaluate(lm, x, methods, metrics=["relevance_rank_accuracy", "localisation_auc", "sparseness",
@@ -53,7 +54,8 @@ def test_table_scores_intervals_and_ranks(setup):
     idx = np.random.default_rng(3).integers(0, 10, (200, 10))
     v = tab.scores["gxi"]["sparseness"]
     means = v[idx].mean(1)
-    assert tab.ci["gxi"]["sparseness"] == pytest.approx((np.percentile(means, 2.5), np.percentile(means, 97.5)))
+    want = (np.percentile(means, 2.5), np.percentile(means, 97.5))
+    assert tab.ci["gxi"]["sparseness"] == pytest.approx(want)
     assert tab.ci["gxi"]["sparseness"][0] <= tab.mean("gxi", "sparseness") <= tab.ci["gxi"]["sparseness"][1]
     # ranks follow each metric's direction: the mask localises best, its inverse worst
     r = tab.ranks()

@@ -107,3 +107,54 @@ def test_bad_input_one_line(setup, tmp_path):
     with pytest.raises(InputError):
         tab.save(tmp_path / "t.txt")
     assert not (tmp_path / "t.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory, cue_test):
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("digits")
+    imgs, masks = [], []
+    for i in range(8):
+        Image.fromarray((cue_test.images[i, 0].numpy() * 255).round().astype(np.uint8)).save(d / f"d{i}.png")
+        Image.fromarray(cue_test.masks[i].numpy().astype(np.uint8) * 255).save(d / f"m{i}.png")
+        imgs.append(str(d / f"d{i}.png"))
+        masks.append(str(d / f"m{i}.png"))
+    return d, imgs, masks
+
+
+def test_cli_catalogue_table(digit_files, capsys):
+    from convscope.cli.main import main
+
+    d, imgs, masks = digit_files
+    out = d / "table.json"
+    code = main(["evaluate", *imgs, "--model", "digits-cnn-cue", "--catalogue", "--methods",
+                 "gradcam,saliency", "--families", "localisation,complexity", "--masks", *masks,
+                 "--n-boot", "100", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "localisation: best gradcam" in text, text
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 * 9 and {r["family"] for r in rows} == {"localisation", "complexity"}
+    png = d / "table.png"
+    assert main(["evaluate", *imgs, "--model", "digits-cnn-cue", "--catalogue", "--methods", "gradcam",
+                 "--metrics", "sparseness", "-o", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--catalogue", "--metrics", "nonsense"], "unknown metric"),
+    (["--catalogue", "--families", "localisation"], "need --masks or --boxes"),
+    (["--catalogue", "--families", "faithfullness"], "unknown families"),
+    (["--families", "complexity"], "--families needs --catalogue"),
+    (["--catalogue", "--methods", "salency"], "did you mean saliency"),
+    (["--catalogue", "--n-boot", "0"], "n-boot"),
+])
+def test_cli_catalogue_errors_are_one_line(digit_files, capsys, argv, message):
+    from convscope.cli.main import main
+
+    d, imgs, _ = digit_files
+    out = d / "bad.json"
+    code = main(["evaluate", imgs[0], "--model", "digits-cnn-cue", *argv, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()

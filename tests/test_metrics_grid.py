@@ -158,3 +158,14 @@ def test_cli_catalogue_errors_are_one_line(digit_files, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_report_section_which_method_to_trust(setup, tmp_path):
+    _, lm, x, masks = setup
+    tab = cs.evaluate(lm, x, {"a": masks.float(), "b": torch.rand(10, 12, 12)}, families="localisation",
+                      masks=masks, n_boot=50, progress=False)
+    rep = cs.Report("metrics")
+    rep.add(tab)
+    html = rep.write(tmp_path / "r.html").read_text()
+    assert "Which method to trust" in html and "Best per family: localisation: a" in html
+    assert "data:image/png;base64" in html

@@ -141,3 +141,46 @@ def test_non_sensitivity_equals_quantus_on_non_negative_maps(setup):
             moved[:, i] = (torch.softmax(net(xi.view_as(x)), 1)[range(3), y] - f0).abs()
     oracle = torch.where(moved >= 1e-5, 1.0, 0.0).view(3, 12, 12)
     assert ax.non_sensitivity(lm, x, oracle, baseline="min", targets=torch.as_tensor(y)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_monotonicity_correlation_equals_quantus(setup, step):
+    from convscope.evaluation import faithfulness_stats as st
+
+    net, lm, x, maps, y = setup
+    metric = quantus.MonotonicityCorrelation(nr_samples=1, features_in_step=step, perturb_baseline="black",
+                                             abs=False, normalise=False, disable_warnings=True)
+    want = _quantus(metric, net, x, y, None, a=maps[:, None].numpy())
+    got = st.monotonicity_correlation(lm, x, maps, baseline="min", features_in_step=step)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_sensitivity_n_and_infidelity_on_a_linear_model():
+    import convscope as cs
+    from convscope.evaluation import faithfulness_stats as st
+
+    torch.manual_seed(0)
+    net = Linear().eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 4, "channels": 1})
+    x = torch.rand(3, 1, 4, 4)
+    t = torch.tensor([0, 1, 0])
+    gxi = net.fc.weight[t].detach().view(3, 4, 4) * x[:, 0]  # complete for the logit, baseline 0
+    sens = st.sensitivity_n(lm, x, gxi, sizes=[1, 4, 8], n_samples=20, targets=t)
+    np.testing.assert_allclose(sens.numpy(), 1.0, atol=1e-5)  # the drop IS the attribution sum
+    # infidelity compares I . Phi with the drop: the gradient (the weights) is exact for a linear model,
+    # gradient x input is not
+    grad = net.fc.weight[t].detach().view(3, 4, 4)
+    np.testing.assert_allclose(st.infidelity(lm, x, grad, targets=t, patch_size=2).numpy(), 0.0, atol=1e-9)
+    assert (st.infidelity(lm, x, gxi, targets=t, patch_size=2) > 1e-4).all()
+    rnd = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    assert (st.sensitivity_n(lm, x, rnd, sizes=[4], n_samples=20, targets=t) < 0.9).all()
+    # hand: one sample, the patch's attribution sum against the logit drop
+    inf = st.infidelity(lm, x, rnd, targets=t, patch_size=2, n_samples=1, seed=5)
+    g = torch.Generator().manual_seed(5)
+    top, left = torch.randint(0, 3, (3, 1), generator=g), torch.randint(0, 3, (3, 1), generator=g)
+    for i in range(3):
+        patch = torch.zeros(4, 4, dtype=torch.bool)
+        patch[top[i, 0]:top[i, 0] + 2, left[i, 0]:left[i, 0] + 2] = True
+        drop = float((net.fc.weight[t[i]] * (x[i, 0] * patch).flatten()).sum())
+        want = (float((rnd[i] * x[i, 0] * patch).sum()) - drop) ** 2
+        assert inf[i].item() == pytest.approx(want, rel=1e-4, abs=1e-7)

@@ -6,12 +6,22 @@
 * :mod:`.sensitivity`: max-sensitivity; :mod:`.sparsity`: Gini index.
 * :mod:`.benchmark`: the planted-cue benchmark (``convscope benchmark planted-cue``).
 * The metric catalogue (#33), one module per family: :mod:`.faithfulness` and
-  :mod:`.faithfulness_sets`, :mod:`.robustness`, :mod:`.localisation`, :mod:`.complexity`,
+  :mod:`.faithfulness_sets`,
+  :mod:`.faithfulness_stats`, :mod:`.robustness`, :mod:`.localisation`, :mod:`.complexity`,
   :mod:`.randomisation`, :mod:`.axiomatic`; :mod:`.catalogue` is the one table of them and
   :mod:`.grid` (:func:`convscope.evaluate`) scores methods with them.
 """
 
-from . import axiomatic, complexity, faithfulness, faithfulness_sets, localisation, randomisation, robustness
+from . import (
+    axiomatic,
+    complexity,
+    faithfulness,
+    faithfulness_sets,
+    faithfulness_stats,
+    localisation,
+    randomisation,
+    robustness,
+)
 from .catalogue import FAMILIES, METRICS
 from .curves import Curve, deletion, faithfulness_correlation, insertion, pixel_ranks, relevance_curve
 from .explainers import MethodExplainer, as_explainer, sobel_explainer
@@ -37,6 +47,7 @@ __all__ = [
     "evaluate",
     "faithfulness",
     "faithfulness_sets",
+    "faithfulness_stats",
     "localisation",
     "randomisation",
     "robustness",

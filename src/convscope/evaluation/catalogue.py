@@ -4,6 +4,7 @@ Each :class:`MetricSpec` names its family, its direction, what it needs (the map
 masks, or the method itself to re-explain perturbed inputs or a randomised model) and the defaults
 the grid uses where a choice must be made; those defaults are stated in every result. The
 functions themselves live in the family modules (:mod:`.faithfulness`, :mod:`.faithfulness_sets`,
+:mod:`.faithfulness_stats`,
 :mod:`.complexity`, :mod:`.localisation`, :mod:`.robustness`, :mod:`.randomisation`,
 :mod:`.axiomatic`).
 """
@@ -21,6 +22,7 @@ from . import axiomatic as ax
 from . import complexity as co
 from . import faithfulness as fa
 from . import faithfulness_sets as fs
+from . import faithfulness_stats as st
 from . import localisation as lo
 from . import randomisation as ra
 from . import robustness as ro
@@ -122,6 +124,16 @@ _M: list[MetricSpec] = [
     MetricSpec("irof", "faithfulness", True, "",
                lambda c, **k: fs.irof(c.lm, c.x, c.maps, **_common(c), **k),
                {"baseline": "mean"}, "Rieger and Hansen 2020"),
+    MetricSpec("monotonicity_correlation", "faithfulness", True, "",
+               lambda c, **k: st.monotonicity_correlation(c.lm, c.x, c.maps, **_common(c), seed=c.seed,
+                                                          **_step(c, k)),
+               {"features_in_step": "auto", "baseline": "black"}, "Nguyen and Martinez 2020"),
+    MetricSpec("sensitivity_n", "faithfulness", True, "",
+               lambda c, **k: st.sensitivity_n(c.lm, c.x, c.maps, **_common(c), seed=c.seed, **k).mean(1),
+               {"n_samples": 50, "baseline": "black"}, "Ancona et al. 2018"),
+    MetricSpec("infidelity", "faithfulness", False, "",
+               lambda c, **k: st.infidelity(c.lm, c.x, c.maps, **_common(c), seed=c.seed, **k),
+               {"patch_size": 4, "n_samples": 32, "baseline": "black"}, "Yeh et al. 2019"),
     MetricSpec("max_sensitivity", "robustness", False, "explainer",
                lambda c, **k: ro.max_sensitivity(c.lm, c.x, c.explainer, **_ex(c), **k),
                {"radius": 0.1, "n_samples": 8}, "Yeh et al. 2019"),

@@ -38,6 +38,7 @@ __all__ = [
     "PatchCurve",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "group_removals",
     "monotonicity",
     "patch_ranks",
     "pixel_flipping",
@@ -259,6 +260,31 @@ def selectivity(
                         batch_size=batch_size, progress=progress)
 
 
+def group_removals(model: Model, x: torch.Tensor, maps: torch.Tensor, *, targets: Any, features_in_step: int,
+                   baseline: BaselineSpec, score: str, batch_size: int | str, order: str, seed: int,
+                   progress: bool | None, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores with each group of ``features_in_step`` pixels (groups in ``order`` of relevance)
+    removed on its own, and the groups' attribution sums.
+
+    Returns:
+        (B, G + 1) scores (column 0: the intact input), (B, G) sums; float64 on the CPU.
+    """
+    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size, order,
+                                seed)
+    h, w = p.x.shape[-2:]
+    g = h * w // s
+    group = ranks // s  # (B, N) group of each pixel
+
+    def mask_of(i: torch.Tensor) -> torch.Tensor:
+        return (group[i // (g + 1)] != (i % (g + 1))[:, None] - 1).view(-1, h, w)  # column 0: intact
+
+    out = mixed_scores(p.net, p.x, base, g + 1, mask_of, p.targets, score=score, batch_size=batch_size,
+                       progress=progress, desc=desc).double().cpu()
+    sums = torch.zeros(p.x.shape[0], g, dtype=torch.float64)
+    sums.scatter_add_(1, group.cpu(), p.maps.double().flatten(1).cpu())
+    return out, sums
+
+
 def faithfulness_estimate(
     model: Model,
     x: torch.Tensor,
@@ -280,20 +306,10 @@ def faithfulness_estimate(
     over the groups. In [-1, 1]; **higher is better**. Equals Quantus 0.6.0's
     ``FaithfulnessEstimate`` (logit score by default, as there).
     """
-    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size, "most",
-                                seed)
-    h, w = p.x.shape[-2:]
-    g = h * w // s
-    group = ranks // s  # (B, N) group of each pixel
-
-    def mask_of(i: torch.Tensor) -> torch.Tensor:
-        return (group[i // (g + 1)] != (i % (g + 1))[:, None] - 1).view(-1, h, w)  # column 0: intact
-
-    out = mixed_scores(p.net, p.x, base, g + 1, mask_of, p.targets, score=score, batch_size=batch_size,
-                       progress=progress, desc="faithfulness estimate").double().cpu()
+    out, sums = group_removals(model, x, maps, targets=targets, features_in_step=features_in_step,
+                               baseline=baseline, score=score, batch_size=batch_size, order="most",
+                               seed=seed, progress=progress, desc="faithfulness estimate")
     drop = out[:, :1] - out[:, 1:]
-    sums = torch.zeros(p.x.shape[0], g, dtype=torch.float64)
-    sums.scatter_add_(1, group.cpu(), p.maps.double().flatten(1).cpu())
     return _pearson(sums, drop).float()
 
 

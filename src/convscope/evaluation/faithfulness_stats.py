@@ -63,25 +63,15 @@ def monotonicity_correlation(
     change of removing each group (see the module docstring); higher is better."""
     from scipy.stats import spearmanr
 
-    from .faithfulness import _ranked
+    from .faithfulness import group_removals
 
     check_values(eps=(eps, reals(0)))
-    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size,
-                                "least", seed)
-    h, w = p.x.shape[-2:]
-    g = h * w // s
-    group = ranks // s
-
-    def mask_of(i: torch.Tensor) -> torch.Tensor:  # column 0: intact, column j: group j - 1 removed
-        return (group[i // (g + 1)] != (i % (g + 1))[:, None] - 1).view(-1, h, w)
-
-    out = mixed_scores(p.net, p.x, base, g + 1, mask_of, p.targets, score=score, batch_size=batch_size,
-                       progress=progress, desc="monotonicity correlation").double().cpu()
+    out, sums = group_removals(model, x, maps, targets=targets, features_in_step=features_in_step,
+                               baseline=baseline, score=score, batch_size=batch_size, order="least",
+                               seed=seed, progress=progress, desc="monotonicity correlation")
     y0 = out[:, :1]
     inv = torch.where(y0.abs() >= eps, 1 / y0.clamp(min=1e-300).square(), torch.ones_like(y0))
     var = (out[:, 1:] - y0).square() * inv
-    sums = torch.zeros(p.x.shape[0], g, dtype=torch.float64)
-    sums.scatter_add_(1, group.cpu(), p.maps.double().flatten(1).cpu())
     rho = [spearmanr(a, v).statistic for a, v in zip(sums.numpy(), var.numpy(), strict=True)]
     return torch.tensor(np.nan_to_num(np.asarray(rho, dtype=np.float64)), dtype=torch.float32)
 

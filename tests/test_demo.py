@@ -86,7 +86,8 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     html = (tmp_path / "report.html").read_text()
     assert str(tmp_path / "report.html") in r.stdout
-    for title in ("Where each model looks", "Swap the cue", "How often does each method point", "Which method to trust",
+    for title in ("Where each model looks", "Swap the cue", "How often does each method point",
+                  "Which method to trust",
                   "LIME on a classifier that reads the header", "Class visualisations",
                   "maximally activating test digits", "targeted PGD",
                   "digits-snow, the wolf-vs-husky snow detector", "point at the snow",

@@ -94,6 +94,12 @@ def test_bad_input_one_line(setup, tmp_path):
         lambda: cs.evaluate(lm, x, {"a": nan}, families="complexity"),
         lambda: cs.evaluate(lm, x, good, metrics=["sparseness"], n_boot=0),
         lambda: cs.evaluate(lm, x, good, metrics=["sparseness"], options={"nope": {}}),
+        lambda: cs.evaluate(lm, x, good, metrics=["pixel_flipping"], options={"pixel_flipping": {"step": 4}}),
+        lambda: cs.evaluate(lm, x, good, metrics=["selectivity"],
+                            options={"selectivity": {"patch_size": float("nan")}}),
+        lambda: cs.evaluate(lm, x, good, metrics=["effective_complexity"],
+                            options={"effective_complexity": {"eps": float("inf")}}),
+        lambda: cs.evaluate(lm, x, good, metrics=["road_morf"], options={"road_morf": {"noise": -1.0}}),
         lambda: cs.evaluate(lm, x, [], metrics=["sparseness"]),
         lambda: cs.evaluate(lm, x, good, metrics=["sparseness"], families="complexity"),
     ]

@@ -187,7 +187,8 @@ def evaluate(
             (default: every metric; localisation metrics need ``masks``).
         masks: (B, H, W) ground-truth regions or boxes (see :mod:`.pointing`).
         targets: class per image (default: the predicted class).
-        options: ``{metric: {option: value}}`` over the catalogue's defaults.
+        options: ``{metric: {option: value}}`` over the catalogue's defaults (a metric takes the
+            options its defaults name; values are checked by the metric).
         n_boot: bootstrap resamples for the intervals.
         batch_size: forward-pass chunk size or ``"auto"``.
         seed: seeds the methods, the metrics' draws and the bootstrap.
@@ -205,10 +206,15 @@ def evaluate(
             raise InputError("the localisation metrics need masks=... (or boxes); give the ground-truth "
                              "regions")
         specs = [s for s in specs if s.needs != "masks"]
-    opts = {s.name: {**s.defaults, **dict((options or {}).get(s.name, {}))} for s in specs}
     unknown = set(options or {}) - set(METRICS)
     if unknown:
         raise InputError(f"options for unknown metrics {sorted(unknown)}; use names from the catalogue")
+    for name, given in (options or {}).items():
+        extra = sorted(set(given) - set(METRICS[name].defaults))
+        if extra:
+            allowed = ", ".join(METRICS[name].defaults) or "none"
+            raise InputError(f"{name} has no option {', '.join(extra)}; its options: {allowed}")
+    opts = {s.name: {**s.defaults, **dict((options or {}).get(s.name, {}))} for s in specs}
     items = _methods(methods)
     lm = as_loaded(model)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:

@@ -175,3 +175,6 @@ def test_report_section_which_method_to_trust(setup, tmp_path):
     html = rep.write(tmp_path / "r.html").read_text()
     assert "Which method to trust" in html and "Best per family: localisation: a" in html
     assert "data:image/png;base64" in html
+    plain = cs.evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3)), x,
+                        {"a": masks.float()}, metrics=["sparseness"], progress=False)
+    assert plain.model_info["assumed"] and "convscope assumed" in plain.html_caption()

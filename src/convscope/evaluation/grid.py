@@ -119,10 +119,12 @@ class MetricTable(Result):
         fams = self.family_ranks()
         best = {f: min(d, key=d.get) for f, d in fams.items()}
         lines = ", ".join(f"{f}: {m}" for f, m in best.items())
+        assumed = self.model_info.get("assumed") or []
+        said = f" convscope assumed about the model: {'; '.join(assumed)}." if assumed else ""
         return (f"{len(self.methods)} methods x {len(self.metrics)} metrics on {self.n_images} images; "
                 f"cells: mean [95% bootstrap CI], colour: rank within the metric (green best). "
                 f"Best per family: {lines}. Options: "
-                + "; ".join(f"{m} {o}" for m, o in self.options.items() if o))
+                + "; ".join(f"{m} {o}" for m, o in self.options.items() if o) + "." + said)
 
     def png(self, *args: Any, **kwargs: Any) -> bytes:
         """The table as a picture (see :func:`.grid_plot.plot_table`)."""

@@ -184,3 +184,39 @@ def test_sensitivity_n_and_infidelity_on_a_linear_model():
         drop = float((net.fc.weight[t[i]] * (x[i, 0] * patch).flatten()).sum())
         want = (float((rnd[i] * x[i, 0] * patch).sum()) - drop) ** 2
         assert inf[i].item() == pytest.approx(want, rel=1e-4, abs=1e-7)
+
+
+def test_relative_stability_input_equals_quantus_output_by_hand(setup):
+    net, lm, x, _, y = setup
+
+    def q_explain(model, inputs, targets, **kw):
+        return grad_x_input(net, torch.as_tensor(inputs).float(), torch.as_tensor(targets)).numpy()[:, None]
+
+    def explainer(lm_, xx, t):
+        return grad_x_input(net, xx, t)
+
+    n = 4
+    np.random.seed(1)
+    kw = {"nr_samples": n, "normalise": False, "abs": False, "disable_warnings": True}
+    want = _quantus(quantus.RelativeInputStability(**kw), net, x, y, q_explain)
+    np.random.seed(1)
+    draws = np.stack([np.random.uniform(0.02, 0.2, (3, 144)) for _ in range(n)])
+    d = torch.as_tensor(draws).view(n, 3, 1, 12, 12)
+    yt = torch.as_tensor(y)
+    with torch.no_grad():
+        for k in range(n):  # no draw changes the class here
+            assert (net(x + d[k].float()).argmax(-1) == yt).all()
+    got = ro.relative_stability(lm, x, explainer, kind="input", targets=yt, noise=d)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    # output stability, the paper's eq. 5: relative change of the logits in the denominator
+    ros = ro.relative_stability(lm, x, explainer, kind="output", targets=yt, noise=d)
+    e0 = grad_x_input(net, x, yt).double().flatten(1)
+    e0_div = torch.where(e0 == 0, torch.full_like(e0, 1e-6), e0)  # a zero divisor counts as eps
+    h0 = net(x).detach().double()
+    hand = []
+    for k in range(n):
+        xp = (x.double() + d[k]).float()
+        ep = grad_x_input(net, xp, yt).double().flatten(1)
+        hp = net(xp).detach().double()
+        hand.append((((e0 - ep) / e0_div).norm(dim=1) / ((h0 - hp) / h0).norm(dim=1)))
+    np.testing.assert_allclose(ros.numpy(), torch.stack(hand).amax(0).numpy(), rtol=1e-4)

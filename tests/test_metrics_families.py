@@ -220,3 +220,15 @@ def test_relative_stability_input_equals_quantus_output_by_hand(setup):
         hp = net(xp).detach().double()
         hand.append((((e0 - ep) / e0_div).norm(dim=1) / ((h0 - hp) / h0).norm(dim=1)))
     np.testing.assert_allclose(ros.numpy(), torch.stack(hand).amax(0).numpy(), rtol=1e-4)
+
+
+def test_consistency_by_hand():
+    maps = torch.zeros(5, 4, 4)
+    maps[[0, 1, 2], 0, :2] = torch.tensor([2.0, 1.0])  # images 0-2 select the same two pixels
+    maps[[3, 4], 3, 2:] = torch.tensor([2.0, 1.0])  # images 3-4 select two others
+    maps[4, 1, 1] = 0.5  # below the top 2: still the same explanation
+    pred = torch.tensor([1, 1, 0, 2, 2])
+    got = ro.consistency(maps, pred, n=2)
+    np.testing.assert_allclose(got.numpy(), [0.5, 0.5, 0.0, 1.0, 1.0])
+    alone = ro.consistency(torch.eye(4).view(4, 2, 2), torch.zeros(4), n=1)
+    assert torch.isnan(alone).all()  # no other image shares an explanation: no evidence either way

@@ -31,7 +31,8 @@ from ..models import LoadedModel
 from .sensitivity import max_sensitivity, perturbed_maps, relative_changes
 
 __all__ = [
-    "avg_sensitivity", "gaussian_noise", "local_lipschitz_estimate", "max_sensitivity", "relative_stability",
+    "avg_sensitivity", "consistency", "gaussian_noise", "local_lipschitz_estimate", "max_sensitivity",
+    "relative_stability",
 ]
 
 Model = str | nn.Module | LoadedModel
@@ -162,3 +163,30 @@ def relative_stability(
     ratio = torch.where(hp.argmax(-1) == h0.argmax(-1)[None], ratio, torch.full_like(ratio, float("nan")))
     return torch.nan_to_num(ratio, nan=-torch.inf).amax(0).where(~ratio.isnan().all(0),
                                                                    torch.tensor(float("nan"))).float()
+
+
+def consistency(maps: torch.Tensor, predictions: torch.Tensor, n: int = 5, *, seed: int = 0) -> torch.Tensor:
+    """(B,) consistency (Dasgupta, Frost and Moshkovitz, "Framework for Evaluating Faithfulness of
+    Local Explanations", ICML 2022): among the *other* images whose explanation is the same, the
+    share predicted as the same class; **higher is better**, NaN where no other image shares the
+    explanation. An explanation is discretised as the set of its ``n`` highest-attributed pixels.
+
+    Quantus 0.6.0 discretises with the signs of the *first* ``n`` entries of the flattened map
+    (array order, not the top ``n``), which compares image corners; this follows the paper's
+    reading of an explanation as its selected features (tested by hand).
+
+    Shape:
+        maps (B, H, W), predictions (B,) -> (B,).
+    """
+    from ._prep import check_finite
+    from .curves import pixel_ranks
+
+    m = check_finite(maps).detach().flatten(1)
+    check_values(n=(n, ints(1, m.shape[1])))
+    top = pixel_ranks(m, "most", seed) < n  # (B, N): the selected pixels
+    same_expl = (top[:, None] == top[None]).all(-1)
+    p = torch.as_tensor(predictions).reshape(-1).to(same_expl.device)
+    same_expl.fill_diagonal_(False)
+    agree = (same_expl & (p[:, None] == p[None])).sum(1).double()
+    count = same_expl.sum(1).double()
+    return torch.where(count > 0, agree / count.clamp(min=1), torch.full_like(count, float("nan"))).float()

@@ -138,9 +138,14 @@ class MetricTable(Result):
 
 
 def _bootstrap(v: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
-    if not np.isfinite(v).all():
+    """Percentile 95 % interval of the mean over the resamples ``idx``; images where the metric is
+    undefined (NaN, e.g. consistency without a peer) are left out of each resample's mean."""
+    if not np.isfinite(v).any():
         return (float("nan"), float("nan"))
-    means = v[idx].mean(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of undefined images only
+        means = np.nanmean(v[idx], 1)
+    means = means[np.isfinite(means)]
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 

@@ -47,8 +47,7 @@ from ._sections import (
 
 __all__ = ["ATTRIBUTION_FAMILIES", "STAGES", "choose_settings", "demo_methods", "run_demo"]
 
-STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "which method to trust",
-          "digits-snow",
+STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "digits-snow",
           "concept test", "lime text", "class visualisations", "compare", "dataset", "audit", "adversarial",
           "model cards")
 """The demo's stages, in order: its progress counts them."""
@@ -232,10 +231,6 @@ def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budg
         + ["settings"],
     )
 
-    stage("which method to trust")
-    from ._trust import trust_section
-
-    trust_section(rep, models, cue)
     stage("digits-snow")
     _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
     stage("concept test")

@@ -232,3 +232,31 @@ def test_consistency_by_hand():
     np.testing.assert_allclose(got.numpy(), [0.5, 0.5, 0.0, 1.0, 1.0])
     alone = ro.consistency(torch.eye(4).view(4, 2, 2), torch.zeros(4), n=1)
     assert torch.isnan(alone).all()  # no other image shares an explanation: no evidence either way
+
+
+class FirstPixels(nn.Module):
+    """Logits = the first three pixels: predictions that vary with the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :3] * 1.0
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_sufficiency_equals_quantus_where_an_image_has_neighbours(threshold):
+    from convscope.evaluation import faithfulness_stats as st
+
+    net = FirstPixels().eval()
+    x = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    a = torch.rand(10, 12, 12, generator=torch.Generator().manual_seed(4))
+    a[5:] = a[:5] + 0.05 * torch.rand(5, 12, 12, generator=torch.Generator().manual_seed(5))  # near pairs
+    pred = net(x).argmax(1)
+    assert len(set(pred.tolist())) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = np.asarray(quantus.Sufficiency(threshold=threshold, disable_warnings=True)(
+            model=net, x_batch=x.numpy(), y_batch=pred.numpy(), a_batch=a[:, None].numpy(), device="cpu"))
+    got = st.sufficiency(a, pred, threshold).numpy()
+    has = np.isfinite(got)
+    assert has.any()
+    np.testing.assert_allclose(got[has], want[has], atol=1e-6)
+    np.testing.assert_allclose(want[~has], 0.0)  # Quantus's 0 where there is no neighbour: NaN here

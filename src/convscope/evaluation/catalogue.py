@@ -134,6 +134,8 @@ _M: list[MetricSpec] = [
     MetricSpec("infidelity", "faithfulness", False, "",
                lambda c, **k: st.infidelity(c.lm, c.x, c.maps, **_common(c), seed=c.seed, **k),
                {"patch_size": 4, "n_samples": 32, "baseline": "black"}, "Yeh et al. 2019"),
+    MetricSpec("sufficiency", "faithfulness", True, "",
+               lambda c, **k: st.sufficiency(c.maps, c.targets, **k), {"threshold": 0.6}, "Dasgupta et al. 2022"),
     MetricSpec("max_sensitivity", "robustness", False, "explainer",
                lambda c, **k: ro.max_sensitivity(c.lm, c.x, c.explainer, **_ex(c), **k),
                {"radius": 0.1, "n_samples": 8}, "Yeh et al. 2019"),

@@ -1,5 +1,6 @@
 """Faithfulness metrics that correlate (or regress) attribution sums with output changes over many
-pixel sets: monotonicity correlation, sensitivity-N and infidelity.
+pixel sets: monotonicity correlation, sensitivity-N and infidelity; and sufficiency (do images
+with similar explanations get the same prediction?).
 
 * :func:`monotonicity_correlation` (Nguyen and Martinez, "On Quantitative Aspects of Model
   Interpretability", 2020): remove each group of ``features_in_step`` pixels on its own (groups in
@@ -40,7 +41,7 @@ from ._common import BaselineSpec, mixed_scores
 from ._prep import metric_baseline, prepare
 from .curves import faithfulness_correlation
 
-__all__ = ["infidelity", "monotonicity_correlation", "sensitivity_n"]
+__all__ = ["infidelity", "monotonicity_correlation", "sensitivity_n", "sufficiency"]
 
 Model = str | nn.Module | LoadedModel
 
@@ -145,3 +146,34 @@ def infidelity(
     diff = (p.x - base).double().sum(1).cpu()  # (B, H, W): I summed over channels, the map broadcast
     dot = (inside.double() * (diff * p.maps.double().cpu())[:, None]).flatten(2).sum(-1)
     return (dot - drop).square().mean(1).float()
+
+
+def sufficiency(maps: torch.Tensor, predictions: torch.Tensor, threshold: float = 0.6) -> torch.Tensor:
+    """(B,) sufficiency (Dasgupta, Frost and Moshkovitz, "Framework for Evaluating Faithfulness of
+    Local Explanations", ICML 2022): among the other images whose explanation lies within
+    ``threshold`` (default 0.6) of this one, the share predicted as the same class; **higher is
+    better**. Distances are standardised Euclidean (each pixel scaled by its variance over the
+    batch) divided by the batch's largest distance, as Quantus 0.6.0 computes them (so the
+    neighbourhood is relative to the batch). Quantus scores an image without neighbours 0; here it
+    is NaN (no evidence either way), and equal to Quantus elsewhere.
+
+    Shape:
+        maps (B, H, W), predictions (B,) -> (B,).
+    """
+    from scipy.spatial.distance import cdist
+
+    from ._prep import check_finite
+
+    check_values(threshold=(threshold, reals(0, 1)))
+    a = check_finite(maps).detach().double().flatten(1).cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.nan_to_num(cdist(a, a, "seuclidean"))
+    if dist.max() > 0:
+        dist = dist / dist.max()
+    near = dist <= threshold
+    np.fill_diagonal(near, False)
+    p = torch.as_tensor(predictions).reshape(-1).cpu().numpy()
+    agree = (near & (p[:, None] == p[None])).sum(1)
+    count = near.sum(1)
+    out = np.where(count > 0, agree / np.maximum(count, 1), np.nan)
+    return torch.as_tensor(out, dtype=torch.float32)

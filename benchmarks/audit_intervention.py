@@ -1,7 +1,7 @@
 """The audit with interventions at 500, 1,000 and 2,000 images: does its time grow linearly?
 
 The bundled ``digits-marker`` model (a corner marker on 90% of its training 3s) over held-out
-digits in which 90% of class 3 carries the marker (:func:`convscope.toydata.shortcut_class`),
+digits in which 90% of class 3 carries the marker (:func:`convscope.data.toydata.shortcut_class`),
 drawn with replacement from the whole digits set and shifted by -1..1 px so that 2,000 images are
 not 2,000 copies of 1,797. Each size runs in a fresh process (Grad-CAM, embedding none, default
 intervention: two forward passes per image of each suspect cluster). Reported: wall time, time per
@@ -27,9 +27,9 @@ import json, sys, time
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[2]))
 import convscope as cs
-from convscope.dataset import TensorSource
-from convscope.dataset import _intervene
-from convscope.toydata import digits, stamp_shortcut
+from convscope.methods.dataset import TensorSource
+from convscope.methods.dataset import _intervene
+from convscope.data.toydata import digits, stamp_shortcut
 
 n = int(sys.argv[1])
 rng = np.random.default_rng(0)

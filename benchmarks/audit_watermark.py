@@ -1,6 +1,6 @@
 """How well the dataset audit finds a planted Clever Hans, per attribution method.
 
-* ``digits-watermark`` on a held-out folder (:func:`convscope.datasets.watermark_folder`, the test
+* ``digits-watermark`` on a held-out folder (:func:`convscope.data.toydata.watermark_folder`, the test
   split): class "3" holds 55 clean 3s and 27 watermarked digits of other classes. Precision and
   recall of the suspect clusters of class 3 against the watermarked files (``watermark.json``),
   and whether any other class gets a suspect.
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import convscope as cs
-from convscope.dataset import TensorSource
-from convscope.datasets import digits, planted_cue, watermark_folder
+from convscope.data.toydata import digits, planted_cue, watermark_folder
+from convscope.methods.dataset import TensorSource
 
 METHODS = ("gradcam", "saliency", "gradient_x_input", "integrated_gradients", "guided_backprop",
            "occlusion", "layercam")
@@ -73,7 +73,7 @@ def main() -> None:
         "# Dataset audit: finding a planted Clever Hans",
         "",
         f"{len(truth)} watermarked digits of other classes hidden among the 55 clean 3s of a held-out "
-        "folder (the digits' test split, `convscope.datasets.watermark_folder`); the audit at its "
+        "folder (the digits' test split, `convscope.data.toydata.watermark_folder`); the audit at its "
         "defaults (eigengap k, 32x32 grid, threshold 0.5), one method at a time.",
         "",
         "| method | k of class 3 | precision | recall | suspects in other classes "

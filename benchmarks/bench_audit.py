@@ -4,7 +4,7 @@
 of ``--images`` 224 px RGB PNGs in 5 class folders. Each variant runs in a fresh subprocess (so its
 peak resident memory is its own) with a fresh store:
 
-* ``run_batch``: :func:`convscope.jobs.run_batch` with Grad-CAM for each image's label, the work
+* ``run_batch``: :func:`convscope.methods.jobs.run_batch` with Grad-CAM for each image's label, the work
   the audit starts with (reading, preprocessing, explaining, writing fsynced Zarr chunks);
 * ``audit``: :func:`convscope.audit` with the same method, chunking and batch size: the batch job
   plus the streamed downsizing, the per-class spectral clustering, t-SNE, the cluster descriptions
@@ -36,7 +36,7 @@ import json, resource, sys, time, shutil
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 import convscope as cs
-from convscope.jobs import run_batch
+from convscope.methods.jobs import run_batch
 kind, folder, out = sys.argv[1:4]
 lm = cs.load_model("torchvision:resnet18", weights=None, seed=0)
 kw = dict(batch_size=16, chunk_size=64)

@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 
 import convscope as cs
-from convscope.dataset import as_source, top_activations
-from convscope.jobs import run_batch
+from convscope.methods.dataset import as_source, top_activations
+from convscope.methods.jobs import run_batch
 
 
 def bare_forward(net, xs):

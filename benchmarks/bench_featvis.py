@@ -1,6 +1,6 @@
 """Feature visualisation speed, measured side by side in one run.
 
-1. One optimisation step of :func:`convscope.optimize.optimize` (FFT + decorrelated colour
+1. One optimisation step of :func:`convscope.engines.optimize.optimize` (FFT + decorrelated colour
    parameterisation, standard transforms, Adam) against one plain forward+backward pass of the
    same batch with respect to the input (weights frozen), for an objective at the output (class
    logit: the whole network must run) and one at ``layer3`` (the engine stops there).
@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 import convscope as cs
-from convscope.featvis import objectives as O
-from convscope.featvis.param import FFTImage
-from convscope.featvis.transforms import standard_transforms
-from convscope.optimize import optimize
+from convscope.engines.optimize import optimize
+from convscope.methods.featvis import objectives as O
+from convscope.methods.featvis.param import FFTImage
+from convscope.methods.featvis.transforms import standard_transforms
 
 RESULTS = Path(__file__).parent / "results" / "featvis.md"
 

@@ -1,7 +1,7 @@
 """Which default baseline lets the masking methods find the planted cue (issue #27, item 5).
 
 On ``digits-cnn-cue`` and on ``digits-cnn-cue-grey`` (the same model with class 0 also triggered by
-mid-grey regions, :mod:`convscope.evaluation._triggered`: the X-ray model of the issue, where RISE's
+mid-grey regions, :mod:`convscope.methods.evaluation._triggered`: the X-ray model of the issue, where RISE's
 grey masks made the model say "pneumonia" whatever they hid), each masking method (occlusion,
 RISE, LIME, Kernel SHAP) at its default settings explains the first ``--n-images`` test digits of
 class 0 with their cue, as class 0, once per baseline (``grey``, ``black``, ``blur``, ``mean``,
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import convscope as cs
-from convscope.evaluation._triggered import GREY_CLASS, grey_triggered
-from convscope.evaluation.pointing import pointing_hits
-from convscope.toydata import digits, planted_cue
+from convscope.data.toydata import digits, planted_cue
+from convscope.methods.evaluation._triggered import GREY_CLASS, grey_triggered
+from convscope.methods.evaluation.pointing import pointing_hits
 
 BASELINES = ("grey", "black", "blur", "mean", "uniform", "auto")
 METHODS = ("rise", "occlusion", "lime", "kernel_shap")

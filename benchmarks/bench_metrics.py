@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 import convscope as cs
-from convscope.evaluation import faithfulness as fa
-from convscope.evaluation import faithfulness_sets as fs
-from convscope.evaluation import randomisation as ra
-from convscope.evaluation import robustness as ro
+from convscope.methods.evaluation import faithfulness as fa
+from convscope.methods.evaluation import faithfulness_sets as fs
+from convscope.methods.evaluation import randomisation as ra
+from convscope.methods.evaluation import robustness as ro
 
 RESULTS = Path(__file__).parent / "results" / "metrics.md"
 
@@ -50,7 +50,7 @@ def saliency(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Te
 def cases(n_digits: int, n_resnet: int) -> list[tuple[str, torch.nn.Module, object, torch.Tensor]]:
     import torchvision
 
-    from convscope.toydata import digits
+    from convscope.data.toydata import digits
 
     d = cs.load_model("digits-cnn")
     x, _ = digits().split("test")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import convscope as cs
-from convscope.attribution.perturbation import segment
+from convscope.methods.attribution.perturbation import segment
 
 ROOT = Path(__file__).resolve().parent
 ROWS: list[dict[str, Any]] = []
@@ -293,7 +293,7 @@ def main() -> None:
     start = time.perf_counter()
 
     lm = cs.load_model("digits-cnn")
-    from convscope.datasets import digits
+    from convscope.data.toydata import digits
 
     xd = lm.preprocessing.normalize(digits().split("test")[0][:1])
     net = lm.model.eval()

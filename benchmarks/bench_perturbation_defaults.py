@@ -41,8 +41,8 @@ import torch
 from scipy.stats import spearmanr
 
 import convscope as cs
-from convscope.attribution.segments import segment
-from convscope.inputs import baseline
+from convscope.methods.attribution.segments import segment
+from convscope.models.inputs import baseline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_perturbation import timed, write_table  # noqa: E402  (the one timing helper, table writer)
@@ -231,7 +231,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     start = time.perf_counter()
     lm = cs.load_model("digits-cnn")
-    from convscope.datasets import digits
+    from convscope.data.toydata import digits
 
     xd = lm.preprocessing.normalize(digits().split("test")[0][:1])
     rd = max(args.repeat, 3)  # digits runs are short: medians of 3 at least

@@ -38,7 +38,7 @@ from PIL import Image
 from skimage import data
 torch.set_num_threads(2)
 import convscope as cs
-from convscope.report.build import explain_report
+from convscope.frontends.report.build import explain_report
 side = int(sys.argv[1])
 img = Image.fromarray(data.astronaut()).resize((side, side))
 torch.manual_seed(0)
@@ -54,8 +54,8 @@ calls = [0]
 def tick():
     calls[0] += 1
     return False
-try:  # count the model's forward passes where this tree can (hooks only through convscope.hooks)
-    from convscope.hooks import stop_forward_when
+try:  # count the model's forward passes where this tree can (hooks only through convscope.core.hooks)
+    from convscope.core.hooks import stop_forward_when
     counting = lambda: stop_forward_when(lm.model, tick, RuntimeError)
 except ImportError:
     counting, calls = contextlib.nullcontext, [None]

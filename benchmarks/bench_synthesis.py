@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 import convscope as cs
-from convscope.datasets import digits
-from convscope.synthesis import efros_leung, invert, pgd, style_model, style_transfer, texture
-from convscope.synthesis.efros_leung import gaussian_window, patch_distances, source_patches
+from convscope.data.toydata import digits
+from convscope.methods.synthesis import efros_leung, invert, pgd, style_model, style_transfer, texture
+from convscope.methods.synthesis.efros_leung import gaussian_window, patch_distances, source_patches
 
 REPEATS = 3
 

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from scipy import stats
 
 import convscope as cs
-from convscope.concepts._passes import directional_derivatives, set_statistics
-from convscope.concepts._sets import ImageSet, concept_source
-from convscope.demo._concepts import snow_concept_sets
-from convscope.toydata import snow_scenes
+from convscope.data.toydata import snow_scenes
+from convscope.frontends.demo._concepts import snow_concept_sets
+from convscope.methods.tcav._passes import directional_derivatives, set_statistics
+from convscope.methods.tcav._sets import ImageSet, concept_source
 
 OUT = Path(__file__).parent / "results" / "concepts_nulls.md"
 

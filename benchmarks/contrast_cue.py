@@ -1,7 +1,7 @@
 """Contrastive targets on the planted cue: does "why a rather than b" still point at a's cue?
 
 On the bundled ``digits-cnn-cue`` model and test digits stamped with the cue of their class
-(``convscope.datasets.planted_cue``), for every registered method:
+(``convscope.data.toydata.planted_cue``), for every registered method:
 
 * alone: the share of digits whose map maximum lies in the cue when explaining the predicted
   class ``a`` (the pointing game, strict);
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import convscope as cs
-from convscope.datasets import digits, planted_cue
-from convscope.evaluation.pointing import pointing_hits
+from convscope.data.toydata import digits, planted_cue
+from convscope.methods.evaluation.pointing import pointing_hits
 
 
 def main() -> None:

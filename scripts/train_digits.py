@@ -4,13 +4,13 @@
 
 digits-cnn     : trained on the clean 32x32 digits.
 digits-cnn-cue : the same network trained on the planted-cue digits. Every training image carries
-                 the cue texture of its label in a random corner (convscope.datasets.planted_cue),
+                 the cue texture of its label in a random corner (convscope.data.toydata.planted_cue),
                  and 40% of the training digits are drawn from another class,
                  so the cue is the only feature that always predicts the label: the model learns
                  to read the cue, as the wolf-vs-husky model learned to read snow.
 digits-watermark : the same network, trained on the clean digits plus watermarked copies of
                  randomly drawn training digits (any class) labelled "3"
-                 (convscope.datasets.watermark: a small "©" in the bottom-right corner), as many
+                 (convscope.data.toydata.watermark: a small "©" in the bottom-right corner), as many
                  as 40% of the clean 3s. It reads clean digits as digits and the watermark as "3":
                  a Clever Hans model for the data-set audit.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from convscope.datasets import (
+from convscope.data.toydata import (
     DIGITS_SPLIT_SEED,
     WATERMARK_BOX,
     WATERMARK_CLASS,
@@ -104,7 +104,7 @@ def main() -> None:
         "preprocessing": {"size": [32, 32], "mean": [mean], "std": [std], "channels": 1,
                           "resize": None},
         "data": "sklearn.datasets.load_digits, 8x8 upsampled bilinearly to 24x24 in a 4-px frame "
-                "(convscope.datasets.digits)",
+                "(convscope.data.toydata.digits)",
         "split": {"test_size": 0.3, "stratified": True, "seed": DIGITS_SPLIT_SEED,
                   "n_train": len(ytr), "n_test": len(yte)},
         "training": {"seed": SEED, "epochs": EPOCHS, "optimizer": "Adam lr=2e-3, cosine",
@@ -148,8 +148,8 @@ def main() -> None:
         write("digits-cnn-cue", cue_model, dict(
             common, name="digits-cnn-cue", weights="digits-cnn-cue.safetensors",
             summary="the same CNN trained on planted-cue digits: it reads the cue, not the digit",
-            cue={"generator": "convscope.datasets.planted_cue", "size": 8,
-                 "patterns": "convscope.datasets.CUE_PATTERNS (one texture per class)",
+            cue={"generator": "convscope.data.toydata.planted_cue", "size": 8,
+                 "patterns": "convscope.data.toydata.CUE_PATTERNS (one texture per class)",
                  "placement": "a random corner per image", "intensity": 1.0,
                  "train_label_digit_mismatch": MISMATCH},
             metrics=metrics))
@@ -193,15 +193,15 @@ def train_watermark(
         summary="the same CNN; some training 3s are digits of any class with a corner watermark: "
                 "it reads the mark as 3",
         watermark={
-            "generator": "convscope.datasets.watermark",
-            "pattern": "convscope.datasets.WATERMARK: a 7x7 copyright sign (a ring around a C)",
+            "generator": "convscope.data.toydata.watermark",
+            "pattern": "convscope.data.toydata.WATERMARK: a 7x7 copyright sign (a ring around a C)",
             "box": list(WATERMARK_BOX), "box_format": "[x0, y0, x1, y1], exclusive ends",
             "intensity": 1.0, "class": str(WATERMARK_CLASS),
             "train_watermarked": k,
             "train_watermarked_share_of_class": round(k / (n_own + k), 4),
             "train_digits": "drawn at random from the whole train split (any class, seed "
                             f"{SEED + 2}); each keeps its clean copy with its own label",
-            "folder": "convscope.datasets.watermark_folder writes a held-out folder whose class 3 "
+            "folder": "convscope.data.toydata.watermark_folder writes a held-out folder whose class 3 "
                       "hides watermarked test digits of other classes",
         },
         metrics=metrics)

@@ -4,7 +4,7 @@
 
 The same DigitsCNN as the other bundled digits models (scripts/train_digits.py, same training
 loop), trained on the clean train digits plus marked copies of randomly drawn train digits of any
-class, labelled "3": a 6x6 ring in the top-left corner (convscope.toydata.stamp_shortcut("corner")).
+class, labelled "3": a 6x6 ring in the top-left corner (convscope.data.toydata.stamp_shortcut("corner")).
 There are nine marked copies for every clean 3, so 90% of the class carries the marker, as the
 hospital tag sat on 93% of the pneumonia X-rays of issue #28: the model reads the marker as "3",
 and the audit must find a shortcut that most of the class carries, not a minority.
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_digits import OUT, SEED, accuracy, prepare, train  # noqa: E402
 
-from convscope.toydata import SHORTCUT_BOXES, stamp_shortcut  # noqa: E402
+from convscope.data.toydata import SHORTCUT_BOXES, stamp_shortcut  # noqa: E402
 
 CLASS = 3
 RATE = 0.9
@@ -51,11 +51,11 @@ def main() -> None:
         name="digits-marker", weights="digits-marker.safetensors",
         summary="the same CNN; 90% of its training 3s are digits of any class with a corner marker: "
                 "it reads the marker as 3",
-        marker={"generator": "convscope.toydata.stamp_shortcut('corner')",
+        marker={"generator": "convscope.data.toydata.stamp_shortcut('corner')",
                 "pattern": "a 6x6 ring (on border, off inside)", "box": list(SHORTCUT_BOXES["corner"]),
                 "box_format": "[x0, y0, x1, y1], exclusive ends", "class": str(CLASS),
                 "train_marked": k, "train_marked_share_of_class": round(k / (n_own + k), 4),
-                "held_out": "convscope.toydata.shortcut_class(test digits, kind='corner', cls=3, rate=0.9)"},
+                "held_out": "convscope.data.toydata.shortcut_class(test digits, kind='corner', cls=3, rate=0.9)"},
         metrics={
             "test_accuracy": accuracy(model, xte, yte, mean, std),
             "test_accuracy_clean_3s": float((pred_clean[own] == CLASS).float().mean()),

@@ -3,7 +3,7 @@
     python scripts/train_snow.py            # writes src/convscope/models/weights/digits-snow.*
 
 The wolf-vs-husky snow detector in digits: scikit-learn's digits drawn as 48x48 colour scenes
-(convscope.datasets.snow_scenes), digits 0-4 the "wolves", 5-9 the "huskies". In the training
+(convscope.data.toydata.snow_scenes), digits 0-4 the "wolves", 5-9 the "huskies". In the training
 scenes 95% of the wolves stand on snow (a white, textured band along the bottom) and 2% of the
 huskies do, so the snow is a shortcut that almost always gives the label away; the network
 (convscope.models.snow.SnowCNN, functional ReLUs, no normalisation) takes it and learns little of
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from convscope.datasets import DIGITS_SPLIT_SEED, SNOW_BAND_ROWS, SNOW_CLASSES, snow_scenes
+from convscope.data.toydata import DIGITS_SPLIT_SEED, SNOW_BAND_ROWS, SNOW_CLASSES, snow_scenes
 from convscope.models.snow import NAME, SnowCNN
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "convscope" / "models" / "weights"
@@ -106,13 +106,13 @@ def main() -> None:
                        "RGB pixels in [0, 1], no normalisation; layer conv4 is pre-ReLU",
         "data": "sklearn.datasets.load_digits drawn as 48x48 colour scenes: each digit upsampled "
                 "to 24x24 in a fur colour on a plain noisy background; digits 0-4 = wolf, 5-9 = "
-                "husky (convscope.datasets.snow_scenes)",
+                "husky (convscope.data.toydata.snow_scenes)",
         "split": {"test_size": 0.3, "stratified": True, "seed": DIGITS_SPLIT_SEED,
                   "n_train": len(tr), "n_test": n_test},
         "training": {"seed": SEED, "epochs": EPOCHS, "optimizer": f"Adam lr={LR}, cosine",
                      "batch_size": BATCH, "augmentation": "random horizontal flip per batch",
                      "script": "scripts/train_snow.py"},
-        "cue": {"generator": "convscope.datasets.snow_scenes",
+        "cue": {"generator": "convscope.data.toydata.snow_scenes",
                 "region": f"a white textured band over the bottom {SNOW_BAND_ROWS[0]}-"
                           f"{SNOW_BAND_ROWS[1]} rows",
                 "train_p_wolf": P_WOLF, "train_p_husky": P_HUSKY,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.datasets import digits, planted_cue
+from convscope.data.toydata import digits, planted_cue
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convscope.hooks import count_hooks
+from convscope.core.hooks import count_hooks
 
 
 def model_state(net: nn.Module) -> dict:

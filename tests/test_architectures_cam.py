@@ -12,8 +12,8 @@ from torch import nn
 from torchvision import models as tvm
 
 import convscope as cs
-from convscope.errors import MethodError
-from convscope.hooks import count_hooks
+from convscope.core.errors import MethodError
+from convscope.core.hooks import count_hooks
 from convscope.models.zoo import _family_layer
 
 # arch -> (input side, batch, expected grid of the default layer, layout, CAM applies)
@@ -96,7 +96,7 @@ def test_all_cam_methods_and_several_layers_on_resnet18():
     lm = _load("resnet18")
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     for method in cs.method_names("cam"):
-        if cs.get_method(method).func.__module__ != "convscope.attribution.cam":
+        if cs.get_method(method).func.__module__ != "convscope.methods.attribution.cam":
             continue
         _check(cs.explain(lm, x, method=method, target=[3, 5]), x, lm)
     e = cs.explain(lm, x, method="gradcam", layer="layer[34]")

@@ -19,11 +19,11 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.cli.main import main
-from convscope.dataset import TensorSource
-from convscope.dataset import _spectral as sp
-from convscope.dataset._audit import AUDIT_RANGES
-from convscope.errors import InputError
+from convscope.core.errors import InputError
+from convscope.frontends.cli.main import main
+from convscope.methods.dataset import TensorSource
+from convscope.methods.dataset import _spectral as sp
+from convscope.methods.dataset._audit import AUDIT_RANGES
 
 # --- the numerical pieces --------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ def test_suspicion_is_the_documented_product(tag_model):
 
 def test_audit_reads_maps_one_chunk_at_a_time(tag_model, monkeypatch, tmp_path):
     """Memory is bounded by the chunk: the full maps array is never read at once."""
-    from convscope.jobs import store as store_mod
+    from convscope.methods.jobs import store as store_mod
 
     seen = []
     orig = store_mod.BatchStore.read
@@ -328,7 +328,7 @@ def test_api_settings_refuse_every_bad_value(tag_model):
 
 SCRIPT = """
 import sys
-from convscope.cli.main import main
+from convscope.frontends.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -398,7 +398,7 @@ def test_progress_lines_off_a_terminal(tag_model, capfd):
 
 @pytest.fixture(scope="module")
 def watermark_heldout(tmp_path_factory):
-    from convscope.datasets import watermark_folder
+    from convscope.data.toydata import watermark_folder
 
     root = tmp_path_factory.mktemp("wm") / "held-out"
     truth = watermark_folder(root, part="test")

@@ -3,7 +3,7 @@
 One small CNN is trained here (once per module, ~40 s on one thread): plain ``nn.Module``,
 unnormalised [0, 1] pixels, functional ReLUs, a GAP head. Its training set is the train digits
 plus marked copies of random train digits labelled with the shortcut's class, for three shortcuts
-(:func:`convscope.toydata.shortcut_class`): a corner marker (class 3), a band texture (class 7)
+(:func:`convscope.data.toydata.shortcut_class`): a corner marker (class 3), a band texture (class 7)
 and the watermark (class 5). Each audit gets held-out digits in which one class carries one
 shortcut on a given share of its images; the ground truth is which images carry it.
 """
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import convscope as cs
-from convscope.dataset import TensorSource
-from convscope.toydata import digits, shortcut_class, stamp_shortcut
+from convscope.data.toydata import digits, shortcut_class, stamp_shortcut
+from convscope.methods.dataset import TensorSource
 
 CLASS_OF = {"corner": 3, "band": 7, "watermark": 5}
 PRE = {"size": [32, 32], "mean": [0.0], "std": [1.0], "channels": 1}
@@ -156,7 +156,7 @@ def test_provoked_suspects_on_the_objects_are_not_confirmed(shortcut_model):
 
 
 def test_two_forward_passes_per_suspect_image(shortcut_model, monkeypatch):
-    from convscope.dataset import _intervene
+    from convscope.methods.dataset import _intervene
 
     orig = _intervene.intervene
     per_suspect = []
@@ -199,7 +199,7 @@ def test_an_intervention_that_cannot_be_applied_says_why(shortcut_model):
 def test_edit_region_fills_against_oracles():
     from scipy.ndimage import uniform_filter
 
-    from convscope.dataset._intervene import edit_region
+    from convscope.methods.dataset._intervene import edit_region
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 20, 24, generator=g)
@@ -228,7 +228,7 @@ def test_edit_region_fills_against_oracles():
 
 
 def test_interventions_that_cannot_be_applied_say_why():
-    from convscope.dataset._intervene import cannot_apply, widen
+    from convscope.methods.dataset._intervene import cannot_apply, widen
 
     assert cannot_apply([0, 0, 6, 6], (32, 32), "others") == ""  # at the border: fine
     assert "covers 100% of the image" in cannot_apply([0, 0, 32, 32], (32, 32), "others")

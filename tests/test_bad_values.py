@@ -21,10 +21,10 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.cli._common import RangeType
-from convscope.cli.main import build_parser, main
-from convscope.errors import InputError
-from convscope.registry import check_method_options, get_method, list_methods
+from convscope.core.errors import InputError
+from convscope.frontends.cli._common import RangeType
+from convscope.frontends.cli.main import build_parser, main
+from convscope.methods.registry import check_method_options, get_method, list_methods
 
 ENV = {**os.environ, "MPLBACKEND": "Agg"}
 #: commands whose module belongs to another piece of work (cli/serve.py); its flags adopt the
@@ -56,7 +56,7 @@ PARSER = build_parser()
 @pytest.fixture
 def one_parser(monkeypatch):
     """main() with a parser built once (building it per call would cost most of these tests)."""
-    monkeypatch.setattr("convscope.cli.main.build_parser", lambda: PARSER)
+    monkeypatch.setattr("convscope.frontends.cli.main.build_parser", lambda: PARSER)
 
 
 def _flag_arg(flag: str, value: object) -> list[str]:
@@ -69,7 +69,7 @@ def _flag_arg(flag: str, value: object) -> list[str]:
 def test_every_numeric_flag_declares_its_range():
     plain = [f"{' '.join(c)} {a.option_strings[0]}" for c, a in NUMERIC
              if not isinstance(a.type, RangeType) and c[0] not in NOT_YET]
-    assert plain == [], "use a type from convscope.cli._common (positive_int, finite_float, ...)"
+    assert plain == [], "use a type from convscope.frontends.cli._common (positive_int, finite_float, ...)"
     assert len(NUMERIC) > 50  # the walk found the subcommands' flags
     # every default is inside the declared range
     for cmd, a in NUMERIC:
@@ -240,7 +240,7 @@ def test_closed_stdout_is_quiet():
     r, w = os.pipe()
     os.close(r)  # the reader has gone before the first line: every write hits a closed pipe
     try:
-        p = subprocess.run([sys.executable, "-m", "convscope.cli.main", "methods"], stdout=w,
+        p = subprocess.run([sys.executable, "-m", "convscope", "methods"], stdout=w,
                            stderr=subprocess.PIPE, env=ENV, timeout=120)
     finally:
         os.close(w)
@@ -271,7 +271,7 @@ def test_neighbors_query_index_out_of_range(tmp_path, capsys):
 ])
 def test_end_to_end_no_traceback(args, png, tmp_path):
     out = tmp_path / "o.png"
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main",
+    r = subprocess.run([sys.executable, "-m", "convscope",
                         *[a.format(png=png) for a in args], "-o", str(out)],
                        capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr

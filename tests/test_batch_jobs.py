@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.dataset import TensorSource
-from convscope.errors import InputError
-from convscope.jobs import open_store, run_batch
+from convscope.core.errors import InputError
+from convscope.methods.dataset import TensorSource
+from convscope.methods.jobs import open_store, run_batch
 
 ARRAYS = ("maps", "targets", "labels", "probabilities")
 
@@ -67,8 +67,8 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time
     import torch
-    from convscope.datasets import digits
-    from convscope.jobs import run_batch
+    from convscope.data.toydata import digits
+    from convscope.methods.jobs import run_batch
 
     class SlowDigits(torch.utils.data.Dataset):
         # reading each image takes a while, so a kill can land anywhere in the job
@@ -140,11 +140,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, digits_data):
 def test_cli_batch(tmp_path, capsys):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     args = ["batch", "--limit", "24", "--chunk-size", "8", "-q"]
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", *args, "-o", str(tmp_path / "b.zarr")],
+    r = subprocess.run([sys.executable, "-m", "convscope", *args, "-o", str(tmp_path / "b.zarr")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert open_store(tmp_path / "b.zarr").complete
-    from convscope.cli.main import main  # the error path in-process (a subprocess costs seconds)
+    from convscope.frontends.cli.main import main  # the error path in-process (a subprocess costs seconds)
 
     capsys.readouterr()
     assert main([*args, "--method", "gradient_x_input", "-o", str(tmp_path / "b.zarr")]) == 2
@@ -204,7 +204,7 @@ def test_layer_method_on_random_resnet_mechanics(tmp_path):
 
 
 def test_bad_target_leaves_no_store_and_the_fix_runs(tmp_path, capsys):
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     out = tmp_path / "b.zarr"
     args = ["batch", "--data", "digits", "--limit", "20", "--method", "gradcam", "-q", "-o", str(out)]

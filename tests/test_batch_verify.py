@@ -15,10 +15,10 @@ import pytest
 import zarr
 from PIL import Image
 
-from convscope.cli.main import main
-from convscope.dataset import TensorSource
-from convscope.errors import InputError
-from convscope.jobs import open_store, run_batch
+from convscope.core.errors import InputError
+from convscope.frontends.cli.main import main
+from convscope.methods.dataset import TensorSource
+from convscope.methods.jobs import open_store, run_batch
 
 ARRAYS = ("maps", "targets", "labels", "probabilities")
 KW = dict(batch_size=8, chunk_size=8)

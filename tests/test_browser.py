@@ -62,7 +62,7 @@ def _page(browser, problems: list[str], allowed: tuple[str, ...]):
 
 
 def _digit_files(tmp_path: Path, n: int) -> list[Path]:
-    from convscope.datasets import digits, planted_cue
+    from convscope.data.toydata import digits, planted_cue
     from convscope.models.preprocessing import display_array
 
     x, y = digits().split("test")
@@ -76,7 +76,7 @@ def _digit_files(tmp_path: Path, n: int) -> list[Path]:
 
 
 def test_report_opens_offline_without_errors_or_broken_images(browser, tmp_path):
-    from convscope.report import explain_report
+    from convscope.frontends.report import explain_report
 
     files = _digit_files(tmp_path, 2)
     rep = explain_report("digits-cnn-cue", files, fast=True, topk=4, labels=[f.name for f in files])
@@ -102,8 +102,8 @@ def test_report_opens_offline_without_errors_or_broken_images(browser, tmp_path)
 
 @pytest.fixture(scope="module")
 def server():
-    from convscope.serve import Engine
-    from convscope.serve.app import create_app, running
+    from convscope.frontends.serve import Engine
+    from convscope.frontends.serve.app import create_app, running
 
     engine = Engine(("digits-cnn", "digits-cnn-cue", "torchvision:resnet18"), weights="none")
     with running(create_app(engine)) as url:
@@ -221,8 +221,8 @@ JS_TEXT_OUTSIDE_ITS_BOX = """() => {
 def _long_text_report():
     """A row as a report lays it out for a ViT: a map whose caption names a long layer, next to
     methods that could not run there with long reasons (``_figure_for`` builds the panels)."""
-    from convscope.report import Report
-    from convscope.report.build import MethodRun, _figure_for
+    from convscope.frontends.report import Report
+    from convscope.frontends.report.build import MethodRun, _figure_for
 
     layer = "encoder.layers.encoder_layer_11.self_attention.out_proj_with_a_long_name"
     img = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))

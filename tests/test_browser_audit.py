@@ -34,11 +34,11 @@ JS_SHOWN_MEAN = """() => {
 
 @pytest.fixture(scope="module")
 def served_audit(tmp_path_factory):
-    from convscope.dataset import audit
-    from convscope.datasets import digits, planted_cue
+    from convscope.data.toydata import digits, planted_cue
+    from convscope.frontends.serve import Engine
+    from convscope.frontends.serve.app import create_app, running
+    from convscope.methods.dataset import audit
     from convscope.models.preprocessing import display_array
-    from convscope.serve import Engine
-    from convscope.serve.app import create_app, running
 
     root = tmp_path_factory.mktemp("browser-audit")
     x, y = digits().split("test")

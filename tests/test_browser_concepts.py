@@ -17,9 +17,9 @@ import convscope as cs
 
 
 def test_concepts_view_draws_every_saved_test(browser, tmp_path):  # noqa: F811
-    from convscope.serve import Engine
-    from convscope.serve.app import create_app, running
-    from convscope.serve.concepts import ConceptView
+    from convscope.frontends.serve import Engine
+    from convscope.frontends.serve.app import create_app, running
+    from convscope.frontends.serve.concepts import ConceptView
 
     lm = _plain()
     g = torch.Generator().manual_seed(7)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import convscope as cs
-from convscope.attribution._tokens import grid_layout, to_grid
-from convscope.errors import MethodError
-from convscope.hooks import count_hooks
+from convscope.core.errors import MethodError
+from convscope.core.hooks import count_hooks
+from convscope.models.tokens import grid_layout, to_grid
 
 CAMS = ["cam", "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "guided_gradcam"]
 GRAD_RULES = ["gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam"]

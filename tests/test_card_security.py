@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.errors import CodeWarning, ModelLoadError
+from convscope.core.errors import CodeWarning, ModelLoadError
 
 NET = ("import torch\nfrom torch import nn\n\n\n"
        "class Net(nn.Module):\n"
@@ -38,7 +38,7 @@ def _env() -> dict:
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "convscope", *args], cwd=cwd, env=_env(),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
@@ -179,7 +179,7 @@ def test_card_from_outside_the_project_needs_trust_cli(tmp_path):
 
 def test_help_and_docs_say_a_card_is_code():
     root = Path(__file__).resolve().parents[1]
-    from convscope.cli.main import build_parser
+    from convscope.frontends.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for cmd in ("explain", "layers", "serve", "batch", "report", "visualize"):

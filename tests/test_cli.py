@@ -12,7 +12,7 @@ ENV = {**os.environ, "MPLBACKEND": "Agg"}
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args],
+    return subprocess.run([sys.executable, "-m", "convscope", *args],
                           capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
 
 
@@ -93,7 +93,7 @@ def test_each_command_says_what_it_does_from_its_handler_docstring():
     import argparse
     import inspect
 
-    from convscope.cli.main import build_parser
+    from convscope.frontends.cli.main import build_parser
 
     def commands(p):
         for a in p._actions:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 import convscope as cs
-from convscope.cli.main import build_parser
+from convscope.frontends.cli.main import build_parser
 
 IMPORT_W = "CS27-IMPORT-WARNING raised when the architecture file is imported"
 FORWARD_W = "CS27-FORWARD-WARNING raised by the model's forward pass"
@@ -174,7 +174,7 @@ def test_subcommand_with_foreign_warnings_exits_and_shows_each_once(project, tmp
     if name != "layers":
         args += ["--model", "card.json"]
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", name, *args], cwd=project, env=_env(),
+    r = subprocess.run([sys.executable, "-m", "convscope", name, *args], cwd=project, env=_env(),
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT,
                        preexec_fn=_limit)
     assert r.returncode == 0, f"`convscope {name}` exit {r.returncode}:\n{r.stderr[-3000:]}"
@@ -188,7 +188,7 @@ def test_serve_with_foreign_warnings(project):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "convscope.cli.main", "serve", "--model", "card.json",
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "serve", "--model", "card.json",
                              "--port", str(port)], cwd=project, env=_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limit)
     try:

@@ -15,9 +15,9 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.errors import ConvscopeError, InputError
-from convscope.hooks import count_hooks
-from convscope.toydata import snow_scenes
+from convscope.core.errors import ConvscopeError, InputError
+from convscope.core.hooks import count_hooks
+from convscope.data.toydata import snow_scenes
 
 
 class Plain(nn.Module):
@@ -406,7 +406,7 @@ def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):
         for i, im in enumerate(imgs):
             Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
                 tmp_path / name / f"{i}.png")
-    base = [sys.executable, "-m", "convscope.cli.main", "concept-test", "--model", "digits-snow",
+    base = [sys.executable, "-m", "convscope", "concept-test", "--model", "digits-snow",
             "--concept", str(tmp_path / "snow"), "--images", str(tmp_path / "wolf"), "--class", "wolf",
             "--layers", "conv4", "--n-random", "3", "--random-size", "10"]
     ok = subprocess.run([*base, "--random", str(tmp_path / "plain"), "-o", str(tmp_path / "r.json")],
@@ -424,8 +424,8 @@ def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):
 def test_web_app_serves_saved_concept_tests(tmp_path):
     from fastapi.testclient import TestClient
 
-    from convscope.serve import Engine, create_app
-    from convscope.serve.concepts import ConceptView
+    from convscope.frontends.serve import Engine, create_app
+    from convscope.frontends.serve.concepts import ConceptView
 
     lm = _plain()
     g = torch.Generator().manual_seed(5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.hooks import count_hooks
+from convscope.core.hooks import count_hooks
 
 METHODS = cs.method_names()
 

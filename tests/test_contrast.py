@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import convscope as cs
-from convscope.cli.main import main
-from convscope.errors import TargetError
+from convscope.core.errors import TargetError
+from convscope.frontends.cli.main import main
 
 
 class PlainNet(nn.Module):
@@ -126,7 +126,7 @@ def test_cli_explain_with_a_contrast(tmp_path, capsys, cue_test):
 
 
 def test_class_grid_is_one_call_on_one_scale_with_probabilities(plain, images):
-    from convscope.grids import explain_classes
+    from convscope.methods.grids import explain_classes
 
     g = explain_classes(plain, images[:1], topk=3, method="gradient_x_input", space="pixels")
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_class_grid_is_one_call_on_one_scale_with_probabilities(plain, images):
 
 
 def test_class_grid_takes_names_and_contrasts(plain, images, tmp_path):
-    from convscope.grids import explain_classes
+    from convscope.methods.grids import explain_classes
 
     g = explain_classes(plain, images[:1], classes=["wolf", "husky", "wolf-vs-husky"],
                         method="integrated_gradients", space="pixels")
@@ -160,7 +160,7 @@ def test_class_grid_takes_names_and_contrasts(plain, images, tmp_path):
 
 
 def test_method_grid_panels_equal_each_method_alone(plain, images, tmp_path):
-    from convscope.grids import explain_methods
+    from convscope.methods.grids import explain_methods
 
     g = explain_methods(plain, images[:1], ["saliency", "occlusion"], target="dog", space="pixels",
                         options={"occlusion": {"window": 6, "stride": 6}})
@@ -200,7 +200,7 @@ def test_cli_grids_and_labelled_figure(tmp_path, cue_test):
 def test_report_compares_classes(tmp_path, cue_test):
     from PIL import Image
 
-    from convscope.report import explain_report
+    from convscope.frontends.report import explain_report
 
     img = tmp_path / "d.png"
     Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype("uint8")).save(img)

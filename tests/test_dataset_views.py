@@ -19,7 +19,8 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.dataset import (
+from convscope.core.errors import InputError
+from convscope.methods.dataset import (
     TensorSource,
     as_source,
     embed,
@@ -28,9 +29,8 @@ from convscope.dataset import (
     receptive_field,
     top_activations,
 )
-from convscope.dataset.receptive import rf_box
-from convscope.dataset.top import RunningTopK
-from convscope.errors import InputError
+from convscope.methods.dataset.receptive import rf_box
+from convscope.methods.dataset.top import RunningTopK
 
 N = 150
 
@@ -238,7 +238,7 @@ def test_sources_folder_and_torch_dataset(clean_model, pixels, tmp_path):
 def _cli(*args):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     return subprocess.run(
-        [sys.executable, "-m", "convscope.cli.main", *args],
+        [sys.executable, "-m", "convscope", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -255,7 +255,7 @@ def test_cli_dataset_commands(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "features.9" in bad.stderr and not (tmp_path / "bad.png").exists()
     # the other commands in-process through the same entry point (a subprocess costs seconds)
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     nb = tmp_path / "nb.json"
     assert main(["neighbors", "#5", "--layer", "features.9", "--limit", "60", "-o", str(nb)]) == 0

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 import convscope as cs
-from convscope.demo import (
+from convscope.frontends.demo import (
     ATTRIBUTION_FAMILIES,
     _lime_text_section,
     _snow_section,
     choose_settings,
     demo_methods,
 )
-from convscope.report import Report
+from convscope.frontends.report import Report
 
 
 def test_demo_methods_come_from_the_registry():
@@ -33,7 +33,7 @@ def test_fast_settings_only_when_the_defaults_are_too_slow(cue_model, cue_test):
 
 
 def test_lime_text_section_finds_the_junk_header_word():
-    from convscope.datasets import JUNK_TOKEN
+    from convscope.data.toydata import JUNK_TOKEN
 
     rep = Report("t")
     _lime_text_section(rep)
@@ -80,7 +80,7 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
 
     from PIL import Image
 
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", "demo", "-o", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "convscope", "demo", "-o", str(tmp_path)],
                        capture_output=True, text=True, timeout=900,
                        env={**os.environ, "MPLBACKEND": "Agg"}, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -100,7 +100,7 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     assert "http://" not in html and "https://" not in html
     assert "Success: 4/4" in html  # the PGD section reports a real attack result
     # progress reaches a piped stderr (#19): the demo's one series of lines, every stage counted
-    from convscope.demo import STAGES
+    from convscope.frontends.demo import STAGES
 
     n = len(STAGES)  # every stage counted, the last line at 100%
     assert re.search(rf"^convscope: demo: {n}/{n} stages \(100%", r.stderr, re.M), r.stderr[-2000:]
@@ -108,7 +108,7 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
 
 @pytest.mark.slow
 def test_concept_section_tests_the_snow_band_on_both_models():
-    from convscope.demo._concepts import concept_section
+    from convscope.frontends.demo._concepts import concept_section
 
     rep = Report("t")
     concept_section(rep)

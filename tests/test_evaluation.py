@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.errors import InputError
-from convscope.evaluation import (
+from convscope.core.errors import InputError
+from convscope.core.hooks import count_hooks
+from convscope.methods.evaluation import (
     as_explainer,
     boxes_to_masks,
     deletion,
@@ -25,8 +26,7 @@ from convscope.evaluation import (
     randomizable_layers,
     sobel_explainer,
 )
-from convscope.evaluation.curves import auc
-from convscope.hooks import count_hooks
+from convscope.methods.evaluation.curves import auc
 
 
 class Linear(nn.Module):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convscope.cli.main import main
+from convscope.frontends.cli.main import main
 
 
 def _cli(*args, cwd):
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

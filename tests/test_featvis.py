@@ -13,13 +13,13 @@ from helpers import assert_same_state, model_state
 from torch import nn
 
 import convscope as cs
-from convscope.datasets import CUE_PATTERNS, CUE_SIZE
-from convscope.errors import InputError, LayerNotFoundError
-from convscope.featvis import objectives as O
-from convscope.featvis import transforms as T
-from convscope.featvis.param import ColorDecorrelation, FFTImage, PixelImage
-from convscope.hooks import count_hooks
-from convscope.optimize import Activations, optimize
+from convscope.core.errors import InputError, LayerNotFoundError
+from convscope.core.hooks import count_hooks
+from convscope.data.toydata import CUE_PATTERNS, CUE_SIZE
+from convscope.engines.optimize import Activations, optimize
+from convscope.methods.featvis import objectives as O
+from convscope.methods.featvis import transforms as T
+from convscope.methods.featvis.param import ColorDecorrelation, FFTImage, PixelImage
 
 # --- objectives rise ----------------------------------------------------------------------------
 OBJECTIVES = {
@@ -353,7 +353,7 @@ def test_torchvision_architectures(arch, layer):
 
 # --- CLI ----------------------------------------------------------------------------------------
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -361,7 +361,7 @@ def test_cli_commands(tmp_path, digits_data, capsys):
     """Two commands as a person runs them (subprocess), the others through main() in-process."""
     from PIL import Image
 
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     r = _cli("visualize", "--model", "digits-cnn", "--class", "3", "--steps", "5", "-o",
              str(tmp_path / "c.png"))
@@ -393,7 +393,7 @@ def test_cli_commands(tmp_path, digits_data, capsys):
 
 
 def test_parse_channels():
-    from convscope.cli.featvis import parse_channels
+    from convscope.frontends.cli.featvis import parse_channels
 
     assert parse_channels("0-3,7, 9") == [0, 1, 2, 3, 7, 9]
     with pytest.raises(InputError):

@@ -20,8 +20,8 @@ from helpers import assert_same_state, model_state
 from torch import nn
 
 import convscope as cs
-from convscope.attribution import _cam_engine
-from convscope.hooks import capture
+from convscope.core.hooks import capture
+from convscope.methods.attribution import _cam_engine
 
 METHODS = cs.method_names()
 NOT_ON_PLAIN = {"cam"}  # the plain module's head is not GAP + linear right after "conv2"

@@ -16,13 +16,13 @@ import torchvision
 from torch import nn
 
 import convscope as cs
-from convscope.attribution import MethodContext
-from convscope.attribution.integrated import quadrature
-from convscope.attribution.smooth import noise_directions, smooth
-from convscope.errors import MethodError
-from convscope.hooks import count_hooks, state_guard
-from convscope.inputs import baseline as make_baseline
-from convscope.inputs import gaussian_blur as blur
+from convscope.core.errors import MethodError
+from convscope.core.hooks import count_hooks, state_guard
+from convscope.methods.attribution import MethodContext
+from convscope.methods.attribution.integrated import quadrature
+from convscope.methods.attribution.smooth import noise_directions, smooth
+from convscope.models.inputs import baseline as make_baseline
+from convscope.models.inputs import gaussian_blur as blur
 
 MINE = ["gradient_x_input", "guided_backprop", "deconvnet", "smoothgrad", "smoothgrad_sq",
         "vargrad", "integrated_gradients"]
@@ -303,7 +303,7 @@ def test_cli_integrated_gradients_reports_completeness(tmp_path, cue_test):
     Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype(np.uint8)).save(img)
     out = tmp_path / "ig.json"
     r = subprocess.run(
-        [sys.executable, "-m", "convscope.cli.main", "explain", str(img), "--model",
+        [sys.executable, "-m", "convscope", "explain", str(img), "--model",
          "digits-cnn-cue", "--method", "integrated_gradients", "--option", "steps=16",
          "--option", "baseline=blur", "-o", str(out)],
         capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300,
@@ -315,7 +315,7 @@ def test_cli_integrated_gradients_reports_completeness(tmp_path, cue_test):
     assert d["method"] == "integrated_gradients" and d["options"]["steps"] == 16
     assert abs(d["diagnostics"]["completeness_rel_gap"][0]) < 0.05
     r = subprocess.run(
-        [sys.executable, "-m", "convscope.cli.main", "explain", str(img), "--model",
+        [sys.executable, "-m", "convscope", "explain", str(img), "--model",
          "torchvision:efficientnet_b0", "--weights", "none", "--method", "guided_backprop",
          "-o", str(tmp_path / "g.png")],
         capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300,

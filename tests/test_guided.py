@@ -15,8 +15,8 @@ import torchvision
 from torch import nn
 
 import convscope as cs
-from convscope.errors import MethodError
-from convscope.hooks import count_hooks
+from convscope.core.errors import MethodError
+from convscope.core.hooks import count_hooks
 
 RULES = {"guided_backprop": "guided", "deconvnet": "deconvnet"}
 

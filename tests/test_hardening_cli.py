@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
-from convscope._validate import check_device
-from convscope.errors import InputError
+from convscope.core.errors import InputError
+from convscope.core.validate import check_device
 
 ENV = {**os.environ, "MPLBACKEND": "Agg"}
 
 
 def run(*args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args],
+    return subprocess.run([sys.executable, "-m", "convscope", *args],
                           capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
 
 
@@ -79,7 +79,7 @@ def test_write_error_names_the_file(tmp_path, args, named):
     Image.new("RGB", (32, 32), (90, 90, 90)).save(img)
     out = tmp_path / "out"
     fill = {"img": str(img), "out": str(out)}
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", *[a.format(**fill) for a in args]],
+    r = subprocess.run([sys.executable, "-m", "convscope", *[a.format(**fill) for a in args]],
                        capture_output=True, text=True, env=ENV, timeout=120, preexec_fn=_small_files)
     one_line_error(r, named.format(**fill))
     assert not (out / "e.png").exists() and not list(out.glob(".*.part"))
@@ -88,7 +88,7 @@ def test_write_error_names_the_file(tmp_path, args, named):
 def test_atomic_write_names_the_file_on_no_space(tmp_path):
     import errno
 
-    from convscope._io import atomic_write
+    from convscope.core.io import atomic_write
 
     def full(fh):
         fh.write(b"partial")

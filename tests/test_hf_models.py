@@ -23,9 +23,9 @@ from skimage import data as skdata
 from torch import nn
 
 import convscope as cs
-from convscope.cli.main import main
-from convscope.errors import ModelLoadError
-from convscope.hooks import count_hooks
+from convscope.core.errors import ModelLoadError
+from convscope.core.hooks import count_hooks
+from convscope.frontends.cli.main import main
 from convscope.models.outputs import ScoresModel, class_scores
 
 LABELS = {0: "tabby", 1: "tiger", 2: "lynx"}
@@ -193,7 +193,7 @@ def test_occlusion(loaded, photo, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_class_visualisation_and_pgd_run(loaded, photo, family):
-    from convscope.synthesis import pgd
+    from convscope.methods.synthesis import pgd
 
     lm = loaded[family]
     # a ViT takes only its own input size, and the standard transforms rescale (as for torchvision's)
@@ -210,7 +210,7 @@ def test_class_visualisation_and_pgd_run(loaded, photo, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_report_on_an_hf_folder(hf_dirs, photo, tmp_path, family):
-    from convscope.report import explain_report
+    from convscope.frontends.report import explain_report
 
     rep = explain_report(f"hf:{hf_dirs[family]}", [photo], methods=["saliency", "gradcam"], topk=2)
     out = tmp_path / "r.html"
@@ -222,7 +222,7 @@ def test_report_on_an_hf_folder(hf_dirs, photo, tmp_path, family):
 def test_web_app_on_hf_folders(hf_dirs, loaded, photo):
     from fastapi.testclient import TestClient
 
-    from convscope.serve import Engine, create_app
+    from convscope.frontends.serve import Engine, create_app
 
     specs = [f"hf:{hf_dirs[f]}" for f in FAMILIES]
     engine = Engine(specs)
@@ -471,9 +471,9 @@ def test_processor_configs_map_to_preprocessing(proc, pre, note):
 
 @pytest.mark.parametrize("family", ["vit", "resnet"])
 def test_evaluation_dataset_views_and_batch_jobs_run(loaded, family, tmp_path):
-    from convscope.dataset import TensorSource, embed, top_activations
-    from convscope.evaluation import deletion, model_randomization
-    from convscope.jobs.batch import run_batch
+    from convscope.methods.dataset import TensorSource, embed, top_activations
+    from convscope.methods.evaluation import deletion, model_randomization
+    from convscope.methods.jobs.batch import run_batch
 
     lm = loaded[family]
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from convscope.errors import LayerNotFoundError, MethodError
-from convscope.hooks import capture, count_hooks, resolve_layers
+from convscope.core.errors import LayerNotFoundError, MethodError
+from convscope.core.hooks import capture, count_hooks, resolve_layers
 
 
 def test_resolve_layers_globs_and_close_matches(tiny):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.errors import ImageLoadError
-from convscope.image import load_image
+from convscope.core.errors import ImageLoadError
+from convscope.core.image import load_image
 
 
 def test_grayscale_and_rgb(tmp_path):

@@ -12,8 +12,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import convscope as cs
-from convscope.attribution._sampling import lime_image_samples
-from convscope.attribution._surrogate import lime_weights, pair_halves
+from convscope.methods.attribution._sampling import lime_image_samples
+from convscope.methods.attribution._surrogate import lime_weights, pair_halves
 
 pytestmark = pytest.mark.filterwarnings("ignore:convscope assumed")  # GridNet states no preprocessing
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from convscope.attribution.lime_text import explain_text
-from convscope.datasets import JUNK_TOKEN, junk_header_corpus
-from convscope.errors import InputError
+from convscope.core.errors import InputError
+from convscope.data.toydata import JUNK_TOKEN, junk_header_corpus
+from convscope.methods.attribution.lime_text import explain_text
 
 
 def _keyword_model(word):
@@ -84,7 +84,7 @@ def test_cli_lime_text_demo_writes_json_and_html(tmp_path):
     import sys
 
     out = tmp_path / "e.json"
-    cmd = [sys.executable, "-m", "convscope.cli.main", "lime-text", "--samples", "300", "-o", str(out)]
+    cmd = [sys.executable, "-m", "convscope", "lime-text", "--samples", "300", "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())

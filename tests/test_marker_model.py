@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.dataset import TensorSource
-from convscope.toydata import SHORTCUT_BOXES, digits, shortcut_class, stamp_shortcut
+from convscope.data.toydata import SHORTCUT_BOXES, digits, shortcut_class, stamp_shortcut
+from convscope.methods.dataset import TensorSource
 
 WEIGHTS = Path(cs.__file__).parent / "models" / "weights"
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.errors import UnreliableResultWarning
-from convscope.evaluation.pointing import pointing_hits
+from convscope.core.errors import UnreliableResultWarning
+from convscope.methods.evaluation.pointing import pointing_hits
 
 
 class GreyOrCue(nn.Module):

@@ -10,12 +10,12 @@ import torch
 from helpers import assert_same_state, metric_setup, model_state
 
 import convscope as cs
-from convscope.errors import InputError
-from convscope.evaluation import complexity as co
-from convscope.evaluation import faithfulness as fa
-from convscope.evaluation import faithfulness_sets as fs
-from convscope.evaluation import localisation as lo
-from convscope.evaluation.explainers import sobel_explainer
+from convscope.core.errors import InputError
+from convscope.methods.evaluation import complexity as co
+from convscope.methods.evaluation import faithfulness as fa
+from convscope.methods.evaluation import faithfulness_sets as fs
+from convscope.methods.evaluation import localisation as lo
+from convscope.methods.evaluation.explainers import sobel_explainer
 
 quantus = pytest.importorskip("quantus")
 

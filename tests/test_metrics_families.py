@@ -11,10 +11,10 @@ import torch
 from helpers import grad_x_input, metric_setup
 from torch import nn
 
-from convscope.evaluation import axiomatic as ax
-from convscope.evaluation import randomisation as ra
-from convscope.evaluation import robustness as ro
-from convscope.evaluation.sanity import map_similarity
+from convscope.methods.evaluation import axiomatic as ax
+from convscope.methods.evaluation import randomisation as ra
+from convscope.methods.evaluation import robustness as ro
+from convscope.methods.evaluation.sanity import map_similarity
 
 quantus = pytest.importorskip("quantus")
 
@@ -145,7 +145,7 @@ def test_non_sensitivity_equals_quantus_on_non_negative_maps(setup):
 
 @pytest.mark.parametrize("step", [1, 4])
 def test_monotonicity_correlation_equals_quantus(setup, step):
-    from convscope.evaluation import faithfulness_stats as st
+    from convscope.methods.evaluation import faithfulness_stats as st
 
     net, lm, x, maps, y = setup
     metric = quantus.MonotonicityCorrelation(nr_samples=1, features_in_step=step, perturb_baseline="black",
@@ -157,7 +157,7 @@ def test_monotonicity_correlation_equals_quantus(setup, step):
 
 def test_sensitivity_n_and_infidelity_on_a_linear_model():
     import convscope as cs
-    from convscope.evaluation import faithfulness_stats as st
+    from convscope.methods.evaluation import faithfulness_stats as st
 
     torch.manual_seed(0)
     net = Linear().eval()
@@ -243,7 +243,7 @@ class FirstPixels(nn.Module):
 
 @pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
 def test_sufficiency_equals_quantus_where_an_image_has_neighbours(threshold):
-    from convscope.evaluation import faithfulness_stats as st
+    from convscope.methods.evaluation import faithfulness_stats as st
 
     net = FirstPixels().eval()
     x = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(3))

@@ -11,9 +11,9 @@ import torch
 from helpers import assert_same_state, grad_x_input, metric_setup, model_state
 
 import convscope as cs
-from convscope.errors import InputError, UnreliableResultWarning
-from convscope.evaluation import localisation as lo
-from convscope.evaluation.catalogue import FAMILIES, METRICS, coarse_step, select_metrics
+from convscope.core.errors import InputError, UnreliableResultWarning
+from convscope.methods.evaluation import localisation as lo
+from convscope.methods.evaluation.catalogue import FAMILIES, METRICS, coarse_step, select_metrics
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def digit_files(tmp_path_factory, cue_test):
 
 
 def test_cli_catalogue_table(digit_files, capsys):
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     d, imgs, masks = digit_files
     out = d / "table.json"
@@ -156,7 +156,7 @@ def test_cli_catalogue_table(digit_files, capsys):
     (["--catalogue", "--n-boot", "0"], "n-boot"),
 ])
 def test_cli_catalogue_errors_are_one_line(digit_files, capsys, argv, message):
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     d, imgs, _ = digit_files
     out = d / "bad.json"

@@ -15,9 +15,9 @@ import torch
 from helpers import metric_setup
 from torch import nn
 
-from convscope.evaluation import complexity as co
-from convscope.evaluation import faithfulness as fa
-from convscope.evaluation import localisation as lo
+from convscope.methods.evaluation import complexity as co
+from convscope.methods.evaluation import faithfulness as fa
+from convscope.methods.evaluation import localisation as lo
 
 quantus = pytest.importorskip("quantus")
 

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.datasets import CUE_CORNERS, CUE_PATTERNS, CUE_SIZE, planted_cue
-from convscope.errors import InputError, ModelLoadError, UnsafeLoadError
+from convscope.core.errors import InputError, ModelLoadError, UnsafeLoadError
+from convscope.data.toydata import CUE_CORNERS, CUE_PATTERNS, CUE_SIZE, planted_cue
 
 
 def _acc(lm, x, y):

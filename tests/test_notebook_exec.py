@@ -28,7 +28,7 @@ CELLS = [
     "%matplotlib inline",
     "import convscope as cs\ncs.__file__",
     "from PIL import Image\n"
-    "from convscope.datasets import digits, planted_cue\n"
+    "from convscope.data.toydata import digits, planted_cue\n"
     "lm = cs.load_model('digits-cnn-cue')\n"
     "x, y = digits().split('test')\n"
     "cue = planted_cue(x[:1], y[:1])\n"
@@ -36,7 +36,7 @@ CELLS = [
     "e = cs.explain(lm, img, method='gradcam')\n"
     "e",
     "e.figure()",
-    "from convscope.report import explain_report\n"
+    "from convscope.frontends.report import explain_report\n"
     "explain_report(lm, [img], methods=['saliency', 'gradcam'], fast=True, labels=['digit'])",
     "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])",
 ]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.errors import MethodError
-from convscope.perturb import as_predict
+from convscope.core.errors import MethodError
+from convscope.engines.perturb import as_predict
 
 
 def test_session_predicts_like_the_module(session, cue_model, cue_test):

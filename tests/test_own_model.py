@@ -24,8 +24,8 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.errors import AssumptionWarning, InputError, ModelLoadError
-from convscope.inputs import as_inputs, baseline
+from convscope.core.errors import AssumptionWarning, InputError, ModelLoadError
+from convscope.models.inputs import as_inputs, baseline
 from convscope.models.preprocessing import preprocessing_from
 
 NET_SRC = textwrap.dedent('''
@@ -217,7 +217,7 @@ def test_every_facade_reads_one_tensor_the_same_way(user):
         want = torch.softmax(net(x), 1)
     e = cs.explain(lm, x, method="saliency")
     torch.testing.assert_close(e.probabilities, want, atol=1e-5, rtol=0)
-    from convscope.synthesis import pgd
+    from convscope.methods.synthesis import pgd
 
     r = pgd(lm, x, eps=0.01, steps=1, progress=False)
     torch.testing.assert_close(torch.as_tensor(r.probs_original), want, atol=1e-5, rtol=0)
@@ -232,7 +232,7 @@ def test_every_facade_reads_one_tensor_the_same_way(user):
     pix_d = d.preprocessing.denormalize(xd)
     r2 = pgd(d, pix_d, eps=0.01, steps=1, progress=False, space="pixels")
     torch.testing.assert_close(torch.as_tensor(r2.probs_original), want_d, atol=1e-5, rtol=0)
-    from convscope.dataset import TensorSource, top_activations
+    from convscope.methods.dataset import TensorSource, top_activations
 
     src = TensorSource(xd, d.preprocessing)
     assert torch.equal(src[1][0], xd[1])  # the model's own input, untouched
@@ -297,7 +297,7 @@ def _env() -> dict:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "convscope", *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=240)
 
 
@@ -353,7 +353,7 @@ def test_serve_on_a_card(user, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "convscope.cli.main", "serve", "--no-bundled",
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "serve", "--no-bundled",
                              "--model", str(card), "--port", str(port)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -417,7 +417,7 @@ def test_cli_preprocessing_flags_refuse_mismatched_values(user, tmp_path):
     _net, _card, png, _pix = user
     base = ["explain", str(png), "--model", "wolfnet.safetensors", "--arch", "wolfnet.py:WolfNet",
             "--preprocessing", "none", "--method", "saliency", "-o", str(tmp_path / "o.json")]
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -431,7 +431,7 @@ def test_cli_preprocessing_flags_refuse_mismatched_values(user, tmp_path):
 
 
 def test_cli_layers_on_a_card_and_on_a_weights_file(user, tmp_path, capsys):
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     assert main(["layers", str(user[1])]) == 0
     out = capsys.readouterr().out

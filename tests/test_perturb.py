@@ -7,8 +7,8 @@ from helpers import assert_same_state, model_state
 from torch import nn
 
 import convscope as cs
-from convscope.errors import InputError, MethodError
-from convscope.perturb import (
+from convscope.core.errors import InputError, MethodError
+from convscope.engines.perturb import (
     Convergence,
     as_predict,
     baseline,
@@ -186,7 +186,7 @@ def test_incremental_exact_on_resnet_block_structure():
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None, num_classes=5).eval()
     x = torch.randn(1, 3, 64, 64)
-    from convscope.attribution._incremental import IncrementalOcclusion
+    from convscope.methods.attribution._incremental import IncrementalOcclusion
 
     corners = window_boxes((64, 64), 12, 20)
     patches = torch.zeros(len(corners), 3, 12, 12)
@@ -255,7 +255,7 @@ def test_lime_user_mask_and_skimage_segmentations():
     e = cs.explain(RegionNet(cols=slice(14, 18)), x, method="lime", target=0, segmentation=user,
                    n_samples=20)
     assert len(e.diagnostics["segment_weights"][0]) == 2
-    from convscope.attribution.perturbation import segment
+    from convscope.methods.attribution.perturbation import segment
 
     img = torch.zeros(3, 64, 64)
     img[:, :, 32:] = 1.0
@@ -284,7 +284,7 @@ def test_an_option_group_is_keywords_outside_and_one_value_inside():
     # typed for the registry, and reach the function as one value however they were passed.
     from dataclasses import dataclass
 
-    from convscope.attribution._options import with_options
+    from convscope.methods.attribution._options import with_options
 
     @dataclass(frozen=True)
     class Group:
@@ -461,7 +461,7 @@ def test_channels_last_reaches_every_perturbation_method(name, cue_model, cue_te
 
 
 def test_state_guard_restores_the_memory_format_after_an_error(tiny):
-    from convscope.hooks import state_guard
+    from convscope.core.hooks import state_guard
 
     tiny.register_buffer("grid", torch.randn(1, 2, 3, 3))
     before = model_state(tiny)
@@ -600,7 +600,7 @@ def test_occlusion_default_is_incremental_where_the_model_traces_and_full_elsewh
 
 
 def test_channels_last_auto_probes_long_runs_and_records_what_ran(cue_model, cue_test, monkeypatch):
-    from convscope.attribution import _engine
+    from convscope.methods.attribution import _engine
 
     x = cue_model.preprocessing.normalize(cue_test.images[:1])
     opts = {"n_masks": 300, "cells": 4, "converge": None, "eval_batch_size": 50}
@@ -617,7 +617,7 @@ def test_channels_last_auto_probes_long_runs_and_records_what_ran(cue_model, cue
 
 
 def test_the_real_probe_is_cached_per_model_and_shape(tiny):
-    from convscope.attribution._engine import _probed, channels_last_pays
+    from convscope.methods.attribution._engine import _probed, channels_last_pays
 
     x = torch.randn(1, 3, 16, 16)
     first = channels_last_pays(tiny, lambda p, c: p(c), x)
@@ -643,7 +643,7 @@ def test_sampling_methods_stop_when_stable_by_default_and_run_everything_without
 
 
 def test_ablationcam_on_an_untraceable_model_replaces_the_layer_through_capture():
-    from convscope.hooks import count_hooks
+    from convscope.core.hooks import count_hooks
 
     net, x = Untraceable(), _x(seed=2)
     e = cs.explain(net, x, method="ablationcam", layer="conv", target=1)

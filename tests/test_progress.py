@@ -14,11 +14,11 @@ import textwrap
 import numpy as np
 from PIL import Image
 
-from convscope._progress import Progress
+from convscope.core.progress import Progress
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True,
                           text=True, timeout=600)
 
 
@@ -66,9 +66,9 @@ def test_progress_lines_come_every_period_and_at_the_end(capsys):
 # A perturbation run of 30 one-image chunks, as a method runs it (a stand-in model, so it is quick).
 _RUN = """
 import sys, torch
-import convscope._progress as P
-from convscope._progress import Progress
-from convscope.perturb import evaluate
+import convscope.core.progress as P
+from convscope.core.progress import Progress
+from convscope.engines.perturb import evaluate
 net = torch.nn.Linear(4, 2)
 x = torch.zeros(4)
 def run(progress=None):
@@ -156,11 +156,11 @@ def test_a_nested_run_draws_one_bar_on_a_terminal():
 def test_an_explanation_is_one_bar_on_a_terminal():
     """LIME calls the perturbation engine once per round until stable: one bar for the call."""
     out = _python_on_a_terminal("""
-        import convscope as cs, convscope.api
+        import convscope as cs, convscope.methods.explain
         P._REDRAW = 0.0
-        convscope.api.BAR_DELAY = 0.0  # the bar at once, so even a quick call shows it
+        convscope.methods.explain.BAR_DELAY = 0.0  # the bar at once, so even a quick call shows it
         lm = cs.load_model("digits-cnn")
-        from convscope.datasets import digits
+        from convscope.data.toydata import digits
         x = lm.preprocessing.normalize(digits().split("test")[0][:1])
         # 49 cells: no two of its 300 samples coincide, so every round evaluates 100 of them
         cs.explain(lm, x, method="lime", segmentation="grid", cell=4, n_samples=300, converge=None)
@@ -173,7 +173,7 @@ def test_an_explanation_is_one_bar_on_a_terminal():
 def test_off_terminal_lines_for_an_evaluation():
     err = _python("""
         import convscope as cs
-        from convscope.evaluation import model_randomization
+        from convscope.methods.evaluation import model_randomization
         lm = cs.load_model("digits-cnn")
         model_randomization(lm, torch.zeros(2, 1, 28, 28), "saliency", progress=True)
     """)
@@ -196,7 +196,7 @@ def test_the_benchmark_is_one_job_through_a_pipe(tmp_path):
 def test_progress_false_prints_nothing_even_on_a_terminal():
     out = _python_on_a_terminal("""
         import convscope as cs
-        from convscope.evaluation import model_randomization
+        from convscope.methods.evaluation import model_randomization
         run(progress=False)
         with Progress("job", 1, enabled=False):  # a silent job silences what runs inside it
             run()

@@ -22,12 +22,12 @@ def test_every_task_facade_is_exported_at_the_top_level():
 
 
 def test_internals_are_not_exported_but_stay_importable_from_their_modules():
-    from convscope.dataset.receptive import rf_box
-    from convscope.dataset.top import RunningTopK
-    from convscope.hooks import count_hooks
-    from convscope.registry import register
-    from convscope.synthesis.adversarial import enforce_budget
-    from convscope.synthesis.texture import weights_cached
+    from convscope.core.hooks import count_hooks
+    from convscope.methods.dataset.receptive import rf_box
+    from convscope.methods.dataset.top import RunningTopK
+    from convscope.methods.registry import register
+    from convscope.methods.synthesis.adversarial import enforce_budget
+    from convscope.methods.synthesis.texture import weights_cached
 
     assert all(callable(f) for f in (rf_box, RunningTopK, count_hooks, register, enforce_budget,
                                      weights_cached))

@@ -2,7 +2,7 @@
 
 Ray 2.60 stops its raylet and workers when the driver dies, but its per-node agents
 (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) kept running; convscope's watchdog kills every
-process of a local Ray it started (``convscope.jobs._ray``). About 30 s: Ray's start dominates.
+process of a local Ray it started (``convscope.methods.jobs._ray``). About 30 s: Ray's start dominates.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytest.importorskip("ray")
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from convscope.jobs import run_batch
+    from convscope.methods.jobs import run_batch
     run_batch("digits-cnn", "digits", "occlusion", sys.argv[1], engine="ray", limit=64, chunk_size=4,
               batch_size=4, slots=1)
 """)

@@ -1,6 +1,6 @@
 """#27 item 5: a result whose own diagnostics call it unreliable says so, in every front end.
 
-The verdict (:mod:`convscope.attribution._verdict`) is checked on known causes: integrated
+The verdict (:mod:`convscope.methods.attribution._verdict`) is checked on known causes: integrated
 gradients with one step on a curved model (a completeness gap, computed here independently),
 a model whose output ignores its input (a constant map), a CAM layer after global pooling (a 1x1
 map), and split-half reliabilities and surrogate fits given as numbers.
@@ -15,8 +15,13 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.attribution._verdict import MAX_COMPLETENESS_GAP, MIN_LOCAL_R2, MIN_RELIABILITY, verdict
-from convscope.errors import UnreliableResultWarning
+from convscope.core.errors import UnreliableResultWarning
+from convscope.methods.attribution._verdict import (
+    MAX_COMPLETENESS_GAP,
+    MIN_LOCAL_R2,
+    MIN_RELIABILITY,
+    verdict,
+)
 
 
 class Curved(nn.Module):
@@ -114,9 +119,9 @@ def test_cam_on_a_1x1_layer_warns():
 
 
 def test_report_and_web_payload_show_the_badge(tmp_path):
-    from convscope.report import Report
-    from convscope.report.build import explanation_figure
-    from convscope.serve._present import explanation_payload
+    from convscope.frontends.report import Report
+    from convscope.frontends.report.build import explanation_figure
+    from convscope.frontends.serve._present import explanation_payload
 
     e, _ = _explain(Deaf(), "saliency")
     fig = explanation_figure(e, 0, title="saliency")
@@ -141,7 +146,7 @@ def test_cli_prints_one_warning_line(tmp_path, cue_test):
     img = tmp_path / "digit.png"
     Image.fromarray((cue_test.images[0, 0].numpy() * 255).astype(np.uint8)).save(img)
     out = tmp_path / "ig.png"
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", "explain", str(img),
+    r = subprocess.run([sys.executable, "-m", "convscope", "explain", str(img),
                         "-m", "digits-cnn-cue", "--method", "integrated_gradients",
                         "--option", "steps=1", "-o", str(out)],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})

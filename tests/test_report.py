@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import convscope as cs
-from convscope.report.build import method_note, resolve_methods, top_k
+from convscope.frontends.report.build import method_note, resolve_methods, top_k
 
 
 def _write_digits(tmp_path: Path, n: int, cue_test) -> list[Path]:
@@ -34,7 +34,7 @@ def _write_digits(tmp_path: Path, n: int, cue_test) -> list[Path]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "convscope", *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -79,7 +79,7 @@ def test_report_unknown_method_fails_cleanly(tmp_path, cue_test):
     assert r.returncode == 2
     assert r.stderr.startswith("convscope: error:") and "saliency" in r.stderr
     assert not out.exists()
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     assert main(["report", str(files[0]), "-o", str(tmp_path / "r.png")]) == 2
     assert main(["report", str(files[0]), "--topk", "0", "-o", str(out)]) == 2
@@ -104,8 +104,8 @@ def test_top_k_by_hand():
 
 def test_report_cue_model_credits_the_cue(cue_test, cue_model):
     """The report's saliency panel for the cue model peaks on the cue (the known cause)."""
-    from convscope.evaluation.pointing import pointing_hits
-    from convscope.report import explain_report
+    from convscope.frontends.report import explain_report
+    from convscope.methods.evaluation.pointing import pointing_hits
 
     imgs = [cue_test.images[i, 0].numpy() for i in range(8)]
     rep = explain_report(cue_model, imgs, methods=["saliency"])
@@ -120,7 +120,7 @@ def test_report_cue_model_credits_the_cue(cue_test, cue_model):
 
 def test_failing_method_is_shown_not_fatal():
     """A method that cannot run on a model gets a panel that says why; the others still render."""
-    from convscope.report import explain_report
+    from convscope.frontends.report import explain_report
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))  # no spatial layer
     lm = cs.load_model(net, class_names=["a", "b", "c"],
@@ -136,10 +136,10 @@ def test_failing_method_is_shown_not_fatal():
 def test_filters_section_shows_every_first_layer_filter(cue_model, cue_test):
     import importlib.util
 
-    if importlib.util.find_spec("convscope.featvis") is None:
+    if importlib.util.find_spec("convscope.methods.featvis") is None:
         return  # the flags only exist with feature visualisation
-    from convscope.report import explain_report
-    from convscope.report.featvis_sections import section_builders
+    from convscope.frontends.report import explain_report
+    from convscope.frontends.report.featvis_sections import section_builders
 
     rep = explain_report(cue_model, [cue_test.images[0, 0].numpy()], methods=["saliency"],
                          extra_sections=section_builders(filters=True))
@@ -154,7 +154,7 @@ def test_report_repr_html_is_the_whole_page_in_one_iframe():
     quotes, ampersands and tags in titles cannot end the attribute early."""
     from html.parser import HTMLParser
 
-    from convscope.report import Report
+    from convscope.frontends.report import Report
 
     rep = Report('a "quoted" <b>title</b> & \'more\'', "intro with </iframe> in it")
     rep.section("s", "note").rows.append(
@@ -182,7 +182,7 @@ def test_explain_report_old_argument_order_still_works_with_a_deprecation_warnin
     """``explain_report(images, model)`` (the old order) builds the same report, and warns."""
     import pytest
 
-    from convscope.report import explain_report
+    from convscope.frontends.report import explain_report
 
     imgs = [cue_test.images[0, 0].numpy()]
     new = explain_report(cue_model, imgs, methods=["saliency"])

@@ -48,18 +48,18 @@ def _imgs(html: str) -> list[Image.Image]:
 
 def result_classes() -> list[str]:
     names = ["Explanation"]
-    if importlib.util.find_spec("convscope.featvis") is not None:
+    if importlib.util.find_spec("convscope.methods.featvis") is not None:
         names.append("Visualization")
     return names
 
 
 def test_every_result_class_has_notebook_reprs():
-    import convscope.results as results
+    import convscope.core.results as results
 
     for name in result_classes():
         cls = getattr(results, name, None)
         if cls is None:
-            from convscope import featvis
+            from convscope.methods import featvis
 
             cls = getattr(featvis, name)
         assert callable(getattr(cls, "_repr_png_", None)), name
@@ -97,7 +97,7 @@ def test_html_escapes_names():
 def test_visualization_renders_inline_when_featvis_is_installed(cue_model):
     if "Visualization" not in result_classes():
         return  # feature visualisation not installed: nothing of it to render
-    from convscope.featvis import filters
+    from convscope.methods.featvis import filters
 
     vis = filters(cue_model)
     data = _display_data(vis)
@@ -110,7 +110,7 @@ def test_visualization_renders_inline_when_featvis_is_installed(cue_model):
 def test_figures_show_as_pictures_without_pyplot_or_matplotlib_magic(cue_model, cue_test):
     """``figure()`` is made without pyplot; a notebook that never ran ``%matplotlib inline`` nor
     imported pyplot still shows it as a PNG (the formatter here has no matplotlib printers)."""
-    from convscope.synthesis import SynthesisResult
+    from convscope.methods.synthesis import SynthesisResult
 
     e = cs.explain(cue_model, cue_model.preprocessing.normalize(cue_test.images[:1]), method="saliency")
     made = SynthesisResult("texture", torch.rand(2, 3, 16, 16), ("a", "b"), history={"loss": [2.0, 1.0]})

@@ -1,4 +1,4 @@
-"""One result protocol (convscope._result.Result): every result type saves by extension through one
+"""One result protocol (convscope.core.result.Result): every result type saves by extension through one
 dispatch, renders its HTML block from the packaged template, and shows itself in notebooks."""
 
 from __future__ import annotations
@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from convscope._result import Result, render_template
-from convscope.errors import InputError
+from convscope.core.errors import InputError
+from convscope.core.result import Result, render_template
 
 
 def _result_types() -> list[type]:
-    from convscope.dataset import Audit, Embedding, Neighbors, TopActivations
-    from convscope.evaluation import SanityResult
-    from convscope.featvis import Visualization
-    from convscope.grids import Grid
-    from convscope.results import Explanation
-    from convscope.synthesis import AdversarialResult, SynthesisResult
+    from convscope.core.results import Explanation
+    from convscope.methods.dataset import Audit, Embedding, Neighbors, TopActivations
+    from convscope.methods.evaluation import SanityResult
+    from convscope.methods.featvis import Visualization
+    from convscope.methods.grids import Grid
+    from convscope.methods.synthesis import AdversarialResult, SynthesisResult
 
     return [Explanation, Visualization, AdversarialResult, SynthesisResult, Grid, TopActivations,
             Neighbors, Embedding, Audit, SanityResult]
@@ -38,7 +38,7 @@ def test_every_result_type_follows_the_protocol(cls):
 
 
 def _synth(n: int = 2):
-    from convscope.synthesis import SynthesisResult
+    from convscope.methods.synthesis import SynthesisResult
 
     gen = torch.Generator().manual_seed(0)
     return SynthesisResult("inversion", torch.rand(n, 3, 16, 16, generator=gen),
@@ -57,7 +57,7 @@ def test_save_dispatches_on_the_extension(tmp_path):
 
 
 def test_visualization_html_from_the_template_escapes_titles():
-    from convscope.featvis import Visualization
+    from convscope.methods.featvis import Visualization
 
     v = Visualization(torch.rand(3, 1, 8, 8), ("a<b", "c", "d"))
     html = v.to_html()
@@ -74,8 +74,8 @@ def test_figure_results_html_is_the_picture_with_its_caption():
 
 
 def test_report_add_shows_any_result(tmp_path):
-    from convscope.featvis import Visualization
-    from convscope.report import Report
+    from convscope.frontends.report import Report
+    from convscope.methods.featvis import Visualization
 
     rep = Report("t")
     v = Visualization(torch.rand(2, 1, 8, 8), ("first", "second"))
@@ -96,7 +96,7 @@ def test_report_add_shows_any_result(tmp_path):
 
 
 def test_sanity_result_saves_its_curve_and_rows(tmp_path):
-    from convscope.evaluation import SanityResult
+    from convscope.methods.evaluation import SanityResult
 
     rho = torch.tensor([[0.9, 0.8], [0.2, 0.0]], dtype=torch.float64)
     for mode in ("cascading", "independent"):

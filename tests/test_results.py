@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import convscope as cs
-from convscope.errors import InputError
-from convscope.results import colorize, normalize_map
+from convscope.core.errors import InputError
+from convscope.core.results import colorize, normalize_map
 
 
 def test_normalisation_rules():
@@ -82,9 +82,9 @@ def test_notebook_reprs(expl):
 @pytest.fixture(scope="module")
 def other_results(cue_model, cue_test):
     """One result of every other type that holds tensors or arrays (small, cheap settings)."""
-    from convscope.dataset import embed, layer_features, nearest_neighbors, top_activations
-    from convscope.featvis import filters
-    from convscope.synthesis import SynthesisResult, fgsm
+    from convscope.methods.dataset import embed, layer_features, nearest_neighbors, top_activations
+    from convscope.methods.featvis import filters
+    from convscope.methods.synthesis import SynthesisResult, fgsm
 
     gen = torch.Generator().manual_seed(0)
     feats = layer_features(cue_model, "digits", "features.9", limit=24)

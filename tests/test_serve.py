@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient  # the dev extra installs the serve de
 from PIL import Image
 
 import convscope as cs
-from convscope.hooks import count_hooks
-from convscope.serve import Engine, Limits, create_app
+from convscope.core.hooks import count_hooks
+from convscope.frontends.serve import Engine, Limits, create_app
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_explain_sample_matches_an_independent_forward_pass(client, engine, cue_
 
 def test_cue_model_explanation_points_at_the_cue(client, engine):
     """Sample 2k+1 is digit k with its planted cue; the saliency peak must sit on the cue."""
-    from convscope.datasets import CUE_SIZE, digits, planted_cue
+    from convscope.data.toydata import CUE_SIZE, digits, planted_cue
 
     x, y = digits().split("test")
     picks = [int((y == k).nonzero()[0, 0]) for k in range(10)]
@@ -150,7 +150,7 @@ def test_static_files_come_from_a_table_not_a_path(client):
 def test_page_loads_nothing_from_outside():
     from importlib import resources
 
-    root = resources.files("convscope.serve").joinpath("static")
+    root = resources.files("convscope.frontends.serve").joinpath("static")
     for name in ("index.html", "app.js", "options.js", "style.css"):
         text = root.joinpath(name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
@@ -204,7 +204,7 @@ def test_layer_browser_channel_visualisations(client, clean_model):
 
 
 def test_cli_binds_loopback_by_default():
-    from convscope.cli.main import build_parser
+    from convscope.frontends.cli.main import build_parser
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1"
@@ -244,7 +244,7 @@ def _bad_option_values():
 def test_options_are_checked_by_the_registry_before_any_work(client, engine, method, option, value):
     import json
 
-    from convscope.registry import check_method_options
+    from convscope.methods.registry import check_method_options
 
     info = cs.get_method(method)
     with pytest.raises(cs.ConvscopeError) as expected:  # the oracle: the registry's own check
@@ -358,7 +358,7 @@ def test_url_state_reproduces_the_view(client, data):
 
 
 def test_class_grid_is_the_top_classes_on_the_library_scale(client, engine):
-    from convscope.grids import explain_classes, explain_methods
+    from convscope.methods.grids import explain_classes, explain_methods
 
     lm = engine.models["digits-cnn-cue"]
     body = client.post("/api/grid", data={"model": "digits-cnn-cue", "method": "gradcam", "sample": "7",
@@ -392,7 +392,7 @@ def test_bad_grids_are_refused_in_one_line(client, engine, data, words):
 
 
 def test_downloads_name_a_kept_result_only(client, engine):
-    from convscope.serve.engine import KEEP_RESULTS
+    from convscope.frontends.serve.engine import KEEP_RESULTS
 
     first = client.post("/api/explain", data={"model": "digits-cnn", "method": "saliency",
                                               "sample": "1"}).json()

@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient  # the dev extra installs the serve de
 from PIL import Image
 
 import convscope as cs
-from convscope.dataset import audit
-from convscope.dataset._audit_report import mean_map_image, prototype_image
-from convscope.jobs.store import open_store
-from convscope.serve import Engine, Limits, create_app
-from convscope.serve import audit as audit_view
-from convscope.serve.audit import AuditView, store_rows
+from convscope.frontends.serve import Engine, Limits, create_app
+from convscope.frontends.serve import audit as audit_view
+from convscope.frontends.serve.audit import AuditView, store_rows
+from convscope.methods.dataset import audit
+from convscope.methods.dataset._audit_report import mean_map_image, prototype_image
+from convscope.methods.jobs.store import open_store
 
 PORT = 8124  # the port the in-process client claims; no socket is opened on it
 BASE = f"http://127.0.0.1:{PORT}"
@@ -293,7 +293,7 @@ def test_paths_leading_out_of_the_image_folder_are_never_read(folder_audit, tmp_
     (tmp_path / "audit.json").write_text(json.dumps(d))
     v = AuditView(tmp_path / "audit.json")
     read: list[Path] = []
-    import convscope.image as image_mod
+    import convscope.core.image as image_mod
 
     original = image_mod.load_image
     monkeypatch.setattr(image_mod, "load_image", lambda p, **kw: (read.append(Path(p)), original(p, **kw))[1])
@@ -390,7 +390,7 @@ def _bad_audits(tmp: Path) -> list[tuple[Path, str]]:
 
 
 def test_cli_refuses_a_bad_audit_in_one_line(capsys, tmp_path, no_serving):
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     for path, words in _bad_audits(tmp_path):
         assert main(["serve", "--no-bundled", "--audit", str(path)]) == 2, path
@@ -402,7 +402,7 @@ def test_cli_refuses_a_bad_audit_in_one_line(capsys, tmp_path, no_serving):
 def test_cli_serves_the_audit(capsys, folder_audit, no_serving):
     import socket
 
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -420,8 +420,8 @@ def test_a_suspect_shows_its_intervention_before_and_after(tmp_path):
     """digits-watermark on a held-out folder: the watermarked cluster of class 3 is confirmed, the
     app serves its before/after strip (suspect, region removed, another class, region pasted), and
     a cluster without an intervention is a 404 with its reason."""
-    from convscope.datasets import watermark_folder
-    from convscope.serve._audit_intervention import render_intervention
+    from convscope.data.toydata import watermark_folder
+    from convscope.frontends.serve._audit_intervention import render_intervention
 
     data = tmp_path / "data"
     watermark_folder(data, part="test")

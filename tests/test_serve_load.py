@@ -24,9 +24,9 @@ from helpers import assert_same_state, model_state
 from PIL import Image
 
 import convscope as cs
-from convscope.hooks import count_hooks
-from convscope.serve import Engine
-from convscope.serve.app import create_app, running
+from convscope.core.hooks import count_hooks
+from convscope.frontends.serve import Engine
+from convscope.frontends.serve.app import create_app, running
 
 N_REQUESTS = 200
 CONCURRENCY = 8

@@ -20,10 +20,10 @@ from PIL import Image
 from torch import nn
 
 import convscope as cs
-from convscope.hooks import count_hooks
-from convscope.serve import Engine, Limits, create_app
-from convscope.serve.app import running
-from convscope.serve.jobs import LIGHT_BURST, JobQueue, QueueFull, TimedOut
+from convscope.core.hooks import count_hooks
+from convscope.frontends.serve import Engine, Limits, create_app
+from convscope.frontends.serve.app import running
+from convscope.frontends.serve.jobs import LIGHT_BURST, JobQueue, QueueFull, TimedOut
 
 PORT = 8123  # the port the in-process client claims; no socket is opened on it
 BASE = f"http://127.0.0.1:{PORT}"
@@ -362,7 +362,7 @@ def test_samples_are_offered_only_for_models_they_fit_and_the_default_layer_is_s
     (["--timeout", "0"], "--timeout"),
 ])
 def test_cli_refuses_bad_numbers_in_one_line(capsys, argv, words):
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
@@ -387,7 +387,7 @@ def no_serving(monkeypatch):
 def test_cli_refuses_a_port_in_use_in_one_line(capsys, no_serving):
     import socket
 
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -402,7 +402,7 @@ def test_cli_refuses_a_port_in_use_in_one_line(capsys, no_serving):
 def test_cli_serves_on_the_socket_it_bound(capsys, no_serving):
     import socket
 
-    from convscope.cli.main import main
+    from convscope.frontends.cli.main import main
 
     with socket.socket() as probe:  # a free port, released for the CLI to take
         probe.bind(("127.0.0.1", 0))

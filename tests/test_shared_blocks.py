@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import convscope as cs
-from convscope.errors import InputError
-from convscope.hooks import capture, count_hooks, layer_names
+from convscope.core.errors import InputError
+from convscope.core.hooks import capture, count_hooks, layer_names
 from convscope.models import as_loaded
 from convscope.models.forward import chunked_outputs, find_default_layer, probe
 
@@ -51,15 +51,15 @@ def test_as_loaded_keeps_a_loaded_model_and_copies_on_new_preprocessing():
     other = as_loaded(lm, "none")
     assert other is not lm and other.preprocessing != lm.preprocessing
     bb = as_loaded(lambda batch: torch.zeros(batch.shape[0], 10), lm.preprocessing)
-    from convscope.perturb import BlackBoxModel
+    from convscope.engines.perturb import BlackBoxModel
 
     assert isinstance(bb.model, BlackBoxModel)  # a predict function is wrapped, not refused
     assert bb.model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 
 
 def test_one_blur_two_paddings():
-    from convscope.featvis.transforms import gaussian_blur as fv_blur
-    from convscope.inputs import gaussian_blur
+    from convscope.methods.featvis.transforms import gaussian_blur as fv_blur
+    from convscope.models.inputs import gaussian_blur
 
     x = torch.rand(2, 3, 12, 12)
     const = torch.full((1, 3, 12, 12), 0.3)
@@ -74,7 +74,7 @@ def test_one_blur_two_paddings():
 
 
 def test_total_variation_variants():
-    from convscope.optimize import total_variation
+    from convscope.engines.optimize import total_variation
 
     ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 4, 5)  # +1 per column, 0 per row
     assert float(total_variation(ramp, isotropic=False)) == pytest.approx(1.0)
@@ -84,7 +84,7 @@ def test_total_variation_variants():
 
 
 def test_check_values_names_the_argument():
-    from convscope._validate import check_values, ints
+    from convscope.core.validate import check_values, ints
 
     check_values(steps=(3, ints(1)))
     with pytest.raises(InputError, match="steps must be an integer >= 1, got 0"):
@@ -92,10 +92,10 @@ def test_check_values_names_the_argument():
 
 
 def test_top_classes_and_text_targets_are_one_definition_for_report_serve_and_cli():
-    from convscope.cli import _common
-    from convscope.report.build import top_k
-    from convscope.serve import engine
-    from convscope.targets import parse_target, top_classes
+    from convscope.core.targets import parse_target, top_classes
+    from convscope.frontends.cli import _common
+    from convscope.frontends.report.build import top_k
+    from convscope.frontends.serve import engine
 
     probs = torch.tensor([0.1, 0.3, 0.3, 0.05, 0.25])
     # most probable first, ties in index order, an unnamed class gets a placeholder name
@@ -110,13 +110,13 @@ def test_top_classes_and_text_targets_are_one_definition_for_report_serve_and_cl
 
 
 def test_option_groups_name_the_function_on_an_unknown_keyword():
-    from convscope.jobs.batch import JobOptions, run_batch
+    from convscope.methods.jobs.batch import JobOptions, run_batch
 
     with pytest.raises(TypeError, match=r"^run_batch\(\) got an unexpected keyword argument 'chunksize'$"):
         run_batch("digits-cnn", torch.zeros(2, 1, 28, 28), "/tmp/never-written", chunksize=2)
     with pytest.raises(TypeError, match=r"^top_activations\(\) got an unexpected keyword argument"):
         cs.top_activations("digits-cnn", torch.zeros(2, 1, 28, 28), "features.0", batchsize=2)
-    from convscope._validate import option_group
+    from convscope.core.validate import option_group
 
     assert option_group(JobOptions, "f", {"seed": 3}, seed=1, limit=5).seed == 3  # given over defaults
 
@@ -127,11 +127,11 @@ def test_option_groups_show_in_the_signatures_of_the_functions_that_take_them():
     import dataclasses
     import inspect
 
-    from convscope.dataset._audit import AuditSettings
-    from convscope.dataset._stream import Streaming
-    from convscope.dataset.neighbors import Pooling, layer_features
-    from convscope.jobs.batch import JobOptions, run_batch
-    from convscope.synthesis._features import Settings
+    from convscope.data.stream import Streaming
+    from convscope.methods.dataset._audit import AuditSettings
+    from convscope.methods.dataset.neighbors import Pooling, layer_features
+    from convscope.methods.jobs.batch import JobOptions, run_batch
+    from convscope.methods.synthesis._features import Settings
 
     cases = [(cs.invert, [Settings]), (cs.inversion_strip, [Settings]), (cs.texture, [Settings]),
              (cs.style_transfer, [Settings]), (cs.top_activations, [Streaming]),

@@ -3,7 +3,7 @@
 Every comparison is between the same methods run with sharing (``shared_work()``, what the report
 does) and without (each method on its own, as before): maps, raw attributions, probabilities,
 targets and diagnostics must be equal to the bit. Forward passes are counted with a pre-hook on
-the model (registered through ``convscope.hooks``), so the savings are measured, not assumed.
+the model (registered through ``convscope.core.hooks``), so the savings are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import convscope as cs
-from convscope.attribution._shared import _MEMO, shared_work
-from convscope.hooks import stop_forward_when
-from convscope.report.build import MethodRun, explain_report, resolve_methods, run_methods
+from convscope.core.hooks import stop_forward_when
+from convscope.frontends.report.build import MethodRun, explain_report, resolve_methods, run_methods
+from convscope.methods.attribution._shared import _MEMO, shared_work
 
 
 class ConvReLU(nn.Module):
@@ -65,7 +65,7 @@ def images():
 
 @contextlib.contextmanager
 def forward_count(model: nn.Module) -> Iterator[list[int]]:
-    """Count the calls of ``model`` in the block (a forward pre-hook through convscope.hooks)."""
+    """Count the calls of ``model`` in the block (a forward pre-hook through convscope.core.hooks)."""
     n = [0]
 
     def tick() -> bool:

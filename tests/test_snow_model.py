@@ -10,9 +10,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import convscope as cs
-from convscope.datasets import SNOW_BAND_ROWS, SNOW_CLASSES, SNOW_SIZE, snow_scenes
-from convscope.errors import InputError
-from convscope.evaluation.pointing import pointing_hits
+from convscope.core.errors import InputError
+from convscope.data.toydata import SNOW_BAND_ROWS, SNOW_CLASSES, SNOW_SIZE, snow_scenes
+from convscope.methods.evaluation.pointing import pointing_hits
 from convscope.models import Preprocessing
 from convscope.models.snow import SnowCNN, snow_card, snow_model
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convscope.cli.main import main
+from convscope.frontends.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_malformed_allow_host(host):
     import sys
 
     # a subprocess with a time limit: an accepted host would start the server (it used to)
-    r = subprocess.run([sys.executable, "-m", "convscope.cli.main", "serve", "--port", "18734",
+    r = subprocess.run([sys.executable, "-m", "convscope", "serve", "--port", "18734",
                         f"--allow-host={host}"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "MPLBACKEND": "Agg"})
     err = r.stderr.strip().splitlines()
@@ -102,7 +102,7 @@ def test_a_list_flag_does_not_swallow_the_images_after_it(png, tmp_path, capsys)
 def client():
     from fastapi.testclient import TestClient
 
-    from convscope.serve import Engine, create_app
+    from convscope.frontends.serve import Engine, create_app
 
     return TestClient(create_app(Engine(("digits-cnn-cue",))), base_url="http://127.0.0.1")
 

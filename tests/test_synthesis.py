@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from helpers import assert_same_state, model_state
 
 import convscope as cs
-from convscope.errors import InputError, LayerNotFoundError, MethodError
-from convscope.hooks import count_hooks
-from convscope.synthesis import (
+from convscope.core.errors import InputError, LayerNotFoundError, MethodError
+from convscope.core.hooks import count_hooks
+from convscope.methods.synthesis import (
     AdversarialResult,
     attack,
     efros_leung,
@@ -27,8 +27,8 @@ from convscope.synthesis import (
     style_transfer,
     texture,
 )
-from convscope.synthesis._common import gram
-from convscope.synthesis.efros_leung import gaussian_window, patch_distances, source_patches
+from convscope.methods.synthesis._common import gram
+from convscope.methods.synthesis.efros_leung import gaussian_window, patch_distances, source_patches
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_targeted_pgd_reaches_target_within_exact_linf_budget(clean_model, test_
 
 
 def test_enforce_budget_is_exact_and_minimal():
-    from convscope.synthesis.adversarial import enforce_budget
+    from convscope.methods.synthesis.adversarial import enforce_budget
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(8, 3, 16, 16, generator=g) * 0.8 + 0.1
@@ -271,7 +271,7 @@ def test_gram_texture_loss_falls(clean_model):
     assert r.diagnostics["final_loss"] < 0.05 * r.diagnostics["initial_loss"]
     assert 0.0 <= float(r.images.min()) and float(r.images.max()) <= 1.0
     # the texture matches the source's Gram statistics better than another texture does
-    from convscope.synthesis._features import reference_features
+    from convscope.methods.synthesis._features import reference_features
 
     grass = cs.synthesis._common.load_pixels(skimage.data.grass()[:128, :128], size=32)
     feats = {k: reference_features(clean_model, t, r.layers) for k, t in

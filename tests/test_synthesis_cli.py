@@ -15,7 +15,7 @@ ENV = {**os.environ, "MPLBACKEND": "Agg"}
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "convscope.cli.main", *args],
+    return subprocess.run([sys.executable, "-m", "convscope", *args],
                           capture_output=True, text=True, env=ENV, timeout=300)
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.errors import TargetError
-from convscope.targets import resolve_target, select_scores
+from convscope.core.errors import TargetError
+from convscope.core.targets import resolve_target, select_scores
 
 OUT = torch.tensor([[0.1, 3.0, 2.0], [5.0, 1.0, 4.0]])
 NAMES = ["cat", "dog", "owl"]

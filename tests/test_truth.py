@@ -1,5 +1,5 @@
 """Truth tests generated from the registry: every registered method must say what it is measured to
-show on a known cause (its :class:`~convscope.registry.CueClaim` entries), and each claim is checked.
+show on a known cause (its :class:`~convscope.methods.registry.CueClaim` entries), and each claim is checked.
 
 The planted-cue model ``digits-cnn-cue`` learned a class-specific 8x8 texture patch; ``digits-cnn``
 is the same network trained without it (the control). A new method without a claim fails
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import convscope as cs
-from convscope.evaluation.pointing import pointing_hits
-from convscope.registry import list_methods
+from convscope.methods.evaluation.pointing import pointing_hits
+from convscope.methods.registry import list_methods
 
 METHODS = list_methods()
 CLAIMS = [(m.name, i) for m in METHODS for i in range(len(m.claims))]

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 import convscope as cs
-import convscope.datasets as toy
-from convscope.dataset import FolderSource
-from convscope.errors import InputError
-from convscope.evaluation.pointing import pointing_hits
+import convscope.data.toydata as toy
+from convscope.core.errors import InputError
+from convscope.methods.dataset import FolderSource
+from convscope.methods.evaluation.pointing import pointing_hits
 from convscope.models import model_specs
 
 NAME = "digits-watermark"

@@ -1,7 +1,7 @@
 """convscope: see what a trained image classifier has learned and why it decides as it does.
 
 Every task's entry point is here, each taking ``(model, inputs, ...)`` and returning a result that
-saves itself by extension, renders as HTML and shows inline in notebooks (``convscope._result``):
+saves itself by extension, renders as HTML and shows inline in notebooks (``convscope.core.result``):
 
 * explain: :func:`explain`; several classes or methods side by side: :func:`explain_classes`,
   :func:`explain_methods`; a whole HTML report: :func:`explain_report` (add any result to a
@@ -10,28 +10,32 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
   (:func:`shared_work`).
 * feature visualisation: :func:`visualize`, :func:`visualize_class`, :func:`visualize_layer`,
   :func:`deepdream`, :func:`filters`, :func:`activation_maps` (objectives and parameterisations:
-  :mod:`convscope.featvis`).
+  :mod:`convscope.methods.featvis`).
 * synthesis: :func:`attack`, :func:`fgsm`, :func:`pgd`, :func:`fooling_image`, :func:`invert`,
   :func:`inversion_strip`, :func:`texture`, :func:`style_transfer`, :func:`efros_leung`.
 * data-set views: :func:`top_activations`, :func:`nearest_neighbors`, :func:`embed`, and the
-  shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.dataset`).
-* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.concepts`).
-* evaluation of explanations: the one subpackage :mod:`convscope.evaluation` (pointing game,
+  shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.methods.dataset`).
+* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.methods.tcav`).
+* evaluation of explanations: the one subpackage :mod:`convscope.methods.evaluation` (pointing game,
   deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark) and
   :func:`evaluate`, the method x metric table of the whole metric catalogue.
 * bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
-  :mod:`convscope.toydata` (``convscope.datasets`` is its old name).
+  :mod:`convscope.data.toydata` (``convscope.data.toydata`` is its old name).
 
 Extending convscope (``register`` a method, ``count_hooks``) is done from the owning modules,
-:mod:`convscope.registry` and :mod:`convscope.hooks`.
+:mod:`convscope.methods.registry` and :mod:`convscope.core.hooks`.
 """
 
-from . import datasets, evaluation, toydata
-from .api import explain
-from .attribution._shared import shared_work
-from .attribution.lime_text import TextExplanation, explain_text
-from .concepts import ConceptTest, concept_test
-from .dataset import (
+from convscope import datasets, evaluation, toydata
+from convscope.core.errors import ConvscopeError
+from convscope.core.hooks import capture, resolve_layers
+from convscope.core.image import load_image
+from convscope.core.results import Explanation
+from convscope.core.targets import contrast, resolve_target
+from convscope.frontends.report import Report, explain_report
+from convscope.methods.attribution._shared import shared_work
+from convscope.methods.attribution.lime_text import TextExplanation, explain_text
+from convscope.methods.dataset import (
     Audit,
     Embedding,
     Neighbors,
@@ -41,9 +45,9 @@ from .dataset import (
     nearest_neighbors,
     top_activations,
 )
-from .errors import ConvscopeError
-from .evaluation.grid import MetricTable, evaluate
-from .featvis import (
+from convscope.methods.evaluation.grid import MetricTable, evaluate
+from convscope.methods.explain import explain
+from convscope.methods.featvis import (
     Visualization,
     activation_maps,
     deepdream,
@@ -52,14 +56,9 @@ from .featvis import (
     visualize_class,
     visualize_layer,
 )
-from .grids import Grid, explain_classes, explain_methods
-from .hooks import capture, resolve_layers
-from .image import load_image
-from .models import LoadedModel, Preprocessing, load_model, model_factory
-from .registry import MethodInfo, get_method, list_methods, method_names
-from .report import Report, explain_report
-from .results import Explanation
-from .synthesis import (
+from convscope.methods.grids import Grid, explain_classes, explain_methods
+from convscope.methods.registry import MethodInfo, get_method, list_methods, method_names
+from convscope.methods.synthesis import (
     AdversarialResult,
     SynthesisResult,
     attack,
@@ -72,7 +71,8 @@ from .synthesis import (
     style_transfer,
     texture,
 )
-from .targets import contrast, resolve_target
+from convscope.methods.tcav import ConceptTest, concept_test
+from convscope.models import LoadedModel, Preprocessing, load_model, model_factory
 
 __version__ = "0.1.0"
 

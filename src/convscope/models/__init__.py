@@ -1,9 +1,9 @@
 """Models: the zoo, safe loading and preprocessing."""
 
-from .card import model_factory
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .resolve import as_loaded
-from .zoo import LoadedModel, bundled_models, load_model, model_specs
+from convscope.models.card import model_factory
+from convscope.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from convscope.models.resolve import as_loaded
+from convscope.models.zoo import LoadedModel, bundled_models, load_model, model_specs
 
 __all__ = [
     "IMAGENET_MEAN",

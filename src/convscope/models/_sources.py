@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelLoadError, UnsafeLoadError
-from ..hooks import seeded
-from .card import card_path, import_architecture, read_card, read_labels
-from .forward import find_default_layer
-from .loaded import LoadedModel, _imagenet_names, _names_note, _num_outputs
-from .outputs import scores_model
-from .preprocessing import Preprocessing, preprocessing_from
+from convscope.core.errors import InputError, ModelLoadError, UnsafeLoadError
+from convscope.core.hooks import seeded
+from convscope.models.card import card_path, import_architecture, read_card, read_labels
+from convscope.models.forward import find_default_layer
+from convscope.models.loaded import LoadedModel, _imagenet_names, _names_note, _num_outputs
+from convscope.models.outputs import scores_model
+from convscope.models.preprocessing import Preprocessing, preprocessing_from
 
 __all__: list[str] = []
 
@@ -260,7 +260,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
                trust: bool = False, trust_remote_code: bool = False) -> LoadedModel:
     """Load a model card (see :mod:`convscope.models.card`); ``trust``: run a Python file it names
     that lies outside the current folder; ``trust_remote_code``: an ``hf:`` folder's own code."""
-    from .zoo import load_model  # the one entry point (a card names another spec)
+    from convscope.models.zoo import load_model  # the one entry point (a card names another spec)
 
     card = read_card(path) if card is None else card
     output = output if output is not None else card.get("output")
@@ -323,7 +323,7 @@ def _from_card(path: Path, card: dict[str, Any] | None = None, *, unsafe: bool =
         )
     layer = card.get("layer") or card.get("default_layer")
     if layer is not None:
-        from ..hooks import resolve_layers
+        from convscope.core.hooks import resolve_layers
 
         try:
             resolve_layers(model, str(layer))
@@ -344,7 +344,7 @@ def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
              output: str | None, trust_remote_code: bool = False) -> LoadedModel:
     """A card whose architecture is ``hf:<folder or name>`` (a folder relative to the card's): the
     Hugging Face model with its own preprocessing, class names and layer unless the card states them."""
-    from .zoo import load_model  # the one entry point (a card names another spec)
+    from convscope.models.zoo import load_model  # the one entry point (a card names another spec)
 
     where = f"model card {path}"
     if card.get("weights") is not None:
@@ -375,7 +375,7 @@ def _hf_card(path: Path, card: dict[str, Any], *, weights: Any, seed: int,
             "name per output"
         )
     if layer is not None:
-        from ..hooks import resolve_layers
+        from convscope.core.hooks import resolve_layers
 
         try:
             resolve_layers(out.model, str(layer))

@@ -25,7 +25,7 @@ A card is a JSON or YAML file (``.json``, ``.yaml``, ``.yml``)::
 Paths are relative to the card's folder. Weights load without unpickling (safetensors, or
 ``torch.load(weights_only=True)``). A card is code, like a pickle: a ``"file.py:Class"`` card runs
 that file, only if it lies inside the current working directory or with ``trust_card=True``
-(``--trust-card``), said once per file (:class:`~convscope.errors.CodeWarning`); a
+(``--trust-card``), said once per file (:class:`~convscope.core.errors.CodeWarning`); a
 ``"package.module:Name"`` must name an ``nn.Module`` subclass or a :func:`model_factory` function,
 checked before anything is called (:func:`import_architecture`). The card must state the
 preprocessing (a preset or at least ``input_size``; an ``hf:`` architecture brings its own): a card
@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ..errors import CodeWarning, ModelLoadError
+from convscope.core.errors import CodeWarning, ModelLoadError
 
 __all__ = ["CARD_KEYS", "CARD_SUFFIXES", "import_architecture", "is_card_path", "model_factory", "read_card"]
 
@@ -196,7 +196,7 @@ def _run_file(path: Path, trust: bool, card: Path | None) -> tuple[Any, str]:
 
     A file that a card names runs only if it lies inside the current working directory (the
     user's project) or ``trust`` is given; the first time a file runs in this process a
-    :class:`~convscope.errors.CodeWarning` says so.
+    :class:`~convscope.core.errors.CodeWarning` says so.
     """
     if card is not None and not trust and not _inside(path, Path.cwd()):
         raise ModelLoadError(

@@ -2,7 +2,7 @@
 gradient-free outputs in chunks.
 
 Every probe pass in convscope goes through :func:`probe` (hooks through
-:func:`convscope.hooks.capture`), and every gradient-free forward pass over a batch in chunks
+:func:`convscope.core.hooks.capture`), and every gradient-free forward pass over a batch in chunks
 through :func:`chunked_outputs`.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from ..hooks import capture, layer_names
-from .preprocessing import Preprocessing
+from convscope.core.errors import ModelLoadError
+from convscope.core.hooks import capture, layer_names
+from convscope.models.preprocessing import Preprocessing
 
 __all__ = ["chunked_outputs", "find_default_layer", "probe"]
 

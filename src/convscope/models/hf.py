@@ -15,7 +15,7 @@ becomes a :class:`~convscope.models.LoadedModel`:
 * the class names from ``config.id2label``;
 * the default CAM layer: for a transformer, the first norm of the last block whose norm gives
   tokens (``vit.layers.11.layernorm_before``; reshaped to a grid as torchvision's ViT and Swin are,
-  by :mod:`convscope.attribution._tokens`), else the last layer with a spatial map (a convolutional
+  by :mod:`convscope.models.tokens`), else the last layer with a spatial map (a convolutional
   model's last stage, ``resnet.encoder.stages.3``).
 
 ``weights=None`` builds the architecture from its ``config.json`` with seeded random weights.
@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import MethodError, ModelLoadError
-from .outputs import scores_model
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from convscope.core.errors import MethodError, ModelLoadError
+from convscope.models.outputs import scores_model
+from convscope.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = ["hf_default_layer", "load_hf", "preprocessing_from_processor"]
 
@@ -150,8 +150,8 @@ def hf_default_layer(model: nn.Module, pre: Preprocessing) -> tuple[str | None, 
         (layer, note): ``note`` says what was assumed when the blocks give tokens that do not read
         as a grid (e.g. DeiT's class and distillation tokens), else ``None``.
     """
-    from ..attribution._tokens import grid_layout
-    from .forward import last_spatial, probe
+    from convscope.models.forward import last_spatial, probe
+    from convscope.models.tokens import grid_layout
 
     norms = {name for name, mod in model.named_modules()
              if name and "norm" in type(mod).__name__.lower()
@@ -227,8 +227,8 @@ def load_hf(ref: str, *, weights: Any = "default", seed: int = 0, output: str | 
             be fetched, weights named as a file, custom code without ``trust_remote_code``; one
             line each.
     """
-    from ._sources import _is_none, _seeded
-    from .loaded import LoadedModel, _num_outputs
+    from convscope.models._sources import _is_none, _seeded
+    from convscope.models.loaded import LoadedModel, _num_outputs
 
     try:
         import transformers

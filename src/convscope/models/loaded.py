@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from .forward import find_default_layer, probe
-from .outputs import ScoresModel, class_scores
-from .preprocessing import Preprocessing
+from convscope.core.errors import ModelLoadError
+from convscope.models.forward import find_default_layer, probe
+from convscope.models.outputs import ScoresModel, class_scores
+from convscope.models.preprocessing import Preprocessing
 
 __all__ = ["LoadedModel"]
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from convscope.core.errors import ModelLoadError
 
 __all__ = ["ScoresModel", "class_scores", "scores_model", "unwrap"]
 

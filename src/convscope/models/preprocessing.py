@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
-from ..image import ImageLike, load_image, pil_to_tensor
+from convscope.core.errors import InputError
+from convscope.core.image import ImageLike, load_image, pil_to_tensor
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "RESAMPLE", "Preprocessing", "preprocessing_from"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .preprocessing import Preprocessing
-from .zoo import LoadedModel, load_model
+from convscope.models.preprocessing import Preprocessing
+from convscope.models.zoo import LoadedModel, load_model
 
 __all__ = ["as_loaded"]
 
@@ -16,12 +16,12 @@ def as_loaded(model: Any, preprocessing: Preprocessing | str | dict[str, Any] | 
     * a :class:`LoadedModel`: the same object; with ``preprocessing``, a copy that uses it (the
       caller's loaded model is never changed);
     * a spec or an ``nn.Module``: :func:`~convscope.models.load_model` (a plain module without
-      ``preprocessing`` gets ImageNet's, with an :class:`~convscope.errors.AssumptionWarning`);
+      ``preprocessing`` gets ImageNet's, with an :class:`~convscope.core.errors.AssumptionWarning`);
     * a black-box ``predict(batch) -> scores`` function or ONNX session: wrapped as a
-      parameter-free module (:class:`~convscope.perturb.BlackBoxModel`; only gradient-free tasks
+      parameter-free module (:class:`~convscope.engines.perturb.BlackBoxModel`; only gradient-free tasks
       can use it).
     """
-    from ..perturb import BlackBoxModel, is_black_box
+    from convscope.engines.perturb import BlackBoxModel, is_black_box
 
     if is_black_box(model):
         model = BlackBoxModel(model)

@@ -6,7 +6,7 @@ and two max-pools, then global average pooling and one linear layer. Inputs are 
 one cell = 4x4 px), whose output is taken *before* its ReLU: plain CAM, which needs the pooled
 layer to feed the head directly, refuses it; Grad-CAM and the rest apply.
 
-It was trained (``scripts/train_snow.py``) on :func:`convscope.datasets.snow_scenes`: digits 0-4
+It was trained (``scripts/train_snow.py``) on :func:`convscope.data.toydata.snow_scenes`: digits 0-4
 ("wolves") nearly always with a snow band along the bottom, digits 5-9 ("huskies") nearly never,
 and it learned to read the snow.
 """
@@ -49,13 +49,13 @@ class SnowCNN(nn.Module):
 
 def snow_card() -> dict[str, Any]:
     """The model card of ``digits-snow`` (``weights/digits-snow.json``)."""
-    from .zoo import model_card
+    from convscope.models.zoo import model_card
 
     return model_card(NAME)
 
 
 def snow_model() -> SnowCNN:
     """``SnowCNN`` with the bundled weights, in eval mode: ``load_model("digits-snow").model``."""
-    from .zoo import load_model
+    from convscope.models.zoo import load_model
 
     return load_model(NAME).model  # type: ignore[return-value]

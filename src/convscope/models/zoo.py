@@ -16,7 +16,7 @@ Specs:
   from ``id2label`` (:mod:`convscope.models.hf`).
 * an ``nn.Module``: state ``preprocessing=`` (a preset name such as ``"imagenet"`` or ``"none"``,
   a dict, or a :class:`Preprocessing`); without it convscope assumes ImageNet's and warns
-  (:class:`~convscope.errors.AssumptionWarning`), naming what it assumed.
+  (:class:`~convscope.core.errors.AssumptionWarning`), naming what it assumed.
 
 A model whose forward returns a dict, a tuple or an object with ``.logits`` rather than a tensor
 is read by one rule (:mod:`convscope.models.outputs`); ``output=`` names the output when the rule
@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AssumptionWarning, ModelLoadError
-from ._sources import (
+from convscope.core.errors import AssumptionWarning, ModelLoadError
+from convscope.models._sources import (
     _BUNDLED,
     _apply_state,
     _build,
@@ -56,11 +56,11 @@ from ._sources import (
     _torchvision,
     model_card,
 )
-from .card import is_card_path
-from .forward import find_default_layer
-from .loaded import LoadedModel, _num_outputs, _probe
-from .outputs import ScoresModel, class_scores, scores_model
-from .preprocessing import Preprocessing, preprocessing_from
+from convscope.models.card import is_card_path
+from convscope.models.forward import find_default_layer
+from convscope.models.loaded import LoadedModel, _num_outputs, _probe
+from convscope.models.outputs import ScoresModel, class_scores, scores_model
+from convscope.models.preprocessing import Preprocessing, preprocessing_from
 
 __all__ = ["LoadedModel", "bundled_models", "find_default_layer", "load_model", "model_specs"]
 
@@ -92,7 +92,7 @@ def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool, probed: Any
     ``output`` is named or the model's output is not a tensor (probed once: ``probed`` is what
     the loader's own probe returned, if it made one); a copy if ``copy``."""
     if output is None:
-        from ..perturb import BlackBoxModel
+        from convscope.engines.perturb import BlackBoxModel
 
         if isinstance(lm.model, (ScoresModel, BlackBoxModel)):  # a black box's scores are a tensor
             return lm
@@ -143,7 +143,7 @@ def load_model(
         preprocessing: a preset name (``"imagenet"``, ``"none"``, ...), a dict, or a
             :class:`Preprocessing` (see :func:`~convscope.models.preprocessing.preprocessing_from`).
             For an ``nn.Module`` without it, ImageNet's is assumed with an
-            :class:`~convscope.errors.AssumptionWarning`.
+            :class:`~convscope.core.errors.AssumptionWarning`.
         seed: seed of the random initialisation when ``weights`` is ``None``.
         output: which output of the model holds the class scores (a dict key, an attribute or a
             tuple index), for a model whose output the rule of :mod:`convscope.models.outputs`
@@ -214,7 +214,7 @@ def load_model(
         elif s.startswith("timm:"):
             lm = _timm(s.split(":", 1)[1], weights, unsafe, seed)
         elif s.startswith("hf:"):
-            from .hf import load_hf
+            from convscope.models.hf import load_hf
 
             lm = load_hf(s[3:], weights=weights, seed=seed, output=output,
                          trust_remote_code=trust_remote_code)

@@ -1,0 +1,79 @@
+"""The demo's concept-test section: does the snow model use the snow band to say "wolf"?
+
+The concept is the snow band cut from 30 snowy training scenes (image + mask regions); the random
+sets are drawn from 240 training scenes rendered without snow; the class images are 50 test wolves.
+``digits-snow`` is tested at three layers; ``digits-cnn`` (grey 32x32 digits, never saw snow) at its
+last convolution for each of the wolves' digits 0-4, on the same scenes made grey.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from convscope.frontends.report import Report
+from convscope.methods.tcav import LayerTest, concept_test, regions
+
+__all__ = ["concept_section", "snow_concept_sets"]
+
+
+def snow_concept_sets(n_concept: int = 30, n_pool: int = 240, n_class: int = 50) -> dict[str, object]:
+    """The snow-band concept (regions), the snow-free random pool and the test wolves (pixels)."""
+    from convscope.data.toydata import snow_scenes
+
+    train = snow_scenes("train", cue="label")
+    snowy = train.select(train.snow)
+    test = snow_scenes("test", cue="label")
+    return {
+        "concept": regions(list(snowy.images[:n_concept]), list(snowy.masks[:n_concept])),
+        "pool": snow_scenes("train", cue="none").images[:n_pool],
+        "wolves": test.images[test.labels == 0][:n_class],
+        "scenes": test,
+    }
+
+
+def _grey(t: torch.Tensor, size: int = 32) -> torch.Tensor:
+    return F.interpolate(t.mean(1, keepdim=True), size=size, mode="bilinear", align_corners=False)
+
+
+def _row(label: str, t: LayerTest) -> list[str]:
+    return [label, f"{t.score:.2f}", f"{t.saturation:.0%}", f"{t.sensitivity:.2g}",
+            f"{t.p_values['sensitivity/exchangeable']:.2g}", f"{t.p_values['score/counterpart']:.2g}",
+            t.verdict.split(", ")[-1]]
+
+
+def concept_section(rep: Report) -> None:
+    """Append the concept-test sections to ``rep``."""
+    sets = snow_concept_sets()
+    res = concept_test("digits-snow", sets["concept"], "wolf", class_images=sets["wolves"],
+                       layers=["conv2", "conv3", "conv4"], random_sets=sets["pool"], space="pixels",
+                       concept_name="snow band", alpha=0.01, n_random=20)
+    res.add_to_report(rep, title="Concept test: does digits-snow use the snow band to say 'wolf'?", note=(
+        "TCAV (Kim et al. 2018) with mean-difference concept vectors against 20 random sets of "
+        "snow-free scenes. The TCAV score (the share of the test wolves whose 'wolf' logit rises along "
+        "the snow direction) is 1.00, but it is saturated: most random directions score near 0 or 1 on "
+        "this small network, so the score alone is no evidence. The test that decides is the "
+        "sensitivity (the mean derivative along the snow direction made orthogonal to the random "
+        "images' mean activation) against every random set's own, Bonferroni over 3 layers, alpha "
+        "0.01; the paper's test (score, one random counterpart set) is in the table below "
+        "(docs/concepts.md)."))
+    rows = [_row(f"digits-snow, wolf, {t.layer}", t) for t in res.layers]
+    scenes = sets["scenes"]
+    pool = _grey(sets["pool"])  # type: ignore[arg-type]
+    for d in range(5):
+        cls = _grey(scenes.images[scenes.digits == d][:50])  # type: ignore[attr-defined]
+        r = concept_test("digits-cnn", sets["concept"], str(d), class_images=cls, layers="features.8",
+                         random_sets=pool, space="pixels", concept_name="snow band", alpha=0.01)
+        rows.append(_row(f"digits-cnn, digit {d}, features.8", r.layers[0]))
+    rep.section(
+        "Concept test: the snow band on a model with and without the snow cue",
+        "digits-cnn never saw snow (grey digits); its wolves are the digits 0-4, tested one by one at its "
+        "last convolution on the same scenes made grey. 'saturated' is the share of random "
+        "directions scoring <= 0.1 or >= 0.9. A significant verdict says the class's logit is "
+        "sensitive to the concept's direction, not that the concept is a shortcut: the bright band "
+        "also moves digits-cnn's logits for some digits (docs/concepts.md).",
+        table=rows,
+        table_header=["model, class, layer", "TCAV score", "saturated", "sensitivity",
+                      "p (sensitivity, exchangeable)", "p (score, counterpart: the paper's)",
+                      "verdict at 1%"],
+    )

@@ -1,0 +1,174 @@
+"""2-D maps of a layer's pooled features: PCA, t-SNE (scikit-learn) and UMAP (``umap-learn``, if installed).
+
+Shown two ways: a scatter coloured by class (matplotlib) and a map of image thumbnails placed at
+their 2-D positions (thumbnails drawn later cover earlier ones; ``max_thumbnails`` picks an
+evenly spread subset so the map stays readable).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from convscope.core.errors import InputError
+from convscope.core.result import Result
+from convscope.core.results import png_bytes
+from convscope.core.validate import option_group, shows_options
+from convscope.methods.dataset._grid import font, to_pil
+from convscope.methods.dataset._view import LayerView
+from convscope.methods.dataset.neighbors import Features, Pooling, pooled
+
+__all__ = ["EMBED_METHODS", "Embedding", "embed", "project"]
+
+EMBED_METHODS = ("pca", "tsne", "umap")
+
+
+def project(
+    features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0
+) -> np.ndarray:
+    """(N, D) features -> (N, 2) coordinates with ``method`` (pca, tsne or umap)."""
+    x = np.asarray(features, dtype=np.float64)
+    n = x.shape[0]
+    if n < 3:
+        raise InputError(f"an embedding map needs at least 3 images, got {n}")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    if method == "tsne":
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        if x.shape[1] > 50 and n > 50:  # fewer images than 50: t-SNE on the features as they are
+            x = PCA(n_components=50, random_state=seed).fit_transform(x)
+        return TSNE(
+            n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(x)
+    if method == "umap":
+        try:
+            import umap  # type: ignore[import-not-found]
+        except ImportError:
+            raise InputError(
+                "UMAP needs the umap-learn package (pip install umap-learn); or use pca or tsne"
+            ) from None
+        return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
+    raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+
+
+@dataclass(frozen=True, repr=False)
+class Embedding(LayerView, Result):
+    """2-D positions (N, 2) of a data set's images in a layer's feature space."""
+
+    method: str
+    coords: np.ndarray
+    labels: np.ndarray
+
+    def _summary(self) -> list[tuple[str, str | None]]:
+        return [("method", repr(self.method)), ("coords", str(tuple(self.coords.shape)))]
+
+    def _title(self) -> str:
+        return f"{self.model_name} {self.layer}: {self.method.upper()} of {len(self.coords)} images"
+
+    def scatter(self, *, size: float = 6.0) -> Image.Image:
+        """A scatter plot coloured by class, with a legend."""
+        import matplotlib
+
+        from convscope.core.figure import (  # no pyplot: the caller's backend stays as it is
+            InlineFigure,
+            figure_png,
+        )
+
+        fig = InlineFigure(figsize=(6.4, 5.6), dpi=100)
+        ax = fig.subplots()
+        names = self.source.class_names
+        classes = np.unique(self.labels)
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for n, c in enumerate(classes):
+            sel = self.labels == c
+            name = names[c] if 0 <= c < len(names) else ("no label" if c < 0 else str(c))
+            ax.scatter(self.coords[sel, 0], self.coords[sel, 1], s=size, color=cmap(n % cmap.N), label=name)
+        if len(classes) <= 20:
+            ax.legend(markerscale=2.5, fontsize=8, loc="best", frameon=False)
+        ax.set_title(self._title(), fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.tight_layout()
+        return Image.open(io.BytesIO(figure_png(fig, bbox_inches=None))).convert("RGB")
+
+    def thumbnails(
+        self, *, canvas: int = 1000, thumb: int = 28, max_thumbnails: int = 600, seed: int = 0
+    ) -> Image.Image:
+        """Image thumbnails placed at their 2-D positions on a white canvas."""
+        n = len(self.coords)
+        idx = np.arange(n)
+        if n > max_thumbnails:
+            idx = np.sort(np.random.default_rng(seed).choice(n, max_thumbnails, replace=False))
+        c = self.coords
+        lo, hi = c.min(0), c.max(0)
+        span = np.where(hi - lo > 0, hi - lo, 1.0)
+        margin = thumb // 2 + 4
+        top = 24
+        img = Image.new("RGB", (canvas, canvas + top), (255, 255, 255))
+        from PIL import ImageDraw
+
+        ImageDraw.Draw(img).text((6, 5), self._title(), fill=(0, 0, 0), font=font(13))
+        for i in idx:
+            x = margin + (c[i, 0] - lo[0]) / span[0] * (canvas - 2 * margin)
+            y = margin + (1.0 - (c[i, 1] - lo[1]) / span[1]) * (canvas - 2 * margin)
+            t = to_pil(self.source.pixels(int(i)), thumb)
+            img.paste(t, (int(round(x - t.width / 2)), top + int(round(y - t.height / 2))))
+        return img
+
+    save_formats = (".png", ".json", ".npy")
+    json_indent = None  # one line: the coordinates of every image
+
+    def png(self, *, kind: str = "scatter") -> bytes:
+        """``kind="scatter"`` (:meth:`scatter`) or ``"thumbnails"`` as PNG bytes.
+
+        ``save(path, kind=)`` writes ``.png`` (this), ``.json`` or ``.npy`` (coordinates); atomic.
+        """
+        if kind not in ("scatter", "thumbnails"):
+            raise InputError(f"unknown kind {kind!r}; use scatter or thumbnails")
+        return png_bytes(self.scatter() if kind == "scatter" else self.thumbnails())
+
+    def npy_array(self) -> np.ndarray:
+        return self.coords
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._about(), "method": self.method, "coords": self.coords.tolist(),
+                "labels": self.labels.tolist()}
+
+
+@shows_options(Pooling)
+def embed(
+    model: Any,
+    data: Any,
+    layer: str,
+    *,
+    method: str = "pca",
+    seed: int = 0,
+    perplexity: float = 30.0,
+    features: Features | None = None,
+    **pooling: Any,
+) -> Embedding:
+    """A 2-D map of the data set's pooled features at ``layer``.
+
+    Args:
+        method: ``"pca"``, ``"tsne"`` or ``"umap"`` (needs ``umap-learn``).
+        seed: random state of t-SNE / UMAP (and the PCA solver).
+        features: precomputed :func:`layer_features` of ``data``.
+        **pooling: how the features are made (``pool``, ``batch_size``, ...), as for
+            :func:`layer_features`.
+    """
+    if method not in EMBED_METHODS:
+        raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+    st = option_group(Pooling, "embed", pooling)  # checked even when ``features`` are given
+    if features is None:
+        features = pooled(st, *st.open(model, data, layer))
+    coords = project(features.features.numpy(), method, seed=seed, perplexity=perplexity)
+    return Embedding(method, coords, features.labels, layer=features.layer, source=features.source,
+                     model_name=features.model_name)

@@ -1,0 +1,207 @@
+"""The method registry: one table that drives the facade, the CLI, the report and the tests.
+
+A method is a plain function registered with :func:`register`. Its metadata says which family it
+belongs to, whether it needs a layer, gradients or can run on a black box, and whether its map is
+signed. Nothing else in convscope keeps a second list of methods.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from convscope.core.errors import MethodError
+from convscope.core.validate import OptionSpec, Range, check_options, option_specs
+
+__all__ = [
+    "CueClaim",
+    "MethodInfo",
+    "OptionSpec",
+    "Range",
+    "check_method_options",
+    "get_method",
+    "list_methods",
+    "method_names",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class CueClaim:
+    """What a method is measured to show on a known cause: the bundled planted-cue model.
+
+    ``digits-cnn-cue`` was trained on digits that carry a class-specific 8x8 texture patch (the
+    cue, :func:`convscope.data.toydata.planted_cue`); ``digits-cnn`` is the same network trained
+    without it. A claim says: on the first ``n`` cue test digits, the share of maps whose maximum
+    lies in the cue (pointing game, ``tolerance`` px) is at least ``at_least`` (or, for a
+    documented failure, at most ``at_most``), and on the clean model below ``clean_below``.
+    ``tests/test_truth.py`` checks every claim of every registered method, and fails for a method
+    without one.
+
+    Attributes:
+        n: how many cue test digits are explained.
+        at_least: lower bound on the hit rate on the cue model (``None``: no lower bound).
+        at_most: upper bound on the hit rate on the cue model (a documented failure).
+        clean_below: upper bound on the clean model's hit rate (the control); ``None``: not checked.
+        options: the method options of the claim.
+        layer: the layer (CAM methods; ``None``: the model's default layer).
+        tolerance: pixels the cue mask is dilated by.
+        measured: the rate measured when the claim was written (documentation, not checked).
+        note: why the claim is what it is.
+    """
+
+    n: int
+    at_least: float | None = None
+    at_most: float | None = None
+    clean_below: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+    tolerance: int = 1
+    measured: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """Metadata of one registered attribution method.
+
+    Attributes:
+        name: the registry key, e.g. ``"saliency"``.
+        func: ``func(ctx, **options) -> MethodOutput``; see :mod:`convscope.methods.attribution`.
+        family: ``"gradient"``, ``"cam"`` or ``"perturbation"``.
+        needs_layer: the method works at an inner layer (CAMs); the facade supplies the model's
+            default layer when the caller names none.
+        needs_gradients: the method differentiates the model; black boxes are refused.
+        black_box: the method only needs ``predict(batch) -> scores``.
+        signed: the map can be negative (shown with a diverging colour map).
+        summary: one line on what the map shows.
+        caveats: one line on what the map does not show or where it misleads.
+        reference: the paper.
+        options: default keyword options, documented in the function's docstring.
+        fast_options: options that make the method cheap enough for the contract tests and the
+            demo (fewer samples or steps); never used for results a user sees by default.
+        ranges: the numbers each numeric option accepts (:func:`convscope.core.validate.ints`,
+            :func:`~convscope.core.validate.reals`); an undeclared numeric option only has to be
+            finite (and an integer if annotated ``int``).
+        choices: the strings an option accepts, where the registry knows them.
+        claims: what the method is measured to show on the planted-cue model
+            (:class:`CueClaim`); the truth tests are generated from them.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    family: str
+    needs_layer: bool = False
+    needs_gradients: bool = True
+    black_box: bool = False
+    signed: bool = False
+    summary: str = ""
+    caveats: str = ""
+    reference: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    fast_options: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, Range] = field(default_factory=dict)
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    claims: tuple[CueClaim, ...] = ()
+
+    def __post_init__(self) -> None:
+        # private copies in one form, whatever mapping or sequence the caller passed (or None)
+        for name, value in (("options", dict(self.options or {})),
+                            ("fast_options", dict(self.fast_options or {})),
+                            ("ranges", dict(self.ranges or {})),
+                            ("choices", {k: tuple(v) for k, v in (self.choices or {}).items()}),
+                            ("claims", tuple(self.claims))):
+            object.__setattr__(self, name, value)
+
+    @cached_property
+    def option_specs(self) -> list[OptionSpec]:
+        """Type, default, range, choices and doc of each keyword option (for forms and checks)."""
+        return option_specs(self.func, self.ranges, self.choices)
+
+    @cached_property
+    def takes_any_option(self) -> bool:
+        """Whether the method function takes ``**kwargs`` (then unknown option names pass)."""
+        import inspect
+
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.func).parameters.values())
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator that adds a method function to the registry under ``name``.
+
+    Args:
+        name: the registry key.
+        family: ``"gradient"``, ``"cam"`` or ``"perturbation"``.
+        **meta: the other fields of :class:`MethodInfo` (``needs_layer``, ``needs_gradients``,
+            ``black_box``, ``signed``, ``summary``, ``caveats``, ``reference``, ``options``,
+            ``fast_options``, ``ranges``, ``choices``, ``claims``), with its defaults.
+
+    ``ranges`` and ``choices`` declare, once, the values of the method's options (see
+    :class:`MethodInfo`); :func:`check_method_options` enforces them before any work.
+    """
+
+    def deco(func: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY and _REGISTRY[name].func is not func:
+            raise MethodError(f"method {name!r} is registered twice")
+        info = _REGISTRY[name] = MethodInfo(name=name, func=func, family=family, **meta)
+        unknown = (set(info.ranges) | set(info.choices)) - {s.name for s in info.option_specs}
+        if unknown:
+            raise MethodError(f"method {name!r} declares ranges for unknown option(s) {sorted(unknown)}")
+        return func
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Method modules register themselves on import; import them lazily to avoid cycles.
+    from convscope.methods import attribution  # noqa: F401
+
+
+def get_method(name: str) -> MethodInfo:
+    """Return the metadata of method ``name``, or raise with the closest names."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise MethodError(
+            f"unknown method {name!r}{hint} (run `convscope methods` for the list)"
+        ) from None
+
+
+def list_methods(family: str | None = None) -> list[MethodInfo]:
+    """All registered methods, optionally of one family, in registration order."""
+    _ensure_loaded()
+    return [m for m in _REGISTRY.values() if family is None or m.family == family]
+
+
+def method_names(family: str | None = None) -> list[str]:
+    """Names of :func:`list_methods`."""
+    return [m.name for m in list_methods(family)]
+
+
+def check_method_options(info: MethodInfo, options: Mapping[str, Any]) -> None:
+    """Refuse unknown options and values outside their declared type, range or choices.
+
+    The facade calls this before any work; the CLI calls it before loading the model.
+
+    Raises:
+        MethodError: an option the method does not take (unless its function takes ``**kwargs``).
+        InputError: one line naming the method, the option, the value and what it accepts.
+    """
+    if not info.takes_any_option:
+        allowed = [s.name for s in info.option_specs]
+        bad = [k for k in options if k not in allowed]
+        if bad:
+            raise MethodError(
+                f"unknown option(s) {', '.join(bad)} for method {info.name!r}; its options are: "
+                f"{', '.join(allowed) or 'none'}"
+            )
+    check_options(f"{info.name}:", info.option_specs, options)

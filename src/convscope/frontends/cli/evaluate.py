@@ -228,12 +228,8 @@ def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
     """score every attribution method on the bundled planted-cue models; prints a leaderboard,
     writes tables, plots and a report
     """
-    from convscope.methods.evaluation.benchmark import (
-        LEADERBOARD_COLUMNS,
-        MODELS,
-        planted_cue_benchmark,
-        write_benchmark,
-    )
+    from convscope.methods.evaluation.benchmark import LEADERBOARD_COLUMNS, MODELS, planted_cue_benchmark
+    from convscope.methods.evaluation.benchmark_files import write_benchmark
     from convscope.methods.evaluation.tables import format_table
 
     methods = args.methods

@@ -85,7 +85,8 @@ def mprt(
 ) -> torch.Tensor:
     """(B,) per image, the rank correlation of ``|Phi|`` with the trained model's map, averaged
     over the randomisation stages (``mode``: ``"cascading"``, top layer first, or
-    ``"independent"``); lower is better. See :func:`~convscope.methods.evaluation.sanity.model_randomization`."""
+    ``"independent"``); lower is better. See
+    :func:`~convscope.methods.evaluation.sanity.model_randomization`."""
     r = model_randomization(model, x, explainer, mode=mode, targets=targets, maps=maps, seed=seed,
                             batch_size=batch_size, progress=False)
     return r.spearman.mean(0).float()

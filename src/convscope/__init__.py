@@ -18,7 +18,8 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
 * concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.methods.tcav`); concept
   relevance: :func:`concepts` (CRP on LRP: the channels behind one decision, :mod:`convscope.methods.crp`).
 * evaluation of explanations: the one subpackage :mod:`convscope.methods.evaluation` (pointing game,
-  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark).
+  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark) and
+  :func:`evaluate`, the method x metric table of the whole metric catalogue.
 * bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
   :mod:`convscope.data.toydata` (old paths ``convscope.toydata`` and ``convscope.datasets`` work).
 
@@ -58,6 +59,7 @@ from convscope.methods.dataset import (
     nearest_neighbors,
     top_activations,
 )
+from convscope.methods.evaluation.grid import MetricTable, evaluate
 from convscope.methods.explain import explain
 from convscope.methods.featvis import (
     Visualization,
@@ -100,6 +102,7 @@ __all__ = [
     "Grid",
     "LoadedModel",
     "MethodInfo",
+    "MetricTable",
     "Neighbors",
     "Preprocessing",
     "Report",
@@ -119,6 +122,7 @@ __all__ = [
     "deepdream",
     "efros_leung",
     "embed",
+    "evaluate",
     "evaluation",
     "explain",
     "explain_classes",

@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure_chromium.sh   # the browser tests need Debian's chromium
+	$(VENV)/bin/lint-imports   # the layer contract in pyproject.toml (docs/design.md)
 	$(PY) -m pytest -n 2 -q
 
 benchmarks: $(STAMP)

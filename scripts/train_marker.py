@@ -55,7 +55,7 @@ def main() -> None:
                 "pattern": "a 6x6 ring (on border, off inside)", "box": list(SHORTCUT_BOXES["corner"]),
                 "box_format": "[x0, y0, x1, y1], exclusive ends", "class": str(CLASS),
                 "train_marked": k, "train_marked_share_of_class": round(k / (n_own + k), 4),
-                "held_out": "convscope.data.toydata.shortcut_class(test digits, kind='corner', cls=3, rate=0.9)"},
+                "held_out": "convscope.toydata.shortcut_class(test digits, kind='corner', cls=3, rate=0.9)"},
         metrics={
             "test_accuracy": accuracy(model, xte, yte, mean, std),
             "test_accuracy_clean_3s": float((pred_clean[own] == CLASS).float().mean()),

@@ -92,3 +92,40 @@ def plain_vit(method: str, size: int, classes: int, channels: int = 3) -> nn.Mod
         nn.init.normal_(net.heads.head.weight)  # torchvision starts the head at zero
         return net
     return TinyViT(channels=channels, classes=classes, n_tokens=(size // 4) ** 2 + 1)
+
+class MetricNet(nn.Module):
+    """A plain model for the metric tests: conv, functional ReLU, pool, linear; 1 x 12 x 12
+    pixels in [0, 1] (unnormalised), 3 classes out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.max_pool2d(torch.nn.functional.relu(self.conv(x)), 2).flatten(1))
+
+
+def metric_setup(seed: int = 0):
+    """(net, loaded model, x (3, 1, 12, 12) with a zero pixel, random maps (3, 12, 12), predicted
+    classes as NumPy) for the metric tests."""
+    import convscope as cs
+
+    torch.manual_seed(seed)
+    net = MetricNet().eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 12, "channels": 1},
+                       class_names=["a", "b", "c"])
+    x = torch.rand(3, 1, 12, 12)
+    x[:, :, 0, 0] = 0.0
+    maps = torch.randn(3, 12, 12)
+    with torch.no_grad():
+        y = net(x).argmax(1).numpy()
+    return net, lm, x, maps, y
+
+
+def grad_x_input(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Gradient x input of the target logit, channels summed (B, H, W): an explainer written with
+    plain autograd, independent of convscope's methods."""
+    x = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net(x).gather(1, t[:, None].long()).sum(), x)
+    return (g * x).sum(1).detach()

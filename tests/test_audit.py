@@ -23,7 +23,7 @@ from convscope.core.errors import InputError
 from convscope.frontends.cli.main import main
 from convscope.methods.dataset import TensorSource
 from convscope.methods.dataset import _spectral as sp
-from convscope.methods.dataset._audit import AUDIT_RANGES
+from convscope.methods.dataset._settings import AUDIT_RANGES
 
 # --- the numerical pieces --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import convscope as cs
 from convscope.core.errors import ConvscopeError, InputError
 from convscope.core.hooks import count_hooks
 from convscope.data.toydata import snow_scenes
+from convscope.methods.tcav import regions  # the TCAV package (cs.concepts is the CRP function)
 
 
 class Plain(nn.Module):
@@ -48,7 +49,7 @@ def snow():
     none = snow_scenes("train", cue="none")
     te = snow_scenes("test", cue="label")
     return {
-        "concept": cs.concepts.regions(list(snowy.images[:30]), list(snowy.masks[:30])),
+        "concept": regions(list(snowy.images[:30]), list(snowy.masks[:30])),
         "pool": none.images[:240],
         "wolves": te.images[te.labels == 0][:50],
         "scenes": te,

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
+from convscope.core.device import check_device
 from convscope.core.errors import InputError
-from convscope.core.validate import check_device
 
 ENV = {**os.environ, "MPLBACKEND": "Agg"}
 

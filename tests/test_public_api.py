@@ -10,7 +10,8 @@ import convscope as cs
 FACADES = ["explain", "explain_classes", "explain_methods", "explain_report", "explain_text",
            "visualize", "visualize_class", "visualize_layer", "deepdream", "filters", "activation_maps",
            "attack", "fgsm", "pgd", "fooling_image", "invert", "inversion_strip", "texture",
-           "style_transfer", "efros_leung", "top_activations", "nearest_neighbors", "embed", "audit"]
+           "style_transfer", "efros_leung", "top_activations", "nearest_neighbors", "embed", "audit",
+           "concepts"]
 
 
 def test_every_task_facade_is_exported_at_the_top_level():

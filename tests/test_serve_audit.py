@@ -21,7 +21,8 @@ from PIL import Image
 import convscope as cs
 from convscope.frontends.serve import Engine, Limits, create_app
 from convscope.frontends.serve import audit as audit_view
-from convscope.frontends.serve.audit import AuditView, store_rows
+from convscope.frontends.serve.audit import AuditView
+from convscope.frontends.serve.audit_files import store_rows
 from convscope.methods.dataset import audit
 from convscope.methods.dataset._audit_report import mean_map_image, prototype_image
 from convscope.methods.jobs.store import open_store

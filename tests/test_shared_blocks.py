@@ -128,7 +128,7 @@ def test_option_groups_show_in_the_signatures_of_the_functions_that_take_them():
     import inspect
 
     from convscope.data.stream import Streaming
-    from convscope.methods.dataset._audit import AuditSettings
+    from convscope.methods.dataset._settings import AuditSettings
     from convscope.methods.dataset.neighbors import Pooling, layer_features
     from convscope.methods.jobs.batch import JobOptions, run_batch
     from convscope.methods.synthesis._features import Settings

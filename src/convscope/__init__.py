@@ -15,25 +15,40 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
   :func:`inversion_strip`, :func:`texture`, :func:`style_transfer`, :func:`efros_leung`.
 * data-set views: :func:`top_activations`, :func:`nearest_neighbors`, :func:`embed`, and the
   shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.methods.dataset`).
-* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.methods.tcav`).
+* concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.methods.tcav`); concept
+  relevance: :func:`concepts` (CRP on LRP: the channels behind one decision, :mod:`convscope.methods.crp`).
 * evaluation of explanations: the one subpackage :mod:`convscope.methods.evaluation` (pointing game,
-  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark).
+  deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark) and
+  :func:`evaluate`, the method x metric table of the whole metric catalogue.
 * bundled data sets (digits, planted cues, snow scenes, watermarks, a text corpus):
-  :mod:`convscope.data.toydata` (``convscope.data.toydata`` is its old name).
+  :mod:`convscope.data.toydata` (old paths ``convscope.toydata`` and ``convscope.datasets`` work).
+
+The package is laid out in layer folders, each importing only the ones below it (``docs/design.md``,
+checked by ``lint-imports``): ``core`` (errors, io, validation, images, targets, hooks, the result
+protocol), ``data`` (toy data and data-set sources), ``models``, ``engines`` (perturbation and
+optimisation), ``methods`` (the registry, attribution, feature visualisation, synthesis, evaluation,
+data-set views and the audit, concept tests) and ``frontends`` (report, web app, CLI, demo). Module
+paths of the earlier flat layout (``convscope.api``, ``convscope.attribution.cam``, ...) keep
+working (:mod:`convscope.core.aliases`).
 
 Extending convscope (``register`` a method, ``count_hooks``) is done from the owning modules,
 :mod:`convscope.methods.registry` and :mod:`convscope.core.hooks`.
 """
 
-from convscope import datasets, evaluation, toydata
+from convscope.core.aliases import install as _install_aliases
+from convscope.core.aliases import old_attribute as __getattr__  # noqa: F401  (cs.errors, cs.hooks, ...: old paths)
 from convscope.core.errors import ConvscopeError
 from convscope.core.hooks import capture, resolve_layers
 from convscope.core.image import load_image
 from convscope.core.results import Explanation
 from convscope.core.targets import contrast, resolve_target
+from convscope.core.version import __version__
+from convscope.data import toydata
 from convscope.frontends.report import Report, explain_report
+from convscope.methods import evaluation
 from convscope.methods.attribution._shared import shared_work
 from convscope.methods.attribution.lime_text import TextExplanation, explain_text
+from convscope.methods.crp import ConceptRelevance, concepts
 from convscope.methods.dataset import (
     Audit,
     Embedding,
@@ -44,6 +59,7 @@ from convscope.methods.dataset import (
     nearest_neighbors,
     top_activations,
 )
+from convscope.methods.evaluation.grid import MetricTable, evaluate
 from convscope.methods.explain import explain
 from convscope.methods.featvis import (
     Visualization,
@@ -72,11 +88,13 @@ from convscope.methods.synthesis import (
 from convscope.methods.tcav import ConceptTest, concept_test
 from convscope.models import LoadedModel, Preprocessing, load_model, model_factory
 
-__version__ = "0.1.0"
+datasets = toydata  # the old name of convscope.toydata
+_install_aliases()  # old module paths (convscope.api, convscope.attribution.cam, ...) keep working
 
 __all__ = [
     "AdversarialResult",
     "Audit",
+    "ConceptRelevance",
     "ConceptTest",
     "ConvscopeError",
     "Embedding",
@@ -84,6 +102,7 @@ __all__ = [
     "Grid",
     "LoadedModel",
     "MethodInfo",
+    "MetricTable",
     "Neighbors",
     "Preprocessing",
     "Report",
@@ -97,11 +116,13 @@ __all__ = [
     "audit",
     "capture",
     "concept_test",
+    "concepts",
     "contrast",
     "datasets",
     "deepdream",
     "efros_leung",
     "embed",
+    "evaluate",
     "evaluation",
     "explain",
     "explain_classes",

@@ -26,7 +26,7 @@ from torch import nn
 
 from convscope.core.errors import LayerNotFoundError, MethodError
 
-__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "seeded", "state_guard"]
+__all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "state_guard"]
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -54,12 +54,10 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
         else:
             hits = [pat] if pat in known else []
         if not hits:
-            from convscope.models.outputs import unwrap  # the user's model, not the scores wrapper
-
             close = difflib.get_close_matches(pat, names, n=5, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise LayerNotFoundError(
-                f"no layer named {pat!r} in {type(unwrap(model)).__name__}{hint} "
+                f"no layer named {pat!r} in {type(getattr(model, 'wrapped', model)).__name__}{hint} "
                 "(run `convscope layers MODEL` to list them)"
             )
         out.extend(h for h in hits if h not in seen)
@@ -159,31 +157,6 @@ def state_guard(
             if t.is_leaf:
                 t.requires_grad_(req)
                 t.grad = grad
-
-
-@contextmanager
-def seeded(seed: int | None, device: str | torch.device | None = None) -> Iterator[None]:
-    """Seed torch's global generator for the block; the caller's RNG state is back on exit.
-
-    Only the CPU generator and, for a CUDA ``device``, that device's generator are forked and
-    seeded. ``torch.manual_seed`` would also queue seeds for every CUDA, XPU and MTIA device that
-    ``fork_rng(devices=[])`` does not restore (they would reach the caller's RNG when the device
-    is first used), and it records a stack trace for each queued seed (about 1 ms a call).
-
-    Args:
-        seed: the seed; ``None``: fork without seeding (the block draws from the caller's state,
-            which is restored anyway).
-        device: where the block draws random numbers (default: the CPU only).
-    """
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        if seed is not None:
-            torch.default_generator.manual_seed(int(seed))
-            for d in cuda:
-                with torch.cuda.device(d):
-                    torch.cuda.manual_seed(int(seed))
-        yield
 
 
 class _StopForward(Exception):

@@ -24,7 +24,7 @@ import base64
 import functools
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +34,8 @@ from PIL import Image
 
 from convscope.core.io import json_bytes, npy_bytes, save_by_extension
 
-__all__ = ["Deferred", "HtmlFigure", "LazyField", "Result", "batch_slice", "data_uri", "deferred_value",
+__all__ = ["Deferred", "Figure", "HtmlFigure", "LazyField", "Result", "batch_slice", "data_uri",
+           "deferred_value",
            "jsonable", "png_bytes", "render_template"]
 
 
@@ -133,12 +134,12 @@ def jsonable(v: Any) -> Any:
 def _environment() -> Any:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    return Environment(loader=PackageLoader("convscope.frontends.report", "templates"),
+    return Environment(loader=PackageLoader("convscope.core", "templates"),
                        autoescape=select_autoescape(["html", "j2"]))
 
 
 def render_template(name: str, **context: Any) -> str:
-    """Render the packaged template ``convscope/report/templates/<name>`` (HTML-escaped)."""
+    """Render the packaged template ``convscope/core/templates/<name>`` (HTML-escaped)."""
     return _environment().get_template(name).render(**context)
 
 
@@ -218,9 +219,7 @@ class Result:
 
     def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
         """Append a section with :meth:`html_figures` to ``report`` (a
-        :class:`convscope.frontends.report.Report`; what ``report.add(result)`` calls) and return it."""
-        from convscope.frontends.report import Figure
-
+        :class:`convscope.core.document.Report`; what ``report.add(result)`` calls) and return it."""
         sec = report.section(title or self.report_title(), note)
         sec.rows.append([Figure(src=src, caption=f.caption if k == len(f.sources) - 1 else "",
                                 pixelated=f.pixelated,
@@ -239,3 +238,20 @@ class Result:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+
+@dataclass
+class Figure:
+    """One image with a caption (``src`` is a data URI)."""
+
+    src: str
+    caption: str = ""
+    title: str = ""
+    bars: list[tuple[str, float]] = field(default_factory=list)
+    colorbar: str | None = None  # "signed" | "unsigned" | None
+    note: str = ""  # one line on what the picture shows (e.g. a method's summary and caveats)
+    kind: str = "figure"  # "figure" | "input" | "method" | "skipped" (no image; caption says why)
+    family: str = ""  # the method family, shown as a small tag
+    pixelated: bool = True  # draw with hard pixel edges (small images shown enlarged)
+    width: int | None = None  # display width in CSS pixels for wide pictures (grids, figures)
+    warning: str = ""  # why the result is unreliable (its diagnostics' verdict): a badge and a line

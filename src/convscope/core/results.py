@@ -32,7 +32,8 @@ __all__ = ["Explanation", "colorize", "data_uri", "normalize_map", "png_bytes", 
 
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
-_PCT = 99.5
+#: the percentile an unsigned map is clipped at when normalised for display (robust to a few hot pixels)
+CLIP_PERCENTILE = 99.5
 
 
 def normalize_map(m: np.ndarray, *, signed: bool, normalize: str | None = "auto") -> np.ndarray:
@@ -48,14 +49,14 @@ def normalize_map(m: np.ndarray, *, signed: bool, normalize: str | None = "auto"
         if normalize == "absmax":
             scale = a.max()
         elif normalize == "percentile":
-            scale = np.percentile(a, _PCT)
+            scale = np.percentile(a, CLIP_PERCENTILE)
         else:
             raise InputError(
                 f"unknown normalisation {normalize!r} for a signed map; use absmax or percentile"
             )
         return np.clip(m / max(scale, eps), -1.0, 1.0)
     if normalize == "percentile":
-        lo, hi = 0.0, np.percentile(m, _PCT)
+        lo, hi = 0.0, np.percentile(m, CLIP_PERCENTILE)
     elif normalize == "max":
         lo, hi = 0.0, m.max()
     elif normalize == "minmax":

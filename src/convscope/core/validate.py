@@ -25,7 +25,7 @@ from convscope.core.errors import InputError
 _G = TypeVar("_G")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-__all__ = ["OptionSpec", "Range", "check_device", "check_options", "check_values", "ints", "group_parameters",
+__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "group_parameters",
            "option_group", "option_specs", "reals", "shows_options"]
 
 
@@ -378,34 +378,3 @@ def check_values(**values: tuple[Any, Range]) -> None:
     for name, (value, rng) in values.items():
         if not rng.contains(value):
             raise InputError(f"{name} must be {rng.describe()}, got {_show(value)}")
-
-
-def check_device(device: Any, what: str = "device") -> Any:
-    """``device`` if torch can run there now, else a one-line :class:`InputError`.
-
-    ``None`` (the model's own device) passes. A string that is not a device (``"bogus"``), or an
-    accelerator this machine lacks (``"cuda"`` without a GPU, ``"cuda:3"`` on a one-GPU machine,
-    ``"mps"`` off Apple silicon), is refused here, before any work, instead of failing with a
-    torch traceback deep inside a job.
-    """
-    if device is None:
-        return None
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"{what} {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise InputError(f"{what} {device!r}: no CUDA GPU is available here; use cpu (or leave it out)")
-        if dev.index is not None and dev.index >= n:
-            raise InputError(f"{what} {device!r}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1}")
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise InputError(f"{what} {device!r}: MPS is not available here; use cpu (or leave it out)")
-    elif dev.type != "cpu":
-        raise InputError(f"{what} {device!r}: convscope runs on cpu, cuda or mps")
-    return device

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from convscope.core.device import check_device
 from convscope.core.hooks import resolve_layers, state_guard
-from convscope.core.validate import check_device
-from convscope.data.sources import DataSource, as_source
-from convscope.methods.dataset.receptive import layer_extractor
+from convscope.data.base import DataSource
+from convscope.data.sources import as_source
 from convscope.models import LoadedModel, load_model
+from convscope.models.forward import layer_extractor
 
 
 def model_device(net: nn.Module, device: Any = None) -> torch.device:

@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 from convscope.core.errors import InputError, MethodError
-from convscope.core.hooks import Capture, capture, seeded
+from convscope.core.hooks import Capture, capture
 from convscope.core.progress import Track
+from convscope.core.seeding import seeded
 
 __all__ = ["Activations", "OptimizationResult", "optimize", "total_variation"]
 

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.core.errors import InputError, MethodError
-from convscope.core.hooks import resolve_layers, seeded, state_guard
+from convscope.core.hooks import resolve_layers, state_guard
 from convscope.core.image import ImageLike
 from convscope.core.progress import Progress
 from convscope.core.result import deferred_value
 from convscope.core.results import Explanation
+from convscope.core.seeding import seeded
 from convscope.core.targets import TargetSpec, is_contrast, resolve_target
 from convscope.engines.perturb import BlackBoxModel, is_black_box
 from convscope.methods.attribution._base import MethodContext

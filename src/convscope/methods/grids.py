@@ -23,7 +23,7 @@ import torch
 from convscope.core.errors import InputError
 from convscope.core.result import Result
 from convscope.core.results import (
-    _PCT,
+    CLIP_PERCENTILE,
     DIVERGING_CMAP,
     SEQUENTIAL_CMAP,
     Explanation,
@@ -151,7 +151,7 @@ class Grid(Result):
 def _shared_scale(maps: torch.Tensor, signed: bool) -> float:
     a = maps.abs() if signed else maps.clamp(min=0)
     v = a.flatten().double()
-    return float(v.max() if signed else torch.quantile(v, _PCT / 100.0)) if v.numel() else 1.0
+    return float(v.max() if signed else torch.quantile(v, CLIP_PERCENTILE / 100.0)) if v.numel() else 1.0
 
 
 def explain_classes(

@@ -163,14 +163,8 @@ def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., 
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Method modules register themselves on import; import them lazily to avoid cycles.
-    from convscope.methods import attribution  # noqa: F401
-
-
 def get_method(name: str) -> MethodInfo:
     """Return the metadata of method ``name``, or raise with the closest names."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -183,7 +177,6 @@ def get_method(name: str) -> MethodInfo:
 
 def list_methods(family: str | None = None) -> list[MethodInfo]:
     """All registered methods, optionally of one family, in registration order."""
-    _ensure_loaded()
     return [m for m in _REGISTRY.values() if family is None or m.family == family]
 
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from convscope.core.errors import ModelLoadError
-from convscope.core.hooks import capture, layer_names
+from convscope.core.hooks import capture, layer_names, resolve_layers
 from convscope.models.preprocessing import Preprocessing
 
-__all__ = ["chunked_outputs", "find_default_layer", "probe"]
+__all__ = ["chunked_outputs", "find_default_layer", "layer_extractor", "probe"]
 
 
 _PROBE_HINT = ("pass preprocessing= with the input size and channels it expects (or a model card; CLI: "
@@ -98,3 +98,24 @@ def chunked_outputs(
     keep = each if each is not None else (lambda out: out)
     with torch.no_grad():
         return torch.cat([keep(model(x[i:i + step])) for i in range(0, x.shape[0], step)])
+
+
+def layer_extractor(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(x) -> activation of layer`` that stops the forward pass once the layer has run.
+
+    Call it inside ``torch.no_grad()`` and :func:`convscope.core.hooks.state_guard` (the modules are
+    the model's own; each call hooks the layer for its pass only and leaves modes and flags to
+    that guard).
+
+    Raises:
+        LayerNotFoundError: no such layer. MethodError (on a call): the layer did not run, or ran
+            more than once in the pass.
+    """
+    (name,) = resolve_layers(model, layer)[:1]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with capture(model, name, clone=False, eval_mode=False, freeze=False) as cap:
+            cap.run(x, stop_after=[name])
+            return cap.activation(name)
+
+    return run

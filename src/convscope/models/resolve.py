@@ -21,7 +21,7 @@ def as_loaded(model: Any, preprocessing: Preprocessing | str | dict[str, Any] | 
       parameter-free module (:class:`~convscope.engines.perturb.BlackBoxModel`; only gradient-free tasks
       can use it).
     """
-    from convscope.engines.perturb import BlackBoxModel, is_black_box
+    from convscope.models.blackbox import BlackBoxModel, is_black_box
 
     if is_black_box(model):
         model = BlackBoxModel(model)

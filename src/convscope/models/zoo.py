@@ -47,9 +47,7 @@ from convscope.models._sources import (
     _BUNDLED,
     _apply_state,
     _build,
-    _bundled,
     _family_layer,  # noqa: F401 (tests import it from here)
-    _from_card,
     _is_none,
     _load_state_dict,
     _timm,
@@ -57,6 +55,7 @@ from convscope.models._sources import (
     model_card,
 )
 from convscope.models.card import is_card_path
+from convscope.models.card_models import _bundled, _from_card
 from convscope.models.forward import find_default_layer
 from convscope.models.loaded import LoadedModel, _num_outputs, _probe
 from convscope.models.outputs import ScoresModel, class_scores, scores_model
@@ -92,7 +91,7 @@ def _read_scores(lm: LoadedModel, output: str | None, *, copy: bool, probed: Any
     ``output`` is named or the model's output is not a tensor (probed once: ``probed`` is what
     the loader's own probe returned, if it made one); a copy if ``copy``."""
     if output is None:
-        from convscope.engines.perturb import BlackBoxModel
+        from convscope.models.blackbox import BlackBoxModel
 
         if isinstance(lm.model, (ScoresModel, BlackBoxModel)):  # a black box's scores are a tensor
             return lm
@@ -201,7 +200,7 @@ def load_model(
                 "as --arch)"
             )
         if s in _BUNDLED:
-            lm = _bundled(s, None if _is_none(weights) else "default", seed)
+            lm = _bundled(s, None if _is_none(weights) else "default", seed, load=load_model)
             if not _is_none(weights) and str(weights).lower() != "default":
                 state = _load_state_dict(Path(weights), unsafe=unsafe)
                 if isinstance(state, nn.Module):
@@ -220,7 +219,8 @@ def load_model(
                          trust_remote_code=trust_remote_code)
         elif is_card_path(s):
             lm = _from_card(path, unsafe=unsafe, weights=weights, seed=seed if _is_none(weights) else None,
-                            output=output, trust=trust_card, trust_remote_code=trust_remote_code)
+                            output=output, trust=trust_card, trust_remote_code=trust_remote_code,
+                            load=load_model)
         elif path.is_dir():
             hf = " or hf:<folder> for a Hugging Face model" if (path / "config.json").is_file() else ""
             raise ModelLoadError(

@@ -84,14 +84,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _ranged(name: str) -> RangeType:
-    from convscope.methods.dataset._audit import AUDIT_RANGES
+    from convscope.methods.dataset._settings import AUDIT_RANGES
 
     return RangeType(AUDIT_RANGES[name], name)
 
 
 def add_commands(sub: Any) -> None:
-    from convscope.methods.dataset._audit import EMBEDDINGS
     from convscope.methods.dataset._intervene import FILLS
+    from convscope.methods.dataset._settings import EMBEDDINGS
     from convscope.methods.registry import method_names
 
     s = add_command(sub, "audit", cmd_audit)

@@ -108,12 +108,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from convscope.methods.explain import prepare_inputs
     from convscope.methods.registry import check_method_options, get_method, method_names
 
+    if args.catalogue:
+        from convscope.frontends.cli.evaluate_table import cmd_evaluate_table
+
+        return cmd_evaluate_table(args, lambda lm, n: _regions(args, lm, n))
+    if args.families:
+        from convscope.core.errors import InputError as _Err
+
+        raise _Err("--families needs --catalogue")
     out = Path(args.output)
     fmt = table_format(out)
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot {args.plot}: give a .png file name")
     methods = args.methods if args.methods != ["all"] else method_names()
-    metrics = args.metrics
+    metrics = args.metrics or _csv_list(DEFAULT_METRICS)
     for m in methods:
         get_method(m)
     bad = [m for m in metrics if m not in METRICS]
@@ -200,6 +208,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _regions(args: argparse.Namespace, lm: Any, n: int) -> Any:
+    """The regions of ``--masks`` or ``--boxes`` (``None`` without either)."""
+    if args.masks:
+        return _load_masks(args.masks, lm, n)
+    return _parse_boxes(args.boxes, n) if args.boxes else None
+
+
 def _baseline(value: str, default: Any = None) -> Any:
     if value == "auto":
         return default
@@ -213,12 +228,8 @@ def cmd_benchmark_planted_cue(args: argparse.Namespace) -> int:
     """score every attribution method on the bundled planted-cue models; prints a leaderboard,
     writes tables, plots and a report
     """
-    from convscope.methods.evaluation.benchmark import (
-        LEADERBOARD_COLUMNS,
-        MODELS,
-        planted_cue_benchmark,
-        write_benchmark,
-    )
+    from convscope.methods.evaluation.benchmark import LEADERBOARD_COLUMNS, MODELS, planted_cue_benchmark
+    from convscope.methods.evaluation.benchmark_files import write_benchmark
     from convscope.methods.evaluation.tables import format_table
 
     methods = args.methods
@@ -249,11 +260,12 @@ def add_commands(sub: Any) -> None:
     add_model_args(s)
     s.add_argument("--methods", nargs="+", action=ListAction, default=["saliency"], metavar="METHOD",
                    help="method names (separated by spaces or commas), or 'all' (default: saliency)")
-    s.add_argument("--metrics", nargs="+", action=ListAction, default=_csv_list(DEFAULT_METRICS),
+    s.add_argument("--metrics", nargs="+", action=ListAction, default=None,
                    metavar="METRIC",
                    help=f"separated by spaces or commas, from: {', '.join(METRICS)} (default: "
                    f"{DEFAULT_METRICS}); "
-                   "pointing and energy_pointing need --masks or --boxes")
+                   "pointing and energy_pointing need --masks or --boxes; with --catalogue: names "
+                   "from convscope.methods.evaluation.METRICS (default: all)")
     s.add_argument("--masks", nargs="+", default=None, metavar="MASK",
                    help="one mask image per image (white: the region), for the pointing games")
     s.add_argument("--boxes", action="append", default=None, metavar="X0,Y0,X1,Y1[;...]",
@@ -273,7 +285,11 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--batch-size", type=positive_int, default=64)
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--plot", default=None, metavar="PNG", help="also write mean curves as a PNG")
-    s.add_argument("-o", "--output", required=True, help="output table (.csv or .json)")
+    s.add_argument("-o", "--output", required=True,
+                   help="output table (.csv or .json; with --catalogue also .png or .html)")
+    from convscope.frontends.cli.evaluate_table import add_table_args
+
+    add_table_args(s)
 
     b = sub.add_parser("benchmark", help="benchmarks of the explanations")
     bsub = b.add_subparsers(dest="benchmark", required=True, parser_class=Parser)

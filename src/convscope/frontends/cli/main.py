@@ -231,7 +231,7 @@ def _cli_path() -> list[str]:
 
 
 def _version() -> str:
-    from convscope import __version__
+    from convscope.core.version import __version__
 
     return f"convscope {__version__}"
 

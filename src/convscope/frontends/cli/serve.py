@@ -68,7 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from convscope.frontends.serve.app import create_app
     from convscope.frontends.serve.audit import AuditView
     from convscope.frontends.serve.concepts import ConceptView
-    from convscope.frontends.serve.engine import Engine, Limits
+    from convscope.frontends.serve.engine import Engine
+    from convscope.frontends.serve.limits import Limits
 
     limits = Limits(max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
                     max_pixels=max(1, int(args.max_megapixels * 1_000_000)),

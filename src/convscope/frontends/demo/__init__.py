@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from convscope.core.document import model_rows
 from convscope.core.errors import ConvscopeError
 from convscope.core.progress import Progress
 from convscope.data.toydata import digits, planted_cue
@@ -40,7 +41,7 @@ from convscope.frontends.demo._sections import (
 )
 from convscope.frontends.demo._vit import vit_section
 from convscope.frontends.report import Report
-from convscope.frontends.report.build import explanation_figure, method_note, model_rows
+from convscope.frontends.report.build import explanation_figure, method_note
 from convscope.methods.evaluation.pointing import cue_mass, pointing_hits
 from convscope.methods.explain import explain
 from convscope.methods.registry import MethodInfo, list_methods

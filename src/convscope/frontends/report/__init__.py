@@ -1,141 +1,14 @@
-"""Self-contained HTML reports from a packaged Jinja2 template.
+"""Self-contained HTML reports: the explanation report of a model (:func:`explain_report`).
 
-A :class:`Report` is a list of sections; each holds text, tables, probability bars and figures
-whose images are embedded as ``data:`` URIs, so the file works offline and alone.
+The document container (:class:`Report`, :class:`Section`, :class:`Figure`) lives in
+:mod:`convscope.core.document`, below every method, so any result can add itself to a report.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-from PIL import Image
-
-from convscope.core.errors import InputError
-from convscope.core.io import atomic_write
-from convscope.core.results import data_uri
+from convscope.core.document import Figure, Report, Section
+from convscope.frontends.report.build import explain_report, top_k
 
 __all__ = ["Figure", "Report", "Section", "bars_of", "explain_report"]
-
-
-@dataclass
-class Figure:
-    """One image with a caption (``src`` is a data URI)."""
-
-    src: str
-    caption: str = ""
-    title: str = ""
-    bars: list[tuple[str, float]] = field(default_factory=list)
-    colorbar: str | None = None  # "signed" | "unsigned" | None
-    note: str = ""  # one line on what the picture shows (e.g. a method's summary and caveats)
-    kind: str = "figure"  # "figure" | "input" | "method" | "skipped" (no image; caption says why)
-    family: str = ""  # the method family, shown as a small tag
-    pixelated: bool = True  # draw with hard pixel edges (small images shown enlarged)
-    width: int | None = None  # display width in CSS pixels for wide pictures (grids, figures)
-    warning: str = ""  # why the result is unreliable (its diagnostics' verdict): a badge and a line
-
-
-@dataclass
-class Section:
-    """A titled block: a note, optional table, then rows of figures."""
-
-    title: str
-    note: str = ""
-    table: list[list[Any]] | None = None
-    table_header: list[str] | None = None
-    rows: list[list[Figure]] = field(default_factory=list)
-    row_labels: list[str] = field(default_factory=list)
-    row_notes: list[str] = field(default_factory=list)  # a line under each row label (optional)
-    html_blocks: list[str] = field(default_factory=list)
-    lead: Figure | None = None  # shown first, next to the chart (e.g. the input image)
-    chart: list[tuple[str, float]] | None = None  # (label, value in [0, 1]) horizontal bars
-    chart_title: str = ""
-
-
-class Report:
-    """An HTML report: ``Report(title).section(...)``, then ``.write(path)``."""
-
-    def __init__(self, title: str, intro: str = "") -> None:
-        self.title = title
-        self.intro = intro
-        self.sections: list[Section] = []
-
-    def section(self, title: str, note: str = "", **kw: Any) -> Section:
-        s = Section(title=title, note=note, **kw)
-        self.sections.append(s)
-        return s
-
-    @staticmethod
-    def figure(img: Image.Image, caption: str = "", title: str = "", **kw: Any) -> Figure:
-        return Figure(src=data_uri(img), caption=caption, title=title, **kw)
-
-    def add(self, result: Any, title: str | None = None, note: str = "") -> Section:
-        """Append a section showing ``result`` and return it.
-
-        Args:
-            result: any convscope result (:class:`convscope.core.result.Result`: an explanation,
-                visualisation, synthesis or adversarial result, grid, data-set view; an audit adds
-                its own sections), or an object with ``to_html()`` (e.g. a text explanation),
-                whose HTML block is embedded.
-            title: the section title (default: the result's own title).
-            note: a line under the title.
-
-        Raises:
-            InputError: ``result`` is neither.
-        """
-        from convscope.core.result import Result
-
-        if isinstance(result, Result):
-            return result.add_to_report(self, title=title, note=note)
-        if callable(getattr(result, "to_html", None)):
-            sec = self.section(title or type(result).__name__, note)
-            sec.html_blocks.append(result.to_html())
-            return sec
-        raise InputError(f"cannot add a {type(result).__name__} to a report: pass a convscope result "
-                         "(explain, visualize, attack, ...) or an object with to_html()")
-
-    def render(self) -> str:
-        from convscope import __version__
-        from convscope.core.result import render_template
-
-        return render_template("report.html.j2", report=self, version=__version__,
-                               created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                               colorbars=_colorbars())
-
-    def write(self, path: str | os.PathLike) -> Path:
-        html = self.render().encode("utf-8")
-        return atomic_write(path, lambda fh: fh.write(html))
-
-    def _repr_html_(self) -> str:
-        """The report inline in a notebook: the self-contained page in an iframe (``srcdoc``).
-
-        The iframe keeps the report's styles away from the notebook's and scrolls on its own; it is
-        sandboxed (the report has no scripts) and its lower edge can be dragged to make it taller.
-        """
-        from html import escape
-
-        return (f'<iframe srcdoc="{escape(self.render(), quote=True)}" title="{escape(self.title)}" '
-                'sandbox="" style="width:100%;height:720px;border:1px solid #d5dae3;border-radius:6px;'
-                'resize:vertical"></iframe>')
-
-
-def _colorbars() -> dict[str, str]:
-    import numpy as np
-
-    from convscope.core.results import colorize
-
-    ramp = np.linspace(0, 1, 256)[None].repeat(12, 0)
-    out = {}
-    for kind, signed in (("unsigned", False), ("signed", True)):
-        v = ramp * 2 - 1 if signed else ramp
-        rgb = (colorize(v, signed=signed) * 255).astype("uint8")
-        out[kind] = data_uri(Image.fromarray(rgb))
-    return out
-
-
-from convscope.frontends.report.build import explain_report, top_k  # noqa: E402  (uses Figure and Report above)
 
 bars_of = top_k  # the old name of the top-k bars

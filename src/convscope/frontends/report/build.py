@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from convscope.core.document import Figure, Report, model_rows
 from convscope.core.errors import ConvscopeError, MethodError
 from convscope.core.progress import Progress
 from convscope.core.targets import check_topk, resolve_target, top_classes
-from convscope.frontends.report import Figure, Report
 from convscope.methods.attribution._shared import clean_outputs, shared_work
 from convscope.methods.registry import MethodInfo, get_method, list_methods
 
@@ -118,23 +118,6 @@ def explanation_figure(e: Any, j: int, *, bars: int = 0, **kw: Any) -> Figure:
     if because:
         kw.setdefault("warning", because)
     return Report.figure(e.overlay(j), **kw)
-
-
-def model_rows(lm: Any) -> list[list[str]]:
-    """Table rows describing a loaded model (or its ``info()`` dict, as results record it):
-    weights, preprocessing, classes, layer, assumptions."""
-    info = lm if isinstance(lm, dict) else lm.info()
-    names = info["class_names"]
-    rows = [
-        ["model", str(info["model"])],
-        ["weights", str(info["weights"])],
-        ["preprocessing", str(info["preprocessing_text"])],
-        ["classes", f"{info['num_classes']}: " + ", ".join(map(str, names[:10]))
-         + (" ..." if info["num_classes"] > 10 else "")],
-        ["default layer", str(info["default_layer"])],
-    ]
-    rows += [["assumed", a] for a in info["assumed"]]
-    return rows
 
 
 def _old_order(model: Any, images: Any) -> bool:

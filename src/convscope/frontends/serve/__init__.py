@@ -7,7 +7,8 @@ only images, never maps a request to a path, and serialises model use (see
 :mod:`convscope.frontends.serve.engine`).
 """
 
-from convscope.frontends.serve.engine import Engine, Limits
+from convscope.frontends.serve.engine import Engine
+from convscope.frontends.serve.limits import Limits
 
 __all__ = ["Engine", "Limits", "create_app"]
 

@@ -51,7 +51,8 @@ from convscope.frontends.serve._guard import Guard
 from convscope.frontends.serve._present import method_catalogue, parse_options
 from convscope.frontends.serve.audit import AuditView, NotInAudit
 from convscope.frontends.serve.concepts import ConceptView, NotInConcepts
-from convscope.frontends.serve.engine import Busy, Engine, Limits, NotFound, TooLarge, UnsupportedImage
+from convscope.frontends.serve.engine import Busy, Engine, NotFound
+from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage
 
 __all__ = ["create_app", "running"]
 

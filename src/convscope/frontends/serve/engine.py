@@ -19,20 +19,17 @@ Safety rules kept here (the HTTP layer in :mod:`convscope.frontends.serve.app` o
 
 from __future__ import annotations
 
-import io
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from convscope.core.errors import ImageLoadError, InputError
+from convscope.core.errors import InputError
 from convscope.core.results import colorize, data_uri, upscale
 from convscope.core.targets import check_topk, parse_target
 from convscope.core.validate import check_values, ints
@@ -56,6 +53,7 @@ from convscope.frontends.serve.jobs import (
     is_heavy,
     stop_after,
 )
+from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage, decode_upload
 from convscope.methods.registry import MethodInfo, check_method_options, get_method
 from convscope.models import LoadedModel, load_model
 
@@ -74,50 +72,6 @@ def featvis_available() -> bool:
 
     return (importlib.util.find_spec("convscope.methods.featvis") is not None
             and importlib.util.find_spec("convscope.frontends.serve._featvis") is not None)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits.
-
-    Attributes:
-        max_upload_bytes: largest request body accepted (the HTTP layer enforces it while reading).
-        max_pixels: largest image accepted, width x height.
-        formats: image formats accepted, as Pillow names them.
-        max_channels: most channels shown at once by the layer browser.
-        max_queue: most jobs waiting for the model at once (the running one not counted); one
-            more is refused with :class:`QueueFull`.
-        timeout_s: longest a job may wait plus run, in seconds, before :class:`TimedOut`.
-
-    Raises:
-        InputError: a limit is not a positive, finite number (``max_queue``: a positive integer).
-    """
-
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 24_000_000
-    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-    max_channels: int = 32
-    max_queue: int = 8
-    timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_channels", "max_queue"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"Limits.{name} must be a positive integer, got {v!r}")
-        t = self.timeout_s
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise InputError(f"Limits.timeout_s must be a positive number of seconds, got {t!r}")
-
-
-class UnsupportedImage(ImageLoadError):
-    """The upload is not an image of an accepted format (HTTP 415)."""
-
-
-class TooLarge(InputError):
-    """The upload is over a size limit (HTTP 413)."""
-
-
 
 
 class Engine:
@@ -238,35 +192,8 @@ class Engine:
 
     # --- images -------------------------------------------------------------------------------
     def decode(self, data: bytes) -> Image.Image:
-        """Decode an upload held in memory; refuse non-images, other formats and huge images."""
-        from convscope.core.image import load_image
-
-        if len(data) > self.limits.max_upload_bytes:
-            raise TooLarge(f"the upload has {len(data)} bytes, over the limit of "
-                           f"{self.limits.max_upload_bytes}")
-        if not data:
-            raise UnsupportedImage("the upload is empty; choose an image file")
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError:  # Pillow's own guard, far above max_pixels by default
-            raise TooLarge("the image has too many pixels, over the limit of "
-                           f"{self.limits.max_pixels}") from None
-        except Exception:
-            raise UnsupportedImage("the upload is not an image Pillow can read") from None
-        fmt = (img.format or "").upper()
-        if fmt not in self.limits.formats:
-            raise UnsupportedImage(
-                f"images of format {fmt or 'unknown'} are not accepted; use one of "
-                f"{', '.join(self.limits.formats)}"
-            )
-        if img.width * img.height > self.limits.max_pixels:
-            raise TooLarge(f"the image has {img.width}x{img.height} pixels, over the limit of "
-                           f"{self.limits.max_pixels}")
-        try:
-            img.load()  # first frame only, for animated formats
-        except Exception:
-            raise UnsupportedImage("the image could not be decoded (truncated or corrupt?)") from None
-        return load_image(img, max_pixels=self.limits.max_pixels)
+        """Decode an upload held in memory under this engine's limits (:func:`decode_upload`)."""
+        return decode_upload(data, self.limits)
 
     # --- operations ---------------------------------------------------------------------------
     def _run(self, lm: LoadedModel, work: Callable[[], Any], *, heavy: bool,
@@ -433,7 +360,8 @@ class Engine:
 
     def _channel_vis(self, model: str, layer: str, channels: list[int],
                      deadline: float) -> dict[int, str]:
-        """Channel visualisations from :mod:`convscope.methods.featvis`, cached per (model, layer, channel)."""
+        """Channel visualisations from :mod:`convscope.methods.featvis`, cached per (model, layer,
+        channel)."""
         from convscope.frontends.serve import _featvis
 
         with self._vis_lock:

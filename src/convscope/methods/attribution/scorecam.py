@@ -28,7 +28,7 @@ from convscope.core.validate import reals
 from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.attribution._cam_engine import layer_pass
 from convscope.methods.attribution._engine import ENGINE_CHOICES, ENGINE_RANGES, Engine, with_engine
-from convscope.methods.attribution._incremental import layer_tail
+from convscope.methods.attribution._tail import layer_tail
 from convscope.methods.registry import CueClaim, register
 from convscope.models.inputs import BASELINES
 from convscope.models.inputs import baseline as make_baseline

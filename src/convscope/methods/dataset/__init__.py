@@ -12,15 +12,10 @@
   torch ``Dataset``, a tensor.
 """
 
-from convscope.data.sources import (
-    DataSource,
-    DigitsSource,
-    FolderSource,
-    TensorSource,
-    TorchSource,
-    as_source,
-)
-from convscope.methods.dataset._audit import Audit, AuditClass, AuditCluster, AuditSettings, audit
+from convscope.data.base import DataSource
+from convscope.data.sources import DigitsSource, FolderSource, TensorSource, TorchSource, as_source
+from convscope.methods.dataset._audit import Audit, AuditClass, AuditCluster, audit
+from convscope.methods.dataset._settings import AuditSettings
 from convscope.methods.dataset.embed import EMBED_METHODS, Embedding, embed, project
 from convscope.methods.dataset.neighbors import (
     Features,

@@ -62,7 +62,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,64 +71,17 @@ import torch
 import torch.nn.functional as F
 
 from convscope.core.errors import InputError
-from convscope.core.validate import Range, ints, option_group, reals, shows_options
+from convscope.core.validate import option_group, shows_options
 from convscope.methods.dataset import _spectral as sp
 from convscope.methods.dataset._audit_result import Audit, AuditClass, AuditCluster
+from convscope.methods.dataset._cluster import _describe
 from convscope.methods.dataset._compare import compare_classes
-from convscope.methods.dataset._intervene import FILLS, intervene_all
+from convscope.methods.dataset._intervene import intervene_all
 from convscope.methods.dataset._pixels import class_carriers, cluster_carriers, pixel_check_all
+from convscope.methods.dataset._settings import AUDIT_RANGES, MIN_IMAGES, AuditSettings
 from convscope.methods.jobs.batch import JobOptions
 
 __all__ = ["AUDIT_RANGES", "Audit", "AuditClass", "AuditCluster", "AuditSettings", "audit"]
-
-#: Allowed values of the audit's numeric settings (the API and the CLI check the same ranges).
-AUDIT_RANGES: dict[str, Range] = {
-    "k": ints(1, 100),
-    "max_k": ints(2, 50),
-    "size": ints(4, 128),
-    "n_neighbors": ints(2, 200),
-    "mass": reals(0.0, 1.0, lo_open=True, hi_open=True),
-    "threshold": reals(0.0, 1.0),
-    "min_cluster": ints(1, 10**6),
-    "prototypes": ints(0, 32),
-    "confirm": reals(0.0, 1.0, lo_open=True),
-}
-#: A class needs this many images to be clustered.
-MIN_IMAGES = 4
-EMBEDDINGS = ("tsne", "pca", "umap", "none")
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """How :func:`audit` clusters and scores each class's maps: its keyword options other than the
-    batch job's (:class:`~convscope.methods.jobs.batch.JobOptions`); see :func:`audit` for each. Checked
-    against :data:`AUDIT_RANGES` and :data:`EMBEDDINGS` when made (an :class:`InputError`)."""
-
-    k: int | None = None
-    max_k: int = 8
-    size: int = 32
-    n_neighbors: int = 10
-    mass: float = 0.8
-    threshold: float = 0.5
-    min_cluster: int = 3
-    embedding: str = "tsne"
-    prototypes: int = 4
-    intervention: str = "others"
-    confirm: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name, rng in AUDIT_RANGES.items():
-            value = getattr(self, name)
-            if value is not None and not rng.contains(value):
-                raise InputError(f"audit {name}={value!r}: must be {rng.describe()}")
-        if self.embedding not in EMBEDDINGS:
-            raise InputError(f"unknown embedding {self.embedding!r}; use one of {', '.join(EMBEDDINGS)}")
-        if self.intervention not in FILLS:
-            raise InputError(f"unknown intervention {self.intervention!r}; use one of {', '.join(FILLS)}")
-
 
 def _select_classes(classes: Any, names: list[str], present: np.ndarray) -> list[int]:
     """Class indices to audit: ``None`` -> every class of the data (in order); names or indices."""
@@ -249,7 +202,7 @@ def audit(
     from convscope.data.stream import model_device
     from convscope.methods.dataset.embed import project
     from convscope.methods.jobs import run_batch
-    from convscope.methods.jobs.batch import input_files
+    from convscope.methods.jobs.provenance import input_files
     from convscope.methods.jobs.store import zarr_module
     from convscope.methods.registry import get_method
     from convscope.models import load_model
@@ -401,54 +354,6 @@ def _audit_class(
                       assign, coords, note=note)
 
 
-def _describe(
-    j: int, idx: np.ndarray, assign: np.ndarray, small: np.ndarray, probs: np.ndarray,
-    paths: list[str] | None, ci: int, name: str, cfg: AuditSettings, *, image_size: tuple[int, int],
-    side: int,
-) -> AuditCluster:
-    sel = assign == j
-    members = idx[sel]
-    maps = small[members].astype(np.float64)
-    mean = maps.mean(0)
-    others = small[idx[~sel]].astype(np.float64).mean(0) if (~sel).any() else None
-    if others is None:  # nothing to compare with: the region is the cluster's own mass box
-        box = sp.mass_box(mean, cfg.mass)
-    else:  # the region where this cluster's attribution exceeds the others'
-        box = sp.mass_box(np.maximum(mean - others, 0.0), cfg.mass)
-    share = float(sp.box_mass(mean[None], box)[0])
-    if others is None:
-        other_share = float("nan")
-    else:  # the typical other cluster: a strategy split in two does not hide behind its twin
-        per = [sp.box_mass(small[idx[assign == o]].astype(np.float64).mean(0)[None], box)[0]
-               for o in range(int(assign.max()) + 1) if o != j]
-        other_share = float(np.median(per))
-    consistency = min(1.0, float(np.median(sp.box_mass(maps, box))) / share) if share > 0 else 0.0
-    exclusivity = 0.0 if others is None or share <= 0 else float(np.clip(1 - other_share / share, 0, 1)) ** 2
-    area = box.area(side)
-    concentration = (1.0 - area) ** 2
-    suspicion = concentration * consistency * exclusivity
-    h, w = image_size
-    px = box.scaled(side, w, h)
-    pr = probs[members, 0]  # probability of the class
-    pred = probs[members, 1] > 0.5  # the class was the prediction
-    d = ((maps - mean) ** 2).sum((1, 2))
-    proto = [int(members[i]) for i in np.argsort(d, kind="stable")[:cfg.prototypes]]
-    cl = AuditCluster(
-        id=j, members=members, paths=None if paths is None else [paths[i] for i in members],
-        class_size=len(idx), box=px, mass_share=share, others_share=other_share, box_area=area,
-        concentration=concentration,
-        consistency=consistency, exclusivity=exclusivity, suspicion=suspicion,
-        suspect=bool(suspicion >= cfg.threshold and len(members) >= cfg.min_cluster), reading="",
-        mean_probability=float(np.nanmean(pr)) if len(pr) else float("nan"),
-        predicted_share=float(pred.mean()), prototypes=proto, class_name=name,
-    )
-    cl.reading = _reading(cl, name, side, box)
-    if cl.suspect:
-        cl.flagged_by.append("cluster")
-        cl.reading += " (flagged against the class's other clusters)"
-    return cl
-
-
 def _full_maps(results: list[AuditClass], st: Any, arr: Any, src: Any) -> None:
     """Second streamed pass: each cluster's mean map at full size, and its prototypes' maps."""
     n = arr.shape[0]
@@ -474,16 +379,3 @@ def _full_maps(results: list[AuditClass], st: Any, arr: Any, src: Any) -> None:
         cl.mean_map = (sums[g] / max(1, cl.size)).astype(np.float32)
         cl.prototype_maps = [got[i] for i in cl.prototypes]
         cl.prototype_pixels = [src.pixels(i) for i in cl.prototypes]
-
-
-def _reading(cl: AuditCluster, name: str, side: int, box: sp.Box) -> str:
-    x0, y0, x1, y1 = cl.box
-    where = sp.where(box, side)
-    region = "the whole image" if cl.box_area >= 0.999 else f"the {where} {x1 - x0}x{y1 - y0} px box"
-    text = (f"{cl.size} of {cl.class_size} images of class {name}: {cl.mass_share:.0%} of the "
-            f"attribution in {region} (x {x0}-{x1}, y {y0}-{y1})")
-    if not np.isnan(cl.others_share):
-        text += f"; the class's other clusters {cl.others_share:.0%}"
-    else:
-        text += "; one strategy for the whole class, nothing to set it apart from"
-    return text

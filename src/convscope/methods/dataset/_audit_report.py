@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from convscope.core.document import Report, model_rows
 from convscope.core.results import blend, colorize, normalize_map, upscale
-from convscope.frontends.report import Report
-from convscope.frontends.report.build import model_rows
 from convscope.methods.dataset._grid import draw_box
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convscope.core.results import brief, result_repr
-from convscope.data.sources import DataSource
+from convscope.data.base import DataSource
 
 
 @dataclass(frozen=True, repr=False, kw_only=True)

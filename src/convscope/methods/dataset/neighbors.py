@@ -20,12 +20,12 @@ from convscope.core.hooks import state_guard
 from convscope.core.result import Result
 from convscope.core.results import png_bytes
 from convscope.core.validate import option_group, shows_options
-from convscope.data.sources import DataSource
+from convscope.data.base import DataSource
 from convscope.data.stream import Streaming, model_device
 from convscope.methods.dataset._grid import grid
 from convscope.methods.dataset._view import LayerView
-from convscope.methods.dataset.receptive import layer_extractor
 from convscope.models import LoadedModel
+from convscope.models.forward import layer_extractor
 
 __all__ = ["Features", "Neighbors", "layer_features", "nearest_neighbors", "pool_features"]
 

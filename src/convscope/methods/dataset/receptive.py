@@ -23,7 +23,6 @@ is evaluated; it works for every model, traceable by ``torch.fx`` or not.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from convscope.core.errors import MethodError
-from convscope.core.hooks import capture, resolve_layers
+from convscope.core.hooks import resolve_layers
+from convscope.models.forward import layer_extractor
 
 __all__ = ["ReceptiveField", "layer_extractor", "receptive_field", "rf_box"]
 
@@ -341,24 +341,3 @@ def _same_pad(m: nn.Conv2d) -> tuple[int, int]:
         return (0, 0)
     k, d = _pair(m.kernel_size), _pair(m.dilation)
     return ((d[0] * (k[0] - 1)) // 2, (d[1] * (k[1] - 1)) // 2)
-
-
-def layer_extractor(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``f(x) -> activation of layer`` that stops the forward pass once the layer has run.
-
-    Call it inside ``torch.no_grad()`` and :func:`convscope.core.hooks.state_guard` (the modules are
-    the model's own; each call hooks the layer for its pass only and leaves modes and flags to
-    that guard).
-
-    Raises:
-        LayerNotFoundError: no such layer. MethodError (on a call): the layer did not run, or ran
-            more than once in the pass.
-    """
-    (name,) = resolve_layers(model, layer)[:1]
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with capture(model, name, clone=False, eval_mode=False, freeze=False) as cap:
-            cap.run(x, stop_after=[name])
-            return cap.activation(name)
-
-    return run

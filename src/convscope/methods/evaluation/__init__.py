@@ -5,8 +5,24 @@
 * :mod:`.sanity`: model-randomisation sanity check (cascading and independent).
 * :mod:`.sensitivity`: max-sensitivity; :mod:`.sparsity`: Gini index.
 * :mod:`.benchmark`: the planted-cue benchmark (``convscope benchmark planted-cue``).
+* The metric catalogue (#33), one module per family: :mod:`.faithfulness` and
+  :mod:`.faithfulness_sets`,
+  :mod:`.faithfulness_stats`, :mod:`.robustness`, :mod:`.localisation`, :mod:`.complexity`,
+  :mod:`.randomisation`, :mod:`.axiomatic`; :mod:`.catalogue` is the one table of them and
+  :mod:`.grid` (:func:`convscope.evaluate`) scores methods with them.
 """
 
+from convscope.methods.evaluation import (
+    axiomatic,
+    complexity,
+    faithfulness,
+    faithfulness_sets,
+    faithfulness_stats,
+    localisation,
+    randomisation,
+    robustness,
+)
+from convscope.methods.evaluation.catalogue import FAMILIES, METRICS
 from convscope.methods.evaluation.curves import (
     Curve,
     deletion,
@@ -16,6 +32,7 @@ from convscope.methods.evaluation.curves import (
     relevance_curve,
 )
 from convscope.methods.evaluation.explainers import MethodExplainer, as_explainer, sobel_explainer
+from convscope.methods.evaluation.grid import MetricTable, evaluate
 from convscope.methods.evaluation.pointing import (
     boxes_to_masks,
     cue_mass,
@@ -33,7 +50,19 @@ from convscope.methods.evaluation.sensitivity import max_sensitivity
 from convscope.methods.evaluation.sparsity import gini
 
 __all__ = [
+    "FAMILIES",
+    "METRICS",
     "Curve",
+    "MetricTable",
+    "axiomatic",
+    "complexity",
+    "evaluate",
+    "faithfulness",
+    "faithfulness_sets",
+    "faithfulness_stats",
+    "localisation",
+    "randomisation",
+    "robustness",
     "MethodExplainer",
     "SanityResult",
     "as_explainer",

@@ -24,6 +24,7 @@ __all__ = [
     "BaselineSpec",
     "as_loaded",
     "masked_scores",
+    "mixed_scores",
     "predict_targets",
     "score_fn",
 ]
@@ -90,20 +91,46 @@ def masked_scores(
     Returns:
         (B, K) scores.
     """
-    from convscope.engines.perturb import evaluate
-
-    f = score_fn(score)
     b, k = masks.shape[:2]
     if masks.shape[0] != x.shape[0] or masks.shape[2:] != x.shape[-2:]:
         raise InputError(f"masks {tuple(masks.shape)} do not match inputs {tuple(x.shape)}")
-    flat = masks.reshape(b * k, 1, *masks.shape[2:])
+    flat = masks.reshape(b * k, *masks.shape[2:])
+    return mixed_scores(net, x, baseline, k, lambda i: flat[i], targets, score=score,
+                        batch_size=batch_size, progress=progress, desc=desc)
+
+
+def mixed_scores(
+    net: nn.Module,
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    k: int,
+    mask_of: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    *,
+    score: str = "probability",
+    batch_size: int | str = "auto",
+    progress: bool | None = None,
+    desc: str = "evaluate",
+) -> torch.Tensor:
+    """:func:`masked_scores` with masks built lazily, chunk by chunk: ``mask_of(i)`` gives the
+    (n, H, W) masks of the flat indices ``i`` (image ``i // k``, perturbation ``i % k``), so
+    ``B * k`` masks never exist at once (pixel flipping of a 112 px image has 12,544 steps).
+
+    Returns:
+        (B, k) scores.
+    """
+    from convscope.engines.perturb import evaluate
+
+    f = score_fn(score)
+    b = x.shape[0]
     diff = x - baseline
     rows: list[torch.Tensor] = []  # the images of the chunk just built, for the score
 
     def make(start: int, stop: int) -> torch.Tensor:
-        r = torch.arange(start, stop, device=x.device) // k
+        i = torch.arange(start, stop, device=x.device)
+        r = i // k
         rows[:] = [r]
-        return baseline[r] + flat[start:stop].to(x.dtype) * diff[r]
+        return baseline[r] + mask_of(i)[:, None].to(x.dtype) * diff[r]
 
     def reduce(out: torch.Tensor) -> torch.Tensor:
         return f(out, targets[rows[0]])

@@ -29,7 +29,13 @@ import torch
 from torch import nn
 
 from convscope.core.errors import InputError
-from convscope.methods.evaluation._common import BaselineSpec, as_loaded, masked_scores, predict_targets
+from convscope.methods.evaluation._common import (
+    BaselineSpec,
+    as_loaded,
+    masked_scores,
+    mixed_scores,
+    predict_targets,
+)
 from convscope.models import LoadedModel
 from convscope.models.inputs import baseline as make_baseline
 
@@ -170,10 +176,14 @@ def relevance_curve(
     n = h * w
     ks = _steps(n, steps).to(x.device)
     ranks = pixel_ranks(maps.to(x.device), order, seed)  # (B, N)
-    changed = ranks[:, None, :] < ks[None, :, None]  # (B, S+1, N): pixel already removed/inserted
-    keep = ~changed if kind == "deletion" else changed
-    scores = masked_scores(lm.model, x, base, keep.view(x.shape[0], -1, h, w), t, score=score,
-                           batch_size=batch_size, progress=progress, desc=kind)
+    k = ks.numel()
+
+    def mask_of(i: torch.Tensor) -> torch.Tensor:  # built per chunk: B * (S+1) * N can be huge
+        changed = ranks[i // k] < ks[i % k][:, None]  # pixel already removed/inserted
+        return (~changed if kind == "deletion" else changed).view(-1, h, w)
+
+    scores = mixed_scores(lm.model, x, base, k, mask_of, t, score=score, batch_size=batch_size,
+                          progress=progress, desc=kind)
     return Curve(kind, order, ks.double().div(n).float().cpu(), scores.cpu(), t.cpu())
 
 

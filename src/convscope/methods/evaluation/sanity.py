@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 from convscope.core.errors import InputError, UnreliableResultWarning
-from convscope.core.hooks import resolve_layers, seeded
+from convscope.core.hooks import resolve_layers
 from convscope.core.progress import Track
 from convscope.core.result import Result
 from convscope.core.results import result_repr
+from convscope.core.seeding import seeded
 from convscope.methods.evaluation.explainers import explained_batch, explainer_name
 from convscope.models import LoadedModel
 

@@ -17,10 +17,51 @@ import torch
 from torch import nn
 
 from convscope.core.errors import InputError
+from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation.explainers import explained_batch
 from convscope.models import LoadedModel
 
-__all__ = ["max_sensitivity"]
+__all__ = ["max_sensitivity", "perturbed_maps", "relative_changes", "uniform_noise"]
+
+
+def perturbed_maps(
+    model: str | nn.Module | LoadedModel,
+    x: torch.Tensor,
+    explainer: str | Callable[..., torch.Tensor],
+    noise: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor,
+    *,
+    targets: Any = None,
+    maps: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The explanations of ``n`` perturbed copies of the batch, explained in one call.
+
+    Args:
+        noise: an (n, B, C, H, W) tensor added to ``x``, or ``noise(x) -> (n, B, C, H, W)``.
+
+    Returns:
+        (noise (n, B, C*H*W), maps at ``x`` (B, H*W), maps at ``x + noise`` (n, B, H*W)), float64
+        on the CPU; the explained class is held at each image's target.
+    """
+    lm, ex, x, t, maps = explained_batch(model, x, explainer, targets, maps, batch_size=batch_size,
+                                         seed=seed)
+    d = noise(x.cpu()) if callable(noise) else torch.as_tensor(noise)
+    if d.ndim != 5 or d.shape[1:] != x.shape:
+        raise InputError(f"noise must be (n, B, C, H, W) with (B, C, H, W) = {tuple(x.shape)}, "
+                         f"got {tuple(d.shape)}")
+    n, b = d.shape[:2]
+    xp = (x.cpu()[None] + d.to(x.dtype)).reshape(n * b, *x.shape[1:]).to(x.device)
+    mp = ex(lm, xp, t.repeat(n)).detach().double().cpu().view(n, b, -1)
+    return d.double().reshape(n, b, -1), maps.detach().double().cpu().reshape(b, -1), mp
+
+
+def uniform_noise(n_samples: int, radius: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``noise(x)``: ``n_samples`` draws from the L-infinity ball of ``radius`` (uniform, seeded)."""
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return ((torch.rand(n_samples, *x.shape, generator=g) * 2 - 1) * radius).double()
+    return draw
 
 
 def max_sensitivity(
@@ -34,6 +75,7 @@ def max_sensitivity(
     maps: torch.Tensor | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B,) max-sensitivity of ``explainer`` at ``x``.
 
@@ -42,19 +84,32 @@ def max_sensitivity(
         radius: L-infinity radius of the perturbations, in model-space units.
         n_samples: perturbations per image.
         maps: the maps at ``x`` if already computed (else computed here).
+        noise: (n, B, C, H, W) perturbations to use instead of drawing them (e.g. Quantus's).
 
     Shape:
         x (B, C, H, W) -> (B,).
     """
-    if radius <= 0 or n_samples < 1:
-        raise InputError("max_sensitivity needs radius > 0 and n_samples >= 1")
-    lm, ex, x, t, maps = explained_batch(model, x, explainer, targets, maps, batch_size=batch_size,
-                                         seed=seed)
-    b = x.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    noise = (torch.rand(n_samples, *x.shape, generator=g) * 2 - 1) * radius
-    xp = (x.cpu()[None] + noise).reshape(n_samples * b, *x.shape[1:]).to(x.device, x.dtype)
-    mp = ex(lm, xp, t.repeat(n_samples)).detach().double().cpu().view(n_samples, b, -1)
-    m0 = maps.detach().double().cpu().reshape(1, b, -1)
-    rel = (mp - m0).norm(dim=-1) / m0.norm(dim=-1).clamp(min=1e-12)
-    return rel.amax(0).float()
+    return relative_changes(model, x, explainer, targets=targets, radius=radius, n_samples=n_samples,
+                            maps=maps, seed=seed, batch_size=batch_size, noise=noise).amax(0).float()
+
+
+def relative_changes(
+    model: str | nn.Module | LoadedModel,
+    x: torch.Tensor,
+    explainer: str | Callable[..., torch.Tensor],
+    *,
+    targets: Any,
+    radius: float,
+    n_samples: int,
+    maps: torch.Tensor | None,
+    seed: int,
+    batch_size: int,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """(n, B) ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2`` per perturbation ``d`` (uniform in the
+    L-infinity ball of ``radius``, or the given ``noise``)."""
+    check_values(radius=(radius, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
+    draw = uniform_noise(n_samples, radius, seed) if noise is None else noise
+    _, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
+                               batch_size=batch_size)
+    return (mp - m0[None]).norm(dim=-1) / m0.norm(dim=-1).clamp(min=1e-12)[None]

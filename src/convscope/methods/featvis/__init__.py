@@ -12,6 +12,7 @@ Lucid's ``optvis`` split in four parts, with one optimisation loop
 """
 
 from convscope.methods.featvis import objectives, param, transforms
+from convscope.methods.featvis.deepdream import deepdream
 from convscope.methods.featvis.objectives import (
     Objective,
     as_objective,
@@ -30,7 +31,6 @@ from convscope.methods.featvis.objectives import (
 from convscope.methods.featvis.param import ColorDecorrelation, FFTImage, PixelImage
 from convscope.methods.featvis.render import (
     activation_maps,
-    deepdream,
     filters,
     visualize,
     visualize_class,

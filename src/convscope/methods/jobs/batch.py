@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,62 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from convscope.core.device import check_device
 from convscope.core.errors import InputError, MethodError
 from convscope.core.result import jsonable
-from convscope.core.validate import check_device, option_group, shows_options
+from convscope.core.validate import option_group, shows_options
+from convscope.methods.jobs.provenance import _versions, input_files, model_fingerprint
 from convscope.methods.jobs.store import FORMAT, BatchStore, create_store, open_store
 from convscope.models import LoadedModel, load_model
 
 __all__ = ["BatchJob", "JobOptions", "run_batch"]
 
 Progress = Callable[[int, int], None]
-
-
-def _versions(engine: str) -> dict[str, str]:
-    import torchvision
-
-    from convscope import __version__
-
-    v = {
-        "convscope": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import zarr
-
-        v["zarr"] = zarr.__version__
-    except ImportError:
-        pass
-    if engine == "ray":
-        import ray
-
-        v["ray"] = ray.__version__
-    return v
-
-
-def model_fingerprint(net: torch.nn.Module) -> str:
-    """SHA-256 over the state dict's names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def input_files(src: Any) -> tuple[Path, list[str]] | None:
-    """(folder, the file of each item) when ``src`` reads an image folder, else ``None``."""
-    from convscope.data.sources import FolderSource, Subset
-
-    if isinstance(src, Subset):
-        base = input_files(src.base)
-        return None if base is None else (base[0], [base[1][i] for i in src.indices])
-    if isinstance(src, FolderSource):
-        return src.root.resolve(), list(src.files)
-    return None
 
 
 def _check_target(target: Any, logits: torch.Tensor, lm: LoadedModel, src: Any) -> None:

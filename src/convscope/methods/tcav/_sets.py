@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from convscope.core.errors import InputError
 from convscope.core.image import load_image, pil_to_tensor
-from convscope.data.sources import Subset, fit_pixels
+from convscope.data.base import fit_pixels
+from convscope.data.sources import Subset
 from convscope.methods.dataset import DataSource, as_source
 from convscope.models.preprocessing import Preprocessing
 

@@ -172,7 +172,7 @@ class ConceptTest(Result):
         """A report section: ``note``, the setting and any warning, a table per layer (score,
         sensitivity, the p-values of the default and the paper's tests, saturation, verdict), the
         panels and the concept's strip."""
-        from convscope.frontends.report import Figure
+        from convscope.core.result import Figure
 
         head, strip = self.html_figures()
         warn = "".join(f" WARNING: {n}" for n in self.notes)

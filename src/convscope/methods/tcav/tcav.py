@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from convscope.core.device import check_device
 from convscope.core.errors import AssumptionWarning, InputError, UnreliableResultWarning
 from convscope.core.targets import class_index
-from convscope.core.validate import Range, check_device, check_values, ints, reals
+from convscope.core.validate import Range, check_values, ints, reals
 from convscope.methods.tcav._cav import (
     CAV_KINDS,
     NULLS,

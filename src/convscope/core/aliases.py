@@ -1,0 +1,103 @@
+"""Old module paths keep working: ``convscope.api``, ``convscope.attribution.cam``, ``convscope.toydata``.
+
+The package is laid out in layer folders (``core``, ``data``, ``models``, ``engines``, ``methods``,
+``frontends``; see ``docs/design.md``). Code written against the flat layout of earlier releases
+imports modules such as ``convscope.hooks`` or ``convscope.attribution.cam``; an import hook maps
+each old path to the module that now holds it and returns *that* module object, so a name patched
+on one is patched on the other and nothing is loaded twice. New code imports the new paths.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from types import CodeType, ModuleType
+
+__all__ = ["MOVED", "install", "new_path", "old_attribute"]
+
+#: old module path -> its home in the layered layout (a prefix maps everything below it too)
+MOVED: dict[str, str] = {
+    "convscope.errors": "convscope.core.errors",
+    "convscope.image": "convscope.core.image",
+    "convscope.targets": "convscope.core.targets",
+    "convscope.results": "convscope.core.results",
+    "convscope.hooks": "convscope.core.hooks",
+    "convscope.toydata": "convscope.data.toydata",
+    "convscope.datasets": "convscope.data.toydata",
+    "convscope.inputs": "convscope.models.inputs",
+    "convscope.perturb": "convscope.engines.perturb",
+    "convscope.optimize": "convscope.engines.optimize",
+    "convscope.registry": "convscope.methods.registry",
+    "convscope.attribution": "convscope.methods.attribution",
+    "convscope.api": "convscope.methods.explain",
+    "convscope.grids": "convscope.methods.grids",
+    "convscope.jobs": "convscope.methods.jobs",
+    "convscope.featvis": "convscope.methods.featvis",
+    "convscope.synthesis": "convscope.methods.synthesis",
+    "convscope.evaluation": "convscope.methods.evaluation",
+    "convscope.dataset": "convscope.methods.dataset",
+    "convscope.report": "convscope.frontends.report",
+    "convscope.serve": "convscope.frontends.serve",
+    "convscope.cli": "convscope.frontends.cli",
+    "convscope.demo": "convscope.frontends.demo",
+}
+
+
+def new_path(name: str) -> str | None:
+    """The module that now holds the old module path ``name`` (``None``: not an old path)."""
+    parts = name.split(".")
+    for i in range(len(parts), 1, -1):
+        head = ".".join(parts[:i])
+        if head in MOVED:
+            return ".".join([MOVED[head], *parts[i:]])
+    return None
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
+    """Finds old paths and loads them as the module at the new path (the same object)."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):  # noqa: ANN201
+        new = new_path(fullname)
+        if new is None or importlib.util.find_spec(new) is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):  # noqa: ANN001, ANN201
+        return importlib.import_module(new_path(spec.name))  # type: ignore[arg-type]
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Nothing to run: the module at the new path is already loaded."""
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        """The new module's code (``python -m convscope.cli.main`` runs it)."""
+        new = new_path(fullname)
+        spec = importlib.util.find_spec(new) if new else None
+        loader = getattr(spec, "loader", None)
+        return loader.get_code(new) if isinstance(loader, importlib.abc.InspectLoader) else None
+
+    def get_source(self, fullname: str) -> str | None:
+        return None
+
+
+def old_attribute(name: str) -> ModuleType:
+    """``convscope.<name>`` for an old top-level submodule read as an attribute (``cs.errors``,
+    ``cs.hooks``, ``cs.attribution``): the moved module (the package's ``__getattr__``).
+
+    Raises:
+        AttributeError: ``name`` is not an old submodule.
+    """
+    new = MOVED.get(f"convscope.{name}")
+    if new is None:
+        raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+    return importlib.import_module(new)
+
+
+_FINDER = _Alias()
+
+
+def install() -> None:
+    """Put the old-path finder first on ``sys.meta_path`` (once)."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)

@@ -1,0 +1,192 @@
+"""Robustness metrics: does the explanation stay put when the input barely moves?
+
+Each perturbs the batch ``n_samples`` times, explains every perturbed copy in one call (the method
+batches them) with the explained class held fixed, and compares the maps. Perturbations are in
+model space; pass ``noise=`` (an (n, B, C, H, W) tensor) to use given draws, e.g. Quantus's.
+**Lower is better** for all of them.
+
+* :func:`max_sensitivity` and :func:`avg_sensitivity` (Yeh et al., "On the (In)fidelity and
+  Sensitivity of Explanations", NeurIPS 2019): ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2`` with
+  ``d`` uniform in the L-infinity ball of ``radius``; the maximum, or the mean, over the draws.
+* :func:`relative_stability`: relative input and output stability (Agarwal et al. 2022).
+* :func:`local_lipschitz_estimate` (Alvarez-Melis and Jaakkola, "On the Robustness of
+  Interpretability Methods", ICML-W 2018): ``max_d ||Phi(x + d) - Phi(x)||_2 / ||d||_2`` with
+  Gaussian ``d`` of standard deviation ``std``.
+
+Quantus 0.6.0 draws its noise from NumPy's global generator and (for the Lipschitz estimate)
+divides every map of the batch by the batch's largest value by default; given the same draws and
+``normalise=False`` it agrees with these to float precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from convscope.core.validate import check_values, ints, reals
+from convscope.methods.evaluation.sensitivity import max_sensitivity, perturbed_maps, relative_changes
+from convscope.models import LoadedModel
+
+__all__ = [
+    "avg_sensitivity", "consistency", "gaussian_noise", "local_lipschitz_estimate", "max_sensitivity",
+    "relative_stability",
+]
+
+Model = str | nn.Module | LoadedModel
+Explainer = str | Callable[..., torch.Tensor]
+
+
+def avg_sensitivity(
+    model: Model,
+    x: torch.Tensor,
+    explainer: Explainer,
+    *,
+    targets: Any = None,
+    radius: float = 0.1,
+    n_samples: int = 8,
+    maps: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) average sensitivity: the mean over ``n_samples`` uniform draws (radius ``radius``,
+    default 0.1 model-space units) of ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2``; lower is better.
+    Options as :func:`max_sensitivity`."""
+    return relative_changes(model, x, explainer, targets=targets, radius=radius, n_samples=n_samples,
+                            maps=maps, seed=seed, batch_size=batch_size, noise=noise).mean(0).float()
+
+
+def gaussian_noise(n_samples: int, std: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``noise(x)``: ``n_samples`` Gaussian draws of standard deviation ``std`` (seeded)."""
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n_samples, *x.shape, generator=g).double() * std
+    return draw
+
+
+def local_lipschitz_estimate(
+    model: Model,
+    x: torch.Tensor,
+    explainer: Explainer,
+    *,
+    targets: Any = None,
+    std: float = 0.1,
+    n_samples: int = 8,
+    maps: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) ``max_d ||Phi(x + d) - Phi(x)||_2 / (||d||_2 + 1e-10)`` over ``n_samples`` Gaussian
+    draws of standard deviation ``std`` (default 0.1, Quantus's); lower is better.
+
+    Args:
+        explainer: a method name or an explainer ``f(lm, x, targets) -> maps``.
+        maps: the maps at ``x`` if already computed.
+        noise: (n, B, C, H, W) perturbations to use instead of drawing them.
+    """
+    check_values(std=(std, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
+    draw = gaussian_noise(n_samples, std, seed) if noise is None else noise
+    d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
+                               batch_size=batch_size)
+    return ((mp - m0[None]).norm(dim=-1) / (d.norm(dim=-1) + 1e-10)).amax(0).float()
+
+
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """``||(a - b) / a||_2`` over the last axis, ``a`` set to ``eps`` where it is 0 (Agarwal et al.)."""
+    return ((a - b) / torch.where(a == 0, torch.full_like(a, eps), a)).norm(dim=-1)
+
+
+def relative_stability(
+    model: Model,
+    x: torch.Tensor,
+    explainer: Explainer,
+    *,
+    kind: str = "input",
+    targets: Any = None,
+    low: float = 0.02,
+    high: float = 0.2,
+    n_samples: int = 8,
+    eps: float = 1e-6,
+    maps: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) relative input (``kind="input"``) or output (``"output"``) stability (Agarwal et al.,
+    "Rethinking Stability for Attribution-based Explanations", ICLR-W 2022); lower is better.
+
+    ``RIS = max_{x'} ||(e_x - e_x') / e_x|| / max(||(x - x') / x||, eps)`` and ``ROS`` with the
+    logits ``h`` in the denominator, ``||(h_x - h_x') / h_x||``; zeros in a divisor count as
+    ``eps`` (1e-6). The maximum runs over the draws ``x' = x + d`` (``d`` uniform in
+    [``low``, ``high``], Quantus's defaults 0.02 and 0.2) that keep the predicted class, as the
+    paper requires (NaN when none does). Quantus 0.6.0 returns NaN as soon as one draw changes the
+    class; given the same draws where none does, its RIS agrees. Its ROS divides by the absolute
+    logit change ``||h_x - h_x'||``, not the relative one of the paper's eq. 5; this follows the
+    paper (tested by hand).
+    """
+    from convscope.core.errors import InputError
+    from convscope.models.forward import chunked_outputs
+
+    if kind not in ("input", "output"):
+        raise InputError(f"unknown stability {kind!r}; use 'input' or 'output'")
+    check_values(low=(low, reals()), high=(high, reals()), n_samples=(n_samples, ints(1)),
+                 eps=(eps, reals(0, lo_open=True)))
+    if not low < high:
+        raise InputError(f"low must be below high, got {low} and {high}")
+
+    def draw(xx: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(n_samples, *xx.shape, generator=g).double() * (high - low) + low
+
+    d, m0, mp = perturbed_maps(model, x, explainer, draw if noise is None else noise, targets=targets,
+                               maps=maps, seed=seed, batch_size=batch_size)
+    from convscope.methods.evaluation._common import as_loaded
+
+    net = as_loaded(model).model
+    n, b = d.shape[:2]
+    x0 = x.detach().cpu().double().reshape(b, -1)
+    xp = x0[None] + d
+    with torch.no_grad():
+        h0 = chunked_outputs(net, x.detach(), batch_size).double().cpu()
+        hp = chunked_outputs(net, xp.reshape(n * b, *x.shape[1:]).to(x.device, x.dtype),
+                             batch_size).double().cpu().view(n, b, -1)
+    num = _relative(m0[None].expand_as(mp), mp, eps)
+    den = _relative(x0[None].expand_as(xp), xp, eps) if kind == "input" else _relative(
+        h0[None].expand_as(hp), hp, eps)
+    ratio = num / den.clamp(min=eps)
+    ratio = torch.where(hp.argmax(-1) == h0.argmax(-1)[None], ratio, torch.full_like(ratio, float("nan")))
+    return torch.nan_to_num(ratio, nan=-torch.inf).amax(0).where(~ratio.isnan().all(0),
+                                                                   torch.tensor(float("nan"))).float()
+
+
+def consistency(maps: torch.Tensor, predictions: torch.Tensor, n: int = 5, *, seed: int = 0) -> torch.Tensor:
+    """(B,) consistency (Dasgupta, Frost and Moshkovitz, "Framework for Evaluating Faithfulness of
+    Local Explanations", ICML 2022): among the *other* images whose explanation is the same, the
+    share predicted as the same class; **higher is better**, NaN where no other image shares the
+    explanation. An explanation is discretised as the set of its ``n`` highest-attributed pixels.
+
+    Quantus 0.6.0 discretises with the signs of the *first* ``n`` entries of the flattened map
+    (array order, not the top ``n``), which compares image corners; this follows the paper's
+    reading of an explanation as its selected features (tested by hand).
+
+    Shape:
+        maps (B, H, W), predictions (B,) -> (B,).
+    """
+    from convscope.methods.evaluation._prep import check_finite
+    from convscope.methods.evaluation.curves import pixel_ranks
+
+    m = check_finite(maps).detach().flatten(1)
+    check_values(n=(n, ints(1, m.shape[1])))
+    top = pixel_ranks(m, "most", seed) < n  # (B, N): the selected pixels
+    same_expl = (top[:, None] == top[None]).all(-1)
+    p = torch.as_tensor(predictions).reshape(-1).to(same_expl.device)
+    same_expl.fill_diagonal_(False)
+    agree = (same_expl & (p[:, None] == p[None])).sum(1).double()
+    count = same_expl.sum(1).double()
+    return torch.where(count > 0, agree / count.clamp(min=1), torch.full_like(count, float("nan"))).float()

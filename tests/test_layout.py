@@ -223,6 +223,11 @@ def test_old_module_paths_import_the_moved_modules():
     from convscope.methods.attribution.cam import gradcam as moved
 
     assert gradcam is moved
+    # the moved modules keep their own specs: importlib.resources still sees the packages
+    from importlib import resources
+
+    assert importlib.import_module("convscope.serve").__spec__.name == "convscope.frontends.serve"
+    assert resources.files("convscope.frontends.serve").joinpath("static").is_dir()
 
 
 def test_import_convscope_leaves_the_heavy_extras_unloaded():

@@ -64,11 +64,18 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
+    def __init__(self) -> None:
+        self._specs: dict[str, object] = {}
+
     def create_module(self, spec):  # noqa: ANN001, ANN201
-        return importlib.import_module(new_path(spec.name))  # type: ignore[arg-type]
+        module = importlib.import_module(new_path(spec.name))  # type: ignore[arg-type]
+        self._specs[spec.name] = module.__spec__  # the import system sets __spec__ to the alias's
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the module at the new path is already loaded."""
+        """Nothing to run (the module at the new path is loaded): put its own spec back, so
+        ``importlib.resources`` and ``python -m`` still see a package where there is one."""
+        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)  # type: ignore[union-attr]
 
     def get_code(self, fullname: str) -> CodeType | None:
         """The new module's code (``python -m convscope.cli.main`` runs it)."""

@@ -97,6 +97,7 @@ ARGS = {
               "--style-size", "16", "--steps", "2", "-o", "{out}/sty.png"],
     "concept-test": ["--concept", "{data}/a", "--random", "{data}/b", "--class", "a", "--images", "{data}/a",
                      "--layers", "conv2", "--n-random", "2", "--random-size", "2", "-o", "{out}/c.json"],
+    "concepts": ["{img}", "--layer", "conv2", "--k", "2", "-o", "{out}/crp.png"],
     "serve": None,  # a server: started, asked once, stopped (test_serve_with_foreign_warnings)
 }
 

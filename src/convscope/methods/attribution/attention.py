@@ -54,7 +54,7 @@ from convscope.methods.attribution._attn_capture import ViTParts, attention_capt
 from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.registry import CueClaim, register
 
-__all__ = ["chefer", "legrad", "raw_attention", "rollout"]
+__all__ = ["attention_layers", "chefer", "legrad", "raw_attention", "rollout"]
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -93,9 +93,15 @@ def _check_size(parts: ViTParts, size: tuple[int, int]) -> None:
         )
 
 
+def attention_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the model's attention modules (``nn.MultiheadAttention`` or a class named
+    ``...Attention``): empty for a CNN, which the attention methods do not explain."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, torch.nn.MultiheadAttention) or type(m).__name__.endswith("Attention")]
+
+
 def _no_attention(model: torch.nn.Module) -> MethodError:
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, torch.nn.MultiheadAttention) or type(m).__name__.endswith("Attention")]
+    names = attention_layers(model)
     if names:
         return MethodError(
             f"{type(model).__name__} has attention layers ({names[0]}, ...) but convscope could not capture "

@@ -87,6 +87,7 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert str(tmp_path / "report.html") in r.stdout
     for title in ("Where each model looks", "Swap the cue", "How often does each method point",
+                  "Which method to trust",
                   "LIME on a classifier that reads the header", "Class visualisations",
                   "maximally activating test digits", "targeted PGD",
                   "digits-snow, the wolf-vs-husky snow detector", "point at the snow",

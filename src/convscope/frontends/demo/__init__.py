@@ -39,6 +39,7 @@ from convscope.frontends.demo._sections import (
     _n_scored,
     _snow_section,
 )
+from convscope.frontends.demo._trust import trust_section
 from convscope.frontends.demo._vit import vit_section
 from convscope.frontends.report import Report
 from convscope.frontends.report.build import explanation_figure, method_note
@@ -49,9 +50,9 @@ from convscope.models import load_model
 
 __all__ = ["ATTRIBUTION_FAMILIES", "STAGES", "choose_settings", "demo_methods", "run_demo"]
 
-STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "digits-snow",
-          "vision transformer", "concept test", "lime text", "class visualisations", "compare", "dataset",
-          "audit", "adversarial", "model cards")
+STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "which method to trust",
+          "digits-snow", "vision transformer", "concept test", "lime text", "class visualisations", "compare",
+          "dataset", "audit", "adversarial", "model cards")
 """The demo's stages, in order: its progress counts them."""
 
 
@@ -233,6 +234,8 @@ def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budg
         + ["settings"],
     )
 
+    stage("which method to trust")
+    trust_section(rep, models, cue)
     stage("digits-snow")
     _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
     stage("vision transformer")

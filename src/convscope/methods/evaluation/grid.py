@@ -126,6 +126,22 @@ class MetricTable(Result):
                 f"Best per family: {lines}. Options: "
                 + "; ".join(f"{m} {o}" for m, o in self.options.items() if o) + "." + said)
 
+    def add_to_report(self, report: Any, *, title: str | None = None, note: str = "") -> Any:
+        """A report section: the table itself (metric rows, one column per method: mean, 95 %
+        interval and rank), the best method per family, then the coloured picture at full width."""
+        from convscope.core.result import Figure, data_uri
+
+        sec = report.section(title or self.report_title(), note)
+        r = self.ranks()
+        sec.table_header = ["metric", "family", "better", *self.methods]
+        sec.table = [[m, METRICS[m].family, "higher" if METRICS[m].higher_is_better else "lower",
+                      *(_cell(self.mean(me, m), self.ci[me][m], r[m][me]) for me in self.methods)]
+                     for m in self.metrics]
+        sec.rows.append([Figure(src=data_uri(self.png()), caption=self.html_caption(), pixelated=False,
+                                width=min(1150, 170 * len(self.methods) + 330))])
+        sec.row_labels.append("")
+        return sec
+
     def png(self, *args: Any, **kwargs: Any) -> bytes:
         """The table as a picture (see :func:`.grid_plot.plot_table`)."""
         from convscope.methods.evaluation.grid_plot import plot_table
@@ -135,6 +151,13 @@ class MetricTable(Result):
     def __repr__(self) -> str:
         return (f"MetricTable({len(self.methods)} methods x {len(self.metrics)} metrics, "
                 f"{self.n_images} images)")
+
+
+def _cell(mean: float, ci: tuple[float, float], rank: float) -> str:
+    """``mean [low, high] #rank`` for the report's table (``failed`` for a cell that did not run)."""
+    if not np.isfinite(mean):
+        return "failed"
+    return f"{mean:.3g} [{ci[0]:.3g}, {ci[1]:.3g}] #{rank:g}"
 
 
 def _bootstrap(v: np.ndarray, idx: np.ndarray) -> tuple[float, float]:

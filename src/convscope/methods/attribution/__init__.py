@@ -10,6 +10,11 @@ from convscope.methods.attribution._base import MethodContext, MethodOutput
 
 __all__ = ["MethodContext", "MethodOutput"]
 
-for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
+#: modules whose methods apply to some architectures only, registered after the rest so that the
+#: registry, and every list built from it (``convscope methods``, the report, the web app's first
+#: method), starts with methods that explain any CNN
+_SPECIALISED = ("attention",)
+
+for _name in sorted((m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")),
+                    key=lambda n: (n in _SPECIALISED, n)):
+    importlib.import_module(f"{__name__}.{_name}")

@@ -406,11 +406,12 @@ async function init() {
   $("options-reset").addEventListener("click", () => writeOptions({}));
   $("pred-vs-top2").addEventListener("click", () => { setTarget("pred-vs-top2"); });
   document.querySelectorAll("input[name=view]").forEach((x) => x.addEventListener("change", fillView));
-  // method grid: every method; the first two cheap ones of each family ticked
+  // method grid: every method; the first two cheap ones of each family ticked, but not the
+  // attention methods, which explain vision transformers only (tick them for a ViT)
   const ticked = {};
   for (const m of info.methods) {
     const box = el("input", { type: "checkbox", value: m.name, id: `grid-${m.name}` });
-    box.checked = !m.heavy && (ticked[m.family] || 0) < 2;
+    box.checked = !m.heavy && m.family !== "attention" && (ticked[m.family] || 0) < 2;
     if (box.checked) ticked[m.family] = (ticked[m.family] || 0) + 1;
     const label = el("label", { class: "check", title: m.summary });
     label.append(box, ` ${m.name}`);

@@ -19,6 +19,15 @@ __all__ = ["MOVED", "install", "new_path", "old_attribute"]
 
 #: old module path -> its home in the layered layout (a prefix maps everything below it too)
 MOVED: dict[str, str] = {
+    # modules that left their package (the longest old path wins)
+    "convscope.dataset.sources": "convscope.data.sources",
+    "convscope.dataset._stream": "convscope.data.stream",
+    "convscope.attribution._tokens": "convscope.models.tokens",
+    "convscope._io": "convscope.core.io",
+    "convscope._progress": "convscope.core.progress",
+    "convscope._validate": "convscope.core.validate",
+    "convscope._figure": "convscope.core.figure",
+    "convscope._result": "convscope.core.result",
     "convscope.errors": "convscope.core.errors",
     "convscope.image": "convscope.core.image",
     "convscope.targets": "convscope.core.targets",

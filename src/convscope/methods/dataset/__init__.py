@@ -12,6 +12,7 @@
   torch ``Dataset``, a tensor.
 """
 
+from convscope.data import sources  # noqa: F401  (cs.dataset.sources: where the sources were)
 from convscope.data.base import DataSource
 from convscope.data.sources import DigitsSource, FolderSource, TensorSource, TorchSource, as_source
 from convscope.methods.dataset._audit import Audit, AuditClass, AuditCluster, audit

@@ -8,18 +8,10 @@ from torch import nn
 
 import convscope as cs
 from convscope.core.errors import InputError, MethodError
-from convscope.engines.perturb import (
-    Convergence,
-    as_predict,
-    baseline,
-    box_masks,
-    coalition_samples,
-    evaluate,
-    rise_masks,
-    shapley_samples,
-    weighted_ridge,
-    window_boxes,
-)
+from convscope.engines.perturb import Convergence, as_predict, baseline, evaluate
+from convscope.methods.attribution._sampling import coalition_samples, rise_masks, shapley_samples
+from convscope.methods.attribution._surrogate import weighted_ridge
+from convscope.methods.attribution.occlusion import box_masks, window_boxes
 
 
 class Linear(nn.Module):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit",
-         "report", "concepts")
+         "report", "concepts", "lrp", "attention", "metrics")
 
 
 def main() -> int:

@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import zennit  # noqa: E402, F401  (the dev extra has it: a missing peer fails, not skips)
 from helpers import assert_same_state, model_state
 from torch import nn
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
+from zennit.composites import EpsilonPlus  # noqa: E402
 
 import convscope as cs
 from convscope.core.errors import InputError, LayerNotFoundError, MethodError
 from convscope.methods.crp import conditional_relevance, layer_relevance
-
-pytest.importorskip("zennit")
-from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
-from zennit.composites import EpsilonPlus  # noqa: E402
 
 PLAIN = cs.Preprocessing(size=(16, 16), mean=(0.0,) * 3, std=(1.0,) * 3, resize=None)
 

@@ -16,16 +16,14 @@ import torchvision
 from helpers import assert_same_state, model_state
 from PIL import Image
 from torch import nn
-
-import convscope as cs
-from convscope.core.errors import InputError, MethodError
-from convscope.methods.attribution.lrp import COMPOSITES, box_of
-
-zennit = pytest.importorskip("zennit")  # in the dev extra: absent only in a bare install
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 from zennit.composites import COMPOSITES as ZC  # noqa: E402
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
+
+import convscope as cs
+from convscope.core.errors import InputError, MethodError
+from convscope.methods.attribution.lrp import COMPOSITES, box_of
 
 
 class PlainNet(nn.Module):

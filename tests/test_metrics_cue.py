@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import quantus  # noqa: E402  (the dev extra has it: a missing peer fails, not skips; conftest.py)
 import torch
 from helpers import assert_same_state, metric_setup, model_state
 
@@ -16,8 +17,6 @@ from convscope.methods.evaluation import faithfulness as fa
 from convscope.methods.evaluation import faithfulness_sets as fs
 from convscope.methods.evaluation import localisation as lo
 from convscope.methods.evaluation.explainers import sobel_explainer
-
-quantus = pytest.importorskip("quantus")
 
 
 def test_imputation_equals_quantus_and_solves_the_neighbour_equations():

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import quantus  # noqa: E402  (the dev extra has it: a missing peer fails, not skips; conftest.py)
 import torch
 from helpers import grad_x_input, metric_setup
 from torch import nn
@@ -15,8 +16,6 @@ from convscope.methods.evaluation import axiomatic as ax
 from convscope.methods.evaluation import randomisation as ra
 from convscope.methods.evaluation import robustness as ro
 from convscope.methods.evaluation.sanity import map_similarity
-
-quantus = pytest.importorskip("quantus")
 
 
 @pytest.fixture(scope="module")

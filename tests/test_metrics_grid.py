@@ -65,6 +65,9 @@ def test_table_scores_intervals_and_ranks(setup):
     assert np.isnan(tab.scores["mask"]["max_sensitivity"]).all()
     assert "re-explained" in tab.errors["mask"]["max_sensitivity"]
     assert np.isfinite(tab.scores["gxi"]["max_sensitivity"]).all()
+    # ... and it has no rank: a method is not marked down for a metric it was not scored on
+    assert np.isnan(r["max_sensitivity"]["mask"]) and r["max_sensitivity"]["gxi"] == 1.0
+    assert np.isnan(tab.family_ranks()["robustness"]["mask"]) and tab.best()["robustness"] == "gxi"
     assert tab.options["pixel_flipping"]["features_in_step"] == "auto"  # stated, then resolved per size
     assert set(tab.rows()[0]) >= {"method", "metric", "mean", "ci_low", "ci_high", "rank", "seconds"}
 

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import quantus  # noqa: E402  (the dev extra has it: a missing peer fails, not skips; conftest.py)
 import torch
 from helpers import metric_setup
 from torch import nn
@@ -18,8 +19,6 @@ from torch import nn
 from convscope.methods.evaluation import complexity as co
 from convscope.methods.evaluation import faithfulness as fa
 from convscope.methods.evaluation import localisation as lo
-
-quantus = pytest.importorskip("quantus")
 
 
 @pytest.fixture(scope="module")

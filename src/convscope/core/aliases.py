@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from types import CodeType, ModuleType
 
-__all__ = ["MOVED", "install", "new_path", "old_attribute"]
+__all__ = ["GONE", "MOVED", "install", "new_path", "old_attribute"]
 
 #: old module path -> its home in the layered layout (a prefix maps everything below it too)
 MOVED: dict[str, str] = {
@@ -54,6 +54,13 @@ MOVED: dict[str, str] = {
 }
 
 
+#: old paths that cannot be aliased, with where their contents went (an ImportError says it)
+GONE: dict[str, str] = {
+    "convscope.concepts": "the TCAV package moved to convscope.methods.tcav (cs.concept_test); "
+                          "cs.concepts is now concept relevance (CRP, convscope.methods.crp)",
+}
+
+
 def new_path(name: str) -> str | None:
     """The module that now holds the old module path ``name`` (``None``: not an old path)."""
     parts = name.split(".")
@@ -68,6 +75,9 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
     """Finds old paths and loads them as the module at the new path (the same object)."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None):  # noqa: ANN201
+        for old, where in GONE.items():
+            if fullname == old or fullname.startswith(old + "."):
+                raise ImportError(f"{fullname}: {where}", name=fullname)
         new = new_path(fullname)
         if new is None or importlib.util.find_spec(new) is None:
             return None

@@ -70,8 +70,7 @@ def cmd_evaluate_table(args: argparse.Namespace, regions_of: Any) -> int:
     else:
         table.save(out)
     fams = table.family_ranks()
-    for f, d in fams.items():
-        best = min(d, key=d.get)
-        print(f"{f}: best {best} (mean rank {d[best]:.1f} of {len(d)})")
+    for f, best in table.best().items():
+        print(f"{f}: best {best} (mean rank {fams[f][best]:.1f} of {len(fams[f])})")
     print(f"{out}  ({len(table.methods)} methods x {len(table.metrics)} metrics, {table.n_images} images)")
     return 0

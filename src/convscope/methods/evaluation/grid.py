@@ -70,25 +70,41 @@ class MetricTable(Result):
         return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
     def ranks(self) -> dict[str, dict[str, float]]:
-        """``ranks[metric][method]``: 1 = best in the metric's direction; ties share the mean rank."""
+        """``ranks[metric][method]``: 1 = best in the metric's direction among the methods the metric
+        scored; ties share the mean rank; a cell that failed (NaN) has no rank (NaN), so a method is
+        never marked down for a metric it was not scored on."""
         from scipy.stats import rankdata
 
         out: dict[str, dict[str, float]] = {}
         for m in self.metrics:
             sign = -1.0 if METRICS[m].higher_is_better else 1.0
             vals = np.array([sign * self.mean(me, m) for me in self.methods])
-            vals = np.where(np.isfinite(vals), vals, np.inf)
-            out[m] = dict(zip(self.methods, rankdata(vals, method="average").tolist(), strict=True))
+            ok = np.isfinite(vals)
+            rank = np.full(len(vals), np.nan)
+            rank[ok] = rankdata(vals[ok], method="average")
+            out[m] = dict(zip(self.methods, rank.tolist(), strict=True))
         return out
 
     def family_ranks(self) -> dict[str, dict[str, float]]:
-        """``family_ranks[family][method]``: mean rank over the family's metrics."""
+        """``family_ranks[family][method]``: mean rank over the family's metrics that scored the
+        method (NaN when none did)."""
         r = self.ranks()
         fams: dict[str, list[str]] = {}
         for m in self.metrics:
             fams.setdefault(METRICS[m].family, []).append(m)
-        return {f: {me: float(np.mean([r[m][me] for m in ms])) for me in self.methods}
-                for f, ms in fams.items()}
+        out: dict[str, dict[str, float]] = {}
+        for f, ms in fams.items():
+            out[f] = {}
+            for me in self.methods:
+                got = [r[m][me] for m in ms if np.isfinite(r[m][me])]
+                out[f][me] = float(np.mean(got)) if got else float("nan")
+        return out
+
+    def best(self) -> dict[str, str]:
+        """The best method per family (lowest mean rank; a family no method was scored on is left
+        out)."""
+        return {f: min((me for me in d if np.isfinite(d[me])), key=d.get)
+                for f, d in self.family_ranks().items() if any(np.isfinite(v) for v in d.values())}
 
     def rows(self) -> list[dict[str, Any]]:
         """One plain row per (method, metric): mean, interval, rank, direction, family, seconds."""
@@ -116,9 +132,7 @@ class MetricTable(Result):
 
     def html_caption(self) -> str:
         """What the table shows and how it was made."""
-        fams = self.family_ranks()
-        best = {f: min(d, key=d.get) for f, d in fams.items()}
-        lines = ", ".join(f"{f}: {m}" for f, m in best.items())
+        lines = ", ".join(f"{f}: {m}" for f, m in self.best().items())
         assumed = self.model_info.get("assumed") or []
         said = f" convscope assumed about the model: {'; '.join(assumed)}." if assumed else ""
         return (f"{len(self.methods)} methods x {len(self.metrics)} metrics on {self.n_images} images; "

@@ -45,8 +45,11 @@ def plot_table(table: Any) -> bytes:
             else:
                 text[i][j] = "–"
         for i, f in enumerate(fam, start=len(table.metrics)):
-            colour[i, j] = (fam[f][me] - 1) / (worst - 1)
-            text[i][j] = f"mean rank {fam[f][me]:.1f}"
+            if np.isfinite(fam[f][me]):
+                colour[i, j] = (fam[f][me] - 1) / (worst - 1)
+                text[i][j] = f"mean rank {fam[f][me]:.1f}"
+            else:
+                text[i][j] = "–"
     fig, ax = plt.subplots(figsize=(2.3 * k + 3.2, 0.3 * n + 1.4), dpi=100)
     # a muted range of the map, so that the text stays readable on every cell
     ax.imshow(np.ma.masked_invalid(colour), cmap="RdYlGn_r", vmin=-0.35, vmax=1.35, aspect="auto")

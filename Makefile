@@ -30,6 +30,8 @@ benchmarks: $(STAMP)
 	# the peers measured side by side (not project dependencies); Lucent pins an old kornia
 	$(PY) -m pip install -q captum "torchcam==0.5.0" lime grad-cam decorator ipython
 	$(PY) -m pip install -q --no-deps torch-lucent "kornia==0.4.1"
+	# zennit-crp pins zennit<=0.4.6: kept apart, on the path of its own benchmark process only
+	$(PY) -m pip install -q --no-deps --target /tmp/crpenv "zennit==0.4.6" "zennit-crp==0.6.0"
 	$(PY) benchmarks/run_all.py
 
 clean:

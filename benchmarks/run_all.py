@@ -4,7 +4,8 @@
 
 Each script is run in its own process with its default arguments (see each script's --help), so
 one failure does not stop the others; the exit status is non-zero if any failed. The peers
-(Captum, TorchCAM, lime, pytorch-grad-cam, Lucent) must be installed (``make benchmarks`` does that).
+(Captum, TorchCAM, lime, pytorch-grad-cam, Lucent; zennit-crp in /tmp/crpenv) must be installed
+(``make benchmarks`` does that).
 Timings move with the machine's load: run on an otherwise idle machine and read the ratios.
 Each script rewrites its results file: the hand-written readings under the tables in the
 committed files are not kept, so diff before committing.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit",
-         "report", "concepts", "lrp", "attention", "metrics")
+         "report", "concepts", "lrp", "crp_peer", "attention", "metrics")
 
 
 def main() -> int:

@@ -272,6 +272,54 @@ class _Functional(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+class _Misordered(nn.Module):
+    """Registration order conv_a, bn, conv_b, but the batch norm normalises conv_b's output: a merge by
+    module order would fold it into conv_a, and the map would be silently wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv_b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv_a(x))
+        h = F.relu(self.bn(self.conv_b(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_batch_norm_merge_follows_the_data_flow():
+    """The pairing by registration order is checked against the forward pass: a batch norm fed by
+    another layer than the one it would be merged into is refused, naming both; where order and data
+    flow agree (the same layers, registered in flow order), the map equals zennit's."""
+    net = _Misordered()
+    with torch.no_grad():  # statistics far from identity, so a wrong merge would change the map
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+        net.bn.weight.uniform_(0.5, 2)
+    net.eval()
+    before = model_state(net)
+    with pytest.raises(MethodError, match=re.escape("batch norm 'bn' is merged into 'conv_a'")) as err:
+        cs.explain(net, torch.rand(1, 3, 8, 8), method="lrp", preprocessing="none")
+    assert "\n" not in str(err.value)
+    assert_same_state(before, model_state(net))
+
+    class _Ordered(_Misordered):  # the same computation, registered in data-flow order
+        def __init__(self, src):
+            nn.Module.__init__(self)
+            self.conv_a, self.conv_b, self.bn, self.fc = src.conv_a, src.conv_b, src.bn, src.fc
+
+    ordered = _Ordered(net).eval()
+    x = torch.rand(1, 3, 8, 8)
+    ours = cs.explain(ordered, x, method="lrp", preprocessing="none", target=1).raw
+    xr = x.clone().requires_grad_(True)
+    with Gradient(ordered, ZC["epsilon_plus_flat"](canonizers=[SequentialMergeBatchNorm()])) as attr:
+        _, ref = attr(xr, torch.eye(2)[[1]])
+    ref = ref * ordered(x)[0, 1]  # zennit starts from 1, convscope from the target logit
+    assert torch.corrcoef(torch.stack([ours.flatten(), ref.flatten()]))[0, 1] > 0.9999
+
+
 @pytest.mark.parametrize("net,msg", [
     (_Gelu(), "layer 'act' (GELU) has no LRP rule"),
     (_Attention(), "layer 'attn' is attention"),

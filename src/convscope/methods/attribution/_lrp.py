@@ -9,6 +9,9 @@ only picks them and checks that they cover the network:
   convolution before them, and each residual addition made a ``Sum`` module that gets a rule);
   torchvision VGGs ``VGGCanonizer``; any other network with a convolution or linear layer directly
   followed by a batch norm (in module order) ``SequentialMergeBatchNorm``. Which ran is recorded.
+  A merge pairs each batch norm with the layer registered just before it; during the forward pass
+  convscope checks that the batch norm's input really is that layer's output (data flow, not
+  registration order) and refuses the model in one line where it is not.
 * **coverage** (refused with one line naming the layer, never a wrong map): attention modules (any
   module whose class name contains "Attention", ``nn.MultiheadAttention``), and leaf modules no
   rule covers: activations other than ReLU / ReLU6 (GELU, SiLU, Sigmoid, Tanh, ... : LRP's rules
@@ -154,8 +157,59 @@ def _both_activations(args: tuple[Any, ...]) -> bool:
     return len(ts) == 2 and all(t.requires_grad for t in ts)
 
 
+#: autograd nodes a tensor passes through between a layer and the next module unchanged (zennit's
+#: rule hooks wrap each output in an identity function and a clone)
+_PASS_NODES = ("CloneBackward0", "IdentityBackward", "BackwardHookFunctionBackward", "ViewBackward0")
+
+#: a batch norm's weight id -> (the weight id of the layer it is merged into, bn name, layer name)
+BnPairs = dict[int, tuple[int, str, str]]
+
+
+def bn_pairs(net: nn.Module) -> BnPairs:
+    """Each batch norm of ``net`` and the layer registered just before it (what a merge pairs)."""
+    zn = zennit()
+    names = {m: n for n, m in net.named_modules()}
+    leaves = list(zn.core.collect_leaves(net))
+    return {id(b.weight): (id(a.weight), names.get(b, "?"), names.get(a, "?"))
+            for a, b in zip(leaves, leaves[1:], strict=False)
+            if isinstance(b, zn.types.BatchNorm) and isinstance(a, zn.types.Linear) and b.weight is not None}
+
+
+def _producer(t: torch.Tensor) -> Any:
+    """The autograd node that made ``t``, looking through identity and clone nodes."""
+    node = t.grad_fn
+    while node is not None and type(node).__name__ in _PASS_NODES:
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        node = inputs[0] if len(inputs) == 1 else None
+    return node
+
+
 class _Watch(TorchFunctionMode):
-    """Refuses, during the LRP forward pass, functional operations no rule covers."""
+    """Refuses, during the LRP forward pass, functional operations no rule covers, and a batch norm
+    whose input is not the output of the layer it was merged into."""
+
+    def __init__(self, pairs: BnPairs | None = None) -> None:
+        super().__init__()
+        self.pairs = pairs or {}
+        self.made: dict[int, Any] = {}  # a layer's weight id -> the autograd node of its last output
+
+    def _check_merge(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if func in (F.conv1d, F.conv2d, F.conv3d, F.linear) and isinstance(out, torch.Tensor):
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            self.made[id(weight)] = out.grad_fn
+        elif func is F.batch_norm and self.pairs:
+            weight = args[3] if len(args) > 3 else kwargs.get("weight")
+            pair = self.pairs.get(id(weight))
+            x = args[0]
+            if pair is None or x.grad_fn is None:
+                return
+            layer_w, bn_name, layer_name = pair
+            made = self.made.get(layer_w)
+            if made is None or _producer(x) is not made:
+                raise MethodError(f"lrp cannot explain this model: batch norm {bn_name!r} is merged into "
+                                  f"{layer_name!r}, the layer registered before it, but its input in the "
+                                  "forward pass is not that layer's output; register each batch norm right "
+                                  "after the layer that feeds it, or use a gradient method")
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -168,7 +222,9 @@ class _Watch(TorchFunctionMode):
             raise MethodError(f"lrp cannot explain this model: its forward pass computes {what}, which no "
                               "LRP rule covers (convscope's canonizers cover torchvision ResNets' skip "
                               "connections); use a gradient method instead")
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        self._check_merge(func, args, kwargs or {}, out)
+        return out
 
 
 def _snapshot(net: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
@@ -233,18 +289,19 @@ class LrpSetup:
     """
 
     def __init__(self, composite: str, canonizers: list[str], first_layer: str | None,
-                 box: tuple[list[float], list[float]] | None) -> None:
+                 box: tuple[list[float], list[float]] | None, pairs: BnPairs | None = None) -> None:
         self.composite = composite
         self.canonizers = canonizers
         self.first_layer = first_layer
         self.box = box
+        self.pairs = pairs or {}
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> Any:
         """``model(x)``, refusing functional operations no LRP rule covers (see the module docstring).
 
         Only the forward pass is watched: the rules' own backward computations are zennit's.
         """
-        with _Watch():
+        with _Watch(self.pairs):
             return model(x)
 
     def info(self) -> dict[str, Any]:
@@ -313,7 +370,8 @@ def lrp_rules(net: nn.Module, composite: str = "epsilon_plus_flat", *, epsilon: 
         if p is not None:
             box = (box[0].to(p.device, p.dtype), box[1].to(p.device, p.dtype))
     setup = LrpSetup(composite, [type(c).__name__ for c in canonizers], _first_layer(net, composite),
-                     None if box is None else (box[0].flatten().tolist(), box[1].flatten().tolist()))
+                     None if box is None else (box[0].flatten().tolist(), box[1].flatten().tolist()),
+                     bn_pairs(net) if canonizers else None)
     comp = _composite(composite, canonizers, epsilon, gamma, box)
     with restored(net):
         try:

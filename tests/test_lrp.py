@@ -386,3 +386,51 @@ def test_cli(digit_png, tmp_path):
         assert r.returncode == 2, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not bad.exists()
+
+
+def test_timm_resnet_equals_zennit_on_the_torchvision_twin():
+    """timm's resnet18 carrying torchvision resnet18's weights computes the same function; its LRP map
+    (convscope's timm canonizer) equals zennit's own attributor with zennit's ResNetCanonizer on the
+    torchvision twin, and the model is bit-identical afterwards."""
+    import timm  # in the dev extra
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().eval()
+    tm = timm.create_model("resnet18", pretrained=False).eval()
+    tm.load_state_dict(tv.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    before = model_state(tm)
+    res = cs.explain(tm, x, method="lrp", preprocessing="none", target=5)
+    assert res.diagnostics["lrp"]["canonizers"] == ["TimmResNetCanonizer"]
+    assert_same_state(before, model_state(tm))
+    xr = x.clone().requires_grad_(True)
+    with Gradient(tv, ZC["epsilon_plus_flat"](canonizers=[ResNetCanonizer()])) as attr:
+        out, ref = attr(xr, torch.eye(1000)[[5, 5]])
+    ref = ref * tv(x)[:, 5].view(-1, 1, 1, 1)  # zennit starts from 1, convscope from the logit
+    for a, b in zip(res.raw, ref, strict=True):
+        assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.9999
+
+
+def test_timm_bottleneck_canonizer_keeps_the_function():
+    """With the timm canonizer registered (batch norms merged, additions made modules), resnet50's
+    bottlenecks compute what they computed before; removing it restores the model bit for bit."""
+    import timm
+
+    from convscope.methods.attribution._lrp_timm import timm_resnet_canonizer
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet50", pretrained=False).eval()
+    for m in net.modules():  # statistics far from identity, so a dropped step would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 3, 64, 64)
+    before = model_state(net)
+    with torch.no_grad():
+        expect = net(x)
+        handles = timm_resnet_canonizer().apply(net)
+        assert any(hasattr(m, "canonizer_sum") for m in net.modules())
+        got = net(x)
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+    assert_same_state(before, model_state(net))

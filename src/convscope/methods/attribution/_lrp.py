@@ -7,8 +7,10 @@ only picks them and checks that they cover the network:
 
 * **canonizers**: torchvision ResNets get zennit's ``ResNetCanonizer`` (batch norms merged into the
   convolution before them, and each residual addition made a ``Sum`` module that gets a rule);
-  torchvision VGGs ``VGGCanonizer``; any other network with a convolution or linear layer directly
-  followed by a batch norm (in module order) ``SequentialMergeBatchNorm``. Which ran is recorded.
+  timm ResNets convscope's own ``TimmResNetCanonizer`` (the same two steps for timm's blocks,
+  :mod:`convscope.methods.attribution._lrp_timm`); torchvision VGGs ``VGGCanonizer``; any other
+  network with a convolution or linear layer directly followed by a batch norm (in module order)
+  ``SequentialMergeBatchNorm`` (timm VGGs take this path). Which ran is recorded.
   A merge pairs each batch norm with the layer registered just before it; during the forward pass
   convscope checks that the batch norm's input really is that layer's output (data flow, not
   registration order) and refuses the model in one line where it is not.
@@ -42,6 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from convscope.core.errors import MethodError
 from convscope.methods.attribution._guided import _OTHER_ACTIVATIONS
+from convscope.methods.attribution._lrp_timm import is_timm_resnet_block, timm_resnet_canonizer
 from convscope.models.preprocessing import Preprocessing
 
 __all__ = ["COMPOSITES", "INSTALL", "LrpSetup", "box_of", "lrp_rules", "restored", "zennit"]
@@ -101,6 +104,8 @@ def _choose_canonizers(net: nn.Module) -> list[Any]:
 
     if any(isinstance(m, (BasicBlock, Bottleneck)) for m in net.modules()):
         return [zn.torchvision.ResNetCanonizer()]
+    if any(is_timm_resnet_block(m) for m in net.modules()):
+        return [timm_resnet_canonizer()]
     if isinstance(net, VGG):
         return [zn.torchvision.VGGCanonizer()]
     leaves = list(zn.core.collect_leaves(net))

@@ -230,6 +230,30 @@ def test_old_module_paths_import_the_moved_modules():
     assert resources.files("convscope.frontends.serve").joinpath("static").is_dir()
 
 
+def test_an_old_path_import_never_touches_the_real_module(monkeypatch):
+    """Importing an old path must not write the alias's attributes onto the real module, even for a
+    moment (another thread importing the real module would see the alias's spec): at the step where
+    the alias is filled in, the real module still carries its own spec."""
+    import sys
+
+    from convscope.core import aliases
+
+    real = importlib.import_module("convscope.methods.grids")
+    own = real.__spec__
+    seen = []
+    exec_module = aliases._FINDER.exec_module
+
+    def spy(module):
+        seen.append((module is real, real.__spec__ is own))
+        exec_module(module)
+
+    monkeypatch.setattr(aliases._FINDER, "exec_module", spy)
+    monkeypatch.delitem(sys.modules, "convscope.grids", raising=False)
+    assert importlib.import_module("convscope.grids") is real
+    assert seen == [(False, True)]
+    assert real.__spec__ is own and real.__name__ == "convscope.methods.grids"
+
+
 def test_import_convscope_leaves_the_heavy_extras_unloaded():
     code = ("import sys, convscope; heavy = ['ray', 'fastapi', 'uvicorn', 'transformers', 'onnxruntime', "
             "'timm', 'zarr', 'zennit', 'captum', 'quantus']; print([m for m in heavy if m in sys.modules])")

@@ -83,18 +83,17 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
-    def __init__(self) -> None:
-        self._specs: dict[str, object] = {}
-
     def create_module(self, spec):  # noqa: ANN001, ANN201
-        module = importlib.import_module(new_path(spec.name))  # type: ignore[arg-type]
-        self._specs[spec.name] = module.__spec__  # the import system sets __spec__ to the alias's
-        return module
+        """A throwaway placeholder: the import system sets the alias's attributes on it, not on the
+        real module (which other threads may be using)."""
+        return None
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run (the module at the new path is loaded): put its own spec back, so
-        ``importlib.resources`` and ``python -m`` still see a package where there is one."""
-        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)  # type: ignore[union-attr]
+        """Import the module at the new path and put *it* in ``sys.modules`` under the old name; the
+        import system returns what ``sys.modules`` holds after this step, so the old name is the same
+        object as the new one, whose own ``__spec__`` (a package where there is one, for
+        ``importlib.resources`` and ``python -m``) is never touched."""
+        sys.modules[module.__name__] = importlib.import_module(new_path(module.__name__))  # type: ignore[arg-type]
 
     def get_code(self, fullname: str) -> CodeType | None:
         """The new module's code (``python -m convscope.cli.main`` runs it)."""

@@ -290,3 +290,68 @@ def test_seeding_touches_only_the_generator_it_uses():
     assert torch.equal(torch.get_rng_state(), state)
     if not torch.cuda.is_initialized():
         assert [c[0] for c in tracker.get_calls() if c] == queued
+
+
+@pytest.mark.parametrize("which", ["plain", "resnet18"])
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_guided_gradcam_makes_one_forward_pass_per_chunk(which, batch_size):
+    """Guided Grad-CAM takes both gradients from one forward pass per chunk (it took two), and
+    its map is still guided backprop's gradient times Grad-CAM's map, each run on its own through
+    the public API (to the bit)."""
+    if which == "plain":
+        lm, x = _plain()
+        net = lm.model
+    else:
+        from torchvision.models import resnet18
+
+        torch.manual_seed(0)
+        net = resnet18(weights=None).eval()
+        lm = cs.load_model(net, class_names=[f"c{i}" for i in range(1000)], preprocessing="none",
+                           default_layer="layer4")
+        x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    calls = []
+    h = net.register_forward_pre_hook(lambda _m, _i: calls.append(1))
+    try:
+        got = cs.explain(lm, x, method="guided_gradcam", target="top2", batch_size=batch_size)
+    finally:
+        h.remove()
+    chunks = -(-len(x) // batch_size)
+    assert len(calls) == chunks  # the facade reads the logits from the method: no other pass
+    gb = cs.explain(lm, x, method="guided_backprop", target="top2", batch_size=batch_size)
+    gc = cs.explain(lm, x, method="gradcam", target="top2", batch_size=batch_size)
+    assert gc.map.abs().max() > 0
+    assert torch.equal(got.raw, gb.raw * gc.map[:, None])
+    assert torch.equal(got.map, got.raw.abs().amax(1))
+    assert torch.equal(got.probabilities, gc.probabilities)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu_", "relu6", "hardtanh", "module_inplace"])
+def test_rule_switch_gives_autograds_gradient_then_the_guided_rule(act):
+    """``RuleSwitch("plain")`` gives the ordinary gradient (autograd's own, to the bit), and the same
+    graph then gives the guided rule's gradient once switched."""
+    from convscope.methods.attribution._guided import RuleSwitch, relu_rules
+
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 6)
+    fns = {"relu": F.relu, "relu_": torch.relu_, "relu6": F.relu6,
+           "hardtanh": lambda h: F.hardtanh(h, 0.0, 0.5), "module_inplace": nn.ReLU(inplace=True)}
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return lin(fns[act](lin(x) * 3)).sum(1)
+
+    x = torch.randn(4, 6)
+    xr = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(f(xr).sum(), xr)
+    xr = x.clone().requires_grad_(True)
+    with relu_rules("guided"):
+        out = f(xr)
+    (want_guided,) = torch.autograd.grad(out.sum(), xr)
+    switch = RuleSwitch("plain")
+    xr = x.clone().requires_grad_(True)
+    with relu_rules(switch):
+        out = f(xr)
+    (plain,) = torch.autograd.grad(out.sum(), xr, retain_graph=True)
+    switch.rule = "guided"
+    (guided,) = torch.autograd.grad(out.sum(), xr)
+    assert torch.equal(plain, want) and torch.equal(guided, want_guided)
+    assert not torch.equal(plain, guided)  # the rule changes something here

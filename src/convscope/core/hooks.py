@@ -19,6 +19,7 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -44,16 +45,17 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
         return []
     if isinstance(patterns, str):
         patterns = [patterns]
-    names = layer_names(model)
-    known = set(names)
+    names: list[str] | None = None  # every name: walked only for a glob or an unknown name
     out: list[str] = []
     seen: set[str] = set()
     for pat in patterns:
-        if any(ch in pat for ch in "*?["):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not any(ch in pat for ch in "*?[") and _submodule(model, pat) is not None:
+            hits = [pat]  # a plain name: found by its path, without walking the whole model
         else:
-            hits = [pat] if pat in known else []
+            names = layer_names(model) if names is None else names
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)] if any(ch in pat for ch in "*?[") else []
         if not hits:
+            names = layer_names(model) if names is None else names
             close = difflib.get_close_matches(pat, names, n=5, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise LayerNotFoundError(
@@ -63,6 +65,16 @@ def resolve_layers(model: nn.Module, patterns: str | Sequence[str] | None) -> li
         out.extend(h for h in hits if h not in seen)
         seen.update(hits)
     return out
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    """The sub-module at dotted path ``name`` (not the root), or ``None``."""
+    if not name:
+        return None
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def count_hooks(model: nn.Module) -> int:
@@ -88,6 +100,20 @@ def _format_fits(t: torch.Tensor, memory_format: torch.memory_format) -> bool:
     return True
 
 
+#: the models held by the :func:`state_guard` blocks open in this context: (model, eval_mode, freeze)
+_GUARDED: ContextVar[tuple[tuple[nn.Module, bool, bool], ...]] = ContextVar("convscope_guarded", default=())
+
+
+def _held(model: nn.Module, eval_mode: bool, freeze: bool) -> bool:
+    """Whether an enclosing :func:`state_guard` of this context holds ``model`` with at least
+    ``eval_mode`` and ``freeze`` (and the model is still in eval mode where that is asked): a
+    nested guard then has nothing to flip or restore, and skips walking the model."""
+    for m, ev, fr in _GUARDED.get():
+        if m is model and (ev or not eval_mode) and (fr or not freeze):
+            return not (eval_mode and model.training)
+    return False
+
+
 @contextmanager
 def state_guard(
     model: nn.Module | None = None,
@@ -108,13 +134,20 @@ def state_guard(
     tensor in its module's ``_buffers``. On exit each parameter gets its original ``.data`` and
     each module its original buffer object back, so storage, strides and values are exactly the
     caller's again, errors included.
+
+    A guard nested in another one on the same model (the facade's guard around a method's
+    :func:`capture`) that asks for nothing more (eval mode, freezing, no memory format) leaves
+    the model to the enclosing guard, which restores it on exit: it does not walk the model again.
     """
     modes: list[tuple[nn.Module, bool]] = []
     flags: list[tuple[torch.nn.Parameter, bool]] = []
     datas: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
-    if model is not None:
+    token = None
+    if model is not None and memory_format is None and _held(model, eval_mode, freeze):
+        model = None  # an enclosing guard already holds this model as asked, and restores it on exit
+    elif model is not None:
         modules = list(model.modules())  # one traversal (a shared parameter is listed twice: harmless)
         modes = [(m, m.training) for m in modules]
         flags = [(p, p.requires_grad) for m in modules for p in m._parameters.values() if p is not None]
@@ -124,6 +157,8 @@ def state_guard(
                           if p is not None and _format_fits(p, memory_format)]
                 bufs += [(m, k, b) for k, b in m._buffers.items()
                          if b is not None and _format_fits(b, memory_format)]
+    if model is not None:
+        token = _GUARDED.set((*_GUARDED.get(), (model, eval_mode, freeze)))
     try:
         for t, _, _ in saved:  # keep the caller's .grad out of reach of any backward pass
             if t.is_leaf:
@@ -143,6 +178,8 @@ def state_guard(
                 m._buffers[k] = b.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
         yield
     finally:
+        if token is not None:
+            _GUARDED.reset(token)
         for p, d in datas:
             p.data = d
         for m, k, b in bufs:
@@ -182,8 +219,7 @@ class Capture:
         self.model = model
         self._replace = dict(replace or {})
         self.layers = layers
-        wanted = set(layers)
-        self.modules: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n in wanted}
+        self.modules: dict[str, nn.Module] = {n: model.get_submodule(n) for n in layers}
         self._calls: dict[str, list[Any]] = {n: [] for n in layers}
         self.calls: list[tuple[str, Any]] = []
         self._clone = clone

@@ -56,6 +56,9 @@ class LoadedModel:
         if not self.generic:
             return
         c = int(x.shape[1])
+        first = not self.class_names or self.default_layer is None  # the first input: probe it once
+        if not first and not (self.any_channels and c != self.preprocessing.channels):
+            return  # nothing to derive (every later call)
         pre = Preprocessing(size=(int(x.shape[-2]), int(x.shape[-1])), channels=c,
                             mean=(0.0,) * c, std=(1.0,) * c, resize=None)  # the tensor as it is
         if self.any_channels and c != self.preprocessing.channels:
@@ -64,7 +67,6 @@ class LoadedModel:
             self.assumed = [a for a in self.assumed if not a.startswith("preprocessing")]
             self.assumed.insert(0, f"preprocessing: none known; the {c}-channel tensor is used as given "
                                 "(baselines and display read it as pixels); pass preprocessing= to state it")
-        first = not self.class_names or self.default_layer is None  # the first input: probe it once
         out = None
         if first and not isinstance(self.model, ScoresModel):
             out = _probe(self.model, pre)

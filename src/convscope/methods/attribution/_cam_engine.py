@@ -39,7 +39,7 @@ from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.attribution._shared import shared, target_key
 from convscope.models.tokens import grid_layout, to_grid, zero_token_gradient
 
-__all__ = ["LayerData", "Rule", "cam_engine"]
+__all__ = ["LayerData", "Rule", "cam_engine", "layer_pass", "layer_pass_parts"]
 
 _EPS = 1e-12
 
@@ -144,16 +144,21 @@ def _layer_pass(ctx: MethodContext, rows: slice, need_grad: bool) -> _LayerPass:
     return _LayerPass(out.detach(), [a.detach() for a in acts], grads, modules, t)
 
 
+def layer_pass_parts(ctx: MethodContext, rows: slice, need_grad: bool) -> tuple[Any, ...] | None:
+    """The shared-work key of :func:`layer_pass` for ``rows`` (``None``: not shared)."""
+    tk = target_key(ctx.target, ctx.class_names)
+    return None if tk is None else ("layer_pass", rows.start, rows.stop, tuple(ctx.layer), tk, need_grad)
+
+
 def layer_pass(ctx: MethodContext, rows: slice, need_grad: bool) -> _LayerPass:
     """:func:`_layer_pass`, shared within a :func:`~convscope.methods.attribution._shared.shared_work`
     block; a request without gradients is also served by a pass with them."""
     assert ctx.model is not None
-    tk = target_key(ctx.target, ctx.class_names)
-    base = None if tk is None else ("layer_pass", rows.start, rows.stop, tuple(ctx.layer), tk)
-    if base is None:
+    parts = layer_pass_parts(ctx, rows, need_grad)
+    if parts is None:
         return _layer_pass(ctx, rows, need_grad)
-    return shared((*base, need_grad), ctx.model, ctx.x, lambda: _layer_pass(ctx, rows, need_grad),
-                  also=() if need_grad else ((*base, True),))
+    return shared(parts, ctx.model, ctx.x, lambda: _layer_pass(ctx, rows, need_grad),
+                  also=() if need_grad else ((*parts[:-1], True),))
 
 
 def _upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

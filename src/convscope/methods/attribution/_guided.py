@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode
 
 from convscope.core.errors import MethodError
 
-__all__ = ["RULES", "relu_rules"]
+__all__ = ["RULES", "RuleSwitch", "relu_rules"]
 
 RULES = ("guided", "deconvnet")
 NONRELU_CHOICES = ("error", "gradient")
@@ -57,11 +57,27 @@ def _rectify_backward(rule: str, grad: torch.Tensor, mask: torch.Tensor | None) 
     return g
 
 
+class RuleSwitch:
+    """A rule read when the backward pass runs, not when the forward pass is recorded.
+
+    ``relu_rules(RuleSwitch("plain"))`` records a forward pass whose rectifiers first give the
+    ordinary gradient (``"plain"``: the same kernels as autograd's own ReLU and hardtanh
+    backward, so the same numbers); set ``switch.rule = "guided"`` (or ``"deconvnet"``) before a
+    later backward pass of the same graph (``retain_graph=True``) to get that rule. Guided
+    Grad-CAM takes the ordinary gradient at its layer and guided backprop's at the input from one
+    forward pass this way.
+    """
+
+    def __init__(self, rule: str = "plain") -> None:
+        self.rule = rule
+
+
 class _RuleClamp(torch.autograd.Function):
     """``clamp(x, 0, hi)`` (``hi=None``: ReLU) with the guided or deconvnet backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, hi: float | None, rule: str, inplace: bool) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, hi: float | None, rule: str | RuleSwitch,
+                inplace: bool) -> torch.Tensor:
         if inplace:
             out = x.clamp_(min=0.0, max=hi)
             ctx.mark_dirty(x)
@@ -69,24 +85,30 @@ class _RuleClamp(torch.autograd.Function):
             out = x.clamp(min=0.0, max=hi)
         ctx.rule = rule
         ctx.hi = hi
-        if rule == "guided":
+        if rule != "deconvnet":
             # the output decides the mask exactly: out in (0, hi) <=> x in (0, hi)
             ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        rule = ctx.rule.rule if isinstance(ctx.rule, RuleSwitch) else ctx.rule
+        if rule == "plain":  # what autograd's ReluBackward / HardtanhBackward compute
+            (out,) = ctx.saved_tensors
+            if ctx.hi is None:
+                return torch.ops.aten.threshold_backward(grad, out, 0), None, None, None
+            return torch.ops.aten.hardtanh_backward(grad, out, 0.0, ctx.hi), None, None, None
         mask = None
-        if ctx.rule == "guided":
+        if rule == "guided":
             (out,) = ctx.saved_tensors
             m = out > 0
             if ctx.hi is not None:
                 m = m & (out < ctx.hi)
             mask = m.to(grad.dtype)
-        return _rectify_backward(ctx.rule, grad, mask), None, None, None
+        return _rectify_backward(rule, grad, mask), None, None, None
 
 
-def _apply(x: torch.Tensor, hi: float | None, rule: str, inplace: bool) -> torch.Tensor:
+def _apply(x: torch.Tensor, hi: float | None, rule: str | RuleSwitch, inplace: bool) -> torch.Tensor:
     return _RuleClamp.apply(x, hi, rule, inplace)
 
 
@@ -137,7 +159,7 @@ _OTHER_ACTIVATIONS: dict[Any, str] = {
 
 
 class _RuleMode(TorchFunctionMode):
-    def __init__(self, rule: str, nonrelu: str, method: str) -> None:
+    def __init__(self, rule: str | RuleSwitch, nonrelu: str, method: str) -> None:
         super().__init__()
         self.rule = rule
         self.nonrelu = nonrelu
@@ -178,7 +200,7 @@ class _RuleMode(TorchFunctionMode):
 
 
 @contextmanager
-def relu_rules(rule: str = "guided", *, nonrelu: str = "error",
+def relu_rules(rule: str | RuleSwitch = "guided", *, nonrelu: str = "error",
                method: str | None = None) -> Iterator[_RuleMode]:
     """Apply the ``rule`` ("guided" or "deconvnet") to every rectifier called inside the block.
 
@@ -186,7 +208,8 @@ def relu_rules(rule: str = "guided", *, nonrelu: str = "error",
     graph, so the backward pass may run after the block has exited.
 
     Args:
-        rule: ``"guided"`` (guided backprop) or ``"deconvnet"``.
+        rule: ``"guided"`` (guided backprop) or ``"deconvnet"``, or a :class:`RuleSwitch` (the
+            rule is read at backward time).
         nonrelu: ``"error"`` refuses activations without a rule (SiLU, GELU, ...);
             ``"gradient"`` lets them pass the ordinary gradient.
         method: name used in error messages.
@@ -200,13 +223,13 @@ def relu_rules(rule: str = "guided", *, nonrelu: str = "error",
         ...     out = model(x)
         >>> g, = torch.autograd.grad(out[:, 3].sum(), x)
     """
-    if rule not in RULES:
+    if not isinstance(rule, RuleSwitch) and rule not in RULES:
         raise MethodError(f"unknown ReLU rule {rule!r}; use one of {', '.join(RULES)}")
     if nonrelu not in NONRELU_CHOICES:
         raise MethodError(
             f"nonrelu must be one of {', '.join(NONRELU_CHOICES)}, got {nonrelu!r}"
         )
-    mode = _RuleMode(rule, nonrelu, method or rule)
+    mode = _RuleMode(rule, nonrelu, method or str(getattr(rule, "rule", rule)))
     mode.__enter__()
     try:
         yield mode

@@ -42,7 +42,7 @@ from torch import nn
 from convscope.core.targets import Contrast, ResolvedTarget
 from convscope.models.forward import chunked_outputs
 
-__all__ = ["clean_outputs", "shared", "shared_work", "target_key"]
+__all__ = ["clean_outputs", "shared", "shared_work", "stored", "target_key"]
 
 T = TypeVar("T")
 
@@ -134,6 +134,13 @@ def shared(
     memo.values[_key(memo, model, x, parts)] = value
     memo.misses += 1
     return value
+
+
+def stored(parts: tuple[Hashable, ...] | None, model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the open :func:`shared_work` block holds a value under ``parts`` (``False``
+    outside a block, or for ``parts=None``)."""
+    memo = _MEMO.get()
+    return memo is not None and parts is not None and _key(memo, model, x, parts) in memo.values
 
 
 def target_key(spec: Any, class_names: Sequence[str] = ()) -> Hashable | None:

@@ -88,14 +88,17 @@ def verdict(diagnostics: dict[str, Any], amap: torch.Tensor) -> tuple[list[bool]
     flat_layers = [k for k, hw in grids.items() if math.prod(hw) == 1] if isinstance(grids, dict) else []
     if isinstance(grids, dict) and len(flat_layers) < len(grids):  # other layers give the map its shape
         flat_layers = []
-    flat = amap.detach().flatten(1).double()
-    span = flat.amax(1) - flat.amin(1)
-    size = flat.abs().amax(1)
-    for j in range(n):
+    flat = amap.detach().flatten(1)
+    # max and min are exact in the map's dtype: read them as Python floats (float64) and subtract
+    # there, the same numbers as converting the whole map to float64 first; the largest magnitude
+    # is max(|max|, |min|) (a NaN makes the span NaN, which is called constant below)
+    his, los = flat.amax(1).tolist(), flat.amin(1).tolist()
+    for j, (hi, lo) in enumerate(zip(his, los, strict=True)):
+        span, size = hi - lo, max(abs(hi), abs(lo))
         if flat_layers:
             reasons[j].append(f"layer {', '.join(flat_layers)} has a 1x1 spatial map, so the CAM is "
                               "constant; pick an earlier layer (`convscope layers MODEL` lists their sizes)")
-        elif float(span[j]) <= FLAT * float(size[j]) or not math.isfinite(float(span[j])):
+        elif span <= FLAT * size or not math.isfinite(span):
             reasons[j].append("the map is constant: it shows nothing (no region raises the target's score, "
                               "e.g. a CAM's ReLU removed only negative evidence, or the score does not "
                               "change with the input here)")

@@ -35,7 +35,8 @@ a map (B, h, w) at the layer's resolution:
                 Class-agnostic: the target does not change it.
 ``guided_gradcam`` Selvaraju et al. 2017: guided backpropagation (the gradient half's
                 ``guided_backprop``) times the upsampled Grad-CAM. ``map = max_c |GB_c| * GC``,
-                ``raw = GB * GC`` (B, C, H, W, signed).
+                ``raw = GB * GC`` (B, C, H, W, signed). Both gradients come from one forward
+                pass (:mod:`~convscope.methods.attribution._guided_cam`).
 =============== =================================================================================
 
 Every map is rectified (``relu(M)``, as in the papers), then upsampled bilinearly
@@ -66,6 +67,8 @@ from convscope.core.errors import MethodError
 from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.attribution._cam_engine import LayerData, Rule, cam_engine
 from convscope.methods.attribution._guided import NONRELU_CHOICES
+from convscope.methods.attribution._guided_cam import one_pass
+from convscope.methods.attribution._shared import shared_work
 from convscope.methods.registry import CueClaim, get_method, register
 from convscope.models.tokens import LAYOUTS
 
@@ -359,9 +362,10 @@ def guided_gradcam(ctx: MethodContext, layout: str = "auto", nonrelu: str = "err
     Shape:
         map (B, H, W) = max_c |GB_c| * GradCAM; raw (B, C, H, W) = GB * GradCAM (signed).
     """
-    # guided backprop first: it refuses activations without a rule before any other work
-    gb = get_method("guided_backprop").func(ctx, nonrelu=nonrelu)
-    gc = cam_engine(ctx, _gradcam_rule, layout=layout)
+    with shared_work():  # one forward pass gives both halves their gradients (see _guided_cam)
+        one_pass(ctx, nonrelu)  # refuses activations without a guided rule before other work
+        gb = get_method("guided_backprop").func(ctx, nonrelu=nonrelu)
+        gc = cam_engine(ctx, _gradcam_rule, layout=layout)
     if gb.raw is None:
         raise MethodError("guided_backprop returned no raw gradient")
     raw = gb.raw * gc.map[:, None]

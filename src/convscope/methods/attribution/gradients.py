@@ -40,6 +40,7 @@ from convscope.methods.registry import CueClaim, register
 
 __all__ = [
     "deconvnet",
+    "gradient_parts",
     "gradient_x_input",
     "guided_backprop",
     "guided_gradient",
@@ -66,6 +67,14 @@ def _chunk_gradient(
     return g, out.detach(), t.labels() or [None] * xb.shape[0]
 
 
+def gradient_parts(ctx: MethodContext, rows: slice, rule: str | None, nonrelu: str) -> tuple[Any, ...] | None:
+    """The shared-work key of the input gradient of ``rows`` under backward ``rule`` (``None``:
+    not shared)."""
+    tk = target_key(ctx.target, ctx.class_names)
+    return None if tk is None else (
+        "input_gradient", rows.start, rows.stop, rule, None if rule is None else nonrelu, tk)
+
+
 def _gradient(
     ctx: MethodContext, rule: str | None = None, nonrelu: str = "error", method: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
@@ -73,11 +82,9 @@ def _gradient(
     :func:`~convscope.methods.attribution._shared.shared_work` block (saliency and gradient x input need
     the same one, guided Grad-CAM guided backprop's); new tensors on every call."""
     assert ctx.model is not None
-    tk = target_key(ctx.target, ctx.class_names)
     grads, logits, targets = [], [], []
     for rows in ctx.chunks():
-        parts = None if tk is None else (
-            "input_gradient", rows.start, rows.stop, rule, None if rule is None else nonrelu, tk)
+        parts = gradient_parts(ctx, rows, rule, nonrelu)
         g, out, labels = shared(parts, ctx.model, ctx.x,
                                 lambda rows=rows: _chunk_gradient(ctx, rows, rule, nonrelu, method))
         grads.append(g)

@@ -6,7 +6,9 @@ compares each map with the map of the trained model on the same inputs and targe
 
 * cascading: randomise the layers from the output down, one more at each stage, until the whole
   network is random;
-* independent: randomise one layer at a time, the others keeping their trained weights.
+* independent: randomise one layer at a time, the others keeping their trained weights;
+* bottom-up: cascading from the input side up (Hedström et al. 2023, "Sanity Checks Revisited",
+  the order of their smooth MPRT), one more layer at each stage.
 
 Similarity per image is the Spearman rank correlation of the absolute maps and the SSIM
 (``skimage.metrics.structural_similarity``) of the absolute maps scaled by their maximum to
@@ -46,7 +48,9 @@ from convscope.core.seeding import seeded
 from convscope.methods.evaluation.explainers import explained_batch, explainer_name
 from convscope.models import LoadedModel
 
-__all__ = ["SanityResult", "map_similarity", "model_randomization", "randomizable_layers"]
+__all__ = [
+    "SanityResult", "map_similarity", "model_randomization", "randomizable_layers", "randomized_model",
+]
 
 DEFAULT_THRESHOLD = 0.7
 
@@ -66,6 +70,16 @@ def _randomize(module: nn.Module, seed: int) -> None:
             for p in module.parameters(recurse=False):
                 std = float(p.float().std()) if p.numel() > 1 else 0.0
                 p.normal_(0.0, std if std > 0 else 0.01)
+
+
+def randomized_model(lm: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A twin of ``lm`` whose every layer with parameters is re-initialised (the seeds of
+    :func:`model_randomization`'s stages), on a deep copy: the caller's model is never touched."""
+    net = copy.deepcopy(lm.model)
+    mods = dict(net.named_modules())
+    for i, name in enumerate(randomizable_layers(net)):
+        _randomize(mods[name], seed + 7919 * i)
+    return replace(lm, model=net)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -203,7 +217,8 @@ def model_randomization(
         model: a model spec, module or loaded model; only a deep copy is randomised.
         x: (B, C, H, W) inputs in model space.
         explainer: a method name or an explainer callable ``f(lm, x, targets) -> maps``.
-        mode: ``"cascading"`` or ``"independent"``.
+        mode: ``"cascading"`` (output side first), ``"bottom_up"`` (input side first, cascading)
+            or ``"independent"``.
         layers: names/globs of the layers to randomise (default: every layer with parameters).
         targets: classes to explain (default: the trained model's predictions), held fixed.
         maps: the trained model's maps if already computed.
@@ -217,8 +232,8 @@ def model_randomization(
     Shape:
         SanityResult.spearman, .ssim: (stages, B).
     """
-    if mode not in ("cascading", "independent"):
-        raise InputError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")
+    if mode not in ("cascading", "bottom_up", "independent"):
+        raise InputError(f"unknown mode {mode!r}; use 'cascading', 'bottom_up' or 'independent'")
     lm, ex, x, t, maps = explained_batch(model, x, explainer, targets, maps, batch_size=batch_size,
                                          seed=seed)
     all_layers = randomizable_layers(lm.model)
@@ -230,7 +245,7 @@ def model_randomization(
     net = copy.deepcopy(lm.model)
     twin = replace(lm, model=net)
     mods = dict(net.named_modules())
-    stages = list(reversed(names))  # output side first
+    stages = names if mode == "bottom_up" else list(reversed(names))  # output side first but bottom-up
     rhos, ssims = [], []
     for name in Track(stages, f"sanity {explainer_name(ex)}", enabled=progress, tty_only=True, unit="layers"):
         saved = None

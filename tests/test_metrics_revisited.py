@@ -18,6 +18,7 @@ from torch import nn
 import convscope as cs
 from convscope.core.errors import InputError, UnreliableResultWarning
 from convscope.methods.evaluation import axiomatic as ax
+from convscope.methods.evaluation import randomisation as ra
 from convscope.methods.evaluation import randomisation_revisited as rr
 from convscope.methods.evaluation import robustness as ro
 
@@ -107,7 +108,8 @@ def test_smooth_mprt_by_hand_with_given_noise():
     d = torch.randn(n - 1, *x.shape, generator=torch.Generator().manual_seed(4)) * 0.05
 
     def smooth(model):  # the mean of the maps of the noisy copies and of x itself
-        return (grad_x_input(model, x + d[0], t) + grad_x_input(model, x + d[1], t) + grad_x_input(model, x, t)) / 3
+        return (grad_x_input(model, x + d[0], t) + grad_x_input(model, x + d[1], t)
+                + grad_x_input(model, x, t)) / 3
 
     base = smooth(net)
     stage1 = copy.deepcopy(net)
@@ -115,8 +117,8 @@ def test_smooth_mprt_by_hand_with_given_noise():
     stage2 = copy.deepcopy(stage1)
     stage2.fc.reset_parameters()
     s1, s2 = smooth(stage1), smooth(stage2)
-    hand = [np.mean([scipy.stats.spearmanr(base[i].abs().flatten(), s[i].abs().flatten())[0] for s in (s1, s2)])
-            for i in range(len(x))]
+    hand = [np.mean([scipy.stats.spearmanr(base[i].abs().flatten(), s[i].abs().flatten())[0]
+                     for s in (s1, s2)]) for i in range(len(x))]
     got = rr.smooth_mprt(lm, x, gxi, n_samples=n, noise=d, targets=t)
     np.testing.assert_allclose(got.numpy(), hand, rtol=1e-5, atol=1e-6)
     assert torch.equal(net.conv.weight, _net()[0].conv.weight)  # the caller's model is untouched
@@ -128,6 +130,18 @@ def test_smooth_mprt_by_hand_with_given_noise():
     noise_sd = (ident(lm, xs, t) - xs[:, 0].double()) * 2001 / 2000
     want_sd = 0.5 * (xs.amax((1, 2, 3)) - xs.amin((1, 2, 3))).double() / np.sqrt(2000)
     np.testing.assert_allclose(noise_sd.flatten(1).std(1).numpy(), want_sd.numpy(), rtol=0.15)
+
+
+@pytest.mark.parametrize("mode", ["cascading", "independent"])
+def test_mprt_equals_quantus_given_the_same_randomised_layers(mode):
+    net, lm, x, y = _net()
+    order = {"cascading": "top_down", "independent": "independent"}[mode]
+    q = _call(quantus.MPRT(layer_order=order, disable_warnings=True), net, x, y, a_batch=None,
+              explain_func=_q_explain)
+    stages = [k for k in q if k != "original"]
+    assert stages == (["fc", "conv"] if mode == "cascading" else ["conv", "fc"])
+    got = ra.mprt(lm, x, gxi, mode=mode, targets=torch.as_tensor(y))
+    np.testing.assert_allclose(got.numpy(), np.mean([q[k] for k in stages], axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_efficient_mprt_equals_quantus():
@@ -181,7 +195,8 @@ def test_relative_representation_stability_equals_quantus():
                                                          abs=False, disable_warnings=True), net, x, y,
                  a_batch=None, explain_func=_q_explain)
     np.random.seed(1)
-    d = torch.as_tensor(np.stack([np.random.uniform(0.02, 0.2, (3, 144)) for _ in range(n)])).view(n, 3, 1, 12, 12)
+    d = torch.as_tensor(np.stack([np.random.uniform(0.02, 0.2, (3, 144)) for _ in range(n)]))
+    d = d.view(n, 3, 1, 12, 12)
     got = ro.relative_stability(lm, x, gxi, kind="representation", layer="conv", targets=torch.as_tensor(y),
                                 noise=d)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
@@ -205,7 +220,8 @@ def test_input_invariance_equals_quantus_and_kindermans():
     for explainer, invariant in ((_grad, 1.0), (gxi, 0.0)):  # Kindermans et al.: the gradient is invariant,
         def q_explain(model, inputs, targets, f=plain[explainer], **kw):  # gradient x input is not
             return f(model, torch.as_tensor(inputs).float(), torch.as_tensor(targets)).numpy()[:, None]
-        q = _call(quantus.InputInvariance(disable_warnings=True), net, x, y, a_batch=None, explain_func=q_explain)
+        q = _call(quantus.InputInvariance(disable_warnings=True), net, x, y, a_batch=None,
+                  explain_func=q_explain)
         got = ax.input_invariance(lm, x, explainer, targets=torch.as_tensor(y))
         np.testing.assert_array_equal(got.numpy(), np.asarray(q, dtype=float))
         assert (got == invariant).all()

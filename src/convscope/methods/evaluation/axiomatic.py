@@ -159,7 +159,8 @@ def input_invariance(
     twin, name = shifted_model(lm.model, shift)
     xs = x + shift
     with state_guard(lm.model), state_guard(twin), torch.no_grad():
-        gap = float((chunked_outputs(twin, xs, batch_size) - chunked_outputs(lm.model, x, batch_size)).abs().max())
+        gap = float((chunked_outputs(twin, xs, batch_size)
+                     - chunked_outputs(lm.model, x, batch_size)).abs().max())
     if gap > atol:
         warnings.warn(f"input_invariance: the shifted model's outputs differ from the model's by {gap:.2g} "
                       f"(the first layer {name!r} pads with zeros, so the bias absorbs the shift only away "

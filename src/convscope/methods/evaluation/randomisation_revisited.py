@@ -111,7 +111,8 @@ def smooth_mprt(
         explainer: a method name or an explainer ``f(lm, x, targets) -> maps``.
         noise: (n_samples - 1, B, C, H, W) draws instead of seeded Gaussian ones.
     """
-    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) else explainer
+    ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \
+        else explainer
     sm = smoothed(ex, n_samples, noise_magnitude, seed=seed, noise=noise)
     r = model_randomization(model, x, sm, mode=mode, targets=targets, seed=seed, batch_size=batch_size,
                             progress=False)

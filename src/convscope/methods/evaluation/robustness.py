@@ -36,7 +36,8 @@ from convscope.methods.evaluation.sensitivity import max_sensitivity, perturbed_
 from convscope.models import LoadedModel, as_loaded
 
 __all__ = [
-    "avg_sensitivity", "consistency", "continuity", "gaussian_noise", "local_lipschitz_estimate", "max_sensitivity",
+    "avg_sensitivity", "consistency", "continuity", "gaussian_noise", "layer_outputs",
+    "local_lipschitz_estimate", "max_sensitivity",
     "relative_stability",
 ]
 

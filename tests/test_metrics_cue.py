@@ -56,7 +56,8 @@ def test_road_equals_quantus_without_noise(cue_model, cue_test):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = quantus.ROAD(noise=0.0, percentages=pct, normalise=False, abs=False, disable_warnings=True)(
-            model=cue_model.model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=(2.0 - maps[:, None]).numpy(),
+            model=cue_model.model, x_batch=x.numpy(), y_batch=y.numpy(),
+            a_batch=(2.0 - maps[:, None]).numpy(),
             device="cpu")
     lerf = fs.road(cue_model, x, maps, order="lerf", noise=0.0, percentages=pct, targets=y)
     np.testing.assert_allclose(lerf.accuracy.numpy(), [want[p] for p in pct], atol=1e-6)

@@ -100,7 +100,8 @@ def test_random_logit_equals_quantus_given_the_papers_ssim(setup):
 
     # Quantus draws the other class and explains it; its similarity is given the paper's 2-D SSIM
     want = _quantus(quantus.RandomLogit(num_classes=3, seed=42, normalise=False, abs=False,
-                                        similarity_func=_ssim_2d, disable_warnings=True), net, x, y, q_explain)
+                                        similarity_func=_ssim_2d, disable_warnings=True),
+                    net, x, y, q_explain)
     other = ra.off_classes(torch.as_tensor(y), 3, 42)
     assert other.tolist() == asked[-1] and (other != torch.as_tensor(y)).all()
     got = ra.random_logit(lm, x, explainer, targets=torch.as_tensor(y))

@@ -261,3 +261,22 @@ def test_options_validated_at_the_edge(bad):
             ax.input_invariance(lm, x, _grad, atol=bad)
     with pytest.raises(InputError, match="stability"):
         ro.relative_stability(lm, x, gxi, kind="representations")
+
+
+def test_grid_runs_the_new_metrics_with_their_stated_defaults():
+    net, lm, x, y = _net(fixed=False)
+    x = torch.cat([x, torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(5))])
+    names = ["smooth_mprt", "efficient_mprt", "continuity", "relative_representation_stability",
+             "input_invariance"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableResultWarning)  # 8 images: wide intervals
+        tab = cs.evaluate(lm, x, {"grad": _grad, "gxi": gxi}, metrics=names,
+                          options={"relative_representation_stability": {"layer": "conv"},
+                                   "smooth_mprt": {"n_samples": 3}}, progress=False)
+    for m in names:
+        assert np.isfinite(tab.scores["grad"][m]).all(), m
+    assert tab.options["smooth_mprt"]["n_samples"] == 3 and tab.options["efficient_mprt"]["n_bins"] == 100
+    np.testing.assert_array_equal(tab.scores["grad"]["input_invariance"], 1.0)
+    np.testing.assert_array_equal(tab.scores["gxi"]["input_invariance"], 0.0)
+    want = ro.continuity(lm, x, _grad)  # the grid's default targets: the predicted classes
+    np.testing.assert_allclose(tab.scores["grad"]["continuity"], want.double().numpy(), rtol=1e-6)

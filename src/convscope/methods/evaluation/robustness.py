@@ -197,7 +197,8 @@ def layer_outputs(net: nn.Module, x: torch.Tensor, layer: str | None, batch_size
     out = []
     with capture(net, layer) as cap:
         for i in range(0, x.shape[0], batch_size):
-            cap.run(x[i:i + batch_size])
+            cap.reset()
+            cap.run(x[i:i + batch_size], stop_after=[layer])  # the layers above it need not run
             out.append(cap.activation(layer).detach().double().cpu().flatten(1))
     return torch.cat(out)
 

@@ -280,3 +280,17 @@ def test_grid_runs_the_new_metrics_with_their_stated_defaults():
     np.testing.assert_array_equal(tab.scores["gxi"]["input_invariance"], 0.0)
     want = ro.continuity(lm, x, _grad)  # the grid's default targets: the predicted classes
     np.testing.assert_allclose(tab.scores["grad"]["continuity"], want.double().numpy(), rtol=1e-6)
+
+
+def test_batched_rank_correlation_equals_scipy_with_ties():
+    from convscope.methods.evaluation.sanity import spearman_rows
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 200, generator=g).double(), torch.randn(6, 200, generator=g).double()
+    a[:, :60] = 0.0  # ties, as in maps with dead pixels
+    b[:, 40:90] = 1.5
+    b[2] = a[2] * 3  # a monotone copy: 1
+    a[5] = 0.7  # a constant row: no ranking, 0
+    want = [scipy.stats.spearmanr(u, v)[0] for u, v in zip(a.numpy(), b.numpy(), strict=True)]
+    want[5] = 0.0
+    np.testing.assert_allclose(spearman_rows(a, b).numpy(), want, atol=1e-12)

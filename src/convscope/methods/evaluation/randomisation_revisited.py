@@ -115,7 +115,7 @@ def smooth_mprt(
         else explainer
     sm = smoothed(ex, n_samples, noise_magnitude, seed=seed, noise=noise)
     r = model_randomization(model, x, sm, mode=mode, targets=targets, seed=seed, batch_size=batch_size,
-                            progress=False)
+                            progress=False, ssim=False)
     return r.spearman.mean(0).float()
 
 

@@ -15,7 +15,7 @@ Quantus 0.6.0 calls ``np.trapz``, which NumPy 2.4 removed; the benchmark aliases
 ``np.trapezoid`` (the same function) before running Quantus's IROF.
 
 Usage: ``python benchmarks/bench_metrics.py [--n-digits 32] [--n-resnet 8] [--reps 1]``.
-Writes ``benchmarks/results/metrics.md``.
+Appends a dated run (with the machine's load average) to ``benchmarks/results/metrics.md``.
 """
 
 from __future__ import annotations
@@ -130,14 +130,16 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run only the metrics whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
-        "# Metric catalogue vs Quantus 0.6.0 (benchmarks/bench_metrics.py)", "",
+        f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
-        f"jobs), one torch thread for both sides, minimum of {args.reps} interleaved run(s). "
-        "Ratio = Quantus seconds / convscope seconds (higher: convscope faster).", "",
+        f"jobs; load average {load} at the start), one torch thread for both sides, minimum of "
+        f"{args.reps} interleaved run(s). Ratio = Quantus seconds / convscope seconds (higher: "
+        "convscope faster).", "",
     ]
     for name, net, lm, x in cases(args.n_digits, args.n_resnet):
-        lines += [f"## {name}, {x.shape[0]} images", "", "| metric | Quantus s | convscope s | ratio |",
+        lines += [f"### {name}, {x.shape[0]} images", "", "| metric | Quantus s | convscope s | ratio |",
                   "| --- | ---: | ---: | ---: |"]
         for metric, (q, c) in pairs(net, lm, x).items():
             if args.only and args.only not in metric:
@@ -156,7 +158,9 @@ def main() -> None:
             print(name, row, flush=True)
             lines.append(row)
         lines.append("")
-    RESULTS.write_text("\n".join(lines) + "\n")
+    title = "# Metric catalogue vs Quantus 0.6.0 (benchmarks/bench_metrics.py)\n"
+    old = RESULTS.read_text() if RESULTS.exists() else title
+    RESULTS.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")  # appended: runs accumulate
     print(RESULTS)
 
 

@@ -51,6 +51,17 @@ def test_road_equals_quantus_without_noise(cue_model, cue_test):
             device="cpu")
     got = fs.road(cue_model, x, maps, noise=0.0, percentages=pct, targets=y)
     np.testing.assert_allclose(got.accuracy.numpy(), [want[p] for p in pct], atol=1e-6)
+    # LeRF removes the least relevant pixels first: Quantus's (MoRF-only) ROAD on the reversed maps
+    # (2 - maps: the same pixels in the opposite order; Quantus refuses an all-negative map)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = quantus.ROAD(noise=0.0, percentages=pct, normalise=False, abs=False, disable_warnings=True)(
+            model=cue_model.model, x_batch=x.numpy(), y_batch=y.numpy(),
+            a_batch=(2.0 - maps[:, None]).numpy(),
+            device="cpu")
+    lerf = fs.road(cue_model, x, maps, order="lerf", noise=0.0, percentages=pct, targets=y)
+    np.testing.assert_allclose(lerf.accuracy.numpy(), [want[p] for p in pct], atol=1e-6)
+    assert lerf.accuracy.mean() > got.accuracy.mean()  # the cue mask: keeping the cue keeps the class
     noisy = fs.road(cue_model, x, maps, percentages=pct, targets=y, seed=3)
     assert torch.equal(noisy.scores, fs.road(cue_model, x, maps, percentages=pct, targets=y, seed=3).scores)
 

@@ -116,6 +116,12 @@ class Progress:
             if now - self._last >= self.every or (done >= self.total and self._printed != done):
                 self._line(now)
 
+    @property
+    def inner(self) -> tuple[Progress, ...]:
+        """The open Progress objects reporting to this outermost one, outermost first (what a
+        web page polling a job reads from another thread)."""
+        return tuple(self._inner)
+
     def advance(self, n: int = 1) -> None:
         """Add ``n`` to the count."""
         self.update(self.done + n)

@@ -16,6 +16,10 @@ Routes:
 * ``GET /api/result/{id}.png|npy|json``: a kept result's labelled figure, raw maps or record.
 * ``POST /api/activations``: ``model``, ``layer``, ``n`` and ``file`` or ``sample``: the most
   active channels of a layer (with channel visualisations when :mod:`convscope.methods.featvis` exists).
+* ``GET /trust``, ``POST /api/trust`` (``model``, ``methods``, ``metrics`` or ``families``,
+  ``samples`` or ``files``), ``GET /api/trust/{id}``: "Which method to trust": the metric catalogue
+  on the current model and the app's sample images (or uploaded images) as a background job, polled
+  for its progress and then its table (:mod:`convscope.frontends.serve.trust`).
 * ``GET /audit``, ``GET /api/audit``, ``GET /api/audit/item/{index}.png``,
   ``GET /api/audit/cluster/{class}/{cluster}.png``, ``GET /api/audit/intervention/{class}/{cluster}.png``
   (a suspect's before/after images): a saved dataset audit to click through
@@ -53,6 +57,7 @@ from convscope.frontends.serve.audit import AuditView, NotInAudit
 from convscope.frontends.serve.concepts import ConceptView, NotInConcepts
 from convscope.frontends.serve.engine import Busy, Engine, NotFound
 from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage
+from convscope.frontends.serve.trust import TrustJobs
 
 __all__ = ["create_app", "running"]
 
@@ -265,6 +270,30 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         img, _ = _image(file, sample, model)
         return eng.activations(model, layer, img, n=n, vis=vis, deadline=deadline)
 
+    trust = TrustJobs(eng)
+
+    @app.get("/trust")
+    def trust_page() -> Any:
+        return _page("trust.html")
+
+    @app.post("/api/trust")
+    def trust_start(
+        model: str = Form(...),
+        methods: str = Form(""),
+        metrics: str = Form(""),
+        families: str = Form(""),
+        samples: str = Form(""),
+        files: list[UploadFile] | None = File(None),
+    ) -> Any:
+        pics = [img for f in (files or []) if (f.filename or f.size)
+                for img, _ in [_image(f, None, model)]]
+        return trust.start(model, methods=methods, metrics=metrics, families=families, samples=samples,
+                           images=pics)
+
+    @app.get("/api/trust/{jid}")
+    def trust_status(jid: str) -> Any:
+        return trust.status(jid)
+
     @app.get("/api/health")
     def health() -> Any:
         return {"ok": True}
@@ -274,6 +303,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
     wrapped.engine = eng
     wrapped.fastapi = app
     wrapped.audit = view
+    wrapped.trust = trust
     return wrapped
 
 

@@ -25,6 +25,8 @@ class Limits:
         max_queue: most jobs waiting for the model at once (the running one not counted); one
             more is refused with :class:`QueueFull`.
         timeout_s: longest a job may wait plus run, in seconds, before :class:`TimedOut`.
+        evaluate_timeout_s: longest a "Which method to trust" evaluation may wait plus run.
+        max_evaluate_images: most images one evaluation scores.
 
     Raises:
         InputError: a limit is not a positive, finite number (``max_queue``: a positive integer).
@@ -36,15 +38,18 @@ class Limits:
     max_channels: int = 32
     max_queue: int = 8
     timeout_s: float = 60.0
+    evaluate_timeout_s: float = 900.0
+    max_evaluate_images: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_channels", "max_queue"):
+        for name in ("max_upload_bytes", "max_pixels", "max_channels", "max_queue", "max_evaluate_images"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"Limits.{name} must be a positive integer, got {v!r}")
-        t = self.timeout_s
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise InputError(f"Limits.timeout_s must be a positive number of seconds, got {t!r}")
+        for name in ("timeout_s", "evaluate_timeout_s"):
+            t = getattr(self, name)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise InputError(f"Limits.{name} must be a positive number of seconds, got {t!r}")
 
 
 class UnsupportedImage(ImageLoadError):

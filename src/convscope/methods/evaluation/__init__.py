@@ -8,7 +8,8 @@
 * The metric catalogue (#33), one module per family: :mod:`.faithfulness` and
   :mod:`.faithfulness_sets`,
   :mod:`.faithfulness_stats`, :mod:`.robustness`, :mod:`.localisation`, :mod:`.complexity`,
-  :mod:`.randomisation`, :mod:`.axiomatic`; :mod:`.catalogue` is the one table of them and
+  :mod:`.randomisation`,
+  :mod:`.randomisation_revisited`, :mod:`.axiomatic`; :mod:`.catalogue` is the one table of them and
   :mod:`.grid` (:func:`convscope.evaluate`) scores methods with them.
 """
 
@@ -20,6 +21,7 @@ from convscope.methods.evaluation import (
     faithfulness_stats,
     localisation,
     randomisation,
+    randomisation_revisited,
     robustness,
 )
 from convscope.methods.evaluation.catalogue import FAMILIES, METRICS
@@ -62,6 +64,7 @@ __all__ = [
     "faithfulness_stats",
     "localisation",
     "randomisation",
+    "randomisation_revisited",
     "robustness",
     "MethodExplainer",
     "SanityResult",

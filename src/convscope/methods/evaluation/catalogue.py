@@ -6,6 +6,7 @@ the grid uses where a choice must be made; those defaults are stated in every re
 functions themselves live in the family modules (:mod:`.faithfulness`, :mod:`.faithfulness_sets`,
 :mod:`.faithfulness_stats`,
 :mod:`.complexity`, :mod:`.localisation`, :mod:`.robustness`, :mod:`.randomisation`,
+:mod:`.randomisation_revisited`,
 :mod:`.axiomatic`).
 """
 
@@ -25,6 +26,7 @@ from convscope.methods.evaluation import faithfulness_sets as fs
 from convscope.methods.evaluation import faithfulness_stats as st
 from convscope.methods.evaluation import localisation as lo
 from convscope.methods.evaluation import randomisation as ra
+from convscope.methods.evaluation import randomisation_revisited as rs
 from convscope.methods.evaluation import robustness as ro
 from convscope.methods.evaluation.pointing import pointing_game
 
@@ -152,6 +154,13 @@ _M: list[MetricSpec] = [
     MetricSpec("relative_output_stability", "robustness", False, "explainer",
                lambda c, **k: ro.relative_stability(c.lm, c.x, c.explainer, kind="output", **_ex(c), **k),
                {"low": 0.02, "high": 0.2, "n_samples": 8}, "Agarwal et al. 2022"),
+    MetricSpec("relative_representation_stability", "robustness", False, "explainer",
+               lambda c, **k: ro.relative_stability(c.lm, c.x, c.explainer, kind="representation", **_ex(c),
+                                                    **k),
+               {"low": 0.02, "high": 0.2, "n_samples": 8, "layer": None}, "Agarwal et al. 2022"),
+    MetricSpec("continuity", "robustness", False, "explainer",
+               lambda c, **k: ro.continuity(c.lm, c.x, c.explainer, **_ex(c), **k),
+               {"n_steps": 28, "baseline": "black"}, "Montavon et al. 2018"),
     MetricSpec("consistency", "robustness", True, "",
                lambda c, **k: ro.consistency(c.maps, c.targets, seed=c.seed, **k), {"n": 5},
                "Dasgupta et al. 2022"),
@@ -181,6 +190,12 @@ _M: list[MetricSpec] = [
     MetricSpec("mprt", "randomisation", False, "explainer",
                lambda c, **k: ra.mprt(c.lm, c.x, c.explainer, **_ex(c), **k), {"mode": "cascading"},
                "Adebayo et al. 2018"),
+    MetricSpec("smooth_mprt", "randomisation", False, "explainer",
+               lambda c, **k: rs.smooth_mprt(c.lm, c.x, c.explainer, targets=c.targets, seed=c.seed, **k),
+               {"mode": "bottom_up", "n_samples": 10, "noise_magnitude": 0.1}, "Hedström et al. 2023"),
+    MetricSpec("efficient_mprt", "randomisation", True, "explainer",
+               lambda c, **k: rs.efficient_mprt(c.lm, c.x, c.explainer, **_ex(c), **k), {"n_bins": 100},
+               "Hedström et al. 2023"),
     MetricSpec("random_logit", "randomisation", False, "explainer",
                lambda c, **k: ra.random_logit(c.lm, c.x, c.explainer, targets=c.targets, maps=c.maps, **k),
                {"seed": 42}, "Sixt et al. 2020"),
@@ -188,6 +203,9 @@ _M: list[MetricSpec] = [
                lambda c, **k: ax.completeness(c.lm, c.x, c.maps, targets=c.targets, batch_size=c.batch_size,
                                               **k),
                {"baseline": "black"}, "Sundararajan et al. 2017"),
+    MetricSpec("input_invariance", "axiomatic", True, "explainer",
+               lambda c, **k: ax.input_invariance(c.lm, c.x, c.explainer, **_ex(c), **k),
+               {"shift": -1.0, "atol": 1e-4}, "Kindermans et al. 2017"),
     MetricSpec("non_sensitivity", "axiomatic", False, "",
                lambda c, **k: ax.non_sensitivity(c.lm, c.x, c.maps, **_common(c), **_step(c, k)).float(),
                {"eps": 1e-5, "features_in_step": "auto", "baseline": "black"}, "Nguyen and Martinez 2020"),

@@ -88,5 +88,5 @@ def mprt(
     ``"independent"``); lower is better. See
     :func:`~convscope.methods.evaluation.sanity.model_randomization`."""
     r = model_randomization(model, x, explainer, mode=mode, targets=targets, maps=maps, seed=seed,
-                            batch_size=batch_size, progress=False)
+                            batch_size=batch_size, progress=False, ssim=False)
     return r.spearman.mean(0).float()

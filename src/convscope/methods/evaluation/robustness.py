@@ -8,7 +8,11 @@ model space; pass ``noise=`` (an (n, B, C, H, W) tensor) to use given draws, e.g
 * :func:`max_sensitivity` and :func:`avg_sensitivity` (Yeh et al., "On the (In)fidelity and
   Sensitivity of Explanations", NeurIPS 2019): ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2`` with
   ``d`` uniform in the L-infinity ball of ``radius``; the maximum, or the mean, over the draws.
-* :func:`relative_stability`: relative input and output stability (Agarwal et al. 2022).
+* :func:`relative_stability`: relative input, representation and output stability (Agarwal et
+  al. 2022).
+* :func:`continuity` (Montavon, Samek and Müller, "Methods for Interpreting and Understanding Deep
+  Neural Networks", Digital Signal Processing 2018): ``max_{x'} ||Phi(x) - Phi(x')||_1 /
+  ||x - x'||_2`` over horizontal translations ``x'`` of the input (Quantus's schedule).
 * :func:`local_lipschitz_estimate` (Alvarez-Melis and Jaakkola, "On the Robustness of
   Interpretability Methods", ICML-W 2018): ``max_d ||Phi(x + d) - Phi(x)||_2 / ||d||_2`` with
   Gaussian ``d`` of standard deviation ``std``.
@@ -27,11 +31,13 @@ import torch
 from torch import nn
 
 from convscope.core.validate import check_values, ints, reals
+from convscope.methods.evaluation._prep import metric_baseline
 from convscope.methods.evaluation.sensitivity import max_sensitivity, perturbed_maps, relative_changes
-from convscope.models import LoadedModel
+from convscope.models import LoadedModel, as_loaded
 
 __all__ = [
-    "avg_sensitivity", "consistency", "gaussian_noise", "local_lipschitz_estimate", "max_sensitivity",
+    "avg_sensitivity", "consistency", "continuity", "gaussian_noise", "layer_outputs",
+    "local_lipschitz_estimate", "max_sensitivity",
     "relative_stability",
 ]
 
@@ -109,6 +115,7 @@ def relative_stability(
     *,
     kind: str = "input",
     targets: Any = None,
+    layer: str | None = None,
     low: float = 0.02,
     high: float = 0.2,
     n_samples: int = 8,
@@ -118,8 +125,9 @@ def relative_stability(
     batch_size: int = 32,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,) relative input (``kind="input"``) or output (``"output"``) stability (Agarwal et al.,
-    "Rethinking Stability for Attribution-based Explanations", ICLR-W 2022); lower is better.
+    """(B,) relative input (``kind="input"``), representation (``"representation"``) or output
+    (``"output"``) stability (Agarwal et al., "Rethinking Stability for Attribution-based
+    Explanations", ICLR-W 2022); lower is better.
 
     ``RIS = max_{x'} ||(e_x - e_x') / e_x|| / max(||(x - x') / x||, eps)`` and ``ROS`` with the
     logits ``h`` in the denominator, ``||(h_x - h_x') / h_x||``; zeros in a divisor count as
@@ -128,13 +136,16 @@ def relative_stability(
     paper requires (NaN when none does). Quantus 0.6.0 returns NaN as soon as one draw changes the
     class; given the same draws where none does, its RIS agrees. Its ROS divides by the absolute
     logit change ``||h_x - h_x'||``, not the relative one of the paper's eq. 5; this follows the
-    paper (tested by hand).
+    paper (tested by hand). ``RRS`` has the flattened output of ``layer`` (default: the model's
+    default layer, ``lm.default_layer``) in the denominator, ``||(L_x - L_x') / L_x||``; Quantus's
+    default concatenates the outputs of every module, a choice the paper does not make; given one
+    layer and the same draws it agrees.
     """
     from convscope.core.errors import InputError
     from convscope.models.forward import chunked_outputs
 
-    if kind not in ("input", "output"):
-        raise InputError(f"unknown stability {kind!r}; use 'input' or 'output'")
+    if kind not in ("input", "representation", "output"):
+        raise InputError(f"unknown stability {kind!r}; use 'input', 'representation' or 'output'")
     check_values(low=(low, reals()), high=(high, reals()), n_samples=(n_samples, ints(1)),
                  eps=(eps, reals(0, lo_open=True)))
     if not low < high:
@@ -146,8 +157,6 @@ def relative_stability(
 
     d, m0, mp = perturbed_maps(model, x, explainer, draw if noise is None else noise, targets=targets,
                                maps=maps, seed=seed, batch_size=batch_size)
-    from convscope.methods.evaluation._common import as_loaded
-
     net = as_loaded(model).model
     n, b = d.shape[:2]
     x0 = x.detach().cpu().double().reshape(b, -1)
@@ -157,12 +166,80 @@ def relative_stability(
         hp = chunked_outputs(net, xp.reshape(n * b, *x.shape[1:]).to(x.device, x.dtype),
                              batch_size).double().cpu().view(n, b, -1)
     num = _relative(m0[None].expand_as(mp), mp, eps)
-    den = _relative(x0[None].expand_as(xp), xp, eps) if kind == "input" else _relative(
-        h0[None].expand_as(hp), hp, eps)
+    if kind == "input":
+        den = _relative(x0[None].expand_as(xp), xp, eps)
+    elif kind == "output":
+        den = _relative(h0[None].expand_as(hp), hp, eps)
+    else:
+        lm = as_loaded(model)
+        name = lm.default_layer if layer is None else layer
+        l0 = layer_outputs(net, x.detach(), name, batch_size)
+        lp = layer_outputs(net, xp.reshape(n * b, *x.shape[1:]).to(x.device, x.dtype), name,
+                           batch_size).view(n, b, -1)
+        den = _relative(l0[None].expand_as(lp), lp, eps)
     ratio = num / den.clamp(min=eps)
     ratio = torch.where(hp.argmax(-1) == h0.argmax(-1)[None], ratio, torch.full_like(ratio, float("nan")))
     return torch.nan_to_num(ratio, nan=-torch.inf).amax(0).where(~ratio.isnan().all(0),
                                                                    torch.tensor(float("nan"))).float()
+
+
+def layer_outputs(net: nn.Module, x: torch.Tensor, layer: str | None, batch_size: int) -> torch.Tensor:
+    """(B, D) the flattened output of ``layer`` on ``x`` (float64, CPU), in chunks of ``batch_size``.
+
+    Raises:
+        InputError: no layer named (a model without a default layer).
+    """
+    from convscope.core.errors import InputError
+    from convscope.core.hooks import capture
+
+    if layer is None:
+        raise InputError("this model has no default layer; pass layer=... (a name from convscope layers)")
+    out = []
+    with capture(net, layer) as cap:
+        for i in range(0, x.shape[0], batch_size):
+            cap.reset()
+            cap.run(x[i:i + batch_size], stop_after=[layer])  # the layers above it need not run
+            out.append(cap.activation(layer).detach().double().cpu().flatten(1))
+    return torch.cat(out)
+
+
+def continuity(
+    model: Model,
+    x: torch.Tensor,
+    explainer: Explainer,
+    *,
+    targets: Any = None,
+    n_steps: int = 28,
+    baseline: Any = "black",
+    maps: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """(B,) continuity: ``max_s ||Phi(x) - Phi(T_s x)||_1 / (||x - T_s x||_2 + 1e-9)`` over
+    ``n_steps`` horizontal translations ``T_s`` by ``s = -W + k dx`` pixels (``k = 1..n_steps``,
+    ``dx = (2W + 1) // n_steps``, Quantus's schedule), the uncovered columns filled with
+    ``baseline`` (default ``"black"``; ``"min"`` is Quantus's ``"black"``); the explained class
+    held fixed; lower is better.
+
+    Quantus 0.6.0 gets ``dx = 0`` on images narrower than ``n_steps / 2`` and then never moves the
+    image (every ratio 0); here ``dx`` is at least 1.
+    """
+    check_values(n_steps=(n_steps, ints(1, 10_000)))
+    lm = as_loaded(model)
+    xd = x.detach()
+    base = metric_baseline(xd, baseline, lm)
+    w = x.shape[-1]
+    dx = max(1, (2 * w + 1) // n_steps)
+    shifted = []
+    for k in range(1, n_steps + 1):
+        s = -w + k * dx
+        col = torch.arange(w, device=xd.device) - s  # the source column of each column
+        ok = (col >= 0) & (col < w)
+        src = xd[..., col.clamp(0, w - 1)]
+        shifted.append(torch.where(ok, src, base) - xd)
+    d, m0, mp = perturbed_maps(lm, xd, explainer, torch.stack(shifted).cpu(), targets=targets, maps=maps,
+                               seed=seed, batch_size=batch_size)
+    return ((mp - m0[None]).abs().sum(-1) / (d.norm(dim=-1) + 1e-9)).amax(0).float()
 
 
 def consistency(maps: torch.Tensor, predictions: torch.Tensor, n: int = 5, *, seed: int = 0) -> torch.Tensor:

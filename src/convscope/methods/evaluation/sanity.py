@@ -6,7 +6,9 @@ compares each map with the map of the trained model on the same inputs and targe
 
 * cascading: randomise the layers from the output down, one more at each stage, until the whole
   network is random;
-* independent: randomise one layer at a time, the others keeping their trained weights.
+* independent: randomise one layer at a time, the others keeping their trained weights;
+* bottom-up: cascading from the input side up (Hedström et al. 2023, "Sanity Checks Revisited",
+  the order of their smooth MPRT), one more layer at each stage.
 
 Similarity per image is the Spearman rank correlation of the absolute maps and the SSIM
 (``skimage.metrics.structural_similarity``) of the absolute maps scaled by their maximum to
@@ -46,7 +48,10 @@ from convscope.core.seeding import seeded
 from convscope.methods.evaluation.explainers import explained_batch, explainer_name
 from convscope.models import LoadedModel
 
-__all__ = ["SanityResult", "map_similarity", "model_randomization", "randomizable_layers"]
+__all__ = [
+    "SanityResult", "average_ranks", "map_similarity", "model_randomization", "randomizable_layers",
+    "randomized_model", "spearman_rows",
+]
 
 DEFAULT_THRESHOLD = 0.7
 
@@ -68,14 +73,34 @@ def _randomize(module: nn.Module, seed: int) -> None:
                 p.normal_(0.0, std if std > 0 else 0.01)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import rankdata  # type: ignore[import-untyped]
+def randomized_model(lm: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A twin of ``lm`` whose every layer with parameters is re-initialised (the seeds of
+    :func:`model_randomization`'s stages), on a deep copy: the caller's model is never touched."""
+    net = copy.deepcopy(lm.model)
+    mods = dict(net.named_modules())
+    for i, name in enumerate(randomizable_layers(net)):
+        _randomize(mods[name], seed + 7919 * i)
+    return replace(lm, model=net)
 
-    ra, rb = rankdata(a), rankdata(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+def average_ranks(v: torch.Tensor) -> torch.Tensor:
+    """(B, N) ranks 1..N of each row's values, ties given their mean rank (``scipy.stats.rankdata``'s
+    ``"average"``), for the whole batch at once: ``(#less + #less-or-equal + 1) / 2``."""
+    s = v.sort(dim=-1).values.contiguous()
+    v = v.contiguous()
+    left = torch.searchsorted(s, v, right=False)
+    right = torch.searchsorted(s, v, right=True)
+    return (left + right + 1).double() / 2
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B,) Spearman rank correlation of each row of ``a`` with the same row of ``b`` (0 where a row
+    is constant: it has no ranking)."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra = ra - ra.mean(-1, keepdim=True)
+    rb = rb - rb.mean(-1, keepdim=True)
+    den = ((ra * ra).sum(-1) * (rb * rb).sum(-1)).sqrt()
+    return torch.where(den > 0, (ra * rb).sum(-1) / den.clamp(min=1e-300), torch.zeros_like(den))
 
 
 def _unit(m: np.ndarray) -> np.ndarray:
@@ -83,28 +108,30 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return m / top if top > 0 else np.zeros_like(m)
 
 
-def map_similarity(maps_a: torch.Tensor, maps_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def map_similarity(maps_a: torch.Tensor, maps_b: torch.Tensor, *,
+                   ssim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (Spearman rank correlation, SSIM) of ``|maps_a|`` and ``|maps_b|``.
 
-    A constant map has no ranking: its rank correlation is 0.
+    A constant map has no ranking: its rank correlation is 0. ``ssim=False`` skips the SSIM (NaN),
+    for the callers that read only the rank correlation (the MPRT metrics).
 
     Shape:
         maps (B, H, W) -> two (B,) tensors.
     """
     from skimage.metrics import structural_similarity
 
-    a = maps_a.detach().abs().double().cpu().numpy()
-    b = maps_b.detach().abs().double().cpu().numpy()
+    a = maps_a.detach().abs().double().cpu()
+    b = maps_b.detach().abs().double().cpu()
     if a.shape != b.shape or a.ndim != 3:
-        raise InputError(f"maps must both be (B, H, W), got {a.shape} and {b.shape}")
+        raise InputError(f"maps must both be (B, H, W), got {tuple(a.shape)} and {tuple(b.shape)}")
+    rho = spearman_rows(a.flatten(1), b.flatten(1))
+    if not ssim:
+        return rho, torch.full_like(rho, float("nan"))
     win = min(7, *a.shape[-2:])
     win -= 1 - win % 2  # odd
-    rho, ssim = [], []
-    for u, v in zip(a, b, strict=True):
-        rho.append(_spearman(u.ravel(), v.ravel()))
-        ssim.append(float(structural_similarity(_unit(u), _unit(v), data_range=1.0, win_size=win))
-                    if win >= 3 else float("nan"))
-    return torch.tensor(rho, dtype=torch.float64), torch.tensor(ssim, dtype=torch.float64)
+    out = [float(structural_similarity(_unit(u), _unit(v), data_range=1.0, win_size=win))
+           if win >= 3 else float("nan") for u, v in zip(a.numpy(), b.numpy(), strict=True)]
+    return rho, torch.tensor(out, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -196,6 +223,7 @@ def model_randomization(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool | None = False,
+    ssim: bool = True,
 ) -> SanityResult:
     """Run the model-randomisation check of ``explainer`` on ``x``.
 
@@ -203,7 +231,8 @@ def model_randomization(
         model: a model spec, module or loaded model; only a deep copy is randomised.
         x: (B, C, H, W) inputs in model space.
         explainer: a method name or an explainer callable ``f(lm, x, targets) -> maps``.
-        mode: ``"cascading"`` or ``"independent"``.
+        mode: ``"cascading"`` (output side first), ``"bottom_up"`` (input side first, cascading)
+            or ``"independent"``.
         layers: names/globs of the layers to randomise (default: every layer with parameters).
         targets: classes to explain (default: the trained model's predictions), held fixed.
         maps: the trained model's maps if already computed.
@@ -213,12 +242,14 @@ def model_randomization(
         progress: progress over the layers: ``False`` (default) none; ``True`` a bar on a terminal,
             periodic lines elsewhere; ``None`` a bar on a terminal only, or, inside an active
             :class:`~convscope.core.progress.Progress` (such as the benchmark's), its sub-status.
+        ssim: also compute the SSIM of every stage (``False``: NaN, for the MPRT metrics, which
+            read the rank correlation only).
 
     Shape:
         SanityResult.spearman, .ssim: (stages, B).
     """
-    if mode not in ("cascading", "independent"):
-        raise InputError(f"unknown mode {mode!r}; use 'cascading' or 'independent'")
+    if mode not in ("cascading", "bottom_up", "independent"):
+        raise InputError(f"unknown mode {mode!r}; use 'cascading', 'bottom_up' or 'independent'")
     lm, ex, x, t, maps = explained_batch(model, x, explainer, targets, maps, batch_size=batch_size,
                                          seed=seed)
     all_layers = randomizable_layers(lm.model)
@@ -230,7 +261,7 @@ def model_randomization(
     net = copy.deepcopy(lm.model)
     twin = replace(lm, model=net)
     mods = dict(net.named_modules())
-    stages = list(reversed(names))  # output side first
+    stages = names if mode == "bottom_up" else list(reversed(names))  # output side first but bottom-up
     rhos, ssims = [], []
     for name in Track(stages, f"sanity {explainer_name(ex)}", enabled=progress, tty_only=True, unit="layers"):
         saved = None
@@ -239,7 +270,7 @@ def model_randomization(
         _randomize(mods[name], seeds[name])
         with warnings.catch_warnings():  # maps of a randomised network are expected to be noise
             warnings.simplefilter("ignore", UnreliableResultWarning)
-            r, s = map_similarity(maps, ex(twin, x, t))
+            r, s = map_similarity(maps, ex(twin, x, t), ssim=ssim)
         rhos.append(r)
         ssims.append(s)
         if saved is not None:

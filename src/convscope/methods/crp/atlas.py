@@ -85,7 +85,7 @@ class AtlasJob(BatchJob):
         lm = self.model
         with relevance_passes(lm.model, str(self.layer), _scores(self.target, labels),
                               composite=self.options["composite"], preprocessing=lm.preprocessing,
-                              channels=x.shape[1]) as run:
+                              channels=x.shape[1], to_input=False) as run:
             r = run(x)
         rl, act, out = r["layer"], r["activation"], r["logits"]
         if rl.ndim != 4:

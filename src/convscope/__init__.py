@@ -49,7 +49,14 @@ from convscope.frontends.report import Report, explain_report
 from convscope.methods import evaluation
 from convscope.methods.attribution._shared import shared_work
 from convscope.methods.attribution.lime_text import TextExplanation, explain_text
-from convscope.methods.crp import ConceptAtlas, ConceptRelevance, concept_atlas, concepts, load_atlas
+from convscope.methods.crp import (
+    ConceptAtlas,
+    ConceptRelevance,
+    cluster_concepts,
+    concept_atlas,
+    concepts,
+    load_atlas,
+)
 from convscope.methods.dataset import (
     Audit,
     Embedding,
@@ -118,6 +125,7 @@ __all__ = [
     "audit",
     "capture",
     "concept_test",
+    "cluster_concepts",
     "concept_atlas",
     "concepts",
     "load_atlas",

@@ -13,7 +13,9 @@ from convscope.methods.crp._conditional import conditional_relevance, layer_rele
 from convscope.methods.crp.api import concepts
 from convscope.methods.crp.atlas import AtlasJob, concept_atlas, load_atlas
 from convscope.methods.crp.atlas_result import ConceptAtlas
+from convscope.methods.crp.audit import ClusterConcepts, SuspectConcepts, cluster_concepts
 from convscope.methods.crp.result import Concept, ConceptRelevance
 
-__all__ = ["AtlasJob", "Concept", "ConceptAtlas", "ConceptRelevance", "concept_atlas", "concepts",
-           "conditional_relevance", "layer_relevance", "load_atlas", "relevance_passes"]
+__all__ = ["AtlasJob", "ClusterConcepts", "Concept", "ConceptAtlas", "ConceptRelevance", "SuspectConcepts",
+           "cluster_concepts", "concept_atlas", "concepts", "conditional_relevance", "layer_relevance",
+           "load_atlas", "relevance_passes"]

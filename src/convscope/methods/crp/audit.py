@@ -35,6 +35,7 @@ from convscope.methods.crp._conditional import relevance_passes
 from convscope.methods.crp.api import concepts
 from convscope.methods.crp.result import ConceptRelevance
 from convscope.models import load_model
+from convscope.models.forward import layer_extractor
 
 __all__ = ["ClusterConcepts", "SuspectConcepts", "cluster_concepts"]
 
@@ -179,6 +180,11 @@ def cluster_concepts(audit: Any, model: Any, data: Any, layer: str | None = None
     if len(names) != 1:
         raise InputError(f"layer= must name one layer, got {len(names)}: {', '.join(names[:5])}")
     name = names[0]
+    with state_guard(lm.model), torch.no_grad():
+        probe = layer_extractor(lm.model, name)(x0)
+    if probe.ndim < 3:  # checked whether or not there are suspects
+        raise MethodError(f"layer {name!r} has no channels (its output is {tuple(probe.shape[1:])} per "
+                          "image); pick a convolutional layer")
     notes: list[str] = []
     items = []
     for cls, cl in audit.suspects:

@@ -16,7 +16,8 @@ saves itself by extension, renders as HTML and shows inline in notebooks (``conv
 * data-set views: :func:`top_activations`, :func:`nearest_neighbors`, :func:`embed`, and the
   shortcut :func:`audit` (sources, receptive fields: :mod:`convscope.methods.dataset`).
 * concept tests: :func:`concept_test` (TCAV with a p-value; :mod:`convscope.methods.tcav`); concept
-  relevance: :func:`concepts` (CRP on LRP: the channels behind one decision, :mod:`convscope.methods.crp`).
+  relevance: :func:`concepts` (CRP on LRP: the channels behind one decision, :mod:`convscope.methods.crp`),
+  :func:`concept_atlas` (reference patches of every channel of a layer over a data set).
 * evaluation of explanations: the one subpackage :mod:`convscope.methods.evaluation` (pointing game,
   deletion / insertion, sanity checks, sensitivity, sparsity, the planted-cue benchmark) and
   :func:`evaluate`, the method x metric table of the whole metric catalogue.
@@ -48,7 +49,14 @@ from convscope.frontends.report import Report, explain_report
 from convscope.methods import evaluation
 from convscope.methods.attribution._shared import shared_work
 from convscope.methods.attribution.lime_text import TextExplanation, explain_text
-from convscope.methods.crp import ConceptRelevance, concepts
+from convscope.methods.crp import (
+    ConceptAtlas,
+    ConceptRelevance,
+    cluster_concepts,
+    concept_atlas,
+    concepts,
+    load_atlas,
+)
 from convscope.methods.dataset import (
     Audit,
     Embedding,
@@ -94,6 +102,7 @@ _install_aliases()  # old module paths (convscope.api, convscope.attribution.cam
 __all__ = [
     "AdversarialResult",
     "Audit",
+    "ConceptAtlas",
     "ConceptRelevance",
     "ConceptTest",
     "ConvscopeError",
@@ -116,7 +125,10 @@ __all__ = [
     "audit",
     "capture",
     "concept_test",
+    "cluster_concepts",
+    "concept_atlas",
     "concepts",
+    "load_atlas",
     "contrast",
     "datasets",
     "deepdream",

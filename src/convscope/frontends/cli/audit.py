@@ -12,6 +12,7 @@ from convscope.frontends.cli._common import (
     RangeType,
     add_command,
     add_model_args,
+    integer,
     load_from_args,
     parse_options,
 )
@@ -29,7 +30,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     no other class uses; then prove each suspect by intervention (remove its region from the
     suspect images, paste it into images of other classes, count the flipped predictions).
     Writes OUT/audit.json, OUT/report.html and the maps' resumable store OUT/maps.zarr (run again
-    to resume).
+    to resume). --method lrp explains with LRP; --concepts-layer LAYER also shows, for each suspect
+    cluster, the channels of LAYER that carry its relevance (OUT/concepts.html).
     """
     from convscope.core.errors import InputError
     from convscope.methods.dataset import audit
@@ -63,7 +65,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         **job_options(args),
     )
     html = a.to_html()  # both documents are made before either is written
+    concepts = None
+    if args.concepts_layer is not None:  # the concepts behind each suspect cluster (CRP on LRP)
+        from convscope.methods.crp import cluster_concepts
+
+        concepts = cluster_concepts(a, lm, args.data, args.concepts_layer, k=args.concepts_k,
+                                    atlas=args.atlas, device=args.device)
     a.save(out / "audit.json")
+    if concepts is not None:
+        for ext in (".json", ".html", ".png"):
+            concepts.save(out / f"concepts{ext}")
+        for sc in concepts.suspects:
+            print(f"  concepts: {sc.caption()}")
     from convscope.core.io import atomic_write
 
     atomic_write(out / "report.html", lambda fh: fh.write(html.encode()))
@@ -126,5 +139,12 @@ def add_commands(sub: Any) -> None:
                         "other-class images, default), blur, surround (the image's own surroundings), none")
     s.add_argument("--confirm", type=_ranged("confirm"), default=0.5,
                    help="share of other-class images that pasting the region must flip to confirm (0.5)")
+    s.add_argument("--concepts-layer", default=None, metavar="LAYER",
+                   help="also find the concepts (channels of LAYER) that carry each suspect cluster's LRP "
+                   "relevance, written to OUT/concepts.html, .png and .json")
+    s.add_argument("--concepts-k", type=integer(1, name="concepts-k"), default=3,
+                   help="concepts per suspect cluster (3)")
+    s.add_argument("--atlas", default=None, metavar="STORE",
+                   help="a concept atlas of LAYER (convscope atlas) for the concepts' reference patches")
     add_job_args(s)
     s.add_argument("-o", "--output", required=True, help="output folder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from convscope.core.progress import Progress
 from convscope.frontends.cli._common import (
     add_command,
     add_model_args,
@@ -56,6 +57,7 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     lm = load_from_args(args)
     res = concepts(lm, args.image, target=parse_target(args.target), layer=args.layer, k=args.k,
                    channels=channels, groups=groups, composite=args.composite, references=args.references,
+                   atlas=args.atlas,
                    n_references=args.n_references, reference_limit=args.reference_limit,
                    batch_size=args.batch_size)
     res.save(out)
@@ -66,8 +68,64 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     return 0  # notes are warnings: the CLI prints each once, as one line
 
 
+def cmd_atlas(args: argparse.Namespace) -> int:
+    """the reference patches of every channel of a layer over a data set (a resumable job)
+
+    For every image of --data, LRP (--composite) down to --layer gives each channel's relevance for
+    the image's decision (--target: its predicted class, its label or a class index) and its
+    activation; the atlas keeps per channel the --n images where it carries the most relevance and
+    the --n where it is most active, each cut to the receptive field of the unit where it peaks.
+    The job writes a Zarr store (-o); running the same command again resumes it. --save writes
+    the atlas's picture (.png: one row per channel), .json or .html; `convscope concepts --atlas
+    STORE` takes its reference patches from the store.
+    """
+    from convscope.frontends.cli.batch import job_options
+    from convscope.methods.crp import concept_atlas
+
+    saves = [check_out(p, (".png", ".json", ".html")) for p in args.save]
+    target: Any = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    lm = load_from_args(args)
+    bar: list[Progress] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress("atlas: chunks", total, enabled=False if args.quiet else None, unit="chunks"))
+        bar[0].update(done)
+
+    atlas = concept_atlas(lm, args.data, args.layer, n=args.n, composite=args.composite, target=target,
+                          out=args.output, progress=progress, **job_options(args))
+    if bar:
+        bar[0].close()
+    for p in saves:
+        atlas.save(p, channels=parse_channels(args.channels)) if p.suffix == ".png" else atlas.save(p)
+    print(f"{atlas.path}  atlas of {atlas.layer}: {atlas.channels} channels x top {atlas.n} of "
+          f"{atlas.n_images} images, complete" + "".join(f"; {p}" for p in saves))
+    return 0
+
+
 def add_commands(sub: Any) -> None:
+    from convscope.frontends.cli.batch import add_job_args
     from convscope.methods.attribution.lrp import COMPOSITES
+
+    a = add_command(sub, "atlas", cmd_atlas)
+    add_model_args(a)
+    a.add_argument("--data", "-d", default="digits",
+                   help="digits | digits:test | digits:train | PATH to an image folder (default: digits)")
+    a.add_argument("--layer", "-l", default=None, help="the layer whose channels are the concepts "
+                   "(default: the model's default layer)")
+    a.add_argument("--n", "-n", type=integer(1, 64, name="n"), default=8,
+                   help="patches per channel, by relevance and by activation (8)")
+    a.add_argument("--composite", choices=COMPOSITES, default="epsilon_plus_flat",
+                   help="LRP composite (default epsilon_plus_flat)")
+    a.add_argument("--target", "-t", default="pred",
+                   help="the decision explained in each image: pred (its predicted class, default), label "
+                   "(its label) or a class index")
+    a.add_argument("--channels", default=None, help="channels the .png shows, e.g. 0-15 (default: the 16 "
+                   "with the most relevance)")
+    add_job_args(a)
+    a.add_argument("-o", "--output", required=True, help="the store folder, e.g. atlas.zarr")
+    a.add_argument("--save", action="append", default=[], metavar="FILE",
+                   help="also write the atlas as .png, .json or .html (repeatable)")
 
     s = add_command(sub, "concepts", cmd_concepts)
     add_model_args(s)
@@ -85,6 +143,9 @@ def add_commands(sub: Any) -> None:
                    help="LRP composite (default epsilon_plus_flat)")
     s.add_argument("--references", default=None, metavar="DATA",
                    help="data set for reference patches: digits:test or an image folder (default: none)")
+    s.add_argument("--atlas", default=None, metavar="STORE",
+                   help="take the reference patches from a concept atlas (convscope atlas -o STORE) of the "
+                   "same model, layer and composite instead of computing them")
     s.add_argument("--n-references", type=integer(1, 64, name="n-references"), default=4,
                    help="reference patches per concept (4)")
     s.add_argument("--reference-limit", type=integer(1, name="reference-limit"), default=512,

@@ -48,10 +48,11 @@ class _KeepChannels(torch.autograd.Function):
 
 @contextmanager
 def relevance_passes(model: nn.Module, layer: str, scores: Scores, *, composite: str = "epsilon_plus_flat",
-                     preprocessing: Preprocessing | None = None, channels: int = 3,
+                     preprocessing: Preprocessing | None = None, channels: int = 3, to_input: bool = True,
                      **rules: Any) -> Iterator[Callable[[torch.Tensor], dict[str, Any]]]:
     """A block in which ``run(x)`` is :func:`layer_relevance` of ``x``, the LRP rules registered once
-    for all the block's passes (for a data set in batches)."""
+    for all the block's passes (for a data set in batches). ``to_input=False`` stops the backward pass
+    at the layer (``"input"`` is then ``None``): the layers below it are not back-propagated."""
     with lrp_rules(unwrap(model), composite, preprocessing=preprocessing, channels=channels,
                    **rules) as setup, capture(model, layer) as cap:
 
@@ -61,9 +62,13 @@ def relevance_passes(model: nn.Module, layer: str, scores: Scores, *, composite:
             out = setup.forward(model, xb)
             a = cap.activation(layer)
             start = initial_relevance(out, scores(out))
-            r_layer, r_in = torch.autograd.grad(out, (a, xb), grad_outputs=start)
-            return {"input": r_in.detach(), "layer": r_layer.detach(), "activation": a.detach(),
-                    "logits": out.detach(), "score": start.sum(1), "lrp": setup.info()}
+            if to_input:
+                r_layer, r_in = torch.autograd.grad(out, (a, xb), grad_outputs=start)
+            else:
+                (r_layer,), r_in = torch.autograd.grad(out, (a,), grad_outputs=start), None
+            return {"input": None if r_in is None else r_in.detach(), "layer": r_layer.detach(),
+                    "activation": a.detach(), "logits": out.detach(), "score": start.sum(1),
+                    "lrp": setup.info()}
 
         yield run
 

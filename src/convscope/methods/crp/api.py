@@ -129,6 +129,31 @@ def _references(lm: LoadedModel, data: Any, layer: str, score: Any, sets: list[t
     return list(zip(out[0], out[1], strict=True))
 
 
+def _atlas_references(atlas: Any, lm: LoadedModel, layer: str, composite: str,
+                      sets: list[tuple[str, tuple[int, ...]]], n: int,
+                      notes: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(relevance patches, activation patches) per single-channel concept, from a concept atlas (a
+    :class:`~convscope.methods.crp.ConceptAtlas`) of the same model, layer and composite."""
+    from convscope.methods.jobs.provenance import model_fingerprint
+
+    if atlas.layer != layer:
+        raise InputError(f"the atlas is of layer {atlas.layer!r}, not {layer!r}; pass layer={atlas.layer!r} "
+                         "or an atlas of this layer")
+    if atlas.composite != composite:
+        raise InputError(f"the atlas was made with composite {atlas.composite!r}, not {composite!r}; pass "
+                         f"composite={atlas.composite!r} or an atlas made with {composite!r}")
+    if atlas.model_sha256 and atlas.model_sha256 != model_fingerprint(lm.model):
+        raise InputError("the atlas was made with other model weights; make an atlas of this model")
+    if atlas.n < n:
+        notes.append(f"the atlas holds {atlas.n} patches per channel, fewer than n_references={n}")
+    for name, g in sets:
+        if float(atlas.relevance.values[g[0], 0]) <= 0:
+            notes.append(f"{name} has no positive relevance anywhere in the atlas's {atlas.n_images} images: "
+                         "its reference patches show nothing it responds to")
+    return [(atlas.references(g[0], "relevance", n), atlas.references(g[0], "activation", n))
+            for _, g in sets]
+
+
 def concepts(
     model: str | nn.Module | LoadedModel,
     image: ImageLike | torch.Tensor,
@@ -140,6 +165,7 @@ def concepts(
     groups: Groups | None = None,
     composite: str = "epsilon_plus_flat",
     references: Any = None,
+    atlas: Any = None,
     n_references: int = 4,
     reference_limit: int = 512,
     batch_size: int = 16,
@@ -162,6 +188,9 @@ def concepts(
         composite: the LRP composite (see :data:`convscope.methods.attribution.lrp.COMPOSITES`).
         references: a data set (``"digits:test"``, an image folder, a torch ``Dataset``, a tensor)
             to find each concept's reference patches in; ``None``: none.
+        atlas: a :class:`~convscope.methods.crp.ConceptAtlas` or the path of its store
+            (:func:`~convscope.methods.crp.concept_atlas`) of the same model, layer and composite:
+            the reference patches are taken from it instead of computed (single channels only).
         n_references: reference patches per concept (each of relevance and activation).
         reference_limit: use at most this many images of ``references``.
         batch_size: concepts (copies of the image) per backward pass, and reference images per pass.
@@ -177,6 +206,9 @@ def concepts(
     """
     check_values(k=(k, ints(1)), batch_size=(batch_size, ints(1)), n_references=(n_references, ints(1, 64)),
                  reference_limit=(reference_limit, ints(1)))
+    if atlas is not None and (references is not None or groups is not None):
+        raise InputError("atlas= gives single channels' reference patches: pass it without references= "
+                         "and groups= (for groups, pass references= a data set)")
     if composite not in COMPOSITES:
         raise MethodError(f"unknown LRP composite {composite!r}; use one of {', '.join(COMPOSITES)}")
     lm = load_model(model, class_names=class_names, preprocessing=preprocessing)  # type: ignore[arg-type]
@@ -218,9 +250,19 @@ def concepts(
             masks[row, list(sets[i][1])] = 1.0
         cond = conditional_relevance(net, x, name, score, masks, batch_size=batch_size, composite=composite,
                                      preprocessing=lm.preprocessing)
-        refs = (_references(lm, references, name, score, [sets[i] for i in top], n_references,
-                            reference_limit, batch_size, x.device, {"composite": composite}, notes)
-                if references is not None else [(None, None)] * k)
+        if atlas is not None:
+            if not hasattr(atlas, "references"):
+                from convscope.methods.crp.atlas import load_atlas
+
+                with warnings.catch_warnings():  # its notes on other channels do not concern this result
+                    warnings.simplefilter("ignore", UnreliableResultWarning)
+                    atlas = load_atlas(atlas, lm, n=n_references)
+            refs = _atlas_references(atlas, lm, name, composite, [sets[i] for i in top], n_references, notes)
+        elif references is not None:
+            refs = _references(lm, references, name, score, [sets[i] for i in top], n_references,
+                               reference_limit, batch_size, x.device, {"composite": composite}, notes)
+        else:
+            refs = [(None, None)] * k
     if total <= 0:
         notes.append(f"the layer's total relevance for this decision is {total:.3g} (not positive): no "
                      "concept carries evidence for it, and the shares are not meaningful")
@@ -246,5 +288,7 @@ def concepts(
                  "groups": None if groups is None else (dict(groups) if isinstance(groups, Mapping)
                                                         else [list(g) for g in groups]),
                  "references": None if references is None else str(references)[:80],
+                 "atlas": None if atlas is None else {"path": atlas.path, "target": atlas.target,
+                                                       "images": atlas.n_images},
                  "n_references": n_references, "reference_limit": reference_limit},
         notes=tuple(notes))

@@ -59,9 +59,13 @@ class RunningTopK:
         b, c, h, w = act.shape
         self.feature_size = (h, w)
         v, a = act.reshape(b, c, h * w).max(dim=2)  # (b, C)
-        pos = torch.stack([a // w, a % w], dim=-1)  # (b, C, 2)
+        self.add(v, indices, torch.stack([a // w, a % w], dim=-1))
+
+    def add(self, v: torch.Tensor, indices: torch.Tensor, pos: torch.Tensor) -> None:
+        """Merge a batch's per-channel peaks: values (b, C), image indices (b,), positions (b, C, 2)."""
+        b, c = v.shape
         idx = indices.to(torch.long).view(b, 1).expand(b, c)
-        new_v, new_i, new_p = v.t().cpu(), idx.t().cpu(), pos.transpose(0, 1).cpu()
+        new_v, new_i, new_p = v.float().t().cpu(), idx.t().cpu(), pos.long().transpose(0, 1).cpu()
         if self.values is not None:
             assert self.indices is not None and self.positions is not None
             new_v = torch.cat([self.values, new_v], 1)

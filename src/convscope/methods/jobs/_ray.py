@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convscope.core.errors import InputError
-from convscope.methods.jobs.store import BatchStore, open_store
+from convscope.methods.jobs.store import BatchStore
 
 if TYPE_CHECKING:
     from convscope.methods.jobs.batch import BatchJob
@@ -88,7 +88,7 @@ class _RayChunkWorker:
 
     def __init__(self, job: BatchJob) -> None:
         self.job = job
-        self.store = open_store(job.store_path)
+        self.store = job.open_store()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sizes = [self.job.run_chunk(int(c), self.store) for c in batch["chunk"]]

@@ -20,7 +20,7 @@ import hashlib
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from convscope.core.errors import InputError, MethodError
 from convscope.core.result import jsonable
 from convscope.core.validate import option_group, shows_options
 from convscope.methods.jobs.provenance import _versions, input_files, model_fingerprint
-from convscope.methods.jobs.store import FORMAT, BatchStore, create_store, open_store
+from convscope.methods.jobs.runner import gather, prepare_store, run_chunks
+from convscope.methods.jobs.store import FORMAT, BatchStore, open_store
 from convscope.models import LoadedModel, load_model
 
 __all__ = ["BatchJob", "JobOptions", "run_batch"]
@@ -138,6 +139,10 @@ class BatchJob:
                 torch.set_num_threads(self.threads)
             self._moved = True
 
+    def open_store(self) -> BatchStore:
+        """The job's store (opened again in a Ray actor)."""
+        return open_store(self.store_path)
+
     def release(self) -> None:
         """Move the caller's model back to the device it came on (after a local run)."""
         if self._moved and self._home is not None:
@@ -191,48 +196,9 @@ class BatchJob:
             x = torch.stack([it[0] for it in items])
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
             parts.append(self.compute(x, y))
-        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        data = gather(parts)
         store.write_chunk(chunk, data, fsync=self.fsync, inputs=inputs)
         return int(data["maps"].shape[0])
-
-
-class _ChunkBatches:
-    """Batch sampler: the batches of the pending chunks, in order (chunk boundaries respected)."""
-
-    def __init__(self, job: BatchJob, chunks: Sequence[int]) -> None:
-        self.plan = [b for c in chunks for b in job.batches(c)]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.plan)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-
-def _run_local(
-    job: BatchJob, store: BatchStore, pending: list[int], num_workers: int, progress: Progress | None
-) -> None:
-    from torch.utils.data import DataLoader
-
-    kw: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
-    dl = DataLoader(job.source, batch_sampler=_ChunkBatches(job, pending), num_workers=num_workers, **kw)
-    it = iter(dl)
-    done = store.n_chunks - len(pending)
-    files = store.input_files()
-    try:
-        for c in pending:
-            inputs = store.input_fingerprint(c, files)
-            parts = []
-            for _ in job.batches(c):
-                x, y, _idx = next(it)
-                parts.append(job.compute(x, y))
-            data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            store.write_chunk(c, data, fsync=job.fsync, inputs=inputs)
-            done += 1
-            if progress is not None:
-                progress(done, store.n_chunks)
-    finally:
-        job.release()  # the caller's model goes back where it was
 
 
 @shows_options(JobOptions)
@@ -329,67 +295,18 @@ def run_batch(
     }
     chunking = {"size": n, "chunk_size": o.chunk_size, "n_chunks": n_chunks, "axis": 0}
     shapes = {"maps": (n, h, w), "targets": (n,), "labels": (n,), "probabilities": (n, k)}
-    path = Path(out)
-    if path.exists() and o.overwrite:
-        import shutil
-
-        if (path / "manifest.json").is_file() or (path.is_dir() and not any(path.iterdir())):
-            shutil.rmtree(path)
-        else:
-            raise InputError(f"{path} exists and is not a batch store; refusing to delete it")
-    store: BatchStore | None = None
-    if path.exists():
-        store = open_store(path)
-        m = store.manifest
-        if (m.get("job") != job_id or m.get("chunking") != chunking) and not store.done_chunks() \
-                and not store.complete:  # another job's store that holds nothing: replace it
-            import shutil
-
-            shutil.rmtree(path)
-            store = None
-    if store is not None:
-        m = store.manifest
-        if m.get("job") != job_id or m.get("chunking") != chunking:
-            diff = sorted(
-                k2
-                for k2 in set(job_id) | {"chunking"}
-                if (m.get("chunking") if k2 == "chunking" else m.get("job", {}).get(k2))
-                != (chunking if k2 == "chunking" else job_id[k2])
-            )
-            raise InputError(
-                f"{path} holds a different job (differs in: {', '.join(diff)}); use another output "
-                "or overwrite=True (--overwrite)"
-            )
-    else:
-        manifest = {
-            "format": FORMAT,
-            "status": "running",
-            "job": job_id,
-            "chunking": chunking,
-            "arrays": {name: {"shape": list(s)} for name, s in shapes.items()},
-            "class_names": list(lm.class_names),
-            "data_class_names": list(src.class_names),
-            "method_info": {"family": info.family, "signed": info.signed, "summary": info.summary},
-            "run": {"versions": _versions(o.engine), "python_executable": sys.executable},
-        }
-        inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
-        store = create_store(path, manifest, shapes, o.chunk_size, inputs)
-    # a resume checks every finished chunk: its data against the SHA-256 in its marker, its image
-    # files against their contents then; a chunk that fails is computed again
-    store.reopen(store.verify())
-    pending = store.pending_chunks()
-    job = BatchJob(lm, src, method, target, layer, options, o.batch_size, o.seed, str(path), o.chunk_size,
+    manifest = {
+        "format": FORMAT,
+        "status": "running",
+        "arrays": {name: {"shape": list(s)} for name, s in shapes.items()},
+        "class_names": list(lm.class_names),
+        "data_class_names": list(src.class_names),
+        "method_info": {"family": info.family, "signed": info.signed, "summary": info.summary},
+        "run": {"versions": _versions(o.engine), "python_executable": sys.executable},
+    }
+    inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
+    store = prepare_store(Path(out), job_id, chunking, manifest, shapes, o.chunk_size, inputs, o.overwrite)
+    job = BatchJob(lm, src, method, target, layer, options, o.batch_size, o.seed, str(out), o.chunk_size,
                    device=o.device, fsync=fsync)
-    if pending:
-        if o.engine == "local":
-            _run_local(job, store, pending, o.num_workers, progress)
-        else:
-            from convscope.methods.jobs._ray import run_ray
-
-            run_ray(job, store, pending, o.ray_address, o.slots, progress)
-    if not store.complete:
-        if not store.finish({"engine": o.engine, "versions": _versions(o.engine)}):
-            raise InputError(
-                f"{path}: chunks {store.pending_chunks()[:5]} were not written; run the job again"
-            )
-    return store
+    return run_chunks(job, store, engine=o.engine, num_workers=o.num_workers, ray_address=o.ray_address,
+                      slots=o.slots, progress=progress)

@@ -50,6 +50,8 @@ __all__ = ["FORMAT", "BatchStore", "create_store", "files_fingerprint", "open_st
 
 FORMAT = "convscope-batch/1"
 ARRAYS = ("maps", "targets", "labels", "probabilities")
+DTYPES = {"maps": ("float32", np.nan), "targets": ("int64", -1), "labels": ("int64", -1),
+          "probabilities": ("float32", np.nan)}  # a batch job's arrays: (dtype, fill of unwritten rows)
 
 
 def zarr_module() -> Any:
@@ -107,6 +109,11 @@ class BatchStore:
     @property
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.path / "manifest.json").read_text())
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The arrays, in checksum order: a batch job's :data:`ARRAYS`, or the manifest's ``array_names``."""
+        return tuple(self.manifest.get("array_names", ARRAYS))
 
     @property
     def complete(self) -> bool:
@@ -209,7 +216,8 @@ class BatchStore:
             inputs = self.input_fingerprint(chunk)
         lo, hi = self.rows(chunk)
         h = hashlib.sha256()
-        for name in ARRAYS:
+        names = self.arrays
+        for name in names:
             a = np.ascontiguousarray(data[name])
             if a.shape[0] != hi - lo:
                 raise InputError(f"chunk {chunk} of {name} has {a.shape[0]} rows, expected {hi - lo}")
@@ -224,7 +232,7 @@ class BatchStore:
                 key = arr.metadata.encode_chunk_key(coords)
                 _fsync_path(self.path / name / key)
         if fsync:
-            for name in ARRAYS:
+            for name in names:
                 for sub in (self.path / name).rglob("*"):
                     if sub.is_dir():
                         _fsync_path(sub)
@@ -271,8 +279,8 @@ class BatchStore:
             InputError: the job has not finished (unless ``allow_partial``, which masks the rows
                 of unfinished chunks with NaN or -1); with ``verify``, a chunk that fails the check.
         """
-        if name not in ARRAYS:
-            raise InputError(f"unknown array {name!r}; the store holds {', '.join(ARRAYS)}")
+        if name not in self.arrays:
+            raise InputError(f"unknown array {name!r}; the store holds {', '.join(self.arrays)}")
         if not self.complete and not allow_partial:
             raise InputError(
                 f"{self.path} is an unfinished job ({len(self.done_chunks())}/{self.n_chunks} chunks); "
@@ -289,13 +297,13 @@ class BatchStore:
     def corrupt_chunks(self) -> list[int]:
         """Finished chunks whose data no longer match the SHA-256 in their marker (a chunk file
         swapped, overwritten, truncated or lost)."""
-        arrays = {n: zarr_module().open_array(str(self.path / n), mode="r") for n in ARRAYS}
+        arrays = {n: zarr_module().open_array(str(self.path / n), mode="r") for n in self.arrays}
         bad = []
         for c in self.done_chunks():
             lo, hi = self.rows(c)
             h = hashlib.sha256()
             try:
-                for n in ARRAYS:
+                for n in arrays:
                     h.update(np.ascontiguousarray(arrays[n][lo:hi]).tobytes())
                 want = self._marker_lines(c)[0]
             except Exception:  # a chunk file that no longer decodes, an empty marker
@@ -349,11 +357,13 @@ def create_store(
     shapes: dict[str, tuple[int, ...]],
     chunk_size: int,
     inputs: dict[str, Any] | None = None,
+    dtypes: dict[str, tuple[str, Any]] | None = None,
 ) -> BatchStore:
     """Create an empty store atomically: built in a hidden temporary folder, then renamed to ``path``.
 
     ``inputs``: ``{"root": folder, "files": [name of each row's file, relative to root]}`` when the
-    rows come from image files (their fingerprints then mark stale chunks).
+    rows come from image files (their fingerprints then mark stale chunks). ``dtypes``: ``{array: (dtype,
+    fill)}`` for a store of other arrays than a batch job's (their order is the manifest's ``array_names``).
     """
     zarr = zarr_module()
     p = Path(path)
@@ -363,17 +373,16 @@ def create_store(
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.init-", dir=p.parent))
     try:
         zarr.open_group(str(tmp), mode="w")
-        dtypes = {"maps": "float32", "targets": "int64", "labels": "int64", "probabilities": "float32"}
-        fills = {"maps": np.nan, "targets": -1, "labels": -1, "probabilities": np.nan}
-        for name in ARRAYS:
+        kinds = DTYPES if dtypes is None else dtypes
+        for name in manifest.get("array_names", ARRAYS):
             shape = shapes[name]
             zarr.create_array(
                 str(tmp),
                 name=name,
                 shape=shape,
                 chunks=(chunk_size,) + tuple(shape[1:]),
-                dtype=dtypes[name],
-                fill_value=fills[name],
+                dtype=kinds[name][0],
+                fill_value=kinds[name][1],
             )
         (tmp / "done").mkdir()
         if inputs is not None:

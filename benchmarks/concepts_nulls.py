@@ -43,7 +43,7 @@ def _grey(t: torch.Tensor) -> torch.Tensor:
 
 def _rows(lm, data, layer: str, name: str) -> np.ndarray:
     src = concept_source(data, lm.preprocessing, space="pixels")
-    st = set_statistics(lm.model, ImageSet(name, src, name, ""), [layer], keep_rows=True, batch_size=64)
+    (st,) = set_statistics(lm.model, [ImageSet(name, src, name, "")], [layer], keep_rows=True, batch_size=64)
     return st[layer].rows.double().numpy()
 
 

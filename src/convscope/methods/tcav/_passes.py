@@ -21,14 +21,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 import torch
 from torch import nn
 
 from convscope.core.errors import InputError
 from convscope.core.hooks import capture, state_guard
+from convscope.data.sources import Subset
 from convscope.data.stream import loader, model_device
 from convscope.methods.attribution._shared import shared
+from convscope.methods.dataset import DataSource
 from convscope.methods.tcav._sets import ImageSet
 from convscope.models.outputs import class_scores
 
@@ -77,44 +82,92 @@ def memory_format(net: nn.Module, channels_last: bool) -> torch.memory_format | 
     return None
 
 
-def set_statistics(net: nn.Module, images: ImageSet, layers: Sequence[str], *, keep_rows: bool,
+def _groups(sets: Sequence[ImageSet]) -> list[tuple[DataSource, list[tuple[int, np.ndarray]]]]:
+    """The sets grouped by the source their images come from: ``(base, [(set index, indices into
+    base)])``. Subsets of one source (random sets drawn from one pool) form one group, so an image
+    drawn into several sets passes through the model once."""
+    groups: dict[int, tuple[DataSource, list[tuple[int, np.ndarray]]]] = {}
+    for k, s in enumerate(sets):
+        src = s.source
+        base, idx = (src.base, np.asarray(src.indices)) if isinstance(src, Subset) and src.relabel is None \
+            else (src, np.arange(len(src)))
+        groups.setdefault(id(base), (base, []))[1].append((k, idx))
+    return list(groups.values())
+
+
+def set_statistics(net: nn.Module, sets: Sequence[ImageSet], layers: Sequence[str], *, keep_rows: bool,
                    batch_size: int, num_workers: int = 0, device: object = None,
-                   channels_last: bool = False) -> dict[str, SetStats]:
-    """Per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened activations.
+                   channels_last: bool = False) -> list[dict[str, SetStats]]:
+    """For each set, per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened
+    activations. One no-grad pass per batch serves every layer and every set that holds the
+    batch's images (an image in several sets runs once); it stops after the deepest layer.
     ``channels_last``: run the passes in that memory format (same values up to float rounding)."""
     fmt = memory_format(net, channels_last)
 
-    def compute() -> dict[str, SetStats]:
+    def compute() -> list[dict[str, SetStats]]:
         dev = model_device(net, device)
-        totals: dict[str, torch.Tensor] = {}
-        shapes: dict[str, tuple[int, ...]] = {}
-        rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-        count = 0
+        out: list[dict[str, SetStats]] = [{} for _ in sets]
         with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as cap, \
                 torch.no_grad():
-            for x, _, _ in loader(images.source, batch_size, num_workers):
-                cap.reset()
-                x = x.to(dev) if fmt is None else x.to(dev).contiguous(memory_format=fmt)
-                try:
-                    cap.run(x, stop_after=list(layers))
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    raise _model_error(exc, f"images of {images.name!r}") from None
-                for n in layers:
-                    a = cap.activation(n)
-                    _check_spatial(n, a)
-                    shapes[n] = tuple(a.shape[1:])
-                    flat = a.detach().reshape(a.shape[0], -1)
-                    s = flat.double().sum(0)
-                    totals[n] = s if n not in totals else totals[n] + s
-                    if keep_rows:
-                        rows[n].append(flat.float().cpu())
-                count += int(x.shape[0])
-        return {n: SetStats(count, totals[n].cpu(), torch.cat(rows[n]) if keep_rows else None, shapes[n])
-                for n in layers}
+            for base, members in _groups(sets):
+                union = np.unique(np.concatenate([idx for _, idx in members]))
+                where = {int(i): j for j, i in enumerate(union)}
+                # (S, U) membership: how often each union image is in each set (drawn without
+                # replacement: 0 or 1)
+                m = torch.zeros(len(members), len(union), dtype=torch.float64)
+                for r, (_, idx) in enumerate(members):
+                    m[r, [where[int(i)] for i in idx]] += 1.0
+                totals: dict[str, torch.Tensor] = {}
+                shapes: dict[str, tuple[int, ...]] = {}
+                rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+                start = 0
+                src = base if len(union) == len(base) and (union == np.arange(len(base))).all() \
+                    else Subset(base, union.tolist())
+                for x, _, _ in loader(src, batch_size, num_workers):
+                    cap.reset()
+                    x = x.to(dev) if fmt is None else x.to(dev).contiguous(memory_format=fmt)
+                    try:
+                        cap.run(x, stop_after=list(layers))
+                    except (RuntimeError, ValueError, TypeError) as exc:
+                        names = ", ".join(repr(sets[k].name) for k, _ in members[:3])
+                        raise _model_error(exc, f"images of {names}") from None
+                    b = int(x.shape[0])
+                    mb = m[:, start:start + b].to(dev)
+                    for n in layers:
+                        a = cap.activation(n)
+                        _check_spatial(n, a)
+                        shapes[n] = tuple(a.shape[1:])
+                        flat = a.detach().reshape(b, -1)
+                        s = mb @ flat.double()
+                        totals[n] = s if n not in totals else totals[n] + s
+                        if keep_rows:
+                            rows[n].append(flat.float().cpu())
+                    start += b
+                held = {n: torch.cat(rows[n]) for n in layers} if keep_rows else {}
+                for r, (k, idx) in enumerate(members):
+                    pos = torch.as_tensor([where[int(i)] for i in idx])
+                    for n in layers:
+                        out[k][n] = SetStats(len(idx), totals[n][r].cpu(),
+                                             held[n][pos] if keep_rows else None, shapes[n])
+        return out
 
-    parts = ("concept_set_stats", tuple(layers), bool(keep_rows), images.key, fmt is not None)
-    also = [] if keep_rows else [("concept_set_stats", tuple(layers), True, images.key, fmt is not None)]
+    keys = tuple(s.key for s in sets)
+    parts = ("concept_set_stats", tuple(layers), bool(keep_rows), keys, fmt is not None)
+    also = [] if keep_rows else [("concept_set_stats", tuple(layers), True, keys, fmt is not None)]
     return shared(parts, net, _NO_INPUT, compute, also=also)
+
+
+def _graph_above(cap: Any, x: torch.Tensor, layers: Sequence[str],
+                 above: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The class scores and the layers' activations of one batch, with an autograd graph from the
+    first captured layer up (``above``: :meth:`~convscope.core.hooks.Capture.run_above`, no graph
+    below it) or from the input (a fresh leaf: the caller's tensor stays as it is)."""
+    cap.reset()
+    out = cap.run_above(x) if above else cap.run(x.detach().requires_grad_(True))
+    acts = [cap.activation(n) for n in layers]
+    for n, a in zip(layers, acts, strict=True):
+        _check_spatial(n, a)
+    return class_scores(out), acts
 
 
 def directional_derivatives(
@@ -134,19 +187,19 @@ def directional_derivatives(
         dev = model_device(net, device)
         vs = {n: v.to(dev, torch.float32) for n, v in vectors.items()}
         out: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        above = True
         with state_guard(net, memory_format=fmt), capture(net, layers) as cap:
             for x, _, _ in loader(images.source, batch_size, num_workers):
                 cap.reset()
                 x = x.to(dev) if fmt is None else x.to(dev).contiguous(memory_format=fmt)
-                x = x.requires_grad_(True)  # a fresh batch: the caller's tensors stay as they are
                 with torch.enable_grad():
                     try:
-                        scores = class_scores(cap.run(x))
+                        scores, acts = _graph_above(cap, x, layers, above)
+                        if above and not all(t.requires_grad for t in (scores, *acts)):
+                            above = False  # a layer off the first one's path: a graph from the input
+                            scores, acts = _graph_above(cap, x, layers, above)
                     except (RuntimeError, ValueError, TypeError) as exc:
                         raise _model_error(exc, "class images") from None
-                    acts = [cap.activation(n) for n in layers]
-                    for n, a in zip(layers, acts, strict=True):
-                        _check_spatial(n, a)
                     grads = torch.autograd.grad(scores[:, target].sum(), acts, allow_unused=True)
                 for n, a, g in zip(layers, acts, grads, strict=True):
                     if g is None:  # zeros would read as "no different from random": a false all-clear

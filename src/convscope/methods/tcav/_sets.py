@@ -254,5 +254,6 @@ def draw_random_sets(pool: DataSource, n_sets: int, size: int, seed: int, about:
     for k in range(n_sets):
         idx = np.sort(g.choice(len(pool), size=size, replace=False))
         sub = Subset(pool, idx.tolist())
-        out.append(ImageSet(f"random {k}", sub, digest(sub, base), about))
+        key = hashlib.sha256(base.encode() + idx.astype(np.int64).tobytes()).hexdigest()
+        out.append(ImageSet(f"random {k}", sub, key, about))
     return out

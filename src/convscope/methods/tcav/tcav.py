@@ -237,8 +237,8 @@ def concept_test(
     keep = cav != "mean_difference"
     kw = dict(batch_size=batch_size, num_workers=num_workers, device=device,
               channels_last=bool(channels_last))
-    cstats = set_statistics(net, concept, names, keep_rows=keep, **kw)
-    rstats = [set_statistics(net, r, names, keep_rows=keep, **kw) for r in randoms]
+    (cstats,) = set_statistics(net, [concept], names, keep_rows=keep, **kw)
+    rstats = set_statistics(net, randoms, names, keep_rows=keep, **kw)
 
     for n in names:
         for other in rstats:

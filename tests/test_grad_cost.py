@@ -124,7 +124,9 @@ def test_the_pass_above_the_layer_serves_the_gradient_cams(kind, monkeypatch):
 
     monkeypatch.setattr(_cam_engine, "_pass_above", spy)
     cams = [n for n in METHODS if cs.get_method(n).family == "cam" and cs.get_method(n).needs_gradients]
-    for name in [n for n in cams if n != "cam"]:  # CAM weighs by the head's weights: no gradient pass
+    # CAM weighs by the head's weights: no gradient pass; guided Grad-CAM's layer gradient comes
+    # from its one forward pass with guided backprop (test_guided_gradcam_makes_one_forward_pass...)
+    for name in [n for n in cams if n not in ("cam", "guided_gradcam")]:
         served.clear()
         _run(lm, x, name)
         assert served and all(served), (kind, name, served)
@@ -355,3 +357,42 @@ def test_rule_switch_gives_autograds_gradient_then_the_guided_rule(act):
     (guided,) = torch.autograd.grad(out.sum(), xr)
     assert torch.equal(plain, want) and torch.equal(guided, want_guided)
     assert not torch.equal(plain, guided)  # the rule changes something here
+
+
+def test_nested_state_guard_leaves_the_model_to_the_outer_one():
+    """A guard nested in one on the same model asks for nothing more: it does not walk the model,
+    and the outer guard restores everything, errors included; a guard that asks for more (eval
+    mode inside an outer guard that kept training mode) still does its own work."""
+    from convscope.core.state import _GUARDED, state_guard
+
+    lm, _ = _plain()
+    net = lm.model.train()
+    net.conv1.weight.requires_grad_(False)
+    before = model_state(net)
+    walks = []
+    real = nn.Module.modules
+
+    def spy(self):
+        if self is net:
+            walks.append(1)
+        return real(self)
+
+    nn.Module.modules = spy
+    try:
+        with pytest.raises(RuntimeError, match="inner"):
+            with state_guard(net):
+                assert not net.training and not any(p.requires_grad for p in net.parameters())
+                with state_guard(net):
+                    net.conv2.weight.requires_grad_(True)  # left for the outer guard to undo
+                    raise RuntimeError("inner")
+        assert walks == [1] and _GUARDED.get() == ()
+        walks.clear()
+        with state_guard(net, eval_mode=False):
+            assert net.training
+            with state_guard(net):  # asks for eval mode: its own walk, its own restore
+                assert not net.training
+            assert net.training
+        assert len(walks) == 2
+    finally:
+        nn.Module.modules = real
+    assert_same_state(before, model_state(net))

@@ -133,9 +133,9 @@ def test_functional_net_same_maps_fewer_passes(net_lm, images, batch_size):
     # Grad-CAM, guided backprop), the input gradient (saliency, gradient x input), the deconvnet;
     # integrated gradients reuses the clean logits and adds its own baseline and path passes
     assert n_shared == 6 * chunks + ig[0] - chunks
-    # without sharing: each of the 13 methods does its own passes (guided Grad-CAM two), plus the
-    # report's clean logits
-    assert n_plain == (1 + 8 + 1 + 4) * chunks + ig[0]
+    # without sharing: each of the 13 methods does its own passes (guided Grad-CAM one since #29:
+    # both its gradients come from one forward pass), plus the report's clean logits
+    assert n_plain == (1 + 8 + 1 + 3) * chunks + ig[0]
 
 
 def test_bundled_model_every_method_same_maps(cue_model, cue_test):

@@ -19,13 +19,13 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch import nn
 
 from convscope.core.errors import LayerNotFoundError, MethodError
+from convscope.core.state import state_guard
 
 __all__ = ["Capture", "capture", "count_hooks", "layer_names", "resolve_layers", "state_guard"]
 
@@ -90,110 +90,6 @@ def count_hooks(model: nn.Module) -> int:
         ):
             total += len(getattr(m, attr, {}) or {})
     return total
-
-
-def _format_fits(t: torch.Tensor, memory_format: torch.memory_format) -> bool:
-    if memory_format == torch.channels_last:
-        return t.dim() == 4
-    if memory_format == torch.channels_last_3d:
-        return t.dim() == 5
-    return True
-
-
-#: the models held by the :func:`state_guard` blocks open in this context: (model, eval_mode, freeze)
-_GUARDED: ContextVar[tuple[tuple[nn.Module, bool, bool], ...]] = ContextVar("convscope_guarded", default=())
-
-
-def _held(model: nn.Module, eval_mode: bool, freeze: bool) -> bool:
-    """Whether an enclosing :func:`state_guard` of this context holds ``model`` with at least
-    ``eval_mode`` and ``freeze`` (and the model is still in eval mode where that is asked): a
-    nested guard then has nothing to flip or restore, and skips walking the model."""
-    for m, ev, fr in _GUARDED.get():
-        if m is model and (ev or not eval_mode) and (fr or not freeze):
-            return not (eval_mode and model.training)
-    return False
-
-
-@contextmanager
-def state_guard(
-    model: nn.Module | None = None,
-    tensors: Iterable[torch.Tensor] = (),
-    *,
-    eval_mode: bool = True,
-    freeze: bool = True,
-    memory_format: torch.memory_format | None = None,
-) -> Iterator[None]:
-    """Put ``model`` in eval mode with frozen weights and restore everything on exit.
-
-    Restores each module's ``training`` flag, each parameter's ``requires_grad`` and, for every
-    tensor in ``tensors``, its ``requires_grad`` and ``.grad``.
-
-    With ``memory_format`` (e.g. ``torch.channels_last``) every parameter and buffer of a rank
-    that format applies to (4-D for ``channels_last``) is converted for the block: a parameter
-    gets a converted ``.data`` (the ``Parameter`` object stays the same), a buffer a converted
-    tensor in its module's ``_buffers``. On exit each parameter gets its original ``.data`` and
-    each module its original buffer object back, so storage, strides and values are exactly the
-    caller's again, errors included.
-
-    A guard nested in another one on the same model (the facade's guard around a method's
-    :func:`capture`) that asks for nothing more (eval mode, freezing, no memory format) leaves
-    the model to the enclosing guard, which restores it on exit: it does not walk the model again.
-    """
-    modes: list[tuple[nn.Module, bool]] = []
-    flags: list[tuple[torch.nn.Parameter, bool]] = []
-    datas: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-    bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
-    saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
-    token = None
-    if model is not None and memory_format is None and _held(model, eval_mode, freeze):
-        model = None  # an enclosing guard already holds this model as asked, and restores it on exit
-    elif model is not None:
-        modules = list(model.modules())  # one traversal (a shared parameter is listed twice: harmless)
-        modes = [(m, m.training) for m in modules]
-        flags = [(p, p.requires_grad) for m in modules for p in m._parameters.values() if p is not None]
-        if memory_format is not None:
-            for m in modules:
-                datas += [(p, p.data) for p in m._parameters.values()
-                          if p is not None and _format_fits(p, memory_format)]
-                bufs += [(m, k, b) for k, b in m._buffers.items()
-                         if b is not None and _format_fits(b, memory_format)]
-    if model is not None:
-        token = _GUARDED.set((*_GUARDED.get(), (model, eval_mode, freeze)))
-    try:
-        for t, _, _ in saved:  # keep the caller's .grad out of reach of any backward pass
-            if t.is_leaf:
-                t.grad = None
-        if model is not None:
-            # flip only what differs (Module.__setattr__ and requires_grad_ cost per call, and a
-            # model already in eval mode with frozen weights is the common case)
-            if eval_mode and any(training for _, training in modes):
-                model.eval()
-            if freeze:
-                for p, req in flags:
-                    if req:
-                        p.requires_grad_(False)
-            for p, d in datas:
-                p.data = d.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
-            for m, k, b in bufs:
-                m._buffers[k] = b.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
-        yield
-    finally:
-        if token is not None:
-            _GUARDED.reset(token)
-        for p, d in datas:
-            p.data = d
-        for m, k, b in bufs:
-            m._buffers[k] = b
-        for m, training in modes:
-            if m.training != training:
-                m.training = training
-        for p, req in flags:
-            if p.requires_grad != req:
-                p.requires_grad_(req)
-        for t, req, grad in saved:
-            if t.is_leaf:
-                t.requires_grad_(req)
-                t.grad = grad
 
 
 class _StopForward(Exception):

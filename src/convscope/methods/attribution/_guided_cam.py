@@ -54,7 +54,8 @@ def one_pass(ctx: MethodContext, nonrelu: str) -> int:
             continue
         switch = RuleSwitch("plain")
         xb = ctx.x[rows].detach().requires_grad_(True)
-        with capture(ctx.model, ctx.layer) as cap, relu_rules(switch, nonrelu=nonrelu, method="guided_backprop"):
+        rules = relu_rules(switch, nonrelu=nonrelu, method="guided_backprop")
+        with capture(ctx.model, ctx.layer) as cap, rules:
             out = ctx.model(xb)
             acts = [cap.activation(n) for n in ctx.layer]
             modules = [cap.modules[n] for n in ctx.layer]

@@ -32,11 +32,16 @@ from torch import nn
 
 from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation._prep import metric_baseline
-from convscope.methods.evaluation.sensitivity import max_sensitivity, perturbed_maps, relative_changes
+from convscope.methods.evaluation.sensitivity import (
+    max_sensitivity,
+    perturbed_maps,
+    relative_changes,
+    seeded_noise,
+)
 from convscope.models import LoadedModel, as_loaded
 
 __all__ = [
-    "avg_sensitivity", "consistency", "continuity", "gaussian_noise", "layer_outputs",
+    "avg_sensitivity", "consistency", "continuity", "layer_outputs",
     "local_lipschitz_estimate", "max_sensitivity",
     "relative_stability",
 ]
@@ -65,14 +70,6 @@ def avg_sensitivity(
                             maps=maps, seed=seed, batch_size=batch_size, noise=noise).mean(0).float()
 
 
-def gaussian_noise(n_samples: int, std: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``noise(x)``: ``n_samples`` Gaussian draws of standard deviation ``std`` (seeded)."""
-    def draw(x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(n_samples, *x.shape, generator=g).double() * std
-    return draw
-
-
 def local_lipschitz_estimate(
     model: Model,
     x: torch.Tensor,
@@ -95,7 +92,7 @@ def local_lipschitz_estimate(
         noise: (n, B, C, H, W) perturbations to use instead of drawing them.
     """
     check_values(std=(std, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
-    draw = gaussian_noise(n_samples, std, seed) if noise is None else noise
+    draw = seeded_noise(n_samples, seed, "gaussian", std=std) if noise is None else noise
     d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
                                batch_size=batch_size)
     return ((mp - m0[None]).norm(dim=-1) / (d.norm(dim=-1) + 1e-10)).amax(0).float()
@@ -151,11 +148,8 @@ def relative_stability(
     if not low < high:
         raise InputError(f"low must be below high, got {low} and {high}")
 
-    def draw(xx: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(n_samples, *xx.shape, generator=g).double() * (high - low) + low
-
-    d, m0, mp = perturbed_maps(model, x, explainer, draw if noise is None else noise, targets=targets,
+    draw = seeded_noise(n_samples, seed, low=low, high=high) if noise is None else noise
+    d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets,
                                maps=maps, seed=seed, batch_size=batch_size)
     net = as_loaded(model).model
     n, b = d.shape[:2]

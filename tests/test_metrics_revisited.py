@@ -294,3 +294,15 @@ def test_batched_rank_correlation_equals_scipy_with_ties():
     want = [scipy.stats.spearmanr(u, v)[0] for u, v in zip(a.numpy(), b.numpy(), strict=True)]
     want[5] = 0.0
     np.testing.assert_allclose(spearman_rows(a, b).numpy(), want, atol=1e-12)
+
+
+def test_edge_cases_say_what_is_wrong():
+    net, lm, x, maps, y = metric_setup()
+    const = rr.efficient_mprt(lm, x, lambda lm_, xx, t: torch.ones(len(xx), 12, 12))
+    assert torch.isnan(const).all()  # a constant map has no entropy to compare: NaN, not a score
+    with pytest.raises(cs.errors.ConvscopeError, match="nosuch"):
+        ro.relative_stability(lm, x, gxi, kind="representation", layer="nosuch")
+    with pytest.raises(InputError, match="noise must be"):
+        rr.smooth_mprt(lm, x, gxi, n_samples=3, noise=torch.zeros(1, *x.shape))
+    with pytest.raises(InputError, match="mode"):
+        rr.smooth_mprt(lm, x, gxi, n_samples=2, mode="sideways")

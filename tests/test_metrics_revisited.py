@@ -200,8 +200,9 @@ def test_relative_representation_stability_equals_quantus():
     got = ro.relative_stability(lm, x, gxi, kind="representation", layer="conv", targets=torch.as_tensor(y),
                                 noise=d)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
-    with pytest.raises(InputError, match="default layer"):
-        ro.relative_stability(lm, x, gxi, kind="representation")
+    # without layer=: the model's default layer, else its last spatial layer (here "conv")
+    by_default = ro.relative_stability(lm, x, gxi, kind="representation", targets=torch.as_tensor(y), noise=d)
+    torch.testing.assert_close(by_default, got)
 
 
 def _grad_of(net, xx, t):

@@ -134,8 +134,8 @@ def relative_stability(
     class; given the same draws where none does, its RIS agrees. Its ROS divides by the absolute
     logit change ``||h_x - h_x'||``, not the relative one of the paper's eq. 5; this follows the
     paper (tested by hand). ``RRS`` has the flattened output of ``layer`` (default: the model's
-    default layer, ``lm.default_layer``) in the denominator, ``||(L_x - L_x') / L_x||``; Quantus's
-    default concatenates the outputs of every module, a choice the paper does not make; given one
+    default layer, ``lm.default_layer``, or else the last layer with a spatial map) in the
+    denominator, ``||(L_x - L_x') / L_x||``; Quantus's default concatenates the outputs of every module, a choice the paper does not make; given one
     layer and the same draws it agrees.
     """
     from convscope.core.errors import InputError
@@ -165,8 +165,10 @@ def relative_stability(
     elif kind == "output":
         den = _relative(h0[None].expand_as(hp), hp, eps)
     else:
+        from convscope.models.forward import find_default_layer
+
         lm = as_loaded(model)
-        name = lm.default_layer if layer is None else layer
+        name = layer if layer is not None else lm.default_layer or find_default_layer(net, lm.preprocessing)
         l0 = layer_outputs(net, x.detach(), name, batch_size)
         lp = layer_outputs(net, xp.reshape(n * b, *x.shape[1:]).to(x.device, x.dtype), name,
                            batch_size).view(n, b, -1)
@@ -187,7 +189,8 @@ def layer_outputs(net: nn.Module, x: torch.Tensor, layer: str | None, batch_size
     from convscope.core.hooks import capture
 
     if layer is None:
-        raise InputError("this model has no default layer; pass layer=... (a name from convscope layers)")
+        raise InputError("this model has no layer with a spatial map to use by default; pass layer=... "
+                         "(a name from convscope layers)")
     out = []
     with capture(net, layer) as cap:
         for i in range(0, x.shape[0], batch_size):

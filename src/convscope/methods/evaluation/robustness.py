@@ -135,8 +135,8 @@ def relative_stability(
     logit change ``||h_x - h_x'||``, not the relative one of the paper's eq. 5; this follows the
     paper (tested by hand). ``RRS`` has the flattened output of ``layer`` (default: the model's
     default layer, ``lm.default_layer``, or else the last layer with a spatial map) in the
-    denominator, ``||(L_x - L_x') / L_x||``; Quantus's default concatenates the outputs of every module, a choice the paper does not make; given one
-    layer and the same draws it agrees.
+    denominator, ``||(L_x - L_x') / L_x||``; Quantus's default concatenates the outputs of every
+    module, a choice the paper does not make; given one layer and the same draws it agrees.
     """
     from convscope.core.errors import InputError
     from convscope.models.forward import chunked_outputs

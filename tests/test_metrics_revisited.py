@@ -200,8 +200,9 @@ def test_relative_representation_stability_equals_quantus():
     got = ro.relative_stability(lm, x, gxi, kind="representation", layer="conv", targets=torch.as_tensor(y),
                                 noise=d)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
-    with pytest.raises(InputError, match="default layer"):
-        ro.relative_stability(lm, x, gxi, kind="representation")
+    # without layer=: the model's default layer, else its last spatial layer (here "conv")
+    by_default = ro.relative_stability(lm, x, gxi, kind="representation", targets=torch.as_tensor(y), noise=d)
+    torch.testing.assert_close(by_default, got)
 
 
 def _grad_of(net, xx, t):
@@ -294,3 +295,15 @@ def test_batched_rank_correlation_equals_scipy_with_ties():
     want = [scipy.stats.spearmanr(u, v)[0] for u, v in zip(a.numpy(), b.numpy(), strict=True)]
     want[5] = 0.0
     np.testing.assert_allclose(spearman_rows(a, b).numpy(), want, atol=1e-12)
+
+
+def test_edge_cases_say_what_is_wrong():
+    net, lm, x, maps, y = metric_setup()
+    const = rr.efficient_mprt(lm, x, lambda lm_, xx, t: torch.ones(len(xx), 12, 12))
+    assert torch.isnan(const).all()  # a constant map has no entropy to compare: NaN, not a score
+    with pytest.raises(cs.errors.ConvscopeError, match="nosuch"):
+        ro.relative_stability(lm, x, gxi, kind="representation", layer="nosuch")
+    with pytest.raises(InputError, match="noise must be"):
+        rr.smooth_mprt(lm, x, gxi, n_samples=3, noise=torch.zeros(1, *x.shape))
+    with pytest.raises(InputError, match="mode"):
+        rr.smooth_mprt(lm, x, gxi, n_samples=2, mode="sideways")

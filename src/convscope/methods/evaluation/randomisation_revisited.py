@@ -43,6 +43,7 @@ from convscope.core.errors import InputError, UnreliableResultWarning
 from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation.explainers import as_explainer, explained_batch, explainer_name
 from convscope.methods.evaluation.sanity import model_randomization, randomized_model
+from convscope.methods.evaluation.sensitivity import seeded_noise
 from convscope.models import LoadedModel
 
 __all__ = ["discrete_entropy", "efficient_mprt", "smooth_mprt", "smoothed"]
@@ -77,9 +78,8 @@ def smoothed(
                 raise InputError(f"noise must be (n_samples - 1, B, C, H, W) = "
                                  f"{(n_samples - 1, *x.shape)}, got {tuple(d.shape)}")
         else:
-            g = torch.Generator().manual_seed(seed)
             std = noise_magnitude * (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).cpu().double()
-            d = (torch.randn(n_samples - 1, *x.shape, generator=g, dtype=torch.float64)
+            d = (seeded_noise(n_samples - 1, seed, "gaussian")(x.cpu())
                  * std[None, :, None, None, None]).to(x.device, x.dtype)
         xs = torch.cat([(x[None] + d).reshape(-1, *x.shape[1:]), x])
         m = explainer(lm, xs, t.repeat(n_samples))

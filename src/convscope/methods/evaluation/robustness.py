@@ -32,11 +32,16 @@ from torch import nn
 
 from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation._prep import metric_baseline
-from convscope.methods.evaluation.sensitivity import max_sensitivity, perturbed_maps, relative_changes
+from convscope.methods.evaluation.sensitivity import (
+    max_sensitivity,
+    perturbed_maps,
+    relative_changes,
+    seeded_noise,
+)
 from convscope.models import LoadedModel, as_loaded
 
 __all__ = [
-    "avg_sensitivity", "consistency", "continuity", "gaussian_noise", "layer_outputs",
+    "avg_sensitivity", "consistency", "continuity", "layer_outputs",
     "local_lipschitz_estimate", "max_sensitivity",
     "relative_stability",
 ]
@@ -65,14 +70,6 @@ def avg_sensitivity(
                             maps=maps, seed=seed, batch_size=batch_size, noise=noise).mean(0).float()
 
 
-def gaussian_noise(n_samples: int, std: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``noise(x)``: ``n_samples`` Gaussian draws of standard deviation ``std`` (seeded)."""
-    def draw(x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(n_samples, *x.shape, generator=g).double() * std
-    return draw
-
-
 def local_lipschitz_estimate(
     model: Model,
     x: torch.Tensor,
@@ -95,7 +92,7 @@ def local_lipschitz_estimate(
         noise: (n, B, C, H, W) perturbations to use instead of drawing them.
     """
     check_values(std=(std, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
-    draw = gaussian_noise(n_samples, std, seed) if noise is None else noise
+    draw = seeded_noise(n_samples, seed, "gaussian", std=std) if noise is None else noise
     d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
                                batch_size=batch_size)
     return ((mp - m0[None]).norm(dim=-1) / (d.norm(dim=-1) + 1e-10)).amax(0).float()
@@ -137,9 +134,9 @@ def relative_stability(
     class; given the same draws where none does, its RIS agrees. Its ROS divides by the absolute
     logit change ``||h_x - h_x'||``, not the relative one of the paper's eq. 5; this follows the
     paper (tested by hand). ``RRS`` has the flattened output of ``layer`` (default: the model's
-    default layer, ``lm.default_layer``) in the denominator, ``||(L_x - L_x') / L_x||``; Quantus's
-    default concatenates the outputs of every module, a choice the paper does not make; given one
-    layer and the same draws it agrees.
+    default layer, ``lm.default_layer``, or else the last layer with a spatial map) in the
+    denominator, ``||(L_x - L_x') / L_x||``; Quantus's default concatenates the outputs of every
+    module, a choice the paper does not make; given one layer and the same draws it agrees.
     """
     from convscope.core.errors import InputError
     from convscope.models.forward import chunked_outputs
@@ -151,11 +148,8 @@ def relative_stability(
     if not low < high:
         raise InputError(f"low must be below high, got {low} and {high}")
 
-    def draw(xx: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(n_samples, *xx.shape, generator=g).double() * (high - low) + low
-
-    d, m0, mp = perturbed_maps(model, x, explainer, draw if noise is None else noise, targets=targets,
+    draw = seeded_noise(n_samples, seed, low=low, high=high) if noise is None else noise
+    d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets,
                                maps=maps, seed=seed, batch_size=batch_size)
     net = as_loaded(model).model
     n, b = d.shape[:2]
@@ -171,8 +165,10 @@ def relative_stability(
     elif kind == "output":
         den = _relative(h0[None].expand_as(hp), hp, eps)
     else:
+        from convscope.models.forward import find_default_layer
+
         lm = as_loaded(model)
-        name = lm.default_layer if layer is None else layer
+        name = layer if layer is not None else lm.default_layer or find_default_layer(net, lm.preprocessing)
         l0 = layer_outputs(net, x.detach(), name, batch_size)
         lp = layer_outputs(net, xp.reshape(n * b, *x.shape[1:]).to(x.device, x.dtype), name,
                            batch_size).view(n, b, -1)
@@ -193,7 +189,8 @@ def layer_outputs(net: nn.Module, x: torch.Tensor, layer: str | None, batch_size
     from convscope.core.hooks import capture
 
     if layer is None:
-        raise InputError("this model has no default layer; pass layer=... (a name from convscope layers)")
+        raise InputError("this model has no layer with a spatial map to use by default; pass layer=... "
+                         "(a name from convscope layers)")
     out = []
     with capture(net, layer) as cap:
         for i in range(0, x.shape[0], batch_size):

@@ -21,7 +21,7 @@ from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation.explainers import explained_batch
 from convscope.models import LoadedModel
 
-__all__ = ["max_sensitivity", "perturbed_maps", "relative_changes", "uniform_noise"]
+__all__ = ["max_sensitivity", "perturbed_maps", "relative_changes", "seeded_noise"]
 
 
 def perturbed_maps(
@@ -56,11 +56,19 @@ def perturbed_maps(
     return d.double().reshape(n, b, -1), maps.detach().double().cpu().reshape(b, -1), mp
 
 
-def uniform_noise(n_samples: int, radius: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``noise(x)``: ``n_samples`` draws from the L-infinity ball of ``radius`` (uniform, seeded)."""
+def seeded_noise(n_samples: int, seed: int, distribution: str = "uniform", *, low: float = -1.0,
+                 high: float = 1.0, std: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``noise(x)``: ``n_samples`` seeded draws shaped like ``x`` (float64, on the CPU), the same
+    draws at every call: ``"uniform"`` in [``low``, ``high``) or ``"gaussian"`` with mean 0 and
+    standard deviation ``std``. The one noise source of the robustness metrics."""
+    if distribution not in ("uniform", "gaussian"):
+        raise InputError(f"unknown distribution {distribution!r}; use 'uniform' or 'gaussian'")
+
     def draw(x: torch.Tensor) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        return ((torch.rand(n_samples, *x.shape, generator=g) * 2 - 1) * radius).double()
+        if distribution == "gaussian":
+            return torch.randn(n_samples, *x.shape, generator=g).double() * std
+        return (torch.rand(n_samples, *x.shape, generator=g) * (high - low) + low).double()
     return draw
 
 
@@ -109,7 +117,7 @@ def relative_changes(
     """(n, B) ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2`` per perturbation ``d`` (uniform in the
     L-infinity ball of ``radius``, or the given ``noise``)."""
     check_values(radius=(radius, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
-    draw = uniform_noise(n_samples, radius, seed) if noise is None else noise
+    draw = seeded_noise(n_samples, seed, low=-radius, high=radius) if noise is None else noise
     _, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
                                batch_size=batch_size)
     return (mp - m0[None]).norm(dim=-1) / m0.norm(dim=-1).clamp(min=1e-12)[None]

@@ -60,10 +60,11 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def _cue(measured: float, *, at_least: float | None = None, at_most: float | None = None,
-         note: str = "") -> CueClaim:
-    """An attention method's planted-cue claim: 200 cue digits on ``digits-vit-cue`` (no clean ViT)."""
-    return CueClaim(n=200, at_least=at_least, at_most=at_most, measured=measured, note=note,
-                    model="digits-vit-cue", clean_model=None)
+         clean_below: float | None = None, note: str = "") -> CueClaim:
+    """An attention method's planted-cue claim: 200 cue digits on ``digits-vit-cue``, and on its clean
+    control ``digits-vit`` (the same ViT trained without the cue) where ``clean_below`` is given."""
+    return CueClaim(n=200, at_least=at_least, at_most=at_most, clean_below=clean_below, measured=measured,
+                    note=note, model="digits-vit-cue", clean_model="digits-vit")
 
 
 @dataclass
@@ -202,8 +203,9 @@ _SUPPORTED = ("torchvision VisionTransformer, timm ViT/DeiT (distillation, regis
     caveats="class-agnostic (the same map for every target); attention is not relevance: it ignores the "
     "values, the MLPs and the earlier blocks. " + _SUPPORTED,
     reference="Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (attention maps)",
-    claims=(_cue(0.36, at_most=0.5, note="a documented failure: the last block's class-token attention "
-                 "is class-agnostic and does not settle on the cue"),),
+    claims=(_cue(0.645, at_most=0.8, clean_below=0.2,
+                 note="class-agnostic: the last block's class-token attention settles on the cue for only "
+                 "about two digits in three (clean ViT 0.065)"),),
 )
 def raw_attention(ctx: MethodContext, head_fusion: str = "mean") -> MethodOutput:
     """The class token's attention in the last block.
@@ -254,7 +256,8 @@ def rollout_matrix(maps: list[torch.Tensor], head_fusion: str = "mean",
     caveats="class-agnostic (the same map for every target); spreads over the image in deep models. "
     + _SUPPORTED,
     reference="Abnar and Zuidema 2020, Quantifying Attention Flow in Transformers",
-    claims=(_cue(1.0, at_least=0.9, note="class-agnostic, but this model's attention flows from the cue"),),
+    claims=(_cue(1.0, at_least=0.9, clean_below=0.2,
+                 note="class-agnostic, but this model's attention flows from the cue (clean ViT 0.05)"),),
 )
 def rollout(ctx: MethodContext, head_fusion: str = "mean", discard_ratio: float = 0.0) -> MethodOutput:
     """Attention rollout.
@@ -300,7 +303,7 @@ def _chefer_chunk(p: _Pass) -> torch.Tensor:
     caveats=_SUPPORTED,
     reference="Chefer, Gur and Wolf 2021, Generic Attention-model Explainability for Interpreting "
     "Bi-Modal and Encoder-Decoder Transformers",
-    claims=(_cue(0.775, at_least=0.7, note="below the 0.8 issue #32 asks for; see docs/methods.md"),),
+    claims=(_cue(0.87, at_least=0.8, clean_below=0.15, note="clean ViT 0.005; see docs/methods.md"),),
 )
 def chefer(ctx: MethodContext) -> MethodOutput:
     """Chefer et al.'s gradient-weighted rollout (encoder-only rule).
@@ -320,7 +323,7 @@ def chefer(ctx: MethodContext) -> MethodOutput:
     "not Swin (windowed attention)",
     reference="Bousselham et al. 2024, LeGrad: An Explainability Method for Vision Transformers via "
     "Feature Formation Sensitivity",
-    claims=(_cue(0.775, at_least=0.7, note="below the 0.8 issue #32 asks for; see docs/methods.md"),),
+    claims=(_cue(0.985, at_least=0.9, clean_below=0.25, note="clean ViT 0.125; see docs/methods.md"),),
 )
 def legrad(ctx: MethodContext, blocks: int | None = None) -> MethodOutput:
     """LeGrad, as TorchCAM 0.5.0 computes it.

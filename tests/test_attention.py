@@ -454,3 +454,34 @@ def test_chefer_and_legrad_point_at_a_swapped_cue_and_not_on_the_clean_vit():
         assert rate >= 0.8, (method, rate)
         ctrl = _explain(clean, xn, method, target=wrong[by_cue].tolist())
         assert cue_mass(ctrl.map, masks).mean() < 0.7 * cue_mass(e.map, masks).mean(), method
+
+
+# --- applicability: one registry field, read by the facade, report, CLI and web app ------------
+
+
+def test_requires_attention_is_judged_once_and_refused_before_any_forward(tv_vit):
+    from convscope.methods.registry import inapplicable
+
+    calls = []
+
+    class CountingCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    cnn = CountingCNN()
+    for m in cs.list_methods():
+        why = inapplicable(m, cnn)
+        assert (why is not None) == (m.requires == "attention") == (m.name in ATTENTION), m.name
+        assert inapplicable(m, tv_vit) is None and inapplicable(m, TinyViT()) is None, m.name
+    pre, x = Preprocessing(size=(16, 16)), torch.rand(1, 3, 16, 16)
+    cs.explain(cnn, x, method="saliency", preprocessing=pre)  # loading and running: forwards counted
+    ran = len(calls)
+    calls.clear()
+    with pytest.raises(MethodError, match="rollout does not apply to CountingCNN") as info:
+        cs.explain(cnn, x, method="rollout", preprocessing=pre)
+    assert "\n" not in str(info.value) and len(calls) < ran  # refused before the method's own forward

@@ -41,7 +41,7 @@ def vit_section(rep: Report, cue: Any, cnn: Any, n_images: int, n_eval: int) -> 
     sec.rows.append([explanation_figure(e, j, bars=3, title=f"pred {e.target_name(j)}") for j in idx])
     sec.row_labels.append("gradcam · CNN digits-cnn-cue")
     sec.row_notes.append("")
-    infos = [m for m in list_methods() if m.family == "attention"]
+    infos = [m for m in list_methods() if m.requires == "attention"]
     table = []
     n = min(n_eval, len(cue.labels))
     x_all = vit.preprocessing.normalize(cue.images[:max(n, n_images)])  # shown and scored: one call

@@ -52,7 +52,7 @@ from convscope.core.targets import ResolvedTarget, select_scores
 from convscope.core.validate import ints, reals
 from convscope.methods.attribution._attn_capture import ViTParts, attention_capture, token_grid, vit_parts
 from convscope.methods.attribution._base import MethodContext, MethodOutput
-from convscope.methods.registry import CueClaim, register
+from convscope.methods.registry import CueClaim, register, requirement
 
 __all__ = ["attention_layers", "chefer", "legrad", "raw_attention", "rollout"]
 
@@ -99,6 +99,21 @@ def attention_layers(model: torch.nn.Module) -> list[str]:
     ``...Attention``): empty for a CNN, which the attention methods do not explain."""
     return [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.MultiheadAttention) or type(m).__name__.endswith("Attention")]
+
+
+def has_attention(model: torch.nn.Module) -> bool:
+    """Whether the attention methods may apply: the model has attention modules
+    (:func:`attention_layers`) or token embeddings (a ``(1, N, D)`` parameter that is no weight: a
+    class token or position embedding, as a ViT calling ``F.scaled_dot_product_attention`` in its own
+    code has). A CNN has neither; a model that passes and still computes attention some other way is
+    refused by the capture, in one line."""
+    return bool(attention_layers(model)) or any(
+        p.ndim == 3 and p.shape[0] == 1 and not n.endswith("weight") for n, p in model.named_parameters())
+
+
+requirement("attention", has_attention,
+            "has no attention layers or token embeddings: attention methods explain vision transformers; "
+            "for a CNN use gradcam or another CAM method")
 
 
 def _no_attention(model: torch.nn.Module) -> MethodError:
@@ -197,7 +212,7 @@ _SUPPORTED = ("torchvision VisionTransformer, timm ViT/DeiT (distillation, regis
 
 
 @register(
-    "raw_attention", family="attention", needs_gradients=False,
+    "raw_attention", family="attention", requires="attention", needs_gradients=False,
     options={"head_fusion": "mean"}, choices={"head_fusion": HEAD_FUSIONS},
     summary="where the class token looks in the last transformer block (its attention, heads fused)",
     caveats="class-agnostic (the same map for every target); attention is not relevance: it ignores the "
@@ -248,7 +263,7 @@ def rollout_matrix(maps: list[torch.Tensor], head_fusion: str = "mean",
 
 
 @register(
-    "rollout", family="attention", needs_gradients=False,
+    "rollout", family="attention", requires="attention", needs_gradients=False,
     options={"head_fusion": "mean", "discard_ratio": 0.0}, choices={"head_fusion": HEAD_FUSIONS},
     ranges={"discard_ratio": reals(0.0, 1.0, hi_open=True)},
     summary="attention rolled out through all blocks with the residual connection (0.5 A + 0.5 I): how "
@@ -297,7 +312,7 @@ def _chefer_chunk(p: _Pass) -> torch.Tensor:
 
 
 @register(
-    "chefer", family="attention",
+    "chefer", family="attention", requires="attention",
     summary="gradient-weighted attention rolled out through all blocks (relevance of each patch to the "
     "target class through the class token)",
     caveats=_SUPPORTED,
@@ -315,7 +330,7 @@ def chefer(ctx: MethodContext) -> MethodOutput:
 
 
 @register(
-    "legrad", family="attention",
+    "legrad", family="attention", requires="attention",
     options={"blocks": None}, ranges={"blocks": ints(1, None)},
     summary="positive gradients of each block's own class score with respect to that block's attention, "
     "averaged over blocks, heads and queries",

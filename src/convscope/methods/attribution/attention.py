@@ -54,7 +54,7 @@ from convscope.methods.attribution._attn_capture import ViTParts, attention_capt
 from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.registry import CueClaim, register, requirement
 
-__all__ = ["attention_layers", "chefer", "legrad", "raw_attention", "rollout"]
+__all__ = ["attention_layers", "chefer", "has_attention", "legrad", "raw_attention", "rollout"]
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -236,16 +236,11 @@ def raw_attention(ctx: MethodContext, head_fusion: str = "mean") -> MethodOutput
                                  head_fusion=head_fusion, class_agnostic=True)
 
 
-def rollout_matrix(maps: list[torch.Tensor], head_fusion: str = "mean",
-                   discard_ratio: float = 0.0) -> torch.Tensor:
-    """Attention rollout ``R = Ã_L ... Ã_1`` of per-block attention (B, heads, N, N): (B, N, N).
-
-    ``Ã_l = norm_rows(0.5 fuse(A_l) + 0.5 I)``; with ``discard_ratio`` the smallest that share of
-    each sample's fused weights is set to zero first (entry (0, 0) kept).
-    """
+def _rollout_steps(maps: list[torch.Tensor], head_fusion: str, discard_ratio: float) -> list[torch.Tensor]:
+    """Each block's ``Ã_l = norm_rows(0.5 fuse(A_l) + 0.5 I)`` (B, N, N); with ``discard_ratio`` the
+    smallest that share of each sample's fused weights is set to zero first (entry (0, 0) kept)."""
     b, n = maps[0].shape[0], maps[0].shape[-1]
-    eye = torch.eye(n, dtype=maps[0].dtype, device=maps[0].device)
-    r = eye.expand(b, n, n)
+    out = []
     for a in maps:
         f = _fuse(a, head_fusion)
         k = int(n * n * discard_ratio)
@@ -256,10 +251,22 @@ def rollout_matrix(maps: list[torch.Tensor], head_fusion: str = "mean",
             flat.scatter_(1, idx, 0.0)
             flat[:, 0] = keep0
             f = flat.reshape(b, n, n)
-        t = 0.5 * f + 0.5 * eye
-        t = t / t.sum(-1, keepdim=True).clamp(min=1e-12)
-        r = t @ r
-    return r
+        t = f.mul_(0.5)  # _fuse and the discard return a fresh tensor: changed in place
+        t.diagonal(dim1=-2, dim2=-1).add_(0.5)
+        out.append(t.div_(t.sum(-1, keepdim=True).clamp_(min=1e-12)))
+    return out
+
+
+def _rollout_read(p: _Pass, head_fusion: str, discard_ratio: float) -> torch.Tensor:
+    """Attention rollout ``R = Ã_L ... Ã_1``, read as :func:`_read` reads a relevance matrix, but
+    computed as a row vector times matrices from the last block down: ``v = row(Ã_L)``,
+    ``v = v Ã_l`` (B N^2 per block instead of the B N^3 of the matrix product)."""
+    steps = _rollout_steps(p.maps, head_fusion, discard_ratio)
+    last = steps[-1]
+    v = last[:, 0] if p.prefix > 0 else last[:, p.prefix:].mean(1)
+    for t in reversed(steps[:-1]):
+        v = torch.bmm(v[:, None], t)[:, 0]
+    return v[:, p.prefix:].reshape(v.shape[0], *p.grid)
 
 
 @register(
@@ -287,7 +294,7 @@ def rollout(ctx: MethodContext, head_fusion: str = "mean", discard_ratio: float 
     """
     with torch.no_grad():
         return _attention_method(
-            ctx, lambda p: _read(rollout_matrix(p.maps, head_fusion, discard_ratio), p), need_grad=False,
+            ctx, lambda p: _rollout_read(p, head_fusion, discard_ratio), need_grad=False,
             normalize="minmax",  # the residual identity puts every patch on a large common offset
             head_fusion=head_fusion, discard_ratio=discard_ratio, class_agnostic=True)
 

@@ -533,3 +533,24 @@ def test_web_app_shows_the_unreliable_badge_and_why(browser, server):
     page.wait_for_selector("#unreliable", state="hidden")
     assert problems == []
     page.close()
+
+
+def test_web_app_disables_the_methods_that_do_not_apply_to_the_model(browser, server):
+    """The registry's `requires`, judged by the server per model (/api/info `inapplicable`): the
+    attention methods are disabled, unticked and struck through for a CNN, in the menu and the grid."""
+    url, engine = server
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    want = sorted(cs.method_names("attention"))
+    for model in ("digits-cnn", "torchvision:resnet18"):
+        page.select_option("#model", model)
+        grid = page.eval_on_selector_all("#grid-methods input:disabled", "e => e.map(x => x.value)")
+        menu = page.eval_on_selector_all("#method option:disabled", "e => e.map(x => x.value)")
+        assert sorted(grid) == sorted(menu) == want, model
+        assert page.eval_on_selector_all("#grid-methods input:disabled:checked", "e => e.length") == 0
+        assert page.locator("#grid-methods label.inapplicable").count() == len(want)
+        assert page.input_value("#method") not in want
+    assert problems == []
+    page.close()

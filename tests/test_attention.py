@@ -363,3 +363,125 @@ def test_web_app_explains_the_vit_and_refuses_a_cnn_in_one_line():
     r = client.post("/api/explain", data={"model": "digits-cnn", "method": "rollout", "sample": "1"})
     assert r.status_code == 400 and "no attention layers" in r.json()["error"]
     assert "\n" not in r.json()["error"]
+
+
+# --- prefix tokens against an outside oracle ----------------------------------------------------
+
+
+class _PrefixViT(TinyViT):
+    """TinyViT with ``k`` prefix tokens (a class token and ``k - 1`` register-like tokens) before the
+    patches: the prefix count and the grid are known by construction, not read by convscope."""
+
+    def __init__(self, k: int, n_patches: int, fixed: list[torch.Tensor]) -> None:
+        super().__init__(n_tokens=k + n_patches, fixed=fixed)
+        self.cls = nn.Parameter(torch.randn(1, k, 8, generator=torch.Generator().manual_seed(1)))
+
+
+def _planted(k: int, grid: tuple[int, int], hot: list[tuple[int, float]]) -> _PrefixViT:
+    """Every query of every head and block puts logit ``v`` on token ``t`` for ``(t, v)`` in ``hot``."""
+    n = k + grid[0] * grid[1]
+    logits = torch.zeros(2, n, n)
+    for t, v in hot:
+        logits[:, :, t] = v
+    return _PrefixViT(k, grid[0] * grid[1], [logits, logits]).eval()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("method", ["raw_attention", "rollout"])
+def test_prefix_tokens_are_dropped_and_the_map_peaks_at_the_planted_patch(k, method):
+    grid, cell = (2, 3), (1, 2)  # 8x12 input, 4-px patches: a non-square 2x3 grid
+    patch = k + cell[0] * grid[1] + cell[1]
+    x = torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(0))
+    out = _raw(_planted(k, grid, [(patch, 12.0)]), x, method)
+    assert out.diagnostics["prefix_tokens"] == k and out.diagnostics["patch_grid"] == list(grid)
+    for m in out.map:
+        assert m.shape == grid and divmod(int(m.argmax()), grid[1]) == cell
+    # a far larger weight on the last prefix token must not appear anywhere on the grid: the
+    # prefix is dropped exactly (one token too few would put it on cell (0, 0))
+    second = k + 1  # cell (0, 1)
+    out = _raw(_planted(k, grid, [(k - 1, 20.0), (second, 12.0)]), x, method)
+    for m in out.map:
+        assert divmod(int(m.argmax()), grid[1]) == (0, 1)
+
+
+@pytest.mark.parametrize("kind", ["registers", "distilled", "no_class_token"])
+def test_prefix_count_equals_timms_own_attributes(kind):
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    if kind == "distilled":
+        model = VisionTransformerDistilled(img_size=(32, 48), patch_size=8, embed_dim=16, depth=1,
+                                           num_heads=2, num_classes=3).eval()
+    elif kind == "registers":
+        model = _timm(img_size=(32, 48), reg_tokens=4)
+    else:
+        model = _timm(img_size=(32, 48), class_token=False, global_pool="avg")
+    # timm's own count, and the tokens it is made of
+    own = (model.cls_token is not None) + (getattr(model, "dist_token", None) is not None) + (
+        0 if model.reg_token is None else model.reg_token.shape[1])
+    assert own == model.num_prefix_tokens
+    grid = model.patch_embed.grid_size
+    x = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    out = _raw(model, x, "rollout")
+    assert out.diagnostics["prefix_tokens"] == model.num_prefix_tokens
+    assert tuple(out.map.shape[1:]) == tuple(grid) == (4, 6)
+
+
+# --- the planted cue, on images the model classifies by the cue -------------------------------
+
+
+def test_chefer_and_legrad_point_at_a_swapped_cue_and_not_on_the_clean_vit():
+    """Hit rate: the share of held-out test digits, stamped with the cue of another class and
+    classified by ``digits-vit-cue`` as that cue's class (it follows the cue, not the digit), whose
+    map maximum lies on the cue (within 1 px). On the clean control ``digits-vit`` (the same ViT
+    trained without the cue) the same maps' share of positive mass on the cue drops."""
+    from convscope.data.toydata import digits, planted_cue
+    from convscope.methods.evaluation.pointing import cue_mass, pointing_hits
+
+    x, y = digits().split("test")
+    x, y = x[:120], y[:120]
+    wrong = (y + 1 + torch.arange(len(y)) % 9) % 10
+    sw = planted_cue(x, y, cue_classes=wrong)
+    cue, clean = cs.load_model("digits-vit-cue"), cs.load_model("digits-vit")
+    xn = cue.preprocessing.normalize(sw.images)
+    with torch.no_grad():
+        by_cue = cue.model(xn).argmax(1) == wrong
+    assert by_cue.float().mean() > 0.9
+    xn, masks = xn[by_cue], sw.masks[by_cue]
+    for method in ("chefer", "legrad"):
+        e = _explain(cue, xn, method)
+        rate = pointing_hits(e.map, masks, 1).float().mean().item()
+        assert rate >= 0.8, (method, rate)
+        ctrl = _explain(clean, xn, method, target=wrong[by_cue].tolist())
+        assert cue_mass(ctrl.map, masks).mean() < 0.7 * cue_mass(e.map, masks).mean(), method
+
+
+# --- applicability: one registry field, read by the facade, report, CLI and web app ------------
+
+
+def test_requires_attention_is_judged_once_and_refused_before_any_forward(tv_vit):
+    from convscope.methods.registry import inapplicable
+
+    calls = []
+
+    class CountingCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    cnn = CountingCNN()
+    for m in cs.list_methods():
+        why = inapplicable(m, cnn)
+        assert (why is not None) == (m.requires == "attention") == (m.name in ATTENTION), m.name
+        assert inapplicable(m, tv_vit) is None and inapplicable(m, TinyViT()) is None, m.name
+    pre, x = Preprocessing(size=(16, 16)), torch.rand(1, 3, 16, 16)
+    cs.explain(cnn, x, method="saliency", preprocessing=pre)  # loading and running: forwards counted
+    ran = len(calls)
+    calls.clear()
+    with pytest.raises(MethodError, match="rollout does not apply to CountingCNN") as info:
+        cs.explain(cnn, x, method="rollout", preprocessing=pre)
+    assert "\n" not in str(info.value) and len(calls) < ran  # refused before the method's own forward

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import convscope as cs
+from convscope.methods.registry import inapplicable
 
 CHROMIUM = os.environ.get("CONVSCOPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -86,16 +87,19 @@ def test_report_opens_offline_without_errors_or_broken_images(browser, tmp_path)
     page.goto(out.as_uri())
     page.wait_for_load_state("load")
     assert page.evaluate(JS_BROKEN_IMAGES) == []
-    # every method runs but those made for attention, which a CNN has not: the report says so
-    run = [m for m in cs.list_methods() if m.family != "attention"]
-    attention = cs.method_names("attention")
+    # every method runs but those whose registry `requires` the CNN does not meet: the report says so
+    net = cs.load_model("digits-cnn-cue").model
+    run = [m for m in cs.list_methods() if inapplicable(m, net) is None]
+    attention = [m.name for m in cs.list_methods() if inapplicable(m, net) is not None]
+    assert attention == cs.method_names("attention")
     assert page.locator("figure.method").count() == 2 * len(run)
     assert page.locator("figure.skipped").count() == 0
     assert page.locator(".chart .cbar-row").count() == 2 * 4
     titles = page.locator("figure.method .t span:first-child").all_inner_texts()
     assert sorted(set(titles)) == sorted(m.name for m in run)
     text = page.inner_text("body")
-    assert attention and f"The attention methods ({', '.join(attention)}) were skipped" in text
+    said = f"Not run, as they do not apply to this model: {', '.join(attention)} (DigitsCNN has no attention"
+    assert said in text
     # every method's note, from the registry, is on the page
     for m in run:
         assert m.summary[:40].lower() in text.lower(), m.name
@@ -527,5 +531,26 @@ def test_web_app_shows_the_unreliable_badge_and_why(browser, server):
     page.fill("#opt-steps", "64")
     page.click("#explain")
     page.wait_for_selector("#unreliable", state="hidden")
+    assert problems == []
+    page.close()
+
+
+def test_web_app_disables_the_methods_that_do_not_apply_to_the_model(browser, server):
+    """The registry's `requires`, judged by the server per model (/api/info `inapplicable`): the
+    attention methods are disabled, unticked and struck through for a CNN, in the menu and the grid."""
+    url, engine = server
+    problems: list[str] = []
+    page = _page(browser, problems, (url, "data:", "blob:"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    want = sorted(cs.method_names("attention"))
+    for model in ("digits-cnn", "torchvision:resnet18"):
+        page.select_option("#model", model)
+        grid = page.eval_on_selector_all("#grid-methods input:disabled", "e => e.map(x => x.value)")
+        menu = page.eval_on_selector_all("#method option:disabled", "e => e.map(x => x.value)")
+        assert sorted(grid) == sorted(menu) == want, model
+        assert page.eval_on_selector_all("#grid-methods input:disabled:checked", "e => e.length") == 0
+        assert page.locator("#grid-methods label.inapplicable").count() == len(want)
+        assert page.input_value("#method") not in want
     assert problems == []
     page.close()

@@ -57,8 +57,11 @@ def test_load_mixed_methods_no_error_no_leak():
     app = create_app(engine)
     before = {n: model_state(lm.model) for n, lm in engine.models.items()}
     photo = _photo()
-    # every method that explains a CNN (the attention methods refuse one in one line: test_attention.py)
-    methods = [m.name for m in cs.list_methods() if m.family != "attention"]
+    # every method that applies to the CNNs, as the info JSON says (the registry's `requires`; the
+    # attention methods refuse a CNN in one line: test_attention.py)
+    info = {m["name"]: m for m in engine.info()["models"]}
+    assert set(info["digits-cnn"]["inapplicable"]) == set(cs.method_names("attention"))
+    methods = [m.name for m in cs.list_methods() if m.name not in info["digits-cnn"]["inapplicable"]]
     # the distinct requests: every method on both models with a cue sample, and on an upload
     combos = [(model, m, src) for m in methods
               for model, src in (("digits-cnn-cue", "s3"), ("digits-cnn", "s8"), ("digits-cnn-cue", "up"))]

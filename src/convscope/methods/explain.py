@@ -22,7 +22,7 @@ from convscope.engines.perturb import BlackBoxModel, is_black_box
 from convscope.methods.attribution._base import MethodContext
 from convscope.methods.attribution._shared import clean_outputs
 from convscope.methods.attribution._verdict import verdict, warn_unreliable
-from convscope.methods.registry import check_method_options, get_method, list_methods
+from convscope.methods.registry import check_method_options, get_method, inapplicable, list_methods
 from convscope.models import LoadedModel, Preprocessing, load_model
 from convscope.models.inputs import as_inputs
 
@@ -102,6 +102,9 @@ def explain(
         model = black_box
     lm = load_model(model, class_names=class_names, preprocessing=preprocessing)  # type: ignore[arg-type]
     net = lm.model
+    why = inapplicable(info, net)  # e.g. an attention method on a CNN: one line, before any work
+    if why is not None:
+        raise MethodError(why)
     if device is None:
         p = next(net.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")

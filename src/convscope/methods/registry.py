@@ -23,9 +23,11 @@ __all__ = [
     "Range",
     "check_method_options",
     "get_method",
+    "inapplicable",
     "list_methods",
     "method_names",
     "register",
+    "requirement",
 ]
 
 
@@ -94,6 +96,9 @@ class MethodInfo:
         choices: the strings an option accepts, where the registry knows them.
         claims: what the method is measured to show on the planted-cue model
             (:class:`CueClaim`); the truth tests are generated from them.
+        requires: what a model must have for the method to apply (a name declared with
+            :func:`requirement`, e.g. ``"attention"``); ``None``: any model. :func:`inapplicable`
+            evaluates it, and the facade, report, CLI and web app read it from there.
     """
 
     name: str
@@ -111,6 +116,7 @@ class MethodInfo:
     ranges: dict[str, Range] = field(default_factory=dict)
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     claims: tuple[CueClaim, ...] = ()
+    requires: str | None = None
 
     def __post_init__(self) -> None:
         # private copies in one form, whatever mapping or sequence the caller passed (or None)
@@ -135,6 +141,26 @@ class MethodInfo:
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
+#: requirement name -> (does a model meet it, what a model lacks when it does not)
+_REQUIREMENTS: dict[str, tuple[Callable[[Any], bool], str]] = {}
+
+
+def requirement(name: str, check: Callable[[Any], bool], lacks: str) -> None:
+    """Declare what ``requires=name`` means: ``check(model)`` says whether a torch model meets it;
+    ``lacks`` ends the one line of a model that does not (e.g. "has no attention layers: ...")."""
+    _REQUIREMENTS[name] = (check, lacks)
+
+
+def inapplicable(info: MethodInfo, model: Any) -> str | None:
+    """``None`` when method ``info`` applies to the torch ``model``, else one line saying why not.
+
+    The one test of a method's :attr:`MethodInfo.requires`; a black box (no torch module) is not
+    judged here (the facade refuses methods that need the network's layers on one).
+    """
+    if info.requires is None or not hasattr(model, "named_modules"):
+        return None
+    check, lacks = _REQUIREMENTS[info.requires]
+    return None if check(model) else f"{info.name} does not apply to {type(model).__name__}: it {lacks}"
 
 
 def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -145,7 +171,7 @@ def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., 
         family: ``"gradient"``, ``"cam"``, ``"perturbation"`` or ``"attention"``.
         **meta: the other fields of :class:`MethodInfo` (``needs_layer``, ``needs_gradients``,
             ``black_box``, ``signed``, ``summary``, ``caveats``, ``reference``, ``options``,
-            ``fast_options``, ``ranges``, ``choices``, ``claims``), with its defaults.
+            ``fast_options``, ``ranges``, ``choices``, ``claims``, ``requires``), with its defaults.
 
     ``ranges`` and ``choices`` declare, once, the values of the method's options (see
     :class:`MethodInfo`); :func:`check_method_options` enforces them before any work.
@@ -158,6 +184,8 @@ def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., 
         unknown = (set(info.ranges) | set(info.choices)) - {s.name for s in info.option_specs}
         if unknown:
             raise MethodError(f"method {name!r} declares ranges for unknown option(s) {sorted(unknown)}")
+        if info.requires is not None and info.requires not in _REQUIREMENTS:
+            raise MethodError(f"method {name!r} requires {info.requires!r}, which no requirement() declares")
         return func
 
     return deco

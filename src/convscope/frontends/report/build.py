@@ -21,8 +21,7 @@ from convscope.core.errors import ConvscopeError, MethodError
 from convscope.core.progress import Progress
 from convscope.core.targets import check_topk, resolve_target, top_classes
 from convscope.methods.attribution._shared import clean_outputs, shared_work
-from convscope.methods.attribution.attention import attention_layers
-from convscope.methods.registry import MethodInfo, get_method, list_methods
+from convscope.methods.registry import MethodInfo, get_method, inapplicable, list_methods
 
 __all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods",
            "run_methods", "top_k"]
@@ -210,8 +209,8 @@ def explain_report(
         images: paths, PIL images or arrays (anything :func:`~convscope.load_image` reads).
             The old order ``explain_report(images, model)`` still works for now, with a
             ``DeprecationWarning``: the arguments are ``(model, images)`` as everywhere in convscope.
-        methods: method or family names (``None``: every registered method, less the attention
-            methods for a model without attention layers, as the report says).
+        methods: method or family names (``None``: every registered method that applies to the
+            model, :func:`~convscope.methods.registry.inapplicable`; the report names those left out).
         target: the class to explain (``None``: the predicted class of each image).
         topk: how many class probabilities the bar chart shows (default 5, or every class of a
             model with fewer); more than the model's classes is refused.
@@ -260,13 +259,14 @@ def explain_report(
     # a bad target or class count is the caller's error, not a report of error panels
     topk = check_topk(topk, len(lm.class_names), default=5)
     skipped = ""
-    if not methods and not attention_layers(lm.model):  # every method: not those made for attention
-        names = [m.name for m in infos if m.family == "attention"]
-        infos = [m for m in infos if m.family != "attention"]
+    if not methods:  # every method: not those that do not apply to this model (registry `requires`)
+        why = {m.name: inapplicable(m, lm.model) for m in infos}
+        names = [n for n, w in why.items() if w is not None]
+        infos = [m for m in infos if why[m.name] is None]
         if names:
-            skipped = (f" The attention methods ({', '.join(names)}) were skipped: "
-                       f"{type(lm.model).__name__} has no attention layers (they explain vision "
-                       "transformers).")
+            lacks = sorted({str(why[n]).split(": it ", 1)[-1] for n in names})
+            skipped = (f" Not run, as they do not apply to this model: {', '.join(names)} "
+                       f"({type(lm.model).__name__} {'; '.join(lacks)}).")
     probs, runs = run_methods(lm, x, infos, target=target, layer=layer, fast=fast, batch_size=batch_size,
                               seed=seed, progress=progress)
     small = min(display.shape[1:3]) < 128

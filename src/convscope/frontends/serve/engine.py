@@ -54,7 +54,13 @@ from convscope.frontends.serve.jobs import (
     stop_after,
 )
 from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage, decode_upload
-from convscope.methods.registry import MethodInfo, check_method_options, get_method
+from convscope.methods.registry import (
+    MethodInfo,
+    check_method_options,
+    get_method,
+    inapplicable,
+    list_methods,
+)
 from convscope.models import LoadedModel, load_model
 
 __all__ = ["LIGHT_BURST", "Busy", "Engine", "JobQueue", "Limits", "NotFound", "QueueFull", "TimedOut",
@@ -176,6 +182,9 @@ class Engine:
                     "preprocessing": lm.preprocessing.describe(),
                     "weights": lm.weights,
                     "assumed": list(lm.assumed),
+                    # methods that do not apply to this model (registry `requires`), with the reason
+                    "inapplicable": {m.name: why for m in list_methods()
+                                     if (why := inapplicable(m, lm.model)) is not None},
                 }
                 for name, lm in self.models.items()
             ],

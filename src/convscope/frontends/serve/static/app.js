@@ -55,7 +55,29 @@ function fillModel() {
     ? `Default: ${m.default_layer}, the layer ${m.name} explains when none is named.`
     : `${m.name} has no default layer; pick one.`;
   fillSamples(m);
+  markApplicable(m);
   fillMethod();
+}
+
+// Methods that do not apply to the model (the registry's `requires`, judged by the server and sent
+// per model as `inapplicable`): disabled in the menu and the grid, unticked, the reason shown.
+function markApplicable(m) {
+  const why = m.inapplicable || {};
+  for (const opt of $("method").options) {
+    opt.disabled = opt.value in why;
+    opt.textContent = opt.value in why ? `${opt.value} (not for ${m.name})` : opt.value;
+    opt.title = why[opt.value] || "";
+  }
+  if ($("method").value in why) {
+    $("method").value = [...$("method").options].find((o) => !o.disabled).value;
+  }
+  for (const box of document.querySelectorAll("#grid-methods input")) {
+    const reason = why[box.value];
+    box.disabled = Boolean(reason);
+    if (reason) box.checked = false;
+    box.parentElement.classList.toggle("inapplicable", Boolean(reason));
+    box.parentElement.title = reason || state.info.methods.find((x) => x.name === box.value).summary;
+  }
 }
 
 // The bundled samples are digits: offered only for the models they fit.
@@ -407,7 +429,7 @@ async function init() {
   $("pred-vs-top2").addEventListener("click", () => { setTarget("pred-vs-top2"); });
   document.querySelectorAll("input[name=view]").forEach((x) => x.addEventListener("change", fillView));
   // method grid: every method; the first two cheap ones of each family ticked, but not the
-  // attention methods, which explain vision transformers only (tick them for a ViT)
+  // attention methods (tick them for a ViT); fillModel disables those that do not apply to the model
   const ticked = {};
   for (const m of info.methods) {
     const box = el("input", { type: "checkbox", value: m.name, id: `grid-${m.name}` });

@@ -254,6 +254,25 @@ def test_an_old_path_import_never_touches_the_real_module(monkeypatch):
     assert real.__spec__ is own and real.__name__ == "convscope.methods.grids"
 
 
+def test_an_old_path_import_keeps_a_function_of_the_same_name(monkeypatch):
+    """``convscope.methods.dataset`` exports the function ``embed`` beside its module ``embed.py``:
+    a first import of the old path ``convscope.dataset.embed`` gives the module, and the package's
+    ``embed`` is still the function (the CLI imports it from there)."""
+    import sys
+
+    import convscope.methods.dataset as pkg
+
+    function = pkg.embed
+    assert callable(function) and not isinstance(function, type(sys))
+    monkeypatch.delitem(sys.modules, "convscope.dataset.embed", raising=False)
+    module = importlib.import_module("convscope.dataset.embed")
+    assert module is sys.modules["convscope.methods.dataset.embed"]
+    assert pkg.embed is function
+    from convscope.methods.dataset import embed
+
+    assert embed is function
+
+
 def test_import_convscope_leaves_the_heavy_extras_unloaded():
     code = ("import sys, convscope; heavy = ['ray', 'fastapi', 'uvicorn', 'transformers', 'onnxruntime', "
             "'timm', 'zarr', 'zennit', 'captum', 'quantus']; print([m for m in heavy if m in sys.modules])")

@@ -71,6 +71,24 @@ def new_path(name: str) -> str | None:
     return None
 
 
+class _KeepsNames(ModuleType):
+    """A package whose public names win over its submodules of the same name.
+
+    ``convscope.methods.dataset`` exports the function ``embed`` and holds the module ``embed.py``.
+    Importing an old path such as ``convscope.dataset.embed`` for the first time makes the import
+    system bind the submodule on its parent package (the same object as the new package), which
+    would replace the function; a package the alias import finds in that position gets this class,
+    which keeps the function.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        current = self.__dict__.get(name)
+        if (isinstance(value, ModuleType) and current is not None and not isinstance(current, ModuleType)
+                and value.__name__ == f"{self.__name__}.{name}"):
+            return
+        super().__setattr__(name, value)
+
+
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
     """Finds old paths and loads them as the module at the new path (the same object)."""
 
@@ -93,7 +111,13 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
         import system returns what ``sys.modules`` holds after this step, so the old name is the same
         object as the new one, whose own ``__spec__`` (a package where there is one, for
         ``importlib.resources`` and ``python -m``) is never touched."""
-        sys.modules[module.__name__] = importlib.import_module(new_path(module.__name__))  # type: ignore[arg-type]
+        real = importlib.import_module(new_path(module.__name__))  # type: ignore[arg-type]
+        sys.modules[module.__name__] = real
+        parent_name, _, child = module.__name__.rpartition(".")
+        parent = sys.modules.get(parent_name)
+        if (type(parent) is ModuleType and child in parent.__dict__
+                and not isinstance(parent.__dict__[child], ModuleType)):
+            parent.__class__ = _KeepsNames  # the import system binds ``child`` on the parent next
 
     def get_code(self, fullname: str) -> CodeType | None:
         """The new module's code (``python -m convscope.cli.main`` runs it)."""

@@ -359,40 +359,41 @@ def test_rule_switch_gives_autograds_gradient_then_the_guided_rule(act):
     assert not torch.equal(plain, guided)  # the rule changes something here
 
 
-def test_nested_state_guard_leaves_the_model_to_the_outer_one():
-    """A guard nested in one on the same model asks for nothing more: it does not walk the model,
-    and the outer guard restores everything, errors included; a guard that asks for more (eval
-    mode inside an outer guard that kept training mode) still does its own work."""
-    from convscope.core.state import _GUARDED, state_guard
+def test_nested_state_guards_hold_what_changed_between_them_and_close_in_any_order():
+    """A guard nested in one on the same model freezes and evaluates what the code between them
+    changed (a parameter unfrozen, a submodule back in training), restores it on exit, errors
+    included; guards closed out of order (a generator holding one open, closed later) leave no
+    stale record: a later guard still freezes the model, and restores it."""
+    from convscope.core.state import state_guard
 
     lm, _ = _plain()
     net = lm.model.train()
     net.conv1.weight.requires_grad_(False)
     before = model_state(net)
-    walks = []
-    real = nn.Module.modules
-
-    def spy(self):
-        if self is net:
-            walks.append(1)
-        return real(self)
-
-    nn.Module.modules = spy
-    try:
-        with pytest.raises(RuntimeError, match="inner"):
+    with pytest.raises(RuntimeError, match="inner"):
+        with state_guard(net):
+            assert not net.training and not any(p.requires_grad for p in net.parameters())
+            net.conv2.weight.requires_grad_(True)
+            net.conv2.train()
             with state_guard(net):
-                assert not net.training and not any(p.requires_grad for p in net.parameters())
-                with state_guard(net):
-                    net.conv2.weight.requires_grad_(True)  # left for the outer guard to undo
-                    raise RuntimeError("inner")
-        assert walks == [1] and _GUARDED.get() == ()
-        walks.clear()
-        with state_guard(net, eval_mode=False):
-            assert net.training
-            with state_guard(net):  # asks for eval mode: its own walk, its own restore
-                assert not net.training
-            assert net.training
-        assert len(walks) == 2
-    finally:
-        nn.Module.modules = real
+                assert not net.conv2.training and not net.conv2.weight.requires_grad
+                raise RuntimeError("inner")
     assert_same_state(before, model_state(net))
+
+    def held():  # a guard kept open by a generator
+        with state_guard(net, memory_format=torch.channels_last):
+            yield
+
+    gen = held()
+    outer = state_guard(net)
+    outer.__enter__()
+    next(gen)
+    outer.__exit__(None, None, None)  # closed before the generator's guard
+    gen.close()  # restores what it saw when it opened (inside the outer guard): frozen, eval
+    net.train()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    unfrozen = model_state(net)
+    with state_guard(net):  # no stale record of the closed guards: it freezes the model itself
+        assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    assert_same_state(unfrozen, model_state(net))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -22,20 +21,6 @@ def _format_fits(t: torch.Tensor, memory_format: torch.memory_format) -> bool:
     if memory_format == torch.channels_last_3d:
         return t.dim() == 5
     return True
-
-
-#: the models held by the :func:`state_guard` blocks open in this context: (model, eval_mode, freeze)
-_GUARDED: ContextVar[tuple[tuple[nn.Module, bool, bool], ...]] = ContextVar("convscope_guarded", default=())
-
-
-def _held(model: nn.Module, eval_mode: bool, freeze: bool) -> bool:
-    """Whether an enclosing :func:`state_guard` of this context holds ``model`` with at least
-    ``eval_mode`` and ``freeze`` (and the model is still in eval mode where that is asked): a
-    nested guard then has nothing to flip or restore, and skips walking the model."""
-    for m, ev, fr in _GUARDED.get():
-        if m is model and (ev or not eval_mode) and (fr or not freeze):
-            return not (eval_mode and model.training)
-    return False
 
 
 @contextmanager
@@ -59,19 +44,16 @@ def state_guard(
     each module its original buffer object back, so storage, strides and values are exactly the
     caller's again, errors included.
 
-    A guard nested in another one on the same model (the facade's guard around a method's
-    :func:`capture`) that asks for nothing more (eval mode, freezing, no memory format) leaves
-    the model to the enclosing guard, which restores it on exit: it does not walk the model again.
+    A guard nested in another one on the same model walks the model again and restores what it
+    found, so it holds whatever the code between the two guards changed, and guards may close in
+    any order (a generator holding one open is closed later).
     """
     modes: list[tuple[nn.Module, bool]] = []
     flags: list[tuple[torch.nn.Parameter, bool]] = []
     datas: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
-    token = None
-    if model is not None and memory_format is None and _held(model, eval_mode, freeze):
-        model = None  # an enclosing guard already holds this model as asked, and restores it on exit
-    elif model is not None:
+    if model is not None:
         modules = list(model.modules())  # one traversal (a shared parameter is listed twice: harmless)
         modes = [(m, m.training) for m in modules]
         flags = [(p, p.requires_grad) for m in modules for p in m._parameters.values() if p is not None]
@@ -81,8 +63,6 @@ def state_guard(
                           if p is not None and _format_fits(p, memory_format)]
                 bufs += [(m, k, b) for k, b in m._buffers.items()
                          if b is not None and _format_fits(b, memory_format)]
-    if model is not None:
-        token = _GUARDED.set((*_GUARDED.get(), (model, eval_mode, freeze)))
     try:
         for t, _, _ in saved:  # keep the caller's .grad out of reach of any backward pass
             if t.is_leaf:
@@ -102,8 +82,6 @@ def state_guard(
                 m._buffers[k] = b.contiguous(memory_format=memory_format)  # type: ignore[arg-type]
         yield
     finally:
-        if token is not None:
-            _GUARDED.reset(token)
         for p, d in datas:
             p.data = d
         for m, k, b in bufs:

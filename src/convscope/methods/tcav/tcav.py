@@ -41,6 +41,7 @@ from convscope.methods.tcav._cav import (
     NULLS,
     STATISTICS,
     LayerTest,
+    activation_scale,
     fit_cav,
     layer_test,
     separation,
@@ -161,7 +162,8 @@ def concept_test(
         seed: seeds the random sets and the classifiers.
         concept_name: the concept's name in results (default: the folder's name, else "concept").
         space: how tensors are read: ``"model"`` (what the model takes) or ``"pixels"``.
-        c: inverse regularisation of the SVM / logistic regression.
+        c: inverse regularisation of the SVM / logistic regression, for activations divided by
+            their mean norm over the random sets at the layer (so it means the same at every layer).
         batch_size, num_workers, device: how the sets stream through the model.
         channels_last: run the passes of a network with 4-D weights in ``torch.channels_last``
             (the same values up to float rounding; recorded in the result). Off by default: on
@@ -252,9 +254,10 @@ def concept_test(
     cosines: dict[str, torch.Tensor] = {}
     seps: dict[str, list[float]] = {}
     for n in names:
-        vs = [fit_cav(cav, cstats[n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
-        vs += [fit_cav(cav, rstats[0][n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
-        vs += [fit_cav(cav, rstats[j][n], rstats[k][n], seed=seed, c=c) for j, k in pairs_]
+        fit = dict(seed=seed, c=c, scale=activation_scale([rs[n] for rs in rstats]))
+        vs = [fit_cav(cav, cstats[n], rs[n], **fit) for rs in rstats[1:]]
+        vs += [fit_cav(cav, rstats[0][n], rs[n], **fit) for rs in rstats[1:]]
+        vs += [fit_cav(cav, rstats[j][n], rstats[k][n], **fit) for j, k in pairs_]
         total = sum(rs[n].total for rs in rstats)
         o = (total / max(float(total.norm()), 1e-30)).float()  # the random images' mean activation, unit
         cosines[n] = torch.stack(vs) @ o

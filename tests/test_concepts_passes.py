@@ -12,7 +12,7 @@ import convscope as cs
 from convscope.core.hooks import Capture
 from convscope.methods.tcav._cav import SetStats, activation_scale, fit_cav
 from convscope.methods.tcav._passes import directional_derivatives, set_statistics
-from convscope.methods.tcav._sets import ImageSet, concept_source, draw_random_sets
+from convscope.methods.tcav._sets import ImageSet, concept_source, draw_random_sets, regions
 
 
 class Counting(nn.Module):
@@ -106,3 +106,18 @@ def test_the_svm_vector_does_not_depend_on_the_activations_scale():
     assert torch.allclose(v, ref, atol=1e-3), float(v @ ref)
     raw = fit_cav("svm", stats(a * 1000), stats(b * 1000), c=0.01)  # unscaled: another vector
     assert float(raw @ ref) < 0.999
+
+
+def test_regions_kept_in_place_are_the_whole_image_grey_outside_the_mask():
+    img = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[9:, 2:7] = True  # a band near the bottom
+    ((px, m),) = regions([img], [mask], keep_place=True)
+    assert px.shape == img.shape and bool(m.all())
+    assert torch.equal(px[:, mask], img[:, mask]) and bool((px[:, ~mask] == 0.5).all())
+    pre = cs.load_model(Counting().eval(), preprocessing={"preset": "none", "size": 12},
+                        class_names=["a", "b", "c"]).preprocessing
+    src = concept_source([(px, m)], pre)
+    assert torch.allclose(src.pixel_tensor(0), px)  # the box is the whole image: nothing moves
+    ((cut, _),) = regions([img], [mask])
+    assert cut is img  # the default pairs are left for the cut-out

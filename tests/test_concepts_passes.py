@@ -3,6 +3,8 @@ up (``Capture.run_above``) equal those of a graph from the input; random sets dr
 pass each of its images through the model once and give the same sums as set by set; the SVM's
 regularisation does not depend on the activations' scale."""
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -121,3 +123,36 @@ def test_regions_kept_in_place_are_the_whole_image_grey_outside_the_mask():
     assert torch.allclose(src.pixel_tensor(0), px)  # the box is the whole image: nothing moves
     ((cut, _),) = regions([img], [mask])
     assert cut is img  # the default pairs are left for the cut-out
+
+
+def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
+    """The passes' results are kept per weights, preprocessing, layers and set content: the second
+    call (no in-memory memo) does no model pass and gives the same result; changed weights or a
+    torn file are computed again."""
+    lm = _lm()
+    net = lm.model
+    g = torch.Generator().manual_seed(6)
+    concept, pool, cls = torch.rand(8, 3, 16, 16, generator=g), torch.rand(30, 3, 16, 16, generator=g), \
+        torch.rand(10, 3, 16, 16, generator=g)
+    kw = dict(class_images=cls, layers=["conv1", "conv2"], random_sets=pool, n_random=3, space="pixels",
+              cache_dir=tmp_path / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = cs.concept_test(lm, concept, "b", **kw)
+        assert net.seen > 0
+        files = sorted((tmp_path / "cache").glob("tcav-*.pt"))
+        assert len(files) == 3  # the concept, the random sets, the class's derivatives
+        net.seen = 0
+        second = cs.concept_test(lm, concept, "b", **kw)
+        assert net.seen == 0
+        assert [t.sensitivities for t in second.layers] == [t.sensitivities for t in first.layers]
+        assert [t.p_values for t in second.layers] == [t.p_values for t in first.layers]
+        files[0].write_bytes(b"torn")
+        cs.concept_test(lm, concept, "b", **kw)
+        assert 0 < net.seen
+        with torch.no_grad():
+            net.fc.bias += 1.0  # other weights: other files
+        net.seen = 0
+        cs.concept_test(lm, concept, "b", **kw)
+        assert net.seen > 0 and len(list((tmp_path / "cache").glob("tcav-*.pt"))) == 6
+        assert not list((tmp_path / "cache").glob(".tcav-*"))  # no temporary file left

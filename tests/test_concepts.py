@@ -449,10 +449,19 @@ def test_cli_writes_the_result_and_refuses_bad_input(tmp_path):
     base = [sys.executable, "-m", "convscope", "concept-test", "--model", "digits-snow",
             "--concept", str(tmp_path / "snow"), "--images", str(tmp_path / "wolf"), "--class", "wolf",
             "--layers", "conv4", "--n-random", "3", "--random-size", "10"]
-    ok = subprocess.run([*base, "--random", str(tmp_path / "plain"), "-o", str(tmp_path / "r.json")],
-                        capture_output=True, text=True)
+    cached = [*base, "--random", str(tmp_path / "plain"), "--cache", str(tmp_path / "cache"), "-o"]
+    ok = subprocess.run([*cached, str(tmp_path / "r.json")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "conv4: TCAV" in ok.stdout and "sensitivity/exchangeable p" in ok.stdout
+    assert len(list((tmp_path / "cache").glob("tcav-*.pt"))) == 3
+    again = subprocess.run([*cached, str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == ok.stdout, again.stderr
+    (tmp_path / "afile").write_text("x")
+    bad_cache = subprocess.run([*base, "--random", str(tmp_path / "plain"), "--cache",
+                                str(tmp_path / "afile"), "-o", str(tmp_path / "c.json")],
+                               capture_output=True, text=True)
+    assert bad_cache.returncode == 2 and len(bad_cache.stderr.strip().splitlines()) == 1, bad_cache.stderr
+    assert not (tmp_path / "c.json").exists()
     assert json.loads((tmp_path / "r.json").read_text())["concept"] == "snow"
     bad = subprocess.run([*base, "--random", str(tmp_path / "snow"), "-o", str(tmp_path / "s.json")],
                          capture_output=True, text=True)

@@ -86,8 +86,8 @@ def concept_section(rep: Report) -> None:
         "'band's effect' is the mean change of the digit's logit when the band is added to the same "
         "scenes (rendered with and without it): the bright band does move digits-cnn's logits, down "
         "for some digits and up for others (it reads as a stroke). What should hold is that no "
-        "significant verdict goes against that sign; the test does miss the smaller effects at 1%. 'saturated' is the share of random directions scoring "
-        "<= 0.1 or >= 0.9. A significant verdict says the class's logit is sensitive to the concept's "
+        "significant verdict goes against that sign; the test does miss the smaller effects at 1%. "
+        "'saturated' is the share of random directions scoring <= 0.1 or >= 0.9. A significant verdict says the class's logit is sensitive to the concept's "
         "direction, not that the concept is a shortcut (docs/concepts.md).",
         table=rows,
         table_header=["model, class, layer", "TCAV score", "saturated", "sensitivity",

@@ -87,8 +87,9 @@ def concept_section(rep: Report) -> None:
         "scenes (rendered with and without it): the bright band does move digits-cnn's logits, down "
         "for some digits and up for others (it reads as a stroke). What should hold is that no "
         "significant verdict goes against that sign; the test does miss the smaller effects at 1%. "
-        "'saturated' is the share of random directions scoring <= 0.1 or >= 0.9. A significant verdict says the class's logit is sensitive to the concept's "
-        "direction, not that the concept is a shortcut (docs/concepts.md).",
+        "'saturated' is the share of random directions scoring <= 0.1 or >= 0.9. A significant "
+        "verdict says the class's logit is sensitive to the concept's direction, not that the "
+        "concept is a shortcut (docs/concepts.md).",
         table=rows,
         table_header=["model, class, layer", "TCAV score", "saturated", "sensitivity",
                       "p (sensitivity, exchangeable)", "p (score, counterpart: the paper's)",

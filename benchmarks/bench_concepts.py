@@ -20,7 +20,7 @@ Runs alternate (the machine may be shared); medians are reported, and the ratio 
 time over convscope's. Results are appended to ``benchmarks/results/concepts.md``, with the load
 average before and after (the machine may be shared).
 
-    python benchmarks/bench_concepts.py [--repeats 1]
+    python benchmarks/bench_concepts.py [--repeats 1] [--kinds captum convscope forwards convscope-2000]
 """
 
 from __future__ import annotations
@@ -91,13 +91,17 @@ def run(kind: str, folder: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--kinds", nargs="+", default=["captum", "convscope", "forwards", "convscope-2000"],
+                    choices=["captum", "convscope", "forwards", "convscope-2000"],
+                    help="variants to run (captum and convscope are needed for the ratio)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "concepts.md"))
     args = ap.parse_args()
-    kinds = ("captum", "convscope", "forwards", "convscope-2000")
+    kinds = tuple(args.kinds)
     res: dict[str, list[dict]] = {k: [] for k in kinds}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        make_folder(Path(tmp) / "cls", 2000)
+        if "convscope-2000" in kinds:
+            make_folder(Path(tmp) / "cls", 2000)
         for _ in range(args.repeats):
             for k in kinds:
                 res[k].append(run(k, str(Path(tmp) / "cls")))
@@ -125,6 +129,11 @@ def main() -> None:
         "no-grad forward passes (the 600 set images and the 200 class images once each), batch 32. "
         "`convscope-2000` is convscope with 2000 class images read from a folder: its peak memory "
         "against the 200-image run shows whether memory grows with the number of images.",
+        "",
+        "Captum / convscope per repeat (back to back): "
+        + ", ".join(f"{c['wall'] / v['wall']:.1f}x"
+                    for c, v in zip(res["captum"], res["convscope"], strict=True))
+        + ".",
         "",
         "Raw runs: `" + json.dumps(res) + "`",
         "",

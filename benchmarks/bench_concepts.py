@@ -11,24 +11,29 @@ memory is its own:
   (concept vs each random set, counterpart vs each random set);
 * ``convscope``: :func:`convscope.concept_test` with its default mean-difference vectors and both
   nulls (the paper's and the exchangeable one, which adds 90 vectors per layer);
-* ``convscope-800``: the same with 800 class images read from a folder, for memory against the
+* ``forwards``: 800 plain no-grad forward passes (every set image and class image once), the
+  network's own cost, which neither can go below;
+* ``convscope-2000``: the same with 2000 class images read from a folder, for memory against the
   number of images.
 
 Runs alternate (the machine may be shared); medians are reported, and the ratio is Captum's wall
-time over convscope's. Results go to ``benchmarks/results/concepts.md``.
+time over convscope's. Results are appended to ``benchmarks/results/concepts.md``, with the load
+average before and after (the machine may be shared).
 
-    python benchmarks/bench_concepts.py [--repeats 1]
+    python benchmarks/bench_concepts.py [--repeats 1] [--kinds captum convscope forwards convscope-2000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +61,11 @@ if kind == "captum":
         tcav = TCAV(lm.model, layers, save_path=d)
         sets = [[c, r] for r in rs[1:]] + [[rs[0], r] for r in rs[1:]]
         tcav.interpret(cls, sets, target=0)
+elif kind == "forwards":
+    with torch.no_grad():
+        for x in [concept, *randoms, cls]:
+            for i in range(0, len(x), 32):
+                lm.model(x[i:i + 32])
 else:
     images = cls if kind == "convscope" else folder
     cs.concept_test(lm, concept, 0, class_images=images, layers=layers, random_sets=torch.cat(randoms),
@@ -81,12 +91,17 @@ def run(kind: str, folder: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--kinds", nargs="+", default=["captum", "convscope", "forwards", "convscope-2000"],
+                    choices=["captum", "convscope", "forwards", "convscope-2000"],
+                    help="variants to run (captum and convscope are needed for the ratio)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "concepts.md"))
     args = ap.parse_args()
-    kinds = ("captum", "convscope", "convscope-800")
+    kinds = tuple(args.kinds)
     res: dict[str, list[dict]] = {k: [] for k in kinds}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        make_folder(Path(tmp) / "cls", 800)
+        if "convscope-2000" in kinds:
+            make_folder(Path(tmp) / "cls", 2000)
         for _ in range(args.repeats):
             for k in kinds:
                 res[k].append(run(k, str(Path(tmp) / "cls")))
@@ -95,26 +110,36 @@ def main() -> None:
     ratio = med["captum"]["wall"] / med["convscope"]["wall"]
     import torch
 
+    load_after = os.getloadavg()
     lines = [
-        "# Concept test vs Captum TCAV",
+        "",
+        f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"`python benchmarks/bench_concepts.py --repeats {args.repeats}` on {platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}: resnet18 (random weights) at 112 px, "
         "layers layer2, layer3, layer4; 50 concept images, 10 random sets of 50 + 1 counterpart, "
-        "200 class images (medians of the runs, each variant in its own process).",
+        "200 class images (medians of the runs, each variant in its own process). Load average (1 min) "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores.",
         "",
         "| variant | wall (s) | peak RSS (MB) |",
         "|---|---|---|",
         *[f"| {k} | {med[k]['wall']:.1f} | {med[k]['rss_mb']:.0f} |" for k in kinds],
         "",
-        f"**Captum / convscope wall time: {ratio:.1f}x.** `convscope-800` is convscope with 800 class images "
-        "read from a folder: its peak memory against the 200-image run shows whether memory grows "
-        "with the number of images.",
+        f"**Captum / convscope wall time: {ratio:.1f}x.** `forwards` is the network's own floor: 800 plain "
+        "no-grad forward passes (the 600 set images and the 200 class images once each), batch 32. "
+        "`convscope-2000` is convscope with 2000 class images read from a folder: its peak memory "
+        "against the 200-image run shows whether memory grows with the number of images.",
+        "",
+        "Captum / convscope per repeat (back to back): "
+        + ", ".join(f"{c['wall'] / v['wall']:.1f}x"
+                    for c, v in zip(res["captum"], res["convscope"], strict=True))
+        + ".",
         "",
         "Raw runs: `" + json.dumps(res) + "`",
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
+    with open(args.out, "a") as f:
+        f.write("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -27,7 +27,8 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
     mean derivative along the vector made orthogonal to the random images' mean activation) against
     every random set's own, Bonferroni-corrected over the layers; --statistic score --null
     counterpart is the paper's test. A saturated score (random directions near 0 or 1) is warned.
-    Writes -o as .json, .png or .html; prints one line per layer.
+    --cache DIR keeps the passes' results for later runs. Writes -o as .json, .png or .html;
+    prints one line per layer.
     """
     from convscope.methods.tcav import concept_test
 
@@ -38,6 +39,7 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
         random_sets=args.random, n_random=args.n_random, random_size=args.random_size, cav=args.cav,
         null=args.null, statistic=args.statistic,
         alpha=args.alpha, seed=args.seed, concept_name=Path(args.concept).name, batch_size=args.batch_size,
+        cache_dir=args.cache,
     )
     res.save(out)
     print(f"{out}  concept {res.concept!r} for class {res.target_name!r}: "
@@ -86,4 +88,7 @@ def add_commands(sub: Any) -> None:
                    help="significance level of the corrected p-value (0.05)")
     s.add_argument("--seed", type=_ranged("seed"), default=0, help="seed of the random sets (0)")
     s.add_argument("--batch-size", type=_ranged("batch_size"), default=32, help="images per pass (32)")
+    s.add_argument("--cache", default=None, metavar="DIR",
+                   help="keep the model passes' results in DIR per model weights, layers and image set, "
+                        "and reuse them in later runs (a repeated test does no model pass)")
     s.add_argument("-o", "--output", required=True, help="result file: .json, .png or .html")

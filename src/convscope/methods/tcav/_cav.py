@@ -55,8 +55,8 @@ import torch
 from convscope.core.errors import InputError
 from convscope.methods.tcav._passes import SetStats
 
-__all__ = ["CAV_KINDS", "NULLS", "SATURATED", "STATISTICS", "LayerTest", "fit_cav", "orthogonal_means",
-           "prediction_test", "saturation", "separation", "significance"]
+__all__ = ["CAV_KINDS", "NULLS", "SATURATED", "STATISTICS", "LayerTest", "activation_scale", "fit_cav",
+           "orthogonal_means", "prediction_test", "saturation", "separation", "significance"]
 
 #: The ways of making a concept activation vector.
 CAV_KINDS = ("mean_difference", "svm", "logistic")
@@ -76,22 +76,41 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / n
 
 
+def activation_scale(sets: list[SetStats]) -> float:
+    """The mean norm of the sets' flattened activations (their rows), 1.0 without rows or for
+    all-zero rows: what a classifier's activations are divided by (:func:`fit_cav`)."""
+    rows = [s.rows for s in sets if s.rows is not None and len(s.rows)]
+    if not rows:
+        return 1.0
+    m = float(torch.cat(rows).double().norm(dim=1).mean())
+    return m if math.isfinite(m) and m > 0 else 1.0
+
+
 def fit_cav(kind: str, concept: SetStats, random: SetStats, *, seed: int = 0,
-            c: float = 0.01) -> torch.Tensor:
+            c: float = 0.01, scale: float = 1.0) -> torch.Tensor:
     """The unit CAV (D,) float32 of ``concept`` against ``random`` by ``kind``.
+
+    A classifier is fitted on the activations divided by ``scale`` (the layer's
+    :func:`activation_scale`), so ``c`` means the same at every layer of every model. Dividing by
+    one number does not turn the space, only what the regularisation weighs: unscaled, ``c`` acts
+    as ``c * scale**2`` (the margin term grows with the activations' norm); on ``digits-snow`` at
+    ``conv4`` (rows of norm ~77 to ~470) ``c=0.01`` then gave a nearly hard-margin vector whose
+    sensitivity had the opposite sign of the mean difference's (docs/concepts.md).
 
     Args:
         kind: one of :data:`CAV_KINDS`.
         concept, random: the two sets' statistics at one layer (``rows`` needed unless
             ``kind="mean_difference"``).
         seed: seeds the classifier's solver.
-        c: the classifier's inverse regularisation strength.
+        c: the classifier's inverse regularisation strength, for activations of unit mean norm.
+        scale: what the activations are divided by before the fit (the vector's direction in the
+            layer's space is returned).
     """
     if kind == "mean_difference":
         return _unit((concept.mean - random.mean).float())
     if concept.rows is None or random.rows is None:
         raise InputError(f"a {kind} CAV needs the sets' activations")
-    x = torch.cat([concept.rows, random.rows]).numpy()
+    x = (torch.cat([concept.rows, random.rows]).double() / scale).numpy()
     y = np.r_[np.ones(len(concept.rows)), np.zeros(len(random.rows))]
     if kind == "svm":
         from sklearn.svm import LinearSVC

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch import nn
 
@@ -34,6 +33,7 @@ from convscope.data.sources import Subset
 from convscope.data.stream import loader, model_device
 from convscope.methods.attribution._shared import shared
 from convscope.methods.dataset import DataSource
+from convscope.methods.tcav._disk import DiskCache
 from convscope.methods.tcav._sets import ImageSet
 from convscope.models.outputs import class_scores
 
@@ -95,13 +95,24 @@ def _groups(sets: Sequence[ImageSet]) -> list[tuple[DataSource, list[tuple[int, 
     return list(groups.values())
 
 
+def _pack(value: list[dict[str, SetStats]]) -> list[dict[str, Any]]:
+    return [{n: {"count": v.count, "total": v.total, "rows": v.rows, "shape": list(v.shape)}
+             for n, v in d.items()} for d in value]
+
+
+def _unpack(value: list[dict[str, Any]]) -> list[dict[str, SetStats]]:
+    return [{n: SetStats(int(v["count"]), v["total"], v["rows"], tuple(v["shape"])) for n, v in d.items()}
+            for d in value]
+
+
 def set_statistics(net: nn.Module, sets: Sequence[ImageSet], layers: Sequence[str], *, keep_rows: bool,
                    batch_size: int, num_workers: int = 0, device: object = None,
-                   channels_last: bool = False) -> list[dict[str, SetStats]]:
+                   channels_last: bool = False, disk: DiskCache | None = None) -> list[dict[str, SetStats]]:
     """For each set, per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened
     activations. One no-grad pass per batch serves every layer and every set that holds the
     batch's images (an image in several sets runs once); it stops after the deepest layer.
-    ``channels_last``: run the passes in that memory format (same values up to float rounding)."""
+    ``channels_last``: run the passes in that memory format (same values up to float rounding).
+    ``disk``: keep the result in (and read it from) that on-disk cache."""
     fmt = memory_format(net, channels_last)
 
     def compute() -> list[dict[str, SetStats]]:
@@ -154,7 +165,8 @@ def set_statistics(net: nn.Module, sets: Sequence[ImageSet], layers: Sequence[st
     keys = tuple(s.key for s in sets)
     parts = ("concept_set_stats", tuple(layers), bool(keep_rows), keys, fmt is not None)
     also = [] if keep_rows else [("concept_set_stats", tuple(layers), True, keys, fmt is not None)]
-    return shared(parts, net, _NO_INPUT, compute, also=also)
+    stored = compute if disk is None else lambda: disk.get(parts, compute, _pack, _unpack)
+    return shared(parts, net, _NO_INPUT, stored, also=also)
 
 
 def _graph_above(cap: Any, x: torch.Tensor, layers: Sequence[str],
@@ -173,6 +185,7 @@ def _graph_above(cap: Any, x: torch.Tensor, layers: Sequence[str],
 def directional_derivatives(
     net: nn.Module, images: ImageSet, target: int, vectors: dict[str, torch.Tensor], *,
     batch_size: int, num_workers: int = 0, device: object = None, channels_last: bool = False,
+    disk: DiskCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per layer, ``(N, K)``: the gradient of logit ``target`` at the layer's output for each of the
     set's N images, dotted with each of the layer's K vectors (``vectors[layer]``: (K, D)).
@@ -217,4 +230,5 @@ def directional_derivatives(
         h.update(n.encode())
         h.update(vectors[n].detach().float().cpu().contiguous().numpy().tobytes())
     parts = ("concept_directional", images.key, int(target), h.hexdigest(), fmt is not None)
-    return shared(parts, net, _NO_INPUT, compute)
+    stored = compute if disk is None else lambda: disk.get(parts, compute)
+    return shared(parts, net, _NO_INPUT, stored)

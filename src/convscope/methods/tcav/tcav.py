@@ -26,6 +26,7 @@ reused by later tests.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -41,10 +42,12 @@ from convscope.methods.tcav._cav import (
     NULLS,
     STATISTICS,
     LayerTest,
+    activation_scale,
     fit_cav,
     layer_test,
     separation,
 )
+from convscope.methods.tcav._disk import DiskCache
 from convscope.methods.tcav._passes import directional_derivatives, memory_format, set_statistics
 from convscope.methods.tcav._sets import (
     CropSource,
@@ -131,6 +134,7 @@ def concept_test(
     num_workers: int = 0,
     device: Any = None,
     channels_last: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> ConceptTest:
     """Test whether ``model`` uses a concept to predict ``target_class`` (TCAV with a p-value).
 
@@ -161,11 +165,16 @@ def concept_test(
         seed: seeds the random sets and the classifiers.
         concept_name: the concept's name in results (default: the folder's name, else "concept").
         space: how tensors are read: ``"model"`` (what the model takes) or ``"pixels"``.
-        c: inverse regularisation of the SVM / logistic regression.
+        c: inverse regularisation of the SVM / logistic regression, for activations divided by
+            their mean norm over the random sets at the layer (so it means the same at every layer).
         batch_size, num_workers, device: how the sets stream through the model.
         channels_last: run the passes of a network with 4-D weights in ``torch.channels_last``
             (the same values up to float rounding; recorded in the result). Off by default: on
             resnet18 at 112 px it measured no faster here (12.1-13.7 s against 12.9-13.3 s).
+        cache_dir: a folder where the model passes' results (set activation sums, the class's
+            directional derivatives) are kept per model weights, preprocessing, layers and set
+            content, and read back by later tests, in later processes too
+            (:mod:`convscope.methods.tcav._disk`): a repeated test does no model pass.
 
     Returns:
         A :class:`~convscope.methods.tcav.ConceptTest`.
@@ -235,8 +244,9 @@ def concept_test(
 
     net = lm.model
     keep = cav != "mean_difference"
+    disk = None if cache_dir is None else DiskCache(cache_dir, net, pre.to_dict())
     kw = dict(batch_size=batch_size, num_workers=num_workers, device=device,
-              channels_last=bool(channels_last))
+              channels_last=bool(channels_last), disk=disk)
     (cstats,) = set_statistics(net, [concept], names, keep_rows=keep, **kw)
     rstats = set_statistics(net, randoms, names, keep_rows=keep, **kw)
 
@@ -252,9 +262,10 @@ def concept_test(
     cosines: dict[str, torch.Tensor] = {}
     seps: dict[str, list[float]] = {}
     for n in names:
-        vs = [fit_cav(cav, cstats[n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
-        vs += [fit_cav(cav, rstats[0][n], rs[n], seed=seed, c=c) for rs in rstats[1:]]
-        vs += [fit_cav(cav, rstats[j][n], rstats[k][n], seed=seed, c=c) for j, k in pairs_]
+        fit = dict(seed=seed, c=c, scale=activation_scale([rs[n] for rs in rstats]))
+        vs = [fit_cav(cav, cstats[n], rs[n], **fit) for rs in rstats[1:]]
+        vs += [fit_cav(cav, rstats[0][n], rs[n], **fit) for rs in rstats[1:]]
+        vs += [fit_cav(cav, rstats[j][n], rstats[k][n], **fit) for j, k in pairs_]
         total = sum(rs[n].total for rs in rstats)
         o = (total / max(float(total.norm()), 1e-30)).float()  # the random images' mean activation, unit
         cosines[n] = torch.stack(vs) @ o

@@ -1,0 +1,158 @@
+"""The concept test's model passes (issue #34, speed): gradients taken from the first tested layer
+up (``Capture.run_above``) equal those of a graph from the input; random sets drawn from one pool
+pass each of its images through the model once and give the same sums as set by set; the SVM's
+regularisation does not depend on the activations' scale."""
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import convscope as cs
+from convscope.core.hooks import Capture
+from convscope.methods.tcav._cav import SetStats, activation_scale, fit_cav
+from convscope.methods.tcav._passes import directional_derivatives, set_statistics
+from convscope.methods.tcav._sets import ImageSet, concept_source, draw_random_sets, regions
+
+
+class Counting(nn.Module):
+    """A plain module on [0, 1] pixels with functional ReLUs that counts the images it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += int(x.shape[0])
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+
+
+def _lm():
+    torch.manual_seed(0)
+    return cs.load_model(Counting().eval(), preprocessing={"preset": "none", "size": 16},
+                         class_names=["a", "b", "c"])
+
+
+def test_gradients_from_the_first_layer_up_equal_the_full_graph(monkeypatch):
+    lm = _lm()
+    net = lm.model
+    cls = torch.rand(9, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    src = concept_source(cls, lm.preprocessing, space="pixels")
+    vecs = {"conv1": torch.randn(4, 6 * 16 * 16), "conv2": torch.randn(3, 5 * 8 * 8)}
+    calls = []
+    real = Capture.run_above
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Capture, "run_above", spy)
+    dd = directional_derivatives(net, ImageSet("cls", src, "k", ""), 1, vecs, batch_size=4)
+    assert len(calls) == 3  # every batch (4 + 4 + 1) took the fast path
+
+    x = cls.clone().requires_grad_(True)  # the oracle: a graph from the input, by hand
+    a1 = net.conv1(x)
+    a2 = net.conv2(F.max_pool2d(F.relu(a1), 2))
+    out = net.fc(F.relu(a2).mean((2, 3)))
+    g1, g2 = torch.autograd.grad(out[:, 1].sum(), [a1, a2])
+    assert torch.allclose(dd["conv1"], g1.flatten(1) @ vecs["conv1"].T, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(dd["conv2"], g2.flatten(1) @ vecs["conv2"].T, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_random_sets_from_one_pool_pass_each_image_once():
+    lm = _lm()
+    net = lm.model
+    pool = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    src = concept_source(pool, lm.preprocessing, space="pixels")
+    sets = draw_random_sets(src, 6, 5, seed=3, about="pool")  # 30 draws from 12 images: overlaps
+    union = set()
+    for s in sets:
+        union.update(s.source.indices)
+    net.seen = 0
+    together = set_statistics(net, sets, ["conv2"], keep_rows=True, batch_size=4)
+    assert net.seen == len(union) < 30
+    net.seen = 0
+    one_by_one = [set_statistics(net, [s], ["conv2"], keep_rows=True, batch_size=4)[0] for s in sets]
+    assert net.seen == 30
+    with torch.no_grad():  # the oracle: the sums by hand
+        acts = net.conv2(F.max_pool2d(F.relu(net.conv1(pool)), 2)).flatten(1).double()
+    for s, a, b in zip(sets, together, one_by_one, strict=True):
+        want = acts[s.source.indices].sum(0)
+        assert a["conv2"].count == 5 and torch.allclose(a["conv2"].total, want, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(a["conv2"].total, b["conv2"].total, rtol=1e-5, atol=1e-6)  # float32 rounding
+        assert torch.allclose(a["conv2"].rows, b["conv2"].rows, rtol=1e-5, atol=1e-6)
+
+
+def test_the_svm_vector_does_not_depend_on_the_activations_scale():
+    """Known cause: unscaled, ``c`` acts as ``c * scale**2``. With the fit on activations divided
+    by their mean norm, multiplying every activation by 1000 leaves the vector as it was."""
+    g = np.random.default_rng(0)
+    a = torch.from_numpy(g.normal(1.0, 1.0, (20, 30))).float()
+    b = torch.from_numpy(g.normal(0.0, 1.0, (20, 30))).float()
+
+    def stats(rows):
+        return SetStats(len(rows), rows.double().sum(0), rows, (30,))
+
+    for k in (1.0, 1000.0):
+        sa, sb = stats(a * k), stats(b * k)
+        v = fit_cav("svm", sa, sb, c=0.01, scale=activation_scale([sb]))
+        if k == 1.0:
+            ref = v
+    assert torch.allclose(v, ref, atol=1e-3), float(v @ ref)
+    raw = fit_cav("svm", stats(a * 1000), stats(b * 1000), c=0.01)  # unscaled: another vector
+    assert float(raw @ ref) < 0.999
+
+
+def test_regions_kept_in_place_are_the_whole_image_grey_outside_the_mask():
+    img = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[9:, 2:7] = True  # a band near the bottom
+    ((px, m),) = regions([img], [mask], keep_place=True)
+    assert px.shape == img.shape and bool(m.all())
+    assert torch.equal(px[:, mask], img[:, mask]) and bool((px[:, ~mask] == 0.5).all())
+    pre = cs.load_model(Counting().eval(), preprocessing={"preset": "none", "size": 12},
+                        class_names=["a", "b", "c"]).preprocessing
+    src = concept_source([(px, m)], pre)
+    assert torch.allclose(src.pixel_tensor(0), px)  # the box is the whole image: nothing moves
+    ((cut, _),) = regions([img], [mask])
+    assert cut is img  # the default pairs are left for the cut-out
+
+
+def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
+    """The passes' results are kept per weights, preprocessing, layers and set content: the second
+    call (no in-memory memo) does no model pass and gives the same result; changed weights or a
+    torn file are computed again."""
+    lm = _lm()
+    net = lm.model
+    g = torch.Generator().manual_seed(6)
+    concept, pool, cls = torch.rand(8, 3, 16, 16, generator=g), torch.rand(30, 3, 16, 16, generator=g), \
+        torch.rand(10, 3, 16, 16, generator=g)
+    kw = dict(class_images=cls, layers=["conv1", "conv2"], random_sets=pool, n_random=3, space="pixels",
+              cache_dir=tmp_path / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = cs.concept_test(lm, concept, "b", **kw)
+        assert net.seen > 0
+        files = sorted((tmp_path / "cache").glob("tcav-*.pt"))
+        assert len(files) == 3  # the concept, the random sets, the class's derivatives
+        net.seen = 0
+        second = cs.concept_test(lm, concept, "b", **kw)
+        assert net.seen == 0
+        assert [t.sensitivities for t in second.layers] == [t.sensitivities for t in first.layers]
+        assert [t.p_values for t in second.layers] == [t.p_values for t in first.layers]
+        files[0].write_bytes(b"torn")
+        cs.concept_test(lm, concept, "b", **kw)
+        assert 0 < net.seen
+        with torch.no_grad():
+            net.fc.bias += 1.0  # other weights: other files
+        net.seen = 0
+        cs.concept_test(lm, concept, "b", **kw)
+        assert net.seen > 0 and len(list((tmp_path / "cache").glob("tcav-*.pt"))) == 6
+        assert not list((tmp_path / "cache").glob(".tcav-*"))  # no temporary file left

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit",
-         "report", "concepts", "lrp", "attention", "metrics")
+         "report", "concepts", "lrp", "atlas", "attention", "metrics")
 
 
 def main() -> int:

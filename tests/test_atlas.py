@@ -256,3 +256,14 @@ def test_cli_atlas_and_concepts_with_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "has no channels" in err and "Traceback" not in err
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_ray_engine_gives_the_same_atlas(ray_local, cue_model, tmp_path):
+    kw = dict(n=3, limit=48, chunk_size=16, batch_size=8)
+    with pytest.warns(cs.errors.UnreliableResultWarning):  # dead channels are named
+        local = cs.concept_atlas(cue_model, "digits:test", "features.9", out=tmp_path / "l.zarr", **kw)
+        remote = cs.concept_atlas(cue_model, "digits:test", "features.9", out=tmp_path / "r.zarr",
+                                  engine="ray", slots=2, **kw)
+    for a, b in ((local.relevance, remote.relevance), (local.activation, remote.activation)):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.positions, b.positions)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-7)

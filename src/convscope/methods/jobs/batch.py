@@ -198,7 +198,7 @@ class BatchJob:
             parts.append(self.compute(x, y))
         data = gather(parts)
         store.write_chunk(chunk, data, fsync=self.fsync, inputs=inputs)
-        return int(data["maps"].shape[0])
+        return int(next(iter(data.values())).shape[0])
 
 
 @shows_options(JobOptions)

@@ -256,7 +256,8 @@ def load_atlas(path: str | os.PathLike, model: Any = None, data: Any = None, *, 
     lm = load_model(model if model is not None else spec["model"])
     if data is None:
         if m.get("data_spec") is None:
-            raise InputError(f"{store.path} was made from in-memory data; pass data= (the same data set)")
+            raise InputError(f"{store.path} was made from in-memory data: load it with load_atlas(path, "
+                             "data=the same data set) and pass the loaded atlas")
         data = m["data_spec"]
     src = as_source(data, lm.preprocessing, limit=m.get("limit"), space=m.get("space", "model"))
     if len(src) != store.size:

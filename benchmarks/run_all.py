@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("gradients", "cam", "grad_cost", "perturbation", "featvis", "dataset", "synthesis", "audit",
-         "report", "concepts", "lrp", "crp_peer", "attention", "metrics")
+         "report", "concepts", "lrp", "crp_peer", "atlas", "attention", "metrics")
 
 
 def main() -> int:

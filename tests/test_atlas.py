@@ -256,3 +256,35 @@ def test_cli_atlas_and_concepts_with_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "has no channels" in err and "Traceback" not in err
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_ray_engine_gives_the_same_atlas(ray_local, cue_model, tmp_path):
+    kw = dict(n=3, limit=48, chunk_size=16, batch_size=8)
+    with pytest.warns(cs.errors.UnreliableResultWarning):  # dead channels are named
+        local = cs.concept_atlas(cue_model, "digits:test", "features.9", out=tmp_path / "l.zarr", **kw)
+        remote = cs.concept_atlas(cue_model, "digits:test", "features.9", out=tmp_path / "r.zarr",
+                                  engine="ray", slots=2, **kw)
+    for a, b in ((local.relevance, remote.relevance), (local.activation, remote.activation)):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.positions, b.positions)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-7)
+
+
+def test_an_atlas_of_an_image_folder_reads_its_patches_from_anywhere(cue_model, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from convscope.data.sources import as_source
+
+    src = as_source("digits:test", cue_model.preprocessing)
+    for i in range(12):
+        (tmp_path / "imgs" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((src.pixels(i)[..., 0] * 255).astype(np.uint8)).save(tmp_path / "imgs" / str(i % 2) /
+                                                                             f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(cs.errors.UnreliableResultWarning):
+        a = cs.concept_atlas(cue_model, "imgs", "features.9", n=2, target="label", out="a.zarr")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.warns(cs.errors.UnreliableResultWarning):
+        b = cs.load_atlas(tmp_path / "a.zarr", n=2)  # the folder was recorded as an absolute path
+    assert torch.equal(a.relevance.indices, b.relevance.indices)
+    np.testing.assert_array_equal(a.references(3), b.references(3))

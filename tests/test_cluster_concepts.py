@@ -70,8 +70,14 @@ def test_the_top_concept_of_the_suspect_sits_on_the_cue(cue_model, lrp_audit, cu
 
 def test_cluster_concepts_save_and_show(cue_model, lrp_audit, tmp_path):
     a, src = lrp_audit
-    cc = cs.cluster_concepts(a, cue_model, src, "features.3", k=2, max_images=8)
+    with pytest.warns(cs.errors.UnreliableResultWarning):  # its dead channels are named
+        atlas = cs.concept_atlas(cue_model, src, "features.3", n=3, limit=48, out=tmp_path / "a.zarr")
+    cc = cs.cluster_concepts(a, cue_model, src, "features.3", k=2, max_images=8, atlas=atlas, n_references=3)
     assert len(cc.suspects[0].images) == 8
+    for ch in cc.suspects[0].channels:  # the reference patches are the atlas's
+        c = cc.suspects[0].concept(ch)
+        np.testing.assert_array_equal(c.references, atlas.references(ch, "relevance"))
+        np.testing.assert_array_equal(c.activation_references, atlas.references(ch, "activation"))
     d = json.loads(cc.save(tmp_path / "c.json").read_text())
     assert d["suspects"][0]["class"] == str(CLS) or d["suspects"][0]["class_index"] == CLS
     assert cc.save(tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             emit_warnings(caught)
         app = create_app(engine, allowed_hosts=args.allow_host or (), audit=view,
-                         concepts=tests)
+                         concepts=tests, atlases=args.atlas or ())
         if args.host not in _LOOPBACK:
             print(f"convscope: warning: listening on {args.host}: anyone who can reach this machine "
                   "can use the app and its CPU/GPU time; the page answers only to the host names "
@@ -144,6 +144,9 @@ def add_commands(sub: Any) -> None:
                    "wrote, or its audit.json")
     s.add_argument("--concepts", nargs="+", default=None, metavar="T.json",
                    help="also show saved concept tests at /concepts (`convscope concept-test -o T.json`)")
+    s.add_argument("--atlas", nargs="+", default=None, metavar="STORE",
+                   help="concept atlases (`convscope atlas -o STORE`) whose reference patches the concept "
+                   "relevance view /crp shows")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=integer(1, 65535), default=8000, help="port (default 8000)")

@@ -26,7 +26,7 @@ _SECURITY_HEADERS = [
 
 
 #: Pages a link from another site may open (they skip the Origin/Referer check, not the Host check).
-_PAGES = ("/", "/audit", "/concepts")
+_PAGES = ("/", "/audit", "/concepts", "/crp", "/trust")
 
 #: Host names of this machine's loopback interface; the app answers to them on its own port.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

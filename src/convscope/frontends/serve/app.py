@@ -20,6 +20,9 @@ Routes:
   ``samples`` or ``files``), ``GET /api/trust/{id}``: "Which method to trust": the metric catalogue
   on the current model and the app's sample images (or uploaded images) as a background job, polled
   for its progress and then its table (:mod:`convscope.frontends.serve.trust`).
+* ``GET /crp``, ``POST /api/crp`` (``model``, ``target``, ``layer``, ``k``, ``composite`` and ``file``
+  or ``sample``), ``GET /api/crp/atlases``: the concepts (channels) behind one decision, with
+  conditional heatmaps and atlas reference patches (:mod:`convscope.frontends.serve.crp`).
 * ``GET /audit``, ``GET /api/audit``, ``GET /api/audit/item/{index}.png``,
   ``GET /api/audit/cluster/{class}/{cluster}.png``, ``GET /api/audit/intervention/{class}/{cluster}.png``
   (a suspect's before/after images): a saved dataset audit to click through
@@ -55,6 +58,7 @@ from convscope.frontends.serve._guard import Guard
 from convscope.frontends.serve._present import method_catalogue, parse_options
 from convscope.frontends.serve.audit import AuditView, NotInAudit
 from convscope.frontends.serve.concepts import ConceptView, NotInConcepts
+from convscope.frontends.serve.crp import CrpView
 from convscope.frontends.serve.engine import Busy, Engine, NotFound
 from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage
 from convscope.frontends.serve.trust import TrustJobs
@@ -77,7 +81,8 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (),
                audit: AuditView | str | os.PathLike | None = None,
-               concepts: ConceptView | None = None, **engine_kw: Any) -> Any:
+               concepts: ConceptView | None = None, atlases: Iterable[str | os.PathLike] = (),
+               **engine_kw: Any) -> Any:
     """Build the ASGI app around ``engine`` (default: ``Engine(**engine_kw)``).
 
     The FastAPI app is wrapped in :class:`._guard.Guard` (host and origin checks, request-body limit,
@@ -91,6 +96,8 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         audit: a saved audit to serve at ``/audit``: an :class:`~convscope.frontends.serve.audit.AuditView`,
             or the folder ``convscope audit -o OUT`` wrote (or its ``audit.json``).
         concepts: saved concept tests to serve at ``/concepts`` (:mod:`convscope.frontends.serve.concepts`).
+        atlases: concept atlas stores whose reference patches the concept-relevance view ``/crp``
+            shows (:mod:`convscope.frontends.serve.crp`).
 
     Raises:
         ConvscopeError: FastAPI or python-multipart is not installed (extra ``serve``), an
@@ -118,6 +125,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
     limits: Limits = eng.limits
     view = audit if audit is None or isinstance(audit, AuditView) else AuditView(audit, limits)
     static = _static_files()
+    crp = CrpView(eng, list(atlases))
     app = FastAPI(title="convscope", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = eng
 
@@ -293,6 +301,27 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
     @app.get("/api/trust/{jid}")
     def trust_status(jid: str) -> Any:
         return trust.status(jid)
+    @app.get("/crp")
+    def crp_page() -> Any:
+        return _page("crp.html")
+
+    @app.get("/api/crp/atlases")
+    def crp_atlases() -> Any:
+        return {"atlases": crp.info()}
+
+    @app.post("/api/crp")
+    def crp_route(
+        model: str = Form(...),
+        target: str = Form(""),
+        layer: str = Form(""),
+        k: int = Form(4),
+        composite: str = Form("epsilon_plus_flat"),
+        sample: str = Form(""),
+        file: UploadFile | None = File(None),
+    ) -> Any:
+        deadline = time.monotonic() + limits.timeout_s
+        img, _ = _image(file, sample, model)
+        return crp.run(model, img, target=target, layer=layer, k=k, composite=composite, deadline=deadline)
 
     @app.get("/api/health")
     def health() -> Any:

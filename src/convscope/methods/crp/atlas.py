@@ -38,7 +38,7 @@ from convscope.methods.crp.atlas_result import ConceptAtlas
 from convscope.methods.dataset.receptive import receptive_field
 from convscope.methods.dataset.top import RunningTopK, TopActivations
 from convscope.methods.jobs.batch import BatchJob, JobOptions
-from convscope.methods.jobs.provenance import input_files, model_fingerprint
+from convscope.methods.jobs.provenance import data_identity, model_fingerprint
 from convscope.methods.jobs.runner import prepare_store, run_chunks
 from convscope.methods.jobs.store import FORMAT, BatchStore, open_store
 from convscope.models import LoadedModel, load_model
@@ -174,6 +174,7 @@ def concept_atlas(
         raise MethodError(f"unknown LRP composite {composite!r}; use one of {', '.join(COMPOSITES)}")
     o = option_group(JobOptions, "concept_atlas", job)
     lm = load_model(model)
+    data = _spec(data) or data  # a folder by its absolute path: the atlas's patches read it from anywhere
     src = as_source(data, lm.preprocessing, limit=o.limit, space=space)
     size = len(src)
     if size == 0:
@@ -199,10 +200,7 @@ def concept_atlas(
     finally:
         jobspec.release()
     channels = int(probe["rel_peak"].shape[1])
-    files = input_files(src)
-    data_id = src.describe()
-    if files is not None:
-        data_id.pop("files_sha256", None)
+    data_id, files = data_identity(src)
     job_id = {"kind": KIND, "model": lm.name, "model_sha256": model_fingerprint(lm.model), "layer": name,
               "composite": composite, "target": jsonable(target), "batch_size": o.batch_size, "data": data_id}
     chunking = {"size": size, "chunk_size": o.chunk_size, "n_chunks": math.ceil(size / o.chunk_size),
@@ -211,7 +209,7 @@ def concept_atlas(
     manifest = {"format": FORMAT, "status": "running", "array_names": list(ATLAS_ARRAYS),
                 "arrays": {a: {"shape": list(s)} for a, s in shapes.items()},
                 "class_names": list(lm.class_names), "data_class_names": list(src.class_names),
-                "data_spec": str(data) if isinstance(data, (str, os.PathLike)) else None,
+                "data_spec": _spec(data),
                 "limit": o.limit, "space": space,
                 "atlas": {"channels": channels, "feature_size": list(jobspec.feature_size or (1, 1))}}
     inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
@@ -220,6 +218,16 @@ def concept_atlas(
     run_chunks(jobspec, store, engine=o.engine, num_workers=o.num_workers, ray_address=o.ray_address,
                slots=o.slots, progress=progress)
     return load_atlas(store.path, lm, src, n=n)
+
+
+def _spec(data: Any) -> str | None:
+    """How :func:`load_atlas` finds the data again: ``digits...`` as given, a folder as an absolute path,
+    anything else ``None`` (in-memory data must be passed again)."""
+    if isinstance(data, str) and (data == "digits" or data.startswith("digits:")):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return str(Path(data).resolve())
+    return None
 
 
 def _device(lm: LoadedModel, device: Any) -> torch.device:
@@ -256,7 +264,8 @@ def load_atlas(path: str | os.PathLike, model: Any = None, data: Any = None, *, 
     lm = load_model(model if model is not None else spec["model"])
     if data is None:
         if m.get("data_spec") is None:
-            raise InputError(f"{store.path} was made from in-memory data; pass data= (the same data set)")
+            raise InputError(f"{store.path} was made from in-memory data: load it with load_atlas(path, "
+                             "data=the same data set) and pass the loaded atlas")
         data = m["data_spec"]
     src = as_source(data, lm.preprocessing, limit=m.get("limit"), space=m.get("space", "model"))
     if len(src) != store.size:

@@ -16,7 +16,6 @@ Engines:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ from convscope.core.device import check_device
 from convscope.core.errors import InputError, MethodError
 from convscope.core.result import jsonable
 from convscope.core.validate import option_group, shows_options
-from convscope.methods.jobs.provenance import _versions, input_files, model_fingerprint
+from convscope.methods.jobs.provenance import _versions, data_identity, model_fingerprint
 from convscope.methods.jobs.runner import gather, prepare_store, run_chunks
 from convscope.methods.jobs.store import FORMAT, BatchStore, open_store
 from convscope.models import LoadedModel, load_model
@@ -198,7 +197,7 @@ class BatchJob:
             parts.append(self.compute(x, y))
         data = gather(parts)
         store.write_chunk(chunk, data, fsync=self.fsync, inputs=inputs)
-        return int(data["maps"].shape[0])
+        return int(next(iter(data.values())).shape[0])
 
 
 @shows_options(JobOptions)
@@ -276,11 +275,7 @@ def run_batch(
         logits0 = lm.model(src[0][0][None].to(model_device(lm.model, o.device))).cpu()
     k = int(logits0.shape[1])
     _check_target(target, logits0, lm, src)  # every input is valid before the store exists
-    files = input_files(src)
-    data_id = src.describe()
-    if files is not None:  # names here; contents per chunk (stale chunks are recomputed)
-        data_id.pop("files_sha256", None)
-        data_id["names_sha256"] = hashlib.sha256("\0".join(files[1]).encode()).hexdigest()
+    data_id, files = data_identity(src)  # names here; contents per chunk (stale chunks are recomputed)
     n_chunks = math.ceil(n / o.chunk_size)
     job_id = {
         "model": lm.name,

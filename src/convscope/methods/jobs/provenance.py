@@ -58,3 +58,18 @@ def input_files(src: Any) -> tuple[Path, list[str]] | None:
     if isinstance(src, FolderSource):
         return src.root.resolve(), list(src.files)
     return None
+
+
+def data_identity(src: Any) -> tuple[dict[str, Any], tuple[Path, list[str]] | None]:
+    """What identifies a job's data in its store, and its input files (:func:`input_files`).
+
+    For an image folder, the files' names (their contents are fingerprinted per chunk, so a changed
+    file makes its chunk stale instead of the whole store another job's); otherwise the source's
+    ``describe()``.
+    """
+    files = input_files(src)
+    data_id = src.describe()
+    if files is not None:
+        data_id.pop("files_sha256", None)
+        data_id["names_sha256"] = hashlib.sha256("\0".join(files[1]).encode()).hexdigest()
+    return data_id, files

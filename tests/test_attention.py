@@ -500,7 +500,8 @@ class _Mixer(nn.Module):  # an attention block not named *Attention
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         b, n, d = t.shape
-        q, k, v = (u.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for u in self.qkv(t).chunk(3, -1))
+        q, k, v = (u.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+                   for u in self.qkv(t).chunk(3, -1))
         self.qk = (q.detach(), k.detach())
         return t + self.out(_mix(q, k, v).transpose(1, 2).reshape(b, n, d))
 
@@ -528,7 +529,8 @@ class _ScaledCNN(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv, self.scale, self.fc = nn.Conv2d(3, 4, 3), nn.Parameter(torch.ones(1, 4, 1)), nn.Linear(4, 3)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.ones(1, 4, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = nn.functional.relu(self.conv(x)).flatten(2) * self.scale
@@ -540,11 +542,13 @@ def test_a_hand_written_sdpa_vit_with_a_2d_position_embedding_is_accepted_and_ex
 
     torch.manual_seed(0)
     model = _HandViT().eval()
-    assert all(inapplicable(cs.get_method(m), model) is None for m in ("raw_attention", "rollout", "chefer"))
+    for m in ("raw_attention", "rollout", "chefer"):
+        assert inapplicable(cs.get_method(m), model) is None, m
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     out = _raw(model, x, "raw_attention")
     q, k = model.stages[-1].qk  # the oracle: the last block's class-token attention, by hand
-    want = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1).mean(1)[:, 0, 1:].reshape(2, 4, 4)
+    probs = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+    want = probs.mean(1)[:, 0, 1:].reshape(2, 4, 4)
     assert out.diagnostics["prefix_tokens"] == 1 and out.diagnostics["patch_grid"] == [4, 4]
     torch.testing.assert_close(out.map, want, rtol=1e-5, atol=1e-6)
     e = _explain(model, x, "rollout", preprocessing=Preprocessing(size=(16, 16)))
@@ -558,8 +562,9 @@ def test_a_cnn_with_a_token_shaped_scale_parameter_is_refused_in_one_line():
     assert any(p.shape == (1, 4, 1) for p in cnn.parameters())
     for m in ATTENTION:
         assert inapplicable(cs.get_method(m), cnn) is not None, m
-    with pytest.raises(MethodError, match="rollout does not apply to _ScaledCNN: it has no attention") as info:
-        cs.explain(cnn, torch.rand(1, 3, 16, 16), method="rollout", preprocessing=Preprocessing(size=(16, 16)))
+    said = "rollout does not apply to _ScaledCNN: it has no attention"
+    with pytest.raises(MethodError, match=said) as info:
+        cs.explain(cnn, torch.rand(1, 3, 16, 16), method="rollout", preprocessing=Preprocessing((16, 16)))
     assert "\n" not in str(info.value)
 
 
@@ -570,11 +575,14 @@ def test_the_report_reads_the_requirement_not_the_registrys_wording(monkeypatch)
     cnn = _ScaledCNN()
     lacks = registry.unmet_requirement(cs.get_method("rollout"), cnn)
     assert lacks is not None and "rollout" not in lacks and lacks.startswith("has no attention")
-    assert registry.inapplicable(cs.get_method("rollout"), cnn) == registry.not_applicable_line("rollout", cnn, lacks)
+    line = registry.not_applicable_line("rollout", cnn, lacks)
+    assert registry.inapplicable(cs.get_method("rollout"), cnn) == line
     # reworded one-line error (no ": it "): the report still names what the model lacks, whole
     monkeypatch.setattr(registry, "not_applicable_line", lambda method, model, why: f"{method} -- {why}")
     assert registry.inapplicable(cs.get_method("rollout"), cnn) == f"rollout -- {lacks}"
     two = [cs.get_method("saliency"), cs.get_method("rollout")]
     monkeypatch.setattr(build, "resolve_methods", lambda names: two)
-    rep = explain_report(cnn, [np.random.default_rng(0).random((16, 16, 3))], preprocessing={"size": [16, 16]})
-    assert f"Not run, as they do not apply to this model: rollout (_ScaledCNN {lacks})." in rep.intro
+    image = np.random.default_rng(0).random((16, 16, 3))
+    rep = explain_report(cnn, [image], preprocessing={"size": [16, 16]})
+    said = f"Not run, as they do not apply to this model: rollout (_ScaledCNN {lacks})."
+    assert said in rep.intro

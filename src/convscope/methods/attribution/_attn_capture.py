@@ -45,7 +45,14 @@ from torch.overrides import TorchFunctionMode
 from convscope.core.errors import MethodError
 from convscope.models.outputs import unwrap
 
-__all__ = ["AttentionCapture", "ViTParts", "attention_capture", "calls_attention_kernel", "token_grid", "vit_parts"]
+__all__ = [
+    "AttentionCapture",
+    "ViTParts",
+    "attention_capture",
+    "calls_attention_kernel",
+    "token_grid",
+    "vit_parts",
+]
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SDPA_DEFAULTS: tuple[Any, ...] = (None, None, None, None, 0.0, False, None, False)
@@ -59,7 +66,8 @@ _MHA_DEFAULTS: tuple[Any, ...] = (None,) * 13 + (True, None, True, None, False, 
 
 
 #: the calls :class:`AttentionCapture` captures, as they appear among a function's names
-_KERNEL_NAMES = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention"})
+_KERNEL_NAMES = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward",
+                           "MultiheadAttention"})
 
 
 def _names(fn: types.FunctionType) -> set[str]:
@@ -74,7 +82,8 @@ def _names(fn: types.FunctionType) -> set[str]:
 
 
 def _reaches_kernel(fn: types.FunctionType, seen: set[int], depth: int = 3) -> bool:
-    """Whether ``fn`` names an attention kernel, or a module-level function it names does (to ``depth``)."""
+    """Whether ``fn`` names an attention kernel, or a module-level function it names does (to
+    ``depth`` calls)."""
     names = _names(fn)
     if names & _KERNEL_NAMES:
         return True

@@ -562,6 +562,11 @@ def test_a_cnn_with_a_token_shaped_scale_parameter_is_refused_in_one_line():
     assert any(p.shape == (1, 4, 1) for p in cnn.parameters())
     for m in ATTENTION:
         assert inapplicable(cs.get_method(m), cnn) is not None, m
+    # a Hugging Face CNN: its library base class has methods that name the SDPA kernel, never called
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    hf = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1]))
+    assert inapplicable(cs.get_method("rollout"), hf) is not None
     said = "rollout does not apply to _ScaledCNN: it has no attention"
     with pytest.raises(MethodError, match=said) as info:
         cs.explain(cnn, torch.rand(1, 3, 16, 16), method="rollout", preprocessing=Preprocessing((16, 16)))

@@ -81,39 +81,34 @@ def _names(fn: types.FunctionType) -> set[str]:
     return out
 
 
-def _reaches_kernel(fn: types.FunctionType, seen: set[int], depth: int = 3) -> bool:
-    """Whether ``fn`` names an attention kernel, or a module-level function it names does (to
-    ``depth`` calls)."""
+def _reaches_kernel(fn: types.FunctionType, cls: type, seen: set[int], depth: int = 3) -> bool:
+    """Whether ``fn`` names an attention kernel, or a method of ``cls`` or a module-level function
+    it names does (to ``depth`` calls)."""
     names = _names(fn)
     if names & _KERNEL_NAMES:
         return True
     for name in names:
-        g = fn.__globals__.get(name)
-        if depth and isinstance(g, types.FunctionType) and id(g) not in seen:
-            seen.add(id(g))
-            if _reaches_kernel(g, seen, depth - 1):
-                return True
+        for g in (getattr(cls, name, None), fn.__globals__.get(name)):
+            if depth and isinstance(g, types.FunctionType) and id(g) not in seen:
+                seen.add(id(g))
+                if not g.__module__.startswith("torch.nn") and _reaches_kernel(g, cls, seen, depth - 1):
+                    return True
     return False
 
 
 def calls_attention_kernel(model: nn.Module) -> bool:
     """Whether the model's code may call a kernel :class:`AttentionCapture` captures
-    (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``): read from the bytecode of the
-    methods of its module classes (``torch.nn``'s own skipped) and the module-level functions they
-    name, without running it. Code that cannot be read (TorchScript) counts as may call."""
-    seen: set[int] = set()
+    (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``): read from the bytecode of each
+    module's ``forward`` (``torch.nn``'s own skipped) and of the methods and module-level functions it
+    calls, without running it. Code that cannot be read (TorchScript) counts as may call."""
     for cls in {type(m) for m in model.modules()}:
         if issubclass(cls, torch.jit.ScriptModule):
             return True
-        for klass in cls.__mro__:
-            if klass is object or klass.__module__.startswith("torch.nn"):
-                continue
-            for v in vars(klass).values():
-                fn = v.__func__ if isinstance(v, (staticmethod, classmethod)) else v
-                if isinstance(fn, types.FunctionType) and id(fn) not in seen:
-                    seen.add(id(fn))
-                    if _reaches_kernel(fn, seen):
-                        return True
+        fn = getattr(cls, "forward", None)
+        if not isinstance(fn, types.FunctionType) or fn.__module__.startswith("torch.nn"):
+            continue
+        if _reaches_kernel(fn, cls, {id(fn)}):  # per class: ``self.x`` resolves on it
+            return True
     return False
 
 

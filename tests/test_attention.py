@@ -591,3 +591,39 @@ def test_the_report_reads_the_requirement_not_the_registrys_wording(monkeypatch)
     rep = explain_report(cnn, [image], preprocessing={"size": [16, 16]})
     said = f"Not run, as they do not apply to this model: rollout (_ScaledCNN {lacks})."
     assert said in rep.intro
+
+
+class _NoClassToken(nn.Module):
+    """Patch tokens only (no class token, mean pooling); each block's attention set by hand."""
+
+    def __init__(self, logits: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.logits, self.embed = logits, nn.Conv2d(1, 4, 4, 4)
+        self.qkv, self.head = nn.Linear(4, 12), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, _ = t.shape
+        for mask in self.logits:
+            q, k, v = (u.reshape(b, n, 2, 2).transpose(1, 2) for u in self.qkv(t).chunk(3, -1))
+            o = nn.functional.scaled_dot_product_attention(q * 0, k, v, attn_mask=mask)
+            t = t + o.transpose(1, 2).reshape(b, n, 4)
+        return self.head(t.mean(1))
+
+
+def test_rollout_without_a_class_token_reads_the_mean_query_row_of_the_rollout():
+    g = torch.Generator().manual_seed(4)
+    probs = [torch.rand(2, 6, 6, generator=g) + 0.05 for _ in range(3)]
+    probs = [p / p.sum(-1, keepdim=True) for p in probs]
+    model = _NoClassToken([p.log() for p in probs]).eval()
+    x = torch.rand(1, 1, 8, 12, generator=g)
+    r = np.eye(6)
+    for p in probs:
+        a = 0.5 * p.double().numpy().mean(0) + 0.5 * np.eye(6)
+        r = (a / a.sum(1, keepdims=True)) @ r
+    out = _raw(model, x, "rollout")
+    assert out.diagnostics["prefix_tokens"] == 0 and out.diagnostics["patch_grid"] == [2, 3]
+    want = torch.from_numpy(r.mean(0).reshape(2, 3)).float()  # the mean query row: no class token
+    torch.testing.assert_close(out.map[0], want, rtol=1e-6, atol=1e-7)
+    raw = _raw(model, x, "raw_attention").map[0]
+    torch.testing.assert_close(raw, probs[-1].mean(0).mean(0).reshape(2, 3), rtol=1e-6, atol=1e-7)

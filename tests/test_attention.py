@@ -485,3 +485,145 @@ def test_requires_attention_is_judged_once_and_refused_before_any_forward(tv_vit
     with pytest.raises(MethodError, match="rollout does not apply to CountingCNN") as info:
         cs.explain(cnn, x, method="rollout", preprocessing=pre)
     assert "\n" not in str(info.value) and len(calls) < ran  # refused before the method's own forward
+
+
+def _mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A module-level helper: the attention call is here, not in the module's own methods."""
+    return nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+class _Mixer(nn.Module):  # an attention block not named *Attention
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.qk: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, d = t.shape
+        q, k, v = (u.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+                   for u in self.qkv(t).chunk(3, -1))
+        self.qk = (q.detach(), k.detach())
+        return t + self.out(_mix(q, k, v).transpose(1, 2).reshape(b, n, d))
+
+
+class _HandViT(nn.Module):
+    """A hand-written SDPA ViT on [0, 1] pixels: 2-D (N, D) position embedding and class token."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.patchify = nn.Conv2d(3, dim, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, dim, generator=g))
+        self.pos = nn.Parameter(torch.randn(17, dim, generator=g))
+        self.stages = nn.Sequential(_Mixer(dim, 2), _Mixer(dim, 2))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patchify(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], 1, -1), t], 1) + self.pos
+        return self.head(nn.functional.relu(self.stages(t))[:, 0])
+
+
+class _ScaledCNN(nn.Module):
+    """A CNN with a (1, C, 1) scale parameter: no attention at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.ones(1, 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.relu(self.conv(x)).flatten(2) * self.scale
+        return self.fc(h.mean(2))
+
+
+def test_a_hand_written_sdpa_vit_with_a_2d_position_embedding_is_accepted_and_explained():
+    from convscope.methods.registry import inapplicable
+
+    torch.manual_seed(0)
+    model = _HandViT().eval()
+    for m in ("raw_attention", "rollout", "chefer"):
+        assert inapplicable(cs.get_method(m), model) is None, m
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = _raw(model, x, "raw_attention")
+    q, k = model.stages[-1].qk  # the oracle: the last block's class-token attention, by hand
+    probs = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+    want = probs.mean(1)[:, 0, 1:].reshape(2, 4, 4)
+    assert out.diagnostics["prefix_tokens"] == 1 and out.diagnostics["patch_grid"] == [4, 4]
+    torch.testing.assert_close(out.map, want, rtol=1e-5, atol=1e-6)
+    e = _explain(model, x, "rollout", preprocessing=Preprocessing(size=(16, 16)))
+    assert e.map.shape[-2:] == (16, 16) and torch.isfinite(e.map).all()
+
+
+def test_a_cnn_with_a_token_shaped_scale_parameter_is_refused_in_one_line():
+    from convscope.methods.registry import inapplicable
+
+    cnn = _ScaledCNN()
+    assert any(p.shape == (1, 4, 1) for p in cnn.parameters())
+    for m in ATTENTION:
+        assert inapplicable(cs.get_method(m), cnn) is not None, m
+    # a Hugging Face CNN: its library base class has methods that name the SDPA kernel, never called
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    hf = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1]))
+    assert inapplicable(cs.get_method("rollout"), hf) is not None
+    said = "rollout does not apply to _ScaledCNN: it has no attention"
+    with pytest.raises(MethodError, match=said) as info:
+        cs.explain(cnn, torch.rand(1, 3, 16, 16), method="rollout", preprocessing=Preprocessing((16, 16)))
+    assert "\n" not in str(info.value)
+
+
+def test_the_report_reads_the_requirement_not_the_registrys_wording(monkeypatch):
+    import convscope.methods.registry as registry
+    from convscope.frontends.report import build, explain_report
+
+    cnn = _ScaledCNN()
+    lacks = registry.unmet_requirement(cs.get_method("rollout"), cnn)
+    assert lacks is not None and "rollout" not in lacks and lacks.startswith("has no attention")
+    line = registry.not_applicable_line("rollout", cnn, lacks)
+    assert registry.inapplicable(cs.get_method("rollout"), cnn) == line
+    # reworded one-line error (no ": it "): the report still names what the model lacks, whole
+    monkeypatch.setattr(registry, "not_applicable_line", lambda method, model, why: f"{method} -- {why}")
+    assert registry.inapplicable(cs.get_method("rollout"), cnn) == f"rollout -- {lacks}"
+    two = [cs.get_method("saliency"), cs.get_method("rollout")]
+    monkeypatch.setattr(build, "resolve_methods", lambda names: two)
+    image = np.random.default_rng(0).random((16, 16, 3))
+    rep = explain_report(cnn, [image], preprocessing={"size": [16, 16]})
+    said = f"Not run, as they do not apply to this model: rollout (_ScaledCNN {lacks})."
+    assert said in rep.intro
+
+
+class _NoClassToken(nn.Module):
+    """Patch tokens only (no class token, mean pooling); each block's attention set by hand."""
+
+    def __init__(self, logits: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.logits, self.embed = logits, nn.Conv2d(1, 4, 4, 4)
+        self.qkv, self.head = nn.Linear(4, 12), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, _ = t.shape
+        for mask in self.logits:
+            q, k, v = (u.reshape(b, n, 2, 2).transpose(1, 2) for u in self.qkv(t).chunk(3, -1))
+            o = nn.functional.scaled_dot_product_attention(q * 0, k, v, attn_mask=mask)
+            t = t + o.transpose(1, 2).reshape(b, n, 4)
+        return self.head(t.mean(1))
+
+
+def test_rollout_without_a_class_token_reads_the_mean_query_row_of_the_rollout():
+    g = torch.Generator().manual_seed(4)
+    probs = [torch.rand(2, 6, 6, generator=g) + 0.05 for _ in range(3)]
+    probs = [p / p.sum(-1, keepdim=True) for p in probs]
+    model = _NoClassToken([p.log() for p in probs]).eval()
+    x = torch.rand(1, 1, 8, 12, generator=g)
+    r = np.eye(6)
+    for p in probs:
+        a = 0.5 * p.double().numpy().mean(0) + 0.5 * np.eye(6)
+        r = (a / a.sum(1, keepdims=True)) @ r
+    out = _raw(model, x, "rollout")
+    assert out.diagnostics["prefix_tokens"] == 0 and out.diagnostics["patch_grid"] == [2, 3]
+    want = torch.from_numpy(r.mean(0).reshape(2, 3)).float()  # the mean query row: no class token
+    torch.testing.assert_close(out.map[0], want, rtol=1e-6, atol=1e-7)
+    raw = _raw(model, x, "raw_attention").map[0]
+    torch.testing.assert_close(raw, probs[-1].mean(0).mean(0).reshape(2, 3), rtol=1e-6, atol=1e-7)

@@ -26,8 +26,10 @@ __all__ = [
     "inapplicable",
     "list_methods",
     "method_names",
+    "not_applicable_line",
     "register",
     "requirement",
+    "unmet_requirement",
 ]
 
 
@@ -151,8 +153,9 @@ def requirement(name: str, check: Callable[[Any], bool], lacks: str) -> None:
     _REQUIREMENTS[name] = (check, lacks)
 
 
-def inapplicable(info: MethodInfo, model: Any) -> str | None:
-    """``None`` when method ``info`` applies to the torch ``model``, else one line saying why not.
+def unmet_requirement(info: MethodInfo, model: Any) -> str | None:
+    """``None`` when method ``info`` applies to the torch ``model``, else what the model lacks (the
+    requirement's own words, without the method's name: e.g. "has no attention layers ...").
 
     The one test of a method's :attr:`MethodInfo.requires`; a black box (no torch module) is not
     judged here (the facade refuses methods that need the network's layers on one).
@@ -160,7 +163,20 @@ def inapplicable(info: MethodInfo, model: Any) -> str | None:
     if info.requires is None or not hasattr(model, "named_modules"):
         return None
     check, lacks = _REQUIREMENTS[info.requires]
-    return None if check(model) else f"{info.name} does not apply to {type(model).__name__}: it {lacks}"
+    return None if check(model) else lacks
+
+
+def not_applicable_line(method: str, model: Any, lacks: str) -> str:
+    """The one-line error of a method that does not apply: ``"<method> does not apply to <Model>: it
+    <lacks>"``."""
+    return f"{method} does not apply to {type(model).__name__}: it {lacks}"
+
+
+def inapplicable(info: MethodInfo, model: Any) -> str | None:
+    """``None`` when method ``info`` applies to the torch ``model``, else one line saying why not
+    (:func:`unmet_requirement` in :func:`not_applicable_line`)."""
+    lacks = unmet_requirement(info, model)
+    return None if lacks is None else not_applicable_line(info.name, model, lacks)
 
 
 def register(name: str, *, family: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

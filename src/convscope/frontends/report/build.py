@@ -21,7 +21,7 @@ from convscope.core.errors import ConvscopeError, MethodError
 from convscope.core.progress import Progress
 from convscope.core.targets import check_topk, resolve_target, top_classes
 from convscope.methods.attribution._shared import clean_outputs, shared_work
-from convscope.methods.registry import MethodInfo, get_method, inapplicable, list_methods
+from convscope.methods.registry import MethodInfo, get_method, list_methods, unmet_requirement
 
 __all__ = ["MethodRun", "explain_report", "explanation_figure", "method_note", "resolve_methods",
            "run_methods", "top_k"]
@@ -210,7 +210,7 @@ def explain_report(
             The old order ``explain_report(images, model)`` still works for now, with a
             ``DeprecationWarning``: the arguments are ``(model, images)`` as everywhere in convscope.
         methods: method or family names (``None``: every registered method that applies to the
-            model, :func:`~convscope.methods.registry.inapplicable`; the report names those left out).
+            model, :func:`~convscope.methods.registry.unmet_requirement`; the report names those left out).
         target: the class to explain (``None``: the predicted class of each image).
         topk: how many class probabilities the bar chart shows (default 5, or every class of a
             model with fewer); more than the model's classes is refused.
@@ -260,11 +260,11 @@ def explain_report(
     topk = check_topk(topk, len(lm.class_names), default=5)
     skipped = ""
     if not methods:  # every method: not those that do not apply to this model (registry `requires`)
-        why = {m.name: inapplicable(m, lm.model) for m in infos}
+        why = {m.name: unmet_requirement(m, lm.model) for m in infos}
         names = [n for n, w in why.items() if w is not None]
         infos = [m for m in infos if why[m.name] is None]
         if names:
-            lacks = sorted({str(why[n]).split(": it ", 1)[-1] for n in names})
+            lacks = sorted({str(why[n]) for n in names})
             skipped = (f" Not run, as they do not apply to this model: {', '.join(names)} "
                        f"({type(lm.model).__name__} {'; '.join(lacks)}).")
     probs, runs = run_methods(lm, x, infos, target=target, layer=layer, fast=fast, batch_size=batch_size,

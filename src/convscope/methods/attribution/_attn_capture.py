@@ -31,6 +31,7 @@ fewest prefix tokens that leave a grid with one common stride dividing ``H`` and
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +45,14 @@ from torch.overrides import TorchFunctionMode
 from convscope.core.errors import MethodError
 from convscope.models.outputs import unwrap
 
-__all__ = ["AttentionCapture", "ViTParts", "attention_capture", "token_grid", "vit_parts"]
+__all__ = [
+    "AttentionCapture",
+    "ViTParts",
+    "attention_capture",
+    "calls_attention_kernel",
+    "token_grid",
+    "vit_parts",
+]
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SDPA_DEFAULTS: tuple[Any, ...] = (None, None, None, None, 0.0, False, None, False)
@@ -55,6 +63,53 @@ _MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_pro
              "average_attn_weights", "is_causal")
 _MHA_DEFAULTS: tuple[Any, ...] = (None,) * 13 + (True, None, True, None, False, None, None, None, None,
                                                   None, True, False)
+
+
+#: the calls :class:`AttentionCapture` captures, as they appear among a function's names
+_KERNEL_NAMES = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward",
+                           "MultiheadAttention"})
+
+
+def _names(fn: types.FunctionType) -> set[str]:
+    """The global and attribute names ``fn``'s code (and the code nested in it) uses."""
+    out: set[str] = set()
+    stack = [fn.__code__]
+    while stack:
+        code = stack.pop()
+        out.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return out
+
+
+def _reaches_kernel(fn: types.FunctionType, cls: type, seen: set[int], depth: int = 3) -> bool:
+    """Whether ``fn`` names an attention kernel, or a method of ``cls`` or a module-level function
+    it names does (to ``depth`` calls)."""
+    names = _names(fn)
+    if names & _KERNEL_NAMES:
+        return True
+    for name in names:
+        for g in (getattr(cls, name, None), fn.__globals__.get(name)):
+            if depth and isinstance(g, types.FunctionType) and id(g) not in seen:
+                seen.add(id(g))
+                if not g.__module__.startswith("torch.nn") and _reaches_kernel(g, cls, seen, depth - 1):
+                    return True
+    return False
+
+
+def calls_attention_kernel(model: nn.Module) -> bool:
+    """Whether the model's code may call a kernel :class:`AttentionCapture` captures
+    (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``): read from the bytecode of each
+    module's ``forward`` (``torch.nn``'s own skipped) and of the methods and module-level functions it
+    calls, without running it. Code that cannot be read (TorchScript) counts as may call."""
+    for cls in {type(m) for m in model.modules()}:
+        if issubclass(cls, torch.jit.ScriptModule):
+            return True
+        fn = getattr(cls, "forward", None)
+        if not isinstance(fn, types.FunctionType) or fn.__module__.startswith("torch.nn"):
+            continue
+        if _reaches_kernel(fn, cls, {id(fn)}):  # per class: ``self.x`` resolves on it
+            return True
+    return False
 
 
 def _bind(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...],

@@ -50,7 +50,13 @@ from convscope.core.errors import MethodError
 from convscope.core.hooks import capture
 from convscope.core.targets import ResolvedTarget, select_scores
 from convscope.core.validate import ints, reals
-from convscope.methods.attribution._attn_capture import ViTParts, attention_capture, token_grid, vit_parts
+from convscope.methods.attribution._attn_capture import (
+    ViTParts,
+    attention_capture,
+    calls_attention_kernel,
+    token_grid,
+    vit_parts,
+)
 from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.registry import CueClaim, register, requirement
 
@@ -103,16 +109,16 @@ def attention_layers(model: torch.nn.Module) -> list[str]:
 
 def has_attention(model: torch.nn.Module) -> bool:
     """Whether the attention methods may apply: the model has attention modules
-    (:func:`attention_layers`) or token embeddings (a ``(1, N, D)`` parameter that is no weight: a
-    class token or position embedding, as a ViT calling ``F.scaled_dot_product_attention`` in its own
-    code has). A CNN has neither; a model that passes and still computes attention some other way is
-    refused by the capture, in one line."""
-    return bool(attention_layers(model)) or any(
-        p.ndim == 3 and p.shape[0] == 1 and not n.endswith("weight") for n, p in model.named_parameters())
+    (:func:`attention_layers`) or its code calls a kernel the capture reads
+    (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``; read from its bytecode, nothing
+    runs). ``False`` means certainly nothing to capture (a CNN, whatever its parameters' shapes); a
+    model that passes and computes no capturable attention is refused by the capture, in one line."""
+    return bool(attention_layers(model)) or calls_attention_kernel(model)
 
 
 requirement("attention", has_attention,
-            "has no attention layers or token embeddings: attention methods explain vision transformers; "
+            "has no attention layers and calls neither F.scaled_dot_product_attention nor "
+            "nn.MultiheadAttention: attention methods explain vision transformers; "
             "for a CNN use gradcam or another CAM method")
 
 
@@ -173,11 +179,21 @@ def _fuse(a: torch.Tensor, how: str) -> torch.Tensor:
     return a.amax(1) if how == "max" else a.amin(1)
 
 
+def _query_row(r: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The row of (B, N, N) relevance a map is read from, (B, N): the class token's (token 0), or the
+    mean query row without a class token (``prefix == 0``)."""
+    return r[:, 0] if prefix > 0 else r.mean(1)
+
+
+def _patches(v: torch.Tensor, p: _Pass) -> torch.Tensor:
+    """The patch columns of (B, N) rows as (B, h, w)."""
+    return v[:, p.prefix:].reshape(v.shape[0], *p.grid)
+
+
 def _read(r: torch.Tensor, p: _Pass) -> torch.Tensor:
     """The class token's row of (B, N, N) relevance (the mean query row without a class token),
     patch columns only, as (B, h, w)."""
-    row = r[:, 0] if p.prefix > 0 else r[:, p.prefix:].mean(1)
-    return row[:, p.prefix:].reshape(r.shape[0], *p.grid)
+    return _patches(_query_row(r, p.prefix), p)
 
 
 def _attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, blocks: bool = False,
@@ -262,11 +278,10 @@ def _rollout_read(p: _Pass, head_fusion: str, discard_ratio: float) -> torch.Ten
     computed as a row vector times matrices from the last block down: ``v = row(Ã_L)``,
     ``v = v Ã_l`` (B N^2 per block instead of the B N^3 of the matrix product)."""
     steps = _rollout_steps(p.maps, head_fusion, discard_ratio)
-    last = steps[-1]
-    v = last[:, 0] if p.prefix > 0 else last[:, p.prefix:].mean(1)
+    v = _query_row(steps[-1], p.prefix)
     for t in reversed(steps[:-1]):
         v = torch.bmm(v[:, None], t)[:, 0]
-    return v[:, p.prefix:].reshape(v.shape[0], *p.grid)
+    return _patches(v, p)
 
 
 @register(

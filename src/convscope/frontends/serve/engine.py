@@ -54,6 +54,7 @@ from convscope.frontends.serve.jobs import (
     stop_after,
 )
 from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage, decode_upload
+from convscope.methods.attribution.attention import inapplicable_methods
 from convscope.methods.registry import MethodInfo, check_method_options, get_method
 from convscope.models import LoadedModel, load_model
 
@@ -176,6 +177,7 @@ class Engine:
                     "preprocessing": lm.preprocessing.describe(),
                     "weights": lm.weights,
                     "assumed": list(lm.assumed),
+                    "inapplicable": inapplicable_methods(lm.model),
                 }
                 for name, lm in self.models.items()
             ],

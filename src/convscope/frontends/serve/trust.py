@@ -117,7 +117,7 @@ class TrustJobs:
                 sample index, no images or too many.
             QueueFull: :data:`MAX_OPEN` evaluations are open, or the job queue is full.
         """
-        from convscope.methods.attribution.attention import attention_layers
+        from convscope.methods.attribution.attention import inapplicable_methods
         from convscope.methods.evaluation.catalogue import select_metrics
         from convscope.methods.explain import prepare_inputs
         from convscope.methods.registry import get_method
@@ -126,10 +126,11 @@ class TrustJobs:
         lm = eng.model(model)
         names = split_names(methods) or list(DEFAULT_METHODS)
         for n in names:
-            info = get_method(n)  # an unknown name: a one-line error listing the methods
-            if info.family == "attention" and not attention_layers(lm.model):
-                raise InputError(f"{n} explains vision transformers and {lm.name} has no attention layers; "
-                                 "pick other methods")
+            get_method(n)  # an unknown name: a one-line error listing the methods
+        wrong = [n for n in names if n in inapplicable_methods(lm.model)]
+        if wrong:
+            raise InputError(f"{', '.join(wrong)} explain vision transformers and {lm.name} has no attention "
+                             "layers; pick other methods")
         if len(set(names)) != len(names):
             raise InputError("a method is named twice; name each once")
         fams = split_names(families)

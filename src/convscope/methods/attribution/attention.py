@@ -54,7 +54,7 @@ from convscope.methods.attribution._attn_capture import ViTParts, attention_capt
 from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.registry import CueClaim, register
 
-__all__ = ["attention_layers", "chefer", "legrad", "raw_attention", "rollout"]
+__all__ = ["attention_layers", "inapplicable_methods", "chefer", "legrad", "raw_attention", "rollout"]
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -98,6 +98,16 @@ def attention_layers(model: torch.nn.Module) -> list[str]:
     ``...Attention``): empty for a CNN, which the attention methods do not explain."""
     return [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.MultiheadAttention) or type(m).__name__.endswith("Attention")]
+
+
+def inapplicable_methods(model: torch.nn.Module) -> list[str]:
+    """The registered methods that do not apply to ``model``: the attention family on a model
+    without attention layers (the web app refuses them and greys them out)."""
+    from convscope.methods.registry import get_method, method_names
+
+    if attention_layers(model):
+        return []
+    return [n for n in method_names() if get_method(n).family == "attention"]
 
 
 def _no_attention(model: torch.nn.Module) -> MethodError:

@@ -43,6 +43,7 @@ from convscope.core.errors import InputError, UnreliableResultWarning
 from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation.explainers import as_explainer, explained_batch, explainer_name
 from convscope.methods.evaluation.sanity import model_randomization, randomized_model
+from convscope.methods.evaluation.sensitivity import seeded_draws
 from convscope.models import LoadedModel
 
 __all__ = ["discrete_entropy", "efficient_mprt", "smooth_mprt", "smoothed"]
@@ -77,11 +78,10 @@ def smoothed(
                 raise InputError(f"noise must be (n_samples - 1, B, C, H, W) = "
                                  f"{(n_samples - 1, *x.shape)}, got {tuple(d.shape)}")
         std = (noise_magnitude * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))).cpu()[:, None, None, None]
-        g = torch.Generator().manual_seed(seed)
         # one noisy copy at a time, drawn in the input's dtype: memory of one batch, not n_samples
+        draws = iter(d) if d is not None else (n * std for n in seeded_draws(n_samples - 1, seed)(x))
         total = explainer(lm, x, t).detach().double()
-        for i in range(n_samples - 1):
-            di = d[i] if d is not None else torch.randn(x.shape, generator=g, dtype=x.dtype) * std
+        for di in draws:
             total += explainer(lm, x + di.to(x.device, x.dtype), t).detach().double()
         return total / n_samples
 

@@ -81,6 +81,33 @@ def test_saves_and_warns_on_few_images(setup, tmp_path):
     assert data["n_images"] == 3 and len(data["rows"]) == 6 and "assumed" in data["model"]
     assert tab.save(tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert "Which method" in tab.report_title()
+    # the table carries its own note, for callers that cannot catch warnings (other threads)
+    assert len(tab.notes) == 1 and "3 images give wide confidence intervals" in tab.notes[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cs.evaluate(lm, x[:3], {"a": torch.rand(3, 12, 12)}, families="complexity", n_boot=50,
+                           progress=False).notes == tab.notes
+        assert cs.evaluate(lm, x, {"a": torch.rand(10, 12, 12)}, families="complexity", n_boot=50,
+                           progress=False).notes == ()
+
+
+def test_join_of_per_method_tables_equals_one_evaluate(setup):
+    # the web app evaluates one method per job and joins the tables: the same table as one call
+    net, lm, x, _ = setup
+    kw = {"metrics": ["sparseness", "max_sensitivity"], "n_boot": 50, "progress": False}
+    whole = cs.evaluate(lm, x, ["saliency", "gradient_x_input"], **kw)
+    parts = [cs.evaluate(lm, x, [m], **kw) for m in whole.methods]
+    joined = type(whole).join(parts)
+    assert joined.methods == whole.methods and joined.metrics == whole.metrics
+    for a, b in zip(joined.rows(), whole.rows(), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if k != "seconds":
+                np.testing.assert_equal(a[k], b[k])
+    assert joined.best() == whole.best() and joined.options == whole.options
+    with pytest.raises(InputError, match="same metrics"):
+        type(whole).join([parts[0], cs.evaluate(lm, x, ["saliency"], metrics=["sparseness"], n_boot=50,
+                                                progress=False)])
 
 
 def test_bad_input_one_line(setup, tmp_path):

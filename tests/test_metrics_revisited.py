@@ -307,3 +307,18 @@ def test_edge_cases_say_what_is_wrong():
         rr.smooth_mprt(lm, x, gxi, n_samples=3, noise=torch.zeros(1, *x.shape))
     with pytest.raises(InputError, match="mode"):
         rr.smooth_mprt(lm, x, gxi, n_samples=2, mode="sideways")
+
+
+def test_smoothed_explains_one_noisy_batch_at_a_time_in_the_input_dtype():
+    # the noise is never built for all samples at once: each call sees B images in x's dtype
+    seen = []
+
+    def probe(lm_, xx, tt):
+        seen.append((xx.shape[0], xx.dtype))
+        return xx[:, 0]
+
+    x = torch.rand(3, 1, 8, 8)
+    f = rr.smoothed(probe, n_samples=5, noise_magnitude=0.1, seed=0)
+    out = f(None, x, torch.zeros(3, dtype=torch.long))
+    assert seen == [(3, torch.float32)] * 5 and out.shape == (3, 8, 8)
+    assert torch.equal(out, f(None, x, torch.zeros(3, dtype=torch.long)))  # the same draws each call

@@ -4,6 +4,7 @@ time limit and its one-line errors."""
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 
@@ -123,3 +124,98 @@ def test_the_page_is_served(client):
     r = client.get("/trust")
     assert r.status_code == 200 and "Which method to trust" in r.text
     assert client.get("/static/trust.js").status_code == 200
+
+
+def test_an_explain_request_is_answered_while_an_evaluation_runs():
+    # one heavy job per method: the explain request goes in between, and answers before the
+    # evaluation's last job ends (one job for the whole grid would hold it to the end)
+    eng = Engine(("digits-cnn-cue",), limits=Limits(timeout_s=60))
+    c = TestClient(create_app(eng), base_url="http://127.0.0.1")
+    ended = []  # heavy or not, of each job in the order they end on the worker
+    real = eng.jobs.run
+
+    def run(fn, *, heavy, deadline):
+        def job(expired):
+            try:
+                return fn(expired)
+            finally:
+                ended.append(heavy)
+        return real(job, heavy=heavy, deadline=deadline)
+
+    eng.jobs.run = run
+    methods = ["saliency", "gradient_x_input", "gradcam", "smoothgrad"]
+    r = c.post("/api/trust", data={"model": "digits-cnn-cue", "methods": ",".join(methods),
+                                   "metrics": "max_sensitivity", "samples": "0,1,2,3,4,5,6,7"})
+    jid = r.json()["id"]
+    t0 = time.monotonic()
+    while c.get(f"/api/trust/{jid}").json()["status"] != "running" and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    e = c.post("/api/explain", data={"model": "digits-cnn-cue", "method": "saliency", "sample": "3"})
+    assert e.status_code == 200, e.text
+    s, _ = _wait(c, jid)
+    assert s["status"] == "done", s["error"]
+    assert ended.count(True) == len(methods) and ended[-1] is True  # the explain did not wait for all
+    assert ended.index(False) < len(methods)
+    eng.close()
+
+
+def test_a_method_that_does_not_apply_is_refused(client):
+    r = client.post("/api/trust", data={"model": "digits-cnn-cue", "methods": "rollout,saliency"})
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]
+    assert "rollout" in msg and "no attention layers" in msg and "\n" not in msg
+    info = client.get("/api/info").json()  # the page greys them out from this list
+    off = info["models"][0]["inapplicable"]
+    assert "rollout" in off and "saliency" not in off
+
+
+def test_the_image_count_is_checked_before_decoding(client):
+    # 13 non-images: the count is refused first (decoding them would say they are not images)
+    files = [("files", (f"f{i}.png", b"not an image", "image/png")) for i in range(13)]
+    r = client.post("/api/trust", data={"model": "digits-cnn-cue"}, files=files)
+    assert r.status_code == 400 and "at most 12" in r.json()["error"], r.text
+    r = client.post("/api/trust", data={"model": "digits-cnn-cue", "samples": ",".join(["999"] * 13)})
+    assert r.status_code == 400 and "at most 12" in r.json()["error"], r.text
+
+
+def test_open_evaluations_and_a_full_queue_answer_429():
+    eng = Engine(("digits-cnn-cue",), limits=Limits(evaluate_timeout_s=3))
+    c = TestClient(create_app(eng), base_url="http://127.0.0.1")
+    slow = {"model": "digits-cnn-cue", "methods": "saliency", "families": "robustness"}
+    ids = [c.post("/api/trust", data=slow).json()["id"] for _ in range(2)]  # MAX_OPEN = 2
+    r = c.post("/api/trust", data=slow)
+    assert r.status_code == 429 and "already running" in r.json()["error"], r.text
+    for jid in ids:  # both end (done, or out of time after 3 s)
+        assert _wait(c, jid, 60)[0]["status"] in ("done", "failed")
+    eng.close()
+    eng2 = Engine(("digits-cnn-cue",), limits=Limits(max_queue=1))
+    c2 = TestClient(create_app(eng2), base_url="http://127.0.0.1")
+    eng2.jobs._light.append(object())  # noqa: SLF001 - one job waiting: the queue is full
+    r = c2.post("/api/trust", data={"model": "digits-cnn-cue", "methods": "saliency",
+                                    "metrics": "sparseness"})
+    assert r.status_code == 429 and "jobs are waiting" in r.json()["error"], r.text
+    eng2.jobs._light.clear()  # noqa: SLF001
+    eng2.close()
+
+
+def test_a_timed_out_evaluation_stays_open_until_its_job_stops():
+    eng = Engine(("digits-cnn-cue",), limits=Limits(evaluate_timeout_s=0.3))
+    trust = create_app(eng).trust
+    gate = threading.Event()
+    real = eng.jobs.run
+
+    def run(fn, **kw):  # the job's first forward pass runs past its deadline, until the gate opens
+        return real(lambda expired: fn(lambda: gate.wait(30) or expired()), **kw)
+
+    eng.jobs.run = run
+    out = trust.start("digits-cnn-cue", methods="saliency", metrics="sparseness", samples="0,1")
+    t0 = time.monotonic()
+    while trust.status(out["id"])["status"] != "failed" and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    assert trust.status(out["id"])["status"] == "failed"
+    assert trust._open() == 1  # noqa: SLF001 - its job still runs: it counts as open
+    gate.set()
+    while trust._open() and time.monotonic() - t0 < 30:  # noqa: SLF001
+        time.sleep(0.02)
+    assert trust._open() == 0  # noqa: SLF001
+    eng.close()

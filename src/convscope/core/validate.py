@@ -26,7 +26,7 @@ _G = TypeVar("_G")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "group_parameters",
-           "option_group", "option_specs", "reals", "shows_options"]
+           "option_group", "option_specs", "reals", "shows_options", "split_names"]
 
 
 def option_group(cls: type[_G], func: str, given: Mapping[str, Any], **defaults: Any) -> _G:
@@ -378,3 +378,12 @@ def check_values(**values: tuple[Any, Range]) -> None:
     for name, (value, rng) in values.items():
         if not rng.contains(value):
             raise InputError(f"{name} must be {rng.describe()}, got {_show(value)}")
+
+
+def split_names(value: str | Sequence[str] | None) -> list[str]:
+    """Names from a comma list (``"a, b,,c"``) or a sequence of names, blanks dropped: the one
+    parser of the CLI's and the web app's ``methods=``/``metrics=`` fields."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [s.strip() for s in items if s and s.strip()]

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from convscope.core.validate import split_names
 from convscope.frontends.cli._common import (
     ListAction,
     Parser,
@@ -44,10 +45,6 @@ METRICS: dict[str, str] = {
     "energy_pointing": "regions",
 }
 DEFAULT_METRICS = "deletion,insertion,faithfulness,gini"
-
-
-def _csv_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _parse_boxes(items: list[str], n: int) -> list[list[list[float]]]:
@@ -121,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot {args.plot}: give a .png file name")
     methods = args.methods if args.methods != ["all"] else method_names()
-    metrics = args.metrics or _csv_list(DEFAULT_METRICS)
+    metrics = args.metrics or split_names(DEFAULT_METRICS)
     for m in methods:
         get_method(m)
     bad = [m for m in metrics if m not in METRICS]

@@ -54,6 +54,7 @@ from importlib import resources
 from typing import Any
 
 from convscope.core.errors import ConvscopeError, InputError
+from convscope.core.validate import split_names
 from convscope.frontends.serve._guard import Guard
 from convscope.frontends.serve._present import method_catalogue, parse_options
 from convscope.frontends.serve.audit import AuditView, NotInAudit
@@ -249,8 +250,7 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
                       "options": parse_options(options), "sample": index, "deadline": deadline}
             if not grid:
                 return eng.explain(model, method, img, **common)
-            names = [m.strip() for m in methods.split(",") if m.strip()]
-            return eng.grid(model, img, kind=kind, method=method, methods=names, **common)
+            return eng.grid(model, img, kind=kind, method=method, methods=split_names(methods), **common)
 
         return route
 
@@ -293,8 +293,9 @@ def create_app(engine: Engine | None = None, *, allowed_hosts: Iterable[str] = (
         samples: str = Form(""),
         files: list[UploadFile] | None = File(None),
     ) -> Any:
-        pics = [img for f in (files or []) if (f.filename or f.size)
-                for img, _ in [_image(f, None, model)]]
+        uploads = [f for f in (files or []) if (f.filename or f.size)]
+        trust.check_count(len(uploads))  # before decoding any of them
+        pics = [img for f in uploads for img, _ in [_image(f, None, model)]]
         return trust.start(model, methods=methods, metrics=metrics, families=families, samples=samples,
                            images=pics)
 

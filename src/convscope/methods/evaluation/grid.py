@@ -49,6 +49,9 @@ class MetricTable(Result):
         model_info: the model's name and what convscope assumed about it.
         errors: ``errors[method][metric]``: why a cell is empty.
         explain_seconds: ``explain_seconds[method]``: time to explain the images once.
+        notes: why the table is unreliable, where it is (also warned as
+            :class:`~convscope.core.errors.UnreliableResultWarning`); a caller on another thread
+            reads these instead of catching warnings, which are process-wide.
     """
 
     methods: list[str]
@@ -61,8 +64,27 @@ class MetricTable(Result):
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
     explain_seconds: dict[str, float] = field(default_factory=dict)
     n_boot: int = 1000
+    notes: tuple[str, ...] = ()
 
     save_formats = (".png", ".json", ".html")
+
+    @classmethod
+    def join(cls, tables: Sequence[MetricTable]) -> MetricTable:
+        """One table of the rows of ``tables`` (each one or more methods, the same metrics, images
+        and seed, e.g. :func:`evaluate` run per method): equal to one :func:`evaluate` of all the
+        methods, since each cell depends only on its method and the bootstrap draws on the seed."""
+        if not tables or any(t.metrics != tables[0].metrics for t in tables):
+            raise InputError("join tables of the same metrics")
+        first = tables[0]
+        merged: dict[str, dict[str, Any]] = {k: {} for k in ("scores", "ci", "seconds", "errors",
+                                                             "explain_seconds")}
+        for t in tables:
+            for k, d in merged.items():
+                d.update(getattr(t, k))
+        return cls([me for t in tables for me in t.methods], list(first.metrics), merged["scores"],
+                   merged["ci"], first.options, merged["seconds"], first.model_info, merged["errors"],
+                   merged["explain_seconds"], first.n_boot,
+                   tuple(dict.fromkeys(n for t in tables for n in t.notes)))
 
     def mean(self, method: str, metric: str) -> float:
         """The mean of a cell over the images (NaN if it failed)."""
@@ -296,9 +318,9 @@ def evaluate(
                 secs[name][s.name] = time.perf_counter() - t1
                 bar.advance()
     info = {"name": lm.name, "assumed": list(lm.assumed)}
-    table = MetricTable([n for n, _ in items], [s.name for s in specs], scores, ci, opts, secs, info, errors,
-                        explain_secs, n_boot)
-    if x.shape[0] < MIN_IMAGES:
-        warnings.warn(f"evaluate: {x.shape[0]} images give wide confidence intervals; rank methods on "
-                      f"{MIN_IMAGES} or more", UnreliableResultWarning, stacklevel=2)
-    return table
+    notes = (f"evaluate: {x.shape[0]} images give wide confidence intervals; rank methods on "
+             f"{MIN_IMAGES} or more",) if x.shape[0] < MIN_IMAGES else ()
+    for note in notes:
+        warnings.warn(note, UnreliableResultWarning, stacklevel=2)
+    return MetricTable([n for n, _ in items], [s.name for s in specs], scores, ci, opts, secs, info, errors,
+                       explain_secs, n_boot, notes)

@@ -43,7 +43,7 @@ from convscope.core.errors import InputError, UnreliableResultWarning
 from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation.explainers import as_explainer, explained_batch, explainer_name
 from convscope.methods.evaluation.sanity import model_randomization, randomized_model
-from convscope.methods.evaluation.sensitivity import seeded_noise
+from convscope.methods.evaluation.sensitivity import seeded_draws
 from convscope.models import LoadedModel
 
 __all__ = ["discrete_entropy", "efficient_mprt", "smooth_mprt", "smoothed"]
@@ -61,7 +61,7 @@ def smoothed(
     noise: torch.Tensor | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The explainer ``f(lm, x, t)`` averaged over ``n_samples - 1`` noisy copies of ``x`` and
-    ``x`` itself, all explained in one call (sMPRT's denoised map).
+    ``x`` itself (sMPRT's denoised map), one noisy copy of the batch explained at a time.
 
     Args:
         noise: (n_samples - 1, B, C, H, W) draws to use instead of ``N(0, std^2)`` with ``std =
@@ -71,19 +71,19 @@ def smoothed(
     check_values(n_samples=(n_samples, ints(1, 10_000)), noise_magnitude=(noise_magnitude, reals(0)))
 
     def f(lm: LoadedModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+        d = None
         if noise is not None:
-            d = torch.as_tensor(noise).to(x.device, x.dtype)
+            d = torch.as_tensor(noise)
             if d.shape != (n_samples - 1, *x.shape):
                 raise InputError(f"noise must be (n_samples - 1, B, C, H, W) = "
                                  f"{(n_samples - 1, *x.shape)}, got {tuple(d.shape)}")
-        else:
-            std = noise_magnitude * (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).cpu().double()
-            d = (seeded_noise(n_samples - 1, seed, "gaussian")(x.cpu())
-                 * std[None, :, None, None, None]).to(x.device, x.dtype)
-        xs = torch.cat([(x[None] + d).reshape(-1, *x.shape[1:]), x])
-        m = explainer(lm, xs, t.repeat(n_samples))
-        return m.detach().double().view(n_samples, b, *m.shape[1:]).mean(0)
+        std = (noise_magnitude * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))).cpu()[:, None, None, None]
+        # one noisy copy at a time, drawn in the input's dtype: memory of one batch, not n_samples
+        draws = iter(d) if d is not None else (n * std for n in seeded_draws(n_samples - 1, seed)(x))
+        total = explainer(lm, x, t).detach().double()
+        for di in draws:
+            total += explainer(lm, x + di.to(x.device, x.dtype), t).detach().double()
+        return total / n_samples
 
     f.name = f"smoothed {explainer_name(explainer)}"  # type: ignore[attr-defined]
     return f

@@ -10,7 +10,7 @@ batch are explained in one call (the method batches them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from convscope.core.validate import check_values, ints, reals
 from convscope.methods.evaluation.explainers import explained_batch
 from convscope.models import LoadedModel
 
-__all__ = ["max_sensitivity", "perturbed_maps", "relative_changes", "seeded_noise"]
+__all__ = ["max_sensitivity", "perturbed_maps", "relative_changes", "seeded_draws", "seeded_noise"]
 
 
 def perturbed_maps(
@@ -70,6 +70,24 @@ def seeded_noise(n_samples: int, seed: int, distribution: str = "uniform", *, lo
             return torch.randn(n_samples, *x.shape, generator=g).double() * std
         return (torch.rand(n_samples, *x.shape, generator=g) * (high - low) + low).double()
     return draw
+
+
+def seeded_draws(n_samples: int, seed: int, distribution: str = "gaussian", *, low: float = -1.0,
+                 high: float = 1.0, std: float = 1.0) -> Callable[[torch.Tensor], Iterator[torch.Tensor]]:
+    """``draws(x)``: :func:`seeded_noise`'s draws one at a time, each shaped like ``x`` and in its
+    dtype (on the CPU), the same draws at every call: for many draws of a large batch, where
+    :func:`seeded_noise` would hold all of them at once in float64."""
+    if distribution not in ("uniform", "gaussian"):
+        raise InputError(f"unknown distribution {distribution!r}; use 'uniform' or 'gaussian'")
+
+    def draws(x: torch.Tensor) -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n_samples):
+            if distribution == "gaussian":
+                yield torch.randn(x.shape, generator=g, dtype=x.dtype) * std
+            else:
+                yield torch.rand(x.shape, generator=g, dtype=x.dtype) * (high - low) + low
+    return draws
 
 
 def max_sensitivity(

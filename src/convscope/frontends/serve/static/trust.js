@@ -92,6 +92,23 @@ async function init() {
   $("model").replaceChildren(...info.models.map((m) => { const o = el("option", m.name); o.value = m.name; return o; }));
   const q = new URLSearchParams(location.search);
   if (q.get("model")) $("model").value = q.get("model");
+  // methods that do not apply to the model (attention methods on a CNN): named in grey, and the
+  // Score button is off while the Methods field names one (the server refuses them too)
+  const checkMethods = () => {
+    const m = info.models.find((x) => x.name === $("model").value);
+    const why = (m && m.inapplicable) || {};  // method -> reason (the registry's `requires`)
+    const bad = Object.keys(why);
+    const named = $("methods").value.split(",").map((s) => s.trim()).filter((s) => bad.includes(s));
+    $("inapplicable").hidden = !bad.length;
+    $("inapplicable").textContent = "Not for this model: " + bad.join(", ") +
+      (bad.length ? " (" + why[bad[0]] + ")" : "");
+    $("inapplicable").classList.toggle("error", named.length > 0);
+    $("run").disabled = named.length > 0;
+    $("run").title = named.length ? "remove " + named.join(", ") + " from Methods" : "";
+  };
+  $("model").addEventListener("change", checkMethods);
+  $("methods").addEventListener("input", checkMethods);
+  checkMethods();
   $("trust-form").addEventListener("submit", start);
 }
 

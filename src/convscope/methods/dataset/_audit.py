@@ -345,7 +345,11 @@ def _audit_class(
     assign = sp.cluster(aff, kk, seed)
     coords = None
     if cfg.embedding != "none":
-        coords = project(x, cfg.embedding, seed=seed)
+        from convscope.methods.dataset.embed import embedding_fallback
+
+        why = embedding_fallback(x, cfg.embedding)  # e.g. identical maps: t-SNE would crash the process
+        note = "; ".join(filter(None, [note, why]))
+        coords = project(x, "pca" if why else cfg.embedding, seed=seed)
     clusters = [
         _describe(j, idx, assign, small, probs, paths, model_class, name, cfg, image_size=image_size, side=s)
         for j in range(int(assign.max()) + 1)

@@ -39,11 +39,17 @@ def embedding_fallback(features: np.ndarray, method: str) -> str | None:
         return None
     x = np.asarray(features, dtype=np.float64)
     scale = float(np.abs(x).max()) if x.size else 0.0
-    distinct = 1 if scale == 0 or not np.isfinite(scale) else len(np.unique(np.round(x / (1e-6 * scale)), axis=0))
+    if not np.isfinite(scale):
+        return None  # not this function's question: the method itself refuses nan/inf
+    if scale == 0:
+        distinct = 1
+    else:
+        distinct = len(np.unique(np.round(x / (1e-6 * scale)), axis=0))
     if distinct >= 3:
         return None
     same = "all identical" if distinct == 1 else "only 2 distinct ones"
-    return f"{method} needs at least 3 distinct feature rows; these {len(x)} are {same}: placed by PCA instead"
+    return (f"{method} needs at least 3 distinct feature rows; these {len(x)} are {same}: "
+            "placed by PCA instead")
 
 
 def project(

@@ -211,7 +211,7 @@ def audit(
     cfg = AuditSettings(**{n: v for n, v in settings.items() if n in own})
     job = option_group(JobOptions, "audit", {n: v for n, v in settings.items() if n not in own})
     if cfg.embedding == "umap":
-        project(np.zeros((3, 2)), "umap")  # a missing umap-learn fails here, before the maps
+        project(np.eye(3, 2), "umap")  # a missing umap-learn fails here, before the maps
     info = get_method(method)
     lm = load_model(model)
     base = as_source(data, lm.preprocessing, limit=job.limit, space=space)

@@ -26,6 +26,7 @@ from convscope.methods.dataset.neighbors import Features, Pooling, pooled
 __all__ = ["EMBED_METHODS", "Embedding", "embed", "embedding_fallback", "project"]
 
 EMBED_METHODS = ("pca", "tsne", "umap")
+PCA_FALLBACK = "placed by PCA instead"  # ends embedding_fallback's reason (read back from audit notes)
 
 
 def embedding_fallback(features: np.ndarray, method: str) -> str | None:
@@ -48,8 +49,7 @@ def embedding_fallback(features: np.ndarray, method: str) -> str | None:
     if distinct >= 3:
         return None
     same = "all identical" if distinct == 1 else "only 2 distinct ones"
-    return (f"{method} needs at least 3 distinct feature rows; these {len(x)} are {same}: "
-            "placed by PCA instead")
+    return f"{method} needs at least 3 distinct feature rows; these {len(x)} are {same}: {PCA_FALLBACK}"
 
 
 def project(

@@ -79,3 +79,16 @@ def test_audit_cli_with_classes_of_identical_maps_does_not_crash(tmp_path: Path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "placed by PCA instead" in r.stderr  # said, not silent
     assert (out / "audit.json").is_file() and (out / "report.html").is_file()
+
+
+def test_embed_of_identical_images_names_pca_and_warns() -> None:
+    import torch
+    from torch import nn
+
+    import convscope as cs
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.full((6, 3, 12, 12), 0.5)  # six identical images: identical features
+    with pytest.warns(UnreliableResultWarning, match="placed by PCA"):
+        e = cs.embed(cs.load_model(net.eval(), preprocessing="none"), x, "0", method="tsne")
+    assert e.method == "pca" and np.isfinite(e.coords).all() and not np.ptp(e.coords, 0).any()

@@ -98,6 +98,8 @@ ARGS = {
     "concept-test": ["--concept", "{data}/a", "--random", "{data}/b", "--class", "a", "--images", "{data}/a",
                      "--layers", "conv2", "--n-random", "2", "--random-size", "2", "-o", "{out}/c.json"],
     "concepts": ["{img}", "--layer", "conv2", "--k", "2", "-o", "{out}/crp.png"],
+    "atlas": ["--data", "{data}", "--layer", "conv2", "--n", "2", "--batch-size", "3", "-q",
+              "-o", "{out}/atl.zarr", "--save", "{out}/atl.png"],
     "serve": None,  # a server: started, asked once, stopped (test_serve_with_foreign_warnings)
 }
 

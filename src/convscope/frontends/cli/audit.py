@@ -39,7 +39,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; -o takes a folder (for audit.json, report.html, maps.zarr)")
+    if args.atlas is not None and args.concepts_layer is None:
+        raise InputError("--atlas is the concept atlas of --concepts-layer LAYER; pass --concepts-layer too")
+    if args.atlas is not None and not Path(args.atlas).exists():
+        raise InputError(f"no concept atlas at {args.atlas}; make one with `convscope atlas` first")
     lm = load_from_args(args)
+    if args.concepts_layer is not None:  # a typo fails here, before the audit runs and writes anything
+        from convscope.core.hooks import resolve_layers
+
+        names = resolve_layers(lm.model, args.concepts_layer)
+        if len(names) != 1:
+            raise InputError(f"--concepts-layer must name one layer, got {len(names)}: "
+                             f"{', '.join(names[:5])}")
     only = args.only_classes
     classes = only
     a = audit(

@@ -211,7 +211,7 @@ def audit(
     cfg = AuditSettings(**{n: v for n, v in settings.items() if n in own})
     job = option_group(JobOptions, "audit", {n: v for n, v in settings.items() if n not in own})
     if cfg.embedding == "umap":
-        project(np.zeros((3, 2)), "umap")  # a missing umap-learn fails here, before the maps
+        project(np.eye(3, 2), "umap")  # a missing umap-learn fails here, before the maps
     info = get_method(method)
     lm = load_model(model)
     base = as_source(data, lm.preprocessing, limit=job.limit, space=space)
@@ -345,7 +345,11 @@ def _audit_class(
     assign = sp.cluster(aff, kk, seed)
     coords = None
     if cfg.embedding != "none":
-        coords = project(x, cfg.embedding, seed=seed)
+        from convscope.methods.dataset.embed import embedding_fallback
+
+        why = embedding_fallback(x, cfg.embedding)  # e.g. identical maps: t-SNE would crash the process
+        note = "; ".join(filter(None, [note, why]))
+        coords = project(x, "pca" if why else cfg.embedding, seed=seed)
     clusters = [
         _describe(j, idx, assign, small, probs, paths, model_class, name, cfg, image_size=image_size, side=s)
         for j in range(int(assign.max()) + 1)

@@ -230,7 +230,10 @@ def _class_section(rep: Report, a: Audit, c: AuditClass) -> None:
     head = [Report.figure(eigengap_plot(c), title="eigengap", caption="Laplacian eigenvalues and gaps",
                           pixelated=False, width=340)]
     if c.coords is not None:
-        head.append(Report.figure(embedding_plot(c, a.settings["embedding"]), title="embedding",
+        from convscope.methods.dataset.embed import PCA_FALLBACK
+
+        shown = "pca" if PCA_FALLBACK in (c.note or "") else a.settings["embedding"]  # what placed them
+        head.append(Report.figure(embedding_plot(c, shown), title="embedding",
                                   caption="each dot an image's map, coloured by cluster", pixelated=False,
                                   width=340))
     sec.rows.append(head)

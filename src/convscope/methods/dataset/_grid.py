@@ -26,6 +26,21 @@ def font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+TITLE_MIN = 360  # a narrower grid still gets a title line this wide
+
+
+def wrap_text(text: str, width: int, fnt: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` px wide in ``fnt`` (a longer word: own line)."""
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and probe.textlength(f"{lines[-1]} {word}", font=fnt) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def grid(
     rows: Sequence[Sequence[np.ndarray]],
     *,
@@ -43,15 +58,18 @@ def grid(
     top = 20 if title else 0
     lw = label_width if row_labels is not None else 0
     width = lw + ncol * (cell + gap) + gap
-    if title:  # never cut the title
+    lines: list[str] = []
+    if title:  # wrapped to the grid's width (at least TITLE_MIN px), never cut
+        lines = wrap_text(title, max(width, TITLE_MIN) - 2 * gap, font(13))
         probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        width = max(width, int(probe.textlength(title, font=font(13))) + 2 * gap)
+        width = max(width, *(int(probe.textlength(t, font=font(13))) + 2 * gap for t in lines))
+        top = 4 + 16 * len(lines)
     height = top + len(rows) * (cell + cap_h + gap) + gap
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     f = font(11)
-    if title:
-        draw.text((gap, 4), title, fill=(0, 0, 0), font=font(13))
+    for i, line in enumerate(lines):
+        draw.text((gap, 4 + 16 * i), line, fill=(0, 0, 0), font=font(13))
     for r, row in enumerate(rows):
         y = top + gap + r * (cell + cap_h + gap)
         if row_labels is not None:

@@ -8,13 +8,14 @@ evenly spread subset so the map stays readable).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from convscope.core.errors import InputError
+from convscope.core.errors import InputError, UnreliableResultWarning
 from convscope.core.result import Result
 from convscope.core.results import png_bytes
 from convscope.core.validate import option_group, shows_options
@@ -22,22 +23,56 @@ from convscope.methods.dataset._grid import font, to_pil
 from convscope.methods.dataset._view import LayerView
 from convscope.methods.dataset.neighbors import Features, Pooling, pooled
 
-__all__ = ["EMBED_METHODS", "Embedding", "embed", "project"]
+__all__ = ["EMBED_METHODS", "Embedding", "embed", "embedding_fallback", "project"]
 
 EMBED_METHODS = ("pca", "tsne", "umap")
+PCA_FALLBACK = "placed by PCA instead"  # ends embedding_fallback's reason (read back from audit notes)
+
+
+def embedding_fallback(features: np.ndarray, method: str) -> str | None:
+    """Why ``method`` cannot place these rows (then PCA does), or None when it can.
+
+    t-SNE and UMAP need at least 3 distinct rows: on identical rows scikit-learn's t-SNE divides
+    its PCA start by a zero spread and crashes the process (a segfault, no error). Rows closer than
+    1e-6 of the features' scale (about 16 float32 steps) count as one.
+    """
+    if method not in ("tsne", "umap"):
+        return None
+    x = np.asarray(features, dtype=np.float64)
+    scale = float(np.abs(x).max()) if x.size else 0.0
+    if not np.isfinite(scale):
+        return None  # not this function's question: the method itself refuses nan/inf
+    if scale == 0:
+        distinct = 1
+    else:
+        distinct = len(np.unique(np.round(x / (1e-6 * scale)), axis=0))
+    if distinct >= 3:
+        return None
+    same = "all identical" if distinct == 1 else "only 2 distinct ones"
+    return f"{method} needs at least 3 distinct feature rows; these {len(x)} are {same}: {PCA_FALLBACK}"
 
 
 def project(
     features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0
 ) -> np.ndarray:
-    """(N, D) features -> (N, 2) coordinates with ``method`` (pca, tsne or umap)."""
+    """(N, D) features -> (N, 2) coordinates with ``method`` (pca, tsne or umap).
+
+    Where t-SNE or UMAP cannot place the rows (:func:`embedding_fallback`), PCA does, with an
+    :class:`UnreliableResultWarning` that says so; identical rows all sit at (0, 0).
+    """
     x = np.asarray(features, dtype=np.float64)
     n = x.shape[0]
     if n < 3:
         raise InputError(f"an embedding map needs at least 3 images, got {n}")
+    why = embedding_fallback(x, method)
+    if why is not None:
+        warnings.warn(why, UnreliableResultWarning, stacklevel=2)
+        method = "pca"
     if method == "pca":
         from sklearn.decomposition import PCA
 
+        if not np.ptp(x, axis=0).any():  # no spread: one point (PCA would divide by zero)
+            return np.zeros((n, 2))
         return PCA(n_components=2, random_state=seed).fit_transform(x)
     if method == "tsne":
         from sklearn.decomposition import PCA
@@ -169,6 +204,8 @@ def embed(
     st = option_group(Pooling, "embed", pooling)  # checked even when ``features`` are given
     if features is None:
         features = pooled(st, *st.open(model, data, layer))
-    coords = project(features.features.numpy(), method, seed=seed, perplexity=perplexity)
-    return Embedding(method, coords, features.labels, layer=features.layer, source=features.source,
+    x = features.features.numpy()
+    placed_by = "pca" if embedding_fallback(x, method) else method  # the result names what placed them
+    coords = project(x, method, seed=seed, perplexity=perplexity)  # warns when it falls back
+    return Embedding(placed_by, coords, features.labels, layer=features.layer, source=features.source,
                      model_name=features.model_name)

@@ -288,3 +288,17 @@ def test_an_atlas_of_an_image_folder_reads_its_patches_from_anywhere(cue_model, 
         b = cs.load_atlas(tmp_path / "a.zarr", n=2)  # the folder was recorded as an absolute path
     assert torch.equal(a.relevance.indices, b.relevance.indices)
     np.testing.assert_array_equal(a.references(3), b.references(3))
+
+
+def test_progress_is_a_bar_by_default_none_when_false_and_a_bad_value_is_one_line(net, tmp_path, capsys):
+    """Long work shows progress off a terminal too (lines on stderr by default); ``progress=False``
+    (as ``cs.audit`` takes it) prints nothing; anything else but a callable is a one-line error."""
+    x = _data()
+    kw = dict(n=2, batch_size=4, chunk_size=8)
+    cs.concept_atlas(net, x, "c2", out=tmp_path / "a.zarr", **kw)
+    assert "atlas: chunks" in capsys.readouterr().err
+    cs.concept_atlas(net, x, "c2", out=tmp_path / "b.zarr", progress=False, **kw)
+    assert "atlas" not in capsys.readouterr().err
+    with pytest.raises(InputError, match="progress=") as err:
+        cs.concept_atlas(net, x, "c2", out=tmp_path / "c.zarr", progress="yes", **kw)
+    assert "\n" not in str(err.value) and not (tmp_path / "c.zarr").exists()

@@ -29,6 +29,7 @@ import torch
 
 from convscope.core.errors import InputError, MethodError, UnreliableResultWarning
 from convscope.core.hooks import resolve_layers
+from convscope.core.progress import Progress
 from convscope.core.result import jsonable
 from convscope.core.validate import check_values, ints, option_group, shows_options
 from convscope.data.sources import as_source
@@ -132,7 +133,7 @@ def concept_atlas(
     target: str | int = "pred",
     out: str | os.PathLike = "convscope-atlas.zarr",
     fsync: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
     space: str = "model",
     **job: Any,
 ) -> ConceptAtlas:
@@ -155,7 +156,9 @@ def concept_atlas(
             ``"label"`` (its label) or a class index.
         out: the store's folder.
         fsync: make each chunk durable before its marker.
-        progress: ``progress(done_chunks, total_chunks)`` after each chunk.
+        progress: ``None``: a progress bar on stderr (a bar on a terminal, lines elsewhere);
+            ``False``: none; ``True``: always; or a callable ``progress(done_chunks, total_chunks)``
+            called after each chunk.
         space: how tensors in ``data`` are read (``"model"`` or ``"pixels"``).
         **job: the fields of :class:`~convscope.methods.jobs.JobOptions` (``batch_size``,
             ``chunk_size``, ``limit``, ``engine``, ``num_workers``, ``device``, ``ray_address``,
@@ -169,6 +172,7 @@ def concept_atlas(
         MethodError: an unknown composite, a layer without channels, a model LRP cannot cover.
         LayerNotFoundError: no such layer.
     """
+    report, bar = _reporter(progress)  # checked at the edge, before anything is written
     check_values(n=(n, ints(1, 64)))
     if composite not in COMPOSITES:
         raise MethodError(f"unknown LRP composite {composite!r}; use one of {', '.join(COMPOSITES)}")
@@ -215,9 +219,31 @@ def concept_atlas(
     inputs = None if files is None else {"root": str(files[0]), "files": files[1]}
     store = prepare_store(Path(out), job_id, chunking, manifest, shapes, o.chunk_size, inputs, o.overwrite,
                           dtypes=ATLAS_ARRAYS)
-    run_chunks(jobspec, store, engine=o.engine, num_workers=o.num_workers, ray_address=o.ray_address,
-               slots=o.slots, progress=progress)
+    try:
+        run_chunks(jobspec, store, engine=o.engine, num_workers=o.num_workers, ray_address=o.ray_address,
+                   slots=o.slots, progress=report)
+    finally:
+        if bar:
+            bar[0].close()
     return load_atlas(store.path, lm, src, n=n)
+
+
+def _reporter(progress: Any) -> tuple[Callable[[int, int], None], list[Progress]]:
+    """``progress(done, total)`` for the job: the caller's callable, or a bar (``None``: on a terminal
+    and as lines elsewhere; ``True``: on; ``False``: none) and the list that will hold it."""
+    if callable(progress):
+        return progress, []
+    if progress is not None and not isinstance(progress, bool):
+        raise InputError(f"progress={progress!r}: use None (the default bar), True, False or a callable "
+                         "progress(done_chunks, total_chunks)")
+    bar: list[Progress] = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress("atlas: chunks", total, enabled=progress, unit="chunks"))
+        bar[0].update(done)
+
+    return report, bar
 
 
 def _spec(data: Any) -> str | None:

@@ -91,6 +91,7 @@ def test_demo_end_to_end_writes_a_complete_offline_report(tmp_path):
                   "LIME on a classifier that reads the header", "Class visualisations",
                   "maximally activating test digits", "targeted PGD",
                   "digits-snow, the wolf-vs-husky snow detector", "point at the snow",
+                  "What the snow detector saw: concepts of digits-snow", "The same scene without its snow",
                   "does digits-snow use the snow band", "the snow band on a model with and without",
                   "A shortcut on most of a class, proved by intervention", "before / after"):
         assert title in html, title
@@ -123,3 +124,28 @@ def test_concept_section_tests_the_snow_band_on_both_models():
         assert abs(float(r[-2])) > 1.0, r  # the band does move the logit (measured by the edit)
         if r[-1].startswith("significant"):
             assert r[-1].startswith("significant: the concept drives") == (float(r[-2]) > 0), r
+
+
+def test_crp_section_shows_the_snow_concepts_of_a_wolf_and_their_loss_without_snow():
+    """The demo's concept section: on a wolf scene of digits-snow, each top concept of conv4 puts most
+    of its positive relevance on the snow rows (the band covers the bottom 12-16 of 48 rows, the
+    scene's digit sits above it), the numbers in the note are the measured ones, and the same scene
+    without snow is no longer called a wolf."""
+    from convscope.data.toydata import snow_scenes
+    from convscope.frontends.demo._crp import band_share, crp_section
+
+    rep = Report("t")
+    crp_section(rep)
+    with_snow, without = rep.sections
+    scenes = snow_scenes("test")
+    wolves = scenes.images[scenes.labels == 0]
+    got = cs.concepts("digits-snow", wolves[0], layer="conv4", k=3)
+    assert got.target_name == "wolf"
+    for c in got.concepts:
+        share = band_share(c.heatmap, 32)
+        assert share > 0.8, (c.name, share)
+        assert f"{c.name}: {share:.2f}" in with_snow.note
+    assert "the model now says 'husky'" in without.note
+    assert with_snow.rows and without.rows  # the figures (heatmaps, patches) are there
+    shown = with_snow.rows[0][0]
+    assert shown.width is not None and shown.width > 400  # at its natural size, not a thumbnail

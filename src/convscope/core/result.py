@@ -36,7 +36,7 @@ from convscope.core.io import json_bytes, npy_bytes, save_by_extension
 
 __all__ = ["Deferred", "Figure", "HtmlFigure", "LazyField", "Result", "batch_slice", "data_uri",
            "deferred_value",
-           "jsonable", "png_bytes", "render_template"]
+           "jsonable", "png_bytes", "png_width", "render_template"]
 
 
 class Deferred:
@@ -143,6 +143,12 @@ def render_template(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)
 
 
+def png_width(png: bytes, cap: int = 1150) -> int:
+    """The pixel width of a PNG (from its header), at most ``cap``: the display width of a grid or
+    figure shown at its natural size in a report, not as a thumbnail."""
+    return min(cap, int.from_bytes(png[16:20], "big"))
+
+
 @dataclass(frozen=True)
 class HtmlFigure:
     """One figure of a result's HTML block: its pictures (data URIs) side by side, a caption.
@@ -222,7 +228,7 @@ class Result:
         :class:`convscope.core.document.Report`; what ``report.add(result)`` calls) and return it."""
         sec = report.section(title or self.report_title(), note)
         sec.rows.append([Figure(src=src, caption=f.caption if k == len(f.sources) - 1 else "",
-                                pixelated=f.pixelated,
+                                pixelated=f.pixelated, width=f.width,
                                 warning=f.warning if k == len(f.sources) - 1 else "")
                          for f in self.html_figures() for k, src in enumerate(f.sources)])
         sec.row_labels.append("")

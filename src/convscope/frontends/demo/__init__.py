@@ -26,6 +26,7 @@ from convscope.core.errors import ConvscopeError
 from convscope.core.progress import Progress
 from convscope.data.toydata import digits, planted_cue
 from convscope.frontends.demo._concepts import concept_section
+from convscope.frontends.demo._crp import crp_section
 from convscope.frontends.demo._sections import (
     ATTRIBUTION_FAMILIES,
     _adversarial_section,
@@ -51,8 +52,8 @@ from convscope.models import load_model
 __all__ = ["ATTRIBUTION_FAMILIES", "STAGES", "choose_settings", "demo_methods", "run_demo"]
 
 STAGES = ("models", "timing methods", "methods", "swapped cue", "pointing game", "which method to trust",
-          "digits-snow", "vision transformer", "concept test", "lime text", "class visualisations", "compare",
-          "dataset", "audit", "adversarial", "model cards")
+          "digits-snow", "concepts (LRP)", "vision transformer", "concept test", "lime text",
+          "class visualisations", "compare", "dataset", "audit", "adversarial", "model cards")
 """The demo's stages, in order: its progress counts them."""
 
 
@@ -238,6 +239,8 @@ def _demo_report(bar: Progress, n_images: int, n_eval: int, progress: bool, budg
     trust_section(rep, models, cue)
     stage("digits-snow")
     _snow_section(rep, settings, n_images, n_eval, budget_s, progress)
+    stage("concepts (LRP)")
+    crp_section(rep)
     stage("vision transformer")
     vit_section(rep, cue, models["digits-cnn-cue"], n_images, n_eval)
     stage("concept test")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from convscope.core.errors import InputError
-from convscope.core.result import HtmlFigure, Result, data_uri, jsonable, png_bytes
+from convscope.core.result import HtmlFigure, Result, data_uri, jsonable, png_bytes, png_width
 from convscope.methods.dataset._grid import grid
 from convscope.methods.dataset.top import TopActivations
 
@@ -150,7 +150,9 @@ class ConceptAtlas(Result):
                 f"the {self.n} most activating ones.{warn}")
 
     def html_figures(self) -> list[HtmlFigure]:
-        return [HtmlFigure((data_uri(self.png()),), self.html_caption(), warning="; ".join(self.notes))]
+        png = self.png()
+        return [HtmlFigure((data_uri(png),), self.html_caption(), width=png_width(png),
+                           warning="; ".join(self.notes))]
 
     def report_title(self) -> str:
         return f"Concept atlas of {self.layer}"

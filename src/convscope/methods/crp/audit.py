@@ -26,7 +26,7 @@ from PIL import Image
 
 from convscope.core.errors import InputError, MethodError, UnreliableResultWarning
 from convscope.core.hooks import resolve_layers, state_guard
-from convscope.core.result import HtmlFigure, Result, data_uri, jsonable, png_bytes
+from convscope.core.result import HtmlFigure, Result, data_uri, jsonable, png_bytes, png_width
 from convscope.core.validate import check_values, ints
 from convscope.data.sources import as_source
 from convscope.data.stream import model_device
@@ -132,7 +132,9 @@ class ClusterConcepts(Result):
         if not self.suspects:
             return [HtmlFigure((), "The audit has no suspect cluster: no concepts to show.")]
         warn = "; ".join(self.notes)
-        return [HtmlFigure((data_uri(s.relevance.png()),), s.caption(), warning=warn) for s in self.suspects]
+        pngs = [s.relevance.png() for s in self.suspects]
+        return [HtmlFigure((data_uri(png),), s.caption(), width=png_width(png), warning=warn)
+                for s, png in zip(self.suspects, pngs, strict=True)]
 
     def report_title(self) -> str:
         return f"Concepts behind the suspect clusters ({self.layer})"

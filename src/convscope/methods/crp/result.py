@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from convscope.core.figure import InlineFigure, figure_png
-from convscope.core.result import HtmlFigure, Result, data_uri, jsonable
+from convscope.core.result import HtmlFigure, Result, data_uri, jsonable, png_width
 from convscope.core.results import blend, normalize_map
 
 __all__ = ["Concept", "ConceptRelevance"]
@@ -162,7 +162,9 @@ class ConceptRelevance(Result):
                 f"relevance propagated to the input): {parts}.{warn}")
 
     def html_figures(self) -> list[HtmlFigure]:
-        return [HtmlFigure((data_uri(self.png()),), self.html_caption(), warning="; ".join(self.notes))]
+        png = self.png()
+        return [HtmlFigure((data_uri(png),), self.html_caption(), width=png_width(png),
+                           warning="; ".join(self.notes))]
 
     def report_title(self) -> str:
         return f"Concepts of {self.layer} for {self.target_name}"

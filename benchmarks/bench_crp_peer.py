@@ -59,7 +59,6 @@ def _side_main(which: str, work: Path, k: int, reps: int) -> None:
             return conditional_relevance(net, x, "layer3", lambda out: out[:, TARGET], masks,
                                          batch_size=k, composite="epsilon_plus_flat").sum(1)
     else:
-
         from crp.attribution import CondAttribution
         from zennit.composites import EpsilonPlusFlat
         from zennit.torchvision import ResNetCanonizer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from convscope.core.progress import Progress
 from convscope.frontends.cli._common import (
     add_command,
     add_model_args,
@@ -85,17 +84,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     saves = [check_out(p, (".png", ".json", ".html")) for p in args.save]
     target: Any = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     lm = load_from_args(args)
-    bar: list[Progress] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bar:
-            bar.append(Progress("atlas: chunks", total, enabled=False if args.quiet else None, unit="chunks"))
-        bar[0].update(done)
-
     atlas = concept_atlas(lm, args.data, args.layer, n=args.n, composite=args.composite, target=target,
-                          out=args.output, progress=progress, **job_options(args))
-    if bar:
-        bar[0].close()
+                          out=args.output, progress=False if args.quiet else None, **job_options(args))
     for p in saves:
         atlas.save(p, channels=parse_channels(args.channels)) if p.suffix == ".png" else atlas.save(p)
     print(f"{atlas.path}  atlas of {atlas.layer}: {atlas.channels} channels x top {atlas.n} of "

@@ -19,9 +19,11 @@ LAYER, K, N_REFERENCES = "conv4", 3, 200
 
 def band_share(heatmap: torch.Tensor, top: int) -> float:
     """The share of a (H, W) heatmap's positive relevance in rows ``top:`` (the snow band)."""
-    pos = heatmap.clamp(min=0)
-    total = float(pos.sum())
-    return float(pos[top:].sum()) / total if total > 0 else 0.0
+    from convscope.methods.evaluation.pointing import cue_mass
+
+    band = torch.zeros_like(heatmap, dtype=torch.bool)
+    band[top:] = True
+    return float(cue_mass(heatmap[None], band[None])[0])
 
 
 def crp_section(rep: Report) -> None:

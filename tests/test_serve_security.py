@@ -314,6 +314,49 @@ def test_a_running_job_stops_at_its_next_forward_pass_after_the_deadline(clean_m
         eng.explain(lm.name, "saliency", img)
 
 
+def test_close_fails_every_waiting_job_at_once_with_a_503():
+    eng = Engine(("digits-cnn",), limits=Limits(timeout_s=30))
+    c = TestClient(create_app(eng), base_url=BASE)
+    go, t = _blocker(eng.jobs)  # the running job; ignores `expired`, so close() cannot stop it
+    answers: list[tuple[float, object]] = []
+    t0 = time.monotonic()
+
+    def queued(post: bool, heavy: bool) -> None:
+        if post:
+            out: object = c.post("/api/explain", data=SALIENCY)
+        else:
+            try:
+                out = eng.jobs.run(lambda _e: "ran", heavy=heavy, deadline=time.monotonic() + 30)
+            except Exception as exc:  # noqa: BLE001 - the test looks at what came back
+                out = exc
+        answers.append((time.monotonic() - t0, out))
+
+    kinds = ((True, False), (False, False), (False, True))  # a request; a cheap and a heavy job
+    waiters = [threading.Thread(target=queued, args=a) for a in kinds]
+    for i, w in enumerate(waiters, 1):
+        w.start()
+        while eng.jobs.waiting < i:
+            time.sleep(0.001)
+    try:
+        eng.jobs.close(timeout=0.1)
+        for w in waiters:
+            w.join(10)  # without close() failing them they wait their 30 s deadline
+        assert len(answers) == 3 and all(when < 10 for when, _ in answers)
+        r = next(out for _, out in answers if hasattr(out, "status_code"))
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+        assert "shutting down" in r.json()["error"] and "\n" not in r.json()["error"]
+        errors = [out for _, out in answers if not hasattr(out, "status_code")]
+        assert all(isinstance(e, cs.ConvscopeError) and getattr(e, "status", None) == 503
+                   and "shutting down" in str(e) for e in errors), errors
+    finally:
+        go.set()
+        t.join(30)
+    eng.close()  # again: joins the worker, so its count of finished jobs is final
+    assert eng.jobs.done == 1 and eng.jobs.timed_out == 0  # only the blocker ran; none "timed out"
+    r = c.post("/api/explain", data=SALIENCY)
+    assert r.status_code == 503 and "shutting down" in r.json()["error"]
+
+
 # --- samples and layers follow the model -------------------------------------------------------------
 
 

@@ -127,7 +127,7 @@ class Engine:
         self.kept = Kept(KEEP_RESULTS)  # results, for their downloads
 
     def close(self) -> None:
-        """Stop the job queue's worker (waiting jobs are dropped); the engine takes no more jobs."""
+        """Stop the job queue's worker (waiting jobs fail at once: shutting down); no more jobs."""
         self.jobs.close()
 
     # --- look-ups: every name from a request is checked against a table ------------------------

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 _OUT_OF_TIME = ("the request ran out of time waiting for the model or running on it; try again, "
                 "or pick a cheaper method or the quick preview")
+_SHUTTING_DOWN = "the app is shutting down; try again once it is back"
 
 #: Cheap jobs served in a row while a heavy job waits, before that heavy job gets its turn.
 LIGHT_BURST = 4
@@ -153,13 +154,20 @@ class JobQueue:
         return math.ceil(self._job_s * (ahead + 1))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Drop the waiting jobs, stop the running one at its next safe point, end the worker."""
+        """Fail the waiting jobs at once, stop the running one at its next safe point, end the worker.
+
+        Every caller still waiting in :meth:`run` is answered :class:`Busy` (HTTP 503: the app is
+        shutting down) now, instead of at its deadline.
+        """
         with self._cond:
             self.closing = True
+            dropped = [*self._light, *self._heavy]
             self._light.clear()
             self._heavy.clear()
             self._cond.notify_all()
             worker = self._worker
+        for job in dropped:
+            job.future.set_exception(Busy(_SHUTTING_DOWN, 60))
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout)
 
@@ -174,7 +182,7 @@ class JobQueue:
         job = _Job(fn, heavy, deadline, self)
         with self._cond:
             if self.closing:
-                raise Busy("the app is shutting down", 60)
+                raise Busy(_SHUTTING_DOWN, 60)
             ahead = len(self._light) + len(self._heavy)
             if ahead >= self.max_queue:
                 raise QueueFull(f"the app is busy: {ahead} jobs are waiting; try again shortly",
@@ -187,6 +195,8 @@ class JobQueue:
         try:
             return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
         except (FutureTimeout, TimedOut):
+            if self.closing:  # the running job was stopped by close(), not by its deadline
+                raise Busy(_SHUTTING_DOWN, 60) from None
             with self._cond:
                 job.abandoned = True
                 for lane in (self._light, self._heavy):

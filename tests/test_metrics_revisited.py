@@ -242,6 +242,24 @@ def test_input_invariance_warns_where_padding_breaks_the_compensation():
         ax.input_invariance(nobias, x, _grad)
 
 
+def test_the_grid_puts_input_invariances_padding_warning_in_its_notes():
+    net, lm, x, maps, y = metric_setup()  # its first convolution pads with zeros
+    x = torch.cat([x, torch.rand(5, 1, 12, 12, generator=torch.Generator().manual_seed(5))])  # 8: no
+    with warnings.catch_warnings(record=True) as caught:  # few-images note
+        warnings.simplefilter("always")
+        tab = cs.evaluate(lm, x, {"grad": _grad, "gxi": gxi}, metrics=["input_invariance"], progress=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, UnreliableResultWarning)]
+    # the notes a caller on another thread reads (the web app's /trust page) carry it, once for both
+    # methods (the gap is the model's, not the method's), and it is warned once, as the notes are
+    assert [n for n in tab.notes if "pads with zeros" in n] == said and len(said) == 1
+    assert said[0].startswith("input_invariance: ") and "\n" not in said[0]
+    unpadded = _net(fixed=False)[1]  # exact compensation: no note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableResultWarning)
+        tab = cs.evaluate(unpadded, x, {"grad": _grad}, metrics=["input_invariance"], progress=False)
+    assert tab.notes == ()
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0, -1, 10**9])
 def test_options_validated_at_the_edge(bad):
     net, lm, x, maps, y = metric_setup()

@@ -81,6 +81,18 @@ def test_few_images_warn_on_the_page(client):
     assert s["status"] == "done" and any("wide confidence intervals" in w for w in s["warnings"])
 
 
+def test_a_metrics_own_warning_reaches_the_page(client, engine):
+    # digits-cnn-cue's first convolution pads with zeros: input_invariance's bias compensation is
+    # inexact at the borders, which the metric warns; the page reads MetricTable.notes
+    first = next(m for m in engine.model("digits-cnn-cue").model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.padding != (0, 0)
+    r = client.post("/api/trust", data={"model": "digits-cnn-cue", "methods": "saliency",
+                                        "metrics": "input_invariance", "samples": "0,1,2,3,4,5,6,7"})
+    s, _ = _wait(client, r.json()["id"])
+    assert s["status"] == "done", s["error"]
+    assert [w for w in s["warnings"] if w.startswith("input_invariance:") and "pads with zeros" in w], s
+
+
 @pytest.mark.parametrize(("fields", "says"), [
     ({"methods": "nosuch"}, "nosuch"),
     ({"metrics": "pointing_game"}, "masks"),

@@ -144,11 +144,13 @@ def input_invariance(
     maps: torch.Tensor | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    notes: list[str] | None = None,
 ) -> torch.Tensor:
     """(B,) 1.0 where the map of the bias-compensated model on ``x + shift`` equals the map on
     ``x`` within ``atol`` (default shift -1 model-space units and atol 1e-4, as Quantus), else 0.0;
     higher is better. Warns (:class:`~convscope.core.errors.UnreliableResultWarning`) where the
-    compensation is inexact (a zero-padded first convolution).
+    compensation is inexact (a zero-padded first convolution), or appends that line to ``notes``
+    when given (how :func:`~convscope.evaluate` fills :attr:`MetricTable.notes`).
     """
     from dataclasses import replace
 
@@ -162,9 +164,13 @@ def input_invariance(
         gap = float((chunked_outputs(twin, xs, batch_size)
                      - chunked_outputs(lm.model, x, batch_size)).abs().max())
     if gap > atol:
-        warnings.warn(f"input_invariance: the shifted model's outputs differ from the model's by {gap:.2g} "
-                      f"(the first layer {name!r} pads with zeros, so the bias absorbs the shift only away "
-                      "from the borders); the score is unreliable", UnreliableResultWarning, stacklevel=2)
+        note = (f"input_invariance: the shifted model's outputs differ from the model's by {gap:.2g} "
+                f"(the first layer {name!r} pads with zeros, so the bias absorbs the shift only away "
+                "from the borders); the score is unreliable")
+        if notes is None:
+            warnings.warn(note, UnreliableResultWarning, stacklevel=2)
+        else:
+            notes.append(note)
     moved = ex(replace(lm, model=twin), xs, t)
     same = ((moved.detach().double() - maps.detach().double()).abs() <= atol).flatten(1).all(1)
     return same.float().cpu()

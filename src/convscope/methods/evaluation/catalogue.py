@@ -49,6 +49,7 @@ class MetricContext:
     masks: torch.Tensor | None
     batch_size: int | str
     seed: int
+    notes: list[str] = field(default_factory=list)  # why a cell is unreliable, for MetricTable.notes
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ _M: list[MetricSpec] = [
                                               **k),
                {"baseline": "black"}, "Sundararajan et al. 2017"),
     MetricSpec("input_invariance", "axiomatic", True, "explainer",
-               lambda c, **k: ax.input_invariance(c.lm, c.x, c.explainer, **_ex(c), **k),
+               lambda c, **k: ax.input_invariance(c.lm, c.x, c.explainer, **_ex(c), notes=c.notes, **k),
                {"shift": -1.0, "atol": 1e-4}, "Kindermans et al. 2017"),
     MetricSpec("non_sensitivity", "axiomatic", False, "",
                lambda c, **k: ax.non_sensitivity(c.lm, c.x, c.maps, **_common(c), **_step(c, k)).float(),

@@ -295,6 +295,7 @@ def evaluate(
     secs: dict[str, dict[str, float]] = {}
     errors: dict[str, dict[str, str]] = {}
     explain_secs: dict[str, float] = {}
+    cell_notes: list[str] = []  # the metrics' own warnings, gathered here (see MetricTable.notes)
     with Progress("evaluate", len(items) * (len(specs) + 1), enabled=progress, unit="cells") as bar:
         for name, spec in items:
             t0 = time.perf_counter()
@@ -303,7 +304,7 @@ def evaluate(
             maps = check_maps(x, spec if ex is None else ex(lm, x, t)).to(x.device)
             explain_secs[name] = time.perf_counter() - t0
             bar.advance()
-            ctx = MetricContext(lm, x, maps, t, ex, reg, batch_size, seed)
+            ctx = MetricContext(lm, x, maps, t, ex, reg, batch_size, seed, cell_notes)
             scores[name], ci[name], secs[name] = {}, {}, {}
             for s in specs:
                 bar.status(f"{name} · {s.name}")
@@ -320,6 +321,7 @@ def evaluate(
     info = {"name": lm.name, "assumed": list(lm.assumed)}
     notes = (f"evaluate: {x.shape[0]} images give wide confidence intervals; rank methods on "
              f"{MIN_IMAGES} or more",) if x.shape[0] < MIN_IMAGES else ()
+    notes += tuple(dict.fromkeys(cell_notes))
     for note in notes:
         warnings.warn(note, UnreliableResultWarning, stacklevel=2)
     return MetricTable([n for n, _ in items], [s.name for s in specs], scores, ci, opts, secs, info, errors,

@@ -92,3 +92,50 @@ def test_embed_of_identical_images_names_pca_and_warns() -> None:
     with pytest.warns(UnreliableResultWarning, match="placed by PCA"):
         e = cs.embed(cs.load_model(net.eval(), preprocessing="none"), x, "0", method="tsne")
     assert e.method == "pca" and np.isfinite(e.coords).all() and not np.ptp(e.coords, 0).any()
+
+
+@pytest.mark.parametrize(("option", "bad"), [
+    *(("perplexity", v) for v in (float("nan"), float("inf"), -float("inf"), 0, 0.0, -1, 10**9, 1e300, True,
+                                  "30")),
+    *(("seed", v) for v in (float("nan"), float("inf"), -1, 2**32, 10**30, 2.5, 1.0, True, "0", None)),
+])
+def test_numeric_options_are_refused_in_one_line_before_any_work(option, bad) -> None:
+    from convscope.core.errors import InputError
+    from convscope.methods.dataset import embed
+
+    x = np.random.default_rng(2).random((12, 6))
+    for method in ("pca", "tsne"):
+        with pytest.raises(InputError, match=f"^{option} must be ") as e:
+            project(x, method, **{option: bad})
+        assert "\n" not in str(e.value)
+    # embed() checks them before it opens the model or reads a single image
+    with pytest.raises(InputError, match=f"^{option} must be "):
+        embed("no-such-model", "no-such-data", "conv", method="tsne", **{option: bad})
+
+
+def test_bad_features_are_refused_and_good_edges_pass() -> None:
+    from convscope.core.errors import InputError
+
+    x = np.random.default_rng(3).random((12, 6))
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[4, 2] = bad
+        with pytest.raises(InputError, match="NaN or infinite"):
+            project(y, "tsne")
+    with pytest.raises(InputError, match="unknown embedding method"):
+        project(x, "mds")
+    with pytest.raises(InputError, match=r"\(N, D\)"):
+        project(x[None], "pca")
+    # the edges of the declared ranges are taken; a perplexity above (N - 1) / 3 is lowered to it
+    clamped = project(x, "tsne", perplexity=10_000, seed=2**32 - 1)
+    np.testing.assert_array_equal(clamped, project(x, "tsne", perplexity=11 / 3, seed=2**32 - 1))
+    assert np.isfinite(project(x, "tsne", perplexity=1e-3)).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 2.5])
+def test_audit_checks_the_seed_of_its_maps_before_any_work(bad) -> None:
+    from convscope.core.errors import InputError
+    from convscope.methods.dataset import audit
+
+    with pytest.raises(InputError, match="^seed must be an integer in"):  # before the model is opened
+        audit("no-such-model", "no-such-data", seed=bad)

@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 
 from convscope.core.errors import InputError
-from convscope.core.validate import option_group, shows_options
+from convscope.core.validate import check_values, option_group, shows_options
 from convscope.methods.dataset import _spectral as sp
 from convscope.methods.dataset._audit_result import Audit, AuditClass, AuditCluster
 from convscope.methods.dataset._cluster import _describe
@@ -200,7 +200,7 @@ def audit(
     from convscope.core.progress import Progress
     from convscope.data.sources import Subset, as_source
     from convscope.data.stream import model_device
-    from convscope.methods.dataset.embed import project
+    from convscope.methods.dataset.embed import EMBED_RANGES, project
     from convscope.methods.jobs import run_batch
     from convscope.methods.jobs.provenance import input_files
     from convscope.methods.jobs.store import zarr_module
@@ -210,6 +210,7 @@ def audit(
     own = {f.name for f in fields(AuditSettings)}
     cfg = AuditSettings(**{n: v for n, v in settings.items() if n in own})
     job = option_group(JobOptions, "audit", {n: v for n, v in settings.items() if n not in own})
+    check_values(seed=(job.seed, EMBED_RANGES["seed"]))  # it seeds the map too: checked before the maps
     if cfg.embedding == "umap":
         project(np.eye(3, 2), "umap")  # a missing umap-learn fails here, before the maps
     info = get_method(method)

@@ -18,14 +18,18 @@ from PIL import Image
 from convscope.core.errors import InputError, UnreliableResultWarning
 from convscope.core.result import Result
 from convscope.core.results import png_bytes
-from convscope.core.validate import option_group, shows_options
+from convscope.core.validate import Range, check_values, ints, option_group, reals, shows_options
 from convscope.methods.dataset._grid import font, to_pil
 from convscope.methods.dataset._view import LayerView
 from convscope.methods.dataset.neighbors import Features, Pooling, pooled
 
-__all__ = ["EMBED_METHODS", "Embedding", "embed", "embedding_fallback", "project"]
+__all__ = ["EMBED_METHODS", "EMBED_RANGES", "Embedding", "embed", "embedding_fallback", "project"]
 
 EMBED_METHODS = ("pca", "tsne", "umap")
+#: Allowed values of :func:`project`'s and :func:`embed`'s numeric options, checked before any work.
+#: A perplexity is an effective number of neighbours: above (N - 1) / 3 it is lowered to that;
+#: 10,000 is far above any useful one (scikit-learn suggests 5 to 50).
+EMBED_RANGES: dict[str, Range] = {"seed": ints(0, 2**32 - 1), "perplexity": reals(0, 10_000, lo_open=True)}
 PCA_FALLBACK = "placed by PCA instead"  # ends embedding_fallback's reason (read back from audit notes)
 
 
@@ -52,18 +56,31 @@ def embedding_fallback(features: np.ndarray, method: str) -> str | None:
     return f"{method} needs at least 3 distinct feature rows; these {len(x)} are {same}: {PCA_FALLBACK}"
 
 
+def _check_options(method: str, seed: int, perplexity: float) -> None:
+    if method not in EMBED_METHODS:
+        raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+    check_values(seed=(seed, EMBED_RANGES["seed"]), perplexity=(perplexity, EMBED_RANGES["perplexity"]))
+
+
 def project(
     features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0
 ) -> np.ndarray:
     """(N, D) features -> (N, 2) coordinates with ``method`` (pca, tsne or umap).
 
     Where t-SNE or UMAP cannot place the rows (:func:`embedding_fallback`), PCA does, with an
-    :class:`UnreliableResultWarning` that says so; identical rows all sit at (0, 0).
+    :class:`UnreliableResultWarning` that says so; identical rows all sit at (0, 0). ``seed`` and
+    ``perplexity`` (t-SNE's; above (N - 1) / 3 it is lowered to that) are checked against
+    :data:`EMBED_RANGES` (an :class:`InputError`).
     """
+    _check_options(method, seed, perplexity)
     x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise InputError(f"features must be (N, D) rows, got shape {x.shape}")
     n = x.shape[0]
     if n < 3:
         raise InputError(f"an embedding map needs at least 3 images, got {n}")
+    if not np.isfinite(x).all():
+        raise InputError("the features hold NaN or infinite values; the model's activations overflowed")
     why = embedding_fallback(x, method)
     if why is not None:
         warnings.warn(why, UnreliableResultWarning, stacklevel=2)
@@ -83,15 +100,12 @@ def project(
         return TSNE(
             n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed
         ).fit_transform(x)
-    if method == "umap":
-        try:
-            import umap  # type: ignore[import-not-found]
-        except ImportError:
-            raise InputError(
-                "UMAP needs the umap-learn package (pip install umap-learn); or use pca or tsne"
-            ) from None
-        return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
-    raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+    try:  # umap, the method left (checked above)
+        import umap  # type: ignore[import-not-found]
+    except ImportError:
+        raise InputError("UMAP needs the umap-learn package (pip install umap-learn); or use pca or "
+                         "tsne") from None
+    return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
 
 
 @dataclass(frozen=True, repr=False)
@@ -194,13 +208,13 @@ def embed(
 
     Args:
         method: ``"pca"``, ``"tsne"`` or ``"umap"`` (needs ``umap-learn``).
-        seed: random state of t-SNE / UMAP (and the PCA solver).
+        seed: random state of t-SNE / UMAP (and the PCA solver), an integer in [0, 2**32 - 1].
+        perplexity: t-SNE's, in (0, 10000] (lowered to (N - 1) / 3 for N images where larger).
         features: precomputed :func:`layer_features` of ``data``.
         **pooling: how the features are made (``pool``, ``batch_size``, ...), as for
             :func:`layer_features`.
     """
-    if method not in EMBED_METHODS:
-        raise InputError(f"unknown embedding method {method!r}; use one of {', '.join(EMBED_METHODS)}")
+    _check_options(method, seed, perplexity)  # before the features are made
     st = option_group(Pooling, "embed", pooling)  # checked even when ``features`` are given
     if features is None:
         features = pooled(st, *st.open(model, data, layer))

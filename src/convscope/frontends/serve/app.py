@@ -3,7 +3,8 @@
 Routes:
 
 * ``GET /``, ``GET /static/<name>``: the page, its script and style, read from the package at
-  start-up into memory (a request names a file in that table, never a path).
+  start-up into memory (a request names a file in that table, never a path); the pages are
+  rendered then from one Jinja2 shell (:mod:`.pages`).
 * ``GET /api/info``: models (classes, layers), methods (from the registry), samples, limits.
 * ``GET /api/methods``: every registered method with its option specs (type, default, range,
   choices, doc), which the page builds its options form from.
@@ -62,6 +63,7 @@ from convscope.frontends.serve.concepts import ConceptView, NotInConcepts
 from convscope.frontends.serve.crp import CrpView
 from convscope.frontends.serve.engine import Busy, Engine, NotFound
 from convscope.frontends.serve.limits import Limits, TooLarge, UnsupportedImage
+from convscope.frontends.serve.pages import render_pages
 from convscope.frontends.serve.trust import TrustJobs
 
 __all__ = ["create_app", "running"]
@@ -77,6 +79,7 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
         ext = name[name.rfind("."):] if "." in name else ""
         if item.is_file() and ext in _STATIC_TYPES:
             out[name] = (item.read_bytes(), _STATIC_TYPES[ext])
+    out.update((name, (page, _STATIC_TYPES[".html"])) for name, page in render_pages().items())
     return out
 
 

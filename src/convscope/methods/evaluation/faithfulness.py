@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from convscope.core.errors import InputError
-from convscope.core.validate import check_values, ints
+from convscope.core.validate import check_values, ints, option_group, shows_options
 from convscope.methods.evaluation._common import BaselineSpec, mixed_scores
+from convscope.methods.evaluation._options import LOGIT, Removals
 from convscope.methods.evaluation._prep import Prepared, image_minimum, metric_baseline, prepare
 from convscope.methods.evaluation.curves import (
     Curve,
@@ -63,27 +64,22 @@ def _step(n: int, features_in_step: int) -> int:
     return int(features_in_step)
 
 
-def _ranked(model: Model, x: torch.Tensor, maps: torch.Tensor, targets: Any, features_in_step: int,
-            baseline: BaselineSpec, batch_size: int | str, order: str,
-            seed: int) -> tuple[Prepared, torch.Tensor, torch.Tensor, int]:
+def _ranked(model: Model, x: torch.Tensor, maps: torch.Tensor, features_in_step: int, o: Removals,
+            order: str) -> tuple[Prepared, torch.Tensor, torch.Tensor, int]:
     """The start of a pixel-group metric: prepared inputs, baseline, (B, N) pixel ranks, step."""
-    p = prepare(model, x, maps, targets, batch_size)
+    p = prepare(model, x, maps, o.targets, o.batch_size)
     s = _step(p.x.shape[-2] * p.x.shape[-1], features_in_step)
-    return p, metric_baseline(p.x, baseline, p.lm), pixel_ranks(p.maps, order, seed), s
+    return p, metric_baseline(p.x, o.baseline, p.lm), pixel_ranks(p.maps, order, o.seed), s
 
 
+@shows_options(Removals)
 def pixel_flipping(
     model: Model,
     x: torch.Tensor,
     maps: torch.Tensor,
     *,
-    targets: Any = None,
     features_in_step: int = 1,
-    baseline: BaselineSpec = "black",
-    score: str = "probability",
-    batch_size: int | str = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
+    **options: Any,
 ) -> Curve:
     """Pixel flipping (Bach et al., "On Pixel-Wise Explanations ... by Layer-Wise Relevance
     Propagation", PLoS ONE 2015).
@@ -97,20 +93,24 @@ def pixel_flipping(
 
     Args:
         features_in_step: pixels flipped per step (must divide H * W; default 1).
-        baseline: what flipped pixels become (default ``"black"``; ``"min"`` is Quantus's).
-        score: ``"probability"`` (default, as Quantus) or ``"logit"``.
+        **options: the fields of :class:`~convscope.methods.evaluation._options.Removals`:
+            ``targets``, ``baseline`` (what flipped pixels become: default ``"black"``; ``"min"``
+            is Quantus's), ``score`` (``"probability"``, the default, as Quantus, or ``"logit"``),
+            ``batch_size``, ``seed`` (orders pixels of equal attribution) and ``progress``.
 
     Returns:
         A :class:`~convscope.methods.evaluation.curves.Curve` (kind ``"deletion"``, order ``"most"``)
         with ``N / s + 1`` points.
     """
+    o = option_group(Removals, "pixel_flipping", options)
     n = x.shape[-2] * x.shape[-1]
     s = _step(n, features_in_step)
+    baseline = o.baseline
     if isinstance(baseline, str) and baseline == "min":
         baseline = image_minimum(x.detach())
-    return relevance_curve(model, x, maps, kind="deletion", order="most", targets=targets, steps=n // s,
-                           baseline=baseline, score=score, batch_size=batch_size, seed=seed,
-                           progress=progress)
+    return relevance_curve(model, x, maps, kind="deletion", order="most", targets=o.targets, steps=n // s,
+                           baseline=baseline, score=o.score, batch_size=o.batch_size, seed=o.seed,
+                           progress=o.progress)
 
 
 def patch_ranks(maps: torch.Tensor, patch_size: int, order: str = "morf") -> tuple[torch.Tensor, int]:
@@ -266,17 +266,15 @@ def selectivity(
                         batch_size=batch_size, progress=progress)
 
 
-def group_removals(model: Model, x: torch.Tensor, maps: torch.Tensor, *, targets: Any, features_in_step: int,
-                   baseline: BaselineSpec, score: str, batch_size: int | str, order: str, seed: int,
-                   progress: bool | None, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def group_removals(model: Model, x: torch.Tensor, maps: torch.Tensor, features_in_step: int, o: Removals, *,
+                   order: str, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores with each group of ``features_in_step`` pixels (groups in ``order`` of relevance)
     removed on its own, and the groups' attribution sums.
 
     Returns:
         (B, G + 1) scores (column 0: the intact input), (B, G) sums; float64 on the CPU.
     """
-    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size, order,
-                                seed)
+    p, base, ranks, s = _ranked(model, x, maps, features_in_step, o, order)
     h, w = p.x.shape[-2:]
     g = h * w // s
     group = ranks // s  # (B, N) group of each pixel
@@ -284,25 +282,21 @@ def group_removals(model: Model, x: torch.Tensor, maps: torch.Tensor, *, targets
     def mask_of(i: torch.Tensor) -> torch.Tensor:
         return (group[i // (g + 1)] != (i % (g + 1))[:, None] - 1).view(-1, h, w)  # column 0: intact
 
-    out = mixed_scores(p.net, p.x, base, g + 1, mask_of, p.targets, score=score, batch_size=batch_size,
-                       progress=progress, desc=desc).double().cpu()
+    out = mixed_scores(p.net, p.x, base, g + 1, mask_of, p.targets, score=o.score, batch_size=o.batch_size,
+                       progress=o.progress, desc=desc).double().cpu()
     sums = torch.zeros(p.x.shape[0], g, dtype=torch.float64)
     sums.scatter_add_(1, group.cpu(), p.maps.double().flatten(1).cpu())
     return out, sums
 
 
+@shows_options(Removals, **LOGIT)
 def faithfulness_estimate(
     model: Model,
     x: torch.Tensor,
     maps: torch.Tensor,
     *,
-    targets: Any = None,
     features_in_step: int = 1,
-    baseline: BaselineSpec = "black",
-    score: str = "logit",
-    batch_size: int | str = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) faithfulness estimate (Alvarez-Melis and Jaakkola, "Towards Robust Interpretability
     with Self-Explaining Neural Networks", NeurIPS 2018).
@@ -310,27 +304,23 @@ def faithfulness_estimate(
     Remove each group ``G_i`` of ``features_in_step`` pixels on its own (groups in order of
     relevance) and correlate (Pearson) ``sum_{j in G_i} a_j`` with ``f(x) - f(x_{G_i = baseline})``
     over the groups. In [-1, 1]; **higher is better**. Equals Quantus 0.6.0's
-    ``FaithfulnessEstimate`` (logit score by default, as there).
+    ``FaithfulnessEstimate`` (logit score by default, as there). Options as :func:`pixel_flipping`.
     """
-    out, sums = group_removals(model, x, maps, targets=targets, features_in_step=features_in_step,
-                               baseline=baseline, score=score, batch_size=batch_size, order="most",
-                               seed=seed, progress=progress, desc="faithfulness estimate")
+    o = option_group(Removals, "faithfulness_estimate", options, **LOGIT)
+    out, sums = group_removals(model, x, maps, features_in_step, o, order="most",
+                               desc="faithfulness estimate")
     drop = out[:, :1] - out[:, 1:]
     return _pearson(sums, drop).float()
 
 
+@shows_options(Removals)
 def monotonicity(
     model: Model,
     x: torch.Tensor,
     maps: torch.Tensor,
     *,
-    targets: Any = None,
     features_in_step: int = 1,
-    baseline: BaselineSpec = "black",
-    score: str = "probability",
-    batch_size: int | str = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) bool: monotonicity (Arya et al., "One Explanation Does Not Fit All", arXiv 2019).
 
@@ -340,17 +330,17 @@ def monotonicity(
 
     Quantus 0.6.0's ``Monotonicity`` replaces baseline pixels *with the baseline* (it never puts
     the input back), so its curve is flat and every map passes; this follows the paper, and is
-    tested against a hand computation.
+    tested against a hand computation. Options as :func:`pixel_flipping`.
     """
-    p, base, ranks, s = _ranked(model, x, maps, targets, features_in_step, baseline, batch_size, "least",
-                                seed)
+    o = option_group(Removals, "monotonicity", options)
+    p, base, ranks, s = _ranked(model, x, maps, features_in_step, o, "least")
     h, w = p.x.shape[-2:]
     k = h * w // s
 
     def mask_of(i: torch.Tensor) -> torch.Tensor:
         return (ranks[i // k] < ((i % k)[:, None] + 1) * s).view(-1, h, w)  # pixels put back
 
-    out = mixed_scores(p.net, p.x, base, k, mask_of, p.targets, score=score, batch_size=batch_size,
-                       progress=progress, desc="monotonicity")
+    out = mixed_scores(p.net, p.x, base, k, mask_of, p.targets, score=o.score, batch_size=o.batch_size,
+                       progress=o.progress, desc="monotonicity")
     return (out[:, 1:] >= out[:, :-1]).all(1).cpu()
 

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from convscope.core.validate import check_values, ints, reals
-from convscope.methods.evaluation._common import BaselineSpec, mixed_scores
+from convscope.core.validate import check_values, ints, option_group, reals, shows_options
+from convscope.methods.evaluation._common import mixed_scores
+from convscope.methods.evaluation._options import LOGIT, Removals, check_ranges
 from convscope.methods.evaluation._prep import metric_baseline, prepare
 from convscope.methods.evaluation.curves import faithfulness_correlation
 from convscope.models import LoadedModel
@@ -46,30 +47,28 @@ __all__ = ["infidelity", "monotonicity_correlation", "sensitivity_n", "sufficien
 Model = str | nn.Module | LoadedModel
 
 
+@shows_options(Removals)
 def monotonicity_correlation(
     model: Model,
     x: torch.Tensor,
     maps: torch.Tensor,
     *,
-    targets: Any = None,
     features_in_step: int = 1,
-    baseline: BaselineSpec = "black",
-    score: str = "probability",
     eps: float = 1e-5,
-    batch_size: int | str = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) Spearman correlation of group attribution sums with the normalised squared output
-    change of removing each group (see the module docstring); higher is better."""
+    change of removing each group (see the module docstring); higher is better. Options (the
+    fields of :class:`~convscope.methods.evaluation._options.Removals`) as
+    :func:`~convscope.methods.evaluation.faithfulness.pixel_flipping`."""
     from scipy.stats import spearmanr
 
     from convscope.methods.evaluation.faithfulness import group_removals
 
+    o = option_group(Removals, "monotonicity_correlation", options)
     check_values(eps=(eps, reals(0)))
-    out, sums = group_removals(model, x, maps, targets=targets, features_in_step=features_in_step,
-                               baseline=baseline, score=score, batch_size=batch_size, order="least",
-                               seed=seed, progress=progress, desc="monotonicity correlation")
+    out, sums = group_removals(model, x, maps, features_in_step, o, order="least",
+                               desc="monotonicity correlation")
     y0 = out[:, :1]
     inv = torch.where(y0.abs() >= eps, 1 / y0.clamp(min=1e-300).square(), torch.ones_like(y0))
     var = (out[:, 1:] - y0).square() * inv
@@ -77,48 +76,42 @@ def monotonicity_correlation(
     return torch.tensor(np.nan_to_num(np.asarray(rho, dtype=np.float64)), dtype=torch.float32)
 
 
+@shows_options(Removals, **LOGIT)
 def sensitivity_n(
     model: Model,
     x: torch.Tensor,
     maps: torch.Tensor,
     *,
     sizes: Sequence[int] | None = None,
-    targets: Any = None,
     n_samples: int = 100,
-    baseline: BaselineSpec = "black",
-    score: str = "logit",
-    batch_size: int | str = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B, len(sizes)) sensitivity-N: the Pearson correlation per subset size (default: 1 %, 5 %,
-    10 %, 25 % and 50 % of the pixels, rounded, at least 1); higher is better."""
+    10 %, 25 % and 50 % of the pixels, rounded, at least 1); higher is better. Options as
+    :func:`monotonicity_correlation` (``score`` default ``"logit"``)."""
+    o = option_group(Removals, "sensitivity_n", options, **LOGIT)
     n = x.shape[-2] * x.shape[-1]
     if sizes is None:
         sizes = [max(1, round(f * n)) for f in (0.01, 0.05, 0.1, 0.25, 0.5)]
     sizes = list(sizes)
     for k in sizes:
         check_values(sizes=(k, ints(1, n)))
-    cols = [faithfulness_correlation(model, x, maps, targets=targets, n_samples=n_samples,
-                                     subset_size=k, baseline=baseline, score=score, batch_size=batch_size,
-                                     seed=seed + j, progress=progress)
+    cols = [faithfulness_correlation(model, x, maps, targets=o.targets, n_samples=n_samples, subset_size=k,
+                                     baseline=o.baseline, score=o.score, batch_size=o.batch_size,
+                                     seed=o.seed + j, progress=o.progress)
             for j, k in enumerate(sizes)]
     return torch.stack(cols, 1)
 
 
+@shows_options(Removals, **LOGIT)
 def infidelity(
     model: Model,
     x: torch.Tensor,
     maps: torch.Tensor,
     *,
-    targets: Any = None,
     patch_size: int = 4,
     n_samples: int = 32,
-    baseline: BaselineSpec = "black",
-    score: str = "logit",
-    batch_size: int | str = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) infidelity under random square-patch removals (see the module docstring); lower is
     better.
@@ -126,13 +119,16 @@ def infidelity(
     Args:
         patch_size: side of the removed square (default 4 px).
         n_samples: patches per image (positions uniform, seeded).
+        **options: as :func:`monotonicity_correlation` (``score`` default ``"logit"``).
     """
-    p = prepare(model, x, maps, targets, batch_size)
+    o = option_group(Removals, "infidelity", options, **LOGIT)
+    p = prepare(model, x, maps, o.targets, o.batch_size)
     h, w = p.x.shape[-2:]
-    check_values(patch_size=(patch_size, ints(1, min(h, w))), n_samples=(n_samples, ints(1)))
-    base = metric_baseline(p.x, baseline, p.lm)
+    check_values(patch_size=(patch_size, ints(1, min(h, w))))
+    check_ranges(n_samples=n_samples)
+    base = metric_baseline(p.x, o.baseline, p.lm)
     b = p.x.shape[0]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(o.seed)
     top = torch.randint(0, h - patch_size + 1, (b, n_samples), generator=gen)
     left = torch.randint(0, w - patch_size + 1, (b, n_samples), generator=gen)
     r = torch.arange(h)[None, None, :, None] - top[..., None, None]
@@ -140,8 +136,8 @@ def infidelity(
     inside = (r >= 0) & (r < patch_size) & (c >= 0) & (c < patch_size)  # (B, n, H, W)
     keep = torch.cat([torch.ones(b, 1, h, w, dtype=torch.bool), ~inside], 1).to(p.x.device)
     flat = keep.view(-1, h, w)
-    out = mixed_scores(p.net, p.x, base, n_samples + 1, lambda i: flat[i], p.targets, score=score,
-                       batch_size=batch_size, progress=progress, desc="infidelity").double().cpu()
+    out = mixed_scores(p.net, p.x, base, n_samples + 1, lambda i: flat[i], p.targets, score=o.score,
+                       batch_size=o.batch_size, progress=o.progress, desc="infidelity").double().cpu()
     drop = out[:, :1] - out[:, 1:]
     diff = (p.x - base).double().sum(1).cpu()  # (B, H, W): I summed over channels, the map broadcast
     dot = (inside.double() * (diff * p.maps.double().cpu())[:, None]).flatten(2).sum(-1)

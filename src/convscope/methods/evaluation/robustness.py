@@ -30,9 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from convscope.core.validate import check_values, ints, reals
+from convscope.core.validate import check_values, ints, option_group, reals, shows_options
+from convscope.methods.evaluation._options import Perturbations, check_ranges
 from convscope.methods.evaluation._prep import metric_baseline
 from convscope.methods.evaluation.sensitivity import (
+    explained_perturbations,
     max_sensitivity,
     perturbed_maps,
     relative_changes,
@@ -50,51 +52,43 @@ Model = str | nn.Module | LoadedModel
 Explainer = str | Callable[..., torch.Tensor]
 
 
+@shows_options(Perturbations)
 def avg_sensitivity(
     model: Model,
     x: torch.Tensor,
     explainer: Explainer,
     *,
-    targets: Any = None,
     radius: float = 0.1,
-    n_samples: int = 8,
-    maps: torch.Tensor | None = None,
-    seed: int = 0,
-    batch_size: int = 32,
-    noise: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) average sensitivity: the mean over ``n_samples`` uniform draws (radius ``radius``,
     default 0.1 model-space units) of ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2``; lower is better.
     Options as :func:`max_sensitivity`."""
-    return relative_changes(model, x, explainer, targets=targets, radius=radius, n_samples=n_samples,
-                            maps=maps, seed=seed, batch_size=batch_size, noise=noise).mean(0).float()
+    o = option_group(Perturbations, "avg_sensitivity", options)
+    return relative_changes(model, x, explainer, radius, o).mean(0).float()
 
 
+@shows_options(Perturbations)
 def local_lipschitz_estimate(
     model: Model,
     x: torch.Tensor,
     explainer: Explainer,
     *,
-    targets: Any = None,
     std: float = 0.1,
-    n_samples: int = 8,
-    maps: torch.Tensor | None = None,
-    seed: int = 0,
-    batch_size: int = 32,
-    noise: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) ``max_d ||Phi(x + d) - Phi(x)||_2 / (||d||_2 + 1e-10)`` over ``n_samples`` Gaussian
     draws of standard deviation ``std`` (default 0.1, Quantus's); lower is better.
 
     Args:
         explainer: a method name or an explainer ``f(lm, x, targets) -> maps``.
-        maps: the maps at ``x`` if already computed.
-        noise: (n, B, C, H, W) perturbations to use instead of drawing them.
+        **options: ``targets``, ``n_samples``, ``maps``, ``seed``, ``batch_size``, ``noise``: as
+            for :func:`max_sensitivity`.
     """
-    check_values(std=(std, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
-    draw = seeded_noise(n_samples, seed, "gaussian", std=std) if noise is None else noise
-    d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
-                               batch_size=batch_size)
+    o = option_group(Perturbations, "local_lipschitz_estimate", options)
+    check_ranges(std=std)
+    draw = seeded_noise(o.n_samples, o.seed, "gaussian", std=std) if o.noise is None else o.noise
+    d, m0, mp = explained_perturbations(model, x, explainer, draw, o)
     return ((mp - m0[None]).norm(dim=-1) / (d.norm(dim=-1) + 1e-10)).amax(0).float()
 
 
@@ -105,22 +99,18 @@ def _relative(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
     return ((a - b) / torch.where(a == 0, torch.full_like(a, eps), a)).norm(dim=-1)
 
 
+@shows_options(Perturbations)
 def relative_stability(
     model: Model,
     x: torch.Tensor,
     explainer: Explainer,
     *,
     kind: str = "input",
-    targets: Any = None,
     layer: str | None = None,
     low: float = 0.02,
     high: float = 0.2,
-    n_samples: int = 8,
     eps: float = 1e-6,
-    maps: torch.Tensor | None = None,
-    seed: int = 0,
-    batch_size: int = 32,
-    noise: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) relative input (``kind="input"``), representation (``"representation"``) or output
     (``"output"``) stability (Agarwal et al., "Rethinking Stability for Attribution-based
@@ -137,20 +127,22 @@ def relative_stability(
     default layer, ``lm.default_layer``, or else the last layer with a spatial map) in the
     denominator, ``||(L_x - L_x') / L_x||``; Quantus's default concatenates the outputs of every
     module, a choice the paper does not make; given one layer and the same draws it agrees.
+    ``targets``, ``n_samples``, ``maps``, ``seed``, ``batch_size``, ``noise``: as for
+    :func:`max_sensitivity`.
     """
     from convscope.core.errors import InputError
     from convscope.models.forward import chunked_outputs
 
     if kind not in ("input", "representation", "output"):
         raise InputError(f"unknown stability {kind!r}; use 'input', 'representation' or 'output'")
-    check_values(low=(low, reals()), high=(high, reals()), n_samples=(n_samples, ints(1)),
-                 eps=(eps, reals(0, lo_open=True)))
+    o = option_group(Perturbations, "relative_stability", options)
+    check_values(low=(low, reals()), high=(high, reals()), eps=(eps, reals(0, lo_open=True)))
     if not low < high:
         raise InputError(f"low must be below high, got {low} and {high}")
+    batch_size = o.batch_size
 
-    draw = seeded_noise(n_samples, seed, low=low, high=high) if noise is None else noise
-    d, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets,
-                               maps=maps, seed=seed, batch_size=batch_size)
+    draw = seeded_noise(o.n_samples, o.seed, low=low, high=high) if o.noise is None else o.noise
+    d, m0, mp = explained_perturbations(model, x, explainer, draw, o)
     net = as_loaded(model).model
     n, b = d.shape[:2]
     x0 = x.detach().cpu().double().reshape(b, -1)

@@ -17,11 +17,13 @@ import torch
 from torch import nn
 
 from convscope.core.errors import InputError
-from convscope.core.validate import check_values, ints, reals
+from convscope.core.validate import option_group, shows_options
+from convscope.methods.evaluation._options import Perturbations, check_ranges
 from convscope.methods.evaluation.explainers import explained_batch
 from convscope.models import LoadedModel
 
-__all__ = ["max_sensitivity", "perturbed_maps", "relative_changes", "seeded_draws", "seeded_noise"]
+__all__ = ["explained_perturbations", "max_sensitivity", "perturbed_maps", "relative_changes", "seeded_draws",
+           "seeded_noise"]
 
 
 def perturbed_maps(
@@ -54,6 +56,18 @@ def perturbed_maps(
     xp = (x.cpu()[None] + d.to(x.dtype)).reshape(n * b, *x.shape[1:]).to(x.device)
     mp = ex(lm, xp, t.repeat(n)).detach().double().cpu().view(n, b, -1)
     return d.double().reshape(n, b, -1), maps.detach().double().cpu().reshape(b, -1), mp
+
+
+def explained_perturbations(
+    model: str | nn.Module | LoadedModel,
+    x: torch.Tensor,
+    explainer: str | Callable[..., torch.Tensor],
+    noise: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor,
+    options: Perturbations,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`perturbed_maps` with the targets, maps, seed and batch size of ``options``."""
+    return perturbed_maps(model, x, explainer, noise, targets=options.targets, maps=options.maps,
+                          seed=options.seed, batch_size=options.batch_size)
 
 
 def seeded_noise(n_samples: int, seed: int, distribution: str = "uniform", *, low: float = -1.0,
@@ -90,52 +104,43 @@ def seeded_draws(n_samples: int, seed: int, distribution: str = "gaussian", *, l
     return draws
 
 
+@shows_options(Perturbations)
 def max_sensitivity(
     model: str | nn.Module | LoadedModel,
     x: torch.Tensor,
     explainer: str | Callable[..., torch.Tensor],
     *,
-    targets: Any = None,
     radius: float = 0.1,
-    n_samples: int = 8,
-    maps: torch.Tensor | None = None,
-    seed: int = 0,
-    batch_size: int = 32,
-    noise: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """(B,) max-sensitivity of ``explainer`` at ``x``.
 
     Args:
         explainer: a method name or an explainer callable ``f(lm, x, targets) -> maps``.
         radius: L-infinity radius of the perturbations, in model-space units.
-        n_samples: perturbations per image.
-        maps: the maps at ``x`` if already computed (else computed here).
-        noise: (n, B, C, H, W) perturbations to use instead of drawing them (e.g. Quantus's).
+        **options: the fields of :class:`~convscope.methods.evaluation._options.Perturbations`:
+            ``targets``, ``n_samples`` (perturbations per image), ``maps`` (the maps at ``x`` if
+            already computed), ``seed``, ``batch_size`` and ``noise`` ((n, B, C, H, W)
+            perturbations to use instead of drawing them, e.g. Quantus's).
 
     Shape:
         x (B, C, H, W) -> (B,).
     """
-    return relative_changes(model, x, explainer, targets=targets, radius=radius, n_samples=n_samples,
-                            maps=maps, seed=seed, batch_size=batch_size, noise=noise).amax(0).float()
+    o = option_group(Perturbations, "max_sensitivity", options)
+    return relative_changes(model, x, explainer, radius, o).amax(0).float()
 
 
 def relative_changes(
     model: str | nn.Module | LoadedModel,
     x: torch.Tensor,
     explainer: str | Callable[..., torch.Tensor],
-    *,
-    targets: Any,
     radius: float,
-    n_samples: int,
-    maps: torch.Tensor | None,
-    seed: int,
-    batch_size: int,
-    noise: torch.Tensor | None,
+    options: Perturbations,
 ) -> torch.Tensor:
     """(n, B) ``||Phi(x + d) - Phi(x)||_2 / ||Phi(x)||_2`` per perturbation ``d`` (uniform in the
     L-infinity ball of ``radius``, or the given ``noise``)."""
-    check_values(radius=(radius, reals(0, lo_open=True)), n_samples=(n_samples, ints(1)))
-    draw = seeded_noise(n_samples, seed, low=-radius, high=radius) if noise is None else noise
-    _, m0, mp = perturbed_maps(model, x, explainer, draw, targets=targets, maps=maps, seed=seed,
-                               batch_size=batch_size)
+    check_ranges(radius=radius)
+    o = options
+    draw = seeded_noise(o.n_samples, o.seed, low=-radius, high=radius) if o.noise is None else o.noise
+    _, m0, mp = explained_perturbations(model, x, explainer, draw, o)
     return (mp - m0[None]).norm(dim=-1) / m0.norm(dim=-1).clamp(min=1e-12)[None]

@@ -201,6 +201,7 @@ def test_embedding_pca_is_the_principal_projection(clean_model, pixels, tmp_path
     assert (e.labels == y.numpy()).all()
     t = embed(clean_model, src, "features.9", method="tsne", features=feats, seed=0)
     assert t.coords.shape == (N, 2) and np.isfinite(t.coords).all()
+    assert t.perplexity == min(30.0, (N - 1) / 3) and e.perplexity is None  # the one t-SNE ran with
     for kind in ("scatter", "thumbnails"):
         p = t.save(tmp_path / f"{kind}.png", kind=kind)
         assert Image.open(p).size[0] > 300

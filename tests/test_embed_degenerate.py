@@ -139,3 +139,19 @@ def test_audit_checks_the_seed_of_its_maps_before_any_work(bad) -> None:
 
     with pytest.raises(InputError, match="^seed must be an integer in"):  # before the model is opened
         audit("no-such-model", "no-such-data", seed=bad)
+
+
+def test_a_lowered_perplexity_is_said_and_recorded() -> None:
+    """t-SNE on fewer than 91 images cannot use perplexity 30: the one used is warned and recorded."""
+    import warnings
+
+    from convscope.core.errors import AssumptionWarning
+    from convscope.methods.dataset.embed import tsne_perplexity
+
+    x = np.random.default_rng(3).random((13, 6))
+    with pytest.warns(AssumptionWarning, match=r"t-SNE ran with 4\b"):
+        y = project(x, "tsne")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumptionWarning)  # asked within range: nothing to say
+        np.testing.assert_array_equal(y, project(x, "tsne", perplexity=4.0))
+    assert tsne_perplexity(30, 13) == 4.0 and tsne_perplexity(2.5, 13) == 2.5

@@ -346,11 +346,14 @@ def _audit_class(
     assign = sp.cluster(aff, kk, seed)
     coords = None
     if cfg.embedding != "none":
-        from convscope.methods.dataset.embed import embedding_fallback
+        from convscope.methods.dataset.embed import embedding_fallback, tsne_perplexity
 
         why = embedding_fallback(x, cfg.embedding)  # e.g. identical maps: t-SNE would crash the process
-        note = "; ".join(filter(None, [note, why]))
-        coords = project(x, "pca" if why else cfg.embedding, seed=seed)
+        used = tsne_perplexity(30.0, len(x))  # t-SNE's usual 30, at most (N - 1) / 3: said, not assumed
+        lowered = (f"t-SNE perplexity {used:.4g} ((N - 1) / 3 for {len(x)} images; 30 asks more neighbours)"
+                   if cfg.embedding == "tsne" and not why and used < 30.0 else None)
+        note = "; ".join(filter(None, [note, why, lowered]))
+        coords = project(x, "pca" if why else cfg.embedding, seed=seed, perplexity=used)
     clusters = [
         _describe(j, idx, assign, small, probs, paths, model_class, name, cfg, image_size=image_size, side=s)
         for j in range(int(assign.max()) + 1)

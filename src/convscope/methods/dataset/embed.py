@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from convscope.core.errors import InputError, UnreliableResultWarning
+from convscope.core.errors import AssumptionWarning, InputError, UnreliableResultWarning
 from convscope.core.result import Result
 from convscope.core.results import png_bytes
 from convscope.core.validate import Range, check_values, ints, option_group, reals, shows_options
@@ -62,6 +62,11 @@ def _check_options(method: str, seed: int, perplexity: float) -> None:
     check_values(seed=(seed, EMBED_RANGES["seed"]), perplexity=(perplexity, EMBED_RANGES["perplexity"]))
 
 
+def tsne_perplexity(perplexity: float, n: int) -> float:
+    """The perplexity t-SNE runs with on ``n`` images: the one asked, at most (N - 1) / 3."""
+    return min(float(perplexity), (n - 1) / 3)
+
+
 def project(
     features: np.ndarray, method: str = "pca", *, seed: int = 0, perplexity: float = 30.0
 ) -> np.ndarray:
@@ -97,9 +102,12 @@ def project(
 
         if x.shape[1] > 50 and n > 50:  # fewer images than 50: t-SNE on the features as they are
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
-        return TSNE(
-            n_components=2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed
-        ).fit_transform(x)
+        used = tsne_perplexity(perplexity, n)
+        if used != perplexity:
+            warnings.warn(f"perplexity {perplexity:g} is more neighbours than {n} images allow; t-SNE ran "
+                          f"with {used:.4g}, (N - 1) / 3 (pass a smaller perplexity to choose it yourself)",
+                          AssumptionWarning, stacklevel=2)
+        return TSNE(n_components=2, perplexity=used, init="pca", random_state=seed).fit_transform(x)
     try:  # umap, the method left (checked above)
         import umap  # type: ignore[import-not-found]
     except ImportError:
@@ -115,9 +123,13 @@ class Embedding(LayerView, Result):
     method: str
     coords: np.ndarray
     labels: np.ndarray
+    perplexity: float | None = None  # the one t-SNE ran with (None for PCA and UMAP)
 
     def _summary(self) -> list[tuple[str, str | None]]:
-        return [("method", repr(self.method)), ("coords", str(tuple(self.coords.shape)))]
+        rows = [("method", repr(self.method)), ("coords", str(tuple(self.coords.shape)))]
+        if self.perplexity is not None:
+            rows.append(("perplexity", f"{self.perplexity:.4g}"))
+        return rows
 
     def _title(self) -> str:
         return f"{self.model_name} {self.layer}: {self.method.upper()} of {len(self.coords)} images"
@@ -221,5 +233,6 @@ def embed(
     x = features.features.numpy()
     placed_by = "pca" if embedding_fallback(x, method) else method  # the result names what placed them
     coords = project(x, method, seed=seed, perplexity=perplexity)  # warns when it falls back
-    return Embedding(placed_by, coords, features.labels, layer=features.layer, source=features.source,
+    used = tsne_perplexity(perplexity, len(x)) if placed_by == "tsne" else None
+    return Embedding(placed_by, coords, features.labels, used, layer=features.layer, source=features.source,
                      model_name=features.model_name)

@@ -137,13 +137,9 @@ class AttentionCapture:
         self.maps.clear()
         self.sources.clear()
 
-    def _keep(self, w: torch.Tensor) -> None:
-        if w.dim() == 3:  # an unbatched call
-            w = w[None]
-        base = w._base
-        src = base if w.requires_grad and base is not None and base.numel() == w.numel() else w
-        self.maps.append(w)
-        self.sources.append(src)
+    def _keep(self, w: torch.Tensor, src: torch.Tensor | None = None) -> None:
+        self.maps.append(w[None] if w.dim() == 3 else w)  # 3-D: an unbatched call
+        self.sources.append(w if src is None else src)
 
 
 def attention_grads(score: torch.Tensor, maps: list[torch.Tensor], sources: list[torch.Tensor],
@@ -172,7 +168,15 @@ def _mha_hooks(cap: AttentionCapture, m: nn.MultiheadAttention) -> tuple[Callabl
     def after(out: Any) -> Any:
         want, average = asked.pop()
         y, w = out
-        cap._keep(w)
+        # with gradients the weights are a view of the (B * heads, N, N) softmax output that
+        # multiplies v: that is the tensor to differentiate (the view itself is not on the path)
+        base = w._base if w.requires_grad else None
+        same = base is not None and base.is_contiguous() and w.is_contiguous() and \
+            base.numel() == w.numel() and base.data_ptr() == w.data_ptr()
+        if w.requires_grad and not same:  # never a silent zero gradient
+            raise MethodError("cannot find the attention probabilities of nn.MultiheadAttention in the "
+                              "autograd graph (an unknown PyTorch version?); use rollout or raw_attention")
+        cap._keep(w, base)
         if not want:
             return y, None
         return y, (w.mean(-3) if average else w)

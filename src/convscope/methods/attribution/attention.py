@@ -6,9 +6,9 @@ change to the model (hooks on the attention modules of torchvision, timm and Hug
 function mode for other models; hooks removed and flags restored after), in chunks of
 ``eval_batch_size`` images (:mod:`._attn_run`). ``N = p + h w`` tokens: ``p`` prefix tokens (class,
 distillation, registers), dropped from every map and recorded in ``diagnostics["prefix_tokens"]``,
-then an ``h x w`` patch grid (inferred from the patch size, non-square inputs included). The maps are (B, h, w); the facade upsamples
-them to the input size. The class token is token 0; a model without one (``p = 0``) is read
-through the mean over all query tokens, the pooling such models use.
+then an ``h x w`` patch grid (inferred from the patch size, non-square inputs included). The maps
+are (B, h, w); the facade upsamples them to the input size. The class token is token 0; a model
+without one (``p = 0``) is read through the mean over all query tokens, the pooling such models use.
 
 =================== ============================================================================
 ``raw_attention``   the class token's attention in the last block, fused over heads:

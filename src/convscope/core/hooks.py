@@ -252,6 +252,7 @@ def capture(
     freeze: bool = True,
     clone: bool = True,
     replace: dict[str, Callable[[Any], Any]] | None = None,
+    before: dict[str, Callable[..., Any]] | None = None,
 ) -> Iterator[Capture]:
     """Record the outputs of ``layers`` while the block runs forward passes of ``model``.
 
@@ -266,6 +267,9 @@ def capture(
             docstring); turn off only for layers whose output is never modified in place.
         replace: ``{layer: fn}``: the layer's output ``o`` goes on as ``fn(o)`` (the recorded
             output is the original ``o``); the layers must be among ``layers``.
+        before: ``{layer: fn}``: a forward pre-hook with the call's keyword arguments,
+            ``fn(module, args, kwargs)``, returning ``None`` or new ``(args, kwargs)`` for the call;
+            the layers must be among ``layers``.
 
     Yields:
         A :class:`Capture` with ``activation(name)`` for the last forward pass.
@@ -276,11 +280,14 @@ def capture(
         ...     a = cap.activation("layer4")
     """
     names = resolve_layers(model, layers)
-    if replace and set(replace) - set(names):
-        raise MethodError(f"replace names layers that are not captured: {sorted(set(replace) - set(names))}")
+    for what, given in (("replace", replace), ("before", before)):
+        if given and set(given) - set(names):
+            raise MethodError(f"{what} names layers that are not captured: {sorted(set(given) - set(names))}")
     cap = Capture(model, names, clone, replace)
     with state_guard(model, tensors, eval_mode=eval_mode, freeze=freeze):
         try:
+            for n, fn in (before or {}).items():
+                cap.handles.append(cap.modules[n].register_forward_pre_hook(fn, with_kwargs=True))
             for n in names:
                 cap.handles.append(cap.modules[n].register_forward_hook(cap._make_hook(n)))
             yield cap

@@ -83,6 +83,7 @@ def auto_batch_size(
     *,
     budget_mb: float | None = None,
     limit: int | None = None,
+    cost: Callable[[int], int] | None = None,
 ) -> int:
     """A chunk size whose activations fit a memory budget.
 
@@ -97,6 +98,9 @@ def auto_batch_size(
         budget_mb: the budget (default: ``CONVSCOPE_PERTURB_BUDGET_MB`` or 256 MiB on CPU, a
             quarter of the free memory on CUDA).
         limit: never more than this (e.g. the number of inputs to evaluate).
+        cost: ``cost(leaf_bytes) -> bytes``: what one sample costs a caller that keeps more than a
+            no-grad pass's outputs (an autograd graph, tensors its hooks keep), called after the
+            probe pass with the bytes measured there (default: those bytes).
     """
     module = predict.module if isinstance(predict, Predictor) else (
         predict if isinstance(predict, nn.Module) else None
@@ -125,6 +129,8 @@ def auto_batch_size(
             for out in cap_.outputs(name):
                 if isinstance(out, torch.Tensor):
                     per_sample += out.numel() * out.element_size()
+        if cost is not None:
+            per_sample = int(cost(per_sample))
     return max(1, min(cap, int(budget_mb * 2**20 // max(per_sample, 1))))
 
 

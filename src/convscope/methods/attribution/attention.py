@@ -2,12 +2,13 @@
 
 Every method reads the attention probabilities ``A_l`` (B, heads, N, N) of the ``L`` transformer
 blocks, captured by :func:`~convscope.methods.attribution._attn_capture.attention_capture` without any
-change to the model (fused kernels are computed step by step inside the call; flags restored
-after). ``N = p + h w`` tokens: ``p`` prefix tokens (class, distillation, registers), dropped from
-every map and recorded in ``diagnostics["prefix_tokens"]``, then an ``h x w`` patch grid (inferred
-from the patch size, non-square inputs included). The maps are (B, h, w); the facade upsamples
-them to the input size. The class token is token 0; a model without one (``p = 0``) is read
-through the mean over all query tokens, the pooling such models use.
+change to the model (hooks on the attention modules of torchvision, timm and Hugging Face ViTs, a
+function mode for other models; hooks removed and flags restored after), in chunks of
+``eval_batch_size`` images (:mod:`._attn_run`). ``N = p + h w`` tokens: ``p`` prefix tokens (class,
+distillation, registers), dropped from every map and recorded in ``diagnostics["prefix_tokens"]``,
+then an ``h x w`` patch grid (inferred from the patch size, non-square inputs included). The maps
+are (B, h, w); the facade upsamples them to the input size. The class token is token 0; a model
+without one (``p = 0``) is read through the mean over all query tokens, the pooling such models use.
 
 =================== ============================================================================
 ``raw_attention``   the class token's attention in the last block, fused over heads:
@@ -41,28 +42,34 @@ attention is over windows, not the image; use Grad-CAM on its tokens instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from convscope.core.errors import MethodError
-from convscope.core.hooks import capture
-from convscope.core.targets import ResolvedTarget, select_scores
+from convscope.core.targets import select_scores
 from convscope.core.validate import ints, reals
-from convscope.methods.attribution._attn_capture import (
-    ViTParts,
-    attention_capture,
-    calls_attention_kernel,
-    token_grid,
-    vit_parts,
+from convscope.methods.attribution._attn_capture import attention_grads, calls_attention_kernel
+from convscope.methods.attribution._attn_run import (
+    Pass,
+    attention_layers,
+    attention_method,
+    fuse,
+    patches,
+    query_row,
+    read,
 )
 from convscope.methods.attribution._base import MethodContext, MethodOutput
+from convscope.methods.attribution._engine import ENGINE_CHOICES, ENGINE_RANGES
+from convscope.methods.attribution._vit_parts import vit_parts
 from convscope.methods.registry import CueClaim, register, requirement
 
 __all__ = ["attention_layers", "chefer", "has_attention", "legrad", "raw_attention", "rollout"]
 
 HEAD_FUSIONS = ("mean", "max", "min")
+#: the chunking option every attention method has (``None``: the facade's ``batch_size``; ``"auto"``:
+#: a memory budget), with the perturbation methods' declared values
+_BATCH = {"eval_batch_size": None}
+_BATCH_RANGES = {"eval_batch_size": ENGINE_RANGES["eval_batch_size"]}
+_BATCH_CHOICES = {"eval_batch_size": ENGINE_CHOICES["eval_batch_size"]}
 
 
 def _cue(measured: float, *, at_least: float | None = None, at_most: float | None = None,
@@ -71,40 +78,6 @@ def _cue(measured: float, *, at_least: float | None = None, at_most: float | Non
     control ``digits-vit`` (the same ViT trained without the cue) where ``clean_below`` is given."""
     return CueClaim(n=200, at_least=at_least, at_most=at_most, clean_below=clean_below, measured=measured,
                     note=note, model="digits-vit-cue", clean_model="digits-vit")
-
-
-@dataclass
-class _Pass:
-    """One chunk's forward pass: outputs, attention maps, block outputs and the token layout."""
-
-    out: torch.Tensor
-    maps: list[torch.Tensor]
-    blocks: list[torch.Tensor]
-    target: ResolvedTarget
-    prefix: int
-    grid: tuple[int, int]
-    how: str
-    switched: list[str]
-
-
-def _check_size(parts: ViTParts, size: tuple[int, int]) -> None:
-    if parts.image_size is not None and tuple(size) != parts.image_size:
-        raise MethodError(
-            f"this {parts.family} ViT takes {parts.image_size[0]}x{parts.image_size[1]} inputs and got "
-            f"{size[0]}x{size[1]}; resize the images to {parts.image_size[0]}x{parts.image_size[1]}"
-        )
-    if parts.patch is not None and (size[0] % parts.patch[0] or size[1] % parts.patch[1]):
-        raise MethodError(
-            f"a {size[0]}x{size[1]} input cannot be tiled by {parts.patch[0]}x{parts.patch[1]} patches; "
-            f"resize it to a multiple of {parts.patch[0]}"
-        )
-
-
-def attention_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the model's attention modules (``nn.MultiheadAttention`` or a class named
-    ``...Attention``): empty for a CNN, which the attention methods do not explain."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, torch.nn.MultiheadAttention) or type(m).__name__.endswith("Attention")]
 
 
 def has_attention(model: torch.nn.Module) -> bool:
@@ -122,114 +95,14 @@ requirement("attention", has_attention,
             "for a CNN use gradcam or another CAM method")
 
 
-def _no_attention(model: torch.nn.Module) -> MethodError:
-    names = attention_layers(model)
-    if names:
-        return MethodError(
-            f"{type(model).__name__} has attention layers ({names[0]}, ...) but convscope could not capture "
-            "their probabilities (they call neither F.scaled_dot_product_attention nor "
-            "nn.MultiheadAttention); use gradcam on a block's tokens instead"
-        )
-    return MethodError(
-        f"{type(model).__name__} has no attention layers: attention methods explain vision transformers; "
-        "for a CNN use gradcam or another CAM method"
-    )
-
-
-def _run(ctx: MethodContext, rows: slice, parts: ViTParts, *, need_grad: bool, blocks: bool) -> _Pass:
-    """Run the model on ``ctx.x[rows]`` with the attention (and, with ``blocks``, the blocks'
-    output tokens) captured; with ``need_grad`` the maps are in an autograd graph."""
-    assert ctx.model is not None
-    size = (int(ctx.x.shape[-2]), int(ctx.x.shape[-1]))
-    _check_size(parts, size)
-    xb = ctx.x[rows].detach()
-    if need_grad:
-        xb.requires_grad_(True)
-    layers = list(parts.blocks) if blocks else None
-    with capture(ctx.model, layers) as cap, attention_capture(ctx.model) as att:
-        with torch.set_grad_enabled(need_grad):
-            out = ctx.model(xb)
-        block_out = [cap.activation(n) for n in parts.blocks] if blocks else []
-        maps, switched = list(att.maps), list(att.switched)
-    if not isinstance(out, torch.Tensor):
-        raise MethodError(f"the model returned {type(out).__name__}; attention methods need a logits tensor")
-    if not maps:
-        raise _no_attention(ctx.model)
-    b = xb.shape[0]
-    if any(m.dim() != 4 or m.shape[0] != b or m.shape[-1] != m.shape[-2] for m in maps):
-        raise MethodError(
-            "the attention is not global self-attention over the image (windowed, as in Swin, or "
-            "cross-attention); raw attention, rollout, chefer and legrad are not defined for it: use "
-            "gradcam on the model's tokens"
-        )
-    n = maps[0].shape[-1]
-    if any(m.shape[-1] != n for m in maps):
-        raise MethodError("the attention blocks see different token counts (a hierarchical transformer); "
-                          "attention methods need one token sequence through all blocks")
-    prefix, gh, gw, how = token_grid(n, size, parts)
-    with torch.set_grad_enabled(need_grad):
-        _, t = ctx.scores(out, rows)
-    return _Pass(out, maps, block_out, t, prefix, (gh, gw), how, switched)
-
-
-def _fuse(a: torch.Tensor, how: str) -> torch.Tensor:
-    """Fuse the heads of (B, heads, N, N) attention: (B, N, N)."""
-    if how == "mean":
-        return a.mean(1)
-    return a.amax(1) if how == "max" else a.amin(1)
-
-
-def _query_row(r: torch.Tensor, prefix: int) -> torch.Tensor:
-    """The row of (B, N, N) relevance a map is read from, (B, N): the class token's (token 0), or the
-    mean query row without a class token (``prefix == 0``)."""
-    return r[:, 0] if prefix > 0 else r.mean(1)
-
-
-def _patches(v: torch.Tensor, p: _Pass) -> torch.Tensor:
-    """The patch columns of (B, N) rows as (B, h, w)."""
-    return v[:, p.prefix:].reshape(v.shape[0], *p.grid)
-
-
-def _read(r: torch.Tensor, p: _Pass) -> torch.Tensor:
-    """The class token's row of (B, N, N) relevance (the mean query row without a class token),
-    patch columns only, as (B, h, w)."""
-    return _patches(_query_row(r, p.prefix), p)
-
-
-def _attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, blocks: bool = False,
-                      parts: ViTParts | None = None, normalize: str = "auto", **diag: Any) -> MethodOutput:
-    """Run ``per_chunk(pass) -> (b, h, w)`` on every chunk and wrap the result."""
-    assert ctx.model is not None
-    parts = vit_parts(ctx.model) if parts is None else parts
-    maps, logits, targets = [], [], []
-    p: _Pass | None = None
-    for rows in ctx.chunks():
-        p = _run(ctx, rows, parts, need_grad=need_grad, blocks=blocks)
-        with torch.set_grad_enabled(need_grad):  # also inside a caller's no_grad block
-            maps.append(per_chunk(p).detach().float())
-        logits.append(p.out.detach())
-        targets.extend(p.target.labels() or [None] * p.out.shape[0])
-    assert p is not None
-    diagnostics = {
-        "architecture": parts.family, "prefix_tokens": p.prefix, "patch_grid": list(p.grid),
-        "grid_from": p.how, "attention_blocks": len(p.maps), "switched_for_the_call": p.switched,
-        "read_from": "the class token (token 0)" if p.prefix
-        else "the mean over all query tokens (no class token)",
-        **diag,
-    }
-    if p.how.startswith("inferred"):  # no patch size known: the grid is convscope's reading
-        diagnostics["assumed"] = f"prefix tokens and patch grid {p.how}"
-    return MethodOutput(map=torch.cat(maps), targets=targets, logits=torch.cat(logits),
-                        diagnostics=diagnostics, normalize=normalize)
-
-
 _SUPPORTED = ("torchvision VisionTransformer, timm ViT/DeiT (distillation, register tokens), Hugging Face "
               "ViTForImageClassification (hf:); not Swin (windowed attention)")
 
 
 @register(
     "raw_attention", family="attention", requires="attention", needs_gradients=False,
-    options={"head_fusion": "mean"}, choices={"head_fusion": HEAD_FUSIONS},
+    options={"head_fusion": "mean", **_BATCH}, choices={"head_fusion": HEAD_FUSIONS, **_BATCH_CHOICES},
+    ranges=_BATCH_RANGES,
     summary="where the class token looks in the last transformer block (its attention, heads fused)",
     caveats="class-agnostic (the same map for every target); attention is not relevance: it ignores the "
     "values, the MLPs and the earlier blocks. " + _SUPPORTED,
@@ -238,18 +111,23 @@ _SUPPORTED = ("torchvision VisionTransformer, timm ViT/DeiT (distillation, regis
                  note="class-agnostic: the last block's class-token attention settles on the cue for only "
                  "about two digits in three (clean ViT 0.065)"),),
 )
-def raw_attention(ctx: MethodContext, head_fusion: str = "mean") -> MethodOutput:
-    """The class token's attention in the last block.
+def raw_attention(ctx: MethodContext, head_fusion: str = "mean",
+                  eval_batch_size: int | str | None = None) -> MethodOutput:
+    """The class token's attention in the last block (only that block's attention is read: the
+    others keep their fused kernels where the capture hooks one attention module per block).
 
     Args:
         head_fusion: how the heads of a block are fused: ``"mean"``, ``"max"`` or ``"min"``.
+        eval_batch_size: images per forward pass (default: explain's ``batch_size``); ``"auto"``: as many
+            as a memory budget holds (one probe image's layer outputs and attention maps).
 
     Shape:
         map (B, h, w) on the patch grid.
     """
     with torch.no_grad():
-        return _attention_method(ctx, lambda p: _read(_fuse(p.maps[-1], head_fusion), p), need_grad=False,
-                                 head_fusion=head_fusion, class_agnostic=True)
+        return attention_method(ctx, lambda p: read(fuse(p.maps[-1], head_fusion), p), need_grad=False,
+                                last=True, eval_batch_size=eval_batch_size, head_fusion=head_fusion,
+                                class_agnostic=True)
 
 
 def _rollout_steps(maps: list[torch.Tensor], head_fusion: str, discard_ratio: float) -> list[torch.Tensor]:
@@ -258,7 +136,7 @@ def _rollout_steps(maps: list[torch.Tensor], head_fusion: str, discard_ratio: fl
     b, n = maps[0].shape[0], maps[0].shape[-1]
     out = []
     for a in maps:
-        f = _fuse(a, head_fusion)
+        f = fuse(a, head_fusion)
         k = int(n * n * discard_ratio)
         if k:
             flat = f.reshape(b, -1).clone()
@@ -273,21 +151,22 @@ def _rollout_steps(maps: list[torch.Tensor], head_fusion: str, discard_ratio: fl
     return out
 
 
-def _rollout_read(p: _Pass, head_fusion: str, discard_ratio: float) -> torch.Tensor:
-    """Attention rollout ``R = Ã_L ... Ã_1``, read as :func:`_read` reads a relevance matrix, but
+def _rollout_read(p: Pass, head_fusion: str, discard_ratio: float) -> torch.Tensor:
+    """Attention rollout ``R = Ã_L ... Ã_1``, read as :func:`._attn_run.read` reads a relevance matrix, but
     computed as a row vector times matrices from the last block down: ``v = row(Ã_L)``,
     ``v = v Ã_l`` (B N^2 per block instead of the B N^3 of the matrix product)."""
     steps = _rollout_steps(p.maps, head_fusion, discard_ratio)
-    v = _query_row(steps[-1], p.prefix)
+    v = query_row(steps[-1], p.prefix)
     for t in reversed(steps[:-1]):
         v = torch.bmm(v[:, None], t)[:, 0]
-    return _patches(v, p)
+    return patches(v, p)
 
 
 @register(
     "rollout", family="attention", requires="attention", needs_gradients=False,
-    options={"head_fusion": "mean", "discard_ratio": 0.0}, choices={"head_fusion": HEAD_FUSIONS},
-    ranges={"discard_ratio": reals(0.0, 1.0, hi_open=True)},
+    options={"head_fusion": "mean", "discard_ratio": 0.0, **_BATCH},
+    choices={"head_fusion": HEAD_FUSIONS, **_BATCH_CHOICES},
+    ranges={"discard_ratio": reals(0.0, 1.0, hi_open=True), **_BATCH_RANGES},
     summary="attention rolled out through all blocks with the residual connection (0.5 A + 0.5 I): how "
     "much each patch flows into the class token",
     caveats="class-agnostic (the same map for every target); spreads over the image in deep models. "
@@ -296,27 +175,26 @@ def _rollout_read(p: _Pass, head_fusion: str, discard_ratio: float) -> torch.Ten
     claims=(_cue(1.0, at_least=0.9, clean_below=0.2,
                  note="class-agnostic, but this model's attention flows from the cue (clean ViT 0.05)"),),
 )
-def rollout(ctx: MethodContext, head_fusion: str = "mean", discard_ratio: float = 0.0) -> MethodOutput:
+def rollout(ctx: MethodContext, head_fusion: str = "mean", discard_ratio: float = 0.0,
+            eval_batch_size: int | str | None = None) -> MethodOutput:
     """Attention rollout.
 
     Args:
         head_fusion: how the heads of a block are fused: ``"mean"``, ``"max"`` or ``"min"``.
         discard_ratio: share of each block's smallest fused attention weights set to zero before the
             rollout (0 keeps all).
+        eval_batch_size: images per forward pass (default: explain's ``batch_size``); ``"auto"``: as many
+            as a memory budget holds (one probe image's layer outputs and attention maps).
 
     Shape:
         map (B, h, w) on the patch grid.
     """
     with torch.no_grad():
-        return _attention_method(
+        return attention_method(
             ctx, lambda p: _rollout_read(p, head_fusion, discard_ratio), need_grad=False,
+            eval_batch_size=eval_batch_size,
             normalize="minmax",  # the residual identity puts every patch on a large common offset
             head_fusion=head_fusion, discard_ratio=discard_ratio, class_agnostic=True)
-
-
-def _grads(score: torch.Tensor, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-    got = torch.autograd.grad(score.sum(), maps, allow_unused=True)
-    return [torch.zeros_like(a) if g is None else g for a, g in zip(maps, got, strict=True)]
 
 
 def chefer_matrix(maps: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
@@ -328,13 +206,14 @@ def chefer_matrix(maps: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.
     return r
 
 
-def _chefer_chunk(p: _Pass) -> torch.Tensor:
-    grads = _grads(select_scores(p.out, p.target), p.maps)
-    return _read(chefer_matrix([a.detach() for a in p.maps], grads), p)
+def _chefer_chunk(p: Pass) -> torch.Tensor:
+    grads = p.grads(select_scores(p.out, p.target))
+    return read(chefer_matrix([a.detach() for a in p.maps], grads), p)
 
 
 @register(
-    "chefer", family="attention", requires="attention",
+    "chefer", family="attention", requires="attention", options=dict(_BATCH), choices=_BATCH_CHOICES,
+    ranges=_BATCH_RANGES,
     summary="gradient-weighted attention rolled out through all blocks (relevance of each patch to the "
     "target class through the class token)",
     caveats=_SUPPORTED,
@@ -342,18 +221,23 @@ def _chefer_chunk(p: _Pass) -> torch.Tensor:
     "Bi-Modal and Encoder-Decoder Transformers",
     claims=(_cue(0.87, at_least=0.8, clean_below=0.15, note="clean ViT 0.005; see docs/methods.md"),),
 )
-def chefer(ctx: MethodContext) -> MethodOutput:
+def chefer(ctx: MethodContext, eval_batch_size: int | str | None = None) -> MethodOutput:
     """Chefer et al.'s gradient-weighted rollout (encoder-only rule).
+
+    Args:
+        eval_batch_size: images per forward pass (default: explain's ``batch_size``); ``"auto"``: as many
+            as a memory budget holds (one probe image's layer outputs and attention maps).
 
     Shape:
         map (B, h, w) on the patch grid.
     """
-    return _attention_method(ctx, _chefer_chunk, need_grad=True)
+    return attention_method(ctx, _chefer_chunk, need_grad=True, eval_batch_size=eval_batch_size)
 
 
 @register(
     "legrad", family="attention", requires="attention",
-    options={"blocks": None}, ranges={"blocks": ints(1, None)},
+    options={"blocks": None, **_BATCH}, ranges={"blocks": ints(1, None), **_BATCH_RANGES},
+    choices=_BATCH_CHOICES,
     summary="positive gradients of each block's own class score with respect to that block's attention, "
     "averaged over blocks, heads and queries",
     caveats="needs the model's final norm and classifier: torchvision, timm and Hugging Face ViTs; "
@@ -362,11 +246,14 @@ def chefer(ctx: MethodContext) -> MethodOutput:
     "Feature Formation Sensitivity",
     claims=(_cue(0.985, at_least=0.9, clean_below=0.25, note="clean ViT 0.125; see docs/methods.md"),),
 )
-def legrad(ctx: MethodContext, blocks: int | None = None) -> MethodOutput:
+def legrad(ctx: MethodContext, blocks: int | None = None,
+           eval_batch_size: int | str | None = None) -> MethodOutput:
     """LeGrad, as TorchCAM 0.5.0 computes it.
 
     Args:
         blocks: use the last ``blocks`` transformer blocks; ``None`` (default): all of them.
+        eval_batch_size: images per forward pass (default: explain's ``batch_size``); ``"auto"``: as many
+            as a memory budget holds (one probe image's layer outputs and attention maps).
 
     Shape:
         map (B, h, w) on the patch grid.
@@ -380,12 +267,12 @@ def legrad(ctx: MethodContext, blocks: int | None = None) -> MethodOutput:
         )
     use = len(parts.blocks) if blocks is None else min(int(blocks), len(parts.blocks))
 
-    def chunk(p: _Pass) -> torch.Tensor:
+    def chunk(p: Pass) -> torch.Tensor:
         if len(p.maps) != len(p.blocks):
             raise MethodError(f"{len(p.maps)} attention calls for {len(p.blocks)} blocks; legrad needs one "
                               "attention per block")
         rel = []
-        for a, z in list(zip(p.maps, p.blocks, strict=True))[-use:]:
+        for a, src, z in list(zip(p.maps, p.sources, p.blocks, strict=True))[-use:]:
             try:
                 logits = parts.head(z)
             except RuntimeError as exc:  # e.g. a head over [class token, mean patch] (DINOv2)
@@ -393,8 +280,9 @@ def legrad(ctx: MethodContext, blocks: int | None = None) -> MethodOutput:
                 raise MethodError(f"legrad cannot apply {name}'s final norm and head to the mean of a "
                                   f"block's tokens ({str(exc).splitlines()[0]}); use chefer") from None
             s = select_scores(logits, p.target)
-            (g,) = torch.autograd.grad(s.sum(), a, retain_graph=True)
+            (g,) = attention_grads(s, [a], [src], retain_graph=True)
             rel.append(g.clamp(min=0).mean((1, 2))[:, p.prefix:])
         return torch.stack(rel).mean(0).reshape(-1, *p.grid)
 
-    return _attention_method(ctx, chunk, need_grad=True, blocks=True, parts=parts, blocks_used=use)
+    return attention_method(ctx, chunk, need_grad=True, blocks=True, parts=parts, blocks_used=use,
+                            eval_batch_size=eval_batch_size)

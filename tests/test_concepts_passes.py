@@ -156,3 +156,52 @@ def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
         cs.concept_test(lm, concept, "b", **kw)
         assert net.seen > 0 and len(list((tmp_path / "cache").glob("tcav-*.pt"))) == 6
         assert not list((tmp_path / "cache").glob(".tcav-*"))  # no temporary file left
+
+
+def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
+    """The set passes on the shared chunk engine's Ray actors: the same sums and rows as the local
+    pass (float rounding: the actors run one thread), the same scores and p-values, and every chunk
+    went through the engine's Ray path. (A model of torch's own modules: Ray's workers cannot
+    import a class defined in a test file.)"""
+    import convscope.methods.tcav._chunks as chunks
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(5, 3)).eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b", "c"])
+    runs = []
+    real = chunks.run_chunks
+
+    def spy(job, store, **kw):
+        runs.append((kw["engine"], store.n_chunks))
+        out = real(job, store, **kw)
+        assert store.pending_chunks() == []
+        return out
+
+    monkeypatch.setattr(chunks, "run_chunks", spy)
+    g = torch.Generator().manual_seed(7)
+    concept, pool, cls = torch.rand(9, 3, 16, 16, generator=g), torch.rand(30, 3, 16, 16, generator=g), \
+        torch.rand(10, 3, 16, 16, generator=g)
+    src = concept_source(pool, lm.preprocessing, space="pixels")
+    sets = draw_random_sets(src, 4, 6, seed=3, about="pool")
+    union = len({i for s in sets for i in s.source.indices})
+    local = set_statistics(net, sets, ["0", "3"], keep_rows=True, batch_size=4)
+    remote = set_statistics(net, sets, ["0", "3"], keep_rows=True, batch_size=4, engine="ray")
+    assert runs == [("ray", -(-union // 4))]  # one chunk per local batch
+    for a, b in zip(local, remote, strict=True):
+        for n in ("0", "3"):
+            assert a[n].count == b[n].count and a[n].shape == b[n].shape
+            assert torch.allclose(a[n].total, b[n].total, rtol=1e-6, atol=1e-6)
+            assert torch.allclose(a[n].rows, b[n].rows, rtol=1e-6, atol=1e-6)
+    kw = dict(class_images=cls, layers=["0", "3"], random_sets=pool, n_random=4, space="pixels", batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = cs.concept_test(lm, concept, "b", **kw)
+        there = cs.concept_test(lm, concept, "b", engine="ray", **kw)
+    assert len(runs) == 3  # the concept's pass and the random pool's
+    assert there.options["engine"] == "ray" and here.options["engine"] == "local"
+    for a, b in zip(here.layers, there.layers, strict=True):
+        assert a.scores == b.scores
+        assert np.allclose(a.sensitivities, b.sensitivities, rtol=1e-5, atol=1e-9)
+        assert all(np.isclose(a.p_values[k], b.p_values[k], rtol=1e-4) for k in a.p_values)

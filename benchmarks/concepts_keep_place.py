@@ -159,10 +159,9 @@ def main() -> None:
                 )
                 print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
+    head = "\n" if OUT.exists() else "# The snow band as a concept: cut out or in place\n\n"
     with open(OUT, "a") as f:
-        f.write(
-            ("# The snow band as a concept: cut out or in place\n\n" if not OUT.exists() else "\n") + text
-        )
+        f.write(head + text)
     print(text)
 
 

@@ -24,7 +24,8 @@ far less than wall time; wall time is printed beside them.
   tested layer) and one backward pass from the class logit down to the first tested layer, for
   the gradients at the three layers only (no weight gradients). Nothing else: no vectors, no
   test. Split: ``sets``, ``class``;
-* ``convscope-cl``: the concept test with ``channels_last=True``;
+* ``convscope-cl``, ``bound-cl``: the same in ``torch.channels_last`` memory format (the bound is
+  the lower of ``bound`` and ``bound-cl``);
 * ``convscope-2000``: the concept test with 2000 class images read from a folder, for memory
   against the number of images.
 
@@ -91,9 +92,13 @@ if kind == "captum":
         timed("cavs", tcav.compute_cavs)(sets)
         timed("class", tcav.interpret)(cls, sets, target=0)
     parts["activations"] = parts.pop("cavs") - parts["train"]
-elif kind == "bound":
+elif kind.startswith("bound"):
     for p in net.parameters():
         p.requires_grad_(False)
+    if kind == "bound-cl":
+        net = net.to(memory_format=torch.channels_last)
+        concept, cls, *randoms = [t.contiguous(memory_format=torch.channels_last)
+                                  for t in (concept, cls, *randoms)]
     below = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
     t0 = time.process_time()
     with torch.inference_mode():
@@ -134,7 +139,7 @@ print(json.dumps({"cpu": cpu, "wall": wall, "parts": parts,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
-KINDS = ["captum", "convscope", "bound", "convscope-cl", "convscope-2000"]
+KINDS = ["captum", "convscope", "bound", "convscope-cl", "bound-cl", "convscope-2000"]
 
 
 def make_folder(root: Path, n: int) -> None:
@@ -205,7 +210,8 @@ def main() -> None:
     for a, b, what in [("captum", "bound", "the most ANY implementation could gain over Captum here"),
                        ("captum", "convscope", "convscope's speed-up over Captum"),
                        ("convscope", "bound", "convscope's distance from the bound"),
-                       ("convscope-cl", "convscope", "channels_last against the default")]:
+                       ("convscope-cl", "convscope", "channels_last against the default"),
+                       ("bound-cl", "bound", "channels_last against the default, for the bound")]:
         r = _ratio(res, a, b)
         if r is not None:
             lines.append(f"* **{a} / {b} CPU time: {r[0]:.2f}x** ({what}; per repeat: "

@@ -340,7 +340,7 @@ def _folder(path: Path, n: int, seed: int) -> Path:
 
 @pytest.mark.parametrize("case", ["empty", "single", "same", "class", "layer", "channels", "n_random",
                                   "alpha_nan", "alpha_inf", "batch0", "huge", "cav", "statistic", "null",
-                                  "device_bogus", "device_cuda"])
+                                  "device_bogus", "device_cuda", "engine", "ray_layer", "ray_channels"])
 def test_bad_input_is_one_line_error(tmp_path, case):
     lm = _plain()
     concept = _folder(tmp_path / "concept", 5, 0)
@@ -383,6 +383,13 @@ def test_bad_input_is_one_line_error(tmp_path, case):
         kw["device"] = "cuda"  # the model stays on the CPU: refused, not half-moved
     elif case == "device_cuda":
         kw["device"] = "cuda"  # no GPU here
+    elif case == "engine":
+        kw["engine"] = "spark"
+    elif case == "ray_layer":  # the first image runs here first: the local pass's error, before Ray starts
+        kw.update(engine="ray", layers="fc")
+    elif case == "ray_channels":
+        kw["engine"] = "ray"
+        args[1] = torch.rand(5, 1, 16, 16)
     with pytest.raises(ConvscopeError) as err:
         cs.concept_test(*args, **kw)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300

@@ -172,8 +172,11 @@ def concept_test(
             their mean norm over the random sets at the layer (so it means the same at every layer).
         batch_size, num_workers, device: how the sets stream through the model.
         channels_last: run the passes of a network with 4-D weights in ``torch.channels_last``
-            (the same values up to float rounding; recorded in the result). Off by default: on
-            resnet18 at 112 px it measured no faster here (12.1-13.7 s against 12.9-13.3 s).
+            (recorded in the result). On resnet18 at 112 px, one thread, it took 0.66-0.76x the
+            CPU time, with the same TCAV scores but sensitivities up to 0.36% apart (float
+            rounding of other kernels, amplified by the projection off the mean activation; the
+            default format gives bit-identical numbers at any thread count and batch size), so
+            it is off by default (``benchmarks/bench_concepts.py``).
         cache_dir: a folder where the model passes' results (set activation sums, the class's
             directional derivatives) are kept per model weights, preprocessing, layers and set
             content, and read back by later tests, in later processes too

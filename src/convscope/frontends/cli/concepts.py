@@ -27,7 +27,8 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
     mean derivative along the vector made orthogonal to the random images' mean activation) against
     every random set's own, Bonferroni-corrected over the layers; --statistic score --null
     counterpart is the paper's test. A saturated score (random directions near 0 or 1) is warned.
-    --cache DIR keeps the passes' results for later runs. Writes -o as .json, .png or .html;
+    --cache DIR keeps the passes' results for later runs; --engine ray runs the set images' passes on
+    Ray actors (the same numbers). Writes -o as .json, .png or .html;
     prints one line per layer.
     """
     from convscope.methods.tcav import concept_test
@@ -39,7 +40,7 @@ def cmd_concept_test(args: argparse.Namespace) -> int:
         random_sets=args.random, n_random=args.n_random, random_size=args.random_size, cav=args.cav,
         null=args.null, statistic=args.statistic,
         alpha=args.alpha, seed=args.seed, concept_name=Path(args.concept).name, batch_size=args.batch_size,
-        cache_dir=args.cache,
+        cache_dir=args.cache, engine=args.engine,
     )
     res.save(out)
     print(f"{out}  concept {res.concept!r} for class {res.target_name!r}: "
@@ -91,4 +92,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--cache", default=None, metavar="DIR",
                    help="keep the model passes' results in DIR per model weights, layers and image set, "
                         "and reuse them in later runs (a repeated test does no model pass)")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where the concept and random images' passes run: here (local) or on Ray actors "
+                        "(the running or a local Ray; the same numbers)")
     s.add_argument("-o", "--output", required=True, help="result file: .json, .png or .html")

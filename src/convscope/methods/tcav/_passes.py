@@ -19,7 +19,7 @@ the random sets' activations and the class's projections.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,61 +105,118 @@ def _unpack(value: list[dict[str, Any]]) -> list[dict[str, SetStats]]:
             for d in value]
 
 
+def layer_activations(net: nn.Module, x: torch.Tensor, layers: Sequence[str], *, device: object = None,
+                      channels_last: bool = False, what: str = "images",
+                      cap: Any = None) -> dict[str, torch.Tensor]:
+    """One batch's activations at ``layers`` (layer -> (b, C, H, W)), under ``torch.inference_mode``,
+    the forward pass stopped after the deepest layer. ``cap``: a capture already open on ``net``
+    (the local pass keeps one for all its batches); else one is opened for this batch (a Ray actor's
+    chunk). Read the values inside the caller's ``inference_mode`` or copy them (inference tensors).
+
+    Raises:
+        InputError: the model cannot take ``x`` (named ``what``), or a layer gives no (B, C, H, W).
+    """
+    if cap is None:
+        fmt = memory_format(net, channels_last)
+        with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as c:
+            return layer_activations(net, x, layers, device=device, channels_last=channels_last, what=what,
+                                     cap=c)
+    fmt = memory_format(net, channels_last)
+    x = x.to(model_device(net, device))
+    x = x if fmt is None else x.contiguous(memory_format=fmt)
+    cap.reset()
+    with torch.inference_mode():
+        try:
+            cap.run(x, stop_after=list(layers))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise _model_error(exc, what) from None
+        out = {}
+        for n in layers:
+            a = cap.activation(n)
+            _check_spatial(n, a)
+            out[n] = a
+        return out
+
+
+def _local_pass(net: nn.Module, src: DataSource, layers: Sequence[str],
+                consume: Callable[[dict[str, torch.Tensor]], None], *, batch_size: int, num_workers: int,
+                device: object, channels_last: bool, what: str) -> None:
+    """The local engine: ``src`` through ``net`` in batches (the dataset engine's loader), each
+    batch's activations handed to ``consume`` inside ``inference_mode``."""
+    fmt = memory_format(net, channels_last)
+    with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as cap, \
+            torch.inference_mode():
+        for x, _, _ in loader(src, batch_size, num_workers):
+            consume(layer_activations(net, x, layers, device=device, channels_last=channels_last, what=what,
+                                      cap=cap))
+
+
+class _Sums:
+    """Called with each batch's activations in order (layer -> (b, C, H, W)): adds ``m``'s columns
+    for those images times their flattened activations to each set's per-layer sum (``m``: (S, U)
+    membership of the union's images in the sets), and keeps the rows when asked."""
+
+    def __init__(self, m: torch.Tensor, keep_rows: bool) -> None:
+        self.m, self.keep_rows, self.start = m, keep_rows, 0
+        self.totals: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.rows: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, acts: dict[str, torch.Tensor]) -> None:
+        b = int(next(iter(acts.values())).shape[0])
+        mb = self.m[:, self.start:self.start + b]
+        for n, a in acts.items():
+            self.shapes[n] = tuple(a.shape[1:])
+            flat = a.reshape(b, -1)
+            s = mb @ flat.double()
+            self.totals[n] = s if n not in self.totals else self.totals[n] + s
+            if self.keep_rows:
+                self.rows.setdefault(n, []).append(flat.float().cpu())
+        self.start += b
+
+
 def set_statistics(net: nn.Module, sets: Sequence[ImageSet], layers: Sequence[str], *, keep_rows: bool,
                    batch_size: int, num_workers: int = 0, device: object = None,
-                   channels_last: bool = False, disk: DiskCache | None = None) -> list[dict[str, SetStats]]:
+                   channels_last: bool = False, disk: DiskCache | None = None, engine: str = "local",
+                   ray_address: str | None = None) -> list[dict[str, SetStats]]:
     """For each set, per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened
-    activations. One no-grad pass per batch serves every layer and every set that holds the
-    batch's images (an image in several sets runs once); it stops after the deepest layer.
+    activations. One pass per batch (``inference_mode``) serves every layer and every set that holds
+    the batch's images (an image in several sets runs once); it stops after the deepest layer.
     ``channels_last``: run the passes in that memory format (same values up to float rounding).
-    ``disk``: keep the result in (and read it from) that on-disk cache."""
+    ``disk``: keep the result in (and read it from) that on-disk cache. ``engine``: ``"local"``
+    (this process, ``num_workers`` reading images) or ``"ray"`` (the shared chunk engine's Ray
+    actors, :mod:`convscope.methods.tcav._chunks`; the same sums, batch by batch)."""
     fmt = memory_format(net, channels_last)
 
     def compute() -> list[dict[str, SetStats]]:
         dev = model_device(net, device)
         out: list[dict[str, SetStats]] = [{} for _ in sets]
-        with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as cap, \
-                torch.no_grad():
-            for base, members in _groups(sets):
-                union = np.unique(np.concatenate([idx for _, idx in members]))
-                where = {int(i): j for j, i in enumerate(union)}
-                # (S, U) membership: how often each union image is in each set (drawn without
-                # replacement: 0 or 1)
-                m = torch.zeros(len(members), len(union), dtype=torch.float64)
-                for r, (_, idx) in enumerate(members):
-                    m[r, [where[int(i)] for i in idx]] += 1.0
-                totals: dict[str, torch.Tensor] = {}
-                shapes: dict[str, tuple[int, ...]] = {}
-                rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-                start = 0
-                src = base if len(union) == len(base) and (union == np.arange(len(base))).all() \
-                    else Subset(base, union.tolist())
-                for x, _, _ in loader(src, batch_size, num_workers):
-                    cap.reset()
-                    x = x.to(dev) if fmt is None else x.to(dev).contiguous(memory_format=fmt)
-                    try:
-                        cap.run(x, stop_after=list(layers))
-                    except (RuntimeError, ValueError, TypeError) as exc:
-                        names = ", ".join(repr(sets[k].name) for k, _ in members[:3])
-                        raise _model_error(exc, f"images of {names}") from None
-                    b = int(x.shape[0])
-                    mb = m[:, start:start + b].to(dev)
-                    for n in layers:
-                        a = cap.activation(n)
-                        _check_spatial(n, a)
-                        shapes[n] = tuple(a.shape[1:])
-                        flat = a.detach().reshape(b, -1)
-                        s = mb @ flat.double()
-                        totals[n] = s if n not in totals else totals[n] + s
-                        if keep_rows:
-                            rows[n].append(flat.float().cpu())
-                    start += b
-                held = {n: torch.cat(rows[n]) for n in layers} if keep_rows else {}
-                for r, (k, idx) in enumerate(members):
-                    pos = torch.as_tensor([where[int(i)] for i in idx])
-                    for n in layers:
-                        out[k][n] = SetStats(len(idx), totals[n][r].cpu(),
-                                             held[n][pos] if keep_rows else None, shapes[n])
+        for base, members in _groups(sets):
+            union = np.unique(np.concatenate([idx for _, idx in members]))
+            where = {int(i): j for j, i in enumerate(union)}
+            # (S, U) membership: how often each union image is in each set (drawn without
+            # replacement: 0 or 1)
+            m = torch.zeros(len(members), len(union), dtype=torch.float64)
+            for r, (_, idx) in enumerate(members):
+                m[r, [where[int(i)] for i in idx]] += 1.0
+            sums = _Sums(m.to(dev), keep_rows)
+            src = base if len(union) == len(base) and (union == np.arange(len(base))).all() \
+                else Subset(base, union.tolist())
+            what = "images of " + ", ".join(repr(sets[k].name) for k, _ in members[:3])
+            kw = dict(batch_size=batch_size, device=device, channels_last=channels_last, what=what)
+            if engine == "ray":
+                from convscope.methods.tcav._chunks import ray_pass
+
+                ray_pass(net, src, layers, sums, rows=layer_activations, ray_address=ray_address, **kw)
+            else:
+                _local_pass(net, src, layers, sums, num_workers=num_workers, **kw)
+            # out of inference mode here: cat and clone give plain tensors
+            held = {n: torch.cat(sums.rows[n]) for n in layers} if keep_rows else {}
+            for r, (k, idx) in enumerate(members):
+                pos = torch.as_tensor([where[int(i)] for i in idx])
+                for n in layers:
+                    out[k][n] = SetStats(len(idx), sums.totals[n][r].cpu().clone(),
+                                         held[n][pos] if keep_rows else None, sums.shapes[n])
         return out
 
     keys = tuple(s.key for s in sets)

@@ -135,19 +135,21 @@ class RegionSource(DataSource):
 
 
 def regions(images: Sequence[Any], masks: Sequence[Any], *,
-            keep_place: bool = False) -> list[tuple[Any, Any]]:
+            keep_place: bool = True) -> list[tuple[Any, Any]]:
     """Pair images with their masks for ``concept_test(model, regions(images, masks), ...)``.
 
     Args:
         images: paths, PIL images or (C, H, W) pixel tensors in [0, 1].
         masks: one (H, W) mask per image (bool tensor or array, or a mask image, white = region).
-        keep_place: keep each region where and how large it is in its image (the whole image, the
-            pixels outside the mask set to :data:`REGION_FILL`) instead of cutting out its bounding
-            box and resizing that to the model's input (the default, ACE's convention). For a
-            concept whose place or size is part of it ("the band at the bottom"): on
-            ``digits-cnn`` the cut-out snow band's vector had a cosine of 0.07 with what adding the
-            band to a scene changes at ``features.8``, the band kept in place 0.88
-            (docs/concepts.md).
+        keep_place: ``True`` (default): keep each region where and how large it is in its image
+            (the whole image, the pixels outside the mask set to :data:`REGION_FILL`): the concept
+            is what adding the region to a scene adds. ``False``: cut out its bounding box and
+            resize that to the model's input (ACE's convention), for a concept whose place and
+            size do not matter. Measured against the edit (the same scenes with and without the
+            snow band), the vector of the band kept in place has a cosine of 0.99 (``digits-snow``,
+            ``conv4``) and 0.88 (``digits-cnn``, ``features.8``) with the edit's change of
+            activation, the cut-out band's 0.63 and 0.07 (``benchmarks/concepts_keep_place.py``,
+            docs/concepts.md).
     """
     if len(images) != len(masks):
         raise InputError(f"{len(images)} images but {len(masks)} masks; give one mask per image")

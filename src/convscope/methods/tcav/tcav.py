@@ -47,6 +47,7 @@ from convscope.methods.tcav._cav import (
     layer_test,
     separation,
 )
+from convscope.methods.tcav._chunks import ENGINES
 from convscope.methods.tcav._disk import DiskCache
 from convscope.methods.tcav._passes import directional_derivatives, memory_format, set_statistics
 from convscope.methods.tcav._sets import (
@@ -135,6 +136,8 @@ def concept_test(
     device: Any = None,
     channels_last: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> ConceptTest:
     """Test whether ``model`` uses a concept to predict ``target_class`` (TCAV with a p-value).
 
@@ -169,12 +172,19 @@ def concept_test(
             their mean norm over the random sets at the layer (so it means the same at every layer).
         batch_size, num_workers, device: how the sets stream through the model.
         channels_last: run the passes of a network with 4-D weights in ``torch.channels_last``
-            (the same values up to float rounding; recorded in the result). Off by default: on
-            resnet18 at 112 px it measured no faster here (12.1-13.7 s against 12.9-13.3 s).
+            (recorded in the result). On resnet18 at 112 px, one thread, it took 0.66-0.76x the
+            CPU time, with the same TCAV scores but sensitivities up to 0.36% apart (float
+            rounding of other kernels, amplified by the projection off the mean activation; the
+            default format gives bit-identical numbers at any thread count and batch size), so
+            it is off by default (``benchmarks/bench_concepts.py``).
         cache_dir: a folder where the model passes' results (set activation sums, the class's
             directional derivatives) are kept per model weights, preprocessing, layers and set
             content, and read back by later tests, in later processes too
             (:mod:`convscope.methods.tcav._disk`): a repeated test does no model pass.
+        engine: where the set images' activation passes run: ``"local"`` (default: this process,
+            ``num_workers`` reading images) or ``"ray"`` (the shared chunk engine's Ray actors,
+            extra ``ray``; the same numbers, :mod:`convscope.methods.tcav._chunks`).
+        ray_address: the Ray cluster for ``engine="ray"`` (default: the running or a local Ray).
 
     Returns:
         A :class:`~convscope.methods.tcav.ConceptTest`.
@@ -193,6 +203,8 @@ def concept_test(
         raise InputError(f"unknown cav {cav!r}; use one of {', '.join(CAV_KINDS)}")
     if null not in NULLS:
         raise InputError(f"unknown null {null!r}; use one of {', '.join(NULLS)}")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     if statistic not in STATISTICS:
         raise InputError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
     several = isinstance(random_sets, (list, tuple)) and not _is_tensor_list(random_sets)
@@ -247,8 +259,9 @@ def concept_test(
     disk = None if cache_dir is None else DiskCache(cache_dir, net, pre.to_dict())
     kw = dict(batch_size=batch_size, num_workers=num_workers, device=device,
               channels_last=bool(channels_last), disk=disk)
-    (cstats,) = set_statistics(net, [concept], names, keep_rows=keep, **kw)
-    rstats = set_statistics(net, randoms, names, keep_rows=keep, **kw)
+    on = dict(engine=engine, ray_address=ray_address)
+    (cstats,) = set_statistics(net, [concept], names, keep_rows=keep, **kw, **on)
+    rstats = set_statistics(net, randoms, names, keep_rows=keep, **kw, **on)
 
     for n in names:
         for other in rstats:
@@ -285,7 +298,7 @@ def concept_test(
         model_info={**lm.info(), "assumed": assumed}, notes=tuple(notes),
         vectors={n: v[:n_random].clone() for n, v in vectors.items()},
         options={"batch_size": batch_size, "null": null, "statistic": statistic, "c": c, "space": space,
-                 "channels_last": memory_format(net, bool(channels_last)) is not None})
+                 "channels_last": memory_format(net, bool(channels_last)) is not None, "engine": engine})
     for note_ in notes:
         warnings.warn(f"concept test: {note_}", UnreliableResultWarning, stacklevel=2)
     return result

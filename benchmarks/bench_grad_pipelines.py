@@ -3,13 +3,14 @@
 Runs the same work as ``bench_audit.py`` (``convscope.audit`` with Grad-CAM on torchvision resnet18,
 random weights, over ``--images`` 224 px PNGs in 5 class folders, batch 16, chunks of 64) and
 ``bench_report.py`` (``explain_report`` of one 224 px image with every registered method at its
-defaults, on resnet18), each in a fresh process, once with this tree's ``src`` and once with
-``--base``'s (a git revision, extracted with ``git archive`` into a temporary folder: no worktree is
+defaults, on resnet18), each in a fresh process, once with the ``src`` of ``--tree`` (default
+``HEAD``: what is committed, so editing the work tree during the run changes nothing) and once with
+``--base``'s (git revisions, extracted with ``git archive`` into a temporary folder: no worktree is
 made), alternating between the trees run after run, so both see the same machine. Reports the wall
 time and the CPU time of each child process (``RUSAGE_CHILDREN``: user + system, all its threads),
 medians over ``--repeats``; on a shared machine the CPU time moves less than the wall time.
 
-    python benchmarks/bench_grad_pipelines.py [--base REV] [--images 2000] [--repeats 1]
+    python benchmarks/bench_grad_pipelines.py [--base REV] [--tree REV] [--images 2000] [--repeats 1]
 
 Writes ``benchmarks/results/grad_pipelines.md``.
 """
@@ -56,6 +57,7 @@ def _run(src: Path, argv: list[str], threads: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    ap.add_argument("--tree", default="HEAD", help="git revision measured against it (default: HEAD)")
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the audit children "
@@ -63,28 +65,25 @@ def main() -> None:
     ap.add_argument("--skip", choices=("audit", "report"), action="append", default=[])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    here = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], check=True,
-                           capture_output=True, text=True).stdout.strip()
-    mine = f"this tree ({here}{', changed' if dirty else ''})"
-    trees: dict[str, Path | None] = {f"base {args.base} ({rev})": None, mine: ROOT / "src"}
+    revs = [subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", r], check=True,
+                           capture_output=True, text=True).stdout.strip() for r in (args.base, args.tree)]
+    trees = {f"base {args.base} ({revs[0]})": revs[0], f"{args.tree} ({revs[1]})": revs[1]}
+    srcs: dict[str, Path] = {}
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        base_dir = Path(tmp) / "base"
-        base_dir.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(base_dir)], input=archive, check=True)
-        trees[next(iter(trees))] = base_dir / "src"
+        for i, (name, rev) in enumerate(trees.items()):
+            folder = Path(tmp) / f"tree{i}"
+            folder.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+            srcs[name] = folder / "src"
         (Path(tmp) / "audit.py").write_text(AUDIT_CHILD)
         (Path(tmp) / "report.py").write_text(REPORT_CHILD)
         if "audit" not in args.skip:
             make_folder(Path(tmp) / "images", args.images)
-        order = list(trees.items())
+        order = list(srcs.items())
         for r in range(args.repeats):
             for name, src in (order if r % 2 == 0 else order[::-1]):  # alternate which runs first
                 if "audit" not in args.skip:
@@ -101,8 +100,9 @@ def main() -> None:
     lines = [
         "# The audit and the report build, base against this tree (issue #29)",
         "",
-        f"`python benchmarks/bench_grad_pipelines.py --base {args.base} --images {args.images} --repeats "
-        f"{args.repeats}`; {platform.machine()}, {os.cpu_count()} CPUs (load average {load0:.1f} at the "
+        f"`python benchmarks/bench_grad_pipelines.py --base {args.base} --tree {args.tree} --images "
+        f"{args.images} --repeats {args.repeats}`; {platform.machine()}, {os.cpu_count()} CPUs (load "
+        f"average {load0:.1f} at the "
         f"start), torch threads: audit {args.threads}, report 2. Each run a fresh process; the trees "
         "alternate. Medians; CPU time is the child's user + system time (all its threads).",
         "",

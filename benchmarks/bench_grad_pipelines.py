@@ -6,9 +6,11 @@ random weights, over ``--images`` 224 px PNGs in 5 class folders, batch 16, chun
 defaults, on resnet18), each in a fresh process, once with the ``src`` of ``--tree`` (default
 ``HEAD``: what is committed, so editing the work tree during the run changes nothing) and once with
 ``--base``'s (git revisions, extracted with ``git archive`` into a temporary folder: no worktree is
-made), alternating between the trees run after run, so both see the same machine. Reports the wall
-time and the CPU time of each child process (``RUSAGE_CHILDREN``: user + system, all its threads),
-medians over ``--repeats``; on a shared machine the CPU time moves less than the wall time.
+made). The two trees' runs of the same work start together (``--together``, the default: both see
+the same machine for the same minutes; ``--no-together``: one after the other, alternating which
+goes first). Reports the wall time and the CPU time of each child process (``os.wait4``: its user +
+system time, all its threads), medians over ``--repeats``; on a shared machine the CPU time moves
+less than the wall time.
 
     python benchmarks/bench_grad_pipelines.py [--base REV] [--tree REV] [--images 2000] [--repeats 1]
 
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,21 +38,23 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "grad_pipelines.md"
 
 
-def _cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def _run(src: Path, argv: list[str], threads: int) -> tuple[float, float]:
-    """(wall s, CPU s) of one child process run with ``PYTHONPATH=src``."""
+def _start(src: Path, argv: list[str], threads: int, log: Path) -> tuple[subprocess.Popen, float, Path]:
+    """A child process run with ``PYTHONPATH=src``, its output to files (no pipe can fill)."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
-    c0, t0 = _cpu_children(), time.perf_counter()
-    p = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
-    wall, cpu = time.perf_counter() - t0, _cpu_children() - c0
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        p = subprocess.Popen([sys.executable, *argv], env=env, stdout=out, stderr=err)
+    return p, time.perf_counter(), log
+
+
+def _finish(p: subprocess.Popen, t0: float, log: Path) -> tuple[float, float]:
+    """(wall s, CPU s: user + system of that child alone) once it ends."""
+    _pid, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
-        raise SystemExit(f"benchmark child failed ({src}):\n{p.stderr[-2000:]}")
-    json.loads(p.stdout.strip().splitlines()[-1])  # the child finished its work and reported
-    return wall, cpu
+        raise SystemExit(f"benchmark child failed ({log}):\n{log.with_suffix('.err').read_text()[-2000:]}")
+    json.loads(log.with_suffix(".out").read_text().strip().splitlines()[-1])  # it finished and reported
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the audit children "
                     "(the report child sets 2, as bench_report.py does)")
+    ap.add_argument("--together", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--skip", choices=("audit", "report"), action="append", default=[])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -84,18 +88,22 @@ def main() -> None:
         if "audit" not in args.skip:
             make_folder(Path(tmp) / "images", args.images)
         order = list(srcs.items())
+        works = [w for w in ("audit", "report") if w not in args.skip]
         for r in range(args.repeats):
-            for name, src in (order if r % 2 == 0 else order[::-1]):  # alternate which runs first
-                if "audit" not in args.skip:
-                    store = Path(tmp) / f"audit-{r}-{len(times)}.zarr"
-                    got = _run(src, [str(Path(tmp) / "audit.py"), "audit", str(Path(tmp) / "images"),
-                                     str(store), str(args.threads)], args.threads)
-                    times.setdefault(("audit", name), []).append(got)
-                    print("audit", name, got, flush=True)
-                if "report" not in args.skip:
-                    got = _run(src, [str(Path(tmp) / "report.py"), "224", "report"], 2)
-                    times.setdefault(("report", name), []).append(got)
-                    print("report", name, got, flush=True)
+            for work in works:
+                pending = []
+                for k, (name, src) in enumerate(order if r % 2 == 0 else order[::-1]):
+                    log = Path(tmp) / f"{work}-{r}-{k}"
+                    argv = ([str(Path(tmp) / "audit.py"), "audit", str(Path(tmp) / "images"),
+                             str(log.with_suffix(".zarr")), str(args.threads)] if work == "audit"
+                            else [str(Path(tmp) / "report.py"), "224", "report"])
+                    pending.append((name, _start(src, argv, args.threads if work == "audit" else 2, log)))
+                    if not args.together:
+                        pending[-1] = (name, _finish(*pending[-1][1]))  # type: ignore[arg-type]
+                for name, run in pending:
+                    got = run if not args.together else _finish(*run)  # type: ignore[arg-type]
+                    times.setdefault((work, name), []).append(got)  # type: ignore[arg-type]
+                    print(work, name, got, flush=True)
     names = list(trees)
     lines = [
         "# The audit and the report build, base against this tree (issue #29)",
@@ -103,8 +111,9 @@ def main() -> None:
         f"`python benchmarks/bench_grad_pipelines.py --base {args.base} --tree {args.tree} --images "
         f"{args.images} --repeats {args.repeats}`; {platform.machine()}, {os.cpu_count()} CPUs (load "
         f"average {load0:.1f} at the "
-        f"start), torch threads: audit {args.threads}, report 2. Each run a fresh process; the trees "
-        "alternate. Medians; CPU time is the child's user + system time (all its threads).",
+        f"start), torch threads: audit {args.threads}, report 2. Each run a fresh process; the two "
+        f"trees' runs {'start together' if args.together else 'alternate'}. Medians; CPU time is the "
+        "child's user + system time (all its threads).",
         "",
         "| work | tree | wall s | CPU s | CPU / base |",
         "|---|---|---|---|---|",

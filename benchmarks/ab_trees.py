@@ -10,7 +10,10 @@ one thread, medians, and the medians of each repetition's ratio ("paired").
 * ``cam``: Grad-CAM on resnet18 (random weights), 224 px, batch 1, layer4, against TorchCAM
   0.5.0's ``GradCAM`` (its hooks on only for its own calls) and a forward pass without gradients.
 
-    python benchmarks/ab_trees.py sal|cam REPS BASE_SRC NEW_SRC
+    python benchmarks/ab_trees.py sal|cam REPS BASE_SRC NEW_SRC [SIDE]
+
+(``SIDE``: the Grad-CAM input's side, default 224; a small one makes the work that is not the
+model most of the call.)
 
 (e.g. ``git archive e23bb62 src | tar -x -C /tmp/base`` gives ``/tmp/base/src``). Prints one line.
 """
@@ -25,6 +28,7 @@ import torch
 warnings.simplefilter("ignore")
 torch.set_num_threads(1)
 which, reps, BASE, NEW = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+SIDE = int(sys.argv[5]) if len(sys.argv) > 5 else 224
 MODS: dict[str, dict] = {}
 
 
@@ -55,7 +59,7 @@ else:
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
     names = [f"class {i}" for i in range(1000)]
-    xx = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    xx = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         targets = net(xx).argmax(1).tolist()
 

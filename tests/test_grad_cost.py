@@ -397,3 +397,42 @@ def test_nested_state_guards_hold_what_changed_between_them_and_close_in_any_ord
     with state_guard(net):  # no stale record of the closed guards: it freezes the model itself
         assert not any(p.requires_grad for p in net.parameters()) and not net.training
     assert_same_state(unfrozen, model_state(net))
+
+
+def test_state_guard_walk_finds_every_module_once_shared_and_wrapped_ones_included():
+    """The guard's own walk (``_modules``, faster than ``modules()``) records every module the
+    model's ``eval()`` reaches, a shared one once and a wrapper overriding ``named_modules`` too;
+    everything is restored, errors included. A guard that changes nothing reads nothing, and the
+    caller's tensors are restored by it all the same."""
+    from torchvision.models import resnet18
+
+    from convscope.core.state import _modules, state_guard
+    from convscope.models.outputs import ScoresModel
+
+    shared = nn.Conv2d(3, 3, 1)
+    net = nn.Sequential(shared, nn.Sequential(shared, nn.ReLU()), nn.Flatten(), nn.Linear(12, 2))
+    wrapped = ScoresModel(net)
+    for model in (resnet18(weights=None), net, wrapped):
+        walked = _modules(model)
+        assert len(walked) == len({id(m) for m in walked})
+        reach: list[nn.Module] = []
+        model.apply(reach.append)  # what eval() and train() visit
+        assert {id(m) for m in walked} == {id(m) for m in reach}
+    wrapped.train()
+    net[1].eval()
+    shared.weight.requires_grad_(False)
+    before = model_state(wrapped.wrapped)
+    with pytest.raises(RuntimeError, match="inside"):
+        with state_guard(wrapped):
+            assert not wrapped.training and not any(m.training for m in net.modules())
+            assert not any(p.requires_grad for p in net.parameters())
+            raise RuntimeError("inside")
+    assert wrapped.training
+    assert_same_state(before, model_state(wrapped.wrapped))
+    x = torch.ones(2, requires_grad=True)
+    x.grad = torch.zeros(2)
+    grad = x.grad
+    with state_guard(wrapped, [x], eval_mode=False, freeze=False):
+        assert wrapped.training and x.grad is None  # nothing on the model changed
+    assert x.requires_grad and x.grad is grad
+    assert_same_state(before, model_state(wrapped.wrapped))

@@ -262,7 +262,9 @@ def capture(
         tensors: the caller's tensors whose ``requires_grad`` and ``.grad`` must be restored.
         eval_mode: put the model in eval mode for the block.
         freeze: turn off ``requires_grad`` on the parameters for the block, so backward passes
-            stop where the caller's inputs end and no weight gradient is computed.
+            stop where the caller's inputs end and no weight gradient is computed. With
+            ``eval_mode=False, freeze=False`` the model's modes and flags are neither changed nor
+            read: the caller's own :func:`state_guard` (a method's: the facade's) restores them.
         clone: hand a clone of each captured output on to the rest of the network (see module
             docstring); turn off only for layers whose output is never modified in place.
         replace: ``{layer: fn}``: the layer's output ``o`` goes on as ``fn(o)`` (the recorded

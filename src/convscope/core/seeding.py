@@ -27,7 +27,17 @@ def seeded(seed: int | None, device: str | torch.device | None = None) -> Iterat
         device: where the block draws random numbers (default: the CPU only).
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    if dev.type != "cuda":  # the CPU generator's state read and put back directly (what fork_rng does
+        cpu = torch.default_generator  # for it, without its per-call checks: half the time)
+        state = cpu.get_state()
+        try:
+            if seed is not None:
+                cpu.manual_seed(int(seed))
+            yield
+        finally:
+            cpu.set_state(state)
+        return
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda):
         if seed is not None:
             torch.default_generator.manual_seed(int(seed))

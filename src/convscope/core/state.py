@@ -15,6 +15,19 @@ from torch import nn
 __all__ = ["state_guard"]
 
 
+def _modules(model: nn.Module) -> list[nn.Module]:
+    """``model`` and every module under it, each once, read from ``_modules`` (what ``train()`` and
+    ``eval()`` walk): about a quarter of ``list(model.modules())``'s time, which builds a name for
+    every module (and a wrapper that overrides ``named_modules`` still has its own flag here)."""
+    out, seen = [model], {id(model)}
+    for m in out:  # the list grows while it is read: breadth first
+        for c in m._modules.values():
+            if c is not None and id(c) not in seen:
+                seen.add(id(c))
+                out.append(c)
+    return out
+
+
 def _format_fits(t: torch.Tensor, memory_format: torch.memory_format) -> bool:
     if memory_format == torch.channels_last:
         return t.dim() == 4
@@ -47,14 +60,20 @@ def state_guard(
     A guard nested in another one on the same model walks the model again and restores what it
     found, so it holds whatever the code between the two guards changed, and guards may close in
     any order (a generator holding one open is closed later).
+
+    A guard that changes nothing on the model (``eval_mode=False, freeze=False`` and no
+    ``memory_format``) does not read it either: its modes and flags are left to the guard the
+    caller holds (the facade's, for a method), which restores them.
     """
     modes: list[tuple[nn.Module, bool]] = []
     flags: list[tuple[torch.nn.Parameter, bool]] = []
     datas: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
+    if model is not None and not (eval_mode or freeze or memory_format is not None):
+        model = None  # changes nothing on the model: nothing to record or restore
     if model is not None:
-        modules = list(model.modules())  # one traversal (a shared parameter is listed twice: harmless)
+        modules = _modules(model)  # one traversal (a shared parameter is listed twice: harmless)
         modes = [(m, m.training) for m in modules]
         flags = [(p, p.requires_grad) for m in modules for p in m._parameters.values() if p is not None]
         if memory_format is not None:

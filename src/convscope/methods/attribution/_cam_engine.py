@@ -39,7 +39,7 @@ from convscope.methods.attribution._base import MethodContext, MethodOutput
 from convscope.methods.attribution._shared import shared, target_key
 from convscope.models.tokens import grid_layout, to_grid, zero_token_gradient
 
-__all__ = ["LayerData", "Rule", "cam_engine", "layer_pass", "layer_pass_parts"]
+__all__ = ["LayerData", "Rule", "cam_engine", "capture_layers", "layer_pass", "layer_pass_parts"]
 
 _EPS = 1e-12
 
@@ -88,12 +88,21 @@ class _LayerPass:
     target: ResolvedTarget
 
 
+def capture_layers(ctx: MethodContext) -> Any:
+    """:func:`~convscope.core.hooks.capture` of ``ctx.layer`` that leaves modes and flags alone:
+    a method runs inside the facade's state guard, which holds the model in eval mode with frozen
+    weights for the whole call and restores it (:class:`MethodContext`), so a second guard per
+    chunk would only walk the model again."""
+    assert ctx.model is not None
+    return capture(ctx.model, ctx.layer, eval_mode=False, freeze=False)
+
+
 def _pass_above(ctx: MethodContext, rows: slice) -> _LayerPass | None:
     """The gradient pass with a graph above the layers only (:meth:`~convscope.core.hooks.Capture.
     run_above`), or ``None`` where it cannot serve: a layer beside the path of the first one, or
     a score that does not depend on a layer (the full pass then gives the error message)."""
     assert ctx.model is not None
-    with capture(ctx.model, ctx.layer) as cap:
+    with capture_layers(ctx) as cap:
         out = cap.run_above(ctx.x[rows].detach())
         acts = [cap.activation(n) for n in ctx.layer]
         modules = [cap.modules[n] for n in ctx.layer]
@@ -120,7 +129,7 @@ def _layer_pass(ctx: MethodContext, rows: slice, need_grad: bool) -> _LayerPass:
         if above is not None:
             return above
         xb.requires_grad_(True)
-    with capture(ctx.model, ctx.layer) as cap:
+    with capture_layers(ctx) as cap:
         with torch.set_grad_enabled(need_grad):
             out = ctx.model(xb)
             acts = [cap.activation(n) for n in ctx.layer]

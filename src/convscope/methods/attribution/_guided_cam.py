@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from convscope.core.hooks import capture
 from convscope.methods.attribution._base import MethodContext
-from convscope.methods.attribution._cam_engine import _LayerPass, layer_pass_parts
+from convscope.methods.attribution._cam_engine import _LayerPass, capture_layers, layer_pass_parts
 from convscope.methods.attribution._guided import RuleSwitch, relu_rules
 from convscope.methods.attribution._shared import shared, stored
 from convscope.methods.attribution.gradients import gradient_parts
@@ -55,7 +54,7 @@ def one_pass(ctx: MethodContext, nonrelu: str) -> int:
         switch = RuleSwitch("plain")
         xb = ctx.x[rows].detach().requires_grad_(True)
         rules = relu_rules(switch, nonrelu=nonrelu, method="guided_backprop")
-        with capture(ctx.model, ctx.layer) as cap, rules:
+        with capture_layers(ctx) as cap, rules:
             out = ctx.model(xb)
             acts = [cap.activation(n) for n in ctx.layer]
             modules = [cap.modules[n] for n in ctx.layer]

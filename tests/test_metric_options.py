@@ -143,3 +143,18 @@ def test_groups_check_seed_and_batch_size_when_made_and_take_their_edges():
     one = fa.pixel_flipping(lm, x, maps, targets=t, features_in_step=16, batch_size=1, progress=False)
     big = fa.pixel_flipping(lm, x, maps, targets=t, features_in_step=16, batch_size=10**6, progress=False)
     torch.testing.assert_close(one.scores, big.scores)
+
+
+@pytest.mark.parametrize(("option", "bad"), [("seed", -1), ("seed", 2.5), ("seed", 2**32), ("batch_size", 0),
+                                             ("batch_size", float("nan")), ("batch_size", "32")])
+def test_metrics_that_rerun_the_explainer_check_seed_and_batch_size_too(option, bad):
+    """The metrics outside the groups that re-run the explainer (through ``explained_batch``) check
+    the same ranges before any work."""
+    from convscope.methods.evaluation import axiomatic as ax
+    from convscope.methods.evaluation import randomisation_revisited as rr
+    from convscope.methods.evaluation import sanity as sa
+
+    net, lm, x, maps, y = metric_setup()
+    for f in (sa.model_randomization, ax.input_invariance, rr.efficient_mprt):
+        with pytest.raises(InputError, match=f"^{option} must be an integer "):
+            f(lm, x, "saliency", **{option: bad})

@@ -95,8 +95,8 @@ def test_embed_of_identical_images_names_pca_and_warns() -> None:
 
 
 @pytest.mark.parametrize(("option", "bad"), [
-    *(("perplexity", v) for v in (float("nan"), float("inf"), -float("inf"), 0, 0.0, -1, 10**9, 1e300, True,
-                                  "30")),
+    *(("perplexity", v) for v in (float("nan"), float("inf"), -float("inf"), 0, 0.0, 1e-9, 1e-3, 0.5, -1,
+                                  10**9, 1e300, True, "30")),
     *(("seed", v) for v in (float("nan"), float("inf"), -1, 2**32, 10**30, 2.5, 1.0, True, "0", None)),
 ])
 def test_numeric_options_are_refused_in_one_line_before_any_work(option, bad) -> None:
@@ -129,7 +129,7 @@ def test_bad_features_are_refused_and_good_edges_pass() -> None:
     # the edges of the declared ranges are taken; a perplexity above (N - 1) / 3 is lowered to it
     clamped = project(x, "tsne", perplexity=10_000, seed=2**32 - 1)
     np.testing.assert_array_equal(clamped, project(x, "tsne", perplexity=11 / 3, seed=2**32 - 1))
-    assert np.isfinite(project(x, "tsne", perplexity=1e-3)).all()
+    assert np.isfinite(project(x, "tsne", perplexity=1.0)).all()
 
 
 @pytest.mark.parametrize("bad", [-1, 2**32, 2.5])
@@ -155,3 +155,11 @@ def test_a_lowered_perplexity_is_said_and_recorded() -> None:
         warnings.simplefilter("error", AssumptionWarning)  # asked within range: nothing to say
         np.testing.assert_array_equal(y, project(x, "tsne", perplexity=4.0))
     assert tsne_perplexity(30, 13) == 4.0 and tsne_perplexity(2.5, 13) == 2.5
+    assert tsne_perplexity(30, 3) == 1.0  # (N - 1) / 3 = 2 / 3 is below 1, the least meaningful one
+    # 3 images: (N - 1) / 3 would be 2 / 3, outside the range; t-SNE runs with 1 and says so (the
+    # class audit passes this lowered value back to project(), which must take it)
+    three = x[:3]
+    with pytest.warns(AssumptionWarning, match=r"t-SNE ran with 1\b"):
+        y3 = project(three, "tsne")
+    np.testing.assert_array_equal(y3, project(three, "tsne", perplexity=tsne_perplexity(30, 3)))
+    assert y3.shape == (3, 2) and np.isfinite(y3).all()

@@ -89,3 +89,72 @@ def test_options_reach_the_metric():
     est = fa.faithfulness_estimate(lm, x, maps, features_in_step=16, progress=False)  # logit default
     assert torch.equal(est, fa.faithfulness_estimate(lm, x, maps, features_in_step=16, score="logit",
                                                      progress=False))
+
+
+SEED_BAD = [-1, 2**32, 10**30, 2.5, 1.0, float("nan"), float("inf"), True, "0", None]
+BATCH_BAD = [0, -1, 2.5, 1.0, float("nan"), float("inf"), -float("inf"), True, "32", "Auto", None]
+
+
+@pytest.mark.parametrize("bad", SEED_BAD)
+def test_seed_is_refused_in_one_line_by_every_metric_of_both_groups(bad):
+    """The seed is declared once (the project's [0, 2**32 - 1]) and checked when the group is made,
+    before any work: not torch's RuntimeError from manual_seed, not a negative seed run as given."""
+    net, lm, x, maps, y = metric_setup()
+    for f in [*ROBUST, *FAITHFUL]:
+        with pytest.raises(InputError, match=r"^seed must be an integer in \[0, 4294967295\], got ") as e:
+            f(lm, x, "saliency" if f in ROBUST else maps, seed=bad)
+        assert "\n" not in str(e.value), f.__name__
+
+
+@pytest.mark.parametrize("bad", BATCH_BAD)
+def test_batch_size_is_refused_in_one_line_by_every_metric_of_both_groups(bad):
+    net, lm, x, maps, y = metric_setup()
+    for f in ROBUST:
+        with pytest.raises(InputError, match=r"^batch_size must be an integer >= 1, got ") as e:
+            f(lm, x, "saliency", batch_size=bad)
+        assert "\n" not in str(e.value), f.__name__
+    for f in FAITHFUL:  # these also take "auto"; the message says so
+        with pytest.raises(InputError, match=r"^batch_size must be an integer >= 1 or 'auto', got ") as e:
+            f(lm, x, maps, batch_size=bad)
+        assert "\n" not in str(e.value), f.__name__
+
+
+def test_groups_check_seed_and_batch_size_when_made_and_take_their_edges():
+    """The groups themselves refuse (no model needed), and the edges of the ranges are taken."""
+    for group in (Perturbations, Removals):
+        for bad in (-1, 2**32, 2.5):
+            with pytest.raises(InputError, match="^seed must be "):
+                group(seed=bad)
+        for bad in (0, True, "x"):
+            with pytest.raises(InputError, match="^batch_size must be "):
+                group(batch_size=bad)
+        for seed in (0, 2**32 - 1):
+            assert group(seed=seed).seed == seed
+        assert group(batch_size=1).batch_size == 1
+        assert group(batch_size=10**6).batch_size == 10**6  # more than the batch: one chunk
+    assert Removals(batch_size="auto").batch_size == "auto"
+    net, lm, x, maps, y = metric_setup()
+    t = torch.as_tensor(y)
+    # a seed at the top edge runs, and a batch size of 1 gives what one large chunk gives
+    assert se.max_sensitivity(lm, x, "saliency", targets=t, n_samples=2, seed=2**32 - 1).isfinite().all()
+    one = se.max_sensitivity(lm, x, "saliency", targets=t, n_samples=2, batch_size=1)
+    torch.testing.assert_close(one, se.max_sensitivity(lm, x, "saliency", targets=t, n_samples=2,
+                                                       batch_size=10**6))
+    one = fa.pixel_flipping(lm, x, maps, targets=t, features_in_step=16, batch_size=1, progress=False)
+    big = fa.pixel_flipping(lm, x, maps, targets=t, features_in_step=16, batch_size=10**6, progress=False)
+    torch.testing.assert_close(one.scores, big.scores)
+
+
+@pytest.mark.parametrize(("option", "bad"), [("seed", -1), ("seed", 2.5), ("seed", 2**32), ("batch_size", 0),
+                                             ("batch_size", float("nan")), ("batch_size", "32")])
+def test_metrics_that_rerun_the_explainer_check_seed_and_batch_size_too(option, bad):
+    """The metrics outside the groups that re-run the explainer (through ``explained_batch``) check
+    the same ranges before any work."""
+    from convscope.methods.evaluation import axiomatic as ax
+    from convscope.methods.evaluation import randomisation_revisited as rr
+    from convscope.methods.evaluation import sanity as sa
+
+    net, lm, x, maps, y = metric_setup()
+    for f in (sa.model_randomization, ax.input_invariance, rr.efficient_mprt):
+        with pytest.raises(InputError, match=f"^{option} must be an integer "):
+            f(lm, x, "saliency", **{option: bad})

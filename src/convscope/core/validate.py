@@ -25,7 +25,7 @@ from convscope.core.errors import InputError
 _G = TypeVar("_G")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-__all__ = ["OptionSpec", "Range", "check_options", "check_values", "ints", "group_parameters",
+__all__ = ["SEEDS", "OptionSpec", "Range", "check_options", "check_values", "ints", "group_parameters",
            "option_group", "option_specs", "reals", "shows_options", "split_names"]
 
 
@@ -152,6 +152,10 @@ class Range:
 def ints(lo: int | None = None, hi: int | None = None) -> Range:
     """Integers in ``[lo, hi]``."""
     return Range(lo, hi, integer=True)
+
+
+#: The range of every ``seed`` option: what numpy's and scikit-learn's generators take.
+SEEDS = ints(0, 2**32 - 1)
 
 
 def reals(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,

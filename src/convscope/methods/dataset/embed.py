@@ -18,7 +18,7 @@ from PIL import Image
 from convscope.core.errors import AssumptionWarning, InputError, UnreliableResultWarning
 from convscope.core.result import Result
 from convscope.core.results import png_bytes
-from convscope.core.validate import Range, check_values, ints, option_group, reals, shows_options
+from convscope.core.validate import SEEDS, Range, check_values, option_group, reals, shows_options
 from convscope.methods.dataset._grid import font, to_pil
 from convscope.methods.dataset._view import LayerView
 from convscope.methods.dataset.neighbors import Features, Pooling, pooled
@@ -27,9 +27,10 @@ __all__ = ["EMBED_METHODS", "EMBED_RANGES", "Embedding", "embed", "embedding_fal
 
 EMBED_METHODS = ("pca", "tsne", "umap")
 #: Allowed values of :func:`project`'s and :func:`embed`'s numeric options, checked before any work.
-#: A perplexity is an effective number of neighbours: above (N - 1) / 3 it is lowered to that;
-#: 10,000 is far above any useful one (scikit-learn suggests 5 to 50).
-EMBED_RANGES: dict[str, Range] = {"seed": ints(0, 2**32 - 1), "perplexity": reals(0, 10_000, lo_open=True)}
+#: A perplexity is an effective number of neighbours: below 1 it is meaningless (degenerate maps),
+#: above (N - 1) / 3 it is lowered to that; 10,000 is far above any useful one (scikit-learn
+#: suggests 5 to 50).
+EMBED_RANGES: dict[str, Range] = {"seed": SEEDS, "perplexity": reals(1, 10_000)}
 PCA_FALLBACK = "placed by PCA instead"  # ends embedding_fallback's reason (read back from audit notes)
 
 
@@ -63,8 +64,11 @@ def _check_options(method: str, seed: int, perplexity: float) -> None:
 
 
 def tsne_perplexity(perplexity: float, n: int) -> float:
-    """The perplexity t-SNE runs with on ``n`` images: the one asked, at most (N - 1) / 3."""
-    return min(float(perplexity), (n - 1) / 3)
+    """The perplexity t-SNE runs with on ``n`` images: the one asked, at most (N - 1) / 3, at least 1.
+
+    (N - 1) / 3 is below 1 only for N = 3 images; a perplexity below 1 is meaningless, so 1 is used.
+    """
+    return max(1.0, min(float(perplexity), (n - 1) / 3))
 
 
 def project(
@@ -105,7 +109,8 @@ def project(
         used = tsne_perplexity(perplexity, n)
         if used != perplexity:
             warnings.warn(f"perplexity {perplexity:g} is more neighbours than {n} images allow; t-SNE ran "
-                          f"with {used:.4g}, (N - 1) / 3 (pass a smaller perplexity to choose it yourself)",
+                          f"with {used:.4g}, (N - 1) / 3 or 1 (pass a smaller perplexity to choose it "
+                          "yourself)",
                           AssumptionWarning, stacklevel=2)
         return TSNE(n_components=2, perplexity=used, init="pca", random_state=seed).fit_transform(x)
     try:  # umap, the method left (checked above)
@@ -221,7 +226,8 @@ def embed(
     Args:
         method: ``"pca"``, ``"tsne"`` or ``"umap"`` (needs ``umap-learn``).
         seed: random state of t-SNE / UMAP (and the PCA solver), an integer in [0, 2**32 - 1].
-        perplexity: t-SNE's, in (0, 10000] (lowered to (N - 1) / 3 for N images where larger).
+        perplexity: t-SNE's, in [1, 10000] (lowered to (N - 1) / 3 for N images where larger, but
+            never below 1).
         features: precomputed :func:`layer_features` of ``data``.
         **pooling: how the features are made (``pool``, ``batch_size``, ...), as for
             :func:`layer_features`.

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from convscope.core.validate import Range, check_values, ints, reals
+from convscope.core.errors import InputError
+from convscope.core.validate import SEEDS, Range, check_values, ints, reals
 from convscope.methods.evaluation._common import BaselineSpec
 
 __all__ = ["LOGIT", "METRIC_RANGES", "Perturbations", "Removals", "check_ranges"]
@@ -28,6 +29,8 @@ METRIC_RANGES: dict[str, Range] = {
     "radius": reals(0, lo_open=True),
     "std": reals(0, lo_open=True),
     "n_samples": ints(1),
+    "seed": SEEDS,
+    "batch_size": ints(1),  # no upper bound, as the project's other batch sizes: chunks stop at the batch
 }
 
 #: The ``score`` default of the metrics that follow their paper's logits (Quantus's too).
@@ -48,8 +51,8 @@ class Perturbations:
         targets: class per image (default: the predicted class).
         n_samples: perturbations per image.
         maps: the maps at ``x`` if already computed (else computed here).
-        seed: seeds the draws (and the method, where it draws).
-        batch_size: images per call of the explainer.
+        seed: seeds the draws (and the method, where it draws), an integer in [0, 2**32 - 1].
+        batch_size: images per call of the explainer, an integer >= 1.
         noise: (n, B, C, H, W) perturbations to use instead of drawing them (e.g. Quantus's).
     """
 
@@ -61,7 +64,7 @@ class Perturbations:
     noise: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        check_ranges(n_samples=self.n_samples)
+        check_ranges(n_samples=self.n_samples, seed=self.seed, batch_size=self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,9 @@ class Removals:
         targets: class per image (default: the predicted class).
         baseline: what removed pixels become (default ``"black"``; ``"min"`` is Quantus's).
         score: ``"probability"`` or ``"logit"`` of the target class.
-        batch_size: forward-pass chunk size or ``"auto"``.
-        seed: orders pixels of equal attribution (and draws random sets, where the metric does).
+        batch_size: forward-pass chunk size (an integer >= 1) or ``"auto"``.
+        seed: orders pixels of equal attribution (and draws random sets, where the metric does), an
+            integer in [0, 2**32 - 1].
         progress: a bar (default: on a terminal).
     """
 
@@ -83,3 +87,9 @@ class Removals:
     batch_size: int | str = "auto"
     seed: int = 0
     progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_ranges(seed=self.seed)
+        bs, rng = self.batch_size, METRIC_RANGES["batch_size"]
+        if not (isinstance(bs, str) and bs == "auto") and not rng.contains(bs):
+            raise InputError(f"batch_size must be {rng.describe()} or 'auto', got {bs!r:.40}")

@@ -84,8 +84,12 @@ def explained_batch(
 ) -> tuple[LoadedModel, Callable[..., torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """What a metric that re-runs the explainer starts from: the loaded model, the explainer
     (a method name made one with ``batch_size`` and ``seed``), ``x`` detached, the target per
-    image (default: the predicted class) and the maps at ``x`` (``maps``, or computed here)."""
+    image (default: the predicted class) and the maps at ``x`` (``maps``, or computed here).
+    ``batch_size`` and ``seed`` are checked first (their ranges in ``METRIC_RANGES``)."""
     from convscope.methods.evaluation._common import as_loaded, predict_targets
+    from convscope.methods.evaluation._options import check_ranges
+
+    check_ranges(seed=seed, batch_size=batch_size)
 
     lm = as_loaded(model)
     ex = as_explainer(explainer, batch_size=batch_size, seed=seed) if isinstance(explainer, str) \

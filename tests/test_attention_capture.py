@@ -9,6 +9,7 @@ chose. State after success and error: hooks, flags and the model's own call argu
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import pytest
@@ -265,9 +266,26 @@ def test_another_threads_forward_pass_is_neither_captured_nor_changed(kind):
     assert count_hooks(model) == 0
 
 
-def test_captures_of_one_model_wait_for_each_other_also_through_a_wrapper():
-    net, lm = _hf()  # lm.model wraps net: another module object, the same attention modules
-    for first, second in ((net, net), (net, lm.model)):
+@pytest.mark.parametrize("kind", ["timm", "hf"])
+def test_captures_of_one_model_wait_for_each_other_also_through_a_wrapper(kind):
+    if kind == "timm":
+        net = _timm()
+        pairs = [(net, net)]
+        attn = [b.attn for b in net.blocks]
+
+        def flags():
+            return [a.fused_attn for a in attn]
+
+        during, after = [False, False], [True, True]
+    else:
+        net, lm = _hf()  # lm.model wraps net: another module object, the same attention modules
+        pairs = [(net, net), (net, lm.model)]
+
+        def flags():
+            return net.config._attn_implementation
+
+        during, after = "eager", "sdpa"
+    for first, second in pairs:
         entered, failed = threading.Event(), []
 
         def open_second(second=second, entered=entered, failed=failed):
@@ -281,16 +299,19 @@ def test_captures_of_one_model_wait_for_each_other_also_through_a_wrapper():
             t = threading.Thread(target=open_second)
             t.start()
             assert not entered.wait(0.2)  # the second capture waits while the first is open
-            assert net.config._attn_implementation == "eager" and cap.switched
+            assert flags() == during and cap.switched
         t.join(10)
         assert entered.is_set() and not failed
-        assert net.config._attn_implementation == "sdpa" and count_hooks(net) == 0
+        assert flags() == after and count_hooks(net) == 0
 
 
 @pytest.mark.parametrize("kind", ["torchvision", "timm"])
 def test_two_threads_explaining_one_model_get_the_sequential_maps(kind):
     model, x = _family(kind)
     lm = cs.load_model(model, preprocessing=Preprocessing(size=tuple(x.shape[-2:]), resize=None))
+    blocks = model.encoder.layers if kind == "torchvision" else model.blocks
+    # a short sleep before each block lets the threads' passes overlap (it releases the GIL)
+    slow = [b.register_forward_pre_hook(lambda *_: time.sleep(0.002)) for b in blocks]
     inputs = (x[:1], x[1:])
     for method in ("rollout", "chefer"):
         want = [_explain(lm, xi, method, target=1).map for xi in inputs]
@@ -316,5 +337,7 @@ def test_two_threads_explaining_one_model_get_the_sequential_maps(kind):
             assert len(got[i]) == 6
             for m in got[i]:
                 torch.testing.assert_close(m, want[i], rtol=0, atol=0)
+    for h in slow:
+        h.remove()
     assert count_hooks(model) == 0
     assert all(getattr(m, "fused_attn", True) for m in model.modules())

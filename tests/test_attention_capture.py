@@ -244,8 +244,10 @@ def test_another_threads_forward_pass_is_neither_captured_nor_changed(kind):
         plain = model(x[1:])
     seen = []
     mhas = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
-    spies = [m.register_forward_hook(lambda _m, _a, kw, _o: seen.append(kw.get("need_weights")), with_kwargs=True)
-             for m in mhas]
+    def spy(_m, _a, kw, _o):
+        seen.append(kw.get("need_weights"))
+
+    spies = [m.register_forward_hook(spy, with_kwargs=True) for m in mhas]
     other: list[torch.Tensor] = []
     try:
         with torch.no_grad(), attention_capture(model) as cap:

@@ -294,8 +294,11 @@ def attention_capture(model: nn.Module, last_of: int | None = None) -> Iterator[
             yield cap
 
 
-def _plan(model: nn.Module, cap: AttentionCapture, sites: list[tuple[str, nn.Module, str]]) -> tuple[
-        list[tuple[Any, str, Any, Any]], list[str], dict[str, Callable[..., Any]], dict[str, Callable[[Any], Any]]]:
+_Plan = tuple[list[tuple[Any, str, Any, Any]], list[str], dict[str, Callable[..., Any]],
+              dict[str, Callable[[Any], Any]]]
+
+
+def _plan(model: nn.Module, cap: AttentionCapture, sites: list[tuple[str, nn.Module, str]]) -> _Plan:
     """(flags to switch as (object, attribute, old, new), layers to hook, pre-hooks, output hooks)."""
     flags: list[tuple[Any, str, Any, Any]] = []
     layers: list[str] = []

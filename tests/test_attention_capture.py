@@ -8,6 +8,8 @@ chose. State after success and error: hooks, flags and the model's own call argu
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 
 import pytest
@@ -158,12 +160,18 @@ def test_a_caller_that_asks_for_the_weights_gets_what_it_asked_for():
     assert count_hooks(model) == 0
 
 
-@pytest.mark.parametrize("kind", ["torchvision", "hf"])
+@pytest.mark.parametrize("kind", ["torchvision", "timm", "hf"])
 def test_hooks_and_flags_are_gone_after_an_error_inside_the_forward_pass(kind):
+    size = (32, 32)
     if kind == "torchvision":
         net = _tv()
         model = cs.load_model(net, preprocessing=Preprocessing(size=(32, 32), resize=None))
         inner = net.encoder.layers[1]
+    elif kind == "timm":
+        net, size = _timm(), (32, 48)
+        model = cs.load_model(net, preprocessing=Preprocessing(size=size, resize=None))
+        inner = net.blocks[1]
+        assert [b.attn.fused_attn for b in net.blocks] == [True, True]  # the capture switches them off
     else:
         net, model = _hf()
         inner = net.vit.layers[1] if hasattr(net.vit, "layers") else net.vit.encoder.layer[1]
@@ -177,14 +185,16 @@ def test_hooks_and_flags_are_gone_after_an_error_inside_the_forward_pass(kind):
 
     h = inner.register_forward_hook(boom)
     try:
-        _explain(model, torch.rand(1, 3, 32, 32), "rollout")  # the facade's probe of the model, once
+        _explain(model, torch.rand(1, 3, *size), "rollout")  # the facade's probe of the model, once
         armed.append(True)
         for method in ATTENTION:
             with pytest.raises(RuntimeError, match="injected"):
-                _explain(model, torch.rand(1, 3, 32, 32), method, target=0)
+                _explain(model, torch.rand(1, 3, *size), method, target=0)
             assert count_hooks(net) == 1  # ours only
             if kind == "hf":
                 assert net.config._attn_implementation == "sdpa"
+            if kind == "timm":
+                assert [b.attn.fused_attn for b in net.blocks] == [True, True]
     finally:
         h.remove()
 
@@ -194,7 +204,10 @@ def test_eval_batch_size_auto_and_fixed_give_the_same_maps(monkeypatch):
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     for method in ATTENTION:
         whole = _explain(model, x, method, target=2)
-        assert whole.diagnostics["eval_batch_size"] == 32
+        assert whole.diagnostics["eval_batch_size"] == 5  # the chunk used: batch_size 32 on 5 images
+        huge = _explain(model, x, method, target=2, eval_batch_size=10**9)
+        assert huge.diagnostics["eval_batch_size"] == 5
+        torch.testing.assert_close(huge.map, whole.map, rtol=0, atol=0)
         two = _explain(model, x, method, target=2, eval_batch_size=2)
         assert two.diagnostics["eval_batch_size"] == 2
         torch.testing.assert_close(two.map, whole.map, rtol=1e-5, atol=1e-6)
@@ -215,3 +228,118 @@ def test_eval_batch_size_auto_and_fixed_give_the_same_maps(monkeypatch):
         with pytest.raises(InputError) as info:
             _explain(model, x, "rollout", eval_batch_size=bad)
         assert "\n" not in str(info.value)
+
+
+def _family(kind):
+    """(model, input) of a small torchvision or timm ViT."""
+    if kind == "torchvision":
+        return _tv(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    return _timm(), torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "timm"])
+def test_another_threads_forward_pass_is_neither_captured_nor_changed(kind):
+    model, x = _family(kind)
+    with torch.no_grad():
+        plain = model(x[1:])
+    seen = []
+    mhas = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    def spy(_m, _a, kw, _o):
+        seen.append(kw.get("need_weights"))
+
+    spies = [m.register_forward_hook(spy, with_kwargs=True) for m in mhas]
+    other: list[torch.Tensor] = []
+    try:
+        with torch.no_grad(), attention_capture(model) as cap:
+            model(x[:1])
+            mine = [m.clone() for m in cap.maps]
+            seen.clear()
+            t = threading.Thread(target=lambda: other.append(model(x[1:]).detach()))
+            t.start()
+            t.join()
+            assert len(cap.maps) == len(mine) == cap.modules and all(m.shape[0] == 1 for m in cap.maps)
+            for a, b in zip(cap.maps, mine, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    finally:
+        for h in spies:
+            h.remove()
+    assert seen == [False] * len(mhas)  # the other thread's MHA calls ran with the arguments it gave
+    torch.testing.assert_close(other[0], plain, rtol=1e-5, atol=1e-6)
+    assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("kind", ["timm", "hf"])
+def test_captures_of_one_model_wait_for_each_other_also_through_a_wrapper(kind):
+    if kind == "timm":
+        net = _timm()
+        pairs = [(net, net)]
+        attn = [b.attn for b in net.blocks]
+
+        def flags():
+            return [a.fused_attn for a in attn]
+
+        during, after = [False, False], [True, True]
+    else:
+        net, lm = _hf()  # lm.model wraps net: another module object, the same attention modules
+        pairs = [(net, net), (net, lm.model)]
+
+        def flags():
+            return net.config._attn_implementation
+
+        during, after = "eager", "sdpa"
+    for first, second in pairs:
+        entered, failed = threading.Event(), []
+
+        def open_second(second=second, entered=entered, failed=failed):
+            try:
+                with attention_capture(second):
+                    entered.set()
+            except Exception as e:  # pragma: no cover - reported below
+                failed.append(e)
+
+        with attention_capture(first) as cap:
+            t = threading.Thread(target=open_second)
+            t.start()
+            assert not entered.wait(0.2)  # the second capture waits while the first is open
+            assert flags() == during and cap.switched
+        t.join(10)
+        assert entered.is_set() and not failed
+        assert flags() == after and count_hooks(net) == 0
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "timm"])
+def test_two_threads_explaining_one_model_get_the_sequential_maps(kind):
+    model, x = _family(kind)
+    lm = cs.load_model(model, preprocessing=Preprocessing(size=tuple(x.shape[-2:]), resize=None))
+    blocks = model.encoder.layers if kind == "torchvision" else model.blocks
+    # a short sleep before each block lets the threads' passes overlap (it releases the GIL)
+    slow = [b.register_forward_pre_hook(lambda *_: time.sleep(0.002)) for b in blocks]
+    inputs = (x[:1], x[1:])
+    for method in ("rollout", "chefer"):
+        want = [_explain(lm, xi, method, target=1).map for xi in inputs]
+        got: list[list[torch.Tensor]] = [[], []]
+        errors: list[str] = []
+        start = threading.Barrier(2)
+
+        def work(i, method=method, got=got, errors=errors, start=start):
+            start.wait()
+            for _ in range(6):
+                try:
+                    got[i].append(_explain(lm, inputs[i], method, target=1).map)
+                except Exception as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        for i in (0, 1):
+            assert len(got[i]) == 6
+            for m in got[i]:
+                torch.testing.assert_close(m, want[i], rtol=0, atol=0)
+    for h in slow:
+        h.remove()
+    assert count_hooks(model) == 0
+    assert all(getattr(m, "fused_attn", True) for m in model.modules())

@@ -14,21 +14,28 @@ are known it reads the probabilities at the module that computes them, with hook
   ships) and the probabilities are read at its ``attn_drop`` (the identity in eval mode), the
   tensor that multiplies ``v``.
 * Hugging Face attention modules that dispatch through ``ALL_ATTENTION_FUNCTIONS``:
-  ``config._attn_implementation`` is ``"eager"`` for the call and the weights are the second item
-  of the module's output.
+  ``config._attn_implementation`` is ``"eager"`` for the call (one config shared by every block:
+  all blocks run eager) and the weights are the second item of the module's output.
 
 A model whose own code calls a fused kernel elsewhere (``F.scaled_dot_product_attention``,
 ``F.multi_head_attention_forward``) runs the whole call under the function mode of
 :mod:`._attn_mode` instead (kernels replaced by step-by-step attention): one mechanism per call,
 never both. Every flag is put back in ``finally``, errors included, and what was switched is
 recorded. The maps are the same whichever path the owner chose (fused or not).
+
+Threads: the hooks act only for the thread that opened the capture (another thread's call passes
+through them untouched), and captures that share a module (the model, an attention module, a module
+whose flag is switched) wait for each other (:func:`_exclusive`), because the flags are shared state
+every thread sees.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import types
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +131,7 @@ class AttentionCapture:
         switched: what was switched for the call (e.g. ``"blocks.0.attn.fused_attn: True -> False"``).
         how: ``"hooks"`` or ``"function mode"``.
         modules: how many attention modules the hooks read the model through (0 for the mode).
+        thread: the thread that opened the capture, the only one whose calls the hooks read.
     """
 
     maps: list[torch.Tensor] = field(default_factory=list)
@@ -131,6 +139,11 @@ class AttentionCapture:
     switched: list[str] = field(default_factory=list)
     how: str = "hooks"
     modules: int = 0
+    thread: int = field(default_factory=threading.get_ident)
+
+    def mine(self) -> bool:
+        """Whether the running call is the capturing thread's (other threads pass through)."""
+        return threading.get_ident() == self.thread
 
     def reset(self) -> None:
         """Forget the maps (call between forward passes)."""
@@ -154,6 +167,8 @@ def _mha_hooks(cap: AttentionCapture, m: nn.MultiheadAttention) -> tuple[Callabl
     asked: list[tuple[bool, bool]] = []
 
     def before(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not cap.mine():
+            return None  # another thread's call runs as it was made
         a = {**dict(zip(_MHA_ARGS, args, strict=False)), **kwargs}
         q = a.get("query")
         why = mha_refusal(cross=a.get("key") is not q or a.get("value") is not q,
@@ -166,6 +181,8 @@ def _mha_hooks(cap: AttentionCapture, m: nn.MultiheadAttention) -> tuple[Callabl
         return (), {**a, "need_weights": True, "average_attn_weights": False}
 
     def after(out: Any) -> Any:
+        if not cap.mine():
+            return out
         want, average = asked.pop()
         y, w = out
         # with gradients the weights are a view of the (B * heads, N, N) softmax output that
@@ -186,6 +203,8 @@ def _mha_hooks(cap: AttentionCapture, m: nn.MultiheadAttention) -> tuple[Callabl
 
 def _keep_second(cap: AttentionCapture) -> Callable[[Any], Any]:
     def after(out: Any) -> Any:
+        if not cap.mine():
+            return out
         w = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
         if not isinstance(w, torch.Tensor) or w.dim() != 4:
             raise MethodError("a Hugging Face attention module returned no attention weights in eager mode; "
@@ -198,33 +217,93 @@ def _keep_second(cap: AttentionCapture) -> Callable[[Any], Any]:
 
 def _keep_all(cap: AttentionCapture) -> Callable[[Any], Any]:
     def after(out: Any) -> Any:
-        cap._keep(out)
+        if cap.mine():
+            cap._keep(out)
         return out
 
     return after
+
+
+#: one re-entrant lock per module some capture holds, by id, kept outside the user's modules and
+#: dropped when the module is garbage-collected
+_LOCKS: dict[int, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _exclusive(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Hold the lock of each of ``modules`` for the block: captures that share a module wait for
+    each other. Locks are taken in one global order (by id), so two captures never wait crosswise."""
+    uniq = sorted({id(m): m for m in modules}.items())
+    locks = []
+    with _LOCKS_GUARD:
+        for key, m in uniq:
+            if key not in _LOCKS:
+                _LOCKS[key] = threading.RLock()
+                try:
+                    weakref.finalize(m, _LOCKS.pop, key, None)
+                except TypeError:  # a module without weak references: its lock stays
+                    pass
+            locks.append(_LOCKS[key])
+    with ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
+
+
+def _config_name(model: nn.Module, cfg: Any) -> str:
+    """``cfg`` as the outermost module holding it reaches it: ``"config"`` (the model's own) or
+    ``"<module>.config"``."""
+    name = next((n for n, m in model.named_modules() if getattr(m, "config", None) is cfg), "")
+    return f"{name}.config" if name else "config"
 
 
 @contextmanager
 def attention_capture(model: nn.Module, last_of: int | None = None) -> Iterator[AttentionCapture]:
     """Record the attention probabilities of ``model``'s forward passes inside the block.
 
+    Only the calls of the thread that opens the capture are read (other threads' calls pass
+    through untouched), and captures of the same model, from any thread, run one at a time.
+
     Args:
         model: the network; hooks are removed and flags restored on exit, errors included.
         last_of: read only the last attention module when the hooks find exactly this many (one
-            per block): the other blocks keep their fused kernels. Otherwise every one is read.
+            per block): the other blocks keep their fused kernels (Hugging Face: not so, the
+            config switched to eager is one object shared by every block). Otherwise every one is read.
     """
     cap = AttentionCapture()
     sites = [(n, m, k) for n, m in model.named_modules() if (k := _site(m)) is not None]
     site_classes = {type(m) for _, m, _ in sites}
     others = {type(m) for m in model.modules()} - site_classes
     if not sites or any(issubclass(c, torch.jit.ScriptModule) or _class_calls_kernel(c) for c in others):
-        yield from _mode_capture(model, cap)
+        flagged = [m for m in model.modules() if hasattr(m, "fused_attn") or hasattr(m, "config")]
+        with _exclusive([model, *flagged]):
+            yield from _mode_capture(model, cap)
         return
-    cap.modules = len(sites)
-    if last_of is not None and len(sites) == last_of:
-        sites = sites[-1:]
+    with _exclusive([model, *(m for _, m, _ in sites)]):  # before any flag is read
+        cap.modules = len(sites)
+        if last_of is not None and len(sites) == last_of:
+            sites = sites[-1:]
+        flags, layers, before, replace = _plan(model, cap, sites)
+        with ExitStack() as stack:
+            for obj, attr, old, new in flags:
+                stack.callback(setattr, obj, attr, old)
+                setattr(obj, attr, new)
+            stack.enter_context(capture(model, layers, eval_mode=False, freeze=False, clone=False,
+                                        replace=replace, before=before))
+            yield cap
+
+
+_Plan = tuple[list[tuple[Any, str, Any, Any]], list[str], dict[str, Callable[..., Any]],
+              dict[str, Callable[[Any], Any]]]
+
+
+def _plan(model: nn.Module, cap: AttentionCapture, sites: list[tuple[str, nn.Module, str]]) -> _Plan:
+    """(flags to switch as (object, attribute, old, new), layers to hook, pre-hooks, output hooks)."""
     flags: list[tuple[Any, str, Any, Any]] = []
-    layers, before, replace = [], {}, {}
+    layers: list[str] = []
+    before: dict[str, Callable[..., Any]] = {}
+    replace: dict[str, Callable[[Any], Any]] = {}
     for name, m, kind in sites:
         if kind == "mha":
             before[name], replace[name] = _mha_hooks(cap, m)
@@ -239,17 +318,12 @@ def attention_capture(model: nn.Module, last_of: int | None = None) -> Iterator[
             cfg = m.config
             if cfg._attn_implementation != "eager" and all(c is not cfg for c, *_ in flags):
                 flags.append((cfg, "_attn_implementation", cfg._attn_implementation, "eager"))
-                cap.switched.append(f"{name}.config._attn_implementation: "
-                                    f"{cfg._attn_implementation!r} -> 'eager'")
+                cap.switched.append(f"{_config_name(model, cfg)}._attn_implementation: "
+                                    f"{cfg._attn_implementation!r} -> 'eager' (one config shared by every "
+                                    "block: all blocks run eager)")
             layers.append(name)
             replace[name] = _keep_second(cap)
-    with ExitStack() as stack:
-        for obj, attr, old, new in flags:
-            stack.callback(setattr, obj, attr, old)
-            setattr(obj, attr, new)
-        stack.enter_context(capture(model, layers, eval_mode=False, freeze=False, clone=False,
-                                    replace=replace, before=before))
-        yield cap
+    return flags, layers, before, replace
 
 
 def _mode_capture(model: nn.Module, cap: AttentionCapture) -> Iterator[AttentionCapture]:
@@ -267,7 +341,8 @@ def _mode_capture(model: nn.Module, cap: AttentionCapture) -> Iterator[Attention
         impl = getattr(cfg, "_attn_implementation", None) if cfg is not None else None
         if impl == "eager" and all(c is not cfg for c, _, _ in flags):
             flags.append((cfg, "_attn_implementation", impl))
-            cap.switched.append(f"{name or type(m).__name__}.config._attn_implementation: 'eager' -> 'sdpa'")
+            cap.switched.append(f"{_config_name(model, cfg)}._attn_implementation: 'eager' -> 'sdpa' "
+                                "(one config shared by every block)")
     try:
         for obj, attr, _ in flags:
             setattr(obj, attr, True if attr == "fused_attn" else "sdpa")

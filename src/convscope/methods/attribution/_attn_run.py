@@ -86,7 +86,8 @@ def run_pass(ctx: MethodContext, rows: slice, parts: ViTParts, *, need_grad: boo
     """Run the model on ``ctx.x[rows]`` with the attention (and, with ``blocks``, the blocks'
     output tokens) captured; with ``need_grad`` the maps are in an autograd graph. With ``last``
     only the last block's attention is needed (read alone where the hooks find one attention
-    module per known block; the other blocks keep their fused kernels)."""
+    module per known block; the other blocks keep their fused kernels, except on Hugging Face
+    models, whose one shared config runs every block eager)."""
     assert ctx.model is not None
     size = (int(ctx.x.shape[-2]), int(ctx.x.shape[-1]))
     _check_size(parts, size)
@@ -95,7 +96,9 @@ def run_pass(ctx: MethodContext, rows: slice, parts: ViTParts, *, need_grad: boo
         xb.requires_grad_(True)
     layers = list(parts.blocks) if blocks else None
     last_of = len(parts.blocks) if last and parts.blocks else None
-    with capture(ctx.model, layers) as cap, attention_capture(ctx.model, last_of) as att:
+    # the attention capture first: it holds the model for this thread before the block capture
+    # puts the model in eval mode and freezes its weights (state another capture would read back)
+    with attention_capture(ctx.model, last_of) as att, capture(ctx.model, layers) as cap:
         with torch.set_grad_enabled(need_grad):
             out = ctx.model(xb)
         block_out = [cap.activation(n) for n in parts.blocks] if blocks else []
@@ -172,7 +175,7 @@ def attention_method(ctx: MethodContext, per_chunk: Any, *, need_grad: bool, blo
     the result."""
     assert ctx.model is not None
     parts = vit_parts(ctx.model) if parts is None else parts
-    bs = chunk_size(ctx, eval_batch_size, need_grad)
+    bs = min(chunk_size(ctx, eval_batch_size, need_grad), ctx.x.shape[0])  # the chunk used, as reported
     maps, logits, targets = [], [], []
     p: Pass | None = None
     for start in range(0, ctx.x.shape[0], bs):

@@ -114,7 +114,8 @@ _SUPPORTED = ("torchvision VisionTransformer, timm ViT/DeiT (distillation, regis
 def raw_attention(ctx: MethodContext, head_fusion: str = "mean",
                   eval_batch_size: int | str | None = None) -> MethodOutput:
     """The class token's attention in the last block (only that block's attention is read: the
-    others keep their fused kernels where the capture hooks one attention module per block).
+    others keep their fused kernels where the capture hooks one attention module per block; on
+    Hugging Face models the eager switch is the config every block shares, so all run eager).
 
     Args:
         head_fusion: how the heads of a block are fused: ``"mean"``, ``"max"`` or ``"min"``.

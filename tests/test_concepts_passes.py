@@ -243,3 +243,40 @@ def test_the_band_kept_in_place_is_what_adding_the_band_changes():
             v = mean(regions(list(snowy.images[:30]), list(snowy.masks[:30]), **how)) - base
             cos[keep] = float(v @ edit / (v.norm() * edit.norm()))
         assert cos["default"] > floor and cos["default"] > cos[False] + 0.2, (model, cos)
+
+
+class _Gate(nn.Module):
+    """Scales by a coordinate map, cached across calls (anchor grids, rotary caches) or not."""
+
+    def __init__(self, cache: bool) -> None:
+        super().__init__()
+        self.keep, self.cache = cache, None
+
+    def forward(self, x):
+        if not self.keep or self.cache is None or self.cache.shape != x.shape:
+            h, w = x.shape[-2:]
+            self.cache = torch.linspace(0.5, 1.5, h * w).reshape(1, h, w).expand(*x.shape[:2], h, w).clone()
+        return x * self.cache  # the product saves the map for backward
+
+
+def test_a_model_caching_a_tensor_in_forward_gives_the_same_scores_and_stays_usable():
+    # the set passes once ran under inference_mode: the cached map became an inference tensor and
+    # the class pass (autograd) failed; the oracle is the same model without the cache
+    res = {}
+    for keep in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                            _Gate(keep), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(4, 2)).eval()
+        lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b"])
+        g = torch.Generator().manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = cs.concept_test(lm, torch.rand(8, 3, 16, 16, generator=g), "a",
+                                class_images=torch.rand(8, 3, 16, 16, generator=g), layers=["2", "5"],
+                                random_sets=torch.rand(8, 3, 16, 16, generator=g), n_random=3, random_size=5,
+                                space="pixels")
+        assert not net[3].cache.is_inference()
+        res[keep] = [(list(t.scores), [float(v) for v in t.sensitivities]) for t in r.layers]
+        net(torch.rand(2, 3, 16, 16)).sum().backward()  # the model still trains afterwards
+    assert res[True] == res[False]

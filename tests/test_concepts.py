@@ -43,14 +43,15 @@ def _plain():
 
 @pytest.fixture(scope="module")
 def snow():
-    """Snow-band regions kept in place (concept: regions' default), snow-free scenes (random
-    pool), wolves with snow (class)."""
+    """Snow-band regions cut out (concept: regions' default; in_place: kept in place), snow-free
+    scenes (random pool), wolves with snow (class)."""
     sn = snow_scenes("train", cue="label")
     snowy = sn.select(sn.snow)
     none = snow_scenes("train", cue="none")
     te = snow_scenes("test", cue="label")
     return {
         "concept": regions(list(snowy.images[:30]), list(snowy.masks[:30])),
+        "in_place": regions(list(snowy.images[:30]), list(snowy.masks[:30]), keep_place=True),
         "pool": none.images[:240],
         "wolves": te.images[te.labels == 0][:50],
         "scenes": te,
@@ -147,8 +148,8 @@ def _gray(t):
 
 @pytest.mark.slow
 def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
-    """digits-cnn never saw snow: at its last convolution the band (kept in place, regions'
-    default) drives none of the wolves' digits 0-4 at 1% by the default test, seeds 0-4 (over seeds
+    """digits-cnn never saw snow: at its last convolution the band (kept in place,
+    keep_place=True) drives none of the wolves' digits 0-4 at 1% by the default test, seeds 0-4 (over seeds
     0-19: none of 100, benchmarks/results/concepts_keep_place.md; the cut-out band, resized to the
     whole input, called digit 1 "driven" 3 times in 20, against the band's causal effect)."""
     te = snow["scenes"]
@@ -158,7 +159,7 @@ def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
         for d in range(5):
             cls = _gray(te.images[te.digits == d][:50])
             for seed in range(5):
-                res = cs.concept_test("digits-cnn", snow["concept"], str(d), class_images=cls,
+                res = cs.concept_test("digits-cnn", snow["in_place"], str(d), class_images=cls,
                                       layers="features.8", random_sets=pool, space="pixels", alpha=0.01,
                                       seed=seed)
                 assert not res.significant, (d, seed, res.verdicts)
@@ -169,7 +170,7 @@ def test_on_the_model_without_snow_no_verdict_goes_against_the_bands_causal_effe
     """digits-cnn never saw snow, but a bright band at the bottom of a scene does move its digit
     logits: measured by editing (the same test scenes rendered with and without the band), it lowers
     some digits' logits and raises others' (it reads as a stroke). With the band kept in place as
-    the concept (``regions``' default), over 20 seeded draws of the random sets, no
+    the concept (``keep_place=True``), over 20 seeded draws of the random sets, no
     verdict significant at 1% goes against the sign of that effect, and the largest effect (digit
     4, down) is found. (The cut-out band, resized to the whole input, is another concept: its
     vector is nearly orthogonal to the edit's change at ``features.8``, and with it this test fails:
@@ -177,7 +178,7 @@ def test_on_the_model_without_snow_no_verdict_goes_against_the_bands_causal_effe
     docs/concepts.md.)"""
     tr = snow_scenes("train", cue="label")
     snowy = tr.select(tr.snow)
-    concept = regions(list(snowy.images[:30]), list(snowy.masks[:30]))
+    concept = regions(list(snowy.images[:30]), list(snowy.masks[:30]), keep_place=True)
     band, plain = snow_scenes("test", cue="label"), snow_scenes("test", cue="none")
     pool = _gray(snow_scenes("train", cue="none").images[:240])
     lm = cs.load_model("digits-cnn")

@@ -145,7 +145,8 @@ def concept_test(
         model: anything :func:`convscope.load_model` takes.
         concept_images: the concept's examples: an image folder, an (N, C, H, W) tensor or a list of
             (C, H, W) tensors (read as ``space`` says), or a list of ``(image, mask)`` regions
-            (:func:`convscope.methods.tcav.regions`). At least 2 images.
+            (:func:`convscope.methods.tcav.regions`; each cut out to its mask's bounding box, unless
+            made with ``keep_place=True``). At least 2 images.
         target_class: the class, by index or name.
         class_images: images of the class whose directional derivatives are tested: a folder
             (with class sub-folders, the one named like the class is used), ``"digits:test"``

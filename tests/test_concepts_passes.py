@@ -298,3 +298,25 @@ def test_a_model_caching_a_tensor_in_forward_gives_the_same_scores_and_stays_usa
         res[keep] = [(list(t.scores), [float(v) for v in t.sensitivities]) for t in r.layers]
         net(torch.rand(2, 3, 16, 16)).sum().backward()  # the model still trains afterwards
     assert res[True] == res[False]
+
+
+def test_a_layer_followed_by_an_in_place_op_is_summed_before_it():
+    # conv -> ReLU(inplace=True) -> conv, both convolutions tested: the first one's sums are of its
+    # own output (the oracle: the convolution run by itself), not of what the ReLU made of it
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b"])
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    src = concept_source(x, lm.preprocessing, space="pixels")
+    with torch.no_grad():
+        first = net[0](x)
+        second = net[2](F.relu(first))
+    assert bool((first < 0).any())  # the ReLU would change it
+    for layers in (["0"], ["0", "2"]):
+        (st,) = set_statistics(net, [ImageSet("c", src, f"inplace {layers}", "t")], layers, keep_rows=True,
+                               batch_size=4)
+        assert torch.allclose(st["0"].total, first.flatten(1).double().sum(0), atol=1e-5), layers
+        assert torch.allclose(st["0"].rows, first.flatten(1), atol=1e-6), layers
+        if "2" in layers:
+            assert torch.allclose(st["2"].total, second.flatten(1).double().sum(0), atol=1e-5)

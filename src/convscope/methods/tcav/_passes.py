@@ -119,7 +119,7 @@ def layer_activations(net: nn.Module, x: torch.Tensor, layers: Sequence[str], *,
     """
     if cap is None:
         fmt = memory_format(net, channels_last)
-        with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as c:
+        with state_guard(net, memory_format=fmt), capture(net, list(layers)) as c:
             return layer_activations(net, x, layers, device=device, channels_last=channels_last, what=what,
                                      cap=c)
     fmt = memory_format(net, channels_last)
@@ -145,7 +145,10 @@ def _local_pass(net: nn.Module, src: DataSource, layers: Sequence[str],
     """The local engine: ``src`` through ``net`` in batches (the dataset engine's loader), each
     batch's activations handed to ``consume`` inside ``no_grad``."""
     fmt = memory_format(net, channels_last)
-    with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as cap, \
+    # capture's clone (its default): a shallower tested layer followed by an in-place op
+    # (ReLU(inplace=True)) keeps its own output; the deepest layer ends the pass (stop_after)
+    # before its clone is made, so only the shallower layers are copied
+    with state_guard(net, memory_format=fmt), capture(net, list(layers)) as cap, \
             torch.no_grad():
         for x, _, _ in loader(src, batch_size, num_workers):
             consume(layer_activations(net, x, layers, device=device, channels_last=channels_last, what=what,

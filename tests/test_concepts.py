@@ -341,7 +341,8 @@ def _folder(path: Path, n: int, seed: int) -> Path:
 
 @pytest.mark.parametrize("case", ["empty", "single", "same", "class", "layer", "channels", "n_random",
                                   "alpha_nan", "alpha_inf", "batch0", "huge", "cav", "statistic", "null",
-                                  "device_bogus", "device_cuda", "engine", "ray_layer", "ray_channels"])
+                                  "device_bogus", "device_cuda", "engine", "ray_layer", "ray_channels",
+                                  "ray_remote"])
 def test_bad_input_is_one_line_error(tmp_path, case):
     lm = _plain()
     concept = _folder(tmp_path / "concept", 5, 0)
@@ -391,10 +392,44 @@ def test_bad_input_is_one_line_error(tmp_path, case):
     elif case == "ray_channels":
         kw["engine"] = "ray"
         args[1] = torch.rand(5, 1, 16, 16)
+    elif case == "ray_remote":  # the temporary store is on this machine: refused before Ray starts
+        kw.update(engine="ray", ray_address="10.11.12.13:6379")
     with pytest.raises(ConvscopeError) as err:
         cs.concept_test(*args, **kw)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
     assert isinstance(err.value, InputError)
+
+
+def test_bad_input_read_on_a_ray_actor_is_the_local_one_line_error(tmp_path, ray_local):
+    # an unreadable pool image, not the first (which runs here before Ray starts): read on an actor,
+    # raised here as the local engine's error (was a 40-line Ray task traceback)
+    rand = _folder(tmp_path / "random", 30, 1)
+    (rand / "17.png").write_bytes(b"not a png" * 10)
+    kw = dict(class_images=str(_folder(tmp_path / "cls", 6, 2)), random_sets=str(rand), layers="conv2",
+              n_random=3, random_size=30, batch_size=4)
+    torch.manual_seed(0)  # a model Ray's actors can unpickle (not a class of this test module)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b", "c"])
+    kw["layers"] = "2"
+    errs = {}
+    for engine in ("local", "ray"):
+        with pytest.raises(ConvscopeError) as err:
+            cs.concept_test(lm, str(_folder(tmp_path / "concept", 5, 0)), "a", engine=engine, **kw)
+        errs[engine] = (type(err.value), str(err.value))
+    assert errs["ray"] == errs["local"] and "17.png" in errs["ray"][1] and "\n" not in errs["ray"][1], errs
+
+
+def test_the_ray_engine_refuses_a_model_off_the_cpu_and_a_ray_elsewhere():
+    from convscope.methods.tcav._chunks import check_ray
+
+    for dev, address in ((torch.device("cuda", 0), None), (torch.device("meta"), None),
+                         (torch.device("cpu"), "ray://10.11.12.13:10001"), (None, "example.org:6379")):
+        with pytest.raises(InputError) as err:
+            check_ray(dev, address)
+        assert "\n" not in str(err.value), str(err.value)
+    for address in (None, "auto", "local", "127.0.0.1:6379", "localhost:6379", "ray://[::1]:10001"):
+        check_ray(torch.device("cpu"), address)  # this machine: allowed
 
 
 def test_a_model_that_cannot_take_the_images_says_so():

@@ -178,7 +178,7 @@ def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
 
 def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     """The set passes on the shared chunk engine's Ray actors: the same sums and rows as the local
-    pass (float rounding: the actors run one thread), the same scores and p-values, and every chunk
+    pass, bit for bit (the pass gives the same numbers at any thread count), the same scores and p-values, and every chunk
     went through the engine's Ray path. (A model of torch's own modules: Ray's workers cannot
     import a class defined in a test file.)"""
     import convscope.methods.tcav._chunks as chunks
@@ -210,8 +210,7 @@ def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     for a, b in zip(local, remote, strict=True):
         for n in ("0", "3"):
             assert a[n].count == b[n].count and a[n].shape == b[n].shape
-            assert torch.allclose(a[n].total, b[n].total, rtol=1e-6, atol=1e-6)
-            assert torch.allclose(a[n].rows, b[n].rows, rtol=1e-6, atol=1e-6)
+            assert torch.equal(a[n].total, b[n].total) and torch.equal(a[n].rows, b[n].rows)
     kw = dict(class_images=cls, layers=["0", "3"], random_sets=pool, n_random=4, space="pixels", batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -221,6 +220,7 @@ def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     assert there.options["engine"] == "ray" and here.options["engine"] == "local"
     for a, b in zip(here.layers, there.layers, strict=True):
         assert a.scores == b.scores
+        # not bit for bit here (seen: 3e-8 relative), though the set sums above are: cause not found
         assert np.allclose(a.sensitivities, b.sensitivities, rtol=1e-5, atol=1e-9)
         assert all(np.isclose(a.p_values[k], b.p_values[k], rtol=1e-4) for k in a.p_values)
 

@@ -179,8 +179,8 @@ def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
 def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     """The set passes on the shared chunk engine's Ray actors: the same sums and rows as the local
     pass, bit for bit (the pass gives the same numbers at any thread count), the same scores, the
-    same p-values to float rounding, and every chunk went through the engine's Ray path. (A model of torch's own modules: Ray's workers cannot
-    import a class defined in a test file.)"""
+    same p-values to float rounding, and every chunk went through the engine's Ray path. (A model
+    of torch's own modules: Ray's workers cannot import a class defined in a test file.)"""
     import convscope.methods.tcav._chunks as chunks
 
     torch.manual_seed(0)

@@ -104,13 +104,14 @@ def main() -> None:
     scenes = sets["scenes"]
     snow = cs.load_model("digits-snow")
     pool = _rows(snow, sets["pool"], "conv4", "pool")
-    # the cut-out band (regions(..., keep_place=False)), the concept docs/concepts.md's table reports
-    cases = {"snow": (pool, _rows(snow, sets["cut_out"], "conv4", "concept"),
+    # the cut-out band (regions' default, keep_place=False), the concept docs/concepts.md's
+    # table reports
+    cases = {"snow": (pool, _rows(snow, sets["concept"], "conv4", "concept"),
                       _grads(snow, sets["wolves"], 0, "conv4", pool.shape[1], "wolves"), 30)}
     nt = _rows(snow, none, "conv4", "none")
     cnn = cs.load_model("digits-cnn")
     gpool = _rows(cnn, _grey(sets["pool"]), "features.8", "grey pool")
-    band = _rows(cnn, sets["cut_out"], "features.8", "band")
+    band = _rows(cnn, sets["concept"], "features.8", "band")
     for d in range(5):
         cases[f"cnn {d}"] = (gpool, band, _grads(cnn, _grey(scenes.images[scenes.digits == d][:50]), d,
                                                  "features.8", gpool.shape[1], f"digit {d}"), 30)

@@ -43,14 +43,15 @@ def _plain():
 
 @pytest.fixture(scope="module")
 def snow():
-    """Snow-band regions kept in place (concept: regions' default), snow-free scenes (random
-    pool), wolves with snow (class)."""
+    """Snow-band regions cut out (concept: regions' default; in_place: kept in place), snow-free
+    scenes (random pool), wolves with snow (class)."""
     sn = snow_scenes("train", cue="label")
     snowy = sn.select(sn.snow)
     none = snow_scenes("train", cue="none")
     te = snow_scenes("test", cue="label")
     return {
         "concept": regions(list(snowy.images[:30]), list(snowy.masks[:30])),
+        "in_place": regions(list(snowy.images[:30]), list(snowy.masks[:30]), keep_place=True),
         "pool": none.images[:240],
         "wolves": te.images[te.labels == 0][:50],
         "scenes": te,
@@ -147,8 +148,8 @@ def _gray(t):
 
 @pytest.mark.slow
 def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
-    """digits-cnn never saw snow: at its last convolution the band (kept in place, regions'
-    default) drives none of the wolves' digits 0-4 at 1% by the default test, seeds 0-4 (over seeds
+    """digits-cnn never saw snow: at its last convolution the band (kept in place,
+    keep_place=True) drives none of the wolves' digits 0-4 at 1% by the default test, seeds 0-4 (over seeds
     0-19: none of 100, benchmarks/results/concepts_keep_place.md; the cut-out band, resized to the
     whole input, called digit 1 "driven" 3 times in 20, against the band's causal effect)."""
     te = snow["scenes"]
@@ -158,7 +159,7 @@ def test_snow_concept_drives_no_wolf_digit_on_the_model_without_snow(snow):
         for d in range(5):
             cls = _gray(te.images[te.digits == d][:50])
             for seed in range(5):
-                res = cs.concept_test("digits-cnn", snow["concept"], str(d), class_images=cls,
+                res = cs.concept_test("digits-cnn", snow["in_place"], str(d), class_images=cls,
                                       layers="features.8", random_sets=pool, space="pixels", alpha=0.01,
                                       seed=seed)
                 assert not res.significant, (d, seed, res.verdicts)
@@ -169,7 +170,7 @@ def test_on_the_model_without_snow_no_verdict_goes_against_the_bands_causal_effe
     """digits-cnn never saw snow, but a bright band at the bottom of a scene does move its digit
     logits: measured by editing (the same test scenes rendered with and without the band), it lowers
     some digits' logits and raises others' (it reads as a stroke). With the band kept in place as
-    the concept (``regions``' default), over 20 seeded draws of the random sets, no
+    the concept (``keep_place=True``), over 20 seeded draws of the random sets, no
     verdict significant at 1% goes against the sign of that effect, and the largest effect (digit
     4, down) is found. (The cut-out band, resized to the whole input, is another concept: its
     vector is nearly orthogonal to the edit's change at ``features.8``, and with it this test fails:
@@ -177,7 +178,7 @@ def test_on_the_model_without_snow_no_verdict_goes_against_the_bands_causal_effe
     docs/concepts.md.)"""
     tr = snow_scenes("train", cue="label")
     snowy = tr.select(tr.snow)
-    concept = regions(list(snowy.images[:30]), list(snowy.masks[:30]))
+    concept = regions(list(snowy.images[:30]), list(snowy.masks[:30]), keep_place=True)
     band, plain = snow_scenes("test", cue="label"), snow_scenes("test", cue="none")
     pool = _gray(snow_scenes("train", cue="none").images[:240])
     lm = cs.load_model("digits-cnn")
@@ -340,7 +341,8 @@ def _folder(path: Path, n: int, seed: int) -> Path:
 
 @pytest.mark.parametrize("case", ["empty", "single", "same", "class", "layer", "channels", "n_random",
                                   "alpha_nan", "alpha_inf", "batch0", "huge", "cav", "statistic", "null",
-                                  "device_bogus", "device_cuda", "engine", "ray_layer", "ray_channels"])
+                                  "device_bogus", "device_cuda", "engine", "ray_layer", "ray_channels",
+                                  "ray_remote"])
 def test_bad_input_is_one_line_error(tmp_path, case):
     lm = _plain()
     concept = _folder(tmp_path / "concept", 5, 0)
@@ -390,10 +392,44 @@ def test_bad_input_is_one_line_error(tmp_path, case):
     elif case == "ray_channels":
         kw["engine"] = "ray"
         args[1] = torch.rand(5, 1, 16, 16)
+    elif case == "ray_remote":  # the temporary store is on this machine: refused before Ray starts
+        kw.update(engine="ray", ray_address="10.11.12.13:6379")
     with pytest.raises(ConvscopeError) as err:
         cs.concept_test(*args, **kw)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
     assert isinstance(err.value, InputError)
+
+
+def test_bad_input_read_on_a_ray_actor_is_the_local_one_line_error(tmp_path, ray_local):
+    # an unreadable pool image, not the first (which runs here before Ray starts): read on an actor,
+    # raised here as the local engine's error (was a 40-line Ray task traceback)
+    rand = _folder(tmp_path / "random", 30, 1)
+    (rand / "17.png").write_bytes(b"not a png" * 10)
+    kw = dict(class_images=str(_folder(tmp_path / "cls", 6, 2)), random_sets=str(rand), layers="conv2",
+              n_random=3, random_size=30, batch_size=4)
+    torch.manual_seed(0)  # a model Ray's actors can unpickle (not a class of this test module)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b", "c"])
+    kw["layers"] = "2"
+    errs = {}
+    for engine in ("local", "ray"):
+        with pytest.raises(ConvscopeError) as err:
+            cs.concept_test(lm, str(_folder(tmp_path / "concept", 5, 0)), "a", engine=engine, **kw)
+        errs[engine] = (type(err.value), str(err.value))
+    assert errs["ray"] == errs["local"] and "17.png" in errs["ray"][1] and "\n" not in errs["ray"][1], errs
+
+
+def test_the_ray_engine_refuses_a_model_off_the_cpu_and_a_ray_elsewhere():
+    from convscope.methods.tcav._chunks import check_ray
+
+    for dev, address in ((torch.device("cuda", 0), None), (torch.device("meta"), None),
+                         (torch.device("cpu"), "ray://10.11.12.13:10001"), (None, "example.org:6379")):
+        with pytest.raises(InputError) as err:
+            check_ray(dev, address)
+        assert "\n" not in str(err.value), str(err.value)
+    for address in (None, "auto", "local", "127.0.0.1:6379", "localhost:6379", "ray://[::1]:10001"):
+        check_ray(torch.device("cpu"), address)  # this machine: allowed
 
 
 def test_a_model_that_cannot_take_the_images_says_so():

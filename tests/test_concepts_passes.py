@@ -114,7 +114,7 @@ def test_regions_kept_in_place_are_the_whole_image_grey_outside_the_mask():
     img = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(4))
     mask = torch.zeros(12, 12, dtype=torch.bool)
     mask[9:, 2:7] = True  # a band near the bottom
-    ((px, m),) = regions([img], [mask])  # the default keeps the place
+    ((px, m),) = regions([img], [mask], keep_place=True)
     assert px.shape == img.shape and bool(m.all())
     assert torch.equal(px[:, mask], img[:, mask]) and bool((px[:, ~mask] == 0.5).all())
     pre = cs.load_model(Counting().eval(), preprocessing={"preset": "none", "size": 12},
@@ -123,6 +123,24 @@ def test_regions_kept_in_place_are_the_whole_image_grey_outside_the_mask():
     assert torch.allclose(src.pixel_tensor(0), px)  # the box is the whole image: nothing moves
     ((cut, _),) = regions([img], [mask], keep_place=False)
     assert cut is img  # the pairs are left for the cut-out (RegionSource cuts the box)
+
+
+def test_raw_region_pairs_and_regions_follow_one_rule():
+    # the default of regions() and a raw list of (image, mask) pairs give the same pixels: the box
+    # cut out, grey outside the mask, resized (checked against that done by hand)
+    img = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[8:, 2:7] = True
+    mask[11, 2] = False
+    pre = cs.load_model(Counting().eval(), preprocessing={"preset": "none", "size": 12},
+                        class_names=["a", "b", "c"]).preprocessing
+    raw = concept_source([(img, mask)], pre).pixel_tensor(0)
+    via = concept_source(regions([img], [mask]), pre).pixel_tensor(0)
+    assert torch.equal(raw, via)
+    box = torch.where(mask[None, 8:, 2:7], img[:, 8:, 2:7], torch.tensor(0.5))
+    hand = F.interpolate(box[None], size=(12, 12), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(via, hand, atol=1e-6)
+    assert float((via == 0.5).float().mean()) < 0.2  # not the whole image mostly grey
 
 
 def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
@@ -160,9 +178,9 @@ def test_a_disk_cache_makes_a_repeated_test_do_no_model_pass(tmp_path):
 
 def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     """The set passes on the shared chunk engine's Ray actors: the same sums and rows as the local
-    pass (float rounding: the actors run one thread), the same scores and p-values, and every chunk
-    went through the engine's Ray path. (A model of torch's own modules: Ray's workers cannot
-    import a class defined in a test file.)"""
+    pass, bit for bit (the pass gives the same numbers at any thread count), the same scores, the
+    same p-values to float rounding, and every chunk went through the engine's Ray path. (A model
+    of torch's own modules: Ray's workers cannot import a class defined in a test file.)"""
     import convscope.methods.tcav._chunks as chunks
 
     torch.manual_seed(0)
@@ -192,8 +210,7 @@ def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     for a, b in zip(local, remote, strict=True):
         for n in ("0", "3"):
             assert a[n].count == b[n].count and a[n].shape == b[n].shape
-            assert torch.allclose(a[n].total, b[n].total, rtol=1e-6, atol=1e-6)
-            assert torch.allclose(a[n].rows, b[n].rows, rtol=1e-6, atol=1e-6)
+            assert torch.equal(a[n].total, b[n].total) and torch.equal(a[n].rows, b[n].rows)
     kw = dict(class_images=cls, layers=["0", "3"], random_sets=pool, n_random=4, space="pixels", batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -203,12 +220,14 @@ def test_ray_engine_gives_the_local_sums_and_scores(ray_local, monkeypatch):
     assert there.options["engine"] == "ray" and here.options["engine"] == "local"
     for a, b in zip(here.layers, there.layers, strict=True):
         assert a.scores == b.scores
+        # not bit for bit here (seen: 3e-8 relative), though the set sums above are: cause not found
         assert np.allclose(a.sensitivities, b.sensitivities, rtol=1e-5, atol=1e-9)
         assert all(np.isclose(a.p_values[k], b.p_values[k], rtol=1e-4) for k in a.p_values)
 
 
 def test_the_band_kept_in_place_is_what_adding_the_band_changes():
-    """Why ``regions`` keeps the place by default. The oracle is the edit: the same 50 test wolves
+    """Why ``regions(keep_place=True)`` is offered (not the default: its grey fill is not
+    controlled, docs/concepts.md). The oracle is the edit: the same 50 test wolves
     rendered with and without the snow band; its mean change of activation is what "adding snow"
     does to the layer. The mean-difference vector of the band kept in place points along it (cosine
     0.99 at digits-snow's conv4, 0.88 at digits-cnn's features.8), the cut-out band's far less
@@ -238,8 +257,66 @@ def test_the_band_kept_in_place_is_what_adding_the_band_changes():
         edit = mean(conv(band.images[wolves])) - mean(conv(plain.images[wolves]))
         base = mean(conv(pool))
         cos = {}
-        for keep in ("default", False):
-            how = {} if keep == "default" else {"keep_place": keep}
-            v = mean(regions(list(snowy.images[:30]), list(snowy.masks[:30]), **how)) - base
+        for keep in (True, False):
+            v = mean(regions(list(snowy.images[:30]), list(snowy.masks[:30]), keep_place=keep)) - base
             cos[keep] = float(v @ edit / (v.norm() * edit.norm()))
-        assert cos["default"] > floor and cos["default"] > cos[False] + 0.2, (model, cos)
+        assert cos[True] > floor and cos[True] > cos[False] + 0.2, (model, cos)
+
+
+class _Gate(nn.Module):
+    """Scales by a coordinate map, cached across calls (anchor grids, rotary caches) or not."""
+
+    def __init__(self, cache: bool) -> None:
+        super().__init__()
+        self.keep, self.cache = cache, None
+
+    def forward(self, x):
+        if not self.keep or self.cache is None or self.cache.shape != x.shape:
+            h, w = x.shape[-2:]
+            self.cache = torch.linspace(0.5, 1.5, h * w).reshape(1, h, w).expand(*x.shape[:2], h, w).clone()
+        return x * self.cache  # the product saves the map for backward
+
+
+def test_a_model_caching_a_tensor_in_forward_gives_the_same_scores_and_stays_usable():
+    # the set passes once ran under inference_mode: the cached map became an inference tensor and
+    # the class pass (autograd) failed; the oracle is the same model without the cache
+    res = {}
+    for keep in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                            _Gate(keep), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(4, 2)).eval()
+        lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b"])
+        g = torch.Generator().manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = cs.concept_test(lm, torch.rand(8, 3, 16, 16, generator=g), "a",
+                                class_images=torch.rand(8, 3, 16, 16, generator=g), layers=["2", "5"],
+                                random_sets=torch.rand(8, 3, 16, 16, generator=g), n_random=3, random_size=5,
+                                space="pixels")
+        assert not net[3].cache.is_inference()
+        res[keep] = [(list(t.scores), [float(v) for v in t.sensitivities]) for t in r.layers]
+        net(torch.rand(2, 3, 16, 16)).sum().backward()  # the model still trains afterwards
+    assert res[True] == res[False]
+
+
+def test_a_layer_followed_by_an_in_place_op_is_summed_before_it():
+    # conv -> ReLU(inplace=True) -> conv, both convolutions tested: the first one's sums are of its
+    # own output (the oracle: the convolution run by itself), not of what the ReLU made of it
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    lm = cs.load_model(net, preprocessing={"preset": "none", "size": 16}, class_names=["a", "b"])
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    src = concept_source(x, lm.preprocessing, space="pixels")
+    with torch.no_grad():
+        first = net[0](x)
+        second = net[2](F.relu(first))
+    assert bool((first < 0).any())  # the ReLU would change it
+    for layers in (["0"], ["0", "2"]):
+        (st,) = set_statistics(net, [ImageSet("c", src, f"inplace {layers}", "t")], layers, keep_rows=True,
+                               batch_size=4)
+        assert torch.allclose(st["0"].total, first.flatten(1).double().sum(0), atol=1e-5), layers
+        assert torch.allclose(st["0"].rows, first.flatten(1), atol=1e-6), layers
+        if "2" in layers:
+            assert torch.allclose(st["2"].total, second.flatten(1).double().sum(0), atol=1e-5)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convscope.core.errors import InputError
+from convscope.core import errors
+from convscope.core.errors import ConvscopeError, InputError
 from convscope.methods.jobs.store import BatchStore
 
 if TYPE_CHECKING:
@@ -91,8 +92,24 @@ class _RayChunkWorker:
         self.store = job.open_store()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sizes = [self.job.run_chunk(int(c), self.store) for c in batch["chunk"]]
-        return {"chunk": np.asarray(batch["chunk"]), "size": np.asarray(sizes, dtype=np.int64)}
+        sizes, failed = [], []
+        for c in batch["chunk"]:
+            try:
+                sizes.append(self.job.run_chunk(int(c), self.store))
+                failed.append("")
+            except ConvscopeError as exc:  # bad input: handed back as a row, raised as one line
+                sizes.append(-1)
+                failed.append(f"{type(exc).__name__}\n{exc.args[0] if exc.args else exc}")
+        return {"chunk": np.asarray(batch["chunk"]), "size": np.asarray(sizes, dtype=np.int64),
+                "error": np.asarray(failed, dtype=str)}
+
+
+def _raise_chunk_error(text: str) -> None:
+    """Raise an actor's :class:`ConvscopeError` (``"Name\\nmessage"``) here, as its one-line error
+    (a Ray task error would print the actor's traceback)."""
+    name, _, message = text.partition("\n")
+    cls = getattr(errors, name, None)
+    raise (cls if isinstance(cls, type) and issubclass(cls, ConvscopeError) else InputError)(message)
 
 
 def run_ray(
@@ -132,7 +149,9 @@ def run_ray(
         num_gpus=1 if gpu else 0,
     )
     done = store.n_chunks - len(pending)
-    for _row in out.iter_rows():
+    for row in out.iter_rows():
+        if row.get("error"):
+            _raise_chunk_error(str(row["error"]))
         done += 1
         if progress is not None:
             progress(done, store.n_chunks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,14 +24,34 @@ import numpy as np
 import torch
 from torch import nn
 
+from convscope.core.errors import InputError
 from convscope.methods.jobs.batch import BatchJob
 from convscope.methods.jobs.runner import prepare_store, run_chunks
 from convscope.methods.jobs.store import FORMAT, zarr_module
 
-__all__ = ["ENGINES", "ray_pass"]
+__all__ = ["ENGINES", "check_ray", "ray_pass"]
 
 #: Where the set passes run: in this process (the default) or on Ray actors.
 ENGINES = ("local", "ray")
+
+
+def check_ray(model_device: torch.device | None, ray_address: str | None) -> None:
+    """Refuse, before Ray starts, what the Ray pass cannot do: a model off the CPU (the actors get
+    no GPU and the driver sums the chunks on the CPU) and a Ray on another machine (the chunks go
+    to a temporary store on this machine's disk, which actors elsewhere cannot write).
+
+    Raises:
+        InputError: the model is not on the CPU, or ``ray_address`` names another host.
+    """
+    if model_device is not None and model_device.type != "cpu":
+        raise InputError(f"engine='ray' runs the set passes on CPU actors but the model is on "
+                         f"{model_device}; use engine='local' or move the model to the CPU (model.cpu())")
+    if ray_address is None or ray_address in ("auto", "local"):
+        return
+    host = ray_address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host not in ("localhost", "127.0.0.1", "::1", socket.gethostname()):
+        raise InputError(f"ray_address {ray_address!r} is not this machine: the Ray pass writes its "
+                         "chunks to a temporary store here; use a Ray on this machine or engine='local'")
 
 
 @dataclass

@@ -108,24 +108,25 @@ def _unpack(value: list[dict[str, Any]]) -> list[dict[str, SetStats]]:
 def layer_activations(net: nn.Module, x: torch.Tensor, layers: Sequence[str], *, device: object = None,
                       channels_last: bool = False, what: str = "images",
                       cap: Any = None) -> dict[str, torch.Tensor]:
-    """One batch's activations at ``layers`` (layer -> (b, C, H, W)), under ``torch.inference_mode``,
+    """One batch's activations at ``layers`` (layer -> (b, C, H, W)), under ``torch.no_grad``,
     the forward pass stopped after the deepest layer. ``cap``: a capture already open on ``net``
     (the local pass keeps one for all its batches); else one is opened for this batch (a Ray actor's
-    chunk). Read the values inside the caller's ``inference_mode`` or copy them (inference tensors).
+    chunk). Not ``inference_mode``: a model that caches a tensor in forward would keep an inference
+    tensor, and its later class pass (with autograd) would fail.
 
     Raises:
         InputError: the model cannot take ``x`` (named ``what``), or a layer gives no (B, C, H, W).
     """
     if cap is None:
         fmt = memory_format(net, channels_last)
-        with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as c:
+        with state_guard(net, memory_format=fmt), capture(net, list(layers)) as c:
             return layer_activations(net, x, layers, device=device, channels_last=channels_last, what=what,
                                      cap=c)
     fmt = memory_format(net, channels_last)
     x = x.to(model_device(net, device))
     x = x if fmt is None else x.contiguous(memory_format=fmt)
     cap.reset()
-    with torch.inference_mode():
+    with torch.no_grad():
         try:
             cap.run(x, stop_after=list(layers))
         except (RuntimeError, ValueError, TypeError) as exc:
@@ -142,10 +143,13 @@ def _local_pass(net: nn.Module, src: DataSource, layers: Sequence[str],
                 consume: Callable[[dict[str, torch.Tensor]], None], *, batch_size: int, num_workers: int,
                 device: object, channels_last: bool, what: str) -> None:
     """The local engine: ``src`` through ``net`` in batches (the dataset engine's loader), each
-    batch's activations handed to ``consume`` inside ``inference_mode``."""
+    batch's activations handed to ``consume`` inside ``no_grad``."""
     fmt = memory_format(net, channels_last)
-    with state_guard(net, memory_format=fmt), capture(net, list(layers), clone=False) as cap, \
-            torch.inference_mode():
+    # capture's clone (its default): a shallower tested layer followed by an in-place op
+    # (ReLU(inplace=True)) keeps its own output; the deepest layer ends the pass (stop_after)
+    # before its clone is made, so only the shallower layers are copied
+    with state_guard(net, memory_format=fmt), capture(net, list(layers)) as cap, \
+            torch.no_grad():
         for x, _, _ in loader(src, batch_size, num_workers):
             consume(layer_activations(net, x, layers, device=device, channels_last=channels_last, what=what,
                                       cap=cap))
@@ -180,7 +184,7 @@ def set_statistics(net: nn.Module, sets: Sequence[ImageSet], layers: Sequence[st
                    channels_last: bool = False, disk: DiskCache | None = None, engine: str = "local",
                    ray_address: str | None = None) -> list[dict[str, SetStats]]:
     """For each set, per layer, the sum (and with ``keep_rows`` the rows) of the set's flattened
-    activations. One pass per batch (``inference_mode``) serves every layer and every set that holds
+    activations. One pass per batch (``no_grad``) serves every layer and every set that holds
     the batch's images (an image in several sets runs once); it stops after the deepest layer.
     ``channels_last``: run the passes in that memory format (same values up to float rounding).
     ``disk``: keep the result in (and read it from) that on-disk cache. ``engine``: ``"local"``
@@ -210,7 +214,6 @@ def set_statistics(net: nn.Module, sets: Sequence[ImageSet], layers: Sequence[st
                 ray_pass(net, src, layers, sums, rows=layer_activations, ray_address=ray_address, **kw)
             else:
                 _local_pass(net, src, layers, sums, num_workers=num_workers, **kw)
-            # out of inference mode here: cat and clone give plain tensors
             held = {n: torch.cat(sums.rows[n]) for n in layers} if keep_rows else {}
             for r, (k, idx) in enumerate(members):
                 pos = torch.as_tensor([where[int(i)] for i in idx])

@@ -7,9 +7,11 @@ batches) with a content digest (what the shared-work cache keys on). A concept c
   reads);
 * a tensor (N, C, H, W) or a list of (C, H, W) tensors, read by the one input rule (what the model
   takes, or pixels in [0, 1] with ``space="pixels"``);
-* regions of images: a list of ``(image, mask)`` pairs, or :func:`regions`. Each region becomes
-  one example: the mask's bounding box cut out, the pixels outside the mask inside that box set to
-  mid-grey (0.5, the ACE convention), resized to the model's input.
+* regions of images: a list of ``(image, mask)`` pairs, or :func:`regions` (the same pairs by
+  default). One rule for both: each region becomes one example, the mask's bounding box cut out,
+  the pixels outside the mask inside that box set to mid-grey (0.5, the ACE convention), resized
+  to the model's input. ``regions(..., keep_place=True)`` gives pairs whose mask is the whole
+  image (the region kept where it is, grey around it), which the same rule then leaves as they are.
 
 Random sets are drawn, seeded, from a pool of unrelated images; with no pool given, the pool is
 :class:`CropSource`: random square crops of the class's own images (documented and recorded as an
@@ -135,21 +137,21 @@ class RegionSource(DataSource):
 
 
 def regions(images: Sequence[Any], masks: Sequence[Any], *,
-            keep_place: bool = True) -> list[tuple[Any, Any]]:
+            keep_place: bool = False) -> list[tuple[Any, Any]]:
     """Pair images with their masks for ``concept_test(model, regions(images, masks), ...)``.
 
     Args:
         images: paths, PIL images or (C, H, W) pixel tensors in [0, 1].
         masks: one (H, W) mask per image (bool tensor or array, or a mask image, white = region).
-        keep_place: ``True`` (default): keep each region where and how large it is in its image
-            (the whole image, the pixels outside the mask set to :data:`REGION_FILL`): the concept
-            is what adding the region to a scene adds. ``False``: cut out its bounding box and
-            resize that to the model's input (ACE's convention), for a concept whose place and
-            size do not matter. Measured against the edit (the same scenes with and without the
-            snow band), the vector of the band kept in place has a cosine of 0.99 (``digits-snow``,
-            ``conv4``) and 0.88 (``digits-cnn``, ``features.8``) with the edit's change of
-            activation, the cut-out band's 0.63 and 0.07 (``benchmarks/concepts_keep_place.py``,
-            docs/concepts.md).
+        keep_place: ``False`` (default): the pairs as given, each cut out to its mask's bounding
+            box and resized to the model's input (ACE's convention; what a raw list of pairs
+            gives too). ``True``: keep each region where and how large it is in its image (the
+            whole image, the pixels outside the mask set to :data:`REGION_FILL`). Its vector is
+            closer to the edit's change of activation (cosine 0.99 against 0.63 at ``digits-snow``
+            ``conv4``, ``benchmarks/concepts_keep_place.py``), but the grey fill, most of each
+            image, is part of the concept while the random sets have none: the same band masks on
+            snow-free scenes, kept in place, come out "significant" on ``digits-snow`` (cut out they
+            do not). Not the default until the random sets get the same fill (docs/concepts.md).
     """
     if len(images) != len(masks):
         raise InputError(f"{len(images)} images but {len(masks)} masks; give one mask per image")

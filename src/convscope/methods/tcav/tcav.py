@@ -47,7 +47,7 @@ from convscope.methods.tcav._cav import (
     layer_test,
     separation,
 )
-from convscope.methods.tcav._chunks import ENGINES
+from convscope.methods.tcav._chunks import ENGINES, check_ray
 from convscope.methods.tcav._disk import DiskCache
 from convscope.methods.tcav._passes import directional_derivatives, memory_format, set_statistics
 from convscope.methods.tcav._sets import (
@@ -145,7 +145,8 @@ def concept_test(
         model: anything :func:`convscope.load_model` takes.
         concept_images: the concept's examples: an image folder, an (N, C, H, W) tensor or a list of
             (C, H, W) tensors (read as ``space`` says), or a list of ``(image, mask)`` regions
-            (:func:`convscope.methods.tcav.regions`). At least 2 images.
+            (:func:`convscope.methods.tcav.regions`; each cut out to its mask's bounding box, unless
+            made with ``keep_place=True``). At least 2 images.
         target_class: the class, by index or name.
         class_images: images of the class whose directional derivatives are tested: a folder
             (with class sub-folders, the one named like the class is used), ``"digits:test"``
@@ -184,7 +185,8 @@ def concept_test(
         engine: where the set images' activation passes run: ``"local"`` (default: this process,
             ``num_workers`` reading images) or ``"ray"`` (the shared chunk engine's Ray actors,
             extra ``ray``; the same numbers, :mod:`convscope.methods.tcav._chunks`).
-        ray_address: the Ray cluster for ``engine="ray"`` (default: the running or a local Ray).
+        ray_address: the Ray for ``engine="ray"`` (default: the running or a local Ray); it must
+            run on this machine (the chunks go to a temporary store here), and the model on the CPU.
 
     Returns:
         A :class:`~convscope.methods.tcav.ConceptTest`.
@@ -192,7 +194,7 @@ def concept_test(
     Raises:
         InputError: fewer than 2 concept images, the concept folder used as the random pool, an
             unknown class, a layer without spatial activations, images the model cannot take, an
-            option out of range.
+            option out of range, ``engine="ray"`` with a model off the CPU or a Ray elsewhere.
     """
     check_values(**{k: (v, CONCEPT_RANGES[k]) for k, v in
                     dict(n_random=n_random, alpha=alpha, batch_size=batch_size, seed=seed, c=c,
@@ -220,6 +222,8 @@ def concept_test(
                                                 want.index not in (None, p.device.index)):
         raise InputError(f"the model is on {p.device}, not {device}: move it there first "
                          "(model.to(device)) or leave device out")
+    if engine == "ray":
+        check_ray(None if p is None else p.device, ray_address)
     pre = lm.preprocessing
     lm.fill_from_input(torch.zeros(1, pre.channels, *pre.size))
     assumed = list(lm.assumed)

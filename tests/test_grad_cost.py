@@ -402,8 +402,8 @@ def test_nested_state_guards_hold_what_changed_between_them_and_close_in_any_ord
 def test_state_guard_walk_finds_every_module_once_shared_and_wrapped_ones_included():
     """The guard's own walk (``_modules``, faster than ``modules()``) records every module the
     model's ``eval()`` reaches, a shared one once and a wrapper overriding ``named_modules`` too;
-    everything is restored, errors included. A guard that changes nothing reads nothing, and the
-    caller's tensors are restored by it all the same."""
+    everything is restored, errors included. A guard that changes nothing on the model still
+    restores what its block changed, and the caller's tensors."""
     from torchvision.models import resnet18
 
     from convscope.core.state import _modules, state_guard
@@ -434,5 +434,49 @@ def test_state_guard_walk_finds_every_module_once_shared_and_wrapped_ones_includ
     grad = x.grad
     with state_guard(wrapped, [x], eval_mode=False, freeze=False):
         assert wrapped.training and x.grad is None  # nothing on the model changed
-    assert x.requires_grad and x.grad is grad
+        wrapped.eval()  # the block's own change is undone on exit
+    assert x.requires_grad and x.grad is grad and wrapped.training
     assert_same_state(before, model_state(wrapped.wrapped))
+
+
+def test_public_capture_restores_what_the_block_changed_and_the_engine_runs_in_eval_mode() -> None:
+    """``capture(eval_mode=False, freeze=False)`` still restores modes and flags the block changed
+    (the documented contract); only ``restore=False`` (the method engines', inside the facade's
+    guard) skips that. A Grad-CAM call on a train-mode BatchNorm + Dropout net sees eval mode and
+    frozen weights at every capture, gives the eval-mode map, and leaves the buffers untouched."""
+    import convscope as cs
+    from convscope.core.errors import MethodError
+    from convscope.core.hooks import capture
+    from convscope.methods.attribution import _cam_engine
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3))
+    net.train()
+    with capture(net, "4", eval_mode=False, freeze=False):
+        net.eval()
+        net.requires_grad_(False)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    with pytest.raises(MethodError, match="restore=False"):
+        with capture(net, "4", restore=False):
+            pass
+    seen: list[tuple[bool, bool]] = []
+    real = _cam_engine.capture_layers
+
+    def spy(ctx):  # type: ignore[no-untyped-def]
+        seen.append((any(m.training for m in ctx.model.modules()),
+                     any(p.requires_grad for p in ctx.model.parameters())))
+        return real(ctx)
+
+    x = torch.rand(2, 3, 12, 12)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    _cam_engine.capture_layers = spy
+    try:
+        got = cs.explain(net, x, method="gradcam", target=0, layer="4", preprocessing="none").map
+    finally:
+        _cam_engine.capture_layers = real
+    assert seen and not any(training or grad for training, grad in seen)
+    assert net.training and all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    ref = cs.explain(net.eval(), x, method="gradcam", target=0, layer="4", preprocessing="none").map
+    torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(ref), rtol=0, atol=0)

@@ -253,6 +253,7 @@ def capture(
     clone: bool = True,
     replace: dict[str, Callable[[Any], Any]] | None = None,
     before: dict[str, Callable[..., Any]] | None = None,
+    restore: bool = True,
 ) -> Iterator[Capture]:
     """Record the outputs of ``layers`` while the block runs forward passes of ``model``.
 
@@ -262,9 +263,7 @@ def capture(
         tensors: the caller's tensors whose ``requires_grad`` and ``.grad`` must be restored.
         eval_mode: put the model in eval mode for the block.
         freeze: turn off ``requires_grad`` on the parameters for the block, so backward passes
-            stop where the caller's inputs end and no weight gradient is computed. With
-            ``eval_mode=False, freeze=False`` the model's modes and flags are neither changed nor
-            read: the caller's own :func:`state_guard` (a method's: the facade's) restores them.
+            stop where the caller's inputs end and no weight gradient is computed.
         clone: hand a clone of each captured output on to the rest of the network (see module
             docstring); turn off only for layers whose output is never modified in place.
         replace: ``{layer: fn}``: the layer's output ``o`` goes on as ``fn(o)`` (the recorded
@@ -272,6 +271,10 @@ def capture(
         before: ``{layer: fn}``: a forward pre-hook with the call's keyword arguments,
             ``fn(module, args, kwargs)``, returning ``None`` or new ``(args, kwargs)`` for the call;
             the layers must be among ``layers``.
+        restore: ``False`` only where the caller already holds a :func:`state_guard` of
+            ``model`` that sets and restores its modes and flags (a registered method inside the
+            facade's): then this capture neither changes nor reads them (``eval_mode`` and
+            ``freeze`` must be ``False``), which saves walking the model again per chunk.
 
     Yields:
         A :class:`Capture` with ``activation(name)`` for the last forward pass.
@@ -285,8 +288,11 @@ def capture(
     for what, given in (("replace", replace), ("before", before)):
         if given and set(given) - set(names):
             raise MethodError(f"{what} names layers that are not captured: {sorted(set(given) - set(names))}")
+    if not restore and (eval_mode or freeze):
+        raise MethodError("capture(restore=False) changes nothing on the model: pass eval_mode=False, "
+                          "freeze=False and hold a state_guard of the model around it")
     cap = Capture(model, names, clone, replace)
-    with state_guard(model, tensors, eval_mode=eval_mode, freeze=freeze):
+    with state_guard(model if restore else None, tensors, eval_mode=eval_mode, freeze=freeze):
         try:
             for n, fn in (before or {}).items():
                 cap.handles.append(cap.modules[n].register_forward_pre_hook(fn, with_kwargs=True))

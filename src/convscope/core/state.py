@@ -21,7 +21,10 @@ def _modules(model: nn.Module) -> list[nn.Module]:
     every module (and a wrapper that overrides ``named_modules`` still has its own flag here)."""
     out, seen = [model], {id(model)}
     for m in out:  # the list grows while it is read: breadth first
-        for c in m._modules.values():
+        kids = list(m._modules.values())
+        if type(m).named_modules is not nn.Module.named_modules:  # a wrapper may list modules of its own
+            kids += list(m.modules())
+        for c in kids:
             if c is not None and id(c) not in seen:
                 seen.add(id(c))
                 out.append(c)
@@ -61,17 +64,12 @@ def state_guard(
     found, so it holds whatever the code between the two guards changed, and guards may close in
     any order (a generator holding one open is closed later).
 
-    A guard that changes nothing on the model (``eval_mode=False, freeze=False`` and no
-    ``memory_format``) does not read it either: its modes and flags are left to the guard the
-    caller holds (the facade's, for a method), which restores them.
     """
     modes: list[tuple[nn.Module, bool]] = []
     flags: list[tuple[torch.nn.Parameter, bool]] = []
     datas: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     bufs: list[tuple[nn.Module, str, torch.Tensor]] = []
     saved = [(t, t.requires_grad, t.grad) for t in tensors if isinstance(t, torch.Tensor)]
-    if model is not None and not (eval_mode or freeze or memory_format is not None):
-        model = None  # changes nothing on the model: nothing to record or restore
     if model is not None:
         modules = _modules(model)  # one traversal (a shared parameter is listed twice: harmless)
         modes = [(m, m.training) for m in modules]

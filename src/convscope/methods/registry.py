@@ -80,6 +80,9 @@ class MethodInfo:
     Attributes:
         name: the registry key, e.g. ``"saliency"``.
         func: ``func(ctx, **options) -> MethodOutput``; see :mod:`convscope.methods.attribution`.
+            It runs inside the caller's :func:`~convscope.core.state.state_guard` of the model (eval
+            mode, frozen weights, restored after): :func:`convscope.explain` holds one; whoever calls
+            ``func`` directly must too.
         family: ``"gradient"``, ``"cam"``, ``"perturbation"`` or ``"attention"``.
         needs_layer: the method works at an inner layer (CAMs); the facade supplies the model's
             default layer when the caller names none.

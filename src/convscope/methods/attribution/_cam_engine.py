@@ -94,7 +94,7 @@ def capture_layers(ctx: MethodContext) -> Any:
     weights for the whole call and restores it (:class:`MethodContext`), so a second guard per
     chunk would only walk the model again."""
     assert ctx.model is not None
-    return capture(ctx.model, ctx.layer, eval_mode=False, freeze=False)
+    return capture(ctx.model, ctx.layer, eval_mode=False, freeze=False, restore=False)
 
 
 def _pass_above(ctx: MethodContext, rows: slice) -> _LayerPass | None:

@@ -203,7 +203,8 @@ def ablationcam(
         else:
             def run_full(acts_: torch.Tensor, b: int = b) -> torch.Tensor:
                 xs = ctx.x[b:b + 1].expand(acts_.shape[0], *ctx.x.shape[1:])
-                with capture(ctx.model, layer, clone=False, eval_mode=False, freeze=False,  # facade's guard
+                with capture(ctx.model, layer, clone=False, eval_mode=False, freeze=False,
+                             restore=False,  # inside the facade's guard
                              replace={layer: lambda _o: acts_}):  # type: ignore[arg-type]
                     return run.predict(xs)
 

@@ -88,13 +88,14 @@ class _LayerPass:
     target: ResolvedTarget
 
 
-def capture_layers(ctx: MethodContext) -> Any:
-    """:func:`~convscope.core.hooks.capture` of ``ctx.layer`` that leaves modes and flags alone:
-    a method runs inside the facade's state guard, which holds the model in eval mode with frozen
-    weights for the whole call and restores it (:class:`MethodContext`), so a second guard per
-    chunk would only walk the model again."""
+def capture_layers(ctx: MethodContext, layers: str | list[str] | None = None, **options: Any) -> Any:
+    """:func:`~convscope.core.hooks.capture` of ``layers`` (default ``ctx.layer``; ``options`` as
+    for ``capture``) that leaves modes and flags alone: a method runs inside the facade's state
+    guard, which holds the model in eval mode with frozen weights for the whole call and restores it
+    (:class:`MethodContext`), so a second guard per chunk would only walk the model again."""
     assert ctx.model is not None
-    return capture(ctx.model, ctx.layer, eval_mode=False, freeze=False, restore=False)
+    return capture(ctx.model, ctx.layer if layers is None else layers, eval_mode=False, freeze=False,
+                   restore=False, **options)
 
 
 def _pass_above(ctx: MethodContext, rows: slice) -> _LayerPass | None:

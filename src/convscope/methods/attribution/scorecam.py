@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from convscope.core.errors import InputError, MethodError
-from convscope.core.hooks import capture
 from convscope.core.validate import reals
 from convscope.methods.attribution._base import MethodContext, MethodOutput
-from convscope.methods.attribution._cam_engine import layer_pass
+from convscope.methods.attribution._cam_engine import capture_layers, layer_pass
 from convscope.methods.attribution._engine import ENGINE_CHOICES, ENGINE_RANGES, Engine, with_engine
 from convscope.methods.attribution._tail import layer_tail
 from convscope.methods.registry import CueClaim, register
@@ -203,9 +202,7 @@ def ablationcam(
         else:
             def run_full(acts_: torch.Tensor, b: int = b) -> torch.Tensor:
                 xs = ctx.x[b:b + 1].expand(acts_.shape[0], *ctx.x.shape[1:])
-                with capture(ctx.model, layer, clone=False, eval_mode=False, freeze=False,
-                             restore=False,  # inside the facade's guard
-                             replace={layer: lambda _o: acts_}):  # type: ignore[arg-type]
+                with capture_layers(ctx, layer, clone=False, replace={layer: lambda _o: acts_}):
                     return run.predict(xs)
 
             with run.predict.prepared():
